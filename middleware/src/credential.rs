@@ -1,0 +1,328 @@
+//! Finding the payment credential in a request.
+//!
+//! Accepted forms (exactly one per request):
+//! - `PAYMENT-SIGNATURE: <base64 JSON>` -- an x402 v2 `PaymentPayload` whose `payload.receipt`
+//!   is the receipt JWT and whose `accepted.scheme` is ours;
+//! - `X-PAYMENT: <base64 JSON>` -- the x402 v1 equivalent (`scheme` at the top level);
+//! - `Authorization: Payment <jwt>` -- the receipt alone, for simple clients.
+//!
+//! `Authorization` with any other scheme (e.g. `Bearer`) is not ours and is left for the
+//! upstream. Base64 may be standard or URL-safe, padded or not.
+
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+use serde::Deserialize;
+
+use crate::error::ErrorCode;
+
+/// The scheme name of Tollgate's native receipt offers.
+pub const RECEIPT_SCHEME: &str = "tollgate-receipt";
+/// x402 v2 request header.
+pub const PAYMENT_SIGNATURE: &str = "payment-signature";
+/// x402 v1 request header.
+pub const X_PAYMENT: &str = "x-payment";
+/// The largest payment header accepted, in bytes.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Where a credential came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// x402 v2 `PAYMENT-SIGNATURE`.
+    PaymentSignature,
+    /// x402 v1 `X-PAYMENT`.
+    XPayment,
+    /// `Authorization: Payment`.
+    AuthorizationPayment,
+}
+
+/// A payment credential found in a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A signed receipt (compact JWS).
+    Receipt {
+        /// The JWT.
+        token: String,
+        /// The header it came in.
+        source: CredentialSource,
+    },
+}
+
+/// Why the payment headers could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct CredentialError {
+    /// `credential_malformed`, `credential_ambiguous` or `scheme_unsupported`.
+    pub code: ErrorCode,
+    /// Human detail.
+    pub detail: String,
+}
+
+fn malformed(detail: impl Into<String>) -> CredentialError {
+    CredentialError {
+        code: ErrorCode::CredentialMalformed,
+        detail: detail.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PayloadV2 {
+    x402_version: u32,
+    accepted: AcceptedV2,
+    payload: ReceiptPayload,
+}
+
+#[derive(Deserialize)]
+struct AcceptedV2 {
+    scheme: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PayloadV1 {
+    x402_version: u32,
+    scheme: String,
+    payload: ReceiptPayload,
+}
+
+#[derive(Deserialize)]
+struct ReceiptPayload {
+    receipt: String,
+}
+
+/// Decode base64 in any of its common alphabets and paddings.
+pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|e| e.decode(s).ok())
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, CredentialError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(CredentialError {
+            code: ErrorCode::CredentialAmbiguous,
+            detail: format!("{name} appears more than once"),
+        });
+    }
+    if v.len() > MAX_HEADER_BYTES {
+        return Err(malformed(format!(
+            "{name} is larger than {MAX_HEADER_BYTES} bytes"
+        )));
+    }
+    v.to_str()
+        .map(Some)
+        .map_err(|_| malformed(format!("{name} is not visible ASCII")))
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(name: &str, v: &str) -> Result<T, CredentialError> {
+    let bytes = decode_base64(v).ok_or_else(|| malformed(format!("{name} is not base64")))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        malformed(format!(
+            "{name} is not a payment payload: {}",
+            e.to_string().chars().take(120).collect::<String>()
+        ))
+    })
+}
+
+fn check_scheme(scheme: &str) -> Result<(), CredentialError> {
+    if scheme == RECEIPT_SCHEME {
+        Ok(())
+    } else {
+        Err(CredentialError {
+            code: ErrorCode::SchemeUnsupported,
+            detail: format!("scheme {scheme:?} is not accepted; use {RECEIPT_SCHEME:?}"),
+        })
+    }
+}
+
+/// Find the payment credential, if any. More than one payment header is an error.
+pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialError> {
+    let v2 = header_str(headers, PAYMENT_SIGNATURE)?;
+    let v1 = header_str(headers, X_PAYMENT)?;
+    let auth = match header_str(headers, AUTHORIZATION.as_str())? {
+        Some(a) => {
+            let (scheme, rest) = a.split_once(' ').unwrap_or((a, ""));
+            scheme
+                .eq_ignore_ascii_case("payment")
+                .then(|| rest.trim().to_owned())
+        }
+        None => None,
+    };
+    let found = usize::from(v2.is_some()) + usize::from(v1.is_some()) + usize::from(auth.is_some());
+    if found > 1 {
+        return Err(CredentialError {
+            code: ErrorCode::CredentialAmbiguous,
+            detail: "send exactly one of PAYMENT-SIGNATURE, X-PAYMENT, Authorization: Payment"
+                .into(),
+        });
+    }
+    if let Some(v) = v2 {
+        let p: PayloadV2 = decode_json("PAYMENT-SIGNATURE", v)?;
+        if p.x402_version != 2 {
+            return Err(malformed("PAYMENT-SIGNATURE must carry x402Version 2"));
+        }
+        check_scheme(&p.accepted.scheme)?;
+        return Ok(Some(Credential::Receipt {
+            token: p.payload.receipt,
+            source: CredentialSource::PaymentSignature,
+        }));
+    }
+    if let Some(v) = v1 {
+        let p: PayloadV1 = decode_json("X-PAYMENT", v)?;
+        if p.x402_version != 1 {
+            return Err(malformed("X-PAYMENT must carry x402Version 1"));
+        }
+        check_scheme(&p.scheme)?;
+        return Ok(Some(Credential::Receipt {
+            token: p.payload.receipt,
+            source: CredentialSource::XPayment,
+        }));
+    }
+    if let Some(token) = auth {
+        if token.is_empty() {
+            return Err(malformed("Authorization: Payment needs a receipt"));
+        }
+        return Ok(Some(Credential::Receipt {
+            token,
+            source: CredentialSource::AuthorizationPayment,
+        }));
+    }
+    Ok(None)
+}
+
+/// Remove every payment header (they must never reach the upstream).
+pub fn strip(headers: &mut HeaderMap) {
+    headers.remove(PAYMENT_SIGNATURE);
+    headers.remove(X_PAYMENT);
+    let is_payment = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() >= 8 && v[..8].eq_ignore_ascii_case("payment "));
+    if is_payment {
+        headers.remove(AUTHORIZATION);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    fn b64(v: serde_json::Value) -> String {
+        STANDARD.encode(v.to_string())
+    }
+
+    #[test]
+    fn reads_each_form() {
+        let v2 = b64(
+            serde_json::json!({"x402Version": 2, "accepted": {"scheme": RECEIPT_SCHEME}, "payload": {"receipt": "a.b.c"}}),
+        );
+        let c = extract(&h(&[("payment-signature", &v2)])).unwrap().unwrap();
+        assert_eq!(
+            c,
+            Credential::Receipt {
+                token: "a.b.c".into(),
+                source: CredentialSource::PaymentSignature
+            }
+        );
+        let v1 = URL_SAFE_NO_PAD.encode(serde_json::json!({"x402Version": 1, "scheme": RECEIPT_SCHEME, "network": "n", "payload": {"receipt": "x.y.z"}}).to_string());
+        let c = extract(&h(&[("x-payment", &v1)])).unwrap().unwrap();
+        assert_eq!(
+            c,
+            Credential::Receipt {
+                token: "x.y.z".into(),
+                source: CredentialSource::XPayment
+            }
+        );
+        let c = extract(&h(&[("authorization", "Payment  j.w.t ")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            c,
+            Credential::Receipt {
+                token: "j.w.t".into(),
+                source: CredentialSource::AuthorizationPayment
+            }
+        );
+        assert_eq!(
+            extract(&h(&[("authorization", "Bearer abc")])).unwrap(),
+            None
+        );
+        assert_eq!(extract(&HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_bad_shapes() {
+        let code = |m: HeaderMap| extract(&m).unwrap_err().code;
+        assert_eq!(
+            code(h(&[("payment-signature", "!!!")])),
+            ErrorCode::CredentialMalformed
+        );
+        assert_eq!(
+            code(h(&[("payment-signature", &STANDARD.encode("{}"))])),
+            ErrorCode::CredentialMalformed
+        );
+        let exact = b64(
+            serde_json::json!({"x402Version": 2, "accepted": {"scheme": "exact"}, "payload": {"receipt": "a"}}),
+        );
+        assert_eq!(
+            code(h(&[("payment-signature", &exact)])),
+            ErrorCode::SchemeUnsupported
+        );
+        let v1_in_v2 = b64(
+            serde_json::json!({"x402Version": 1, "accepted": {"scheme": RECEIPT_SCHEME}, "payload": {"receipt": "a"}}),
+        );
+        assert_eq!(
+            code(h(&[("payment-signature", &v1_in_v2)])),
+            ErrorCode::CredentialMalformed
+        );
+        assert_eq!(
+            code(h(&[("authorization", "Payment a"), ("x-payment", "e30=")])),
+            ErrorCode::CredentialAmbiguous
+        );
+        assert_eq!(
+            code(h(&[
+                ("payment-signature", "e30="),
+                ("payment-signature", "e30=")
+            ])),
+            ErrorCode::CredentialAmbiguous
+        );
+        assert_eq!(
+            code(h(&[("authorization", "Payment")])),
+            ErrorCode::CredentialMalformed
+        );
+    }
+
+    #[test]
+    fn strips_payment_headers_only() {
+        let mut m = h(&[
+            ("payment-signature", "x"),
+            ("x-payment", "y"),
+            ("authorization", "Payment z"),
+            ("accept", "a"),
+        ]);
+        strip(&mut m);
+        assert_eq!(m.len(), 1);
+        let mut m = h(&[("authorization", "Bearer t")]);
+        strip(&mut m);
+        assert_eq!(m.len(), 1);
+    }
+}

@@ -1,0 +1,284 @@
+//! Refusals: one [`ErrorCode`] enum whose snake_case names are a stable public contract, and
+//! the RFC 9457 `application/problem+json` body every refusal carries.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+/// Every reason Tollgate refuses a request. The serialized (snake_case) names are part of the
+/// wire protocol: agents branch on them, so a code is never renamed once released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No payment credential on a priced route.
+    PaymentRequired,
+    /// A payment header is present but cannot be decoded (bad base64, bad JSON, wrong shape).
+    CredentialMalformed,
+    /// More than one payment header on one request.
+    CredentialAmbiguous,
+    /// The payment names a scheme this route does not accept.
+    SchemeUnsupported,
+    /// The receipt is larger than the configured limit.
+    ReceiptTooLarge,
+    /// The receipt is not a well-formed JWT or its claims have the wrong types.
+    ReceiptMalformed,
+    /// The JWT `alg` is not on the allow-list (EdDSA, ES256).
+    ReceiptUnsupportedAlgorithm,
+    /// The `iss` is not a trusted issuer.
+    ReceiptUntrustedIssuer,
+    /// The issuer has no key with the receipt's `kid`.
+    ReceiptUnknownKey,
+    /// The signature does not verify.
+    ReceiptInvalidSignature,
+    /// `exp` is in the past (beyond the allowed clock skew).
+    ReceiptExpired,
+    /// `nbf` or `iat` is in the future (beyond the allowed clock skew).
+    ReceiptNotYetValid,
+    /// `exp - iat` exceeds the configured maximum lifetime.
+    ReceiptLifetimeTooLong,
+    /// `aud` does not name this merchant.
+    ReceiptWrongAudience,
+    /// The receipt's `kind` cannot pay for this request.
+    ReceiptKindUnsupported,
+    /// The receipt was already spent.
+    ReceiptReplayed,
+    /// The receipt is being used by another request that has not finished.
+    ReceiptInUse,
+    /// The receipt's `amount` is not a valid decimal amount for its currency.
+    AmountInvalid,
+    /// The receipt's `amount` is below the route's price.
+    AmountInsufficient,
+    /// The receipt's `currency` is not the route's currency.
+    CurrencyMismatch,
+    /// The receipt's `challenge` is not a valid challenge id.
+    ChallengeInvalid,
+    /// The receipt's `challenge` has expired.
+    ChallengeExpired,
+    /// The receipt's `challenge` was issued for another route, method or price.
+    ChallengeMismatch,
+    /// The payer is blocked by the provider.
+    PayerBlocked,
+    /// The issuer's key set could not be fetched.
+    IssuerUnavailable,
+    /// The payment store (Redis) is unreachable: paid routes fail closed.
+    StoreUnavailable,
+    /// No route matches the request.
+    RouteNotFound,
+    /// The method is not allowed on this route.
+    MethodNotAllowed,
+    /// The request body is larger than the route allows.
+    BodyTooLarge,
+    /// The upstream could not be reached or failed before answering.
+    UpstreamUnavailable,
+    /// The upstream did not answer within the route's timeout.
+    UpstreamTimeout,
+    /// An unexpected internal failure (details in the gateway log only).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The stable wire name, e.g. `receipt_replayed`.
+    pub fn as_str(&self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            PaymentRequired => "payment_required",
+            CredentialMalformed => "credential_malformed",
+            CredentialAmbiguous => "credential_ambiguous",
+            SchemeUnsupported => "scheme_unsupported",
+            ReceiptTooLarge => "receipt_too_large",
+            ReceiptMalformed => "receipt_malformed",
+            ReceiptUnsupportedAlgorithm => "receipt_unsupported_algorithm",
+            ReceiptUntrustedIssuer => "receipt_untrusted_issuer",
+            ReceiptUnknownKey => "receipt_unknown_key",
+            ReceiptInvalidSignature => "receipt_invalid_signature",
+            ReceiptExpired => "receipt_expired",
+            ReceiptNotYetValid => "receipt_not_yet_valid",
+            ReceiptLifetimeTooLong => "receipt_lifetime_too_long",
+            ReceiptWrongAudience => "receipt_wrong_audience",
+            ReceiptKindUnsupported => "receipt_kind_unsupported",
+            ReceiptReplayed => "receipt_replayed",
+            ReceiptInUse => "receipt_in_use",
+            AmountInvalid => "amount_invalid",
+            AmountInsufficient => "amount_insufficient",
+            CurrencyMismatch => "currency_mismatch",
+            ChallengeInvalid => "challenge_invalid",
+            ChallengeExpired => "challenge_expired",
+            ChallengeMismatch => "challenge_mismatch",
+            PayerBlocked => "payer_blocked",
+            IssuerUnavailable => "issuer_unavailable",
+            StoreUnavailable => "store_unavailable",
+            RouteNotFound => "route_not_found",
+            MethodNotAllowed => "method_not_allowed",
+            BodyTooLarge => "body_too_large",
+            UpstreamUnavailable => "upstream_unavailable",
+            UpstreamTimeout => "upstream_timeout",
+            Internal => "internal",
+        }
+    }
+
+    /// The HTTP status this refusal is answered with.
+    pub fn status(&self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            CredentialMalformed | CredentialAmbiguous => StatusCode::BAD_REQUEST,
+            PayerBlocked => StatusCode::FORBIDDEN,
+            ReceiptInUse => StatusCode::CONFLICT,
+            RouteNotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            StoreUnavailable | IssuerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            // Every other refusal concerns the payment itself: answer 402 with a fresh
+            // challenge, so the agent can pay again correctly.
+            _ => StatusCode::PAYMENT_REQUIRED,
+        }
+    }
+
+    /// A short human title for the problem body.
+    pub fn title(&self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            PaymentRequired => "Payment required",
+            CredentialMalformed => "Malformed payment credential",
+            CredentialAmbiguous => "More than one payment credential",
+            SchemeUnsupported => "Payment scheme not accepted here",
+            ReceiptTooLarge => "Receipt too large",
+            ReceiptMalformed => "Malformed receipt",
+            ReceiptUnsupportedAlgorithm => "Receipt signature algorithm not allowed",
+            ReceiptUntrustedIssuer => "Receipt issuer not trusted",
+            ReceiptUnknownKey => "Receipt signing key unknown",
+            ReceiptInvalidSignature => "Receipt signature invalid",
+            ReceiptExpired => "Receipt expired",
+            ReceiptNotYetValid => "Receipt not yet valid",
+            ReceiptLifetimeTooLong => "Receipt lifetime too long",
+            ReceiptWrongAudience => "Receipt issued for another merchant",
+            ReceiptKindUnsupported => "Receipt kind not accepted here",
+            ReceiptReplayed => "Receipt already spent",
+            ReceiptInUse => "Receipt in use by another request",
+            AmountInvalid => "Invalid amount",
+            AmountInsufficient => "Amount does not cover the price",
+            CurrencyMismatch => "Wrong currency",
+            ChallengeInvalid => "Invalid challenge",
+            ChallengeExpired => "Challenge expired",
+            ChallengeMismatch => "Challenge issued for another request",
+            PayerBlocked => "Payer blocked",
+            IssuerUnavailable => "Receipt issuer unavailable",
+            StoreUnavailable => "Payment store unavailable",
+            RouteNotFound => "No such route",
+            MethodNotAllowed => "Method not allowed",
+            BodyTooLarge => "Request body too large",
+            UpstreamUnavailable => "Upstream unavailable",
+            UpstreamTimeout => "Upstream timed out",
+            Internal => "Internal error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An RFC 9457 problem document. `type` is a stable URN derived from the code.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// `urn:tollgate:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short human summary.
+    pub title: &'static str,
+    /// The HTTP status, repeated as the RFC asks.
+    pub status: u16,
+    /// The stable machine-readable code.
+    pub code: ErrorCode,
+    /// Human detail. For 5xx it stays generic; the cause is logged, never sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Extension members (e.g. the x402 payment requirements).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Problem {
+    /// A problem for a code, with its default status and title.
+    pub fn new(code: ErrorCode) -> Self {
+        Problem {
+            kind: format!("urn:tollgate:problem:{}", code.as_str()),
+            title: code.title(),
+            status: code.status().as_u16(),
+            code,
+            detail: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// Add a human-readable detail.
+    #[must_use]
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Add an extension member.
+    #[must_use]
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(key.to_owned(), value);
+        self
+    }
+
+    /// The JSON body.
+    pub fn to_bytes(&self) -> Bytes {
+        // Serializing this struct cannot fail (string keys, plain values); fall back to a
+        // minimal body rather than panic on a request path.
+        serde_json::to_vec(self)
+            .map(Bytes::from)
+            .unwrap_or_else(|_| Bytes::from_static(b"{\"code\":\"internal\"}"))
+    }
+
+    /// An HTTP response with `application/problem+json` and `Cache-Control: no-store`.
+    pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut res = Response::new(B::from(self.to_bytes()));
+        *res.status_mut() = status;
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialized_names_match_as_str() {
+        for code in [
+            ErrorCode::PaymentRequired,
+            ErrorCode::ReceiptReplayed,
+            ErrorCode::ReceiptWrongAudience,
+            ErrorCode::StoreUnavailable,
+            ErrorCode::UpstreamTimeout,
+        ] {
+            let v = serde_json::to_value(code).unwrap();
+            assert_eq!(v, serde_json::Value::String(code.as_str().into()));
+        }
+    }
+
+    #[test]
+    fn problem_body_is_rfc9457_shaped() {
+        let p = Problem::new(ErrorCode::ReceiptExpired).detail("exp 5 s ago");
+        let v: serde_json::Value = serde_json::from_slice(&p.to_bytes()).unwrap();
+        assert_eq!(v["type"], "urn:tollgate:problem:receipt_expired");
+        assert_eq!(v["status"], 402);
+        assert_eq!(v["code"], "receipt_expired");
+        assert_eq!(v["detail"], "exp 5 s ago");
+    }
+}

@@ -1,0 +1,153 @@
+//! Signing receipts: what a wallet or payment provider does. Tollgate itself only verifies;
+//! this module exists for wallets written in Rust, the demo wallet and the tests.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::SigningKey;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+
+use crate::receipt::ReceiptKind;
+
+/// The claims of a receipt to sign.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiptClaims {
+    /// Issuer id.
+    pub iss: String,
+    /// Payer id.
+    pub sub: String,
+    /// Merchant id.
+    pub aud: String,
+    /// Unique id.
+    pub jti: String,
+    /// Issued at, unix seconds.
+    pub iat: i64,
+    /// Expires at, unix seconds.
+    pub exp: i64,
+    /// Decimal amount string.
+    pub amount: String,
+    /// Currency code.
+    pub currency: String,
+    /// What it pays for.
+    pub kind: ReceiptKind,
+    /// The 402 challenge id it answers, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
+}
+
+/// An Ed25519 key pair printed as JWKs (what `tollgate keygen` shows).
+#[derive(Debug, Clone, Serialize)]
+pub struct GeneratedKey {
+    /// Private JWK (keep secret; the wallet signs with it).
+    pub private_jwk: serde_json::Value,
+    /// Public JWK (goes into the gateway config or the issuer's JWKS).
+    pub public_jwk: serde_json::Value,
+    /// The private key as PKCS#8 PEM.
+    pub private_pem: String,
+}
+
+/// Generate an Ed25519 key pair with a `kid`.
+pub fn generate_ed25519(kid: &str) -> Result<(GeneratedKey, SigningKey), String> {
+    let sk = SigningKey::generate(&mut rand::rngs::OsRng);
+    let x = URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
+    let d = URL_SAFE_NO_PAD.encode(sk.to_bytes());
+    let pem = sk
+        .to_pkcs8_pem(Default::default())
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let public_jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
+    let private_jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "d": d, "kid": kid, "alg": "EdDSA", "use": "sig"});
+    Ok((
+        GeneratedKey {
+            private_jwk,
+            public_jwk,
+            private_pem: pem,
+        },
+        sk,
+    ))
+}
+
+/// Signs receipts for one issuer with one key.
+#[derive(Clone)]
+pub struct ReceiptSigner {
+    issuer: String,
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: EncodingKey,
+    public_jwk: Jwk,
+}
+
+impl std::fmt::Debug for ReceiptSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptSigner")
+            .field("issuer", &self.issuer)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReceiptSigner {
+    /// A signer from an encoding key and the matching public JWK.
+    pub fn new(
+        issuer: impl Into<String>,
+        kid: Option<String>,
+        algorithm: Algorithm,
+        key: EncodingKey,
+        public_jwk: Jwk,
+    ) -> Self {
+        ReceiptSigner {
+            issuer: issuer.into(),
+            kid,
+            algorithm,
+            key,
+            public_jwk,
+        }
+    }
+
+    /// A signer with a freshly generated Ed25519 key.
+    pub fn generate_ed25519(issuer: impl Into<String>, kid: &str) -> Result<Self, String> {
+        let (generated, _) = generate_ed25519(kid)?;
+        let key = EncodingKey::from_ed_pem(generated.private_pem.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let public_jwk: Jwk =
+            serde_json::from_value(generated.public_jwk).map_err(|e| e.to_string())?;
+        Ok(Self::new(
+            issuer,
+            Some(kid.to_owned()),
+            Algorithm::EdDSA,
+            key,
+            public_jwk,
+        ))
+    }
+
+    /// The issuer id (`iss`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The public key as a JWK.
+    pub fn public_jwk(&self) -> &Jwk {
+        &self.public_jwk
+    }
+
+    /// The public key set to serve at the issuer's JWKS URL.
+    pub fn jwks(&self) -> JwkSet {
+        JwkSet {
+            keys: vec![self.public_jwk.clone()],
+        }
+    }
+
+    /// Sign arbitrary claims (tests use this to build hostile receipts).
+    pub fn sign_json<T: Serialize>(&self, claims: &T) -> Result<String, String> {
+        let mut header = Header::new(self.algorithm);
+        header.kid = self.kid.clone();
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| e.to_string())
+    }
+
+    /// Sign a receipt.
+    pub fn sign(&self, claims: &ReceiptClaims) -> Result<String, String> {
+        self.sign_json(claims)
+    }
+}

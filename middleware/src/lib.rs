@@ -1,0 +1,46 @@
+//! # tollgate-middleware
+//!
+//! The Tollgate payment engine: answer unpaid requests with HTTP 402 and x402-compatible
+//! payment requirements, verify signed payment receipts, make each receipt single-use
+//! (atomically, in Redis or in memory), and record exactly one usage event per served request.
+//! Use it through [`PaymentLayer`] in any tower/axum service, or through the `tollgate`
+//! gateway binary.
+//!
+//! # Layout
+//! - [`money`]: `Amount`, `Currency`, the one decimal <-> minor-unit conversion;
+//! - [`price`]: `Price`, `PricedRoute`;
+//! - [`challenge`]: stateless HMAC challenge ids;
+//! - [`receipt`]: receipt verification and issuer keys (inline, PEM, JWKS URL);
+//! - [`issuer`]: signing receipts (wallets, tests);
+//! - [`credential`]: finding the credential in request headers;
+//! - [`store`]: the `Store` trait, `RedisStore` (Lua scripts) and `MemoryStore`;
+//! - [`paywall`]: the engine phases (challenge, admit, settle);
+//! - [`layer`]: `PaymentLayer` (tower);
+//! - [`error`]: `ErrorCode` and problem+json;
+//! - [`clock`]: injected time.
+
+#![warn(missing_docs)]
+
+pub mod challenge;
+pub mod clock;
+pub mod credential;
+pub mod error;
+pub mod issuer;
+pub mod layer;
+pub mod money;
+pub mod paywall;
+pub mod price;
+pub mod receipt;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{ErrorCode, Problem};
+pub use layer::{PaymentBody, PaymentLayer, PaymentService, RouteFromExtension, RouteResolver};
+pub use money::{Amount, Currency, Money, MoneyError};
+pub use paywall::{Admission, Payment, Paywall, PaywallBuilder};
+pub use price::{Price, PricedRoute};
+pub use receipt::{
+    Issuer, IssuerKey, JwksKeys, KeySource, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier,
+    StaticKeys,
+};
+pub use store::{MemoryStore, RedisStore, RedisStoreOptions, Store, StoreError, UsageEvent};

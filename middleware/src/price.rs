@@ -1,0 +1,78 @@
+//! Prices and the routes they are attached to.
+
+use crate::money::{Money, MoneyError};
+
+/// What a route costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Price {
+    /// Served without payment.
+    Free,
+    /// A fixed amount per request.
+    Fixed(Money),
+}
+
+impl Price {
+    /// A fixed price; the amount must be positive and exact at the currency's scale.
+    pub fn fixed(money: Money) -> Result<Self, MoneyError> {
+        let minor = money.minor()?;
+        if minor == 0 {
+            return Err(MoneyError::Syntax(
+                "a fixed price must be greater than zero (use `free`)".into(),
+            ));
+        }
+        Ok(Price::Fixed(money))
+    }
+}
+
+/// A route as the payment engine sees it: a stable id (part of every challenge and usage
+/// event), what it costs, and how it is described to agents.
+#[derive(Debug, Clone)]
+pub struct PricedRoute {
+    /// Stable identifier, e.g. `compute`. Challenge ids are bound to it.
+    pub id: String,
+    /// The price.
+    pub price: Price,
+    /// Human description shown in the 402 `resource`.
+    pub description: String,
+    /// The MIME type of a served response, shown in the 402 `resource`.
+    pub mime_type: String,
+    /// How long serving may take; a receipt's hold lasts this long plus a margin, so a
+    /// crashed process cannot lock a receipt forever. `None`: 60 s.
+    pub timeout: Option<std::time::Duration>,
+}
+
+impl PricedRoute {
+    /// A route with a price and default description.
+    pub fn new(id: impl Into<String>, price: Price) -> Self {
+        let id = id.into();
+        PricedRoute {
+            description: format!("Tollgate route {id}"),
+            id,
+            price,
+            mime_type: "application/json".into(),
+            timeout: None,
+        }
+    }
+
+    /// Set the description.
+    #[must_use]
+    pub fn description(mut self, d: impl Into<String>) -> Self {
+        self.description = d.into();
+        self
+    }
+
+    /// Set the serving timeout (bounds the receipt hold).
+    #[must_use]
+    pub fn timeout(mut self, t: std::time::Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// Set the MIME type.
+    #[must_use]
+    pub fn mime_type(mut self, m: impl Into<String>) -> Self {
+        self.mime_type = m.into();
+        self
+    }
+}

@@ -1,0 +1,550 @@
+//! Signed payment receipts: JWTs from trusted issuers, verified with no I/O on the hot path.
+//!
+//! A receipt is a compact JWS signed with EdDSA (Ed25519) or ES256 by an issuer listed in
+//! config. Verification is, in order: size limit, header (`alg` on the allow-list; `jku`,
+//! `x5u` and `jwk` headers are ignored and never fetched), the `iss` read from the unverified
+//! payload only to pick the issuer's key, the signature, then the claims (`aud`, `exp`, `nbf`,
+//! `iat`, lifetime, amount syntax). Every failure has its own [`ErrorCode`].
+//!
+//! Keys come from a [`KeySource`]: inline JWKs / PEM files ([`StaticKeys`]) or a JWKS URL
+//! ([`JwksKeys`], cached, refetched on an unknown `kid` at most once per interval so a flood
+//! of random `kid`s cannot hammer the issuer).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::clock::Clock;
+use crate::error::ErrorCode;
+use crate::money::Amount;
+
+/// The only signature algorithms a receipt may use.
+pub const ALLOWED_ALGORITHMS: [Algorithm; 2] = [Algorithm::EdDSA, Algorithm::ES256];
+
+/// What a receipt pays for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    /// Pays for this request.
+    Payment,
+    /// Credits a prepaid balance (not accepted yet).
+    Topup,
+    /// Buys a plan period (not accepted yet).
+    Subscribe,
+}
+
+/// A verified receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// `iss`: the trusted issuer that signed it.
+    pub issuer: String,
+    /// `sub`: the payer.
+    pub payer: String,
+    /// `jti`: unique per issuer, single use.
+    pub id: String,
+    /// `iat`, unix seconds.
+    pub issued_at: i64,
+    /// `exp`, unix seconds.
+    pub expires_at: i64,
+    /// `amount`, exact.
+    pub amount: Amount,
+    /// `currency` code.
+    pub currency: String,
+    /// `kind`.
+    pub kind: ReceiptKind,
+    /// `challenge`: binds the receipt to one 402 challenge id.
+    pub challenge: Option<String>,
+    /// `plan` (subscriptions, later).
+    pub plan: Option<String>,
+    /// `mandate` (spending authority, later).
+    pub mandate: Option<String>,
+}
+
+/// The claims as they appear in the JWT. Field types are strict: a number where a string is
+/// expected is `receipt_malformed`; serde also refuses duplicate claims.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    aud: Audience,
+    jti: String,
+    iat: i64,
+    exp: i64,
+    #[serde(default)]
+    nbf: Option<i64>,
+    amount: String,
+    currency: String,
+    kind: ReceiptKind,
+    #[serde(default)]
+    challenge: Option<String>,
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default)]
+    mandate: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Only `iss`, read before the signature is checked to choose the key.
+#[derive(Deserialize)]
+struct IssuerOnly {
+    iss: String,
+}
+
+/// Why a receipt was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct ReceiptError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// Human detail (safe to send: it never contains key material).
+    pub detail: String,
+}
+
+impl ReceiptError {
+    fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        ReceiptError {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Why a key could not be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The issuer has no such key.
+    #[error("no key with kid {0:?} for this algorithm")]
+    Unknown(Option<String>),
+    /// The issuer's key set could not be fetched.
+    #[error("issuer key set unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// One verification key with its algorithm.
+#[derive(Clone)]
+pub struct IssuerKey {
+    /// `kid`, if the key has one.
+    pub kid: Option<String>,
+    /// EdDSA or ES256.
+    pub algorithm: Algorithm,
+    /// The public key.
+    pub key: Arc<DecodingKey>,
+}
+
+impl std::fmt::Debug for IssuerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish()
+    }
+}
+
+impl IssuerKey {
+    /// A key from a public JWK (OKP/Ed25519 or EC/P-256). Private members are ignored;
+    /// RSA, symmetric and other curves are refused.
+    pub fn from_jwk(jwk: &Jwk) -> Result<Self, String> {
+        let algorithm = match &jwk.algorithm {
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                Algorithm::EdDSA
+            }
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            _ => return Err("only OKP/Ed25519 and EC/P-256 keys are accepted".into()),
+        };
+        match jwk.common.key_algorithm {
+            None | Some(KeyAlgorithm::EdDSA) if algorithm == Algorithm::EdDSA => {}
+            None | Some(KeyAlgorithm::ES256) if algorithm == Algorithm::ES256 => {}
+            Some(other) => return Err(format!("key alg {other:?} does not match its curve")),
+            None => {}
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("invalid JWK: {e}"))?;
+        Ok(IssuerKey {
+            kid: jwk.common.key_id.clone(),
+            algorithm,
+            key: Arc::new(key),
+        })
+    }
+
+    /// A key from a PEM public key (SPKI), Ed25519 or P-256.
+    pub fn from_pem(pem: &[u8], kid: Option<String>) -> Result<Self, String> {
+        if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+            return Ok(IssuerKey {
+                kid,
+                algorithm: Algorithm::EdDSA,
+                key: Arc::new(key),
+            });
+        }
+        if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+            return Ok(IssuerKey {
+                kid,
+                algorithm: Algorithm::ES256,
+                key: Arc::new(key),
+            });
+        }
+        Err("not an Ed25519 or P-256 public key in PEM (SPKI) form".into())
+    }
+}
+
+fn pick(keys: &[IssuerKey], kid: Option<&str>, alg: Algorithm) -> Option<Arc<DecodingKey>> {
+    let mut candidates = keys.iter().filter(|k| k.algorithm == alg);
+    match kid {
+        Some(kid) => keys
+            .iter()
+            .find(|k| k.algorithm == alg && k.kid.as_deref() == Some(kid))
+            .map(|k| k.key.clone()),
+        // Without a `kid` the choice must be unambiguous.
+        None => {
+            let first = candidates.next()?;
+            candidates.next().is_none().then(|| first.key.clone())
+        }
+    }
+}
+
+/// Where an issuer's verification keys come from.
+#[async_trait]
+pub trait KeySource: Send + Sync + std::fmt::Debug + 'static {
+    /// The key for a `kid` (if the token names one) and algorithm.
+    async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<DecodingKey>, KeyError>;
+}
+
+/// Keys given in config (inline JWKs or PEM files).
+#[derive(Debug, Clone)]
+pub struct StaticKeys(pub Vec<IssuerKey>);
+
+#[async_trait]
+impl KeySource for StaticKeys {
+    async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<DecodingKey>, KeyError> {
+        pick(&self.0, kid, alg).ok_or_else(|| KeyError::Unknown(kid.map(str::to_owned)))
+    }
+}
+
+/// Keys fetched from an issuer's JWKS URL, cached, refetched when a token names an unknown
+/// `kid` -- at most once per `min_refetch` interval.
+#[derive(Debug)]
+pub struct JwksKeys {
+    url: String,
+    client: reqwest::Client,
+    /// The last successfully fetched key set.
+    cache: RwLock<Vec<IssuerKey>>,
+    /// When the last fetch was attempted; serializes fetches and rate-limits them.
+    last_fetch: Mutex<Option<Instant>>,
+    min_refetch: Duration,
+}
+
+impl JwksKeys {
+    /// A source for `url`; nothing is fetched until [`JwksKeys::refresh`] or the first lookup.
+    pub fn new(url: impl Into<String>, min_refetch: Duration) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(JwksKeys {
+            url: url.into(),
+            client,
+            cache: RwLock::new(Vec::new()),
+            last_fetch: Mutex::new(None),
+            min_refetch,
+        })
+    }
+
+    /// Fetch the key set now (keys of unsupported types are skipped).
+    pub async fn refresh(&self) -> Result<usize, KeyError> {
+        let mut last = self.last_fetch.lock().await;
+        *last = Some(Instant::now());
+        self.fetch_locked().await
+    }
+
+    async fn fetch_locked(&self) -> Result<usize, KeyError> {
+        let res = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| KeyError::Unavailable(e.to_string()))?;
+        if !res.status().is_success() {
+            return Err(KeyError::Unavailable(format!("HTTP {}", res.status())));
+        }
+        let body = res
+            .bytes()
+            .await
+            .map_err(|e| KeyError::Unavailable(e.to_string()))?;
+        if body.len() > 256 * 1024 {
+            return Err(KeyError::Unavailable("JWKS larger than 256 KiB".into()));
+        }
+        let set: JwkSet = serde_json::from_slice(&body)
+            .map_err(|e| KeyError::Unavailable(format!("invalid JWKS: {e}")))?;
+        let keys: Vec<IssuerKey> = set
+            .keys
+            .iter()
+            .filter_map(|k| IssuerKey::from_jwk(k).ok())
+            .collect();
+        let n = keys.len();
+        *self.cache.write().await = keys;
+        Ok(n)
+    }
+}
+
+#[async_trait]
+impl KeySource for JwksKeys {
+    async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<DecodingKey>, KeyError> {
+        if let Some(k) = pick(&self.cache.read().await, kid, alg) {
+            return Ok(k);
+        }
+        let mut last = self.last_fetch.lock().await;
+        // Another request may have refetched while we waited for the lock.
+        if let Some(k) = pick(&self.cache.read().await, kid, alg) {
+            return Ok(k);
+        }
+        let recently = last.is_some_and(|t| t.elapsed() < self.min_refetch);
+        if !recently {
+            *last = Some(Instant::now());
+            let fetched = self.fetch_locked().await;
+            if let Err(e) = fetched {
+                if self.cache.read().await.is_empty() {
+                    return Err(e);
+                }
+                tracing::warn!(url = %self.url, error = %e, "JWKS refetch failed; keeping cached keys");
+            }
+            if let Some(k) = pick(&self.cache.read().await, kid, alg) {
+                return Ok(k);
+            }
+        } else if self.cache.read().await.is_empty() {
+            return Err(KeyError::Unavailable(
+                "key set not fetched yet (retrying later)".into(),
+            ));
+        }
+        Err(KeyError::Unknown(kid.map(str::to_owned)))
+    }
+}
+
+/// A trusted issuer: its `iss` value and where its keys come from.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    /// The exact `iss` value.
+    pub id: String,
+    /// Its keys.
+    pub keys: Arc<dyn KeySource>,
+}
+
+/// Limits applied to every receipt.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiptPolicy {
+    /// Allowed clock difference with issuers, for `exp`, `nbf` and `iat`.
+    pub clock_skew: Duration,
+    /// The longest `exp - iat` accepted.
+    pub max_lifetime: Duration,
+    /// The largest token accepted, in bytes.
+    pub max_bytes: usize,
+}
+
+impl Default for ReceiptPolicy {
+    fn default() -> Self {
+        ReceiptPolicy {
+            clock_skew: Duration::from_secs(30),
+            max_lifetime: Duration::from_secs(3600),
+            max_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// Verifies receipts for one merchant.
+#[derive(Debug, Clone)]
+pub struct ReceiptVerifier {
+    merchant: String,
+    issuers: Arc<HashMap<String, Issuer>>,
+    policy: ReceiptPolicy,
+    clock: Arc<dyn Clock>,
+}
+
+impl ReceiptVerifier {
+    /// A verifier for `merchant` (the required `aud`).
+    pub fn new(
+        merchant: impl Into<String>,
+        issuers: Vec<Issuer>,
+        policy: ReceiptPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        ReceiptVerifier {
+            merchant: merchant.into(),
+            issuers: Arc::new(issuers.into_iter().map(|i| (i.id.clone(), i)).collect()),
+            policy,
+            clock,
+        }
+    }
+
+    /// The trusted issuer ids, sorted (shown to wallets in 402 offers).
+    pub fn issuer_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.issuers.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &ReceiptPolicy {
+        &self.policy
+    }
+
+    /// Verify a compact JWS receipt.
+    pub async fn verify(&self, token: &str) -> Result<Receipt, ReceiptError> {
+        use ErrorCode as C;
+        if token.len() > self.policy.max_bytes {
+            return Err(ReceiptError::new(
+                C::ReceiptTooLarge,
+                format!(
+                    "receipt is {} bytes; the limit is {}",
+                    token.len(),
+                    self.policy.max_bytes
+                ),
+            ));
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+                ReceiptError::new(C::ReceiptUnsupportedAlgorithm, "alg is not EdDSA or ES256")
+            }
+            // An unknown alg name (e.g. "none") fails header parsing as JSON.
+            ErrorKind::Json(j) if j.to_string().contains("unknown variant") => {
+                ReceiptError::new(C::ReceiptUnsupportedAlgorithm, "alg is not EdDSA or ES256")
+            }
+            _ => ReceiptError::new(C::ReceiptMalformed, "not a compact JWS"),
+        })?;
+        if !ALLOWED_ALGORITHMS.contains(&header.alg) {
+            return Err(ReceiptError::new(
+                C::ReceiptUnsupportedAlgorithm,
+                format!("alg {:?} is not allowed; use EdDSA or ES256", header.alg),
+            ));
+        }
+        let iss = peek_issuer(token)
+            .ok_or_else(|| ReceiptError::new(C::ReceiptMalformed, "payload has no string iss"))?;
+        let issuer = self.issuers.get(&iss).ok_or_else(|| {
+            ReceiptError::new(C::ReceiptUntrustedIssuer, "iss is not a trusted issuer")
+        })?;
+        let key = issuer
+            .keys
+            .key(header.kid.as_deref(), header.alg)
+            .await
+            .map_err(|e| match e {
+                KeyError::Unknown(_) => ReceiptError::new(
+                    C::ReceiptUnknownKey,
+                    "the issuer has no key with this kid and alg",
+                ),
+                KeyError::Unavailable(why) => {
+                    tracing::warn!(issuer = %iss, error = %why, "issuer keys unavailable");
+                    ReceiptError::new(C::IssuerUnavailable, "issuer keys could not be fetched")
+                }
+            })?;
+
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::InvalidSignature
+            | ErrorKind::InvalidEcdsaKey
+            | ErrorKind::InvalidEddsaKey
+            | ErrorKind::InvalidAlgorithm => {
+                ReceiptError::new(C::ReceiptInvalidSignature, "signature does not verify")
+            }
+            ErrorKind::Json(j) => ReceiptError::new(
+                C::ReceiptMalformed,
+                format!("claims: {}", truncate(&j.to_string(), 160)),
+            ),
+            _ => ReceiptError::new(C::ReceiptMalformed, "not a valid receipt JWT"),
+        })?;
+        let c = data.claims;
+        if c.iss != iss {
+            return Err(ReceiptError::new(C::ReceiptMalformed, "inconsistent iss"));
+        }
+        let aud_ok = match &c.aud {
+            Audience::One(a) => *a == self.merchant,
+            Audience::Many(list) => list.iter().any(|a| *a == self.merchant),
+        };
+        if !aud_ok {
+            return Err(ReceiptError::new(
+                C::ReceiptWrongAudience,
+                format!("aud must be {:?}", self.merchant),
+            ));
+        }
+        let now = self.clock.now_secs();
+        let skew = secs(self.policy.clock_skew);
+        if c.exp + skew < now {
+            return Err(ReceiptError::new(C::ReceiptExpired, "exp is in the past"));
+        }
+        if c.iat > now + skew || c.nbf.is_some_and(|nbf| nbf > now + skew) {
+            return Err(ReceiptError::new(
+                C::ReceiptNotYetValid,
+                "iat or nbf is in the future",
+            ));
+        }
+        if c.exp < c.iat || c.exp - c.iat > secs(self.policy.max_lifetime) {
+            return Err(ReceiptError::new(
+                C::ReceiptLifetimeTooLong,
+                format!(
+                    "exp - iat must be between 0 and {} seconds",
+                    self.policy.max_lifetime.as_secs()
+                ),
+            ));
+        }
+        if c.sub.is_empty() || c.sub.len() > 256 || c.jti.is_empty() || c.jti.len() > 256 {
+            return Err(ReceiptError::new(
+                C::ReceiptMalformed,
+                "sub and jti must be 1 to 256 characters",
+            ));
+        }
+        let amount: Amount = c
+            .amount
+            .parse()
+            .map_err(|e| ReceiptError::new(C::AmountInvalid, format!("amount: {e}")))?;
+        Ok(Receipt {
+            issuer: c.iss,
+            payer: c.sub,
+            id: c.jti,
+            issued_at: c.iat,
+            expires_at: c.exp,
+            amount,
+            currency: c.currency,
+            kind: c.kind,
+            challenge: c.challenge,
+            plan: c.plan,
+            mandate: c.mandate,
+        })
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Read `iss` from the (unverified) payload, only to choose which issuer's keys to try.
+fn peek_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<IssuerOnly>(&bytes)
+        .ok()
+        .map(|c| c.iss)
+}

@@ -1,0 +1,25 @@
+-- Capture a held receipt and append exactly one usage event, atomically.
+-- KEYS[1] receipt state key   KEYS[2] usage event stream
+-- ARGV[1] reservation id      ARGV[2] remember-spent-until (unix ms)   ARGV[3..] event field/value pairs
+-- Returns: {'captured', event id} | {'duplicate', event id} | {'conflict', ''}
+local cur = redis.call('GET', KEYS[1])
+local spent_prefix = 'spent:' .. ARGV[1] .. ':'
+if cur and string.sub(cur, 1, #spent_prefix) == spent_prefix then
+  -- This reservation was captured already: settling twice must not append twice.
+  return {'duplicate', string.sub(cur, #spent_prefix + 1)}
+end
+if cur and cur ~= 'held:' .. ARGV[1] then
+  -- Another request holds or spent this receipt (only possible if our hold expired).
+  return {'conflict', ''}
+end
+local fields = {}
+for i = 3, #ARGV do
+  fields[#fields + 1] = ARGV[i]
+end
+local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+-- Remember the spent receipt until its exp + skew (Redis clock), at least one second.
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local keep = math.max(tonumber(ARGV[2]) - now_ms, 1000)
+redis.call('SET', KEYS[1], spent_prefix .. id, 'PX', keep)
+return {'captured', id}
