@@ -1,1 +1,341 @@
-//! wip
+//! # tollgate
+//!
+//! The Tollgate gateway: a reverse proxy that sells API access to AI agents with HTTP 402.
+//! Configure routes, prices and trusted receipt issuers in one TOML file; run
+//! `tollgate run --config tollgate.toml`.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, parsed and validated (field-named errors, exit 64);
+//! - [`proxy`]: the pooled, streaming hyper reverse proxy;
+//! - this file: [`Gateway`] -- route matching, the payment layer in front of the proxy,
+//!   `/healthz`, `/readyz`, and [`Gateway::serve`] with graceful shutdown.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod proxy;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{header, HeaderValue, StatusCode};
+use tokio::net::TcpListener;
+use tollgate_middleware::receipt::ReceiptPolicy;
+use tollgate_middleware::{
+    ErrorCode, Issuer, JwksKeys, KeySource, MemoryStore, PaymentLayer, Paywall, PricedRoute,
+    RedisStore, RedisStoreOptions, RouteFromExtension, StaticKeys, Store,
+};
+use tower::ServiceExt;
+
+use crate::config::{Config, IssuerSource, Route, StoreKind, Validated};
+use crate::proxy::{problem, Proxy};
+
+/// The environment variable holding the gateway secret (challenge HMAC key, >= 32 bytes).
+pub const SECRET_ENV: &str = "TOLLGATE_SECRET";
+
+/// Why the gateway could not be built from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The secret is unusable.
+    #[error("{SECRET_ENV}: {0}")]
+    Secret(String),
+    /// The store could not be set up.
+    #[error("store: {0}")]
+    Store(String),
+    /// An issuer could not be set up.
+    #[error("issuers: {0}")]
+    Issuer(String),
+}
+
+struct Matched {
+    route: Arc<Route>,
+    priced: Arc<PricedRoute>,
+}
+
+struct Inner {
+    /// Routes in match order, each with the price the payment layer sees.
+    routes: Vec<Matched>,
+    /// The payment engine.
+    paywall: Paywall,
+    /// The upstream client.
+    proxy: Proxy,
+}
+
+/// A configured gateway, ready to serve.
+#[derive(Clone)]
+pub struct Gateway(Arc<Inner>);
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("routes", &self.0.routes.len())
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// Build from a validated config. `secret` is the challenge HMAC key; connects the store
+    /// (a Redis that is down is not fatal: paid routes fail closed until it is back) and
+    /// fetches JWKS once (a failure is retried on use).
+    pub async fn build(
+        config: &Config,
+        validated: Validated,
+        secret: &[u8],
+    ) -> Result<Self, BuildError> {
+        let store: Arc<dyn Store> = match config.store.kind {
+            StoreKind::Memory => Arc::new(MemoryStore::default()),
+            StoreKind::Redis => {
+                let options = RedisStoreOptions {
+                    url: config.store.url.clone().unwrap_or_default(),
+                    prefix: config.store.prefix.clone(),
+                    timeout: Duration::from_millis(config.store.timeout_ms),
+                };
+                Arc::new(
+                    RedisStore::connect(options)
+                        .await
+                        .map_err(|e| BuildError::Store(e.to_string()))?,
+                )
+            }
+        };
+        let r = &config.receipts;
+        let policy = ReceiptPolicy {
+            clock_skew: Duration::from_secs(r.clock_skew_secs),
+            max_lifetime: Duration::from_secs(r.max_lifetime_secs),
+            max_bytes: r.max_bytes,
+        };
+        let mut builder = Paywall::builder(config.merchant.clone(), secret.to_vec())
+            .network(config.network.clone())
+            .policy(policy)
+            .store(store)
+            .challenge_ttl(Duration::from_secs(r.challenge_ttl_secs));
+        if let Some(u) = &config.public_url {
+            builder = builder.public_base_url(u.clone());
+        }
+        for (id, source) in validated.issuers {
+            let keys: Arc<dyn KeySource> = match source {
+                IssuerSource::Static(keys) => Arc::new(StaticKeys(keys)),
+                IssuerSource::Jwks(url) => {
+                    let jwks =
+                        JwksKeys::new(url.clone(), Duration::from_secs(r.jwks_min_refetch_secs))
+                            .map_err(BuildError::Issuer)?;
+                    match jwks.refresh().await {
+                        Ok(n) => tracing::info!(issuer = %id, keys = n, "fetched issuer JWKS"),
+                        Err(e) => {
+                            tracing::warn!(issuer = %id, error = %e, "issuer JWKS not fetched yet; will retry on use")
+                        }
+                    }
+                    Arc::new(jwks)
+                }
+            };
+            builder = builder.issuer(Issuer { id, keys });
+        }
+        let paywall = builder.build().map_err(BuildError::Secret)?;
+        let routes = validated
+            .routes
+            .into_iter()
+            .map(|route| {
+                let c = &route.config;
+                let priced = PricedRoute::new(c.id.clone(), route.price.clone())
+                    .description(
+                        c.description
+                            .clone()
+                            .unwrap_or_else(|| format!("{} {}", config.merchant, c.path)),
+                    )
+                    .mime_type(c.mime_type.clone())
+                    .timeout(route.timeout);
+                Matched {
+                    route: Arc::new(route),
+                    priced: Arc::new(priced),
+                }
+            })
+            .collect();
+        Ok(Gateway(Arc::new(Inner {
+            routes,
+            paywall,
+            proxy: Proxy::new(),
+        })))
+    }
+
+    /// The payment engine (its store holds the ledger).
+    pub fn paywall(&self) -> &Paywall {
+        &self.0.paywall
+    }
+
+    /// The HTTP application: `/healthz`, `/readyz`, and every other path through the
+    /// payment layer to the proxy.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .fallback(handle)
+            .with_state(self.clone())
+    }
+
+    /// Serve on `listener` until `shutdown` completes, then stop accepting and let in-flight
+    /// requests finish (and settle).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    fn match_route(&self, req: &Request) -> Option<&Matched> {
+        let path = req.uri().path();
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().host())
+            .map(|h| {
+                h.rsplit_once(':').map_or(h, |(name, port)| {
+                    if port.bytes().all(|b| b.is_ascii_digit()) {
+                        name
+                    } else {
+                        h
+                    }
+                })
+            });
+        self.0.routes.iter().find(|m| {
+            let c = &m.route.config;
+            let prefix = c.path.trim_end_matches('/');
+            let path_ok = prefix.is_empty()
+                || path == prefix
+                || path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('/'));
+            let host_ok = c
+                .host
+                .as_ref()
+                .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)));
+            path_ok && host_ok
+        })
+    }
+}
+
+/// `.` or `..` segments, raw or percent-encoded: an upstream that normalizes them could serve
+/// a different (paid) path than the one matched.
+fn has_dot_segments(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let s = seg.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    }) || path.contains('\\')
+        || path.to_ascii_lowercase().contains("%5c")
+}
+
+async fn handle(State(gw): State<Gateway>, mut req: Request) -> Response {
+    if has_dot_segments(req.uri().path()) {
+        return problem(
+            ErrorCode::PathInvalid,
+            "dot segments and backslashes are not allowed in paths",
+        );
+    }
+    let Some(m) = gw.match_route(&req) else {
+        return problem(ErrorCode::RouteNotFound, "no route matches this path");
+    };
+    let route = m.route.clone();
+    if !route.methods.is_empty() && !route.methods.contains(req.method()) {
+        let mut res = problem(
+            ErrorCode::MethodNotAllowed,
+            "this route does not accept this method",
+        );
+        let allow = route
+            .methods
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            res.headers_mut().insert(header::ALLOW, v);
+        }
+        return res;
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > route.config.max_body_bytes) {
+        return problem(
+            ErrorCode::BodyTooLarge,
+            &format!(
+                "request body larger than {} bytes",
+                route.config.max_body_bytes
+            ),
+        );
+    }
+    req.extensions_mut().insert(m.priced.clone());
+    req.extensions_mut().insert(route);
+    let proxy = gw.0.proxy.clone();
+    let upstream = tower::service_fn(move |req: Request| {
+        let proxy = proxy.clone();
+        async move { proxy.forward(req).await }
+    });
+    let paid = PaymentLayer::new(gw.0.paywall.clone(), Arc::new(RouteFromExtension));
+    match tower::Layer::layer(&paid, upstream).oneshot(req).await {
+        Ok(res) => res.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"status\":\"ok\"}",
+    )
+}
+
+async fn readyz(State(gw): State<Gateway>) -> Response {
+    match gw.0.paywall.store().ping().await {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"status\":\"ready\"}",
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: store unreachable");
+            let mut res = problem(
+                ErrorCode::StoreUnavailable,
+                "the payment store is unreachable",
+            );
+            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            res
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_dot_segments;
+
+    #[test]
+    fn dot_segments_are_detected() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/..",
+            "/a\\b",
+            "/a/%5c/b",
+        ] {
+            assert!(has_dot_segments(bad), "{bad}");
+        }
+        for ok in ["/", "/a/b", "/a/.b", "/a/b..c", "/v1/x.json"] {
+            assert!(!has_dot_segments(ok), "{ok}");
+        }
+    }
+}

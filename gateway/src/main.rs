@@ -1,1 +1,173 @@
-fn main() {}
+//! `tollgate`: run, check and key generation. Thin: everything lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tollgate::config::Config;
+use tollgate::{Gateway, SECRET_ENV};
+
+/// Tollgate: an HTTP 402 payment gateway for APIs sold to AI agents.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit (0: valid, 64: invalid).
+    Check {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print a new Ed25519 key pair as JWKs (and PKCS#8 PEM), for issuers and tests.
+    Keygen {
+        /// The key id.
+        #[arg(long, default_value = "key-1")]
+        kid: String,
+    },
+}
+
+/// EX_USAGE / EX_CONFIG-style exit for a bad configuration.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Keygen { kid } => match tollgate_middleware::issuer::generate_ed25519(&kid) {
+            Ok((key, _)) => {
+                println!("{}", serde_json::to_string_pretty(&key).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keygen failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { config } => match Config::load(&config) {
+            Ok((cfg, v)) => {
+                println!(
+                    "{}: ok ({} routes, {} issuers, store {:?})",
+                    config.display(),
+                    v.routes.len(),
+                    v.issuers.len(),
+                    cfg.store.kind
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", config.display());
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config } => run(config),
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    // Validate everything before any socket is bound.
+    let (cfg, validated) = match Config::load(&path) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let secret = match std::env::var(SECRET_ENV) {
+        Ok(s) if s.len() >= 32 => s.into_bytes(),
+        Ok(_) => {
+            eprintln!("{SECRET_ENV} must be at least 32 bytes");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(_) => {
+            tracing::warn!("{SECRET_ENV} is not set: using a random per-process secret; replicas will not accept each other's challenges");
+            let bytes: [u8; 32] = rand::random();
+            bytes.to_vec()
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let gateway = match Gateway::build(&cfg, validated, &secret).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot listen on {}: {e}", cfg.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(listen = %cfg.listen, merchant = %cfg.merchant, "tollgate serving");
+        let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(gateway.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = tx.send(());
+        match tokio::time::timeout(grace, server).await {
+            Ok(Ok(Ok(()))) => ExitCode::SUCCESS,
+            Ok(Ok(Err(e))) => {
+                eprintln!("server error: {e}");
+                ExitCode::FAILURE
+            }
+            Ok(Err(e)) => {
+                eprintln!("server task failed: {e}");
+                ExitCode::FAILURE
+            }
+            Err(_) => {
+                tracing::warn!("grace period over; exiting with requests in flight");
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

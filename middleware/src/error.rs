@@ -63,6 +63,9 @@ pub enum ErrorCode {
     IssuerUnavailable,
     /// The payment store (Redis) is unreachable: paid routes fail closed.
     StoreUnavailable,
+    /// The request path has `.`/`..` segments (raw or percent-encoded), refused so an
+    /// upstream's path normalization cannot reach a different route than the one priced.
+    PathInvalid,
     /// No route matches the request.
     RouteNotFound,
     /// The method is not allowed on this route.
@@ -108,6 +111,7 @@ impl ErrorCode {
             PayerBlocked => "payer_blocked",
             IssuerUnavailable => "issuer_unavailable",
             StoreUnavailable => "store_unavailable",
+            PathInvalid => "path_invalid",
             RouteNotFound => "route_not_found",
             MethodNotAllowed => "method_not_allowed",
             BodyTooLarge => "body_too_large",
@@ -121,7 +125,7 @@ impl ErrorCode {
     pub fn status(&self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            CredentialMalformed | CredentialAmbiguous => StatusCode::BAD_REQUEST,
+            CredentialMalformed | CredentialAmbiguous | PathInvalid => StatusCode::BAD_REQUEST,
             PayerBlocked => StatusCode::FORBIDDEN,
             ReceiptInUse => StatusCode::CONFLICT,
             RouteNotFound => StatusCode::NOT_FOUND,
@@ -167,6 +171,7 @@ impl ErrorCode {
             PayerBlocked => "Payer blocked",
             IssuerUnavailable => "Receipt issuer unavailable",
             StoreUnavailable => "Payment store unavailable",
+            PathInvalid => "Invalid request path",
             RouteNotFound => "No such route",
             MethodNotAllowed => "Method not allowed",
             BodyTooLarge => "Request body too large",

@@ -44,3 +44,8 @@ pub use receipt::{
     StaticKeys,
 };
 pub use store::{MemoryStore, RedisStore, RedisStoreOptions, Store, StoreError, UsageEvent};
+
+/// The JWT crate this engine verifies with (for wallets and tests that sign receipts).
+pub use jsonwebtoken;
+/// JWK types, re-exported from `jsonwebtoken` for configuring issuer keys.
+pub use jsonwebtoken::jwk;

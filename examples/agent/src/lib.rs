@@ -1,1 +1,153 @@
-//! wip
+//! A demo agent client: calls an API; on 402 it reads the x402 `PAYMENT-REQUIRED` offers,
+//! asks its wallet for a receipt bound to the challenge, retries with `PAYMENT-SIGNATURE`,
+//! and reports what it paid (from `PAYMENT-RESPONSE`).
+
+use anyhow::{anyhow, bail, Context};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+/// The scheme of Tollgate receipt offers.
+pub const RECEIPT_SCHEME: &str = "tollgate-receipt";
+
+/// What one paid call did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Final HTTP status.
+    pub status: u16,
+    /// Final body.
+    pub body: String,
+    /// The 402 requirements met first, if any.
+    pub required: Option<Value>,
+    /// The decoded `PAYMENT-RESPONSE`, if paid.
+    pub payment: Option<Value>,
+    /// The receipt used, if any.
+    pub receipt: Option<String>,
+}
+
+/// Decode a base64 JSON header.
+pub fn decode_header(v: &str) -> anyhow::Result<Value> {
+    let bytes = STANDARD.decode(v.trim()).context("header is not base64")?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// An agent with a wallet.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// Base URL of the wallet.
+    pub wallet: String,
+    /// Payer id.
+    pub payer: String,
+}
+
+impl Agent {
+    /// An agent paying as `payer` through the wallet at `wallet`.
+    pub fn new(wallet: impl Into<String>, payer: impl Into<String>) -> Self {
+        Agent {
+            http: reqwest::Client::new(),
+            wallet: wallet.into(),
+            payer: payer.into(),
+        }
+    }
+
+    /// Ask the wallet for a receipt answering one offer.
+    pub async fn receipt_for(&self, offer: &Value) -> anyhow::Result<String> {
+        let extra = &offer["extra"];
+        let req = json!({
+            "payer": self.payer,
+            "merchant": offer["payTo"],
+            "amount": extra["price"],
+            "currency": extra["currency"],
+            "challenge": extra["challenge"],
+        });
+        let res = self
+            .http
+            .post(format!("{}/v1/receipts", self.wallet))
+            .json(&req)
+            .send()
+            .await?;
+        let status = res.status();
+        let body: Value = res.json().await?;
+        if !status.is_success() {
+            bail!("wallet refused: {}", body["error"]);
+        }
+        body["receipt"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("wallet sent no receipt"))
+    }
+
+    /// The `PAYMENT-SIGNATURE` value for a receipt answering an offer.
+    pub fn payment_signature(offer: &Value, resource: &Value, receipt: &str) -> String {
+        let payload = json!({
+            "x402Version": 2,
+            "resource": resource,
+            "accepted": offer,
+            "payload": {"receipt": receipt},
+        });
+        STANDARD.encode(payload.to_string())
+    }
+
+    /// Call `url`; pay if asked to.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Outcome> {
+        let build = || {
+            let mut r = self.http.request(method.clone(), url);
+            if let Some(b) = &body {
+                r = r.json(b);
+            }
+            r
+        };
+        let first = build().send().await?;
+        if first.status().as_u16() != 402 {
+            let status = first.status().as_u16();
+            return Ok(Outcome {
+                status,
+                body: first.text().await?,
+                required: None,
+                payment: None,
+                receipt: None,
+            });
+        }
+        let header = first
+            .headers()
+            .get("payment-required")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| anyhow!("402 without PAYMENT-REQUIRED"))?
+            .to_owned();
+        let required = decode_header(&header)?;
+        let offer = required["accepts"]
+            .as_array()
+            .and_then(|a| a.iter().find(|o| o["scheme"] == RECEIPT_SCHEME))
+            .cloned()
+            .ok_or_else(|| anyhow!("no {RECEIPT_SCHEME} offer"))?;
+        let receipt = self.receipt_for(&offer).await?;
+        let paid = build()
+            .header(
+                "payment-signature",
+                Self::payment_signature(&offer, &required["resource"], &receipt),
+            )
+            .send()
+            .await?;
+        let status = paid.status().as_u16();
+        let payment = paid
+            .headers()
+            .get("payment-response")
+            .and_then(|v| v.to_str().ok())
+            .map(decode_header)
+            .transpose()?;
+        Ok(Outcome {
+            status,
+            body: paid.text().await?,
+            required: Some(required),
+            payment,
+            receipt: Some(receipt),
+        })
+    }
+}

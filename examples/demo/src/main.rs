@@ -1,1 +1,150 @@
-fn main() {}
+//! Run with: cargo run -p example-demo [-- --serve]
+//!
+//! The whole paid setup in one process, on the embedded (memory) store -- no Redis needed:
+//! a demo upstream, a demo wallet (receipt issuer with a JWKS), the Tollgate gateway in front
+//! of the upstream, and an agent that meets a 402, gets a receipt from its wallet, pays and
+//! prints what it paid. With `--serve` everything keeps running so you can try it with curl.
+
+use std::time::Duration;
+
+use example_agent::Agent;
+use tollgate::config::Config;
+use tollgate::Gateway;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let serve = std::env::args().any(|a| a == "--serve");
+
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream_addr = upstream.local_addr()?;
+    tokio::spawn(example_upstream::serve(upstream));
+
+    let wallet_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let wallet_url = format!("http://{}", wallet_listener.local_addr()?);
+    let wallet =
+        example_wallet::Wallet::generate(wallet_url.clone(), example_wallet::default_cap())
+            .map_err(anyhow::Error::msg)?;
+    tokio::spawn(async move { axum::serve(wallet_listener, wallet.app()).await });
+
+    let gateway_listener = tokio::net::TcpListener::bind(if serve {
+        "127.0.0.1:8402"
+    } else {
+        "127.0.0.1:0"
+    })
+    .await?;
+    let gw_url = format!("http://{}", gateway_listener.local_addr()?);
+    let toml = format!(
+        r#"
+merchant = "demo-merchant"
+[currencies.USD]
+scale = 6
+[[issuers]]
+id = "{wallet_url}"
+jwks_url = "{wallet_url}/.well-known/jwks.json"
+[store]
+kind = "memory"
+[[routes]]
+id = "compute"
+path = "/v1/compute"
+methods = ["POST"]
+upstream = "http://{upstream_addr}"
+price = {{ amount = "0.01", currency = "USD" }}
+description = "Run a compute job"
+[[routes]]
+id = "storage"
+path = "/v1/storage"
+methods = ["GET", "HEAD"]
+upstream = "http://{upstream_addr}"
+price = {{ amount = "0.002", currency = "USD" }}
+mime_type = "application/octet-stream"
+[[routes]]
+id = "free"
+path = "/free"
+upstream = "http://{upstream_addr}"
+price = "free"
+"#
+    );
+    let cfg = Config::from_str(&toml)?;
+    let validated = cfg.validate(std::path::Path::new("."))?;
+    let secret: [u8; 32] = rand_bytes();
+    let gateway = Gateway::build(&cfg, validated, &secret).await?;
+    let paywall = gateway.paywall().clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gateway.serve(gateway_listener, async move {
+        let _ = stop_rx.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    println!("upstream {upstream_addr}, wallet {wallet_url}, gateway {gw_url} (memory store)\n");
+    let agent = Agent::new(wallet_url.clone(), "agent-007");
+
+    let free = agent
+        .call(reqwest::Method::GET, &format!("{gw_url}/free/hello"), None)
+        .await?;
+    println!("1. GET /free/hello -> {} {}", free.status, free.body.trim());
+
+    let paid = agent
+        .call(
+            reqwest::Method::POST,
+            &format!("{gw_url}/v1/compute"),
+            Some(serde_json::json!({"job": "render"})),
+        )
+        .await?;
+    if let Some(req) = &paid.required {
+        let offer = &req["accepts"][0];
+        println!(
+            "2. POST /v1/compute -> 402: pay {} {} (= {} atomic units) to {} via {}",
+            offer["extra"]["price"],
+            offer["extra"]["currency"],
+            offer["amount"],
+            offer["payTo"],
+            offer["scheme"]
+        );
+    }
+    println!(
+        "   agent got a receipt from its wallet and retried -> {} {}",
+        paid.status,
+        paid.body.trim()
+    );
+    if let Some(p) = &paid.payment {
+        println!(
+            "   PAYMENT-RESPONSE: charged {} {} to {}, ledger event {}",
+            p["amount"], p["currency"], p["payer"], p["eventId"]
+        );
+    }
+
+    if let Some(receipt) = &paid.receipt {
+        let replay = reqwest::Client::new()
+            .post(format!("{gw_url}/v1/compute"))
+            .header("authorization", format!("Payment {receipt}"))
+            .send()
+            .await?;
+        let status = replay.status().as_u16();
+        let body: serde_json::Value = replay.json().await?;
+        println!("3. the same receipt again -> {status} {}", body["code"]);
+    }
+
+    let events = paywall.store().usage_events().await?;
+    println!("\nledger: {} usage event(s)", events.len());
+    for e in &events {
+        println!(
+            "  {} payer={} route={} amount={} {} status={}",
+            e.id, e.payer, e.route, e.amount, e.currency, e.upstream_status
+        );
+    }
+
+    if serve {
+        println!("\nserving on {gw_url} until Ctrl-C; try: cargo run -p example-agent -- {gw_url}/v1/storage/report.txt {wallet_url}");
+        tokio::signal::ctrl_c().await?;
+    }
+    let _ = stop_tx.send(());
+    server.await??;
+    if paid.status != 200 {
+        anyhow::bail!("the paid call did not succeed");
+    }
+    Ok(())
+}
+
+fn rand_bytes() -> [u8; 32] {
+    rand::random()
+}

@@ -1,0 +1,594 @@
+//! Configuration: one TOML file, parsed ([`Config::from_str`]), loaded ([`Config::load`]) and
+//! validated ([`Config::validate`]) before any socket is bound. Every error names its field.
+//! Secrets never live in the file: the gateway secret comes from `TOLLGATE_SECRET`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tollgate_middleware::jwk::Jwk;
+use tollgate_middleware::money::{Amount, Currency, Money};
+use tollgate_middleware::paywall::valid_caip2;
+use tollgate_middleware::{IssuerKey, Price};
+
+/// A configuration problem; `tollgate` exits with status 64 on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a field has the wrong type or an unknown name.
+    #[error("invalid TOML: {0}")]
+    Parse(String),
+    /// A field has a value Tollgate cannot use.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `routes[1].price.amount`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the public listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// This merchant's id: the `aud` receipts must carry, and `payTo` in offers.
+    pub merchant: String,
+    /// x402 network id of receipt offers.
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// Public base URL shown in 402 `resource.url` (default: from the Host header).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+    /// Receipt limits.
+    #[serde(default)]
+    pub receipts: ReceiptsConfig,
+    /// Currencies by code.
+    pub currencies: BTreeMap<String, CurrencyConfig>,
+    /// Trusted receipt issuers.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Where payment state lives.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Routes, matched in order.
+    pub routes: Vec<RouteConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8402))
+}
+fn default_network() -> String {
+    tollgate_middleware::paywall::DEFAULT_NETWORK.into()
+}
+fn default_grace() -> u64 {
+    30
+}
+
+/// `[receipts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiptsConfig {
+    /// Allowed clock difference with issuers (seconds).
+    pub clock_skew_secs: u64,
+    /// Longest accepted `exp - iat` (seconds).
+    pub max_lifetime_secs: u64,
+    /// Largest accepted receipt (bytes).
+    pub max_bytes: usize,
+    /// How long a 402 challenge stays valid (seconds).
+    pub challenge_ttl_secs: u64,
+    /// Minimum seconds between JWKS refetches triggered by unknown `kid`s.
+    pub jwks_min_refetch_secs: u64,
+}
+
+impl Default for ReceiptsConfig {
+    fn default() -> Self {
+        ReceiptsConfig {
+            clock_skew_secs: 30,
+            max_lifetime_secs: 3600,
+            max_bytes: 8192,
+            challenge_ttl_secs: 300,
+            jwks_min_refetch_secs: 30,
+        }
+    }
+}
+
+/// `[currencies.<CODE>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurrencyConfig {
+    /// Decimal places of one atomic unit (0..=18).
+    pub scale: u32,
+}
+
+/// `[[issuers]]`: exactly one of `jwks_url`, `keys`, `pem_file`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` value.
+    pub id: String,
+    /// URL of the issuer's JWKS (fetched, cached, refetched on unknown `kid`).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Inline public JWKs.
+    #[serde(default)]
+    pub keys: Option<Vec<toml::Value>>,
+    /// A PEM (SPKI) public key file, relative to the config file.
+    #[serde(default)]
+    pub pem_file: Option<PathBuf>,
+    /// The `kid` of the PEM key, if receipts name one.
+    #[serde(default)]
+    pub kid: Option<String>,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (embedded, single process) or `redis`.
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// Redis URL (`redis://`, `rediss://`, `unix://`); required for `redis`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Key prefix.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Bound on each Redis call (milliseconds).
+    #[serde(default = "default_store_timeout")]
+    pub timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Memory,
+            url: None,
+            prefix: default_prefix(),
+            timeout_ms: default_store_timeout(),
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "tollgate".into()
+}
+fn default_store_timeout() -> u64 {
+    500
+}
+
+/// Which store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In-process (default).
+    #[default]
+    Memory,
+    /// Redis (production; shared by replicas).
+    Redis,
+}
+
+/// A route's price as written in the file: `"free"` or `{ amount, currency }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PriceConfig {
+    /// `"free"`.
+    Keyword(String),
+    /// A fixed price per request.
+    Fixed {
+        /// Decimal string.
+        amount: String,
+        /// Currency code from `[currencies]`.
+        currency: String,
+    },
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Stable id (appears in challenges and usage events).
+    pub id: String,
+    /// Path prefix, matched on segment boundaries (`/v1` matches `/v1` and `/v1/x`, not `/v1x`).
+    pub path: String,
+    /// Allowed methods (empty: any).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Only for this Host (without port, case-insensitive).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Upstream base URL (`http://host:port[/base]`).
+    pub upstream: String,
+    /// Price.
+    pub price: PriceConfig,
+    /// Time for the upstream to start answering (milliseconds).
+    #[serde(default = "default_route_timeout")]
+    pub timeout_ms: u64,
+    /// Largest request body (bytes).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Shown to agents in the 402 `resource.description`.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Shown to agents in the 402 `resource.mimeType`.
+    #[serde(default = "default_mime")]
+    pub mime_type: String,
+}
+
+fn default_route_timeout() -> u64 {
+    30_000
+}
+fn default_max_body() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_mime() -> String {
+    "application/json".into()
+}
+
+/// A validated route, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// As configured.
+    pub config: RouteConfig,
+    /// Upper-case methods (empty: any).
+    pub methods: Vec<http::Method>,
+    /// Parsed upstream.
+    pub upstream: http::Uri,
+    /// Parsed price.
+    pub price: Price,
+    /// Timeout.
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// Parse TOML (no validation).
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(s: &str) -> Result<Self, ConfigError> {
+        toml::from_str(s).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Read, parse and validate a file; relative paths inside resolve against its folder.
+    pub fn load(path: &Path) -> Result<(Self, Validated), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = Self::from_str(&text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let v = cfg.validate(base)?;
+        Ok((cfg, v))
+    }
+
+    /// Check every field; returns the parsed pieces the gateway needs.
+    pub fn validate(&self, base_dir: &Path) -> Result<Validated, ConfigError> {
+        if self.merchant.is_empty() || self.merchant.len() > 128 {
+            return Err(invalid("merchant", "must be 1 to 128 characters"));
+        }
+        if !valid_caip2(&self.network) {
+            return Err(invalid(
+                "network",
+                "must match ^[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}$",
+            ));
+        }
+        if let Some(u) = &self.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(invalid("public_url", "must start with http:// or https://"));
+            }
+        }
+        let r = &self.receipts;
+        if r.max_lifetime_secs == 0 || r.max_lifetime_secs > 30 * 86400 {
+            return Err(invalid(
+                "receipts.max_lifetime_secs",
+                "must be 1 to 2592000",
+            ));
+        }
+        if r.clock_skew_secs > 600 {
+            return Err(invalid("receipts.clock_skew_secs", "must be at most 600"));
+        }
+        if !(256..=65536).contains(&r.max_bytes) {
+            return Err(invalid("receipts.max_bytes", "must be 256 to 65536"));
+        }
+        if r.challenge_ttl_secs == 0 || r.challenge_ttl_secs > 86400 {
+            return Err(invalid("receipts.challenge_ttl_secs", "must be 1 to 86400"));
+        }
+        let mut currencies = BTreeMap::new();
+        for (code, c) in &self.currencies {
+            let cur = Currency::try_new(code.clone(), c.scale)
+                .map_err(|m| invalid(format!("currencies.{code}"), m))?;
+            currencies.insert(code.clone(), cur);
+        }
+        let mut issuers = Vec::new();
+        for (i, iss) in self.issuers.iter().enumerate() {
+            let f = |k: &str| format!("issuers[{i}].{k}");
+            if iss.id.is_empty() {
+                return Err(invalid(f("id"), "must not be empty"));
+            }
+            if self.issuers[..i].iter().any(|o| o.id == iss.id) {
+                return Err(invalid(f("id"), format!("duplicate issuer {:?}", iss.id)));
+            }
+            let n = usize::from(iss.jwks_url.is_some())
+                + usize::from(iss.keys.is_some())
+                + usize::from(iss.pem_file.is_some());
+            if n != 1 {
+                return Err(invalid(
+                    format!("issuers[{i}]"),
+                    "set exactly one of jwks_url, keys, pem_file",
+                ));
+            }
+            let source = if let Some(url) = &iss.jwks_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(f("jwks_url"), "must be an http(s) URL"));
+                }
+                IssuerSource::Jwks(url.clone())
+            } else if let Some(keys) = &iss.keys {
+                if keys.is_empty() {
+                    return Err(invalid(f("keys"), "must list at least one key"));
+                }
+                let mut parsed = Vec::new();
+                for (k, v) in keys.iter().enumerate() {
+                    let json = serde_json::to_value(v)
+                        .map_err(|e| invalid(format!("issuers[{i}].keys[{k}]"), e.to_string()))?;
+                    let jwk: Jwk = serde_json::from_value(json).map_err(|e| {
+                        invalid(format!("issuers[{i}].keys[{k}]"), format!("not a JWK: {e}"))
+                    })?;
+                    parsed.push(
+                        IssuerKey::from_jwk(&jwk)
+                            .map_err(|m| invalid(format!("issuers[{i}].keys[{k}]"), m))?,
+                    );
+                }
+                IssuerSource::Static(parsed)
+            } else if let Some(pem) = &iss.pem_file {
+                let path = base_dir.join(pem);
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    invalid(
+                        f("pem_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let key = IssuerKey::from_pem(&bytes, iss.kid.clone())
+                    .map_err(|m| invalid(f("pem_file"), m))?;
+                IssuerSource::Static(vec![key])
+            } else {
+                return Err(invalid(format!("issuers[{i}]"), "no key source"));
+            };
+            issuers.push((iss.id.clone(), source));
+        }
+        match self.store.kind {
+            StoreKind::Memory => {}
+            StoreKind::Redis => {
+                let Some(url) = &self.store.url else {
+                    return Err(invalid("store.url", "required when store.kind = \"redis\""));
+                };
+                if redis_url_ok(url).is_err() {
+                    return Err(invalid(
+                        "store.url",
+                        "must be a redis://, rediss:// or unix:// URL",
+                    ));
+                }
+            }
+        }
+        if self.store.prefix.is_empty() || self.store.prefix.contains(['{', '}', ' ']) {
+            return Err(invalid(
+                "store.prefix",
+                "must be non-empty, without braces or spaces",
+            ));
+        }
+        if self.store.timeout_ms == 0 || self.store.timeout_ms > 60_000 {
+            return Err(invalid("store.timeout_ms", "must be 1 to 60000"));
+        }
+        if self.routes.is_empty() {
+            return Err(invalid("routes", "at least one route is needed"));
+        }
+        let mut routes = Vec::new();
+        for (i, rc) in self.routes.iter().enumerate() {
+            let f = |k: &str| format!("routes[{i}].{k}");
+            if rc.id.is_empty()
+                || rc.id.len() > 64
+                || !rc
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                return Err(invalid(f("id"), "must be 1 to 64 of [A-Za-z0-9._-]"));
+            }
+            if self.routes[..i].iter().any(|o| o.id == rc.id) {
+                return Err(invalid(f("id"), format!("duplicate route id {:?}", rc.id)));
+            }
+            if !rc.path.starts_with('/')
+                || rc.path.contains(['?', '#'])
+                || rc.path.split('/').any(|s| s == "." || s == "..")
+            {
+                return Err(invalid(
+                    f("path"),
+                    "must be an absolute path prefix like /v1/compute",
+                ));
+            }
+            let mut methods = Vec::new();
+            for (m, name) in rc.methods.iter().enumerate() {
+                let method = http::Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| {
+                        invalid(format!("routes[{i}].methods[{m}]"), "not an HTTP method")
+                    })?;
+                methods.push(method);
+            }
+            let upstream: http::Uri = rc
+                .upstream
+                .parse()
+                .map_err(|_| invalid(f("upstream"), "not a URL"))?;
+            if upstream.scheme_str() != Some("http")
+                || upstream.authority().is_none()
+                || upstream.query().is_some()
+            {
+                return Err(invalid(
+                    f("upstream"),
+                    "must be http://host:port[/base] (TLS to upstreams is not supported yet)",
+                ));
+            }
+            let price =
+                match &rc.price {
+                    PriceConfig::Keyword(k) if k == "free" => Price::Free,
+                    PriceConfig::Keyword(k) => return Err(invalid(
+                        f("price"),
+                        format!(
+                            "{k:?}: use \"free\" or {{ amount = \"0.01\", currency = \"USD\" }}"
+                        ),
+                    )),
+                    PriceConfig::Fixed { amount, currency } => {
+                        let cur = currencies.get(currency).ok_or_else(|| {
+                            invalid(
+                                f("price.currency"),
+                                format!("{currency:?} is not in [currencies]"),
+                            )
+                        })?;
+                        let amount: Amount = amount
+                            .parse()
+                            .map_err(|e| invalid(f("price.amount"), format!("{e}")))?;
+                        Price::fixed(Money {
+                            amount,
+                            currency: cur.clone(),
+                        })
+                        .map_err(|e| invalid(f("price.amount"), e.to_string()))?
+                    }
+                };
+            if matches!(price, Price::Fixed(_)) && issuers.is_empty() {
+                return Err(invalid(
+                    f("price"),
+                    "a priced route needs at least one [[issuers]] entry",
+                ));
+            }
+            if rc.timeout_ms == 0 || rc.timeout_ms > 3_600_000 {
+                return Err(invalid(f("timeout_ms"), "must be 1 to 3600000"));
+            }
+            if let Some(h) = &rc.host {
+                if h.is_empty() || h.contains([':', '/', ' ']) {
+                    return Err(invalid(f("host"), "a host name without port"));
+                }
+            }
+            routes.push(Route {
+                config: rc.clone(),
+                methods,
+                upstream,
+                price,
+                timeout: Duration::from_millis(rc.timeout_ms),
+            });
+        }
+        Ok(Validated { routes, issuers })
+    }
+}
+
+fn redis_url_ok(url: &str) -> Result<(), ()> {
+    let ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+        .iter()
+        .any(|p| url.starts_with(p));
+    if ok {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// Where an issuer's keys come from, after validation.
+#[derive(Debug, Clone)]
+pub enum IssuerSource {
+    /// Fetched from a JWKS URL.
+    Jwks(String),
+    /// Given in config.
+    Static(Vec<IssuerKey>),
+}
+
+/// The parsed pieces of a valid config.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// Routes, in match order.
+    pub routes: Vec<Route>,
+    /// Issuers with their key sources.
+    pub issuers: Vec<(String, IssuerSource)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+merchant = "m"
+[currencies.USD]
+scale = 6
+[[issuers]]
+id = "w"
+keys = [{ kty = "OKP", crv = "Ed25519", x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", kid = "k" }]
+[[routes]]
+id = "paid"
+path = "/v1/paid"
+upstream = "http://127.0.0.1:9"
+price = { amount = "0.01", currency = "USD" }
+[[routes]]
+id = "free"
+path = "/"
+upstream = "http://127.0.0.1:9"
+price = "free"
+"#;
+
+    fn err(toml: &str) -> String {
+        match Config::from_str(toml).and_then(|c| c.validate(Path::new("."))) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_file() {
+        let c = Config::from_str(GOOD).unwrap();
+        let v = c.validate(Path::new(".")).unwrap();
+        assert_eq!(v.routes.len(), 2);
+        assert_eq!(c.listen.port(), 8402);
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        assert!(
+            err(&GOOD.replace("\"0.01\"", "\"0.0000001\"")).starts_with("routes[0].price.amount")
+        );
+        assert!(err(&GOOD.replace("\"0.01\"", "\"-1\"")).starts_with("routes[0].price.amount"));
+        assert!(err(&GOOD.replace("\"0.01\"", "\"0\"")).starts_with("routes[0].price.amount"));
+        assert!(
+            err(&GOOD.replace("currency = \"USD\"", "currency = \"EUR\""))
+                .starts_with("routes[0].price.currency")
+        );
+        assert!(
+            err(&GOOD.replace("http://127.0.0.1:9\"\nprice = {", "ftp://x\"\nprice = {"))
+                .starts_with("routes[0].upstream")
+        );
+        assert!(err(&GOOD.replace("id = \"free\"", "id = \"paid\"")).starts_with("routes[1].id"));
+        assert!(err(&GOOD.replace("scale = 6", "scale = 40")).starts_with("currencies.USD"));
+        assert!(err(&GOOD.replace("x = \"11q", "x = \"!!")).starts_with("issuers[0].keys[0]"));
+        assert!(err(&format!("{GOOD}\n[store]\nkind = \"redis\"\n")).starts_with("store.url"));
+        assert!(
+            err(&GOOD.replace("merchant = \"m\"", "merchant = \"m\"\nnetwork = \"Bad\""))
+                .starts_with("network")
+        );
+        // Unknown fields are typos, not silently ignored.
+        assert!(err(&GOOD.replace("scale = 6", "scale = 6\nscael = 2")).contains("unknown field"));
+    }
+}

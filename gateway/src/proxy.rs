@@ -1,0 +1,185 @@
+//! The reverse proxy: forwards a request to its route's upstream over a pooled hyper client,
+//! streaming bodies both ways.
+//!
+//! Request: hop-by-hop headers removed (and any header `Connection` names), payment headers
+//! were already stripped by the payment layer, `Host` set to the upstream, `X-Forwarded-For`
+//! appended with the client address, `X-Forwarded-Proto` and `X-Forwarded-Host` set. The body
+//! is limited to the route's `max_body_bytes`.
+//! Response: hop-by-hop headers removed; body streamed as it arrives.
+//! Failures become problem responses: unreachable 502 `upstream_unavailable`, no answer within
+//! the route timeout 504 `upstream_timeout`, body over the limit 413 `body_too_large`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tollgate_middleware::{ErrorCode, Paywall};
+
+use crate::config::Route;
+
+type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<
+    bytes::Bytes,
+    Box<dyn std::error::Error + Send + Sync>,
+>;
+
+/// The pooled upstream client.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    client: Client<HttpConnector, UpstreamBody>,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Remove hop-by-hop headers, including those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove("proxy-authenticate");
+}
+
+impl Proxy {
+    /// A client with a connection pool.
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(http);
+        Proxy { client }
+    }
+
+    fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, ()> {
+        let base = &route.upstream;
+        let base_path = base.path().trim_end_matches('/');
+        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let authority = base.authority().ok_or(())?;
+        format!("http://{authority}{base_path}{pq}")
+            .parse()
+            .map_err(|_| ())
+    }
+
+    /// Forward one request (its `Arc<Route>` is in the extensions).
+    pub async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, Infallible> {
+        let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
+            return Ok(problem(ErrorCode::Internal, "internal error"));
+        };
+        let client_ip = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let (mut parts, body) = req.into_parts();
+        let Ok(uri) = Self::upstream_uri(&route, &parts.uri) else {
+            return Ok(problem(ErrorCode::Internal, "internal error"));
+        };
+        let original_host = parts.headers.get(header::HOST).cloned();
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        if let Some(ip) = client_ip {
+            let prior = headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let value = match prior {
+                Some(p) => format!("{p}, {ip}"),
+                None => ip.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert("x-forwarded-for", v);
+            }
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if let Some(h) = original_host {
+            headers.insert("x-forwarded-host", h);
+        }
+        if let Some(a) = route.upstream.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let limit = usize::try_from(route.config.max_body_bytes).unwrap_or(usize::MAX);
+        let body: UpstreamBody = Limited::new(body, limit).boxed_unsync();
+        let upstream_req = Request::from_parts(parts, body);
+
+        let sent = tokio::time::timeout(route.timeout, self.client.request(upstream_req)).await;
+        let res = match sent {
+            Err(_) => {
+                tracing::warn!(route = %route.config.id, "upstream timed out");
+                return Ok(problem(
+                    ErrorCode::UpstreamTimeout,
+                    "the upstream did not answer in time; nothing was charged",
+                ));
+            }
+            Ok(Err(e)) => {
+                if is_length_limit(&e) {
+                    return Ok(problem(
+                        ErrorCode::BodyTooLarge,
+                        &format!("request body larger than {limit} bytes"),
+                    ));
+                }
+                tracing::warn!(route = %route.config.id, error = %e, "upstream request failed");
+                return Ok(problem(
+                    ErrorCode::UpstreamUnavailable,
+                    "the upstream could not be reached; nothing was charged",
+                ));
+            }
+            Ok(Ok(res)) => res,
+        };
+        let (mut parts, body) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A problem response with an axum body.
+pub fn problem(code: ErrorCode, detail: &str) -> Response<Body> {
+    Paywall::problem(code, detail).map(Body::from)
+}
