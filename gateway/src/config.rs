@@ -446,32 +446,33 @@ impl Config {
                     "must be http://host:port[/base] (TLS to upstreams is not supported yet)",
                 ));
             }
-            let price =
-                match &rc.price {
-                    PriceConfig::Keyword(k) if k == "free" => Price::Free,
-                    PriceConfig::Keyword(k) => return Err(invalid(
+            let price = match &rc.price {
+                PriceConfig::Keyword(k) if k == "free" => Price::Free,
+                PriceConfig::Keyword(k) => {
+                    return Err(invalid(
                         f("price"),
                         format!(
                             "{k:?}: use \"free\" or {{ amount = \"0.01\", currency = \"USD\" }}"
                         ),
-                    )),
-                    PriceConfig::Fixed { amount, currency } => {
-                        let cur = currencies.get(currency).ok_or_else(|| {
-                            invalid(
-                                f("price.currency"),
-                                format!("{currency:?} is not in [currencies]"),
-                            )
-                        })?;
-                        let amount: Amount = amount
-                            .parse()
-                            .map_err(|e| invalid(f("price.amount"), format!("{e}")))?;
-                        Price::fixed(Money {
-                            amount,
-                            currency: cur.clone(),
-                        })
-                        .map_err(|e| invalid(f("price.amount"), e.to_string()))?
-                    }
-                };
+                    ))
+                }
+                PriceConfig::Fixed { amount, currency } => {
+                    let cur = currencies.get(currency).ok_or_else(|| {
+                        invalid(
+                            f("price.currency"),
+                            format!("{currency:?} is not in [currencies]"),
+                        )
+                    })?;
+                    let amount: Amount = amount
+                        .parse()
+                        .map_err(|e| invalid(f("price.amount"), format!("{e}")))?;
+                    Price::fixed(Money {
+                        amount,
+                        currency: cur.clone(),
+                    })
+                    .map_err(|e| invalid(f("price.amount"), e.to_string()))?
+                }
+            };
             if matches!(price, Price::Fixed(_)) && issuers.is_empty() {
                 return Err(invalid(
                     f("price"),

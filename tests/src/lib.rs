@@ -1,1 +1,438 @@
-//! wip
+//! Test support for Tollgate's end-to-end suites: real `redis-server` processes, real HTTP
+//! upstreams and gateways on `127.0.0.1:0`, real signatures.
+//!
+//! ```ignore
+//! let redis = RedisServer::start();
+//! let upstream = upstream().await;
+//! let wallet = TestIssuer::ed25519("wallet");
+//! let gw = gateway().issuer(&wallet).redis(&redis).route(paid("compute", "/v1/echo", &upstream, "0.01")).start().await;
+//! ```
+
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tollgate::config::Config;
+use tollgate::Gateway;
+use tollgate_middleware::issuer::ReceiptSigner;
+use tollgate_middleware::jsonwebtoken::jwk::Jwk;
+use tollgate_middleware::jsonwebtoken::{Algorithm, EncodingKey};
+use tollgate_middleware::Paywall;
+
+/// A private `redis-server` on a unix socket in a temp dir, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl RedisServer {
+    /// Start one and wait until it answers PING.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("redis.sock");
+        let mut s = RedisServer {
+            child: None,
+            dir,
+            socket,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&self.socket)
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server not found: install it (apt-get install redis-server); .ci/run does",
+            );
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(client) = redis::Client::open(self.url().as_str()) {
+                if let Ok(mut c) = client.get_connection() {
+                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The URL to connect with.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// A synchronous connection for assertions.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url().as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Kill the server (a fault); [`RedisServer::restart`] brings it back on the same socket.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Start again after [`RedisServer::kill`] (empty: nothing is persisted).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running upstream.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+}
+
+impl TestUpstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Start the demo upstream on `127.0.0.1:0`.
+pub async fn upstream() -> TestUpstream {
+    serve_router(example_upstream::app()).await
+}
+
+/// Serve any router on `127.0.0.1:0`.
+pub async fn serve_router(router: axum::Router) -> TestUpstream {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, router).await });
+    TestUpstream { addr }
+}
+
+/// A closed port: nothing listens there.
+pub fn dead_upstream() -> TestUpstream {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    TestUpstream { addr }
+}
+
+/// An issuer with a key generated in the test.
+#[derive(Clone)]
+pub struct TestIssuer {
+    pub signer: ReceiptSigner,
+    pub id: String,
+}
+
+impl TestIssuer {
+    /// Ed25519.
+    pub fn ed25519(id: &str) -> Self {
+        TestIssuer {
+            signer: ReceiptSigner::generate_ed25519(id, "k1").unwrap(),
+            id: id.into(),
+        }
+    }
+
+    /// Ed25519 with a chosen kid.
+    pub fn ed25519_kid(id: &str, kid: &str) -> Self {
+        TestIssuer {
+            signer: ReceiptSigner::generate_ed25519(id, kid).unwrap(),
+            id: id.into(),
+        }
+    }
+
+    /// ES256 (P-256).
+    pub fn es256(id: &str) -> Self {
+        use p256::pkcs8::EncodePrivateKey;
+        let sk = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        let pem = sk.to_pkcs8_pem(Default::default()).unwrap();
+        let key = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+        let mut jwk: Value = serde_json::from_str(&sk.public_key().to_jwk_string()).unwrap();
+        jwk["kid"] = json!("p1");
+        let jwk: Jwk = serde_json::from_value(jwk).unwrap();
+        TestIssuer {
+            signer: ReceiptSigner::new(id, Some("p1".into()), Algorithm::ES256, key, jwk),
+            id: id.into(),
+        }
+    }
+
+    /// The public JWK as a TOML inline table.
+    pub fn jwk_toml(&self) -> String {
+        let v = serde_json::to_value(self.signer.public_jwk()).unwrap();
+        let fields: Vec<String> = v
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("{k} = {}", v))
+            .collect();
+        format!("{{ {} }}", fields.join(", "))
+    }
+
+    /// Default valid claims for `merchant`, paying `amount` USD.
+    pub fn claims(&self, merchant: &str, payer: &str, amount: &str) -> Value {
+        let now = now_secs();
+        json!({
+            "iss": self.id, "sub": payer, "aud": merchant, "jti": uuid::Uuid::new_v4().to_string(),
+            "iat": now, "exp": now + 300, "amount": amount, "currency": "USD", "kind": "payment",
+        })
+    }
+
+    /// Sign any JSON claims.
+    pub fn sign(&self, claims: &Value) -> String {
+        self.signer.sign_json(claims).unwrap()
+    }
+
+    /// A valid receipt.
+    pub fn receipt(&self, merchant: &str, payer: &str, amount: &str) -> String {
+        self.sign(&self.claims(merchant, payer, amount))
+    }
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// How a route is written into the test config.
+pub struct RouteSpec {
+    pub toml: String,
+}
+
+/// A route priced at `amount` USD.
+pub fn paid(id: &str, path: &str, upstream: &TestUpstream, amount: &str) -> RouteSpec {
+    RouteSpec {
+        toml: format!(
+            "[[routes]]\nid = \"{id}\"\npath = \"{path}\"\nupstream = \"{}\"\nprice = {{ amount = \"{amount}\", currency = \"USD\" }}\n",
+            upstream.url()
+        ),
+    }
+}
+
+/// A free route.
+pub fn free(id: &str, path: &str, upstream: &TestUpstream) -> RouteSpec {
+    RouteSpec {
+        toml: format!(
+            "[[routes]]\nid = \"{id}\"\npath = \"{path}\"\nupstream = \"{}\"\nprice = \"free\"\n",
+            upstream.url()
+        ),
+    }
+}
+
+impl RouteSpec {
+    /// Append raw TOML lines to the route (e.g. `timeout_ms = 200`).
+    pub fn with(mut self, line: &str) -> Self {
+        self.toml.push_str(line);
+        self.toml.push('\n');
+        self
+    }
+}
+
+/// Builds a gateway for a test.
+pub struct GatewayBuilder {
+    merchant: String,
+    issuers: Vec<String>,
+    store: String,
+    routes: Vec<String>,
+    extra: String,
+    secret: Vec<u8>,
+}
+
+/// Start describing a gateway (merchant `m`, memory store).
+pub fn gateway() -> GatewayBuilder {
+    GatewayBuilder {
+        merchant: "m".into(),
+        issuers: Vec::new(),
+        store: "[store]\nkind = \"memory\"\n".into(),
+        routes: Vec::new(),
+        extra: String::new(),
+        secret: b"test-secret-test-secret-test-secret!".to_vec(),
+    }
+}
+
+impl GatewayBuilder {
+    pub fn merchant(mut self, m: &str) -> Self {
+        self.merchant = m.into();
+        self
+    }
+    /// Trust an issuer with inline keys.
+    pub fn issuer(mut self, i: &TestIssuer) -> Self {
+        self.issuers.push(format!(
+            "[[issuers]]\nid = \"{}\"\nkeys = [{}]\n",
+            i.id,
+            i.jwk_toml()
+        ));
+        self
+    }
+    /// Trust an issuer by JWKS URL.
+    pub fn issuer_jwks(mut self, id: &str, url: &str) -> Self {
+        self.issuers.push(format!(
+            "[[issuers]]\nid = \"{id}\"\njwks_url = \"{url}\"\n"
+        ));
+        self
+    }
+    pub fn redis(mut self, r: &RedisServer) -> Self {
+        self.store = format!(
+            "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout_ms = 300\n",
+            r.url()
+        );
+        self
+    }
+    pub fn route(mut self, r: RouteSpec) -> Self {
+        self.routes.push(r.toml);
+        self
+    }
+    /// Top-level TOML lines (before any table).
+    pub fn top(mut self, line: &str) -> Self {
+        self.extra.push_str(line);
+        self.extra.push('\n');
+        self
+    }
+    pub fn secret(mut self, s: &[u8]) -> Self {
+        self.secret = s.to_vec();
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        format!(
+            "merchant = \"{}\"\n{}\n[currencies.USD]\nscale = 6\n{}\n{}\n{}",
+            self.merchant,
+            self.extra,
+            self.issuers.join("\n"),
+            self.store,
+            self.routes.join("\n")
+        )
+    }
+
+    pub async fn start(self) -> TestGateway {
+        let toml = self.toml();
+        let cfg = Config::from_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let v = cfg
+            .validate(std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let gw = Gateway::build(&cfg, v, &self.secret).await.unwrap();
+        let paywall = gw.paywall().clone();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(gw.serve(l, async move {
+            let _ = rx.await;
+        }));
+        TestGateway {
+            addr,
+            paywall,
+            stop: Some(tx),
+            task: Some(task),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+/// A running gateway.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub paywall: Paywall,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pub http: reqwest::Client,
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// GET with `Authorization: Payment <receipt>`.
+    pub async fn pay_get(&self, path: &str, receipt: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .header("authorization", format!("Payment {receipt}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Stop accepting, wait for in-flight requests.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Decode a base64 JSON header.
+pub fn b64_json(v: &str) -> Value {
+    serde_json::from_slice(&STANDARD.decode(v).expect("base64")).expect("json")
+}
+
+/// The problem body's `code`.
+pub async fn code_of(res: reqwest::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let ct = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    assert!(
+        ct.starts_with("application/problem+json"),
+        "status {status}: content-type {ct}, body {body}"
+    );
+    (status, body["code"].as_str().unwrap_or("").to_owned())
+}
+
+/// `PAYMENT-SIGNATURE` for a receipt (x402 v2 payload).
+pub fn payment_signature(receipt: &str) -> String {
+    STANDARD.encode(
+        json!({"x402Version": 2, "accepted": {"scheme": "tollgate-receipt", "network": "tollgate:receipts"}, "payload": {"receipt": receipt}})
+            .to_string(),
+    )
+}

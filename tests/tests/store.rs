@@ -1,0 +1,286 @@
+//! The store state machine, one test body run against both stores: the embedded memory store
+//! and a real `redis-server` started for this suite.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_e2e::RedisServer;
+use tollgate_middleware::store::{AuthorizeOutcome, Reservation, SettleOutcome, Settlement};
+use tollgate_middleware::{
+    ManualClock, MemoryStore, RedisStore, RedisStoreOptions, Store, UsageEvent,
+};
+
+fn reservation(payer: &str, jti: &str) -> Reservation {
+    Reservation {
+        id: uuid::Uuid::new_v4().to_string(),
+        payer: payer.into(),
+        issuer: "iss".into(),
+        receipt_id: jti.into(),
+        hold: Duration::from_secs(60),
+        spent_until_ms: (tollgate_e2e::now_secs() + 600) * 1000,
+    }
+}
+
+fn event(r: &Reservation) -> UsageEvent {
+    UsageEvent {
+        id: String::new(),
+        time_ms: 1,
+        payer: r.payer.clone(),
+        route: "compute".into(),
+        method: "POST".into(),
+        units: 1,
+        unit: "request".into(),
+        amount: "0.01".parse().unwrap(),
+        amount_minor: 10_000,
+        currency: "USD".into(),
+        credential: format!("receipt:iss:{}", r.receipt_id),
+        reservation: r.id.clone(),
+        upstream_status: 200,
+    }
+}
+
+async fn redis_store(redis: &RedisServer) -> Arc<dyn Store> {
+    let opts = RedisStoreOptions {
+        url: redis.url(),
+        prefix: "t".into(),
+        timeout: Duration::from_millis(500),
+    };
+    Arc::new(RedisStore::connect(opts).await.unwrap())
+}
+
+async fn single_use_lifecycle(store: Arc<dyn Store>) {
+    let r = reservation("alice", "j1");
+    assert_eq!(
+        store.authorize(&r).await.unwrap(),
+        AuthorizeOutcome::Reserved
+    );
+    // A second request with the same receipt while the first is in flight.
+    let r2 = Reservation {
+        id: "other".into(),
+        ..r.clone()
+    };
+    assert_eq!(store.authorize(&r2).await.unwrap(), AuthorizeOutcome::InUse);
+    // Released: usable again.
+    assert_eq!(
+        store.settle(&r, &Settlement::Release).await.unwrap(),
+        SettleOutcome::Released
+    );
+    assert_eq!(
+        store.settle(&r, &Settlement::Release).await.unwrap(),
+        SettleOutcome::NotHeld
+    );
+    assert_eq!(
+        store.authorize(&r2).await.unwrap(),
+        AuthorizeOutcome::Reserved
+    );
+    // The loser cannot capture or release the winner's hold.
+    assert_eq!(
+        store
+            .settle(&r, &Settlement::Capture(event(&r)))
+            .await
+            .unwrap(),
+        SettleOutcome::Conflict
+    );
+    assert_eq!(
+        store.settle(&r, &Settlement::Release).await.unwrap(),
+        SettleOutcome::NotHeld
+    );
+    let SettleOutcome::Captured { event_id } = store
+        .settle(&r2, &Settlement::Capture(event(&r2)))
+        .await
+        .unwrap()
+    else {
+        panic!("capture failed")
+    };
+    // Settling twice never appends twice.
+    assert_eq!(
+        store
+            .settle(&r2, &Settlement::Capture(event(&r2)))
+            .await
+            .unwrap(),
+        SettleOutcome::AlreadyCaptured {
+            event_id: event_id.clone()
+        }
+    );
+    assert_eq!(
+        store.authorize(&reservation("alice", "j1")).await.unwrap(),
+        AuthorizeOutcome::Replayed
+    );
+    // The same jti from another issuer is another receipt.
+    let other_issuer = Reservation {
+        issuer: "iss2".into(),
+        ..reservation("alice", "j1")
+    };
+    assert_eq!(
+        store.authorize(&other_issuer).await.unwrap(),
+        AuthorizeOutcome::Reserved
+    );
+    let events = store.usage_events().await.unwrap();
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e.id, event_id);
+    assert_eq!(
+        (
+            e.payer.as_str(),
+            e.amount_minor,
+            e.amount.to_string().as_str()
+        ),
+        ("alice", 10_000, "0.01")
+    );
+    assert_eq!(e.reservation, r2.id);
+}
+
+async fn blocked_payer(store: Arc<dyn Store>) {
+    store.set_blocked("mallory", true).await.unwrap();
+    assert_eq!(
+        store
+            .authorize(&reservation("mallory", "b1"))
+            .await
+            .unwrap(),
+        AuthorizeOutcome::PayerBlocked
+    );
+    store.set_blocked("mallory", false).await.unwrap();
+    assert_eq!(
+        store
+            .authorize(&reservation("mallory", "b1"))
+            .await
+            .unwrap(),
+        AuthorizeOutcome::Reserved
+    );
+}
+
+async fn concurrent_authorize(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = reservation("bob", "race");
+            let out = s.authorize(&r).await.unwrap();
+            if out == AuthorizeOutcome::Reserved {
+                s.settle(&r, &Settlement::Capture(event(&r))).await.unwrap();
+            }
+            out
+        }));
+    }
+    let mut reserved = 0;
+    for t in tasks {
+        if t.await.unwrap() == AuthorizeOutcome::Reserved {
+            reserved += 1;
+        }
+    }
+    assert_eq!(reserved, 1);
+    let n = store
+        .usage_events()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.payer == "bob")
+        .count();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn memory_single_use_lifecycle() {
+    single_use_lifecycle(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn redis_single_use_lifecycle() {
+    let redis = RedisServer::start();
+    single_use_lifecycle(redis_store(&redis).await).await;
+}
+
+#[tokio::test]
+async fn memory_blocked_payer() {
+    blocked_payer(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn redis_blocked_payer() {
+    let redis = RedisServer::start();
+    blocked_payer(redis_store(&redis).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_concurrent_authorize() {
+    concurrent_authorize(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_concurrent_authorize() {
+    let redis = RedisServer::start();
+    concurrent_authorize(redis_store(&redis).await).await;
+}
+
+#[tokio::test]
+async fn memory_hold_expires_with_the_clock() {
+    let clock = ManualClock::at_ms(1_000_000);
+    let store = MemoryStore::new(Arc::new(clock.clone()));
+    let r = Reservation {
+        hold: Duration::from_secs(90),
+        spent_until_ms: 2_000_000,
+        ..reservation("carol", "h1")
+    };
+    assert_eq!(
+        store.authorize(&r).await.unwrap(),
+        AuthorizeOutcome::Reserved
+    );
+    clock.advance_ms(89_000);
+    assert_eq!(store.authorize(&r).await.unwrap(), AuthorizeOutcome::InUse);
+    clock.advance_ms(2_000);
+    // The holder died without settling: after the hold the receipt is usable again.
+    assert_eq!(
+        store
+            .authorize(&Reservation {
+                id: "n".into(),
+                ..r.clone()
+            })
+            .await
+            .unwrap(),
+        AuthorizeOutcome::Reserved
+    );
+}
+
+#[tokio::test]
+async fn redis_keys_share_one_hash_tag_and_expire() {
+    let redis = RedisServer::start();
+    let store = redis_store(&redis).await;
+    let r = reservation("dave", "k1");
+    store.authorize(&r).await.unwrap();
+    store
+        .settle(&r, &Settlement::Capture(event(&r)))
+        .await
+        .unwrap();
+    let mut c = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("t:*").query(&mut c).unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let tag = format!("{{b{:02}}}", r.bucket());
+    assert!(
+        keys.iter().all(|k| k.contains(&tag)),
+        "{keys:?} all carry {tag}"
+    );
+    let receipt_key = keys.iter().find(|k| k.contains(":r:")).unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(receipt_key).query(&mut c).unwrap();
+    // Remembered until exp + skew (600 s here), not forever.
+    assert!(ttl > 500_000 && ttl <= 600_000, "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_not_a_pass() {
+    let mut redis = RedisServer::start();
+    let store = redis_store(&redis).await;
+    redis.kill();
+    let err = store.authorize(&reservation("erin", "d1")).await;
+    assert!(err.is_err(), "{err:?}");
+    redis.restart();
+    // Recovers by itself.
+    let mut ok = false;
+    for _ in 0..50 {
+        if store.authorize(&reservation("erin", "d2")).await == Ok(AuthorizeOutcome::Reserved) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "store did not reconnect");
+}
