@@ -275,8 +275,19 @@ pub struct GatewayBuilder {
     secret: Vec<u8>,
 }
 
+/// Log to the test's captured output (shown for failing tests).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 /// Start describing a gateway (merchant `m`, memory store).
 pub fn gateway() -> GatewayBuilder {
+    init_logs();
     GatewayBuilder {
         merchant: "m".into(),
         issuers: Vec::new(),
@@ -310,7 +321,7 @@ impl GatewayBuilder {
     }
     pub fn redis(mut self, r: &RedisServer) -> Self {
         self.store = format!(
-            "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout_ms = 300\n",
+            "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout_ms = 2000\n",
             r.url()
         );
         self
@@ -435,4 +446,15 @@ pub fn payment_signature(receipt: &str) -> String {
         json!({"x402Version": 2, "accepted": {"scheme": "tollgate-receipt", "network": "tollgate:receipts"}, "payload": {"receipt": receipt}})
             .to_string(),
     )
+}
+
+/// Send raw bytes on a fresh connection and read the whole answer (the connection is closed
+/// by `Connection: close` in the request). For requests a normal client would refuse to send.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }
