@@ -71,7 +71,7 @@ fn malformed(detail: impl Into<String>) -> CredentialError {
 struct PayloadV2 {
     x402_version: u32,
     accepted: AcceptedV2,
-    payload: ReceiptPayload,
+    payload: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -84,12 +84,17 @@ struct AcceptedV2 {
 struct PayloadV1 {
     x402_version: u32,
     scheme: String,
-    payload: ReceiptPayload,
+    payload: serde_json::Value,
 }
 
-#[derive(Deserialize)]
-struct ReceiptPayload {
-    receipt: String,
+/// `payload.receipt`, read only once the scheme is known to be ours.
+fn receipt_of(name: &str, payload: serde_json::Value) -> Result<String, CredentialError> {
+    match payload.get("receipt") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(malformed(format!(
+            "{name}: payload.receipt must be a non-empty string"
+        ))),
+    }
 }
 
 /// Decode base64 in any of its common alphabets and paddings.
@@ -170,7 +175,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         }
         check_scheme(&p.accepted.scheme)?;
         return Ok(Some(Credential::Receipt {
-            token: p.payload.receipt,
+            token: receipt_of("PAYMENT-SIGNATURE", p.payload)?,
             source: CredentialSource::PaymentSignature,
         }));
     }
@@ -181,7 +186,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         }
         check_scheme(&p.scheme)?;
         return Ok(Some(Credential::Receipt {
-            token: p.payload.receipt,
+            token: receipt_of("X-PAYMENT", p.payload)?,
             source: CredentialSource::XPayment,
         }));
     }

@@ -146,6 +146,29 @@ impl ReceiptSigner {
         jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| e.to_string())
     }
 
+    /// Sign raw header and payload JSON exactly as given (tests use this to build receipts a
+    /// serializer would never produce: duplicate claims, odd headers).
+    pub fn sign_raw(&self, header_json: &str, payload_json: &str) -> Result<String, String> {
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header_json),
+            URL_SAFE_NO_PAD.encode(payload_json)
+        );
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &self.key, self.algorithm)
+            .map_err(|e| e.to_string())?;
+        Ok(format!("{message}.{sig}"))
+    }
+
+    /// The signing algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+
     /// Sign a receipt.
     pub fn sign(&self, claims: &ReceiptClaims) -> Result<String, String> {
         self.sign_json(claims)
