@@ -568,7 +568,7 @@ impl Admission {
             reservation: self.reservation.id.clone(),
             upstream_status: status.unwrap_or(0),
         };
-        let outcome = store.settle(&self.reservation, &Settlement::Capture(event)).await.map_err(|e| {
+        let outcome = store.settle(&self.reservation, &Settlement::Capture(Box::new(event))).await.map_err(|e| {
             tracing::error!(error = %e, reservation = %self.reservation.id, "capture failed; response withheld");
             Paywall::problem(ErrorCode::StoreUnavailable, "the payment could not be recorded; nothing was charged, retry later")
         })?;

@@ -478,7 +478,7 @@ impl ReceiptVerifier {
         }
         let aud_ok = match &c.aud {
             Audience::One(a) => *a == self.merchant,
-            Audience::Many(list) => list.iter().any(|a| *a == self.merchant),
+            Audience::Many(list) => list.contains(&self.merchant),
         };
         if !aud_ok {
             return Err(ReceiptError::new(

@@ -1,6 +1,8 @@
 //! End to end over HTTP: a real upstream, the gateway on 127.0.0.1:0, a private redis-server,
 //! receipts signed with keys generated here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -831,4 +833,34 @@ async fn graceful_shutdown_finishes_and_settles_in_flight_requests() {
     assert_eq!(res.status(), 200);
     assert!(res.headers().contains_key("payment-response"));
     assert_eq!(store.usage_events().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn client_disconnect_before_the_answer_releases_the_receipt() {
+    let redis = RedisServer::start();
+    let (wallet, _up, gw) = setup(&redis).await;
+    let receipt = wallet.receipt("m", "quitter", PRICE);
+    // The client gives up after 200 ms; the upstream would answer after 1.5 s.
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gave_up = quick
+        .get(gw.url("/v1/echo?delay_ms=1500"))
+        .header("authorization", format!("Payment {receipt}"))
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    // The hold is released in the background as soon as the request is dropped.
+    let mut status = 0;
+    for _ in 0..50 {
+        status = gw.pay_get("/v1/echo", &receipt).await.status().as_u16();
+        if status != 409 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+    let events = gw.paywall.store().usage_events().await.unwrap();
+    assert_eq!(events.len(), 1, "only the served request is charged");
 }

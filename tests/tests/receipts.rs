@@ -1,6 +1,8 @@
 //! Every receipt refusal, one test each, over HTTP against a gateway on a private Redis.
 //! None of these may ever be served; each answers its stable code.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -234,7 +236,7 @@ mod hmac_sha256_helper {
     use base64::Engine as _;
     use tollgate_middleware::jsonwebtoken::{crypto, Algorithm, EncodingKey};
 
-    pub fn sign_hs256(key: &[u8], msg: &[u8]) -> String {
+    pub(crate) fn sign_hs256(key: &[u8], msg: &[u8]) -> String {
         let sig = crypto::sign(msg, &EncodingKey::from_secret(key), Algorithm::HS256).unwrap();
         // Already base64url; re-encode check keeps the helper honest.
         assert!(URL_SAFE_NO_PAD.decode(&sig).is_ok());

@@ -1,6 +1,8 @@
 //! The store state machine, one test body run against both stores: the embedded memory store
 //! and a real `redis-server` started for this suite.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,7 +78,7 @@ async fn single_use_lifecycle(store: Arc<dyn Store>) {
     // The loser cannot capture or release the winner's hold.
     assert_eq!(
         store
-            .settle(&r, &Settlement::Capture(event(&r)))
+            .settle(&r, &Settlement::Capture(Box::new(event(&r))))
             .await
             .unwrap(),
         SettleOutcome::Conflict
@@ -86,7 +88,7 @@ async fn single_use_lifecycle(store: Arc<dyn Store>) {
         SettleOutcome::NotHeld
     );
     let SettleOutcome::Captured { event_id } = store
-        .settle(&r2, &Settlement::Capture(event(&r2)))
+        .settle(&r2, &Settlement::Capture(Box::new(event(&r2))))
         .await
         .unwrap()
     else {
@@ -95,7 +97,7 @@ async fn single_use_lifecycle(store: Arc<dyn Store>) {
     // Settling twice never appends twice.
     assert_eq!(
         store
-            .settle(&r2, &Settlement::Capture(event(&r2)))
+            .settle(&r2, &Settlement::Capture(Box::new(event(&r2))))
             .await
             .unwrap(),
         SettleOutcome::AlreadyCaptured {
@@ -157,7 +159,9 @@ async fn concurrent_authorize(store: Arc<dyn Store>) {
             let r = reservation("bob", "race");
             let out = s.authorize(&r).await.unwrap();
             if out == AuthorizeOutcome::Reserved {
-                s.settle(&r, &Settlement::Capture(event(&r))).await.unwrap();
+                s.settle(&r, &Settlement::Capture(Box::new(event(&r))))
+                    .await
+                    .unwrap();
             }
             out
         }));
@@ -248,7 +252,7 @@ async fn redis_keys_share_one_hash_tag_and_expire() {
     let r = reservation("dave", "k1");
     store.authorize(&r).await.unwrap();
     store
-        .settle(&r, &Settlement::Capture(event(&r)))
+        .settle(&r, &Settlement::Capture(Box::new(event(&r))))
         .await
         .unwrap();
     let mut c = redis.conn();

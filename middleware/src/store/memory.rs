@@ -136,7 +136,7 @@ impl Store for MemoryStore {
                 }
                 s.seq += 1;
                 let event_id = format!("{}-{}", now.max(0), s.seq);
-                let mut e = event.clone();
+                let mut e = (**event).clone();
                 e.id = event_id.clone();
                 s.events.push(e);
                 s.receipts.insert(

@@ -190,7 +190,7 @@ impl UsageEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
     /// Served: spend the receipt and append this event.
-    Capture(UsageEvent),
+    Capture(Box<UsageEvent>),
     /// Not served: give the receipt back.
     Release,
 }

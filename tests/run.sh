@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run every test of the workspace. The Redis-backed suites start their own redis-server
+# (unix socket in a temp dir, nothing saved), so the binary must be installed; this script
+# installs it with apt-get when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "redis-server not found; installing it with apt-get" >&2
+  SUDO=""
+  if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server
+fi
+cargo test --workspace --locked
