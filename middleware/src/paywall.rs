@@ -584,6 +584,14 @@ impl Admission {
                 ));
             }
         };
+        tracing::info!(
+            payer = %self.payment.payer,
+            route = %self.route,
+            amount = %charge,
+            status = status.unwrap_or(0),
+            event = %event_id,
+            "payment captured"
+        );
         let body = json!({
             "success": true,
             "transaction": event_id,

@@ -319,6 +319,11 @@ impl GatewayBuilder {
         ));
         self
     }
+    /// Trust an issuer described by raw TOML (`[[issuers]]` table).
+    pub fn issuer_toml(mut self, toml: &str) -> Self {
+        self.issuers.push(toml.to_owned());
+        self
+    }
     pub fn redis(mut self, r: &RedisServer) -> Self {
         self.store = format!(
             "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout_ms = 2000\n",

@@ -864,3 +864,63 @@ async fn client_disconnect_before_the_answer_releases_the_receipt() {
     let events = gw.paywall.store().usage_events().await.unwrap();
     assert_eq!(events.len(), 1, "only the served request is charged");
 }
+
+#[tokio::test]
+async fn pem_file_issuer_keys() {
+    use p256::pkcs8::EncodePublicKey;
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    // An ES256 issuer configured by a PEM (SPKI) public key file.
+    let sk = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let pem_path = dir.path().join("issuer.pem");
+    std::fs::write(
+        &pem_path,
+        sk.public_key()
+            .to_public_key_pem(Default::default())
+            .unwrap(),
+    )
+    .unwrap();
+    let key = {
+        use p256::pkcs8::EncodePrivateKey;
+        tollgate_middleware::jsonwebtoken::EncodingKey::from_ec_pem(
+            sk.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+        )
+        .unwrap()
+    };
+    let jwk: tollgate_middleware::jwk::Jwk =
+        serde_json::from_str(&sk.public_key().to_jwk_string()).unwrap();
+    let signer = tollgate_middleware::issuer::ReceiptSigner::new(
+        "pem-wallet",
+        Some("pk".into()),
+        tollgate_middleware::jsonwebtoken::Algorithm::ES256,
+        key,
+        jwk,
+    );
+    let issuer = TestIssuer {
+        signer,
+        id: "pem-wallet".into(),
+    };
+    let gw = gateway()
+        .issuer_toml(&format!(
+            "[[issuers]]\nid = \"pem-wallet\"\npem_file = \"{}\"\nkid = \"pk\"\n",
+            pem_path.display()
+        ))
+        .route(paid("echo", "/v1/echo", &up, PRICE))
+        .start()
+        .await;
+    assert_eq!(
+        gw.pay_get("/v1/echo", &issuer.receipt("m", "a", PRICE))
+            .await
+            .status(),
+        200
+    );
+    let other = TestIssuer::es256("pem-wallet");
+    assert_eq!(
+        code_of(
+            gw.pay_get("/v1/echo", &other.receipt("m", "a", PRICE))
+                .await
+        )
+        .await,
+        (402, "receipt_unknown_key".into())
+    );
+}
