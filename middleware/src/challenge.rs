@@ -70,23 +70,24 @@ impl ChallengeKey {
         Ok(ChallengeKey { mac })
     }
 
-    fn tag(&self, t: &ChallengeTerms<'_>, expires: i64) -> [u8; 32] {
+    /// The MAC state over the terms and expiry (length-prefixed, so no two different term sets
+    /// share a byte string).
+    fn mac(&self, t: &ChallengeTerms<'_>, expires: i64) -> HmacSha256 {
         let mut mac = self.mac.clone();
-        // Length-prefix each field so no two different term sets share a byte string.
         for part in [t.merchant, t.route, t.method, t.currency] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part.as_bytes());
         }
         mac.update(&t.amount_minor.to_be_bytes());
         mac.update(&expires.to_be_bytes());
-        mac.finalize().into_bytes().into()
+        mac
     }
 
     /// Issue a challenge id for these terms, valid until `expires` (unix seconds).
     pub fn issue(&self, terms: &ChallengeTerms<'_>, expires: i64) -> String {
         format!(
             "c1.{expires}.{}",
-            URL_SAFE_NO_PAD.encode(self.tag(terms, expires))
+            URL_SAFE_NO_PAD.encode(self.mac(terms, expires).finalize().into_bytes())
         )
     }
 
@@ -113,15 +114,8 @@ impl ChallengeKey {
         if given.len() != 32 {
             return Err(ChallengeError::Malformed);
         }
-        let mut check = self.mac.clone();
-        for part in [terms.merchant, terms.route, terms.method, terms.currency] {
-            check.update(&(part.len() as u64).to_be_bytes());
-            check.update(part.as_bytes());
-        }
-        check.update(&terms.amount_minor.to_be_bytes());
-        check.update(&expires.to_be_bytes());
         // `verify_slice` compares in constant time.
-        check
+        self.mac(terms, expires)
             .verify_slice(&given)
             .map_err(|_| ChallengeError::Mismatch)?;
         if expires < now_secs {

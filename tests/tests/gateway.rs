@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -717,6 +719,21 @@ async fn memory_store_gateway_serves_paid_routes_too() {
     );
 }
 
+/// An issuer's JWKS endpoint serving whatever `jwks` holds, counting fetches.
+async fn jwks_server(jwks: Arc<Mutex<Value>>) -> (TestUpstream, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let router = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let v = jwks.lock().unwrap().clone();
+            async move { axum::Json(v) }
+        }),
+    );
+    (serve_router(router).await, hits)
+}
+
 #[tokio::test]
 async fn jwks_issuer_is_fetched_and_refetched_on_new_kid() {
     let redis = RedisServer::start();
@@ -724,21 +741,10 @@ async fn jwks_issuer_is_fetched_and_refetched_on_new_kid() {
     // A wallet whose JWKS can change (key rotation).
     let first = TestIssuer::ed25519_kid("wallet-jwks", "k1");
     let second = TestIssuer::ed25519_kid("wallet-jwks", "k2");
-    let jwks = std::sync::Arc::new(std::sync::Mutex::new(
+    let jwks = Arc::new(Mutex::new(
         serde_json::to_value(first.signer.jwks()).unwrap(),
     ));
-    let served = jwks.clone();
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = hits.clone();
-    let router = axum::Router::new().route(
-        "/jwks.json",
-        axum::routing::get(move || {
-            let v = served.lock().unwrap().clone();
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async move { axum::Json(v) }
-        }),
-    );
-    let issuer_srv = serve_router(router).await;
+    let (issuer_srv, hits) = jwks_server(jwks.clone()).await;
     let gw = gateway()
         .issuer_jwks("wallet-jwks", &format!("{}/jwks.json", issuer_srv.url()))
         .redis(&redis)
@@ -752,7 +758,7 @@ async fn jwks_issuer_is_fetched_and_refetched_on_new_kid() {
             .status(),
         200
     );
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
     // Rotation: the issuer now publishes k2; a receipt with kid k2 triggers one refetch.
     *jwks.lock().unwrap() = serde_json::to_value(second.signer.jwks()).unwrap();
     assert_eq!(
@@ -761,7 +767,7 @@ async fn jwks_issuer_is_fetched_and_refetched_on_new_kid() {
             .status(),
         200
     );
-    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
     // An unknown kid is refused.
     let stranger = TestIssuer::ed25519_kid("wallet-jwks", "k9");
     assert_eq!(
@@ -779,18 +785,10 @@ async fn jwks_refetch_is_rate_limited() {
     let redis = RedisServer::start();
     let up = upstream().await;
     let wallet = TestIssuer::ed25519_kid("w", "k1");
-    let v = serde_json::to_value(wallet.signer.jwks()).unwrap();
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = hits.clone();
-    let router = axum::Router::new().route(
-        "/jwks.json",
-        axum::routing::get(move || {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let v = v.clone();
-            async move { axum::Json(v) }
-        }),
-    );
-    let srv = serve_router(router).await;
+    let jwks = Arc::new(Mutex::new(
+        serde_json::to_value(wallet.signer.jwks()).unwrap(),
+    ));
+    let (srv, hits) = jwks_server(jwks).await;
     let gw = gateway()
         .issuer_jwks("w", &format!("{}/jwks.json", srv.url()))
         .redis(&redis)
@@ -806,9 +804,9 @@ async fn jwks_refetch_is_rate_limited() {
     }
     // One fetch at start-up, at most one refetch in the 30 s window.
     assert!(
-        hits.load(std::sync::atomic::Ordering::SeqCst) <= 2,
+        hits.load(Ordering::SeqCst) <= 2,
         "{}",
-        hits.load(std::sync::atomic::Ordering::SeqCst)
+        hits.load(Ordering::SeqCst)
     );
 }
 
