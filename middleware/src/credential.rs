@@ -16,6 +16,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 
 use crate::error::ErrorCode;
+use crate::token::TOKEN_PREFIX;
 
 /// The scheme name of Tollgate's native receipt offers.
 pub const RECEIPT_SCHEME: &str = "tollgate-receipt";
@@ -40,6 +41,8 @@ pub enum CredentialSource {
 /// A payment credential found in a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
+    /// A gateway-issued access token (`Authorization: Bearer tg1....`).
+    AccessToken(String),
     /// A signed receipt (compact JWS).
     Receipt {
         /// The JWT.
@@ -151,21 +154,28 @@ fn check_scheme(scheme: &str) -> Result<(), CredentialError> {
 pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialError> {
     let v2 = header_str(headers, PAYMENT_SIGNATURE)?;
     let v1 = header_str(headers, X_PAYMENT)?;
+    let mut bearer = None;
     let auth = match header_str(headers, AUTHORIZATION.as_str())? {
         Some(a) => {
             let (scheme, rest) = a.split_once(' ').unwrap_or((a, ""));
+            let rest = rest.trim();
+            if scheme.eq_ignore_ascii_case("bearer") && rest.starts_with(TOKEN_PREFIX) {
+                bearer = Some(rest.to_owned());
+            }
             scheme
                 .eq_ignore_ascii_case("payment")
-                .then(|| rest.trim().to_owned())
+                .then(|| rest.to_owned())
         }
         None => None,
     };
-    let found = usize::from(v2.is_some()) + usize::from(v1.is_some()) + usize::from(auth.is_some());
+    let found = usize::from(v2.is_some())
+        + usize::from(v1.is_some())
+        + usize::from(auth.is_some())
+        + usize::from(bearer.is_some());
     if found > 1 {
         return Err(CredentialError {
             code: ErrorCode::CredentialAmbiguous,
-            detail: "send exactly one of PAYMENT-SIGNATURE, X-PAYMENT, Authorization: Payment"
-                .into(),
+            detail: "send exactly one of PAYMENT-SIGNATURE, X-PAYMENT, Authorization: Payment, Authorization: Bearer tg1.*".into(),
         });
     }
     if let Some(v) = v2 {
@@ -190,6 +200,9 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
             source: CredentialSource::XPayment,
         }));
     }
+    if let Some(token) = bearer {
+        return Ok(Some(Credential::AccessToken(token)));
+    }
     if let Some(token) = auth {
         if token.is_empty() {
             return Err(malformed("Authorization: Payment needs a receipt"));
@@ -209,7 +222,11 @@ pub fn strip(headers: &mut HeaderMap) {
     let is_payment = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() >= 8 && v[..8].eq_ignore_ascii_case("payment "));
+        .is_some_and(|v| {
+            let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+            scheme.eq_ignore_ascii_case("payment")
+                || (scheme.eq_ignore_ascii_case("bearer") && rest.trim().starts_with(TOKEN_PREFIX))
+        });
     if is_payment {
         headers.remove(AUTHORIZATION);
     }
@@ -329,5 +346,8 @@ mod tests {
         let mut m = h(&[("authorization", "Bearer t")]);
         strip(&mut m);
         assert_eq!(m.len(), 1);
+        let mut m = h(&[("authorization", "Bearer tg1.x.y")]);
+        strip(&mut m);
+        assert_eq!(m.len(), 0);
     }
 }

@@ -59,6 +59,14 @@ pub enum ErrorCode {
     ChallengeMismatch,
     /// The payer is blocked by the provider.
     PayerBlocked,
+    /// The access token is malformed, forged or from a rotated key.
+    TokenInvalid,
+    /// The access token has expired (top up again or renew it).
+    TokenExpired,
+    /// The prepaid balance does not cover the price or reservation.
+    BalanceInsufficient,
+    /// The top-up's currency is not accepted here.
+    CurrencyUnsupported,
     /// The issuer's key set could not be fetched.
     IssuerUnavailable,
     /// The payment store (Redis) is unreachable: paid routes fail closed.
@@ -109,6 +117,10 @@ impl ErrorCode {
             ChallengeExpired => "challenge_expired",
             ChallengeMismatch => "challenge_mismatch",
             PayerBlocked => "payer_blocked",
+            TokenInvalid => "token_invalid",
+            TokenExpired => "token_expired",
+            BalanceInsufficient => "balance_insufficient",
+            CurrencyUnsupported => "currency_unsupported",
             IssuerUnavailable => "issuer_unavailable",
             StoreUnavailable => "store_unavailable",
             PathInvalid => "path_invalid",
@@ -127,6 +139,7 @@ impl ErrorCode {
         match self {
             CredentialMalformed | CredentialAmbiguous | PathInvalid => StatusCode::BAD_REQUEST,
             PayerBlocked => StatusCode::FORBIDDEN,
+            TokenInvalid | TokenExpired => StatusCode::UNAUTHORIZED,
             ReceiptInUse => StatusCode::CONFLICT,
             RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -169,6 +182,10 @@ impl ErrorCode {
             ChallengeExpired => "Challenge expired",
             ChallengeMismatch => "Challenge issued for another request",
             PayerBlocked => "Payer blocked",
+            TokenInvalid => "Invalid access token",
+            TokenExpired => "Access token expired",
+            BalanceInsufficient => "Prepaid balance too low",
+            CurrencyUnsupported => "Currency not accepted",
             IssuerUnavailable => "Receipt issuer unavailable",
             StoreUnavailable => "Payment store unavailable",
             PathInvalid => "Invalid request path",

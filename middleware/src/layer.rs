@@ -34,7 +34,10 @@ use http_body_util::Full;
 use tower::{Layer, Service};
 
 use crate::credential;
-use crate::paywall::{Payment, Paywall, PAYMENT_RESPONSE, TOLLGATE_CHARGE, TOLLGATE_PAYER};
+use crate::meter::{Metered, UsageReading};
+use crate::paywall::{
+    Admission, BodyEnd, Payment, Paywall, PAYMENT_RESPONSE, TOLLGATE_CHARGE, TOLLGATE_PAYER,
+};
 use crate::price::PricedRoute;
 
 /// Decides which priced route (if any) a request is for.
@@ -127,7 +130,8 @@ impl<S> std::fmt::Debug for PaymentService<S> {
 }
 
 pin_project_lite::pin_project! {
-    /// Response body: the inner service's, or one of ours (a refusal).
+    /// Response body: the inner service's (passed through, or metered as it passes), or one
+    /// built here (a refusal, or a body buffered to read its usage).
     #[project = PaymentBodyProj]
     #[allow(missing_docs)]
     pub enum PaymentBody<B> {
@@ -136,11 +140,72 @@ pin_project_lite::pin_project! {
             #[pin]
             body: B,
         },
-        /// Built by the payment engine.
-        Refusal {
+        /// Built or buffered by the payment engine.
+        Full {
             #[pin]
             body: Full<Bytes>,
         },
+        /// Streamed through while its usage is read; settles when it ends or is dropped.
+        Metered {
+            body: Pin<Box<B>>,
+            prefix: std::collections::VecDeque<Bytes>,
+            meter: Option<MeterState>,
+        },
+    }
+
+    impl<B> PinnedDrop for PaymentBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let PaymentBodyProj::Metered { meter, .. } = this.project() {
+                if let Some(m) = meter.take() {
+                    m.finish(BodyEnd::ClientGone);
+                }
+            }
+        }
+    }
+}
+
+/// A metered response in flight: the admission to settle and the usage read so far.
+#[derive(Debug)]
+pub struct MeterState {
+    admission: Admission,
+    metered: Metered,
+    reading: UsageReading,
+    status: u16,
+}
+
+impl MeterState {
+    fn new(admission: Admission, status: u16, headers: &HeaderMap) -> Option<Self> {
+        let metered = admission.metered()?.clone();
+        let reading = UsageReading::start(&metered, headers);
+        Some(MeterState {
+            admission,
+            metered,
+            reading,
+            status,
+        })
+    }
+
+    fn feed(&mut self, chunk: &Bytes) {
+        self.reading.feed(&self.metered, chunk);
+    }
+
+    fn readings(&mut self) -> std::collections::BTreeMap<String, Option<u64>> {
+        self.reading.request_bytes = self.admission.request_bytes();
+        self.reading.duration_ms = self.admission.elapsed_ms();
+        self.reading.finish(&self.metered)
+    }
+
+    /// Settle in the background (the body has ended or was dropped).
+    fn finish(mut self, end: BodyEnd) {
+        let readings = self.readings();
+        let status = Some(self.status);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(refusal) = self.admission.settle(status, Some((readings, end))).await {
+                    tracing::error!(status = %refusal.status(), "deferred settlement failed");
+                }
+            });
+        }
     }
 }
 
@@ -157,8 +222,37 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project() {
             PaymentBodyProj::Inner { body } => body.poll_frame(cx),
-            PaymentBodyProj::Refusal { body } => {
+            PaymentBodyProj::Full { body } => {
                 body.poll_frame(cx).map_err(|e: Infallible| match e {})
+            }
+            PaymentBodyProj::Metered {
+                body,
+                prefix,
+                meter,
+            } => {
+                if let Some(chunk) = prefix.pop_front() {
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                let polled = body.as_mut().poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(m)) = (frame.data_ref(), meter.as_mut()) {
+                            m.feed(data);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(m) = meter.take() {
+                            m.finish(BodyEnd::UpstreamFailed);
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(m) = meter.take() {
+                            m.finish(BodyEnd::Complete);
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+                polled
             }
         }
     }
@@ -166,20 +260,31 @@ where
     fn is_end_stream(&self) -> bool {
         match self {
             PaymentBody::Inner { body } => body.is_end_stream(),
-            PaymentBody::Refusal { body } => body.is_end_stream(),
+            PaymentBody::Full { body } => body.is_end_stream(),
+            PaymentBody::Metered { body, prefix, .. } => prefix.is_empty() && body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             PaymentBody::Inner { body } => body.size_hint(),
-            PaymentBody::Refusal { body } => body.size_hint(),
+            PaymentBody::Full { body } => body.size_hint(),
+            PaymentBody::Metered { body, prefix, .. } => {
+                let extra: u64 = prefix.iter().map(|b| b.len() as u64).sum();
+                let inner = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(u) = inner.upper() {
+                    hint.set_upper(u + extra);
+                }
+                hint
+            }
         }
     }
 }
 
 fn refusal<B>(res: Response<Bytes>) -> Response<PaymentBody<B>> {
-    res.map(|b| PaymentBody::Refusal { body: Full::new(b) })
+    res.map(|b| PaymentBody::Full { body: Full::new(b) })
 }
 
 /// The layer's response future.
@@ -214,7 +319,16 @@ where
             // Only Tollgate may tell the upstream who paid.
             req.headers_mut().remove(TOLLGATE_PAYER);
             req.headers_mut().remove(TOLLGATE_CHARGE);
+            if paywall.is_agent_api(req.uri().path()) {
+                if let Some(res) = paywall
+                    .agent_api(req.method(), req.uri().path(), req.headers())
+                    .await
+                {
+                    return Ok(refusal(res));
+                }
+            }
             let Some(route) = route else {
+                credential::strip(req.headers_mut());
                 return Ok(inner
                     .call(req)
                     .await?
@@ -244,31 +358,134 @@ where
                 headers.insert(TOLLGATE_CHARGE, v);
             }
             req.extensions_mut().insert(payment);
+            req.extensions_mut().insert(admission.request_counter());
 
             let res = match inner.call(req).await {
                 Ok(res) => res,
                 Err(e) => {
-                    // Nothing was served: give the receipt back.
-                    let _ = admission.settle(None).await;
+                    // Nothing was served: give the receipt or balance back.
+                    let _ = admission.settle(None, None).await;
                     return Err(e);
                 }
             };
             let status = res.status().as_u16();
-            match admission.settle(Some(status)).await {
-                Ok(settled) => {
-                    let mut res = res.map(|body| PaymentBody::Inner { body });
-                    if let Some(v) = settled.payment_response {
-                        res.headers_mut().insert(PAYMENT_RESPONSE, v);
-                        res.headers_mut().insert(
-                            header::CACHE_CONTROL,
-                            HeaderValue::from_static("private, no-store"),
-                        );
-                    }
-                    Ok(res)
-                }
-                // The payment could not be recorded: the response is withheld (fail closed).
-                Err(refused) => Ok(refusal(refused)),
+            if status >= 400 || admission.metered().is_none() {
+                return Ok(match admission.settle(Some(status), None).await {
+                    Ok(settled) => with_payment_response(
+                        res.map(|body| PaymentBody::Inner { body }),
+                        settled.payment_response,
+                    ),
+                    // The payment could not be recorded: the response is withheld (fail closed).
+                    Err(refused) => refusal(refused),
+                });
             }
+            Ok(metered_response(admission, res).await)
         })
     }
+}
+
+fn with_payment_response<B>(mut res: Response<B>, value: Option<HeaderValue>) -> Response<B> {
+    if let Some(v) = value {
+        res.headers_mut().insert(PAYMENT_RESPONSE, v);
+        res.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+    }
+    res
+}
+
+/// A served metered response: settle before answering when every meter can be read by then
+/// (reading a `json:` body, bounded), otherwise stream it and settle when it ends.
+async fn metered_response<B>(admission: Admission, res: Response<B>) -> Response<PaymentBody<B>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    let (parts, body) = res.into_parts();
+    let mut body = Box::pin(body);
+    let Some(mut meter) = MeterState::new(admission, parts.status.as_u16(), &parts.headers) else {
+        let pending = None;
+        return with_payment_response(
+            Response::from_parts(
+                parts,
+                PaymentBody::Metered {
+                    body,
+                    prefix: Default::default(),
+                    meter: None,
+                },
+            ),
+            pending,
+        );
+    };
+    let mut prefix = std::collections::VecDeque::new();
+    if meter.metered.settles_before_answer() {
+        let mut size = 0usize;
+        let mut complete = false;
+        let mut failed = false;
+        while size <= crate::meter::MAX_JSON_BYTES {
+            match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        size += data.len();
+                        meter.feed(data);
+                        prefix.push_back(data.clone());
+                    }
+                }
+                Some(Err(_)) => {
+                    failed = true;
+                    break;
+                }
+                None => {
+                    complete = true;
+                    break;
+                }
+            }
+        }
+        if complete || failed {
+            let end = if failed {
+                BodyEnd::UpstreamFailed
+            } else {
+                BodyEnd::Complete
+            };
+            let readings = meter.readings();
+            let status = parts.status.as_u16();
+            if failed {
+                // The upstream broke before the answer: nothing was delivered.
+                let _ = meter.admission.settle(None, Some((readings, end))).await;
+                return refusal(Paywall::problem(
+                    crate::ErrorCode::UpstreamUnavailable,
+                    "the upstream failed while answering; nothing was charged",
+                ));
+            }
+            let buffered: Vec<u8> = prefix.iter().flat_map(|b| b.iter().copied()).collect();
+            return match meter
+                .admission
+                .settle(Some(status), Some((readings, end)))
+                .await
+            {
+                Ok(settled) => {
+                    let mut res = Response::from_parts(
+                        parts,
+                        PaymentBody::Full {
+                            body: Full::new(Bytes::from(buffered)),
+                        },
+                    );
+                    res.headers_mut().remove(header::TRANSFER_ENCODING);
+                    with_payment_response(res, settled.payment_response)
+                }
+                Err(refused) => refusal(refused),
+            };
+        }
+        // Over the buffer limit: stream the rest; the JSON usage is missing (documented rule).
+    }
+    let pending = meter.admission.pending_response();
+    let res = Response::from_parts(
+        parts,
+        PaymentBody::Metered {
+            body,
+            prefix,
+            meter: Some(meter),
+        },
+    );
+    with_payment_response(res, pending)
 }

@@ -14,6 +14,8 @@
 //! - [`issuer`]: signing receipts (wallets, tests);
 //! - [`credential`]: finding the credential in request headers;
 //! - [`store`]: the `Store` trait, `RedisStore` (Lua scripts) and `MemoryStore`;
+//! - [`meter`]: usage sources, reading usage from responses, unit pricing;
+//! - [`token`]: gateway-issued access tokens (HMAC);
 //! - [`paywall`]: the engine phases (challenge, admit, settle);
 //! - [`layer`]: `PaymentLayer` (tower);
 //! - [`error`]: `ErrorCode` and problem+json;
@@ -27,17 +29,20 @@ pub mod credential;
 pub mod error;
 pub mod issuer;
 pub mod layer;
+pub mod meter;
 pub mod money;
 pub mod paywall;
 pub mod price;
 pub mod receipt;
 pub mod store;
+pub mod token;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorCode, Problem};
 pub use layer::{PaymentBody, PaymentLayer, PaymentService, RouteFromExtension, RouteResolver};
+pub use meter::{Meter, Metered, OnMissing, UsageSource};
 pub use money::{Amount, Currency, Money, MoneyError};
-pub use paywall::{Admission, Payment, Paywall, PaywallBuilder};
+pub use paywall::{Admission, BodyEnd, Payment, Paywall, PaywallBuilder, RequestBodyCounter};
 pub use price::{Price, PricedRoute};
 pub use receipt::{
     Issuer, IssuerKey, JwksKeys, KeySource, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier,

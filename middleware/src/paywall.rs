@@ -4,31 +4,42 @@
 //! - [`Paywall::admit`] extracts and verifies the credential (pure CPU) and authorizes it in
 //!   the store (one atomic step), returning an [`Admission`] or the refusal to send;
 //! - [`Admission::settle`] captures (spend + one usage event) or releases, after the upstream
-//!   answered.
+//!   answered (or, for streamed metered responses, after the body ended);
+//! - [`Paywall::agent_api`] serves the agent endpoints: top-up, token renewal, balance.
+//!
+//! Two ways to pay: a single-use **receipt** (fixed-price routes spend the receipt itself; on a
+//! metered route its amount is credited to the payer's balance first, and the request is then
+//! served from the balance with the receipt's amount as a cap), or a gateway-issued **access
+//! token** that draws down the prepaid balance (a hold before forwarding, the actual charge
+//! captured after).
 //!
 //! [`crate::PaymentLayer`] drives these phases for any tower service; the gateway uses the
 //! same layer in front of its reverse proxy.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Response, Uri};
-use serde_json::json;
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use serde_json::{json, Value};
 
 use crate::challenge::{ChallengeError, ChallengeKey, ChallengeTerms};
 use crate::clock::{Clock, SystemClock};
 use crate::credential::{self, Credential, RECEIPT_SCHEME};
 use crate::error::{ErrorCode, Problem};
-use crate::money::{Currency, Money};
+use crate::meter::{Metered, OnMissing};
+use crate::money::{Amount, Currency, Money};
 use crate::price::{Price, PricedRoute};
 use crate::receipt::{Issuer, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier};
 use crate::store::{
-    AuthorizeOutcome, MemoryStore, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
+    Account, AuthorizeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome,
+    Idempotency, MemoryStore, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
 };
+use crate::token::{TokenError, TokenKey};
 
 /// x402 v2 response header with the payment requirements.
 pub const PAYMENT_REQUIRED: &str = "payment-required";
@@ -36,10 +47,12 @@ pub const PAYMENT_REQUIRED: &str = "payment-required";
 pub const PAYMENT_RESPONSE: &str = "payment-response";
 /// Request header telling the upstream who paid (set by Tollgate; stripped from clients).
 pub const TOLLGATE_PAYER: &str = "tollgate-payer";
-/// Request header telling the upstream what was charged, e.g. `0.01 USD`.
+/// Request header telling the upstream what was charged (fixed) or held (metered), e.g. `0.01 USD`.
 pub const TOLLGATE_CHARGE: &str = "tollgate-charge";
 /// The default x402 network id of the native receipt method.
 pub const DEFAULT_NETWORK: &str = "tollgate:receipts";
+/// The default path prefix of the agent endpoints (top-up, token, balance).
+pub const DEFAULT_AGENT_API: &str = "/tollgate/v1";
 
 /// Builds a [`Paywall`].
 #[derive(Debug)]
@@ -55,6 +68,9 @@ pub struct PaywallBuilder {
     challenge_ttl: Duration,
     hold_margin: Duration,
     public_base_url: Option<String>,
+    currencies: HashMap<String, (Currency, Option<Amount>)>,
+    token_ttl: Duration,
+    agent_api: String,
 }
 
 impl PaywallBuilder {
@@ -106,9 +122,29 @@ impl PaywallBuilder {
         self
     }
 
+    /// Accept top-ups in a currency; `suggested` is the top-up amount offered in 402s.
+    pub fn currency(mut self, currency: Currency, suggested: Option<Amount>) -> Self {
+        self.currencies
+            .insert(currency.code().to_owned(), (currency, suggested));
+        self
+    }
+
+    /// Lifetime of access tokens (default 24 h).
+    pub fn token_ttl(mut self, ttl: Duration) -> Self {
+        self.token_ttl = ttl;
+        self
+    }
+
+    /// Path prefix of the agent endpoints (default `/tollgate/v1`).
+    pub fn agent_api(mut self, prefix: impl Into<String>) -> Self {
+        self.agent_api = prefix.into().trim_end_matches('/').to_owned();
+        self
+    }
+
     /// Build; fails on a short secret or an invalid network id.
     pub fn build(self) -> Result<Paywall, String> {
         let challenge_key = ChallengeKey::try_new(&self.secret)?;
+        let token_key = TokenKey::derive(&self.secret)?;
         if !valid_caip2(&self.network) {
             return Err(format!(
                 "network {:?} is not CAIP-2 shaped (namespace:reference)",
@@ -128,12 +164,16 @@ impl PaywallBuilder {
             merchant: self.merchant,
             network: self.network,
             challenge_key,
+            token_key,
             verifier,
             store,
             clock: self.clock,
             challenge_ttl: self.challenge_ttl,
             hold_margin: self.hold_margin,
             public_base_url: self.public_base_url,
+            currencies: self.currencies,
+            token_ttl: self.token_ttl,
+            agent_api: self.agent_api,
         })))
     }
 }
@@ -161,9 +201,11 @@ struct Inner {
     network: String,
     /// HMAC key for stateless challenge ids.
     challenge_key: ChallengeKey,
+    /// HMAC key for access tokens.
+    token_key: TokenKey,
     /// Signature and claims checks.
     verifier: ReceiptVerifier,
-    /// Single use and the ledger.
+    /// Single use, balances and the ledger.
     store: Arc<dyn Store>,
     /// Injected time.
     clock: Arc<dyn Clock>,
@@ -173,35 +215,67 @@ struct Inner {
     hold_margin: Duration,
     /// Base for `resource.url`.
     public_base_url: Option<String>,
+    /// Currencies accepted for top-ups, with the suggested top-up amount.
+    currencies: HashMap<String, (Currency, Option<Amount>)>,
+    /// Access token lifetime.
+    token_ttl: Duration,
+    /// Prefix of the agent endpoints.
+    agent_api: String,
 }
 
 /// The payment engine for one merchant. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Paywall(Arc<Inner>);
 
-/// Who paid for an admitted request; inserted into the request's extensions so an embedding
+/// Who pays for an admitted request; inserted into the request's extensions so an embedding
 /// handler can read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
     /// The payer (`sub`).
     pub payer: String,
-    /// What the request is charged if served.
+    /// Fixed price: what the request is charged if served. Metered: what is held (the most
+    /// it can cost unless the balance covers more).
     pub charge: Money,
-    /// The receipt's issuer.
-    pub issuer: String,
-    /// The receipt's id.
-    pub receipt_id: String,
+    /// `receipt:<iss>:<jti>` or `token:<payer>`.
+    pub credential: String,
+    /// Whether the final charge is measured from the response.
+    pub metered: bool,
 }
 
-/// A request that may proceed: its receipt is held until [`Admission::settle`].
+/// Counts request body bytes for `request_bytes` meters. The layer puts one in the request's
+/// extensions; a body-forwarding service (the gateway's proxy) adds the bytes it forwards.
+/// Without it, the `Content-Length` header is used.
+#[derive(Debug, Clone, Default)]
+pub struct RequestBodyCounter(pub Arc<AtomicU64>);
+
 #[derive(Debug)]
-#[must_use = "an admission holds a receipt until it is settled"]
+enum Held {
+    /// A fixed-price receipt, held single-use.
+    Receipt(Reservation),
+    /// An amount held from the prepaid balance.
+    Balance {
+        hold: Hold,
+        /// Most the request may be charged (a payment receipt's amount on a metered route).
+        cap_minor: Option<u64>,
+        /// Available balance right after the hold.
+        balance_minor: u64,
+        /// A token issued with this request (a metered payment receipt funds a balance).
+        new_token: Option<String>,
+    },
+}
+
+/// A request that may proceed: its receipt or balance is held until [`Admission::settle`].
+#[derive(Debug)]
+#[must_use = "an admission holds a receipt or balance until it is settled"]
 pub struct Admission {
     paywall: Paywall,
     payment: Payment,
-    reservation: Reservation,
-    route: String,
+    held: Held,
+    route: Arc<PricedRoute>,
     method: String,
+    started: Instant,
+    request_bytes: RequestBodyCounter,
+    declared_request_bytes: Option<u64>,
     /// Set once settled; an admission dropped unsettled (client gone, future cancelled)
     /// releases its hold in the background.
     settled: bool,
@@ -213,25 +287,56 @@ impl Drop for Admission {
             return;
         }
         let store = self.paywall.0.store.clone();
-        let reservation = self.reservation.clone();
+        let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(e) = store.settle(&reservation, &Settlement::Release).await {
-                    tracing::warn!(error = %e, reservation = %reservation.id, "release after cancel failed; hold will expire");
+                let result = match &held {
+                    Held::Receipt(r) => store.settle(r, &Settlement::Release).await.map(|_| ()),
+                    Held::Balance { hold, .. } => store.release_hold(hold).await.map(|_| ()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "release after cancel failed; hold will expire");
                 }
             });
         }
     }
 }
 
-/// A response built by the engine (402s and other refusals).
+/// A response built by the engine (402s and other refusals, agent endpoints).
 pub type Refusal = Response<Bytes>;
 
 /// Settlement result of a served request.
 #[derive(Debug, Clone)]
 pub struct Settled {
-    /// Value for `PAYMENT-RESPONSE` (set only when captured).
+    /// Value for `PAYMENT-RESPONSE` (set when captured).
     pub payment_response: Option<HeaderValue>,
+}
+
+/// How a response ended, for settling metered requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// The whole body was delivered.
+    Complete,
+    /// The client went away before the end.
+    ClientGone,
+    /// The upstream failed mid-body.
+    UpstreamFailed,
+}
+
+fn b64_header(v: &Value) -> Option<HeaderValue> {
+    HeaderValue::from_str(&STANDARD.encode(v.to_string())).ok()
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Refusal {
+    let mut res = Response::new(Bytes::from(v.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 impl Paywall {
@@ -248,6 +353,9 @@ impl Paywall {
             challenge_ttl: Duration::from_secs(300),
             hold_margin: Duration::from_secs(30),
             public_base_url: None,
+            currencies: HashMap::new(),
+            token_ttl: Duration::from_secs(86_400),
+            agent_api: DEFAULT_AGENT_API.into(),
         }
     }
 
@@ -261,22 +369,58 @@ impl Paywall {
         &self.0.store
     }
 
-    fn resource_url(&self, uri: &Uri, headers: &HeaderMap) -> String {
-        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    /// Issue an access token for `payer` (tests, admin tools).
+    pub fn issue_token(&self, payer: &str) -> String {
+        let ttl = i64::try_from(self.0.token_ttl.as_secs()).unwrap_or(86_400);
+        self.0.token_key.issue(payer, self.0.clock.now_secs(), ttl)
+    }
+
+    fn base_url(&self, headers: &HeaderMap, uri: &Uri) -> String {
         match &self.0.public_base_url {
-            Some(base) => format!("{base}{path}"),
+            Some(base) => base.clone(),
             None => {
                 let host = headers
                     .get(header::HOST)
                     .and_then(|h| h.to_str().ok())
                     .or_else(|| uri.authority().map(|a| a.as_str()))
                     .unwrap_or("localhost");
-                format!("http://{host}{path}")
+                format!("http://{host}")
             }
         }
     }
 
-    /// The x402 v2 payment requirements for a route (one offer per accepted method).
+    fn offer(&self, amount_minor: u64, currency: &Currency, ttl: i64, extra: Value) -> Value {
+        json!({
+            "scheme": RECEIPT_SCHEME,
+            "network": self.0.network,
+            "amount": amount_minor.to_string(),
+            "asset": currency.code(),
+            "payTo": self.0.merchant,
+            "maxTimeoutSeconds": ttl.max(1),
+            "extra": extra,
+        })
+    }
+
+    fn topup_offer(&self, currency: &Currency, base: &str, ttl: i64) -> Option<Value> {
+        let (_, suggested) = self.0.currencies.get(currency.code())?;
+        let amount = (*suggested)?;
+        let minor = currency.to_minor(amount).ok().filter(|m| *m > 0)?;
+        Some(self.offer(
+            minor,
+            currency,
+            ttl,
+            json!({
+                "kind": "topup",
+                "topupUrl": format!("{base}{}/topup", self.0.agent_api),
+                "price": amount.to_string(),
+                "currency": currency.code(),
+                "decimals": currency.scale(),
+                "issuers": self.0.verifier.issuer_ids(),
+            }),
+        ))
+    }
+
+    /// The x402 v2 payment requirements for a route (one offer per accepted way to pay).
     pub fn requirements(
         &self,
         route: &PricedRoute,
@@ -284,47 +428,61 @@ impl Paywall {
         uri: &Uri,
         headers: &HeaderMap,
         error: &str,
-    ) -> serde_json::Value {
-        let accepts = match &route.price {
-            Price::Fixed(money) => {
-                let minor = money.minor().unwrap_or(0);
-                let now = self.0.clock.now_secs();
-                let ttl = i64::try_from(self.0.challenge_ttl.as_secs()).unwrap_or(300);
-                let terms = ChallengeTerms {
-                    merchant: &self.0.merchant,
-                    route: &route.id,
-                    method: method.as_str(),
-                    amount_minor: minor,
-                    currency: money.currency.code(),
-                };
-                let id = self.0.challenge_key.issue(&terms, now + ttl);
-                vec![json!({
-                    "scheme": RECEIPT_SCHEME,
-                    "network": self.0.network,
-                    "amount": minor.to_string(),
-                    "asset": money.currency.code(),
-                    "payTo": self.0.merchant,
-                    "maxTimeoutSeconds": ttl.max(1),
-                    "extra": {
-                        "challenge": id,
-                        "challengeExpires": now + ttl,
-                        "price": money.amount.to_string(),
-                        "currency": money.currency.code(),
-                        "decimals": money.currency.scale(),
-                        "kind": "payment",
-                        "route": route.id,
-                        "method": method.as_str(),
-                        "issuers": self.0.verifier.issuer_ids(),
-                    }
-                })]
+    ) -> Value {
+        let now = self.0.clock.now_secs();
+        let ttl = i64::try_from(self.0.challenge_ttl.as_secs()).unwrap_or(300);
+        let base = self.base_url(headers, uri);
+        let (due, currency, extra) = match &route.price {
+            Price::Free => (None, None, json!({})),
+            Price::Fixed(money) => (
+                money.minor().ok(),
+                Some(&money.currency),
+                json!({"price": money.amount.to_string()}),
+            ),
+            Price::Metered(m) => {
+                let prices: BTreeMap<&str, String> = m
+                    .meters
+                    .iter()
+                    .map(|x| (x.unit.as_str(), x.price.to_string()))
+                    .collect();
+                (
+                    m.currency.to_minor(m.reserve).ok(),
+                    Some(&m.currency),
+                    json!({"price": m.reserve.to_string(), "metered": true, "unitPrices": prices}),
+                )
             }
-            Price::Free => Vec::new(),
         };
+        let mut accepts = Vec::new();
+        if let (Some(minor), Some(currency)) = (due, currency) {
+            let terms = ChallengeTerms {
+                merchant: &self.0.merchant,
+                route: &route.id,
+                method: method.as_str(),
+                amount_minor: minor,
+                currency: currency.code(),
+            };
+            let id = self.0.challenge_key.issue(&terms, now + ttl);
+            let mut extra = extra;
+            if let Value::Object(m) = &mut extra {
+                m.insert("challenge".into(), id.into());
+                m.insert("challengeExpires".into(), (now + ttl).into());
+                m.insert("currency".into(), currency.code().into());
+                m.insert("decimals".into(), currency.scale().into());
+                m.insert("kind".into(), "payment".into());
+                m.insert("route".into(), route.id.clone().into());
+                m.insert("method".into(), method.as_str().into());
+                m.insert("issuers".into(), json!(self.0.verifier.issuer_ids()));
+                m.insert("tokenAccepted".into(), true.into());
+            }
+            accepts.push(self.offer(minor, currency, ttl, extra));
+            accepts.extend(self.topup_offer(currency, &base, ttl));
+        }
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         json!({
             "x402Version": 2,
             "error": error,
             "resource": {
-                "url": self.resource_url(uri, headers),
+                "url": format!("{base}{path}"),
                 "description": route.description,
                 "mimeType": route.mime_type,
             },
@@ -344,9 +502,9 @@ impl Paywall {
         detail: &str,
     ) -> Refusal {
         let req = self.requirements(route, method, uri, headers, code.as_str());
-        let header_value = STANDARD.encode(req.to_string());
+        let header_value = b64_header(&req);
         let mut problem = Problem::new(code).detail(detail);
-        if let serde_json::Value::Object(map) = req {
+        if let Value::Object(map) = req {
             for (k, v) in map {
                 if k != "error" {
                     problem.extra.insert(k, v);
@@ -354,7 +512,7 @@ impl Paywall {
             }
         }
         let mut res: Refusal = problem.into_response();
-        if let Ok(v) = HeaderValue::from_str(&header_value) {
+        if let Some(v) = header_value {
             res.headers_mut().insert(PAYMENT_REQUIRED, v);
         }
         res
@@ -362,23 +520,42 @@ impl Paywall {
 
     /// A plain problem response (no payment requirements).
     pub fn problem(code: ErrorCode, detail: &str) -> Refusal {
-        Problem::new(code).detail(detail).into_response()
+        let mut res: Refusal = Problem::new(code).detail(detail).into_response();
+        if matches!(code, ErrorCode::TokenInvalid | ErrorCode::TokenExpired) {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        res
+    }
+
+    fn store_down(e: impl std::fmt::Display, during: &str) -> Refusal {
+        tracing::error!(error = %e, during, "store unavailable; failing closed");
+        Self::problem(
+            ErrorCode::StoreUnavailable,
+            "payments are temporarily unavailable; retry later (nothing was charged)",
+        )
+    }
+
+    fn hold_time(&self, route: &PricedRoute) -> Duration {
+        route.timeout.unwrap_or(Duration::from_secs(60)) + self.0.hold_margin
     }
 
     /// Phases 1-3 for a priced route: find the credential, verify it, authorize it. Free routes
     /// return `Ok(None)`.
     pub async fn admit(
         &self,
-        route: &PricedRoute,
+        route: &Arc<PricedRoute>,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Result<Option<Admission>, Refusal> {
-        let Price::Fixed(price) = &route.price else {
+        let Some((currency, due)) = Self::hold_amount(route) else {
             return Ok(None);
         };
         let refuse = |code: ErrorCode, detail: &str| -> Refusal {
-            if code.status() == http::StatusCode::PAYMENT_REQUIRED {
+            if code.status() == StatusCode::PAYMENT_REQUIRED {
                 self.challenge(route, method, uri, headers, code, detail)
             } else {
                 Self::problem(code, detail)
@@ -387,31 +564,220 @@ impl Paywall {
         let credential = match credential::extract(headers) {
             Ok(Some(c)) => c,
             Ok(None) => {
-                return Err(refuse(
-                    ErrorCode::PaymentRequired,
-                    "this route is paid: pay with a receipt (see accepts) and retry",
-                ));
+                return Err(refuse(ErrorCode::PaymentRequired, "this route is paid: pay with a receipt or an access token (see accepts) and retry"));
             }
             Err(e) => return Err(refuse(e.code, &e.detail)),
         };
-        let Credential::Receipt { token, .. } = credential;
-        let receipt = self
-            .0
-            .verifier
-            .verify(&token)
-            .await
-            .map_err(|e| refuse(e.code, &e.detail))?;
-        self.check_terms(&receipt, route, price, method)
-            .map_err(|(c, d)| refuse(c, &d))?;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let admission = |payment: Payment, held: Held| Admission {
+            paywall: self.clone(),
+            payment,
+            held,
+            route: route.clone(),
+            method: method.as_str().to_owned(),
+            started: Instant::now(),
+            request_bytes: RequestBodyCounter::default(),
+            declared_request_bytes: declared,
+            settled: false,
+        };
+        match credential {
+            Credential::AccessToken(token) => {
+                let claims = self
+                    .0
+                    .token_key
+                    .verify(&token, self.0.clock.now_secs())
+                    .map_err(|e| match e {
+                        TokenError::Invalid => Self::problem(
+                            ErrorCode::TokenInvalid,
+                            "the access token is not valid here",
+                        ),
+                        TokenError::Expired => Self::problem(
+                            ErrorCode::TokenExpired,
+                            "the access token expired: renew it or top up again",
+                        ),
+                    })?;
+                let amount = due;
+                let hold = Hold {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    payer: claims.sub.clone(),
+                    currency: currency.code().to_owned(),
+                    amount_minor: currency
+                        .to_minor(amount)
+                        .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?,
+                    ttl: self.hold_time(route),
+                };
+                let balance_minor = self.place_hold(&hold, route, method, uri, headers).await?;
+                let payment = Payment {
+                    payer: claims.sub.clone(),
+                    charge: Money {
+                        amount,
+                        currency: currency.clone(),
+                    },
+                    credential: format!("token:{}", claims.sub),
+                    metered: matches!(route.price, Price::Metered(_)),
+                };
+                Ok(Some(admission(
+                    payment,
+                    Held::Balance {
+                        hold,
+                        cap_minor: None,
+                        balance_minor,
+                        new_token: None,
+                    },
+                )))
+            }
+            Credential::Receipt { token, .. } => {
+                let receipt = self
+                    .0
+                    .verifier
+                    .verify(&token)
+                    .await
+                    .map_err(|e| refuse(e.code, &e.detail))?;
+                match receipt.kind {
+                    ReceiptKind::Payment => {}
+                    ReceiptKind::Topup => {
+                        return Err(refuse(
+                            ErrorCode::ReceiptKindUnsupported,
+                            &format!("top-up receipts go to POST {}/topup", self.0.agent_api),
+                        ))
+                    }
+                    ReceiptKind::Subscribe => {
+                        return Err(refuse(
+                            ErrorCode::ReceiptKindUnsupported,
+                            "subscriptions are not sold here",
+                        ))
+                    }
+                }
+                let due_minor = currency
+                    .to_minor(due)
+                    .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+                let paid_minor = self
+                    .check_terms(&receipt, route, currency, due_minor, method)
+                    .map_err(|(c, d)| refuse(c, &d))?;
+                let credential = format!("receipt:{}:{}", receipt.issuer, receipt.id);
+                match &route.price {
+                    Price::Fixed(price) => {
+                        let reservation = self
+                            .reserve_receipt(&receipt, route)
+                            .await
+                            .map_err(|(c, d)| refuse(c, &d))?;
+                        let payment = Payment {
+                            payer: receipt.payer,
+                            charge: price.clone(),
+                            credential,
+                            metered: false,
+                        };
+                        Ok(Some(admission(payment, Held::Receipt(reservation))))
+                    }
+                    Price::Metered(_) => {
+                        // The receipt funds the balance (once), then the request is served from it
+                        // with the receipt's amount as the cap.
+                        self.credit_receipt(&receipt, currency, paid_minor, "payment")
+                            .await
+                            .map_err(|(c, d)| refuse(c, &d))?;
+                        let hold = Hold {
+                            id: uuid::Uuid::new_v4().to_string(),
+                            payer: receipt.payer.clone(),
+                            currency: currency.code().to_owned(),
+                            amount_minor: due_minor,
+                            ttl: self.hold_time(route),
+                        };
+                        let balance_minor =
+                            self.place_hold(&hold, route, method, uri, headers).await?;
+                        let payment = Payment {
+                            payer: receipt.payer.clone(),
+                            charge: Money {
+                                amount: due,
+                                currency: currency.clone(),
+                            },
+                            credential,
+                            metered: true,
+                        };
+                        let new_token = Some(self.issue_token(&receipt.payer));
+                        Ok(Some(admission(
+                            payment,
+                            Held::Balance {
+                                hold,
+                                cap_minor: Some(paid_minor),
+                                balance_minor,
+                                new_token,
+                            },
+                        )))
+                    }
+                    Price::Free => Ok(None),
+                }
+            }
+        }
+    }
 
+    /// What a request on this route holds: the fixed price or the metered reservation.
+    fn hold_amount(route: &PricedRoute) -> Option<(&Currency, Amount)> {
+        match &route.price {
+            Price::Fixed(m) => Some((&m.currency, m.amount)),
+            Price::Metered(m) => Some((&m.currency, m.reserve)),
+            Price::Free => None,
+        }
+    }
+
+    async fn place_hold(
+        &self,
+        hold: &Hold,
+        route: &PricedRoute,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<u64, Refusal> {
+        match self
+            .0
+            .store
+            .hold(hold)
+            .await
+            .map_err(|e| Self::store_down(e, "hold"))?
+        {
+            HoldOutcome::Held { balance_minor } => Ok(balance_minor),
+            HoldOutcome::PayerBlocked => Err(Self::problem(
+                ErrorCode::PayerBlocked,
+                "this payer is blocked by the provider",
+            )),
+            HoldOutcome::Insufficient { balance_minor } => {
+                let currency = route.price.currency().cloned();
+                let have = currency
+                    .as_ref()
+                    .map(|c| c.from_minor(balance_minor).to_string())
+                    .unwrap_or_default();
+                let mut res = self.challenge(
+                    route,
+                    method,
+                    uri,
+                    headers,
+                    ErrorCode::BalanceInsufficient,
+                    &format!("the prepaid balance ({have}) does not cover this request; top up (see accepts)"),
+                );
+                // Tell the agent exactly where it stands (the body already carries the offers).
+                if let Ok(mut body) = serde_json::from_slice::<Value>(res.body()) {
+                    body["balance"] = have.into();
+                    *res.body_mut() = Bytes::from(body.to_string());
+                }
+                Err(res)
+            }
+        }
+    }
+
+    async fn reserve_receipt(
+        &self,
+        receipt: &Receipt,
+        route: &PricedRoute,
+    ) -> Result<Reservation, (ErrorCode, String)> {
         let skew = self.0.verifier.policy().clock_skew;
-        let hold = route.timeout.unwrap_or(Duration::from_secs(60)) + self.0.hold_margin;
         let reservation = Reservation {
             id: uuid::Uuid::new_v4().to_string(),
             payer: receipt.payer.clone(),
             issuer: receipt.issuer.clone(),
             receipt_id: receipt.id.clone(),
-            hold,
+            hold: self.hold_time(route),
             spent_until_ms: receipt
                 .expires_at
                 .saturating_mul(1000)
@@ -419,61 +785,90 @@ impl Paywall {
         };
         let outcome = self.0.store.authorize(&reservation).await.map_err(|e| {
             tracing::error!(error = %e, "store unavailable during authorize; failing closed");
-            Self::problem(
+            (
                 ErrorCode::StoreUnavailable,
-                "payments are temporarily unavailable; retry later (nothing was charged)",
+                "payments are temporarily unavailable; retry later (nothing was charged)"
+                    .to_owned(),
             )
         })?;
         match outcome {
-            AuthorizeOutcome::Reserved => {}
-            AuthorizeOutcome::Replayed => {
-                return Err(refuse(
-                    ErrorCode::ReceiptReplayed,
-                    "this receipt was already spent",
-                ))
+            AuthorizeOutcome::Reserved => Ok(reservation),
+            AuthorizeOutcome::Replayed => Err((
+                ErrorCode::ReceiptReplayed,
+                "this receipt was already spent".into(),
+            )),
+            AuthorizeOutcome::InUse => Err((
+                ErrorCode::ReceiptInUse,
+                "another request is using this receipt; retry when it finishes".into(),
+            )),
+            AuthorizeOutcome::PayerBlocked => Err((
+                ErrorCode::PayerBlocked,
+                "this payer is blocked by the provider".into(),
+            )),
+        }
+    }
+
+    /// Credit a receipt's amount to its payer's balance, exactly once.
+    async fn credit_receipt(
+        &self,
+        receipt: &Receipt,
+        currency: &Currency,
+        minor: u64,
+        reason: &str,
+    ) -> Result<(String, u64, bool), (ErrorCode, String)> {
+        let skew = self.0.verifier.policy().clock_skew;
+        let credit = Credit {
+            payer: receipt.payer.clone(),
+            currency: currency.code().to_owned(),
+            amount_minor: i64::try_from(minor)
+                .map_err(|_| (ErrorCode::AmountInvalid, "amount too large".to_owned()))?,
+            idempotency: Idempotency::Receipt {
+                issuer: receipt.issuer.clone(),
+                receipt_id: receipt.id.clone(),
+            },
+            keep_until_ms: receipt
+                .expires_at
+                .saturating_mul(1000)
+                .saturating_add(i64::try_from(skew.as_millis()).unwrap_or(0)),
+            reason: reason.to_owned(),
+            source: format!("receipt:{}:{}", receipt.issuer, receipt.id),
+        };
+        match self.0.store.credit(&credit).await {
+            Ok(CreditOutcome::Applied {
+                credit_id,
+                balance_minor,
+            }) => Ok((credit_id, balance_minor, false)),
+            Ok(CreditOutcome::Duplicate {
+                credit_id,
+                balance_minor,
+            }) if reason == "topup" => Ok((credit_id, balance_minor, true)),
+            Ok(CreditOutcome::Duplicate { .. } | CreditOutcome::ReceiptUsed) => Err((
+                ErrorCode::ReceiptReplayed,
+                "this receipt was already spent (its amount is in your balance)".into(),
+            )),
+            Ok(CreditOutcome::Insufficient { .. }) => {
+                Err((ErrorCode::Internal, "internal error".into()))
             }
-            AuthorizeOutcome::InUse => {
-                return Err(refuse(
-                    ErrorCode::ReceiptInUse,
-                    "another request is using this receipt; retry when it finishes",
-                ))
-            }
-            AuthorizeOutcome::PayerBlocked => {
-                return Err(refuse(
-                    ErrorCode::PayerBlocked,
-                    "this payer is blocked by the provider",
+            Err(e) => {
+                tracing::error!(error = %e, "store unavailable during credit; failing closed");
+                Err((
+                    ErrorCode::StoreUnavailable,
+                    "payments are temporarily unavailable; retry later (nothing was charged)"
+                        .into(),
                 ))
             }
         }
-        Ok(Some(Admission {
-            paywall: self.clone(),
-            payment: Payment {
-                payer: receipt.payer,
-                charge: price.clone(),
-                issuer: receipt.issuer,
-                receipt_id: receipt.id,
-            },
-            reservation,
-            route: route.id.clone(),
-            method: method.as_str().to_owned(),
-            settled: false,
-        }))
     }
 
+    /// Check a payment receipt against what the route asks; returns the paid amount in minor units.
     fn check_terms(
         &self,
         r: &Receipt,
         route: &PricedRoute,
-        price: &Money,
+        currency: &Currency,
+        due: u64,
         method: &Method,
-    ) -> Result<(), (ErrorCode, String)> {
-        if r.kind != ReceiptKind::Payment {
-            return Err((
-                ErrorCode::ReceiptKindUnsupported,
-                "only kind \"payment\" receipts pay for a request".into(),
-            ));
-        }
-        let currency: &Currency = &price.currency;
+    ) -> Result<u64, (ErrorCode, String)> {
         if r.currency != currency.code() {
             return Err((
                 ErrorCode::CurrencyMismatch,
@@ -483,15 +878,15 @@ impl Paywall {
         let paid = currency
             .to_minor(r.amount)
             .map_err(|e| (ErrorCode::AmountInvalid, e.to_string()))?;
-        let due = price
-            .minor()
-            .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
         if paid < due {
+            let due_amount = currency.from_minor(due);
             return Err((
                 ErrorCode::AmountInsufficient,
                 format!(
-                    "the price is {price}; the receipt pays {} {}",
-                    r.amount, r.currency
+                    "the price is {due_amount} {}; the receipt pays {} {}",
+                    currency.code(),
+                    r.amount,
+                    r.currency
                 ),
             ));
         }
@@ -512,7 +907,162 @@ impl Paywall {
                     ChallengeError::Expired => (ErrorCode::ChallengeExpired, e.to_string()),
                 })?;
         }
-        Ok(())
+        Ok(paid)
+    }
+
+    /// Whether `path` is one of the agent endpoints.
+    pub fn is_agent_api(&self, path: &str) -> bool {
+        path.strip_prefix(self.0.agent_api.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// Serve an agent endpoint (`None` if `path` is not one):
+    /// - `POST <prefix>/topup` with a `kind: "topup"` receipt: credit it (once) and return an
+    ///   access token;
+    /// - `POST <prefix>/token` with `Authorization: Bearer <token>`: a fresh token;
+    /// - `GET <prefix>/balance` with `Authorization: Bearer <token>`: the prepaid balances.
+    pub async fn agent_api(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<Refusal> {
+        let rest = path.strip_prefix(self.0.agent_api.as_str())?;
+        let res = match (method.as_str(), rest) {
+            ("POST", "/topup") => self.topup(headers).await,
+            ("POST", "/token") => self.renew(headers).await,
+            ("GET", "/balance") => self.balance(headers).await,
+            (_, "/topup" | "/token" | "/balance") => Self::problem(
+                ErrorCode::MethodNotAllowed,
+                "see the README for the agent endpoints",
+            ),
+            _ => Self::problem(ErrorCode::RouteNotFound, "no such agent endpoint"),
+        };
+        Some(res)
+    }
+
+    fn token_body(&self, payer: &str) -> Value {
+        let now = self.0.clock.now_secs();
+        let ttl = i64::try_from(self.0.token_ttl.as_secs()).unwrap_or(86_400);
+        json!({
+            "access_token": self.0.token_key.issue(payer, now, ttl),
+            "token_type": "Bearer",
+            "expires_at": now + ttl,
+            "payer": payer,
+        })
+    }
+
+    async fn topup(&self, headers: &HeaderMap) -> Refusal {
+        let token =
+            match credential::extract(headers) {
+                Ok(Some(Credential::Receipt { token, .. })) => token,
+                Ok(_) => return Self::problem(
+                    ErrorCode::PaymentRequired,
+                    "send a kind \"topup\" receipt (Authorization: Payment or PAYMENT-SIGNATURE)",
+                ),
+                Err(e) => return Self::problem(e.code, &e.detail),
+            };
+        let receipt = match self.0.verifier.verify(&token).await {
+            Ok(r) => r,
+            Err(e) => return Self::problem(e.code, &e.detail),
+        };
+        if receipt.kind != ReceiptKind::Topup {
+            return Self::problem(
+                ErrorCode::ReceiptKindUnsupported,
+                "only kind \"topup\" receipts credit a balance",
+            );
+        }
+        let Some((currency, _)) = self.0.currencies.get(&receipt.currency) else {
+            return Self::problem(
+                ErrorCode::CurrencyUnsupported,
+                &format!("{:?} is not accepted here", receipt.currency),
+            );
+        };
+        let minor = match currency.to_minor(receipt.amount) {
+            Ok(m) if m > 0 => m,
+            Ok(_) => {
+                return Self::problem(
+                    ErrorCode::AmountInvalid,
+                    "a top-up must be greater than zero",
+                )
+            }
+            Err(e) => return Self::problem(ErrorCode::AmountInvalid, &e.to_string()),
+        };
+        match self
+            .credit_receipt(&receipt, currency, minor, "topup")
+            .await
+        {
+            Ok((credit_id, balance_minor, duplicate)) => {
+                tracing::info!(payer = %receipt.payer, amount = %receipt.amount, currency = %receipt.currency, duplicate, "top-up");
+                let mut body = self.token_body(&receipt.payer);
+                body["credited"] = receipt.amount.to_string().into();
+                body["currency"] = currency.code().into();
+                body["balance"] = currency.from_minor(balance_minor).to_string().into();
+                body["credit_id"] = credit_id.into();
+                body["duplicate"] = duplicate.into();
+                json_response(StatusCode::OK, &body)
+            }
+            Err((code, detail)) => Self::problem(code, &detail),
+        }
+    }
+
+    // A refusal is a response (tower-http's idiom); it is built only on the refusal path.
+    #[allow(clippy::result_large_err)]
+    fn bearer_claims(&self, headers: &HeaderMap) -> Result<String, Refusal> {
+        match credential::extract(headers) {
+            Ok(Some(Credential::AccessToken(t))) => {
+                match self.0.token_key.verify(&t, self.0.clock.now_secs()) {
+                    Ok(c) => Ok(c.sub),
+                    Err(TokenError::Expired) => Err(Self::problem(
+                        ErrorCode::TokenExpired,
+                        "the access token expired: top up again",
+                    )),
+                    Err(TokenError::Invalid) => Err(Self::problem(
+                        ErrorCode::TokenInvalid,
+                        "the access token is not valid here",
+                    )),
+                }
+            }
+            Ok(_) => Err(Self::problem(
+                ErrorCode::TokenInvalid,
+                "send Authorization: Bearer <access token>",
+            )),
+            Err(e) => Err(Self::problem(e.code, &e.detail)),
+        }
+    }
+
+    async fn renew(&self, headers: &HeaderMap) -> Refusal {
+        match self.bearer_claims(headers) {
+            Ok(payer) => json_response(StatusCode::OK, &self.token_body(&payer)),
+            Err(r) => r,
+        }
+    }
+
+    async fn balance(&self, headers: &HeaderMap) -> Refusal {
+        let payer = match self.bearer_claims(headers) {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        match self.0.store.account(&payer).await {
+            Ok(account) => json_response(StatusCode::OK, &self.account_json(&payer, &account)),
+            Err(e) => Self::store_down(e, "balance"),
+        }
+    }
+
+    /// An account as decimal strings per currency (unknown currencies in minor units).
+    pub fn account_json(&self, payer: &str, account: &Account) -> Value {
+        let balances: BTreeMap<&String, Value> = account
+            .balances
+            .iter()
+            .map(|(code, b)| {
+                let fmt = |v: i64| match self.0.currencies.get(code) {
+                    Some((c, _)) if v >= 0 => c.from_minor(u64::try_from(v).unwrap_or(0)).to_string(),
+                    _ => v.to_string(),
+                };
+                (code, json!({"available": fmt(b.available), "held": fmt(b.held), "credited": fmt(b.credited), "captured": fmt(b.captured)}))
+            })
+            .collect();
+        json!({"payer": payer, "balances": balances, "holds": account.holds})
     }
 }
 
@@ -522,92 +1072,266 @@ impl Admission {
         &self.payment
     }
 
-    /// Phase 5: settle after the upstream answered with `status` (`None`: it failed before
-    /// answering). Below 400 captures (spends the receipt, appends one usage event); 400 and
-    /// above, or no answer, releases the hold so the receipt can be used again.
+    /// The route.
+    pub fn route(&self) -> &Arc<PricedRoute> {
+        &self.route
+    }
+
+    /// The metered price, if the route is metered.
+    pub fn metered(&self) -> Option<&Metered> {
+        match &self.route.price {
+            Price::Metered(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The request-body counter to put into the request's extensions.
+    pub fn request_counter(&self) -> RequestBodyCounter {
+        self.request_bytes.clone()
+    }
+
+    /// How long since admission.
+    pub fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Request body bytes forwarded (counted, or as declared).
+    pub fn request_bytes(&self) -> u64 {
+        match self.request_bytes.0.load(Ordering::Relaxed) {
+            0 => self.declared_request_bytes.unwrap_or(0),
+            n => n,
+        }
+    }
+
+    /// `PAYMENT-RESPONSE` for a metered response settled after its body: what is held now.
+    pub fn pending_response(&self) -> Option<HeaderValue> {
+        let Held::Balance {
+            hold,
+            balance_minor,
+            new_token,
+            ..
+        } = &self.held
+        else {
+            return None;
+        };
+        let c = &self.payment.charge.currency;
+        let mut v = json!({
+            "success": true,
+            "settlement": "deferred",
+            "network": self.paywall.0.network,
+            "payer": self.payment.payer,
+            "held": c.from_minor(hold.amount_minor).to_string(),
+            "currency": c.code(),
+            "decimals": c.scale(),
+            "balance": c.from_minor(*balance_minor).to_string(),
+            "reservation": hold.id,
+        });
+        if let Some(t) = new_token {
+            v["accessToken"] = t.clone().into();
+        }
+        b64_header(&v)
+    }
+
+    /// Settle. `status`: the upstream's status (`None`: it failed before answering).
+    /// `usage`: for metered routes, the units per meter (`None` entries: could not be read)
+    /// and how the body ended.
     ///
-    /// Returns the `PAYMENT-RESPONSE` value on capture, or the refusal to send instead of the
-    /// upstream's response when the capture could not be recorded (fail closed).
-    pub async fn settle(mut self, status: Option<u16>) -> Result<Settled, Refusal> {
-        // From here on this call owns the outcome; if it is cancelled mid-way the hold
-        // simply expires (a capture may or may not have landed: never both, never twice).
+    /// Below 400 captures; 400 and above, or no answer, releases. Returns the
+    /// `PAYMENT-RESPONSE` value on capture, or the refusal to send instead of the upstream's
+    /// response when the capture could not be recorded (fail closed).
+    pub async fn settle(
+        mut self,
+        status: Option<u16>,
+        usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
+    ) -> Result<Settled, Refusal> {
+        // From here on this call owns the outcome; if it is cancelled mid-way the hold simply
+        // expires (a capture may or may not have landed: never both, never twice).
         self.settled = true;
         let store = self.paywall.0.store.clone();
         let served = status.is_some_and(|s| s < 400);
+        let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
         if !served {
-            match store.settle(&self.reservation, &Settlement::Release).await {
-                Ok(_) => {}
-                // The hold expires by itself; the agent can retry the receipt after that.
-                Err(e) => {
-                    tracing::warn!(error = %e, reservation = %self.reservation.id, "release failed; hold will expire")
-                }
+            let released = match &held {
+                Held::Receipt(r) => store.settle(r, &Settlement::Release).await.map(|_| ()),
+                Held::Balance { hold, .. } => store.release_hold(hold).await.map(|_| ()),
+            };
+            // On failure the hold expires by itself; the agent can retry after that.
+            if let Err(e) = released {
+                tracing::warn!(error = %e, "release failed; hold will expire");
             }
             return Ok(Settled {
                 payment_response: None,
             });
         }
-        let charge = &self.payment.charge;
-        let amount_minor = charge
-            .minor()
-            .map_err(|_| Paywall::problem(ErrorCode::Internal, "internal error"))?;
+        let status = status.unwrap_or(0);
+        let currency = self.payment.charge.currency.clone();
+        let (units, unit_prices, actual_minor) = self.measure(&held, usage);
         let event = UsageEvent {
             id: String::new(),
             time_ms: self.paywall.0.clock.now_ms(),
             payer: self.payment.payer.clone(),
-            route: self.route.clone(),
+            route: self.route.id.clone(),
             method: self.method.clone(),
-            units: 1,
-            unit: "request".into(),
-            amount: charge.amount,
-            amount_minor,
-            currency: charge.currency.code().to_owned(),
-            credential: format!(
-                "receipt:{}:{}",
-                self.payment.issuer, self.payment.receipt_id
-            ),
-            reservation: self.reservation.id.clone(),
-            upstream_status: status.unwrap_or(0),
+            units,
+            unit_prices,
+            currency: currency.code().to_owned(),
+            scale: currency.scale(),
+            amount_minor: actual_minor,
+            uncharged_minor: 0,
+            credential: self.payment.credential.clone(),
+            reservation: String::new(),
+            upstream_status: status,
         };
-        let outcome = store.settle(&self.reservation, &Settlement::Capture(Box::new(event))).await.map_err(|e| {
-            tracing::error!(error = %e, reservation = %self.reservation.id, "capture failed; response withheld");
-            Paywall::problem(ErrorCode::StoreUnavailable, "the payment could not be recorded; nothing was charged, retry later")
-        })?;
-        let event_id = match outcome {
-            SettleOutcome::Captured { event_id } | SettleOutcome::AlreadyCaptured { event_id } => {
-                event_id
+        let withheld = |e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "capture failed; response withheld");
+            Paywall::problem(
+                ErrorCode::StoreUnavailable,
+                "the payment could not be recorded; nothing was charged, retry later",
+            )
+        };
+        let (event_id, charged, balance, token) = match &held {
+            Held::Receipt(r) => {
+                let event = UsageEvent {
+                    reservation: r.id.clone(),
+                    ..event
+                };
+                let outcome = store
+                    .settle(r, &Settlement::Capture(Box::new(event)))
+                    .await
+                    .map_err(|e| withheld(&e))?;
+                match outcome {
+                    SettleOutcome::Captured { event_id }
+                    | SettleOutcome::AlreadyCaptured { event_id } => {
+                        (event_id, actual_minor, None, None)
+                    }
+                    other => {
+                        tracing::error!(?other, "capture refused: the hold was lost");
+                        return Err(Paywall::problem(
+                            ErrorCode::ReceiptInUse,
+                            "the receipt's hold expired and it was taken by another request",
+                        ));
+                    }
+                }
             }
-            other => {
-                tracing::error!(?other, reservation = %self.reservation.id, "capture refused: the hold was lost");
-                return Err(Paywall::problem(
-                    ErrorCode::ReceiptInUse,
-                    "the receipt's hold expired and it was taken by another request",
-                ));
+            Held::Balance {
+                hold, new_token, ..
+            } => {
+                let event = UsageEvent {
+                    reservation: hold.id.clone(),
+                    ..event
+                };
+                match store
+                    .capture_hold(hold, actual_minor, &event)
+                    .await
+                    .map_err(|e| withheld(&e))?
+                {
+                    HoldSettleOutcome::Captured {
+                        event_id,
+                        charged_minor,
+                        uncharged_minor,
+                        balance_minor,
+                    } => {
+                        if uncharged_minor > 0 {
+                            tracing::warn!(payer = %self.payment.payer, uncharged_minor, "usage beyond the balance was not charged");
+                        }
+                        (
+                            event_id,
+                            charged_minor,
+                            Some(balance_minor),
+                            new_token.clone(),
+                        )
+                    }
+                    other => {
+                        tracing::error!(?other, "capture refused: the hold was lost (expired)");
+                        return Err(Paywall::problem(
+                            ErrorCode::BalanceInsufficient,
+                            "the balance hold expired before the response; nothing was charged",
+                        ));
+                    }
+                }
             }
         };
-        tracing::info!(
-            payer = %self.payment.payer,
-            route = %self.route,
-            amount = %charge,
-            status = status.unwrap_or(0),
-            event = %event_id,
-            "payment captured"
-        );
-        let body = json!({
+        let charged_amount = currency.from_minor(charged);
+        tracing::info!(payer = %self.payment.payer, route = %self.route.id, amount = %charged_amount, currency = %currency.code(), status, event = %event_id, "payment captured");
+        let mut body = json!({
             "success": true,
             "transaction": event_id,
             "network": self.paywall.0.network,
             "payer": self.payment.payer,
-            "amount": charge.amount.to_string(),
-            "amountAtomic": amount_minor.to_string(),
-            "currency": charge.currency.code(),
-            "decimals": charge.currency.scale(),
-            "receipt": self.payment.receipt_id,
+            "amount": charged_amount.to_string(),
+            "amountAtomic": charged.to_string(),
+            "currency": currency.code(),
+            "decimals": currency.scale(),
             "eventId": event_id,
         });
-        let v = HeaderValue::from_str(&STANDARD.encode(body.to_string())).ok();
+        if let Some(rid) = self
+            .payment
+            .credential
+            .rsplit(':')
+            .next()
+            .filter(|_| self.payment.credential.starts_with("receipt:"))
+        {
+            body["receipt"] = rid.into();
+        }
+        if let Some(b) = balance {
+            body["balance"] = currency.from_minor(b).to_string().into();
+        }
+        if let Some(t) = token {
+            body["accessToken"] = t.into();
+        }
         Ok(Settled {
-            payment_response: v,
+            payment_response: b64_header(&body),
         })
+    }
+
+    /// Units, unit prices and the amount to capture, by the documented rules.
+    fn measure(
+        &self,
+        held: &Held,
+        usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
+    ) -> (BTreeMap<String, u64>, BTreeMap<String, String>, u64) {
+        let Price::Metered(m) = &self.route.price else {
+            let minor = self.payment.charge.minor().unwrap_or(0);
+            return (
+                BTreeMap::from([("request".to_owned(), 1)]),
+                BTreeMap::new(),
+                minor,
+            );
+        };
+        let hold_minor = match held {
+            Held::Balance { hold, .. } => hold.amount_minor,
+            Held::Receipt(_) => 0,
+        };
+        let cap = match held {
+            Held::Balance { cap_minor, .. } => *cap_minor,
+            Held::Receipt(_) => None,
+        };
+        let prices = m
+            .meters
+            .iter()
+            .map(|x| (x.unit.clone(), x.price.to_string()))
+            .collect();
+        // No reading at all (should not happen for a served metered response): all missing.
+        let (readings, end) = usage.unwrap_or_else(|| {
+            (
+                m.meters.iter().map(|x| (x.unit.clone(), None)).collect(),
+                BodyEnd::Complete,
+            )
+        });
+        let missing = readings.values().any(Option::is_none);
+        let units: BTreeMap<String, u64> = readings
+            .iter()
+            .map(|(u, n)| (u.clone(), n.unwrap_or(0)))
+            .collect();
+        let actual =
+            if missing && end != BodyEnd::UpstreamFailed && m.on_missing == OnMissing::Reserve {
+                // Served, but the usage could not be read: the reservation is the charge.
+                hold_minor
+            } else {
+                m.cost_minor(&units).unwrap_or(hold_minor)
+            };
+        let actual = cap.map_or(actual, |c| actual.min(c));
+        (units, prices, actual)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Prices and the routes they are attached to.
 
-use crate::money::{Money, MoneyError};
+use crate::money::{Currency, Money, MoneyError};
 
 /// What a route costs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,6 +10,8 @@ pub enum Price {
     Free,
     /// A fixed amount per request.
     Fixed(Money),
+    /// Per unit of measured usage, drawn from a prepaid balance.
+    Metered(crate::meter::Metered),
 }
 
 impl Price {
@@ -22,6 +24,17 @@ impl Price {
             ));
         }
         Ok(Price::Fixed(money))
+    }
+}
+
+impl Price {
+    /// The currency, for priced routes.
+    pub fn currency(&self) -> Option<&Currency> {
+        match self {
+            Price::Free => None,
+            Price::Fixed(m) => Some(&m.currency),
+            Price::Metered(m) => Some(&m.currency),
+        }
     }
 }
 

@@ -30,11 +30,12 @@ fn event(r: &Reservation) -> UsageEvent {
         payer: r.payer.clone(),
         route: "compute".into(),
         method: "POST".into(),
-        units: 1,
-        unit: "request".into(),
-        amount: "0.01".parse().unwrap(),
+        units: [("request".to_owned(), 1)].into(),
+        unit_prices: Default::default(),
         amount_minor: 10_000,
+        uncharged_minor: 0,
         currency: "USD".into(),
+        scale: 6,
         credential: format!("receipt:iss:{}", r.receipt_id),
         reservation: r.id.clone(),
         upstream_status: 200,
@@ -125,7 +126,7 @@ async fn single_use_lifecycle(store: Arc<dyn Store>) {
         (
             e.payer.as_str(),
             e.amount_minor,
-            e.amount.to_string().as_str()
+            e.amount().to_string().as_str()
         ),
         ("alice", 10_000, "0.01")
     );
@@ -257,7 +258,8 @@ async fn redis_keys_share_one_hash_tag_and_expire() {
         .unwrap();
     let mut c = redis.conn();
     let keys: Vec<String> = redis::cmd("KEYS").arg("t:*").query(&mut c).unwrap();
-    assert_eq!(keys.len(), 2, "{keys:?}");
+    // Receipt state, ledger, payer and bucket aggregates.
+    assert_eq!(keys.len(), 4, "{keys:?}");
     let tag = format!("{{b{:02}}}", r.bucket());
     assert!(
         keys.iter().all(|k| k.contains(&tag)),

@@ -129,7 +129,12 @@ price = "free"
     for e in &events {
         println!(
             "  {} payer={} route={} amount={} {} status={}",
-            e.id, e.payer, e.route, e.amount, e.currency, e.upstream_status
+            e.id,
+            e.payer,
+            e.route,
+            e.amount(),
+            e.currency,
+            e.upstream_status
         );
     }
 

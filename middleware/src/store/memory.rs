@@ -1,13 +1,15 @@
 //! The embedded store: one process, no Redis. Same state machine as the Redis scripts, under
 //! one mutex (each method is one critical section, so it is as atomic as a script).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use super::{
-    AuthorizeOutcome, Reservation, SettleOutcome, Settlement, Store, StoreError, UsageEvent,
+    days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome, Balance,
+    Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
+    Reservation, SettleOutcome, Settlement, Store, StoreError, UsageEvent,
 };
 use crate::clock::{Clock, SystemClock};
 
@@ -22,17 +24,45 @@ enum ReceiptState {
         event_id: String,
         until_ms: i64,
     },
+    Credited {
+        credit_id: String,
+        until_ms: i64,
+    },
+}
+
+impl ReceiptState {
+    fn until(&self) -> i64 {
+        match self {
+            ReceiptState::Held { until_ms, .. }
+            | ReceiptState::Spent { until_ms, .. }
+            | ReceiptState::Credited { until_ms, .. } => *until_ms,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct HoldEntry {
+    payer: String,
+    currency: String,
+    amount: i64,
+    until_ms: i64,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    /// Receipt states by (bucket, fingerprint); expired entries are treated as absent.
+    /// Receipt and idempotency states by key; expired entries are treated as absent.
     receipts: HashMap<String, ReceiptState>,
     /// Blocked payers.
     blocked: HashSet<String>,
-    /// The ledger.
+    /// Accounts by (payer, currency).
+    accounts: HashMap<(String, String), Balance>,
+    /// Holds in flight by reservation id.
+    holds: HashMap<String, HoldEntry>,
+    /// The usage ledger, in id order.
     events: Vec<UsageEvent>,
-    /// Sequence for event ids (`<ms>-<seq>`, like stream ids).
+    /// Aggregates by (day, payer) -> field -> value.
+    aggregates: HashMap<(String, String), BTreeMap<String, i64>>,
+    /// Sequence for ledger ids.
     seq: u64,
 }
 
@@ -47,6 +77,10 @@ impl Default for MemoryStore {
     fn default() -> Self {
         Self::new(Arc::new(SystemClock))
     }
+}
+
+fn minor(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 impl MemoryStore {
@@ -64,16 +98,55 @@ impl MemoryStore {
             .map_err(|_| StoreError::Unavailable("memory store poisoned".into()))
     }
 
-    fn key(r: &Reservation) -> String {
-        format!("{}:{}", r.bucket(), r.fingerprint())
+    fn receipt_key(r: &Reservation) -> String {
+        format!("r:{}:{}", r.bucket(), r.fingerprint())
     }
 
     fn live<'a>(state: &'a State, key: &str, now: i64) -> Option<&'a ReceiptState> {
-        state.receipts.get(key).filter(|s| match s {
-            ReceiptState::Held { until_ms, .. } | ReceiptState::Spent { until_ms, .. } => {
-                *until_ms > now
+        state.receipts.get(key).filter(|s| s.until() > now)
+    }
+
+    fn next_id(s: &mut State, now: i64) -> String {
+        s.seq += 1;
+        format!("{}-{}-0", now.max(0), s.seq)
+    }
+
+    fn record(
+        s: &mut State,
+        now: i64,
+        mut event: UsageEvent,
+        amount: u64,
+        uncharged: u64,
+    ) -> String {
+        let id = Self::next_id(s, now);
+        event.id = id.clone();
+        event.amount_minor = amount;
+        event.uncharged_minor = uncharged;
+        let day = utc_day(event.time_ms);
+        let agg = s.aggregates.entry((day, event.payer.clone())).or_default();
+        *agg.entry(event.amount_field()).or_default() += i64::try_from(amount).unwrap_or(i64::MAX);
+        for (f, n) in event.aggregate_fields() {
+            *agg.entry(f).or_default() += i64::try_from(n).unwrap_or(i64::MAX);
+        }
+        s.events.push(event);
+        id
+    }
+
+    /// Give back the payer's expired holds.
+    fn sweep(s: &mut State, payer: &str, now: i64) {
+        let expired: Vec<String> = s
+            .holds
+            .iter()
+            .filter(|(_, h)| h.payer == payer && h.until_ms <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(h) = s.holds.remove(&id) {
+                let acct = s.accounts.entry((h.payer, h.currency)).or_default();
+                acct.held -= h.amount;
+                acct.available += h.amount;
             }
-        })
+        }
     }
 }
 
@@ -85,9 +158,11 @@ impl Store for MemoryStore {
         if s.blocked.contains(&r.payer) {
             return Ok(AuthorizeOutcome::PayerBlocked);
         }
-        let key = Self::key(r);
+        let key = Self::receipt_key(r);
         match Self::live(&s, &key, now) {
-            Some(ReceiptState::Spent { .. }) => return Ok(AuthorizeOutcome::Replayed),
+            Some(ReceiptState::Spent { .. } | ReceiptState::Credited { .. }) => {
+                return Ok(AuthorizeOutcome::Replayed)
+            }
             Some(ReceiptState::Held { .. }) => return Ok(AuthorizeOutcome::InUse),
             None => {}
         }
@@ -109,7 +184,7 @@ impl Store for MemoryStore {
     ) -> Result<SettleOutcome, StoreError> {
         let now = self.clock.now_ms();
         let mut s = self.lock()?;
-        let key = Self::key(r);
+        let key = Self::receipt_key(r);
         let current = Self::live(&s, &key, now);
         match settlement {
             Settlement::Release => match current {
@@ -134,11 +209,7 @@ impl Store for MemoryStore {
                     None => {}
                     Some(_) => return Ok(SettleOutcome::Conflict),
                 }
-                s.seq += 1;
-                let event_id = format!("{}-{}", now.max(0), s.seq);
-                let mut e = (**event).clone();
-                e.id = event_id.clone();
-                s.events.push(e);
+                let event_id = Self::record(&mut s, now, (**event).clone(), event.amount_minor, 0);
                 s.receipts.insert(
                     key,
                     ReceiptState::Spent {
@@ -149,14 +220,200 @@ impl Store for MemoryStore {
                 );
                 // Forget expired entries now and then, so memory stays bounded.
                 if s.seq % 1024 == 0 {
-                    s.receipts.retain(|_, st| match st {
-                        ReceiptState::Held { until_ms, .. }
-                        | ReceiptState::Spent { until_ms, .. } => *until_ms > now,
-                    });
+                    s.receipts.retain(|_, st| st.until() > now);
                 }
                 Ok(SettleOutcome::Captured { event_id })
             }
         }
+    }
+
+    async fn hold(&self, h: &Hold) -> Result<HoldOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        if s.blocked.contains(&h.payer) {
+            return Ok(HoldOutcome::PayerBlocked);
+        }
+        Self::sweep(&mut s, &h.payer, now);
+        let amount = i64::try_from(h.amount_minor)
+            .map_err(|_| StoreError::Protocol("amount too large".into()))?;
+        let acct = s
+            .accounts
+            .entry((h.payer.clone(), h.currency.clone()))
+            .or_default();
+        if acct.available < amount {
+            return Ok(HoldOutcome::Insufficient {
+                balance_minor: minor(acct.available),
+            });
+        }
+        acct.available -= amount;
+        acct.held += amount;
+        let left = minor(acct.available);
+        let ttl = i64::try_from(h.ttl.as_millis()).unwrap_or(i64::MAX);
+        s.holds.insert(
+            h.id.clone(),
+            HoldEntry {
+                payer: h.payer.clone(),
+                currency: h.currency.clone(),
+                amount,
+                until_ms: now.saturating_add(ttl),
+            },
+        );
+        Ok(HoldOutcome::Held {
+            balance_minor: left,
+        })
+    }
+
+    async fn capture_hold(
+        &self,
+        h: &Hold,
+        actual_minor: u64,
+        event: &UsageEvent,
+    ) -> Result<HoldSettleOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        let Some(entry) = s.holds.remove(&h.id) else {
+            return Ok(HoldSettleOutcome::NotHeld);
+        };
+        let acct = s
+            .accounts
+            .entry((entry.payer.clone(), entry.currency.clone()))
+            .or_default();
+        let actual = i64::try_from(actual_minor).unwrap_or(i64::MAX);
+        let (charge, uncharged) = if actual > entry.amount + acct.available {
+            (
+                entry.amount + acct.available,
+                actual - entry.amount - acct.available,
+            )
+        } else {
+            (actual, 0)
+        };
+        acct.held -= entry.amount;
+        acct.available += entry.amount - charge;
+        acct.captured += charge;
+        let balance = minor(acct.available);
+        let event_id = Self::record(&mut s, now, event.clone(), minor(charge), minor(uncharged));
+        Ok(HoldSettleOutcome::Captured {
+            event_id,
+            charged_minor: minor(charge),
+            uncharged_minor: minor(uncharged),
+            balance_minor: balance,
+        })
+    }
+
+    async fn release_hold(&self, h: &Hold) -> Result<HoldSettleOutcome, StoreError> {
+        let mut s = self.lock()?;
+        let Some(entry) = s.holds.remove(&h.id) else {
+            return Ok(HoldSettleOutcome::NotHeld);
+        };
+        let acct = s.accounts.entry((entry.payer, entry.currency)).or_default();
+        acct.held -= entry.amount;
+        acct.available += entry.amount;
+        Ok(HoldSettleOutcome::Released)
+    }
+
+    async fn credit(&self, c: &Credit) -> Result<CreditOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        let key = match &c.idempotency {
+            Idempotency::Receipt { issuer, receipt_id } => {
+                let r = Reservation {
+                    id: String::new(),
+                    payer: c.payer.clone(),
+                    issuer: issuer.clone(),
+                    receipt_id: receipt_id.clone(),
+                    hold: std::time::Duration::ZERO,
+                    spent_until_ms: 0,
+                };
+                Self::receipt_key(&r)
+            }
+            Idempotency::Key(k) => format!("idem:{}:{k}", c.payer),
+        };
+        let available = s
+            .accounts
+            .get(&(c.payer.clone(), c.currency.clone()))
+            .map(|a| a.available)
+            .unwrap_or(0);
+        match Self::live(&s, &key, now) {
+            Some(ReceiptState::Credited { credit_id, .. }) => {
+                return Ok(CreditOutcome::Duplicate {
+                    credit_id: credit_id.clone(),
+                    balance_minor: minor(available),
+                });
+            }
+            Some(_) => return Ok(CreditOutcome::ReceiptUsed),
+            None => {}
+        }
+        if c.amount_minor < 0 && available + c.amount_minor < 0 {
+            return Ok(CreditOutcome::Insufficient {
+                balance_minor: minor(available),
+            });
+        }
+        let credit_id = Self::next_id(&mut s, now);
+        let acct = s
+            .accounts
+            .entry((c.payer.clone(), c.currency.clone()))
+            .or_default();
+        acct.available += c.amount_minor;
+        acct.credited += c.amount_minor;
+        let balance = minor(acct.available);
+        s.receipts.insert(
+            key,
+            ReceiptState::Credited {
+                credit_id: credit_id.clone(),
+                until_ms: c.keep_until_ms,
+            },
+        );
+        Ok(CreditOutcome::Applied {
+            credit_id,
+            balance_minor: balance,
+        })
+    }
+
+    async fn account(&self, payer: &str) -> Result<Account, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        Self::sweep(&mut s, payer, now);
+        let balances = s
+            .accounts
+            .iter()
+            .filter(|((p, _), _)| p == payer)
+            .map(|((_, c), b)| (c.clone(), *b))
+            .collect();
+        let holds = s.holds.values().filter(|h| h.payer == payer).count() as u64;
+        Ok(Account { balances, holds })
+    }
+
+    async fn usage(
+        &self,
+        payer: Option<&str>,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<DailyUsage>, StoreError> {
+        let days = days_between(from, to)?;
+        let s = self.lock()?;
+        let mut rows = BTreeMap::new();
+        for ((day, p), fields) in &s.aggregates {
+            if days.contains(day) && payer.is_none_or(|want| want == p) {
+                let f: Vec<(String, i64)> = fields.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                fold_aggregates(day, &f, &mut rows);
+            }
+        }
+        Ok(rows.into_values().collect())
+    }
+
+    async fn events_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let s = self.lock()?;
+        let from = after.map(event_order);
+        Ok(s.events
+            .iter()
+            .filter(|e| from.is_none_or(|f| event_order(&e.id) > f))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -171,9 +428,5 @@ impl Store for MemoryStore {
             s.blocked.remove(payer);
         }
         Ok(())
-    }
-
-    async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError> {
-        Ok(self.lock()?.events.clone())
     }
 }

@@ -19,10 +19,25 @@
 //!   the `exp` check instead).
 //! - `<prefix>:{bNN}:blocked:<payer>` present while a payer is blocked.
 //! - `<prefix>:{bNN}:events` the usage ledger (a Redis Stream, never trimmed).
+//! - `<prefix>:{bNN}:acct:<payer>` prepaid account (hash): per currency `bal:<C>` available,
+//!   `held:<C>` held by requests in flight, `credited:<C>` total credited (top-ups and
+//!   adjustments), `captured:<C>` total charged. Invariant: `credited - captured = bal + held`.
+//! - `<prefix>:{bNN}:holds:<payer>` holds in flight (hash: reservation -> `currency|amount|expiry
+//!   ms`); expired holds are given back by the next hold for that payer (or an account read).
+//! - `<prefix>:{bNN}:idem:<hash>` idempotency keys of admin credits; top-ups use the receipt's
+//!   state key, so a top-up receipt credits exactly once.
+//! - `<prefix>:{bNN}:credits` the credit ledger (top-ups and adjustments; a Redis Stream).
+//! - `<prefix>:{bNN}:agg:<payer>:<yyyymmdd>` and `<prefix>:{bNN}:aggb:<yyyymmdd>` daily
+//!   aggregates per payer and per bucket (all payers), fields `<route>|requests`,
+//!   `<route>|amount|<C>`, `<route>|units|<unit>`; kept 400 days.
+//!
+//! Lua numbers are doubles: amounts in minor units are exact up to 2^53 - 1, which
+//! [`crate::money::Currency::to_minor`] enforces.
 
 mod memory;
 mod redis;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,7 +45,7 @@ use sha2::{Digest, Sha256};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, RedisStoreOptions};
-use crate::money::Amount;
+use crate::money::{Amount, Currency};
 
 /// Number of payer buckets (hash tags). Changing it re-homes every key: never change it on a
 /// live deployment.
@@ -65,6 +80,18 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// A placeholder for a reservation already handed off (never sent to a store).
+    pub fn empty() -> Self {
+        Reservation {
+            id: String::new(),
+            payer: String::new(),
+            issuer: String::new(),
+            receipt_id: String::new(),
+            hold: Duration::ZERO,
+            spent_until_ms: 0,
+        }
+    }
+
     /// The payer's bucket, 0..[`BUCKETS`].
     pub fn bucket(&self) -> u64 {
         bucket_of(&self.payer)
@@ -107,7 +134,8 @@ pub enum AuthorizeOutcome {
 /// One settled request, as recorded in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageEvent {
-    /// Stream id assigned by the store (empty until recorded).
+    /// Ledger id assigned by the store: `<ms>-<seq>-<bucket>` (empty until recorded). Ids
+    /// order events; [`Store::events_after`] resumes from one.
     pub id: String,
     /// When the request was settled, unix ms (gateway clock).
     pub time_ms: i64,
@@ -117,40 +145,75 @@ pub struct UsageEvent {
     pub route: String,
     /// HTTP method.
     pub method: String,
-    /// Units served.
-    pub units: u64,
-    /// What a unit is (`request`).
-    pub unit: String,
-    /// Amount charged.
-    pub amount: Amount,
-    /// Amount charged, in minor units of the currency.
-    pub amount_minor: u64,
+    /// Units served, by unit (`request`, `prompt_token`, `byte`, ...).
+    pub units: BTreeMap<String, u64>,
+    /// Price per unit, by unit (decimal strings; empty for fixed prices).
+    pub unit_prices: BTreeMap<String, String>,
     /// Currency code.
     pub currency: String,
-    /// The credential that paid: `receipt:<iss>:<jti>`.
+    /// The currency's atomic scale.
+    pub scale: u32,
+    /// Amount charged, in minor units.
+    pub amount_minor: u64,
+    /// Usage that could not be charged (balance exhausted), in minor units.
+    pub uncharged_minor: u64,
+    /// The credential that paid: `receipt:<iss>:<jti>` or `token:<payer>`.
     pub credential: String,
     /// The reservation it settles.
     pub reservation: String,
-    /// The upstream's HTTP status.
+    /// The upstream's HTTP status (0: no answer).
     pub upstream_status: u16,
 }
 
 impl UsageEvent {
-    fn to_fields(&self) -> Vec<(&'static str, String)> {
-        vec![
+    /// The amount charged as a decimal.
+    pub fn amount(&self) -> Amount {
+        match Currency::try_new(self.currency.clone(), self.scale) {
+            Ok(c) => c.from_minor(self.amount_minor),
+            Err(_) => Amount::ZERO,
+        }
+    }
+
+    /// Fields written by Rust (the scripts add `amount_minor` / `uncharged_minor` where they
+    /// decide them).
+    fn to_fields(&self, with_amounts: bool) -> Vec<(&'static str, String)> {
+        let mut f = vec![
             ("time_ms", self.time_ms.to_string()),
             ("payer", self.payer.clone()),
             ("route", self.route.clone()),
             ("method", self.method.clone()),
-            ("units", self.units.to_string()),
-            ("unit", self.unit.clone()),
-            ("amount", self.amount.to_string()),
-            ("amount_minor", self.amount_minor.to_string()),
+            (
+                "units",
+                serde_json::to_string(&self.units).unwrap_or_default(),
+            ),
+            (
+                "unit_prices",
+                serde_json::to_string(&self.unit_prices).unwrap_or_default(),
+            ),
             ("currency", self.currency.clone()),
+            ("scale", self.scale.to_string()),
             ("credential", self.credential.clone()),
             ("reservation", self.reservation.clone()),
             ("upstream_status", self.upstream_status.to_string()),
-        ]
+        ];
+        if with_amounts {
+            f.push(("amount_minor", self.amount_minor.to_string()));
+            f.push(("uncharged_minor", self.uncharged_minor.to_string()));
+        }
+        f
+    }
+
+    /// Aggregate increments for this event (the amount is added by the caller).
+    fn aggregate_fields(&self) -> Vec<(String, u64)> {
+        let mut v = vec![(format!("{}|requests", self.route), 1)];
+        for (unit, n) in &self.units {
+            v.push((format!("{}|units|{unit}", self.route), *n));
+        }
+        v
+    }
+
+    fn amount_field(&self) -> String {
+        format!("{}|amount|{}", self.route, self.currency)
     }
 
     fn from_fields(id: String, fields: &[(String, String)]) -> Result<Self, StoreError> {
@@ -161,28 +224,246 @@ impl UsageEvent {
                 .map(|(_, v)| v.clone())
                 .ok_or_else(|| StoreError::Protocol(format!("usage event {id} lacks {k}")))
         };
-        let num = |k: &str| -> Result<i64, StoreError> {
+        let num = |k: &str| -> Result<u64, StoreError> {
             get(k)?
                 .parse()
                 .map_err(|_| StoreError::Protocol(format!("usage event {id}: bad {k}")))
         };
+        let json = |k: &str| -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
+            serde_json::from_str(&get(k)?)
+                .map_err(|_| StoreError::Protocol(format!("usage event {id}: bad {k}")))
+        };
         Ok(UsageEvent {
-            time_ms: num("time_ms")?,
+            time_ms: i64::try_from(num("time_ms")?).unwrap_or(0),
             payer: get("payer")?,
             route: get("route")?,
             method: get("method")?,
-            units: u64::try_from(num("units")?).unwrap_or(0),
-            unit: get("unit")?,
-            amount: get("amount")?
-                .parse()
-                .map_err(|_| StoreError::Protocol(format!("usage event {id}: bad amount")))?,
-            amount_minor: u64::try_from(num("amount_minor")?).unwrap_or(0),
+            units: json("units")?
+                .into_iter()
+                .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
+                .collect(),
+            unit_prices: json("unit_prices")?
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
+                .collect(),
             currency: get("currency")?,
+            scale: u32::try_from(num("scale")?).unwrap_or(0),
+            amount_minor: num("amount_minor")?,
+            uncharged_minor: num("uncharged_minor")?,
             credential: get("credential")?,
             reservation: get("reservation")?,
             upstream_status: u16::try_from(num("upstream_status")?).unwrap_or(0),
             id,
         })
+    }
+}
+
+/// Order of ledger ids `<ms>-<seq>-<bucket>`.
+pub fn event_order(id: &str) -> (u64, u64, u64) {
+    let mut p = id.split('-').map(|x| x.parse::<u64>().unwrap_or(0));
+    (
+        p.next().unwrap_or(0),
+        p.next().unwrap_or(0),
+        p.next().unwrap_or(0),
+    )
+}
+
+/// The UTC day (`yyyymmdd`) of a unix-ms time (aggregates are per UTC day).
+pub fn utc_day(time_ms: i64) -> String {
+    let days = time_ms.div_euclid(86_400_000);
+    // Civil-from-days (Howard Hinnant's algorithm), valid for any proleptic Gregorian date.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}")
+}
+
+/// An amount of a payer's balance held for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// Reservation id (unique per request).
+    pub id: String,
+    /// Whose balance.
+    pub payer: String,
+    /// Currency code.
+    pub currency: String,
+    /// How much, in minor units.
+    pub amount_minor: u64,
+    /// How long before an unsettled hold is given back.
+    pub ttl: Duration,
+}
+
+impl Hold {
+    /// The payer's bucket.
+    pub fn bucket(&self) -> u64 {
+        bucket_of(&self.payer)
+    }
+}
+
+/// What placing a hold found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// Held; the balance left available.
+    Held {
+        /// Available balance after the hold (minor units).
+        balance_minor: u64,
+    },
+    /// The balance does not cover the amount.
+    Insufficient {
+        /// Available balance (minor units).
+        balance_minor: u64,
+    },
+    /// The payer is blocked.
+    PayerBlocked,
+}
+
+/// What settling a hold did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldSettleOutcome {
+    /// Charged (possibly less than the usage, see `uncharged_minor`) and recorded.
+    Captured {
+        /// Ledger id of the usage event.
+        event_id: String,
+        /// Amount charged (minor units).
+        charged_minor: u64,
+        /// Usage not charged because the balance ran out (minor units).
+        uncharged_minor: u64,
+        /// Available balance afterwards (minor units).
+        balance_minor: u64,
+    },
+    /// Released: the held amount is available again.
+    Released,
+    /// No such hold (already settled, or expired and given back).
+    NotHeld,
+}
+
+/// What makes a credit apply once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Idempotency {
+    /// A top-up receipt (the receipt's single-use state).
+    Receipt {
+        /// `iss`.
+        issuer: String,
+        /// `jti`.
+        receipt_id: String,
+    },
+    /// An admin idempotency key.
+    Key(String),
+}
+
+/// A credit to (or, negative, a debit from) a payer's balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credit {
+    /// Whose balance.
+    pub payer: String,
+    /// Currency code.
+    pub currency: String,
+    /// Signed amount in minor units.
+    pub amount_minor: i64,
+    /// Applies once per this.
+    pub idempotency: Idempotency,
+    /// Until when the idempotency record is kept (unix ms).
+    pub keep_until_ms: i64,
+    /// Why (`topup`, or the admin's reason).
+    pub reason: String,
+    /// Who: `receipt:<iss>:<jti>` or `admin`.
+    pub source: String,
+}
+
+/// What a credit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreditOutcome {
+    /// Applied now.
+    Applied {
+        /// Credit ledger id.
+        credit_id: String,
+        /// Available balance afterwards.
+        balance_minor: u64,
+    },
+    /// Applied earlier with the same idempotency (nothing changed now).
+    Duplicate {
+        /// Credit ledger id of the earlier credit.
+        credit_id: String,
+        /// Available balance.
+        balance_minor: u64,
+    },
+    /// A debit larger than the available balance.
+    Insufficient {
+        /// Available balance.
+        balance_minor: u64,
+    },
+    /// The receipt is held or spent as a payment.
+    ReceiptUsed,
+}
+
+/// One currency of a payer's account (minor units).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Balance {
+    /// Available to spend.
+    pub available: i64,
+    /// Held by requests in flight.
+    pub held: i64,
+    /// Total credited (top-ups and adjustments).
+    pub credited: i64,
+    /// Total charged.
+    pub captured: i64,
+}
+
+/// A payer's prepaid account.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Account {
+    /// Per currency.
+    pub balances: BTreeMap<String, Balance>,
+    /// Holds in flight.
+    pub holds: u64,
+}
+
+/// Usage aggregated per UTC day and route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DailyUsage {
+    /// `yyyymmdd`.
+    pub day: String,
+    /// Route id.
+    pub route: String,
+    /// Served requests.
+    pub requests: u64,
+    /// Amount charged per currency (minor units).
+    pub amount_minor: BTreeMap<String, u64>,
+    /// Units per unit.
+    pub units: BTreeMap<String, u64>,
+}
+
+/// Fold `<route>|requests`, `<route>|amount|<C>`, `<route>|units|<u>` fields into rows.
+fn fold_aggregates(
+    day: &str,
+    fields: &[(String, i64)],
+    out: &mut BTreeMap<(String, String), DailyUsage>,
+) {
+    for (f, v) in fields {
+        let mut parts = f.splitn(3, '|');
+        let (Some(route), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let row = out
+            .entry((day.to_owned(), route.to_owned()))
+            .or_insert_with(|| DailyUsage {
+                day: day.to_owned(),
+                route: route.to_owned(),
+                ..Default::default()
+            });
+        let v = u64::try_from(*v).unwrap_or(0);
+        match (kind, parts.next()) {
+            ("requests", None) => row.requests += v,
+            ("amount", Some(c)) => *row.amount_minor.entry(c.to_owned()).or_default() += v,
+            ("units", Some(u)) => *row.units.entry(u.to_owned()).or_default() += v,
+            _ => {}
+        }
     }
 }
 
@@ -221,19 +502,110 @@ pub enum SettleOutcome {
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Check the payer is not blocked and the receipt unused, and hold it -- atomically.
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError>;
-    /// Capture (spend + append one usage event) or release a hold -- atomically.
+    /// Capture (spend + append one usage event) or release a receipt hold -- atomically.
     async fn settle(&self, r: &Reservation, s: &Settlement) -> Result<SettleOutcome, StoreError>;
+    /// Check the payer is not blocked and the balance covers the amount, and hold it.
+    async fn hold(&self, h: &Hold) -> Result<HoldOutcome, StoreError>;
+    /// Charge `actual_minor` against a hold (the rest returns to the balance; usage beyond the
+    /// hold is taken from the balance as far as it goes) and append one usage event.
+    async fn capture_hold(
+        &self,
+        h: &Hold,
+        actual_minor: u64,
+        event: &UsageEvent,
+    ) -> Result<HoldSettleOutcome, StoreError>;
+    /// Give a hold back.
+    async fn release_hold(&self, h: &Hold) -> Result<HoldSettleOutcome, StoreError>;
+    /// Credit or debit a balance, once per idempotency key.
+    async fn credit(&self, c: &Credit) -> Result<CreditOutcome, StoreError>;
+    /// A payer's account (expired holds given back first).
+    async fn account(&self, payer: &str) -> Result<Account, StoreError>;
+    /// Daily usage of one payer, or of all payers when `payer` is `None`, for UTC days
+    /// `from..=to` (`yyyymmdd`).
+    async fn usage(
+        &self,
+        payer: Option<&str>,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<DailyUsage>, StoreError>;
+    /// Usage events with ids after `after` (all when `None`), in id order, at most `limit`.
+    async fn events_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Block or unblock a payer.
     async fn set_blocked(&self, payer: &str, blocked: bool) -> Result<(), StoreError>;
-    /// Every usage event in the ledger, oldest first within each bucket (for export and tests).
-    async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError>;
+    /// Every usage event in the ledger, in id order (tests and small exports).
+    async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError> {
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .events_after(out.last().map(|e: &UsageEvent| e.id.as_str()), 1000)
+                .await?;
+            let n = page.len();
+            out.extend(page);
+            if n < 1000 {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Days `from..=to` (`yyyymmdd`), at most 400.
+pub fn days_between(from: &str, to: &str) -> Result<Vec<String>, StoreError> {
+    let parse = |s: &str| -> Option<i64> {
+        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let y: i64 = s[..4].parse().ok()?;
+        let m: i64 = s[4..6].parse().ok()?;
+        let d: i64 = s[6..].parse().ok()?;
+        // Days from civil (inverse of utc_day).
+        let y2 = if m <= 2 { y - 1 } else { y };
+        let era = y2.div_euclid(400);
+        let yoe = y2 - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        Some(era * 146_097 + doe - 719_468)
+    };
+    let (Some(a), Some(b)) = (parse(from), parse(to)) else {
+        return Err(StoreError::Protocol("days must be yyyymmdd".into()));
+    };
+    if b < a || b - a > 400 {
+        return Err(StoreError::Protocol(
+            "the day range must be 0 to 400 days".into(),
+        ));
+    }
+    Ok((a..=b).map(|d| utc_day(d * 86_400_000)).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_days() {
+        assert_eq!(utc_day(0), "19700101");
+        assert_eq!(utc_day(951_782_400_000), "20000229");
+        assert_eq!(utc_day(1_795_370_240_883), "20261122");
+        assert_eq!(
+            days_between("20240227", "20240301").unwrap(),
+            ["20240227", "20240228", "20240229", "20240301"]
+        );
+        assert!(days_between("20240301", "20240227").is_err());
+        assert!(days_between("2024031", "20240327").is_err());
+    }
+
+    #[test]
+    fn event_ids_order_numerically() {
+        assert!(event_order("10-2-3") < event_order("10-10-0"));
+        assert!(event_order("9-9-15") < event_order("10-0-0"));
+        assert!(event_order("10-0-1") < event_order("10-0-2"));
+    }
 
     #[test]
     fn buckets_and_fingerprints_are_stable() {

@@ -12,9 +12,14 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use tokio::sync::Mutex;
 
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
 use super::{
-    AuthorizeOutcome, Reservation, SettleOutcome, Settlement, Store, StoreError, UsageEvent,
-    BUCKETS,
+    bucket_of, days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome,
+    Balance, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
+    Reservation, SettleOutcome, Settlement, Store, StoreError, UsageEvent, BUCKETS,
 };
 
 /// Connection settings.
@@ -43,6 +48,10 @@ struct Scripts {
     authorize: Script,
     capture: Script,
     release: Script,
+    hold: Script,
+    capture_hold: Script,
+    release_hold: Script,
+    credit: Script,
 }
 
 /// The production store.
@@ -87,6 +96,10 @@ impl RedisStore {
                 authorize: Script::new(include_str!("lua/authorize.lua")),
                 capture: Script::new(include_str!("lua/capture.lua")),
                 release: Script::new(include_str!("lua/release.lua")),
+                hold: Script::new(include_str!("lua/hold.lua")),
+                capture_hold: Script::new(include_str!("lua/capture_hold.lua")),
+                release_hold: Script::new(include_str!("lua/release_hold.lua")),
+                credit: Script::new(include_str!("lua/credit.lua")),
             },
         };
         if let Err(e) = store.connection().await {
@@ -131,12 +144,33 @@ impl RedisStore {
         self.key(r.bucket(), &format!("r:{}", r.fingerprint()))
     }
 
+    fn account_key(&self, payer: &str) -> String {
+        self.key(bucket_of(payer), &format!("acct:{payer}"))
+    }
+
+    fn holds_key(&self, payer: &str) -> String {
+        self.key(bucket_of(payer), &format!("holds:{payer}"))
+    }
+
+    fn payer_agg_key(&self, payer: &str, day: &str) -> String {
+        self.key(bucket_of(payer), &format!("agg:{payer}:{day}"))
+    }
+
+    fn bucket_agg_key(&self, bucket: u64, day: &str) -> String {
+        self.key(bucket, &format!("aggb:{day}"))
+    }
+
+    /// Stream ids are per bucket; the ledger id appends the bucket so ids are unique.
+    fn ledger_id(bucket: u64, stream_id: &str) -> String {
+        format!("{stream_id}-{bucket}")
+    }
+
     fn events_key(&self, bucket: u64) -> String {
         self.key(bucket, "events")
     }
 
     fn blocked_key(&self, payer: &str) -> String {
-        self.key(super::bucket_of(payer), &format!("blocked:{payer}"))
+        self.key(bucket_of(payer), &format!("blocked:{payer}"))
     }
 
     /// Run a command with the store's timeout (the manager's own timeout covers the
@@ -189,19 +223,33 @@ impl Store for RedisStore {
                 })
             }
             Settlement::Capture(event) => {
+                let day = utc_day(event.time_ms);
+                let fields = event.to_fields(true);
                 let mut inv = self.scripts.capture.prepare_invoke();
                 inv.key(self.receipt_key(r))
                     .key(self.events_key(r.bucket()))
+                    .key(self.payer_agg_key(&r.payer, &day))
+                    .key(self.bucket_agg_key(r.bucket(), &day))
                     .arg(&r.id)
-                    .arg(r.spent_until_ms);
-                for (k, v) in event.to_fields() {
+                    .arg(r.spent_until_ms)
+                    .arg(fields.len());
+                for (k, v) in fields {
+                    inv.arg(k).arg(v);
+                }
+                inv.arg(event.amount_field()).arg(event.amount_minor);
+                for (k, v) in event.aggregate_fields() {
                     inv.arg(k).arg(v);
                 }
                 let (status, id): (String, String) =
                     self.bounded(inv.invoke_async(&mut conn)).await?;
+                let b = r.bucket();
                 match status.as_str() {
-                    "captured" => Ok(SettleOutcome::Captured { event_id: id }),
-                    "duplicate" => Ok(SettleOutcome::AlreadyCaptured { event_id: id }),
+                    "captured" => Ok(SettleOutcome::Captured {
+                        event_id: Self::ledger_id(b, &id),
+                    }),
+                    "duplicate" => Ok(SettleOutcome::AlreadyCaptured {
+                        event_id: Self::ledger_id(b, &id),
+                    }),
                     "conflict" => Ok(SettleOutcome::Conflict),
                     other => Err(StoreError::Protocol(format!("capture replied {other:?}"))),
                 }
@@ -237,34 +285,247 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError> {
+    async fn hold(&self, h: &Hold) -> Result<HoldOutcome, StoreError> {
         let mut conn = self.connection().await?;
-        let mut out = Vec::new();
-        for bucket in 0..BUCKETS {
-            let key = self.events_key(bucket);
-            let mut start = "-".to_owned();
-            loop {
-                let page: Vec<(String, Vec<(String, String)>)> = self
-                    .bounded(
-                        redis::cmd("XRANGE")
-                            .arg(&key)
-                            .arg(&start)
-                            .arg("+")
-                            .arg("COUNT")
-                            .arg(1000)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                let n = page.len();
-                for (id, fields) in page {
-                    start = format!("({id}");
-                    out.push(UsageEvent::from_fields(id, &fields)?);
-                }
-                if n < 1000 {
-                    break;
-                }
+        let mut inv = self.scripts.hold.prepare_invoke();
+        inv.key(self.account_key(&h.payer))
+            .key(self.holds_key(&h.payer))
+            .key(self.blocked_key(&h.payer))
+            .arg(&h.id)
+            .arg(&h.currency)
+            .arg(h.amount_minor)
+            .arg(ms(h.ttl));
+        let (status, bal): (String, i64) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let balance_minor = u64::try_from(bal).unwrap_or(0);
+        match status.as_str() {
+            "held" => Ok(HoldOutcome::Held { balance_minor }),
+            "insufficient" => Ok(HoldOutcome::Insufficient { balance_minor }),
+            "blocked" => Ok(HoldOutcome::PayerBlocked),
+            other => Err(StoreError::Protocol(format!("hold replied {other:?}"))),
+        }
+    }
+
+    async fn capture_hold(
+        &self,
+        h: &Hold,
+        actual_minor: u64,
+        event: &UsageEvent,
+    ) -> Result<HoldSettleOutcome, StoreError> {
+        let mut conn = self.connection().await?;
+        let day = utc_day(event.time_ms);
+        let fields = event.to_fields(false);
+        let mut inv = self.scripts.capture_hold.prepare_invoke();
+        inv.key(self.account_key(&h.payer))
+            .key(self.holds_key(&h.payer))
+            .key(self.events_key(h.bucket()))
+            .key(self.payer_agg_key(&h.payer, &day))
+            .key(self.bucket_agg_key(h.bucket(), &day))
+            .arg(&h.id)
+            .arg(actual_minor)
+            .arg(event.amount_field())
+            .arg(fields.len());
+        for (k, v) in fields {
+            inv.arg(k).arg(v);
+        }
+        for (k, v) in event.aggregate_fields() {
+            inv.arg(k).arg(v);
+        }
+        let (status, id, charged, uncharged, bal): (String, String, i64, i64, i64) =
+            self.bounded(inv.invoke_async(&mut conn)).await?;
+        match status.as_str() {
+            "captured" => Ok(HoldSettleOutcome::Captured {
+                event_id: Self::ledger_id(h.bucket(), &id),
+                charged_minor: u64::try_from(charged).unwrap_or(0),
+                uncharged_minor: u64::try_from(uncharged).unwrap_or(0),
+                balance_minor: u64::try_from(bal).unwrap_or(0),
+            }),
+            "not_held" => Ok(HoldSettleOutcome::NotHeld),
+            other => Err(StoreError::Protocol(format!(
+                "capture_hold replied {other:?}"
+            ))),
+        }
+    }
+
+    async fn release_hold(&self, h: &Hold) -> Result<HoldSettleOutcome, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.scripts.release_hold.prepare_invoke();
+        inv.key(self.account_key(&h.payer))
+            .key(self.holds_key(&h.payer))
+            .arg(&h.id);
+        let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(if n == 1 {
+            HoldSettleOutcome::Released
+        } else {
+            HoldSettleOutcome::NotHeld
+        })
+    }
+
+    async fn credit(&self, c: &Credit) -> Result<CreditOutcome, StoreError> {
+        let mut conn = self.connection().await?;
+        let bucket = bucket_of(&c.payer);
+        let idem_key = match &c.idempotency {
+            Idempotency::Receipt { issuer, receipt_id } => self.receipt_key(&Reservation {
+                id: String::new(),
+                payer: c.payer.clone(),
+                issuer: issuer.clone(),
+                receipt_id: receipt_id.clone(),
+                hold: Duration::ZERO,
+                spent_until_ms: 0,
+            }),
+            Idempotency::Key(k) => {
+                let mut h = Sha256::new();
+                h.update(c.payer.as_bytes());
+                h.update([0]);
+                h.update(k.as_bytes());
+                let hex: String = h.finalize()[..16]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                self.key(bucket, &format!("idem:{hex}"))
+            }
+        };
+        let keep =
+            (c.keep_until_ms - crate::clock::Clock::now_ms(&crate::clock::SystemClock)).max(1000);
+        let mut inv = self.scripts.credit.prepare_invoke();
+        inv.key(self.account_key(&c.payer))
+            .key(idem_key)
+            .key(self.key(bucket, "credits"))
+            .arg(&c.currency)
+            .arg(c.amount_minor)
+            .arg(keep);
+        for (k, v) in [
+            ("payer", c.payer.clone()),
+            ("currency", c.currency.clone()),
+            ("amount_minor", c.amount_minor.to_string()),
+            ("reason", c.reason.clone()),
+            ("source", c.source.clone()),
+        ] {
+            inv.arg(k).arg(v);
+        }
+        let (status, id, bal): (String, String, i64) =
+            self.bounded(inv.invoke_async(&mut conn)).await?;
+        let balance_minor = u64::try_from(bal).unwrap_or(0);
+        match status.as_str() {
+            "applied" => Ok(CreditOutcome::Applied {
+                credit_id: Self::ledger_id(bucket, &id),
+                balance_minor,
+            }),
+            "duplicate" => Ok(CreditOutcome::Duplicate {
+                credit_id: Self::ledger_id(bucket, &id),
+                balance_minor,
+            }),
+            "insufficient" => Ok(CreditOutcome::Insufficient { balance_minor }),
+            "in_use" => Ok(CreditOutcome::ReceiptUsed),
+            other => Err(StoreError::Protocol(format!("credit replied {other:?}"))),
+        }
+    }
+
+    async fn account(&self, payer: &str) -> Result<Account, StoreError> {
+        // Give back expired holds first: a zero hold runs the same sweep atomically.
+        let probe = Hold {
+            id: "sweep".into(),
+            payer: payer.to_owned(),
+            currency: "-".into(),
+            amount_minor: 0,
+            ttl: Duration::from_millis(1),
+        };
+        if self.hold(&probe).await? != HoldOutcome::PayerBlocked {
+            self.release_hold(&probe).await?;
+        }
+        let mut conn = self.connection().await?;
+        let fields: Vec<(String, i64)> = self
+            .bounded(
+                redis::cmd("HGETALL")
+                    .arg(self.account_key(payer))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let holds: u64 = self
+            .bounded(
+                redis::cmd("HLEN")
+                    .arg(self.holds_key(payer))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut balances: BTreeMap<String, Balance> = BTreeMap::new();
+        for (f, v) in fields {
+            let Some((kind, cur)) = f.split_once(':') else {
+                continue;
+            };
+            if cur == "-" {
+                continue;
+            }
+            let b = balances.entry(cur.to_owned()).or_default();
+            match kind {
+                "bal" => b.available = v,
+                "held" => b.held = v,
+                "credited" => b.credited = v,
+                "captured" => b.captured = v,
+                _ => {}
             }
         }
+        Ok(Account { balances, holds })
+    }
+
+    async fn usage(
+        &self,
+        payer: Option<&str>,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<DailyUsage>, StoreError> {
+        let days = days_between(from, to)?;
+        let mut conn = self.connection().await?;
+        let mut rows = BTreeMap::new();
+        for day in &days {
+            let keys: Vec<String> = match payer {
+                Some(p) => vec![self.payer_agg_key(p, day)],
+                None => (0..BUCKETS).map(|b| self.bucket_agg_key(b, day)).collect(),
+            };
+            for key in keys {
+                let fields: Vec<(String, i64)> = self
+                    .bounded(redis::cmd("HGETALL").arg(key).query_async(&mut conn))
+                    .await?;
+                fold_aggregates(day, &fields, &mut rows);
+            }
+        }
+        Ok(rows.into_values().collect())
+    }
+
+    async fn events_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let mut conn = self.connection().await?;
+        let cursor = after.map(event_order);
+        let mut out = Vec::new();
+        for bucket in 0..BUCKETS {
+            // Within a bucket, stream ids order events; across buckets the bucket breaks ties.
+            let start = match cursor {
+                None => "-".to_owned(),
+                Some((ms, seq, b)) if bucket > b => format!("{ms}-{seq}"),
+                Some((ms, seq, _)) => format!("({ms}-{seq}"),
+            };
+            let page: Vec<(String, Vec<(String, String)>)> = self
+                .bounded(
+                    redis::cmd("XRANGE")
+                        .arg(self.events_key(bucket))
+                        .arg(&start)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(limit)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            for (id, fields) in page {
+                out.push(UsageEvent::from_fields(
+                    Self::ledger_id(bucket, &id),
+                    &fields,
+                )?);
+            }
+        }
+        out.sort_by_key(|e| event_order(&e.id));
+        out.truncate(limit);
         Ok(out)
     }
 }

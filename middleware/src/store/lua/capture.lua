@@ -1,6 +1,9 @@
 -- Capture a held receipt and append exactly one usage event, atomically.
 -- KEYS[1] receipt state key   KEYS[2] usage event stream
--- ARGV[1] reservation id      ARGV[2] remember-spent-until (unix ms)   ARGV[3..] event field/value pairs
+-- KEYS[3] payer's daily aggregates   KEYS[4] bucket's daily aggregates (all payers)
+-- ARGV[1] reservation id      ARGV[2] remember-spent-until (unix ms)
+-- ARGV[3] N = number of event field pairs   ARGV[4 .. 3+2N] event field/value pairs
+-- ARGV[4+2N ..] aggregate field/increment pairs
 -- Returns: {'captured', event id} | {'duplicate', event id} | {'conflict', ''}
 local cur = redis.call('GET', KEYS[1])
 local spent_prefix = 'spent:' .. ARGV[1] .. ':'
@@ -12,11 +15,18 @@ if cur and cur ~= 'held:' .. ARGV[1] then
   -- Another request holds or spent this receipt (only possible if our hold expired).
   return {'conflict', ''}
 end
+local n = tonumber(ARGV[3])
 local fields = {}
-for i = 3, #ARGV do
+for i = 4, 3 + 2 * n do
   fields[#fields + 1] = ARGV[i]
 end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+for i = 4 + 2 * n, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[3], 400 * 86400 * 1000)
+redis.call('PEXPIRE', KEYS[4], 400 * 86400 * 1000)
 -- Remember the spent receipt until its exp + skew (Redis clock), at least one second.
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -1,0 +1,46 @@
+-- Capture the actual charge of a held request: the hold returns to the balance and the charge
+-- is taken from it (never below zero), one usage event is appended and the payer's daily
+-- aggregates are updated -- atomically.
+-- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] usage event stream
+-- KEYS[4] payer's daily aggregates   KEYS[5] bucket's daily aggregates (all payers)
+-- ARGV[1] reservation id   ARGV[2] actual charge (minor)   ARGV[3] aggregate field for the amount
+-- ARGV[4] N = number of event field pairs   ARGV[5 .. 4+2N] event field/value pairs
+-- ARGV[5+2N ..] aggregate field/increment pairs
+-- Returns {'captured', event id, charged, uncharged, balance} | {'not_held', '', 0, 0, balance}
+local h = redis.call('HGET', KEYS[2], ARGV[1])
+if not h then
+  return {'not_held', '', 0, 0, 0}
+end
+local cur, held = string.match(h, '^([^|]+)|(%d+)|')
+held = tonumber(held)
+local bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. cur) or '0')
+local charge = tonumber(ARGV[2])
+local uncharged = 0
+if charge > held + bal then
+  -- Usage beyond the hold is taken from the balance as far as it goes; the rest is recorded
+  -- as uncharged, never as a negative balance.
+  uncharged = charge - held - bal
+  charge = held + bal
+end
+redis.call('HINCRBY', KEYS[1], 'held:' .. cur, -held)
+redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, held - charge)
+redis.call('HINCRBY', KEYS[1], 'captured:' .. cur, charge)
+redis.call('HDEL', KEYS[2], ARGV[1])
+local n = tonumber(ARGV[4])
+local fields = {}
+for i = 5, 4 + 2 * n do
+  fields[#fields + 1] = ARGV[i]
+end
+fields[#fields + 1] = 'amount_minor'
+fields[#fields + 1] = tostring(charge)
+fields[#fields + 1] = 'uncharged_minor'
+fields[#fields + 1] = tostring(uncharged)
+local id = redis.call('XADD', KEYS[3], '*', unpack(fields))
+for _, k in ipairs({KEYS[4], KEYS[5]}) do
+  redis.call('HINCRBY', k, ARGV[3], charge)
+  for i = 5 + 2 * n, #ARGV, 2 do
+    redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1])
+  end
+  redis.call('PEXPIRE', k, 400 * 86400 * 1000)
+end
+return {'captured', id, charge, uncharged, bal + held - charge}

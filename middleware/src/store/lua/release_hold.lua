@@ -1,0 +1,12 @@
+-- Release a hold: the amount returns to the balance.
+-- KEYS[1] account hash   KEYS[2] holds hash   ARGV[1] reservation id
+-- Returns 1 if released, 0 if there was no such hold.
+local h = redis.call('HGET', KEYS[2], ARGV[1])
+if not h then
+  return 0
+end
+local cur, held = string.match(h, '^([^|]+)|(%d+)|')
+redis.call('HINCRBY', KEYS[1], 'held:' .. cur, -tonumber(held))
+redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, tonumber(held))
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1

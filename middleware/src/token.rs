@@ -1,0 +1,154 @@
+//! Access tokens: issued by the gateway itself after a top-up, checked on every request.
+//!
+//! The gateway both issues and checks them, so a MAC suffices (HMAC-SHA256, about a
+//! microsecond) -- no asymmetric signature on the hot path. Format:
+//! `tg1.<base64url(JSON {sub, iat, exp, kid})>.<base64url(HMAC(key, "tg1." + payload))>`.
+//! The key is derived from the gateway secret, so every replica sharing `TOLLGATE_SECRET`
+//! accepts every other replica's tokens; `kid` names the key so a rotated secret refuses old
+//! tokens cleanly (`token_invalid`) instead of mis-verifying them. Revocation is per payer
+//! (the block list, checked in the same atomic step as the balance).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The token prefix (also how a Tollgate bearer token is told apart from the upstream's own).
+pub const TOKEN_PREFIX: &str = "tg1.";
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a well-formed token, or issued under another key.
+    #[error("invalid access token")]
+    Invalid,
+    /// Past its expiry.
+    #[error("access token expired")]
+    Expired,
+}
+
+/// What a token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenClaims {
+    /// The payer.
+    pub sub: String,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Expires at (unix seconds).
+    pub exp: i64,
+    /// Key id.
+    pub kid: String,
+}
+
+/// The access-token MAC key.
+#[derive(Clone)]
+pub struct TokenKey {
+    mac: HmacSha256,
+    kid: String,
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenKey {
+    /// Derive the token key from the gateway secret (domain-separated from challenge ids).
+    pub fn derive(secret: &[u8]) -> Result<Self, String> {
+        let mut derive = HmacSha256::new_from_slice(secret).map_err(|e| e.to_string())?;
+        derive.update(b"tollgate access token key v1");
+        let key = derive.finalize().into_bytes();
+        let kid: String = Sha256::digest(key)[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mac = HmacSha256::new_from_slice(&key).map_err(|e| e.to_string())?;
+        Ok(TokenKey { mac, kid })
+    }
+
+    /// Issue a token for `payer`, valid for `ttl_secs` from `now`.
+    pub fn issue(&self, payer: &str, now: i64, ttl_secs: i64) -> String {
+        let claims = TokenClaims {
+            sub: payer.to_owned(),
+            iat: now,
+            exp: now + ttl_secs,
+            kid: self.kid.clone(),
+        };
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
+        let signed = format!("{TOKEN_PREFIX}{payload}");
+        let mut mac = self.mac.clone();
+        mac.update(signed.as_bytes());
+        format!(
+            "{signed}.{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        )
+    }
+
+    /// Check a token's MAC and expiry.
+    pub fn verify(&self, token: &str, now: i64) -> Result<TokenClaims, TokenError> {
+        if token.len() > 2048 {
+            return Err(TokenError::Invalid);
+        }
+        let (signed, tag) = token.rsplit_once('.').ok_or(TokenError::Invalid)?;
+        let payload = signed
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(TokenError::Invalid)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| TokenError::Invalid)?;
+        let mut mac = self.mac.clone();
+        mac.update(signed.as_bytes());
+        // Constant-time comparison.
+        mac.verify_slice(&tag).map_err(|_| TokenError::Invalid)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Invalid)?;
+        let claims: TokenClaims =
+            serde_json::from_slice(&bytes).map_err(|_| TokenError::Invalid)?;
+        if claims.kid != self.kid || claims.sub.is_empty() {
+            return Err(TokenError::Invalid);
+        }
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_expiry_and_tampering() {
+        let k = TokenKey::derive(&[3u8; 32]).unwrap();
+        let t = k.issue("agent", 1000, 60);
+        assert!(t.starts_with("tg1."));
+        let c = k.verify(&t, 1059).unwrap();
+        assert_eq!((c.sub.as_str(), c.exp), ("agent", 1060));
+        assert_eq!(k.verify(&t, 1060), Err(TokenError::Expired));
+        // Another secret, or an edited payload, is refused.
+        let other = TokenKey::derive(&[4u8; 32]).unwrap();
+        assert_eq!(other.verify(&t, 1000), Err(TokenError::Invalid));
+        let (signed, tag) = t.rsplit_once('.').unwrap();
+        let forged_payload =
+            URL_SAFE_NO_PAD.encode(br#"{"sub":"other","iat":1000,"exp":9999,"kid":"x"}"#);
+        assert_eq!(
+            k.verify(&format!("tg1.{forged_payload}.{tag}"), 1000),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            k.verify(&format!("{signed}.AAAA"), 1000),
+            Err(TokenError::Invalid)
+        );
+        for bad in ["", "tg1.", "tg1..", "abc.def", "tg1.!!.!!"] {
+            assert_eq!(k.verify(bad, 0), Err(TokenError::Invalid), "{bad}");
+        }
+    }
+}
