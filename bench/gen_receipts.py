@@ -3,7 +3,9 @@
 
 usage: gen_receipts.py KEYGEN_JSON OUT_FILE COUNT ISS AUD JTI_PREFIX [AMOUNT] [CURRENCY]
 
-KEYGEN_JSON is the output of `tollgate keygen --kid K` (private_pem and kid are used).
+KEYGEN_JSON is the output of `tollgate keygen --kid K` (private_jwk "d" and "kid" are used).
+The private_pem is not used: it is PKCS#8 v2 (with the public key), which OpenSSL 3.0 and
+pyca/cryptography (as installed here) refuse to load ("ASN.1 parsing error: extra data").
 Every receipt has a unique jti (JTI_PREFIX-<n>), so none is ever replayed.
 """
 import json
@@ -13,16 +15,18 @@ import time
 from multiprocessing import Pool
 
 import jwt
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+import base64
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 _key = None
 _kid = None
 _args = None
 
 
-def _init(pem, kid, args):
+def _init(d, kid, args):
     global _key, _kid, _args
-    _key = load_pem_private_key(pem.encode(), password=None)
+    _key = Ed25519PrivateKey.from_private_bytes(base64.urlsafe_b64decode(d + "=" * (-len(d) % 4)))
     _kid = kid
     _args = args
 
@@ -60,7 +64,7 @@ def main():
     chunk = 5000
     ranges = [(i, min(i + chunk, count)) for i in range(0, count, chunk)]
     t0 = time.time()
-    with Pool(os.cpu_count() or 1, _init, (k["private_pem"], kid, (iss, aud, prefix, amount, currency, iat))) as pool, \
+    with Pool(os.cpu_count() or 1, _init, (k["private_jwk"]["d"], kid, (iss, aud, prefix, amount, currency, iat))) as pool, \
             open(outfile, "w") as out:
         for part in pool.imap(_sign, ranges):
             out.write("\n".join(part))

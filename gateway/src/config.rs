@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tollgate_middleware::jwk::Jwk;
 use tollgate_middleware::money::{Amount, Currency, Money};
 use tollgate_middleware::paywall::valid_caip2;
-use tollgate_middleware::{IssuerKey, Price};
+use tollgate_middleware::{IssuerKey, Meter, Metered, OnMissing, Price, UsageSource};
 
 /// A configuration problem; `tollgate` exits with status 64 on any of them.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,41 @@ pub struct Config {
     pub store: StoreConfig,
     /// Routes, matched in order.
     pub routes: Vec<RouteConfig>,
+    /// Agent endpoints (top-up, token renewal, balance) and access tokens.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// The admin API listener (off unless `listen` is set).
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Path prefix of the agent endpoints.
+    pub api_prefix: String,
+    /// Lifetime of access tokens (seconds).
+    pub token_ttl_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            api_prefix: tollgate_middleware::paywall::DEFAULT_AGENT_API.into(),
+            token_ttl_secs: 86_400,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener; the admin API is off when unset. Its bearer token comes
+    /// from `TOLLGATE_ADMIN_TOKEN`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -121,6 +156,9 @@ impl Default for ReceiptsConfig {
 pub struct CurrencyConfig {
     /// Decimal places of one atomic unit (0..=18).
     pub scale: u32,
+    /// Top-up amount offered to agents in 402s (decimal string); no top-up offer when unset.
+    #[serde(default)]
+    pub topup_suggested: Option<String>,
 }
 
 /// `[[issuers]]`: exactly one of `jwks_url`, `keys`, `pem_file`.
@@ -190,7 +228,8 @@ pub enum StoreKind {
     Redis,
 }
 
-/// A route's price as written in the file: `"free"` or `{ amount, currency }`.
+/// A route's price as written in the file: `"free"`, `{ amount, currency }`, or a metered
+/// price `{ currency, reserve, meters = [...] }`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum PriceConfig {
@@ -203,6 +242,31 @@ pub enum PriceConfig {
         /// Currency code from `[currencies]`.
         currency: String,
     },
+    /// Per unit of usage, drawn from a prepaid balance.
+    Metered {
+        /// Currency code from `[currencies]`.
+        currency: String,
+        /// Held before forwarding (decimal string, > 0).
+        reserve: String,
+        /// The priced units.
+        meters: Vec<MeterConfig>,
+        /// `reserve` (default) or `zero`: the charge when usage cannot be read.
+        #[serde(default)]
+        on_missing: Option<String>,
+    },
+}
+
+/// One meter of a metered price.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterConfig {
+    /// Unit name, e.g. `prompt_token`.
+    pub unit: String,
+    /// `header:<name>`, `json:<pointer>`, `sse:<pointer>`, `request_bytes`, `response_bytes`,
+    /// `duration_ms`.
+    pub usage: String,
+    /// Price per unit (decimal string, any precision).
+    pub price: String,
 }
 
 /// `[[routes]]`.
@@ -314,9 +378,25 @@ impl Config {
             return Err(invalid("receipts.challenge_ttl_secs", "must be 1 to 86400"));
         }
         let mut currencies = BTreeMap::new();
+        let mut topups = BTreeMap::new();
         for (code, c) in &self.currencies {
             let cur = Currency::try_new(code.clone(), c.scale)
                 .map_err(|m| invalid(format!("currencies.{code}"), m))?;
+            let suggested = match &c.topup_suggested {
+                None => None,
+                Some(t) => {
+                    let field = format!("currencies.{code}.topup_suggested");
+                    let a: Amount = t
+                        .parse()
+                        .map_err(|e| invalid(field.clone(), format!("{e}")))?;
+                    match cur.to_minor(a) {
+                        Ok(m) if m > 0 => Some(a),
+                        Ok(_) => return Err(invalid(field, "must be greater than zero")),
+                        Err(e) => return Err(invalid(field, e.to_string())),
+                    }
+                }
+            };
+            topups.insert(code.clone(), suggested);
             currencies.insert(code.clone(), cur);
         }
         let mut issuers = Vec::new();
@@ -472,8 +552,77 @@ impl Config {
                     })
                     .map_err(|e| invalid(f("price.amount"), e.to_string()))?
                 }
+                PriceConfig::Metered {
+                    currency,
+                    reserve,
+                    meters,
+                    on_missing,
+                } => {
+                    let cur = currencies.get(currency).ok_or_else(|| {
+                        invalid(
+                            f("price.currency"),
+                            format!("{currency:?} is not in [currencies]"),
+                        )
+                    })?;
+                    let reserve: Amount = reserve
+                        .parse()
+                        .map_err(|e| invalid(f("price.reserve"), format!("{e}")))?;
+                    match cur.to_minor(reserve) {
+                        Ok(m) if m > 0 => {}
+                        Ok(_) => {
+                            return Err(invalid(f("price.reserve"), "must be greater than zero"))
+                        }
+                        Err(e) => return Err(invalid(f("price.reserve"), e.to_string())),
+                    }
+                    if meters.is_empty() {
+                        return Err(invalid(f("price.meters"), "list at least one meter"));
+                    }
+                    let mut parsed: Vec<Meter> = Vec::new();
+                    for (k, m) in meters.iter().enumerate() {
+                        let mf = |x: &str| format!("routes[{i}].price.meters[{k}].{x}");
+                        if m.unit.is_empty()
+                            || m.unit.len() > 64
+                            || m.unit.contains(['|', ' '])
+                            || parsed.iter().any(|p| p.unit == m.unit)
+                        {
+                            return Err(invalid(
+                                mf("unit"),
+                                "a unique name of 1 to 64 characters without '|' or spaces",
+                            ));
+                        }
+                        let source: UsageSource = m
+                            .usage
+                            .parse()
+                            .map_err(|e: String| invalid(mf("usage"), e))?;
+                        let price: Amount = m
+                            .price
+                            .parse()
+                            .map_err(|e| invalid(mf("price"), format!("{e}")))?;
+                        parsed.push(Meter {
+                            unit: m.unit.clone(),
+                            source,
+                            price,
+                        });
+                    }
+                    let on_missing = match on_missing.as_deref() {
+                        None | Some("reserve") => OnMissing::Reserve,
+                        Some("zero") => OnMissing::Zero,
+                        Some(other) => {
+                            return Err(invalid(
+                                f("price.on_missing"),
+                                format!("{other:?}: use \"reserve\" or \"zero\""),
+                            ))
+                        }
+                    };
+                    Price::Metered(Metered {
+                        currency: cur.clone(),
+                        meters: parsed,
+                        reserve,
+                        on_missing,
+                    })
+                }
             };
-            if matches!(price, Price::Fixed(_)) && issuers.is_empty() {
+            if !matches!(price, Price::Free) && issuers.is_empty() {
                 return Err(invalid(
                     f("price"),
                     "a priced route needs at least one [[issuers]] entry",
@@ -495,7 +644,33 @@ impl Config {
                 timeout: Duration::from_millis(rc.timeout_ms),
             });
         }
-        Ok(Validated { routes, issuers })
+        let a = &self.agent;
+        if !a.api_prefix.starts_with('/') || a.api_prefix.len() < 2 || a.api_prefix.ends_with('/') {
+            return Err(invalid(
+                "agent.api_prefix",
+                "a path like /tollgate/v1 (no trailing slash)",
+            ));
+        }
+        if a.token_ttl_secs == 0 || a.token_ttl_secs > 30 * 86_400 {
+            return Err(invalid("agent.token_ttl_secs", "must be 1 to 2592000"));
+        }
+        if let Some(admin) = self.admin.listen {
+            if admin == self.listen {
+                return Err(invalid("admin.listen", "must differ from listen"));
+            }
+        }
+        let currencies = currencies
+            .into_iter()
+            .map(|(code, c)| {
+                let suggested = topups.get(&code).copied().flatten();
+                (code, (c, suggested))
+            })
+            .collect();
+        Ok(Validated {
+            routes,
+            issuers,
+            currencies,
+        })
     }
 }
 
@@ -526,6 +701,8 @@ pub struct Validated {
     pub routes: Vec<Route>,
     /// Issuers with their key sources.
     pub issuers: Vec<(String, IssuerSource)>,
+    /// Currencies with their suggested top-up.
+    pub currencies: BTreeMap<String, (Currency, Option<Amount>)>,
 }
 
 #[cfg(test)]

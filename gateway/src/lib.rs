@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod proxy;
 
@@ -60,6 +61,8 @@ struct Matched {
 }
 
 struct Inner {
+    /// Currencies (for the admin API's decimal amounts).
+    currencies: std::collections::BTreeMap<String, tollgate_middleware::Currency>,
     /// Routes in match order, each with the price the payment layer sees.
     routes: Vec<Matched>,
     /// The payment engine.
@@ -114,7 +117,17 @@ impl Gateway {
             .network(config.network.clone())
             .policy(policy)
             .store(store)
-            .challenge_ttl(Duration::from_secs(r.challenge_ttl_secs));
+            .challenge_ttl(Duration::from_secs(r.challenge_ttl_secs))
+            .token_ttl(Duration::from_secs(config.agent.token_ttl_secs))
+            .agent_api(config.agent.api_prefix.clone());
+        for (currency, suggested) in validated.currencies.values() {
+            builder = builder.currency(currency.clone(), *suggested);
+        }
+        let currencies = validated
+            .currencies
+            .iter()
+            .map(|(k, (c, _))| (k.clone(), c.clone()))
+            .collect();
         if let Some(u) = &config.public_url {
             builder = builder.public_base_url(u.clone());
         }
@@ -157,6 +170,7 @@ impl Gateway {
             })
             .collect();
         Ok(Gateway(Arc::new(Inner {
+            currencies,
             routes,
             paywall,
             proxy: Proxy::new(),
@@ -176,6 +190,23 @@ impl Gateway {
             .route("/readyz", get(readyz))
             .fallback(handle)
             .with_state(self.clone())
+    }
+
+    /// The admin API (see [`admin`]), guarded by `token`.
+    pub fn admin_router(&self, token: &str) -> Router {
+        admin::router(self.0.paywall.clone(), self.0.currencies.clone(), token)
+    }
+
+    /// Serve the admin API on `listener` until `shutdown` completes.
+    pub async fn serve_admin(
+        self,
+        listener: TcpListener,
+        token: String,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.admin_router(&token))
+            .with_graceful_shutdown(shutdown)
+            .await
     }
 
     /// Serve on `listener` until `shutdown` completes, then stop accepting and let in-flight

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tollgate::admin::ADMIN_TOKEN_ENV;
 use tollgate::config::Config;
 use tollgate::{Gateway, SECRET_ENV};
 
@@ -102,6 +103,14 @@ fn run(path: PathBuf) -> ExitCode {
             bytes.to_vec()
         }
     };
+    let admin_token = match (cfg.admin.listen, std::env::var(ADMIN_TOKEN_ENV)) {
+        (None, _) => None,
+        (Some(_), Ok(t)) if t.len() >= 16 => Some(t),
+        (Some(_), _) => {
+            eprintln!("admin.listen is set: {ADMIN_TOKEN_ENV} must hold a token of at least 16 characters");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -124,15 +133,31 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        if let (Some(addr), Some(token)) = (cfg.admin.listen, admin_token) {
+            let admin_listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("cannot listen on {addr} (admin): {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(listen = %addr, "admin API serving");
+            tokio::spawn(
+                gateway
+                    .clone()
+                    .serve_admin(admin_listener, token, stopped(rx.clone())),
+            );
+        }
         tracing::info!(listen = %cfg.listen, merchant = %cfg.merchant, "tollgate serving");
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(gateway.serve(listener, async move {
-            let _ = rx.await;
-        }));
+        let server = tokio::spawn(gateway.serve(listener, stopped(rx.clone())));
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
-        let _ = tx.send(());
+        let _ = tx.send(true);
         match tokio::time::timeout(grace, server).await {
             Ok(Ok(Ok(()))) => ExitCode::SUCCESS,
             Ok(Ok(Err(e))) => {

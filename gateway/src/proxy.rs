@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tollgate_middleware::{ErrorCode, Paywall};
+use tollgate_middleware::{ErrorCode, Paywall, RequestBodyCounter};
 
 use crate::config::Route;
 
@@ -135,7 +135,15 @@ impl Proxy {
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         let limit = usize::try_from(route.config.max_body_bytes).unwrap_or(usize::MAX);
-        let body: UpstreamBody = Limited::new(body, limit).boxed_unsync();
+        // Count forwarded request bytes for `request_bytes` meters.
+        let counter = parts.extensions.get::<RequestBodyCounter>().cloned();
+        let body = Limited::new(body, limit).map_frame(move |frame| {
+            if let (Some(c), Some(data)) = (&counter, frame.data_ref()) {
+                c.0.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            frame
+        });
+        let body: UpstreamBody = body.boxed_unsync();
         let upstream_req = Request::from_parts(parts, body);
 
         let sent = tokio::time::timeout(route.timeout, self.client.request(upstream_req)).await;

@@ -71,6 +71,10 @@ pub enum ErrorCode {
     IssuerUnavailable,
     /// The payment store (Redis) is unreachable: paid routes fail closed.
     StoreUnavailable,
+    /// A malformed admin request (missing field, bad JSON, missing idempotency key).
+    InvalidRequest,
+    /// No or wrong admin token.
+    Unauthorized,
     /// The request path has `.`/`..` segments (raw or percent-encoded), refused so an
     /// upstream's path normalization cannot reach a different route than the one priced.
     PathInvalid,
@@ -123,6 +127,8 @@ impl ErrorCode {
             CurrencyUnsupported => "currency_unsupported",
             IssuerUnavailable => "issuer_unavailable",
             StoreUnavailable => "store_unavailable",
+            InvalidRequest => "invalid_request",
+            Unauthorized => "unauthorized",
             PathInvalid => "path_invalid",
             RouteNotFound => "route_not_found",
             MethodNotAllowed => "method_not_allowed",
@@ -137,7 +143,10 @@ impl ErrorCode {
     pub fn status(&self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            CredentialMalformed | CredentialAmbiguous | PathInvalid => StatusCode::BAD_REQUEST,
+            CredentialMalformed | CredentialAmbiguous | PathInvalid | InvalidRequest => {
+                StatusCode::BAD_REQUEST
+            }
+            Unauthorized => StatusCode::UNAUTHORIZED,
             PayerBlocked => StatusCode::FORBIDDEN,
             TokenInvalid | TokenExpired => StatusCode::UNAUTHORIZED,
             ReceiptInUse => StatusCode::CONFLICT,
@@ -188,6 +197,8 @@ impl ErrorCode {
             CurrencyUnsupported => "Currency not accepted",
             IssuerUnavailable => "Receipt issuer unavailable",
             StoreUnavailable => "Payment store unavailable",
+            InvalidRequest => "Invalid request",
+            Unauthorized => "Unauthorized",
             PathInvalid => "Invalid request path",
             RouteNotFound => "No such route",
             MethodNotAllowed => "Method not allowed",

@@ -1,0 +1,320 @@
+//! The admin API, on its own listener, for the provider: payers (balance, holds, usage),
+//! credits and debits (idempotent), block/unblock, usage aggregates and the usage-event export.
+//!
+//! Every request needs `Authorization: Bearer <TOLLGATE_ADMIN_TOKEN>`, compared in constant
+//! time; a token in the query string is refused (it would end up in access logs). The OpenAPI
+//! document is at `GET /admin/v1/openapi.json` (also behind the token).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tollgate_middleware::money::{Amount, Currency};
+use tollgate_middleware::store::{utc_day, Credit, CreditOutcome, Idempotency, UsageEvent};
+use tollgate_middleware::{Clock, ErrorCode, Paywall, SystemClock};
+
+use crate::proxy::problem;
+
+/// The environment variable holding the admin bearer token.
+pub const ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("admin_openapi.json");
+
+#[derive(Clone)]
+struct Admin {
+    paywall: Paywall,
+    currencies: Arc<BTreeMap<String, Currency>>,
+    token: Arc<Vec<u8>>,
+}
+
+/// The admin router. `token` must be non-empty (checked at start-up).
+pub fn router(paywall: Paywall, currencies: BTreeMap<String, Currency>, token: &str) -> Router {
+    let state = Admin {
+        paywall,
+        currencies: Arc::new(currencies),
+        token: Arc::new(token.as_bytes().to_vec()),
+    };
+    Router::new()
+        .route(
+            "/admin/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .route("/admin/v1/payers/{id}", get(payer))
+        .route("/admin/v1/payers/{id}/credits", post(credit))
+        .route("/admin/v1/payers/{id}/block", post(block).delete(unblock))
+        .route("/admin/v1/usage", get(usage))
+        .route("/admin/v1/events", get(events))
+        .fallback(|| async { problem(ErrorCode::RouteNotFound, "no such admin endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+async fn authorize(State(admin): State<Admin>, req: Request, next: Next) -> Response {
+    let unauthorized = |detail: &str| {
+        let mut res = problem(ErrorCode::Unauthorized, detail);
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tollgate-admin\""),
+        );
+        res
+    };
+    if req.uri().query().is_some_and(|q| {
+        q.split('&').any(|kv| {
+            let k = kv.split('=').next().unwrap_or("").to_ascii_lowercase();
+            k == "token" || k == "access_token" || k == "admin_token"
+        })
+    }) {
+        return unauthorized("tokens in query strings are refused; use Authorization: Bearer");
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or("");
+    // Constant time in the token's content (the length is not secret).
+    let ok = !given.is_empty() && bool::from(given.as_bytes().ct_eq(admin.token.as_slice()));
+    if !ok {
+        return unauthorized("a valid admin bearer token is required");
+    }
+    next.run(req).await
+}
+
+fn store_error(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "admin: store unavailable");
+    problem(ErrorCode::StoreUnavailable, "the store is unreachable")
+}
+
+fn bad_request(detail: &str) -> Response {
+    problem(ErrorCode::InvalidRequest, detail)
+}
+
+fn today() -> String {
+    utc_day(SystemClock.now_ms())
+}
+
+fn days_ago(n: i64) -> String {
+    utc_day(SystemClock.now_ms() - n * 86_400_000)
+}
+
+async fn payer(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
+    let account = match admin.paywall.store().account(&id).await {
+        Ok(a) => a,
+        Err(e) => return store_error(e),
+    };
+    let usage = match admin
+        .paywall
+        .store()
+        .usage(Some(&id), &days_ago(29), &today())
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => return store_error(e),
+    };
+    let mut body = admin.paywall.account_json(&id, &account);
+    body["usage_30d"] = usage_json(&admin, usage);
+    Json(body).into_response()
+}
+
+fn usage_json(admin: &Admin, rows: Vec<tollgate_middleware::store::DailyUsage>) -> Value {
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|r| {
+            let amounts: BTreeMap<String, String> = r
+                .amount_minor
+                .iter()
+                .map(|(c, m)| (c.clone(), admin.currencies.get(c).map(|cur| cur.from_minor(*m).to_string()).unwrap_or_else(|| m.to_string())))
+                .collect();
+            json!({"day": r.day, "route": r.route, "requests": r.requests, "amount": amounts, "units": r.units})
+        })
+        .collect();
+    Value::Array(rows)
+}
+
+#[derive(Deserialize)]
+struct CreditBody {
+    /// Signed decimal: `"2.50"` credits, `"-1"` debits.
+    amount: String,
+    currency: String,
+    reason: String,
+}
+
+async fn credit(
+    State(admin): State<Admin>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<CreditBody>>,
+) -> Response {
+    let Some(Json(body)) = body else {
+        return bad_request(
+            "send JSON {\"amount\": \"2.50\", \"currency\": \"USD\", \"reason\": \"...\"}",
+        );
+    };
+    let Some(key) = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+    else {
+        return bad_request("an Idempotency-Key header (1-200 characters) is required");
+    };
+    let Some(currency) = admin.currencies.get(&body.currency) else {
+        return problem(ErrorCode::CurrencyUnsupported, "unknown currency");
+    };
+    if body.reason.trim().is_empty() || body.reason.len() > 500 {
+        return bad_request("reason must be 1 to 500 characters");
+    }
+    let (negative, digits) = match body.amount.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, body.amount.as_str()),
+    };
+    let minor = match digits
+        .parse::<Amount>()
+        .map_err(|e| e.to_string())
+        .and_then(|a| currency.to_minor(a).map_err(|e| e.to_string()))
+    {
+        Ok(0) => return bad_request("amount must not be zero"),
+        Ok(m) => i64::try_from(m).unwrap_or(i64::MAX),
+        Err(e) => return problem(ErrorCode::AmountInvalid, &e),
+    };
+    let credit = Credit {
+        payer: id.clone(),
+        currency: currency.code().to_owned(),
+        amount_minor: if negative { -minor } else { minor },
+        idempotency: Idempotency::Key(key.to_owned()),
+        keep_until_ms: SystemClock.now_ms() + 30 * 86_400_000,
+        reason: body.reason.clone(),
+        source: "admin".into(),
+    };
+    match admin.paywall.store().credit(&credit).await {
+        Ok(CreditOutcome::Applied { credit_id, balance_minor }) => {
+            tracing::info!(payer = %id, amount = %body.amount, currency = %body.currency, reason = %body.reason, "admin credit");
+            (StatusCode::CREATED, Json(json!({"credit_id": credit_id, "duplicate": false, "balance": currency.from_minor(balance_minor).to_string()}))).into_response()
+        }
+        Ok(CreditOutcome::Duplicate { credit_id, balance_minor }) => {
+            Json(json!({"credit_id": credit_id, "duplicate": true, "balance": currency.from_minor(balance_minor).to_string()})).into_response()
+        }
+        Ok(CreditOutcome::Insufficient { balance_minor }) => problem(
+            ErrorCode::BalanceInsufficient,
+            &format!("a debit larger than the available balance ({})", currency.from_minor(balance_minor)),
+        ),
+        Ok(CreditOutcome::ReceiptUsed) => problem(ErrorCode::Internal, "internal error"),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn block(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
+    match admin.paywall.store().set_blocked(&id, true).await {
+        Ok(()) => Json(json!({"payer": id, "blocked": true})).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn unblock(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
+    match admin.paywall.store().set_blocked(&id, false).await {
+        Ok(()) => Json(json!({"payer": id, "blocked": false})).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    payer: Option<String>,
+    route: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn usage(State(admin): State<Admin>, Query(q): Query<UsageQuery>) -> Response {
+    let to = q.to.unwrap_or_else(today);
+    let from = q.from.unwrap_or_else(|| to.clone());
+    match admin
+        .paywall
+        .store()
+        .usage(q.payer.as_deref(), &from, &to)
+        .await
+    {
+        Ok(rows) => {
+            let rows = rows
+                .into_iter()
+                .filter(|r| q.route.as_ref().is_none_or(|want| *want == r.route))
+                .collect();
+            Json(
+                json!({"from": from, "to": to, "payer": q.payer, "rows": usage_json(&admin, rows)}),
+            )
+            .into_response()
+        }
+        Err(tollgate_middleware::StoreError::Protocol(e)) => bad_request(&e),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One usage event as exported (decimal amount alongside the atomic units).
+pub fn event_json(e: &UsageEvent) -> Value {
+    json!({
+        "id": e.id,
+        "time_ms": e.time_ms,
+        "payer": e.payer,
+        "route": e.route,
+        "method": e.method,
+        "units": e.units,
+        "unit_prices": e.unit_prices,
+        "amount": e.amount().to_string(),
+        "amount_minor": e.amount_minor,
+        "uncharged_minor": e.uncharged_minor,
+        "currency": e.currency,
+        "scale": e.scale,
+        "credential": e.credential,
+        "reservation": e.reservation,
+        "upstream_status": e.upstream_status,
+    })
+}
+
+async fn events(State(admin): State<Admin>, Query(q): Query<EventsQuery>) -> Response {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    match admin
+        .paywall
+        .store()
+        .events_after(q.after.as_deref().filter(|a| !a.is_empty()), limit)
+        .await
+    {
+        Ok(events) => {
+            let mut out = String::new();
+            for e in &events {
+                out.push_str(&event_json(e).to_string());
+                out.push('\n');
+            }
+            let mut res = Response::new(Body::from(out));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            if let Some(last) = events.last() {
+                if let Ok(v) = HeaderValue::from_str(&last.id) {
+                    res.headers_mut().insert("tollgate-next-after", v);
+                }
+            }
+            res
+        }
+        Err(e) => store_error(e),
+    }
+}
