@@ -274,6 +274,14 @@ async fn handle(State(gw): State<Gateway>, mut req: Request) -> Response {
             "dot segments and backslashes are not allowed in paths",
         );
     }
+    // Agent endpoints (top-up, token, balance) are the gateway's own.
+    if let Some(res) =
+        gw.0.paywall
+            .agent_api(req.method(), req.uri().path(), req.headers())
+            .await
+    {
+        return res.map(Body::from);
+    }
     let Some(m) = gw.match_route(&req) else {
         return problem(ErrorCode::RouteNotFound, "no route matches this path");
     };

@@ -257,6 +257,14 @@ pub fn free(id: &str, path: &str, upstream: &TestUpstream) -> RouteSpec {
 }
 
 impl RouteSpec {
+    /// Add a field to the route's (metered) price table, e.g. `on_missing = "zero"`.
+    pub fn with_price_option(mut self, field: &str) -> Self {
+        if let Some(pos) = self.toml.rfind("] }") {
+            self.toml.insert_str(pos + 1, &format!(", {field}"));
+        }
+        self
+    }
+
     /// Append raw TOML lines to the route (e.g. `timeout_ms = 200`).
     pub fn with(mut self, line: &str) -> Self {
         self.toml.push_str(line);
@@ -265,8 +273,31 @@ impl RouteSpec {
     }
 }
 
+/// A metered route in USD: `meters` are `(unit, usage source, price per unit)`.
+pub fn metered(
+    id: &str,
+    path: &str,
+    upstream: &TestUpstream,
+    reserve: &str,
+    meters: &[(&str, &str, &str)],
+) -> RouteSpec {
+    let meters: Vec<String> = meters
+        .iter()
+        .map(|(u, s, p)| format!("{{ unit = \"{u}\", usage = \"{s}\", price = \"{p}\" }}"))
+        .collect();
+    RouteSpec {
+        toml: format!(
+            "[[routes]]\nid = \"{id}\"\npath = \"{path}\"\nupstream = \"{}\"\nprice = {{ currency = \"USD\", reserve = \"{reserve}\", meters = [{}] }}\n",
+            upstream.url(),
+            meters.join(", ")
+        ),
+    }
+}
+
 /// Builds a gateway for a test.
 pub struct GatewayBuilder {
+    usd: String,
+    admin_token: Option<String>,
     merchant: String,
     issuers: Vec<String>,
     store: String,
@@ -289,6 +320,8 @@ pub fn init_logs() {
 pub fn gateway() -> GatewayBuilder {
     init_logs();
     GatewayBuilder {
+        usd: "[currencies.USD]\nscale = 6\ntopup_suggested = \"5\"\n".into(),
+        admin_token: None,
         merchant: "m".into(),
         issuers: Vec::new(),
         store: "[store]\nkind = \"memory\"\n".into(),
@@ -341,6 +374,12 @@ impl GatewayBuilder {
         self.extra.push('\n');
         self
     }
+    /// Serve the admin API too, with this token.
+    pub fn admin(mut self, token: &str) -> Self {
+        self.admin_token = Some(token.into());
+        self
+    }
+
     pub fn secret(mut self, s: &[u8]) -> Self {
         self.secret = s.to_vec();
         self
@@ -348,9 +387,10 @@ impl GatewayBuilder {
 
     pub fn toml(&self) -> String {
         format!(
-            "merchant = \"{}\"\n{}\n[currencies.USD]\nscale = 6\n{}\n{}\n{}",
+            "merchant = \"{}\"\n{}\n{}\n{}\n{}\n{}",
             self.merchant,
             self.extra,
+            self.usd,
             self.issuers.join("\n"),
             self.store,
             self.routes.join("\n")
@@ -368,11 +408,24 @@ impl GatewayBuilder {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let admin_addr = match &self.admin_token {
+            Some(token) => {
+                let al = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let a = al.local_addr().unwrap();
+                tokio::spawn(
+                    gw.clone()
+                        .serve_admin(al, token.clone(), std::future::pending()),
+                );
+                Some(a)
+            }
+            None => None,
+        };
         let task = tokio::spawn(gw.serve(l, async move {
             let _ = rx.await;
         }));
         TestGateway {
             addr,
+            admin_addr,
             paywall,
             stop: Some(tx),
             task: Some(task),
@@ -384,6 +437,7 @@ impl GatewayBuilder {
 /// A running gateway.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
     pub paywall: Paywall,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -393,6 +447,65 @@ pub struct TestGateway {
 impl TestGateway {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.admin_addr.expect("admin not started")
+        )
+    }
+
+    /// Top up `amount` USD for `payer` with a fresh top-up receipt; returns the access token.
+    pub async fn topup(&self, issuer: &TestIssuer, payer: &str, amount: &str) -> String {
+        let mut c = issuer.claims("m", payer, amount);
+        c["kind"] = "topup".into();
+        let res = self
+            .http
+            .post(self.url("/tollgate/v1/topup"))
+            .header("authorization", format!("Payment {}", issuer.sign(&c)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "top-up refused");
+        let body: Value = res.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// A request with `Authorization: Bearer <token>`.
+    pub fn with_token(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .header("authorization", format!("Bearer {token}"))
+    }
+
+    /// The prepaid balance view (`GET /tollgate/v1/balance`).
+    pub async fn balance(&self, token: &str) -> Value {
+        self.with_token(reqwest::Method::GET, "/tollgate/v1/balance", token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Wait until no hold is in flight for the token's payer (deferred settlements done).
+    pub async fn settled(&self, token: &str) -> Value {
+        for _ in 0..200 {
+            let b = self.balance(token).await;
+            if b["holds"] == 0 {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("holds still in flight");
     }
 
     /// GET with `Authorization: Payment <receipt>`.

@@ -421,50 +421,43 @@ impl Store for RedisStore {
     }
 
     async fn account(&self, payer: &str) -> Result<Account, StoreError> {
-        // Give back expired holds first: a zero hold runs the same sweep atomically.
-        let probe = Hold {
-            id: "sweep".into(),
-            payer: payer.to_owned(),
-            currency: "-".into(),
-            amount_minor: 0,
-            ttl: Duration::from_millis(1),
-        };
-        if self.hold(&probe).await? != HoldOutcome::PayerBlocked {
-            self.release_hold(&probe).await?;
-        }
+        // The hold script with no currency gives back expired holds and reads the account.
         let mut conn = self.connection().await?;
-        let fields: Vec<(String, i64)> = self
-            .bounded(
-                redis::cmd("HGETALL")
-                    .arg(self.account_key(payer))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let holds: u64 = self
-            .bounded(
-                redis::cmd("HLEN")
-                    .arg(self.holds_key(payer))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let mut balances: BTreeMap<String, Balance> = BTreeMap::new();
-        for (f, v) in fields {
-            let Some((kind, cur)) = f.split_once(':') else {
-                continue;
-            };
-            if cur == "-" {
-                continue;
-            }
-            let b = balances.entry(cur.to_owned()).or_default();
-            match kind {
-                "bal" => b.available = v,
-                "held" => b.held = v,
-                "credited" => b.credited = v,
-                "captured" => b.captured = v,
-                _ => {}
-            }
+        let mut inv = self.scripts.hold.prepare_invoke();
+        inv.key(self.account_key(payer))
+            .key(self.holds_key(payer))
+            .key(self.blocked_key(payer))
+            .arg("read")
+            .arg("")
+            .arg(0)
+            .arg(1);
+        let (status, holds, fields): (String, u64, Vec<(String, i64)>) =
+            self.bounded(inv.invoke_async(&mut conn)).await?;
+        if status == "blocked" {
+            // Blocked payers are not swept; read plainly.
+            let fields: Vec<(String, i64)> = self
+                .bounded(
+                    redis::cmd("HGETALL")
+                        .arg(self.account_key(payer))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let holds: u64 = self
+                .bounded(
+                    redis::cmd("HLEN")
+                        .arg(self.holds_key(payer))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            return Ok(Account {
+                balances: parse_balances(fields),
+                holds,
+            });
         }
-        Ok(Account { balances, holds })
+        Ok(Account {
+            balances: parse_balances(fields),
+            holds,
+        })
     }
 
     async fn usage(
@@ -528,4 +521,22 @@ impl Store for RedisStore {
         out.truncate(limit);
         Ok(out)
     }
+}
+
+fn parse_balances(fields: Vec<(String, i64)>) -> BTreeMap<String, Balance> {
+    let mut balances: BTreeMap<String, Balance> = BTreeMap::new();
+    for (f, v) in fields {
+        let Some((kind, cur)) = f.split_once(':') else {
+            continue;
+        };
+        let b = balances.entry(cur.to_owned()).or_default();
+        match kind {
+            "bal" => b.available = v,
+            "held" => b.held = v,
+            "credited" => b.credited = v,
+            "captured" => b.captured = v,
+            _ => {}
+        }
+    }
+    balances
 }

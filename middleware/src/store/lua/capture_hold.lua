@@ -22,9 +22,9 @@ if charge > held + bal then
   uncharged = charge - held - bal
   charge = held + bal
 end
-redis.call('HINCRBY', KEYS[1], 'held:' .. cur, -held)
-redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, held - charge)
-redis.call('HINCRBY', KEYS[1], 'captured:' .. cur, charge)
+redis.call('HINCRBY', KEYS[1], 'held:' .. cur, string.format('%d', -held))
+redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, string.format('%d', held - charge))
+redis.call('HINCRBY', KEYS[1], 'captured:' .. cur, string.format('%d', charge))
 redis.call('HDEL', KEYS[2], ARGV[1])
 local n = tonumber(ARGV[4])
 local fields = {}
@@ -37,7 +37,7 @@ fields[#fields + 1] = 'uncharged_minor'
 fields[#fields + 1] = tostring(uncharged)
 local id = redis.call('XADD', KEYS[3], '*', unpack(fields))
 for _, k in ipairs({KEYS[4], KEYS[5]}) do
-  redis.call('HINCRBY', k, ARGV[3], charge)
+  redis.call('HINCRBY', k, ARGV[3], string.format('%d', charge))
   for i = 5 + 2 * n, #ARGV, 2 do
     redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1])
   end

@@ -18,8 +18,8 @@ local amount = tonumber(ARGV[2])
 if amount < 0 and bal + amount < 0 then
   return {'insufficient', '', bal}
 end
-redis.call('HINCRBY', KEYS[1], 'bal:' .. ARGV[1], amount)
-redis.call('HINCRBY', KEYS[1], 'credited:' .. ARGV[1], amount)
+redis.call('HINCRBY', KEYS[1], 'bal:' .. ARGV[1], string.format('%d', amount))
+redis.call('HINCRBY', KEYS[1], 'credited:' .. ARGV[1], string.format('%d', amount))
 local fields = {}
 for i = 4, #ARGV do
   fields[#fields + 1] = ARGV[i]

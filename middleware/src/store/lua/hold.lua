@@ -1,7 +1,8 @@
 -- Hold an amount of a payer's prepaid balance for one request, atomically.
 -- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] payer block key
 -- ARGV[1] reservation id   ARGV[2] currency   ARGV[3] amount (minor units)   ARGV[4] hold time (ms)
--- Returns {'held', balance left} | {'insufficient', balance} | {'blocked', 0}
+-- ARGV[2] empty: read the account instead of holding.
+-- Returns {'held', balance left} | {'insufficient', balance} | {'blocked', 0} | {'swept', holds count, account fields}
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {'blocked', 0}
 end
@@ -12,17 +13,22 @@ local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
   local cur, amt, exp = string.match(all[i + 1], '^([^|]+)|(%d+)|(%d+)$')
   if cur and tonumber(exp) <= now then
-    redis.call('HINCRBY', KEYS[1], 'held:' .. cur, -tonumber(amt))
-    redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, tonumber(amt))
+    redis.call('HINCRBY', KEYS[1], 'held:' .. cur, string.format('%d', -tonumber(amt)))
+    redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, string.format('%d', tonumber(amt)))
     redis.call('HDEL', KEYS[2], all[i])
   end
+end
+if ARGV[2] == '' then
+  -- Account read: expired holds given back, then the account and the holds count, in one
+  -- atomic step (so the two always agree).
+  return {'swept', redis.call('HLEN', KEYS[2]), redis.call('HGETALL', KEYS[1])}
 end
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. ARGV[2]) or '0')
 local amount = tonumber(ARGV[3])
 if bal < amount then
   return {'insufficient', bal}
 end
-redis.call('HINCRBY', KEYS[1], 'bal:' .. ARGV[2], -amount)
-redis.call('HINCRBY', KEYS[1], 'held:' .. ARGV[2], amount)
+redis.call('HINCRBY', KEYS[1], 'bal:' .. ARGV[2], string.format('%d', -amount))
+redis.call('HINCRBY', KEYS[1], 'held:' .. ARGV[2], string.format('%d', amount))
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '|' .. amount .. '|' .. (now + tonumber(ARGV[4])))
 return {'held', bal - amount}

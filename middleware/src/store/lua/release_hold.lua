@@ -6,7 +6,7 @@ if not h then
   return 0
 end
 local cur, held = string.match(h, '^([^|]+)|(%d+)|')
-redis.call('HINCRBY', KEYS[1], 'held:' .. cur, -tonumber(held))
-redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, tonumber(held))
+redis.call('HINCRBY', KEYS[1], 'held:' .. cur, string.format('%d', -tonumber(held)))
+redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, string.format('%d', tonumber(held)))
 redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
