@@ -6,7 +6,8 @@
 //! - `json:<pointer>` -- a JSON pointer into the response body (buffered, bounded);
 //! - `sse:<pointer>` -- a JSON pointer into the `data:` events of a `text/event-stream`
 //!   response, read as the events pass (the last value seen wins; nothing is buffered beyond
-//!   one line);
+//!   one line); when the upstream answers with JSON instead (a non-streamed
+//!   call on the same token API), the pointer is read from the JSON body instead;
 //! - `request_bytes`, `response_bytes` -- body sizes as streamed;
 //! - `duration_ms` -- from forwarding the request to the end of the response body.
 //!
@@ -168,6 +169,9 @@ pub struct UsageReading {
     found: BTreeMap<String, u64>,
     /// Buffered body for `json:` meters (`None` once over the limit).
     json: Option<Vec<u8>>,
+    /// The response is not an event stream: `sse:` pointers read the JSON body instead (a
+    /// token API answering a non-streamed call on the same route).
+    sse_as_json: bool,
     /// The SSE line being assembled.
     sse_line: Vec<u8>,
     /// Whether the current SSE line overflowed (skip it).
@@ -177,8 +181,18 @@ pub struct UsageReading {
 impl UsageReading {
     /// A reading for these meters, taking header values from the response head.
     pub fn start(metered: &Metered, headers: &HeaderMap) -> Self {
+        let has_sse = metered
+            .meters
+            .iter()
+            .any(|m| matches!(m.source, UsageSource::Sse(_)));
+        let json_answer = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
+        let sse_as_json = has_sse && json_answer;
         let mut r = UsageReading {
-            json: metered.needs_json().then(Vec::new),
+            json: (metered.needs_json() || sse_as_json).then(Vec::new),
+            sse_as_json,
             ..Default::default()
         };
         for m in &metered.meters {
@@ -206,10 +220,11 @@ impl UsageReading {
                 self.json = None;
             }
         }
-        if metered
-            .meters
-            .iter()
-            .any(|m| matches!(m.source, UsageSource::Sse(_)))
+        if !self.sse_as_json
+            && metered
+                .meters
+                .iter()
+                .any(|m| matches!(m.source, UsageSource::Sse(_)))
         {
             for &b in chunk.iter() {
                 if b == b'\n' {
@@ -262,6 +277,9 @@ impl UsageReading {
             .iter()
             .map(|m| {
                 let n = match &m.source {
+                    UsageSource::Sse(p) if self.sse_as_json => {
+                        json.as_ref().and_then(|j| j.pointer(p)).and_then(units_of)
+                    }
                     UsageSource::Header(_) | UsageSource::Sse(_) => {
                         self.found.get(&m.unit).copied()
                     }
@@ -352,6 +370,20 @@ mod tests {
         let mut none = UsageReading::start(&m, &HeaderMap::new());
         none.feed(&m, &Bytes::from("data: {\"delta\":\"x\"}\n\n"));
         assert_eq!(none.finish(&m)["completion_token"], None);
+    }
+
+    #[test]
+    fn sse_pointers_read_a_json_answer_too() {
+        let m = metered(&[(
+            "completion_token",
+            "sse:/usage/completion_tokens",
+            "0.000001",
+        )]);
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        let mut r = UsageReading::start(&m, &headers);
+        r.feed(&m, &Bytes::from("{\"usage\":{\"completion_tokens\":9}}"));
+        assert_eq!(r.finish(&m)["completion_token"], Some(9));
     }
 
     #[test]

@@ -79,6 +79,67 @@ impl Agent {
             .ok_or_else(|| anyhow!("wallet sent no receipt"))
     }
 
+    /// Buy prepaid credit: a `topup` receipt from the wallet, sent to the gateway's top-up
+    /// endpoint. Returns the top-up answer (`access_token`, `balance`, ...).
+    pub async fn topup(
+        &self,
+        topup_url: &str,
+        merchant: &str,
+        amount: &str,
+        currency: &str,
+    ) -> anyhow::Result<Value> {
+        let req = json!({"payer": self.payer, "merchant": merchant, "amount": amount, "currency": currency, "kind": "topup"});
+        let res = self
+            .http
+            .post(format!("{}/v1/receipts", self.wallet))
+            .json(&req)
+            .send()
+            .await?;
+        let status = res.status();
+        let body: Value = res.json().await?;
+        if !status.is_success() {
+            bail!("wallet refused: {}", body["error"]);
+        }
+        let receipt = body["receipt"]
+            .as_str()
+            .ok_or_else(|| anyhow!("wallet sent no receipt"))?;
+        let res = self
+            .http
+            .post(topup_url)
+            .header("authorization", format!("Payment {receipt}"))
+            .send()
+            .await?;
+        let status = res.status();
+        let body: Value = res.json().await?;
+        if !status.is_success() {
+            bail!("top-up refused: {}", body["code"]);
+        }
+        Ok(body)
+    }
+
+    /// Call with an access token; returns (status, body, decoded `PAYMENT-RESPONSE`).
+    pub async fn call_with_token(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, String, Option<Value>)> {
+        let mut r = self.http.request(method, url).bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let res = r.send().await?;
+        let status = res.status().as_u16();
+        let payment = res
+            .headers()
+            .get("payment-response")
+            .and_then(|v| v.to_str().ok())
+            .map(decode_header)
+            .transpose()?;
+        Ok((status, res.text().await?, payment))
+    }
+
     /// The `PAYMENT-SIGNATURE` value for a receipt answering an offer.
     pub fn payment_signature(offer: &Value, resource: &Value, receipt: &str) -> String {
         let payload = json!({

@@ -58,6 +58,16 @@ upstream = "http://{upstream_addr}"
 price = {{ amount = "0.002", currency = "USD" }}
 mime_type = "application/octet-stream"
 [[routes]]
+id = "chat"
+path = "/v1/chat/completions"
+methods = ["POST"]
+upstream = "http://{upstream_addr}"
+description = "Chat completions (streamed or not), priced per token"
+price = {{ currency = "USD", reserve = "0.01", meters = [
+  {{ unit = "prompt_token", usage = "sse:/usage/prompt_tokens", price = "0.000001" }},
+  {{ unit = "completion_token", usage = "sse:/usage/completion_tokens", price = "0.000002" }},
+] }}
+[[routes]]
 id = "free"
 path = "/free"
 upstream = "http://{upstream_addr}"
@@ -123,6 +133,73 @@ price = "free"
         let body: serde_json::Value = replay.json().await?;
         println!("3. the same receipt again -> {status} {}", body["code"]);
     }
+
+    // A model vendor selling tokens: top up once, then pay per token from the balance.
+    let topup = agent
+        .topup(
+            &format!("{gw_url}/tollgate/v1/topup"),
+            "demo-merchant",
+            "1.00",
+            "USD",
+        )
+        .await?;
+    let token = topup["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    println!(
+        "4. top-up of {} USD -> balance {} USD, access token {}...",
+        topup["credited"],
+        topup["balance"],
+        &token[..token.len().min(16)]
+    );
+    let chat = |stream: bool, words: usize, max_tokens: u64| {
+        serde_json::json!({
+            "stream": stream, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": vec!["hello"; words].join(" ")}],
+        })
+    };
+    let (status, body, payment) = agent
+        .call_with_token(
+            reqwest::Method::POST,
+            &format!("{gw_url}/v1/chat/completions"),
+            &token,
+            Some(chat(false, 12, 30)),
+        )
+        .await?;
+    let usage: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let p = payment.unwrap_or_default();
+    println!(
+        "5. JSON chat -> {status}: {} prompt + {} completion tokens ({} USD held, settled at the end)",
+        usage["usage"]["prompt_tokens"], usage["usage"]["completion_tokens"], p["held"]
+    );
+    let (status, body, payment) = agent
+        .call_with_token(
+            reqwest::Method::POST,
+            &format!("{gw_url}/v1/chat/completions"),
+            &token,
+            Some(chat(true, 20, 50)),
+        )
+        .await?;
+    let p = payment.unwrap_or_default();
+    println!(
+        "6. streamed chat -> {status}: {} SSE events; {} USD held while streaming, settled when the stream ended",
+        body.matches("data: ").count(),
+        p["held"]
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let balance: serde_json::Value = agent
+        .http
+        .get(format!("{gw_url}/tollgate/v1/balance"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    println!(
+        "   balance now {} USD (captured {} USD)",
+        balance["balances"]["USD"]["available"], balance["balances"]["USD"]["captured"]
+    );
 
     let events = paywall.store().usage_events().await?;
     println!("\nledger: {} usage event(s)", events.len());

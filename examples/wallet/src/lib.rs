@@ -1,7 +1,8 @@
 //! A demo wallet: holds an issuer key, signs payment receipts for its agent, serves its JWKS.
 //!
 //! - `GET  /.well-known/jwks.json` -- the public keys (the gateway's `jwks_url`);
-//! - `POST /v1/receipts` -- `{payer, merchant, amount, currency, challenge?}` -> `{receipt}`.
+//! - `POST /v1/receipts` -- `{payer, merchant, amount, currency, challenge?, kind?}` -> `{receipt}`
+//!   (`kind`: `payment`, the default, or `topup`).
 //!   Refuses amounts above the wallet's per-payment cap (auto-pay under a threshold).
 //!
 //! A real wallet would also debit the payer's funds; this one only signs.
@@ -61,7 +62,7 @@ impl Wallet {
             exp: now + self.receipt_ttl_secs,
             amount: amount.to_string(),
             currency: req.currency.clone(),
-            kind: ReceiptKind::Payment,
+            kind: req.kind.unwrap_or(ReceiptKind::Payment),
             challenge: req.challenge.clone(),
         };
         self.signer.sign(&claims)
@@ -97,6 +98,9 @@ pub struct ReceiptRequest {
     /// The challenge id from the 402, if any.
     #[serde(default)]
     pub challenge: Option<String>,
+    /// `payment` (default) or `topup`.
+    #[serde(default)]
+    pub kind: Option<ReceiptKind>,
 }
 
 async fn jwks(State(w): State<Arc<Wallet>>) -> Json<serde_json::Value> {
