@@ -857,3 +857,65 @@ async fn admin_api() {
         200
     );
 }
+
+#[tokio::test]
+async fn upstream_failing_mid_stream_charges_only_what_was_measured() {
+    let redis = RedisServer::start();
+    let wallet = TestIssuer::ed25519("wallet");
+    // An upstream that sends one SSE event, then breaks the connection.
+    let router = axum::Router::new().route(
+        "/v1/broken",
+        axum::routing::get(|| async {
+            let chunks = futures_util::stream::unfold(0, |i| async move {
+                match i {
+                    0 => Some((
+                        Ok::<_, std::io::Error>(bytes::Bytes::from("data: {\"delta\":\"a\"}\n\n")),
+                        1,
+                    )),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Some((Err(std::io::Error::other("upstream crashed")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            (
+                [("content-type", "text/event-stream")],
+                axum::body::Body::from_stream(chunks),
+            )
+        }),
+    );
+    let up = serve_router(router).await;
+    let gw = gateway()
+        .issuer(&wallet)
+        .redis(&redis)
+        .route(metered(
+            "tokens",
+            "/v1/broken",
+            &up,
+            "0.05",
+            &[("token", "sse:/usage/total_tokens", "0.001")],
+        ))
+        .start()
+        .await;
+    let token = gw.topup(&wallet, "nia", "1").await;
+    let res = gw
+        .with_token(Method::GET, "/v1/broken", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.bytes().await.is_err(), "the client sees a broken body");
+    let b = gw.settled(&token).await;
+    // The usage event never came: with the upstream at fault, missing usage counts as zero.
+    assert_eq!(avail(&b), "1");
+    let e = gw
+        .paywall
+        .store()
+        .usage_events()
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!((e.units["token"], e.amount_minor), (0, 0));
+}
