@@ -53,10 +53,14 @@ pub fn generate_ed25519(kid: &str) -> Result<(GeneratedKey, SigningKey), String>
     let sk = SigningKey::generate(&mut rand::rngs::OsRng);
     let x = URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
     let d = URL_SAFE_NO_PAD.encode(sk.to_bytes());
-    let pem = sk
-        .to_pkcs8_pem(Default::default())
-        .map_err(|e| e.to_string())?
-        .to_string();
+    // PKCS#8 v1 (no embedded public key): the form OpenSSL and most libraries load.
+    let pem = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: sk.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(Default::default())
+    .map_err(|e| e.to_string())?
+    .to_string();
     let public_jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
     let private_jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "d": d, "kid": kid, "alg": "EdDSA", "use": "sig"});
     Ok((

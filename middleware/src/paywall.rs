@@ -1252,7 +1252,9 @@ impl Admission {
             }
         };
         let charged_amount = currency.from_minor(charged);
-        tracing::info!(payer = %self.payment.payer, route = %self.route.id, amount = %charged_amount, currency = %currency.code(), status, event = %event_id, "payment captured");
+        // Per-request detail stays at debug: at info, a busy gateway would log thousands of
+        // lines a second (the ledger is the record).
+        tracing::debug!(payer = %self.payment.payer, route = %self.route.id, amount = %charged_amount, currency = %currency.code(), status, event = %event_id, "payment captured");
         let mut body = json!({
             "success": true,
             "transaction": event_id,
