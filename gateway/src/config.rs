@@ -253,6 +253,9 @@ pub enum PriceConfig {
         /// `reserve` (default) or `zero`: the charge when usage cannot be read.
         #[serde(default)]
         on_missing: Option<String>,
+        /// End a stream once the payer cannot pay for more.
+        #[serde(default)]
+        cutoff: bool,
     },
 }
 
@@ -557,6 +560,7 @@ impl Config {
                     reserve,
                     meters,
                     on_missing,
+                    cutoff,
                 } => {
                     let cur = currencies.get(currency).ok_or_else(|| {
                         invalid(
@@ -619,6 +623,7 @@ impl Config {
                         meters: parsed,
                         reserve,
                         on_missing,
+                        cutoff: *cutoff,
                     })
                 }
             };

@@ -148,6 +148,7 @@ pin_project_lite::pin_project! {
         /// Streamed through while its usage is read; settles when it ends or is dropped.
         Metered {
             body: Pin<Box<B>>,
+            ended: bool,
             prefix: std::collections::VecDeque<Bytes>,
             meter: Option<MeterState>,
         },
@@ -171,22 +172,59 @@ pub struct MeterState {
     metered: Metered,
     reading: UsageReading,
     status: u16,
+    /// Cut-off limit (minor units), when the route cuts streams off.
+    limit_minor: Option<u64>,
+    /// Whether the response is an event stream (a cut-off sends a last event).
+    event_stream: bool,
 }
 
 impl MeterState {
     fn new(admission: Admission, status: u16, headers: &HeaderMap) -> Option<Self> {
         let metered = admission.metered()?.clone();
         let reading = UsageReading::start(&metered, headers);
+        let limit_minor = if metered.cutoff {
+            admission.charge_limit_minor()
+        } else {
+            None
+        };
+        let event_stream = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
         Some(MeterState {
             admission,
             metered,
             reading,
             status,
+            limit_minor,
+            event_stream,
         })
     }
 
-    fn feed(&mut self, chunk: &Bytes) {
+    /// Observe a chunk; `false` when delivering it would cost more than the payer can pay
+    /// (the chunk is then not counted and the stream must end).
+    fn feed(&mut self, chunk: &Bytes) -> bool {
         self.reading.feed(&self.metered, chunk);
+        let Some(limit) = self.limit_minor else {
+            return true;
+        };
+        let units = self
+            .reading
+            .so_far(&self.metered, self.admission.elapsed_ms());
+        match self.metered.cost_minor(&units) {
+            Some(cost) if cost <= limit => true,
+            _ => {
+                self.reading.unfeed_bytes(chunk.len());
+                false
+            }
+        }
+    }
+
+    /// The last event of a cut-off event stream, telling the client why it ended.
+    fn cutoff_notice(&self) -> Option<Bytes> {
+        self.event_stream.then(|| {
+            Bytes::from_static(b"event: tollgate\ndata: {\"code\":\"balance_insufficient\",\"detail\":\"the stream was cut off: the balance is exhausted\"}\n\n")
+        })
     }
 
     fn readings(&mut self) -> std::collections::BTreeMap<String, Option<u64>> {
@@ -227,17 +265,29 @@ where
             }
             PaymentBodyProj::Metered {
                 body,
+                ended,
                 prefix,
                 meter,
             } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
+                if *ended {
+                    return Poll::Ready(None);
+                }
                 let polled = body.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let (Some(data), Some(m)) = (frame.data_ref(), meter.as_mut()) {
-                            m.feed(data);
+                            if !m.feed(data) {
+                                // Cut off: this chunk is not delivered; end the stream here.
+                                *ended = true;
+                                let notice = m.cutoff_notice();
+                                if let Some(m) = meter.take() {
+                                    m.finish(BodyEnd::CutOff);
+                                }
+                                return Poll::Ready(notice.map(|n| Ok(Frame::data(n))));
+                            }
                         }
                     }
                     Poll::Ready(Some(Err(_))) => {
@@ -261,7 +311,12 @@ where
         match self {
             PaymentBody::Inner { body } => body.is_end_stream(),
             PaymentBody::Full { body } => body.is_end_stream(),
-            PaymentBody::Metered { body, prefix, .. } => prefix.is_empty() && body.is_end_stream(),
+            PaymentBody::Metered {
+                body,
+                prefix,
+                ended,
+                ..
+            } => prefix.is_empty() && (*ended || body.is_end_stream()),
         }
     }
 
@@ -269,6 +324,10 @@ where
         match self {
             PaymentBody::Inner { body } => body.size_hint(),
             PaymentBody::Full { body } => body.size_hint(),
+            // A stream that may be cut off has no known length.
+            PaymentBody::Metered { meter: Some(m), .. } if m.limit_minor.is_some() => {
+                SizeHint::new()
+            }
             PaymentBody::Metered { body, prefix, .. } => {
                 let extra: u64 = prefix.iter().map(|b| b.len() as u64).sum();
                 let inner = body.size_hint();
@@ -410,6 +469,7 @@ where
                 parts,
                 PaymentBody::Metered {
                     body,
+                    ended: false,
                     prefix: Default::default(),
                     meter: None,
                 },
@@ -479,10 +539,16 @@ where
         // Over the buffer limit: stream the rest; the JSON usage is missing (documented rule).
     }
     let pending = meter.admission.pending_response();
+    let mut parts = parts;
+    if meter.limit_minor.is_some() {
+        // It may end early: never promise a length.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     let res = Response::from_parts(
         parts,
         PaymentBody::Metered {
             body,
+            ended: false,
             prefix,
             meter: Some(meter),
         },

@@ -117,6 +117,10 @@ pub struct Metered {
     pub reserve: Amount,
     /// Missing usage rule.
     pub on_missing: OnMissing,
+    /// End a streamed response once its measured cost would exceed what the payer can pay
+    /// (hold + available balance, and a receipt's cap). Acts on usage measured as the body
+    /// passes: `response_bytes`, `duration_ms`, and `sse:` values seen in events so far.
+    pub cutoff: bool,
 }
 
 impl Metered {
@@ -260,6 +264,31 @@ impl UsageReading {
         }
     }
 
+    /// The units measured so far (missing ones as zero), without ending the reading.
+    pub fn so_far(&self, metered: &Metered, duration_ms: u64) -> BTreeMap<String, u64> {
+        metered
+            .meters
+            .iter()
+            .map(|m| {
+                let n = match &m.source {
+                    UsageSource::Header(_) | UsageSource::Sse(_) => {
+                        self.found.get(&m.unit).copied().unwrap_or(0)
+                    }
+                    UsageSource::Json(_) => 0,
+                    UsageSource::RequestBytes => self.request_bytes,
+                    UsageSource::ResponseBytes => self.response_bytes,
+                    UsageSource::DurationMs => duration_ms,
+                };
+                (m.unit.clone(), n)
+            })
+            .collect()
+    }
+
+    /// Forget a chunk that was counted but will not be delivered (cut-off).
+    pub fn unfeed_bytes(&mut self, n: usize) {
+        self.response_bytes = self.response_bytes.saturating_sub(n as u64);
+    }
+
     /// The units per meter, after the body ended (or stopped). `None` for a meter whose
     /// usage could not be read.
     pub fn finish(&mut self, metered: &Metered) -> BTreeMap<String, Option<u64>> {
@@ -313,6 +342,7 @@ mod tests {
                 .collect(),
             reserve: "0.05".parse().unwrap(),
             on_missing: OnMissing::Reserve,
+            cutoff: false,
         }
     }
 

@@ -321,6 +321,8 @@ pub enum BodyEnd {
     ClientGone,
     /// The upstream failed mid-body.
     UpstreamFailed,
+    /// The gateway ended the stream: the payer could not pay for more.
+    CutOff,
 }
 
 fn b64_header(v: &Value) -> Option<HeaderValue> {
@@ -1103,6 +1105,23 @@ impl Admission {
         }
     }
 
+    /// The most this request can be charged (hold + available balance, within a receipt's
+    /// cap), in minor units; `None` for a receipt-paid fixed price.
+    pub fn charge_limit_minor(&self) -> Option<u64> {
+        match &self.held {
+            Held::Balance {
+                hold,
+                cap_minor,
+                balance_minor,
+                ..
+            } => {
+                let limit = hold.amount_minor.saturating_add(*balance_minor);
+                Some(cap_minor.map_or(limit, |c| limit.min(c)))
+            }
+            Held::Receipt(_) => None,
+        }
+    }
+
     /// `PAYMENT-RESPONSE` for a metered response settled after its body: what is held now.
     pub fn pending_response(&self) -> Option<HeaderValue> {
         let Held::Balance {
@@ -1325,13 +1344,15 @@ impl Admission {
             .iter()
             .map(|(u, n)| (u.clone(), n.unwrap_or(0)))
             .collect();
-        let actual =
-            if missing && end != BodyEnd::UpstreamFailed && m.on_missing == OnMissing::Reserve {
-                // Served, but the usage could not be read: the reservation is the charge.
-                hold_minor
-            } else {
-                m.cost_minor(&units).unwrap_or(hold_minor)
-            };
+        let actual = if missing
+            && matches!(end, BodyEnd::Complete | BodyEnd::ClientGone)
+            && m.on_missing == OnMissing::Reserve
+        {
+            // Served, but the usage could not be read: the reservation is the charge.
+            hold_minor
+        } else {
+            m.cost_minor(&units).unwrap_or(hold_minor)
+        };
         let actual = cap.map_or(actual, |c| actual.min(c));
         (units, prices, actual)
     }

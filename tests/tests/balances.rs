@@ -919,3 +919,57 @@ async fn upstream_failing_mid_stream_charges_only_what_was_measured() {
         .unwrap();
     assert_eq!((e.units["token"], e.amount_minor), (0, 0));
 }
+
+#[tokio::test]
+async fn a_stream_is_cut_off_when_the_balance_runs_out_and_charged_what_was_delivered() {
+    let redis = RedisServer::start();
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let gw = gateway()
+        .issuer(&wallet)
+        .redis(&redis)
+        .route(
+            metered(
+                "stream",
+                "/v1/stream",
+                &up,
+                "0.01",
+                &[("byte", "response_bytes", "0.0001")],
+            )
+            .with_price_option("cutoff = true"),
+        )
+        .start()
+        .await;
+    // 0.05 buys 500 bytes; the stream would send about 2,000.
+    let token = gw.topup(&wallet, "otto", "0.05").await;
+    let res = gw
+        .with_token(Method::GET, "/v1/stream?chunks=100&delay_ms=1", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    let notice = "event: tollgate\n";
+    assert!(
+        text.contains(notice),
+        "the client is told why the stream ended"
+    );
+    let delivered = text.split(notice).next().unwrap().len() as u64;
+    assert!(delivered > 400 && delivered <= 500, "{delivered} bytes");
+    let b = gw.settled(&token).await;
+    let e = gw
+        .paywall
+        .store()
+        .usage_events()
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        e.units["byte"], delivered,
+        "charged exactly what was delivered"
+    );
+    assert_eq!(e.amount_minor, delivered * 100);
+    assert_eq!(e.uncharged_minor, 0);
+    assert_eq!(avail(&b), wallet_left("0.05", delivered * 100));
+}
