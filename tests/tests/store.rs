@@ -290,3 +290,205 @@ async fn redis_down_is_an_error_not_a_pass() {
     }
     assert!(ok, "store did not reconnect");
 }
+
+fn hold(payer: &str, amount: u64) -> tollgate_middleware::store::Hold {
+    tollgate_middleware::store::Hold {
+        id: uuid::Uuid::new_v4().to_string(),
+        payer: payer.into(),
+        currency: "USD".into(),
+        amount_minor: amount,
+        ttl: Duration::from_secs(60),
+    }
+}
+
+fn topup(payer: &str, amount: i64, key: &str) -> tollgate_middleware::store::Credit {
+    tollgate_middleware::store::Credit {
+        payer: payer.into(),
+        currency: "USD".into(),
+        amount_minor: amount,
+        idempotency: tollgate_middleware::store::Idempotency::Key(key.into()),
+        keep_until_ms: (tollgate_e2e::now_secs() + 600) * 1000,
+        reason: "test".into(),
+        source: "admin".into(),
+    }
+}
+
+async fn balance_lifecycle(store: Arc<dyn Store>) {
+    use tollgate_middleware::store::{CreditOutcome, HoldOutcome, HoldSettleOutcome};
+    let applied = store.credit(&topup("pat", 1_000, "t1")).await.unwrap();
+    let CreditOutcome::Applied {
+        credit_id,
+        balance_minor: 1_000,
+    } = applied
+    else {
+        panic!("{applied:?}")
+    };
+    // The same key applies once.
+    assert_eq!(
+        store.credit(&topup("pat", 1_000, "t1")).await.unwrap(),
+        CreditOutcome::Duplicate {
+            credit_id,
+            balance_minor: 1_000
+        }
+    );
+    assert_eq!(
+        store.credit(&topup("pat", -5_000, "d1")).await.unwrap(),
+        CreditOutcome::Insufficient {
+            balance_minor: 1_000
+        }
+    );
+    let h1 = hold("pat", 300);
+    assert_eq!(
+        store.hold(&h1).await.unwrap(),
+        HoldOutcome::Held { balance_minor: 700 }
+    );
+    assert_eq!(
+        store.hold(&hold("pat", 800)).await.unwrap(),
+        HoldOutcome::Insufficient { balance_minor: 700 }
+    );
+    let acct = store.account("pat").await.unwrap();
+    assert_eq!(
+        (
+            acct.balances["USD"].available,
+            acct.balances["USD"].held,
+            acct.holds
+        ),
+        (700, 300, 1)
+    );
+    // Capture less than held: the rest returns.
+    let mut e = event(&reservation("pat", "x"));
+    e.amount_minor = 0;
+    let out = store.capture_hold(&h1, 120, &e).await.unwrap();
+    let HoldSettleOutcome::Captured {
+        charged_minor: 120,
+        uncharged_minor: 0,
+        balance_minor: 880,
+        ..
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        store.capture_hold(&h1, 120, &e).await.unwrap(),
+        HoldSettleOutcome::NotHeld,
+        "settling twice never charges twice"
+    );
+    // Capture more than held: taken from the balance as far as it goes, never negative.
+    let h2 = hold("pat", 100);
+    store.hold(&h2).await.unwrap();
+    let out = store.capture_hold(&h2, 5_000, &e).await.unwrap();
+    let HoldSettleOutcome::Captured {
+        charged_minor: 880,
+        uncharged_minor: 4_120,
+        balance_minor: 0,
+        ..
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    // Release returns everything.
+    store.credit(&topup("pat", 50, "t2")).await.unwrap();
+    let h3 = hold("pat", 50);
+    store.hold(&h3).await.unwrap();
+    assert_eq!(
+        store.release_hold(&h3).await.unwrap(),
+        HoldSettleOutcome::Released
+    );
+    assert_eq!(
+        store.release_hold(&h3).await.unwrap(),
+        HoldSettleOutcome::NotHeld
+    );
+    let acct = store.account("pat").await.unwrap();
+    let b = acct.balances["USD"];
+    assert_eq!(
+        (b.available, b.held, b.credited, b.captured, acct.holds),
+        (50, 0, 1_050, 1_000, 0)
+    );
+    let events: Vec<_> = store
+        .usage_events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.payer == "pat")
+        .collect();
+    assert_eq!(
+        events.iter().map(|e| e.amount_minor).collect::<Vec<_>>(),
+        [120, 880]
+    );
+    assert_eq!(events[1].uncharged_minor, 4_120);
+    // Aggregates were updated in the same steps.
+    let day = tollgate_middleware::store::utc_day(e.time_ms);
+    let rows = store.usage(Some("pat"), &day, &day).await.unwrap();
+    assert_eq!((rows[0].requests, rows[0].amount_minor["USD"]), (2, 1_000));
+    // A blocked payer cannot hold.
+    store.set_blocked("pat", true).await.unwrap();
+    assert_eq!(
+        store.hold(&hold("pat", 1)).await.unwrap(),
+        HoldOutcome::PayerBlocked
+    );
+}
+
+#[tokio::test]
+async fn memory_balance_lifecycle() {
+    balance_lifecycle(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn redis_balance_lifecycle() {
+    let redis = RedisServer::start();
+    balance_lifecycle(redis_store(&redis).await).await;
+}
+
+#[tokio::test]
+async fn memory_expired_holds_are_given_back() {
+    use tollgate_middleware::store::HoldOutcome;
+    let clock = ManualClock::at_ms(5_000_000);
+    let store = MemoryStore::new(Arc::new(clock.clone()));
+    store.credit(&topup("quinn", 100, "t")).await.unwrap();
+    let h = tollgate_middleware::store::Hold {
+        ttl: Duration::from_secs(90),
+        ..hold("quinn", 100)
+    };
+    store.hold(&h).await.unwrap();
+    assert_eq!(
+        store.hold(&hold("quinn", 100)).await.unwrap(),
+        HoldOutcome::Insufficient { balance_minor: 0 }
+    );
+    clock.advance_ms(91_000);
+    // The holder died without settling: the next hold gets the money back first.
+    assert_eq!(
+        store.hold(&hold("quinn", 100)).await.unwrap(),
+        HoldOutcome::Held { balance_minor: 0 }
+    );
+}
+
+#[tokio::test]
+async fn redis_event_export_resumes_across_buckets() {
+    let redis = RedisServer::start();
+    let store = redis_store(&redis).await;
+    // Payers in many buckets, so ids interleave across streams.
+    for i in 0..40 {
+        let r = reservation(&format!("payer-{i}"), &format!("j{i}"));
+        store.authorize(&r).await.unwrap();
+        store
+            .settle(&r, &Settlement::Capture(Box::new(event(&r))))
+            .await
+            .unwrap();
+    }
+    let all = store.events_after(None, 1000).await.unwrap();
+    assert_eq!(all.len(), 40);
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.events_after(after.as_deref(), 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|e| e.id.clone());
+        paged.extend(page);
+    }
+    assert_eq!(
+        paged.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        all.iter().map(|e| e.id.clone()).collect::<Vec<_>>()
+    );
+}
