@@ -188,9 +188,13 @@ pub struct StoreConfig {
     /// `memory` (embedded, single process) or `redis`.
     #[serde(default)]
     pub kind: StoreKind,
-    /// Redis URL (`redis://`, `rediss://`, `unix://`); required for `redis`.
+    /// Redis URL (`redis://`, `rediss://`, `unix://`); required for `redis`. With
+    /// `cluster = true`: comma-separated seed nodes of a Redis Cluster.
     #[serde(default)]
     pub url: Option<String>,
+    /// The URL names a Redis Cluster.
+    #[serde(default)]
+    pub cluster: bool,
     /// Key prefix.
     #[serde(default = "default_prefix")]
     pub prefix: String,
@@ -204,6 +208,7 @@ impl Default for StoreConfig {
         StoreConfig {
             kind: StoreKind::Memory,
             url: None,
+            cluster: false,
             prefix: default_prefix(),
             timeout_ms: default_store_timeout(),
         }
@@ -464,10 +469,14 @@ impl Config {
                 let Some(url) = &self.store.url else {
                     return Err(invalid("store.url", "required when store.kind = \"redis\""));
                 };
-                if redis_url_ok(url).is_err() {
+                let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+                if urls.iter().any(|u| redis_url_ok(u).is_err()) {
+                    return Err(invalid("store.url", "must be a redis://, rediss:// or unix:// URL (comma-separated seed nodes with cluster = true)"));
+                }
+                if urls.len() > 1 && !self.store.cluster {
                     return Err(invalid(
                         "store.url",
-                        "must be a redis://, rediss:// or unix:// URL",
+                        "several URLs name a cluster: set store.cluster = true",
                     ));
                 }
             }

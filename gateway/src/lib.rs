@@ -97,6 +97,7 @@ impl Gateway {
             StoreKind::Redis => {
                 let options = RedisStoreOptions {
                     url: config.store.url.clone().unwrap_or_default(),
+                    cluster: config.store.cluster,
                     prefix: config.store.prefix.clone(),
                     timeout: Duration::from_millis(config.store.timeout_ms),
                 };

@@ -121,6 +121,157 @@ impl Drop for RedisServer {
     }
 }
 
+/// A private 3-master Redis Cluster on loopback ports, killed on drop.
+pub struct RedisCluster {
+    children: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_cluster_port() -> u16 {
+    // The cluster bus listens on port + 10000: both must be free.
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    /// Start three masters, join them with `redis-cli --cluster create`, wait for `cluster_state:ok`.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 3 {
+            let p = free_cluster_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        let mut children = Vec::new();
+        for p in &ports {
+            let node_dir = dir.path().join(p.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &p.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                ])
+                .args([
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                ])
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server not found: install it (apt-get install redis-server)");
+            children.push(child);
+        }
+        let cluster = RedisCluster {
+            children,
+            ports,
+            _dir: dir,
+        };
+        for p in &cluster.ports {
+            cluster.wait_ping(*p);
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli not found (package redis-tools)");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for p in &cluster.ports {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut cluster.node(*p))
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster did not become ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    fn wait_ping(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(c) = redis::Client::open(format!("redis://127.0.0.1:{port}")) {
+                if let Ok(mut c) = c.get_connection() {
+                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster node {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn node(&self, port: u16) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Seed nodes, comma-separated (the gateway's `store.url` with `cluster = true`).
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// How many keys each master holds.
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.ports
+            .iter()
+            .map(|p| redis::cmd("DBSIZE").query(&mut self.node(*p)).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A running upstream.
 pub struct TestUpstream {
     pub addr: SocketAddr,
@@ -355,6 +506,14 @@ impl GatewayBuilder {
     /// Trust an issuer described by raw TOML (`[[issuers]]` table).
     pub fn issuer_toml(mut self, toml: &str) -> Self {
         self.issuers.push(toml.to_owned());
+        self
+    }
+    /// Use a Redis Cluster as the store.
+    pub fn redis_cluster(mut self, c: &RedisCluster) -> Self {
+        self.store = format!(
+            "[store]\nkind = \"redis\"\ncluster = true\nurl = \"{}\"\ntimeout_ms = 2000\n",
+            c.url()
+        );
         self
     }
     pub fn redis(mut self, r: &RedisServer) -> Self {

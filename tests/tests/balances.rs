@@ -12,7 +12,8 @@ use tollgate_e2e::*;
 const ADMIN: &str = "admin-token-0123456789";
 
 struct Fixture {
-    _redis: RedisServer,
+    /// Keeps the store's server(s) alive.
+    _store: Box<dyn std::any::Any + Send>,
     wallet: TestIssuer,
     gw: TestGateway,
 }
@@ -21,6 +22,11 @@ struct Fixture {
 /// response bytes, duration; all on one upstream.
 async fn fixture() -> Fixture {
     let redis = RedisServer::start();
+    let builder = gateway().redis(&redis);
+    fixture_with(Box::new(redis), builder).await
+}
+
+async fn fixture_with(store: Box<dyn std::any::Any + Send>, builder: GatewayBuilder) -> Fixture {
     let wallet = TestIssuer::ed25519("wallet");
     let up = upstream().await;
     let tokens = [
@@ -31,9 +37,8 @@ async fn fixture() -> Fixture {
             "0.000003",
         ),
     ];
-    let gw = gateway()
+    let gw = builder
         .issuer(&wallet)
-        .redis(&redis)
         .admin(ADMIN)
         .route(metered(
             "chat",
@@ -84,7 +89,7 @@ async fn fixture() -> Fixture {
         .start()
         .await;
     Fixture {
-        _redis: redis,
+        _store: store,
         wallet,
         gw,
     }
@@ -607,7 +612,18 @@ async fn a_payment_receipt_on_a_metered_route_is_a_cap_and_the_rest_becomes_bala
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ledger_balances_to_the_unit_under_concurrency() {
-    let f = fixture().await;
+    ledger_invariant(fixture().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ledger_balances_to_the_unit_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let builder = gateway().redis_cluster(&cluster);
+    ledger_invariant(fixture_with(Box::new(cluster), builder).await).await;
+}
+
+/// 10 payers x 100 parallel metered requests, random usage, random upstream failures.
+async fn ledger_invariant(f: Fixture) {
     let payers: Vec<String> = (0..10).map(|i| format!("payer-{i}")).collect();
     let mut tokens = Vec::new();
     for p in &payers {

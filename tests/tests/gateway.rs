@@ -922,3 +922,67 @@ async fn pem_file_issuer_keys() {
         (402, "receipt_unknown_key".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn same_receipt_on_two_gateways_sharing_a_redis_cluster_is_served_once() {
+    let cluster = RedisCluster::start();
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let build = || {
+        gateway()
+            .issuer(&wallet)
+            .redis_cluster(&cluster)
+            .route(paid("echo", "/v1/echo", &up, PRICE))
+            .start()
+    };
+    let (a, b) = (build().await, build().await);
+    for round in 0..5 {
+        // Different payers land in different hash slots, on different masters.
+        let receipt = wallet.receipt("m", &format!("cluster-payer-{round}"), PRICE);
+        let mut tasks = Vec::new();
+        for i in 0..32 {
+            let url = if i % 2 == 0 {
+                a.url("/v1/echo")
+            } else {
+                b.url("/v1/echo")
+            };
+            let http = a.http.clone();
+            let r = receipt.clone();
+            tasks.push(tokio::spawn(async move {
+                http.get(url)
+                    .header("authorization", format!("Payment {r}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap() == 200 {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 1, "round {round}");
+    }
+    assert_eq!(a.paywall.store().usage_events().await.unwrap().len(), 5);
+    // Tokens and balances across the two gateways too.
+    let token = a.topup(&wallet, "cluster-token", "0.05").await;
+    for gw in [&a, &b, &a, &b, &a] {
+        assert_eq!(
+            gw.with_token(reqwest::Method::GET, "/v1/echo", &token)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let res = b
+        .with_token(reqwest::Method::GET, "/v1/echo", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code_of(res).await, (402, "balance_insufficient".into()));
+}

@@ -25,8 +25,11 @@ use super::{
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct RedisStoreOptions {
-    /// `redis://host:port/db`, `rediss://...` or `unix:///path/to/redis.sock`.
+    /// `redis://host:port/db`, `rediss://...` or `unix:///path/to/redis.sock`; with `cluster`,
+    /// a comma-separated list of seed nodes.
     pub url: String,
+    /// Connect to a Redis Cluster (every script keeps its keys in one hash slot).
+    pub cluster: bool,
     /// Key prefix (no braces).
     pub prefix: String,
     /// Bound on every command (and on connecting).
@@ -37,6 +40,7 @@ impl Default for RedisStoreOptions {
     fn default() -> Self {
         RedisStoreOptions {
             url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
             prefix: "tollgate".into(),
             timeout: Duration::from_millis(500),
         }
@@ -54,12 +58,53 @@ struct Scripts {
     credit: Script,
 }
 
+/// A single server or a cluster.
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection to either; both reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The production store.
 pub struct RedisStore {
-    client: redis::Client,
+    client: Client,
     options: RedisStoreOptions,
     /// `None` until the first successful connection.
-    conn: Mutex<Option<ConnectionManager>>,
+    conn: Mutex<Option<Conn>>,
     /// Last failed connection attempt, to avoid a connect storm while Redis is down.
     last_attempt: Mutex<Option<Instant>>,
     scripts: Scripts,
@@ -85,8 +130,25 @@ impl RedisStore {
                 "prefix must be non-empty and without braces".into(),
             ));
         }
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| StoreError::Protocol(format!("invalid Redis URL: {e}")))?;
+        let invalid =
+            |e: redis::RedisError| StoreError::Protocol(format!("invalid Redis URL: {e}"));
+        let client = if options.cluster {
+            let nodes: Vec<&str> = options
+                .url
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect();
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(options.timeout)
+                .response_timeout(options.timeout)
+                .retries(2)
+                .build()
+                .map_err(invalid)?;
+            Client::Cluster(client)
+        } else {
+            Client::Single(redis::Client::open(options.url.as_str()).map_err(invalid)?)
+        };
         let store = RedisStore {
             client,
             options,
@@ -108,7 +170,7 @@ impl RedisStore {
         Ok(store)
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connection(&self) -> Result<Conn, StoreError> {
         if let Some(c) = self.conn.lock().await.as_ref() {
             return Ok(c.clone());
         }
@@ -120,18 +182,25 @@ impl RedisStore {
             return Err(StoreError::Unavailable("not connected (retrying)".into()));
         }
         *last = Some(Instant::now());
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.options.timeout)
-            .set_response_timeout(self.options.timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
-        let cm = tokio::time::timeout(
-            self.options.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("connect timed out".into()))?
-        .map_err(unavailable)?;
+        let connect = async {
+            match &self.client {
+                Client::Single(client) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(self.options.timeout)
+                        .set_response_timeout(self.options.timeout)
+                        .set_number_of_retries(1)
+                        .set_max_delay(1000);
+                    ConnectionManager::new_with_config(client.clone(), config)
+                        .await
+                        .map(Conn::Single)
+                }
+                Client::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            }
+        };
+        let cm = tokio::time::timeout(self.options.timeout * 4, connect)
+            .await
+            .map_err(|_| StoreError::Unavailable("connect timed out".into()))?
+            .map_err(unavailable)?;
         *self.conn.lock().await = Some(cm.clone());
         Ok(cm)
     }
