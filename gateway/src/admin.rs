@@ -3,7 +3,8 @@
 //!
 //! Every request needs `Authorization: Bearer <TOLLGATE_ADMIN_TOKEN>`, compared in constant
 //! time; a token in the query string is refused (it would end up in access logs). The OpenAPI
-//! document is at `GET /admin/v1/openapi.json` (also behind the token).
+//! document is at `GET /admin/v1/openapi.json` and Prometheus metrics at `GET /metrics` (both
+//! behind the token too).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,6 +46,15 @@ pub fn router(paywall: Paywall, currencies: BTreeMap<String, Currency>, token: &
         token: Arc::new(token.as_bytes().to_vec()),
     };
     Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    tollgate_middleware::metrics::render(),
+                )
+            }),
+        )
         .route(
             "/admin/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),

@@ -268,7 +268,52 @@ fn has_dot_segments(path: &str) -> bool {
         || path.to_ascii_lowercase().contains("%5c")
 }
 
+/// A request id: the client's `X-Request-Id` when it is short and printable, else a new one.
+fn request_id(req: &Request) -> HeaderValue {
+    req.headers()
+        .get("x-request-id")
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+        })
+        .cloned()
+        .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("-"))
+}
+
+/// Every request: a request id (propagated to the upstream and returned), a tracing span, and
+/// the `tollgate_requests_total` count.
 async fn handle(State(gw): State<Gateway>, mut req: Request) -> Response {
+    use tracing::Instrument as _;
+    let id = request_id(&req);
+    req.headers_mut().insert("x-request-id", id.clone());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %String::from_utf8_lossy(id.as_bytes()),
+        method = %req.method(),
+        path = %req.uri().path()
+    );
+    let (route, mut res) = route_request(gw, req).instrument(span).await;
+    tollgate_middleware::metrics::global()
+        .requests
+        .with_label_values(&[route.as_str(), res.status().as_str()])
+        .inc();
+    res.headers_mut().insert("x-request-id", id);
+    res
+}
+
+/// The route label for metrics (`agent` for the agent endpoints, `-` when nothing matches),
+/// and the response.
+async fn route_request(gw: Gateway, req: Request) -> (String, Response) {
+    let label = if gw.0.paywall.is_agent_api(req.uri().path()) {
+        "agent".to_owned()
+    } else {
+        gw.match_route(&req)
+            .map_or_else(|| "-".to_owned(), |m| m.route.config.id.clone())
+    };
+    (label, serve_route(gw, req).await)
+}
+
+async fn serve_route(gw: Gateway, mut req: Request) -> Response {
     if has_dot_segments(req.uri().path()) {
         return problem(
             ErrorCode::PathInvalid,

@@ -146,7 +146,12 @@ impl Proxy {
         let body: UpstreamBody = body.boxed_unsync();
         let upstream_req = Request::from_parts(parts, body);
 
+        let started = std::time::Instant::now();
         let sent = tokio::time::timeout(route.timeout, self.client.request(upstream_req)).await;
+        tollgate_middleware::metrics::global()
+            .upstream_seconds
+            .with_label_values(&[route.config.id.as_str()])
+            .observe(started.elapsed().as_secs_f64());
         let res = match sent {
             Err(_) => {
                 tracing::warn!(route = %route.config.id, "upstream timed out");

@@ -172,3 +172,129 @@ fn the_example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Send one raw HTTP/1.1 request (Connection: close) and return the whole answer.
+fn raw(port: u16, request: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn logs_never_contain_receipts_tokens_or_secrets() {
+    use tollgate_middleware::issuer::ReceiptSigner;
+    // A tiny upstream, so payments are captured (the full path is logged).
+    let up_port = free_port();
+    let upstream = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", up_port))
+                .await
+                .unwrap();
+            let app = axum::Router::new().fallback(|| async { "ok" });
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    drop(upstream);
+    let signer = ReceiptSigner::generate_ed25519("wallet", "k1").unwrap();
+    let jwk = serde_json::to_value(signer.public_jwk()).unwrap();
+    let jwk_toml: Vec<String> = jwk
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect();
+    let (port, admin_port) = (free_port(), free_port());
+    let cfg = format!(
+        "listen = \"127.0.0.1:{port}\"\nmerchant = \"m\"\n[currencies.USD]\nscale = 6\n[[issuers]]\nid = \"wallet\"\nkeys = [{{ {} }}]\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[routes]]\nid = \"paid\"\npath = \"/\"\nupstream = \"http://127.0.0.1:{up_port}\"\nprice = {{ amount = \"0.01\", currency = \"USD\" }}\n",
+        jwk_toml.join(", ")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "gateway-secret-that-must-never-be-logged-0001";
+    let admin_token = "admin-token-that-must-never-be-logged";
+    let mut child = bin()
+        .arg("run")
+        .arg("--config")
+        .arg(write(&dir, &cfg))
+        .env("TOLLGATE_SECRET", secret)
+        .env("TOLLGATE_ADMIN_TOKEN", admin_token)
+        .env("RUST_LOG", "trace")
+        .env("TOLLGATE_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    wait_port(up_port);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = |kind: &str, jti: &str| serde_json::json!({"iss": "wallet", "sub": "agent", "aud": "m", "jti": jti, "iat": now, "exp": now + 60, "amount": "1", "currency": "USD", "kind": kind});
+    let receipt = signer.sign_json(&claims("payment", "r1")).unwrap();
+    let topup = signer.sign_json(&claims("topup", "t1")).unwrap();
+    let paid = raw(port, &format!("GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Payment {receipt}\r\nConnection: close\r\n\r\n"));
+    assert!(paid.starts_with("HTTP/1.1 200"), "{paid}");
+    let replay = raw(port, &format!("GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Payment {receipt}\r\nConnection: close\r\n\r\n"));
+    assert!(replay.starts_with("HTTP/1.1 402"), "{replay}");
+    let topped = raw(port, &format!("POST /tollgate/v1/topup HTTP/1.1\r\nHost: a\r\nAuthorization: Payment {topup}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+    let body = topped.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let token = serde_json::from_str::<serde_json::Value>(body.trim())
+        .map(|v| v["access_token"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(token.starts_with("tg1."), "{topped}");
+    let with_token = raw(port, &format!("GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"));
+    assert!(with_token.starts_with("HTTP/1.1 200"), "{with_token}");
+    let forged = raw(port, &format!("GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}x\r\nConnection: close\r\n\r\n"));
+    assert!(forged.starts_with("HTTP/1.1 401"), "{forged}");
+    let admin = raw(admin_port, &format!("GET /admin/v1/payers/agent HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {admin_token}\r\nConnection: close\r\n\r\n"));
+    assert!(admin.starts_with("HTTP/1.1 200"), "{admin}");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.lines().count() > 5, "the gateway logged: {logs}");
+    for line in logs.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}"
+        );
+    }
+    // The signature part of each JWT, the token's MAC, and the secrets.
+    let sig = |jwt: &str| jwt.rsplit('.').next().unwrap().to_owned();
+    for (what, secret_text) in [
+        ("receipt", sig(&receipt)),
+        ("top-up receipt", sig(&topup)),
+        ("access token", sig(&token)),
+        ("gateway secret", secret.to_owned()),
+        ("admin token", admin_token.to_owned()),
+    ] {
+        assert!(
+            !logs.contains(&secret_text),
+            "the {what} appears in the logs"
+        );
+    }
+}

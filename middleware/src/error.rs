@@ -283,6 +283,8 @@ impl Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // The code travels with the response for metrics and logs.
+        res.extensions_mut().insert(self.code);
         res
     }
 }

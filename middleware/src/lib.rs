@@ -30,6 +30,7 @@ pub mod error;
 pub mod issuer;
 pub mod layer;
 pub mod meter;
+pub mod metrics;
 pub mod money;
 pub mod paywall;
 pub mod price;

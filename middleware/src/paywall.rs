@@ -286,13 +286,22 @@ impl Drop for Admission {
         if self.settled {
             return;
         }
+        crate::metrics::global().holds_in_flight.dec();
         let store = self.paywall.0.store.clone();
         let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 let result = match &held {
-                    Held::Receipt(r) => store.settle(r, &Settlement::Release).await.map(|_| ()),
-                    Held::Balance { hold, .. } => store.release_hold(hold).await.map(|_| ()),
+                    Held::Receipt(r) => {
+                        crate::metrics::timed("release", store.settle(r, &Settlement::Release))
+                            .await
+                            .map(|_| ())
+                    }
+                    Held::Balance { hold, .. } => {
+                        crate::metrics::timed("release_hold", store.release_hold(hold))
+                            .await
+                            .map(|_| ())
+                    }
                 };
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "release after cancel failed; hold will expire");
@@ -503,6 +512,10 @@ impl Paywall {
         code: ErrorCode,
         detail: &str,
     ) -> Refusal {
+        crate::metrics::global()
+            .payment_required
+            .with_label_values(&[route.id.as_str(), code.as_str()])
+            .inc();
         let req = self.requirements(route, method, uri, headers, code.as_str());
         let header_value = b64_header(&req);
         let mut problem = Problem::new(code).detail(detail);
@@ -547,6 +560,42 @@ impl Paywall {
     /// Phases 1-3 for a priced route: find the credential, verify it, authorize it. Free routes
     /// return `Ok(None)`.
     pub async fn admit(
+        &self,
+        route: &Arc<PricedRoute>,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Option<Admission>, Refusal> {
+        let result = self.admit_inner(route, method, uri, headers).await;
+        let m = crate::metrics::global();
+        match &result {
+            Ok(Some(a)) => {
+                let kind = if a.payment.credential.starts_with("token:") {
+                    "token"
+                } else {
+                    "receipt"
+                };
+                m.credentials.with_label_values(&[kind, "accepted"]).inc();
+                m.holds_in_flight.inc();
+            }
+            Ok(None) => {}
+            Err(res) => {
+                let kind = match credential::extract(headers) {
+                    Ok(Some(Credential::AccessToken(_))) => "token",
+                    Ok(Some(Credential::Receipt { .. })) => "receipt",
+                    _ => "none",
+                };
+                let code = res
+                    .extensions()
+                    .get::<ErrorCode>()
+                    .map_or("unknown", |c| c.as_str());
+                m.credentials.with_label_values(&[kind, code]).inc();
+            }
+        }
+        result
+    }
+
+    async fn admit_inner(
         &self,
         route: &Arc<PricedRoute>,
         method: &Method,
@@ -732,10 +781,7 @@ impl Paywall {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Result<u64, Refusal> {
-        match self
-            .0
-            .store
-            .hold(hold)
+        match crate::metrics::timed("hold", self.0.store.hold(hold))
             .await
             .map_err(|e| Self::store_down(e, "hold"))?
         {
@@ -785,14 +831,16 @@ impl Paywall {
                 .saturating_mul(1000)
                 .saturating_add(i64::try_from(skew.as_millis()).unwrap_or(0)),
         };
-        let outcome = self.0.store.authorize(&reservation).await.map_err(|e| {
-            tracing::error!(error = %e, "store unavailable during authorize; failing closed");
-            (
-                ErrorCode::StoreUnavailable,
-                "payments are temporarily unavailable; retry later (nothing was charged)"
-                    .to_owned(),
-            )
-        })?;
+        let outcome = crate::metrics::timed("authorize", self.0.store.authorize(&reservation))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "store unavailable during authorize; failing closed");
+                (
+                    ErrorCode::StoreUnavailable,
+                    "payments are temporarily unavailable; retry later (nothing was charged)"
+                        .to_owned(),
+                )
+            })?;
         match outcome {
             AuthorizeOutcome::Reserved => Ok(reservation),
             AuthorizeOutcome::Replayed => Err((
@@ -835,7 +883,7 @@ impl Paywall {
             reason: reason.to_owned(),
             source: format!("receipt:{}:{}", receipt.issuer, receipt.id),
         };
-        match self.0.store.credit(&credit).await {
+        match crate::metrics::timed("credit", self.0.store.credit(&credit)).await {
             Ok(CreditOutcome::Applied {
                 credit_id,
                 balance_minor,
@@ -996,6 +1044,12 @@ impl Paywall {
         {
             Ok((credit_id, balance_minor, duplicate)) => {
                 tracing::info!(payer = %receipt.payer, amount = %receipt.amount, currency = %receipt.currency, duplicate, "top-up");
+                if !duplicate {
+                    crate::metrics::global()
+                        .topups_minor
+                        .with_label_values(&[currency.code()])
+                        .inc_by(minor);
+                }
                 let mut body = self.token_body(&receipt.payer);
                 body["credited"] = receipt.amount.to_string().into();
                 body["currency"] = currency.code().into();
@@ -1166,13 +1220,22 @@ impl Admission {
         // From here on this call owns the outcome; if it is cancelled mid-way the hold simply
         // expires (a capture may or may not have landed: never both, never twice).
         self.settled = true;
+        crate::metrics::global().holds_in_flight.dec();
         let store = self.paywall.0.store.clone();
         let served = status.is_some_and(|s| s < 400);
         let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
         if !served {
             let released = match &held {
-                Held::Receipt(r) => store.settle(r, &Settlement::Release).await.map(|_| ()),
-                Held::Balance { hold, .. } => store.release_hold(hold).await.map(|_| ()),
+                Held::Receipt(r) => {
+                    crate::metrics::timed("release", store.settle(r, &Settlement::Release))
+                        .await
+                        .map(|_| ())
+                }
+                Held::Balance { hold, .. } => {
+                    crate::metrics::timed("release_hold", store.release_hold(hold))
+                        .await
+                        .map(|_| ())
+                }
             };
             // On failure the hold expires by itself; the agent can retry after that.
             if let Err(e) = released {
@@ -1185,6 +1248,7 @@ impl Admission {
         let status = status.unwrap_or(0);
         let currency = self.payment.charge.currency.clone();
         let (units, unit_prices, actual_minor) = self.measure(&held, usage);
+        let units_seen = units.clone();
         let event = UsageEvent {
             id: String::new(),
             time_ms: self.paywall.0.clock.now_ms(),
@@ -1214,10 +1278,12 @@ impl Admission {
                     reservation: r.id.clone(),
                     ..event
                 };
-                let outcome = store
-                    .settle(r, &Settlement::Capture(Box::new(event)))
-                    .await
-                    .map_err(|e| withheld(&e))?;
+                let outcome = crate::metrics::timed(
+                    "capture",
+                    store.settle(r, &Settlement::Capture(Box::new(event))),
+                )
+                .await
+                .map_err(|e| withheld(&e))?;
                 match outcome {
                     SettleOutcome::Captured { event_id }
                     | SettleOutcome::AlreadyCaptured { event_id } => {
@@ -1239,10 +1305,12 @@ impl Admission {
                     reservation: hold.id.clone(),
                     ..event
                 };
-                match store
-                    .capture_hold(hold, actual_minor, &event)
-                    .await
-                    .map_err(|e| withheld(&e))?
+                match crate::metrics::timed(
+                    "capture_hold",
+                    store.capture_hold(hold, actual_minor, &event),
+                )
+                .await
+                .map_err(|e| withheld(&e))?
                 {
                     HoldSettleOutcome::Captured {
                         event_id,
@@ -1252,6 +1320,10 @@ impl Admission {
                     } => {
                         if uncharged_minor > 0 {
                             tracing::warn!(payer = %self.payment.payer, uncharged_minor, "usage beyond the balance was not charged");
+                            crate::metrics::global()
+                                .uncharged_minor
+                                .with_label_values(&[self.route.id.as_str(), currency.code()])
+                                .inc_by(uncharged_minor);
                         }
                         (
                             event_id,
@@ -1271,6 +1343,17 @@ impl Admission {
             }
         };
         let charged_amount = currency.from_minor(charged);
+        let m = crate::metrics::global();
+        m.revenue_minor
+            .with_label_values(&[self.route.id.as_str(), currency.code()])
+            .inc_by(charged);
+        if let Price::Metered(_) = &self.route.price {
+            for (unit, n) in &units_seen {
+                m.usage_units
+                    .with_label_values(&[self.route.id.as_str(), unit.as_str()])
+                    .inc_by(*n);
+            }
+        }
         // Per-request detail stays at debug: at info, a busy gateway would log thousands of
         // lines a second (the ledger is the record).
         tracing::debug!(payer = %self.payment.payer, route = %self.route.id, amount = %charged_amount, currency = %currency.code(), status, event = %event_id, "payment captured");

@@ -989,3 +989,62 @@ async fn a_stream_is_cut_off_when_the_balance_runs_out_and_charged_what_was_deli
     assert_eq!(e.uncharged_minor, 0);
     assert_eq!(avail(&b), wallet_left("0.05", delivered * 100));
 }
+
+#[tokio::test]
+async fn metrics_count_requests_refusals_revenue_and_usage() {
+    let f = fixture().await;
+    let token = f.gw.topup(&f.wallet, "mia", "1").await;
+    assert_eq!(
+        f.gw.with_token(Method::GET, "/v1/echo/units?units=7", &token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        f.gw.http
+            .get(f.gw.url("/v1/echo/units"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        402
+    );
+    let text =
+        f.gw.http
+            .get(f.gw.admin_url("/metrics"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    for needle in [
+        "tollgate_requests_total{route=\"units\",status=\"200\"}",
+        "tollgate_requests_total{route=\"units\",status=\"402\"}",
+        "tollgate_requests_total{route=\"agent\",status=\"200\"}",
+        "tollgate_payment_required_total{code=\"payment_required\",route=\"units\"}",
+        "tollgate_credentials_total{kind=\"token\",outcome=\"accepted\"}",
+        "tollgate_credentials_total{kind=\"none\",outcome=\"payment_required\"}",
+        "tollgate_revenue_minor_total{currency=\"USD\",route=\"units\"}",
+        "tollgate_usage_units_total{route=\"units\",unit=\"unit\"}",
+        "tollgate_topups_minor_total{currency=\"USD\"}",
+        "tollgate_store_seconds_bucket{op=\"capture_hold\"",
+        "tollgate_upstream_seconds_bucket{route=\"units\"",
+        "tollgate_holds_in_flight",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    // Metrics are behind the admin token.
+    assert_eq!(
+        f.gw.http
+            .get(f.gw.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+}

@@ -986,3 +986,33 @@ async fn same_receipt_on_two_gateways_sharing_a_redis_cluster_is_served_once() {
         .unwrap();
     assert_eq!(code_of(res).await, (402, "balance_insufficient".into()));
 }
+
+#[tokio::test]
+async fn request_ids_reach_the_upstream_and_come_back() {
+    let redis = RedisServer::start();
+    let (_w, _up, gw) = setup(&redis).await;
+    let res = gw
+        .http
+        .get(gw.url("/free/x"))
+        .header("x-request-id", "trace-abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-abc-123");
+    let res = gw.http.get(gw.url("/v1/echo")).send().await.unwrap();
+    let generated = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 36, "a UUID when the client sent none");
+    let up = free("echo-free", "/v1/echo", &upstream().await);
+    let gw2 = gateway().route(up).start().await;
+    let seen: Value = gw2
+        .http
+        .get(gw2.url("/v1/echo"))
+        .header("x-request-id", "id-42")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["headers"]["x-request-id"][0], "id-42");
+}

@@ -1,0 +1,156 @@
+//! Prometheus metrics, process-wide (one registry per process, as scrapers expect).
+//!
+//! Amounts are counted in **minor units** (integers, exact) with the currency as a label; divide
+//! by 10^scale for display. [`render`] gives the text exposition format.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every Tollgate metric.
+#[derive(Debug)]
+pub struct Metrics {
+    /// The registry holding them.
+    pub registry: Registry,
+    /// Requests by route and status (route `-` when none matched).
+    pub requests: IntCounterVec,
+    /// 402 answers carrying payment requirements, by route and code.
+    pub payment_required: IntCounterVec,
+    /// Credentials accepted or refused, by kind (`receipt`, `token`, `none`) and outcome
+    /// (`accepted` or the refusal code).
+    pub credentials: IntCounterVec,
+    /// Revenue captured, minor units, by route and currency.
+    pub revenue_minor: IntCounterVec,
+    /// Usage that could not be charged (balance exhausted), minor units.
+    pub uncharged_minor: IntCounterVec,
+    /// Units of metered usage, by route and unit.
+    pub usage_units: IntCounterVec,
+    /// Prepaid credit added by top-ups, minor units, by currency.
+    pub topups_minor: IntCounterVec,
+    /// Receipt and balance holds in flight in this process.
+    pub holds_in_flight: IntGauge,
+    /// Store (Redis) call latency, by operation.
+    pub store_seconds: HistogramVec,
+    /// Time to the upstream's response head, by route.
+    pub upstream_seconds: HistogramVec,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let m = Metrics {
+            registry: Registry::new(),
+            requests: counter(
+                "tollgate_requests_total",
+                "Requests by route and status.",
+                &["route", "status"],
+            ),
+            payment_required: counter(
+                "tollgate_payment_required_total",
+                "402 answers with payment requirements.",
+                &["route", "code"],
+            ),
+            credentials: counter(
+                "tollgate_credentials_total",
+                "Credentials accepted or refused.",
+                &["kind", "outcome"],
+            ),
+            revenue_minor: counter(
+                "tollgate_revenue_minor_total",
+                "Revenue captured, in minor units.",
+                &["route", "currency"],
+            ),
+            uncharged_minor: counter(
+                "tollgate_uncharged_minor_total",
+                "Usage not charged (balance exhausted), in minor units.",
+                &["route", "currency"],
+            ),
+            usage_units: counter(
+                "tollgate_usage_units_total",
+                "Metered usage units.",
+                &["route", "unit"],
+            ),
+            topups_minor: counter(
+                "tollgate_topups_minor_total",
+                "Prepaid credit added by top-ups, in minor units.",
+                &["currency"],
+            ),
+            holds_in_flight: IntGauge::new(
+                "tollgate_holds_in_flight",
+                "Receipt and balance holds in flight in this process.",
+            )
+            .unwrap_or_else(|e| panic!("metric holds: {e}")),
+            store_seconds: histogram("tollgate_store_seconds", "Store call latency.", &["op"]),
+            upstream_seconds: histogram(
+                "tollgate_upstream_seconds",
+                "Time to the upstream's response head.",
+                &["route"],
+            ),
+        };
+        let r = &m.registry;
+        // Registering distinct, valid metrics in a fresh registry cannot fail.
+        let _ = r.register(Box::new(m.requests.clone()));
+        let _ = r.register(Box::new(m.payment_required.clone()));
+        let _ = r.register(Box::new(m.credentials.clone()));
+        let _ = r.register(Box::new(m.revenue_minor.clone()));
+        let _ = r.register(Box::new(m.uncharged_minor.clone()));
+        let _ = r.register(Box::new(m.usage_units.clone()));
+        let _ = r.register(Box::new(m.topups_minor.clone()));
+        let _ = r.register(Box::new(m.holds_in_flight.clone()));
+        let _ = r.register(Box::new(m.store_seconds.clone()));
+        let _ = r.register(Box::new(m.upstream_seconds.clone()));
+        m
+    }
+}
+
+/// The process's metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The text exposition of every metric.
+pub fn render() -> String {
+    TextEncoder::new()
+        .encode_to_string(&global().registry.gather())
+        .unwrap_or_default()
+}
+
+/// Time a store call.
+pub async fn timed<T>(op: &str, f: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = f.await;
+    global()
+        .store_seconds
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_text_format() {
+        super::global()
+            .requests
+            .with_label_values(&["r", "200"])
+            .inc();
+        let text = super::render();
+        assert!(text.contains("# TYPE tollgate_requests_total counter"));
+        assert!(text.contains("tollgate_requests_total{route=\"r\",status=\"200\"}"));
+    }
+}
