@@ -231,7 +231,7 @@ fn logs_never_contain_receipts_tokens_or_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "gateway-secret-that-must-never-be-logged-0001";
     let admin_token = "admin-token-that-must-never-be-logged";
-    let mut child = bin()
+    let child = bin()
         .arg("run")
         .arg("--config")
         .arg(write(&dir, &cfg))
