@@ -33,16 +33,25 @@ pub const OPENAPI: &str = include_str!("admin_openapi.json");
 
 #[derive(Clone)]
 struct Admin {
-    paywall: Paywall,
-    currencies: Arc<BTreeMap<String, Currency>>,
+    /// The gateway (its configuration in force is read per request, so reloads apply).
+    gw: crate::Gateway,
     token: Arc<Vec<u8>>,
 }
 
+impl Admin {
+    fn paywall(&self) -> Paywall {
+        self.gw.paywall()
+    }
+
+    fn currency(&self, code: &str) -> Option<Currency> {
+        self.gw.currencies().get(code).cloned()
+    }
+}
+
 /// The admin router. `token` must be non-empty (checked at start-up).
-pub fn router(paywall: Paywall, currencies: BTreeMap<String, Currency>, token: &str) -> Router {
+pub fn router(gw: crate::Gateway, token: &str) -> Router {
     let state = Admin {
-        paywall,
-        currencies: Arc::new(currencies),
+        gw,
         token: Arc::new(token.as_bytes().to_vec()),
     };
     Router::new()
@@ -62,6 +71,7 @@ pub fn router(paywall: Paywall, currencies: BTreeMap<String, Currency>, token: &
         .route("/admin/v1/payers/{id}", get(payer))
         .route("/admin/v1/payers/{id}/credits", post(credit))
         .route("/admin/v1/payers/{id}/block", post(block).delete(unblock))
+        .route("/admin/v1/reload", post(reload))
         .route("/admin/v1/usage", get(usage))
         .route("/admin/v1/events", get(events))
         .fallback(|| async { problem(ErrorCode::RouteNotFound, "no such admin endpoint") })
@@ -122,12 +132,12 @@ fn days_ago(n: i64) -> String {
 }
 
 async fn payer(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
-    let account = match admin.paywall.store().account(&id).await {
+    let account = match admin.paywall().store().account(&id).await {
         Ok(a) => a,
         Err(e) => return store_error(e),
     };
     let usage = match admin
-        .paywall
+        .paywall()
         .store()
         .usage(Some(&id), &days_ago(29), &today())
         .await
@@ -135,7 +145,7 @@ async fn payer(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
         Ok(u) => u,
         Err(e) => return store_error(e),
     };
-    let mut body = admin.paywall.account_json(&id, &account);
+    let mut body = admin.paywall().account_json(&id, &account);
     body["usage_30d"] = usage_json(&admin, usage);
     Json(body).into_response()
 }
@@ -147,7 +157,7 @@ fn usage_json(admin: &Admin, rows: Vec<tollgate_middleware::store::DailyUsage>) 
             let amounts: BTreeMap<String, String> = r
                 .amount_minor
                 .iter()
-                .map(|(c, m)| (c.clone(), admin.currencies.get(c).map(|cur| cur.from_minor(*m).to_string()).unwrap_or_else(|| m.to_string())))
+                .map(|(c, m)| (c.clone(), admin.currency(c).map(|cur| cur.from_minor(*m).to_string()).unwrap_or_else(|| m.to_string())))
                 .collect();
             json!({"day": r.day, "route": r.route, "requests": r.requests, "amount": amounts, "units": r.units})
         })
@@ -181,7 +191,7 @@ async fn credit(
     else {
         return bad_request("an Idempotency-Key header (1-200 characters) is required");
     };
-    let Some(currency) = admin.currencies.get(&body.currency) else {
+    let Some(currency) = admin.currency(&body.currency) else {
         return problem(ErrorCode::CurrencyUnsupported, "unknown currency");
     };
     if body.reason.trim().is_empty() || body.reason.len() > 500 {
@@ -209,7 +219,7 @@ async fn credit(
         reason: body.reason.clone(),
         source: "admin".into(),
     };
-    match admin.paywall.store().credit(&credit).await {
+    match admin.paywall().store().credit(&credit).await {
         Ok(CreditOutcome::Applied { credit_id, balance_minor }) => {
             tracing::info!(payer = %id, amount = %body.amount, currency = %body.currency, reason = %body.reason, "admin credit");
             (StatusCode::CREATED, Json(json!({"credit_id": credit_id, "duplicate": false, "balance": currency.from_minor(balance_minor).to_string()}))).into_response()
@@ -227,14 +237,14 @@ async fn credit(
 }
 
 async fn block(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
-    match admin.paywall.store().set_blocked(&id, true).await {
+    match admin.paywall().store().set_blocked(&id, true).await {
         Ok(()) => Json(json!({"payer": id, "blocked": true})).into_response(),
         Err(e) => store_error(e),
     }
 }
 
 async fn unblock(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
-    match admin.paywall.store().set_blocked(&id, false).await {
+    match admin.paywall().store().set_blocked(&id, false).await {
         Ok(()) => Json(json!({"payer": id, "blocked": false})).into_response(),
         Err(e) => store_error(e),
     }
@@ -252,7 +262,7 @@ async fn usage(State(admin): State<Admin>, Query(q): Query<UsageQuery>) -> Respo
     let to = q.to.unwrap_or_else(today);
     let from = q.from.unwrap_or_else(|| to.clone());
     match admin
-        .paywall
+        .paywall()
         .store()
         .usage(q.payer.as_deref(), &from, &to)
         .await
@@ -302,7 +312,7 @@ pub fn event_json(e: &UsageEvent) -> Value {
 async fn events(State(admin): State<Admin>, Query(q): Query<EventsQuery>) -> Response {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     match admin
-        .paywall
+        .paywall()
         .store()
         .events_after(q.after.as_deref().filter(|a| !a.is_empty()), limit)
         .await
@@ -326,5 +336,18 @@ async fn events(State(admin): State<Admin>, Query(q): Query<EventsQuery>) -> Res
             res
         }
         Err(e) => store_error(e),
+    }
+}
+
+async fn reload(State(admin): State<Admin>) -> Response {
+    match admin.gw.reload().await {
+        Ok(routes) => Json(json!({"reloaded": true, "routes": routes})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reload refused; the previous configuration keeps serving");
+            problem(
+                ErrorCode::InvalidRequest,
+                &format!("reload refused, the previous configuration keeps serving: {e}"),
+            )
+        }
     }
 }

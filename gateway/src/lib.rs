@@ -60,27 +60,76 @@ struct Matched {
     priced: Arc<PricedRoute>,
 }
 
+/// One configuration in force: replaced as a whole on reload; requests in flight keep the
+/// snapshot they started with.
 struct Inner {
+    /// The store settings this snapshot's store was built from (a reload keeps the store --
+    /// connections, memory state -- unless they change).
+    store_config: crate::config::StoreConfig,
     /// Currencies (for the admin API's decimal amounts).
     currencies: std::collections::BTreeMap<String, tollgate_middleware::Currency>,
     /// Routes in match order, each with the price the payment layer sees.
     routes: Vec<Matched>,
     /// The payment engine.
     paywall: Paywall,
-    /// The upstream client.
+}
+
+struct Shared {
+    /// The configuration in force.
+    current: std::sync::RwLock<Arc<Inner>>,
+    /// The gateway secret (challenge and token keys); not reloadable.
+    secret: Vec<u8>,
+    /// The config file, for reloads (SIGHUP, `POST /admin/v1/reload`).
+    config_path: std::sync::RwLock<Option<std::path::PathBuf>>,
+    /// Serializes reloads.
+    reloading: tokio::sync::Mutex<()>,
+    /// The pooled upstream client (kept across reloads).
     proxy: Proxy,
 }
 
-/// A configured gateway, ready to serve.
+/// A configured gateway, ready to serve. Cheap to clone.
 #[derive(Clone)]
-pub struct Gateway(Arc<Inner>);
+pub struct Gateway(Arc<Shared>);
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
-            .field("routes", &self.0.routes.len())
+            .field("routes", &self.inner().routes.len())
             .finish()
     }
+}
+
+/// Why a reload was refused (the previous configuration keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// No config file to reload from.
+    #[error("this gateway was not started from a config file")]
+    NoFile,
+    /// The new file is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The new configuration could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+async fn build_store(config: &Config) -> Result<Arc<dyn Store>, BuildError> {
+    Ok(match config.store.kind {
+        StoreKind::Memory => Arc::new(MemoryStore::default()),
+        StoreKind::Redis => {
+            let options = RedisStoreOptions {
+                url: config.store.url.clone().unwrap_or_default(),
+                cluster: config.store.cluster,
+                prefix: config.store.prefix.clone(),
+                timeout: Duration::from_millis(config.store.timeout_ms),
+            };
+            Arc::new(
+                RedisStore::connect(options)
+                    .await
+                    .map_err(|e| BuildError::Store(e.to_string()))?,
+            )
+        }
+    })
 }
 
 impl Gateway {
@@ -92,95 +141,151 @@ impl Gateway {
         validated: Validated,
         secret: &[u8],
     ) -> Result<Self, BuildError> {
-        let store: Arc<dyn Store> = match config.store.kind {
-            StoreKind::Memory => Arc::new(MemoryStore::default()),
-            StoreKind::Redis => {
-                let options = RedisStoreOptions {
-                    url: config.store.url.clone().unwrap_or_default(),
-                    cluster: config.store.cluster,
-                    prefix: config.store.prefix.clone(),
-                    timeout: Duration::from_millis(config.store.timeout_ms),
-                };
-                Arc::new(
-                    RedisStore::connect(options)
-                        .await
-                        .map_err(|e| BuildError::Store(e.to_string()))?,
-                )
-            }
-        };
-        let r = &config.receipts;
-        let policy = ReceiptPolicy {
-            clock_skew: Duration::from_secs(r.clock_skew_secs),
-            max_lifetime: Duration::from_secs(r.max_lifetime_secs),
-            max_bytes: r.max_bytes,
-        };
-        let mut builder = Paywall::builder(config.merchant.clone(), secret.to_vec())
-            .network(config.network.clone())
-            .policy(policy)
-            .store(store)
-            .challenge_ttl(Duration::from_secs(r.challenge_ttl_secs))
-            .token_ttl(Duration::from_secs(config.agent.token_ttl_secs))
-            .agent_api(config.agent.api_prefix.clone());
-        for (currency, suggested) in validated.currencies.values() {
-            builder = builder.currency(currency.clone(), *suggested);
-        }
-        let currencies = validated
-            .currencies
-            .iter()
-            .map(|(k, (c, _))| (k.clone(), c.clone()))
-            .collect();
-        if let Some(u) = &config.public_url {
-            builder = builder.public_base_url(u.clone());
-        }
-        for (id, source) in validated.issuers {
-            let keys: Arc<dyn KeySource> = match source {
-                IssuerSource::Static(keys) => Arc::new(StaticKeys(keys)),
-                IssuerSource::Jwks(url) => {
-                    let jwks =
-                        JwksKeys::new(url.clone(), Duration::from_secs(r.jwks_min_refetch_secs))
-                            .map_err(BuildError::Issuer)?;
-                    match jwks.refresh().await {
-                        Ok(n) => tracing::info!(issuer = %id, keys = n, "fetched issuer JWKS"),
-                        Err(e) => {
-                            tracing::warn!(issuer = %id, error = %e, "issuer JWKS not fetched yet; will retry on use")
-                        }
-                    }
-                    Arc::new(jwks)
-                }
-            };
-            builder = builder.issuer(Issuer { id, keys });
-        }
-        let paywall = builder.build().map_err(BuildError::Secret)?;
-        let routes = validated
-            .routes
-            .into_iter()
-            .map(|route| {
-                let c = &route.config;
-                let priced = PricedRoute::new(c.id.clone(), route.price.clone())
-                    .description(
-                        c.description
-                            .clone()
-                            .unwrap_or_else(|| format!("{} {}", config.merchant, c.path)),
-                    )
-                    .mime_type(c.mime_type.clone())
-                    .timeout(route.timeout);
-                Matched {
-                    route: Arc::new(route),
-                    priced: Arc::new(priced),
-                }
-            })
-            .collect();
-        Ok(Gateway(Arc::new(Inner {
-            currencies,
-            routes,
-            paywall,
+        let store = build_store(config).await?;
+        let inner = build_inner(config, validated, secret, store).await?;
+        Ok(Gateway(Arc::new(Shared {
+            current: std::sync::RwLock::new(Arc::new(inner)),
+            secret: secret.to_vec(),
+            config_path: std::sync::RwLock::new(None),
+            reloading: tokio::sync::Mutex::new(()),
             proxy: Proxy::new(),
         })))
     }
 
-    /// The payment engine (its store holds the ledger).
-    pub fn paywall(&self) -> &Paywall {
-        &self.0.paywall
+    /// Remember the config file this gateway was started from (enables reloads).
+    #[must_use]
+    pub fn with_config_path(self, path: impl Into<std::path::PathBuf>) -> Self {
+        if let Ok(mut p) = self.0.config_path.write() {
+            *p = Some(path.into());
+        }
+        self
+    }
+
+    /// The configuration in force.
+    fn inner(&self) -> Arc<Inner> {
+        match self.0.current.read() {
+            Ok(g) => g.clone(),
+            // A panic while swapping cannot leave a half-written Arc: use it.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-read the config file and switch to it without dropping requests: in-flight requests
+    /// finish on the configuration they started with. An invalid file is refused and the
+    /// current configuration keeps serving. The store is kept unless `[store]` changed;
+    /// `listen`, `[admin]` and the secret need a restart. Returns the number of routes.
+    pub async fn reload(&self) -> Result<usize, ReloadError> {
+        let _one_at_a_time = self.0.reloading.lock().await;
+        let path = self
+            .0
+            .config_path
+            .read()
+            .ok()
+            .and_then(|p| p.clone())
+            .ok_or(ReloadError::NoFile)?;
+        let (config, validated) = Config::load(&path)?;
+        let old = self.inner();
+        let store = if config.store == old.store_config {
+            old.paywall.store().clone()
+        } else {
+            tracing::info!("reload: [store] changed; connecting the new store");
+            build_store(&config).await?
+        };
+        let inner = build_inner(&config, validated, &self.0.secret, store).await?;
+        let routes = inner.routes.len();
+        if let Ok(mut current) = self.0.current.write() {
+            *current = Arc::new(inner);
+        }
+        tracing::info!(routes, path = %path.display(), "configuration reloaded");
+        Ok(routes)
+    }
+}
+
+/// Build one configuration snapshot on a given store.
+async fn build_inner(
+    config: &Config,
+    validated: Validated,
+    secret: &[u8],
+    store: Arc<dyn Store>,
+) -> Result<Inner, BuildError> {
+    let r = &config.receipts;
+    let policy = ReceiptPolicy {
+        clock_skew: Duration::from_secs(r.clock_skew_secs),
+        max_lifetime: Duration::from_secs(r.max_lifetime_secs),
+        max_bytes: r.max_bytes,
+    };
+    let mut builder = Paywall::builder(config.merchant.clone(), secret.to_vec())
+        .network(config.network.clone())
+        .policy(policy)
+        .store(store)
+        .challenge_ttl(Duration::from_secs(r.challenge_ttl_secs))
+        .token_ttl(Duration::from_secs(config.agent.token_ttl_secs))
+        .agent_api(config.agent.api_prefix.clone());
+    for (currency, suggested) in validated.currencies.values() {
+        builder = builder.currency(currency.clone(), *suggested);
+    }
+    let currencies = validated
+        .currencies
+        .iter()
+        .map(|(k, (c, _))| (k.clone(), c.clone()))
+        .collect();
+    if let Some(u) = &config.public_url {
+        builder = builder.public_base_url(u.clone());
+    }
+    for (id, source) in validated.issuers {
+        let keys: Arc<dyn KeySource> = match source {
+            IssuerSource::Static(keys) => Arc::new(StaticKeys(keys)),
+            IssuerSource::Jwks(url) => {
+                let jwks = JwksKeys::new(url.clone(), Duration::from_secs(r.jwks_min_refetch_secs))
+                    .map_err(BuildError::Issuer)?;
+                match jwks.refresh().await {
+                    Ok(n) => tracing::info!(issuer = %id, keys = n, "fetched issuer JWKS"),
+                    Err(e) => {
+                        tracing::warn!(issuer = %id, error = %e, "issuer JWKS not fetched yet; will retry on use")
+                    }
+                }
+                Arc::new(jwks)
+            }
+        };
+        builder = builder.issuer(Issuer { id, keys });
+    }
+    let paywall = builder.build().map_err(BuildError::Secret)?;
+    let routes = validated
+        .routes
+        .into_iter()
+        .map(|route| {
+            let c = &route.config;
+            let priced = PricedRoute::new(c.id.clone(), route.price.clone())
+                .description(
+                    c.description
+                        .clone()
+                        .unwrap_or_else(|| format!("{} {}", config.merchant, c.path)),
+                )
+                .mime_type(c.mime_type.clone())
+                .timeout(route.timeout);
+            Matched {
+                route: Arc::new(route),
+                priced: Arc::new(priced),
+            }
+        })
+        .collect();
+    Ok(Inner {
+        store_config: config.store.clone(),
+        currencies,
+        routes,
+        paywall,
+    })
+}
+
+impl Gateway {
+    /// The payment engine in force (its store holds the ledger).
+    pub fn paywall(&self) -> Paywall {
+        self.inner().paywall.clone()
+    }
+
+    /// Currencies in force.
+    pub fn currencies(&self) -> std::collections::BTreeMap<String, tollgate_middleware::Currency> {
+        self.inner().currencies.clone()
     }
 
     /// The HTTP application: `/healthz`, `/readyz`, and every other path through the
@@ -195,7 +300,7 @@ impl Gateway {
 
     /// The admin API (see [`admin`]), guarded by `token`.
     pub fn admin_router(&self, token: &str) -> Router {
-        admin::router(self.0.paywall.clone(), self.0.currencies.clone(), token)
+        admin::router(self.clone(), token)
     }
 
     /// Serve the admin API on `listener` until `shutdown` completes.
@@ -224,7 +329,9 @@ impl Gateway {
             .with_graceful_shutdown(shutdown)
             .await
     }
+}
 
+impl Inner {
     fn match_route(&self, req: &Request) -> Option<&Matched> {
         let path = req.uri().path();
         let host = req
@@ -241,7 +348,7 @@ impl Gateway {
                     }
                 })
             });
-        self.0.routes.iter().find(|m| {
+        self.routes.iter().find(|m| {
             let c = &m.route.config;
             let prefix = c.path.trim_end_matches('/');
             let path_ok = prefix.is_empty()
@@ -304,16 +411,19 @@ async fn handle(State(gw): State<Gateway>, mut req: Request) -> Response {
 /// The route label for metrics (`agent` for the agent endpoints, `-` when nothing matches),
 /// and the response.
 async fn route_request(gw: Gateway, req: Request) -> (String, Response) {
-    let label = if gw.0.paywall.is_agent_api(req.uri().path()) {
+    // One snapshot for the whole request, even if a reload happens meanwhile.
+    let inner = gw.inner();
+    let label = if inner.paywall.is_agent_api(req.uri().path()) {
         "agent".to_owned()
     } else {
-        gw.match_route(&req)
+        inner
+            .match_route(&req)
             .map_or_else(|| "-".to_owned(), |m| m.route.config.id.clone())
     };
-    (label, serve_route(gw, req).await)
+    (label, serve_route(&gw, &inner, req).await)
 }
 
-async fn serve_route(gw: Gateway, mut req: Request) -> Response {
+async fn serve_route(gw: &Gateway, inner: &Inner, mut req: Request) -> Response {
     if has_dot_segments(req.uri().path()) {
         return problem(
             ErrorCode::PathInvalid,
@@ -321,14 +431,14 @@ async fn serve_route(gw: Gateway, mut req: Request) -> Response {
         );
     }
     // Agent endpoints (top-up, token, balance) are the gateway's own.
-    if let Some(res) =
-        gw.0.paywall
-            .agent_api(req.method(), req.uri().path(), req.headers())
-            .await
+    if let Some(res) = inner
+        .paywall
+        .agent_api(req.method(), req.uri().path(), req.headers())
+        .await
     {
         return res.map(Body::from);
     }
-    let Some(m) = gw.match_route(&req) else {
+    let Some(m) = inner.match_route(&req) else {
         return problem(ErrorCode::RouteNotFound, "no route matches this path");
     };
     let route = m.route.clone();
@@ -369,7 +479,7 @@ async fn serve_route(gw: Gateway, mut req: Request) -> Response {
         let proxy = proxy.clone();
         async move { proxy.forward(req).await }
     });
-    let paid = PaymentLayer::new(gw.0.paywall.clone(), Arc::new(RouteFromExtension));
+    let paid = PaymentLayer::new(inner.paywall.clone(), Arc::new(RouteFromExtension));
     match tower::Layer::layer(&paid, upstream).oneshot(req).await {
         Ok(res) => res.map(Body::new),
         Err(never) => match never {},
@@ -384,7 +494,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(gw): State<Gateway>) -> Response {
-    match gw.0.paywall.store().ping().await {
+    match gw.paywall().store().ping().await {
         Ok(()) => (
             [(header::CONTENT_TYPE, "application/json")],
             "{\"status\":\"ready\"}",

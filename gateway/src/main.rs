@@ -125,12 +125,28 @@ fn run(path: PathBuf) -> ExitCode {
     };
     runtime.block_on(async move {
         let gateway = match Gateway::build(&cfg, validated, &secret).await {
-            Ok(g) => g,
+            Ok(g) => g.with_config_path(&path),
             Err(e) => {
                 eprintln!("{}: {e}", path.display());
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
+        // SIGHUP: reload the config file; an invalid file is refused and the old one serves on.
+        #[cfg(unix)]
+        {
+            let gw = gateway.clone();
+            tokio::spawn(async move {
+                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    match gw.reload().await {
+                        Ok(routes) => tracing::info!(routes, "SIGHUP: configuration reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the previous configuration keeps serving"),
+                    }
+                }
+            });
+        }
         let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
             Ok(l) => l,
             Err(e) => {

@@ -298,3 +298,63 @@ fn logs_never_contain_receipts_tokens_or_secrets() {
         );
     }
 }
+
+#[test]
+fn sighup_reloads_the_config_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = GOOD.replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = write(&dir, &cfg);
+    let mut child = bin()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env("TOLLGATE_SECRET", "0123456789abcdef0123456789abcdef")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    let offer = || {
+        let answer = raw(
+            port,
+            "GET /v1/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        let body = answer
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        serde_json::from_str::<serde_json::Value>(&body)
+            .map(|v| {
+                v["accepts"][0]["amount"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    let hup = |child: &std::process::Child| {
+        assert!(Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    assert_eq!(offer(), "10000");
+    std::fs::write(&path, cfg.replace("\"0.01\"", "\"0.03\"")).unwrap();
+    hup(&child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while offer() != "30000" {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A bad file: refused, the gateway keeps serving the last good configuration.
+    std::fs::write(&path, "this is not toml").unwrap();
+    hup(&child);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    assert_eq!(offer(), "30000");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -562,7 +562,14 @@ impl GatewayBuilder {
         let v = cfg
             .validate(std::path::Path::new("."))
             .unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let gw = Gateway::build(&cfg, v, &self.secret).await.unwrap();
+        // The config is also written to a file, so tests can reload it.
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("tollgate.toml");
+        std::fs::write(&config_path, &toml).unwrap();
+        let gw = Gateway::build(&cfg, v, &self.secret)
+            .await
+            .unwrap()
+            .with_config_path(&config_path);
         let paywall = gw.paywall().clone();
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -583,6 +590,8 @@ impl GatewayBuilder {
             let _ = rx.await;
         }));
         TestGateway {
+            config_path,
+            _config_dir: dir,
             addr,
             admin_addr,
             paywall,
@@ -595,6 +604,9 @@ impl GatewayBuilder {
 
 /// A running gateway.
 pub struct TestGateway {
+    /// The config file it was started from (rewrite it and reload).
+    pub config_path: PathBuf,
+    _config_dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
     pub paywall: Paywall,

@@ -1048,3 +1048,68 @@ async fn metrics_count_requests_refusals_revenue_and_usage() {
         401
     );
 }
+
+#[tokio::test]
+async fn config_reload_applies_new_prices_without_dropping_requests() {
+    let f = fixture().await;
+    let offer_amount = || async {
+        let res = f.gw.http.get(f.gw.url("/v1/echo")).send().await.unwrap();
+        b64_json(res.headers()["payment-required"].to_str().unwrap())["accepts"][0]["amount"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(offer_amount().await, "10000");
+    // A paid request in flight across the reload is served and charged the old price.
+    let token = f.gw.topup(&f.wallet, "rita", "1").await;
+    let slow =
+        f.gw.with_token(Method::GET, "/v1/echo?delay_ms=600", &token)
+            .send();
+    let in_flight = tokio::spawn(slow);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let original = std::fs::read_to_string(&f.gw.config_path).unwrap();
+    let cheaper = original.replace(
+        "price = { amount = \"0.01\", currency = \"USD\" }",
+        "price = { amount = \"0.02\", currency = \"USD\" }",
+    );
+    assert_ne!(cheaper, original);
+    std::fs::write(&f.gw.config_path, &cheaper).unwrap();
+    let res =
+        f.gw.http
+            .post(f.gw.admin_url("/admin/v1/reload"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["reloaded"], true);
+    let res = in_flight.await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        b64_json(res.headers()["payment-response"].to_str().unwrap())["amount"],
+        "0.01"
+    );
+    assert_eq!(offer_amount().await, "20000");
+    // The store (and the balance in it) survived the reload.
+    assert_eq!(avail(&f.gw.balance(&token).await), "0.99");
+    // An invalid file is refused, naming the field; the current configuration keeps serving.
+    std::fs::write(
+        &f.gw.config_path,
+        cheaper.replace("\"0.02\"", "\"0.0000001\""),
+    )
+    .unwrap();
+    let res =
+        f.gw.http
+            .post(f.gw.admin_url("/admin/v1/reload"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("price.amount"),
+        "{body}"
+    );
+    assert_eq!(offer_amount().await, "20000");
+}
