@@ -62,6 +62,12 @@ pub struct Config {
     /// Seconds to let in-flight requests finish on shutdown.
     #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
+    /// Time allowed for a request head to arrive (slow-header defence).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Largest request head in bytes (larger: 431).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
     /// Receipt limits.
     #[serde(default)]
     pub receipts: ReceiptsConfig,
@@ -120,6 +126,12 @@ fn default_network() -> String {
 }
 fn default_grace() -> u64 {
     30
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
 }
 
 /// `[receipts]`.
@@ -368,6 +380,12 @@ impl Config {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return Err(invalid("public_url", "must start with http:// or https://"));
             }
+        }
+        if self.header_timeout_secs == 0 || self.header_timeout_secs > 300 {
+            return Err(invalid("header_timeout_secs", "must be 1 to 300"));
+        }
+        if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(invalid("max_header_bytes", "must be 8192 to 1048576"));
         }
         let r = &self.receipts;
         if r.max_lifetime_secs == 0 || r.max_lifetime_secs > 30 * 86400 {

@@ -15,9 +15,9 @@
 pub mod admin;
 pub mod config;
 pub mod proxy;
+pub mod server;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,8 @@ struct Matched {
 /// One configuration in force: replaced as a whole on reload; requests in flight keep the
 /// snapshot they started with.
 struct Inner {
+    /// Connection limits (read when serving starts; a reload does not change them).
+    limits: server::Limits,
     /// The store settings this snapshot's store was built from (a reload keeps the store --
     /// connections, memory state -- unless they change).
     store_config: crate::config::StoreConfig,
@@ -270,6 +272,10 @@ async fn build_inner(
         })
         .collect();
     Ok(Inner {
+        limits: server::Limits {
+            header_timeout: Duration::from_secs(config.header_timeout_secs),
+            max_header_bytes: config.max_header_bytes,
+        },
         store_config: config.store.clone(),
         currencies,
         routes,
@@ -322,12 +328,8 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
+        let limits = self.inner().limits;
+        server::serve(self.router(), listener, limits, shutdown).await
     }
 }
 

@@ -110,6 +110,10 @@ impl Proxy {
         let original_host = parts.headers.get(header::HOST).cloned();
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
+        // The client's framing never crosses: the body is re-framed from what was actually
+        // decoded (exact length when known, else chunked), so a conflicting Content-Length /
+        // Transfer-Encoding pair cannot desynchronize the upstream connection.
+        headers.remove(header::CONTENT_LENGTH);
         if let Some(ip) = client_ip {
             let prior = headers
                 .get("x-forwarded-for")
