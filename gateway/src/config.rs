@@ -213,6 +213,10 @@ pub struct StoreConfig {
     /// Bound on each Redis call (milliseconds).
     #[serde(default = "default_store_timeout")]
     pub timeout_ms: u64,
+    /// How long a capture whose outcome is unknown (Redis not answering) is retried before the
+    /// response is withheld (milliseconds).
+    #[serde(default = "default_settle_retry")]
+    pub settle_retry_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -223,6 +227,7 @@ impl Default for StoreConfig {
             cluster: false,
             prefix: default_prefix(),
             timeout_ms: default_store_timeout(),
+            settle_retry_ms: default_settle_retry(),
         }
     }
 }
@@ -232,6 +237,9 @@ fn default_prefix() -> String {
 }
 fn default_store_timeout() -> u64 {
     500
+}
+fn default_settle_retry() -> u64 {
+    5000
 }
 
 /// Which store.
@@ -507,6 +515,9 @@ impl Config {
         }
         if self.store.timeout_ms == 0 || self.store.timeout_ms > 60_000 {
             return Err(invalid("store.timeout_ms", "must be 1 to 60000"));
+        }
+        if self.store.settle_retry_ms > 60_000 {
+            return Err(invalid("store.settle_retry_ms", "must be at most 60000"));
         }
         if self.routes.is_empty() {
             return Err(invalid("routes", "at least one route is needed"));

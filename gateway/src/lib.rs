@@ -222,6 +222,7 @@ async fn build_inner(
         .store(store)
         .challenge_ttl(Duration::from_secs(r.challenge_ttl_secs))
         .token_ttl(Duration::from_secs(config.agent.token_ttl_secs))
+        .settle_retry(Duration::from_millis(config.store.settle_retry_ms))
         .agent_api(config.agent.api_prefix.clone());
     for (currency, suggested) in validated.currencies.values() {
         builder = builder.currency(currency.clone(), *suggested);

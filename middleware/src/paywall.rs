@@ -71,6 +71,7 @@ pub struct PaywallBuilder {
     currencies: HashMap<String, (Currency, Option<Amount>)>,
     token_ttl: Duration,
     agent_api: String,
+    settle_retry: Duration,
 }
 
 impl PaywallBuilder {
@@ -135,6 +136,13 @@ impl PaywallBuilder {
         self
     }
 
+    /// How long a capture whose outcome is unknown (store not answering) is retried before the
+    /// response is withheld (default 5 s).
+    pub fn settle_retry(mut self, window: Duration) -> Self {
+        self.settle_retry = window;
+        self
+    }
+
     /// Path prefix of the agent endpoints (default `/tollgate/v1`).
     pub fn agent_api(mut self, prefix: impl Into<String>) -> Self {
         self.agent_api = prefix.into().trim_end_matches('/').to_owned();
@@ -174,6 +182,7 @@ impl PaywallBuilder {
             currencies: self.currencies,
             token_ttl: self.token_ttl,
             agent_api: self.agent_api,
+            settle_retry: self.settle_retry,
         })))
     }
 }
@@ -221,6 +230,8 @@ struct Inner {
     token_ttl: Duration,
     /// Prefix of the agent endpoints.
     agent_api: String,
+    /// Retry window for captures whose outcome is unknown.
+    settle_retry: Duration,
 }
 
 /// The payment engine for one merchant. Cheap to clone.
@@ -367,6 +378,7 @@ impl Paywall {
             currencies: HashMap::new(),
             token_ttl: Duration::from_secs(86_400),
             agent_api: DEFAULT_AGENT_API.into(),
+            settle_retry: Duration::from_secs(5),
         }
     }
 
@@ -1272,16 +1284,17 @@ impl Admission {
                 "the payment could not be recorded; nothing was charged, retry later",
             )
         };
+        let retry = self.paywall.0.settle_retry;
         let (event_id, charged, balance, token) = match &held {
             Held::Receipt(r) => {
                 let event = UsageEvent {
                     reservation: r.id.clone(),
                     ..event
                 };
-                let outcome = crate::metrics::timed(
-                    "capture",
-                    store.settle(r, &Settlement::Capture(Box::new(event))),
-                )
+                let capture = Settlement::Capture(Box::new(event));
+                let outcome = retry_unknown(retry, || {
+                    crate::metrics::timed("capture", store.settle(r, &capture))
+                })
                 .await
                 .map_err(|e| withheld(&e))?;
                 match outcome {
@@ -1305,10 +1318,12 @@ impl Admission {
                     reservation: hold.id.clone(),
                     ..event
                 };
-                match crate::metrics::timed(
-                    "capture_hold",
-                    store.capture_hold(hold, actual_minor, &event),
-                )
+                match retry_unknown(retry, || {
+                    crate::metrics::timed(
+                        "capture_hold",
+                        store.capture_hold(hold, actual_minor, &event),
+                    )
+                })
                 .await
                 .map_err(|e| withheld(&e))?
                 {
@@ -1438,6 +1453,32 @@ impl Admission {
         };
         let actual = cap.map_or(actual, |c| actual.min(c));
         (units, prices, actual)
+    }
+}
+
+/// Run a capture; when the store does not answer, the capture may or may not have landed, so
+/// retry the same (idempotent) capture until it answers or `window` is over: its answer is then
+/// the first attempt's outcome. Only an outcome learned this way lets the response be served.
+async fn retry_unknown<T, F, Fut>(
+    window: Duration,
+    mut attempt: F,
+) -> Result<T, crate::store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let deadline = Instant::now() + window;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, "capture outcome unknown; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -32,6 +32,8 @@ use tollgate_middleware::Paywall;
 
 /// A private `redis-server` on a unix socket in a temp dir, killed on drop.
 pub struct RedisServer {
+    /// Keep data across restarts (AOF, fsync on every write), like a production server.
+    persistent: bool,
     child: Option<Child>,
     dir: tempfile::TempDir,
     socket: PathBuf,
@@ -43,6 +45,21 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("redis.sock");
         let mut s = RedisServer {
+            persistent: false,
+            child: None,
+            dir,
+            socket,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Start one that keeps its data across [`RedisServer::restart`] (AOF, `appendfsync always`).
+    pub fn start_persistent() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("redis.sock");
+        let mut s = RedisServer {
+            persistent: true,
             child: None,
             dir,
             socket,
@@ -52,18 +69,17 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        let aof: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
             .arg(&self.socket)
-            .args([
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-            ])
+            .args(["--unixsocketperm", "700", "--save", ""])
+            .args(aof)
+            .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -516,9 +532,13 @@ impl GatewayBuilder {
         );
         self
     }
-    pub fn redis(mut self, r: &RedisServer) -> Self {
+    pub fn redis(self, r: &RedisServer) -> Self {
+        self.redis_timeout(r, 2000)
+    }
+    /// Redis with a chosen per-call timeout (ms).
+    pub fn redis_timeout(mut self, r: &RedisServer, ms: u64) -> Self {
         self.store = format!(
-            "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout_ms = 2000\n",
+            "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout_ms = {ms}\n",
             r.url()
         );
         self
@@ -746,4 +766,31 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Record one line of the guarantees report (`target/guarantees/<name>.json`), printed as the
+/// README's "Guarantees" table by `tests/guarantees.sh`.
+pub fn report(name: &str, fields: Value) {
+    let dir = target_dir().join("guarantees");
+    let _ = std::fs::create_dir_all(&dir);
+    let mut v = fields;
+    v["name"] = name.into();
+    let _ = std::fs::write(dir.join(format!("{name}.json")), v.to_string());
+    println!("GUARANTEE {v}");
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
+}
+
+/// The `tollgate` binary, built if needed (tests of real processes: SIGTERM, restarts).
+pub fn tollgate_binary() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "tollgate", "--bin", "tollgate"])
+        .status()
+        .expect("cargo build -p tollgate");
+    assert!(status.success(), "building the tollgate binary failed");
+    target_dir().join("debug").join("tollgate")
 }

@@ -62,6 +62,9 @@ struct State {
     events: Vec<UsageEvent>,
     /// Aggregates by (day, payer) -> field -> value.
     aggregates: HashMap<(String, String), BTreeMap<String, i64>>,
+    /// Settled balance holds: reservation -> (event id, charged, uncharged), so a retried
+    /// capture learns the first outcome.
+    settled: HashMap<String, (String, u64, u64)>,
     /// Sequence for ledger ids.
     seq: u64,
 }
@@ -271,6 +274,19 @@ impl Store for MemoryStore {
     ) -> Result<HoldSettleOutcome, StoreError> {
         let now = self.clock.now_ms();
         let mut s = self.lock()?;
+        if let Some((event_id, charged, uncharged)) = s.settled.get(&h.id).cloned() {
+            let balance = s
+                .accounts
+                .get(&(h.payer.clone(), h.currency.clone()))
+                .map(|a| minor(a.available))
+                .unwrap_or(0);
+            return Ok(HoldSettleOutcome::Captured {
+                event_id,
+                charged_minor: charged,
+                uncharged_minor: uncharged,
+                balance_minor: balance,
+            });
+        }
         let Some(entry) = s.holds.remove(&h.id) else {
             return Ok(HoldSettleOutcome::NotHeld);
         };
@@ -292,6 +308,10 @@ impl Store for MemoryStore {
         acct.captured += charge;
         let balance = minor(acct.available);
         let event_id = Self::record(&mut s, now, event.clone(), minor(charge), minor(uncharged));
+        s.settled.insert(
+            h.id.clone(),
+            (event_id.clone(), minor(charge), minor(uncharged)),
+        );
         Ok(HoldSettleOutcome::Captured {
             event_id,
             charged_minor: minor(charge),

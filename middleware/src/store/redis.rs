@@ -389,6 +389,7 @@ impl Store for RedisStore {
             .key(self.events_key(h.bucket()))
             .key(self.payer_agg_key(&h.payer, &day))
             .key(self.bucket_agg_key(h.bucket(), &day))
+            .key(self.key(h.bucket(), &format!("done:{}", h.id)))
             .arg(&h.id)
             .arg(actual_minor)
             .arg(event.amount_field())

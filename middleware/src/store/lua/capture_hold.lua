@@ -3,10 +3,18 @@
 -- aggregates are updated -- atomically.
 -- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] usage event stream
 -- KEYS[4] payer's daily aggregates   KEYS[5] bucket's daily aggregates (all payers)
+-- KEYS[6] settled marker of this reservation (kept a day: a retried capture whose first reply
+--         was lost learns the outcome instead of guessing)
 -- ARGV[1] reservation id   ARGV[2] actual charge (minor)   ARGV[3] aggregate field for the amount
 -- ARGV[4] N = number of event field pairs   ARGV[5 .. 4+2N] event field/value pairs
 -- ARGV[5+2N ..] aggregate field/increment pairs
 -- Returns {'captured', event id, charged, uncharged, balance} | {'not_held', '', 0, 0, balance}
+local done = redis.call('GET', KEYS[6])
+if done then
+  local id, charged, uncharged, cur = string.match(done, '^([^|]+)|(%d+)|(%d+)|(.+)$')
+  local now_bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. cur) or '0')
+  return {'captured', id, tonumber(charged), tonumber(uncharged), now_bal}
+end
 local h = redis.call('HGET', KEYS[2], ARGV[1])
 if not h then
   return {'not_held', '', 0, 0, 0}
@@ -43,4 +51,5 @@ for _, k in ipairs({KEYS[4], KEYS[5]}) do
   end
   redis.call('PEXPIRE', k, 400 * 86400 * 1000)
 end
+redis.call('SET', KEYS[6], id .. '|' .. string.format('%d', charge) .. '|' .. string.format('%d', uncharged) .. '|' .. cur, 'PX', 86400000)
 return {'captured', id, charge, uncharged, bal + held - charge}
