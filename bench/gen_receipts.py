@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Pre-generate single-use Tollgate payment receipts (EdDSA JWTs), one per line.
 
-usage: gen_receipts.py KEYGEN_JSON OUT_FILE COUNT ISS AUD JTI_PREFIX [AMOUNT] [CURRENCY]
+usage: gen_receipts.py KEYGEN_JSON OUT_FILE COUNT ISS AUD JTI_PREFIX [AMOUNT] [CURRENCY] [KIND]
+
+KIND is the receipt `kind` claim: payment (default) or topup (for POST /tollgate/v1/topup).
 
 KEYGEN_JSON is the output of `tollgate keygen --kid K` (private_jwk "d" and "kid" are used).
 The private_pem is not used: it is PKCS#8 v2 (with the public key), which OpenSSL 3.0 and
@@ -32,7 +34,7 @@ def _init(d, kid, args):
 
 
 def _sign(rng):
-    iss, aud, prefix, amount, currency, iat = _args
+    iss, aud, prefix, amount, currency, kind, iat = _args
     out = []
     for n in range(*rng):
         claims = {
@@ -44,7 +46,7 @@ def _sign(rng):
             "exp": iat + 3000,
             "amount": amount,
             "currency": currency,
-            "kind": "payment",
+            "kind": kind,
         }
         out.append(jwt.encode(claims, _key, algorithm="EdDSA", headers={"kid": _kid}))
     return out
@@ -56,6 +58,7 @@ def main():
     keyfile, outfile, count, iss, aud, prefix = sys.argv[1:7]
     amount = sys.argv[7] if len(sys.argv) > 7 else "0.01"
     currency = sys.argv[8] if len(sys.argv) > 8 else "USD"
+    kind = sys.argv[9] if len(sys.argv) > 9 else "payment"
     count = int(count)
     with open(keyfile) as f:
         k = json.load(f)
@@ -64,7 +67,7 @@ def main():
     chunk = 5000
     ranges = [(i, min(i + chunk, count)) for i in range(0, count, chunk)]
     t0 = time.time()
-    with Pool(os.cpu_count() or 1, _init, (k["private_jwk"]["d"], kid, (iss, aud, prefix, amount, currency, iat))) as pool, \
+    with Pool(os.cpu_count() or 1, _init, (k["private_jwk"]["d"], kid, (iss, aud, prefix, amount, currency, kind, iat))) as pool, \
             open(outfile, "w") as out:
         for part in pool.imap(_sign, ranges):
             out.write("\n".join(part))

@@ -9,6 +9,11 @@
 --                   i, i+n, i+2n, ... so no receipt is ever sent twice. When a thread runs out it
 --                   stops (counted as `exhausted`), it never reuses a receipt.
 --   BENCH_THREADS   number of wrk threads (must equal -t), needed with BENCH_RECEIPTS
+--   BENCH_METHOD    optional request method (default GET)
+--   BENCH_BODY      optional request body (sent with Content-Type BENCH_CTYPE, default
+--                   application/json)
+--   BENCH_AUTH      optional Authorization header value on every request (e.g. "Bearer tg1...")
+--   BENCH_EXPECT_PR when "1", count 2xx answers without PAYMENT-RESPONSE (as with receipts)
 
 local threads = {}
 local next_id = 0
@@ -23,6 +28,18 @@ local host = os.getenv("BENCH_HOST")
 if host == "" then host = nil end
 local receipts_file = os.getenv("BENCH_RECEIPTS")
 if receipts_file == "" then receipts_file = nil end
+local function env(name)
+   local v = os.getenv(name)
+   if v == "" then return nil end
+   return v
+end
+if env("BENCH_METHOD") then wrk.method = env("BENCH_METHOD") end
+if env("BENCH_BODY") then
+   wrk.body = env("BENCH_BODY")
+   wrk.headers["Content-Type"] = env("BENCH_CTYPE") or "application/json"
+end
+if env("BENCH_AUTH") then wrk.headers["Authorization"] = env("BENCH_AUTH") end
+local expect_pr = env("BENCH_EXPECT_PR") == "1"
 
 -- per-thread state (each wrk thread has its own Lua state)
 statuses = {}
@@ -71,7 +88,7 @@ function response(status, headers, body)
    statuses[status] = (statuses[status] or 0) + 1
    if status < 200 or status > 299 then
       non2xx = non2xx + 1
-   elseif receipts then
+   elseif receipts or expect_pr then
       if not (headers["payment-response"] or headers["PAYMENT-RESPONSE"] or headers["Payment-Response"]) then
          missing_payment_response = missing_payment_response + 1
       end

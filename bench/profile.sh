@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Profile the gateway under callgrind (perf has no hardware counters in this VM) for the
+# scenarios bench/run.sh measures: free route, paid receipt, access-token drawdown.
+#
+#   bash bench/profile.sh            (after bench/run.sh built target/release/*)
+#
+# The gateway runs under `valgrind --tool=callgrind` (~50x slower), driven by wrk with 4
+# connections for PROFILE_SECS (10) per scenario, one gateway per scenario; the annotated
+# inclusive costs go to bench/out/profile-<scenario>.txt. Knobs: UP_PORT (19100), GW_PORT (18502).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BENCH="$ROOT/bench"
+OUT=${OUT:-$BENCH/out}
+UP_PORT=${UP_PORT:-19100}
+GW_PORT=${GW_PORT:-18502}
+SECS=${PROFILE_SECS:-10}
+PY="$BENCH/.venv/bin/python"
+TOLLGATE="$ROOT/target/release/tollgate"
+export TOLLGATE_SECRET=${TOLLGATE_SECRET:-bench-secret-0123456789abcdef0123456789abcdef}
+export RUST_LOG=${RUST_LOG:-info}
+command -v valgrind >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+mkdir -p "$OUT"
+TMP=$(mktemp -d /tmp/tollgate-prof.XXXXXX)
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+log() { printf '[profile.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+"$TOLLGATE" keygen --kid k1 >"$TMP/key.json"
+PUB_X=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["public_jwk"]["x"])' "$TMP/key.json")
+SOCK="$TMP/redis.sock"
+cat >"$TMP/gw.toml" <<EOF
+listen = "127.0.0.1:$GW_PORT"
+merchant = "bench-merchant"
+shutdown_grace_secs = 2
+[currencies.USD]
+scale = 6
+[[issuers]]
+id = "bench-issuer"
+keys = [{ kty = "OKP", crv = "Ed25519", x = "$PUB_X", kid = "k1" }]
+[store]
+kind = "redis"
+url = "unix://$SOCK"
+[[routes]]
+id = "paid"
+host = "paid.bench"
+path = "/free/hello"
+upstream = "http://127.0.0.1:$UP_PORT"
+price = { amount = "0.01", currency = "USD" }
+[[routes]]
+id = "token"
+host = "token.bench"
+path = "/free/hello"
+upstream = "http://127.0.0.1:$UP_PORT"
+price = { amount = "0.001", currency = "USD" }
+[[routes]]
+id = "free"
+path = "/free"
+upstream = "http://127.0.0.1:$UP_PORT"
+price = "free"
+EOF
+"$PY" "$BENCH/gen_receipts.py" "$TMP/key.json" "$TMP/receipts.txt" 40000 bench-issuer bench-merchant "prof-$$" 2>/dev/null
+"$PY" "$BENCH/gen_receipts.py" "$TMP/key.json" "$TMP/topup.txt" 1 bench-issuer bench-merchant "proftop-$$" 1000 USD topup 2>/dev/null
+
+redis-server --port 0 --unixsocket "$SOCK" --unixsocketperm 700 --save "" --appendonly no --dir "$TMP" >/dev/null 2>&1 &
+PIDS+=($!)
+"$ROOT/target/release/example-upstream" "127.0.0.1:$UP_PORT" >/dev/null 2>&1 &
+PIDS+=($!)
+sleep 0.5
+
+profile() { # profile NAME [wrk.lua env...]
+    local name=$1 gw i
+    shift
+    valgrind --tool=callgrind --callgrind-out-file="$TMP/cg-$name.out" "$TOLLGATE" run --config "$TMP/gw.toml" \
+        >"$TMP/gw-$name.log" 2>&1 &
+    gw=$!
+    PIDS+=("$gw")
+    for i in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$GW_PORT/readyz" && break; sleep 0.1; done
+    if [ "$name" = token ]; then
+        TOKEN=$(curl -s -X POST -H "Authorization: Payment $(head -1 "$TMP/topup.txt")" \
+            "http://127.0.0.1:$GW_PORT/tollgate/v1/topup" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+        set -- "$@" BENCH_AUTH="Bearer $TOKEN"
+    fi
+    log "profiling $name for ${SECS}s"
+    env BENCH_THREADS=1 "$@" wrk -t1 -c4 -d"${SECS}s" -s "$BENCH/wrk.lua" "http://127.0.0.1:$GW_PORT/free/hello" \
+        >"$OUT/profile-$name-wrk.txt" 2>&1
+    kill -TERM "$gw"
+    wait "$gw" 2>/dev/null || true
+    { callgrind_annotate --inclusive=yes "$TMP/cg-$name.out" 2>/dev/null || true; } | head -120 >"$OUT/profile-$name.txt" || true
+    { callgrind_annotate "$TMP/cg-$name.out" 2>/dev/null || true; } | head -80 >"$OUT/profile-$name-self.txt" || true
+    log "-> $OUT/profile-$name.txt (inclusive), $OUT/profile-$name-self.txt (self)"
+}
+profile free
+profile paid BENCH_HOST=paid.bench BENCH_RECEIPTS="$TMP/receipts.txt"
+profile token BENCH_HOST=token.bench BENCH_EXPECT_PR=1
