@@ -371,11 +371,38 @@ impl Inner {
 /// `.` or `..` segments, raw or percent-encoded: an upstream that normalizes them could serve
 /// a different (paid) path than the one matched.
 fn has_dot_segments(path: &str) -> bool {
+    // One pass, no allocation: a segment made only of `.` / `%2e` (any case), one or two of them.
+    let b = path.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            || (b[i] == b'%'
+                && b.get(i + 1) == Some(&b'5')
+                && matches!(b.get(i + 2), Some(b'c' | b'C')))
+        {
+            return true;
+        }
+        i += 1;
+    }
     path.split('/').any(|seg| {
-        let s = seg.to_ascii_lowercase().replace("%2e", ".");
-        s == "." || s == ".."
-    }) || path.contains('\\')
-        || path.to_ascii_lowercase().contains("%5c")
+        let mut dots = 0;
+        let s = seg.as_bytes();
+        let mut j = 0;
+        while j < s.len() {
+            if s[j] == b'.' {
+                j += 1;
+            } else if s[j] == b'%'
+                && s.get(j + 1) == Some(&b'2')
+                && matches!(s.get(j + 2), Some(b'e' | b'E'))
+            {
+                j += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    })
 }
 
 /// A request id: the client's `X-Request-Id` when it is short and printable, else a new one.
@@ -396,12 +423,8 @@ async fn handle(State(gw): State<Gateway>, mut req: Request) -> Response {
     use tracing::Instrument as _;
     let id = request_id(&req);
     req.headers_mut().insert("x-request-id", id.clone());
-    let span = tracing::info_span!(
-        "request",
-        request_id = %String::from_utf8_lossy(id.as_bytes()),
-        method = %req.method(),
-        path = %req.uri().path()
-    );
+    // One field, recorded as a plain &str: formatting span fields is paid on every request.
+    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"));
     let (route, mut res) = route_request(gw, req).instrument(span).await;
     tollgate_middleware::metrics::global()
         .requests

@@ -42,33 +42,35 @@ impl Default for Proxy {
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-];
-
 /// Remove hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    // Headers named in `Connection` are hop-by-hop too (only scanned when present: the common
+    // case is cheap).
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+        headers.remove(header::CONNECTION);
     }
-    for h in HOP_BY_HOP {
+    for h in [
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
         headers.remove(h);
     }
-    headers.remove("proxy-authenticate");
 }
 
 impl Proxy {
@@ -86,11 +88,22 @@ impl Proxy {
 
     fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, ()> {
         let base = &route.upstream;
+        let authority = base.authority().ok_or(())?.clone();
         let base_path = base.path().trim_end_matches('/');
-        let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let authority = base.authority().ok_or(())?;
-        format!("http://{authority}{base_path}{pq}")
-            .parse()
+        let path_and_query = if base_path.is_empty() {
+            // The common case: no base path, reuse the request's path and query as they are.
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+        } else {
+            let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            format!("{base_path}{pq}").parse().map_err(|_| ())?
+        };
+        Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
             .map_err(|_| ())
     }
 
