@@ -68,6 +68,14 @@ struct Inner {
     /// The store settings this snapshot's store was built from (a reload keeps the store --
     /// connections, memory state -- unless they change).
     store_config: crate::config::StoreConfig,
+    /// x402 network id (catalog).
+    network: String,
+    /// Trusted issuer ids (catalog).
+    issuers: Vec<String>,
+    /// Agent endpoints prefix (catalog).
+    agent_api: String,
+    /// Suggested top-ups per currency (catalog).
+    topups: std::collections::BTreeMap<String, Option<tollgate_middleware::Amount>>,
     /// Currencies (for the admin API's decimal amounts).
     currencies: std::collections::BTreeMap<String, tollgate_middleware::Currency>,
     /// Routes in match order, each with the price the payment layer sees.
@@ -224,6 +232,11 @@ async fn build_inner(
         .token_ttl(Duration::from_secs(config.agent.token_ttl_secs))
         .settle_retry(Duration::from_millis(config.store.settle_retry_ms))
         .agent_api(config.agent.api_prefix.clone());
+    let topups = validated
+        .currencies
+        .iter()
+        .map(|(k, (_, t))| (k.clone(), *t))
+        .collect();
     for (currency, suggested) in validated.currencies.values() {
         builder = builder.currency(currency.clone(), *suggested);
     }
@@ -273,6 +286,10 @@ async fn build_inner(
         })
         .collect();
     Ok(Inner {
+        network: config.network.clone(),
+        issuers: config.issuers.iter().map(|i| i.id.clone()).collect(),
+        agent_api: config.agent.api_prefix.clone(),
+        topups,
         limits: server::Limits {
             header_timeout: Duration::from_secs(config.header_timeout_secs),
             max_header_bytes: config.max_header_bytes,
@@ -301,6 +318,7 @@ impl Gateway {
         Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
+            .route("/.well-known/tollgate", get(catalog))
             .fallback(handle)
             .with_state(self.clone())
     }
@@ -510,6 +528,85 @@ async fn serve_route(gw: &Gateway, inner: &Inner, mut req: Request) -> Response 
         Ok(res) => res.map(Body::new),
         Err(never) => match never {},
     }
+}
+
+/// The price catalog for agents: what is sold, at what price, and how to pay -- so an agent can
+/// choose before it calls. Built from the configuration in force (reloads apply).
+async fn catalog(State(gw): State<Gateway>) -> Response {
+    use serde_json::json;
+    use tollgate_middleware::Price;
+    let inner = gw.inner();
+    let api = inner.agent_api.clone();
+    let routes: Vec<serde_json::Value> = inner
+        .routes
+        .iter()
+        .map(|m| {
+            let c = &m.route.config;
+            let price = match &m.route.price {
+                Price::Fixed(money) => json!({
+                    "kind": "fixed",
+                    "amount": money.amount.to_string(),
+                    "currency": money.currency.code(),
+                    "decimals": money.currency.scale(),
+                }),
+                Price::Metered(metered) => json!({
+                    "kind": "metered",
+                    "currency": metered.currency.code(),
+                    "decimals": metered.currency.scale(),
+                    "reserve": metered.reserve.to_string(),
+                    "cutoff": metered.cutoff,
+                    "units": metered.meters.iter().map(|x| json!({"unit": x.unit, "price": x.price.to_string()})).collect::<Vec<_>>(),
+                }),
+                _ => json!("free"),
+            };
+            json!({
+                "id": c.id,
+                "path": c.path,
+                "methods": m.route.methods.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+                "host": c.host,
+                "description": m.priced.description,
+                "mimeType": m.priced.mime_type,
+                "price": price,
+            })
+        })
+        .collect();
+    let currencies: serde_json::Map<String, serde_json::Value> = inner
+        .currencies
+        .iter()
+        .map(|(code, c)| {
+            let suggested = inner
+                .topups
+                .get(code)
+                .copied()
+                .flatten()
+                .map(|a| a.to_string());
+            (
+                code.clone(),
+                json!({"decimals": c.scale(), "topupSuggested": suggested}),
+            )
+        })
+        .collect();
+    let body = json!({
+        "merchant": inner.paywall.merchant(),
+        "network": inner.network,
+        "currencies": currencies,
+        "issuers": inner.issuers,
+        "paymentMethods": [
+            {"scheme": tollgate_middleware::credential::RECEIPT_SCHEME, "kind": "receipt", "headers": ["PAYMENT-SIGNATURE", "X-PAYMENT", "Authorization: Payment"], "algorithms": ["EdDSA", "ES256"]},
+            {"scheme": "bearer", "kind": "access-token", "headers": ["Authorization: Bearer"], "obtain": format!("{api}/topup")},
+        ],
+        "agentEndpoints": {"topup": format!("{api}/topup"), "token": format!("{api}/token"), "balance": format!("{api}/balance")},
+        "routes": routes,
+        "plans": [],
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> impl IntoResponse {

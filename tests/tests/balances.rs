@@ -1113,3 +1113,46 @@ async fn config_reload_applies_new_prices_without_dropping_requests() {
     );
     assert_eq!(offer_amount().await, "20000");
 }
+
+#[tokio::test]
+async fn the_price_catalog_lists_routes_prices_and_payment_methods() {
+    let f = fixture().await;
+    let res =
+        f.gw.http
+            .get(f.gw.url("/.well-known/tollgate"))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 200);
+    let c: Value = res.json().await.unwrap();
+    assert_eq!(c["merchant"], "m");
+    assert_eq!(c["currencies"]["USD"]["decimals"], 6);
+    assert_eq!(c["currencies"]["USD"]["topupSuggested"], "5");
+    assert_eq!(c["issuers"][0], "wallet");
+    assert_eq!(c["agentEndpoints"]["topup"], "/tollgate/v1/topup");
+    let route = |id: &str| {
+        c["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        route("echo")["price"],
+        json!({"kind": "fixed", "amount": "0.01", "currency": "USD", "decimals": 6})
+    );
+    let chat = route("chat");
+    assert_eq!(chat["price"]["kind"], "metered");
+    assert_eq!(chat["price"]["reserve"], "0.01");
+    assert_eq!(
+        chat["price"]["units"][1],
+        json!({"unit": "completion_token", "price": "0.000003"})
+    );
+    assert!(c["paymentMethods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["scheme"] == "tollgate-receipt"));
+}
