@@ -327,6 +327,20 @@ pub struct RouteConfig {
     /// Shown to agents in the 402 `resource.mimeType`.
     #[serde(default = "default_mime")]
     pub mime_type: String,
+    /// Per payer on this route: `{ per_second = 10, burst = 20 }` (429 beyond).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// `rate_limit = { per_second, burst }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second (1 to 1000).
+    pub per_second: u32,
+    /// Requests allowed at once (1 to 10000; default = per_second).
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 fn default_route_timeout() -> u64 {
@@ -677,6 +691,14 @@ impl Config {
             if let Some(h) = &rc.host {
                 if h.is_empty() || h.contains([':', '/', ' ']) {
                     return Err(invalid(f("host"), "a host name without port"));
+                }
+            }
+            if let Some(rl) = rc.rate_limit {
+                if !(1..=1000).contains(&rl.per_second) {
+                    return Err(invalid(f("rate_limit.per_second"), "must be 1 to 1000"));
+                }
+                if rl.burst.is_some_and(|b| !(1..=10_000).contains(&b)) {
+                    return Err(invalid(f("rate_limit.burst"), "must be 1 to 10000"));
                 }
             }
             routes.push(Route {

@@ -279,6 +279,13 @@ async fn build_inner(
                 )
                 .mime_type(c.mime_type.clone())
                 .timeout(route.timeout);
+            let priced = match c.rate_limit {
+                Some(rl) => priced.rate_limit(tollgate_middleware::store::RateLimit {
+                    per_second: rl.per_second,
+                    burst: rl.burst.unwrap_or(rl.per_second),
+                }),
+                None => priced,
+            };
             Matched {
                 route: Arc::new(route),
                 priced: Arc::new(priced),

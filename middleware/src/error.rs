@@ -59,6 +59,8 @@ pub enum ErrorCode {
     ChallengeMismatch,
     /// The payer is blocked by the provider.
     PayerBlocked,
+    /// The payer exceeded the route's rate limit (see `Retry-After`).
+    RateLimited,
     /// The access token is malformed, forged or from a rotated key.
     TokenInvalid,
     /// The access token has expired (top up again or renew it).
@@ -121,6 +123,7 @@ impl ErrorCode {
             ChallengeExpired => "challenge_expired",
             ChallengeMismatch => "challenge_mismatch",
             PayerBlocked => "payer_blocked",
+            RateLimited => "rate_limited",
             TokenInvalid => "token_invalid",
             TokenExpired => "token_expired",
             BalanceInsufficient => "balance_insufficient",
@@ -148,6 +151,7 @@ impl ErrorCode {
             }
             Unauthorized => StatusCode::UNAUTHORIZED,
             PayerBlocked => StatusCode::FORBIDDEN,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
             TokenInvalid | TokenExpired => StatusCode::UNAUTHORIZED,
             ReceiptInUse => StatusCode::CONFLICT,
             RouteNotFound => StatusCode::NOT_FOUND,
@@ -191,6 +195,7 @@ impl ErrorCode {
             ChallengeExpired => "Challenge expired",
             ChallengeMismatch => "Challenge issued for another request",
             PayerBlocked => "Payer blocked",
+            RateLimited => "Rate limit exceeded",
             TokenInvalid => "Invalid access token",
             TokenExpired => "Access token expired",
             BalanceInsufficient => "Prepaid balance too low",

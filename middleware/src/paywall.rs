@@ -662,6 +662,7 @@ impl Paywall {
                             "the access token expired: renew it or top up again",
                         ),
                     })?;
+                self.check_rate(route, &claims.sub).await?;
                 let amount = due;
                 let hold = Hold {
                     id: uuid::Uuid::new_v4().to_string(),
@@ -720,6 +721,7 @@ impl Paywall {
                 let paid_minor = self
                     .check_terms(&receipt, route, currency, due_minor, method)
                     .map_err(|(c, d)| refuse(c, &d))?;
+                self.check_rate(route, &receipt.payer).await?;
                 let credential = format!("receipt:{}:{}", receipt.issuer, receipt.id);
                 match &route.price {
                     Price::Fixed(price) => {
@@ -773,6 +775,28 @@ impl Paywall {
                     Price::Free => Ok(None),
                 }
             }
+        }
+    }
+
+    /// Enforce the route's per-payer rate limit (before anything is held).
+    async fn check_rate(&self, route: &PricedRoute, payer: &str) -> Result<(), Refusal> {
+        let Some(limit) = route.rate_limit else {
+            return Ok(());
+        };
+        match crate::metrics::timed("rate", self.0.store.rate(payer, &route.id, limit)).await {
+            Ok(None) => Ok(()),
+            Ok(Some(retry)) => {
+                let secs = retry.as_millis().div_ceil(1000).max(1);
+                let mut res = Self::problem(
+                    ErrorCode::RateLimited,
+                    &format!("at most {} requests per second (burst {}) on this route; retry in {secs} s", limit.per_second, limit.burst),
+                );
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    res.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                Err(res)
+            }
+            Err(e) => Err(Self::store_down(e, "rate")),
         }
     }
 

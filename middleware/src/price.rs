@@ -53,6 +53,8 @@ pub struct PricedRoute {
     /// How long serving may take; a receipt's hold lasts this long plus a margin, so a
     /// crashed process cannot lock a receipt forever. `None`: 60 s.
     pub timeout: Option<std::time::Duration>,
+    /// Per payer on this route (GCRA in the store): over it, 429 with `Retry-After`.
+    pub rate_limit: Option<crate::store::RateLimit>,
 }
 
 impl PricedRoute {
@@ -65,6 +67,7 @@ impl PricedRoute {
             price,
             mime_type: "application/json".into(),
             timeout: None,
+            rate_limit: None,
         }
     }
 
@@ -79,6 +82,13 @@ impl PricedRoute {
     #[must_use]
     pub fn timeout(mut self, t: std::time::Duration) -> Self {
         self.timeout = Some(t);
+        self
+    }
+
+    /// Limit each payer's request rate on this route.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: crate::store::RateLimit) -> Self {
+        self.rate_limit = Some(limit);
         self
     }
 

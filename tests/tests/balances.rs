@@ -1156,3 +1156,69 @@ async fn the_price_catalog_lists_routes_prices_and_payment_methods() {
         .iter()
         .any(|m| m["scheme"] == "tollgate-receipt"));
 }
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_and_charge_nothing() {
+    let redis = RedisServer::start();
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let gw = gateway()
+        .issuer(&wallet)
+        .redis(&redis)
+        .route(
+            paid("echo", "/v1/echo", &up, "0.01")
+                .with("rate_limit = { per_second = 1, burst = 3 }"),
+        )
+        .start()
+        .await;
+    let token = gw.topup(&wallet, "quick", "1").await;
+    for _ in 0..3 {
+        assert_eq!(
+            gw.with_token(Method::GET, "/v1/echo", &token)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let res = gw
+        .with_token(Method::GET, "/v1/echo", &token)
+        .send()
+        .await
+        .unwrap();
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(code_of(res).await, (429, "rate_limited".into()));
+    // Receipts count against the same payer's limit, and nothing was charged for the refusals.
+    let r = wallet.receipt("m", "quick", "0.01");
+    assert_eq!(
+        code_of(gw.pay_get("/v1/echo", &r).await).await,
+        (429, "rate_limited".into())
+    );
+    assert_eq!(avail(&gw.balance(&token).await), "0.97");
+    // Another payer has its own budget.
+    let other = gw.topup(&wallet, "other", "1").await;
+    assert_eq!(
+        gw.with_token(Method::GET, "/v1/echo", &other)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The limit refills at the sustained rate.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        gw.with_token(Method::GET, "/v1/echo", &token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

@@ -548,3 +548,44 @@ async fn cluster_runs_every_script_unchanged() {
         cluster.keys_per_node()
     );
 }
+
+#[tokio::test]
+async fn memory_rate_limit_is_gcra() {
+    use tollgate_middleware::store::RateLimit;
+    let clock = ManualClock::at_ms(10_000_000);
+    let store = MemoryStore::new(Arc::new(clock.clone()));
+    let limit = RateLimit {
+        per_second: 2,
+        burst: 2,
+    };
+    assert_eq!(store.rate("p", "r", limit).await.unwrap(), None);
+    assert_eq!(store.rate("p", "r", limit).await.unwrap(), None);
+    // Burst used: the next cell is due in one interval (500 ms).
+    assert_eq!(
+        store.rate("p", "r", limit).await.unwrap(),
+        Some(Duration::from_millis(500))
+    );
+    assert_eq!(store.rate("p", "other-route", limit).await.unwrap(), None);
+    clock.advance_ms(500);
+    assert_eq!(store.rate("p", "r", limit).await.unwrap(), None);
+    assert!(store.rate("p", "r", limit).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn redis_rate_limit_allows_the_burst_then_refuses() {
+    use tollgate_middleware::store::RateLimit;
+    let redis = RedisServer::start();
+    let store = redis_store(&redis).await;
+    let limit = RateLimit {
+        per_second: 1,
+        burst: 3,
+    };
+    for _ in 0..3 {
+        assert_eq!(store.rate("p", "r", limit).await.unwrap(), None);
+    }
+    let retry = store.rate("p", "r", limit).await.unwrap().unwrap();
+    assert!(
+        retry > Duration::from_millis(900) && retry <= Duration::from_millis(1000),
+        "{retry:?}"
+    );
+}

@@ -65,6 +65,8 @@ struct State {
     /// Settled balance holds: reservation -> (event id, charged, uncharged), so a retried
     /// capture learns the first outcome.
     settled: HashMap<String, (String, u64, u64)>,
+    /// GCRA theoretical arrival times by (payer, route).
+    rates: HashMap<(String, String), i64>,
     /// Sequence for ledger ids.
     seq: u64,
 }
@@ -434,6 +436,34 @@ impl Store for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn rate(
+        &self,
+        payer: &str,
+        route: &str,
+        limit: super::RateLimit,
+    ) -> Result<Option<std::time::Duration>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        let interval = i64::try_from(limit.interval_ms()).unwrap_or(i64::MAX);
+        let tolerance = i64::try_from(limit.tolerance_ms()).unwrap_or(i64::MAX);
+        let tat = s
+            .rates
+            .get(&(payer.to_owned(), route.to_owned()))
+            .copied()
+            .unwrap_or(0)
+            .max(now);
+        let new_tat = tat + interval;
+        let allow_at = new_tat - interval - tolerance;
+        if allow_at > now {
+            return Ok(Some(std::time::Duration::from_millis(
+                u64::try_from(allow_at - now).unwrap_or(0),
+            )));
+        }
+        s.rates
+            .insert((payer.to_owned(), route.to_owned()), new_tat);
+        Ok(None)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

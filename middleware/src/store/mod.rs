@@ -497,6 +497,27 @@ pub enum SettleOutcome {
     Conflict,
 }
 
+/// A rate limit: `per_second` sustained, `burst` at once (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained requests per second (> 0).
+    pub per_second: u32,
+    /// Requests allowed at once (>= 1).
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// Milliseconds between requests at the sustained rate.
+    pub fn interval_ms(&self) -> u64 {
+        1000 / u64::from(self.per_second.max(1)).max(1)
+    }
+
+    /// How far ahead the theoretical arrival time may run (ms).
+    pub fn tolerance_ms(&self) -> u64 {
+        self.interval_ms() * u64::from(self.burst.max(1) - 1)
+    }
+}
+
 /// Where payment state lives. Every method is one atomic step.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -534,6 +555,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<UsageEvent>, StoreError>;
+    /// Count one request of `payer` on `route` against a rate limit: `Ok(None)` allowed,
+    /// `Ok(Some(retry_after))` refused.
+    async fn rate(
+        &self,
+        payer: &str,
+        route: &str,
+        limit: RateLimit,
+    ) -> Result<Option<Duration>, StoreError>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Block or unblock a payer.

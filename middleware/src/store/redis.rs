@@ -56,6 +56,7 @@ struct Scripts {
     capture_hold: Script,
     release_hold: Script,
     credit: Script,
+    rate: Script,
 }
 
 /// A single server or a cluster.
@@ -162,6 +163,7 @@ impl RedisStore {
                 capture_hold: Script::new(include_str!("lua/capture_hold.lua")),
                 release_hold: Script::new(include_str!("lua/release_hold.lua")),
                 credit: Script::new(include_str!("lua/credit.lua")),
+                rate: Script::new(include_str!("lua/rate.lua")),
             },
         };
         if let Err(e) = store.connection().await {
@@ -324,6 +326,21 @@ impl Store for RedisStore {
                 }
             }
         }
+    }
+
+    async fn rate(
+        &self,
+        payer: &str,
+        route: &str,
+        limit: super::RateLimit,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.scripts.rate.prepare_invoke();
+        inv.key(self.key(bucket_of(payer), &format!("rl:{route}:{payer}")))
+            .arg(limit.interval_ms())
+            .arg(limit.tolerance_ms());
+        let (allowed, retry_ms): (i64, i64) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok((allowed == 0).then(|| Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0))))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
