@@ -5,11 +5,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-
-/// mimalloc: allocation is about a quarter of a proxied request's instructions with the system
-/// allocator (bench/RESULTS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tollgate::admin::ADMIN_TOKEN_ENV;
 use tollgate::config::Config;
 use tollgate::{Gateway, SECRET_ENV};
