@@ -676,6 +676,14 @@ impl TestGateway {
             .header("authorization", format!("Bearer {token}"))
     }
 
+    /// `GET path` with an access token.
+    pub async fn token_get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.with_token(reqwest::Method::GET, path, token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The prepaid balance view (`GET /tollgate/v1/balance`).
     pub async fn balance(&self, token: &str) -> Value {
         self.with_token(reqwest::Method::GET, "/tollgate/v1/balance", token)
@@ -793,4 +801,9 @@ pub fn tollgate_binary() -> PathBuf {
         .expect("cargo build -p tollgate");
     assert!(status.success(), "building the tollgate binary failed");
     target_dir().join("debug").join("tollgate")
+}
+
+/// The decoded `PAYMENT-RESPONSE` of a response (panics if absent).
+pub fn payment_response(res: &reqwest::Response) -> Value {
+    b64_json(res.headers()["payment-response"].to_str().unwrap())
 }

@@ -147,13 +147,9 @@ async fn topup_gives_a_token_and_a_retried_topup_credits_once() {
 
     // The token draws down the balance on a fixed-price route.
     let token = first["access_token"].as_str().unwrap();
-    let res =
-        f.gw.with_token(Method::GET, "/v1/echo", token)
-            .send()
-            .await
-            .unwrap();
+    let res = f.gw.token_get("/v1/echo", token).await;
     assert_eq!(res.status(), 200);
-    let pr = b64_json(res.headers()["payment-response"].to_str().unwrap());
+    let pr = payment_response(&res);
     assert_eq!(
         (pr["amount"].as_str(), pr["balance"].as_str()),
         (Some("0.01"), Some("4.99"))
@@ -172,11 +168,7 @@ async fn topup_gives_a_token_and_a_retried_topup_credits_once() {
 async fn low_balance_gets_a_402_with_a_topup_offer() {
     let f = fixture().await;
     let token = f.gw.topup(&f.wallet, "bob", "0.005").await;
-    let res =
-        f.gw.with_token(Method::GET, "/v1/echo", &token)
-            .send()
-            .await
-            .unwrap();
+    let res = f.gw.token_get("/v1/echo", &token).await;
     assert_eq!(res.status(), 402);
     let req = b64_json(res.headers()["payment-required"].to_str().unwrap());
     assert_eq!(req["error"], "balance_insufficient");
@@ -205,11 +197,7 @@ async fn bad_tokens_are_401_and_tokens_renew() {
     let token = f.gw.topup(&f.wallet, "carol", "1").await;
     let forged = format!("{}x", &token[..token.len() - 1]);
     for bad in [forged.as_str(), "tg1.bogus.token"] {
-        let res =
-            f.gw.with_token(Method::GET, "/v1/echo", bad)
-                .send()
-                .await
-                .unwrap();
+        let res = f.gw.token_get("/v1/echo", bad).await;
         assert_eq!(
             res.headers()["www-authenticate"],
             "Bearer error=\"invalid_token\""
@@ -224,13 +212,7 @@ async fn bad_tokens_are_401_and_tokens_renew() {
         .await;
     let foreign = other.paywall.issue_token("carol");
     assert_eq!(
-        code_of(
-            f.gw.with_token(Method::GET, "/v1/echo", &foreign)
-                .send()
-                .await
-                .unwrap()
-        )
-        .await,
+        code_of(f.gw.token_get("/v1/echo", &foreign).await).await,
         (401, "token_invalid".into())
     );
     let renewed: Value =
@@ -260,13 +242,7 @@ async fn expired_tokens_are_refused() {
     let token = gw.topup(&wallet, "dora", "1").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
-        code_of(
-            gw.with_token(Method::GET, "/v1/echo", &token)
-                .send()
-                .await
-                .unwrap()
-        )
-        .await,
+        code_of(gw.token_get("/v1/echo", &token).await).await,
         (401, "token_expired".into())
     );
 }
@@ -283,7 +259,7 @@ async fn json_token_usage_is_charged_exactly() {
             .unwrap();
     assert_eq!(res.status(), 200);
     // 12 prompt x 0.000001 + 100 completion x 0.000003 = 0.000312
-    let pr = b64_json(res.headers()["payment-response"].to_str().unwrap());
+    let pr = payment_response(&res);
     assert_eq!(
         (
             pr["amount"].as_str(),
@@ -330,7 +306,7 @@ async fn streamed_token_usage_is_read_from_the_final_event() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "text/event-stream");
-    let pr = b64_json(res.headers()["payment-response"].to_str().unwrap());
+    let pr = payment_response(&res);
     assert_eq!(
         (pr["settlement"].as_str(), pr["held"].as_str()),
         (Some("deferred"), Some("0.01"))
@@ -359,22 +335,11 @@ async fn streamed_token_usage_is_read_from_the_final_event() {
 async fn header_bytes_and_duration_sources() {
     let f = fixture().await;
     let token = f.gw.topup(&f.wallet, "gus", "1").await;
-    let res =
-        f.gw.with_token(Method::GET, "/v1/echo/units?units=7", &token)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(
-        b64_json(res.headers()["payment-response"].to_str().unwrap())["amount"],
-        "0.007"
-    );
+    let res = f.gw.token_get("/v1/echo/units?units=7", &token).await;
+    assert_eq!(payment_response(&res)["amount"], "0.007");
 
-    let res =
-        f.gw.with_token(Method::GET, "/v1/echo/bytes?bytes=5000", &token)
-            .send()
-            .await
-            .unwrap();
-    let pending = b64_json(res.headers()["payment-response"].to_str().unwrap());
+    let res = f.gw.token_get("/v1/echo/bytes?bytes=5000", &token).await;
+    let pending = payment_response(&res);
     assert_eq!(pending["settlement"], "deferred");
     let n = res.bytes().await.unwrap().len() as u64;
     f.gw.settled(&token).await;
@@ -397,16 +362,9 @@ async fn header_bytes_and_duration_sources() {
             .send()
             .await
             .unwrap();
-    assert_eq!(
-        b64_json(res.headers()["payment-response"].to_str().unwrap())["amountAtomic"],
-        "3000"
-    );
+    assert_eq!(payment_response(&res)["amountAtomic"], "3000");
 
-    let res =
-        f.gw.with_token(Method::GET, "/v1/echo/time?delay_ms=300", &token)
-            .send()
-            .await
-            .unwrap();
+    let res = f.gw.token_get("/v1/echo/time?delay_ms=300", &token).await;
     res.bytes().await.unwrap();
     f.gw.settled(&token).await;
     let e =
@@ -431,25 +389,11 @@ async fn missing_usage_follows_on_missing() {
     let f = fixture().await;
     let token = f.gw.topup(&f.wallet, "hana", "1").await;
     // No x-units header: the reservation (0.05) is charged by default...
-    let res =
-        f.gw.with_token(Method::GET, "/v1/echo/units", &token)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(
-        b64_json(res.headers()["payment-response"].to_str().unwrap())["amount"],
-        "0.05"
-    );
+    let res = f.gw.token_get("/v1/echo/units", &token).await;
+    assert_eq!(payment_response(&res)["amount"], "0.05");
     // ... and nothing where on_missing = "zero".
-    let res =
-        f.gw.with_token(Method::GET, "/v1/echo/lenient", &token)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(
-        b64_json(res.headers()["payment-response"].to_str().unwrap())["amount"],
-        "0"
-    );
+    let res = f.gw.token_get("/v1/echo/lenient", &token).await;
+    assert_eq!(payment_response(&res)["amount"], "0");
     assert_eq!(avail(&f.gw.balance(&token).await), "0.95");
 }
 
@@ -458,30 +402,15 @@ async fn usage_beyond_the_balance_is_recorded_uncharged_never_negative() {
     let f = fixture().await;
     let token = f.gw.topup(&f.wallet, "ivan", "0.1").await;
     // 60 units x 0.001 = 0.06: above the 0.05 hold, covered by the balance.
-    let res =
-        f.gw.with_token(Method::GET, "/v1/echo/units?units=60", &token)
-            .send()
-            .await
-            .unwrap();
-    assert_eq!(
-        b64_json(res.headers()["payment-response"].to_str().unwrap())["amount"],
-        "0.06"
-    );
+    let res = f.gw.token_get("/v1/echo/units?units=60", &token).await;
+    assert_eq!(payment_response(&res)["amount"], "0.06");
     // 0.04 left; 0.05 cannot be held.
-    let res =
-        f.gw.with_token(Method::GET, "/v1/echo/units?units=1", &token)
-            .send()
-            .await
-            .unwrap();
+    let res = f.gw.token_get("/v1/echo/units?units=1", &token).await;
     assert_eq!(code_of(res).await, (402, "balance_insufficient".into()));
     f.gw.topup(&f.wallet, "ivan", "0.01").await;
     // 0.05 held out of 0.05; usage 0.9 -> 0.05 charged, 0.85 recorded as uncharged.
-    let res =
-        f.gw.with_token(Method::GET, "/v1/echo/units?units=900", &token)
-            .send()
-            .await
-            .unwrap();
-    let pr = b64_json(res.headers()["payment-response"].to_str().unwrap());
+    let res = f.gw.token_get("/v1/echo/units?units=900", &token).await;
+    let pr = payment_response(&res);
     assert_eq!(
         (pr["amount"].as_str(), pr["balance"].as_str()),
         (Some("0.05"), Some("0"))
@@ -503,19 +432,13 @@ async fn failed_upstream_releases_the_hold() {
     let f = fixture().await;
     let token = f.gw.topup(&f.wallet, "jo", "1").await;
     assert_eq!(
-        f.gw.with_token(Method::GET, "/v1/echo/units?units=5&status=500", &token)
-            .send()
+        f.gw.token_get("/v1/echo/units?units=5&status=500", &token)
             .await
-            .unwrap()
             .status(),
         500
     );
     assert_eq!(
-        f.gw.with_token(Method::GET, "/v1/echo?status=503", &token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        f.gw.token_get("/v1/echo?status=503", &token).await.status(),
         503
     );
     let b = f.gw.balance(&token).await;
@@ -549,10 +472,8 @@ async fn client_leaving_mid_stream_pays_for_what_was_measured() {
         .await;
     let token = gw.topup(&wallet, "kim", "1").await;
     let res = gw
-        .with_token(Method::GET, "/v1/stream?chunks=100&delay_ms=50", &token)
-        .send()
-        .await
-        .unwrap();
+        .token_get("/v1/stream?chunks=100&delay_ms=50", &token)
+        .await;
     let mut body = res.bytes_stream();
     use futures_util::StreamExt;
     let first = body.next().await.unwrap().unwrap();
@@ -589,7 +510,7 @@ async fn a_payment_receipt_on_a_metered_route_is_a_cap_and_the_rest_becomes_bala
     let receipt = f.wallet.receipt("m", "lena", "0.5");
     let res = f.gw.pay_get("/v1/echo/units?units=20", &receipt).await;
     assert_eq!(res.status(), 200);
-    let pr = b64_json(res.headers()["payment-response"].to_str().unwrap());
+    let pr = payment_response(&res);
     assert_eq!(
         (pr["amount"].as_str(), pr["balance"].as_str()),
         (Some("0.02"), Some("0.48"))
@@ -604,10 +525,7 @@ async fn a_payment_receipt_on_a_metered_route_is_a_cap_and_the_rest_becomes_bala
     f.gw.topup(&f.wallet, "lena", "10").await;
     let small = f.wallet.receipt("m", "lena", "0.05");
     let res = f.gw.pay_get("/v1/echo/units?units=200", &small).await;
-    assert_eq!(
-        b64_json(res.headers()["payment-response"].to_str().unwrap())["amount"],
-        "0.05"
-    );
+    assert_eq!(payment_response(&res)["amount"], "0.05");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -772,15 +690,9 @@ async fn admin_api() {
     let token = f.gw.paywall.issue_token("mo");
     for units in [3, 4, 5] {
         assert_eq!(
-            f.gw.with_token(
-                Method::GET,
-                &format!("/v1/echo/units?units={units}"),
-                &token
-            )
-            .send()
-            .await
-            .unwrap()
-            .status(),
+            f.gw.token_get(&format!("/v1/echo/units?units={units}"), &token)
+                .await
+                .status(),
             200
         );
     }
@@ -850,13 +762,7 @@ async fn admin_api() {
         .await
         .unwrap();
     assert_eq!(
-        code_of(
-            f.gw.with_token(Method::GET, "/v1/echo/units?units=1", &token)
-                .send()
-                .await
-                .unwrap()
-        )
-        .await,
+        code_of(f.gw.token_get("/v1/echo/units?units=1", &token).await).await,
         (403, "payer_blocked".into())
     );
     http.delete(f.gw.admin_url("/admin/v1/payers/mo/block"))
@@ -865,10 +771,8 @@ async fn admin_api() {
         .await
         .unwrap();
     assert_eq!(
-        f.gw.with_token(Method::GET, "/v1/echo/units?units=1", &token)
-            .send()
+        f.gw.token_get("/v1/echo/units?units=1", &token)
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -915,11 +819,7 @@ async fn upstream_failing_mid_stream_charges_only_what_was_measured() {
         .start()
         .await;
     let token = gw.topup(&wallet, "nia", "1").await;
-    let res = gw
-        .with_token(Method::GET, "/v1/broken", &token)
-        .send()
-        .await
-        .unwrap();
+    let res = gw.token_get("/v1/broken", &token).await;
     assert_eq!(res.status(), 200);
     assert!(res.bytes().await.is_err(), "the client sees a broken body");
     let b = gw.settled(&token).await;
@@ -959,10 +859,8 @@ async fn a_stream_is_cut_off_when_the_balance_runs_out_and_charged_what_was_deli
     // 0.05 buys 500 bytes; the stream would send about 2,000.
     let token = gw.topup(&wallet, "otto", "0.05").await;
     let res = gw
-        .with_token(Method::GET, "/v1/stream?chunks=100&delay_ms=1", &token)
-        .send()
-        .await
-        .unwrap();
+        .token_get("/v1/stream?chunks=100&delay_ms=1", &token)
+        .await;
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     let notice = "event: tollgate\n";
@@ -995,10 +893,8 @@ async fn metrics_count_requests_refusals_revenue_and_usage() {
     let f = fixture().await;
     let token = f.gw.topup(&f.wallet, "mia", "1").await;
     assert_eq!(
-        f.gw.with_token(Method::GET, "/v1/echo/units?units=7", &token)
-            .send()
+        f.gw.token_get("/v1/echo/units?units=7", &token)
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -1085,10 +981,7 @@ async fn config_reload_applies_new_prices_without_dropping_requests() {
     assert_eq!(res.json::<Value>().await.unwrap()["reloaded"], true);
     let res = in_flight.await.unwrap().unwrap();
     assert_eq!(res.status(), 200);
-    assert_eq!(
-        b64_json(res.headers()["payment-response"].to_str().unwrap())["amount"],
-        "0.01"
-    );
+    assert_eq!(payment_response(&res)["amount"], "0.01");
     assert_eq!(offer_amount().await, "20000");
     // The store (and the balance in it) survived the reload.
     assert_eq!(avail(&f.gw.balance(&token).await), "0.99");
@@ -1173,20 +1066,9 @@ async fn rate_limits_answer_429_with_retry_after_and_charge_nothing() {
         .await;
     let token = gw.topup(&wallet, "quick", "1").await;
     for _ in 0..3 {
-        assert_eq!(
-            gw.with_token(Method::GET, "/v1/echo", &token)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(gw.token_get("/v1/echo", &token).await.status(), 200);
     }
-    let res = gw
-        .with_token(Method::GET, "/v1/echo", &token)
-        .send()
-        .await
-        .unwrap();
+    let res = gw.token_get("/v1/echo", &token).await;
     let retry: u64 = res.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -1203,22 +1085,8 @@ async fn rate_limits_answer_429_with_retry_after_and_charge_nothing() {
     assert_eq!(avail(&gw.balance(&token).await), "0.97");
     // Another payer has its own budget.
     let other = gw.topup(&wallet, "other", "1").await;
-    assert_eq!(
-        gw.with_token(Method::GET, "/v1/echo", &other)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.token_get("/v1/echo", &other).await.status(), 200);
     // The limit refills at the sustained rate.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        gw.with_token(Method::GET, "/v1/echo", &token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.token_get("/v1/echo", &token).await.status(), 200);
 }

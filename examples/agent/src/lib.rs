@@ -62,10 +62,15 @@ impl Agent {
             "currency": extra["currency"],
             "challenge": extra["challenge"],
         });
+        self.wallet_receipt(&req).await
+    }
+
+    /// Ask the wallet to sign a receipt for `req`.
+    async fn wallet_receipt(&self, req: &Value) -> anyhow::Result<String> {
         let res = self
             .http
             .post(format!("{}/v1/receipts", self.wallet))
-            .json(&req)
+            .json(req)
             .send()
             .await?;
         let status = res.status();
@@ -89,20 +94,7 @@ impl Agent {
         currency: &str,
     ) -> anyhow::Result<Value> {
         let req = json!({"payer": self.payer, "merchant": merchant, "amount": amount, "currency": currency, "kind": "topup"});
-        let res = self
-            .http
-            .post(format!("{}/v1/receipts", self.wallet))
-            .json(&req)
-            .send()
-            .await?;
-        let status = res.status();
-        let body: Value = res.json().await?;
-        if !status.is_success() {
-            bail!("wallet refused: {}", body["error"]);
-        }
-        let receipt = body["receipt"]
-            .as_str()
-            .ok_or_else(|| anyhow!("wallet sent no receipt"))?;
+        let receipt = self.wallet_receipt(&req).await?;
         let res = self
             .http
             .post(topup_url)
