@@ -430,6 +430,17 @@ fn has_dot_segments(path: &str) -> bool {
     })
 }
 
+/// A new request id: a random per-process prefix and a counter (unique, and no random-number
+/// syscall per request; ids need not be unpredictable).
+fn next_request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+    format!("{prefix}-{:012x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
 /// A request id: the client's `X-Request-Id` when it is short and printable, else a new one.
 fn request_id(req: &Request) -> HeaderValue {
     req.headers()
@@ -438,7 +449,7 @@ fn request_id(req: &Request) -> HeaderValue {
             !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
         })
         .cloned()
-        .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok())
+        .or_else(|| HeaderValue::from_str(&next_request_id()).ok())
         .unwrap_or_else(|| HeaderValue::from_static("-"))
 }
 

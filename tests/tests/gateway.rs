@@ -940,7 +940,22 @@ async fn request_ids_reach_the_upstream_and_come_back() {
     assert_eq!(res.headers()["x-request-id"], "trace-abc-123");
     let res = gw.http.get(gw.url("/v1/echo")).send().await.unwrap();
     let generated = res.headers()["x-request-id"].to_str().unwrap().to_owned();
-    assert_eq!(generated.len(), 36, "a UUID when the client sent none");
+    assert_eq!(
+        generated.len(),
+        25,
+        "a generated id when the client sent none: {generated}"
+    );
+    let next = gw
+        .http
+        .get(gw.url("/v1/echo"))
+        .send()
+        .await
+        .unwrap()
+        .headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(next, generated, "ids are unique");
     let up = free("echo-free", "/v1/echo", &upstream().await);
     let gw2 = gateway().route(up).start().await;
     let seen: Value = gw2

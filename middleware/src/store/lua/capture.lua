@@ -25,8 +25,12 @@ for i = 4 + 2 * n, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
 end
-redis.call('PEXPIRE', KEYS[3], 400 * 86400 * 1000)
-redis.call('PEXPIRE', KEYS[4], 400 * 86400 * 1000)
+-- Aggregates live 400 days from their first write (one PEXPIRE per key, not per request).
+for _, k in ipairs({KEYS[3], KEYS[4]}) do
+  if redis.call('PTTL', k) < 0 then
+    redis.call('PEXPIRE', k, 400 * 86400 * 1000)
+  end
+end
 -- Remember the spent receipt until its exp + skew (Redis clock), at least one second.
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -49,7 +49,9 @@ for _, k in ipairs({KEYS[4], KEYS[5]}) do
   for i = 5 + 2 * n, #ARGV, 2 do
     redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1])
   end
-  redis.call('PEXPIRE', k, 400 * 86400 * 1000)
+  if redis.call('PTTL', k) < 0 then
+    redis.call('PEXPIRE', k, 400 * 86400 * 1000)
+  end
 end
 redis.call('SET', KEYS[6], id .. '|' .. string.format('%d', charge) .. '|' .. string.format('%d', uncharged) .. '|' .. cur, 'PX', 86400000)
 return {'captured', id, charge, uncharged, bal + held - charge}
