@@ -29,6 +29,8 @@ pub struct Metrics {
     pub usage_units: IntCounterVec,
     /// Prepaid credit added by top-ups, minor units, by currency.
     pub topups_minor: IntCounterVec,
+    /// Refunds of captures whose response was withheld (store unreachable), minor units.
+    pub refunds_minor: IntCounterVec,
     /// Receipt and balance holds in flight in this process.
     pub holds_in_flight: IntGauge,
     /// Store (Redis) call latency, by operation.
@@ -89,6 +91,11 @@ impl Metrics {
                 "Prepaid credit added by top-ups, in minor units.",
                 &["currency"],
             ),
+            refunds_minor: counter(
+                "tollgate_refunds_minor_total",
+                "Refunds of captures whose response was withheld, in minor units.",
+                &["currency"],
+            ),
             holds_in_flight: IntGauge::new(
                 "tollgate_holds_in_flight",
                 "Receipt and balance holds in flight in this process.",
@@ -110,6 +117,7 @@ impl Metrics {
         let _ = r.register(Box::new(m.uncharged_minor.clone()));
         let _ = r.register(Box::new(m.usage_units.clone()));
         let _ = r.register(Box::new(m.topups_minor.clone()));
+        let _ = r.register(Box::new(m.refunds_minor.clone()));
         let _ = r.register(Box::new(m.holds_in_flight.clone()));
         let _ = r.register(Box::new(m.store_seconds.clone()));
         let _ = r.register(Box::new(m.upstream_seconds.clone()));

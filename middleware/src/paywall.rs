@@ -259,7 +259,7 @@ pub struct Payment {
 #[derive(Debug, Clone, Default)]
 pub struct RequestBodyCounter(pub Arc<AtomicU64>);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Held {
     /// A fixed-price receipt, held single-use.
     Receipt(Reservation),
@@ -1316,11 +1316,23 @@ impl Admission {
                     ..event
                 };
                 let capture = Settlement::Capture(Box::new(event));
-                let outcome = retry_unknown(retry, || {
+                let outcome = match retry_unknown(retry, || {
                     crate::metrics::timed("capture", store.settle(r, &capture))
                 })
                 .await
-                .map_err(|e| withheld(&e))?;
+                {
+                    Ok(o) => o,
+                    Err(e) => {
+                        reconcile(
+                            store.clone(),
+                            held.clone(),
+                            actual_minor,
+                            currency.code().to_owned(),
+                            capture.clone(),
+                        );
+                        return Err(withheld(&e));
+                    }
+                };
                 match outcome {
                     SettleOutcome::Captured { event_id }
                     | SettleOutcome::AlreadyCaptured { event_id } => {
@@ -1342,15 +1354,27 @@ impl Admission {
                     reservation: hold.id.clone(),
                     ..event
                 };
-                match retry_unknown(retry, || {
+                let captured = retry_unknown(retry, || {
                     crate::metrics::timed(
                         "capture_hold",
                         store.capture_hold(hold, actual_minor, &event),
                     )
                 })
-                .await
-                .map_err(|e| withheld(&e))?
-                {
+                .await;
+                let captured = match captured {
+                    Ok(c) => c,
+                    Err(e) => {
+                        reconcile(
+                            store.clone(),
+                            held.clone(),
+                            actual_minor,
+                            currency.code().to_owned(),
+                            Settlement::Capture(Box::new(event.clone())),
+                        );
+                        return Err(withheld(&e));
+                    }
+                };
+                match captured {
                     HoldSettleOutcome::Captured {
                         event_id,
                         charged_minor,
@@ -1504,6 +1528,90 @@ where
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The store did not answer a capture within the retry window, so the response was withheld --
+/// but the capture may have landed. In the background, until the store answers (up to an hour):
+/// release the hold; if it is gone because the capture did land, refund the charge to the
+/// payer's balance (one credit per reservation, reason `refund: response withheld`). Either
+/// way the payer does not pay for a response it did not get.
+fn reconcile(
+    store: Arc<dyn Store>,
+    held: Held,
+    amount_minor: u64,
+    currency: String,
+    capture: Settlement,
+) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        let (payer, reservation) = match &held {
+            Held::Receipt(r) => (r.payer.clone(), r.id.clone()),
+            Held::Balance { hold, .. } => (hold.payer.clone(), hold.id.clone()),
+        };
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let outcome: Result<Option<u64>, crate::store::StoreError> = async {
+                match &held {
+                    Held::Receipt(r) => match store.settle(r, &Settlement::Release).await? {
+                        SettleOutcome::Released => Ok(None),
+                        // Not held: either captured (then learn it) or expired unused.
+                        _ => match store.settle(r, &capture).await? {
+                            SettleOutcome::AlreadyCaptured { .. } => Ok(Some(amount_minor)),
+                            // Captured only now, by this check: it is refunded below as well.
+                            SettleOutcome::Captured { .. } => Ok(Some(amount_minor)),
+                            _ => Ok(None),
+                        },
+                    },
+                    Held::Balance { hold, .. } => match store.release_hold(hold).await? {
+                        HoldSettleOutcome::Released => Ok(None),
+                        _ => {
+                            let Settlement::Capture(event) = &capture else { return Ok(None) };
+                            match store.capture_hold(hold, amount_minor, event).await? {
+                                HoldSettleOutcome::Captured { charged_minor, .. } => Ok(Some(charged_minor)),
+                                _ => Ok(None),
+                            }
+                        }
+                    },
+                }
+            }
+            .await;
+            match outcome {
+                Ok(None) => {
+                    tracing::info!(%reservation, "reconciled: nothing was charged for the withheld response");
+                    return;
+                }
+                Ok(Some(charged)) => {
+                    let refund = Credit {
+                        payer: payer.clone(),
+                        currency: currency.clone(),
+                        amount_minor: i64::try_from(charged).unwrap_or(i64::MAX),
+                        idempotency: Idempotency::Key(format!("refund:{reservation}")),
+                        keep_until_ms: SystemClock.now_ms() + 30 * 86_400_000,
+                        reason: "refund: response withheld (store unreachable at capture)".into(),
+                        source: format!("reconcile:{reservation}"),
+                    };
+                    match store.credit(&refund).await {
+                        Ok(_) => {
+                            tracing::warn!(%reservation, %payer, charged, "reconciled: the capture had landed; refunded to the balance");
+                            crate::metrics::global().refunds_minor.with_label_values(&[currency.as_str()]).inc_by(charged);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, %reservation, "refund not recorded yet; retrying"),
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, %reservation, "store still unreachable; reconciling later"),
+            }
+            if Instant::now() > deadline {
+                tracing::error!(%reservation, %payer, "could not reconcile a withheld response within an hour: check the ledger");
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
+    });
 }
 
 /// Currencies by code, as configured.

@@ -1,0 +1,194 @@
+//! A capture whose reply is lost (the store executed it, then became unreachable for longer
+//! than the retry window): the response is withheld, and once the store answers again the
+//! payer is refunded -- or, if the capture never landed, the hold is simply released. Driven
+//! through the engine with a store double that loses replies on demand (the only double here:
+//! it wraps the real memory store).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{HeaderMap, HeaderValue, Method, Uri};
+use tollgate_middleware::store::*;
+use tollgate_middleware::{Currency, MemoryStore, Money, Paywall, Price, PricedRoute};
+
+/// 0: healthy; 1: captures execute but their replies are lost, everything else fails;
+/// 2: down (nothing executes).
+#[derive(Debug)]
+struct Flaky {
+    inner: MemoryStore,
+    mode: AtomicU8,
+}
+
+fn down() -> StoreError {
+    StoreError::Unavailable("injected".into())
+}
+
+#[async_trait]
+impl Store for Flaky {
+    async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError> {
+        self.inner.authorize(r).await
+    }
+    async fn settle(&self, r: &Reservation, s: &Settlement) -> Result<SettleOutcome, StoreError> {
+        match (self.mode.load(Ordering::SeqCst), s) {
+            (0, _) => self.inner.settle(r, s).await,
+            (1, Settlement::Capture(_)) => {
+                self.inner.settle(r, s).await?;
+                Err(down())
+            }
+            _ => Err(down()),
+        }
+    }
+    async fn hold(&self, h: &Hold) -> Result<HoldOutcome, StoreError> {
+        self.inner.hold(h).await
+    }
+    async fn capture_hold(
+        &self,
+        h: &Hold,
+        actual: u64,
+        e: &UsageEvent,
+    ) -> Result<HoldSettleOutcome, StoreError> {
+        match self.mode.load(Ordering::SeqCst) {
+            0 => self.inner.capture_hold(h, actual, e).await,
+            1 => {
+                self.inner.capture_hold(h, actual, e).await?;
+                Err(down())
+            }
+            _ => Err(down()),
+        }
+    }
+    async fn release_hold(&self, h: &Hold) -> Result<HoldSettleOutcome, StoreError> {
+        match self.mode.load(Ordering::SeqCst) {
+            0 => self.inner.release_hold(h).await,
+            _ => Err(down()),
+        }
+    }
+    async fn credit(&self, c: &Credit) -> Result<CreditOutcome, StoreError> {
+        match self.mode.load(Ordering::SeqCst) {
+            0 => self.inner.credit(c).await,
+            _ => Err(down()),
+        }
+    }
+    async fn account(&self, payer: &str) -> Result<Account, StoreError> {
+        self.inner.account(payer).await
+    }
+    async fn usage(
+        &self,
+        p: Option<&str>,
+        f: &str,
+        t: &str,
+    ) -> Result<Vec<DailyUsage>, StoreError> {
+        self.inner.usage(p, f, t).await
+    }
+    async fn events_after(&self, a: Option<&str>, l: usize) -> Result<Vec<UsageEvent>, StoreError> {
+        self.inner.events_after(a, l).await
+    }
+    async fn rate(&self, p: &str, r: &str, l: RateLimit) -> Result<Option<Duration>, StoreError> {
+        self.inner.rate(p, r, l).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn set_blocked(&self, p: &str, b: bool) -> Result<(), StoreError> {
+        self.inner.set_blocked(p, b).await
+    }
+}
+
+async fn setup() -> (Arc<Flaky>, Paywall, Arc<PricedRoute>, HeaderMap) {
+    let store = Arc::new(Flaky {
+        inner: MemoryStore::default(),
+        mode: AtomicU8::new(0),
+    });
+    let usd = Currency::try_new("USD", 6).unwrap();
+    let paywall = Paywall::builder("m", vec![9u8; 32])
+        .store(store.clone())
+        .currency(usd.clone(), None)
+        .settle_retry(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let topup = Credit {
+        payer: "p".into(),
+        currency: "USD".into(),
+        amount_minor: 1_000_000,
+        idempotency: Idempotency::Key("t".into()),
+        keep_until_ms: i64::MAX,
+        reason: "test".into(),
+        source: "admin".into(),
+    };
+    store.inner.credit(&topup).await.unwrap();
+    let price = Price::fixed(Money {
+        amount: "0.01".parse().unwrap(),
+        currency: usd,
+    })
+    .unwrap();
+    let route = Arc::new(PricedRoute::new("r", price));
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {}", paywall.issue_token("p"))).unwrap(),
+    );
+    (store, paywall, route, headers)
+}
+
+async fn settled_balance(store: &Flaky, want_available: i64) -> Balance {
+    for _ in 0..200 {
+        let b = store.inner.account("p").await.unwrap().balances["USD"];
+        if b.available == want_available && b.held == 0 {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "not reconciled: {:?}",
+        store.inner.account("p").await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_capture_whose_reply_was_lost_is_refunded_once_the_store_answers() {
+    let (store, paywall, route, headers) = setup().await;
+    let admission = paywall
+        .admit(&route, &Method::GET, &Uri::from_static("/r"), &headers)
+        .await
+        .unwrap()
+        .unwrap();
+    store.mode.store(1, Ordering::SeqCst);
+    let refused = admission.settle(Some(200), None).await.unwrap_err();
+    assert_eq!(refused.status(), 503, "the response is withheld");
+    store.mode.store(0, Ordering::SeqCst);
+    let b = settled_balance(&store, 1_000_000).await;
+    // The capture landed (one event, captured 0.01) and was refunded as a credit.
+    assert_eq!((b.credited, b.captured), (1_010_000, 10_000));
+    assert_eq!(b.credited - b.captured, b.available + b.held);
+    assert_eq!(store.inner.usage_events().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_capture_that_never_landed_is_released() {
+    let (store, paywall, route, headers) = setup().await;
+    let admission = paywall
+        .admit(&route, &Method::GET, &Uri::from_static("/r"), &headers)
+        .await
+        .unwrap()
+        .unwrap();
+    store.mode.store(2, Ordering::SeqCst);
+    assert_eq!(
+        admission
+            .settle(Some(200), None)
+            .await
+            .unwrap_err()
+            .status(),
+        503
+    );
+    store.mode.store(0, Ordering::SeqCst);
+    let b = settled_balance(&store, 1_000_000).await;
+    assert_eq!(
+        (b.credited, b.captured),
+        (1_000_000, 0),
+        "nothing charged, nothing refunded"
+    );
+    assert!(store.inner.usage_events().await.unwrap().is_empty());
+}
