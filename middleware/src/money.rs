@@ -40,6 +40,10 @@ pub struct Amount(Decimal);
 /// The largest number of decimal places any currency may declare. 18 covers ETH-style tokens.
 pub const MAX_SCALE: u32 = 18;
 
+/// The largest amount in minor units: 2^53 - 1. The store's Lua scripts compute with doubles,
+/// which are exact up to here (9,007,199,254.740991 at scale 6).
+pub const MAX_MINOR: u64 = (1 << 53) - 1;
+
 impl Amount {
     /// Zero.
     pub const ZERO: Amount = Amount(Decimal::ZERO);
@@ -138,7 +142,7 @@ impl Currency {
     }
 
     /// Convert an amount to integer minor units, exactly. Refuses amounts with more decimal
-    /// places than the scale, and amounts beyond `i64::MAX` minor units (Redis integers).
+    /// places than the scale, and amounts beyond [`MAX_MINOR`] minor units.
     pub fn to_minor(&self, amount: Amount) -> Result<u64, MoneyError> {
         let factor = Decimal::from_i128_with_scale(10i128.pow(self.scale), 0);
         let minor = amount
@@ -154,7 +158,7 @@ impl Currency {
             });
         }
         let m = minor.mantissa();
-        if !(0..=i128::from(i64::MAX)).contains(&m) {
+        if !(0..=i128::from(MAX_MINOR)).contains(&m) {
             return Err(MoneyError::Overflow);
         }
         u64::try_from(m).map_err(|_| MoneyError::Overflow)
@@ -223,6 +227,14 @@ mod tests {
         ));
         assert_eq!(
             c.to_minor("9300000000000".parse().unwrap()),
+            Err(MoneyError::Overflow)
+        );
+        assert_eq!(
+            c.to_minor("9007199254.740991".parse().unwrap()).unwrap(),
+            MAX_MINOR
+        );
+        assert_eq!(
+            c.to_minor("9007199254.740992".parse().unwrap()),
             Err(MoneyError::Overflow)
         );
         assert_eq!(c.from_minor(10_000).to_string(), "0.01");
