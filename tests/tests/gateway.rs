@@ -996,3 +996,52 @@ async fn race(a: &TestGateway, b: &TestGateway, receipt: &str) -> usize {
     }
     ok
 }
+
+#[tokio::test]
+async fn an_agent_whose_wallet_needs_confirmation_pays_once_the_owner_approves() {
+    use example_wallet::{Authorization, Wallet};
+    let up = upstream().await;
+    // The wallet serves its JWKS and waits for a human on every payment.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let wallet_url = format!("http://{}", l.local_addr().unwrap());
+    let wallet = Wallet::generate(wallet_url.clone(), example_wallet::default_cap())
+        .unwrap()
+        .with_authorization(Authorization::Confirm);
+    tokio::spawn(async move { axum::serve(l, wallet.app()).await });
+    let gw = gateway()
+        .issuer_jwks(&wallet_url, &format!("{wallet_url}/.well-known/jwks.json"))
+        .route(paid("echo", "/v1/echo", &up, PRICE))
+        .start()
+        .await;
+    let agent = example_agent::Agent::new(wallet_url.clone(), "careful-agent");
+    let url = gw.url("/v1/echo");
+    let call =
+        tokio::spawn(async move { agent.call(reqwest::Method::GET, &url, None).await.unwrap() });
+    // The owner looks at what is waiting and approves it.
+    let http = reqwest::Client::new();
+    let id = loop {
+        let waiting: Value = http
+            .get(format!("{wallet_url}/v1/approvals"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(id) = waiting["waiting"][0]["id"].as_str() {
+            assert_eq!(waiting["waiting"][0]["amount"], "0.01");
+            break id.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let res = http
+        .post(format!("{wallet_url}/v1/approvals/{id}"))
+        .json(&serde_json::json!({"approve": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let out = call.await.unwrap();
+    assert_eq!(out.status, 200);
+    assert_eq!(out.payment.unwrap()["payer"], "careful-agent");
+}

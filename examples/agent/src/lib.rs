@@ -65,7 +65,8 @@ impl Agent {
         self.wallet_receipt(&req).await
     }
 
-    /// Ask the wallet to sign a receipt for `req`.
+    /// Ask the wallet to sign a receipt for `req`. A wallet in confirm mode answers 202: poll
+    /// until its owner approves (or denies) the payment, for up to two minutes.
     async fn wallet_receipt(&self, req: &Value) -> anyhow::Result<String> {
         let res = self
             .http
@@ -73,9 +74,27 @@ impl Agent {
             .json(req)
             .send()
             .await?;
-        let status = res.status();
-        let body: Value = res.json().await?;
-        if !status.is_success() {
+        let mut status = res.status();
+        let mut body: Value = res.json().await?;
+        if status == reqwest::StatusCode::ACCEPTED {
+            let poll = format!(
+                "{}{}",
+                self.wallet,
+                body["poll"].as_str().unwrap_or_default()
+            );
+            eprintln!(
+                "waiting for the wallet's owner to approve the payment ({})",
+                body["approve"]
+            );
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while status == reqwest::StatusCode::ACCEPTED && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let res = self.http.get(&poll).send().await?;
+                status = res.status();
+                body = res.json().await?;
+            }
+        }
+        if !status.is_success() || status == reqwest::StatusCode::ACCEPTED {
             bail!("wallet refused: {}", body["error"]);
         }
         body["receipt"]
