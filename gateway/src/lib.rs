@@ -475,22 +475,12 @@ async fn handle(State(gw): State<Gateway>, mut req: Request) -> Response {
 async fn route_request(gw: Gateway, req: Request) -> (String, Response) {
     // One snapshot for the whole request, even if a reload happens meanwhile.
     let inner = gw.inner();
-    let label = if inner.paywall.is_agent_api(req.uri().path()) {
-        "agent".to_owned()
-    } else {
-        inner
-            .match_route(&req)
-            .map_or_else(|| "-".to_owned(), |m| m.route.config.id.clone())
-    };
-    (label, serve_route(&gw, &inner, req).await)
-}
-
-async fn serve_route(gw: &Gateway, inner: &Inner, mut req: Request) -> Response {
+    let unmatched = |res: Response| ("-".to_owned(), res);
     if has_dot_segments(req.uri().path()) {
-        return problem(
+        return unmatched(problem(
             ErrorCode::PathInvalid,
             "dot segments and backslashes are not allowed in paths",
-        );
+        ));
     }
     // Agent endpoints (top-up, token, balance) are the gateway's own.
     if let Some(res) = inner
@@ -498,11 +488,22 @@ async fn serve_route(gw: &Gateway, inner: &Inner, mut req: Request) -> Response 
         .agent_api(req.method(), req.uri().path(), req.headers())
         .await
     {
-        return res.map(Body::from);
+        return ("agent".to_owned(), res.map(Body::from));
     }
+    // The route is matched once; the label and the serving use the same match.
     let Some(m) = inner.match_route(&req) else {
-        return problem(ErrorCode::RouteNotFound, "no route matches this path");
+        return unmatched(problem(
+            ErrorCode::RouteNotFound,
+            "no route matches this path",
+        ));
     };
+    (
+        m.route.config.id.clone(),
+        serve_route(&gw, &inner, m, req).await,
+    )
+}
+
+async fn serve_route(gw: &Gateway, inner: &Inner, m: &Matched, mut req: Request) -> Response {
     let route = m.route.clone();
     if !route.methods.is_empty() && !route.methods.contains(req.method()) {
         let mut res = problem(

@@ -527,7 +527,7 @@ impl GatewayBuilder {
     /// Use a Redis Cluster as the store.
     pub fn redis_cluster(mut self, c: &RedisCluster) -> Self {
         self.store = format!(
-            "[store]\nkind = \"redis\"\ncluster = true\nurl = \"{}\"\ntimeout_ms = 2000\n",
+            "[store]\nkind = \"redis\"\ncluster = true\nurl = \"{}\"\ntimeout_ms = 5000\n",
             c.url()
         );
         self

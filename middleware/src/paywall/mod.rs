@@ -36,10 +36,15 @@ use crate::money::{Amount, Currency, Money};
 use crate::price::{Price, PricedRoute};
 use crate::receipt::{Issuer, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier};
 use crate::store::{
-    Account, AuthorizeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome,
-    Idempotency, MemoryStore, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
+    AuthorizeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
+    MemoryStore, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
 };
 use crate::token::{TokenError, TokenKey};
+
+mod agent;
+mod reconcile;
+
+use self::reconcile::{reconcile, retry_unknown};
 
 /// x402 v2 response header with the payment requirements.
 pub const PAYMENT_REQUIRED: &str = "payment-required";
@@ -578,25 +583,27 @@ impl Paywall {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Result<Option<Admission>, Refusal> {
-        let result = self.admit_inner(route, method, uri, headers).await;
+        let Some((currency, due)) = Self::hold_amount(route) else {
+            return Ok(None);
+        };
+        // Parsed once: the engine and the metrics both use it.
+        let credential = credential::extract(headers);
+        let kind = match &credential {
+            Ok(Some(Credential::AccessToken(_))) => "token",
+            Ok(Some(Credential::Receipt { .. })) => "receipt",
+            _ => "none",
+        };
+        let result = self
+            .admit_inner(route, method, uri, headers, (currency, due), credential)
+            .await;
         let m = crate::metrics::global();
         match &result {
-            Ok(Some(a)) => {
-                let kind = if a.payment.credential.starts_with("token:") {
-                    "token"
-                } else {
-                    "receipt"
-                };
+            Ok(Some(_)) => {
                 m.credentials.with_label_values(&[kind, "accepted"]).inc();
                 m.holds_in_flight.inc();
             }
             Ok(None) => {}
             Err(res) => {
-                let kind = match credential::extract(headers) {
-                    Ok(Some(Credential::AccessToken(_))) => "token",
-                    Ok(Some(Credential::Receipt { .. })) => "receipt",
-                    _ => "none",
-                };
                 let code = res
                     .extensions()
                     .get::<ErrorCode>()
@@ -613,10 +620,9 @@ impl Paywall {
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
+        (currency, due): (&Currency, Amount),
+        credential: Result<Option<Credential>, credential::CredentialError>,
     ) -> Result<Option<Admission>, Refusal> {
-        let Some((currency, due)) = Self::hold_amount(route) else {
-            return Ok(None);
-        };
         let refuse = |code: ErrorCode, detail: &str| -> Refusal {
             if code.status() == StatusCode::PAYMENT_REQUIRED {
                 self.challenge(route, method, uri, headers, code, detail)
@@ -624,7 +630,7 @@ impl Paywall {
                 Self::problem(code, detail)
             }
         };
-        let credential = match credential::extract(headers) {
+        let credential = match credential {
             Ok(Some(c)) => c,
             Ok(None) => {
                 return Err(refuse(ErrorCode::PaymentRequired, "this route is paid: pay with a receipt or an access token (see accepts) and retry"));
@@ -995,167 +1001,6 @@ impl Paywall {
         }
         Ok(paid)
     }
-
-    /// Whether `path` is one of the agent endpoints.
-    pub fn is_agent_api(&self, path: &str) -> bool {
-        path.strip_prefix(self.0.agent_api.as_str())
-            .is_some_and(|rest| rest.starts_with('/'))
-    }
-
-    /// Serve an agent endpoint (`None` if `path` is not one):
-    /// - `POST <prefix>/topup` with a `kind: "topup"` receipt: credit it (once) and return an
-    ///   access token;
-    /// - `POST <prefix>/token` with `Authorization: Bearer <token>`: a fresh token;
-    /// - `GET <prefix>/balance` with `Authorization: Bearer <token>`: the prepaid balances.
-    pub async fn agent_api(
-        &self,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-    ) -> Option<Refusal> {
-        let rest = path.strip_prefix(self.0.agent_api.as_str())?;
-        let res = match (method.as_str(), rest) {
-            ("POST", "/topup") => self.topup(headers).await,
-            ("POST", "/token") => self.renew(headers).await,
-            ("GET", "/balance") => self.balance(headers).await,
-            (_, "/topup" | "/token" | "/balance") => Self::problem(
-                ErrorCode::MethodNotAllowed,
-                "see the README for the agent endpoints",
-            ),
-            _ => Self::problem(ErrorCode::RouteNotFound, "no such agent endpoint"),
-        };
-        Some(res)
-    }
-
-    fn token_body(&self, payer: &str) -> Value {
-        let now = self.0.clock.now_secs();
-        let ttl = i64::try_from(self.0.token_ttl.as_secs()).unwrap_or(86_400);
-        json!({
-            "access_token": self.0.token_key.issue(payer, now, ttl),
-            "token_type": "Bearer",
-            "expires_at": now + ttl,
-            "payer": payer,
-        })
-    }
-
-    async fn topup(&self, headers: &HeaderMap) -> Refusal {
-        let token =
-            match credential::extract(headers) {
-                Ok(Some(Credential::Receipt { token, .. })) => token,
-                Ok(_) => return Self::problem(
-                    ErrorCode::PaymentRequired,
-                    "send a kind \"topup\" receipt (Authorization: Payment or PAYMENT-SIGNATURE)",
-                ),
-                Err(e) => return Self::problem(e.code, &e.detail),
-            };
-        let receipt = match self.0.verifier.verify(&token).await {
-            Ok(r) => r,
-            Err(e) => return Self::problem(e.code, &e.detail),
-        };
-        if receipt.kind != ReceiptKind::Topup {
-            return Self::problem(
-                ErrorCode::ReceiptKindUnsupported,
-                "only kind \"topup\" receipts credit a balance",
-            );
-        }
-        let Some((currency, _)) = self.0.currencies.get(&receipt.currency) else {
-            return Self::problem(
-                ErrorCode::CurrencyUnsupported,
-                &format!("{:?} is not accepted here", receipt.currency),
-            );
-        };
-        let minor = match currency.to_minor(receipt.amount) {
-            Ok(m) if m > 0 => m,
-            Ok(_) => {
-                return Self::problem(
-                    ErrorCode::AmountInvalid,
-                    "a top-up must be greater than zero",
-                )
-            }
-            Err(e) => return Self::problem(ErrorCode::AmountInvalid, &e.to_string()),
-        };
-        match self
-            .credit_receipt(&receipt, currency, minor, "topup")
-            .await
-        {
-            Ok((credit_id, balance_minor, duplicate)) => {
-                tracing::info!(payer = %receipt.payer, amount = %receipt.amount, currency = %receipt.currency, duplicate, "top-up");
-                if !duplicate {
-                    crate::metrics::global()
-                        .topups_minor
-                        .with_label_values(&[currency.code()])
-                        .inc_by(minor);
-                }
-                let mut body = self.token_body(&receipt.payer);
-                body["credited"] = receipt.amount.to_string().into();
-                body["currency"] = currency.code().into();
-                body["balance"] = currency.from_minor(balance_minor).to_string().into();
-                body["credit_id"] = credit_id.into();
-                body["duplicate"] = duplicate.into();
-                json_response(StatusCode::OK, &body)
-            }
-            Err((code, detail)) => Self::problem(code, &detail),
-        }
-    }
-
-    // A refusal is a response (tower-http's idiom); it is built only on the refusal path.
-    #[allow(clippy::result_large_err)]
-    fn bearer_claims(&self, headers: &HeaderMap) -> Result<String, Refusal> {
-        match credential::extract(headers) {
-            Ok(Some(Credential::AccessToken(t))) => {
-                match self.0.token_key.verify(&t, self.0.clock.now_secs()) {
-                    Ok(c) => Ok(c.sub),
-                    Err(TokenError::Expired) => Err(Self::problem(
-                        ErrorCode::TokenExpired,
-                        "the access token expired: top up again",
-                    )),
-                    Err(TokenError::Invalid) => Err(Self::problem(
-                        ErrorCode::TokenInvalid,
-                        "the access token is not valid here",
-                    )),
-                }
-            }
-            Ok(_) => Err(Self::problem(
-                ErrorCode::TokenInvalid,
-                "send Authorization: Bearer <access token>",
-            )),
-            Err(e) => Err(Self::problem(e.code, &e.detail)),
-        }
-    }
-
-    async fn renew(&self, headers: &HeaderMap) -> Refusal {
-        match self.bearer_claims(headers) {
-            Ok(payer) => json_response(StatusCode::OK, &self.token_body(&payer)),
-            Err(r) => r,
-        }
-    }
-
-    async fn balance(&self, headers: &HeaderMap) -> Refusal {
-        let payer = match self.bearer_claims(headers) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
-        match self.0.store.account(&payer).await {
-            Ok(account) => json_response(StatusCode::OK, &self.account_json(&payer, &account)),
-            Err(e) => Self::store_down(e, "balance"),
-        }
-    }
-
-    /// An account as decimal strings per currency (unknown currencies in minor units).
-    pub fn account_json(&self, payer: &str, account: &Account) -> Value {
-        let balances: BTreeMap<&String, Value> = account
-            .balances
-            .iter()
-            .map(|(code, b)| {
-                let fmt = |v: i64| match self.0.currencies.get(code) {
-                    Some((c, _)) if v >= 0 => c.from_minor(u64::try_from(v).unwrap_or(0)).to_string(),
-                    _ => v.to_string(),
-                };
-                (code, json!({"available": fmt(b.available), "held": fmt(b.held), "credited": fmt(b.credited), "captured": fmt(b.captured)}))
-            })
-            .collect();
-        json!({"payer": payer, "balances": balances, "holds": account.holds})
-    }
 }
 
 impl Admission {
@@ -1502,116 +1347,6 @@ impl Admission {
         let actual = cap.map_or(actual, |c| actual.min(c));
         (units, prices, actual)
     }
-}
-
-/// Run a capture; when the store does not answer, the capture may or may not have landed, so
-/// retry the same (idempotent) capture until it answers or `window` is over: its answer is then
-/// the first attempt's outcome. Only an outcome learned this way lets the response be served.
-async fn retry_unknown<T, F, Fut>(
-    window: Duration,
-    mut attempt: F,
-) -> Result<T, crate::store::StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
-{
-    let deadline = Instant::now() + window;
-    let mut wait = Duration::from_millis(50);
-    loop {
-        match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() + wait < deadline => {
-                tracing::warn!(error = %e, "capture outcome unknown; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_millis(500));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The store did not answer a capture within the retry window, so the response was withheld --
-/// but the capture may have landed. In the background, until the store answers (up to an hour):
-/// release the hold; if it is gone because the capture did land, refund the charge to the
-/// payer's balance (one credit per reservation, reason `refund: response withheld`). Either
-/// way the payer does not pay for a response it did not get.
-fn reconcile(
-    store: Arc<dyn Store>,
-    held: Held,
-    amount_minor: u64,
-    currency: String,
-    capture: Settlement,
-) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    handle.spawn(async move {
-        let (payer, reservation) = match &held {
-            Held::Receipt(r) => (r.payer.clone(), r.id.clone()),
-            Held::Balance { hold, .. } => (hold.payer.clone(), hold.id.clone()),
-        };
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        let mut wait = Duration::from_millis(200);
-        loop {
-            let outcome: Result<Option<u64>, crate::store::StoreError> = async {
-                match &held {
-                    Held::Receipt(r) => match store.settle(r, &Settlement::Release).await? {
-                        SettleOutcome::Released => Ok(None),
-                        // Not held: either captured (then learn it) or expired unused.
-                        _ => match store.settle(r, &capture).await? {
-                            SettleOutcome::AlreadyCaptured { .. } => Ok(Some(amount_minor)),
-                            // Captured only now, by this check: it is refunded below as well.
-                            SettleOutcome::Captured { .. } => Ok(Some(amount_minor)),
-                            _ => Ok(None),
-                        },
-                    },
-                    Held::Balance { hold, .. } => match store.release_hold(hold).await? {
-                        HoldSettleOutcome::Released => Ok(None),
-                        _ => {
-                            let Settlement::Capture(event) = &capture else { return Ok(None) };
-                            match store.capture_hold(hold, amount_minor, event).await? {
-                                HoldSettleOutcome::Captured { charged_minor, .. } => Ok(Some(charged_minor)),
-                                _ => Ok(None),
-                            }
-                        }
-                    },
-                }
-            }
-            .await;
-            match outcome {
-                Ok(None) => {
-                    tracing::info!(%reservation, "reconciled: nothing was charged for the withheld response");
-                    return;
-                }
-                Ok(Some(charged)) => {
-                    let refund = Credit {
-                        payer: payer.clone(),
-                        currency: currency.clone(),
-                        amount_minor: i64::try_from(charged).unwrap_or(i64::MAX),
-                        idempotency: Idempotency::Key(format!("refund:{reservation}")),
-                        keep_until_ms: SystemClock.now_ms() + 30 * 86_400_000,
-                        reason: "refund: response withheld (store unreachable at capture)".into(),
-                        source: format!("reconcile:{reservation}"),
-                    };
-                    match store.credit(&refund).await {
-                        Ok(_) => {
-                            tracing::warn!(%reservation, %payer, charged, "reconciled: the capture had landed; refunded to the balance");
-                            crate::metrics::global().refunds_minor.with_label_values(&[currency.as_str()]).inc_by(charged);
-                            return;
-                        }
-                        Err(e) => tracing::warn!(error = %e, %reservation, "refund not recorded yet; retrying"),
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, %reservation, "store still unreachable; reconciling later"),
-            }
-            if Instant::now() > deadline {
-                tracing::error!(%reservation, %payer, "could not reconcile a withheld response within an hour: check the ledger");
-                return;
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(10));
-        }
-    });
 }
 
 /// Currencies by code, as configured.

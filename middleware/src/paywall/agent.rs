@@ -1,0 +1,176 @@
+//! The agent endpoints: top-up, token renewal and the balance view.
+
+use std::collections::BTreeMap;
+
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::{json_response, Paywall, Refusal};
+use crate::credential::{self, Credential};
+use crate::error::ErrorCode;
+use crate::receipt::ReceiptKind;
+use crate::store::Account;
+use crate::token::TokenError;
+
+impl Paywall {
+    /// Whether `path` is one of the agent endpoints.
+    pub fn is_agent_api(&self, path: &str) -> bool {
+        path.strip_prefix(self.0.agent_api.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// Serve an agent endpoint (`None` if `path` is not one):
+    /// - `POST <prefix>/topup` with a `kind: "topup"` receipt: credit it (once) and return an
+    ///   access token;
+    /// - `POST <prefix>/token` with `Authorization: Bearer <token>`: a fresh token;
+    /// - `GET <prefix>/balance` with `Authorization: Bearer <token>`: the prepaid balances.
+    pub async fn agent_api(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<Refusal> {
+        let rest = path.strip_prefix(self.0.agent_api.as_str())?;
+        let res = match (method.as_str(), rest) {
+            ("POST", "/topup") => self.topup(headers).await,
+            ("POST", "/token") => self.renew(headers).await,
+            ("GET", "/balance") => self.balance(headers).await,
+            (_, "/topup" | "/token" | "/balance") => Self::problem(
+                ErrorCode::MethodNotAllowed,
+                "see the README for the agent endpoints",
+            ),
+            _ => Self::problem(ErrorCode::RouteNotFound, "no such agent endpoint"),
+        };
+        Some(res)
+    }
+
+    fn token_body(&self, payer: &str) -> Value {
+        let now = self.0.clock.now_secs();
+        let ttl = i64::try_from(self.0.token_ttl.as_secs()).unwrap_or(86_400);
+        json!({
+            "access_token": self.0.token_key.issue(payer, now, ttl),
+            "token_type": "Bearer",
+            "expires_at": now + ttl,
+            "payer": payer,
+        })
+    }
+
+    async fn topup(&self, headers: &HeaderMap) -> Refusal {
+        let token =
+            match credential::extract(headers) {
+                Ok(Some(Credential::Receipt { token, .. })) => token,
+                Ok(_) => return Self::problem(
+                    ErrorCode::PaymentRequired,
+                    "send a kind \"topup\" receipt (Authorization: Payment or PAYMENT-SIGNATURE)",
+                ),
+                Err(e) => return Self::problem(e.code, &e.detail),
+            };
+        let receipt = match self.0.verifier.verify(&token).await {
+            Ok(r) => r,
+            Err(e) => return Self::problem(e.code, &e.detail),
+        };
+        if receipt.kind != ReceiptKind::Topup {
+            return Self::problem(
+                ErrorCode::ReceiptKindUnsupported,
+                "only kind \"topup\" receipts credit a balance",
+            );
+        }
+        let Some((currency, _)) = self.0.currencies.get(&receipt.currency) else {
+            return Self::problem(
+                ErrorCode::CurrencyUnsupported,
+                &format!("{:?} is not accepted here", receipt.currency),
+            );
+        };
+        let minor = match currency.to_minor(receipt.amount) {
+            Ok(m) if m > 0 => m,
+            Ok(_) => {
+                return Self::problem(
+                    ErrorCode::AmountInvalid,
+                    "a top-up must be greater than zero",
+                )
+            }
+            Err(e) => return Self::problem(ErrorCode::AmountInvalid, &e.to_string()),
+        };
+        match self
+            .credit_receipt(&receipt, currency, minor, "topup")
+            .await
+        {
+            Ok((credit_id, balance_minor, duplicate)) => {
+                tracing::info!(payer = %receipt.payer, amount = %receipt.amount, currency = %receipt.currency, duplicate, "top-up");
+                if !duplicate {
+                    crate::metrics::global()
+                        .topups_minor
+                        .with_label_values(&[currency.code()])
+                        .inc_by(minor);
+                }
+                let mut body = self.token_body(&receipt.payer);
+                body["credited"] = receipt.amount.to_string().into();
+                body["currency"] = currency.code().into();
+                body["balance"] = currency.from_minor(balance_minor).to_string().into();
+                body["credit_id"] = credit_id.into();
+                body["duplicate"] = duplicate.into();
+                json_response(StatusCode::OK, &body)
+            }
+            Err((code, detail)) => Self::problem(code, &detail),
+        }
+    }
+
+    // A refusal is a response (tower-http's idiom); it is built only on the refusal path.
+    #[allow(clippy::result_large_err)]
+    fn bearer_claims(&self, headers: &HeaderMap) -> Result<String, Refusal> {
+        match credential::extract(headers) {
+            Ok(Some(Credential::AccessToken(t))) => {
+                match self.0.token_key.verify(&t, self.0.clock.now_secs()) {
+                    Ok(c) => Ok(c.sub),
+                    Err(TokenError::Expired) => Err(Self::problem(
+                        ErrorCode::TokenExpired,
+                        "the access token expired: top up again",
+                    )),
+                    Err(TokenError::Invalid) => Err(Self::problem(
+                        ErrorCode::TokenInvalid,
+                        "the access token is not valid here",
+                    )),
+                }
+            }
+            Ok(_) => Err(Self::problem(
+                ErrorCode::TokenInvalid,
+                "send Authorization: Bearer <access token>",
+            )),
+            Err(e) => Err(Self::problem(e.code, &e.detail)),
+        }
+    }
+
+    async fn renew(&self, headers: &HeaderMap) -> Refusal {
+        match self.bearer_claims(headers) {
+            Ok(payer) => json_response(StatusCode::OK, &self.token_body(&payer)),
+            Err(r) => r,
+        }
+    }
+
+    async fn balance(&self, headers: &HeaderMap) -> Refusal {
+        let payer = match self.bearer_claims(headers) {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        match self.0.store.account(&payer).await {
+            Ok(account) => json_response(StatusCode::OK, &self.account_json(&payer, &account)),
+            Err(e) => Self::store_down(e, "balance"),
+        }
+    }
+
+    /// An account as decimal strings per currency (unknown currencies in minor units).
+    pub fn account_json(&self, payer: &str, account: &Account) -> Value {
+        let balances: BTreeMap<&String, Value> = account
+            .balances
+            .iter()
+            .map(|(code, b)| {
+                let fmt = |v: i64| match self.0.currencies.get(code) {
+                    Some((c, _)) if v >= 0 => c.from_minor(u64::try_from(v).unwrap_or(0)).to_string(),
+                    _ => v.to_string(),
+                };
+                (code, json!({"available": fmt(b.available), "held": fmt(b.held), "credited": fmt(b.credited), "captured": fmt(b.captured)}))
+            })
+            .collect();
+        json!({"payer": payer, "balances": balances, "holds": account.holds})
+    }
+}
