@@ -72,6 +72,8 @@ pub fn router(gw: crate::Gateway, token: &str) -> Router {
         .route("/admin/v1/payers/{id}/credits", post(credit))
         .route("/admin/v1/payers/{id}/block", post(block).delete(unblock))
         .route("/admin/v1/reload", post(reload))
+        .route("/admin/v1/mandates/{id}/revoke", post(revoke_mandate))
+        .route("/admin/v1/receipts/revoke", post(revoke_receipt))
         .route("/admin/v1/usage", get(usage))
         .route("/admin/v1/events", get(events))
         .fallback(|| async { problem(ErrorCode::RouteNotFound, "no such admin endpoint") })
@@ -145,9 +147,108 @@ async fn payer(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
         Ok(u) => u,
         Err(e) => return store_error(e),
     };
+    let now = SystemClock.now_ms();
+    let mandates = match admin.paywall().store().mandates(&id, now).await {
+        Ok(m) => m,
+        Err(e) => return store_error(e),
+    };
     let mut body = admin.paywall().account_json(&id, &account);
     body["usage_30d"] = usage_json(&admin, usage);
+    body["mandates"] = mandates
+        .into_iter()
+        .map(|(summary, used)| mandate_json(&admin, summary, &used, now))
+        .collect();
     Json(body).into_response()
+}
+
+/// A mandate as the provider sees it: limits, use in the current window, room left.
+fn mandate_json(
+    admin: &Admin,
+    mut summary: Value,
+    used: &tollgate_middleware::store::MandateUse,
+    now_ms: i64,
+) -> Value {
+    let currency = summary["currency"].as_str().and_then(|c| admin.currency(c));
+    let fmt = |m: u64| match &currency {
+        Some(c) => c.from_minor(m).to_string(),
+        None => m.to_string(),
+    };
+    let budget_minor = summary["budget"]
+        .as_str()
+        .and_then(|b| b.parse::<Amount>().ok())
+        .and_then(|b| currency.as_ref().and_then(|c| c.to_minor(b).ok()))
+        .unwrap_or(0);
+    let room = budget_minor.saturating_sub(used.spent_minor + used.held_minor);
+    if let Ok(w) =
+        serde_json::from_value::<tollgate_middleware::mandate::Window>(summary["window"].clone())
+    {
+        let (start, end) = w.bounds(now_ms);
+        summary["window_start"] = (start / 1000).into();
+        summary["resets_at"] = (end / 1000).into();
+    }
+    summary["spent"] = fmt(used.spent_minor).into();
+    summary["held"] = fmt(used.held_minor).into();
+    summary["room_left"] = fmt(room).into();
+    summary["revoked"] = used.revoked.into();
+    summary
+}
+
+#[derive(Deserialize, Default)]
+struct RevokeMandateBody {
+    /// The issuer of the mandate (default: every trusted issuer).
+    issuer: Option<String>,
+    reason: Option<String>,
+}
+
+async fn revoke_mandate(
+    State(admin): State<Admin>,
+    Path(id): Path<String>,
+    body: Option<Json<RevokeMandateBody>>,
+) -> Response {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let issuers = match body.issuer {
+        Some(i) => vec![i],
+        None => admin.gw.issuer_ids(),
+    };
+    for issuer in &issuers {
+        let key = tollgate_middleware::mandate::mandate_key(issuer, &id);
+        if let Err(e) = admin.paywall().store().revoke_mandate(&key).await {
+            return store_error(e);
+        }
+    }
+    tracing::info!(mandate = %id, ?issuers, reason = ?body.reason, "mandate revoked");
+    Json(json!({"mandate": id, "issuers": issuers, "revoked": true})).into_response()
+}
+
+#[derive(Deserialize)]
+struct RevokeReceiptBody {
+    issuer: String,
+    id: String,
+    reason: Option<String>,
+}
+
+async fn revoke_receipt(
+    State(admin): State<Admin>,
+    body: Option<Json<RevokeReceiptBody>>,
+) -> Response {
+    let Some(Json(body)) = body else {
+        return bad_request("send JSON {\"issuer\": \"...\", \"id\": \"<jti>\"}");
+    };
+    if body.issuer.is_empty() || body.id.is_empty() {
+        return bad_request("issuer and id must not be empty");
+    }
+    match admin
+        .paywall()
+        .store()
+        .revoke_receipt(&body.issuer, &body.id)
+        .await
+    {
+        Ok(unused) => {
+            tracing::info!(issuer = %body.issuer, receipt = %body.id, reason = ?body.reason, unused, "receipt revoked");
+            Json(json!({"issuer": body.issuer, "id": body.id, "revoked": unused, "state": if unused { "revoked" } else { "already used or in use" }})).into_response()
+        }
+        Err(e) => store_error(e),
+    }
 }
 
 fn usage_json(admin: &Admin, rows: Vec<tollgate_middleware::store::DailyUsage>) -> Value {

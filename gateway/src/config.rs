@@ -330,6 +330,9 @@ pub struct RouteConfig {
     /// Per payer on this route: `{ per_second = 10, burst = 20 }` (429 beyond).
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Route group (mandates may limit the groups they pay for). Default: the route id.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// `rate_limit = { per_second, burst }`.

@@ -279,6 +279,10 @@ async fn build_inner(
                 )
                 .mime_type(c.mime_type.clone())
                 .timeout(route.timeout);
+            let priced = match &c.group {
+                Some(g) => priced.group(g.clone()),
+                None => priced,
+            };
             let priced = match c.rate_limit {
                 Some(rl) => priced.rate_limit(tollgate_middleware::store::RateLimit {
                     per_second: rl.per_second,
@@ -309,6 +313,11 @@ async fn build_inner(
 }
 
 impl Gateway {
+    /// The trusted issuer ids in force.
+    pub fn issuer_ids(&self) -> Vec<String> {
+        self.inner().issuers.clone()
+    }
+
     /// The payment engine in force (its store holds the ledger).
     pub fn paywall(&self) -> Paywall {
         self.inner().paywall.clone()
@@ -585,6 +594,7 @@ async fn catalog(State(gw): State<Gateway>) -> Response {
                 "host": c.host,
                 "description": m.priced.description,
                 "mimeType": m.priced.mime_type,
+                "group": m.priced.group_name(),
                 "price": price,
             })
         })
@@ -615,6 +625,12 @@ async fn catalog(State(gw): State<Gateway>) -> Response {
             {"scheme": "bearer", "kind": "access-token", "headers": ["Authorization: Bearer"], "obtain": format!("{api}/topup")},
         ],
         "agentEndpoints": {"topup": format!("{api}/topup"), "token": format!("{api}/token"), "balance": format!("{api}/balance")},
+        "mandates": {
+            "accepted": true,
+            "carry": ["receipt claim \"mandate\" (the mandate JWT)", "Tollgate-Mandate request header", "an access token bound at top-up or renewal"],
+            "windows": ["hour", "day", "week", "month"],
+            "windowKind": "UTC calendar",
+        },
         "routes": routes,
         "plans": [],
     });

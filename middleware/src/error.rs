@@ -45,6 +45,8 @@ pub enum ErrorCode {
     ReceiptReplayed,
     /// The receipt is being used by another request that has not finished.
     ReceiptInUse,
+    /// The provider revoked the receipt.
+    ReceiptRevoked,
     /// The receipt's `amount` is not a valid decimal amount for its currency.
     AmountInvalid,
     /// The receipt's `amount` is below the route's price.
@@ -90,6 +92,21 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     /// The upstream did not answer within the route's timeout.
     UpstreamTimeout,
+    /// The mandate (spending authority) is malformed, forged, expired or not the payer's.
+    MandateInvalid,
+    /// The mandate was revoked (by the provider or its issuer).
+    MandateRevoked,
+    /// The mandate does not allow this payment (merchant, route group, currency, or the
+    /// per-payment maximum).
+    MandateForbidden,
+    /// The mandate's budget for the current window does not cover this payment (the body
+    /// tells the room left and when the window resets).
+    MandateExceeded,
+    /// The plan's included usage for this period is used up and the plan denies more (the
+    /// 402 offers a renewal).
+    PlanExhausted,
+    /// The plan named by a subscription receipt is not sold here.
+    PlanUnknown,
     /// An unexpected internal failure (details in the gateway log only).
     Internal,
 }
@@ -116,6 +133,7 @@ impl ErrorCode {
             ReceiptKindUnsupported => "receipt_kind_unsupported",
             ReceiptReplayed => "receipt_replayed",
             ReceiptInUse => "receipt_in_use",
+            ReceiptRevoked => "receipt_revoked",
             AmountInvalid => "amount_invalid",
             AmountInsufficient => "amount_insufficient",
             CurrencyMismatch => "currency_mismatch",
@@ -138,6 +156,12 @@ impl ErrorCode {
             BodyTooLarge => "body_too_large",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
+            MandateInvalid => "mandate_invalid",
+            MandateRevoked => "mandate_revoked",
+            MandateForbidden => "mandate_forbidden",
+            MandateExceeded => "mandate_exceeded",
+            PlanExhausted => "plan_exhausted",
+            PlanUnknown => "plan_unknown",
             Internal => "internal",
         }
     }
@@ -150,7 +174,10 @@ impl ErrorCode {
                 StatusCode::BAD_REQUEST
             }
             Unauthorized => StatusCode::UNAUTHORIZED,
-            PayerBlocked => StatusCode::FORBIDDEN,
+            PayerBlocked | MandateRevoked | MandateForbidden | ReceiptRevoked => {
+                StatusCode::FORBIDDEN
+            }
+            MandateInvalid => StatusCode::UNAUTHORIZED,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             TokenInvalid | TokenExpired => StatusCode::UNAUTHORIZED,
             ReceiptInUse => StatusCode::CONFLICT,
@@ -188,6 +215,7 @@ impl ErrorCode {
             ReceiptKindUnsupported => "Receipt kind not accepted here",
             ReceiptReplayed => "Receipt already spent",
             ReceiptInUse => "Receipt in use by another request",
+            ReceiptRevoked => "Receipt revoked",
             AmountInvalid => "Invalid amount",
             AmountInsufficient => "Amount does not cover the price",
             CurrencyMismatch => "Wrong currency",
@@ -210,6 +238,12 @@ impl ErrorCode {
             BodyTooLarge => "Request body too large",
             UpstreamUnavailable => "Upstream unavailable",
             UpstreamTimeout => "Upstream timed out",
+            MandateInvalid => "Invalid spending mandate",
+            MandateRevoked => "Spending mandate revoked",
+            MandateForbidden => "Payment not allowed by the spending mandate",
+            MandateExceeded => "Spending mandate budget exceeded",
+            PlanExhausted => "Plan usage used up for this period",
+            PlanUnknown => "No such plan",
             Internal => "Internal error",
         }
     }

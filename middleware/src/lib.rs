@@ -29,6 +29,7 @@ pub mod credential;
 pub mod error;
 pub mod issuer;
 pub mod layer;
+pub mod mandate;
 pub mod meter;
 pub mod metrics;
 pub mod money;

@@ -55,6 +55,8 @@ pub struct PricedRoute {
     pub timeout: Option<std::time::Duration>,
     /// Per payer on this route (GCRA in the store): over it, 429 with `Retry-After`.
     pub rate_limit: Option<crate::store::RateLimit>,
+    /// The route group (mandates may name the groups they allow). Default: the route id.
+    pub group: Option<String>,
 }
 
 impl PricedRoute {
@@ -68,7 +70,20 @@ impl PricedRoute {
             mime_type: "application/json".into(),
             timeout: None,
             rate_limit: None,
+            group: None,
         }
+    }
+
+    /// The route group: the configured one, or the route id.
+    pub fn group_name(&self) -> &str {
+        self.group.as_deref().unwrap_or(&self.id)
+    }
+
+    /// Put the route in a group.
+    #[must_use]
+    pub fn group(mut self, g: impl Into<String>) -> Self {
+        self.group = Some(g.into());
+        self
     }
 
     /// Set the description.

@@ -116,7 +116,7 @@ pub struct ReceiptError {
 }
 
 impl ReceiptError {
-    fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         ReceiptError {
             code,
             detail: detail.into(),
@@ -402,8 +402,23 @@ impl ReceiptVerifier {
         &self.policy
     }
 
-    /// Verify a compact JWS receipt.
-    pub async fn verify(&self, token: &str) -> Result<Receipt, ReceiptError> {
+    /// The merchant id (the required audience).
+    pub fn merchant(&self) -> &str {
+        &self.merchant
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Check a compact JWS from a trusted issuer -- size, `alg` allow-list, issuer, key,
+    /// signature -- and decode its claims as `T`. Returns the issuer id with the claims.
+    /// Claim semantics (`aud`, `exp`, ...) are the caller's.
+    pub async fn verify_jws<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+    ) -> Result<(String, T), ReceiptError> {
         use ErrorCode as C;
         if token.len() > self.policy.max_bytes {
             return Err(ReceiptError::new(
@@ -457,22 +472,27 @@ impl ReceiptVerifier {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e
-            .kind()
-        {
-            ErrorKind::InvalidSignature
-            | ErrorKind::InvalidEcdsaKey
-            | ErrorKind::InvalidEddsaKey
-            | ErrorKind::InvalidAlgorithm => {
-                ReceiptError::new(C::ReceiptInvalidSignature, "signature does not verify")
-            }
-            ErrorKind::Json(j) => ReceiptError::new(
-                C::ReceiptMalformed,
-                format!("claims: {}", truncate(&j.to_string(), 160)),
-            ),
-            _ => ReceiptError::new(C::ReceiptMalformed, "not a valid receipt JWT"),
-        })?;
-        let c = data.claims;
+        let data =
+            jsonwebtoken::decode::<T>(token, &key, &validation).map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidEddsaKey
+                | ErrorKind::InvalidAlgorithm => {
+                    ReceiptError::new(C::ReceiptInvalidSignature, "signature does not verify")
+                }
+                ErrorKind::Json(j) => ReceiptError::new(
+                    C::ReceiptMalformed,
+                    format!("claims: {}", truncate(&j.to_string(), 160)),
+                ),
+                _ => ReceiptError::new(C::ReceiptMalformed, "not a valid receipt JWT"),
+            })?;
+        Ok((iss, data.claims))
+    }
+
+    /// Verify a compact JWS receipt.
+    pub async fn verify(&self, token: &str) -> Result<Receipt, ReceiptError> {
+        use ErrorCode as C;
+        let (iss, c) = self.verify_jws::<Claims>(token).await?;
         if c.iss != iss {
             return Err(ReceiptError::new(C::ReceiptMalformed, "inconsistent iss"));
         }

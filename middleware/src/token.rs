@@ -41,6 +41,10 @@ pub struct TokenClaims {
     pub exp: i64,
     /// Key id.
     pub kid: String,
+    /// The mandate this token is bound to (verified when the token was issued): every
+    /// payment with the token counts against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mandate: Option<crate::mandate::Mandate>,
 }
 
 /// The access-token MAC key.
@@ -74,11 +78,24 @@ impl TokenKey {
 
     /// Issue a token for `payer`, valid for `ttl_secs` from `now`.
     pub fn issue(&self, payer: &str, now: i64, ttl_secs: i64) -> String {
+        self.issue_bound(payer, now, ttl_secs, None)
+    }
+
+    /// Issue a token bound to a mandate (it expires with the mandate at the latest).
+    pub fn issue_bound(
+        &self,
+        payer: &str,
+        now: i64,
+        ttl_secs: i64,
+        mandate: Option<&crate::mandate::Mandate>,
+    ) -> String {
+        let exp = mandate.map_or(now + ttl_secs, |m| (now + ttl_secs).min(m.expires_at));
         let claims = TokenClaims {
             sub: payer.to_owned(),
             iat: now,
-            exp: now + ttl_secs,
+            exp,
             kid: self.kid.clone(),
+            mandate: mandate.cloned(),
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signed = format!("{TOKEN_PREFIX}{payload}");

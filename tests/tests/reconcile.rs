@@ -95,6 +95,19 @@ impl Store for Flaky {
     async fn set_blocked(&self, p: &str, b: bool) -> Result<(), StoreError> {
         self.inner.set_blocked(p, b).await
     }
+    async fn revoke_mandate(&self, k: &str) -> Result<(), StoreError> {
+        self.inner.revoke_mandate(k).await
+    }
+    async fn revoke_receipt(&self, i: &str, r: &str) -> Result<bool, StoreError> {
+        self.inner.revoke_receipt(i, r).await
+    }
+    async fn mandates(
+        &self,
+        p: &str,
+        now: i64,
+    ) -> Result<Vec<(serde_json::Value, tollgate_middleware::store::MandateUse)>, StoreError> {
+        self.inner.mandates(p, now).await
+    }
 }
 
 async fn setup() -> (Arc<Flaky>, Paywall, Arc<PricedRoute>, HeaderMap) {

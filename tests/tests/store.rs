@@ -20,6 +20,7 @@ fn reservation(payer: &str, jti: &str) -> Reservation {
         receipt_id: jti.into(),
         hold: Duration::from_secs(60),
         spent_until_ms: (tollgate_e2e::now_secs() + 600) * 1000,
+        mandate: None,
     }
 }
 
@@ -309,6 +310,7 @@ fn hold(payer: &str, amount: u64) -> tollgate_middleware::store::Hold {
         currency: "USD".into(),
         amount_minor: amount,
         ttl: Duration::from_secs(60),
+        mandate: None,
     }
 }
 

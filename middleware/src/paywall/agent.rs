@@ -8,9 +8,10 @@ use serde_json::{json, Value};
 use super::{json_response, Paywall, Refusal};
 use crate::credential::{self, Credential};
 use crate::error::ErrorCode;
+use crate::mandate::Mandate;
 use crate::receipt::ReceiptKind;
 use crate::store::Account;
-use crate::token::TokenError;
+use crate::token::{TokenClaims, TokenError};
 
 impl Paywall {
     /// Whether `path` is one of the agent endpoints.
@@ -44,15 +45,46 @@ impl Paywall {
         Some(res)
     }
 
-    fn token_body(&self, payer: &str) -> Value {
+    fn token_body(&self, payer: &str, mandate: Option<&Mandate>) -> Value {
         let now = self.0.clock.now_secs();
         let ttl = i64::try_from(self.0.token_ttl.as_secs()).unwrap_or(86_400);
-        json!({
-            "access_token": self.0.token_key.issue(payer, now, ttl),
+        let exp = mandate.map_or(now + ttl, |m| (now + ttl).min(m.expires_at));
+        let mut body = json!({
+            "access_token": self.0.token_key.issue_bound(payer, now, ttl, mandate),
             "token_type": "Bearer",
-            "expires_at": now + ttl,
+            "expires_at": exp,
             "payer": payer,
-        })
+        });
+        if let Some(m) = mandate {
+            body["mandate"] = m.summary();
+        }
+        body
+    }
+
+    /// The mandate a new token is bound to: the one the old token was bound to (a renewal
+    /// cannot shed it), else the top-up receipt's `mandate` claim or the `Tollgate-Mandate`
+    /// header -- verified and granted to `payer`.
+    #[allow(clippy::result_large_err)]
+    async fn bind_mandate(
+        &self,
+        payer: &str,
+        bound: Option<Mandate>,
+        claim: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<Option<Mandate>, Refusal> {
+        let m = self
+            .mandate_for(claim, bound, headers)
+            .await
+            .map_err(|(c, d)| Self::problem(c, &d))?;
+        if let Some(m) = &m {
+            if m.payer != payer {
+                return Err(Self::problem(
+                    ErrorCode::MandateInvalid,
+                    "the mandate was granted to another agent (sub)",
+                ));
+            }
+        }
+        Ok(m)
     }
 
     async fn topup(&self, headers: &HeaderMap) -> Refusal {
@@ -91,6 +123,13 @@ impl Paywall {
             }
             Err(e) => return Self::problem(ErrorCode::AmountInvalid, &e.to_string()),
         };
+        let mandate = match self
+            .bind_mandate(&receipt.payer, None, receipt.mandate.as_deref(), headers)
+            .await
+        {
+            Ok(m) => m,
+            Err(r) => return r,
+        };
         match self
             .credit_receipt(&receipt, currency, minor, "topup")
             .await
@@ -103,7 +142,7 @@ impl Paywall {
                         .with_label_values(&[currency.code()])
                         .inc_by(minor);
                 }
-                let mut body = self.token_body(&receipt.payer);
+                let mut body = self.token_body(&receipt.payer, mandate.as_ref());
                 body["credited"] = receipt.amount.to_string().into();
                 body["currency"] = currency.code().into();
                 body["balance"] = currency.from_minor(balance_minor).to_string().into();
@@ -117,11 +156,11 @@ impl Paywall {
 
     // A refusal is a response (tower-http's idiom); it is built only on the refusal path.
     #[allow(clippy::result_large_err)]
-    fn bearer_claims(&self, headers: &HeaderMap) -> Result<String, Refusal> {
+    fn bearer_claims(&self, headers: &HeaderMap) -> Result<TokenClaims, Refusal> {
         match credential::extract(headers) {
             Ok(Some(Credential::AccessToken(t))) => {
                 match self.0.token_key.verify(&t, self.0.clock.now_secs()) {
-                    Ok(c) => Ok(c.sub),
+                    Ok(c) => Ok(c),
                     Err(TokenError::Expired) => Err(Self::problem(
                         ErrorCode::TokenExpired,
                         "the access token expired: top up again",
@@ -141,15 +180,22 @@ impl Paywall {
     }
 
     async fn renew(&self, headers: &HeaderMap) -> Refusal {
-        match self.bearer_claims(headers) {
-            Ok(payer) => json_response(StatusCode::OK, &self.token_body(&payer)),
+        let claims = match self.bearer_claims(headers) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        match self
+            .bind_mandate(&claims.sub, claims.mandate, None, headers)
+            .await
+        {
+            Ok(m) => json_response(StatusCode::OK, &self.token_body(&claims.sub, m.as_ref())),
             Err(r) => r,
         }
     }
 
     async fn balance(&self, headers: &HeaderMap) -> Refusal {
         let payer = match self.bearer_claims(headers) {
-            Ok(p) => p,
+            Ok(c) => c.sub,
             Err(r) => return r,
         };
         match self.0.store.account(&payer).await {

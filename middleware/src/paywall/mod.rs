@@ -31,13 +31,14 @@ use crate::challenge::{ChallengeError, ChallengeKey, ChallengeTerms};
 use crate::clock::{Clock, SystemClock};
 use crate::credential::{self, Credential, RECEIPT_SCHEME};
 use crate::error::{ErrorCode, Problem};
+use crate::mandate::{Mandate, TOLLGATE_MANDATE};
 use crate::meter::{Metered, OnMissing};
 use crate::money::{Amount, Currency, Money};
 use crate::price::{Price, PricedRoute};
 use crate::receipt::{Issuer, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier};
 use crate::store::{
     AuthorizeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    MemoryStore, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
+    MandateCharge, MemoryStore, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
 };
 use crate::token::{TokenError, TokenKey};
 
@@ -670,14 +671,23 @@ impl Paywall {
                     })?;
                 self.check_rate(route, &claims.sub).await?;
                 let amount = due;
+                let amount_minor = currency
+                    .to_minor(amount)
+                    .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+                let mandate = self
+                    .mandate_for(None, claims.mandate.clone(), headers)
+                    .await
+                    .map_err(|(c, d)| refuse(c, &d))?;
+                let (charge, max_minor) = self
+                    .mandate_charge(mandate.as_ref(), &claims.sub, route, currency, amount_minor)
+                    .map_err(|(c, d)| refuse(c, &d))?;
                 let hold = Hold {
                     id: uuid::Uuid::new_v4().to_string(),
                     payer: claims.sub.clone(),
                     currency: currency.code().to_owned(),
-                    amount_minor: currency
-                        .to_minor(amount)
-                        .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?,
+                    amount_minor,
                     ttl: self.hold_time(route),
+                    mandate: charge,
                 };
                 let balance_minor = self.place_hold(&hold, route, method, uri, headers).await?;
                 let payment = Payment {
@@ -693,7 +703,7 @@ impl Paywall {
                     payment,
                     Held::Balance {
                         hold,
-                        cap_minor: None,
+                        cap_minor: max_minor,
                         balance_minor,
                         new_token: None,
                     },
@@ -728,13 +738,25 @@ impl Paywall {
                     .check_terms(&receipt, route, currency, due_minor, method)
                     .map_err(|(c, d)| refuse(c, &d))?;
                 self.check_rate(route, &receipt.payer).await?;
+                let mandate = self
+                    .mandate_for(receipt.mandate.as_deref(), None, headers)
+                    .await
+                    .map_err(|(c, d)| refuse(c, &d))?;
+                let (charge, max_minor) = self
+                    .mandate_charge(mandate.as_ref(), &receipt.payer, route, currency, due_minor)
+                    .map_err(|(c, d)| refuse(c, &d))?;
                 let credential = format!("receipt:{}:{}", receipt.issuer, receipt.id);
                 match &route.price {
                     Price::Fixed(price) => {
                         let reservation = self
-                            .reserve_receipt(&receipt, route)
+                            .reserve_receipt(&receipt, route, charge)
                             .await
-                            .map_err(|(c, d)| refuse(c, &d))?;
+                            .map_err(|(c, d, room)| match room {
+                                Some((m, room)) => {
+                                    self.mandate_exceeded(refuse(c, &d), &m, room, currency)
+                                }
+                                None => refuse(c, &d),
+                            })?;
                         let payment = Payment {
                             payer: receipt.payer,
                             charge: price.clone(),
@@ -755,6 +777,7 @@ impl Paywall {
                             currency: currency.code().to_owned(),
                             amount_minor: due_minor,
                             ttl: self.hold_time(route),
+                            mandate: charge,
                         };
                         let balance_minor =
                             self.place_hold(&hold, route, method, uri, headers).await?;
@@ -772,7 +795,9 @@ impl Paywall {
                             payment,
                             Held::Balance {
                                 hold,
-                                cap_minor: Some(paid_minor),
+                                cap_minor: Some(
+                                    max_minor.map_or(paid_minor, |m| m.min(paid_minor)),
+                                ),
                                 balance_minor,
                                 new_token,
                             },
@@ -832,6 +857,24 @@ impl Paywall {
                 ErrorCode::PayerBlocked,
                 "this payer is blocked by the provider",
             )),
+            HoldOutcome::MandateRevoked => Err(Self::problem(
+                ErrorCode::MandateRevoked,
+                "the spending mandate was revoked",
+            )),
+            HoldOutcome::MandateExceeded { room_minor } => {
+                let (Some(m), Some(currency)) = (&hold.mandate, route.price.currency()) else {
+                    return Err(Self::problem(ErrorCode::Internal, "internal error"));
+                };
+                let res = self.challenge(
+                    route,
+                    method,
+                    uri,
+                    headers,
+                    ErrorCode::MandateExceeded,
+                    "the spending mandate's budget for this window does not cover this request",
+                );
+                Err(self.mandate_exceeded(res, m, room_minor, currency))
+            }
             HoldOutcome::Insufficient { balance_minor } => {
                 let currency = route.price.currency().cloned();
                 let have = currency
@@ -860,7 +903,8 @@ impl Paywall {
         &self,
         receipt: &Receipt,
         route: &PricedRoute,
-    ) -> Result<Reservation, (ErrorCode, String)> {
+        mandate: Option<MandateCharge>,
+    ) -> Result<Reservation, (ErrorCode, String, Option<(MandateCharge, u64)>)> {
         let skew = self.0.verifier.policy().clock_skew;
         let reservation = Reservation {
             id: uuid::Uuid::new_v4().to_string(),
@@ -872,6 +916,7 @@ impl Paywall {
                 .expires_at
                 .saturating_mul(1000)
                 .saturating_add(i64::try_from(skew.as_millis()).unwrap_or(0)),
+            mandate,
         };
         let outcome = crate::metrics::timed("authorize", self.0.store.authorize(&reservation))
             .await
@@ -881,6 +926,7 @@ impl Paywall {
                     ErrorCode::StoreUnavailable,
                     "payments are temporarily unavailable; retry later (nothing was charged)"
                         .to_owned(),
+                    None,
                 )
             })?;
         match outcome {
@@ -888,16 +934,124 @@ impl Paywall {
             AuthorizeOutcome::Replayed => Err((
                 ErrorCode::ReceiptReplayed,
                 "this receipt was already spent".into(),
+                None,
             )),
             AuthorizeOutcome::InUse => Err((
                 ErrorCode::ReceiptInUse,
                 "another request is using this receipt; retry when it finishes".into(),
+                None,
             )),
             AuthorizeOutcome::PayerBlocked => Err((
                 ErrorCode::PayerBlocked,
                 "this payer is blocked by the provider".into(),
+                None,
+            )),
+            AuthorizeOutcome::Revoked => Err((
+                ErrorCode::ReceiptRevoked,
+                "the provider revoked this receipt".into(),
+                None,
+            )),
+            AuthorizeOutcome::MandateRevoked => Err((
+                ErrorCode::MandateRevoked,
+                "the spending mandate was revoked".into(),
+                None,
+            )),
+            AuthorizeOutcome::MandateExceeded { room_minor } => Err((
+                ErrorCode::MandateExceeded,
+                "the spending mandate's budget for this window does not cover this payment".into(),
+                reservation.mandate.map(|m| (m, room_minor)),
             )),
         }
+    }
+
+    /// The mandate a payment is made under: one bound to the access token, else the receipt's
+    /// `mandate` claim (the mandate JWT), else the `Tollgate-Mandate` header; verified.
+    async fn mandate_for(
+        &self,
+        claim: Option<&str>,
+        bound: Option<Mandate>,
+        headers: &HeaderMap,
+    ) -> Result<Option<Mandate>, (ErrorCode, String)> {
+        if bound.is_some() {
+            return Ok(bound);
+        }
+        let jwt = match claim {
+            Some(c) if c.contains('.') => Some(c),
+            Some(_) => {
+                return Err((
+                    ErrorCode::MandateInvalid,
+                    "the receipt's mandate claim must carry the mandate JWT".into(),
+                ))
+            }
+            None => match headers.get(TOLLGATE_MANDATE) {
+                Some(v) => Some(v.to_str().map_err(|_| {
+                    (
+                        ErrorCode::MandateInvalid,
+                        "the Tollgate-Mandate header is not a JWT".to_owned(),
+                    )
+                })?),
+                None => None,
+            },
+        };
+        match jwt {
+            None => Ok(None),
+            Some(t) => Mandate::verify(&self.0.verifier, t.trim())
+                .await
+                .map(Some)
+                .map_err(|e| (e.code, e.detail)),
+        }
+    }
+
+    /// What a payment of `amount_minor` counts against its mandate, and the mandate's
+    /// per-payment maximum (caps a metered charge).
+    fn mandate_charge(
+        &self,
+        mandate: Option<&Mandate>,
+        payer: &str,
+        route: &PricedRoute,
+        currency: &Currency,
+        amount_minor: u64,
+    ) -> Result<(Option<MandateCharge>, Option<u64>), (ErrorCode, String)> {
+        let Some(m) = mandate else {
+            return Ok((None, None));
+        };
+        let charge = m.charge(
+            payer,
+            route.group_name(),
+            currency,
+            amount_minor,
+            self.0.clock.now_ms(),
+        )?;
+        let max = m.max_per_payment.and_then(|a| currency.to_minor(a).ok());
+        Ok((Some(charge), max))
+    }
+
+    /// Add the mandate's standing to a `mandate_exceeded` refusal: room left, budget, when
+    /// the window resets (`Retry-After` too).
+    fn mandate_exceeded(
+        &self,
+        mut res: Refusal,
+        m: &MandateCharge,
+        room_minor: u64,
+        currency: &Currency,
+    ) -> Refusal {
+        let resets_at = m.window_end_ms.div_euclid(1000);
+        if let Ok(mut body) = serde_json::from_slice::<Value>(res.body()) {
+            body["mandate"] = json!({
+                "room_left": currency.from_minor(room_minor).to_string(),
+                "budget": currency.from_minor(m.budget_minor).to_string(),
+                "currency": currency.code(),
+                "requested": currency.from_minor(m.amount_minor).to_string(),
+                "window_start": m.window_start_ms.div_euclid(1000),
+                "resets_at": resets_at,
+            });
+            *res.body_mut() = Bytes::from(body.to_string());
+        }
+        let wait = (resets_at - self.0.clock.now_secs()).max(1);
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        res
     }
 
     /// Credit a receipt's amount to its payer's balance, exactly once.

@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use super::{
     days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome, Balance,
     Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    Reservation, SettleOutcome, Settlement, Store, StoreError, UsageEvent,
+    MandateCharge, MandateUse, Reservation, SettleOutcome, Settlement, Store, StoreError,
+    UsageEvent,
 };
 use crate::clock::{Clock, SystemClock};
 
@@ -28,6 +29,9 @@ enum ReceiptState {
         credit_id: String,
         until_ms: i64,
     },
+    Revoked {
+        until_ms: i64,
+    },
 }
 
 impl ReceiptState {
@@ -35,7 +39,8 @@ impl ReceiptState {
         match self {
             ReceiptState::Held { until_ms, .. }
             | ReceiptState::Spent { until_ms, .. }
-            | ReceiptState::Credited { until_ms, .. } => *until_ms,
+            | ReceiptState::Credited { until_ms, .. }
+            | ReceiptState::Revoked { until_ms } => *until_ms,
         }
     }
 }
@@ -69,6 +74,77 @@ struct State {
     rates: HashMap<(String, String), i64>,
     /// Sequence for ledger ids.
     seq: u64,
+    /// Mandate windows by (mandate key, window start).
+    windows: HashMap<(String, i64), MandateWindow>,
+    /// Revoked mandate keys.
+    revoked_mandates: HashSet<String>,
+    /// Mandates each payer used: payer -> mandate key -> summary (JSON).
+    mandates: HashMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default)]
+struct MandateWindow {
+    spent: u64,
+    /// Reservation -> (amount, until ms).
+    holds: HashMap<String, (u64, i64)>,
+}
+
+/// Why a mandate refused a reservation.
+enum MandateRefusal {
+    Revoked,
+    Exceeded(u64),
+}
+
+impl State {
+    /// Room left in a mandate window (expired reservations dropped), not counting `except`.
+    fn mandate_room(&mut self, m: &MandateCharge, now: i64, except: Option<&str>) -> i64 {
+        let w = self
+            .windows
+            .entry((m.key.clone(), m.window_start_ms))
+            .or_default();
+        w.holds.retain(|_, (_, until)| *until > now);
+        let held: u64 = w
+            .holds
+            .iter()
+            .filter(|(id, _)| Some(id.as_str()) != except)
+            .map(|(_, (a, _))| *a)
+            .sum();
+        i64::try_from(m.budget_minor).unwrap_or(i64::MAX)
+            - i64::try_from(w.spent.saturating_add(held)).unwrap_or(i64::MAX)
+    }
+
+    /// Check a mandate can take `m.amount_minor` (not reserving yet).
+    fn mandate_check(&mut self, m: &MandateCharge, now: i64) -> Result<(), MandateRefusal> {
+        if self.revoked_mandates.contains(&m.key) {
+            return Err(MandateRefusal::Revoked);
+        }
+        let room = self.mandate_room(m, now, None);
+        if i64::try_from(m.amount_minor).unwrap_or(i64::MAX) > room {
+            return Err(MandateRefusal::Exceeded(u64::try_from(room).unwrap_or(0)));
+        }
+        Ok(())
+    }
+
+    fn mandate_reserve(&mut self, payer: &str, m: &MandateCharge, reservation: &str, until: i64) {
+        self.windows
+            .entry((m.key.clone(), m.window_start_ms))
+            .or_default()
+            .holds
+            .insert(reservation.to_owned(), (m.amount_minor, until));
+        self.mandates
+            .entry(payer.to_owned())
+            .or_default()
+            .insert(m.key.clone(), m.summary.clone());
+    }
+
+    fn mandate_settle(&mut self, m: &MandateCharge, reservation: &str, charge: u64) {
+        let w = self
+            .windows
+            .entry((m.key.clone(), m.window_start_ms))
+            .or_default();
+        w.holds.remove(reservation);
+        w.spent = w.spent.saturating_add(charge);
+    }
 }
 
 /// The in-process store. Cheap to clone (shared state).
@@ -169,9 +245,19 @@ impl Store for MemoryStore {
                 return Ok(AuthorizeOutcome::Replayed)
             }
             Some(ReceiptState::Held { .. }) => return Ok(AuthorizeOutcome::InUse),
+            Some(ReceiptState::Revoked { .. }) => return Ok(AuthorizeOutcome::Revoked),
             None => {}
         }
         let hold_ms = i64::try_from(r.hold.as_millis()).unwrap_or(i64::MAX);
+        if let Some(m) = &r.mandate {
+            match s.mandate_check(m, now) {
+                Ok(()) => s.mandate_reserve(&r.payer, m, &r.id, now.saturating_add(hold_ms)),
+                Err(MandateRefusal::Revoked) => return Ok(AuthorizeOutcome::MandateRevoked),
+                Err(MandateRefusal::Exceeded(room_minor)) => {
+                    return Ok(AuthorizeOutcome::MandateExceeded { room_minor })
+                }
+            }
+        }
         s.receipts.insert(
             key,
             ReceiptState::Held {
@@ -195,6 +281,9 @@ impl Store for MemoryStore {
             Settlement::Release => match current {
                 Some(ReceiptState::Held { reservation, .. }) if *reservation == r.id => {
                     s.receipts.remove(&key);
+                    if let Some(m) = &r.mandate {
+                        s.mandate_settle(m, &r.id, 0);
+                    }
                     Ok(SettleOutcome::Released)
                 }
                 _ => Ok(SettleOutcome::NotHeld),
@@ -215,6 +304,9 @@ impl Store for MemoryStore {
                     Some(_) => return Ok(SettleOutcome::Conflict),
                 }
                 let event_id = Self::record(&mut s, now, (**event).clone(), event.amount_minor, 0);
+                if let Some(m) = &r.mandate {
+                    s.mandate_settle(m, &r.id, event.amount_minor);
+                }
                 s.receipts.insert(
                     key,
                     ReceiptState::Spent {
@@ -241,19 +333,32 @@ impl Store for MemoryStore {
         Self::sweep(&mut s, &h.payer, now);
         let amount = i64::try_from(h.amount_minor)
             .map_err(|_| StoreError::Protocol("amount too large".into()))?;
+        let available = s
+            .accounts
+            .get(&(h.payer.clone(), h.currency.clone()))
+            .map_or(0, |a| a.available);
+        if available < amount {
+            return Ok(HoldOutcome::Insufficient {
+                balance_minor: minor(available),
+            });
+        }
+        let ttl = i64::try_from(h.ttl.as_millis()).unwrap_or(i64::MAX);
+        if let Some(m) = &h.mandate {
+            match s.mandate_check(m, now) {
+                Ok(()) => s.mandate_reserve(&h.payer, m, &h.id, now.saturating_add(ttl)),
+                Err(MandateRefusal::Revoked) => return Ok(HoldOutcome::MandateRevoked),
+                Err(MandateRefusal::Exceeded(room_minor)) => {
+                    return Ok(HoldOutcome::MandateExceeded { room_minor })
+                }
+            }
+        }
         let acct = s
             .accounts
             .entry((h.payer.clone(), h.currency.clone()))
             .or_default();
-        if acct.available < amount {
-            return Ok(HoldOutcome::Insufficient {
-                balance_minor: minor(acct.available),
-            });
-        }
         acct.available -= amount;
         acct.held += amount;
         let left = minor(acct.available);
-        let ttl = i64::try_from(h.ttl.as_millis()).unwrap_or(i64::MAX);
         s.holds.insert(
             h.id.clone(),
             HoldEntry {
@@ -292,23 +397,35 @@ impl Store for MemoryStore {
         let Some(entry) = s.holds.remove(&h.id) else {
             return Ok(HoldSettleOutcome::NotHeld);
         };
+        let mut actual = i64::try_from(actual_minor).unwrap_or(i64::MAX);
+        let mut beyond_mandate = 0;
+        if let Some(m) = &h.mandate {
+            // Never beyond the mandate's window budget: the rest is recorded as uncharged.
+            let room = s.mandate_room(m, now, Some(&h.id)).max(0);
+            if actual > room {
+                beyond_mandate = actual - room;
+                actual = room;
+            }
+        }
         let acct = s
             .accounts
             .entry((entry.payer.clone(), entry.currency.clone()))
             .or_default();
-        let actual = i64::try_from(actual_minor).unwrap_or(i64::MAX);
         let (charge, uncharged) = if actual > entry.amount + acct.available {
             (
                 entry.amount + acct.available,
-                actual - entry.amount - acct.available,
+                actual - entry.amount - acct.available + beyond_mandate,
             )
         } else {
-            (actual, 0)
+            (actual, beyond_mandate)
         };
         acct.held -= entry.amount;
         acct.available += entry.amount - charge;
         acct.captured += charge;
         let balance = minor(acct.available);
+        if let Some(m) = &h.mandate {
+            s.mandate_settle(m, &h.id, minor(charge));
+        }
         let event_id = Self::record(&mut s, now, event.clone(), minor(charge), minor(uncharged));
         s.settled.insert(
             h.id.clone(),
@@ -330,6 +447,9 @@ impl Store for MemoryStore {
         let acct = s.accounts.entry((entry.payer, entry.currency)).or_default();
         acct.held -= entry.amount;
         acct.available += entry.amount;
+        if let Some(m) = &h.mandate {
+            s.mandate_settle(m, &h.id, 0);
+        }
         Ok(HoldSettleOutcome::Released)
     }
 
@@ -345,6 +465,7 @@ impl Store for MemoryStore {
                     receipt_id: receipt_id.clone(),
                     hold: std::time::Duration::ZERO,
                     spent_until_ms: 0,
+                    mandate: None,
                 };
                 Self::receipt_key(&r)
             }
@@ -478,5 +599,74 @@ impl Store for MemoryStore {
             s.blocked.remove(payer);
         }
         Ok(())
+    }
+
+    async fn revoke_mandate(&self, key: &str) -> Result<(), StoreError> {
+        self.lock()?.revoked_mandates.insert(key.to_owned());
+        Ok(())
+    }
+
+    async fn revoke_receipt(&self, issuer: &str, receipt_id: &str) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        let r = Reservation {
+            issuer: issuer.to_owned(),
+            receipt_id: receipt_id.to_owned(),
+            ..Reservation::empty()
+        };
+        // Like the Redis store: the revoked state goes to every bucket where the receipt has
+        // no state (its payer's bucket is unknown here); a receipt held or spent stays so.
+        let fp = r.fingerprint();
+        let mut unused = true;
+        for b in 0..super::BUCKETS {
+            let key = format!("r:{b}:{fp}");
+            if Self::live(&s, &key, now).is_some() {
+                unused = false;
+                continue;
+            }
+            s.receipts.insert(
+                key,
+                ReceiptState::Revoked {
+                    until_ms: now.saturating_add(super::REVOKED_RECEIPT_KEEP_MS),
+                },
+            );
+        }
+        Ok(unused)
+    }
+
+    async fn mandates(
+        &self,
+        payer: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(serde_json::Value, MandateUse)>, StoreError> {
+        let now = self.clock.now_ms();
+        let s = self.lock()?;
+        let mut out = Vec::new();
+        for (key, summary) in s.mandates.get(payer).into_iter().flatten() {
+            let summary: serde_json::Value = serde_json::from_str(summary).unwrap_or_default();
+            let start = super::mandate_window_start(&summary, now_ms);
+            let (spent, held) = s
+                .windows
+                .get(&(key.clone(), start))
+                .map(|w| {
+                    let held = w
+                        .holds
+                        .values()
+                        .filter(|(_, until)| *until > now)
+                        .map(|(a, _)| *a)
+                        .sum();
+                    (w.spent, held)
+                })
+                .unwrap_or((0, 0));
+            out.push((
+                summary,
+                MandateUse {
+                    spent_minor: spent,
+                    held_minor: held,
+                    revoked: s.revoked_mandates.contains(key),
+                },
+            ));
+        }
+        Ok(out)
     }
 }

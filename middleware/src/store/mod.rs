@@ -77,6 +77,36 @@ pub struct Reservation {
     pub hold: Duration,
     /// Until when a spent receipt is remembered (unix ms): its `exp` plus clock skew.
     pub spent_until_ms: i64,
+    /// The mandate this payment counts against, if any.
+    pub mandate: Option<MandateCharge>,
+}
+
+/// One payment counted against a mandate's window budget (see [`crate::mandate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MandateCharge {
+    /// The mandate key ([`crate::mandate::mandate_key`]).
+    pub key: String,
+    /// The budget per window (minor units).
+    pub budget_minor: u64,
+    /// What this payment reserves (minor units).
+    pub amount_minor: u64,
+    /// The window's start (unix ms; names the window's counters).
+    pub window_start_ms: i64,
+    /// The window's end (unix ms, exclusive).
+    pub window_end_ms: i64,
+    /// The mandate's summary (JSON), recorded for the provider.
+    pub summary: String,
+}
+
+/// A mandate's use in its current window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MandateUse {
+    /// Captured in the window (minor units).
+    pub spent_minor: u64,
+    /// Reserved by requests in flight (minor units).
+    pub held_minor: u64,
+    /// Revoked.
+    pub revoked: bool,
 }
 
 impl Reservation {
@@ -89,6 +119,7 @@ impl Reservation {
             receipt_id: String::new(),
             hold: Duration::ZERO,
             spent_until_ms: 0,
+            mandate: None,
         }
     }
 
@@ -129,6 +160,15 @@ pub enum AuthorizeOutcome {
     Replayed,
     /// Another request holds the receipt right now.
     InUse,
+    /// The provider revoked the receipt.
+    Revoked,
+    /// The mandate was revoked.
+    MandateRevoked,
+    /// The mandate's window budget does not cover the payment.
+    MandateExceeded {
+        /// Room left in the window (minor units).
+        room_minor: u64,
+    },
 }
 
 /// One settled request, as recorded in the ledger.
@@ -297,6 +337,8 @@ pub struct Hold {
     pub amount_minor: u64,
     /// How long before an unsettled hold is given back.
     pub ttl: Duration,
+    /// The mandate this hold counts against, if any.
+    pub mandate: Option<MandateCharge>,
 }
 
 impl Hold {
@@ -321,6 +363,13 @@ pub enum HoldOutcome {
     },
     /// The payer is blocked.
     PayerBlocked,
+    /// The mandate was revoked.
+    MandateRevoked,
+    /// The mandate's window budget does not cover the amount.
+    MandateExceeded {
+        /// Room left in the window (minor units).
+        room_minor: u64,
+    },
 }
 
 /// What settling a hold did.
@@ -567,6 +616,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Block or unblock a payer.
     async fn set_blocked(&self, payer: &str, blocked: bool) -> Result<(), StoreError>;
+    /// Revoke a mandate (by [`crate::mandate::mandate_key`]): every later reservation under
+    /// it is refused, in every bucket.
+    async fn revoke_mandate(&self, key: &str) -> Result<(), StoreError>;
+    /// Revoke a receipt: it can no longer pay (a hold in flight finishes). Returns whether it
+    /// was still unused.
+    async fn revoke_receipt(&self, issuer: &str, receipt_id: &str) -> Result<bool, StoreError>;
+    /// The mandates a payer used, with their summaries (JSON) and use in the window that
+    /// contains `now_ms`.
+    async fn mandates(
+        &self,
+        payer: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(serde_json::Value, MandateUse)>, StoreError>;
     /// Every usage event in the ledger, in id order (tests and small exports).
     async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError> {
         let mut out = Vec::new();
@@ -581,6 +643,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
             }
         }
     }
+}
+
+/// How long a revoked receipt is remembered (longer than any receipt lifetime allowed).
+pub const REVOKED_RECEIPT_KEEP_MS: i64 = 7 * 86_400_000;
+
+/// How long a mandate revocation is remembered (mandates live at most this long).
+pub const REVOKED_MANDATE_KEEP_MS: i64 = 400 * 86_400_000;
+
+/// The start of the window containing `now_ms` for a mandate summary (its `window` field).
+pub fn mandate_window_start(summary: &serde_json::Value, now_ms: i64) -> i64 {
+    serde_json::from_value::<crate::mandate::Window>(summary["window"].clone())
+        .map(|w| w.bounds(now_ms).0)
+        .unwrap_or(0)
 }
 
 /// Days `from..=to` (`yyyymmdd`), at most 400.
@@ -648,6 +723,7 @@ mod tests {
             receipt_id: "j".into(),
             hold: Duration::from_secs(1),
             spent_until_ms: 0,
+            mandate: None,
         };
         assert_eq!(r.fingerprint().len(), 32);
         let other = Reservation {

@@ -19,7 +19,8 @@ use sha2::{Digest, Sha256};
 use super::{
     bucket_of, days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome,
     Balance, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    Reservation, SettleOutcome, Settlement, Store, StoreError, UsageEvent, BUCKETS,
+    MandateCharge, MandateUse, Reservation, SettleOutcome, Settlement, Store, StoreError,
+    UsageEvent, BUCKETS,
 };
 
 /// Connection settings.
@@ -156,12 +157,30 @@ impl RedisStore {
             conn: Mutex::new(None),
             last_attempt: Mutex::new(None),
             scripts: Scripts {
-                authorize: Script::new(include_str!("lua/authorize.lua")),
-                capture: Script::new(include_str!("lua/capture.lua")),
-                release: Script::new(include_str!("lua/release.lua")),
-                hold: Script::new(include_str!("lua/hold.lua")),
-                capture_hold: Script::new(include_str!("lua/capture_hold.lua")),
-                release_hold: Script::new(include_str!("lua/release_hold.lua")),
+                authorize: Script::new(concat!(
+                    include_str!("lua/mandate.lua"),
+                    include_str!("lua/authorize.lua")
+                )),
+                capture: Script::new(concat!(
+                    include_str!("lua/mandate.lua"),
+                    include_str!("lua/capture.lua")
+                )),
+                release: Script::new(concat!(
+                    include_str!("lua/mandate.lua"),
+                    include_str!("lua/release.lua")
+                )),
+                hold: Script::new(concat!(
+                    include_str!("lua/mandate.lua"),
+                    include_str!("lua/hold.lua")
+                )),
+                capture_hold: Script::new(concat!(
+                    include_str!("lua/mandate.lua"),
+                    include_str!("lua/capture_hold.lua")
+                )),
+                release_hold: Script::new(concat!(
+                    include_str!("lua/mandate.lua"),
+                    include_str!("lua/release_hold.lua")
+                )),
                 credit: Script::new(include_str!("lua/credit.lua")),
                 rate: Script::new(include_str!("lua/rate.lua")),
             },
@@ -244,6 +263,38 @@ impl RedisStore {
         self.key(bucket_of(payer), &format!("blocked:{payer}"))
     }
 
+    fn window_key(&self, payer: &str, m: &MandateCharge) -> String {
+        self.key(
+            bucket_of(payer),
+            &format!("mw:{}:{}", m.key, m.window_start_ms),
+        )
+    }
+
+    fn mandate_revoked_key(&self, bucket: u64, mandate: &str) -> String {
+        self.key(bucket, &format!("mrev:{mandate}"))
+    }
+
+    fn mandate_index_key(&self, payer: &str) -> String {
+        self.key(bucket_of(payer), &format!("mandates:{payer}"))
+    }
+
+    /// Keys and arguments of a reservation under a mandate (authorize and hold scripts).
+    fn mandate_keys(&self, inv: &mut redis::ScriptInvocation<'_>, payer: &str, m: &MandateCharge) {
+        inv.key(self.window_key(payer, m))
+            .key(self.mandate_revoked_key(bucket_of(payer), &m.key))
+            .key(self.mandate_index_key(payer));
+    }
+
+    fn mandate_args(inv: &mut redis::ScriptInvocation<'_>, m: &MandateCharge) {
+        inv.arg(m.budget_minor)
+            .arg(
+                m.window_end_ms
+                    .saturating_add(crate::mandate::WINDOW_KEEP_MS),
+            )
+            .arg(&m.key)
+            .arg(&m.summary);
+    }
+
     /// Run a command with the store's timeout (the manager's own timeout covers the
     /// response; this also bounds a reconnect in progress).
     async fn bounded<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -266,16 +317,26 @@ impl Store for RedisStore {
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError> {
         let mut conn = self.connection().await?;
         let mut inv = self.scripts.authorize.prepare_invoke();
-        inv.key(self.receipt_key(r))
-            .key(self.blocked_key(&r.payer))
-            .arg(&r.id)
-            .arg(ms(r.hold));
-        let reply: String = self.bounded(inv.invoke_async(&mut conn)).await?;
+        inv.key(self.receipt_key(r)).key(self.blocked_key(&r.payer));
+        if let Some(m) = &r.mandate {
+            self.mandate_keys(&mut inv, &r.payer, m);
+        }
+        inv.arg(&r.id).arg(ms(r.hold));
+        if let Some(m) = &r.mandate {
+            inv.arg(m.amount_minor);
+            Self::mandate_args(&mut inv, m);
+        }
+        let (reply, room): (String, i64) = self.bounded(inv.invoke_async(&mut conn)).await?;
         match reply.as_str() {
             "reserved" => Ok(AuthorizeOutcome::Reserved),
             "blocked" => Ok(AuthorizeOutcome::PayerBlocked),
             "replayed" => Ok(AuthorizeOutcome::Replayed),
             "in_use" => Ok(AuthorizeOutcome::InUse),
+            "revoked" => Ok(AuthorizeOutcome::Revoked),
+            "mandate_revoked" => Ok(AuthorizeOutcome::MandateRevoked),
+            "mandate_exceeded" => Ok(AuthorizeOutcome::MandateExceeded {
+                room_minor: u64::try_from(room).unwrap_or(0),
+            }),
             other => Err(StoreError::Protocol(format!("authorize replied {other:?}"))),
         }
     }
@@ -285,7 +346,11 @@ impl Store for RedisStore {
         match s {
             Settlement::Release => {
                 let mut inv = self.scripts.release.prepare_invoke();
-                inv.key(self.receipt_key(r)).arg(&r.id);
+                inv.key(self.receipt_key(r));
+                if let Some(m) = &r.mandate {
+                    inv.key(self.window_key(&r.payer, m));
+                }
+                inv.arg(&r.id);
                 let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
                 Ok(if n == 1 {
                     SettleOutcome::Released
@@ -300,10 +365,11 @@ impl Store for RedisStore {
                 inv.key(self.receipt_key(r))
                     .key(self.events_key(r.bucket()))
                     .key(self.payer_agg_key(&r.payer, &day))
-                    .key(self.bucket_agg_key(r.bucket(), &day))
-                    .arg(&r.id)
-                    .arg(r.spent_until_ms)
-                    .arg(fields.len());
+                    .key(self.bucket_agg_key(r.bucket(), &day));
+                if let Some(m) = &r.mandate {
+                    inv.key(self.window_key(&r.payer, m));
+                }
+                inv.arg(&r.id).arg(r.spent_until_ms).arg(fields.len());
                 for (k, v) in fields {
                     inv.arg(k).arg(v);
                 }
@@ -371,22 +437,127 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn revoke_mandate(&self, key: &str) -> Result<(), StoreError> {
+        // Scripts read the marker in the payer's bucket; the payer is not known here, so the
+        // marker goes to every bucket (16 small keys, once per revocation).
+        let mut conn = self.connection().await?;
+        for b in 0..BUCKETS {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.mandate_revoked_key(b, key))
+                .arg("1")
+                .arg("PX")
+                .arg(super::REVOKED_MANDATE_KEEP_MS);
+            let _: Value = self.bounded(cmd.query_async(&mut conn)).await?;
+        }
+        Ok(())
+    }
+
+    async fn revoke_receipt(&self, issuer: &str, receipt_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let fp = Reservation {
+            issuer: issuer.to_owned(),
+            receipt_id: receipt_id.to_owned(),
+            ..Reservation::empty()
+        }
+        .fingerprint();
+        let mut unused = true;
+        for b in 0..BUCKETS {
+            // NX: a receipt held or spent keeps its state (its payer's bucket has it).
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.key(b, &format!("r:{fp}")))
+                .arg("revoked")
+                .arg("NX")
+                .arg("PX")
+                .arg(super::REVOKED_RECEIPT_KEEP_MS);
+            let set: Value = self.bounded(cmd.query_async(&mut conn)).await?;
+            if matches!(set, Value::Nil) {
+                unused = false;
+            }
+        }
+        Ok(unused)
+    }
+
+    async fn mandates(
+        &self,
+        payer: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(serde_json::Value, MandateUse)>, StoreError> {
+        let mut conn = self.connection().await?;
+        let index: Vec<(String, String)> = self
+            .bounded(
+                redis::cmd("HGETALL")
+                    .arg(self.mandate_index_key(payer))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        let mut out = Vec::new();
+        for (key, summary) in index {
+            let summary: serde_json::Value = serde_json::from_str(&summary).unwrap_or_default();
+            let start = super::mandate_window_start(&summary, now_ms);
+            let window: Vec<(String, String)> = self
+                .bounded(
+                    redis::cmd("HGETALL")
+                        .arg(self.key(bucket_of(payer), &format!("mw:{key}:{start}")))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let mut usage = MandateUse {
+                spent_minor: 0,
+                held_minor: 0,
+                revoked: false,
+            };
+            for (f, v) in window {
+                if f == "spent" {
+                    usage.spent_minor = v.parse().unwrap_or(0);
+                } else if f.starts_with("h:") {
+                    let mut p = v.split('|');
+                    let amount: u64 = p.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    let until: i64 = p.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    if until > now {
+                        usage.held_minor += amount;
+                    }
+                }
+            }
+            let revoked: i64 = self
+                .bounded(
+                    redis::cmd("EXISTS")
+                        .arg(self.mandate_revoked_key(bucket_of(payer), &key))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            usage.revoked = revoked == 1;
+            out.push((summary, usage));
+        }
+        Ok(out)
+    }
+
     async fn hold(&self, h: &Hold) -> Result<HoldOutcome, StoreError> {
         let mut conn = self.connection().await?;
         let mut inv = self.scripts.hold.prepare_invoke();
         inv.key(self.account_key(&h.payer))
             .key(self.holds_key(&h.payer))
-            .key(self.blocked_key(&h.payer))
-            .arg(&h.id)
+            .key(self.blocked_key(&h.payer));
+        if let Some(m) = &h.mandate {
+            self.mandate_keys(&mut inv, &h.payer, m);
+        }
+        inv.arg(&h.id)
             .arg(&h.currency)
             .arg(h.amount_minor)
             .arg(ms(h.ttl));
+        if let Some(m) = &h.mandate {
+            Self::mandate_args(&mut inv, m);
+        }
         let (status, bal): (String, i64) = self.bounded(inv.invoke_async(&mut conn)).await?;
         let balance_minor = u64::try_from(bal).unwrap_or(0);
         match status.as_str() {
             "held" => Ok(HoldOutcome::Held { balance_minor }),
             "insufficient" => Ok(HoldOutcome::Insufficient { balance_minor }),
             "blocked" => Ok(HoldOutcome::PayerBlocked),
+            "mandate_revoked" => Ok(HoldOutcome::MandateRevoked),
+            "mandate_exceeded" => Ok(HoldOutcome::MandateExceeded {
+                room_minor: balance_minor,
+            }),
             other => Err(StoreError::Protocol(format!("hold replied {other:?}"))),
         }
     }
@@ -406,8 +577,11 @@ impl Store for RedisStore {
             .key(self.events_key(h.bucket()))
             .key(self.payer_agg_key(&h.payer, &day))
             .key(self.bucket_agg_key(h.bucket(), &day))
-            .key(self.key(h.bucket(), &format!("done:{}", h.id)))
-            .arg(&h.id)
+            .key(self.key(h.bucket(), &format!("done:{}", h.id)));
+        if let Some(m) = &h.mandate {
+            inv.key(self.window_key(&h.payer, m));
+        }
+        inv.arg(&h.id)
             .arg(actual_minor)
             .arg(event.amount_field())
             .arg(fields.len());
@@ -437,8 +611,11 @@ impl Store for RedisStore {
         let mut conn = self.connection().await?;
         let mut inv = self.scripts.release_hold.prepare_invoke();
         inv.key(self.account_key(&h.payer))
-            .key(self.holds_key(&h.payer))
-            .arg(&h.id);
+            .key(self.holds_key(&h.payer));
+        if let Some(m) = &h.mandate {
+            inv.key(self.window_key(&h.payer, m));
+        }
+        inv.arg(&h.id);
         let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(if n == 1 {
             HoldSettleOutcome::Released
@@ -458,6 +635,7 @@ impl Store for RedisStore {
                 receipt_id: receipt_id.clone(),
                 hold: Duration::ZERO,
                 spent_until_ms: 0,
+                mandate: None,
             }),
             Idempotency::Key(k) => {
                 let mut h = Sha256::new();

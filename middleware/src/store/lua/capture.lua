@@ -1,6 +1,8 @@
--- Capture a held receipt and append exactly one usage event, atomically.
+-- Capture a held receipt and append exactly one usage event, atomically (mandate.lua is
+-- prepended).
 -- KEYS[1] receipt state key   KEYS[2] usage event stream
 -- KEYS[3] payer's daily aggregates   KEYS[4] bucket's daily aggregates (all payers)
+-- with a mandate: KEYS[5] window hash (the event's amount_minor is spent in it)
 -- ARGV[1] reservation id      ARGV[2] remember-spent-until (unix ms)
 -- ARGV[3] N = number of event field pairs   ARGV[4 .. 3+2N] event field/value pairs
 -- ARGV[4+2N ..] aggregate field/increment pairs
@@ -21,6 +23,15 @@ for i = 4, 3 + 2 * n do
   fields[#fields + 1] = ARGV[i]
 end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+if #KEYS >= 5 then
+  local charge = 0
+  for i = 1, #fields, 2 do
+    if fields[i] == 'amount_minor' then
+      charge = tonumber(fields[i + 1])
+    end
+  end
+  mandate_settle(KEYS[5], ARGV[1], charge)
+end
 for i = 4 + 2 * n, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])

@@ -5,6 +5,8 @@
 -- KEYS[4] payer's daily aggregates   KEYS[5] bucket's daily aggregates (all payers)
 -- KEYS[6] settled marker of this reservation (kept a day: a retried capture whose first reply
 --         was lost learns the outcome instead of guessing)
+-- with a mandate: KEYS[7] window hash (the charge never exceeds the window's room; it is
+--         spent there) -- mandate.lua is prepended
 -- ARGV[1] reservation id   ARGV[2] actual charge (minor)   ARGV[3] aggregate field for the amount
 -- ARGV[4] N = number of event field pairs   ARGV[5 .. 4+2N] event field/value pairs
 -- ARGV[5+2N ..] aggregate field/increment pairs
@@ -24,16 +26,27 @@ held = tonumber(held)
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. cur) or '0')
 local charge = tonumber(ARGV[2])
 local uncharged = 0
+if #KEYS >= 7 then
+  local budget = tonumber(redis.call('HGET', KEYS[7], 'budget') or '0')
+  local room = math.max(mandate_room(KEYS[7], budget, mandate_now(), 'h:' .. ARGV[1]), 0)
+  if charge > room then
+    uncharged = charge - room
+    charge = room
+  end
+end
 if charge > held + bal then
   -- Usage beyond the hold is taken from the balance as far as it goes; the rest is recorded
   -- as uncharged, never as a negative balance.
-  uncharged = charge - held - bal
+  uncharged = uncharged + charge - held - bal
   charge = held + bal
 end
 redis.call('HINCRBY', KEYS[1], 'held:' .. cur, string.format('%d', -held))
 redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, string.format('%d', held - charge))
 redis.call('HINCRBY', KEYS[1], 'captured:' .. cur, string.format('%d', charge))
 redis.call('HDEL', KEYS[2], ARGV[1])
+if #KEYS >= 7 then
+  mandate_settle(KEYS[7], ARGV[1], charge)
+end
 local n = tonumber(ARGV[4])
 local fields = {}
 for i = 5, 4 + 2 * n do

@@ -1,8 +1,13 @@
--- Hold an amount of a payer's prepaid balance for one request, atomically.
+-- Hold an amount of a payer's prepaid balance for one request, atomically (mandate.lua is
+-- prepended).
 -- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] payer block key
+-- with a mandate: KEYS[4] window hash   KEYS[5] revoked marker   KEYS[6] payer's mandate index
 -- ARGV[1] reservation id   ARGV[2] currency   ARGV[3] amount (minor units)   ARGV[4] hold time (ms)
+-- with a mandate: ARGV[5] budget   ARGV[6] window keep-until (unix ms)   ARGV[7] mandate key
+--                 ARGV[8] mandate summary (JSON)
 -- ARGV[2] empty: read the account instead of holding.
--- Returns {'held', balance left} | {'insufficient', balance} | {'blocked', 0} | {'swept', holds count, account fields}
+-- Returns {'held', balance left} | {'insufficient', balance} | {'blocked', 0}
+--   | {'mandate_revoked', 0} | {'mandate_exceeded', room} | {'swept', holds count, account fields}
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {'blocked', 0}
 end
@@ -27,6 +32,15 @@ local bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. ARGV[2]) or '0')
 local amount = tonumber(ARGV[3])
 if bal < amount then
   return {'insufficient', bal}
+end
+if #KEYS >= 6 then
+  local m = {wkey = KEYS[4], revkey = KEYS[5], idxkey = KEYS[6], amount = amount,
+    budget = tonumber(ARGV[5]), expire_at = ARGV[6], mkey = ARGV[7], summary = ARGV[8]}
+  local refused = mandate_check(m, now)
+  if refused then
+    return refused
+  end
+  mandate_reserve(m, ARGV[1], now + tonumber(ARGV[4]))
 end
 redis.call('HINCRBY', KEYS[1], 'bal:' .. ARGV[2], string.format('%d', -amount))
 redis.call('HINCRBY', KEYS[1], 'held:' .. ARGV[2], string.format('%d', amount))

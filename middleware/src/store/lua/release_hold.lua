@@ -1,6 +1,10 @@
--- Release a hold: the amount returns to the balance.
--- KEYS[1] account hash   KEYS[2] holds hash   ARGV[1] reservation id
+-- Release a hold: the amount returns to the balance. (mandate.lua is prepended.)
+-- KEYS[1] account hash   KEYS[2] holds hash   with a mandate: KEYS[3] window hash
+-- ARGV[1] reservation id
 -- Returns 1 if released, 0 if there was no such hold.
+if #KEYS >= 3 then
+  mandate_settle(KEYS[3], ARGV[1], 0)
+end
 local h = redis.call('HGET', KEYS[2], ARGV[1])
 if not h then
   return 0
