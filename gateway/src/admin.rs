@@ -158,6 +158,22 @@ async fn payer(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
         .into_iter()
         .map(|(summary, used)| mandate_json(&admin, summary, &used, now))
         .collect();
+    let mut plans = Vec::new();
+    for plan in admin.paywall().plans() {
+        match admin.paywall().store().subscription(&id, &plan.id).await {
+            Ok(Some(p)) => plans.push(json!({
+                "plan": plan.id,
+                "period_start": p.start_ms / 1000,
+                "period_end": p.end_ms / 1000,
+                "active": p.end_ms > now,
+                "included": p.calls,
+                "used": p.used,
+            })),
+            Ok(None) => {}
+            Err(e) => return store_error(e),
+        }
+    }
+    body["plans"] = plans.into();
     Json(body).into_response()
 }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tollgate_middleware::jwk::Jwk;
 use tollgate_middleware::money::{Amount, Currency, Money};
 use tollgate_middleware::paywall::valid_caip2;
+use tollgate_middleware::plan::{parse_period, Overage, Plan};
 use tollgate_middleware::{IssuerKey, Meter, Metered, OnMissing, Price, UsageSource};
 
 /// A configuration problem; `tollgate` exits with status 64 on any of them.
@@ -81,6 +82,9 @@ pub struct Config {
     pub store: StoreConfig,
     /// Routes, matched in order.
     pub routes: Vec<RouteConfig>,
+    /// Plans sold (usage-based subscriptions and passes).
+    #[serde(default)]
+    pub plans: Vec<PlanConfig>,
     /// Agent endpoints (top-up, token renewal, balance) and access tokens.
     #[serde(default)]
     pub agent: AgentConfig,
@@ -333,6 +337,37 @@ pub struct RouteConfig {
     /// Route group (mandates may limit the groups they pay for). Default: the route id.
     #[serde(default)]
     pub group: Option<String>,
+}
+
+/// `[[plans]]`: a subscription sold for a period.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Stable id (named by `subscribe` receipts).
+    pub id: String,
+    /// Price of one period: `{ amount = "5", currency = "USD" }`.
+    pub price: MoneyConfig,
+    /// Period: `90s`, `15m`, `1h`, `30d`.
+    pub period: String,
+    /// Route groups covered (a route's `group`, or its id).
+    pub groups: Vec<String>,
+    /// Calls included per period; omitted: unlimited (a pass).
+    #[serde(default)]
+    pub calls: Option<u64>,
+    /// Past the included calls, charge each call from the prepaid balance at this price;
+    /// omitted: deny (`plan_exhausted`).
+    #[serde(default)]
+    pub overage_price: Option<String>,
+}
+
+/// `{ amount, currency }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoneyConfig {
+    /// Decimal string.
+    pub amount: String,
+    /// Currency code (in `[currencies]`).
+    pub currency: String,
 }
 
 /// `rate_limit = { per_second, burst }`.
@@ -727,6 +762,67 @@ impl Config {
                 return Err(invalid("admin.listen", "must differ from listen"));
             }
         }
+        let mut plans: Vec<Plan> = Vec::new();
+        for (i, p) in self.plans.iter().enumerate() {
+            let f = |field: &str| format!("plans[{i}].{field}");
+            if p.id.is_empty() || p.id.len() > 64 || plans.iter().any(|q| q.id == p.id) {
+                return Err(invalid(f("id"), "must be unique, 1 to 64 characters"));
+            }
+            let cur: &Currency = currencies.get(&p.price.currency).ok_or_else(|| {
+                invalid(
+                    f("price.currency"),
+                    format!("{:?} is not in [currencies]", p.price.currency),
+                )
+            })?;
+            let money = |field: &str, s: &str| -> Result<Amount, ConfigError> {
+                let a: Amount = s.parse().map_err(|e| invalid(f(field), format!("{e}")))?;
+                match cur.to_minor(a) {
+                    Ok(m) if m > 0 => Ok(a),
+                    Ok(_) => Err(invalid(f(field), "must be greater than zero")),
+                    Err(e) => Err(invalid(f(field), e.to_string())),
+                }
+            };
+            let price = money("price.amount", &p.price.amount)?;
+            let period = parse_period(&p.period).map_err(|e| invalid(f("period"), e))?;
+            if p.groups.is_empty() {
+                return Err(invalid(f("groups"), "list at least one route group"));
+            }
+            for g in &p.groups {
+                if plans.iter().any(|q| q.covers(g)) {
+                    return Err(invalid(
+                        f("groups"),
+                        format!("group {g:?} is already sold in another plan"),
+                    ));
+                }
+                let known = routes
+                    .iter()
+                    .any(|r| r.config.group.as_deref().unwrap_or(&r.config.id) == g);
+                if !known {
+                    return Err(invalid(f("groups"), format!("no route is in group {g:?}")));
+                }
+            }
+            if p.calls == Some(0) {
+                return Err(invalid(
+                    f("calls"),
+                    "must be at least 1 (omit it for a pass)",
+                ));
+            }
+            let overage = match &p.overage_price {
+                Some(s) => Overage::Charge(money("overage_price", s)?),
+                None => Overage::Deny,
+            };
+            plans.push(Plan {
+                id: p.id.clone(),
+                price: Money {
+                    amount: price,
+                    currency: cur.clone(),
+                },
+                period,
+                groups: p.groups.clone(),
+                calls: p.calls,
+                overage,
+            });
+        }
         let currencies = currencies
             .into_iter()
             .map(|(code, c)| {
@@ -738,6 +834,7 @@ impl Config {
             routes,
             issuers,
             currencies,
+            plans,
         })
     }
 }
@@ -771,6 +868,8 @@ pub struct Validated {
     pub issuers: Vec<(String, IssuerSource)>,
     /// Currencies with their suggested top-up.
     pub currencies: BTreeMap<String, (Currency, Option<Amount>)>,
+    /// Plans sold.
+    pub plans: Vec<Plan>,
 }
 
 #[cfg(test)]

@@ -240,6 +240,9 @@ async fn build_inner(
     for (currency, suggested) in validated.currencies.values() {
         builder = builder.currency(currency.clone(), *suggested);
     }
+    for plan in &validated.plans {
+        builder = builder.plan(plan.clone());
+    }
     let currencies = validated
         .currencies
         .iter()
@@ -632,7 +635,7 @@ async fn catalog(State(gw): State<Gateway>) -> Response {
             "windowKind": "UTC calendar",
         },
         "routes": routes,
-        "plans": [],
+        "plans": inner.paywall.plans().iter().map(|p| p.catalog()).collect::<Vec<_>>(),
     });
     (
         [

@@ -34,6 +34,7 @@ pub mod meter;
 pub mod metrics;
 pub mod money;
 pub mod paywall;
+pub mod plan;
 pub mod price;
 pub mod receipt;
 pub mod store;

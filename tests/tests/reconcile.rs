@@ -95,6 +95,19 @@ impl Store for Flaky {
     async fn set_blocked(&self, p: &str, b: bool) -> Result<(), StoreError> {
         self.inner.set_blocked(p, b).await
     }
+    async fn subscribe(
+        &self,
+        s: &tollgate_middleware::store::Subscription,
+    ) -> Result<tollgate_middleware::store::SubscribeOutcome, StoreError> {
+        self.inner.subscribe(s).await
+    }
+    async fn subscription(
+        &self,
+        p: &str,
+        plan: &str,
+    ) -> Result<Option<tollgate_middleware::store::PlanPeriod>, StoreError> {
+        self.inner.subscription(p, plan).await
+    }
     async fn revoke_mandate(&self, k: &str) -> Result<(), StoreError> {
         self.inner.revoke_mandate(k).await
     }

@@ -311,6 +311,7 @@ fn hold(payer: &str, amount: u64) -> tollgate_middleware::store::Hold {
         amount_minor: amount,
         ttl: Duration::from_secs(60),
         mandate: None,
+        plan: None,
     }
 }
 

@@ -10,7 +10,7 @@ use crate::credential::{self, Credential};
 use crate::error::ErrorCode;
 use crate::mandate::Mandate;
 use crate::receipt::ReceiptKind;
-use crate::store::Account;
+use crate::store::{Account, SubscribeOutcome, Subscription, UsageEvent};
 use crate::token::{TokenClaims, TokenError};
 
 impl Paywall {
@@ -35,8 +35,9 @@ impl Paywall {
         let res = match (method.as_str(), rest) {
             ("POST", "/topup") => self.topup(headers).await,
             ("POST", "/token") => self.renew(headers).await,
+            ("POST", "/subscribe") => self.subscribe(headers).await,
             ("GET", "/balance") => self.balance(headers).await,
-            (_, "/topup" | "/token" | "/balance") => Self::problem(
+            (_, "/topup" | "/token" | "/balance" | "/subscribe") => Self::problem(
                 ErrorCode::MethodNotAllowed,
                 "see the README for the agent endpoints",
             ),
@@ -152,6 +153,121 @@ impl Paywall {
             }
             Err((code, detail)) => Self::problem(code, &detail),
         }
+    }
+
+    /// `POST <prefix>/subscribe` with a `kind: "subscribe"` receipt naming a plan (`plan`
+    /// claim), paying at least its price: one period bought (exactly once per receipt), and an
+    /// access token whose calls on the plan's routes count against it.
+    async fn subscribe(&self, headers: &HeaderMap) -> Refusal {
+        let token = match credential::extract(headers) {
+            Ok(Some(Credential::Receipt { token, .. })) => token,
+            Ok(_) => {
+                return Self::problem(
+                    ErrorCode::PaymentRequired,
+                    "send a kind \"subscribe\" receipt naming the plan",
+                )
+            }
+            Err(e) => return Self::problem(e.code, &e.detail),
+        };
+        let receipt = match self.0.verifier.verify(&token).await {
+            Ok(r) => r,
+            Err(e) => return Self::problem(e.code, &e.detail),
+        };
+        if receipt.kind != ReceiptKind::Subscribe {
+            return Self::problem(
+                ErrorCode::ReceiptKindUnsupported,
+                "only kind \"subscribe\" receipts buy a plan",
+            );
+        }
+        let Some(plan) = receipt
+            .plan
+            .as_deref()
+            .and_then(|id| self.0.plans.iter().find(|p| p.id == id))
+        else {
+            return Self::problem(
+                ErrorCode::PlanUnknown,
+                "the receipt's plan claim names no plan sold here (see /.well-known/tollgate)",
+            );
+        };
+        let currency = &plan.price.currency;
+        if receipt.currency != currency.code() {
+            return Self::problem(
+                ErrorCode::CurrencyMismatch,
+                &format!("plan {} is priced in {}", plan.id, currency.code()),
+            );
+        }
+        let (paid, price) = match (currency.to_minor(receipt.amount), plan.price.minor()) {
+            (Ok(p), Ok(q)) => (p, q),
+            (Err(e), _) | (_, Err(e)) => {
+                return Self::problem(ErrorCode::AmountInvalid, &e.to_string())
+            }
+        };
+        if paid < price {
+            return Self::problem(
+                ErrorCode::AmountInsufficient,
+                &format!(
+                    "plan {} costs {} {}",
+                    plan.id,
+                    plan.price.amount,
+                    currency.code()
+                ),
+            );
+        }
+        let now = self.0.clock.now_ms();
+        let skew = i64::try_from(self.0.verifier.policy().clock_skew.as_millis()).unwrap_or(0);
+        let sub = Subscription {
+            payer: receipt.payer.clone(),
+            plan: plan.id.clone(),
+            period_ms: i64::try_from(plan.period.as_millis()).unwrap_or(i64::MAX),
+            calls: plan.calls,
+            now_ms: now,
+            issuer: receipt.issuer.clone(),
+            receipt_id: receipt.id.clone(),
+            keep_until_ms: receipt.expires_at.saturating_mul(1000).saturating_add(skew),
+            event: UsageEvent {
+                id: String::new(),
+                time_ms: now,
+                payer: receipt.payer.clone(),
+                route: format!("plan:{}", plan.id),
+                method: "POST".into(),
+                units: BTreeMap::from([("period".to_owned(), 1)]),
+                unit_prices: BTreeMap::new(),
+                currency: currency.code().to_owned(),
+                scale: currency.scale(),
+                amount_minor: price,
+                uncharged_minor: 0,
+                credential: format!("receipt:{}:{}", receipt.issuer, receipt.id),
+                reservation: String::new(),
+                upstream_status: 0,
+            },
+        };
+        let (event_id, end, duplicate) = match self.0.store.subscribe(&sub).await {
+            Ok(SubscribeOutcome::Subscribed {
+                event_id,
+                period_end_ms,
+            }) => (event_id, period_end_ms, false),
+            Ok(SubscribeOutcome::Duplicate {
+                event_id,
+                period_end_ms,
+            }) => (event_id, period_end_ms, true),
+            Ok(SubscribeOutcome::ReceiptUsed) => {
+                return Self::problem(ErrorCode::ReceiptReplayed, "this receipt was already spent")
+            }
+            Err(e) => return Self::store_down(e, "subscribe"),
+        };
+        if !duplicate {
+            crate::metrics::global()
+                .revenue_minor
+                .with_label_values(&[sub.event.route.as_str(), currency.code()])
+                .inc_by(price);
+        }
+        tracing::info!(payer = %receipt.payer, plan = %plan.id, duplicate, "plan bought");
+        let mut body = self.token_body(&receipt.payer, None);
+        body["plan"] = plan.catalog();
+        body["period_end"] = end.div_euclid(1000).into();
+        body["event_id"] = event_id.into();
+        body["duplicate"] = duplicate.into();
+        json_response(StatusCode::OK, &body)
     }
 
     // A refusal is a response (tower-http's idiom); it is built only on the refusal path.

@@ -34,11 +34,12 @@ use crate::error::{ErrorCode, Problem};
 use crate::mandate::{Mandate, TOLLGATE_MANDATE};
 use crate::meter::{Metered, OnMissing};
 use crate::money::{Amount, Currency, Money};
+use crate::plan::{Overage, Plan};
 use crate::price::{Price, PricedRoute};
 use crate::receipt::{Issuer, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier};
 use crate::store::{
     AuthorizeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    MandateCharge, MemoryStore, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
+    MandateCharge, MemoryStore, PlanUse, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
 };
 use crate::token::{TokenError, TokenKey};
 
@@ -78,9 +79,16 @@ pub struct PaywallBuilder {
     token_ttl: Duration,
     agent_api: String,
     settle_retry: Duration,
+    plans: Vec<Plan>,
 }
 
 impl PaywallBuilder {
+    /// Sell a plan (see [`crate::plan`]).
+    pub fn plan(mut self, plan: Plan) -> Self {
+        self.plans.push(plan);
+        self
+    }
+
     /// Trust an issuer.
     pub fn issuer(mut self, issuer: Issuer) -> Self {
         self.issuers.push(issuer);
@@ -189,6 +197,7 @@ impl PaywallBuilder {
             token_ttl: self.token_ttl,
             agent_api: self.agent_api,
             settle_retry: self.settle_retry,
+            plans: self.plans,
         })))
     }
 }
@@ -238,6 +247,8 @@ struct Inner {
     agent_api: String,
     /// Retry window for captures whose outcome is unknown.
     settle_retry: Duration,
+    /// Plans sold.
+    plans: Vec<Plan>,
 }
 
 /// The payment engine for one merchant. Cheap to clone.
@@ -278,7 +289,21 @@ enum Held {
         balance_minor: u64,
         /// A token issued with this request (a metered payment receipt funds a balance).
         new_token: Option<String>,
+        /// The charge decided at admission (a plan-covered call: 0; overage: the overage
+        /// price), instead of the route's price or meters.
+        fixed_charge: Option<u64>,
     },
+}
+
+/// How a call's hold was placed.
+#[derive(Debug, Clone, Copy)]
+enum Placed {
+    /// From the balance at the route's price; the balance left.
+    Balance(u64),
+    /// Covered by a plan.
+    Plan,
+    /// The plan's calls are used up: the overage price held; the balance left.
+    Overage(u64),
 }
 
 /// A request that may proceed: its receipt or balance is held until [`Admission::settle`].
@@ -385,6 +410,7 @@ impl Paywall {
             token_ttl: Duration::from_secs(86_400),
             agent_api: DEFAULT_AGENT_API.into(),
             settle_retry: Duration::from_secs(5),
+            plans: Vec::new(),
         }
     }
 
@@ -505,6 +531,16 @@ impl Paywall {
             }
             accepts.push(self.offer(minor, currency, ttl, extra));
             accepts.extend(self.topup_offer(currency, &base, ttl));
+            if let Some(plan) = self.plan_for(route) {
+                if let Ok(price) = plan.price.minor() {
+                    let mut extra = plan.catalog();
+                    extra["kind"] = "subscribe".into();
+                    extra["plan"] = plan.id.clone().into();
+                    extra["subscribeUrl"] = format!("{base}{}/subscribe", self.0.agent_api).into();
+                    extra["issuers"] = json!(self.0.verifier.issuer_ids());
+                    accepts.push(self.offer(price, &plan.price.currency, ttl, extra));
+                }
+            }
         }
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         json!({
@@ -681,22 +717,55 @@ impl Paywall {
                 let (charge, max_minor) = self
                     .mandate_charge(mandate.as_ref(), &claims.sub, route, currency, amount_minor)
                     .map_err(|(c, d)| refuse(c, &d))?;
-                let hold = Hold {
+                let plan = self.plan_for(route);
+                let mut hold = Hold {
                     id: uuid::Uuid::new_v4().to_string(),
                     payer: claims.sub.clone(),
                     currency: currency.code().to_owned(),
                     amount_minor,
                     ttl: self.hold_time(route),
                     mandate: charge,
+                    plan: plan.map(|p| PlanUse {
+                        plan: p.id.clone(),
+                        deny: matches!(p.overage, Overage::Deny),
+                        overage_minor: match &p.overage {
+                            Overage::Charge(a) => currency.to_minor(*a).unwrap_or(u64::MAX),
+                            Overage::Deny => 0,
+                        },
+                        now_ms: self.0.clock.now_ms(),
+                        covered: false,
+                    }),
                 };
-                let balance_minor = self.place_hold(&hold, route, method, uri, headers).await?;
+                let placed = self
+                    .place_hold_plan(&mut hold, route, method, uri, headers)
+                    .await?;
+                let mut credential = format!("token:{}", claims.sub);
+                let mut charge_amount = amount;
+                let fixed_charge = match placed {
+                    Placed::Balance(_) => None,
+                    Placed::Plan => {
+                        let id = hold.plan.as_ref().map_or("", |p| p.plan.as_str());
+                        credential = format!("plan:{id}:{}", claims.sub);
+                        charge_amount = Amount::ZERO;
+                        Some(0)
+                    }
+                    Placed::Overage(_) => {
+                        let o = hold.plan.as_ref().map_or(0, |p| p.overage_minor);
+                        charge_amount = currency.from_minor(o);
+                        Some(o)
+                    }
+                };
+                let balance_minor = match placed {
+                    Placed::Balance(b) | Placed::Overage(b) => b,
+                    Placed::Plan => 0,
+                };
                 let payment = Payment {
                     payer: claims.sub.clone(),
                     charge: Money {
-                        amount,
+                        amount: charge_amount,
                         currency: currency.clone(),
                     },
-                    credential: format!("token:{}", claims.sub),
+                    credential,
                     metered: matches!(route.price, Price::Metered(_)),
                 };
                 Ok(Some(admission(
@@ -706,6 +775,7 @@ impl Paywall {
                         cap_minor: max_minor,
                         balance_minor,
                         new_token: None,
+                        fixed_charge,
                     },
                 )))
             }
@@ -727,7 +797,10 @@ impl Paywall {
                     ReceiptKind::Subscribe => {
                         return Err(refuse(
                             ErrorCode::ReceiptKindUnsupported,
-                            "subscriptions are not sold here",
+                            &format!(
+                                "subscribe receipts go to POST {}/subscribe",
+                                self.0.agent_api
+                            ),
                         ))
                     }
                 }
@@ -778,6 +851,7 @@ impl Paywall {
                             amount_minor: due_minor,
                             ttl: self.hold_time(route),
                             mandate: charge,
+                            plan: None,
                         };
                         let balance_minor =
                             self.place_hold(&hold, route, method, uri, headers).await?;
@@ -800,6 +874,7 @@ impl Paywall {
                                 ),
                                 balance_minor,
                                 new_token,
+                                fixed_charge: None,
                             },
                         )))
                     }
@@ -840,6 +915,65 @@ impl Paywall {
         }
     }
 
+    /// The plan that covers a route's group, if one is sold.
+    fn plan_for(&self, route: &PricedRoute) -> Option<&Plan> {
+        let group = route.group_name();
+        self.0.plans.iter().find(|p| p.covers(group))
+    }
+
+    /// The plans sold.
+    pub fn plans(&self) -> &[Plan] {
+        &self.0.plans
+    }
+
+    /// Hold for a call a plan may cover: the store says whether the plan covered it, it is an
+    /// overage, or a plain balance hold (no active period).
+    async fn place_hold_plan(
+        &self,
+        hold: &mut Hold,
+        route: &PricedRoute,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Placed, Refusal> {
+        let outcome = crate::metrics::timed("hold", self.0.store.hold(hold))
+            .await
+            .map_err(|e| Self::store_down(e, "hold"))?;
+        match outcome {
+            HoldOutcome::Plan { .. } => {
+                if let Some(p) = &mut hold.plan {
+                    p.covered = true;
+                }
+                Ok(Placed::Plan)
+            }
+            HoldOutcome::Overage { balance_minor } => Ok(Placed::Overage(balance_minor)),
+            HoldOutcome::PlanExhausted { period_end_ms } => {
+                let plan = hold
+                    .plan
+                    .as_ref()
+                    .map(|p| p.plan.clone())
+                    .unwrap_or_default();
+                let mut res = self.challenge(
+                    route,
+                    method,
+                    uri,
+                    headers,
+                    ErrorCode::PlanExhausted,
+                    &format!("the calls included in plan {plan:?} are used up for this period; renew (see accepts) or wait for the next period"),
+                );
+                if let Ok(mut body) = serde_json::from_slice::<Value>(res.body()) {
+                    body["plan"] =
+                        json!({"id": plan, "period_end": period_end_ms.div_euclid(1000)});
+                    *res.body_mut() = Bytes::from(body.to_string());
+                }
+                Err(res)
+            }
+            other => self
+                .hold_outcome(other, hold, route, method, uri, headers)
+                .map(Placed::Balance),
+        }
+    }
+
     async fn place_hold(
         &self,
         hold: &Hold,
@@ -848,10 +982,28 @@ impl Paywall {
         uri: &Uri,
         headers: &HeaderMap,
     ) -> Result<u64, Refusal> {
-        match crate::metrics::timed("hold", self.0.store.hold(hold))
+        let outcome = crate::metrics::timed("hold", self.0.store.hold(hold))
             .await
-            .map_err(|e| Self::store_down(e, "hold"))?
-        {
+            .map_err(|e| Self::store_down(e, "hold"))?;
+        self.hold_outcome(outcome, hold, route, method, uri, headers)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn hold_outcome(
+        &self,
+        outcome: HoldOutcome,
+        hold: &Hold,
+        route: &PricedRoute,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<u64, Refusal> {
+        match outcome {
+            HoldOutcome::Plan { .. }
+            | HoldOutcome::PlanExhausted { .. }
+            | HoldOutcome::Overage { .. } => {
+                Err(Self::problem(ErrorCode::Internal, "internal error"))
+            }
             HoldOutcome::Held { balance_minor } => Ok(balance_minor),
             HoldOutcome::PayerBlocked => Err(Self::problem(
                 ErrorCode::PayerBlocked,
@@ -1497,6 +1649,13 @@ impl Admission {
             hold_minor
         } else {
             m.cost_minor(&units).unwrap_or(hold_minor)
+        };
+        let actual = match held {
+            Held::Balance {
+                fixed_charge: Some(c),
+                ..
+            } => *c,
+            _ => actual,
         };
         let actual = cap.map_or(actual, |c| actual.min(c));
         (units, prices, actual)

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use super::{
     days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome, Balance,
     Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    MandateCharge, MandateUse, Reservation, SettleOutcome, Settlement, Store, StoreError,
-    UsageEvent,
+    MandateCharge, MandateUse, PlanPeriod, Reservation, SettleOutcome, Settlement, Store,
+    StoreError, SubscribeOutcome, Subscription, UsageEvent,
 };
 use crate::clock::{Clock, SystemClock};
 
@@ -80,6 +80,10 @@ struct State {
     revoked_mandates: HashSet<String>,
     /// Mandates each payer used: payer -> mandate key -> summary (JSON).
     mandates: HashMap<String, BTreeMap<String, String>>,
+    /// Plan periods by (payer, plan).
+    subs: HashMap<(String, String), PlanPeriod>,
+    /// Plan-covered calls given back (reservation ids).
+    plan_released: HashSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -331,8 +335,36 @@ impl Store for MemoryStore {
             return Ok(HoldOutcome::PayerBlocked);
         }
         Self::sweep(&mut s, &h.payer, now);
-        let amount = i64::try_from(h.amount_minor)
+        let mut amount = i64::try_from(h.amount_minor)
             .map_err(|_| StoreError::Protocol("amount too large".into()))?;
+        let mut overage = false;
+        if let Some(p) = &h.plan {
+            if let Some(period) = s.subs.get_mut(&(h.payer.clone(), p.plan.clone())) {
+                if period.end_ms > p.now_ms {
+                    match period.calls {
+                        None => {
+                            period.used += 1;
+                            return Ok(HoldOutcome::Plan { calls_left: None });
+                        }
+                        Some(calls) if period.used < calls => {
+                            period.used += 1;
+                            return Ok(HoldOutcome::Plan {
+                                calls_left: Some(calls - period.used),
+                            });
+                        }
+                        Some(_) if p.deny => {
+                            return Ok(HoldOutcome::PlanExhausted {
+                                period_end_ms: period.end_ms,
+                            })
+                        }
+                        Some(_) => {
+                            amount = i64::try_from(p.overage_minor).unwrap_or(i64::MAX);
+                            overage = true;
+                        }
+                    }
+                }
+            }
+        }
         let available = s
             .accounts
             .get(&(h.payer.clone(), h.currency.clone()))
@@ -359,15 +391,21 @@ impl Store for MemoryStore {
         acct.available -= amount;
         acct.held += amount;
         let left = minor(acct.available);
+        let hold_amount = amount;
         s.holds.insert(
             h.id.clone(),
             HoldEntry {
                 payer: h.payer.clone(),
                 currency: h.currency.clone(),
-                amount,
+                amount: hold_amount,
                 until_ms: now.saturating_add(ttl),
             },
         );
+        if overage {
+            return Ok(HoldOutcome::Overage {
+                balance_minor: left,
+            });
+        }
         Ok(HoldOutcome::Held {
             balance_minor: left,
         })
@@ -381,6 +419,23 @@ impl Store for MemoryStore {
     ) -> Result<HoldSettleOutcome, StoreError> {
         let now = self.clock.now_ms();
         let mut s = self.lock()?;
+        if h.plan.as_ref().is_some_and(|p| p.covered) && !s.settled.contains_key(&h.id) {
+            if s.plan_released.contains(&h.id) {
+                return Ok(HoldSettleOutcome::NotHeld);
+            }
+            let event_id = Self::record(&mut s, now, event.clone(), 0, 0);
+            s.settled.insert(h.id.clone(), (event_id.clone(), 0, 0));
+            let balance = s
+                .accounts
+                .get(&(h.payer.clone(), h.currency.clone()))
+                .map_or(0, |a| minor(a.available));
+            return Ok(HoldSettleOutcome::Captured {
+                event_id,
+                charged_minor: 0,
+                uncharged_minor: 0,
+                balance_minor: balance,
+            });
+        }
         if let Some((event_id, charged, uncharged)) = s.settled.get(&h.id).cloned() {
             let balance = s
                 .accounts
@@ -441,6 +496,15 @@ impl Store for MemoryStore {
 
     async fn release_hold(&self, h: &Hold) -> Result<HoldSettleOutcome, StoreError> {
         let mut s = self.lock()?;
+        if let Some(p) = h.plan.as_ref().filter(|p| p.covered) {
+            if s.settled.contains_key(&h.id) || !s.plan_released.insert(h.id.clone()) {
+                return Ok(HoldSettleOutcome::NotHeld);
+            }
+            if let Some(period) = s.subs.get_mut(&(h.payer.clone(), p.plan.clone())) {
+                period.used = period.used.saturating_sub(1);
+            }
+            return Ok(HoldSettleOutcome::Released);
+        }
         let Some(entry) = s.holds.remove(&h.id) else {
             return Ok(HoldSettleOutcome::NotHeld);
         };
@@ -599,6 +663,68 @@ impl Store for MemoryStore {
             s.blocked.remove(payer);
         }
         Ok(())
+    }
+
+    async fn subscribe(&self, sub: &Subscription) -> Result<SubscribeOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        let r = Reservation {
+            payer: sub.payer.clone(),
+            issuer: sub.issuer.clone(),
+            receipt_id: sub.receipt_id.clone(),
+            ..Reservation::empty()
+        };
+        let key = Self::receipt_key(&r);
+        let period_key = (sub.payer.clone(), sub.plan.clone());
+        match Self::live(&s, &key, now) {
+            Some(ReceiptState::Credited { credit_id, .. }) if credit_id.starts_with("sub:") => {
+                return Ok(SubscribeOutcome::Duplicate {
+                    event_id: credit_id["sub:".len()..].to_owned(),
+                    period_end_ms: s.subs.get(&period_key).map_or(0, |p| p.end_ms),
+                });
+            }
+            Some(_) => return Ok(SubscribeOutcome::ReceiptUsed),
+            None => {}
+        }
+        let period = match s.subs.get(&period_key) {
+            Some(p) if p.end_ms > sub.now_ms => PlanPeriod {
+                end_ms: p.end_ms + sub.period_ms,
+                calls: p.calls.zip(sub.calls).map(|(a, b)| a + b),
+                ..*p
+            },
+            _ => PlanPeriod {
+                start_ms: sub.now_ms,
+                end_ms: sub.now_ms + sub.period_ms,
+                calls: sub.calls,
+                used: 0,
+            },
+        };
+        let period_end_ms = period.end_ms;
+        s.subs.insert(period_key, period);
+        let event_id = Self::record(&mut s, now, sub.event.clone(), sub.event.amount_minor, 0);
+        s.receipts.insert(
+            key,
+            ReceiptState::Credited {
+                credit_id: format!("sub:{event_id}"),
+                until_ms: sub.keep_until_ms,
+            },
+        );
+        Ok(SubscribeOutcome::Subscribed {
+            event_id,
+            period_end_ms,
+        })
+    }
+
+    async fn subscription(
+        &self,
+        payer: &str,
+        plan: &str,
+    ) -> Result<Option<PlanPeriod>, StoreError> {
+        Ok(self
+            .lock()?
+            .subs
+            .get(&(payer.to_owned(), plan.to_owned()))
+            .copied())
     }
 
     async fn revoke_mandate(&self, key: &str) -> Result<(), StoreError> {

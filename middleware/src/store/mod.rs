@@ -339,6 +339,81 @@ pub struct Hold {
     pub ttl: Duration,
     /// The mandate this hold counts against, if any.
     pub mandate: Option<MandateCharge>,
+    /// The plan that may cover this call, if the route's group is sold in one.
+    pub plan: Option<PlanUse>,
+}
+
+/// A call that a plan may cover (see [`crate::plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanUse {
+    /// Plan id.
+    pub plan: String,
+    /// Past the included calls: refuse (`true`) or charge the overage price.
+    pub deny: bool,
+    /// Overage price per call (minor units).
+    pub overage_minor: u64,
+    /// Now (gateway clock, unix ms): periods are judged by it.
+    pub now_ms: i64,
+    /// Set by the engine when the store answered [`HoldOutcome::Plan`]: the call is covered
+    /// (settling it records an event of amount 0, or gives the call back).
+    pub covered: bool,
+}
+
+/// One period of a plan bought with a `subscribe` receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// Who.
+    pub payer: String,
+    /// Plan id.
+    pub plan: String,
+    /// Period length (ms).
+    pub period_ms: i64,
+    /// Calls included (`None`: a pass).
+    pub calls: Option<u64>,
+    /// Now (gateway clock, unix ms).
+    pub now_ms: i64,
+    /// The receipt's issuer and id (single use).
+    pub issuer: String,
+    /// `jti`.
+    pub receipt_id: String,
+    /// Until when the receipt is remembered (unix ms).
+    pub keep_until_ms: i64,
+    /// The purchase, recorded in the usage ledger (amount = the price).
+    pub event: UsageEvent,
+}
+
+/// What buying a period did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeOutcome {
+    /// Bought now.
+    Subscribed {
+        /// Ledger id of the purchase.
+        event_id: String,
+        /// End of the (possibly extended) period, unix ms.
+        period_end_ms: i64,
+    },
+    /// Bought earlier with the same receipt.
+    Duplicate {
+        /// Ledger id of the purchase.
+        event_id: String,
+        /// End of the period, unix ms.
+        period_end_ms: i64,
+    },
+    /// The receipt was used for something else.
+    ReceiptUsed,
+}
+
+/// A payer's period of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanPeriod {
+    /// Start, unix ms.
+    pub start_ms: i64,
+    /// End, unix ms (exclusive).
+    pub end_ms: i64,
+    /// Calls included (`None`: a pass).
+    pub calls: Option<u64>,
+    /// Calls used.
+    pub used: u64,
 }
 
 impl Hold {
@@ -369,6 +444,21 @@ pub enum HoldOutcome {
     MandateExceeded {
         /// Room left in the window (minor units).
         room_minor: u64,
+    },
+    /// The plan covers the call (nothing held from the balance).
+    Plan {
+        /// Calls left in the period after this one (`None`: a pass).
+        calls_left: Option<u64>,
+    },
+    /// The plan's calls for this period are used up and it denies more.
+    PlanExhausted {
+        /// When the period ends (unix ms).
+        period_end_ms: i64,
+    },
+    /// The plan's calls are used up: the overage price is held from the balance.
+    Overage {
+        /// Available balance after the hold (minor units).
+        balance_minor: u64,
     },
 }
 
@@ -622,6 +712,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Revoke a receipt: it can no longer pay (a hold in flight finishes). Returns whether it
     /// was still unused.
     async fn revoke_receipt(&self, issuer: &str, receipt_id: &str) -> Result<bool, StoreError>;
+    /// Buy one period of a plan (single use of the receipt; the purchase is one usage event).
+    async fn subscribe(&self, s: &Subscription) -> Result<SubscribeOutcome, StoreError>;
+    /// A payer's current (or last) period of a plan.
+    async fn subscription(&self, payer: &str, plan: &str)
+        -> Result<Option<PlanPeriod>, StoreError>;
     /// The mandates a payer used, with their summaries (JSON) and use in the window that
     /// contains `now_ms`.
     async fn mandates(

@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 use super::{
     bucket_of, days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome,
     Balance, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    MandateCharge, MandateUse, Reservation, SettleOutcome, Settlement, Store, StoreError,
-    UsageEvent, BUCKETS,
+    MandateCharge, MandateUse, PlanPeriod, Reservation, SettleOutcome, Settlement, Store,
+    StoreError, SubscribeOutcome, Subscription, UsageEvent, BUCKETS,
 };
 
 /// Connection settings.
@@ -58,6 +58,9 @@ struct Scripts {
     release_hold: Script,
     credit: Script,
     rate: Script,
+    subscribe: Script,
+    plan_capture: Script,
+    plan_release: Script,
 }
 
 /// A single server or a cluster.
@@ -183,6 +186,9 @@ impl RedisStore {
                 )),
                 credit: Script::new(include_str!("lua/credit.lua")),
                 rate: Script::new(include_str!("lua/rate.lua")),
+                subscribe: Script::new(include_str!("lua/subscribe.lua")),
+                plan_capture: Script::new(include_str!("lua/plan_capture.lua")),
+                plan_release: Script::new(include_str!("lua/plan_release.lua")),
             },
         };
         if let Err(e) = store.connection().await {
@@ -272,6 +278,14 @@ impl RedisStore {
 
     fn mandate_revoked_key(&self, bucket: u64, mandate: &str) -> String {
         self.key(bucket, &format!("mrev:{mandate}"))
+    }
+
+    fn subscription_key(&self, payer: &str, plan: &str) -> String {
+        self.key(bucket_of(payer), &format!("sub:{plan}:{payer}"))
+    }
+
+    fn done_key(&self, h: &Hold) -> String {
+        self.key(h.bucket(), &format!("done:{}", h.id))
     }
 
     fn mandate_index_key(&self, payer: &str) -> String {
@@ -437,6 +451,77 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    async fn subscribe(&self, s: &Subscription) -> Result<SubscribeOutcome, StoreError> {
+        let mut conn = self.connection().await?;
+        let b = bucket_of(&s.payer);
+        let day = utc_day(s.event.time_ms);
+        let r = Reservation {
+            payer: s.payer.clone(),
+            issuer: s.issuer.clone(),
+            receipt_id: s.receipt_id.clone(),
+            ..Reservation::empty()
+        };
+        let fields = s.event.to_fields(true);
+        let mut inv = self.scripts.subscribe.prepare_invoke();
+        inv.key(self.receipt_key(&r))
+            .key(self.subscription_key(&s.payer, &s.plan))
+            .key(self.events_key(b))
+            .key(self.payer_agg_key(&s.payer, &day))
+            .key(self.bucket_agg_key(b, &day))
+            .arg(s.now_ms)
+            .arg(s.period_ms)
+            .arg(s.calls.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX)))
+            .arg(s.keep_until_ms.max(s.now_ms + 1000))
+            .arg(fields.len());
+        for (k, v) in fields {
+            inv.arg(k).arg(v);
+        }
+        inv.arg(s.event.amount_field()).arg(s.event.amount_minor);
+        for (k, v) in s.event.aggregate_fields() {
+            inv.arg(k).arg(v);
+        }
+        let (status, id, end): (String, String, i64) =
+            self.bounded(inv.invoke_async(&mut conn)).await?;
+        match status.as_str() {
+            "subscribed" => Ok(SubscribeOutcome::Subscribed {
+                event_id: Self::ledger_id(b, &id),
+                period_end_ms: end,
+            }),
+            "duplicate" => Ok(SubscribeOutcome::Duplicate {
+                event_id: Self::ledger_id(b, &id),
+                period_end_ms: end,
+            }),
+            "used" => Ok(SubscribeOutcome::ReceiptUsed),
+            other => Err(StoreError::Protocol(format!("subscribe replied {other:?}"))),
+        }
+    }
+
+    async fn subscription(
+        &self,
+        payer: &str,
+        plan: &str,
+    ) -> Result<Option<PlanPeriod>, StoreError> {
+        let mut conn = self.connection().await?;
+        let v: Vec<Option<i64>> = self
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(self.subscription_key(payer, plan))
+                    .arg("start")
+                    .arg("end")
+                    .arg("calls")
+                    .arg("used")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let get = |i: usize| v.get(i).copied().flatten();
+        Ok(get(1).map(|end_ms| PlanPeriod {
+            start_ms: get(0).unwrap_or(0),
+            end_ms,
+            calls: get(2).and_then(|c| u64::try_from(c).ok()),
+            used: get(3).and_then(|u| u64::try_from(u).ok()).unwrap_or(0),
+        }))
+    }
+
     async fn revoke_mandate(&self, key: &str) -> Result<(), StoreError> {
         // Scripts read the marker in the payer's bucket; the payer is not known here, so the
         // marker goes to every bucket (16 small keys, once per revocation).
@@ -538,15 +623,33 @@ impl Store for RedisStore {
         inv.key(self.account_key(&h.payer))
             .key(self.holds_key(&h.payer))
             .key(self.blocked_key(&h.payer));
-        if let Some(m) = &h.mandate {
-            self.mandate_keys(&mut inv, &h.payer, m);
+        match (&h.mandate, &h.plan) {
+            (Some(m), _) => self.mandate_keys(&mut inv, &h.payer, m),
+            (None, Some(_)) => {
+                // Placeholders in the same slot: the script reads them only with a mandate.
+                let a = self.account_key(&h.payer);
+                inv.key(&a).key(&a).key(&a);
+            }
+            (None, None) => {}
+        }
+        if let Some(p) = &h.plan {
+            inv.key(self.subscription_key(&h.payer, &p.plan));
         }
         inv.arg(&h.id)
             .arg(&h.currency)
             .arg(h.amount_minor)
             .arg(ms(h.ttl));
-        if let Some(m) = &h.mandate {
-            Self::mandate_args(&mut inv, m);
+        match (&h.mandate, &h.plan) {
+            (Some(m), _) => Self::mandate_args(&mut inv, m),
+            (None, Some(_)) => {
+                inv.arg("").arg("").arg("").arg("");
+            }
+            (None, None) => {}
+        }
+        if let Some(p) = &h.plan {
+            inv.arg(if p.deny { "deny" } else { "overage" })
+                .arg(p.now_ms)
+                .arg(p.overage_minor);
         }
         let (status, bal): (String, i64) = self.bounded(inv.invoke_async(&mut conn)).await?;
         let balance_minor = u64::try_from(bal).unwrap_or(0);
@@ -558,6 +661,11 @@ impl Store for RedisStore {
             "mandate_exceeded" => Ok(HoldOutcome::MandateExceeded {
                 room_minor: balance_minor,
             }),
+            "plan" => Ok(HoldOutcome::Plan {
+                calls_left: u64::try_from(bal).ok(),
+            }),
+            "plan_exhausted" => Ok(HoldOutcome::PlanExhausted { period_end_ms: bal }),
+            "overage" => Ok(HoldOutcome::Overage { balance_minor }),
             other => Err(StoreError::Protocol(format!("hold replied {other:?}"))),
         }
     }
@@ -570,6 +678,34 @@ impl Store for RedisStore {
     ) -> Result<HoldSettleOutcome, StoreError> {
         let mut conn = self.connection().await?;
         let day = utc_day(event.time_ms);
+        if h.plan.as_ref().is_some_and(|p| p.covered) {
+            let fields = event.to_fields(true);
+            let mut inv = self.scripts.plan_capture.prepare_invoke();
+            inv.key(self.done_key(h))
+                .key(self.events_key(h.bucket()))
+                .key(self.payer_agg_key(&h.payer, &day))
+                .key(self.bucket_agg_key(h.bucket(), &day))
+                .arg(fields.len());
+            for (k, v) in fields {
+                inv.arg(k).arg(v);
+            }
+            for (k, v) in event.aggregate_fields() {
+                inv.arg(k).arg(v);
+            }
+            let (status, id): (String, String) = self.bounded(inv.invoke_async(&mut conn)).await?;
+            return match status.as_str() {
+                "captured" => Ok(HoldSettleOutcome::Captured {
+                    event_id: Self::ledger_id(h.bucket(), &id),
+                    charged_minor: 0,
+                    uncharged_minor: 0,
+                    balance_minor: 0,
+                }),
+                "not_held" => Ok(HoldSettleOutcome::NotHeld),
+                other => Err(StoreError::Protocol(format!(
+                    "plan_capture replied {other:?}"
+                ))),
+            };
+        }
         let fields = event.to_fields(false);
         let mut inv = self.scripts.capture_hold.prepare_invoke();
         inv.key(self.account_key(&h.payer))
@@ -609,6 +745,17 @@ impl Store for RedisStore {
 
     async fn release_hold(&self, h: &Hold) -> Result<HoldSettleOutcome, StoreError> {
         let mut conn = self.connection().await?;
+        if let Some(p) = h.plan.as_ref().filter(|p| p.covered) {
+            let mut inv = self.scripts.plan_release.prepare_invoke();
+            inv.key(self.done_key(h))
+                .key(self.subscription_key(&h.payer, &p.plan));
+            let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+            return Ok(if n == 1 {
+                HoldSettleOutcome::Released
+            } else {
+                HoldSettleOutcome::NotHeld
+            });
+        }
         let mut inv = self.scripts.release_hold.prepare_invoke();
         inv.key(self.account_key(&h.payer))
             .key(self.holds_key(&h.payer));

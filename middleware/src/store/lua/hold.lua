@@ -5,6 +5,12 @@
 -- ARGV[1] reservation id   ARGV[2] currency   ARGV[3] amount (minor units)   ARGV[4] hold time (ms)
 -- with a mandate: ARGV[5] budget   ARGV[6] window keep-until (unix ms)   ARGV[7] mandate key
 --                 ARGV[8] mandate summary (JSON)
+-- with a plan: KEYS[7] the payer's subscription hash (KEYS[4..6] are any same-slot keys when
+--   there is no mandate; ARGV[5..8] are then empty)   ARGV[9] 'deny' | 'overage'
+--   ARGV[10] now (gateway clock, unix ms)   ARGV[11] overage price per call (minor units)
+--   An active period with calls left covers the call: {'plan', calls left (-1: a pass)};
+--   used up: {'plan_exhausted', period end ms} (deny) or a balance hold of the overage price
+--   answered {'overage', balance left}.
 -- ARGV[2] empty: read the account instead of holding.
 -- Returns {'held', balance left} | {'insufficient', balance} | {'blocked', 0}
 --   | {'mandate_revoked', 0} | {'mandate_exceeded', room} | {'swept', holds count, account fields}
@@ -16,7 +22,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 -- Give back holds whose holder died without settling (expired), before looking at the balance.
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
-  local cur, amt, exp = string.match(all[i + 1], '^([^|]+)|(%d+)|(%d+)$')
+  local cur, amt, exp = string.match(all[i + 1], '^([^|]+)|(%d+)|(%d+)')
   if cur and tonumber(exp) <= now then
     redis.call('HINCRBY', KEYS[1], 'held:' .. cur, string.format('%d', -tonumber(amt)))
     redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, string.format('%d', tonumber(amt)))
@@ -28,12 +34,31 @@ if ARGV[2] == '' then
   -- atomic step (so the two always agree).
   return {'swept', redis.call('HLEN', KEYS[2]), redis.call('HGETALL', KEYS[1])}
 end
-local bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. ARGV[2]) or '0')
 local amount = tonumber(ARGV[3])
+local held_status = 'held'
+if ARGV[9] and ARGV[9] ~= '' then
+  local s = redis.call('HMGET', KEYS[7], 'end', 'calls', 'used')
+  if s[1] and tonumber(s[1]) > tonumber(ARGV[10]) then
+    local calls, used = tonumber(s[2]), tonumber(s[3] or '0')
+    if calls < 0 or used < calls then
+      redis.call('HINCRBY', KEYS[7], 'used', 1)
+      if calls < 0 then
+        return {'plan', -1}
+      end
+      return {'plan', calls - used - 1}
+    end
+    if ARGV[9] == 'deny' then
+      return {'plan_exhausted', tonumber(s[1])}
+    end
+    amount = tonumber(ARGV[11])
+    held_status = 'overage'
+  end
+end
+local bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. ARGV[2]) or '0')
 if bal < amount then
   return {'insufficient', bal}
 end
-if #KEYS >= 6 then
+if ARGV[7] and ARGV[7] ~= '' then
   local m = {wkey = KEYS[4], revkey = KEYS[5], idxkey = KEYS[6], amount = amount,
     budget = tonumber(ARGV[5]), expire_at = ARGV[6], mkey = ARGV[7], summary = ARGV[8]}
   local refused = mandate_check(m, now)
@@ -45,4 +70,4 @@ end
 redis.call('HINCRBY', KEYS[1], 'bal:' .. ARGV[2], string.format('%d', -amount))
 redis.call('HINCRBY', KEYS[1], 'held:' .. ARGV[2], string.format('%d', amount))
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '|' .. amount .. '|' .. (now + tonumber(ARGV[4])))
-return {'held', bal - amount}
+return {held_status, bal - amount}

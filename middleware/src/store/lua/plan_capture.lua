@@ -1,0 +1,28 @@
+-- Record a call covered by a plan: one usage event (amount 0), daily aggregates, once.
+-- KEYS[1] settled marker of this reservation   KEYS[2] usage event stream
+-- KEYS[3] payer's daily aggregates   KEYS[4] bucket's daily aggregates
+-- ARGV[1] N = number of event field pairs   ARGV[2 .. 1+2N] event fields   ARGV[2+2N ..] aggregate pairs
+-- Returns {'captured', event id} | {'not_held', ''} (released earlier)
+local done = redis.call('GET', KEYS[1])
+if done then
+  if done == 'released' then
+    return {'not_held', ''}
+  end
+  return {'captured', done}
+end
+local n = tonumber(ARGV[1])
+local fields = {}
+for i = 2, 1 + 2 * n do
+  fields[#fields + 1] = ARGV[i]
+end
+local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+for _, k in ipairs({KEYS[3], KEYS[4]}) do
+  for i = 2 + 2 * n, #ARGV, 2 do
+    redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1])
+  end
+  if redis.call('PTTL', k) < 0 then
+    redis.call('PEXPIRE', k, 400 * 86400 * 1000)
+  end
+end
+redis.call('SET', KEYS[1], id, 'PX', 86400000)
+return {'captured', id}
