@@ -17,9 +17,10 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use super::{
-    bucket_of, days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome,
-    Balance, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    Reservation, SettleOutcome, Settlement, Store, StoreError, UsageEvent, BUCKETS,
+    bucket_of, days_between, event_order, fold_aggregates, fold_payer_totals, utc_day, Account,
+    AuthorizeOutcome, Balance, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome,
+    HoldSettleOutcome, Idempotency, PayerSpend, Reservation, SettleOutcome, Settlement, Store,
+    StoreError, UsageEvent, BUCKETS,
 };
 
 /// Connection settings.
@@ -231,6 +232,10 @@ impl RedisStore {
         self.key(bucket, &format!("aggb:{day}"))
     }
 
+    fn payer_totals_key(&self, bucket: u64, day: &str) -> String {
+        self.key(bucket, &format!("aggp:{day}"))
+    }
+
     /// Stream ids are per bucket; the ledger id appends the bucket so ids are unique.
     fn ledger_id(bucket: u64, stream_id: &str) -> String {
         format!("{stream_id}-{bucket}")
@@ -301,6 +306,7 @@ impl Store for RedisStore {
                     .key(self.events_key(r.bucket()))
                     .key(self.payer_agg_key(&r.payer, &day))
                     .key(self.bucket_agg_key(r.bucket(), &day))
+                    .key(self.payer_totals_key(r.bucket(), &day))
                     .arg(&r.id)
                     .arg(r.spent_until_ms)
                     .arg(fields.len());
@@ -407,6 +413,7 @@ impl Store for RedisStore {
             .key(self.payer_agg_key(&h.payer, &day))
             .key(self.bucket_agg_key(h.bucket(), &day))
             .key(self.key(h.bucket(), &format!("done:{}", h.id)))
+            .key(self.payer_totals_key(h.bucket(), &day))
             .arg(&h.id)
             .arg(actual_minor)
             .arg(event.amount_field())
@@ -518,9 +525,14 @@ impl Store for RedisStore {
             .arg("")
             .arg(0)
             .arg(1);
-        let (status, holds, fields): (String, u64, Vec<(String, i64)>) =
-            self.bounded(inv.invoke_async(&mut conn)).await?;
-        if status == "blocked" {
+        // `{'blocked', 0}` has two elements, `{'swept', holds, fields}` three.
+        let reply: Vec<Value> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let blocked = match reply.first() {
+            Some(Value::BulkString(s)) => s.as_slice() == b"blocked",
+            Some(Value::SimpleString(s)) => s == "blocked",
+            _ => false,
+        };
+        if blocked {
             // Blocked payers are not swept; read plainly.
             let fields: Vec<(String, i64)> = self
                 .bounded(
@@ -539,11 +551,16 @@ impl Store for RedisStore {
             return Ok(Account {
                 balances: parse_balances(fields),
                 holds,
+                blocked: true,
             });
         }
+        let (_, holds, fields): (String, u64, Vec<(String, i64)>) =
+            redis::from_redis_value(&Value::Array(reply))
+                .map_err(|e| StoreError::Protocol(format!("account read replied {e}")))?;
         Ok(Account {
             balances: parse_balances(fields),
             holds,
+            blocked: false,
         })
     }
 
@@ -569,6 +586,25 @@ impl Store for RedisStore {
             }
         }
         Ok(rows.into_values().collect())
+    }
+
+    async fn payer_totals(&self, from: &str, to: &str) -> Result<Vec<PayerSpend>, StoreError> {
+        let days = days_between(from, to)?;
+        let mut conn = self.connection().await?;
+        let mut out = BTreeMap::new();
+        for day in &days {
+            for bucket in 0..BUCKETS {
+                let fields: Vec<(String, i64)> = self
+                    .bounded(
+                        redis::cmd("HGETALL")
+                            .arg(self.payer_totals_key(bucket, day))
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                fold_payer_totals(&fields, &mut out);
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     async fn events_after(

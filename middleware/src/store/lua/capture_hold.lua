@@ -5,6 +5,7 @@
 -- KEYS[4] payer's daily aggregates   KEYS[5] bucket's daily aggregates (all payers)
 -- KEYS[6] settled marker of this reservation (kept a day: a retried capture whose first reply
 --         was lost learns the outcome instead of guessing)
+-- KEYS[7] bucket's per-payer day totals (payer listing)
 -- ARGV[1] reservation id   ARGV[2] actual charge (minor)   ARGV[3] aggregate field for the amount
 -- ARGV[4] N = number of event field pairs   ARGV[5 .. 4+2N] event field/value pairs
 -- ARGV[5+2N ..] aggregate field/increment pairs
@@ -52,6 +53,17 @@ for _, k in ipairs({KEYS[4], KEYS[5]}) do
   if redis.call('PTTL', k) < 0 then
     redis.call('PEXPIRE', k, 400 * 86400 * 1000)
   end
+end
+local payer = ''
+for i = 5, 4 + 2 * n, 2 do
+  if ARGV[i] == 'payer' then
+    payer = ARGV[i + 1]
+  end
+end
+redis.call('HINCRBY', KEYS[7], payer .. '|requests', 1)
+redis.call('HINCRBY', KEYS[7], payer .. '|amount|' .. cur, string.format('%d', charge))
+if redis.call('PTTL', KEYS[7]) < 0 then
+  redis.call('PEXPIRE', KEYS[7], 400 * 86400 * 1000)
 end
 redis.call('SET', KEYS[6], id .. '|' .. string.format('%d', charge) .. '|' .. string.format('%d', uncharged) .. '|' .. cur, 'PX', 86400000)
 return {'captured', id, charge, uncharged, bal + held - charge}
