@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every test of the workspace. The Redis-backed suites start their own redis-server
 # (unix socket in a temp dir, nothing saved), so the binary must be installed; this script
-# installs it with apt-get when it is missing.
+# installs it with apt-get when it is missing (and chromium + chromium-driver for the dashboard test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -10,5 +10,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server
+fi
+# The dashboard test drives a real headless Chromium over WebDriver (Debian's packages).
+if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  echo "chromium / chromedriver not found; installing chromium and chromium-driver with apt-get" >&2
+  SUDO=""
+  if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver
 fi
 cargo test --workspace --locked

@@ -4,7 +4,8 @@
 //! Every request needs `Authorization: Bearer <TOLLGATE_ADMIN_TOKEN>`, compared in constant
 //! time; a token in the query string is refused (it would end up in access logs). The OpenAPI
 //! document is at `GET /admin/v1/openapi.json` and Prometheus metrics at `GET /metrics` (both
-//! behind the token too).
+//! behind the token too). The provider dashboard ([`crate::dashboard`]) is served here too, at
+//! `/admin/ui`: its static page is the only thing answered without the token.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,20 +32,33 @@ pub const ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("admin_openapi.json");
 
+/// The admin API's state (shared with the dashboard's endpoints).
 #[derive(Clone)]
-struct Admin {
+pub(crate) struct Admin {
     /// The gateway (its configuration in force is read per request, so reloads apply).
     gw: crate::Gateway,
     token: Arc<Vec<u8>>,
 }
 
 impl Admin {
-    fn paywall(&self) -> Paywall {
+    pub(crate) fn paywall(&self) -> Paywall {
         self.gw.paywall()
     }
 
-    fn currency(&self, code: &str) -> Option<Currency> {
+    pub(crate) fn currency(&self, code: &str) -> Option<Currency> {
         self.gw.currencies().get(code).cloned()
+    }
+
+    /// The configured currency codes, in order.
+    pub(crate) fn currency_codes(&self) -> Vec<String> {
+        self.gw.currencies().keys().cloned().collect()
+    }
+
+    /// Minor units as a decimal string (the plain integer for an unconfigured currency).
+    pub(crate) fn decimal(&self, code: &str, minor: u64) -> String {
+        self.currency(code)
+            .map(|c| c.from_minor(minor).to_string())
+            .unwrap_or_else(|| minor.to_string())
     }
 }
 
@@ -68,6 +82,16 @@ pub fn router(gw: crate::Gateway, token: &str) -> Router {
             "/admin/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        .route(
+            "/admin/v1/payers",
+            get(crate::dashboard::reports::top_payers),
+        )
+        .route("/admin/v1/summary", get(crate::dashboard::reports::summary))
+        .route("/admin/v1/traffic", get(crate::dashboard::reports::traffic))
+        .route(
+            "/admin/v1/charts/{name}",
+            get(crate::dashboard::reports::chart),
+        )
         .route("/admin/v1/payers/{id}", get(payer))
         .route("/admin/v1/payers/{id}/credits", post(credit))
         .route("/admin/v1/payers/{id}/block", post(block).delete(unblock))
@@ -76,6 +100,7 @@ pub fn router(gw: crate::Gateway, token: &str) -> Router {
         .route("/admin/v1/receipts/revoke", post(revoke_receipt))
         .route("/admin/v1/usage", get(usage))
         .route("/admin/v1/events", get(events))
+        .merge(crate::dashboard::ui_routes())
         .fallback(|| async { problem(ErrorCode::RouteNotFound, "no such admin endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -98,6 +123,10 @@ async fn authorize(State(admin): State<Admin>, req: Request, next: Next) -> Resp
     }) {
         return unauthorized("tokens in query strings are refused; use Authorization: Bearer");
     }
+    // The dashboard's static page and assets carry no data; the page sends the token itself.
+    if req.method() == axum::http::Method::GET && crate::dashboard::is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -116,12 +145,12 @@ async fn authorize(State(admin): State<Admin>, req: Request, next: Next) -> Resp
     next.run(req).await
 }
 
-fn store_error(e: impl std::fmt::Display) -> Response {
+pub(crate) fn store_error(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "admin: store unavailable");
     problem(ErrorCode::StoreUnavailable, "the store is unreachable")
 }
 
-fn bad_request(detail: &str) -> Response {
+pub(crate) fn bad_request(detail: &str) -> Response {
     problem(ErrorCode::InvalidRequest, detail)
 }
 
@@ -153,6 +182,7 @@ async fn payer(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
         Err(e) => return store_error(e),
     };
     let mut body = admin.paywall().account_json(&id, &account);
+    body["blocked"] = account.blocked.into();
     body["usage_30d"] = usage_json(&admin, usage);
     body["mandates"] = mandates
         .into_iter()

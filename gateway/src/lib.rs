@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`config`]: the TOML file, parsed and validated (field-named errors, exit 64);
 //! - [`proxy`]: the pooled, streaming hyper reverse proxy;
+//! - [`admin`]: the admin API; [`dashboard`]: the provider dashboard on the admin listener;
 //! - this file: [`Gateway`] -- route matching, the payment layer in front of the proxy,
 //!   `/healthz`, `/readyz`, and [`Gateway::serve`] with graceful shutdown.
 
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dashboard;
 pub mod proxy;
 pub mod server;
 

@@ -19,7 +19,8 @@
 //! - [`paywall`]: the engine phases (challenge, admit, settle);
 //! - [`layer`]: `PaymentLayer` (tower);
 //! - [`error`]: `ErrorCode` and problem+json;
-//! - [`clock`]: injected time.
+//! - [`clock`]: injected time;
+//! - [`metrics`]: Prometheus counters; [`traffic`]: the last day's traffic per minute (dashboard).
 
 #![warn(missing_docs)]
 
@@ -39,6 +40,7 @@ pub mod price;
 pub mod receipt;
 pub mod store;
 pub mod token;
+pub mod traffic;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorCode, Problem};

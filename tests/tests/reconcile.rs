@@ -75,6 +75,9 @@ impl Store for Flaky {
     async fn account(&self, payer: &str) -> Result<Account, StoreError> {
         self.inner.account(payer).await
     }
+    async fn payer_totals(&self, from: &str, to: &str) -> Result<Vec<PayerSpend>, StoreError> {
+        self.inner.payer_totals(from, to).await
+    }
     async fn usage(
         &self,
         p: Option<&str>,

@@ -270,8 +270,8 @@ async fn redis_keys_share_one_hash_tag_and_expire() {
         .unwrap();
     let mut c = redis.conn();
     let keys: Vec<String> = redis::cmd("KEYS").arg("t:*").query(&mut c).unwrap();
-    // Receipt state, ledger, payer and bucket aggregates.
-    assert_eq!(keys.len(), 4, "{keys:?}");
+    // Receipt state, ledger, payer and bucket aggregates, the bucket's per-payer day totals.
+    assert_eq!(keys.len(), 5, "{keys:?}");
     let tag = format!("{{b{:02}}}", r.bucket());
     assert!(
         keys.iter().all(|k| k.contains(&tag)),

@@ -641,11 +641,17 @@ impl Paywall {
             }
             Ok(None) => {}
             Err(res) => {
-                let code = res
-                    .extensions()
-                    .get::<ErrorCode>()
-                    .map_or("unknown", |c| c.as_str());
-                m.credentials.with_label_values(&[kind, code]).inc();
+                let code = res.extensions().get::<ErrorCode>().copied();
+                m.credentials
+                    .with_label_values(&[kind, code.map_or("unknown", |c| c.as_str())])
+                    .inc();
+                if let Some(code) = code {
+                    crate::traffic::global().record_refusal(
+                        self.0.clock.now_ms(),
+                        code,
+                        res.status().as_u16(),
+                    );
+                }
             }
         }
         result
@@ -1561,6 +1567,11 @@ impl Admission {
         m.revenue_minor
             .with_label_values(&[self.route.id.as_str(), currency.code()])
             .inc_by(charged);
+        crate::traffic::global().record_paid(
+            self.paywall.0.clock.now_ms(),
+            currency.code(),
+            charged,
+        );
         if let Price::Metered(_) = &self.route.price {
             for (unit, n) in &units_seen {
                 m.usage_units

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use super::{
     days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome, Balance,
     Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    MandateCharge, MandateUse, PlanPeriod, Reservation, SettleOutcome, Settlement, Store,
-    StoreError, SubscribeOutcome, Subscription, UsageEvent,
+    MandateCharge, MandateUse, PayerSpend, PlanPeriod, Reservation, SettleOutcome, Settlement,
+    Store, StoreError, SubscribeOutcome, Subscription, UsageEvent,
 };
 use crate::clock::{Clock, SystemClock};
 
@@ -587,7 +587,11 @@ impl Store for MemoryStore {
             .map(|((_, c), b)| (c.clone(), *b))
             .collect();
         let holds = s.holds.values().filter(|h| h.payer == payer).count() as u64;
-        Ok(Account { balances, holds })
+        Ok(Account {
+            balances,
+            holds,
+            blocked: s.blocked.contains(payer),
+        })
     }
 
     async fn usage(
@@ -606,6 +610,31 @@ impl Store for MemoryStore {
             }
         }
         Ok(rows.into_values().collect())
+    }
+
+    async fn payer_totals(&self, from: &str, to: &str) -> Result<Vec<PayerSpend>, StoreError> {
+        let days = days_between(from, to)?;
+        let s = self.lock()?;
+        let mut out = BTreeMap::new();
+        for ((day, p), fields) in &s.aggregates {
+            if !days.contains(day) {
+                continue;
+            }
+            let mut rows = BTreeMap::new();
+            let f: Vec<(String, i64)> = fields.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            fold_aggregates(day, &f, &mut rows);
+            let total = out.entry(p.clone()).or_insert_with(|| PayerSpend {
+                payer: p.clone(),
+                ..Default::default()
+            });
+            for row in rows.into_values() {
+                total.requests += row.requests;
+                for (c, m) in row.amount_minor {
+                    *total.amount_minor.entry(c).or_default() += m;
+                }
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     async fn events_after(

@@ -30,6 +30,8 @@
 //! - `<prefix>:{bNN}:agg:<payer>:<yyyymmdd>` and `<prefix>:{bNN}:aggb:<yyyymmdd>` daily
 //!   aggregates per payer and per bucket (all payers), fields `<route>|requests`,
 //!   `<route>|amount|<C>`, `<route>|units|<unit>`; kept 400 days.
+//! - `<prefix>:{bNN}:aggp:<yyyymmdd>` the day's totals of each payer of the bucket, fields
+//!   `<payer>|requests`, `<payer>|amount|<C>` (the admin API's payer listing); kept 400 days.
 //!
 //! Lua numbers are doubles: amounts in minor units are exact up to 2^53 - 1, which
 //! [`crate::money::Currency::to_minor`] enforces.
@@ -561,6 +563,46 @@ pub struct Account {
     pub balances: BTreeMap<String, Balance>,
     /// Holds in flight.
     pub holds: u64,
+    /// Whether the payer is blocked (its tokens and receipts are refused).
+    pub blocked: bool,
+}
+
+/// What one payer spent over a range of days (the admin API's payer listing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PayerSpend {
+    /// The payer.
+    pub payer: String,
+    /// Served requests.
+    pub requests: u64,
+    /// Amount charged per currency (minor units).
+    pub amount_minor: BTreeMap<String, u64>,
+}
+
+/// Fold per-payer day totals (`<payer>|requests`, `<payer>|amount|<C>`) into `out`. Payer ids
+/// may contain `|`, so fields are split from the right (currency codes never contain it).
+fn fold_payer_totals(fields: &[(String, i64)], out: &mut BTreeMap<String, PayerSpend>) {
+    for (f, v) in fields {
+        let v = u64::try_from(*v).unwrap_or(0);
+        let (payer, currency) = if let Some(p) = f.strip_suffix("|requests") {
+            (p, None)
+        } else {
+            let Some((rest, cur)) = f.rsplit_once('|') else {
+                continue;
+            };
+            let Some(p) = rest.strip_suffix("|amount") else {
+                continue;
+            };
+            (p, Some(cur))
+        };
+        let row = out.entry(payer.to_owned()).or_insert_with(|| PayerSpend {
+            payer: payer.to_owned(),
+            ..Default::default()
+        });
+        match currency {
+            None => row.requests += v,
+            Some(c) => *row.amount_minor.entry(c.to_owned()).or_default() += v,
+        }
+    }
 }
 
 /// Usage aggregated per UTC day and route.
@@ -688,6 +730,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         from: &str,
         to: &str,
     ) -> Result<Vec<DailyUsage>, StoreError>;
+    /// Every payer with served requests on UTC days `from..=to` (`yyyymmdd`), with its totals,
+    /// in payer order.
+    async fn payer_totals(&self, from: &str, to: &str) -> Result<Vec<PayerSpend>, StoreError>;
     /// Usage events with ids after `after` (all when `None`), in id order, at most `limit`.
     async fn events_after(
         &self,
@@ -753,25 +798,33 @@ pub fn mandate_window_start(summary: &serde_json::Value, now_ms: i64) -> i64 {
         .unwrap_or(0)
 }
 
+/// Days since 1970-01-01 of a `yyyymmdd` day.
+fn day_number(s: &str) -> Option<i64> {
+    if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let y: i64 = s.get(..4)?.parse().ok()?;
+    let m: i64 = s.get(4..6)?.parse().ok()?;
+    let d: i64 = s.get(6..)?.parse().ok()?;
+    // Days from civil (inverse of utc_day).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// The day `n` days after (negative: before) a `yyyymmdd` day.
+pub fn add_days(day: &str, n: i64) -> Result<String, StoreError> {
+    let d = day_number(day).ok_or_else(|| StoreError::Protocol("days must be yyyymmdd".into()))?;
+    Ok(utc_day((d + n) * 86_400_000))
+}
+
 /// Days `from..=to` (`yyyymmdd`), at most 400.
 pub fn days_between(from: &str, to: &str) -> Result<Vec<String>, StoreError> {
-    let parse = |s: &str| -> Option<i64> {
-        if s.len() != 8 || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let y: i64 = s[..4].parse().ok()?;
-        let m: i64 = s[4..6].parse().ok()?;
-        let d: i64 = s[6..].parse().ok()?;
-        // Days from civil (inverse of utc_day).
-        let y2 = if m <= 2 { y - 1 } else { y };
-        let era = y2.div_euclid(400);
-        let yoe = y2 - era * 400;
-        let mp = (m + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        Some(era * 146_097 + doe - 719_468)
-    };
-    let (Some(a), Some(b)) = (parse(from), parse(to)) else {
+    let (Some(a), Some(b)) = (day_number(from), day_number(to)) else {
         return Err(StoreError::Protocol("days must be yyyymmdd".into()));
     };
     if b < a || b - a > 400 {
@@ -797,6 +850,30 @@ mod tests {
         );
         assert!(days_between("20240301", "20240227").is_err());
         assert!(days_between("2024031", "20240327").is_err());
+        assert_eq!(add_days("20240301", -1).unwrap(), "20240229");
+        assert_eq!(add_days("20241231", 1).unwrap(), "20250101");
+    }
+
+    #[test]
+    fn payer_totals_split_from_the_right() {
+        let mut out = BTreeMap::new();
+        let f = |k: &str, v: i64| (k.to_owned(), v);
+        fold_payer_totals(
+            &[
+                f("a|requests", 2),
+                f("a|amount|USD", 30),
+                f("x|amount|requests", 1),
+                f("x|amount|amount|EUR", 7),
+                f("garbage", 9),
+            ],
+            &mut out,
+        );
+        fold_payer_totals(&[f("a|amount|USD", 5)], &mut out);
+        assert_eq!(out["a"].requests, 2);
+        assert_eq!(out["a"].amount_minor["USD"], 35);
+        assert_eq!(out["x|amount"].requests, 1);
+        assert_eq!(out["x|amount"].amount_minor["EUR"], 7);
+        assert_eq!(out.len(), 2);
     }
 
     #[test]

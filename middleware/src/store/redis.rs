@@ -17,10 +17,11 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 
 use super::{
-    bucket_of, days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome,
-    Balance, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    MandateCharge, MandateUse, PlanPeriod, Reservation, SettleOutcome, Settlement, Store,
-    StoreError, SubscribeOutcome, Subscription, UsageEvent, BUCKETS,
+    bucket_of, days_between, event_order, fold_aggregates, fold_payer_totals, utc_day, Account,
+    AuthorizeOutcome, Balance, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome,
+    HoldSettleOutcome, Idempotency, MandateCharge, MandateUse, PayerSpend, PlanPeriod, Reservation,
+    SettleOutcome, Settlement, Store, StoreError, SubscribeOutcome, Subscription, UsageEvent,
+    BUCKETS,
 };
 
 /// Connection settings.
@@ -256,6 +257,10 @@ impl RedisStore {
         self.key(bucket, &format!("aggb:{day}"))
     }
 
+    fn payer_totals_key(&self, bucket: u64, day: &str) -> String {
+        self.key(bucket, &format!("aggp:{day}"))
+    }
+
     /// Stream ids are per bucket; the ledger id appends the bucket so ids are unique.
     fn ledger_id(bucket: u64, stream_id: &str) -> String {
         format!("{stream_id}-{bucket}")
@@ -379,7 +384,8 @@ impl Store for RedisStore {
                 inv.key(self.receipt_key(r))
                     .key(self.events_key(r.bucket()))
                     .key(self.payer_agg_key(&r.payer, &day))
-                    .key(self.bucket_agg_key(r.bucket(), &day));
+                    .key(self.bucket_agg_key(r.bucket(), &day))
+                    .key(self.payer_totals_key(r.bucket(), &day));
                 if let Some(m) = &r.mandate {
                     inv.key(self.window_key(&r.payer, m));
                 }
@@ -468,6 +474,7 @@ impl Store for RedisStore {
             .key(self.events_key(b))
             .key(self.payer_agg_key(&s.payer, &day))
             .key(self.bucket_agg_key(b, &day))
+            .key(self.payer_totals_key(b, &day))
             .arg(s.now_ms)
             .arg(s.period_ms)
             .arg(s.calls.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX)))
@@ -685,6 +692,7 @@ impl Store for RedisStore {
                 .key(self.events_key(h.bucket()))
                 .key(self.payer_agg_key(&h.payer, &day))
                 .key(self.bucket_agg_key(h.bucket(), &day))
+                .key(self.payer_totals_key(h.bucket(), &day))
                 .arg(fields.len());
             for (k, v) in fields {
                 inv.arg(k).arg(v);
@@ -713,7 +721,8 @@ impl Store for RedisStore {
             .key(self.events_key(h.bucket()))
             .key(self.payer_agg_key(&h.payer, &day))
             .key(self.bucket_agg_key(h.bucket(), &day))
-            .key(self.key(h.bucket(), &format!("done:{}", h.id)));
+            .key(self.key(h.bucket(), &format!("done:{}", h.id)))
+            .key(self.payer_totals_key(h.bucket(), &day));
         if let Some(m) = &h.mandate {
             inv.key(self.window_key(&h.payer, m));
         }
@@ -843,9 +852,14 @@ impl Store for RedisStore {
             .arg("")
             .arg(0)
             .arg(1);
-        let (status, holds, fields): (String, u64, Vec<(String, i64)>) =
-            self.bounded(inv.invoke_async(&mut conn)).await?;
-        if status == "blocked" {
+        // `{'blocked', 0}` has two elements, `{'swept', holds, fields}` three.
+        let reply: Vec<Value> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let blocked = match reply.first() {
+            Some(Value::BulkString(s)) => s.as_slice() == b"blocked",
+            Some(Value::SimpleString(s)) => s == "blocked",
+            _ => false,
+        };
+        if blocked {
             // Blocked payers are not swept; read plainly.
             let fields: Vec<(String, i64)> = self
                 .bounded(
@@ -864,11 +878,16 @@ impl Store for RedisStore {
             return Ok(Account {
                 balances: parse_balances(fields),
                 holds,
+                blocked: true,
             });
         }
+        let (_, holds, fields): (String, u64, Vec<(String, i64)>) =
+            redis::from_redis_value(&Value::Array(reply))
+                .map_err(|e| StoreError::Protocol(format!("account read replied {e}")))?;
         Ok(Account {
             balances: parse_balances(fields),
             holds,
+            blocked: false,
         })
     }
 
@@ -894,6 +913,25 @@ impl Store for RedisStore {
             }
         }
         Ok(rows.into_values().collect())
+    }
+
+    async fn payer_totals(&self, from: &str, to: &str) -> Result<Vec<PayerSpend>, StoreError> {
+        let days = days_between(from, to)?;
+        let mut conn = self.connection().await?;
+        let mut out = BTreeMap::new();
+        for day in &days {
+            for bucket in 0..BUCKETS {
+                let fields: Vec<(String, i64)> = self
+                    .bounded(
+                        redis::cmd("HGETALL")
+                            .arg(self.payer_totals_key(bucket, day))
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                fold_payer_totals(&fields, &mut out);
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     async fn events_after(

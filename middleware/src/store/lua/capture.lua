@@ -2,7 +2,8 @@
 -- prepended).
 -- KEYS[1] receipt state key   KEYS[2] usage event stream
 -- KEYS[3] payer's daily aggregates   KEYS[4] bucket's daily aggregates (all payers)
--- with a mandate: KEYS[5] window hash (the event's amount_minor is spent in it)
+-- KEYS[5] bucket's per-payer day totals (payer listing)
+-- with a mandate: KEYS[6] window hash (the event's amount_minor is spent in it)
 -- ARGV[1] reservation id      ARGV[2] remember-spent-until (unix ms)
 -- ARGV[3] N = number of event field pairs   ARGV[4 .. 3+2N] event field/value pairs
 -- ARGV[4+2N ..] aggregate field/increment pairs
@@ -23,21 +24,27 @@ for i = 4, 3 + 2 * n do
   fields[#fields + 1] = ARGV[i]
 end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
-if #KEYS >= 5 then
+if #KEYS >= 6 then
   local charge = 0
   for i = 1, #fields, 2 do
     if fields[i] == 'amount_minor' then
       charge = tonumber(fields[i + 1])
     end
   end
-  mandate_settle(KEYS[5], ARGV[1], charge)
+  mandate_settle(KEYS[6], ARGV[1], charge)
 end
 for i = 4 + 2 * n, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
 end
+local ev = {}
+for i = 1, #fields, 2 do
+  ev[fields[i]] = fields[i + 1]
+end
+redis.call('HINCRBY', KEYS[5], ev['payer'] .. '|requests', 1)
+redis.call('HINCRBY', KEYS[5], ev['payer'] .. '|amount|' .. ev['currency'], ev['amount_minor'])
 -- Aggregates live 400 days from their first write (one PEXPIRE per key, not per request).
-for _, k in ipairs({KEYS[3], KEYS[4]}) do
+for _, k in ipairs({KEYS[3], KEYS[4], KEYS[5]}) do
   if redis.call('PTTL', k) < 0 then
     redis.call('PEXPIRE', k, 400 * 86400 * 1000)
   end

@@ -5,7 +5,8 @@
 -- KEYS[4] payer's daily aggregates   KEYS[5] bucket's daily aggregates (all payers)
 -- KEYS[6] settled marker of this reservation (kept a day: a retried capture whose first reply
 --         was lost learns the outcome instead of guessing)
--- with a mandate: KEYS[7] window hash (the charge never exceeds the window's room; it is
+-- KEYS[7] bucket's per-payer day totals (payer listing)
+-- with a mandate: KEYS[8] window hash (the charge never exceeds the window's room; it is
 --         spent there) -- mandate.lua is prepended
 -- ARGV[1] reservation id   ARGV[2] actual charge (minor)   ARGV[3] aggregate field for the amount
 -- ARGV[4] N = number of event field pairs   ARGV[5 .. 4+2N] event field/value pairs
@@ -26,9 +27,9 @@ held = tonumber(held)
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. cur) or '0')
 local charge = tonumber(ARGV[2])
 local uncharged = 0
-if #KEYS >= 7 then
-  local budget = tonumber(redis.call('HGET', KEYS[7], 'budget') or '0')
-  local room = math.max(mandate_room(KEYS[7], budget, mandate_now(), 'h:' .. ARGV[1]), 0)
+if #KEYS >= 8 then
+  local budget = tonumber(redis.call('HGET', KEYS[8], 'budget') or '0')
+  local room = math.max(mandate_room(KEYS[8], budget, mandate_now(), 'h:' .. ARGV[1]), 0)
   if charge > room then
     uncharged = charge - room
     charge = room
@@ -44,8 +45,8 @@ redis.call('HINCRBY', KEYS[1], 'held:' .. cur, string.format('%d', -held))
 redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, string.format('%d', held - charge))
 redis.call('HINCRBY', KEYS[1], 'captured:' .. cur, string.format('%d', charge))
 redis.call('HDEL', KEYS[2], ARGV[1])
-if #KEYS >= 7 then
-  mandate_settle(KEYS[7], ARGV[1], charge)
+if #KEYS >= 8 then
+  mandate_settle(KEYS[8], ARGV[1], charge)
 end
 local n = tonumber(ARGV[4])
 local fields = {}
@@ -65,6 +66,17 @@ for _, k in ipairs({KEYS[4], KEYS[5]}) do
   if redis.call('PTTL', k) < 0 then
     redis.call('PEXPIRE', k, 400 * 86400 * 1000)
   end
+end
+local payer = ''
+for i = 5, 4 + 2 * n, 2 do
+  if ARGV[i] == 'payer' then
+    payer = ARGV[i + 1]
+  end
+end
+redis.call('HINCRBY', KEYS[7], payer .. '|requests', 1)
+redis.call('HINCRBY', KEYS[7], payer .. '|amount|' .. cur, string.format('%d', charge))
+if redis.call('PTTL', KEYS[7]) < 0 then
+  redis.call('PEXPIRE', KEYS[7], 400 * 86400 * 1000)
 end
 redis.call('SET', KEYS[6], id .. '|' .. string.format('%d', charge) .. '|' .. string.format('%d', uncharged) .. '|' .. cur, 'PX', 86400000)
 return {'captured', id, charge, uncharged, bal + held - charge}

@@ -1,6 +1,7 @@
 -- Record a call covered by a plan: one usage event (amount 0), daily aggregates, once.
 -- KEYS[1] settled marker of this reservation   KEYS[2] usage event stream
 -- KEYS[3] payer's daily aggregates   KEYS[4] bucket's daily aggregates
+-- KEYS[5] bucket's per-payer day totals (payer listing)
 -- ARGV[1] N = number of event field pairs   ARGV[2 .. 1+2N] event fields   ARGV[2+2N ..] aggregate pairs
 -- Returns {'captured', event id} | {'not_held', ''} (released earlier)
 local done = redis.call('GET', KEYS[1])
@@ -23,6 +24,14 @@ for _, k in ipairs({KEYS[3], KEYS[4]}) do
   if redis.call('PTTL', k) < 0 then
     redis.call('PEXPIRE', k, 400 * 86400 * 1000)
   end
+end
+local ev = {}
+for i = 1, #fields, 2 do
+  ev[fields[i]] = fields[i + 1]
+end
+redis.call('HINCRBY', KEYS[5], ev['payer'] .. '|requests', 1)
+if redis.call('PTTL', KEYS[5]) < 0 then
+  redis.call('PEXPIRE', KEYS[5], 400 * 86400 * 1000)
 end
 redis.call('SET', KEYS[1], id, 'PX', 86400000)
 return {'captured', id}

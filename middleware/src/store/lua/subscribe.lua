@@ -2,6 +2,7 @@
 -- as one usage event (revenue).
 -- KEYS[1] receipt state key   KEYS[2] subscription hash   KEYS[3] usage event stream
 -- KEYS[4] payer's daily aggregates   KEYS[5] bucket's daily aggregates
+-- KEYS[6] bucket's per-payer day totals (payer listing)
 -- ARGV[1] now (gateway clock, unix ms)   ARGV[2] period (ms)   ARGV[3] calls (-1: a pass)
 -- ARGV[4] remember the receipt until (unix ms)   ARGV[5] N = event field pairs
 -- ARGV[6 .. 5+2N] event fields   ARGV[6+2N ..] aggregate pairs
@@ -45,6 +46,15 @@ for _, k in ipairs({KEYS[4], KEYS[5]}) do
   if redis.call('PTTL', k) < 0 then
     redis.call('PEXPIRE', k, 400 * 86400 * 1000)
   end
+end
+local ev = {}
+for i = 1, #fields, 2 do
+  ev[fields[i]] = fields[i + 1]
+end
+redis.call('HINCRBY', KEYS[6], ev['payer'] .. '|requests', 1)
+redis.call('HINCRBY', KEYS[6], ev['payer'] .. '|amount|' .. ev['currency'], ev['amount_minor'])
+if redis.call('PTTL', KEYS[6]) < 0 then
+  redis.call('PEXPIRE', KEYS[6], 400 * 86400 * 1000)
 end
 redis.call('SET', KEYS[1], 'spent:sub:' .. id, 'PXAT', ARGV[4])
 return {'subscribed', id, period_end}
