@@ -668,6 +668,29 @@ async fn drive(c: &Client, s: &Seeded) -> Result<(), fantoccini::error::CmdError
         .await?;
     c.find(Locator::Id("mandate-revoke")).await?.click().await?;
     wait_js(c, "document.getElementById('action-result').textContent.includes('revoking mandate m-1 failed: 404')").await;
+    // Receipt revocation likewise.
+    c.find(Locator::Id("receipt-issuer"))
+        .await?
+        .send_keys("wallet")
+        .await?;
+    c.find(Locator::Id("receipt-id"))
+        .await?
+        .send_keys("j-1")
+        .await?;
+    c.find(Locator::Id("receipt-revoke")).await?.click().await?;
+    wait_js(c, "document.getElementById('receipt-result').textContent.includes('revoking the receipt failed: 404')").await;
+    // Bob's last 30 days, as the API has them.
+    let usage = &bob["usage_30d"][0];
+    let day = usage["day"].as_str().unwrap();
+    let shown = figures(c).await;
+    assert_eq!(
+        shown[&format!("detail.usage.{day}.units.requests")],
+        usage["requests"].to_string()
+    );
+    assert_eq!(
+        shown[&format!("detail.usage.{day}.units.amount")],
+        format!("{} USD", usage["amount"]["USD"].as_str().unwrap())
+    );
     std::fs::write(
         output_dir().join("dashboard-actions.png"),
         c.screenshot().await?,

@@ -295,6 +295,16 @@
       tr.appendChild(td);
       return tr;
     }));
+    const usage = Array.isArray(d.usage_30d) ? d.usage_30d : [];
+    fillBody('usage-table', usage.map((u) => {
+      const tr = el('tr');
+      tr.appendChild(el('td', u.day));
+      tr.appendChild(el('td', u.route));
+      tr.appendChild(fig('td', u.requests, 'detail.usage.' + u.day + '.' + u.route + '.requests', q));
+      tr.appendChild(fig('td', amounts(u.amount), 'detail.usage.' + u.day + '.' + u.route + '.amount', q));
+      tr.appendChild(el('td', Object.entries(u.units || {}).map(([k, v]) => v + ' ' + k).join(', ')));
+      return tr;
+    }));
     const plans = Array.isArray(d.plans) ? d.plans : [];
     fillBody('plans-table', plans.map((p) => {
       const tr = el('tr');
