@@ -40,7 +40,7 @@
       summary: '/admin/v1/summary?' + q,
       payers: '/admin/v1/payers?' + q + '&limit=20',
       traffic: '/admin/v1/traffic?minutes=' + encodeURIComponent(minutes),
-      revenueChart: '/admin/v1/charts/revenue.svg?' + q,
+      revenueChart: (c) => '/admin/v1/charts/revenue.svg?' + q + '&currency=' + encodeURIComponent(c),
       requestsChart: '/admin/v1/charts/requests.svg?' + q,
       trafficChart: '/admin/v1/charts/traffic.svg?minutes=' + encodeURIComponent(minutes),
     };
@@ -121,6 +121,22 @@
     const b = new Uint8Array(16);
     crypto.getRandomValues(b);
     return 'ui-' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  }
+
+  // One revenue chart per configured currency (amounts in different currencies never add up).
+  function revenueCharts(currencies, q) {
+    const box = $('revenue-charts');
+    const want = currencies.map((c) => 'chart-revenue-' + c);
+    const have = Array.from(box.querySelectorAll('img'), (i) => i.id);
+    if (want.join() !== have.join()) {
+      box.replaceChildren(...currencies.map((c) => {
+        const img = el('img');
+        img.id = 'chart-revenue-' + c;
+        img.alt = 'revenue per day by route, ' + c;
+        return img;
+      }));
+    }
+    return Promise.all(currencies.map((c) => chart('chart-revenue-' + c, q.revenueChart(c))));
   }
 
   async function chart(imgId, path) {
@@ -320,10 +336,12 @@
       if (q[a.dataset.key]) a.dataset.api = q[a.dataset.key];
     }
     const results = await Promise.allSettled([
-      api('GET', q.summary).then((s) => renderSummary(s, q.summary)),
+      api('GET', q.summary).then((s) => {
+        renderSummary(s, q.summary);
+        return revenueCharts(Array.isArray(s.currencies) ? s.currencies : [], q);
+      }),
       api('GET', q.traffic).then((t) => renderTraffic(t, q.traffic)),
       api('GET', q.payers).then((p) => renderPayers(p, q.payers)),
-      chart('chart-revenue', q.revenueChart),
       chart('chart-requests', q.requestsChart),
       chart('chart-traffic', q.trafficChart),
     ]);
