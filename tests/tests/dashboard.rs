@@ -251,6 +251,9 @@ async fn read_endpoints_and_the_page_need_the_right_things() {
         "/admin/v1/summary?from=2026&to=20261122",
         "/admin/v1/payers?from=20261122&to=20261101",
         "/admin/v1/payers?limit=0",
+        "/admin/v1/payers?limit=abc",
+        "/admin/v1/traffic?minutes=-1",
+        "/admin/v1/payers?currency=XXX&limit=1",
         "/admin/v1/traffic?minutes=5000",
     ] {
         let (status, code) = code_of(
@@ -477,9 +480,10 @@ async fn figures(c: &Client) -> BTreeMap<String, String> {
     serde_json::from_value(v).unwrap()
 }
 
-/// Wait until `js` (an expression) is truthy in the page.
+/// Wait until `js` (an expression) is truthy in the page (up to 30 s: CI machines are small
+/// and busy).
 async fn wait_js(c: &Client, js: &str) {
-    for _ in 0..100 {
+    for _ in 0..300 {
         let v = c
             .execute(&format!("return !!({js});"), vec![])
             .await
