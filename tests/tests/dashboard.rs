@@ -530,6 +530,11 @@ async fn drive(c: &Client, s: &Seeded) -> Result<(), fantoccini::error::CmdError
         .attr("hidden")
         .await?
         .is_some());
+    std::fs::write(
+        output_dir().join("dashboard-login.png"),
+        c.screenshot().await?,
+    )
+    .unwrap();
     // A wrong token is refused and not kept.
     c.find(Locator::Id("token"))
         .await?

@@ -249,14 +249,25 @@
       b.addEventListener('click', () => openPayer(r.payer));
       td.appendChild(b);
       tr.appendChild(td);
-      // Mandates and plans come with the payer's own record.
-      api('GET', payerPath(r.payer)).then((d) => {
+      // Mandates and plans come with the payer's own record (read at most every 30 s per
+      // payer: each read also sums the payer's last 30 days).
+      payerRecord(r.payer).then((d) => {
         mp.textContent = mandateSummary(d);
         mp.className = '';
       }).catch(() => { mp.textContent = '?'; });
       return tr;
     });
     fillBody('payers-table', rows);
+  }
+
+  const records = new Map();
+  function payerRecord(id) {
+    const hit = records.get(id);
+    if (hit && Date.now() - hit.at < 30000) return hit.promise;
+    const promise = api('GET', payerPath(id));
+    records.set(id, { at: Date.now(), promise });
+    promise.catch(() => records.delete(id));
+    return promise;
   }
 
   function payerPath(id) {
@@ -367,6 +378,7 @@
 
   async function credit(sign) {
     if (!currentPayer) return;
+    records.delete(currentPayer);
     const amount = $('credit-amount').value.trim().replace(/^[+-]/, '');
     const reason = $('credit-reason').value.trim();
     if (!amount || !reason) {
@@ -388,6 +400,7 @@
 
   async function setBlocked(blocked) {
     if (!currentPayer) return;
+    records.delete(currentPayer);
     try {
       await api(blocked ? 'POST' : 'DELETE', payerPath(currentPayer) + '/block');
       result('action-result', true, currentPayer + (blocked ? ' is blocked' : ' is unblocked'));
@@ -399,6 +412,7 @@
   }
 
   async function revokeMandate(id) {
+    records.clear();
     const reason = $('mandate-reason').value.trim();
     if (!reason) {
       $('mandate-id').value = id;
