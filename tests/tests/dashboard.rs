@@ -93,6 +93,58 @@ async fn admin_get(gw: &TestGateway, path: &str) -> Value {
     res.json().await.unwrap()
 }
 
+/// POST JSON to the admin API: (status, problem code or "").
+async fn admin_post(gw: &TestGateway, path: &str, body: Value) -> (u16, String) {
+    let res = gw
+        .http
+        .post(gw.admin_url(path))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    (status, body["code"].as_str().unwrap_or("").to_owned())
+}
+
+/// What the page shows in a payer's "mandates / plans" cell for its admin record: counts of
+/// mandates (and active ones) and each plan's use, when the record carries them; else "-".
+fn mandate_summary(detail: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = detail["mandates"].as_array() {
+        // As in JavaScript: a mandate is active unless `revoked` is truthy.
+        let truthy = |v: &Value| match v {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        let active = m.iter().filter(|x| !truthy(&x["revoked"])).count();
+        parts.push(format!("{} mandate(s), {active} active", m.len()));
+    }
+    if let Some(p) = detail["plans"].as_array() {
+        let plans: Vec<String> = p
+            .iter()
+            .map(|x| {
+                let s = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                format!("{} {}/{}", s(&x["plan"]), s(&x["used"]), s(&x["included"]))
+            })
+            .collect();
+        parts.push(if plans.is_empty() {
+            "no plan".to_owned()
+        } else {
+            plans.join(", ")
+        });
+    }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// The ledger (NDJSON export), every event.
 async fn ledger(gw: &TestGateway) -> Vec<Value> {
     let text = gw
@@ -199,6 +251,9 @@ async fn read_endpoints_and_the_page_need_the_right_things() {
         "/admin/v1/summary?from=2026&to=20261122",
         "/admin/v1/payers?from=20261122&to=20261101",
         "/admin/v1/payers?limit=0",
+        "/admin/v1/payers?limit=abc",
+        "/admin/v1/traffic?minutes=-1",
+        "/admin/v1/payers?currency=XXX&limit=1",
         "/admin/v1/traffic?minutes=5000",
     ] {
         let (status, code) = code_of(
@@ -425,9 +480,10 @@ async fn figures(c: &Client) -> BTreeMap<String, String> {
     serde_json::from_value(v).unwrap()
 }
 
-/// Wait until `js` (an expression) is truthy in the page.
+/// Wait until `js` (an expression) is truthy in the page (up to 30 s: CI machines are small
+/// and busy).
 async fn wait_js(c: &Client, js: &str) {
-    for _ in 0..100 {
+    for _ in 0..300 {
         let v = c
             .execute(&format!("return !!({js});"), vec![])
             .await
@@ -474,6 +530,11 @@ async fn drive(c: &Client, s: &Seeded) -> Result<(), fantoccini::error::CmdError
         .attr("hidden")
         .await?
         .is_some());
+    std::fs::write(
+        output_dir().join("dashboard-login.png"),
+        c.screenshot().await?,
+    )
+    .unwrap();
     // A wrong token is refused and not kept.
     c.find(Locator::Id("token"))
         .await?
@@ -557,8 +618,8 @@ async fn drive(c: &Client, s: &Seeded) -> Result<(), fantoccini::error::CmdError
             .map_or("0".to_owned(), |a| format!("{a} USD"));
         assert_eq!(f(&format!("payer.{id}.available")), available);
         assert_eq!(f(&format!("payer.{id}.status")), "active");
-        // No mandate or plan fields on this gateway (yet): shown as "-".
-        assert_eq!(f(&format!("payer.{id}.mandates")), "-");
+        let detail = admin_get(gw, &format!("/admin/v1/payers/{id}")).await;
+        assert_eq!(f(&format!("payer.{id}.mandates")), mandate_summary(&detail));
     }
     assert_eq!(f("traffic.paid"), traffic["totals"]["paid"].to_string());
     assert_eq!(
@@ -591,7 +652,7 @@ async fn drive(c: &Client, s: &Seeded) -> Result<(), fantoccini::error::CmdError
     // Charts were drawn (as images from blob: URLs).
     wait_js(
         c,
-        "['chart-revenue','chart-requests','chart-traffic'].every(id => { const i = document.getElementById(id); return i.complete && i.naturalWidth > 0 && i.src.startsWith('blob:'); })",
+        "['chart-revenue-USD','chart-requests','chart-traffic'].every(id => { const i = document.getElementById(id); return i.complete && i.naturalWidth > 0 && i.src.startsWith('blob:'); })",
     )
     .await;
     // A figure links to the query that produced it.
@@ -667,7 +728,55 @@ async fn drive(c: &Client, s: &Seeded) -> Result<(), fantoccini::error::CmdError
         .send_keys("owner asked")
         .await?;
     c.find(Locator::Id("mandate-revoke")).await?.click().await?;
-    wait_js(c, "document.getElementById('action-result').textContent.includes('revoking mandate m-1 failed: 404')").await;
+    // Whatever the gateway answers is what the page says (404 until mandates exist).
+    let (status, code) = admin_post(
+        gw,
+        "/admin/v1/mandates/m-1/revoke",
+        json!({"reason": "owner asked"}),
+    )
+    .await;
+    if status < 300 {
+        wait_js(
+            c,
+            "document.getElementById('action-result').textContent === 'mandate m-1 revoked'",
+        )
+        .await;
+    } else {
+        wait_js(c, &format!("document.getElementById('action-result').textContent.includes('revoking mandate m-1 failed: {status} {code}')")).await;
+    }
+    // Receipt revocation likewise.
+    c.find(Locator::Id("receipt-issuer"))
+        .await?
+        .send_keys("wallet")
+        .await?;
+    c.find(Locator::Id("receipt-id"))
+        .await?
+        .send_keys("j-1")
+        .await?;
+    c.find(Locator::Id("receipt-revoke")).await?.click().await?;
+    let (status, code) = admin_post(
+        gw,
+        "/admin/v1/receipts/revoke",
+        json!({"issuer": "wallet", "id": "j-1"}),
+    )
+    .await;
+    if status < 300 {
+        wait_js(c, "document.getElementById('receipt-result').textContent === 'receipt j-1 of wallet revoked'").await;
+    } else {
+        wait_js(c, &format!("document.getElementById('receipt-result').textContent.includes('revoking the receipt failed: {status} {code}')")).await;
+    }
+    // Bob's last 30 days, as the API has them.
+    let usage = &bob["usage_30d"][0];
+    let day = usage["day"].as_str().unwrap();
+    let shown = figures(c).await;
+    assert_eq!(
+        shown[&format!("detail.usage.{day}.units.requests")],
+        usage["requests"].to_string()
+    );
+    assert_eq!(
+        shown[&format!("detail.usage.{day}.units.amount")],
+        format!("{} USD", usage["amount"]["USD"].as_str().unwrap())
+    );
     std::fs::write(
         output_dir().join("dashboard-actions.png"),
         c.screenshot().await?,

@@ -134,6 +134,10 @@ async fn single_use_lifecycle(store: Arc<dyn Store>) {
     assert_eq!(events.len(), 1);
     let e = &events[0];
     assert_eq!(e.id, event_id);
+    // The day's per-payer totals (the admin payer listing) moved in the same step, once.
+    let totals = store.payer_totals("19700101", "19700101").await.unwrap();
+    let alice = totals.iter().find(|p| p.payer == "alice").unwrap();
+    assert_eq!((alice.requests, alice.amount_minor["USD"]), (1, 10_000));
     assert_eq!(
         (
             e.payer.as_str(),
@@ -281,6 +285,14 @@ async fn redis_keys_share_one_hash_tag_and_expire() {
     let ttl: i64 = redis::cmd("PTTL").arg(receipt_key).query(&mut c).unwrap();
     // Remembered until exp + skew (600 s here), not forever.
     assert!(ttl > 500_000 && ttl <= 600_000, "ttl {ttl}");
+    // Every aggregate expires after 400 days (only the ledger is kept forever).
+    for k in keys.iter().filter(|k| k.contains(":agg")) {
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut c).unwrap();
+        assert!(
+            ttl > 399 * 86_400_000 && ttl <= 400 * 86_400_000,
+            "{k}: ttl {ttl}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -442,12 +454,21 @@ async fn balance_lifecycle(store: Arc<dyn Store>) {
     let day = tollgate_middleware::store::utc_day(e.time_ms);
     let rows = store.usage(Some("pat"), &day, &day).await.unwrap();
     assert_eq!((rows[0].requests, rows[0].amount_minor["USD"]), (2, 1_000));
+    let totals = store.payer_totals(&day, &day).await.unwrap();
+    let pat = totals.iter().find(|p| p.payer == "pat").unwrap();
+    assert_eq!((pat.requests, pat.amount_minor["USD"]), (2, 1_000));
     // A blocked payer cannot hold.
     store.set_blocked("pat", true).await.unwrap();
     assert_eq!(
         store.hold(&hold("pat", 1)).await.unwrap(),
         HoldOutcome::PayerBlocked
     );
+    // Its account still reads (the admin API shows it), and says it is blocked.
+    let acct = store.account("pat").await.unwrap();
+    assert!(acct.blocked);
+    assert_eq!(acct.balances["USD"].available, 50);
+    store.set_blocked("pat", false).await.unwrap();
+    assert!(!store.account("pat").await.unwrap().blocked);
 }
 
 #[tokio::test]

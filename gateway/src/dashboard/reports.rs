@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -53,6 +54,11 @@ fn range_error(e: StoreError) -> Response {
     }
 }
 
+/// A query string that does not parse (e.g. `limit=abc`): 400 `invalid_request`, as problem+json.
+fn query_error(e: QueryRejection) -> Response {
+    bad_request(&e.body_text())
+}
+
 fn add_amounts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     for (c, m) in from {
         *into.entry(c.clone()).or_default() += m;
@@ -87,7 +93,14 @@ async fn load_summary(admin: &Admin, range: &DayRange) -> Result<Summary, StoreE
 
 /// `GET /admin/v1/summary?from=&to=`: requests, revenue and units over a range of UTC days,
 /// per route and per day (every day of the range, zeros included), from the daily aggregates.
-pub(crate) async fn summary(State(admin): State<Admin>, Query(q): Query<DayRange>) -> Response {
+pub(crate) async fn summary(
+    State(admin): State<Admin>,
+    q: Result<Query<DayRange>, QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return query_error(e),
+    };
     let s = match load_summary(&admin, &q).await {
         Ok(s) => s,
         Err(e) => return range_error(e),
@@ -149,7 +162,14 @@ pub(crate) struct TrafficQuery {
 
 /// `GET /admin/v1/traffic?minutes=60`: this process's paid requests, 402s and refusals by
 /// code, per minute (see [`tollgate_middleware::traffic`]).
-pub(crate) async fn traffic(State(admin): State<Admin>, Query(q): Query<TrafficQuery>) -> Response {
+pub(crate) async fn traffic(
+    State(admin): State<Admin>,
+    q: Result<Query<TrafficQuery>, QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return query_error(e),
+    };
     let minutes = q.minutes.unwrap_or(60);
     if !(1..=tollgate_middleware::traffic::MINUTES).contains(&minutes) {
         return bad_request("minutes must be 1 to 1440");
@@ -183,7 +203,14 @@ pub(crate) async fn traffic(State(admin): State<Admin>, Query(q): Query<TrafficQ
 /// `GET /admin/v1/payers?from=&to=&limit=&currency=`: the payers who spent most over a range of
 /// UTC days (by amount in `currency`, default the first configured one; then by requests), each
 /// with its balances, holds in flight and blocked state.
-pub(crate) async fn top_payers(State(admin): State<Admin>, Query(q): Query<DayRange>) -> Response {
+pub(crate) async fn top_payers(
+    State(admin): State<Admin>,
+    q: Result<Query<DayRange>, QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return query_error(e),
+    };
     let (from, to, _) = match q.days() {
         Ok(r) => r,
         Err(e) => return range_error(e),
@@ -194,7 +221,7 @@ pub(crate) async fn top_payers(State(admin): State<Admin>, Query(q): Query<DayRa
     }
     let currency = match &q.currency {
         Some(c) if admin.currency(c).is_none() => {
-            return problem(ErrorCode::CurrencyUnsupported, "unknown currency")
+            return bad_request("currency: not a configured currency")
         }
         Some(c) => c.clone(),
         None => admin

@@ -40,7 +40,7 @@
       summary: '/admin/v1/summary?' + q,
       payers: '/admin/v1/payers?' + q + '&limit=20',
       traffic: '/admin/v1/traffic?minutes=' + encodeURIComponent(minutes),
-      revenueChart: '/admin/v1/charts/revenue.svg?' + q,
+      revenueChart: (c) => '/admin/v1/charts/revenue.svg?' + q + '&currency=' + encodeURIComponent(c),
       requestsChart: '/admin/v1/charts/requests.svg?' + q,
       trafficChart: '/admin/v1/charts/traffic.svg?minutes=' + encodeURIComponent(minutes),
     };
@@ -121,6 +121,22 @@
     const b = new Uint8Array(16);
     crypto.getRandomValues(b);
     return 'ui-' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  }
+
+  // One revenue chart per configured currency (amounts in different currencies never add up).
+  function revenueCharts(currencies, q) {
+    const box = $('revenue-charts');
+    const want = currencies.map((c) => 'chart-revenue-' + c);
+    const have = Array.from(box.querySelectorAll('img'), (i) => i.id);
+    if (want.join() !== have.join()) {
+      box.replaceChildren(...currencies.map((c) => {
+        const img = el('img');
+        img.id = 'chart-revenue-' + c;
+        img.alt = 'revenue per day by route, ' + c;
+        return img;
+      }));
+    }
+    return Promise.all(currencies.map((c) => chart('chart-revenue-' + c, q.revenueChart(c))));
   }
 
   async function chart(imgId, path) {
@@ -233,14 +249,25 @@
       b.addEventListener('click', () => openPayer(r.payer));
       td.appendChild(b);
       tr.appendChild(td);
-      // Mandates and plans come with the payer's own record.
-      api('GET', payerPath(r.payer)).then((d) => {
+      // Mandates and plans come with the payer's own record (read at most every 30 s per
+      // payer: each read also sums the payer's last 30 days).
+      payerRecord(r.payer).then((d) => {
         mp.textContent = mandateSummary(d);
         mp.className = '';
       }).catch(() => { mp.textContent = '?'; });
       return tr;
     });
     fillBody('payers-table', rows);
+  }
+
+  const records = new Map();
+  function payerRecord(id) {
+    const hit = records.get(id);
+    if (hit && Date.now() - hit.at < 30000) return hit.promise;
+    const promise = api('GET', payerPath(id));
+    records.set(id, { at: Date.now(), promise });
+    promise.catch(() => records.delete(id));
+    return promise;
   }
 
   function payerPath(id) {
@@ -295,6 +322,16 @@
       tr.appendChild(td);
       return tr;
     }));
+    const usage = Array.isArray(d.usage_30d) ? d.usage_30d : [];
+    fillBody('usage-table', usage.map((u) => {
+      const tr = el('tr');
+      tr.appendChild(el('td', u.day));
+      tr.appendChild(el('td', u.route));
+      tr.appendChild(fig('td', u.requests, 'detail.usage.' + u.day + '.' + u.route + '.requests', q));
+      tr.appendChild(fig('td', amounts(u.amount), 'detail.usage.' + u.day + '.' + u.route + '.amount', q));
+      tr.appendChild(el('td', Object.entries(u.units || {}).map(([k, v]) => v + ' ' + k).join(', ')));
+      return tr;
+    }));
     const plans = Array.isArray(d.plans) ? d.plans : [];
     fillBody('plans-table', plans.map((p) => {
       const tr = el('tr');
@@ -310,10 +347,12 @@
       if (q[a.dataset.key]) a.dataset.api = q[a.dataset.key];
     }
     const results = await Promise.allSettled([
-      api('GET', q.summary).then((s) => renderSummary(s, q.summary)),
+      api('GET', q.summary).then((s) => {
+        renderSummary(s, q.summary);
+        return revenueCharts(Array.isArray(s.currencies) ? s.currencies : [], q);
+      }),
       api('GET', q.traffic).then((t) => renderTraffic(t, q.traffic)),
       api('GET', q.payers).then((p) => renderPayers(p, q.payers)),
-      chart('chart-revenue', q.revenueChart),
       chart('chart-requests', q.requestsChart),
       chart('chart-traffic', q.trafficChart),
     ]);
@@ -339,6 +378,7 @@
 
   async function credit(sign) {
     if (!currentPayer) return;
+    records.delete(currentPayer);
     const amount = $('credit-amount').value.trim().replace(/^[+-]/, '');
     const reason = $('credit-reason').value.trim();
     if (!amount || !reason) {
@@ -360,6 +400,7 @@
 
   async function setBlocked(blocked) {
     if (!currentPayer) return;
+    records.delete(currentPayer);
     try {
       await api(blocked ? 'POST' : 'DELETE', payerPath(currentPayer) + '/block');
       result('action-result', true, currentPayer + (blocked ? ' is blocked' : ' is unblocked'));
@@ -371,6 +412,7 @@
   }
 
   async function revokeMandate(id) {
+    records.clear();
     const reason = $('mandate-reason').value.trim();
     if (!reason) {
       $('mandate-id').value = id;
