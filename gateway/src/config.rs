@@ -195,6 +195,17 @@ pub struct IssuerConfig {
     /// The `kid` of the PEM key, if receipts name one.
     #[serde(default)]
     pub kid: Option<String>,
+    /// URL of the issuer's mandate revocation list (`{"revoked": ["<mandate id>", ...]}`),
+    /// polled every `mandate_revocations_poll_secs`.
+    #[serde(default)]
+    pub mandate_revocations_url: Option<String>,
+    /// Poll interval of the revocation list (seconds, 1 to 3600).
+    #[serde(default = "default_revocations_poll")]
+    pub mandate_revocations_poll_secs: u64,
+}
+
+fn default_revocations_poll() -> u64 {
+    30
 }
 
 /// `[store]`.
@@ -539,6 +550,20 @@ impl Config {
             } else {
                 return Err(invalid(format!("issuers[{i}]"), "no key source"));
             };
+            if let Some(url) = &iss.mandate_revocations_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(invalid(
+                        f("mandate_revocations_url"),
+                        "must be an http(s) URL",
+                    ));
+                }
+            }
+            if !(1..=3600).contains(&iss.mandate_revocations_poll_secs) {
+                return Err(invalid(
+                    f("mandate_revocations_poll_secs"),
+                    "must be 1 to 3600",
+                ));
+            }
             issuers.push((iss.id.clone(), source));
         }
         match self.store.kind {

@@ -84,6 +84,20 @@ struct Inner {
     routes: Vec<Matched>,
     /// The payment engine.
     paywall: Paywall,
+    /// Background pollers of issuers' mandate revocation lists (stopped with this snapshot).
+    _pollers: AbortOnDrop,
+}
+
+/// Aborts background tasks when the configuration snapshot that started them is replaced.
+#[derive(Default)]
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
 }
 
 struct Shared {
@@ -301,7 +315,23 @@ async fn build_inner(
             }
         })
         .collect();
+    let mut pollers = AbortOnDrop::default();
+    for iss in &config.issuers {
+        if let Some(url) = &iss.mandate_revocations_url {
+            let poller = tollgate_middleware::revocations::RevocationPoller::new(
+                iss.id.clone(),
+                url.clone(),
+                paywall.store().clone(),
+            )
+            .map_err(BuildError::Issuer)?;
+            let every = Duration::from_secs(iss.mandate_revocations_poll_secs);
+            pollers
+                .0
+                .push(tokio::spawn(poller.run(every)).abort_handle());
+        }
+    }
     Ok(Inner {
+        _pollers: pollers,
         network: config.network.clone(),
         issuers: config.issuers.iter().map(|i| i.id.clone()).collect(),
         agent_api: config.agent.api_prefix.clone(),

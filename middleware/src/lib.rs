@@ -38,6 +38,7 @@ pub mod paywall;
 pub mod plan;
 pub mod price;
 pub mod receipt;
+pub mod revocations;
 pub mod store;
 pub mod token;
 pub mod traffic;

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use tollgate_e2e::{code_of, gateway, paid, report, upstream, RedisServer, TestIssuer};
+use tollgate_e2e::{
+    code_of, gateway, paid, payment_response, report, upstream, RedisServer, TestIssuer,
+};
 use tollgate_middleware::receipt::{Issuer, IssuerKey, StaticKeys};
 use tollgate_middleware::{
     Clock, Currency, ManualClock, MemoryStore, Money, Paywall, Price, PricedRoute, RedisStore,
@@ -502,4 +504,114 @@ async fn bound_tokens_and_revocation() {
     assert_eq!(r.json::<Value>().await.unwrap()["revoked"], true);
     let res = gw.pay_get("/v1/echo", &wallet.sign(&fresh)).await;
     assert_eq!(code_of(res).await, (403, "receipt_revoked".to_owned()));
+}
+
+/// An issuer's revocation list, polled: a mandate it lists stops working on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issuer_revocation_list_stops_a_mandate() {
+    use std::sync::Mutex;
+    let redis = RedisServer::start();
+    let up = upstream().await;
+    let wallet = TestIssuer::ed25519("wallet");
+    let list: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+    let served = list.clone();
+    let lists = tollgate_e2e::serve_router(axum::Router::new().route(
+        "/revoked.json",
+        axum::routing::get(move || {
+            let ids = served.lock().unwrap().clone();
+            async move { axum::Json(json!({ "revoked": ids })) }
+        }),
+    ))
+    .await;
+    let gw = gateway()
+        .issuer_toml(&format!(
+            "[[issuers]]\nid = \"wallet\"\nkeys = [{}]\nmandate_revocations_url = \"{}/revoked.json\"\nmandate_revocations_poll_secs = 1\n",
+            wallet.jwk_toml(),
+            lists.url()
+        ))
+        .redis(&redis)
+        .route(paid("compute", "/v1/echo", &up, "0.01"))
+        .start()
+        .await;
+    let now = tollgate_e2e::now_secs();
+    let mut mc = mandate_claims(&wallet, "agent", "5", "day", now);
+    mc["jti"] = "m-listed".into();
+    let mandate = wallet.sign(&mc);
+    let res = gw
+        .pay_get(
+            "/v1/echo",
+            &receipt_under(&wallet, "agent", "0.01", &mandate, now),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    list.lock().unwrap().push("m-listed".into());
+    let mut refused = false;
+    for _ in 0..50 {
+        let res = gw
+            .pay_get(
+                "/v1/echo",
+                &receipt_under(&wallet, "agent", "0.01", &mandate, now),
+            )
+            .await;
+        if res.status() == 403 {
+            assert_eq!(code_of(res).await.1, "mandate_revoked");
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the listed mandate was not revoked within 5 s");
+}
+
+/// A metered charge never exceeds the mandate's room: the rest is recorded as uncharged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metered_charges_are_capped_at_the_room_left() {
+    let redis = RedisServer::start();
+    let up = upstream().await;
+    let wallet = TestIssuer::ed25519("wallet");
+    let gw = gateway()
+        .issuer(&wallet)
+        .redis(&redis)
+        .route(tollgate_e2e::metered(
+            "units",
+            "/v1/echo/units",
+            &up,
+            "0.05",
+            &[("unit", "header:x-units", "0.001")],
+        ))
+        .start()
+        .await;
+    let now = tollgate_e2e::now_secs();
+    let mandate = wallet.sign(&mandate_claims(&wallet, "meter", "0.30", "week", now));
+    let mut topup = wallet.claims("m", "meter", "5");
+    topup["kind"] = "topup".into();
+    let res: Value = gw
+        .http
+        .post(gw.url("/tollgate/v1/topup"))
+        .header("authorization", format!("Payment {}", wallet.sign(&topup)))
+        .header("tollgate-mandate", &mandate)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = res["access_token"].as_str().unwrap().to_owned();
+    // 200 units x 0.001 = 0.20: within the room.
+    let res = gw.token_get("/v1/echo/units?units=200", &token).await;
+    assert_eq!(payment_response(&res)["amount"], "0.2");
+    // 0.10 left; usage 0.50 -> 0.10 charged, 0.40 uncharged.
+    let res = gw.token_get("/v1/echo/units?units=500", &token).await;
+    assert_eq!(payment_response(&res)["amount"], "0.1");
+    let events = gw.paywall.store().usage_events().await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.amount_minor, last.uncharged_minor),
+        (100_000, 400_000)
+    );
+    // Nothing left: the next reservation is refused.
+    let res = gw.token_get("/v1/echo/units?units=1", &token).await;
+    assert_eq!(code_of(res).await, (402, "mandate_exceeded".to_owned()));
+    let bal = gw.settled(&token).await;
+    assert_eq!(bal["balances"]["USD"]["captured"], "0.3");
 }
