@@ -197,6 +197,7 @@ async fn payer(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
                 "period_end": p.end_ms / 1000,
                 "active": p.end_ms > now,
                 "included": p.calls,
+                "unit": plan.unit.clone().unwrap_or_else(|| "call".into()),
                 "used": p.used,
             })),
             Ok(None) => {}

@@ -362,13 +362,27 @@ pub struct PlanConfig {
     pub period: String,
     /// Route groups covered (a route's `group`, or its id).
     pub groups: Vec<String>,
-    /// Calls included per period; omitted: unlimited (a pass).
+    /// Calls included per period; omitted (and no `units`): unlimited (a pass).
     #[serde(default)]
     pub calls: Option<u64>,
-    /// Past the included calls, charge each call from the prepaid balance at this price;
-    /// omitted: deny (`plan_exhausted`).
+    /// Units included per period instead of calls: `{ unit = "token", included = 1000000 }`
+    /// (a meter unit of the covered metered routes).
+    #[serde(default)]
+    pub units: Option<PlanUnitsConfig>,
+    /// Past the included calls, charge each call from the prepaid balance at this price
+    /// (`"route"`: at the route's own price or meters); omitted: deny (`plan_exhausted`).
     #[serde(default)]
     pub overage_price: Option<String>,
+}
+
+/// `units = { unit, included }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanUnitsConfig {
+    /// The meter unit counted.
+    pub unit: String,
+    /// How many per period.
+    pub included: u64,
 }
 
 /// `{ amount, currency }`.
@@ -832,7 +846,26 @@ impl Config {
                     "must be at least 1 (omit it for a pass)",
                 ));
             }
-            let overage = match &p.overage_price {
+            let (calls, unit) = match (&p.calls, &p.units) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(f("units"), "set calls or units, not both"))
+                }
+                (_, Some(u)) => {
+                    if u.included == 0 || u.unit.is_empty() {
+                        return Err(invalid(f("units"), "name a unit and include at least 1"));
+                    }
+                    (Some(u.included), Some(u.unit.clone()))
+                }
+                (c, None) => (*c, None),
+            };
+            let overage = match p.overage_price.as_deref() {
+                Some("route") => Overage::RoutePrice,
+                Some(_) if unit.is_some() => {
+                    return Err(invalid(
+                        f("overage_price"),
+                        "a units plan's overage is \"route\" (the route's own meters) or omitted (deny)",
+                    ))
+                }
                 Some(s) => Overage::Charge(money("overage_price", s)?),
                 None => Overage::Deny,
             };
@@ -844,7 +877,8 @@ impl Config {
                 },
                 period,
                 groups: p.groups.clone(),
-                calls: p.calls,
+                calls,
+                unit,
                 overage,
             });
         }

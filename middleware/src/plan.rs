@@ -22,6 +22,8 @@ pub enum Overage {
     Deny,
     /// Charge each further call from the prepaid balance at this price (plan currency).
     Charge(Amount),
+    /// Charge further calls at the route's own price (or meters) from the prepaid balance.
+    RoutePrice,
 }
 
 /// A plan, as configured.
@@ -35,8 +37,10 @@ pub struct Plan {
     pub period: Duration,
     /// Route groups covered.
     pub groups: Vec<String>,
-    /// Calls included per period; `None`: unlimited (a pass).
+    /// Calls (or, with `unit`, units) included per period; `None`: unlimited (a pass).
     pub calls: Option<u64>,
+    /// Count this usage unit (a metered route's meter unit, e.g. `token`) instead of calls.
+    pub unit: Option<String>,
     /// Past the included calls.
     pub overage: Overage,
 }
@@ -56,11 +60,13 @@ impl Plan {
             "decimals": self.price.currency.scale(),
             "periodSeconds": self.period.as_secs(),
             "groups": self.groups,
-            "includedCalls": self.calls,
+            "includedCalls": if self.unit.is_none() { self.calls } else { None },
+            "includedUnits": self.unit.as_ref().map(|u| serde_json::json!({"unit": u, "included": self.calls})),
             "pass": self.calls.is_none(),
             "overage": match &self.overage {
                 Overage::Deny => serde_json::json!("deny"),
                 Overage::Charge(a) => serde_json::json!({"pricePerCall": a.to_string()}),
+                Overage::RoutePrice => serde_json::json!("route price"),
             },
         })
     }

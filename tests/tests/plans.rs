@@ -33,10 +33,18 @@ groups = ["pass"]
 "#;
 
 async fn start(redis: &RedisServer, wallet: &TestIssuer) -> TestGateway {
+    start_on(Some(redis), wallet).await
+}
+
+/// On a redis-server, or (`None`) on the embedded memory store.
+async fn start_on(redis: Option<&RedisServer>, wallet: &TestIssuer) -> TestGateway {
     let up = upstream().await;
-    gateway()
-        .issuer(wallet)
-        .redis(redis)
+    let b = gateway();
+    let b = match redis {
+        Some(r) => b.redis(r),
+        None => b,
+    };
+    b.issuer(wallet)
         .admin("admin-token-0123456789")
         .route(paid("compute", "/v1/echo/c", &up, "0.10"))
         .route(paid("flex", "/v1/echo/flex", &up, "0.10").with("group = \"flex\""))
@@ -183,8 +191,35 @@ async fn quota_is_exact_under_concurrency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overage_is_charged_exactly_and_passes_are_unlimited() {
     let redis = RedisServer::start();
+    overage_and_passes(Some(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_store_overage_and_passes() {
+    overage_and_passes(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_store_quota_is_exact_under_concurrency() {
     let wallet = TestIssuer::ed25519("wallet");
-    let gw = start(&redis, &wallet).await;
+    let gw = start_on(None, &wallet).await;
+    let token = subscribe(&gw, &subscribe_receipt(&wallet, "busy", "starter", "1.00")).await
+        ["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ok = 0;
+    for _ in 0..5 {
+        if gw.token_get("/v1/echo/c", &token).await.status() == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 3);
+}
+
+async fn overage_and_passes(redis: Option<&RedisServer>) {
+    let wallet = TestIssuer::ed25519("wallet");
+    let gw = start_on(redis, &wallet).await;
     gw.topup(&wallet, "flexer", "1.00").await;
     let token = subscribe(&gw, &subscribe_receipt(&wallet, "flexer", "flex", "2")).await
         ["access_token"]
@@ -259,4 +294,90 @@ async fn overage_is_charged_exactly_and_passes_are_unlimited() {
         (402, "receipt_kind_unsupported".to_owned())
     );
     let _ = json!({});
+}
+
+/// A units plan (tokens) on a metered route: covered calls count their tokens at capture; past
+/// the included tokens, deny -- or, with `overage_price = "route"`, the route's own meters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_plans_count_tokens() {
+    let redis = RedisServer::start();
+    let up = upstream().await;
+    let wallet = TestIssuer::ed25519("wallet");
+    let meter = |id: &str, path: &str| {
+        tollgate_e2e::metered(
+            id,
+            path,
+            &up,
+            "0.05",
+            &[("token", "header:x-units", "0.001")],
+        )
+        .with(&format!("group = \"{id}\""))
+    };
+    let gw = gateway()
+        .issuer(&wallet)
+        .redis(&redis)
+        .admin("admin-token-0123456789")
+        .route(meter("tok", "/v1/echo/tok"))
+        .route(meter("tok2", "/v1/echo/tok2"))
+        .top(
+            r#"
+[[plans]]
+id = "tokens"
+price = { amount = "1", currency = "USD" }
+period = "1h"
+groups = ["tok"]
+units = { unit = "token", included = 1000 }
+
+[[plans]]
+id = "tokens-then-meter"
+price = { amount = "1", currency = "USD" }
+period = "1h"
+groups = ["tok2"]
+units = { unit = "token", included = 1000 }
+overage_price = "route"
+"#,
+        )
+        .start()
+        .await;
+    let token = subscribe(&gw, &subscribe_receipt(&wallet, "llm", "tokens", "1")).await
+        ["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..2 {
+        let res = gw.token_get("/v1/echo/tok?units=600", &token).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(payment_response(&res)["amount"], "0");
+    }
+    // 1,200 of 1,000 used (the call that crossed is served in full): the next is refused.
+    let res = gw.token_get("/v1/echo/tok?units=1", &token).await;
+    assert_eq!(code_of(res).await, (402, "plan_exhausted".to_owned()));
+    let view: Value = reqwest::Client::new()
+        .get(gw.admin_url("/admin/v1/payers/llm"))
+        .bearer_auth("admin-token-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["plans"][0]["used"], 1200);
+    assert_eq!(view["plans"][0]["unit"], "token");
+
+    // Overage at the route's meters, from the balance.
+    gw.topup(&wallet, "llm2", "1").await;
+    let token = subscribe(
+        &gw,
+        &subscribe_receipt(&wallet, "llm2", "tokens-then-meter", "1"),
+    )
+    .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = gw.token_get("/v1/echo/tok2?units=1000", &token).await;
+    assert_eq!(payment_response(&res)["amount"], "0");
+    let res = gw.token_get("/v1/echo/tok2?units=100", &token).await;
+    assert_eq!(payment_response(&res)["amount"], "0.1");
+    let bal = gw.settled(&token).await;
+    assert_eq!(bal["balances"]["USD"]["available"], "0.9");
 }

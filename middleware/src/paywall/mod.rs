@@ -734,9 +734,11 @@ impl Paywall {
                     plan: plan.map(|p| PlanUse {
                         plan: p.id.clone(),
                         deny: matches!(p.overage, Overage::Deny),
+                        route_price: matches!(p.overage, Overage::RoutePrice),
+                        unit: p.unit.clone(),
                         overage_minor: match &p.overage {
                             Overage::Charge(a) => currency.to_minor(*a).unwrap_or(u64::MAX),
-                            Overage::Deny => 0,
+                            Overage::Deny | Overage::RoutePrice => 0,
                         },
                         now_ms: self.0.clock.now_ms(),
                         covered: false,

@@ -341,13 +341,15 @@ impl Store for MemoryStore {
         if let Some(p) = &h.plan {
             if let Some(period) = s.subs.get_mut(&(h.payer.clone(), p.plan.clone())) {
                 if period.end_ms > p.now_ms {
+                    // Unit plans count at capture; call plans count here.
+                    let step = u64::from(p.unit.is_none());
                     match period.calls {
                         None => {
-                            period.used += 1;
+                            period.used += step;
                             return Ok(HoldOutcome::Plan { calls_left: None });
                         }
                         Some(calls) if period.used < calls => {
-                            period.used += 1;
+                            period.used += step;
                             return Ok(HoldOutcome::Plan {
                                 calls_left: Some(calls - period.used),
                             });
@@ -357,6 +359,7 @@ impl Store for MemoryStore {
                                 period_end_ms: period.end_ms,
                             })
                         }
+                        Some(_) if p.route_price => {}
                         Some(_) => {
                             amount = i64::try_from(p.overage_minor).unwrap_or(i64::MAX);
                             overage = true;
@@ -425,6 +428,16 @@ impl Store for MemoryStore {
             }
             let event_id = Self::record(&mut s, now, event.clone(), 0, 0);
             s.settled.insert(h.id.clone(), (event_id.clone(), 0, 0));
+            if let Some(p) = &h.plan {
+                let add = p
+                    .unit
+                    .as_ref()
+                    .and_then(|u| event.units.get(u).copied())
+                    .unwrap_or(0);
+                if let Some(period) = s.subs.get_mut(&(h.payer.clone(), p.plan.clone())) {
+                    period.used += add;
+                }
+            }
             let balance = s
                 .accounts
                 .get(&(h.payer.clone(), h.currency.clone()))
@@ -501,7 +514,9 @@ impl Store for MemoryStore {
                 return Ok(HoldSettleOutcome::NotHeld);
             }
             if let Some(period) = s.subs.get_mut(&(h.payer.clone(), p.plan.clone())) {
-                period.used = period.used.saturating_sub(1);
+                if p.unit.is_none() {
+                    period.used = period.used.saturating_sub(1);
+                }
             }
             return Ok(HoldSettleOutcome::Released);
         }

@@ -352,6 +352,10 @@ pub struct PlanUse {
     pub plan: String,
     /// Past the included calls: refuse (`true`) or charge the overage price.
     pub deny: bool,
+    /// Past the included usage: hold the route's own price (instead of `overage_minor`).
+    pub route_price: bool,
+    /// Count this unit of the usage event instead of calls (the included amount is in it).
+    pub unit: Option<String>,
     /// Overage price per call (minor units).
     pub overage_minor: u64,
     /// Now (gateway clock, unix ms): periods are judged by it.

@@ -327,6 +327,15 @@ impl RedisStore {
     }
 }
 
+/// The units a covered call counts against a unit plan (0 for a call plan).
+fn plan_units(h: &Hold, event: &UsageEvent) -> u64 {
+    h.plan
+        .as_ref()
+        .and_then(|p| p.unit.as_ref())
+        .and_then(|u| event.units.get(u).copied())
+        .unwrap_or(0)
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
 }
@@ -654,9 +663,16 @@ impl Store for RedisStore {
             (None, None) => {}
         }
         if let Some(p) = &h.plan {
-            inv.arg(if p.deny { "deny" } else { "overage" })
-                .arg(p.now_ms)
-                .arg(p.overage_minor);
+            inv.arg(if p.deny {
+                "deny"
+            } else if p.route_price {
+                "route"
+            } else {
+                "overage"
+            })
+            .arg(p.now_ms)
+            .arg(p.overage_minor)
+            .arg(if p.unit.is_some() { "units" } else { "calls" });
         }
         let (status, bal): (String, i64) = self.bounded(inv.invoke_async(&mut conn)).await?;
         let balance_minor = u64::try_from(bal).unwrap_or(0);
@@ -693,6 +709,13 @@ impl Store for RedisStore {
                 .key(self.payer_agg_key(&h.payer, &day))
                 .key(self.bucket_agg_key(h.bucket(), &day))
                 .key(self.payer_totals_key(h.bucket(), &day))
+                .key(
+                    self.subscription_key(
+                        &h.payer,
+                        h.plan.as_ref().map_or("", |p| p.plan.as_str()),
+                    ),
+                )
+                .arg(plan_units(h, event))
                 .arg(fields.len());
             for (k, v) in fields {
                 inv.arg(k).arg(v);
@@ -757,7 +780,8 @@ impl Store for RedisStore {
         if let Some(p) = h.plan.as_ref().filter(|p| p.covered) {
             let mut inv = self.scripts.plan_release.prepare_invoke();
             inv.key(self.done_key(h))
-                .key(self.subscription_key(&h.payer, &p.plan));
+                .key(self.subscription_key(&h.payer, &p.plan))
+                .arg(if p.unit.is_some() { "units" } else { "calls" });
             let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
             return Ok(if n == 1 {
                 HoldSettleOutcome::Released

@@ -8,6 +8,8 @@
 -- with a plan: KEYS[7] the payer's subscription hash (KEYS[4..6] are any same-slot keys when
 --   there is no mandate; ARGV[5..8] are then empty)   ARGV[9] 'deny' | 'overage'
 --   ARGV[10] now (gateway clock, unix ms)   ARGV[11] overage price per call (minor units)
+--   ARGV[12] 'units': the period counts usage units (added at capture), not calls -- a call is
+--   covered while used < included; 'route': past it, hold the route's own price (ARGV[3])
 --   An active period with calls left covers the call: {'plan', calls left (-1: a pass)};
 --   used up: {'plan_exhausted', period end ms} (deny) or a balance hold of the overage price
 --   answered {'overage', balance left}.
@@ -40,7 +42,11 @@ if ARGV[9] and ARGV[9] ~= '' then
   local s = redis.call('HMGET', KEYS[7], 'end', 'calls', 'used')
   if s[1] and tonumber(s[1]) > tonumber(ARGV[10]) then
     local calls, used = tonumber(s[2]), tonumber(s[3] or '0')
+    local units = ARGV[12] == 'units'
     if calls < 0 or used < calls then
+      if units then
+        return {'plan', calls - used}
+      end
       redis.call('HINCRBY', KEYS[7], 'used', 1)
       if calls < 0 then
         return {'plan', -1}
@@ -50,8 +56,10 @@ if ARGV[9] and ARGV[9] ~= '' then
     if ARGV[9] == 'deny' then
       return {'plan_exhausted', tonumber(s[1])}
     end
-    amount = tonumber(ARGV[11])
-    held_status = 'overage'
+    if ARGV[9] ~= 'route' then
+      amount = tonumber(ARGV[11])
+      held_status = 'overage'
+    end
   end
 end
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. ARGV[2]) or '0')

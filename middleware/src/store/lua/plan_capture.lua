@@ -1,8 +1,9 @@
 -- Record a call covered by a plan: one usage event (amount 0), daily aggregates, once.
 -- KEYS[1] settled marker of this reservation   KEYS[2] usage event stream
 -- KEYS[3] payer's daily aggregates   KEYS[4] bucket's daily aggregates
--- KEYS[5] bucket's per-payer day totals (payer listing)
--- ARGV[1] N = number of event field pairs   ARGV[2 .. 1+2N] event fields   ARGV[2+2N ..] aggregate pairs
+-- KEYS[5] bucket's per-payer day totals (payer listing)   KEYS[6] the subscription hash
+-- ARGV[1] units to count against the period (unit plans; 0 for call plans, counted at the hold)
+-- ARGV[2] N = number of event field pairs   ARGV[3 .. 2+2N] event fields   ARGV[3+2N ..] aggregate pairs
 -- Returns {'captured', event id} | {'not_held', ''} (released earlier)
 local done = redis.call('GET', KEYS[1])
 if done then
@@ -11,14 +12,17 @@ if done then
   end
   return {'captured', done}
 end
-local n = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
 local fields = {}
-for i = 2, 1 + 2 * n do
+for i = 3, 2 + 2 * n do
   fields[#fields + 1] = ARGV[i]
+end
+if tonumber(ARGV[1]) > 0 then
+  redis.call('HINCRBY', KEYS[6], 'used', ARGV[1])
 end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 for _, k in ipairs({KEYS[3], KEYS[4]}) do
-  for i = 2 + 2 * n, #ARGV, 2 do
+  for i = 3 + 2 * n, #ARGV, 2 do
     redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1])
   end
   if redis.call('PTTL', k) < 0 then
