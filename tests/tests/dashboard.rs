@@ -59,10 +59,18 @@ async fn seeded() -> Seeded {
     assert_eq!(res.status(), 200);
     let receipt = wallet.receipt("m", "carol", "0.01");
     assert_eq!(gw.pay_get("/v1/echo", &receipt).await.status(), 200);
+    // Carol's second payment is made under a mandate from her owner: the payer record (and the
+    // page's mandates / plans cell) shows it.
+    let now = tollgate_e2e::now_secs();
+    let mandate = wallet.sign(&serde_json::json!({
+        "iss": "wallet", "sub": "carol", "jti": "m-carol", "iat": now, "exp": now + 86_400,
+        "kind": "mandate", "owner": "carol-owner", "currency": "USD", "budget": "1",
+        "window": "day", "merchants": ["m"],
+    }));
+    let mut claims = wallet.claims("m", "carol", "0.01");
+    claims["mandate"] = mandate.into();
     assert_eq!(
-        gw.pay_get("/v1/echo", &wallet.receipt("m", "carol", "0.01"))
-            .await
-            .status(),
+        gw.pay_get("/v1/echo", &wallet.sign(&claims)).await.status(),
         200
     );
     // Refusals: three unpaid requests and one replayed receipt.
@@ -620,6 +628,14 @@ async fn drive(c: &Client, s: &Seeded) -> Result<(), fantoccini::error::CmdError
         assert_eq!(f(&format!("payer.{id}.status")), "active");
         let detail = admin_get(gw, &format!("/admin/v1/payers/{id}")).await;
         assert_eq!(f(&format!("payer.{id}.mandates")), mandate_summary(&detail));
+        if id == "carol" {
+            assert_eq!(
+                f("payer.carol.mandates"),
+                "1 mandate(s), 1 active; no plan",
+                "carol paid under a mandate"
+            );
+            assert_eq!(detail["mandates"][0]["spent"], "0.01");
+        }
     }
     assert_eq!(f("traffic.paid"), traffic["totals"]["paid"].to_string());
     assert_eq!(
