@@ -2,7 +2,8 @@
 //!
 //! Accepted forms (exactly one per request):
 //! - `PAYMENT-SIGNATURE: <base64 JSON>` -- an x402 v2 `PaymentPayload` whose `payload.receipt`
-//!   is the receipt JWT and whose `accepted.scheme` is ours;
+//!   is the receipt JWT and whose `accepted.scheme` is ours, or whose `accepted.scheme` is
+//!   `exact` (an EIP-3009 authorization, checked by [`crate::x402`]);
 //! - `X-PAYMENT: <base64 JSON>` -- the x402 v1 equivalent (`scheme` at the top level);
 //! - `Authorization: Payment <jwt>` -- the receipt alone, for simple clients.
 //!
@@ -50,6 +51,8 @@ pub enum Credential {
         /// The header it came in.
         source: CredentialSource,
     },
+    /// An x402 v2 `PaymentPayload` with `accepted.scheme == "exact"` (decoded, not yet checked).
+    X402Exact(Box<serde_json::Value>),
 }
 
 /// Why the payment headers could not be read.
@@ -179,7 +182,20 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         });
     }
     if let Some(v) = v2 {
-        let p: PayloadV2 = decode_json("PAYMENT-SIGNATURE", v)?;
+        let raw: serde_json::Value = decode_json("PAYMENT-SIGNATURE", v)?;
+        if raw
+            .pointer("/accepted/scheme")
+            .and_then(serde_json::Value::as_str)
+            == Some(crate::x402::EXACT_SCHEME)
+        {
+            return Ok(Some(Credential::X402Exact(Box::new(raw))));
+        }
+        let p: PayloadV2 = serde_json::from_value(raw).map_err(|e| {
+            malformed(format!(
+                "PAYMENT-SIGNATURE is not a payment payload: {}",
+                e.to_string().chars().take(120).collect::<String>()
+            ))
+        })?;
         if p.x402_version != 2 {
             return Err(malformed("PAYMENT-SIGNATURE must carry x402Version 2"));
         }
@@ -302,11 +318,18 @@ mod tests {
             code(h(&[("payment-signature", &STANDARD.encode("{}"))])),
             ErrorCode::CredentialMalformed
         );
-        let exact = b64(
-            serde_json::json!({"x402Version": 2, "accepted": {"scheme": "exact"}, "payload": {"receipt": "a"}}),
+        let other = b64(
+            serde_json::json!({"x402Version": 2, "accepted": {"scheme": "upto"}, "payload": {"receipt": "a"}}),
         );
         assert_eq!(
-            code(h(&[("payment-signature", &exact)])),
+            code(h(&[("payment-signature", &other)])),
+            ErrorCode::SchemeUnsupported
+        );
+        let exact_v1 = b64(
+            serde_json::json!({"x402Version": 1, "scheme": "exact", "network": "base", "payload": {}}),
+        );
+        assert_eq!(
+            code(h(&[("x-payment", &exact_v1)])),
             ErrorCode::SchemeUnsupported
         );
         let v1_in_v2 = b64(
@@ -331,6 +354,21 @@ mod tests {
             code(h(&[("authorization", "Payment")])),
             ErrorCode::CredentialMalformed
         );
+    }
+
+    #[test]
+    fn reads_x402_exact_payloads_whole() {
+        let p = serde_json::json!({"x402Version": 2, "accepted": {"scheme": "exact", "network": "eip155:1"}, "payload": {"signature": "0x"}});
+        let c = extract(&h(&[("payment-signature", &b64(p.clone()))]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c, Credential::X402Exact(Box::new(p)));
+        // Its shape is checked later (with the x402 reasons), never here.
+        let odd = serde_json::json!({"x402Version": 7, "accepted": {"scheme": "exact"}});
+        assert!(matches!(
+            extract(&h(&[("payment-signature", &b64(odd))])),
+            Ok(Some(Credential::X402Exact(_)))
+        ));
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! - [`paywall`]: the engine phases (challenge, admit, settle);
 //! - [`layer`]: `PaymentLayer` (tower);
 //! - [`error`]: `ErrorCode` and problem+json;
-//! - [`clock`]: injected time.
+//! - [`clock`]: injected time;
+//! - [`x402`]: x402 `exact` EVM offers, local verification, the facilitator client.
 
 #![warn(missing_docs)]
 
@@ -37,6 +38,7 @@ pub mod price;
 pub mod receipt;
 pub mod store;
 pub mod token;
+pub mod x402;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorCode, Problem};

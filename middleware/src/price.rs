@@ -55,6 +55,8 @@ pub struct PricedRoute {
     pub timeout: Option<std::time::Duration>,
     /// Per payer on this route (GCRA in the store): over it, 429 with `Retry-After`.
     pub rate_limit: Option<crate::store::RateLimit>,
+    /// x402 `exact` offers and their settlement (fixed-price routes only). `None`: not offered.
+    pub x402: Option<std::sync::Arc<crate::x402::ExactRoute>>,
 }
 
 impl PricedRoute {
@@ -68,6 +70,7 @@ impl PricedRoute {
             mime_type: "application/json".into(),
             timeout: None,
             rate_limit: None,
+            x402: None,
         }
     }
 
@@ -89,6 +92,13 @@ impl PricedRoute {
     #[must_use]
     pub fn rate_limit(mut self, limit: crate::store::RateLimit) -> Self {
         self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Offer x402 `exact` payments on this route (beside the native ones).
+    #[must_use]
+    pub fn x402(mut self, x402: crate::x402::ExactRoute) -> Self {
+        self.x402 = Some(std::sync::Arc::new(x402));
         self
     }
 

@@ -43,6 +43,7 @@ use crate::token::{TokenError, TokenKey};
 
 mod agent;
 mod reconcile;
+mod x402;
 
 use self::reconcile::{reconcile, retry_unknown};
 
@@ -295,6 +296,8 @@ pub struct Admission {
     /// Set once settled; an admission dropped unsettled (client gone, future cancelled)
     /// releases its hold in the background.
     settled: bool,
+    /// An x402 `exact` payment: its offer, payload and on-chain state (see `x402.rs`).
+    x402: Option<Box<x402::X402Pending>>,
 }
 
 impl Drop for Admission {
@@ -303,6 +306,9 @@ impl Drop for Admission {
             return;
         }
         crate::metrics::global().holds_in_flight.dec();
+        if self.abandon_x402() {
+            return;
+        }
         let store = self.paywall.0.store.clone();
         let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -505,6 +511,9 @@ impl Paywall {
             accepts.push(self.offer(minor, currency, ttl, extra));
             accepts.extend(self.topup_offer(currency, &base, ttl));
         }
+        if let Some(x) = &route.x402 {
+            accepts.extend(x.offers.iter().map(crate::x402::ExactOffer::requirements));
+        }
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         json!({
             "x402Version": 2,
@@ -591,6 +600,7 @@ impl Paywall {
         let kind = match &credential {
             Ok(Some(Credential::AccessToken(_))) => "token",
             Ok(Some(Credential::Receipt { .. })) => "receipt",
+            Ok(Some(Credential::X402Exact(_))) => "x402",
             _ => "none",
         };
         let result = self
@@ -651,8 +661,13 @@ impl Paywall {
             request_bytes: RequestBodyCounter::default(),
             declared_request_bytes: declared,
             settled: false,
+            x402: None,
         };
         match credential {
+            Credential::X402Exact(payload) => {
+                self.admit_x402(route, (method, uri, headers), *payload, admission)
+                    .await
+            }
             Credential::AccessToken(token) => {
                 let claims = self
                     .0
@@ -1098,6 +1113,9 @@ impl Admission {
         status: Option<u16>,
         usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
     ) -> Result<Settled, Refusal> {
+        if let Some(x) = self.x402.take() {
+            return self.settle_x402(*x, status).await;
+        }
         // From here on this call owns the outcome; if it is cancelled mid-way the hold simply
         // expires (a capture may or may not have landed: never both, never twice).
         self.settled = true;
