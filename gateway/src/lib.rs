@@ -212,6 +212,35 @@ impl Gateway {
 }
 
 /// Build one configuration snapshot on a given store.
+/// Ask the facilitator what it supports (in the background: it may be down at start-up) and
+/// warn about offered networks it does not list.
+fn check_facilitator(f: Arc<tollgate_middleware::x402::HttpFacilitator>, v: &Validated) {
+    use tollgate_middleware::x402::{Facilitator as _, EXACT_SCHEME};
+    let mut networks: Vec<String> = v
+        .routes
+        .iter()
+        .filter_map(|r| r.x402.as_ref())
+        .flat_map(|x| x.offers.iter().map(|o| o.network.clone()))
+        .collect();
+    networks.sort();
+    networks.dedup();
+    tokio::spawn(async move {
+        match f.supported().await {
+            Ok(kinds) => {
+                for n in networks {
+                    if !kinds
+                        .iter()
+                        .any(|(v, s, k)| *v == 2 && s == EXACT_SCHEME && *k == n)
+                    {
+                        tracing::warn!(network = %n, "the x402 facilitator does not list exact on this network (GET /supported)");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "x402 facilitator GET /supported failed"),
+        }
+    });
+}
+
 async fn build_inner(
     config: &Config,
     validated: Validated,
@@ -232,6 +261,9 @@ async fn build_inner(
         .token_ttl(Duration::from_secs(config.agent.token_ttl_secs))
         .settle_retry(Duration::from_millis(config.store.settle_retry_ms))
         .agent_api(config.agent.api_prefix.clone());
+    if let Some(f) = validated.x402_facilitator.clone() {
+        check_facilitator(f, &validated);
+    }
     let topups = validated
         .currencies
         .iter()
@@ -279,6 +311,10 @@ async fn build_inner(
                 )
                 .mime_type(c.mime_type.clone())
                 .timeout(route.timeout);
+            let priced = match route.x402.clone() {
+                Some(x) => priced.x402(x),
+                None => priced,
+            };
             let priced = match c.rate_limit {
                 Some(rl) => priced.rate_limit(tollgate_middleware::store::RateLimit {
                     per_second: rl.per_second,

@@ -11,13 +11,15 @@
 //!   `to == payTo`; `value == amount` exactly; `validAfter <= now` and
 //!   `validBefore >= now + margin`. Every failure carries the spec's reason string
 //!   ([`Reason`]).
-//! - [`facilitator`]: the facilitator client (`/verify`, `/settle`, `/supported`).
+//! - [`facilitator`]: the facilitator client (`/verify`, `/settle`, `/supported`);
+//! - [`signer`]: the paying side, a local EVM key that signs authorizations for an offer.
 //!
 //! Single use of `(from, nonce)` is the store's job (the same atomic hold / spend state
 //! machine as receipts, see [`crate::store`]); when to settle is the engine's
 //! ([`SettlementMode`]).
 
 pub mod facilitator;
+pub mod signer;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -60,7 +62,7 @@ mod typed {
     }
 }
 
-use self::typed::TransferWithAuthorization;
+pub(crate) use self::typed::TransferWithAuthorization;
 
 /// When an x402 payment is settled on chain, per route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +221,7 @@ pub fn parse_address(s: &str) -> Option<Address> {
 
 /// A payload integer: a JSON string, decimal or `0x` hex (the spec's encoding), or a JSON
 /// number (some clients send numbers).
-fn parse_uint(v: Option<&Value>) -> Option<U256> {
+pub(crate) fn parse_uint(v: Option<&Value>) -> Option<U256> {
     match v? {
         Value::String(s) => {
             let s = s.trim();
