@@ -50,6 +50,9 @@ pub(super) struct X402Pending {
     payload: Value,
     /// Set once the transfer is on chain (`before`, at admission).
     on_chain: Option<OnChain>,
+    /// The request's URI and `Host`: a refusal after serving (`after`) carries fresh offers.
+    uri: Uri,
+    host: Option<http::HeaderValue>,
 }
 
 /// Add the x402 failure to a refusal: `errorReason` in the body and a `PAYMENT-RESPONSE`
@@ -250,6 +253,8 @@ impl Paywall {
             route: x,
             payload,
             on_chain,
+            uri: uri.clone(),
+            host: headers.get(http::header::HOST).cloned(),
         }));
         Ok(Some(a))
     }
@@ -326,8 +331,26 @@ impl Admission {
                         tracing::warn!(error = %e, payer = %self.payment.payer, "x402 settlement after serving failed; response withheld");
                         self.paywall.release(&r).await;
                         let (code, reason) = facilitator_failure(&e, false);
+                        let res = if code.status() == StatusCode::PAYMENT_REQUIRED {
+                            let mut headers = HeaderMap::new();
+                            if let Some(h) = &x.host {
+                                headers.insert(http::header::HOST, h.clone());
+                            }
+                            let method =
+                                Method::from_bytes(self.method.as_bytes()).unwrap_or(Method::GET);
+                            self.paywall.challenge(
+                                &self.route,
+                                &method,
+                                &x.uri,
+                                &headers,
+                                code,
+                                facilitator_detail(code),
+                            )
+                        } else {
+                            Paywall::problem(code, facilitator_detail(code))
+                        };
                         return Err(with_reason(
-                            Paywall::problem(code, facilitator_detail(code)),
+                            res,
                             &reason,
                             &offer.network,
                             Some(&self.payment.payer),
