@@ -588,3 +588,62 @@ async fn facilitator_failures_withhold_the_response_in_after_mode() {
     );
     assert_eq!(gw.paywall.store().usage_events().await.unwrap().len(), 1);
 }
+
+/// The venv python with the official x402 SDK (`tests/x402_sdk/setup.sh`, run by
+/// `tests/run.sh`), or `None` when it is not installed.
+fn sdk_python() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("TOLLGATE_X402_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cache/tollgate-x402-venv/bin/python"))
+        })?;
+    p.exists().then_some(p)
+}
+
+#[tokio::test]
+async fn official_python_sdk_pays_end_to_end() {
+    let Some(python) = sdk_python() else {
+        assert!(
+            std::env::var_os("TOLLGATE_REQUIRE_X402_SDK").is_none(),
+            "the x402 SDK is required but not installed (bash tests/x402_sdk/setup.sh)"
+        );
+        eprintln!(
+            "SKIPPED: the official x402 Python SDK is not installed (bash tests/x402_sdk/setup.sh)"
+        );
+        return;
+    };
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, hits) = counting_upstream().await;
+    for mode in ["before", "after"] {
+        let gw = start(&redis, &f, &up, mode).await;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/x402_sdk/pay.py");
+        let out = tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(gw.url("/v1/data"))
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["status"], 200, "{mode}: {v}");
+        let payer = v["payer"].as_str().unwrap().to_lowercase();
+        let pr = &v["payment_response"];
+        assert_eq!(pr["success"], true);
+        assert_eq!(pr["payer"], payer.as_str());
+        assert_eq!(pr["network"], NETWORK);
+        assert_eq!(pr["settlement"], mode);
+        let body: Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["data"], "paid content");
+        let events = gw.paywall.store().usage_events().await.unwrap();
+        assert_eq!(events.last().unwrap().payer, payer);
+    }
+    assert_eq!(f.settled(), 2);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
