@@ -614,7 +614,7 @@ async fn catalog(State(gw): State<Gateway>) -> Response {
                 }),
                 _ => json!("free"),
             };
-            json!({
+            let mut route = json!({
                 "id": c.id,
                 "path": c.path,
                 "methods": m.route.methods.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
@@ -622,9 +622,24 @@ async fn catalog(State(gw): State<Gateway>) -> Response {
                 "description": m.priced.description,
                 "mimeType": m.priced.mime_type,
                 "price": price,
-            })
+            });
+            if let Some(x) = &m.route.x402 {
+                route["x402"] = json!({
+                    "settlement": x.mode.as_str(),
+                    "accepts": x.offers.iter().map(|o| o.requirements()).collect::<Vec<_>>(),
+                });
+            }
+            route
         })
         .collect();
+    let mut x402_networks: Vec<&str> = inner
+        .routes
+        .iter()
+        .filter_map(|m| m.route.x402.as_ref())
+        .flat_map(|x| x.offers.iter().map(|o| o.network.as_str()))
+        .collect();
+    x402_networks.sort_unstable();
+    x402_networks.dedup();
     let currencies: serde_json::Map<String, serde_json::Value> = inner
         .currencies
         .iter()
@@ -650,6 +665,7 @@ async fn catalog(State(gw): State<Gateway>) -> Response {
             {"scheme": tollgate_middleware::credential::RECEIPT_SCHEME, "kind": "receipt", "headers": ["PAYMENT-SIGNATURE", "X-PAYMENT", "Authorization: Payment"], "algorithms": ["EdDSA", "ES256"]},
             {"scheme": "bearer", "kind": "access-token", "headers": ["Authorization: Bearer"], "obtain": format!("{api}/topup")},
         ],
+        "x402Networks": x402_networks,
         "agentEndpoints": {"topup": format!("{api}/topup"), "token": format!("{api}/token"), "balance": format!("{api}/balance")},
         "routes": routes,
         "plans": [],

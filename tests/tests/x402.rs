@@ -165,6 +165,19 @@ async fn the_402_offers_exact_beside_receipts() {
             "extra": {"name": "USDC", "version": "2", "assetTransferMethod": "eip3009"}
         })
     );
+    // The price catalog lists the offers for agents that plan ahead.
+    let cat: Value = gw
+        .http
+        .get(gw.url("/.well-known/tollgate"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cat["x402Networks"], json!([NETWORK]));
+    assert_eq!(cat["routes"][0]["x402"]["settlement"], "before");
+    assert_eq!(cat["routes"][0]["x402"]["accepts"][0], offer);
     // Issuing the 402 wrote nothing.
     let mut c = redis.conn();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
