@@ -113,6 +113,22 @@ pub struct X402Config {
     /// `validBefore` must be at least this many seconds ahead (time to settle).
     #[serde(default = "default_valid_before_margin")]
     pub valid_before_margin_secs: u64,
+    /// `deferred` settler: pause between polls when nothing is due (milliseconds).
+    #[serde(default = "default_settle_interval")]
+    pub settle_interval_ms: u64,
+    /// `deferred` settler: first retry delay, doubled per attempt (milliseconds).
+    #[serde(default = "default_settle_interval")]
+    pub settle_retry_base_ms: u64,
+    /// `deferred` settler: attempts before a settlement fails for good (payer blocked).
+    #[serde(default = "default_settle_attempts")]
+    pub settle_max_attempts: u32,
+}
+
+fn default_settle_interval() -> u64 {
+    1000
+}
+fn default_settle_attempts() -> u32 {
+    10
 }
 
 fn default_facilitator_timeout() -> u64 {
@@ -403,8 +419,9 @@ pub struct RouteConfig {
     /// x402 `exact` offers (`[[routes.x402]]`), beside the native receipt offer.
     #[serde(default)]
     pub x402: Vec<ExactOfferConfig>,
-    /// When x402 payments settle: `before` (default: settle, then serve) or `after` (serve,
-    /// settle a 2xx, release the response once settled).
+    /// When x402 payments settle: `before` (default: settle, then serve), `after` (serve,
+    /// settle a 2xx, release the response once settled) or `deferred` (serve, queue a 2xx for
+    /// the background settler).
     #[serde(default)]
     pub x402_settlement: Option<String>,
 }
@@ -835,6 +852,15 @@ fn validate_x402(x: &X402Config) -> Result<(Arc<HttpFacilitator>, u64), ConfigEr
             "x402.valid_before_margin_secs",
             "must be at most 600",
         ));
+    }
+    if !(10..=60_000).contains(&x.settle_interval_ms) {
+        return Err(invalid("x402.settle_interval_ms", "must be 10 to 60000"));
+    }
+    if !(10..=600_000).contains(&x.settle_retry_base_ms) {
+        return Err(invalid("x402.settle_retry_base_ms", "must be 10 to 600000"));
+    }
+    if !(1..=100).contains(&x.settle_max_attempts) {
+        return Err(invalid("x402.settle_max_attempts", "must be 1 to 100"));
     }
     let mut headers = Vec::new();
     for (name, var) in &x.facilitator_headers {

@@ -152,6 +152,15 @@ impl Gateway {
         secret: &[u8],
     ) -> Result<Self, BuildError> {
         let store = build_store(config).await?;
+        if let (Some(f), Some(x)) = (validated.x402_facilitator.clone(), &config.x402) {
+            // One settler per process for x402 `deferred` payments (jobs are leased, so any
+            // number of replicas can run one). Its facilitator and store are fixed at start-up.
+            let mut settler = tollgate_middleware::x402::settler::Settler::new(store.clone(), f);
+            settler.interval = Duration::from_millis(x.settle_interval_ms);
+            settler.retry_base = Duration::from_millis(x.settle_retry_base_ms);
+            settler.max_attempts = x.settle_max_attempts;
+            tokio::spawn(settler.run());
+        }
         let inner = build_inner(config, validated, secret, store).await?;
         Ok(Gateway(Arc::new(Shared {
             current: std::sync::RwLock::new(Arc::new(inner)),

@@ -228,6 +228,8 @@ impl Paywall {
                 .await
                 .map(|()| None)
                 .map_err(|e| (e, true)),
+            // Verified locally; settled in the background once served.
+            SettlementMode::Deferred => Ok(None),
         };
         let on_chain = match settled {
             Ok(c) => c,
@@ -320,6 +322,9 @@ impl Admission {
                         payment_response: None,
                     });
                 }
+                if x.route.mode == SettlementMode::Deferred {
+                    return self.settle_deferred(&x, &r, status.unwrap_or(0)).await;
+                }
                 match x
                     .route
                     .facilitator
@@ -404,6 +409,67 @@ impl Admission {
         if let Some(id) = event_id {
             body["eventId"] = id.into();
         }
+        Ok(Settled {
+            payment_response: b64_header(&body),
+        })
+    }
+
+    /// `deferred`: capture and queue the settlement in one atomic step; the response is
+    /// released only once that is recorded (otherwise it would be served unpaid).
+    async fn settle_deferred(
+        &self,
+        x: &X402Pending,
+        r: &Reservation,
+        status: u16,
+    ) -> Result<Settled, Refusal> {
+        let Some(offer) = x.route.offers.get(x.offer) else {
+            return Err(Paywall::problem(ErrorCode::Internal, "internal error"));
+        };
+        let event = self.x402_event(x, r, status);
+        let job = json!({"payload": x.payload, "requirements": offer.requirements()}).to_string();
+        let store = self.paywall.0.store.clone();
+        let outcome = retry_unknown(self.paywall.0.settle_retry, || {
+            crate::metrics::timed("capture_deferred", store.capture_deferred(r, &event, &job))
+        })
+        .await;
+        let event_id = match outcome {
+            Ok(
+                SettleOutcome::Captured { event_id } | SettleOutcome::AlreadyCaptured { event_id },
+            ) => event_id,
+            Ok(other) => {
+                tracing::error!(?other, payer = %self.payment.payer, "x402 deferred capture refused: the hold was lost");
+                return Err(Paywall::problem(
+                    ErrorCode::X402AuthorizationInUse,
+                    "the authorization's hold expired and it was taken by another request",
+                ));
+            }
+            Err(e) => {
+                // Unknown outcome: if it landed, the settler will settle a withheld response
+                // (logged for the operator); if not, the hold expires. Never served unpaid.
+                tracing::error!(error = %e, payer = %self.payment.payer, reservation = %r.id, "x402 deferred capture not recorded; response withheld");
+                return Err(Paywall::problem(
+                    ErrorCode::StoreUnavailable,
+                    "the payment could not be recorded; retry later",
+                ));
+            }
+        };
+        crate::metrics::global()
+            .revenue_minor
+            .with_label_values(&[self.route.id.as_str(), offer.currency.code()])
+            .inc_by(offer.amount);
+        let body = json!({
+            "success": true,
+            "transaction": "",
+            "network": offer.network,
+            "payer": self.payment.payer,
+            "amount": offer.currency.from_minor(offer.amount).to_string(),
+            "amountAtomic": offer.amount.to_string(),
+            "currency": offer.currency.code(),
+            "decimals": offer.currency.scale(),
+            "settlement": "deferred",
+            "eventId": event_id,
+            "settlementId": event_id,
+        });
         Ok(Settled {
             payment_response: b64_header(&body),
         })
@@ -697,6 +763,75 @@ mod tests {
         let s = a.settle(Some(200), None).await.unwrap();
         assert_eq!(decode(&s.payment_response.unwrap())["settlement"], "after");
         assert_eq!(paywall.store().usage_events().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn deferred_mode_queues_once_and_settles_in_the_background() {
+        use crate::store::JobOutcome;
+        use crate::x402::settler::Settler;
+        let (paywall, route, f) = setup(SettlementMode::Deferred);
+        let uri: Uri = "/r".parse().unwrap();
+        let h = header(7, 10000);
+        let a = paywall
+            .admit(&route, &Method::GET, &uri, &h)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            f.calls.lock().unwrap().is_empty(),
+            "nothing asked before serving"
+        );
+        let s = a.settle(Some(200), None).await.unwrap();
+        let pr = decode(&s.payment_response.unwrap());
+        assert_eq!(pr["settlement"], "deferred");
+        assert_eq!(pr["transaction"], "");
+        let store = paywall.store().clone();
+        let mut settler = Settler::new(store.clone(), f.clone());
+        settler.retry_base = std::time::Duration::ZERO;
+        settler.max_attempts = 2;
+        // First attempt: no usable answer -> retried; second: settled.
+        f.settle
+            .lock()
+            .unwrap()
+            .push(Err(FacilitatorError::Unavailable("x".into())));
+        assert_eq!(settler.run_once().await.unwrap(), 1);
+        assert_eq!(settler.run_once().await.unwrap(), 1);
+        assert_eq!(settler.run_once().await.unwrap(), 0);
+        assert_eq!(*f.calls.lock().unwrap(), ["settle", "settle"]);
+        assert_eq!(store.usage_events().await.unwrap().len(), 1);
+        // A refusal fails the job and blocks the payer until resolved.
+        let a = paywall
+            .admit(&route, &Method::GET, &uri, &header(8, 10000))
+            .await
+            .unwrap()
+            .unwrap();
+        a.settle(Some(200), None).await.unwrap();
+        f.settle
+            .lock()
+            .unwrap()
+            .push(Err(FacilitatorError::Refused {
+                reason: "insufficient_funds".into(),
+            }));
+        settler.run_once().await.unwrap();
+        let failed = store.failed_settlements().await.unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].error, "insufficient_funds");
+        let res = paywall
+            .admit(&route, &Method::GET, &uri, &header(9, 10000))
+            .await
+            .unwrap_err();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert!(store.resolve_settlement(&failed[0].id).await.unwrap());
+        assert!(!store.resolve_settlement(&failed[0].id).await.unwrap());
+        assert!(paywall
+            .admit(&route, &Method::GET, &uri, &header(9, 10000))
+            .await
+            .is_ok());
+        // Finishing an unknown job is harmless.
+        store
+            .finish_settlement(&failed[0], &JobOutcome::Done)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

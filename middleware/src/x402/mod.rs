@@ -12,6 +12,7 @@
 //!   `validBefore >= now + margin`. Every failure carries the spec's reason string
 //!   ([`Reason`]).
 //! - [`facilitator`]: the facilitator client (`/verify`, `/settle`, `/supported`);
+//! - [`settler`]: the background settler of `deferred` payments;
 //! - [`signer`]: the paying side, a local EVM key that signs authorizations for an offer.
 //!
 //! Single use of `(from, nonce)` is the store's job (the same atomic hold / spend state
@@ -19,6 +20,7 @@
 //! ([`SettlementMode`]).
 
 pub mod facilitator;
+pub mod settler;
 pub mod signer;
 
 use std::str::FromStr;
@@ -72,6 +74,9 @@ pub enum SettlementMode {
     /// Verify (locally and with the facilitator), serve, then settle only a 2xx answer to a
     /// non-HEAD request; the response is released only once the transfer succeeded.
     After,
+    /// Verify locally, serve, and queue a 2xx answer to a non-HEAD request for the background
+    /// settler ([`settler`]); a payer whose settlement fails is blocked until resolved.
+    Deferred,
 }
 
 impl SettlementMode {
@@ -80,6 +85,7 @@ impl SettlementMode {
         match self {
             SettlementMode::Before => "before",
             SettlementMode::After => "after",
+            SettlementMode::Deferred => "deferred",
         }
     }
 }
@@ -90,7 +96,10 @@ impl FromStr for SettlementMode {
         match s {
             "before" => Ok(SettlementMode::Before),
             "after" => Ok(SettlementMode::After),
-            other => Err(format!("unknown settlement mode {other:?} (before, after)")),
+            "deferred" => Ok(SettlementMode::Deferred),
+            other => Err(format!(
+                "unknown settlement mode {other:?} (before, after, deferred)"
+            )),
         }
     }
 }
