@@ -182,20 +182,28 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         });
     }
     if let Some(v) = v2 {
-        let raw: serde_json::Value = decode_json("PAYMENT-SIGNATURE", v)?;
-        if raw
-            .pointer("/accepted/scheme")
-            .and_then(serde_json::Value::as_str)
-            == Some(crate::x402::EXACT_SCHEME)
-        {
-            return Ok(Some(Credential::X402Exact(Box::new(raw))));
-        }
-        let p: PayloadV2 = serde_json::from_value(raw).map_err(|e| {
-            malformed(format!(
-                "PAYMENT-SIGNATURE is not a payment payload: {}",
-                e.to_string().chars().take(120).collect::<String>()
-            ))
-        })?;
+        let bytes = decode_base64(v).ok_or_else(|| malformed("PAYMENT-SIGNATURE is not base64"))?;
+        // The receipt shape first (the hot path: one typed parse); anything else may be an
+        // x402 `exact` payload, kept whole for its own checks.
+        let p = match serde_json::from_slice::<PayloadV2>(&bytes) {
+            Ok(p) if p.accepted.scheme != crate::x402::EXACT_SCHEME => p,
+            typed => {
+                if let Ok(raw) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    if raw
+                        .pointer("/accepted/scheme")
+                        .and_then(serde_json::Value::as_str)
+                        == Some(crate::x402::EXACT_SCHEME)
+                    {
+                        return Ok(Some(Credential::X402Exact(Box::new(raw))));
+                    }
+                }
+                let e = typed.err().map(|e| e.to_string()).unwrap_or_default();
+                return Err(malformed(format!(
+                    "PAYMENT-SIGNATURE is not a payment payload: {}",
+                    e.chars().take(120).collect::<String>()
+                )));
+            }
+        };
         if p.x402_version != 2 {
             return Err(malformed("PAYMENT-SIGNATURE must carry x402Version 2"));
         }
