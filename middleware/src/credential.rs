@@ -93,6 +93,13 @@ struct PayloadV1 {
     payload: serde_json::Value,
 }
 
+/// The Payment HTTP authentication scheme's credential (its `challenge` echo is not needed:
+/// the receipt carries its own optional `challenge` binding).
+#[derive(Deserialize)]
+struct PaymentAuthCredential {
+    payload: serde_json::Value,
+}
+
 /// `payload.receipt`, read only once the scheme is known to be ours.
 fn receipt_of(name: &str, payload: serde_json::Value) -> Result<String, CredentialError> {
     match payload.get("receipt") {
@@ -231,6 +238,14 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         if token.is_empty() {
             return Err(malformed("Authorization: Payment needs a receipt"));
         }
+        // A JWS has dots; base64url never does: the Payment scheme's credential
+        // (`{"challenge", "payload": {"receipt"}}`, draft-httpauth-payment).
+        let token = if token.contains('.') {
+            token
+        } else {
+            let p: PaymentAuthCredential = decode_json("Authorization: Payment", &token)?;
+            receipt_of("Authorization: Payment", p.payload)?
+        };
         return Ok(Some(Credential::Receipt {
             token,
             source: CredentialSource::AuthorizationPayment,
@@ -311,6 +326,27 @@ mod tests {
         assert_eq!(
             extract(&h(&[("authorization", "Bearer abc")])).unwrap(),
             None
+        );
+        // The Payment scheme's base64url credential.
+        let cred = URL_SAFE_NO_PAD.encode(
+            serde_json::json!({"challenge": {"id": "c1.5.x"}, "payload": {"receipt": "r.e.c"}})
+                .to_string(),
+        );
+        let c = extract(&h(&[("authorization", &format!("Payment {cred}"))]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            c,
+            Credential::Receipt {
+                token: "r.e.c".into(),
+                source: CredentialSource::AuthorizationPayment
+            }
+        );
+        assert_eq!(
+            extract(&h(&[("authorization", "Payment nodots")]))
+                .unwrap_err()
+                .code,
+            ErrorCode::CredentialMalformed
         );
         assert_eq!(extract(&HeaderMap::new()).unwrap(), None);
     }

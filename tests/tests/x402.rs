@@ -602,6 +602,78 @@ async fn facilitator_failures_withhold_the_response_in_after_mode() {
     assert_eq!(gw.paywall.store().usage_events().await.unwrap().len(), 1);
 }
 
+#[tokio::test]
+async fn the_payment_auth_scheme_challenge_and_credential() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, hits) = counting_upstream().await;
+    let wallet = TestIssuer::ed25519("wallet");
+    let gw = gateway()
+        .top(&facilitator_toml(&f))
+        .issuer(&wallet)
+        .redis(&redis)
+        .route(exact_route(&up, "before"))
+        .start()
+        .await;
+    let res = gw.http.get(gw.url("/v1/data")).send().await.unwrap();
+    assert_eq!(res.status(), 402);
+    let www = res.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(www.starts_with("Payment id=\"c1."), "{www}");
+    for p in [
+        "realm=\"m\"",
+        "method=\"tollgate-receipt\"",
+        "intent=\"charge\"",
+        "expires=\"",
+    ] {
+        assert!(www.contains(p), "{p} in {www}");
+    }
+    let id = www
+        .split("id=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let request = www
+        .split("request=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let decoded: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(request)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        decoded,
+        json!({"amount": "10000", "currency": "USD", "decimals": "6", "method": "GET", "recipient": "m", "route": "data"})
+    );
+    // The draft's credential: base64url JSON with the echoed challenge and the receipt.
+    let mut claims = wallet.claims("m", "agent-p", "0.01");
+    claims["challenge"] = id.into();
+    let cred = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        json!({"challenge": {"id": id, "realm": "m", "method": "tollgate-receipt", "intent": "charge", "request": request},
+               "payload": {"receipt": wallet.sign(&claims)}})
+        .to_string(),
+    );
+    let res = gw
+        .http
+        .get(gw.url("/v1/data"))
+        .header("authorization", format!("Payment {cred}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(payment_response(&res)["payer"], "agent-p");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
 /// Poll until `f` holds (5 s at most).
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..250 {

@@ -42,6 +42,7 @@ use crate::store::{
 use crate::token::{TokenError, TokenKey};
 
 mod agent;
+mod payment_auth;
 mod reconcile;
 mod x402;
 
@@ -544,6 +545,7 @@ impl Paywall {
             .inc();
         let req = self.requirements(route, method, uri, headers, code.as_str());
         let header_value = b64_header(&req);
+        let www_authenticate = payment_auth::challenge(&req, &self.0.merchant);
         let mut problem = Problem::new(code).detail(detail);
         if let Value::Object(map) = req {
             for (k, v) in map {
@@ -555,6 +557,9 @@ impl Paywall {
         let mut res: Refusal = problem.into_response();
         if let Some(v) = header_value {
             res.headers_mut().insert(PAYMENT_REQUIRED, v);
+        }
+        if let Some(v) = www_authenticate {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
         res
     }
