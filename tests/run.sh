@@ -19,4 +19,10 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver
 fi
+# The official x402 Python SDK for the interoperability test (a venv under ~/.cache).
+if X402_PYTHON="$(bash tests/x402_sdk/setup.sh)"; then
+  export TOLLGATE_X402_PYTHON="$X402_PYTHON" TOLLGATE_REQUIRE_X402_SDK=1
+else
+  echo "warning: the x402 Python SDK could not be installed; its interop test is skipped" >&2
+fi
 cargo test --workspace --locked

@@ -101,6 +101,11 @@ pub fn router(gw: crate::Gateway, token: &str) -> Router {
         .route("/admin/v1/usage", get(usage))
         .route("/admin/v1/events", get(events))
         .merge(crate::dashboard::ui_routes())
+        .route("/admin/v1/x402/settlements/failed", get(failed_settlements))
+        .route(
+            "/admin/v1/x402/settlements/{id}/resolve",
+            post(resolve_settlement),
+        )
         .fallback(|| async { problem(ErrorCode::RouteNotFound, "no such admin endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -394,6 +399,23 @@ async fn block(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
 async fn unblock(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
     match admin.paywall().store().set_blocked(&id, false).await {
         Ok(()) => Json(json!({"payer": id, "blocked": false})).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// x402 `deferred` settlements that failed for good (their payers are blocked).
+async fn failed_settlements(State(admin): State<Admin>) -> Response {
+    match admin.paywall().store().failed_settlements().await {
+        Ok(jobs) => Json(json!({"settlements": jobs})).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// Mark a failed settlement resolved; its payer is unblocked when none remains.
+async fn resolve_settlement(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
+    match admin.paywall().store().resolve_settlement(&id).await {
+        Ok(true) => Json(json!({"id": id, "resolved": true})).into_response(),
+        Ok(false) => problem(ErrorCode::RouteNotFound, "no such failed settlement"),
         Err(e) => store_error(e),
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -12,6 +13,9 @@ use tollgate_middleware::jwk::Jwk;
 use tollgate_middleware::money::{Amount, Currency, Money};
 use tollgate_middleware::paywall::valid_caip2;
 use tollgate_middleware::plan::{parse_period, Overage, Plan};
+use tollgate_middleware::x402::{
+    ExactOffer, ExactRoute, Facilitator, HttpFacilitator, SettlementMode,
+};
 use tollgate_middleware::{IssuerKey, Meter, Metered, OnMissing, Price, UsageSource};
 
 /// A configuration problem; `tollgate` exits with status 64 on any of them.
@@ -91,6 +95,88 @@ pub struct Config {
     /// The admin API listener (off unless `listen` is set).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// x402 `exact` settlement: the facilitator (needed when a route has `[[routes.x402]]`).
+    #[serde(default)]
+    pub x402: Option<X402Config>,
+}
+
+/// `[x402]`: the facilitator that settles x402 `exact` payments on chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct X402Config {
+    /// Base URL of the facilitator (`POST /verify`, `POST /settle`, `GET /supported`).
+    pub facilitator_url: String,
+    /// Bound on every facilitator call (milliseconds).
+    #[serde(default = "default_facilitator_timeout")]
+    pub facilitator_timeout_ms: u64,
+    /// Headers sent with every facilitator call, as header name -> the name of the environment
+    /// variable holding its value (secrets never live in the file), e.g.
+    /// `{ Authorization = "TOLLGATE_FACILITATOR_AUTH" }`.
+    #[serde(default)]
+    pub facilitator_headers: BTreeMap<String, String>,
+    /// `validBefore` must be at least this many seconds ahead (time to settle).
+    #[serde(default = "default_valid_before_margin")]
+    pub valid_before_margin_secs: u64,
+    /// `deferred` settler: pause between polls when nothing is due (milliseconds).
+    #[serde(default = "default_settle_interval")]
+    pub settle_interval_ms: u64,
+    /// `deferred` settler: first retry delay, doubled per attempt (milliseconds).
+    #[serde(default = "default_settle_interval")]
+    pub settle_retry_base_ms: u64,
+    /// `deferred` settler: attempts before a settlement fails for good (payer blocked).
+    #[serde(default = "default_settle_attempts")]
+    pub settle_max_attempts: u32,
+}
+
+fn default_settle_interval() -> u64 {
+    1000
+}
+fn default_settle_attempts() -> u32 {
+    10
+}
+
+fn default_facilitator_timeout() -> u64 {
+    10_000
+}
+fn default_valid_before_margin() -> u64 {
+    tollgate_middleware::x402::DEFAULT_VALID_BEFORE_MARGIN_SECS
+}
+
+/// `[[routes.x402]]`: one x402 `exact` offer (EIP-3009 on an EVM chain).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExactOfferConfig {
+    /// `eip155:<chain id>`, e.g. `eip155:8453` (Base).
+    pub network: String,
+    /// The token contract address.
+    pub asset: String,
+    /// The token's EIP-712 domain name (e.g. `USD Coin` on Base mainnet, `USDC` on Base Sepolia).
+    pub name: String,
+    /// The token's EIP-712 domain version (e.g. `2`).
+    pub version: String,
+    /// The address paid.
+    pub pay_to: String,
+    /// Exact amount in the token's atomic units (e.g. `10000` = 0.01 USDC).
+    pub amount: String,
+    /// Currency code in the ledger and `PAYMENT-RESPONSE`.
+    #[serde(default = "default_x402_currency")]
+    pub currency: String,
+    /// The token's decimals (atomic scale in the ledger).
+    #[serde(default = "default_x402_decimals")]
+    pub decimals: u32,
+    /// `maxTimeoutSeconds` of the offer; also the longest authorization window accepted.
+    #[serde(default = "default_x402_timeout")]
+    pub max_timeout_secs: u64,
+}
+
+fn default_x402_currency() -> String {
+    "USDC".into()
+}
+fn default_x402_decimals() -> u32 {
+    6
+}
+fn default_x402_timeout() -> u64 {
+    60
 }
 
 /// `[agent]`.
@@ -348,6 +434,14 @@ pub struct RouteConfig {
     /// Route group (mandates may limit the groups they pay for). Default: the route id.
     #[serde(default)]
     pub group: Option<String>,
+    /// x402 `exact` offers (`[[routes.x402]]`), beside the native receipt offer.
+    #[serde(default)]
+    pub x402: Vec<ExactOfferConfig>,
+    /// When x402 payments settle: `before` (default: settle, then serve), `after` (serve,
+    /// settle a 2xx, release the response once settled) or `deferred` (serve, queue a 2xx for
+    /// the background settler).
+    #[serde(default)]
+    pub x402_settlement: Option<String>,
 }
 
 /// `[[plans]]`: a subscription sold for a period.
@@ -429,6 +523,8 @@ pub struct Route {
     pub price: Price,
     /// Timeout.
     pub timeout: Duration,
+    /// x402 offers, settlement mode and facilitator.
+    pub x402: Option<ExactRoute>,
 }
 
 impl Config {
@@ -613,6 +709,7 @@ impl Config {
         if self.routes.is_empty() {
             return Err(invalid("routes", "at least one route is needed"));
         }
+        let facilitator = self.x402.as_ref().map(validate_x402).transpose()?;
         let mut routes = Vec::new();
         for (i, rc) in self.routes.iter().enumerate() {
             let f = |k: &str| format!("routes[{i}].{k}");
@@ -756,10 +853,11 @@ impl Config {
                     })
                 }
             };
-            if !matches!(price, Price::Free) && issuers.is_empty() {
+            let x402 = validate_route_x402(i, rc, &price, facilitator.as_ref())?;
+            if !matches!(price, Price::Free) && issuers.is_empty() && x402.is_none() {
                 return Err(invalid(
                     f("price"),
-                    "a priced route needs at least one [[issuers]] entry",
+                    "a priced route needs at least one [[issuers]] entry (or [[routes.x402]] offers)",
                 ));
             }
             if rc.timeout_ms == 0 || rc.timeout_ms > 3_600_000 {
@@ -784,6 +882,7 @@ impl Config {
                 upstream,
                 price,
                 timeout: Duration::from_millis(rc.timeout_ms),
+                x402,
             });
         }
         let a = &self.agent;
@@ -894,8 +993,129 @@ impl Config {
             issuers,
             currencies,
             plans,
+            x402_facilitator: facilitator.map(|(f, _)| f),
         })
     }
+}
+
+/// `[x402]`: the facilitator client (headers read from the environment) and the margin.
+fn validate_x402(x: &X402Config) -> Result<(Arc<HttpFacilitator>, u64), ConfigError> {
+    if x.facilitator_timeout_ms == 0 || x.facilitator_timeout_ms > 120_000 {
+        return Err(invalid(
+            "x402.facilitator_timeout_ms",
+            "must be 1 to 120000",
+        ));
+    }
+    if x.valid_before_margin_secs > 600 {
+        return Err(invalid(
+            "x402.valid_before_margin_secs",
+            "must be at most 600",
+        ));
+    }
+    if !(10..=60_000).contains(&x.settle_interval_ms) {
+        return Err(invalid("x402.settle_interval_ms", "must be 10 to 60000"));
+    }
+    if !(10..=600_000).contains(&x.settle_retry_base_ms) {
+        return Err(invalid("x402.settle_retry_base_ms", "must be 10 to 600000"));
+    }
+    if !(1..=100).contains(&x.settle_max_attempts) {
+        return Err(invalid("x402.settle_max_attempts", "must be 1 to 100"));
+    }
+    let mut headers = Vec::new();
+    for (name, var) in &x.facilitator_headers {
+        let value = std::env::var(var).map_err(|_| {
+            invalid(
+                format!("x402.facilitator_headers.{name}"),
+                format!("environment variable {var} is not set"),
+            )
+        })?;
+        headers.push((name.clone(), value));
+    }
+    let f = HttpFacilitator::try_new(
+        &x.facilitator_url,
+        Duration::from_millis(x.facilitator_timeout_ms),
+        &headers,
+    )
+    .map_err(|m| {
+        let field = if m.starts_with("must start") {
+            "x402.facilitator_url".to_owned()
+        } else {
+            "x402.facilitator_headers".to_owned()
+        };
+        invalid(field, m)
+    })?;
+    Ok((Arc::new(f), x.valid_before_margin_secs))
+}
+
+/// A route's `[[routes.x402]]` offers and `x402_settlement`.
+fn validate_route_x402(
+    i: usize,
+    rc: &RouteConfig,
+    price: &Price,
+    facilitator: Option<&(Arc<HttpFacilitator>, u64)>,
+) -> Result<Option<ExactRoute>, ConfigError> {
+    let f = |k: &str| format!("routes[{i}].{k}");
+    if rc.x402.is_empty() {
+        if rc.x402_settlement.is_some() {
+            return Err(invalid(
+                f("x402_settlement"),
+                "set only on a route with [[routes.x402]] offers",
+            ));
+        }
+        return Ok(None);
+    }
+    if !matches!(price, Price::Fixed(_)) {
+        return Err(invalid(
+            f("x402"),
+            "x402 exact offers need a fixed price (an exact amount cannot pay metered usage)",
+        ));
+    }
+    let Some((facilitator, margin)) = facilitator else {
+        return Err(invalid(
+            "x402.facilitator_url",
+            format!("required: routes[{i}] has [[routes.x402]] offers"),
+        ));
+    };
+    let mode: SettlementMode = rc
+        .x402_settlement
+        .as_deref()
+        .unwrap_or("before")
+        .parse()
+        .map_err(|m: String| invalid(f("x402_settlement"), m))?;
+    let mut offers: Vec<ExactOffer> = Vec::new();
+    for (k, o) in rc.x402.iter().enumerate() {
+        let field = |x: &str| format!("routes[{i}].x402[{k}].{x}");
+        let currency = Currency::try_new(o.currency.clone(), o.decimals)
+            .map_err(|m| invalid(field("currency"), m))?;
+        let offer = ExactOffer::try_new(
+            &o.network,
+            &o.asset,
+            &o.name,
+            &o.version,
+            &o.pay_to,
+            &o.amount,
+            o.max_timeout_secs,
+            currency,
+        )
+        .map_err(|(x, m)| invalid(field(x), m))?;
+        if offers
+            .iter()
+            .any(|p| p.network == offer.network && p.asset == offer.asset)
+        {
+            return Err(invalid(
+                field("asset"),
+                "duplicate offer: one offer per network and asset",
+            ));
+        }
+        offers.push(offer);
+    }
+    let facilitator: Arc<dyn Facilitator> = facilitator.clone();
+    Ok(Some(ExactRoute {
+        offers,
+        mode,
+        facilitator,
+        valid_before_margin_secs: *margin,
+    }))
 }
 
 fn redis_url_ok(url: &str) -> Result<(), ()> {
@@ -929,6 +1149,8 @@ pub struct Validated {
     pub currencies: BTreeMap<String, (Currency, Option<Amount>)>,
     /// Plans sold.
     pub plans: Vec<Plan>,
+    /// The x402 facilitator (when `[x402]` is set).
+    pub x402_facilitator: Option<Arc<HttpFacilitator>>,
 }
 
 #[cfg(test)]
@@ -994,5 +1216,80 @@ price = "free"
         );
         // Unknown fields are typos, not silently ignored.
         assert!(err(&GOOD.replace("scale = 6", "scale = 6\nscael = 2")).contains("unknown field"));
+    }
+
+    /// GOOD with an x402 offer on the paid route (`extra` goes into the offer table).
+    fn with_x402(top: &str, route: &str, extra: &str) -> String {
+        let offer = format!(
+            "x402_settlement = \"before\"\n{route}\n[[routes.x402]]\nnetwork = \"eip155:84532\"\nasset = \"0x036CbD53842c5426634e7929541eC2318f3dCF7e\"\nname = \"USDC\"\nversion = \"2\"\npay_to = \"0x209693Bc6afc0C5328bA36FaF03C514EF312287C\"\namount = \"10000\"\n{extra}\n"
+        );
+        GOOD.replace("merchant = \"m\"", &format!("merchant = \"m\"\n{top}"))
+            .replace(
+                "price = { amount = \"0.01\", currency = \"USD\" }\n",
+                &format!("price = {{ amount = \"0.01\", currency = \"USD\" }}\n{offer}"),
+            )
+    }
+
+    const FACILITATOR: &str = "[x402]\nfacilitator_url = \"http://127.0.0.1:9\"";
+
+    #[test]
+    fn x402_offers() {
+        let toml = with_x402(FACILITATOR, "", "");
+        let v = Config::from_str(&toml)
+            .unwrap()
+            .validate(Path::new("."))
+            .unwrap();
+        let x = v.routes[0].x402.as_ref().unwrap();
+        assert_eq!(x.offers.len(), 1);
+        assert_eq!(x.offers[0].amount, 10000);
+        assert_eq!(x.offers[0].chain_id, 84532);
+        assert_eq!(x.offers[0].currency.code(), "USDC");
+        assert_eq!(x.mode, SettlementMode::Before);
+        assert!(v.x402_facilitator.is_some());
+        assert!(v.routes[1].x402.is_none());
+        // Each mistake names its field.
+        assert!(err(&with_x402("", "", "")).starts_with("x402.facilitator_url"));
+        assert!(err(&with_x402(FACILITATOR, "", "decimals = 40"))
+            .starts_with("routes[0].x402[0].currency"));
+        assert!(
+            err(&with_x402(FACILITATOR, "", "").replace("\"10000\"", "\"1.5\""))
+                .starts_with("routes[0].x402[0].amount")
+        );
+        assert!(
+            err(&with_x402(FACILITATOR, "", "").replace("eip155:84532", "eip155:"))
+                .starts_with("routes[0].x402[0].network")
+        );
+        assert!(
+            err(&with_x402(FACILITATOR, "", "").replace("0x209693Bc", "0x209693bC"))
+                .starts_with("routes[0].x402[0].pay_to")
+        );
+        assert!(err(&with_x402(FACILITATOR, "", "").replace(
+            "x402_settlement = \"before\"",
+            "x402_settlement = \"later\""
+        ))
+        .starts_with("routes[0].x402_settlement"));
+        assert!(err(&with_x402(FACILITATOR, "", "colour = 1")).contains("unknown field"));
+        assert!(
+            err(&with_x402("[x402]\nfacilitator_url = \"ftp://x\"", "", ""))
+                .starts_with("x402.facilitator_url")
+        );
+        assert!(err(&with_x402(
+            "[x402]\nfacilitator_url = \"http://x\"\nfacilitator_headers = { Authorization = \"TOLLGATE_TEST_UNSET_VAR_0\" }",
+            "",
+            ""
+        ))
+        .starts_with("x402.facilitator_headers.Authorization"));
+        // Only fixed prices take exact payments.
+        let metered = with_x402(FACILITATOR, "", "").replace(
+            "price = { amount = \"0.01\", currency = \"USD\" }",
+            "price = { currency = \"USD\", reserve = \"0.01\", meters = [{ unit = \"b\", usage = \"response_bytes\", price = \"0.000001\" }] }",
+        );
+        assert!(err(&metered).starts_with("routes[0].x402"));
+        // x402_settlement alone is a mistake.
+        assert!(err(&GOOD.replace(
+            "price = { amount = \"0.01\", currency = \"USD\" }\n",
+            "price = { amount = \"0.01\", currency = \"USD\" }\nx402_settlement = \"after\"\n"
+        ))
+        .starts_with("routes[0].x402_settlement"));
     }
 }

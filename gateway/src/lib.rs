@@ -168,6 +168,15 @@ impl Gateway {
         secret: &[u8],
     ) -> Result<Self, BuildError> {
         let store = build_store(config).await?;
+        if let (Some(f), Some(x)) = (validated.x402_facilitator.clone(), &config.x402) {
+            // One settler per process for x402 `deferred` payments (jobs are leased, so any
+            // number of replicas can run one). Its facilitator and store are fixed at start-up.
+            let mut settler = tollgate_middleware::x402::settler::Settler::new(store.clone(), f);
+            settler.interval = Duration::from_millis(x.settle_interval_ms);
+            settler.retry_base = Duration::from_millis(x.settle_retry_base_ms);
+            settler.max_attempts = x.settle_max_attempts;
+            tokio::spawn(settler.run());
+        }
         let inner = build_inner(config, validated, secret, store).await?;
         Ok(Gateway(Arc::new(Shared {
             current: std::sync::RwLock::new(Arc::new(inner)),
@@ -228,6 +237,35 @@ impl Gateway {
 }
 
 /// Build one configuration snapshot on a given store.
+/// Ask the facilitator what it supports (in the background: it may be down at start-up) and
+/// warn about offered networks it does not list.
+fn check_facilitator(f: Arc<tollgate_middleware::x402::HttpFacilitator>, v: &Validated) {
+    use tollgate_middleware::x402::{Facilitator as _, EXACT_SCHEME};
+    let mut networks: Vec<String> = v
+        .routes
+        .iter()
+        .filter_map(|r| r.x402.as_ref())
+        .flat_map(|x| x.offers.iter().map(|o| o.network.clone()))
+        .collect();
+    networks.sort();
+    networks.dedup();
+    tokio::spawn(async move {
+        match f.supported().await {
+            Ok(kinds) => {
+                for n in networks {
+                    if !kinds
+                        .iter()
+                        .any(|(v, s, k)| *v == 2 && s == EXACT_SCHEME && *k == n)
+                    {
+                        tracing::warn!(network = %n, "the x402 facilitator does not list exact on this network (GET /supported)");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "x402 facilitator GET /supported failed"),
+        }
+    });
+}
+
 async fn build_inner(
     config: &Config,
     validated: Validated,
@@ -248,6 +286,9 @@ async fn build_inner(
         .token_ttl(Duration::from_secs(config.agent.token_ttl_secs))
         .settle_retry(Duration::from_millis(config.store.settle_retry_ms))
         .agent_api(config.agent.api_prefix.clone());
+    if let Some(f) = validated.x402_facilitator.clone() {
+        check_facilitator(f, &validated);
+    }
     let topups = validated
         .currencies
         .iter()
@@ -300,6 +341,10 @@ async fn build_inner(
                 .timeout(route.timeout);
             let priced = match &c.group {
                 Some(g) => priced.group(g.clone()),
+                None => priced,
+            };
+            let priced = match route.x402.clone() {
+                Some(x) => priced.x402(x),
                 None => priced,
             };
             let priced = match c.rate_limit {
@@ -622,7 +667,7 @@ async fn catalog(State(gw): State<Gateway>) -> Response {
                 }),
                 _ => json!("free"),
             };
-            json!({
+            let mut route = json!({
                 "id": c.id,
                 "path": c.path,
                 "methods": m.route.methods.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
@@ -631,9 +676,24 @@ async fn catalog(State(gw): State<Gateway>) -> Response {
                 "mimeType": m.priced.mime_type,
                 "group": m.priced.group_name(),
                 "price": price,
-            })
+            });
+            if let Some(x) = &m.route.x402 {
+                route["x402"] = json!({
+                    "settlement": x.mode.as_str(),
+                    "accepts": x.offers.iter().map(|o| o.requirements()).collect::<Vec<_>>(),
+                });
+            }
+            route
         })
         .collect();
+    let mut x402_networks: Vec<&str> = inner
+        .routes
+        .iter()
+        .filter_map(|m| m.route.x402.as_ref())
+        .flat_map(|x| x.offers.iter().map(|o| o.network.as_str()))
+        .collect();
+    x402_networks.sort_unstable();
+    x402_networks.dedup();
     let currencies: serde_json::Map<String, serde_json::Value> = inner
         .currencies
         .iter()
@@ -659,6 +719,7 @@ async fn catalog(State(gw): State<Gateway>) -> Response {
             {"scheme": tollgate_middleware::credential::RECEIPT_SCHEME, "kind": "receipt", "headers": ["PAYMENT-SIGNATURE", "X-PAYMENT", "Authorization: Payment"], "algorithms": ["EdDSA", "ES256"]},
             {"scheme": "bearer", "kind": "access-token", "headers": ["Authorization: Bearer"], "obtain": format!("{api}/topup")},
         ],
+        "x402Networks": x402_networks,
         "agentEndpoints": {"topup": format!("{api}/topup"), "token": format!("{api}/token"), "balance": format!("{api}/balance")},
         "mandates": {
             "accepted": true,

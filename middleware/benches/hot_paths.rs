@@ -202,11 +202,47 @@ fn token_verification(c: &mut Criterion) {
     g.finish();
 }
 
+/// x402 `exact`: the local verification of an EIP-3009 authorization (EIP-712 digest +
+/// secp256k1 recovery), and parsing its `PAYMENT-SIGNATURE` header.
+fn x402_verification(c: &mut Criterion) {
+    use tollgate_middleware::money::Currency;
+    use tollgate_middleware::x402::{self, signer::LocalSigner, ExactOffer};
+    let offer = ExactOffer::try_new(
+        "eip155:8453",
+        "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913",
+        "USD Coin",
+        "2",
+        "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+        "10000",
+        60,
+        Currency::try_new("USDC", 6).unwrap(),
+    )
+    .unwrap();
+    let t = u64::try_from(now()).unwrap();
+    let payload = LocalSigner::random().pay(&offer.requirements(), t).unwrap();
+    let offers = [offer];
+    let mut h = HeaderMap::new();
+    h.insert(
+        credential::PAYMENT_SIGNATURE,
+        HeaderValue::from_str(&STANDARD.encode(payload.to_string())).unwrap(),
+    );
+    let mut g = c.benchmark_group("x402_exact");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("verify", |b| {
+        b.iter(|| x402::verify(black_box(&payload), &offers, t, 6).unwrap())
+    });
+    g.bench_function("credential_extract", |b| {
+        b.iter(|| credential::extract(black_box(&h)).unwrap())
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     receipt_verification,
     challenge_creation,
     credential_parsing,
-    token_verification
+    token_verification,
+    x402_verification
 );
 criterion_main!(benches);

@@ -2,7 +2,8 @@
 //!
 //! Accepted forms (exactly one per request):
 //! - `PAYMENT-SIGNATURE: <base64 JSON>` -- an x402 v2 `PaymentPayload` whose `payload.receipt`
-//!   is the receipt JWT and whose `accepted.scheme` is ours;
+//!   is the receipt JWT and whose `accepted.scheme` is ours, or whose `accepted.scheme` is
+//!   `exact` (an EIP-3009 authorization, checked by [`crate::x402`]);
 //! - `X-PAYMENT: <base64 JSON>` -- the x402 v1 equivalent (`scheme` at the top level);
 //! - `Authorization: Payment <jwt>` -- the receipt alone, for simple clients.
 //!
@@ -50,6 +51,8 @@ pub enum Credential {
         /// The header it came in.
         source: CredentialSource,
     },
+    /// An x402 v2 `PaymentPayload` with `accepted.scheme == "exact"` (decoded, not yet checked).
+    X402Exact(Box<serde_json::Value>),
 }
 
 /// Why the payment headers could not be read.
@@ -87,6 +90,13 @@ struct AcceptedV2 {
 struct PayloadV1 {
     x402_version: u32,
     scheme: String,
+    payload: serde_json::Value,
+}
+
+/// The Payment HTTP authentication scheme's credential (its `challenge` echo is not needed:
+/// the receipt carries its own optional `challenge` binding).
+#[derive(Deserialize)]
+struct PaymentAuthCredential {
     payload: serde_json::Value,
 }
 
@@ -179,7 +189,28 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         });
     }
     if let Some(v) = v2 {
-        let p: PayloadV2 = decode_json("PAYMENT-SIGNATURE", v)?;
+        let bytes = decode_base64(v).ok_or_else(|| malformed("PAYMENT-SIGNATURE is not base64"))?;
+        // The receipt shape first (the hot path: one typed parse); anything else may be an
+        // x402 `exact` payload, kept whole for its own checks.
+        let p = match serde_json::from_slice::<PayloadV2>(&bytes) {
+            Ok(p) if p.accepted.scheme != crate::x402::EXACT_SCHEME => p,
+            typed => {
+                if let Ok(raw) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    if raw
+                        .pointer("/accepted/scheme")
+                        .and_then(serde_json::Value::as_str)
+                        == Some(crate::x402::EXACT_SCHEME)
+                    {
+                        return Ok(Some(Credential::X402Exact(Box::new(raw))));
+                    }
+                }
+                let e = typed.err().map(|e| e.to_string()).unwrap_or_default();
+                return Err(malformed(format!(
+                    "PAYMENT-SIGNATURE is not a payment payload: {}",
+                    e.chars().take(120).collect::<String>()
+                )));
+            }
+        };
         if p.x402_version != 2 {
             return Err(malformed("PAYMENT-SIGNATURE must carry x402Version 2"));
         }
@@ -207,6 +238,14 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         if token.is_empty() {
             return Err(malformed("Authorization: Payment needs a receipt"));
         }
+        // A JWS has dots; base64url never does: the Payment scheme's credential
+        // (`{"challenge", "payload": {"receipt"}}`, draft-httpauth-payment).
+        let token = if token.contains('.') {
+            token
+        } else {
+            let p: PaymentAuthCredential = decode_json("Authorization: Payment", &token)?;
+            receipt_of("Authorization: Payment", p.payload)?
+        };
         return Ok(Some(Credential::Receipt {
             token,
             source: CredentialSource::AuthorizationPayment,
@@ -288,6 +327,27 @@ mod tests {
             extract(&h(&[("authorization", "Bearer abc")])).unwrap(),
             None
         );
+        // The Payment scheme's base64url credential.
+        let cred = URL_SAFE_NO_PAD.encode(
+            serde_json::json!({"challenge": {"id": "c1.5.x"}, "payload": {"receipt": "r.e.c"}})
+                .to_string(),
+        );
+        let c = extract(&h(&[("authorization", &format!("Payment {cred}"))]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            c,
+            Credential::Receipt {
+                token: "r.e.c".into(),
+                source: CredentialSource::AuthorizationPayment
+            }
+        );
+        assert_eq!(
+            extract(&h(&[("authorization", "Payment nodots")]))
+                .unwrap_err()
+                .code,
+            ErrorCode::CredentialMalformed
+        );
         assert_eq!(extract(&HeaderMap::new()).unwrap(), None);
     }
 
@@ -302,11 +362,18 @@ mod tests {
             code(h(&[("payment-signature", &STANDARD.encode("{}"))])),
             ErrorCode::CredentialMalformed
         );
-        let exact = b64(
-            serde_json::json!({"x402Version": 2, "accepted": {"scheme": "exact"}, "payload": {"receipt": "a"}}),
+        let other = b64(
+            serde_json::json!({"x402Version": 2, "accepted": {"scheme": "upto"}, "payload": {"receipt": "a"}}),
         );
         assert_eq!(
-            code(h(&[("payment-signature", &exact)])),
+            code(h(&[("payment-signature", &other)])),
+            ErrorCode::SchemeUnsupported
+        );
+        let exact_v1 = b64(
+            serde_json::json!({"x402Version": 1, "scheme": "exact", "network": "base", "payload": {}}),
+        );
+        assert_eq!(
+            code(h(&[("x-payment", &exact_v1)])),
             ErrorCode::SchemeUnsupported
         );
         let v1_in_v2 = b64(
@@ -331,6 +398,21 @@ mod tests {
             code(h(&[("authorization", "Payment")])),
             ErrorCode::CredentialMalformed
         );
+    }
+
+    #[test]
+    fn reads_x402_exact_payloads_whole() {
+        let p = serde_json::json!({"x402Version": 2, "accepted": {"scheme": "exact", "network": "eip155:1"}, "payload": {"signature": "0x"}});
+        let c = extract(&h(&[("payment-signature", &b64(p.clone()))]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c, Credential::X402Exact(Box::new(p)));
+        // Its shape is checked later (with the x402 reasons), never here.
+        let odd = serde_json::json!({"x402Version": 7, "accepted": {"scheme": "exact"}});
+        assert!(matches!(
+            extract(&h(&[("payment-signature", &b64(odd))])),
+            Ok(Some(Credential::X402Exact(_)))
+        ));
     }
 
     #[test]

@@ -71,6 +71,18 @@ pub enum ErrorCode {
     BalanceInsufficient,
     /// The top-up's currency is not accepted here.
     CurrencyUnsupported,
+    /// An x402 `exact` payment failed a local check (`errorReason` in the body and in
+    /// `PAYMENT-RESPONSE` carries the x402 reason, e.g. `invalid_exact_evm_payload_signature`).
+    X402PaymentInvalid,
+    /// This x402 authorization (`from`, `nonce`) was used already.
+    X402AuthorizationReplayed,
+    /// Another request is using this x402 authorization right now.
+    X402AuthorizationInUse,
+    /// The facilitator refused to settle (or verify) the payment (`errorReason`: its reason).
+    X402SettlementFailed,
+    /// The facilitator could not be reached or gave no usable answer (or the settlement is
+    /// pending): nothing was served.
+    FacilitatorUnavailable,
     /// The issuer's key set could not be fetched.
     IssuerUnavailable,
     /// The payment store (Redis) is unreachable: paid routes fail closed.
@@ -146,6 +158,11 @@ impl ErrorCode {
             TokenExpired => "token_expired",
             BalanceInsufficient => "balance_insufficient",
             CurrencyUnsupported => "currency_unsupported",
+            X402PaymentInvalid => "x402_payment_invalid",
+            X402AuthorizationReplayed => "x402_authorization_replayed",
+            X402AuthorizationInUse => "x402_authorization_in_use",
+            X402SettlementFailed => "x402_settlement_failed",
+            FacilitatorUnavailable => "facilitator_unavailable",
             IssuerUnavailable => "issuer_unavailable",
             StoreUnavailable => "store_unavailable",
             InvalidRequest => "invalid_request",
@@ -180,13 +197,15 @@ impl ErrorCode {
             MandateInvalid => StatusCode::UNAUTHORIZED,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             TokenInvalid | TokenExpired => StatusCode::UNAUTHORIZED,
-            ReceiptInUse => StatusCode::CONFLICT,
+            ReceiptInUse | X402AuthorizationInUse => StatusCode::CONFLICT,
             RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            StoreUnavailable | IssuerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            StoreUnavailable | IssuerUnavailable | FacilitatorUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             // Every other refusal concerns the payment itself: answer 402 with a fresh
             // challenge, so the agent can pay again correctly.
@@ -228,6 +247,11 @@ impl ErrorCode {
             TokenExpired => "Access token expired",
             BalanceInsufficient => "Prepaid balance too low",
             CurrencyUnsupported => "Currency not accepted",
+            X402PaymentInvalid => "x402 payment invalid",
+            X402AuthorizationReplayed => "x402 authorization already used",
+            X402AuthorizationInUse => "x402 authorization in use by another request",
+            X402SettlementFailed => "x402 settlement refused",
+            FacilitatorUnavailable => "x402 facilitator unavailable",
             IssuerUnavailable => "Receipt issuer unavailable",
             StoreUnavailable => "Payment store unavailable",
             InvalidRequest => "Invalid request",
@@ -340,6 +364,9 @@ mod tests {
             ErrorCode::ReceiptWrongAudience,
             ErrorCode::StoreUnavailable,
             ErrorCode::UpstreamTimeout,
+            ErrorCode::X402PaymentInvalid,
+            ErrorCode::X402AuthorizationInUse,
+            ErrorCode::FacilitatorUnavailable,
         ] {
             let v = serde_json::to_value(code).unwrap();
             assert_eq!(v, serde_json::Value::String(code.as_str().into()));

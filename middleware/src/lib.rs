@@ -21,6 +21,7 @@
 //! - [`error`]: `ErrorCode` and problem+json;
 //! - [`clock`]: injected time;
 //! - [`metrics`]: Prometheus counters; [`traffic`]: the last day's traffic per minute (dashboard).
+//! - [`x402`]: x402 `exact` EVM offers, local verification, the facilitator client.
 
 #![warn(missing_docs)]
 
@@ -42,6 +43,7 @@ pub mod revocations;
 pub mod store;
 pub mod token;
 pub mod traffic;
+pub mod x402;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorCode, Problem};

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub store_seconds: HistogramVec,
     /// Time to the upstream's response head, by route.
     pub upstream_seconds: HistogramVec,
+    /// x402 `deferred` settlement attempts, by outcome (`settled`, `retry`, `failed`).
+    pub x402_settlements: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -107,6 +109,11 @@ impl Metrics {
                 "Time to the upstream's response head.",
                 &["route"],
             ),
+            x402_settlements: counter(
+                "tollgate_x402_settlements_total",
+                "x402 deferred settlement attempts by outcome.",
+                &["outcome"],
+            ),
         };
         let r = &m.registry;
         // Registering distinct, valid metrics in a fresh registry cannot fail.
@@ -121,6 +128,7 @@ impl Metrics {
         let _ = r.register(Box::new(m.holds_in_flight.clone()));
         let _ = r.register(Box::new(m.store_seconds.clone()));
         let _ = r.register(Box::new(m.upstream_seconds.clone()));
+        let _ = r.register(Box::new(m.x402_settlements.clone()));
         m
     }
 }

@@ -57,6 +57,8 @@ pub struct PricedRoute {
     pub rate_limit: Option<crate::store::RateLimit>,
     /// The route group (mandates may name the groups they allow). Default: the route id.
     pub group: Option<String>,
+    /// x402 `exact` offers and their settlement (fixed-price routes only). `None`: not offered.
+    pub x402: Option<std::sync::Arc<crate::x402::ExactRoute>>,
 }
 
 impl PricedRoute {
@@ -71,6 +73,7 @@ impl PricedRoute {
             timeout: None,
             rate_limit: None,
             group: None,
+            x402: None,
         }
     }
 
@@ -104,6 +107,13 @@ impl PricedRoute {
     #[must_use]
     pub fn rate_limit(mut self, limit: crate::store::RateLimit) -> Self {
         self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Offer x402 `exact` payments on this route (beside the native ones).
+    #[must_use]
+    pub fn x402(mut self, x402: crate::x402::ExactRoute) -> Self {
+        self.x402 = Some(std::sync::Arc::new(x402));
         self
     }
 

@@ -30,6 +30,8 @@ use tollgate_middleware::jsonwebtoken::jwk::Jwk;
 use tollgate_middleware::jsonwebtoken::{Algorithm, EncodingKey};
 use tollgate_middleware::Paywall;
 
+pub mod facilitator;
+
 /// A private `redis-server` on a unix socket in a temp dir, killed on drop.
 pub struct RedisServer {
     /// Keep data across restarts (AOF, fsync on every write), like a production server.

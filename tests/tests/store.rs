@@ -200,6 +200,105 @@ async fn concurrent_authorize(store: Arc<dyn Store>) {
     assert_eq!(n, 1);
 }
 
+/// x402 `deferred`: one job per captured authorization, leased claims, retry, failure that
+/// blocks the payer, resolution that unblocks it.
+async fn deferred_queue(store: Arc<dyn Store>) {
+    use tollgate_middleware::store::JobOutcome;
+    let lease = Duration::from_secs(60);
+    let r1 = reservation("0xdeferred1", "n1");
+    let r2 = reservation("0xdeferred2", "n2");
+    for r in [&r1, &r2] {
+        assert_eq!(
+            store.authorize(r).await.unwrap(),
+            AuthorizeOutcome::Reserved
+        );
+        let first = store
+            .capture_deferred(r, &event(r), "{\"job\":1}")
+            .await
+            .unwrap();
+        let SettleOutcome::Captured { event_id } = first else {
+            panic!("{first:?}")
+        };
+        // A retried capture learns the first outcome and queues nothing more.
+        assert_eq!(
+            store
+                .capture_deferred(r, &event(r), "{\"job\":2}")
+                .await
+                .unwrap(),
+            SettleOutcome::AlreadyCaptured { event_id }
+        );
+    }
+    let jobs = store.claim_settlements(10, lease).await.unwrap();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(jobs
+        .iter()
+        .all(|j| j.body == "{\"job\":1}" && j.attempts == 0));
+    // Leased: nobody else gets them now.
+    assert!(store.claim_settlements(10, lease).await.unwrap().is_empty());
+    let j1 = jobs.iter().find(|j| j.payer == "0xdeferred1").unwrap();
+    let j2 = jobs.iter().find(|j| j.payer == "0xdeferred2").unwrap();
+    store
+        .finish_settlement(
+            j1,
+            &JobOutcome::Retry {
+                after: Duration::ZERO,
+                error: "timeout".into(),
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .finish_settlement(
+            j2,
+            &JobOutcome::Failed {
+                error: "insufficient_funds".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let again = store.claim_settlements(10, lease).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id.as_str(), again[0].attempts),
+        (j1.id.as_str(), 1)
+    );
+    store
+        .finish_settlement(&again[0], &JobOutcome::Done)
+        .await
+        .unwrap();
+    let failed = store.failed_settlements().await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0].payer.as_str(), failed[0].error.as_str()),
+        ("0xdeferred2", "insufficient_funds")
+    );
+    // The failed payer is blocked.
+    let r3 = reservation("0xdeferred2", "n3");
+    assert_eq!(
+        store.authorize(&r3).await.unwrap(),
+        AuthorizeOutcome::PayerBlocked
+    );
+    assert!(store.resolve_settlement(&failed[0].id).await.unwrap());
+    assert!(!store.resolve_settlement(&failed[0].id).await.unwrap());
+    assert_eq!(
+        store.authorize(&r3).await.unwrap(),
+        AuthorizeOutcome::Reserved
+    );
+    assert!(store.failed_settlements().await.unwrap().is_empty());
+    assert!(store.claim_settlements(10, lease).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn memory_deferred_queue() {
+    deferred_queue(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn redis_deferred_queue() {
+    let redis = RedisServer::start();
+    deferred_queue(redis_store(&redis).await).await;
+}
+
 #[tokio::test]
 async fn memory_single_use_lifecycle() {
     single_use_lifecycle(Arc::new(MemoryStore::default())).await;
@@ -543,6 +642,7 @@ async fn cluster_runs_every_script_unchanged() {
     let cluster = RedisCluster::start();
     let store = cluster_store(&cluster).await;
     single_use_lifecycle(store.clone()).await;
+    deferred_queue(store.clone()).await;
     blocked_payer(store.clone()).await;
     concurrent_authorize(store.clone()).await;
     balance_lifecycle(store.clone()).await;

@@ -44,7 +44,9 @@ use crate::store::{
 use crate::token::{TokenError, TokenKey};
 
 mod agent;
+mod payment_auth;
 mod reconcile;
+mod x402;
 
 use self::reconcile::{reconcile, retry_unknown};
 
@@ -321,6 +323,8 @@ pub struct Admission {
     /// Set once settled; an admission dropped unsettled (client gone, future cancelled)
     /// releases its hold in the background.
     settled: bool,
+    /// An x402 `exact` payment: its offer, payload and on-chain state (see `x402.rs`).
+    x402: Option<Box<x402::X402Pending>>,
 }
 
 impl Drop for Admission {
@@ -329,6 +333,9 @@ impl Drop for Admission {
             return;
         }
         crate::metrics::global().holds_in_flight.dec();
+        if self.abandon_x402() {
+            return;
+        }
         let store = self.paywall.0.store.clone();
         let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -542,6 +549,9 @@ impl Paywall {
                 }
             }
         }
+        if let Some(x) = &route.x402 {
+            accepts.extend(x.offers.iter().map(crate::x402::ExactOffer::requirements));
+        }
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         json!({
             "x402Version": 2,
@@ -572,6 +582,7 @@ impl Paywall {
             .inc();
         let req = self.requirements(route, method, uri, headers, code.as_str());
         let header_value = b64_header(&req);
+        let www_authenticate = payment_auth::challenge(&req, &self.0.merchant);
         let mut problem = Problem::new(code).detail(detail);
         if let Value::Object(map) = req {
             for (k, v) in map {
@@ -583,6 +594,9 @@ impl Paywall {
         let mut res: Refusal = problem.into_response();
         if let Some(v) = header_value {
             res.headers_mut().insert(PAYMENT_REQUIRED, v);
+        }
+        if let Some(v) = www_authenticate {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
         res
     }
@@ -628,6 +642,7 @@ impl Paywall {
         let kind = match &credential {
             Ok(Some(Credential::AccessToken(_))) => "token",
             Ok(Some(Credential::Receipt { .. })) => "receipt",
+            Ok(Some(Credential::X402Exact(_))) => "x402",
             _ => "none",
         };
         let result = self
@@ -694,8 +709,13 @@ impl Paywall {
             request_bytes: RequestBodyCounter::default(),
             declared_request_bytes: declared,
             settled: false,
+            x402: None,
         };
         match credential {
+            Credential::X402Exact(payload) => {
+                self.admit_x402(route, (method, uri, headers), *payload, admission)
+                    .await
+            }
             Credential::AccessToken(token) => {
                 let claims = self
                     .0
@@ -1412,6 +1432,9 @@ impl Admission {
         status: Option<u16>,
         usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
     ) -> Result<Settled, Refusal> {
+        if let Some(x) = self.x402.take() {
+            return self.settle_x402(*x, status).await;
+        }
         // From here on this call owns the outcome; if it is cancelled mid-way the hold simply
         // expires (a capture may or may not have landed: never both, never twice).
         self.settled = true;

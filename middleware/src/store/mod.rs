@@ -33,6 +33,11 @@
 //! - `<prefix>:{bNN}:aggp:<yyyymmdd>` the day's totals of each payer of the bucket, fields
 //!   `<payer>|requests`, `<payer>|amount|<C>` (the admin API's payer listing); kept 400 days.
 //!
+//! - `<prefix>:{bNN}:x402:jobs` queued x402 settlements (`deferred` mode; hash: job id ->
+//!   JSON `{payer, body, attempts, status, error}`), `<prefix>:{bNN}:x402:due` their schedule
+//!   (sorted set: job id -> due time, ms; a claimed job is pushed one lease ahead, so two
+//!   settlers never work on one job at once), `<prefix>:{bNN}:x402:failed` failed job ids (set).
+//!
 //! Lua numbers are doubles: amounts in minor units are exact up to 2^53 - 1, which
 //! [`crate::money::Currency::to_minor`] enforces.
 
@@ -682,6 +687,54 @@ pub enum SettleOutcome {
     Conflict,
 }
 
+/// A queued x402 settlement (`deferred` mode): captured (its usage event recorded) and waiting
+/// for the facilitator.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SettlementJob {
+    /// The usage event's ledger id (one job per captured authorization).
+    pub id: String,
+    /// Who pays (blocked if the settlement fails for good).
+    pub payer: String,
+    /// What to send to the facilitator: JSON `{"payload", "requirements"}`.
+    pub body: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// `queued` or `failed`.
+    pub status: String,
+    /// The last attempt's error.
+    pub error: String,
+}
+
+/// How a settlement attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Settled on chain: the job is removed.
+    Done,
+    /// Try again after this long.
+    Retry {
+        /// Backoff.
+        after: Duration,
+        /// Why this attempt failed.
+        error: String,
+    },
+    /// Failed for good: the job is kept as failed and its payer blocked until resolved.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// The bucket named by the last segment of a ledger / job id (`<ms>-<seq>-<bucket>`).
+pub fn bucket_of_id(id: &str) -> Option<u64> {
+    id.rsplit('-').next()?.parse().ok().filter(|b| *b < BUCKETS)
+}
+
+fn deferred_unsupported<T>() -> Result<T, StoreError> {
+    Err(StoreError::Protocol(
+        "this store does not queue x402 settlements".into(),
+    ))
+}
+
 /// A rate limit: `per_second` sustained, `burst` at once (GCRA).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
@@ -773,6 +826,43 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         payer: &str,
         now_ms: i64,
     ) -> Result<Vec<(serde_json::Value, MandateUse)>, StoreError>;
+    /// x402 `deferred`: capture an authorization's hold (spend + one usage event, like
+    /// [`Store::settle`]) and queue its settlement (`body`), atomically -- exactly one job per
+    /// captured authorization. The job id is the event id.
+    async fn capture_deferred(
+        &self,
+        _r: &Reservation,
+        _event: &UsageEvent,
+        _body: &str,
+    ) -> Result<SettleOutcome, StoreError> {
+        deferred_unsupported()
+    }
+    /// Claim up to `limit` due settlements; each is not handed out again for `lease`.
+    async fn claim_settlements(
+        &self,
+        _limit: usize,
+        _lease: Duration,
+    ) -> Result<Vec<SettlementJob>, StoreError> {
+        deferred_unsupported()
+    }
+    /// Record how a settlement attempt ended (a failure blocks the payer).
+    async fn finish_settlement(
+        &self,
+        _job: &SettlementJob,
+        _outcome: &JobOutcome,
+    ) -> Result<(), StoreError> {
+        deferred_unsupported()
+    }
+    /// Settlements that failed for good (the admin API lists them).
+    async fn failed_settlements(&self) -> Result<Vec<SettlementJob>, StoreError> {
+        deferred_unsupported()
+    }
+    /// Mark a failed settlement resolved (settled by other means, or written off): it is
+    /// forgotten and its payer unblocked when no other failed settlement remains. `false`: no
+    /// such failed settlement.
+    async fn resolve_settlement(&self, _id: &str) -> Result<bool, StoreError> {
+        deferred_unsupported()
+    }
     /// Every usage event in the ledger, in id order (tests and small exports).
     async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError> {
         let mut out = Vec::new();

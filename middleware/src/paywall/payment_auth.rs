@@ -1,0 +1,131 @@
+//! The `Payment` HTTP authentication scheme (draft-httpauth-payment) beside x402: every 402
+//! that offers the native receipt method also carries
+//!
+//! ```text
+//! WWW-Authenticate: Payment id="c1.<expiry>.<mac>", realm="<merchant>", method="tollgate-receipt",
+//!     intent="charge", request="<base64url(JCS JSON)>", expires="<RFC 3339>", description="..."
+//! ```
+//!
+//! `id` is the offer's stateless challenge id: an HMAC (gateway secret) over the merchant,
+//! route, method, amount, currency and expiry, i.e. over everything `request` states, so the
+//! binding the draft asks for needs no storage. `request` is JCS-serialized (string values
+//! only, keys sorted, no whitespace): `{"amount", "currency", "decimals", "method", "recipient",
+//! "route"}` with `amount` in atomic units. The credential answers in `Authorization: Payment`,
+//! either the receipt JWT itself or the draft's base64url JSON `{challenge, payload: {receipt}}`
+//! (see [`crate::credential`]).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use http::HeaderValue;
+use serde_json::{json, Value};
+
+use crate::credential::RECEIPT_SCHEME;
+
+/// RFC 3339 UTC time of a unix time (seconds).
+fn rfc3339(secs: i64) -> String {
+    let day = crate::store::utc_day(secs.saturating_mul(1000));
+    let t = secs.rem_euclid(86_400);
+    format!(
+        "{}-{}-{}T{:02}:{:02}:{:02}Z",
+        &day[..4],
+        &day[4..6],
+        &day[6..8],
+        t / 3600,
+        (t / 60) % 60,
+        t % 60
+    )
+}
+
+/// A quoted-string auth-param value (RFC 9110): `"` and `\` escaped, controls dropped.
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The `WWW-Authenticate: Payment ...` value for a 402's requirements (`None` when they
+/// offer no native payment, e.g. a free route).
+pub(super) fn challenge(requirements: &Value, realm: &str) -> Option<HeaderValue> {
+    let offer = requirements
+        .get("accepts")?
+        .as_array()?
+        .iter()
+        .find(|a| a["scheme"] == RECEIPT_SCHEME && a["extra"]["kind"] == "payment")?;
+    let extra = &offer["extra"];
+    let s = |v: &Value| v.as_str().map(str::to_owned);
+    let id = s(&extra["challenge"])?;
+    let expires = extra["challengeExpires"].as_i64()?;
+    // serde_json's map is sorted by key and `to_string` is compact: with string values only,
+    // that is the JCS form.
+    let request = json!({
+        "amount": s(&offer["amount"])?,
+        "currency": s(&offer["asset"])?,
+        "decimals": extra["decimals"].as_u64()?.to_string(),
+        "method": s(&extra["method"])?,
+        "recipient": s(&offer["payTo"])?,
+        "route": s(&extra["route"])?,
+    });
+    let mut v = format!(
+        "Payment id={}, realm={}, method={}, intent=\"charge\", request=\"{}\", expires=\"{}\"",
+        quoted(&id),
+        quoted(realm),
+        quoted(RECEIPT_SCHEME),
+        URL_SAFE_NO_PAD.encode(request.to_string()),
+        rfc3339(expires),
+    );
+    if let Some(d) = requirements["resource"]["description"].as_str() {
+        v.push_str(", description=");
+        v.push_str(&quoted(d));
+    }
+    HeaderValue::from_str(&v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_370_540), "2026-11-22T18:02:20Z");
+    }
+
+    #[test]
+    fn builds_the_challenge_from_the_receipt_offer() {
+        let req = json!({
+            "resource": {"description": "Run a \"job\""},
+            "accepts": [{
+                "scheme": RECEIPT_SCHEME, "amount": "10000", "asset": "USD", "payTo": "m",
+                "extra": {"challenge": "c1.5.abc", "challengeExpires": 5, "decimals": 6,
+                          "kind": "payment", "method": "POST", "route": "compute"}
+            }]
+        });
+        let v = challenge(&req, "m").unwrap();
+        let v = v.to_str().unwrap();
+        assert!(v.starts_with("Payment id=\"c1.5.abc\", realm=\"m\", method=\"tollgate-receipt\", intent=\"charge\", request=\""), "{v}");
+        assert!(
+            v.ends_with("expires=\"1970-01-01T00:00:05Z\", description=\"Run a \\\"job\\\"\""),
+            "{v}"
+        );
+        let b64 = v
+            .split("request=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let decoded = String::from_utf8(URL_SAFE_NO_PAD.decode(b64).unwrap()).unwrap();
+        assert_eq!(
+            decoded,
+            r#"{"amount":"10000","currency":"USD","decimals":"6","method":"POST","recipient":"m","route":"compute"}"#
+        );
+        assert!(challenge(&json!({"accepts": []}), "m").is_none());
+    }
+}

@@ -1,0 +1,874 @@
+//! x402 `exact` payments in the engine.
+//!
+//! Admission: the payload is checked locally ([`crate::x402::verify`]: offer, EIP-712
+//! signature, recipient, value, window), the payer's rate limit applied, then `(from, nonce)`
+//! is held single-use in the store with the same atomic state machine as a receipt (its
+//! `issuer` is [`crate::x402::STORE_ISSUER`], its id the nonce, its payer bucket the payer's address), so a
+//! second use is refused on any gateway sharing the store. Then, by the route's mode:
+//!
+//! - `before`: the facilitator settles the transfer; only a confirmed transaction lets the
+//!   request through. Timeouts, 5xx, HTML, truncated JSON, `settlement_pending` and refusals
+//!   all refuse the request (the hold is released: the chain itself refuses a second
+//!   settlement of one authorization, so a retry can never pay twice). Once on chain the
+//!   payment is final: the usage event is recorded whatever the upstream answers (its status
+//!   is in the event), also if the client goes away.
+//! - `after`: the facilitator verifies the payment (balance, simulation) before forwarding;
+//!   only a 2xx answer to a non-HEAD request is settled, and that response is released only
+//!   once the transfer is confirmed (otherwise it is withheld: 402 / 503). 3xx, 4xx, 5xx,
+//!   HEAD, or no answer: nothing is settled and the hold is released.
+//!
+//! Every settled payment appends exactly one usage event (the capture of the hold).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri};
+use serde_json::{json, Value};
+
+use super::reconcile::retry_unknown;
+use super::{b64_header, Admission, Held, Payment, Paywall, Refusal, Settled, PAYMENT_RESPONSE};
+use crate::error::ErrorCode;
+use crate::money::Money;
+use crate::price::PricedRoute;
+use crate::store::{AuthorizeOutcome, Reservation, SettleOutcome, Settlement, UsageEvent};
+use crate::x402::{self, ExactRoute, FacilitatorError, OnChain, Reason, SettlementMode};
+
+/// How long past `validBefore` a used authorization is remembered (seconds); after that the
+/// window check refuses it anyway.
+const SPENT_SLACK_SECS: i64 = 60;
+
+/// The x402 part of an admission, until it is settled.
+#[derive(Debug)]
+pub(super) struct X402Pending {
+    /// The route's offers, mode and facilitator.
+    route: Arc<ExactRoute>,
+    /// Which offer the payload pays.
+    offer: usize,
+    /// The payload as sent (forwarded to the facilitator unchanged).
+    payload: Value,
+    /// Set once the transfer is on chain (`before`, at admission).
+    on_chain: Option<OnChain>,
+    /// The request's URI and `Host`: a refusal after serving (`after`) carries fresh offers.
+    uri: Uri,
+    host: Option<http::HeaderValue>,
+}
+
+/// Add the x402 failure to a refusal: `errorReason` in the body and a `PAYMENT-RESPONSE`
+/// with `success: false`.
+fn with_reason(mut res: Refusal, reason: &str, network: &str, payer: Option<&str>) -> Refusal {
+    if let Ok(mut body) = serde_json::from_slice::<Value>(res.body()) {
+        body["errorReason"] = reason.into();
+        *res.body_mut() = Bytes::from(body.to_string());
+    }
+    let pr = json!({
+        "success": false,
+        "errorReason": reason,
+        "transaction": "",
+        "network": network,
+        "payer": payer.unwrap_or_default(),
+    });
+    if let Some(v) = b64_header(&pr) {
+        res.headers_mut().insert(PAYMENT_RESPONSE, v);
+    }
+    res
+}
+
+/// The refusal code and reason for a facilitator failure.
+fn facilitator_failure(e: &FacilitatorError, verifying: bool) -> (ErrorCode, String) {
+    match e {
+        FacilitatorError::Refused { reason } => (ErrorCode::X402SettlementFailed, reason.clone()),
+        FacilitatorError::Pending => (
+            ErrorCode::FacilitatorUnavailable,
+            Reason::SettlementPending.as_str().to_owned(),
+        ),
+        FacilitatorError::Unavailable(_) => (
+            ErrorCode::FacilitatorUnavailable,
+            if verifying {
+                "unexpected_verify_error".to_owned()
+            } else {
+                Reason::UnexpectedSettleError.as_str().to_owned()
+            },
+        ),
+    }
+}
+
+fn facilitator_detail(code: ErrorCode) -> &'static str {
+    if code == ErrorCode::FacilitatorUnavailable {
+        "the payment could not be settled now; nothing was served (retry; the chain never settles one authorization twice)"
+    } else {
+        "the facilitator refused the payment; nothing was served (see errorReason)"
+    }
+}
+
+impl Paywall {
+    /// A refusal for an x402 payment: 402 with fresh offers, or a plain problem.
+    #[allow(clippy::too_many_arguments)]
+    fn x402_refusal(
+        &self,
+        route: &PricedRoute,
+        (method, uri, headers): (&Method, &Uri, &HeaderMap),
+        code: ErrorCode,
+        reason: &str,
+        detail: &str,
+        network: &str,
+        payer: Option<&str>,
+    ) -> Refusal {
+        let res = if code.status() == StatusCode::PAYMENT_REQUIRED {
+            self.challenge(route, method, uri, headers, code, detail)
+        } else {
+            Self::problem(code, detail)
+        };
+        with_reason(res, reason, network, payer)
+    }
+
+    /// The x402 `exact` arm of admission.
+    pub(super) async fn admit_x402(
+        &self,
+        route: &Arc<PricedRoute>,
+        (method, uri, headers): (&Method, &Uri, &HeaderMap),
+        payload: Value,
+        admission: impl FnOnce(Payment, Held) -> Admission,
+    ) -> Result<Option<Admission>, Refusal> {
+        let req = (method, uri, headers);
+        let Some(x) = route.x402.clone() else {
+            return Err(self.challenge(
+                route,
+                method,
+                uri,
+                headers,
+                ErrorCode::SchemeUnsupported,
+                "this route takes no x402 exact payment; see accepts",
+            ));
+        };
+        let now = u64::try_from(self.0.clock.now_secs()).unwrap_or(0);
+        let verified = match x402::verify(&payload, &x.offers, now, x.valid_before_margin_secs) {
+            Ok(v) => v,
+            Err(e) => {
+                let network = payload
+                    .pointer("/accepted/network")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let payer = e.payer.map(|a| format!("{a:#x}"));
+                return Err(self.x402_refusal(
+                    route,
+                    req,
+                    ErrorCode::X402PaymentInvalid,
+                    e.reason.as_str(),
+                    &e.detail,
+                    network,
+                    payer.as_deref(),
+                ));
+            }
+        };
+        let Some(offer) = x.offers.get(verified.offer) else {
+            return Err(Self::problem(ErrorCode::Internal, "internal error"));
+        };
+        let payer = format!("{:#x}", verified.from);
+        let nonce = format!("{:#x}", verified.nonce);
+        self.check_rate(route, &payer).await?;
+        let reservation = Reservation {
+            id: uuid::Uuid::new_v4().to_string(),
+            payer: payer.clone(),
+            issuer: x402::STORE_ISSUER.to_owned(),
+            receipt_id: nonce.clone(),
+            hold: self.hold_time(route),
+            spent_until_ms: i64::try_from(verified.valid_before)
+                .unwrap_or(i64::MAX / 2000)
+                .saturating_add(SPENT_SLACK_SECS)
+                .saturating_mul(1000),
+            mandate: None,
+        };
+        let refuse = |code: ErrorCode, reason: &str, detail: &str| {
+            self.x402_refusal(
+                route,
+                req,
+                code,
+                reason,
+                detail,
+                &offer.network,
+                Some(&payer),
+            )
+        };
+        match crate::metrics::timed("authorize", self.0.store.authorize(&reservation)).await {
+            Ok(AuthorizeOutcome::Reserved) => {}
+            Ok(AuthorizeOutcome::Replayed) => {
+                return Err(refuse(
+                    ErrorCode::X402AuthorizationReplayed,
+                    Reason::TransactionState.as_str(),
+                    "this authorization (from, nonce) was used already",
+                ))
+            }
+            Ok(AuthorizeOutcome::InUse) => {
+                return Err(refuse(
+                    ErrorCode::X402AuthorizationInUse,
+                    Reason::TransactionState.as_str(),
+                    "another request is using this authorization; retry when it finishes",
+                ))
+            }
+            Ok(AuthorizeOutcome::PayerBlocked) => {
+                return Err(Self::problem(
+                    ErrorCode::PayerBlocked,
+                    "this payer is blocked by the provider",
+                ))
+            }
+            // Only receipts can be revoked, and x402 payments carry no mandate.
+            Ok(
+                AuthorizeOutcome::Revoked
+                | AuthorizeOutcome::MandateRevoked
+                | AuthorizeOutcome::MandateExceeded { .. },
+            ) => {
+                return Err(Self::problem(
+                    ErrorCode::ReceiptRevoked,
+                    "the provider revoked this authorization",
+                ))
+            }
+            Err(e) => return Err(Self::store_down(e, "authorize x402")),
+        }
+        let requirements = offer.requirements();
+        let settled = match x.mode {
+            SettlementMode::Before => x
+                .facilitator
+                .settle(&payload, &requirements)
+                .await
+                .map(Some)
+                .map_err(|e| (e, false)),
+            SettlementMode::After => x
+                .facilitator
+                .verify(&payload, &requirements)
+                .await
+                .map(|()| None)
+                .map_err(|e| (e, true)),
+            // Verified locally; settled in the background once served.
+            SettlementMode::Deferred => Ok(None),
+        };
+        let on_chain = match settled {
+            Ok(c) => c,
+            Err((e, verifying)) => {
+                tracing::warn!(error = %e, payer = %payer, mode = x.mode.as_str(), "x402 facilitator did not accept the payment; nothing served");
+                self.release(&reservation).await;
+                let (code, reason) = facilitator_failure(&e, verifying);
+                return Err(refuse(code, &reason, facilitator_detail(code)));
+            }
+        };
+        let payment = Payment {
+            payer: payer.clone(),
+            charge: Money {
+                amount: offer.currency.from_minor(offer.amount),
+                currency: offer.currency.clone(),
+            },
+            credential: format!("x402:{}:{payer}:{nonce}", offer.network),
+            metered: false,
+        };
+        let mut a = admission(payment, Held::Receipt(reservation));
+        a.x402 = Some(Box::new(X402Pending {
+            offer: verified.offer,
+            route: x,
+            payload,
+            on_chain,
+            uri: uri.clone(),
+            host: headers.get(http::header::HOST).cloned(),
+        }));
+        Ok(Some(a))
+    }
+
+    async fn release(&self, r: &Reservation) {
+        let released =
+            crate::metrics::timed("release", self.0.store.settle(r, &Settlement::Release)).await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "release failed; hold will expire");
+        }
+    }
+}
+
+impl Admission {
+    /// The usage event of a settled x402 payment.
+    fn x402_event(&self, x: &X402Pending, r: &Reservation, status: u16) -> UsageEvent {
+        let (amount_minor, currency, scale) = x.route.offers.get(x.offer).map_or_else(
+            || (0, String::new(), 0),
+            |o| (o.amount, o.currency.code().to_owned(), o.currency.scale()),
+        );
+        UsageEvent {
+            id: String::new(),
+            time_ms: self.paywall.0.clock.now_ms(),
+            payer: self.payment.payer.clone(),
+            route: self.route.id.clone(),
+            method: self.method.clone(),
+            units: BTreeMap::from([("request".to_owned(), 1)]),
+            unit_prices: BTreeMap::new(),
+            currency,
+            scale,
+            amount_minor,
+            uncharged_minor: 0,
+            credential: self.payment.credential.clone(),
+            reservation: r.id.clone(),
+            upstream_status: status,
+        }
+    }
+
+    /// Settle an x402 admission (see the module docs for the rules).
+    pub(super) async fn settle_x402(
+        mut self,
+        x: X402Pending,
+        status: Option<u16>,
+    ) -> Result<Settled, Refusal> {
+        self.settled = true;
+        crate::metrics::global().holds_in_flight.dec();
+        let Held::Receipt(r) =
+            std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()))
+        else {
+            return Err(Paywall::problem(ErrorCode::Internal, "internal error"));
+        };
+        let Some(offer) = x.route.offers.get(x.offer) else {
+            return Err(Paywall::problem(ErrorCode::Internal, "internal error"));
+        };
+        let on_chain = match &x.on_chain {
+            Some(c) => c.clone(),
+            None => {
+                let served = status.is_some_and(|s| (200..300).contains(&s))
+                    && self.method != Method::HEAD.as_str();
+                if !served {
+                    self.paywall.release(&r).await;
+                    return Ok(Settled {
+                        payment_response: None,
+                    });
+                }
+                if x.route.mode == SettlementMode::Deferred {
+                    return self.settle_deferred(&x, &r, status.unwrap_or(0)).await;
+                }
+                match x
+                    .route
+                    .facilitator
+                    .settle(&x.payload, &offer.requirements())
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, payer = %self.payment.payer, "x402 settlement after serving failed; response withheld");
+                        self.paywall.release(&r).await;
+                        let (code, reason) = facilitator_failure(&e, false);
+                        let res = if code.status() == StatusCode::PAYMENT_REQUIRED {
+                            let mut headers = HeaderMap::new();
+                            if let Some(h) = &x.host {
+                                headers.insert(http::header::HOST, h.clone());
+                            }
+                            let method =
+                                Method::from_bytes(self.method.as_bytes()).unwrap_or(Method::GET);
+                            self.paywall.challenge(
+                                &self.route,
+                                &method,
+                                &x.uri,
+                                &headers,
+                                code,
+                                facilitator_detail(code),
+                            )
+                        } else {
+                            Paywall::problem(code, facilitator_detail(code))
+                        };
+                        return Err(with_reason(
+                            res,
+                            &reason,
+                            &offer.network,
+                            Some(&self.payment.payer),
+                        ));
+                    }
+                }
+            }
+        };
+        let event = self.x402_event(&x, &r, status.unwrap_or(0));
+        let capture = Settlement::Capture(Box::new(event));
+        let store = self.paywall.0.store.clone();
+        let outcome = retry_unknown(self.paywall.0.settle_retry, || {
+            crate::metrics::timed("capture", store.settle(&r, &capture))
+        })
+        .await;
+        // The transfer is on chain: the payer has paid, so the response is served even when
+        // the ledger cannot record it (logged with the transaction for reconciliation).
+        let event_id = match outcome {
+            Ok(
+                SettleOutcome::Captured { event_id } | SettleOutcome::AlreadyCaptured { event_id },
+            ) => Some(event_id),
+            Ok(other) => {
+                tracing::error!(?other, transaction = %on_chain.transaction, payer = %self.payment.payer, "x402 capture refused; the transfer is on chain but not in the ledger");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, transaction = %on_chain.transaction, payer = %self.payment.payer, "x402 capture not recorded; the transfer is on chain but not in the ledger");
+                None
+            }
+        };
+        crate::metrics::global()
+            .revenue_minor
+            .with_label_values(&[self.route.id.as_str(), offer.currency.code()])
+            .inc_by(offer.amount);
+        let network = if on_chain.network.is_empty() {
+            offer.network.clone()
+        } else {
+            on_chain.network.clone()
+        };
+        let mut body = json!({
+            "success": true,
+            "transaction": on_chain.transaction,
+            "network": network,
+            "payer": self.payment.payer,
+            "amount": offer.currency.from_minor(offer.amount).to_string(),
+            "amountAtomic": offer.amount.to_string(),
+            "currency": offer.currency.code(),
+            "decimals": offer.currency.scale(),
+            "settlement": x.route.mode.as_str(),
+        });
+        if let Some(id) = event_id {
+            body["eventId"] = id.into();
+        }
+        Ok(Settled {
+            payment_response: b64_header(&body),
+        })
+    }
+
+    /// `deferred`: capture and queue the settlement in one atomic step; the response is
+    /// released only once that is recorded (otherwise it would be served unpaid).
+    async fn settle_deferred(
+        &self,
+        x: &X402Pending,
+        r: &Reservation,
+        status: u16,
+    ) -> Result<Settled, Refusal> {
+        let Some(offer) = x.route.offers.get(x.offer) else {
+            return Err(Paywall::problem(ErrorCode::Internal, "internal error"));
+        };
+        let event = self.x402_event(x, r, status);
+        let job = json!({"payload": x.payload, "requirements": offer.requirements()}).to_string();
+        let store = self.paywall.0.store.clone();
+        let outcome = retry_unknown(self.paywall.0.settle_retry, || {
+            crate::metrics::timed("capture_deferred", store.capture_deferred(r, &event, &job))
+        })
+        .await;
+        let event_id = match outcome {
+            Ok(
+                SettleOutcome::Captured { event_id } | SettleOutcome::AlreadyCaptured { event_id },
+            ) => event_id,
+            Ok(other) => {
+                tracing::error!(?other, payer = %self.payment.payer, "x402 deferred capture refused: the hold was lost");
+                return Err(Paywall::problem(
+                    ErrorCode::X402AuthorizationInUse,
+                    "the authorization's hold expired and it was taken by another request",
+                ));
+            }
+            Err(e) => {
+                // Unknown outcome: if it landed, the settler will settle a withheld response
+                // (logged for the operator); if not, the hold expires. Never served unpaid.
+                tracing::error!(error = %e, payer = %self.payment.payer, reservation = %r.id, "x402 deferred capture not recorded; response withheld");
+                return Err(Paywall::problem(
+                    ErrorCode::StoreUnavailable,
+                    "the payment could not be recorded; retry later",
+                ));
+            }
+        };
+        crate::metrics::global()
+            .revenue_minor
+            .with_label_values(&[self.route.id.as_str(), offer.currency.code()])
+            .inc_by(offer.amount);
+        let body = json!({
+            "success": true,
+            "transaction": "",
+            "network": offer.network,
+            "payer": self.payment.payer,
+            "amount": offer.currency.from_minor(offer.amount).to_string(),
+            "amountAtomic": offer.amount.to_string(),
+            "currency": offer.currency.code(),
+            "decimals": offer.currency.scale(),
+            "settlement": "deferred",
+            "eventId": event_id,
+            "settlementId": event_id,
+        });
+        Ok(Settled {
+            payment_response: b64_header(&body),
+        })
+    }
+
+    /// Dropped unsettled (client gone, future cancelled): a payment already on chain is
+    /// recorded (status 0); otherwise the hold is released. Returns false when there is no
+    /// x402 part (the caller then does the usual release).
+    pub(super) fn abandon_x402(&mut self) -> bool {
+        let Some(x) = self.x402.take() else {
+            return false;
+        };
+        let Held::Receipt(r) =
+            std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()))
+        else {
+            return true;
+        };
+        let settlement = if x.on_chain.is_some() {
+            Settlement::Capture(Box::new(self.x402_event(&x, &r, 0)))
+        } else {
+            Settlement::Release
+        };
+        let store = self.paywall.0.store.clone();
+        let started = Instant::now();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = store.settle(&r, &settlement).await {
+                    tracing::error!(error = %e, waited_ms = started.elapsed().as_millis() as u64, "x402 settlement after cancel failed");
+                }
+            });
+        }
+        true
+    }
+}
+
+/// Whether a refusal carries an x402 `errorReason` (tests).
+#[cfg(test)]
+fn reason_of(res: &Refusal) -> Option<String> {
+    serde_json::from_slice::<Value>(res.body())
+        .ok()?
+        .get("errorReason")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::money::Currency;
+    use crate::price::Price;
+    use crate::store::MemoryStore;
+    use crate::x402::{ExactOffer, Facilitator};
+    use alloy_primitives::{Address, B256};
+    use async_trait::async_trait;
+    use http::HeaderValue;
+    use k256::ecdsa::SigningKey;
+    use std::sync::Mutex;
+
+    const NOW: i64 = 1_795_370_000;
+
+    /// A facilitator that answers from a script (stands in for the chain).
+    #[derive(Debug, Default)]
+    struct Scripted {
+        settle: Mutex<Vec<Result<OnChain, FacilitatorError>>>,
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    #[async_trait]
+    impl Facilitator for Scripted {
+        async fn verify(&self, _: &Value, _: &Value) -> Result<(), FacilitatorError> {
+            self.calls.lock().unwrap().push("verify");
+            Ok(())
+        }
+        async fn settle(&self, _: &Value, _: &Value) -> Result<OnChain, FacilitatorError> {
+            self.calls.lock().unwrap().push("settle");
+            self.settle.lock().unwrap().pop().unwrap_or(Ok(OnChain {
+                transaction: "0xtx".into(),
+                network: "eip155:84532".into(),
+            }))
+        }
+        async fn supported(&self) -> Result<Vec<(u64, String, String)>, FacilitatorError> {
+            Ok(vec![])
+        }
+    }
+
+    fn offer() -> ExactOffer {
+        ExactOffer::try_new(
+            "eip155:84532",
+            "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+            "USDC",
+            "2",
+            "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+            "10000",
+            60,
+            Currency::try_new("USDC", 6).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn setup(mode: SettlementMode) -> (Paywall, Arc<PricedRoute>, Arc<Scripted>) {
+        let clock = Arc::new(ManualClock::at_ms(NOW * 1000));
+        let paywall = Paywall::builder("m", vec![7u8; 32])
+            .clock(clock.clone())
+            .store(Arc::new(MemoryStore::new(clock)))
+            .build()
+            .unwrap();
+        let f = Arc::new(Scripted::default());
+        let usd = Currency::try_new("USD", 6).unwrap();
+        let route = PricedRoute::new(
+            "r",
+            Price::fixed(Money {
+                amount: "0.01".parse().unwrap(),
+                currency: usd,
+            })
+            .unwrap(),
+        )
+        .x402(ExactRoute {
+            offers: vec![offer()],
+            mode,
+            facilitator: f.clone(),
+            valid_before_margin_secs: 6,
+        });
+        (paywall, Arc::new(route), f)
+    }
+
+    fn header(nonce: u8, value: u64) -> HeaderMap {
+        let o = offer();
+        let key = SigningKey::from_bytes(&[5u8; 32].into()).unwrap();
+        let p = crate::x402::tests::sign(
+            &key,
+            &o,
+            o.pay_to,
+            value,
+            0,
+            u64::try_from(NOW).unwrap() + 60,
+            B256::repeat_byte(nonce),
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "payment-signature",
+            HeaderValue::from_str(&base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                p.to_string(),
+            ))
+            .unwrap(),
+        );
+        h
+    }
+
+    fn decode(v: &HeaderValue) -> Value {
+        let b = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            v.to_str().unwrap(),
+        )
+        .unwrap();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[tokio::test]
+    async fn before_mode_settles_then_records_one_event() {
+        let (paywall, route, f) = setup(SettlementMode::Before);
+        let uri: Uri = "/r".parse().unwrap();
+        let h = header(1, 10000);
+        let a = paywall
+            .admit(&route, &Method::GET, &uri, &h)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(*f.calls.lock().unwrap(), ["settle"]);
+        let payer = format!(
+            "{:#x}",
+            Address::from_public_key(
+                SigningKey::from_bytes(&[5u8; 32].into())
+                    .unwrap()
+                    .verifying_key()
+            )
+        );
+        assert_eq!(a.payment().payer, payer);
+        assert_eq!(a.payment().charge.to_string(), "0.01 USDC");
+        // Even a 500 is recorded: the transfer is final.
+        let s = a.settle(Some(500), None).await.unwrap();
+        let pr = decode(&s.payment_response.unwrap());
+        assert_eq!(pr["success"], true);
+        assert_eq!(pr["transaction"], "0xtx");
+        assert_eq!(pr["payer"], payer.as_str());
+        let events = paywall.store().usage_events().await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].amount_minor, 10000);
+        assert_eq!(events[0].currency, "USDC");
+        assert_eq!(events[0].upstream_status, 500);
+        // The same authorization again: refused, and the facilitator is not asked.
+        let res = paywall
+            .admit(&route, &Method::GET, &uri, &h)
+            .await
+            .unwrap_err();
+        assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(
+            reason_of(&res).as_deref(),
+            Some("invalid_transaction_state")
+        );
+        assert_eq!(f.calls.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn before_mode_never_serves_on_a_failed_settlement() {
+        let (paywall, route, f) = setup(SettlementMode::Before);
+        let uri: Uri = "/r".parse().unwrap();
+        let h = header(2, 10000);
+        for (answer, status, reason) in [
+            (
+                FacilitatorError::Unavailable("timeout".into()),
+                503,
+                "unexpected_settle_error",
+            ),
+            (FacilitatorError::Pending, 503, "settlement_pending"),
+            (
+                FacilitatorError::Refused {
+                    reason: "insufficient_funds".into(),
+                },
+                402,
+                "insufficient_funds",
+            ),
+        ] {
+            f.settle.lock().unwrap().push(Err(answer));
+            let res = paywall
+                .admit(&route, &Method::GET, &uri, &h)
+                .await
+                .unwrap_err();
+            assert_eq!(res.status().as_u16(), status);
+            assert_eq!(reason_of(&res).as_deref(), Some(reason));
+            let pr = decode(res.headers().get(PAYMENT_RESPONSE).unwrap());
+            assert_eq!(pr["success"], false);
+            assert_eq!(pr["errorReason"], reason);
+        }
+        // Released each time: the same authorization settles once the facilitator does.
+        let a = paywall
+            .admit(&route, &Method::GET, &uri, &h)
+            .await
+            .unwrap()
+            .unwrap();
+        a.settle(Some(200), None).await.unwrap();
+        assert_eq!(paywall.store().usage_events().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn after_mode_settles_only_2xx_non_head() {
+        let (paywall, route, f) = setup(SettlementMode::After);
+        let uri: Uri = "/r".parse().unwrap();
+        let h = header(3, 10000);
+        for (method, status) in [
+            (Method::GET, 302),
+            (Method::GET, 404),
+            (Method::GET, 500),
+            (Method::HEAD, 200),
+        ] {
+            let a = paywall
+                .admit(&route, &method, &uri, &h)
+                .await
+                .unwrap()
+                .unwrap();
+            let s = a.settle(Some(status), None).await.unwrap();
+            assert!(s.payment_response.is_none());
+        }
+        let a = paywall
+            .admit(&route, &Method::GET, &uri, &h)
+            .await
+            .unwrap()
+            .unwrap();
+        a.settle(None, None).await.unwrap();
+        assert_eq!(paywall.store().usage_events().await.unwrap().len(), 0);
+        assert!(!f.calls.lock().unwrap().contains(&"settle"));
+        // A failed settlement withholds the 2xx.
+        f.settle
+            .lock()
+            .unwrap()
+            .push(Err(FacilitatorError::Unavailable("html".into())));
+        let a = paywall
+            .admit(&route, &Method::GET, &uri, &h)
+            .await
+            .unwrap()
+            .unwrap();
+        let res = a.settle(Some(200), None).await.unwrap_err();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // Then a good one.
+        let a = paywall
+            .admit(&route, &Method::GET, &uri, &h)
+            .await
+            .unwrap()
+            .unwrap();
+        let s = a.settle(Some(200), None).await.unwrap();
+        assert_eq!(decode(&s.payment_response.unwrap())["settlement"], "after");
+        assert_eq!(paywall.store().usage_events().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn deferred_mode_queues_once_and_settles_in_the_background() {
+        use crate::store::JobOutcome;
+        use crate::x402::settler::Settler;
+        let (paywall, route, f) = setup(SettlementMode::Deferred);
+        let uri: Uri = "/r".parse().unwrap();
+        let h = header(7, 10000);
+        let a = paywall
+            .admit(&route, &Method::GET, &uri, &h)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            f.calls.lock().unwrap().is_empty(),
+            "nothing asked before serving"
+        );
+        let s = a.settle(Some(200), None).await.unwrap();
+        let pr = decode(&s.payment_response.unwrap());
+        assert_eq!(pr["settlement"], "deferred");
+        assert_eq!(pr["transaction"], "");
+        let store = paywall.store().clone();
+        let mut settler = Settler::new(store.clone(), f.clone());
+        settler.retry_base = std::time::Duration::ZERO;
+        settler.max_attempts = 2;
+        // First attempt: no usable answer -> retried; second: settled.
+        f.settle
+            .lock()
+            .unwrap()
+            .push(Err(FacilitatorError::Unavailable("x".into())));
+        assert_eq!(settler.run_once().await.unwrap(), 1);
+        assert_eq!(settler.run_once().await.unwrap(), 1);
+        assert_eq!(settler.run_once().await.unwrap(), 0);
+        assert_eq!(*f.calls.lock().unwrap(), ["settle", "settle"]);
+        assert_eq!(store.usage_events().await.unwrap().len(), 1);
+        // A refusal fails the job and blocks the payer until resolved.
+        let a = paywall
+            .admit(&route, &Method::GET, &uri, &header(8, 10000))
+            .await
+            .unwrap()
+            .unwrap();
+        a.settle(Some(200), None).await.unwrap();
+        f.settle
+            .lock()
+            .unwrap()
+            .push(Err(FacilitatorError::Refused {
+                reason: "insufficient_funds".into(),
+            }));
+        settler.run_once().await.unwrap();
+        let failed = store.failed_settlements().await.unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].error, "insufficient_funds");
+        let res = paywall
+            .admit(&route, &Method::GET, &uri, &header(9, 10000))
+            .await
+            .unwrap_err();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert!(store.resolve_settlement(&failed[0].id).await.unwrap());
+        assert!(!store.resolve_settlement(&failed[0].id).await.unwrap());
+        assert!(paywall
+            .admit(&route, &Method::GET, &uri, &header(9, 10000))
+            .await
+            .is_ok());
+        // Finishing an unknown job is harmless.
+        store
+            .finish_settlement(&failed[0], &JobOutcome::Done)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn local_failures_refuse_before_any_io() {
+        let (paywall, route, f) = setup(SettlementMode::Before);
+        let uri: Uri = "/r".parse().unwrap();
+        let res = paywall
+            .admit(&route, &Method::GET, &uri, &header(4, 9999))
+            .await
+            .unwrap_err();
+        assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(
+            reason_of(&res).as_deref(),
+            Some("invalid_exact_evm_payload_authorization_value")
+        );
+        let body: Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(body["code"], "x402_payment_invalid");
+        // The 402 offers the exact option beside the receipt one.
+        let schemes: Vec<_> = body["accepts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["scheme"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(schemes, ["tollgate-receipt", "exact"]);
+        assert!(f.calls.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,899 @@
+//! x402 `exact` payments on EVM chains: an EIP-3009 `transferWithAuthorization` signed by the
+//! payer, verified here with no network call, and settled on chain by an x402 facilitator.
+//!
+//! - [`ExactOffer`]: one way to pay a route (network `eip155:<chain id>`, token contract,
+//!   the token's EIP-712 `name`/`version`, `payTo`, amount in atomic units). Its
+//!   [`ExactOffer::requirements`] is the x402 v2 `PaymentRequirements` entry of `accepts`.
+//! - [`verify`]: the local checks of an x402 v2 `PaymentPayload` against a route's offers:
+//!   `accepted` is one of our offers; the EIP-712 digest of
+//!   `TransferWithAuthorization(from,to,value,validAfter,validBefore,nonce)` under the domain
+//!   `(name, version, chainId, verifyingContract = asset)` recovers (secp256k1) to `from`;
+//!   `to == payTo`; `value == amount` exactly; `validAfter <= now` and
+//!   `validBefore >= now + margin`. Every failure carries the spec's reason string
+//!   ([`Reason`]).
+//! - [`facilitator`]: the facilitator client (`/verify`, `/settle`, `/supported`);
+//! - [`settler`]: the background settler of `deferred` payments;
+//! - [`signer`]: the paying side, a local EVM key that signs authorizations for an offer.
+//!
+//! Single use of `(from, nonce)` is the store's job (the same atomic hold / spend state
+//! machine as receipts, see [`crate::store`]); when to settle is the engine's
+//! ([`SettlementMode`]).
+
+pub mod facilitator;
+pub mod settler;
+pub mod signer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use alloy_primitives::{Address, Signature, B256, U256};
+use alloy_sol_types::{Eip712Domain, SolStruct};
+use serde_json::{json, Value};
+
+use crate::money::Currency;
+
+pub use self::facilitator::{Facilitator, FacilitatorError, HttpFacilitator, OnChain};
+
+/// The x402 scheme name handled here.
+pub const EXACT_SCHEME: &str = "exact";
+/// The asset transfer method of the offers (EIP-3009).
+pub const EIP3009: &str = "eip3009";
+/// Default margin: `validBefore` must leave at least this long to settle (seconds).
+pub const DEFAULT_VALID_BEFORE_MARGIN_SECS: u64 = 6;
+/// An authorization may not outlive `now + maxTimeoutSeconds` by more than this (seconds):
+/// clients set `validBefore = now + maxTimeoutSeconds`, give or take their clock.
+pub const VALID_BEFORE_SLACK_SECS: u64 = 60;
+/// The `issuer` of x402 authorizations in the store's single-use records (receipts use their
+/// `iss`): `(STORE_ISSUER, nonce)` under the payer's address.
+pub const STORE_ISSUER: &str = "x402:exact";
+/// The largest amount accepted (exact in the store's Lua numbers).
+pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
+
+#[allow(missing_docs, unreachable_pub)]
+mod typed {
+    alloy_sol_types::sol! {
+        /// EIP-3009's signed message.
+        struct TransferWithAuthorization {
+            address from;
+            address to;
+            uint256 value;
+            uint256 validAfter;
+            uint256 validBefore;
+            bytes32 nonce;
+        }
+    }
+}
+
+pub(crate) use self::typed::TransferWithAuthorization;
+
+/// When an x402 payment is settled on chain, per route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettlementMode {
+    /// Settle through the facilitator first; serve only once the transfer succeeded.
+    Before,
+    /// Verify (locally and with the facilitator), serve, then settle only a 2xx answer to a
+    /// non-HEAD request; the response is released only once the transfer succeeded.
+    After,
+    /// Verify locally, serve, and queue a 2xx answer to a non-HEAD request for the background
+    /// settler ([`settler`]); a payer whose settlement fails is blocked until resolved.
+    Deferred,
+}
+
+impl SettlementMode {
+    /// `before` / `after`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SettlementMode::Before => "before",
+            SettlementMode::After => "after",
+            SettlementMode::Deferred => "deferred",
+        }
+    }
+}
+
+impl FromStr for SettlementMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "before" => Ok(SettlementMode::Before),
+            "after" => Ok(SettlementMode::After),
+            "deferred" => Ok(SettlementMode::Deferred),
+            other => Err(format!(
+                "unknown settlement mode {other:?} (before, after, deferred)"
+            )),
+        }
+    }
+}
+
+/// Why an x402 payment was refused: the spec's reason strings (`invalidReason` /
+/// `errorReason`), so an x402 client can branch on them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The payload is not a well-formed `exact` EVM payload.
+    InvalidPayload,
+    /// `x402Version` is not 2.
+    InvalidX402Version,
+    /// `accepted.scheme` is not `exact`.
+    UnsupportedScheme,
+    /// No offer on this route is on `accepted.network`.
+    InvalidNetwork,
+    /// `accepted` is not one of this route's offers.
+    InvalidPaymentRequirements,
+    /// The signature does not recover to `authorization.from`.
+    Signature,
+    /// `authorization.to` is not the offer's `payTo`.
+    RecipientMismatch,
+    /// `authorization.value` is not the offer's amount.
+    Value,
+    /// `authorization.validAfter` is in the future.
+    ValidAfter,
+    /// `authorization.validBefore` is too soon (or absurdly far away).
+    ValidBefore,
+    /// The authorization was used already (nonce spent).
+    TransactionState,
+    /// The facilitator could not be asked, or answered something unusable.
+    UnexpectedSettleError,
+    /// The facilitator accepted but has not confirmed the transfer.
+    SettlementPending,
+    /// A reason given by the facilitator (passed through).
+    Facilitator(String),
+}
+
+impl Reason {
+    /// The wire string.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Reason::InvalidPayload => "invalid_payload",
+            Reason::InvalidX402Version => "invalid_x402_version",
+            Reason::UnsupportedScheme => "unsupported_scheme",
+            Reason::InvalidNetwork => "invalid_network",
+            Reason::InvalidPaymentRequirements => "invalid_payment_requirements",
+            Reason::Signature => "invalid_exact_evm_payload_signature",
+            Reason::RecipientMismatch => "invalid_exact_evm_payload_recipient_mismatch",
+            Reason::Value => "invalid_exact_evm_payload_authorization_value",
+            Reason::ValidAfter => "invalid_exact_evm_payload_authorization_valid_after",
+            Reason::ValidBefore => "invalid_exact_evm_payload_authorization_valid_before",
+            Reason::TransactionState => "invalid_transaction_state",
+            Reason::UnexpectedSettleError => "unexpected_settle_error",
+            Reason::SettlementPending => "settlement_pending",
+            Reason::Facilitator(s) => s,
+        }
+    }
+}
+
+/// A refused x402 payment: the spec reason and a human detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct ExactError {
+    /// The spec's reason.
+    pub reason: Reason,
+    /// What exactly is wrong.
+    pub detail: String,
+    /// `authorization.from`, once known.
+    pub payer: Option<Address>,
+}
+
+fn refuse(reason: Reason, detail: impl Into<String>) -> ExactError {
+    ExactError {
+        reason,
+        detail: detail.into(),
+        payer: None,
+    }
+}
+
+/// One way to pay a route with x402 `exact` on an EVM chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExactOffer {
+    /// `eip155:<chain id>`.
+    pub network: String,
+    /// The chain id (EIP-712 domain `chainId`).
+    pub chain_id: u64,
+    /// The token contract (EIP-712 domain `verifyingContract`).
+    pub asset: Address,
+    /// The token's EIP-712 domain `name` (e.g. `USD Coin` or `USDC`).
+    pub name: String,
+    /// The token's EIP-712 domain `version` (e.g. `2`).
+    pub version: String,
+    /// Who is paid.
+    pub pay_to: Address,
+    /// Exact amount in the token's atomic units.
+    pub amount: u64,
+    /// `maxTimeoutSeconds` of the offer (and the longest authorization accepted).
+    pub max_timeout_secs: u64,
+    /// The ledger's currency for this offer (code and decimals, e.g. `USDC`/6).
+    pub currency: Currency,
+}
+
+/// Parse `eip155:<chain id>`.
+pub fn chain_id_of(network: &str) -> Option<u64> {
+    let id = network.strip_prefix("eip155:")?;
+    if id.is_empty() || id.len() > 20 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok().filter(|n| *n > 0)
+}
+
+/// Parse a 20-byte `0x` address (any case; a mixed-case one must carry a valid EIP-55
+/// checksum, as a typo guard).
+pub fn parse_address(s: &str) -> Option<Address> {
+    let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))?;
+    if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mixed =
+        hex.bytes().any(|b| b.is_ascii_lowercase()) && hex.bytes().any(|b| b.is_ascii_uppercase());
+    if mixed {
+        Address::parse_checksummed(format!("0x{hex}"), None).ok()
+    } else {
+        Address::from_str(hex).ok()
+    }
+}
+
+/// A payload integer: a JSON string, decimal or `0x` hex (the spec's encoding), or a JSON
+/// number (some clients send numbers).
+pub(crate) fn parse_uint(v: Option<&Value>) -> Option<U256> {
+    match v? {
+        Value::String(s) => {
+            let s = s.trim();
+            if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                if h.is_empty() || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                U256::from_str_radix(h, 16).ok()
+            } else {
+                if s.is_empty() || s.len() > 78 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                U256::from_str_radix(s, 10).ok()
+            }
+        }
+        Value::Number(n) => n.as_u64().map(U256::from),
+        _ => None,
+    }
+}
+
+/// A 32-byte `0x` nonce.
+fn parse_nonce(v: Option<&Value>) -> Option<B256> {
+    let s = v?.as_str()?;
+    let h = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))?;
+    if h.len() != 64 {
+        return None;
+    }
+    B256::from_str(h).ok()
+}
+
+impl ExactOffer {
+    /// An offer; fails with the offending field named.
+    #[allow(clippy::too_many_arguments)]
+    pub fn try_new(
+        network: &str,
+        asset: &str,
+        name: &str,
+        version: &str,
+        pay_to: &str,
+        amount: &str,
+        max_timeout_secs: u64,
+        currency: Currency,
+    ) -> Result<Self, (&'static str, String)> {
+        let chain_id = chain_id_of(network)
+            .ok_or(("network", format!("{network:?} is not eip155:<chain id>")))?;
+        let asset = parse_address(asset).ok_or((
+            "asset",
+            "must be a 0x-prefixed 20-byte address (EIP-55 checksum when mixed case)".to_owned(),
+        ))?;
+        let pay_to = parse_address(pay_to).ok_or((
+            "pay_to",
+            "must be a 0x-prefixed 20-byte address (EIP-55 checksum when mixed case)".to_owned(),
+        ))?;
+        if pay_to == Address::ZERO {
+            return Err(("pay_to", "must not be the zero address".into()));
+        }
+        if name.is_empty() || name.len() > 64 || version.is_empty() || version.len() > 16 {
+            return Err((
+                "name",
+                "name (1-64 chars) and version (1-16 chars) are the token's EIP-712 domain".into(),
+            ));
+        }
+        let amount_ok = !amount.is_empty()
+            && amount.len() <= 16
+            && amount.bytes().all(|b| b.is_ascii_digit())
+            && !(amount.len() > 1 && amount.starts_with('0'));
+        let amount: u64 = amount
+            .parse()
+            .ok()
+            .filter(|a| amount_ok && *a > 0 && *a <= MAX_AMOUNT)
+            .ok_or((
+                "amount",
+                format!("must be an integer of atomic units, 1 to {MAX_AMOUNT}"),
+            ))?;
+        if max_timeout_secs == 0 || max_timeout_secs > 3600 {
+            return Err(("max_timeout_secs", "must be 1 to 3600".into()));
+        }
+        Ok(ExactOffer {
+            network: network.to_owned(),
+            chain_id,
+            asset,
+            name: name.to_owned(),
+            version: version.to_owned(),
+            pay_to,
+            amount,
+            max_timeout_secs,
+            currency,
+        })
+    }
+
+    /// The x402 v2 `PaymentRequirements` of this offer (an entry of `accepts`).
+    pub fn requirements(&self) -> Value {
+        json!({
+            "scheme": EXACT_SCHEME,
+            "network": self.network,
+            "amount": self.amount.to_string(),
+            "asset": self.asset.to_checksum(None),
+            "payTo": self.pay_to.to_checksum(None),
+            "maxTimeoutSeconds": self.max_timeout_secs,
+            "extra": {
+                "name": self.name,
+                "version": self.version,
+                "assetTransferMethod": EIP3009,
+            },
+        })
+    }
+
+    /// Whether a payload's `accepted` names this offer: same scheme, network, asset, payTo,
+    /// amount and EIP-712 name/version (addresses compared as addresses, not as strings).
+    fn is(&self, accepted: &Value) -> bool {
+        let s = |k: &str| accepted.get(k).and_then(Value::as_str);
+        let extra = |k: &str| {
+            accepted
+                .pointer(&format!("/extra/{k}"))
+                .and_then(Value::as_str)
+        };
+        s("scheme") == Some(EXACT_SCHEME)
+            && s("network") == Some(self.network.as_str())
+            && s("asset").and_then(parse_address) == Some(self.asset)
+            && s("payTo").and_then(parse_address) == Some(self.pay_to)
+            && parse_uint(accepted.get("amount")) == Some(U256::from(self.amount))
+            && extra("name") == Some(self.name.as_str())
+            && extra("version") == Some(self.version.as_str())
+            && extra("assetTransferMethod").is_none_or(|m| m == EIP3009)
+    }
+
+    /// The EIP-712 domain of the token.
+    fn domain(&self) -> Eip712Domain {
+        Eip712Domain::new(
+            Some(self.name.clone().into()),
+            Some(self.version.clone().into()),
+            Some(U256::from(self.chain_id)),
+            Some(self.asset),
+            None,
+        )
+    }
+}
+
+/// The x402 settings of one route.
+#[derive(Debug, Clone)]
+pub struct ExactRoute {
+    /// The offers (in `accepts` order, after the native ones).
+    pub offers: Vec<ExactOffer>,
+    /// When to settle.
+    pub mode: SettlementMode,
+    /// Who settles.
+    pub facilitator: Arc<dyn Facilitator>,
+    /// `validBefore` must be at least this many seconds ahead.
+    pub valid_before_margin_secs: u64,
+}
+
+/// A payload that passed every local check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Index of the offer it pays.
+    pub offer: usize,
+    /// The payer.
+    pub from: Address,
+    /// The EIP-3009 nonce (single use per payer).
+    pub nonce: B256,
+    /// Unix seconds after which the authorization is void on chain.
+    pub valid_before: u64,
+}
+
+/// Check an x402 v2 `PaymentPayload` against a route's offers at `now` (unix seconds),
+/// with no network call.
+pub fn verify(
+    payload: &Value,
+    offers: &[ExactOffer],
+    now: u64,
+    margin_secs: u64,
+) -> Result<Verified, ExactError> {
+    if payload.get("x402Version").and_then(Value::as_u64) != Some(2) {
+        return Err(refuse(
+            Reason::InvalidX402Version,
+            "PAYMENT-SIGNATURE must carry x402Version 2",
+        ));
+    }
+    let accepted = payload
+        .get("accepted")
+        .filter(|a| a.is_object())
+        .ok_or_else(|| refuse(Reason::InvalidPayload, "accepted must be an object"))?;
+    if accepted.get("scheme").and_then(Value::as_str) != Some(EXACT_SCHEME) {
+        return Err(refuse(
+            Reason::UnsupportedScheme,
+            "accepted.scheme must be exact",
+        ));
+    }
+    let network = accepted
+        .get("network")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !offers.iter().any(|o| o.network == network) {
+        return Err(refuse(
+            Reason::InvalidNetwork,
+            format!("this route takes no exact payment on {network:?}"),
+        ));
+    }
+    let index = offers.iter().position(|o| o.is(accepted)).ok_or_else(|| {
+        refuse(
+            Reason::InvalidPaymentRequirements,
+            "accepted is not one of this route's offers (scheme, network, asset, payTo, amount, extra.name, extra.version must be echoed unchanged)",
+        )
+    })?;
+    let offer = &offers[index];
+    let inner = payload
+        .get("payload")
+        .ok_or_else(|| refuse(Reason::InvalidPayload, "payload is missing"))?;
+    let auth = inner
+        .get("authorization")
+        .filter(|a| a.is_object())
+        .ok_or_else(|| {
+            refuse(
+                Reason::InvalidPayload,
+                "payload.authorization must be an object",
+            )
+        })?;
+    let field = |k: &'static str| {
+        move || {
+            refuse(
+                Reason::InvalidPayload,
+                format!("payload.authorization.{k} is missing or malformed"),
+            )
+        }
+    };
+    let addr = |k: &'static str| {
+        auth.get(k)
+            .and_then(Value::as_str)
+            .and_then(parse_address)
+            .ok_or_else(field(k))
+    };
+    let from = addr("from")?;
+    let to = addr("to")?;
+    let value = parse_uint(auth.get("value")).ok_or_else(field("value"))?;
+    let valid_after = parse_uint(auth.get("validAfter")).ok_or_else(field("validAfter"))?;
+    let valid_before = parse_uint(auth.get("validBefore")).ok_or_else(field("validBefore"))?;
+    let nonce = parse_nonce(auth.get("nonce")).ok_or_else(field("nonce"))?;
+    let signature = inner
+        .get("signature")
+        .and_then(Value::as_str)
+        .and_then(|s| s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")))
+        .and_then(|h| alloy_primitives::hex::decode(h).ok())
+        .ok_or_else(|| {
+            refuse(
+                Reason::InvalidPayload,
+                "payload.signature must be 0x-prefixed hex",
+            )
+        })?;
+    let with_payer = |e: ExactError| ExactError {
+        payer: Some(from),
+        ..e
+    };
+    // 1. The signature: EIP-712 digest under the token's domain, recovered to `from`.
+    let message = TransferWithAuthorization {
+        from,
+        to,
+        value,
+        validAfter: valid_after,
+        validBefore: valid_before,
+        nonce,
+    };
+    let digest = message.eip712_signing_hash(&offer.domain());
+    let recovered = (signature.len() == 65)
+        .then(|| Signature::from_raw(&signature).ok())
+        .flatten()
+        .and_then(|sig| sig.recover_address_from_prehash(&digest).ok());
+    if recovered != Some(from) {
+        return Err(with_payer(refuse(
+            Reason::Signature,
+            "the signature does not recover to authorization.from (a 65-byte EOA signature over TransferWithAuthorization under the token's EIP-712 domain is required)",
+        )));
+    }
+    // 2. The terms.
+    if to != offer.pay_to {
+        return Err(with_payer(refuse(
+            Reason::RecipientMismatch,
+            format!(
+                "authorization.to must be {}",
+                offer.pay_to.to_checksum(None)
+            ),
+        )));
+    }
+    if value != U256::from(offer.amount) {
+        return Err(with_payer(refuse(
+            Reason::Value,
+            format!("authorization.value must be exactly {}", offer.amount),
+        )));
+    }
+    // 3. The window.
+    if valid_after > U256::from(now) {
+        return Err(with_payer(refuse(
+            Reason::ValidAfter,
+            "authorization.validAfter is in the future",
+        )));
+    }
+    let soonest = now.saturating_add(margin_secs);
+    let latest = now
+        .saturating_add(offer.max_timeout_secs)
+        .saturating_add(VALID_BEFORE_SLACK_SECS);
+    if valid_before < U256::from(soonest) {
+        return Err(with_payer(refuse(
+            Reason::ValidBefore,
+            format!("authorization.validBefore must be at least {margin_secs} s ahead"),
+        )));
+    }
+    if valid_before > U256::from(latest) {
+        return Err(with_payer(refuse(
+            Reason::ValidBefore,
+            format!(
+                "authorization.validBefore may be at most maxTimeoutSeconds ({}) ahead",
+                offer.max_timeout_secs
+            ),
+        )));
+    }
+    Ok(Verified {
+        offer: index,
+        from,
+        nonce,
+        valid_before: valid_before.to::<u64>(),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k256::ecdsa::SigningKey;
+
+    const NOW: u64 = 1_795_370_000;
+
+    fn offer() -> ExactOffer {
+        ExactOffer::try_new(
+            "eip155:84532",
+            "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+            "USDC",
+            "2",
+            "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+            "10000",
+            60,
+            Currency::try_new("USDC", 6).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn key(seed: u8) -> (SigningKey, Address) {
+        let k = SigningKey::from_bytes(&[seed; 32].into()).unwrap();
+        let a = Address::from_public_key(k.verifying_key());
+        (k, a)
+    }
+
+    /// Sign an authorization (the payer's wallet, in the test).
+    pub(crate) fn sign(
+        key: &SigningKey,
+        o: &ExactOffer,
+        to: Address,
+        value: u64,
+        valid_after: u64,
+        valid_before: u64,
+        nonce: B256,
+    ) -> Value {
+        let from = Address::from_public_key(key.verifying_key());
+        let msg = TransferWithAuthorization {
+            from,
+            to,
+            value: U256::from(value),
+            validAfter: U256::from(valid_after),
+            validBefore: U256::from(valid_before),
+            nonce,
+        };
+        let digest = msg.eip712_signing_hash(&o.domain());
+        let (sig, recid) = key.sign_prehash_recoverable(digest.as_slice()).unwrap();
+        let mut bytes = sig.to_bytes().to_vec();
+        bytes.push(27 + recid.to_byte());
+        json!({
+            "x402Version": 2,
+            "resource": {"url": "http://x/y"},
+            "accepted": o.requirements(),
+            "payload": {
+                "signature": format!("0x{}", alloy_primitives::hex::encode(bytes)),
+                "authorization": {
+                    "from": from.to_checksum(None),
+                    "to": to.to_checksum(None),
+                    "value": value.to_string(),
+                    "validAfter": valid_after.to_string(),
+                    "validBefore": valid_before.to_string(),
+                    "nonce": nonce.to_string(),
+                }
+            }
+        })
+    }
+
+    fn good() -> (Value, Address) {
+        let o = offer();
+        let (k, a) = key(7);
+        (
+            sign(
+                &k,
+                &o,
+                o.pay_to,
+                10000,
+                NOW - 600,
+                NOW + 60,
+                B256::repeat_byte(1),
+            ),
+            a,
+        )
+    }
+
+    fn reason(p: &Value) -> String {
+        verify(p, &[offer()], NOW, 6)
+            .unwrap_err()
+            .reason
+            .as_str()
+            .to_owned()
+    }
+
+    #[test]
+    fn accepts_a_good_authorization() {
+        let (p, a) = good();
+        let v = verify(&p, &[offer()], NOW, 6).unwrap();
+        assert_eq!(v.from, a);
+        assert_eq!(v.offer, 0);
+        assert_eq!(v.nonce, B256::repeat_byte(1));
+        assert_eq!(v.valid_before, NOW + 60);
+        // The second offer of a route is found too.
+        let mut other = offer();
+        other.network = "eip155:8453".into();
+        other.chain_id = 8453;
+        assert_eq!(verify(&p, &[other, offer()], NOW, 6).unwrap().offer, 1);
+    }
+
+    #[test]
+    fn the_digest_matches_eip712_by_hand() {
+        // Independent check of the typed-data hash: keccak of the type string, and the
+        // domain separator computed field by field.
+        use alloy_primitives::keccak256;
+        use alloy_sol_types::SolValue;
+        let o = offer();
+        let type_hash = keccak256(
+            "TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)",
+        );
+        let msg = TransferWithAuthorization {
+            from: Address::repeat_byte(1),
+            to: o.pay_to,
+            value: U256::from(5),
+            validAfter: U256::ZERO,
+            validBefore: U256::from(9),
+            nonce: B256::repeat_byte(2),
+        };
+        let struct_hash = keccak256(
+            (
+                type_hash,
+                msg.from,
+                msg.to,
+                msg.value,
+                msg.validAfter,
+                msg.validBefore,
+                msg.nonce,
+            )
+                .abi_encode(),
+        );
+        let domain_type = keccak256(
+            "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)",
+        );
+        let sep = keccak256(
+            (
+                domain_type,
+                keccak256("USDC"),
+                keccak256("2"),
+                U256::from(84532u64),
+                o.asset,
+            )
+                .abi_encode(),
+        );
+        let mut buf = vec![0x19, 0x01];
+        buf.extend_from_slice(sep.as_slice());
+        buf.extend_from_slice(struct_hash.as_slice());
+        assert_eq!(msg.eip712_signing_hash(&o.domain()), keccak256(buf));
+    }
+
+    #[test]
+    fn the_spec_example_signature_recovers() {
+        // The example PaymentPayload of the x402 `exact` EVM spec (Base Sepolia USDC).
+        let o = ExactOffer::try_new(
+            "eip155:84532",
+            "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+            "USDC",
+            "2",
+            "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+            "10000",
+            60,
+            Currency::try_new("USDC", 6).unwrap(),
+        )
+        .unwrap();
+        let p = json!({
+            "x402Version": 2,
+            "accepted": o.requirements(),
+            "payload": {
+                "signature": "0x2d6a7588d6acca505cbf0d9a4a227e0c52c6c34008c8e8986a1283259764173608a2ce6496642e377d6da8dbbf5836e9bd15092f9ecab05ded3d6293af148b571c",
+                "authorization": {
+                    "from": "0x857b06519E91e3A54538791bDbb0E22373e36b66",
+                    "to": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
+                    "value": "10000",
+                    "validAfter": "1740672089",
+                    "validBefore": "1740672154",
+                    "nonce": "0xf3746613c2d920b5fdabc0856f2aeb2d4f88ee6037b8cc5d04a71a4462f13480"
+                }
+            }
+        });
+        let v = verify(&p, &[o], 1_740_672_100, 6).unwrap();
+        assert_eq!(
+            v.from.to_checksum(None),
+            "0x857b06519E91e3A54538791bDbb0E22373e36b66"
+        );
+    }
+
+    #[test]
+    fn each_failure_has_its_spec_reason() {
+        let o = offer();
+        let (k, _) = key(7);
+        let n = B256::repeat_byte(3);
+        // Value tampered after signing: the signature no longer matches.
+        let (mut p, _) = good();
+        p["payload"]["authorization"]["value"] = "20000".into();
+        assert_eq!(reason(&p), "invalid_exact_evm_payload_signature");
+        // Signed by someone else than `from`.
+        let (mut p, _) = good();
+        p["payload"]["authorization"]["from"] = key(8).1.to_checksum(None).into();
+        assert_eq!(reason(&p), "invalid_exact_evm_payload_signature");
+        // A correctly signed authorization for the wrong amount / recipient / window.
+        let p = sign(&k, &o, o.pay_to, 9999, NOW - 600, NOW + 60, n);
+        assert_eq!(reason(&p), "invalid_exact_evm_payload_authorization_value");
+        let p = sign(&k, &o, o.pay_to, 10001, NOW - 600, NOW + 60, n);
+        assert_eq!(reason(&p), "invalid_exact_evm_payload_authorization_value");
+        let p = sign(
+            &k,
+            &o,
+            Address::repeat_byte(9),
+            10000,
+            NOW - 600,
+            NOW + 60,
+            n,
+        );
+        assert_eq!(reason(&p), "invalid_exact_evm_payload_recipient_mismatch");
+        let p = sign(&k, &o, o.pay_to, 10000, NOW + 1, NOW + 60, n);
+        assert_eq!(
+            reason(&p),
+            "invalid_exact_evm_payload_authorization_valid_after"
+        );
+        let p = sign(&k, &o, o.pay_to, 10000, NOW - 600, NOW + 5, n);
+        assert_eq!(
+            reason(&p),
+            "invalid_exact_evm_payload_authorization_valid_before"
+        );
+        let p = sign(&k, &o, o.pay_to, 10000, NOW - 600, NOW - 1, n);
+        assert_eq!(
+            reason(&p),
+            "invalid_exact_evm_payload_authorization_valid_before"
+        );
+        let p = sign(&k, &o, o.pay_to, 10000, 0, NOW + 86_400 * 365, n);
+        assert_eq!(
+            reason(&p),
+            "invalid_exact_evm_payload_authorization_valid_before"
+        );
+        // Exactly at the edges: validAfter == now and validBefore == now + margin pass.
+        let p = sign(&k, &o, o.pay_to, 10000, NOW, NOW + 6, n);
+        assert!(verify(&p, std::slice::from_ref(&o), NOW, 6).is_ok());
+        // Signed under another domain (wrong token name) while echoing our offer.
+        let mut other = o.clone();
+        other.name = "USD Coin".into();
+        let mut p = sign(&k, &other, o.pay_to, 10000, NOW - 600, NOW + 60, n);
+        p["accepted"] = o.requirements();
+        assert_eq!(reason(&p), "invalid_exact_evm_payload_signature");
+    }
+
+    #[test]
+    fn accepted_must_be_one_of_our_offers() {
+        let (p, _) = good();
+        for (k, v) in [
+            ("amount", json!("1")),
+            ("payTo", json!("0x0000000000000000000000000000000000000001")),
+            ("asset", json!("0x0000000000000000000000000000000000000001")),
+        ] {
+            let mut q = p.clone();
+            q["accepted"][k] = v;
+            assert_eq!(reason(&q), "invalid_payment_requirements", "{k}");
+        }
+        let mut q = p.clone();
+        q["accepted"]["extra"]["version"] = "1".into();
+        assert_eq!(reason(&q), "invalid_payment_requirements");
+        let mut q = p.clone();
+        q["accepted"]["network"] = "eip155:1".into();
+        assert_eq!(reason(&q), "invalid_network");
+        let mut q = p.clone();
+        q["x402Version"] = 1.into();
+        assert_eq!(reason(&q), "invalid_x402_version");
+        // Addresses compare as addresses: lower-case echo is the same offer.
+        let mut q = p.clone();
+        q["accepted"]["payTo"] = format!("{:#x}", offer().pay_to).into();
+        assert!(verify(&q, &[offer()], NOW, 6).is_ok());
+    }
+
+    #[test]
+    fn malformed_payloads_never_panic() {
+        let (p, _) = good();
+        for path in ["signature", "authorization"] {
+            let mut q = p.clone();
+            q["payload"][path] = json!(null);
+            assert_eq!(reason(&q), "invalid_payload");
+        }
+        for (k, v) in [
+            ("from", json!("0x12")),
+            ("to", json!(5)),
+            ("value", json!("-1")),
+            ("value", json!("1e5")),
+            ("validBefore", json!("0x")),
+            ("nonce", json!("0x01")),
+            ("nonce", json!(null)),
+        ] {
+            let mut q = p.clone();
+            q["payload"]["authorization"][k] = v;
+            assert_eq!(reason(&q), "invalid_payload", "{k}");
+        }
+        let mut q = p.clone();
+        q["payload"]["signature"] = "0x1234".into();
+        assert_eq!(reason(&q), "invalid_exact_evm_payload_signature");
+        let mut q = p.clone();
+        q["payload"]["signature"] = format!("0x{}", "ff".repeat(65)).into();
+        assert_eq!(reason(&q), "invalid_exact_evm_payload_signature");
+        assert_eq!(reason(&json!({"x402Version": 2})), "invalid_payload");
+        assert_eq!(reason(&json!([])), "invalid_x402_version");
+        // Hex-encoded integers are accepted (the spec allows them).
+        let mut q = p.clone();
+        q["payload"]["authorization"]["value"] = "0x2710".into();
+        assert!(verify(&q, &[offer()], NOW, 6).is_ok());
+    }
+
+    #[test]
+    fn offers_validate_their_fields() {
+        let usdc = || Currency::try_new("USDC", 6).unwrap();
+        let a = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+        let ok = |network: &str, asset: &str, amount: &str| {
+            ExactOffer::try_new(network, asset, "USDC", "2", a, amount, 60, usdc())
+                .map(|_| ())
+                .map_err(|e| e.0)
+        };
+        assert_eq!(ok("eip155:8453", a, "1"), Ok(()));
+        assert_eq!(ok("eip155:x", a, "1"), Err("network"));
+        assert_eq!(ok("solana:1", a, "1"), Err("network"));
+        assert_eq!(
+            ok(
+                "eip155:8453",
+                "0x036cbD53842c5426634e7929541eC2318f3dCF7e",
+                "1"
+            ),
+            Err("asset")
+        );
+        assert_eq!(ok("eip155:8453", &a.to_lowercase(), "1"), Ok(()));
+        for bad in ["0", "-1", "1.5", "01", "9007199254740992", ""] {
+            assert_eq!(ok("eip155:8453", a, bad), Err("amount"), "{bad}");
+        }
+        let r = offer().requirements();
+        assert_eq!(r["asset"], a);
+        assert_eq!(r["amount"], "10000");
+        assert_eq!(r["extra"]["name"], "USDC");
+    }
+}

@@ -1,0 +1,966 @@
+//! x402 `exact` (EIP-3009 on EVM) end to end: real HTTP, a real redis-server, the stand-in
+//! facilitator (`tollgate_e2e::facilitator`, which plays the chain), payloads signed with
+//! keys generated in the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::routing::any;
+use axum::Router;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tollgate_e2e::facilitator::{facilitator, Mode, TestFacilitator};
+use tollgate_e2e::*;
+use tollgate_middleware::x402::signer::LocalSigner;
+
+const NETWORK: &str = "eip155:84532";
+const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+/// An upstream that counts the requests it serves; `?status=` picks the answer's status.
+async fn counting_upstream() -> (TestUpstream, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let router = Router::new().route(
+        "/v1/data",
+        any(
+            move |Query(q): Query<std::collections::BTreeMap<String, String>>,
+                  headers: axum::http::HeaderMap| {
+                let h = h.clone();
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let status = q
+                        .get("status")
+                        .and_then(|s| s.parse().ok())
+                        .and_then(|s| StatusCode::from_u16(s).ok())
+                        .unwrap_or(StatusCode::OK);
+                    let payer = headers
+                        .get("tollgate-payer")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    let charge = headers
+                        .get("tollgate-charge")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    let leaked = headers.contains_key("payment-signature");
+                    (
+                        status,
+                        axum::Json(json!({"data": "paid content", "payer": payer, "charge": charge, "leaked": leaked})),
+                    )
+                }
+            },
+        ),
+    );
+    (serve_router(router).await, hits)
+}
+
+fn exact_route(upstream: &TestUpstream, mode: &str) -> RouteSpec {
+    paid("data", "/v1/data", upstream, "0.01").with(&format!(
+        "x402_settlement = \"{mode}\"\n[[routes.x402]]\nnetwork = \"{NETWORK}\"\nasset = \"{ASSET}\"\nname = \"USDC\"\nversion = \"2\"\npay_to = \"{PAY_TO}\"\namount = \"10000\"\nmax_timeout_secs = 120"
+    ))
+}
+
+fn facilitator_toml(f: &TestFacilitator) -> String {
+    format!(
+        "[x402]\nfacilitator_url = \"{}\"\nfacilitator_timeout_ms = 700\nsettle_interval_ms = 20\nsettle_retry_base_ms = 20\nsettle_max_attempts = 3",
+        f.url()
+    )
+}
+
+async fn start(
+    redis: &RedisServer,
+    f: &TestFacilitator,
+    upstream: &TestUpstream,
+    mode: &str,
+) -> TestGateway {
+    gateway()
+        .top(&facilitator_toml(f))
+        .redis(redis)
+        .route(exact_route(upstream, mode))
+        .start()
+        .await
+}
+
+/// The `exact` offer of the route's 402.
+async fn exact_offer(gw: &TestGateway) -> Value {
+    let res = gw.http.get(gw.url("/v1/data")).send().await.unwrap();
+    assert_eq!(res.status(), 402);
+    let req = b64_json(res.headers()["payment-required"].to_str().unwrap());
+    assert_eq!(req["x402Version"], 2);
+    let accepts = req["accepts"].as_array().unwrap();
+    assert_eq!(accepts[0]["scheme"], "tollgate-receipt");
+    accepts
+        .iter()
+        .find(|a| a["scheme"] == "exact")
+        .expect("an exact offer")
+        .clone()
+}
+
+fn signature_header(payload: &Value) -> String {
+    STANDARD.encode(payload.to_string())
+}
+
+async fn pay(
+    gw: &TestGateway,
+    method: reqwest::Method,
+    query: &str,
+    payload: &Value,
+) -> reqwest::Response {
+    gw.http
+        .request(method, gw.url(&format!("/v1/data{query}")))
+        .header("payment-signature", signature_header(payload))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Status, problem code and errorReason of a refusal (never a 5xx other than 503).
+async fn refusal(res: reqwest::Response) -> (u16, String, String) {
+    let status = res.status().as_u16();
+    if status == 402 {
+        // Every 402 carries fresh offers, so the agent can pay again.
+        let req = b64_json(res.headers()["payment-required"].to_str().unwrap());
+        assert!(req["accepts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["scheme"] == "exact"));
+    }
+    let pr = res
+        .headers()
+        .get("payment-response")
+        .map(|v| b64_json(v.to_str().unwrap()));
+    let body: Value = res.json().await.unwrap();
+    if let Some(pr) = pr {
+        assert_eq!(pr["success"], false);
+        assert_eq!(pr["errorReason"], body["errorReason"]);
+    }
+    (
+        status,
+        body["code"].as_str().unwrap_or_default().to_owned(),
+        body["errorReason"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn now() -> u64 {
+    u64::try_from(now_secs()).unwrap()
+}
+
+#[tokio::test]
+async fn the_402_offers_exact_beside_receipts() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, _) = counting_upstream().await;
+    let gw = start(&redis, &f, &up, "before").await;
+    let offer = exact_offer(&gw).await;
+    assert_eq!(
+        offer,
+        json!({
+            "scheme": "exact", "network": NETWORK, "amount": "10000", "asset": ASSET,
+            "payTo": PAY_TO, "maxTimeoutSeconds": 120,
+            "extra": {"name": "USDC", "version": "2", "assetTransferMethod": "eip3009"}
+        })
+    );
+    // The price catalog lists the offers for agents that plan ahead.
+    let cat: Value = gw
+        .http
+        .get(gw.url("/.well-known/tollgate"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cat["x402Networks"], json!([NETWORK]));
+    assert_eq!(cat["routes"][0]["x402"]["settlement"], "before");
+    assert_eq!(cat["routes"][0]["x402"]["accepts"][0], offer);
+    // Issuing the 402 wrote nothing.
+    let mut c = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+#[tokio::test]
+async fn before_mode_settles_then_serves_once() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, hits) = counting_upstream().await;
+    let gw = start(&redis, &f, &up, "before").await;
+    let offer = exact_offer(&gw).await;
+    let payer = LocalSigner::random();
+    let payload = payer.pay(&offer, now()).unwrap();
+    let res = pay(&gw, reqwest::Method::GET, "", &payload).await;
+    assert_eq!(res.status(), 200);
+    let pr = payment_response(&res);
+    let addr = format!("{:#x}", payer.address());
+    assert_eq!(pr["success"], true);
+    assert_eq!(pr["network"], NETWORK);
+    assert_eq!(pr["payer"], addr.as_str());
+    assert_eq!(pr["transaction"], format!("0x{:064x}", 1));
+    assert_eq!(pr["amountAtomic"], "10000");
+    assert_eq!(pr["settlement"], "before");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["payer"], addr.as_str());
+    assert_eq!(body["charge"], "0.01 USDC");
+    assert_eq!(body["leaked"], false);
+    assert_eq!(f.calls(), ["settle"]);
+    assert_eq!(f.settled(), 1);
+    // Exactly one usage event, with the event id in PAYMENT-RESPONSE.
+    let events = gw.paywall.store().usage_events().await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].id, pr["eventId"].as_str().unwrap());
+    assert_eq!(events[0].payer, addr);
+    assert_eq!(events[0].amount_minor, 10000);
+    assert_eq!(events[0].currency, "USDC");
+    assert_eq!(events[0].upstream_status, 200);
+    assert!(events[0]
+        .credential
+        .starts_with(&format!("x402:{NETWORK}:{addr}:0x")));
+    // The same authorization again: refused here, the facilitator not even asked.
+    let (status, code, reason) = refusal(pay(&gw, reqwest::Method::GET, "", &payload).await).await;
+    assert_eq!(
+        (status, code.as_str(), reason.as_str()),
+        (
+            402,
+            "x402_authorization_replayed",
+            "invalid_transaction_state"
+        )
+    );
+    assert_eq!(f.calls().len(), 1);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // A before-mode payment is final: an upstream 500 is still recorded (its status kept).
+    let res = pay(
+        &gw,
+        reqwest::Method::GET,
+        "?status=500",
+        &payer.pay(&offer, now()).unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), 500);
+    assert_eq!(payment_response(&res)["success"], true);
+    let events = gw.paywall.store().usage_events().await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].upstream_status, 500);
+}
+
+#[tokio::test]
+async fn after_mode_settles_only_served_2xx() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, hits) = counting_upstream().await;
+    let gw = start(&redis, &f, &up, "after").await;
+    let offer = exact_offer(&gw).await;
+    let payer = LocalSigner::random();
+    let payload = payer.pay(&offer, now()).unwrap();
+    // 3xx, 4xx, 5xx and HEAD are served without settling; the authorization stays usable.
+    for (method, query, status) in [
+        (reqwest::Method::GET, "?status=302", 302),
+        (reqwest::Method::GET, "?status=404", 404),
+        (reqwest::Method::GET, "?status=503", 503),
+        (reqwest::Method::HEAD, "", 200),
+    ] {
+        let res = pay(&gw, method.clone(), query, &payload).await;
+        assert_eq!(res.status().as_u16(), status, "{method} {query}");
+        assert!(res.headers().get("payment-response").is_none());
+    }
+    assert_eq!(f.settled(), 0);
+    assert!(!f.calls().contains(&"settle"));
+    assert!(gw.paywall.store().usage_events().await.unwrap().is_empty());
+    // A 2xx settles, then the response is released with the transaction.
+    let res = pay(&gw, reqwest::Method::GET, "", &payload).await;
+    assert_eq!(res.status(), 200);
+    let pr = payment_response(&res);
+    assert_eq!(pr["settlement"], "after");
+    assert_eq!(pr["transaction"], format!("0x{:064x}", 1));
+    assert_eq!(f.settled(), 1);
+    assert_eq!(f.calls().iter().filter(|c| **c == "verify").count(), 5);
+    assert_eq!(gw.paywall.store().usage_events().await.unwrap().len(), 1);
+    assert_eq!(hits.load(Ordering::SeqCst), 5);
+    let (status, code, _) = refusal(pay(&gw, reqwest::Method::GET, "", &payload).await).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (402, "x402_authorization_replayed")
+    );
+}
+
+#[tokio::test]
+async fn tampered_and_malformed_payments_are_refused_never_5xx() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, hits) = counting_upstream().await;
+    let gw = start(&redis, &f, &up, "before").await;
+    let offer = exact_offer(&gw).await;
+    let payer = LocalSigner::random();
+    let t = now();
+    let good = payer.authorization_for(&offer, t).unwrap();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "value tampered after signing",
+            {
+                let mut p = payer.payload(&offer, &good).unwrap();
+                p["payload"]["authorization"]["value"] = "1".into();
+                p
+            },
+            "invalid_exact_evm_payload_signature",
+        ),
+        (
+            "signed for less",
+            {
+                let mut a = good.clone();
+                a.value = alloy_value(9999);
+                payer.payload(&offer, &a).unwrap()
+            },
+            "invalid_exact_evm_payload_authorization_value",
+        ),
+        (
+            "wrong payTo",
+            {
+                let mut a = good.clone();
+                a.to = LocalSigner::random().address();
+                payer.payload(&offer, &a).unwrap()
+            },
+            "invalid_exact_evm_payload_recipient_mismatch",
+        ),
+        (
+            "expired window",
+            {
+                let mut a = good.clone();
+                a.valid_before = t - 1;
+                payer.payload(&offer, &a).unwrap()
+            },
+            "invalid_exact_evm_payload_authorization_valid_before",
+        ),
+        (
+            "not yet valid",
+            {
+                let mut a = good.clone();
+                a.valid_after = t + 600;
+                payer.payload(&offer, &a).unwrap()
+            },
+            "invalid_exact_evm_payload_authorization_valid_after",
+        ),
+        (
+            "another offer echoed",
+            {
+                let mut o = offer.clone();
+                o["amount"] = "1".into();
+                let mut p = payer.payload(&offer, &good).unwrap();
+                p["accepted"] = o;
+                p
+            },
+            "invalid_payment_requirements",
+        ),
+        (
+            "another chain",
+            {
+                let mut p = payer.payload(&offer, &good).unwrap();
+                p["accepted"]["network"] = "eip155:1".into();
+                p
+            },
+            "invalid_network",
+        ),
+        (
+            "junk payload",
+            json!({"x402Version": 2, "accepted": {"scheme": "exact"}, "payload": 5}),
+            "invalid_network",
+        ),
+        (
+            "junk authorization",
+            {
+                let mut p = payer.payload(&offer, &good).unwrap();
+                p["payload"]["authorization"]["nonce"] = "0x12".into();
+                p
+            },
+            "invalid_payload",
+        ),
+        (
+            "v1 in v2",
+            {
+                let mut p = payer.payload(&offer, &good).unwrap();
+                p["x402Version"] = 1.into();
+                p
+            },
+            "invalid_x402_version",
+        ),
+    ];
+    for (what, payload, want) in cases {
+        let (status, code, reason) =
+            refusal(pay(&gw, reqwest::Method::GET, "", &payload).await).await;
+        assert_eq!(
+            (status, code.as_str(), reason.as_str()),
+            (402, "x402_payment_invalid", want),
+            "{what}"
+        );
+    }
+    // Undecodable headers: 400, never 5xx.
+    for raw in [
+        "!!!",
+        "e30",
+        &STANDARD.encode("not json"),
+        &"A".repeat(20_000),
+    ] {
+        let res = gw
+            .http
+            .get(gw.url("/v1/data"))
+            .header("payment-signature", raw)
+            .send()
+            .await
+            .unwrap();
+        let (status, code) = code_of(res).await;
+        assert!(status == 400 || status == 402, "{status} {code}");
+        assert_eq!(code, "credential_malformed");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    assert!(f.calls().is_empty(), "nothing reached the facilitator");
+}
+
+fn alloy_value(v: u64) -> alloy_primitives::U256 {
+    alloy_primitives::U256::from(v)
+}
+
+#[tokio::test]
+async fn a_reused_authorization_is_refused_across_two_gateways() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, hits) = counting_upstream().await;
+    let a = start(&redis, &f, &up, "before").await;
+    let b = start(&redis, &f, &up, "before").await;
+    let offer = exact_offer(&a).await;
+    let payer = LocalSigner::random();
+    // 16 concurrent uses of one authorization spread over both gateways: exactly one is served.
+    let payload = payer.pay(&offer, now()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let gw_url = if i % 2 == 0 {
+            a.url("/v1/data")
+        } else {
+            b.url("/v1/data")
+        };
+        let h = signature_header(&payload);
+        let http = a.http.clone();
+        tasks.push(tokio::spawn(async move {
+            http.get(gw_url)
+                .header("payment-signature", h)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [200, 402, 409].contains(s)),
+        "{statuses:?}"
+    );
+    assert_eq!(f.settled(), 1);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // Sequentially: used on A, refused on B.
+    let p2 = payer.pay(&offer, now()).unwrap();
+    assert_eq!(pay(&a, reqwest::Method::GET, "", &p2).await.status(), 200);
+    let (status, code, reason) = refusal(pay(&b, reqwest::Method::GET, "", &p2).await).await;
+    assert_eq!(
+        (status, code.as_str(), reason.as_str()),
+        (
+            402,
+            "x402_authorization_replayed",
+            "invalid_transaction_state"
+        )
+    );
+    assert_eq!(a.paywall.store().usage_events().await.unwrap().len(), 2);
+    // The single-use key lives in the payer's bucket and expires after validBefore.
+    let mut c = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("tollgate:{b*}:r:*")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for k in keys {
+        let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut c).unwrap();
+        assert!(ttl > 60_000 && ttl <= 185_000, "{k}: {ttl}");
+    }
+}
+
+#[tokio::test]
+async fn facilitator_failures_never_serve_unpaid_in_before_mode() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, hits) = counting_upstream().await;
+    let gw = start(&redis, &f, &up, "before").await;
+    let offer = exact_offer(&gw).await;
+    let payer = LocalSigner::random();
+    let payload = payer.pay(&offer, now()).unwrap();
+    for (mode, want) in [
+        (
+            Mode::Hang(Duration::from_secs(3)),
+            (503, "facilitator_unavailable", "unexpected_settle_error"),
+        ),
+        (
+            Mode::ServerError,
+            (503, "facilitator_unavailable", "unexpected_settle_error"),
+        ),
+        (
+            Mode::Html,
+            (503, "facilitator_unavailable", "unexpected_settle_error"),
+        ),
+        (
+            Mode::Truncated,
+            (503, "facilitator_unavailable", "unexpected_settle_error"),
+        ),
+        (
+            Mode::Pending,
+            (503, "facilitator_unavailable", "settlement_pending"),
+        ),
+        (
+            Mode::Refuse("insufficient_funds".into()),
+            (402, "x402_settlement_failed", "insufficient_funds"),
+        ),
+        (
+            Mode::ErrorBody("nonce already used".into()),
+            (402, "x402_settlement_failed", "nonce already used"),
+        ),
+    ] {
+        f.set_settle(mode.clone());
+        let (status, code, reason) =
+            refusal(pay(&gw, reqwest::Method::GET, "", &payload).await).await;
+        assert_eq!((status, code.as_str(), reason.as_str()), want, "{mode:?}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing served unpaid");
+    assert!(gw.paywall.store().usage_events().await.unwrap().is_empty());
+    // The authorization was released each time: once the facilitator settles, it pays.
+    f.set_settle(Mode::Normal);
+    let res = pay(&gw, reqwest::Method::GET, "", &payload).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(f.settled(), 1);
+    assert_eq!(gw.paywall.store().usage_events().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn facilitator_failures_withhold_the_response_in_after_mode() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, hits) = counting_upstream().await;
+    let gw = start(&redis, &f, &up, "after").await;
+    let offer = exact_offer(&gw).await;
+    let payer = LocalSigner::random();
+    let payload = payer.pay(&offer, now()).unwrap();
+    // Verification refused or unavailable: not even forwarded.
+    f.set_verify(Mode::Refuse("insufficient_funds".into()));
+    let (status, code, reason) = refusal(pay(&gw, reqwest::Method::GET, "", &payload).await).await;
+    assert_eq!(
+        (status, code.as_str(), reason.as_str()),
+        (402, "x402_settlement_failed", "insufficient_funds")
+    );
+    f.set_verify(Mode::Html);
+    let (status, code, reason) = refusal(pay(&gw, reqwest::Method::GET, "", &payload).await).await;
+    assert_eq!(
+        (status, code.as_str(), reason.as_str()),
+        (503, "facilitator_unavailable", "unexpected_verify_error")
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    f.set_verify(Mode::Normal);
+    // Settlement failing after the upstream answered: the 2xx body is withheld.
+    for (mode, want) in [
+        (
+            Mode::Hang(Duration::from_secs(3)),
+            (503, "facilitator_unavailable"),
+        ),
+        (Mode::ServerError, (503, "facilitator_unavailable")),
+        (Mode::Truncated, (503, "facilitator_unavailable")),
+        (Mode::Pending, (503, "facilitator_unavailable")),
+        (
+            Mode::Refuse("insufficient_funds".into()),
+            (402, "x402_settlement_failed"),
+        ),
+    ] {
+        f.set_settle(mode.clone());
+        let res = pay(&gw, reqwest::Method::GET, "", &payload).await;
+        let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("application/problem+json"), "{mode:?}: {ct}");
+        let (status, code, _) = refusal(res).await;
+        assert_eq!((status, code.as_str()), want, "{mode:?}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 5);
+    assert!(gw.paywall.store().usage_events().await.unwrap().is_empty());
+    f.set_settle(Mode::Normal);
+    assert_eq!(
+        pay(&gw, reqwest::Method::GET, "", &payload).await.status(),
+        200
+    );
+    assert_eq!(gw.paywall.store().usage_events().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_payment_auth_scheme_challenge_and_credential() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, hits) = counting_upstream().await;
+    let wallet = TestIssuer::ed25519("wallet");
+    let gw = gateway()
+        .top(&facilitator_toml(&f))
+        .issuer(&wallet)
+        .redis(&redis)
+        .route(exact_route(&up, "before"))
+        .start()
+        .await;
+    let res = gw.http.get(gw.url("/v1/data")).send().await.unwrap();
+    assert_eq!(res.status(), 402);
+    let www = res.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(www.starts_with("Payment id=\"c1."), "{www}");
+    for p in [
+        "realm=\"m\"",
+        "method=\"tollgate-receipt\"",
+        "intent=\"charge\"",
+        "expires=\"",
+    ] {
+        assert!(www.contains(p), "{p} in {www}");
+    }
+    let id = www
+        .split("id=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let request = www
+        .split("request=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let decoded: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(request)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        decoded,
+        json!({"amount": "10000", "currency": "USD", "decimals": "6", "method": "GET", "recipient": "m", "route": "data"})
+    );
+    // The draft's credential: base64url JSON with the echoed challenge and the receipt.
+    let mut claims = wallet.claims("m", "agent-p", "0.01");
+    claims["challenge"] = id.into();
+    let cred = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        json!({"challenge": {"id": id, "realm": "m", "method": "tollgate-receipt", "intent": "charge", "request": request},
+               "payload": {"receipt": wallet.sign(&claims)}})
+        .to_string(),
+    );
+    let res = gw
+        .http
+        .get(gw.url("/v1/data"))
+        .header("authorization", format!("Payment {cred}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(payment_response(&res)["payer"], "agent-p");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// Poll until `f` holds (5 s at most).
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..250 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn deferred_mode_settles_in_the_background_exactly_once() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, hits) = counting_upstream().await;
+    // Two gateways, two settlers, one queue.
+    let a = start(&redis, &f, &up, "deferred").await;
+    let b = start(&redis, &f, &up, "deferred").await;
+    let offer = exact_offer(&a).await;
+    let payer = LocalSigner::random();
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let res = pay(
+            gw,
+            reqwest::Method::GET,
+            "",
+            &payer.pay(&offer, now()).unwrap(),
+        )
+        .await;
+        assert_eq!(res.status(), 200);
+        let pr = payment_response(&res);
+        assert_eq!(pr["success"], true);
+        assert_eq!(pr["settlement"], "deferred");
+        assert_eq!(pr["settlementId"], pr["eventId"]);
+    }
+    // Not served: nothing queued.
+    let res = pay(
+        &a,
+        reqwest::Method::GET,
+        "?status=404",
+        &payer.pay(&offer, now()).unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(hits.load(Ordering::SeqCst), 7);
+    assert!(
+        !f.calls().contains(&"verify"),
+        "deferred asks no facilitator before serving"
+    );
+    eventually("6 settlements", || f.settled() == 6).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(f.settled(), 6);
+    assert_eq!(
+        f.calls().len(),
+        6,
+        "each authorization settled exactly once: {:?}",
+        f.calls()
+    );
+    assert_eq!(a.paywall.store().usage_events().await.unwrap().len(), 6);
+    assert!(a
+        .paywall
+        .store()
+        .failed_settlements()
+        .await
+        .unwrap()
+        .is_empty());
+    // The queue is empty.
+    let mut c = redis.conn();
+    let due: Vec<String> = redis::cmd("KEYS")
+        .arg("tollgate:{b*}:x402:due")
+        .query(&mut c)
+        .unwrap();
+    for k in due {
+        let n: i64 = redis::cmd("ZCARD").arg(&k).query(&mut c).unwrap();
+        assert_eq!(n, 0, "{k}");
+    }
+}
+
+#[tokio::test]
+async fn deferred_failures_block_the_payer_until_resolved() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, _) = counting_upstream().await;
+    let token = "admin-token-admin-token";
+    let gw = gateway()
+        .top(&facilitator_toml(&f))
+        .redis(&redis)
+        .admin(token)
+        .route(exact_route(&up, "deferred"))
+        .start()
+        .await;
+    let offer = exact_offer(&gw).await;
+    let admin_get = |path: &str| gw.http.get(gw.admin_url(path)).bearer_auth(token).send();
+    // A refusal fails the settlement at once.
+    f.set_settle(Mode::Refuse("insufficient_funds".into()));
+    let broke = LocalSigner::random();
+    assert_eq!(
+        pay(
+            &gw,
+            reqwest::Method::GET,
+            "",
+            &broke.pay(&offer, now()).unwrap()
+        )
+        .await
+        .status(),
+        200
+    );
+    let mut failed = Value::Null;
+    for _ in 0..250 {
+        failed = admin_get("/admin/v1/x402/settlements/failed")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !failed["settlements"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let jobs = failed["settlements"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{failed}");
+    assert_eq!(jobs[0]["payer"], format!("{:#x}", broke.address()));
+    assert_eq!(jobs[0]["error"], "insufficient_funds");
+    assert_eq!(jobs[0]["status"], "failed");
+    // The payer is blocked for any new authorization; others are not.
+    let res = pay(
+        &gw,
+        reqwest::Method::GET,
+        "",
+        &broke.pay(&offer, now()).unwrap(),
+    )
+    .await;
+    assert_eq!(code_of(res).await, (403, "payer_blocked".into()));
+    // Unusable answers are retried with backoff, then fail after settle_max_attempts (3).
+    f.set_settle(Mode::ServerError);
+    let flaky = LocalSigner::random();
+    assert_eq!(
+        pay(
+            &gw,
+            reqwest::Method::GET,
+            "",
+            &flaky.pay(&offer, now()).unwrap()
+        )
+        .await
+        .status(),
+        200
+    );
+    eventually("3 attempts", || {
+        f.calls().iter().filter(|c| **c == "settle").count() >= 4
+    })
+    .await;
+    let mut all = Vec::new();
+    for _ in 0..250 {
+        let v: Value = admin_get("/admin/v1/x402/settlements/failed")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all = v["settlements"].as_array().unwrap().clone();
+        if all.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(all.len(), 2);
+    let flaky_job = all
+        .iter()
+        .find(|j| j["payer"] == format!("{:#x}", flaky.address()))
+        .unwrap();
+    assert_eq!(flaky_job["attempts"], 3);
+    assert!(flaky_job["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("unexpected_settle_error"));
+    // ... and a retried one that recovers is settled.
+    f.set_settle(Mode::Normal);
+    let lucky = LocalSigner::random();
+    f.set_settle(Mode::Pending);
+    assert_eq!(
+        pay(
+            &gw,
+            reqwest::Method::GET,
+            "",
+            &lucky.pay(&offer, now()).unwrap()
+        )
+        .await
+        .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    f.set_settle(Mode::Normal);
+    eventually("the pending one settled", || f.settled() >= 1).await;
+    let metrics = admin_get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("tollgate_x402_settlements_total{outcome=\"failed\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tollgate_x402_settlements_total{outcome=\"retry\"}"));
+    // Resolving the failure unblocks the payer.
+    let id = jobs[0]["id"].as_str().unwrap();
+    let res = gw
+        .http
+        .post(gw.admin_url(&format!("/admin/v1/x402/settlements/{id}/resolve")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        pay(
+            &gw,
+            reqwest::Method::GET,
+            "",
+            &broke.pay(&offer, now()).unwrap()
+        )
+        .await
+        .status(),
+        200
+    );
+    let res = gw
+        .http
+        .post(gw.admin_url(&format!("/admin/v1/x402/settlements/{id}/resolve")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+/// The venv python with the official x402 SDK (`tests/x402_sdk/setup.sh`, run by
+/// `tests/run.sh`), or `None` when it is not installed.
+fn sdk_python() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("TOLLGATE_X402_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".cache/tollgate-x402-venv/bin/python"))
+        })?;
+    p.exists().then_some(p)
+}
+
+#[tokio::test]
+async fn official_python_sdk_pays_end_to_end() {
+    let Some(python) = sdk_python() else {
+        assert!(
+            std::env::var_os("TOLLGATE_REQUIRE_X402_SDK").is_none(),
+            "the x402 SDK is required but not installed (bash tests/x402_sdk/setup.sh)"
+        );
+        eprintln!(
+            "SKIPPED: the official x402 Python SDK is not installed (bash tests/x402_sdk/setup.sh)"
+        );
+        return;
+    };
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, hits) = counting_upstream().await;
+    for mode in ["before", "after"] {
+        let gw = start(&redis, &f, &up, mode).await;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/x402_sdk/pay.py");
+        let out = tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(gw.url("/v1/data"))
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["status"], 200, "{mode}: {v}");
+        let payer = v["payer"].as_str().unwrap().to_lowercase();
+        let pr = &v["payment_response"];
+        assert_eq!(pr["success"], true);
+        assert_eq!(pr["payer"], payer.as_str());
+        assert_eq!(pr["network"], NETWORK);
+        assert_eq!(pr["settlement"], mode);
+        let body: Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["data"], "paid content");
+        let events = gw.paywall.store().usage_events().await.unwrap();
+        assert_eq!(events.last().unwrap().payer, payer);
+    }
+    assert_eq!(f.settled(), 2);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
