@@ -256,6 +256,8 @@ async fn deferred_queue(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
+    // A retry is due at least 1 ms later (the store's resolution).
+    tokio::time::sleep(Duration::from_millis(10)).await;
     let again = store.claim_settlements(10, lease).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(
