@@ -261,12 +261,7 @@ async fn embedded_jwk_and_jku_headers_are_ignored() {
 #[tokio::test]
 async fn malformed_receipts() {
     let f = fixture().await;
-    // Without a dot it is read as the Payment scheme's base64url credential: undecodable, 400.
-    assert_eq!(
-        f.refused("abc").await,
-        (400, "credential_malformed".to_owned())
-    );
-    for bad in ["a.b", "a.b.c", "...", "eyJhbGciOiJFZERTQSJ9.!!!.x"] {
+    for bad in ["abc", "a.b", "a.b.c", "...", "eyJhbGciOiJFZERTQSJ9.!!!.x"] {
         let (status, c) = f.refused(bad).await;
         assert_eq!(status, 402, "{bad}");
         assert!(

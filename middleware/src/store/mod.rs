@@ -317,17 +317,7 @@ pub fn event_order(id: &str) -> (u64, u64, u64) {
 
 /// The UTC day (`yyyymmdd`) of a unix-ms time (aggregates are per UTC day).
 pub fn utc_day(time_ms: i64) -> String {
-    let days = time_ms.div_euclid(86_400_000);
-    // Civil-from-days (Howard Hinnant's algorithm), valid for any proleptic Gregorian date.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::mandate::civil_from_days(time_ms.div_euclid(86_400_000));
     format!("{y:04}{m:02}{d:02}")
 }
 
@@ -900,14 +890,7 @@ fn day_number(s: &str) -> Option<i64> {
     let y: i64 = s.get(..4)?.parse().ok()?;
     let m: i64 = s.get(4..6)?.parse().ok()?;
     let d: i64 = s.get(6..)?.parse().ok()?;
-    // Days from civil (inverse of utc_day).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
+    Some(crate::mandate::days_from_civil(y, m, d))
 }
 
 /// The day `n` days after (negative: before) a `yyyymmdd` day.
