@@ -294,3 +294,112 @@ fn requirements(res: &reqwest::Response) -> Result<Value, ClientError> {
         .map_err(|e| ClientError::MissingRequirements(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| ClientError::MissingRequirements(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use async_trait::async_trait;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::any;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Hands out numbered credentials, counting them.
+    #[derive(Debug, Default)]
+    struct CountingWallet(Arc<AtomicUsize>);
+
+    #[async_trait]
+    impl Wallet for CountingWallet {
+        fn scheme(&self) -> &str {
+            RECEIPT_SCHEME
+        }
+        async fn pay(&self, _: &Offer, _: &Value) -> Result<Credential, WalletError> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Credential {
+                header: http::HeaderName::from_static("x-credential"),
+                value: http::HeaderValue::from_str(&format!("c{n}")).unwrap(),
+            })
+        }
+    }
+
+    fn required() -> String {
+        STANDARD.encode(
+            json!({"x402Version": 2, "accepts": [{"scheme": RECEIPT_SCHEME, "amount": "10",
+                   "asset": "USD", "payTo": "m", "extra": {"kind": "payment"}}]})
+            .to_string(),
+        )
+    }
+
+    /// A server that asks for payment, then answers `statuses` in turn to paid attempts,
+    /// recording the credentials it saw.
+    async fn server(statuses: Vec<u16>, header: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let app = axum::Router::new().route(
+            "/",
+            any(move |h: HeaderMap| {
+                let s = s.clone();
+                let statuses = statuses.clone();
+                async move {
+                    let Some(c) = h.get("x-credential") else {
+                        let mut res = StatusCode::PAYMENT_REQUIRED.into_response();
+                        if header {
+                            res.headers_mut()
+                                .insert(PAYMENT_REQUIRED, required().parse().unwrap());
+                        }
+                        return res;
+                    };
+                    let mut seen = s.lock().unwrap();
+                    seen.push(c.to_str().unwrap().to_owned());
+                    let status = statuses.get(seen.len() - 1).copied().unwrap_or(200);
+                    StatusCode::from_u16(status).unwrap().into_response()
+                }
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (url, seen)
+    }
+
+    fn client(calls: &Arc<AtomicUsize>, retries: u32) -> PayingClient {
+        PayingClient::new(
+            reqwest::Client::new(),
+            Policy::new().max_per_call("USD", 10),
+        )
+        .wallet(CountingWallet(calls.clone()))
+        .retries(retries)
+    }
+
+    #[tokio::test]
+    async fn retries_reuse_the_one_credential() {
+        let (url, seen) = server(vec![409, 503, 200], true).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let paid = client(&calls, 2).get(&url).await.unwrap();
+        assert_eq!(paid.response.status(), 200);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(*seen.lock().unwrap(), ["c0", "c0", "c0"]);
+        // Retries run out: the caller gets the failure and the payment.
+        let (url, seen) = server(vec![500, 500], true).await;
+        let c = client(&calls, 1);
+        let paid = c.get(&url).await.unwrap();
+        assert_eq!(paid.response.status(), 500);
+        assert_eq!(paid.payment.unwrap().credential.value, "c1");
+        assert_eq!(*seen.lock().unwrap(), ["c1", "c1"]);
+        assert_eq!(c.spent("usd"), 10);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_402_costs_nothing() {
+        let (url, seen) = server(vec![], false).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = client(&calls, 0);
+        let err = c.get(&url).await.unwrap_err();
+        assert!(matches!(err, ClientError::MissingRequirements(_)), "{err}");
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(c.spent("USD"), 0);
+        assert!(seen.lock().unwrap().is_empty());
+    }
+}
