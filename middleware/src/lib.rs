@@ -22,10 +22,13 @@
 //! - [`clock`]: injected time;
 //! - [`metrics`]: Prometheus counters; [`traffic`]: the last day's traffic per minute (dashboard).
 //! - [`x402`]: x402 `exact` EVM offers, local verification, the facilitator client.
+//! - `client` (feature `client`): `PayingClient`, which pays the 402s it meets by policy.
 
 #![warn(missing_docs)]
 
 pub mod challenge;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod clock;
 pub mod credential;
 pub mod error;

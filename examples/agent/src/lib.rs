@@ -1,14 +1,17 @@
-//! A demo agent client: calls an API; on 402 it reads the x402 `PAYMENT-REQUIRED` offers,
-//! asks its wallet for a receipt bound to the challenge, retries with `PAYMENT-SIGNATURE`,
-//! and reports what it paid (from `PAYMENT-RESPONSE`).
+//! A demo agent client: calls an API through `tollgate_middleware::client::PayingClient`; on
+//! 402 it picks the receipt offer by policy, asks its wallet for a receipt bound to the challenge
+//! (waiting for its owner's approval if the wallet asks for it), retries once with
+//! `PAYMENT-SIGNATURE`, and reports what it paid (from `PAYMENT-RESPONSE`).
 
 use anyhow::{anyhow, bail, Context};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use tollgate_middleware::client::{Credential, Offer, PayingClient, Policy, Wallet, WalletError};
+
 /// The scheme of Tollgate receipt offers.
-pub const RECEIPT_SCHEME: &str = "tollgate-receipt";
+pub const RECEIPT_SCHEME: &str = tollgate_middleware::client::RECEIPT_SCHEME;
 
 /// What one paid call did.
 #[derive(Debug, Clone)]
@@ -40,6 +43,34 @@ pub struct Agent {
     pub wallet: String,
     /// Payer id.
     pub payer: String,
+    /// What the agent pays per call (its wallet applies its owner's limits too).
+    pub policy: Policy,
+}
+
+/// The agent's wallet as a `client::Wallet`: receipts from the wallet service, waiting for the
+/// owner's approval when the wallet asks for it.
+#[derive(Debug)]
+struct AgentWallet(Agent);
+
+#[async_trait::async_trait]
+impl Wallet for AgentWallet {
+    fn scheme(&self) -> &str {
+        RECEIPT_SCHEME
+    }
+
+    async fn pay(&self, offer: &Offer, required: &Value) -> Result<Credential, WalletError> {
+        let receipt = self
+            .0
+            .receipt_for(&offer.raw)
+            .await
+            .map_err(|e| WalletError::Refused(json!({"error": e.to_string()})))?;
+        Credential::payment_signature(&json!({
+            "x402Version": 2,
+            "resource": required["resource"],
+            "accepted": offer.raw,
+            "payload": {"receipt": receipt},
+        }))
+    }
 }
 
 impl Agent {
@@ -49,7 +80,18 @@ impl Agent {
             http: reqwest::Client::new(),
             wallet: wallet.into(),
             payer: payer.into(),
+            // Up to 1.00 USD (scale 6) a call, the demo wallet's own default cap.
+            policy: Policy::new()
+                .max_per_call("USD", 1_000_000)
+                .schemes([RECEIPT_SCHEME]),
         }
+    }
+
+    /// Pay by this policy instead.
+    #[must_use]
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Ask the wallet for a receipt answering one offer.
@@ -169,57 +211,35 @@ impl Agent {
         url: &str,
         body: Option<Value>,
     ) -> anyhow::Result<Outcome> {
-        let build = || {
-            let mut r = self.http.request(method.clone(), url);
-            if let Some(b) = &body {
-                r = r.json(b);
-            }
-            r
-        };
-        let first = build().send().await?;
-        if first.status().as_u16() != 402 {
-            let status = first.status().as_u16();
-            return Ok(Outcome {
-                status,
-                body: first.text().await?,
-                required: None,
-                payment: None,
-                receipt: None,
-            });
+        let mut r = self.http.request(method, url);
+        if let Some(b) = &body {
+            r = r.json(b);
         }
-        let header = first
-            .headers()
-            .get("payment-required")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| anyhow!("402 without PAYMENT-REQUIRED"))?
-            .to_owned();
-        let required = decode_header(&header)?;
-        let offer = required["accepts"]
-            .as_array()
-            .and_then(|a| a.iter().find(|o| o["scheme"] == RECEIPT_SCHEME))
-            .cloned()
-            .ok_or_else(|| anyhow!("no {RECEIPT_SCHEME} offer"))?;
-        let receipt = self.receipt_for(&offer).await?;
-        let paid = build()
-            .header(
-                "payment-signature",
-                Self::payment_signature(&offer, &required["resource"], &receipt),
-            )
-            .send()
-            .await?;
-        let status = paid.status().as_u16();
+        let client = PayingClient::new(self.http.clone(), self.policy.clone())
+            .wallet(AgentWallet(self.clone()));
+        let paid = client.send(r.build()?).await?;
+        let status = paid.response.status().as_u16();
         let payment = paid
+            .response
             .headers()
             .get("payment-response")
             .and_then(|v| v.to_str().ok())
             .map(decode_header)
             .transpose()?;
+        let (required, receipt) = match paid.payment {
+            Some(p) => {
+                let sent = decode_header(p.credential.value.to_str()?)?;
+                let receipt = sent["payload"]["receipt"].as_str().map(str::to_owned);
+                (Some(p.required), receipt)
+            }
+            None => (None, None),
+        };
         Ok(Outcome {
             status,
-            body: paid.text().await?,
-            required: Some(required),
+            body: paid.response.text().await?,
+            required,
             payment,
-            receipt: Some(receipt),
+            receipt,
         })
     }
 }
