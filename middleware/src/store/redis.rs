@@ -171,6 +171,7 @@ impl RedisStore {
                 )),
                 capture: Script::new(concat!(
                     include_str!("lua/mandate.lua"),
+                    include_str!("lua/totals.lua"),
                     include_str!("lua/capture.lua")
                 )),
                 release: Script::new(concat!(
@@ -183,6 +184,7 @@ impl RedisStore {
                 )),
                 capture_hold: Script::new(concat!(
                     include_str!("lua/mandate.lua"),
+                    include_str!("lua/totals.lua"),
                     include_str!("lua/capture_hold.lua")
                 )),
                 release_hold: Script::new(concat!(
@@ -191,10 +193,19 @@ impl RedisStore {
                 )),
                 credit: Script::new(include_str!("lua/credit.lua")),
                 rate: Script::new(include_str!("lua/rate.lua")),
-                subscribe: Script::new(include_str!("lua/subscribe.lua")),
-                plan_capture: Script::new(include_str!("lua/plan_capture.lua")),
+                subscribe: Script::new(concat!(
+                    include_str!("lua/totals.lua"),
+                    include_str!("lua/subscribe.lua")
+                )),
+                plan_capture: Script::new(concat!(
+                    include_str!("lua/totals.lua"),
+                    include_str!("lua/plan_capture.lua")
+                )),
                 plan_release: Script::new(include_str!("lua/plan_release.lua")),
-                capture_deferred: Script::new(include_str!("lua/capture_deferred.lua")),
+                capture_deferred: Script::new(concat!(
+                    include_str!("lua/totals.lua"),
+                    include_str!("lua/capture_deferred.lua")
+                )),
                 claim_settlements: Script::new(include_str!("lua/claim_settlements.lua")),
                 finish_settlement: Script::new(include_str!("lua/finish_settlement.lua")),
                 resolve_settlement: Script::new(include_str!("lua/resolve_settlement.lua")),

@@ -25,26 +25,16 @@ for i = 4, 3 + 2 * n do
 end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
 if #KEYS >= 6 then
-  local charge = 0
-  for i = 1, #fields, 2 do
-    if fields[i] == 'amount_minor' then
-      charge = tonumber(fields[i + 1])
-    end
-  end
+  local charge = tonumber(field_of(fields, 'amount_minor') or '0')
   mandate_settle(KEYS[6], ARGV[1], charge)
 end
 for i = 4 + 2 * n, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
 end
-local ev = {}
-for i = 1, #fields, 2 do
-  ev[fields[i]] = fields[i + 1]
-end
-redis.call('HINCRBY', KEYS[5], ev['payer'] .. '|requests', 1)
-redis.call('HINCRBY', KEYS[5], ev['payer'] .. '|amount|' .. ev['currency'], ev['amount_minor'])
+payer_totals(KEYS[5], field_of(fields, 'payer'), field_of(fields, 'currency'), field_of(fields, 'amount_minor'))
 -- Aggregates live 400 days from their first write (one PEXPIRE per key, not per request).
-for _, k in ipairs({KEYS[3], KEYS[4], KEYS[5]}) do
+for _, k in ipairs({KEYS[3], KEYS[4]}) do
   if redis.call('PTTL', k) < 0 then
     redis.call('PEXPIRE', k, 400 * 86400 * 1000)
   end

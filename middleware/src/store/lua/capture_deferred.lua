@@ -25,13 +25,8 @@ for i = 6 + 2 * n, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
 end
-local ev = {}
-for i = 1, #fields, 2 do
-  ev[fields[i]] = fields[i + 1]
-end
-redis.call('HINCRBY', KEYS[7], ev['payer'] .. '|requests', 1)
-redis.call('HINCRBY', KEYS[7], ev['payer'] .. '|amount|' .. ev['currency'], ev['amount_minor'])
-for _, k in ipairs({KEYS[3], KEYS[4], KEYS[7]}) do
+payer_totals(KEYS[7], field_of(fields, 'payer'), field_of(fields, 'currency'), field_of(fields, 'amount_minor'))
+for _, k in ipairs({KEYS[3], KEYS[4]}) do
   if redis.call('PTTL', k) < 0 then
     redis.call('PEXPIRE', k, 400 * 86400 * 1000)
   end

@@ -67,16 +67,6 @@ for _, k in ipairs({KEYS[4], KEYS[5]}) do
     redis.call('PEXPIRE', k, 400 * 86400 * 1000)
   end
 end
-local payer = ''
-for i = 5, 4 + 2 * n, 2 do
-  if ARGV[i] == 'payer' then
-    payer = ARGV[i + 1]
-  end
-end
-redis.call('HINCRBY', KEYS[7], payer .. '|requests', 1)
-redis.call('HINCRBY', KEYS[7], payer .. '|amount|' .. cur, string.format('%d', charge))
-if redis.call('PTTL', KEYS[7]) < 0 then
-  redis.call('PEXPIRE', KEYS[7], 400 * 86400 * 1000)
-end
+payer_totals(KEYS[7], field_of(fields, 'payer') or '', cur, string.format('%d', charge))
 redis.call('SET', KEYS[6], id .. '|' .. string.format('%d', charge) .. '|' .. string.format('%d', uncharged) .. '|' .. cur, 'PX', 86400000)
 return {'captured', id, charge, uncharged, bal + held - charge}

@@ -29,13 +29,6 @@ for _, k in ipairs({KEYS[3], KEYS[4]}) do
     redis.call('PEXPIRE', k, 400 * 86400 * 1000)
   end
 end
-local ev = {}
-for i = 1, #fields, 2 do
-  ev[fields[i]] = fields[i + 1]
-end
-redis.call('HINCRBY', KEYS[5], ev['payer'] .. '|requests', 1)
-if redis.call('PTTL', KEYS[5]) < 0 then
-  redis.call('PEXPIRE', KEYS[5], 400 * 86400 * 1000)
-end
+payer_totals(KEYS[5], field_of(fields, 'payer'), nil, nil)
 redis.call('SET', KEYS[1], id, 'PX', 86400000)
 return {'captured', id}

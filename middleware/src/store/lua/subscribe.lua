@@ -47,14 +47,6 @@ for _, k in ipairs({KEYS[4], KEYS[5]}) do
     redis.call('PEXPIRE', k, 400 * 86400 * 1000)
   end
 end
-local ev = {}
-for i = 1, #fields, 2 do
-  ev[fields[i]] = fields[i + 1]
-end
-redis.call('HINCRBY', KEYS[6], ev['payer'] .. '|requests', 1)
-redis.call('HINCRBY', KEYS[6], ev['payer'] .. '|amount|' .. ev['currency'], ev['amount_minor'])
-if redis.call('PTTL', KEYS[6]) < 0 then
-  redis.call('PEXPIRE', KEYS[6], 400 * 86400 * 1000)
-end
+payer_totals(KEYS[6], field_of(fields, 'payer'), field_of(fields, 'currency'), field_of(fields, 'amount_minor'))
 redis.call('SET', KEYS[1], 'spent:sub:' .. id, 'PXAT', ARGV[4])
 return {'subscribed', id, period_end}
