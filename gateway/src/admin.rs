@@ -476,6 +476,7 @@ pub fn event_json(e: &UsageEvent) -> Value {
         "credential": e.credential,
         "reservation": e.reservation,
         "upstream_status": e.upstream_status,
+        "voids": e.voids,
     })
 }
 

@@ -442,6 +442,12 @@ pub struct RouteConfig {
     /// the background settler).
     #[serde(default)]
     pub x402_settlement: Option<String>,
+    /// When a fixed price is captured: `response` (default: held at admission, captured once
+    /// the upstream answered below 400, else released -- two store round trips) or
+    /// `admission` (captured at admission, voided if the upstream answers 400+ or not at all
+    /// -- one round trip for a served request).
+    #[serde(default)]
+    pub capture: Option<String>,
 }
 
 /// `[[plans]]`: a subscription sold for a period.
@@ -854,6 +860,7 @@ impl Config {
                 }
             };
             let x402 = validate_route_x402(i, rc, &price, facilitator.as_ref())?;
+            validate_capture(i, rc, &price)?;
             if !matches!(price, Price::Free) && issuers.is_empty() && x402.is_none() {
                 return Err(invalid(
                     f("price"),
@@ -1045,6 +1052,22 @@ fn validate_x402(x: &X402Config) -> Result<(Arc<HttpFacilitator>, u64), ConfigEr
         invalid(field, m)
     })?;
     Ok((Arc::new(f), x.valid_before_margin_secs))
+}
+
+/// A route's `capture`: `response` or `admission`, the latter only with a fixed price.
+fn validate_capture(i: usize, rc: &RouteConfig, price: &Price) -> Result<(), ConfigError> {
+    match rc.capture.as_deref() {
+        None | Some("response") => Ok(()),
+        Some("admission") if matches!(price, Price::Fixed(_)) => Ok(()),
+        Some("admission") => Err(invalid(
+            format!("routes[{i}].capture"),
+            "\"admission\" needs a fixed price (a metered charge is known only after the response)",
+        )),
+        Some(other) => Err(invalid(
+            format!("routes[{i}].capture"),
+            format!("must be \"response\" or \"admission\", not {other:?}"),
+        )),
+    }
 }
 
 /// A route's `[[routes.x402]]` offers and `x402_settlement`.
@@ -1291,5 +1314,19 @@ price = "free"
             "price = { amount = \"0.01\", currency = \"USD\" }\nx402_settlement = \"after\"\n"
         ))
         .starts_with("routes[0].x402_settlement"));
+    }
+
+    #[test]
+    fn capture_at_admission_needs_a_fixed_price() {
+        let fixed = "price = { amount = \"0.01\", currency = \"USD\" }\n";
+        let with = |line: &str| GOOD.replace(fixed, &format!("{fixed}{line}\n"));
+        assert_eq!(err(&with("capture = \"admission\"")), "ok");
+        assert_eq!(err(&with("capture = \"response\"")), "ok");
+        assert!(err(&with("capture = \"later\"")).starts_with("routes[0].capture"));
+        let metered = with("capture = \"admission\"").replace(
+            "price = { amount = \"0.01\", currency = \"USD\" }",
+            "price = { currency = \"USD\", reserve = \"0.01\", meters = [{ unit = \"b\", usage = \"response_bytes\", price = \"0.000001\" }] }",
+        );
+        assert!(err(&metered).starts_with("routes[0].capture"));
     }
 }

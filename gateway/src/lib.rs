@@ -338,7 +338,8 @@ async fn build_inner(
                         .unwrap_or_else(|| format!("{} {}", config.merchant, c.path)),
                 )
                 .mime_type(c.mime_type.clone())
-                .timeout(route.timeout);
+                .timeout(route.timeout)
+                .capture_at_admission(c.capture.as_deref() == Some("admission"));
             let priced = match &c.group {
                 Some(g) => priced.group(g.clone()),
                 None => priced,

@@ -59,6 +59,10 @@ pub struct PricedRoute {
     pub group: Option<String>,
     /// x402 `exact` offers and their settlement (fixed-price routes only). `None`: not offered.
     pub x402: Option<std::sync::Arc<crate::x402::ExactRoute>>,
+    /// Capture a fixed price at admission (one store round trip; a request that is not
+    /// served is voided) instead of after the upstream's answer (two). Ignored for metered
+    /// prices and for payments under a mandate or a plan, which always capture after.
+    pub capture_at_admission: bool,
 }
 
 impl PricedRoute {
@@ -74,6 +78,7 @@ impl PricedRoute {
             rate_limit: None,
             group: None,
             x402: None,
+            capture_at_admission: false,
         }
     }
 
@@ -114,6 +119,13 @@ impl PricedRoute {
     #[must_use]
     pub fn x402(mut self, x402: crate::x402::ExactRoute) -> Self {
         self.x402 = Some(std::sync::Arc::new(x402));
+        self
+    }
+
+    /// Capture the fixed price at admission (see [`PricedRoute::capture_at_admission`]).
+    #[must_use]
+    pub fn capture_at_admission(mut self, yes: bool) -> Self {
+        self.capture_at_admission = yes;
         self
     }
 

@@ -40,6 +40,7 @@ fn event(r: &Reservation) -> UsageEvent {
         credential: format!("receipt:iss:{}", r.receipt_id),
         reservation: r.id.clone(),
         upstream_status: 200,
+        voids: None,
     }
 }
 

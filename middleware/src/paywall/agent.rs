@@ -239,6 +239,7 @@ impl Paywall {
                 credential: format!("receipt:{}:{}", receipt.issuer, receipt.id),
                 reservation: String::new(),
                 upstream_status: 0,
+                voids: None,
             },
         };
         let (event_id, end, duplicate) = match self.0.store.subscribe(&sub).await {

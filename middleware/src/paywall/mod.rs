@@ -44,6 +44,7 @@ use crate::store::{
 use crate::token::{TokenError, TokenKey};
 
 mod agent;
+mod charged;
 mod payment_auth;
 mod reconcile;
 mod x402;
@@ -325,6 +326,8 @@ pub struct Admission {
     settled: bool,
     /// An x402 `exact` payment: its offer, payload and on-chain state (see `x402.rs`).
     x402: Option<Box<x402::X402Pending>>,
+    /// A fixed price charged at admission (see `charged.rs`).
+    charged: Option<Box<charged::Charged>>,
 }
 
 impl Drop for Admission {
@@ -333,7 +336,7 @@ impl Drop for Admission {
             return;
         }
         crate::metrics::global().holds_in_flight.dec();
-        if self.abandon_x402() {
+        if self.abandon_x402() || self.abandon_charged() {
             return;
         }
         let store = self.paywall.0.store.clone();
@@ -710,6 +713,7 @@ impl Paywall {
             declared_request_bytes: declared,
             settled: false,
             x402: None,
+            charged: None,
         };
         match credential {
             Credential::X402Exact(payload) => {
@@ -744,6 +748,36 @@ impl Paywall {
                     .mandate_charge(mandate.as_ref(), &claims.sub, route, currency, amount_minor)
                     .map_err(|(c, d)| refuse(c, &d))?;
                 let plan = self.plan_for(route);
+                if route.capture_at_admission && charge.is_none() && plan.is_none() {
+                    if let Price::Fixed(price) = &route.price {
+                        let hold = Hold {
+                            id: uuid::Uuid::new_v4().to_string(),
+                            payer: claims.sub.clone(),
+                            currency: currency.code().to_owned(),
+                            amount_minor,
+                            ttl: self.hold_time(route),
+                            mandate: None,
+                            plan: None,
+                        };
+                        let payment = Payment {
+                            payer: claims.sub.clone(),
+                            charge: price.clone(),
+                            credential: format!("token:{}", claims.sub),
+                            metered: false,
+                        };
+                        let charged = self
+                            .charge_balance(&hold, route, (method, uri, headers), &payment)
+                            .await?;
+                        let held = Held::Balance {
+                            hold,
+                            cap_minor: None,
+                            balance_minor: 0,
+                            new_token: None,
+                            fixed_charge: None,
+                        };
+                        return Ok(Some(admission(payment, held).charged(charged)));
+                    }
+                }
                 let mut hold = Hold {
                     id: uuid::Uuid::new_v4().to_string(),
                     payer: claims.sub.clone(),
@@ -848,6 +882,21 @@ impl Paywall {
                     .map_err(|(c, d)| refuse(c, &d))?;
                 let credential = format!("receipt:{}:{}", receipt.issuer, receipt.id);
                 match &route.price {
+                    Price::Fixed(price) if route.capture_at_admission && charge.is_none() => {
+                        let reservation = self.reservation(&receipt, route, None);
+                        let payment = Payment {
+                            payer: receipt.payer,
+                            charge: price.clone(),
+                            credential,
+                            metered: false,
+                        };
+                        let charged = self
+                            .charge_receipt(&reservation, route, method, &payment, refuse)
+                            .await?;
+                        Ok(Some(
+                            admission(payment, Held::Receipt(reservation)).charged(charged),
+                        ))
+                    }
                     Price::Fixed(price) => {
                         let reservation = self
                             .reserve_receipt(&receipt, route, charge)
@@ -1079,14 +1128,15 @@ impl Paywall {
         }
     }
 
-    async fn reserve_receipt(
+    /// A reservation of one use of `receipt` on `route`.
+    fn reservation(
         &self,
         receipt: &Receipt,
         route: &PricedRoute,
         mandate: Option<MandateCharge>,
-    ) -> Result<Reservation, (ErrorCode, String, Option<(MandateCharge, u64)>)> {
+    ) -> Reservation {
         let skew = self.0.verifier.policy().clock_skew;
-        let reservation = Reservation {
+        Reservation {
             id: uuid::Uuid::new_v4().to_string(),
             payer: receipt.payer.clone(),
             issuer: receipt.issuer.clone(),
@@ -1097,7 +1147,46 @@ impl Paywall {
                 .saturating_mul(1000)
                 .saturating_add(i64::try_from(skew.as_millis()).unwrap_or(0)),
             mandate,
-        };
+        }
+    }
+
+    /// The refusal for a receipt the store would not reserve.
+    fn authorize_refusal(outcome: AuthorizeOutcome) -> (ErrorCode, &'static str) {
+        match outcome {
+            AuthorizeOutcome::Reserved => (ErrorCode::Internal, "internal error"),
+            AuthorizeOutcome::Replayed => {
+                (ErrorCode::ReceiptReplayed, "this receipt was already spent")
+            }
+            AuthorizeOutcome::InUse => (
+                ErrorCode::ReceiptInUse,
+                "another request is using this receipt; retry when it finishes",
+            ),
+            AuthorizeOutcome::PayerBlocked => (
+                ErrorCode::PayerBlocked,
+                "this payer is blocked by the provider",
+            ),
+            AuthorizeOutcome::Revoked => (
+                ErrorCode::ReceiptRevoked,
+                "the provider revoked this receipt",
+            ),
+            AuthorizeOutcome::MandateRevoked => (
+                ErrorCode::MandateRevoked,
+                "the spending mandate was revoked",
+            ),
+            AuthorizeOutcome::MandateExceeded { .. } => (
+                ErrorCode::MandateExceeded,
+                "the spending mandate's budget for this window does not cover this payment",
+            ),
+        }
+    }
+
+    async fn reserve_receipt(
+        &self,
+        receipt: &Receipt,
+        route: &PricedRoute,
+        mandate: Option<MandateCharge>,
+    ) -> Result<Reservation, (ErrorCode, String, Option<(MandateCharge, u64)>)> {
+        let reservation = self.reservation(receipt, route, mandate);
         let outcome = crate::metrics::timed("authorize", self.0.store.authorize(&reservation))
             .await
             .map_err(|e| {
@@ -1111,36 +1200,18 @@ impl Paywall {
             })?;
         match outcome {
             AuthorizeOutcome::Reserved => Ok(reservation),
-            AuthorizeOutcome::Replayed => Err((
-                ErrorCode::ReceiptReplayed,
-                "this receipt was already spent".into(),
-                None,
-            )),
-            AuthorizeOutcome::InUse => Err((
-                ErrorCode::ReceiptInUse,
-                "another request is using this receipt; retry when it finishes".into(),
-                None,
-            )),
-            AuthorizeOutcome::PayerBlocked => Err((
-                ErrorCode::PayerBlocked,
-                "this payer is blocked by the provider".into(),
-                None,
-            )),
-            AuthorizeOutcome::Revoked => Err((
-                ErrorCode::ReceiptRevoked,
-                "the provider revoked this receipt".into(),
-                None,
-            )),
-            AuthorizeOutcome::MandateRevoked => Err((
-                ErrorCode::MandateRevoked,
-                "the spending mandate was revoked".into(),
-                None,
-            )),
-            AuthorizeOutcome::MandateExceeded { room_minor } => Err((
-                ErrorCode::MandateExceeded,
-                "the spending mandate's budget for this window does not cover this payment".into(),
-                reservation.mandate.map(|m| (m, room_minor)),
-            )),
+            AuthorizeOutcome::MandateExceeded { room_minor } => {
+                let (code, detail) = Self::authorize_refusal(outcome);
+                Err((
+                    code,
+                    detail.into(),
+                    reservation.mandate.map(|m| (m, room_minor)),
+                ))
+            }
+            other => {
+                let (code, detail) = Self::authorize_refusal(other);
+                Err((code, detail.into(), None))
+            }
         }
     }
 
@@ -1435,6 +1506,9 @@ impl Admission {
         if let Some(x) = self.x402.take() {
             return self.settle_x402(*x, status).await;
         }
+        if let Some(c) = self.charged.take() {
+            return self.settle_charged(*c, status).await;
+        }
         // From here on this call owns the outcome; if it is cancelled mid-way the hold simply
         // expires (a capture may or may not have landed: never both, never twice).
         self.settled = true;
@@ -1482,6 +1556,7 @@ impl Admission {
             credential: self.payment.credential.clone(),
             reservation: String::new(),
             upstream_status: status,
+            voids: None,
         };
         let withheld = |e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "capture failed; response withheld");
@@ -1587,6 +1662,19 @@ impl Admission {
                 }
             }
         };
+        Ok(self.paid(&event_id, charged, balance, token, Some(&units_seen)))
+    }
+
+    /// A captured request: revenue and usage metrics, traffic, and its `PAYMENT-RESPONSE`.
+    fn paid(
+        &self,
+        event_id: &str,
+        charged: u64,
+        balance: Option<u64>,
+        token: Option<String>,
+        units_seen: Option<&BTreeMap<String, u64>>,
+    ) -> Settled {
+        let currency = &self.payment.charge.currency;
         let charged_amount = currency.from_minor(charged);
         let m = crate::metrics::global();
         m.revenue_minor
@@ -1597,8 +1685,8 @@ impl Admission {
             currency.code(),
             charged,
         );
-        if let Price::Metered(_) = &self.route.price {
-            for (unit, n) in &units_seen {
+        if let (Price::Metered(_), Some(units_seen)) = (&self.route.price, units_seen) {
+            for (unit, n) in units_seen {
                 m.usage_units
                     .with_label_values(&[self.route.id.as_str(), unit.as_str()])
                     .inc_by(*n);
@@ -1606,7 +1694,7 @@ impl Admission {
         }
         // Per-request detail stays at debug: at info, a busy gateway would log thousands of
         // lines a second (the ledger is the record).
-        tracing::debug!(payer = %self.payment.payer, route = %self.route.id, amount = %charged_amount, currency = %currency.code(), status, event = %event_id, "payment captured");
+        tracing::debug!(payer = %self.payment.payer, route = %self.route.id, amount = %charged_amount, currency = %currency.code(), event = %event_id, "payment captured");
         let mut body = json!({
             "success": true,
             "transaction": event_id,
@@ -1633,9 +1721,9 @@ impl Admission {
         if let Some(t) = token {
             body["accessToken"] = t.into();
         }
-        Ok(Settled {
+        Settled {
             payment_response: b64_header(&body),
-        })
+        }
     }
 
     /// Units, unit prices and the amount to capture, by the documented rules.

@@ -304,6 +304,7 @@ impl Admission {
             credential: self.payment.credential.clone(),
             reservation: r.id.clone(),
             upstream_status: status,
+            voids: None,
         }
     }
 

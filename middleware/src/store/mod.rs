@@ -11,6 +11,11 @@
 //!   held     --release----> (absent)            (the receipt can be used again)
 //! ```
 //!
+//! A fixed-price route with `capture = "admission"` takes both steps in one script
+//! ([`Store::authorize_capture`]: `(absent) -> spent:<reservation>:<event id>`), and undoes
+//! them with [`Store::void_receipt`] when the request is not served (`spent -> (absent)` and a
+//! void event); [`Store::hold_capture`] / [`Store::void_hold`] do the same for a balance.
+//!
 //! # Key layout (Redis)
 //! Every key a script touches carries the payer's bucket as its hash tag, so each script runs
 //! unchanged on Redis Cluster: `<prefix>:{b<NN>}:...` with `NN = fnv1a64(payer) % 16`.
@@ -23,7 +28,11 @@
 //!   `held:<C>` held by requests in flight, `credited:<C>` total credited (top-ups and
 //!   adjustments), `captured:<C>` total charged. Invariant: `credited - captured = bal + held`.
 //! - `<prefix>:{bNN}:holds:<payer>` holds in flight (hash: reservation -> `currency|amount|expiry
-//!   ms`); expired holds are given back by the next hold for that payer (or an account read).
+//!   ms`); expired holds are given back by the next hold for that payer that finds the balance
+//!   short, and by every account read.
+//! - `<prefix>:{bNN}:done:<reservation>` how a balance request was settled
+//!   (`<event id>|<charged>|<uncharged>|<currency>`, or `void|...` once voided): a retried
+//!   capture learns the first outcome; kept a day (capture at admission: the hold time + 60 s).
 //! - `<prefix>:{bNN}:idem:<hash>` idempotency keys of admin credits; top-ups use the receipt's
 //!   state key, so a top-up receipt credits exactly once.
 //! - `<prefix>:{bNN}:credits` the credit ledger (top-ups and adjustments; a Redis Stream).
@@ -41,6 +50,7 @@
 //! Lua numbers are doubles: amounts in minor units are exact up to 2^53 - 1, which
 //! [`crate::money::Currency::to_minor`] enforces.
 
+mod charge;
 mod memory;
 mod redis;
 
@@ -50,6 +60,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
+pub use self::charge::{void_event, ChargeOutcome, VoidOutcome};
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, RedisStoreOptions};
 use crate::money::{Amount, Currency};
@@ -208,8 +219,12 @@ pub struct UsageEvent {
     pub credential: String,
     /// The reservation it settles.
     pub reservation: String,
-    /// The upstream's HTTP status (0: no answer).
+    /// The upstream's HTTP status (0: no answer, or charged at admission before the upstream
+    /// answered).
     pub upstream_status: u16,
+    /// Set on a void event: the id of the charge it undoes (its amount and units count
+    /// negatively; the aggregates were moved back).
+    pub voids: Option<String>,
 }
 
 impl UsageEvent {
@@ -246,6 +261,9 @@ impl UsageEvent {
         if with_amounts {
             f.push(("amount_minor", self.amount_minor.to_string()));
             f.push(("uncharged_minor", self.uncharged_minor.to_string()));
+        }
+        if let Some(v) = &self.voids {
+            f.push(("voids", v.clone()));
         }
         f
     }
@@ -300,6 +318,7 @@ impl UsageEvent {
             credential: get("credential")?,
             reservation: get("reservation")?,
             upstream_status: u16::try_from(num("upstream_status")?).unwrap_or(0),
+            voids: get("voids").ok(),
             id,
         })
     }
@@ -852,6 +871,48 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// such failed settlement.
     async fn resolve_settlement(&self, _id: &str) -> Result<bool, StoreError> {
         deferred_unsupported()
+    }
+    /// Capture at admission (fixed price, no mandate): check the payer is not blocked and the
+    /// receipt unused, spend it and append `event` -- one atomic step. A refusal is answered
+    /// as [`ChargeOutcome::Refused`] with what [`Store::authorize`] would have said.
+    async fn authorize_capture(
+        &self,
+        _r: &Reservation,
+        _event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        charge::unsupported()
+    }
+    /// Capture at admission from the balance (fixed price, no mandate, no plan): check the
+    /// payer is not blocked and the balance covers `h.amount_minor`, take it and append
+    /// `event` -- one atomic step.
+    async fn hold_capture(
+        &self,
+        _h: &Hold,
+        _event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        charge::unsupported()
+    }
+    /// Undo [`Store::authorize_capture`] for a request that was not served: the receipt is
+    /// usable again, a void event (`voids` = `charge.id`) is appended and the aggregates of
+    /// the charge's day move back. Only the reservation that spent the receipt may void it;
+    /// a second void does nothing. `void` is the event to append ([`void_event`]).
+    async fn void_receipt(
+        &self,
+        _r: &Reservation,
+        _charge: &UsageEvent,
+        _void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        charge::unsupported()
+    }
+    /// Undo [`Store::hold_capture`]: the amount returns to the balance, a void event is
+    /// appended and the aggregates move back (once).
+    async fn void_hold(
+        &self,
+        _h: &Hold,
+        _charge: &UsageEvent,
+        _void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        charge::unsupported()
     }
     /// Every usage event in the ledger, in id order (tests and small exports).
     async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError> {

@@ -18,26 +18,10 @@ if cur and cur ~= 'held:' .. ARGV[1] then
   -- Another request holds or spent this receipt (only possible if our hold expired).
   return {'conflict', ''}
 end
-local n = tonumber(ARGV[3])
-local fields = {}
-for i = 4, 3 + 2 * n do
-  fields[#fields + 1] = ARGV[i]
-end
-local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+local fields = event_fields(ARGV, 3)
+local id = record_usage(KEYS[2], KEYS[3], KEYS[4], KEYS[5], fields, ARGV, 4 + 2 * tonumber(ARGV[3]), 1)
 if #KEYS >= 6 then
-  local charge = tonumber(field_of(fields, 'amount_minor') or '0')
-  mandate_settle(KEYS[6], ARGV[1], charge)
-end
-for i = 4 + 2 * n, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
-  redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
-end
-payer_totals(KEYS[5], field_of(fields, 'payer'), field_of(fields, 'currency'), field_of(fields, 'amount_minor'))
--- Aggregates live 400 days from their first write (one PEXPIRE per key, not per request).
-for _, k in ipairs({KEYS[3], KEYS[4]}) do
-  if redis.call('PTTL', k) < 0 then
-    redis.call('PEXPIRE', k, 400 * 86400 * 1000)
-  end
+  mandate_settle(KEYS[6], ARGV[1], tonumber(field_of(fields, 'amount_minor') or '0'))
 end
 -- Remember the spent receipt until its exp + skew (Redis clock), at least one second.
 local t = redis.call('TIME')

@@ -1,5 +1,5 @@
--- Hold an amount of a payer's prepaid balance for one request, atomically (mandate.lua is
--- prepended).
+-- Hold an amount of a payer's prepaid balance for one request, atomically (mandate.lua and
+-- holds.lua are prepended).
 -- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] payer block key
 -- with a mandate: KEYS[4] window hash   KEYS[5] revoked marker   KEYS[6] payer's mandate index
 -- ARGV[1] reservation id   ARGV[2] currency   ARGV[3] amount (minor units)   ARGV[4] hold time (ms)
@@ -21,19 +21,10 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- Give back holds whose holder died without settling (expired), before looking at the balance.
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  local cur, amt, exp = string.match(all[i + 1], '^([^|]+)|(%d+)|(%d+)')
-  if cur and tonumber(exp) <= now then
-    redis.call('HINCRBY', KEYS[1], 'held:' .. cur, string.format('%d', -tonumber(amt)))
-    redis.call('HINCRBY', KEYS[1], 'bal:' .. cur, string.format('%d', tonumber(amt)))
-    redis.call('HDEL', KEYS[2], all[i])
-  end
-end
 if ARGV[2] == '' then
   -- Account read: expired holds given back, then the account and the holds count, in one
   -- atomic step (so the two always agree).
+  sweep_holds(KEYS[1], KEYS[2], now)
   return {'swept', redis.call('HLEN', KEYS[2]), redis.call('HGETALL', KEYS[1])}
 end
 local amount = tonumber(ARGV[3])
@@ -64,7 +55,12 @@ if ARGV[9] and ARGV[9] ~= '' then
 end
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. ARGV[2]) or '0')
 if bal < amount then
-  return {'insufficient', bal}
+  -- Short: first give back holds whose holder died without settling (expired).
+  sweep_holds(KEYS[1], KEYS[2], now)
+  bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. ARGV[2]) or '0')
+  if bal < amount then
+    return {'insufficient', bal}
+  end
 end
 if ARGV[7] and ARGV[7] ~= '' then
   local m = {wkey = KEYS[4], revkey = KEYS[5], idxkey = KEYS[6], amount = amount,

@@ -1,10 +1,12 @@
 -- The bucket's per-payer day totals (the admin payer listing), moved in the same step as each
 -- capture's other aggregates (prepended to the scripts that record usage events).
--- `amount` nil: count the request only.
-local function payer_totals(key, payer, currency, amount)
-  redis.call('HINCRBY', key, payer .. '|requests', 1)
+-- `amount` nil: count the request only. `sign` -1 moves them back (a void); default 1.
+local function payer_totals(key, payer, currency, amount, sign)
+  sign = sign or 1
+  redis.call('HINCRBY', key, payer .. '|requests', sign)
   if amount then
-    redis.call('HINCRBY', key, payer .. '|amount|' .. currency, amount)
+    redis.call('HINCRBY', key, payer .. '|amount|' .. currency,
+      string.format('%d', sign * tonumber(amount)))
   end
   if redis.call('PTTL', key) < 0 then
     redis.call('PEXPIRE', key, 400 * 86400 * 1000)
@@ -19,5 +21,33 @@ local function field_of(fields, name)
     end
   end
   return nil
+end
+
+-- The N event field/value pairs that follow ARGV[at] = N.
+local function event_fields(argv, at)
+  local fields = {}
+  for i = at + 1, at + 2 * tonumber(argv[at]) do
+    fields[#fields + 1] = argv[i]
+  end
+  return fields
+end
+
+-- Append one usage event (`fields`) to `stream` and move the day's aggregates by it: the
+-- field/increment pairs argv[from ..] on the payer's and the bucket's hash (kept 400 days from
+-- their first write), and the payer's totals. `sign` -1 (a void) moves them back. Returns the
+-- stream id.
+local function record_usage(stream, payer_agg, bucket_agg, totals, fields, argv, from, sign)
+  local id = redis.call('XADD', stream, '*', unpack(fields))
+  for _, k in ipairs({payer_agg, bucket_agg}) do
+    for i = from, #argv, 2 do
+      redis.call('HINCRBY', k, argv[i], string.format('%d', sign * tonumber(argv[i + 1])))
+    end
+    if redis.call('PTTL', k) < 0 then
+      redis.call('PEXPIRE', k, 400 * 86400 * 1000)
+    end
+  end
+  payer_totals(totals, field_of(fields, 'payer'), field_of(fields, 'currency'),
+    field_of(fields, 'amount_minor'), sign)
+  return id
 end
 

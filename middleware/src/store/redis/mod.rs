@@ -12,16 +12,18 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use tokio::sync::Mutex;
 
+mod charge;
+
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
 use super::{
     bucket_of, days_between, event_order, fold_aggregates, fold_payer_totals, utc_day, Account,
-    AuthorizeOutcome, Balance, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome,
+    AuthorizeOutcome, Balance, ChargeOutcome, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome,
     HoldSettleOutcome, Idempotency, JobOutcome, MandateCharge, MandateUse, PayerSpend, PlanPeriod,
     Reservation, SettleOutcome, Settlement, SettlementJob, Store, StoreError, SubscribeOutcome,
-    Subscription, UsageEvent, BUCKETS,
+    Subscription, UsageEvent, VoidOutcome, BUCKETS,
 };
 
 /// Connection settings.
@@ -66,6 +68,10 @@ struct Scripts {
     claim_settlements: Script,
     finish_settlement: Script,
     resolve_settlement: Script,
+    authorize_capture: Script,
+    void: Script,
+    hold_capture: Script,
+    void_hold: Script,
 }
 
 /// A single server or a cluster.
@@ -166,49 +172,67 @@ impl RedisStore {
             last_attempt: Mutex::new(None),
             scripts: Scripts {
                 authorize: Script::new(concat!(
-                    include_str!("lua/mandate.lua"),
-                    include_str!("lua/authorize.lua")
+                    include_str!("../lua/mandate.lua"),
+                    include_str!("../lua/authorize.lua")
                 )),
                 capture: Script::new(concat!(
-                    include_str!("lua/mandate.lua"),
-                    include_str!("lua/totals.lua"),
-                    include_str!("lua/capture.lua")
+                    include_str!("../lua/mandate.lua"),
+                    include_str!("../lua/totals.lua"),
+                    include_str!("../lua/capture.lua")
                 )),
                 release: Script::new(concat!(
-                    include_str!("lua/mandate.lua"),
-                    include_str!("lua/release.lua")
+                    include_str!("../lua/mandate.lua"),
+                    include_str!("../lua/release.lua")
                 )),
                 hold: Script::new(concat!(
-                    include_str!("lua/mandate.lua"),
-                    include_str!("lua/hold.lua")
+                    include_str!("../lua/mandate.lua"),
+                    include_str!("../lua/holds.lua"),
+                    include_str!("../lua/hold.lua")
                 )),
                 capture_hold: Script::new(concat!(
-                    include_str!("lua/mandate.lua"),
-                    include_str!("lua/totals.lua"),
-                    include_str!("lua/capture_hold.lua")
+                    include_str!("../lua/mandate.lua"),
+                    include_str!("../lua/totals.lua"),
+                    include_str!("../lua/capture_hold.lua")
                 )),
                 release_hold: Script::new(concat!(
-                    include_str!("lua/mandate.lua"),
-                    include_str!("lua/release_hold.lua")
+                    include_str!("../lua/mandate.lua"),
+                    include_str!("../lua/release_hold.lua")
                 )),
-                credit: Script::new(include_str!("lua/credit.lua")),
-                rate: Script::new(include_str!("lua/rate.lua")),
+                credit: Script::new(include_str!("../lua/credit.lua")),
+                rate: Script::new(include_str!("../lua/rate.lua")),
                 subscribe: Script::new(concat!(
-                    include_str!("lua/totals.lua"),
-                    include_str!("lua/subscribe.lua")
+                    include_str!("../lua/totals.lua"),
+                    include_str!("../lua/subscribe.lua")
                 )),
                 plan_capture: Script::new(concat!(
-                    include_str!("lua/totals.lua"),
-                    include_str!("lua/plan_capture.lua")
+                    include_str!("../lua/totals.lua"),
+                    include_str!("../lua/plan_capture.lua")
                 )),
-                plan_release: Script::new(include_str!("lua/plan_release.lua")),
+                plan_release: Script::new(include_str!("../lua/plan_release.lua")),
                 capture_deferred: Script::new(concat!(
-                    include_str!("lua/totals.lua"),
-                    include_str!("lua/capture_deferred.lua")
+                    include_str!("../lua/totals.lua"),
+                    include_str!("../lua/capture_deferred.lua")
                 )),
-                claim_settlements: Script::new(include_str!("lua/claim_settlements.lua")),
-                finish_settlement: Script::new(include_str!("lua/finish_settlement.lua")),
-                resolve_settlement: Script::new(include_str!("lua/resolve_settlement.lua")),
+                claim_settlements: Script::new(include_str!("../lua/claim_settlements.lua")),
+                finish_settlement: Script::new(include_str!("../lua/finish_settlement.lua")),
+                resolve_settlement: Script::new(include_str!("../lua/resolve_settlement.lua")),
+                authorize_capture: Script::new(concat!(
+                    include_str!("../lua/totals.lua"),
+                    include_str!("../lua/authorize_capture.lua")
+                )),
+                void: Script::new(concat!(
+                    include_str!("../lua/totals.lua"),
+                    include_str!("../lua/void.lua")
+                )),
+                hold_capture: Script::new(concat!(
+                    include_str!("../lua/totals.lua"),
+                    include_str!("../lua/holds.lua"),
+                    include_str!("../lua/hold_capture.lua")
+                )),
+                void_hold: Script::new(concat!(
+                    include_str!("../lua/totals.lua"),
+                    include_str!("../lua/void_hold.lua")
+                )),
             },
         };
         if let Err(e) = store.connection().await {
@@ -544,6 +568,40 @@ impl Store for RedisStore {
             .arg(&job.payer);
         let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(n == 1)
+    }
+
+    async fn authorize_capture(
+        &self,
+        r: &Reservation,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        self.charge_receipt(r, event).await
+    }
+
+    async fn hold_capture(
+        &self,
+        h: &Hold,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        self.charge_balance(h, event).await
+    }
+
+    async fn void_receipt(
+        &self,
+        r: &Reservation,
+        charge: &UsageEvent,
+        void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        self.void_charge(Some(r), None, charge, void).await
+    }
+
+    async fn void_hold(
+        &self,
+        h: &Hold,
+        charge: &UsageEvent,
+        void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        self.void_charge(None, Some(h), charge, void).await
     }
 
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError> {

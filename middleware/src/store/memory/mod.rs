@@ -8,11 +8,14 @@ use async_trait::async_trait;
 
 use super::{
     days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome, Balance,
-    Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    JobOutcome, MandateCharge, MandateUse, PayerSpend, PlanPeriod, Reservation, SettleOutcome,
-    Settlement, SettlementJob, Store, StoreError, SubscribeOutcome, Subscription, UsageEvent,
+    ChargeOutcome, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome,
+    Idempotency, JobOutcome, MandateCharge, MandateUse, PayerSpend, PlanPeriod, Reservation,
+    SettleOutcome, Settlement, SettlementJob, Store, StoreError, SubscribeOutcome, Subscription,
+    UsageEvent, VoidOutcome,
 };
 use crate::clock::{Clock, SystemClock};
+
+mod charge;
 
 #[derive(Debug)]
 enum ReceiptState {
@@ -355,6 +358,40 @@ impl Store for MemoryStore {
             s.blocked.remove(&payer);
         }
         Ok(true)
+    }
+
+    async fn authorize_capture(
+        &self,
+        r: &Reservation,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        self.charge_receipt(r, event)
+    }
+
+    async fn hold_capture(
+        &self,
+        h: &Hold,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        self.charge_balance(h, event)
+    }
+
+    async fn void_receipt(
+        &self,
+        r: &Reservation,
+        charge: &UsageEvent,
+        void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        self.void_charge(Some(r), None, charge, void)
+    }
+
+    async fn void_hold(
+        &self,
+        h: &Hold,
+        charge: &UsageEvent,
+        void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        self.void_charge(None, Some(h), charge, void)
     }
 
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError> {

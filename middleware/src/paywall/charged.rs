@@ -1,0 +1,221 @@
+//! Capture at admission (`capture = "admission"` on a fixed-price route): the price is charged
+//! in the same store step that authorizes the receipt or checks the balance -- one round trip
+//! for a served request. A request that is not served (upstream 400+, no answer, client gone)
+//! is voided: the receipt becomes usable again or the amount returns to the balance, and a void
+//! event (`voids` = the charge's id) is appended. Payments under a mandate or a plan, and
+//! metered prices, always capture after the response (see [`super::Admission::settle`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, Method, Uri};
+
+use super::{Admission, Held, Payment, Paywall, Refusal, Settled};
+use crate::error::ErrorCode;
+use crate::price::PricedRoute;
+use crate::store::{void_event, ChargeOutcome, Hold, Reservation, Store, UsageEvent, VoidOutcome};
+
+/// A fixed price charged at admission: the charge as recorded (its `id` is the ledger id).
+#[derive(Debug)]
+pub(super) struct Charged {
+    event: UsageEvent,
+    /// Available balance after the charge (balance payments).
+    balance_minor: Option<u64>,
+}
+
+impl Paywall {
+    /// The usage event of a fixed price charged at admission (the upstream has not answered:
+    /// `upstream_status` 0).
+    #[allow(clippy::result_large_err)]
+    fn admission_event(
+        &self,
+        route: &PricedRoute,
+        method: &Method,
+        payment: &Payment,
+        reservation: &str,
+    ) -> Result<UsageEvent, Refusal> {
+        let currency = &payment.charge.currency;
+        let amount_minor = currency
+            .to_minor(payment.charge.amount)
+            .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+        Ok(UsageEvent {
+            id: String::new(),
+            time_ms: self.0.clock.now_ms(),
+            payer: payment.payer.clone(),
+            route: route.id.clone(),
+            method: method.as_str().to_owned(),
+            units: BTreeMap::from([("request".to_owned(), 1)]),
+            unit_prices: BTreeMap::new(),
+            currency: currency.code().to_owned(),
+            scale: currency.scale(),
+            amount_minor,
+            uncharged_minor: 0,
+            credential: payment.credential.clone(),
+            reservation: reservation.to_owned(),
+            upstream_status: 0,
+            voids: None,
+        })
+    }
+
+    /// Authorize and spend a receipt at the route's fixed price in one step.
+    pub(super) async fn charge_receipt(
+        &self,
+        r: &Reservation,
+        route: &PricedRoute,
+        method: &Method,
+        payment: &Payment,
+        refuse: impl Fn(ErrorCode, &str) -> Refusal,
+    ) -> Result<Charged, Refusal> {
+        let mut event = self.admission_event(route, method, payment, &r.id)?;
+        let outcome = crate::metrics::timed(
+            "authorize_capture",
+            self.0.store.authorize_capture(r, &event),
+        )
+        .await
+        .map_err(|e| Self::store_down(e, "authorize_capture"))?;
+        match outcome {
+            ChargeOutcome::Charged { event_id, .. } => {
+                event.id = event_id;
+                Ok(Charged {
+                    event,
+                    balance_minor: None,
+                })
+            }
+            ChargeOutcome::Refused(o) => {
+                let (code, detail) = Self::authorize_refusal(o);
+                Err(refuse(code, detail))
+            }
+            ChargeOutcome::Declined(_) => Err(Self::problem(ErrorCode::Internal, "internal error")),
+        }
+    }
+
+    /// Take the route's fixed price from the balance in one step.
+    pub(super) async fn charge_balance(
+        &self,
+        hold: &Hold,
+        route: &PricedRoute,
+        (method, uri, headers): (&Method, &Uri, &HeaderMap),
+        payment: &Payment,
+    ) -> Result<Charged, Refusal> {
+        let mut event = self.admission_event(route, method, payment, &hold.id)?;
+        let outcome =
+            crate::metrics::timed("hold_capture", self.0.store.hold_capture(hold, &event))
+                .await
+                .map_err(|e| Self::store_down(e, "hold_capture"))?;
+        match outcome {
+            ChargeOutcome::Charged {
+                event_id,
+                balance_minor,
+            } => {
+                event.id = event_id;
+                Ok(Charged {
+                    event,
+                    balance_minor: Some(balance_minor),
+                })
+            }
+            ChargeOutcome::Declined(o) => Err(self
+                .hold_outcome(o, hold, route, method, uri, headers)
+                .err()
+                .unwrap_or_else(|| Self::problem(ErrorCode::Internal, "internal error"))),
+            ChargeOutcome::Refused(_) => Err(Self::problem(ErrorCode::Internal, "internal error")),
+        }
+    }
+}
+
+impl Admission {
+    /// Mark the admission as charged at admission.
+    pub(super) fn charged(mut self, c: Charged) -> Self {
+        self.charged = Some(Box::new(c));
+        self
+    }
+
+    /// Settle a request charged at admission: served (below 400) -> nothing left to do but
+    /// answer `PAYMENT-RESPONSE`; otherwise void the charge (retried; in the background if the
+    /// store does not answer in time).
+    pub(super) async fn settle_charged(
+        mut self,
+        c: Charged,
+        status: Option<u16>,
+    ) -> Result<Settled, Refusal> {
+        self.settled = true;
+        crate::metrics::global().holds_in_flight.dec();
+        if status.is_some_and(|s| s < 400) {
+            return Ok(self.paid(
+                &c.event.id,
+                c.event.amount_minor,
+                c.balance_minor,
+                None,
+                None,
+            ));
+        }
+        let store = self.paywall.0.store.clone();
+        let void = void_event(&c.event, self.paywall.0.clock.now_ms(), status.unwrap_or(0));
+        let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
+        let outcome = super::retry_unknown(self.paywall.0.settle_retry, || {
+            void_once(&*store, &held, &c.event, &void)
+        })
+        .await;
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, event = %c.event.id, "void not recorded yet; retrying in the background");
+            void_later(store, held, c.event, void);
+        }
+        Ok(Settled {
+            payment_response: None,
+        })
+    }
+
+    /// Dropped unsettled (client gone, future cancelled): void in the background. `false` when
+    /// this admission was not charged at admission.
+    pub(super) fn abandon_charged(&mut self) -> bool {
+        let Some(c) = self.charged.take() else {
+            return false;
+        };
+        let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
+        let void = void_event(&c.event, self.paywall.0.clock.now_ms(), 0);
+        void_later(self.paywall.0.store.clone(), held, c.event, void);
+        true
+    }
+}
+
+async fn void_once(
+    store: &dyn Store,
+    held: &Held,
+    charge: &UsageEvent,
+    void: &UsageEvent,
+) -> Result<VoidOutcome, crate::store::StoreError> {
+    match held {
+        Held::Receipt(r) => {
+            crate::metrics::timed("void", store.void_receipt(r, charge, void)).await
+        }
+        Held::Balance { hold, .. } => {
+            crate::metrics::timed("void_hold", store.void_hold(hold, charge, void)).await
+        }
+    }
+}
+
+/// Void until the store answers (up to an hour, backing off to 10 s), in the background.
+fn void_later(store: Arc<dyn Store>, held: Held, charge: UsageEvent, void: UsageEvent) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        tracing::error!(event = %charge.id, "no runtime to void an unserved charge: check the ledger");
+        return;
+    };
+    handle.spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match void_once(&*store, &held, &charge, &void).await {
+                Ok(_) => return,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, event = %charge.id, "store unreachable; voiding later");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, event = %charge.id, payer = %charge.payer, "could not void an unserved charge within an hour: check the ledger");
+                    return;
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(10));
+        }
+    });
+}

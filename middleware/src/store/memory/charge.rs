@@ -1,0 +1,147 @@
+//! Capture at admission in the embedded store: the same state machine as
+//! `lua/authorize_capture.lua`, `hold_capture.lua`, `void.lua` and `void_hold.lua`.
+
+use super::{minor, MemoryStore, ReceiptState};
+use crate::store::{
+    utc_day, AuthorizeOutcome, ChargeOutcome, Hold, HoldOutcome, Reservation, StoreError,
+    UsageEvent, VoidOutcome,
+};
+
+impl MemoryStore {
+    pub(super) fn charge_receipt(
+        &self,
+        r: &Reservation,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        if s.blocked.contains(&r.payer) {
+            return Ok(ChargeOutcome::Refused(AuthorizeOutcome::PayerBlocked));
+        }
+        let key = Self::receipt_key(r);
+        let refused = match Self::live(&s, &key, now) {
+            Some(ReceiptState::Spent { .. } | ReceiptState::Credited { .. }) => {
+                Some(AuthorizeOutcome::Replayed)
+            }
+            Some(ReceiptState::Held { .. }) => Some(AuthorizeOutcome::InUse),
+            Some(ReceiptState::Revoked { .. }) => Some(AuthorizeOutcome::Revoked),
+            None => None,
+        };
+        if let Some(o) = refused {
+            return Ok(ChargeOutcome::Refused(o));
+        }
+        let event_id = Self::record(&mut s, now, event.clone(), event.amount_minor, 0);
+        s.receipts.insert(
+            key,
+            ReceiptState::Spent {
+                reservation: r.id.clone(),
+                event_id: event_id.clone(),
+                until_ms: r.spent_until_ms,
+            },
+        );
+        Ok(ChargeOutcome::Charged {
+            event_id,
+            balance_minor: 0,
+        })
+    }
+
+    pub(super) fn charge_balance(
+        &self,
+        h: &Hold,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        if s.blocked.contains(&h.payer) {
+            return Ok(ChargeOutcome::Declined(HoldOutcome::PayerBlocked));
+        }
+        let amount = i64::try_from(h.amount_minor)
+            .map_err(|_| StoreError::Protocol("amount too large".into()))?;
+        let available = |s: &super::State| {
+            s.accounts
+                .get(&(h.payer.clone(), h.currency.clone()))
+                .map_or(0, |a| a.available)
+        };
+        if available(&s) < amount {
+            Self::sweep(&mut s, &h.payer, now);
+            let balance = available(&s);
+            if balance < amount {
+                return Ok(ChargeOutcome::Declined(HoldOutcome::Insufficient {
+                    balance_minor: minor(balance),
+                }));
+            }
+        }
+        let acct = s
+            .accounts
+            .entry((h.payer.clone(), h.currency.clone()))
+            .or_default();
+        acct.available -= amount;
+        acct.captured += amount;
+        let balance_minor = minor(acct.available);
+        let event_id = Self::record(&mut s, now, event.clone(), h.amount_minor, 0);
+        s.settled
+            .insert(h.id.clone(), (event_id.clone(), h.amount_minor, 0));
+        Ok(ChargeOutcome::Charged {
+            event_id,
+            balance_minor,
+        })
+    }
+
+    /// Undo a charge: the receipt (`Some`) is usable again, or the amount returns to the
+    /// balance; the void event is appended and the charge's day aggregates move back.
+    pub(super) fn void_charge(
+        &self,
+        receipt: Option<&Reservation>,
+        hold: Option<&Hold>,
+        charge: &UsageEvent,
+        void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        match (receipt, hold) {
+            (Some(r), _) => {
+                let key = Self::receipt_key(r);
+                let ours = matches!(
+                    Self::live(&s, &key, now),
+                    Some(ReceiptState::Spent { reservation, event_id, .. })
+                        if *reservation == r.id && *event_id == charge.id
+                );
+                if !ours {
+                    return Ok(VoidOutcome::NotCharged);
+                }
+                s.receipts.remove(&key);
+            }
+            (None, Some(h)) => {
+                let ours = s.settled.get(&h.id).is_some_and(|(id, charged, _)| {
+                    *id == charge.id && *charged == charge.amount_minor
+                });
+                if !ours {
+                    return Ok(VoidOutcome::NotCharged);
+                }
+                let amount = i64::try_from(charge.amount_minor).unwrap_or(i64::MAX);
+                let acct = s
+                    .accounts
+                    .entry((h.payer.clone(), h.currency.clone()))
+                    .or_default();
+                acct.available += amount;
+                acct.captured -= amount;
+                s.settled.insert(h.id.clone(), (String::from("void"), 0, 0));
+            }
+            (None, None) => return Err(StoreError::Protocol("void of nothing".into())),
+        }
+        let sign = |n: u64| -i64::try_from(n).unwrap_or(i64::MAX);
+        let agg = s
+            .aggregates
+            .entry((utc_day(charge.time_ms), charge.payer.clone()))
+            .or_default();
+        *agg.entry(charge.amount_field()).or_default() += sign(charge.amount_minor);
+        for (f, n) in charge.aggregate_fields() {
+            *agg.entry(f).or_default() += sign(n);
+        }
+        let id = Self::next_id(&mut s, now);
+        let mut void = void.clone();
+        void.id = id.clone();
+        s.events.push(void);
+        Ok(VoidOutcome::Voided { event_id: id })
+    }
+}

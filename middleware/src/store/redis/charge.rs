@@ -1,0 +1,169 @@
+//! Capture at admission on Redis: one script charges a fixed price (receipt or balance), one
+//! undoes it for a request that was not served (see `lua/authorize_capture.lua`,
+//! `hold_capture.lua`, `void.lua`, `void_hold.lua`).
+
+use super::{ms, RedisStore};
+use crate::store::{
+    utc_day, AuthorizeOutcome, ChargeOutcome, Hold, HoldOutcome, Reservation, StoreError,
+    UsageEvent, VoidOutcome,
+};
+
+/// How long a balance charge's settled marker is kept beyond the hold time: a void comes at
+/// the latest when the request's time is up.
+const MARKER_MARGIN_MS: i64 = 60_000;
+
+impl RedisStore {
+    /// Event fields, then the aggregate pairs (the amount's included) of `event`.
+    fn usage_args(
+        inv: &mut redis::ScriptInvocation<'_>,
+        event: &UsageEvent,
+        aggregates: &UsageEvent,
+    ) {
+        let fields = event.to_fields(true);
+        inv.arg(fields.len());
+        for (k, v) in fields {
+            inv.arg(k).arg(v);
+        }
+        inv.arg(aggregates.amount_field())
+            .arg(aggregates.amount_minor);
+        for (k, v) in aggregates.aggregate_fields() {
+            inv.arg(k).arg(v);
+        }
+    }
+
+    /// The stream id inside a ledger id (`<ms>-<seq>-<bucket>`).
+    fn stream_id(ledger_id: &str) -> Result<&str, StoreError> {
+        ledger_id
+            .rsplit_once('-')
+            .map(|(s, _)| s)
+            .ok_or_else(|| StoreError::Protocol(format!("bad ledger id {ledger_id:?}")))
+    }
+
+    pub(super) async fn charge_receipt(
+        &self,
+        r: &Reservation,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        let mut conn = self.connection().await?;
+        let day = utc_day(event.time_ms);
+        let b = r.bucket();
+        let mut inv = self.scripts.authorize_capture.prepare_invoke();
+        inv.key(self.receipt_key(r))
+            .key(self.blocked_key(&r.payer))
+            .key(self.events_key(b))
+            .key(self.payer_agg_key(&r.payer, &day))
+            .key(self.bucket_agg_key(b, &day))
+            .key(self.payer_totals_key(b, &day))
+            .arg(&r.id)
+            .arg(r.spent_until_ms);
+        Self::usage_args(&mut inv, event, event);
+        let (status, id): (String, String) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(match status.as_str() {
+            "captured" => ChargeOutcome::Charged {
+                event_id: Self::ledger_id(b, &id),
+                balance_minor: 0,
+            },
+            "blocked" => ChargeOutcome::Refused(AuthorizeOutcome::PayerBlocked),
+            "replayed" => ChargeOutcome::Refused(AuthorizeOutcome::Replayed),
+            "in_use" => ChargeOutcome::Refused(AuthorizeOutcome::InUse),
+            "revoked" => ChargeOutcome::Refused(AuthorizeOutcome::Revoked),
+            other => {
+                return Err(StoreError::Protocol(format!(
+                    "authorize_capture replied {other:?}"
+                )))
+            }
+        })
+    }
+
+    pub(super) async fn charge_balance(
+        &self,
+        h: &Hold,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        let mut conn = self.connection().await?;
+        let day = utc_day(event.time_ms);
+        let b = h.bucket();
+        let mut inv = self.scripts.hold_capture.prepare_invoke();
+        inv.key(self.account_key(&h.payer))
+            .key(self.holds_key(&h.payer))
+            .key(self.blocked_key(&h.payer))
+            .key(self.events_key(b))
+            .key(self.payer_agg_key(&h.payer, &day))
+            .key(self.bucket_agg_key(b, &day))
+            .key(self.payer_totals_key(b, &day))
+            .key(self.done_key(h))
+            .arg(&h.id)
+            .arg(&h.currency)
+            .arg(h.amount_minor)
+            .arg(ms(h.ttl).saturating_add(MARKER_MARGIN_MS));
+        Self::usage_args(&mut inv, event, event);
+        let (status, id, balance): (String, String, i64) =
+            self.bounded(inv.invoke_async(&mut conn)).await?;
+        let balance_minor = u64::try_from(balance).unwrap_or(0);
+        Ok(match status.as_str() {
+            "captured" => ChargeOutcome::Charged {
+                event_id: Self::ledger_id(b, &id),
+                balance_minor,
+            },
+            "blocked" => ChargeOutcome::Declined(HoldOutcome::PayerBlocked),
+            "insufficient" => ChargeOutcome::Declined(HoldOutcome::Insufficient { balance_minor }),
+            other => {
+                return Err(StoreError::Protocol(format!(
+                    "hold_capture replied {other:?}"
+                )))
+            }
+        })
+    }
+
+    /// The void event and the keys of the charge's day.
+    pub(super) async fn void_charge(
+        &self,
+        receipt: Option<&Reservation>,
+        hold: Option<&Hold>,
+        charge: &UsageEvent,
+        void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        let mut conn = self.connection().await?;
+        let day = utc_day(charge.time_ms);
+        let b = super::bucket_of(&charge.payer);
+        let stream_id = Self::stream_id(&charge.id)?;
+        let mut inv = match (receipt, hold) {
+            (Some(r), _) => {
+                let mut inv = self.scripts.void.prepare_invoke();
+                inv.key(self.receipt_key(r));
+                inv
+            }
+            (None, Some(h)) => {
+                let mut inv = self.scripts.void_hold.prepare_invoke();
+                inv.key(self.account_key(&h.payer));
+                inv
+            }
+            (None, None) => return Err(StoreError::Protocol("void of nothing".into())),
+        };
+        inv.key(self.events_key(b))
+            .key(self.payer_agg_key(&charge.payer, &day))
+            .key(self.bucket_agg_key(b, &day))
+            .key(self.payer_totals_key(b, &day));
+        match (receipt, hold) {
+            (Some(r), _) => {
+                inv.arg(&r.id).arg(stream_id);
+            }
+            (None, Some(h)) => {
+                inv.key(self.done_key(h))
+                    .arg(stream_id)
+                    .arg(&h.currency)
+                    .arg(charge.amount_minor);
+            }
+            (None, None) => {}
+        }
+        Self::usage_args(&mut inv, void, charge);
+        let (status, id): (String, String) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        match status.as_str() {
+            "voided" => Ok(VoidOutcome::Voided {
+                event_id: Self::ledger_id(b, &id),
+            }),
+            "not_charged" => Ok(VoidOutcome::NotCharged),
+            other => Err(StoreError::Protocol(format!("void replied {other:?}"))),
+        }
+    }
+}
