@@ -8,6 +8,7 @@
 #   1 direct upstream            2 nginx proxy_pass (keepalive)   3 gateway free route
 #   4 unpaid priced route (402)  5 paid, fresh receipt/request    6 access-token drawdown
 #   7 metered route (JSON usage)
+#   5b/6b = 5/6 on routes with capture = "admission" (one store round trip per served request)
 # All gateway scenarios use a private redis-server (unix socket, --save ""). Per scenario: req/s,
 # p50/p99, CPU per request of the proxy (gateway or nginx), upstream and redis, peak RSS, Redis
 # commands per request (INFO commandstats) and Redis round trips per request (MONITOR sample).
@@ -37,6 +38,8 @@ MERCHANT=bench-merchant
 ISSUER=bench-issuer
 PAID_HOST=paid.bench
 TOKEN_HOST=token.bench
+PAID1_HOST=paid1.bench
+TOKEN1_HOST=token1.bench
 CHAT_BODY='{"model":"bench","messages":[{"role":"user","content":"hello there"}],"max_tokens":8}'
 export TOLLGATE_SECRET=${TOLLGATE_SECRET:-bench-secret-0123456789abcdef0123456789abcdef}
 export RUST_LOG=${RUST_LOG:-info}
@@ -176,6 +179,25 @@ methods = ["GET"]
 upstream = "http://127.0.0.1:$UP_PORT"
 price = { amount = "0.001", currency = "USD" }
 
+# Scenarios 5b and 6b: the same, captured at admission (one store round trip).
+[[routes]]
+id = "paid1"
+host = "$PAID1_HOST"
+path = "/free/hello"
+methods = ["GET"]
+upstream = "http://127.0.0.1:$UP_PORT"
+price = { amount = "0.01", currency = "USD" }
+capture = "admission"
+
+[[routes]]
+id = "token1"
+host = "$TOKEN1_HOST"
+path = "/free/hello"
+methods = ["GET"]
+upstream = "http://127.0.0.1:$UP_PORT"
+price = { amount = "0.001", currency = "USD" }
+capture = "admission"
+
 # Scenario 7: metered, usage read from the JSON answer.
 [[routes]]
 id = "chat"
@@ -200,6 +222,7 @@ gen_receipts() { # gen_receipts FILE COUNT JTI_PREFIX [AMOUNT] [KIND]
 log "signing $RECEIPTS receipts"
 RUN_ID="$(date +%s)-$$"
 gen_receipts "$TMP/receipts.txt" "$RECEIPTS" "run-$RUN_ID"
+gen_receipts "$TMP/receipts1.txt" "$RECEIPTS" "run1-$RUN_ID"
 gen_receipts "$TMP/sample.txt" 100 "sample-$RUN_ID" 2>/dev/null
 gen_receipts "$TMP/topup.txt" 1 "topup-$RUN_ID" 100000 topup 2>/dev/null
 
@@ -360,6 +383,12 @@ warmup "$GW/free/hello" # free route: warms the gateway and its upstream pool wi
 run_wrk 5_paid_receipt "$GW/free/hello" "$GW_PID" BENCH_HOST="$PAID_HOST" BENCH_RECEIPTS="$TMP/receipts.txt"
 rt_sample 5_paid_receipt 50 -H "Host: $PAID_HOST" -H "Authorization: Payment @RECEIPT@" "$GW/free/hello"
 
+# 5b. the same, captured at admission
+start_gateway
+warmup "$GW/free/hello"
+run_wrk 5b_paid_receipt_admission "$GW/free/hello" "$GW_PID" BENCH_HOST="$PAID1_HOST" BENCH_RECEIPTS="$TMP/receipts1.txt"
+rt_sample 5b_paid_receipt_admission 50 -H "Host: $PAID1_HOST" -H "Authorization: Payment @RECEIPT@" "$GW/free/hello"
+
 # 6. access token drawing down a prepaid balance (top-up of 100,000 USD: 10^8 requests at 0.001)
 start_gateway
 curl -s -o "$TMP/topup.json" -w '%{http_code}' -X POST -H "Authorization: Payment $(head -1 "$TMP/topup.txt")" \
@@ -370,6 +399,12 @@ log "top-up: $("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(
 warmup "$GW/free/hello" BENCH_HOST="$TOKEN_HOST" BENCH_AUTH="Bearer $TOKEN"
 run_wrk 6_token_drawdown "$GW/free/hello" "$GW_PID" BENCH_HOST="$TOKEN_HOST" BENCH_AUTH="Bearer $TOKEN" BENCH_EXPECT_PR=1
 rt_sample 6_token_drawdown 50 -H "Host: $TOKEN_HOST" -H "Authorization: Bearer $TOKEN" "$GW/free/hello"
+
+# 6b. the same, captured at admission
+start_gateway
+warmup "$GW/free/hello" BENCH_HOST="$TOKEN1_HOST" BENCH_AUTH="Bearer $TOKEN"
+run_wrk 6b_token_drawdown_admission "$GW/free/hello" "$GW_PID" BENCH_HOST="$TOKEN1_HOST" BENCH_AUTH="Bearer $TOKEN" BENCH_EXPECT_PR=1
+rt_sample 6b_token_drawdown_admission 50 -H "Host: $TOKEN1_HOST" -H "Authorization: Bearer $TOKEN" "$GW/free/hello"
 
 # 7. metered route, usage from the JSON answer, drawn from the same balance
 start_gateway

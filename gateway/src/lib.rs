@@ -30,9 +30,11 @@ use axum::routing::get;
 use axum::Router;
 use http::{header, HeaderValue, StatusCode};
 use tokio::net::TcpListener;
+use tollgate_middleware::credential;
+use tollgate_middleware::paywall::{TOLLGATE_CHARGE, TOLLGATE_PAYER};
 use tollgate_middleware::receipt::ReceiptPolicy;
 use tollgate_middleware::{
-    ErrorCode, Issuer, JwksKeys, KeySource, MemoryStore, PaymentLayer, Paywall, PricedRoute,
+    ErrorCode, Issuer, JwksKeys, KeySource, MemoryStore, PaymentLayer, Paywall, Price, PricedRoute,
     RedisStore, RedisStoreOptions, RouteFromExtension, StaticKeys, Store,
 };
 use tower::ServiceExt;
@@ -624,6 +626,19 @@ async fn serve_route(gw: &Gateway, inner: &Inner, m: &Matched, mut req: Request)
                 route.config.max_body_bytes
             ),
         );
+    }
+    if matches!(m.priced.price, Price::Free) {
+        // Free route: nothing to pay, so no payment layer -- only what it would do for a free
+        // route (no client-sent payer/charge headers and no credentials reach the upstream).
+        let headers = req.headers_mut();
+        headers.remove(TOLLGATE_PAYER);
+        headers.remove(TOLLGATE_CHARGE);
+        credential::strip(headers);
+        req.extensions_mut().insert(route);
+        return match gw.0.proxy.forward(req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        };
     }
     req.extensions_mut().insert(m.priced.clone());
     req.extensions_mut().insert(route);
