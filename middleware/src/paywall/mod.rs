@@ -39,11 +39,13 @@ use crate::price::{Price, PricedRoute};
 use crate::receipt::{Issuer, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier};
 use crate::store::{
     AuthorizeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
+    IdempotencyClaim,
     MandateCharge, MemoryStore, PlanUse, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
 };
 use crate::token::{TokenError, TokenKey};
 
 mod agent;
+pub mod idempotency;
 mod payment_auth;
 mod reconcile;
 mod x402;
@@ -54,6 +56,8 @@ use self::reconcile::{reconcile, retry_unknown};
 pub const PAYMENT_REQUIRED: &str = "payment-required";
 /// x402 response header with the settlement result.
 pub const PAYMENT_RESPONSE: &str = "payment-response";
+/// The Payment HTTP authentication scheme's response header (draft-httpauth-payment).
+pub const PAYMENT_RECEIPT: &str = "payment-receipt";
 /// Request header telling the upstream who paid (set by Tollgate; stripped from clients).
 pub const TOLLGATE_PAYER: &str = "tollgate-payer";
 /// Request header telling the upstream what was charged (fixed) or held (metered), e.g. `0.01 USD`.
@@ -325,6 +329,11 @@ pub struct Admission {
     settled: bool,
     /// An x402 `exact` payment: its offer, payload and on-chain state (see `x402.rs`).
     x402: Option<Box<x402::X402Pending>>,
+    /// Paid through the Payment HTTP authentication scheme (`Authorization: Payment`): a
+    /// served 2xx answer carries the draft's `Payment-Receipt`.
+    payment_scheme: bool,
+    /// The request's `Idempotency-Key`, claimed for this payer until the request is settled.
+    idempotency: Option<idempotency::Claim>,
 }
 
 impl Drop for Admission {
@@ -364,10 +373,13 @@ impl Drop for Admission {
 pub type Refusal = Response<Bytes>;
 
 /// Settlement result of a served request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Settled {
     /// Value for `PAYMENT-RESPONSE` (set when captured).
     pub payment_response: Option<HeaderValue>,
+    /// Value for the Payment scheme's `Payment-Receipt` (set when captured for a 2xx answer
+    /// to a request paid with `Authorization: Payment`).
+    pub payment_receipt: Option<HeaderValue>,
 }
 
 /// How a response ended, for settling metered requests.
@@ -688,6 +700,7 @@ impl Paywall {
                 Self::problem(code, detail)
             }
         };
+        let idempotency_key = idempotency::parse(headers).map_err(|(c, d)| refuse(c, &d))?;
         let credential = match credential {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -695,6 +708,13 @@ impl Paywall {
             }
             Err(e) => return Err(refuse(e.code, &e.detail)),
         };
+        let payment_scheme = matches!(
+            &credential,
+            Credential::Receipt {
+                source: credential::CredentialSource::AuthorizationPayment,
+                ..
+            }
+        );
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -710,6 +730,8 @@ impl Paywall {
             declared_request_bytes: declared,
             settled: false,
             x402: None,
+            payment_scheme,
+            idempotency: None,
         };
         match credential {
             Credential::X402Exact(payload) => {
@@ -732,6 +754,9 @@ impl Paywall {
                         ),
                     })?;
                 self.check_rate(route, &claims.sub).await?;
+                let claim = self
+                    .claim_idempotency(idempotency_key, &claims.sub, route, method, uri)
+                    .await?;
                 let amount = due;
                 let amount_minor = currency
                     .to_minor(amount)
@@ -796,7 +821,7 @@ impl Paywall {
                     credential,
                     metered: matches!(route.price, Price::Metered(_)),
                 };
-                Ok(Some(admission(
+                let mut a = admission(
                     payment,
                     Held::Balance {
                         hold,
@@ -805,9 +830,22 @@ impl Paywall {
                         new_token: None,
                         fixed_charge,
                     },
-                )))
+                );
+                a.idempotency = claim;
+                Ok(Some(a))
             }
-            Credential::Receipt { token, .. } => {
+            Credential::Receipt {
+                token, challenge, ..
+            } => {
+                let due_minor = currency
+                    .to_minor(due)
+                    .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+                // The Payment scheme's echoed challenge first: a forged, tampered or expired
+                // id is refused before any signature work.
+                if let Some(id) = &challenge {
+                    self.check_challenge(id, route, currency, due_minor, method)
+                        .map_err(|(c, d)| refuse(c, &d))?;
+                }
                 let receipt = self
                     .0
                     .verifier
@@ -832,13 +870,21 @@ impl Paywall {
                         ))
                     }
                 }
-                let due_minor = currency
-                    .to_minor(due)
-                    .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+                if let (Some(echoed), Some(bound)) = (&challenge, &receipt.challenge) {
+                    if echoed != bound {
+                        return Err(refuse(
+                            ErrorCode::ChallengeMismatch,
+                            "the credential's challenge id is not the one the receipt is bound to",
+                        ));
+                    }
+                }
                 let paid_minor = self
                     .check_terms(&receipt, route, currency, due_minor, method)
                     .map_err(|(c, d)| refuse(c, &d))?;
                 self.check_rate(route, &receipt.payer).await?;
+                let claim = self
+                    .claim_idempotency(idempotency_key, &receipt.payer, route, method, uri)
+                    .await?;
                 let mandate = self
                     .mandate_for(receipt.mandate.as_deref(), None, headers)
                     .await
@@ -864,7 +910,9 @@ impl Paywall {
                             credential,
                             metered: false,
                         };
-                        Ok(Some(admission(payment, Held::Receipt(reservation))))
+                        let mut a = admission(payment, Held::Receipt(reservation));
+                        a.idempotency = claim;
+                        Ok(Some(a))
                     }
                     Price::Metered(_) => {
                         // The receipt funds the balance (once), then the request is served from it
@@ -893,7 +941,7 @@ impl Paywall {
                             metered: true,
                         };
                         let new_token = Some(self.issue_token(&receipt.payer));
-                        Ok(Some(admission(
+                        let mut a = admission(
                             payment,
                             Held::Balance {
                                 hold,
@@ -904,10 +952,81 @@ impl Paywall {
                                 new_token,
                                 fixed_charge: None,
                             },
-                        )))
+                        );
+                        a.idempotency = claim;
+                        Ok(Some(a))
                     }
                     Price::Free => Ok(None),
                 }
+            }
+        }
+    }
+
+    /// Claim the request's `Idempotency-Key` for `payer` (see [`idempotency`]), before anything
+    /// is held: a retry of a request in flight or already charged is answered here.
+    async fn claim_idempotency(
+        &self,
+        key: Option<String>,
+        payer: &str,
+        route: &PricedRoute,
+        method: &Method,
+        uri: &Uri,
+    ) -> Result<Option<idempotency::Claim>, Refusal> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let fingerprint = idempotency::fingerprint(method, &route.id, uri);
+        let claim = idempotency::Claim::new(self.0.store.clone(), payer, key);
+        let found = crate::metrics::timed(
+            "idempotency_claim",
+            self.0.store.idempotency_claim(
+                payer,
+                &claim.key,
+                &fingerprint,
+                &claim.token,
+                idempotency::KEY_TTL,
+            ),
+        )
+        .await;
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                claim.keep();
+                return Err(Self::store_down(e, "idempotency claim"));
+            }
+        };
+        match found {
+            IdempotencyClaim::Claimed => Ok(Some(claim)),
+            other => {
+                // Not ours: never forget someone else's key.
+                claim.keep();
+                Err(match other {
+                    IdempotencyClaim::Done { event_id, time_ms } => {
+                        let mut p = Problem::new(ErrorCode::IdempotencyKeyUsed)
+                            .detail("a request with this Idempotency-Key was already served and charged; it was not charged again")
+                            .with("eventId", event_id.into());
+                        if time_ms > 0 {
+                            p = p.with(
+                                "paidAt",
+                                payment_auth::rfc3339(time_ms.div_euclid(1000)).into(),
+                            );
+                        }
+                        p.into_response()
+                    }
+                    IdempotencyClaim::Mismatch => Self::problem(
+                        ErrorCode::IdempotencyKeyMismatch,
+                        "this Idempotency-Key was used for a different request (method, route or target)",
+                    ),
+                    _ => {
+                        let mut res = Self::problem(
+                            ErrorCode::IdempotencyKeyInUse,
+                            "a request with this Idempotency-Key is in flight; retry when it finishes",
+                        );
+                        res.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        res
+                    }
+                })
             }
         }
     }
@@ -1317,23 +1436,38 @@ impl Paywall {
             ));
         }
         if let Some(id) = &r.challenge {
-            let terms = ChallengeTerms {
-                merchant: &self.0.merchant,
-                route: &route.id,
-                method: method.as_str(),
-                amount_minor: due,
-                currency: currency.code(),
-            };
-            self.0
-                .challenge_key
-                .verify(id, &terms, self.0.clock.now_secs())
-                .map_err(|e| match e {
-                    ChallengeError::Malformed => (ErrorCode::ChallengeInvalid, e.to_string()),
-                    ChallengeError::Mismatch => (ErrorCode::ChallengeMismatch, e.to_string()),
-                    ChallengeError::Expired => (ErrorCode::ChallengeExpired, e.to_string()),
-                })?;
+            self.check_challenge(id, route, currency, due, method)?;
         }
         Ok(paid)
+    }
+
+    /// Check a challenge id (a receipt's `challenge` claim, or the one a Payment-scheme
+    /// credential echoes) against this request: forged or tampered -> `challenge_invalid`,
+    /// issued for other terms -> `challenge_mismatch`, expired -> `challenge_expired`.
+    fn check_challenge(
+        &self,
+        id: &str,
+        route: &PricedRoute,
+        currency: &Currency,
+        due: u64,
+        method: &Method,
+    ) -> Result<(), (ErrorCode, String)> {
+        let terms = ChallengeTerms {
+            merchant: &self.0.merchant,
+            route: &route.id,
+            method: method.as_str(),
+            amount_minor: due,
+            currency: currency.code(),
+        };
+        self.0
+            .challenge_key
+            .verify(id, &terms, self.0.clock.now_secs())
+            .map_err(|e| match e {
+                ChallengeError::Malformed => (ErrorCode::ChallengeInvalid, e.to_string()),
+                ChallengeError::Mismatch => (ErrorCode::ChallengeMismatch, e.to_string()),
+                ChallengeError::Expired => (ErrorCode::ChallengeExpired, e.to_string()),
+            })
+            .map(|_| ())
     }
 }
 
@@ -1459,17 +1593,21 @@ impl Admission {
             if let Err(e) = released {
                 tracing::warn!(error = %e, "release failed; hold will expire");
             }
-            return Ok(Settled {
-                payment_response: None,
-            });
+            // Nothing was charged: a retry with the same Idempotency-Key runs again.
+            if let Some(claim) = self.idempotency.take() {
+                claim.forget().await;
+            }
+            return Ok(Settled::default());
         }
+        let claim = self.idempotency.take();
         let status = status.unwrap_or(0);
         let currency = self.payment.charge.currency.clone();
         let (units, unit_prices, actual_minor) = self.measure(&held, usage);
         let units_seen = units.clone();
+        let time_ms = self.paywall.0.clock.now_ms();
         let event = UsageEvent {
             id: String::new(),
-            time_ms: self.paywall.0.clock.now_ms(),
+            time_ms,
             payer: self.payment.payer.clone(),
             route: self.route.id.clone(),
             method: self.method.clone(),
@@ -1512,6 +1650,9 @@ impl Admission {
                             currency.code().to_owned(),
                             capture.clone(),
                         );
+                        if let Some(c) = claim {
+                            c.keep();
+                        }
                         return Err(withheld(&e));
                     }
                 };
@@ -1553,6 +1694,9 @@ impl Admission {
                             currency.code().to_owned(),
                             Settlement::Capture(Box::new(event.clone())),
                         );
+                        if let Some(c) = claim {
+                            c.keep();
+                        }
                         return Err(withheld(&e));
                     }
                 };
@@ -1587,6 +1731,9 @@ impl Admission {
                 }
             }
         };
+        if let Some(c) = claim {
+            c.done(&event_id, time_ms).await;
+        }
         let charged_amount = currency.from_minor(charged);
         let m = crate::metrics::global();
         m.revenue_minor
@@ -1618,15 +1765,22 @@ impl Admission {
             "decimals": currency.scale(),
             "eventId": event_id,
         });
-        if let Some(rid) = self
+        let receipt_id = self
             .payment
             .credential
             .rsplit(':')
             .next()
-            .filter(|_| self.payment.credential.starts_with("receipt:"))
-        {
+            .filter(|_| self.payment.credential.starts_with("receipt:"));
+        if let Some(rid) = receipt_id {
             body["receipt"] = rid.into();
         }
+        // The Payment scheme's receipt: only for a 2xx answer (the draft issues none on error
+        // responses) to a request paid with `Authorization: Payment`.
+        let payment_receipt = if self.payment_scheme && (200..300).contains(&status) {
+            payment_auth::receipt(&event_id, time_ms, receipt_id)
+        } else {
+            None
+        };
         if let Some(b) = balance {
             body["balance"] = currency.from_minor(b).to_string().into();
         }
@@ -1635,6 +1789,7 @@ impl Admission {
         }
         Ok(Settled {
             payment_response: b64_header(&body),
+            payment_receipt,
         })
     }
 

@@ -332,6 +332,7 @@ impl Admission {
                     self.paywall.release(&r).await;
                     return Ok(Settled {
                         payment_response: None,
+                        payment_receipt: None,
                     });
                 }
                 if x.route.mode == SettlementMode::Deferred {
@@ -423,6 +424,7 @@ impl Admission {
         }
         Ok(Settled {
             payment_response: b64_header(&body),
+            payment_receipt: None,
         })
     }
 
@@ -484,6 +486,7 @@ impl Admission {
         });
         Ok(Settled {
             payment_response: b64_header(&body),
+            payment_receipt: None,
         })
     }
 
