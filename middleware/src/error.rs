@@ -447,7 +447,10 @@ mod tests {
     fn problem_body_is_rfc9457_shaped() {
         let p = Problem::new(ErrorCode::ReceiptExpired).detail("exp 5 s ago");
         let v: serde_json::Value = serde_json::from_slice(&p.to_bytes()).unwrap();
-        assert_eq!(v["type"], "https://paymentauth.org/problems/payment-expired");
+        assert_eq!(
+            v["type"],
+            "https://paymentauth.org/problems/payment-expired"
+        );
         assert_eq!(v["status"], 402);
         assert_eq!(v["code"], "receipt_expired");
         assert_eq!(v["detail"], "exp 5 s ago");

@@ -100,7 +100,12 @@ impl Claim {
         self.armed = false;
         let r = self
             .store
-            .idempotency_finish(&self.payer, &self.key, &self.token, Some((event_id, time_ms)))
+            .idempotency_finish(
+                &self.payer,
+                &self.key,
+                &self.token,
+                Some((event_id, time_ms)),
+            )
             .await;
         if let Err(e) = r {
             // The claim stays "in flight" until it expires: retries get 409, never a charge.

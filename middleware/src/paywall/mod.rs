@@ -39,8 +39,8 @@ use crate::price::{Price, PricedRoute};
 use crate::receipt::{Issuer, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier};
 use crate::store::{
     AuthorizeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    IdempotencyClaim,
-    MandateCharge, MemoryStore, PlanUse, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
+    IdempotencyClaim, MandateCharge, MemoryStore, PlanUse, Reservation, SettleOutcome, Settlement,
+    Store, UsageEvent,
 };
 use crate::token::{TokenError, TokenKey};
 

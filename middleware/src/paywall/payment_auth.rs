@@ -91,7 +91,11 @@ pub(super) fn challenge(requirements: &Value, realm: &str) -> Option<HeaderValue
 /// JSON `{status: "success", method, timestamp (RFC 3339), reference}`, `reference` being the
 /// usage event id of the capture (the ledger's id for it); `receipt`, the spent receipt's id
 /// (`jti`), is a method-specific extra the draft allows.
-pub(super) fn receipt(event_id: &str, time_ms: i64, receipt_id: Option<&str>) -> Option<HeaderValue> {
+pub(super) fn receipt(
+    event_id: &str,
+    time_ms: i64,
+    receipt_id: Option<&str>,
+) -> Option<HeaderValue> {
     let mut v = json!({
         "status": "success",
         "method": RECEIPT_SCHEME,

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use super::{
     days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome, Balance,
     Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    IdempotencyClaim,
-    JobOutcome, MandateCharge, MandateUse, PayerSpend, PlanPeriod, Reservation, SettleOutcome,
-    Settlement, SettlementJob, Store, StoreError, SubscribeOutcome, Subscription, UsageEvent,
+    IdempotencyClaim, JobOutcome, MandateCharge, MandateUse, PayerSpend, PlanPeriod, Reservation,
+    SettleOutcome, Settlement, SettlementJob, Store, StoreError, SubscribeOutcome, Subscription,
+    UsageEvent,
 };
 use crate::clock::{Clock, SystemClock};
 

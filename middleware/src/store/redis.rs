@@ -19,9 +19,9 @@ use sha2::{Digest, Sha256};
 use super::{
     bucket_of, days_between, event_order, fold_aggregates, fold_payer_totals, utc_day, Account,
     AuthorizeOutcome, Balance, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome,
-    HoldSettleOutcome, Idempotency, IdempotencyClaim, JobOutcome, MandateCharge, MandateUse, PayerSpend, PlanPeriod,
-    Reservation, SettleOutcome, Settlement, SettlementJob, Store, StoreError, SubscribeOutcome,
-    Subscription, UsageEvent, BUCKETS,
+    HoldSettleOutcome, Idempotency, IdempotencyClaim, JobOutcome, MandateCharge, MandateUse,
+    PayerSpend, PlanPeriod, Reservation, SettleOutcome, Settlement, SettlementJob, Store,
+    StoreError, SubscribeOutcome, Subscription, UsageEvent, BUCKETS,
 };
 
 /// Connection settings.
