@@ -450,6 +450,23 @@ async fn retries_with_one_key_are_charged_once(on_redis: bool) {
         "0.75"
     );
 
+    // Refused after the claim (balance too low): forgotten before the answer, so the retry
+    // is refused for its own reason again, never "in use".
+    let poor = f.gw.topup(&f.wallet, "agent-poor", "0.1").await;
+    for _ in 0..2 {
+        let res = post_with_key(&f, "/v1/jobs", &poor, "job-poor").await;
+        let (s, code, t, _) = problem(res).await;
+        assert_eq!(
+            (s, code.as_str(), t),
+            (
+                402,
+                "balance_insufficient",
+                format!("{DRAFT}payment-insufficient")
+            )
+        );
+    }
+    assert_eq!(f.hits.load(Ordering::SeqCst), 4);
+
     // Receipts through the Payment scheme: the retry with the same credential and key gets
     // the key's answer, not `receipt_replayed`.
     let res = f.gw.http.post(f.gw.url("/v1/jobs")).send().await.unwrap();

@@ -657,9 +657,25 @@ impl Paywall {
             Ok(Some(Credential::X402Exact(_))) => "x402",
             _ => "none",
         };
-        let result = self
-            .admit_inner(route, method, uri, headers, (currency, due), credential)
+        // A claimed Idempotency-Key comes back here: on a refusal after the claim it is
+        // forgotten before answering (nothing was charged), so a retry is never told "in use".
+        let mut claim = None;
+        let mut result = self
+            .admit_inner(
+                route,
+                method,
+                uri,
+                headers,
+                (currency, due),
+                credential,
+                &mut claim,
+            )
             .await;
+        match (&mut result, claim) {
+            (Ok(Some(a)), c) => a.idempotency = c,
+            (_, Some(c)) => c.forget().await,
+            (_, None) => {}
+        }
         let m = crate::metrics::global();
         match &result {
             Ok(Some(_)) => {
@@ -692,6 +708,7 @@ impl Paywall {
         headers: &HeaderMap,
         (currency, due): (&Currency, Amount),
         credential: Result<Option<Credential>, credential::CredentialError>,
+        claimed: &mut Option<idempotency::Claim>,
     ) -> Result<Option<Admission>, Refusal> {
         let refuse = |code: ErrorCode, detail: &str| -> Refusal {
             if code.status() == StatusCode::PAYMENT_REQUIRED {
@@ -754,7 +771,7 @@ impl Paywall {
                         ),
                     })?;
                 self.check_rate(route, &claims.sub).await?;
-                let claim = self
+                *claimed = self
                     .claim_idempotency(idempotency_key, &claims.sub, route, method, uri)
                     .await?;
                 let amount = due;
@@ -821,7 +838,7 @@ impl Paywall {
                     credential,
                     metered: matches!(route.price, Price::Metered(_)),
                 };
-                let mut a = admission(
+                Ok(Some(admission(
                     payment,
                     Held::Balance {
                         hold,
@@ -830,9 +847,7 @@ impl Paywall {
                         new_token: None,
                         fixed_charge,
                     },
-                );
-                a.idempotency = claim;
-                Ok(Some(a))
+                )))
             }
             Credential::Receipt {
                 token, challenge, ..
@@ -882,7 +897,7 @@ impl Paywall {
                     .check_terms(&receipt, route, currency, due_minor, method)
                     .map_err(|(c, d)| refuse(c, &d))?;
                 self.check_rate(route, &receipt.payer).await?;
-                let claim = self
+                *claimed = self
                     .claim_idempotency(idempotency_key, &receipt.payer, route, method, uri)
                     .await?;
                 let mandate = self
@@ -910,9 +925,7 @@ impl Paywall {
                             credential,
                             metered: false,
                         };
-                        let mut a = admission(payment, Held::Receipt(reservation));
-                        a.idempotency = claim;
-                        Ok(Some(a))
+                        Ok(Some(admission(payment, Held::Receipt(reservation))))
                     }
                     Price::Metered(_) => {
                         // The receipt funds the balance (once), then the request is served from it
@@ -941,7 +954,7 @@ impl Paywall {
                             metered: true,
                         };
                         let new_token = Some(self.issue_token(&receipt.payer));
-                        let mut a = admission(
+                        Ok(Some(admission(
                             payment,
                             Held::Balance {
                                 hold,
@@ -952,9 +965,7 @@ impl Paywall {
                                 new_token,
                                 fixed_charge: None,
                             },
-                        );
-                        a.idempotency = claim;
-                        Ok(Some(a))
+                        )))
                     }
                     Price::Free => Ok(None),
                 }
