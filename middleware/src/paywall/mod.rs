@@ -663,9 +663,7 @@ impl Paywall {
         let mut result = self
             .admit_inner(
                 route,
-                method,
-                uri,
-                headers,
+                (method, uri, headers),
                 (currency, due),
                 credential,
                 &mut claim,
@@ -703,9 +701,7 @@ impl Paywall {
     async fn admit_inner(
         &self,
         route: &Arc<PricedRoute>,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
+        (method, uri, headers): (&Method, &Uri, &HeaderMap),
         (currency, due): (&Currency, Amount),
         credential: Result<Option<Credential>, credential::CredentialError>,
         claimed: &mut Option<idempotency::Claim>,
