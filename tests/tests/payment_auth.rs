@@ -237,13 +237,15 @@ async fn refusals_carry_the_drafts_problem_types() {
     };
     let receipt = || f.wallet.receipt("m", "agent-p", "0.01");
 
-    // No credential.
+    // No credential (the body repeats the challenge id, as the draft's example does).
     let res = f.gw.http.get(f.gw.url("/v1/data")).send().await.unwrap();
-    let (s, code, t, _) = problem(res).await;
+    let (www_id, _) = challenge_of(&res);
+    let (s, code, t, body) = problem(res).await;
     assert_eq!(
         (s, code.as_str(), t),
         (402, "payment_required", format!("{DRAFT}payment-required"))
     );
+    assert_eq!(body["challengeId"], www_id.as_str());
 
     // Echoed challenge id tampered with (one MAC character changed), forged, empty.
     let parts: Vec<&str> = id.split('.').collect();

@@ -393,6 +393,15 @@ async fn memory_request_idempotency() {
 async fn redis_request_idempotency() {
     let redis = RedisServer::start();
     request_idempotency(redis_store(&redis).await).await;
+    // One hash per (payer, key), in the payer's bucket, every one with its TTL.
+    let mut c = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*:ridem:*").query(&mut c).unwrap();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    for k in keys {
+        assert!(k.contains(":{b") && k.contains("}:ridem:"), "{k}");
+        let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut c).unwrap();
+        assert!(ttl > 0 && ttl <= 60_000, "{k}: {ttl}");
+    }
 }
 
 #[tokio::test]

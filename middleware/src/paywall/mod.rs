@@ -596,6 +596,9 @@ impl Paywall {
         let header_value = b64_header(&req);
         let www_authenticate = payment_auth::challenge(&req, &self.0.merchant);
         let mut problem = Problem::new(code).detail(detail);
+        if let Some(id) = payment_auth::challenge_id(&req) {
+            problem = problem.with("challengeId", id.into());
+        }
         if let Value::Object(map) = req {
             for (k, v) in map {
                 if k != "error" {

@@ -50,14 +50,25 @@ fn quoted(s: &str) -> String {
     out
 }
 
-/// The `WWW-Authenticate: Payment ...` value for a 402's requirements (`None` when they
-/// offer no native payment, e.g. a free route).
-pub(super) fn challenge(requirements: &Value, realm: &str) -> Option<HeaderValue> {
-    let offer = requirements
+/// The native payment offer among a 402's requirements.
+fn native_offer(requirements: &Value) -> Option<&Value> {
+    requirements
         .get("accepts")?
         .as_array()?
         .iter()
-        .find(|a| a["scheme"] == RECEIPT_SCHEME && a["extra"]["kind"] == "payment")?;
+        .find(|a| a["scheme"] == RECEIPT_SCHEME && a["extra"]["kind"] == "payment")
+}
+
+/// The challenge `id` of a 402's `WWW-Authenticate: Payment` (the problem body repeats it as
+/// `challengeId`, as the draft's example does).
+pub(super) fn challenge_id(requirements: &Value) -> Option<&str> {
+    native_offer(requirements)?["extra"]["challenge"].as_str()
+}
+
+/// The `WWW-Authenticate: Payment ...` value for a 402's requirements (`None` when they
+/// offer no native payment, e.g. a free route).
+pub(super) fn challenge(requirements: &Value, realm: &str) -> Option<HeaderValue> {
+    let offer = native_offer(requirements)?;
     let extra = &offer["extra"];
     let s = |v: &Value| v.as_str().map(str::to_owned);
     let id = s(&extra["challenge"])?;
