@@ -50,6 +50,9 @@ pub enum Credential {
         token: String,
         /// The header it came in.
         source: CredentialSource,
+        /// The challenge `id` echoed by a Payment-scheme credential (`challenge.id`), checked
+        /// against the request like the receipt's own `challenge` claim.
+        challenge: Option<String>,
     },
     /// An x402 v2 `PaymentPayload` with `accepted.scheme == "exact"` (decoded, not yet checked).
     X402Exact(Box<serde_json::Value>),
@@ -93,11 +96,20 @@ struct PayloadV1 {
     payload: serde_json::Value,
 }
 
-/// The Payment HTTP authentication scheme's credential (its `challenge` echo is not needed:
-/// the receipt carries its own optional `challenge` binding).
+/// The Payment HTTP authentication scheme's credential: the receipt in `payload`, and the
+/// echoed challenge, whose `id` (our stateless challenge id, which binds every other echoed
+/// parameter) is checked against the request.
 #[derive(Deserialize)]
 struct PaymentAuthCredential {
+    #[serde(default)]
+    challenge: Option<EchoedChallenge>,
     payload: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct EchoedChallenge {
+    #[serde(default)]
+    id: Option<String>,
 }
 
 /// `payload.receipt`, read only once the scheme is known to be ours.
@@ -218,6 +230,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         return Ok(Some(Credential::Receipt {
             token: receipt_of("PAYMENT-SIGNATURE", p.payload)?,
             source: CredentialSource::PaymentSignature,
+            challenge: None,
         }));
     }
     if let Some(v) = v1 {
@@ -229,6 +242,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         return Ok(Some(Credential::Receipt {
             token: receipt_of("X-PAYMENT", p.payload)?,
             source: CredentialSource::XPayment,
+            challenge: None,
         }));
     }
     if let Some(token) = bearer {
@@ -241,17 +255,24 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         // A JWS has dots; base64url never does: without dots it may be the Payment scheme's
         // credential (`{"challenge", "payload": {"receipt"}}`, draft-httpauth-payment).
         // Anything else stays a (malformed) receipt, refused by the receipt checks.
-        let token = if token.contains('.') {
-            token
+        let parsed = if token.contains('.') {
+            None
         } else {
             decode_base64(&token)
                 .and_then(|b| serde_json::from_slice::<PaymentAuthCredential>(&b).ok())
-                .and_then(|p| receipt_of("Authorization: Payment", p.payload).ok())
-                .unwrap_or(token)
+                .and_then(|p| {
+                    let receipt = receipt_of("Authorization: Payment", p.payload).ok()?;
+                    // An echoed challenge must name an id: an empty or missing one is refused
+                    // as an invalid challenge, not ignored.
+                    let id = p.challenge.map(|c| c.id.unwrap_or_default());
+                    Some((receipt, id))
+                })
         };
+        let (token, challenge) = parsed.unwrap_or((token, None));
         return Ok(Some(Credential::Receipt {
             token,
             source: CredentialSource::AuthorizationPayment,
+            challenge,
         }));
     }
     Ok(None)
@@ -304,7 +325,8 @@ mod tests {
             c,
             Credential::Receipt {
                 token: "a.b.c".into(),
-                source: CredentialSource::PaymentSignature
+                source: CredentialSource::PaymentSignature,
+                challenge: None
             }
         );
         let v1 = URL_SAFE_NO_PAD.encode(serde_json::json!({"x402Version": 1, "scheme": RECEIPT_SCHEME, "network": "n", "payload": {"receipt": "x.y.z"}}).to_string());
@@ -313,7 +335,8 @@ mod tests {
             c,
             Credential::Receipt {
                 token: "x.y.z".into(),
-                source: CredentialSource::XPayment
+                source: CredentialSource::XPayment,
+                challenge: None
             }
         );
         let c = extract(&h(&[("authorization", "Payment  j.w.t ")]))
@@ -323,7 +346,8 @@ mod tests {
             c,
             Credential::Receipt {
                 token: "j.w.t".into(),
-                source: CredentialSource::AuthorizationPayment
+                source: CredentialSource::AuthorizationPayment,
+                challenge: None
             }
         );
         assert_eq!(
@@ -342,7 +366,8 @@ mod tests {
             c,
             Credential::Receipt {
                 token: "r.e.c".into(),
-                source: CredentialSource::AuthorizationPayment
+                source: CredentialSource::AuthorizationPayment,
+                challenge: Some("c1.5.x".into())
             }
         );
         // Not that form: still a receipt (refused later as receipt_malformed).
@@ -352,7 +377,8 @@ mod tests {
                 .unwrap(),
             Credential::Receipt {
                 token: "nodots".into(),
-                source: CredentialSource::AuthorizationPayment
+                source: CredentialSource::AuthorizationPayment,
+                challenge: None
             }
         );
         assert_eq!(extract(&HeaderMap::new()).unwrap(), None);

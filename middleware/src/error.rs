@@ -119,6 +119,16 @@ pub enum ErrorCode {
     PlanExhausted,
     /// The plan named by a subscription receipt is not sold here.
     PlanUnknown,
+    /// The `Idempotency-Key` header is malformed (empty, too long, outside its character
+    /// set, or sent more than once).
+    IdempotencyKeyInvalid,
+    /// A request with this `Idempotency-Key` is still being served; retry when it finishes.
+    IdempotencyKeyInUse,
+    /// A request with this `Idempotency-Key` was already served and charged (`eventId` in the
+    /// body names the original usage event); nothing was charged again.
+    IdempotencyKeyUsed,
+    /// This `Idempotency-Key` was used for a different request (method, route or target).
+    IdempotencyKeyMismatch,
     /// An unexpected internal failure (details in the gateway log only).
     Internal,
 }
@@ -179,6 +189,10 @@ impl ErrorCode {
             MandateExceeded => "mandate_exceeded",
             PlanExhausted => "plan_exhausted",
             PlanUnknown => "plan_unknown",
+            IdempotencyKeyInvalid => "idempotency_key_invalid",
+            IdempotencyKeyInUse => "idempotency_key_in_use",
+            IdempotencyKeyUsed => "idempotency_key_used",
+            IdempotencyKeyMismatch => "idempotency_key_mismatch",
             Internal => "internal",
         }
     }
@@ -187,9 +201,13 @@ impl ErrorCode {
     pub fn status(&self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            CredentialMalformed | CredentialAmbiguous | PathInvalid | InvalidRequest => {
-                StatusCode::BAD_REQUEST
-            }
+            CredentialMalformed
+            | CredentialAmbiguous
+            | PathInvalid
+            | InvalidRequest
+            | IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
+            IdempotencyKeyInUse | IdempotencyKeyUsed => StatusCode::CONFLICT,
+            IdempotencyKeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Unauthorized => StatusCode::UNAUTHORIZED,
             PayerBlocked | MandateRevoked | MandateForbidden | ReceiptRevoked => {
                 StatusCode::FORBIDDEN
@@ -268,7 +286,58 @@ impl ErrorCode {
             MandateExceeded => "Spending mandate budget exceeded",
             PlanExhausted => "Plan usage used up for this period",
             PlanUnknown => "No such plan",
+            IdempotencyKeyInvalid => "Invalid Idempotency-Key",
+            IdempotencyKeyInUse => "Idempotency-Key in use by a request in flight",
+            IdempotencyKeyUsed => "Idempotency-Key already used: request already served",
+            IdempotencyKeyMismatch => "Idempotency-Key used for a different request",
             Internal => "Internal error",
+        }
+    }
+}
+
+/// Base URI of the problem types of the Payment HTTP authentication scheme
+/// (draft-httpauth-payment, "Error Codes").
+pub const PAYMENT_PROBLEM_BASE: &str = "https://paymentauth.org/problems/";
+
+impl ErrorCode {
+    /// The draft-httpauth-payment problem type this refusal is an instance of, if one fits
+    /// (e.g. `verification-failed`); `None`: only Tollgate's own `urn:tollgate:problem:<code>`.
+    /// The mapping depends on the code alone, whatever header carried the credential: the
+    /// stable `code` member stays the thing to branch on, `type` is the draft's view of it.
+    pub fn payment_problem(&self) -> Option<&'static str> {
+        use ErrorCode::*;
+        Some(match self {
+            PaymentRequired => "payment-required",
+            AmountInsufficient | BalanceInsufficient => "payment-insufficient",
+            ReceiptExpired | ChallengeExpired => "payment-expired",
+            ReceiptUnsupportedAlgorithm
+            | ReceiptUntrustedIssuer
+            | ReceiptUnknownKey
+            | ReceiptInvalidSignature
+            | ReceiptNotYetValid
+            | ReceiptLifetimeTooLong
+            | ReceiptWrongAudience
+            | ReceiptReplayed
+            | AmountInvalid
+            | CurrencyMismatch
+            | X402PaymentInvalid
+            | X402AuthorizationReplayed
+            | X402SettlementFailed => "verification-failed",
+            CredentialMalformed | CredentialAmbiguous => "malformed-credential",
+            ReceiptMalformed | ReceiptTooLarge | ReceiptKindUnsupported => "invalid-payload",
+            ChallengeInvalid | ChallengeMismatch => "invalid-challenge",
+            SchemeUnsupported => "method-unsupported",
+            IdempotencyKeyInvalid => "bad-request",
+            _ => return None,
+        })
+    }
+
+    /// The problem `type` URI: the draft's (`https://paymentauth.org/problems/<type>`) where
+    /// one fits, else `urn:tollgate:problem:<code>`.
+    pub fn problem_type(&self) -> String {
+        match self.payment_problem() {
+            Some(t) => format!("{PAYMENT_PROBLEM_BASE}{t}"),
+            None => format!("urn:tollgate:problem:{}", self.as_str()),
         }
     }
 }
@@ -279,9 +348,10 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// An RFC 9457 problem document. `type` is a stable URN derived from the code.
+/// An RFC 9457 problem document. `type` is derived from the code ([`ErrorCode::problem_type`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
+    /// [`ErrorCode::problem_type`]: the Payment scheme's problem type where one fits, else
     /// `urn:tollgate:problem:<code>`.
     #[serde(rename = "type")]
     pub kind: String,
@@ -303,7 +373,7 @@ impl Problem {
     /// A problem for a code, with its default status and title.
     pub fn new(code: ErrorCode) -> Self {
         Problem {
-            kind: format!("urn:tollgate:problem:{}", code.as_str()),
+            kind: code.problem_type(),
             title: code.title(),
             status: code.status().as_u16(),
             code,
@@ -377,9 +447,49 @@ mod tests {
     fn problem_body_is_rfc9457_shaped() {
         let p = Problem::new(ErrorCode::ReceiptExpired).detail("exp 5 s ago");
         let v: serde_json::Value = serde_json::from_slice(&p.to_bytes()).unwrap();
-        assert_eq!(v["type"], "urn:tollgate:problem:receipt_expired");
+        assert_eq!(
+            v["type"],
+            "https://paymentauth.org/problems/payment-expired"
+        );
         assert_eq!(v["status"], 402);
         assert_eq!(v["code"], "receipt_expired");
         assert_eq!(v["detail"], "exp 5 s ago");
+        let v: serde_json::Value =
+            serde_json::from_slice(&Problem::new(ErrorCode::RouteNotFound).to_bytes()).unwrap();
+        assert_eq!(v["type"], "urn:tollgate:problem:route_not_found");
+    }
+
+    #[test]
+    fn payment_problem_types_follow_the_draft() {
+        for (code, t) in [
+            (ErrorCode::PaymentRequired, "payment-required"),
+            (ErrorCode::AmountInsufficient, "payment-insufficient"),
+            (ErrorCode::BalanceInsufficient, "payment-insufficient"),
+            (ErrorCode::ChallengeExpired, "payment-expired"),
+            (ErrorCode::ReceiptExpired, "payment-expired"),
+            (ErrorCode::ReceiptInvalidSignature, "verification-failed"),
+            (ErrorCode::ReceiptReplayed, "verification-failed"),
+            (ErrorCode::CredentialMalformed, "malformed-credential"),
+            (ErrorCode::ReceiptMalformed, "invalid-payload"),
+            (ErrorCode::ChallengeInvalid, "invalid-challenge"),
+            (ErrorCode::ChallengeMismatch, "invalid-challenge"),
+            (ErrorCode::SchemeUnsupported, "method-unsupported"),
+            (ErrorCode::IdempotencyKeyInvalid, "bad-request"),
+        ] {
+            assert_eq!(
+                code.problem_type(),
+                format!("https://paymentauth.org/problems/{t}"),
+                "{code}"
+            );
+        }
+        for code in [
+            ErrorCode::ReceiptInUse,
+            ErrorCode::PayerBlocked,
+            ErrorCode::StoreUnavailable,
+            ErrorCode::IdempotencyKeyUsed,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(code.problem_type(), format!("urn:tollgate:problem:{code}"));
+        }
     }
 }

@@ -36,7 +36,8 @@ use tower::{Layer, Service};
 use crate::credential;
 use crate::meter::{Metered, UsageReading};
 use crate::paywall::{
-    Admission, BodyEnd, Payment, Paywall, PAYMENT_RESPONSE, TOLLGATE_CHARGE, TOLLGATE_PAYER,
+    Admission, BodyEnd, Payment, Paywall, Settled, PAYMENT_RECEIPT, PAYMENT_RESPONSE,
+    TOLLGATE_CHARGE, TOLLGATE_PAYER,
 };
 use crate::price::PricedRoute;
 
@@ -430,10 +431,9 @@ where
             let status = res.status().as_u16();
             if status >= 400 || admission.metered().is_none() {
                 return Ok(match admission.settle(Some(status), None).await {
-                    Ok(settled) => with_payment_response(
-                        res.map(|body| PaymentBody::Inner { body }),
-                        settled.payment_response,
-                    ),
+                    Ok(settled) => {
+                        with_settled(res.map(|body| PaymentBody::Inner { body }), settled)
+                    }
                     // The payment could not be recorded: the response is withheld (fail closed).
                     Err(refused) => refusal(refused),
                 });
@@ -441,6 +441,20 @@ where
             Ok(metered_response(admission, res).await)
         })
     }
+}
+
+/// `PAYMENT-RESPONSE` and, for the Payment scheme, `Payment-Receipt` (both private: the
+/// draft asks `Cache-Control: private` with a receipt).
+fn with_settled<B>(res: Response<B>, settled: Settled) -> Response<B> {
+    let mut res = with_payment_response(res, settled.payment_response);
+    if let Some(v) = settled.payment_receipt {
+        res.headers_mut().insert(PAYMENT_RECEIPT, v);
+        res.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+    }
+    res
 }
 
 fn with_payment_response<B>(mut res: Response<B>, value: Option<HeaderValue>) -> Response<B> {
@@ -531,7 +545,7 @@ where
                         },
                     );
                     res.headers_mut().remove(header::TRANSFER_ENCODING);
-                    with_payment_response(res, settled.payment_response)
+                    with_settled(res, settled)
                 }
                 Err(refused) => refusal(refused),
             };

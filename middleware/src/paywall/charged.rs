@@ -140,14 +140,20 @@ impl Admission {
     ) -> Result<Settled, Refusal> {
         self.settled = true;
         crate::metrics::global().holds_in_flight.dec();
-        if status.is_some_and(|s| s < 400) {
+        let claim = self.idempotency.take();
+        if let Some(status) = status.filter(|s| *s < 400) {
+            if let Some(claim) = claim {
+                claim.done(&c.event.id, c.event.time_ms).await;
+            }
             return Ok(self.paid(
                 &c.event.id,
-                c.event.amount_minor,
-                c.balance_minor,
+                (c.event.amount_minor, c.balance_minor, None),
                 None,
-                None,
+                (status, c.event.time_ms),
             ));
+        }
+        if let Some(claim) = claim {
+            claim.forget().await;
         }
         let store = self.paywall.0.store.clone();
         let void = void_event(&c.event, self.paywall.0.clock.now_ms(), status.unwrap_or(0));
@@ -162,6 +168,7 @@ impl Admission {
         }
         Ok(Settled {
             payment_response: None,
+            payment_receipt: None,
         })
     }
 

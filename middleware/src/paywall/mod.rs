@@ -39,12 +39,14 @@ use crate::price::{Price, PricedRoute};
 use crate::receipt::{Issuer, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier};
 use crate::store::{
     AuthorizeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome, Idempotency,
-    MandateCharge, MemoryStore, PlanUse, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
+    IdempotencyClaim, MandateCharge, MemoryStore, PlanUse, Reservation, SettleOutcome, Settlement,
+    Store, UsageEvent,
 };
 use crate::token::{TokenError, TokenKey};
 
 mod agent;
 mod charged;
+pub mod idempotency;
 mod payment_auth;
 mod reconcile;
 mod x402;
@@ -55,6 +57,8 @@ use self::reconcile::{reconcile, retry_unknown};
 pub const PAYMENT_REQUIRED: &str = "payment-required";
 /// x402 response header with the settlement result.
 pub const PAYMENT_RESPONSE: &str = "payment-response";
+/// The Payment HTTP authentication scheme's response header (draft-httpauth-payment).
+pub const PAYMENT_RECEIPT: &str = "payment-receipt";
 /// Request header telling the upstream who paid (set by Tollgate; stripped from clients).
 pub const TOLLGATE_PAYER: &str = "tollgate-payer";
 /// Request header telling the upstream what was charged (fixed) or held (metered), e.g. `0.01 USD`.
@@ -328,6 +332,11 @@ pub struct Admission {
     x402: Option<Box<x402::X402Pending>>,
     /// A fixed price charged at admission (see `charged.rs`).
     charged: Option<Box<charged::Charged>>,
+    /// Paid through the Payment HTTP authentication scheme (`Authorization: Payment`): a
+    /// served 2xx answer carries the draft's `Payment-Receipt`.
+    payment_scheme: bool,
+    /// The request's `Idempotency-Key`, claimed for this payer until the request is settled.
+    idempotency: Option<idempotency::Claim>,
 }
 
 impl Drop for Admission {
@@ -367,10 +376,13 @@ impl Drop for Admission {
 pub type Refusal = Response<Bytes>;
 
 /// Settlement result of a served request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Settled {
     /// Value for `PAYMENT-RESPONSE` (set when captured).
     pub payment_response: Option<HeaderValue>,
+    /// Value for the Payment scheme's `Payment-Receipt` (set when captured for a 2xx answer
+    /// to a request paid with `Authorization: Payment`).
+    pub payment_receipt: Option<HeaderValue>,
 }
 
 /// How a response ended, for settling metered requests.
@@ -587,6 +599,9 @@ impl Paywall {
         let header_value = b64_header(&req);
         let www_authenticate = payment_auth::challenge(&req, &self.0.merchant);
         let mut problem = Problem::new(code).detail(detail);
+        if let Some(id) = payment_auth::challenge_id(&req) {
+            problem = problem.with("challengeId", id.into());
+        }
         if let Value::Object(map) = req {
             for (k, v) in map {
                 if k != "error" {
@@ -648,9 +663,23 @@ impl Paywall {
             Ok(Some(Credential::X402Exact(_))) => "x402",
             _ => "none",
         };
-        let result = self
-            .admit_inner(route, method, uri, headers, (currency, due), credential)
+        // A claimed Idempotency-Key comes back here: on a refusal after the claim it is
+        // forgotten before answering (nothing was charged), so a retry is never told "in use".
+        let mut claim = None;
+        let mut result = self
+            .admit_inner(
+                route,
+                (method, uri, headers),
+                (currency, due),
+                credential,
+                &mut claim,
+            )
             .await;
+        match (&mut result, claim) {
+            (Ok(Some(a)), c) => a.idempotency = c,
+            (_, Some(c)) => c.forget().await,
+            (_, None) => {}
+        }
         let m = crate::metrics::global();
         match &result {
             Ok(Some(_)) => {
@@ -678,11 +707,10 @@ impl Paywall {
     async fn admit_inner(
         &self,
         route: &Arc<PricedRoute>,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
+        (method, uri, headers): (&Method, &Uri, &HeaderMap),
         (currency, due): (&Currency, Amount),
         credential: Result<Option<Credential>, credential::CredentialError>,
+        claimed: &mut Option<idempotency::Claim>,
     ) -> Result<Option<Admission>, Refusal> {
         let refuse = |code: ErrorCode, detail: &str| -> Refusal {
             if code.status() == StatusCode::PAYMENT_REQUIRED {
@@ -691,6 +719,7 @@ impl Paywall {
                 Self::problem(code, detail)
             }
         };
+        let idempotency_key = idempotency::parse(headers).map_err(|(c, d)| refuse(c, &d))?;
         let credential = match credential {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -698,6 +727,13 @@ impl Paywall {
             }
             Err(e) => return Err(refuse(e.code, &e.detail)),
         };
+        let payment_scheme = matches!(
+            &credential,
+            Credential::Receipt {
+                source: credential::CredentialSource::AuthorizationPayment,
+                ..
+            }
+        );
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -714,6 +750,8 @@ impl Paywall {
             settled: false,
             x402: None,
             charged: None,
+            payment_scheme,
+            idempotency: None,
         };
         match credential {
             Credential::X402Exact(payload) => {
@@ -736,6 +774,9 @@ impl Paywall {
                         ),
                     })?;
                 self.check_rate(route, &claims.sub).await?;
+                *claimed = self
+                    .claim_idempotency(idempotency_key, &claims.sub, route, method, uri)
+                    .await?;
                 let amount = due;
                 let amount_minor = currency
                     .to_minor(amount)
@@ -841,7 +882,18 @@ impl Paywall {
                     },
                 )))
             }
-            Credential::Receipt { token, .. } => {
+            Credential::Receipt {
+                token, challenge, ..
+            } => {
+                let due_minor = currency
+                    .to_minor(due)
+                    .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+                // The Payment scheme's echoed challenge first: a forged, tampered or expired
+                // id is refused before any signature work.
+                if let Some(id) = &challenge {
+                    self.check_challenge(id, route, currency, due_minor, method)
+                        .map_err(|(c, d)| refuse(c, &d))?;
+                }
                 let receipt = self
                     .0
                     .verifier
@@ -866,13 +918,21 @@ impl Paywall {
                         ))
                     }
                 }
-                let due_minor = currency
-                    .to_minor(due)
-                    .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+                if let (Some(echoed), Some(bound)) = (&challenge, &receipt.challenge) {
+                    if echoed != bound {
+                        return Err(refuse(
+                            ErrorCode::ChallengeMismatch,
+                            "the credential's challenge id is not the one the receipt is bound to",
+                        ));
+                    }
+                }
                 let paid_minor = self
                     .check_terms(&receipt, route, currency, due_minor, method)
                     .map_err(|(c, d)| refuse(c, &d))?;
                 self.check_rate(route, &receipt.payer).await?;
+                *claimed = self
+                    .claim_idempotency(idempotency_key, &receipt.payer, route, method, uri)
+                    .await?;
                 let mandate = self
                     .mandate_for(receipt.mandate.as_deref(), None, headers)
                     .await
@@ -957,6 +1017,75 @@ impl Paywall {
                     }
                     Price::Free => Ok(None),
                 }
+            }
+        }
+    }
+
+    /// Claim the request's `Idempotency-Key` for `payer` (see [`idempotency`]), before anything
+    /// is held: a retry of a request in flight or already charged is answered here.
+    async fn claim_idempotency(
+        &self,
+        key: Option<String>,
+        payer: &str,
+        route: &PricedRoute,
+        method: &Method,
+        uri: &Uri,
+    ) -> Result<Option<idempotency::Claim>, Refusal> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let fingerprint = idempotency::fingerprint(method, &route.id, uri);
+        let claim = idempotency::Claim::new(self.0.store.clone(), payer, key);
+        let found = crate::metrics::timed(
+            "idempotency_claim",
+            self.0.store.idempotency_claim(
+                payer,
+                &claim.key,
+                &fingerprint,
+                &claim.token,
+                idempotency::KEY_TTL,
+            ),
+        )
+        .await;
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                claim.keep();
+                return Err(Self::store_down(e, "idempotency claim"));
+            }
+        };
+        match found {
+            IdempotencyClaim::Claimed => Ok(Some(claim)),
+            other => {
+                // Not ours: never forget someone else's key.
+                claim.keep();
+                Err(match other {
+                    IdempotencyClaim::Done { event_id, time_ms } => {
+                        let mut p = Problem::new(ErrorCode::IdempotencyKeyUsed)
+                            .detail("a request with this Idempotency-Key was already served and charged; it was not charged again")
+                            .with("eventId", event_id.into());
+                        if time_ms > 0 {
+                            p = p.with(
+                                "paidAt",
+                                payment_auth::rfc3339(time_ms.div_euclid(1000)).into(),
+                            );
+                        }
+                        p.into_response()
+                    }
+                    IdempotencyClaim::Mismatch => Self::problem(
+                        ErrorCode::IdempotencyKeyMismatch,
+                        "this Idempotency-Key was used for a different request (method, route or target)",
+                    ),
+                    _ => {
+                        let mut res = Self::problem(
+                            ErrorCode::IdempotencyKeyInUse,
+                            "a request with this Idempotency-Key is in flight; retry when it finishes",
+                        );
+                        res.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        res
+                    }
+                })
             }
         }
     }
@@ -1388,23 +1517,38 @@ impl Paywall {
             ));
         }
         if let Some(id) = &r.challenge {
-            let terms = ChallengeTerms {
-                merchant: &self.0.merchant,
-                route: &route.id,
-                method: method.as_str(),
-                amount_minor: due,
-                currency: currency.code(),
-            };
-            self.0
-                .challenge_key
-                .verify(id, &terms, self.0.clock.now_secs())
-                .map_err(|e| match e {
-                    ChallengeError::Malformed => (ErrorCode::ChallengeInvalid, e.to_string()),
-                    ChallengeError::Mismatch => (ErrorCode::ChallengeMismatch, e.to_string()),
-                    ChallengeError::Expired => (ErrorCode::ChallengeExpired, e.to_string()),
-                })?;
+            self.check_challenge(id, route, currency, due, method)?;
         }
         Ok(paid)
+    }
+
+    /// Check a challenge id (a receipt's `challenge` claim, or the one a Payment-scheme
+    /// credential echoes) against this request: forged or tampered -> `challenge_invalid`,
+    /// issued for other terms -> `challenge_mismatch`, expired -> `challenge_expired`.
+    fn check_challenge(
+        &self,
+        id: &str,
+        route: &PricedRoute,
+        currency: &Currency,
+        due: u64,
+        method: &Method,
+    ) -> Result<(), (ErrorCode, String)> {
+        let terms = ChallengeTerms {
+            merchant: &self.0.merchant,
+            route: &route.id,
+            method: method.as_str(),
+            amount_minor: due,
+            currency: currency.code(),
+        };
+        self.0
+            .challenge_key
+            .verify(id, &terms, self.0.clock.now_secs())
+            .map_err(|e| match e {
+                ChallengeError::Malformed => (ErrorCode::ChallengeInvalid, e.to_string()),
+                ChallengeError::Mismatch => (ErrorCode::ChallengeMismatch, e.to_string()),
+                ChallengeError::Expired => (ErrorCode::ChallengeExpired, e.to_string()),
+            })
+            .map(|_| ())
     }
 }
 
@@ -1533,17 +1677,21 @@ impl Admission {
             if let Err(e) = released {
                 tracing::warn!(error = %e, "release failed; hold will expire");
             }
-            return Ok(Settled {
-                payment_response: None,
-            });
+            // Nothing was charged: a retry with the same Idempotency-Key runs again.
+            if let Some(claim) = self.idempotency.take() {
+                claim.forget().await;
+            }
+            return Ok(Settled::default());
         }
+        let claim = self.idempotency.take();
         let status = status.unwrap_or(0);
         let currency = self.payment.charge.currency.clone();
         let (units, unit_prices, actual_minor) = self.measure(&held, usage);
         let units_seen = units.clone();
+        let time_ms = self.paywall.0.clock.now_ms();
         let event = UsageEvent {
             id: String::new(),
-            time_ms: self.paywall.0.clock.now_ms(),
+            time_ms,
             payer: self.payment.payer.clone(),
             route: self.route.id.clone(),
             method: self.method.clone(),
@@ -1587,6 +1735,9 @@ impl Admission {
                             currency.code().to_owned(),
                             capture.clone(),
                         );
+                        if let Some(c) = claim {
+                            c.keep();
+                        }
                         return Err(withheld(&e));
                     }
                 };
@@ -1628,6 +1779,9 @@ impl Admission {
                             currency.code().to_owned(),
                             Settlement::Capture(Box::new(event.clone())),
                         );
+                        if let Some(c) = claim {
+                            c.keep();
+                        }
                         return Err(withheld(&e));
                     }
                 };
@@ -1662,17 +1816,26 @@ impl Admission {
                 }
             }
         };
-        Ok(self.paid(&event_id, charged, balance, token, Some(&units_seen)))
+        if let Some(c) = claim {
+            c.done(&event_id, time_ms).await;
+        }
+        Ok(self.paid(
+            &event_id,
+            (charged, balance, token),
+            Some(&units_seen),
+            (status, time_ms),
+        ))
     }
 
-    /// A captured request: revenue and usage metrics, traffic, and its `PAYMENT-RESPONSE`.
+    /// A captured request: revenue and usage metrics, traffic, its `PAYMENT-RESPONSE` and
+    /// (Payment scheme, 2xx) `Payment-Receipt`. `status`: the upstream's; `time_ms`: the
+    /// capture's time.
     fn paid(
         &self,
         event_id: &str,
-        charged: u64,
-        balance: Option<u64>,
-        token: Option<String>,
+        (charged, balance, token): (u64, Option<u64>, Option<String>),
         units_seen: Option<&BTreeMap<String, u64>>,
+        (status, time_ms): (u16, i64),
     ) -> Settled {
         let currency = &self.payment.charge.currency;
         let charged_amount = currency.from_minor(charged);
@@ -1706,15 +1869,22 @@ impl Admission {
             "decimals": currency.scale(),
             "eventId": event_id,
         });
-        if let Some(rid) = self
+        let receipt_id = self
             .payment
             .credential
             .rsplit(':')
             .next()
-            .filter(|_| self.payment.credential.starts_with("receipt:"))
-        {
+            .filter(|_| self.payment.credential.starts_with("receipt:"));
+        if let Some(rid) = receipt_id {
             body["receipt"] = rid.into();
         }
+        // The Payment scheme's receipt: only for a 2xx answer (the draft issues none on error
+        // responses) to a request paid with `Authorization: Payment`.
+        let payment_receipt = if self.payment_scheme && (200..300).contains(&status) {
+            payment_auth::receipt(event_id, time_ms, receipt_id)
+        } else {
+            None
+        };
         if let Some(b) = balance {
             body["balance"] = currency.from_minor(b).to_string().into();
         }
@@ -1723,6 +1893,7 @@ impl Admission {
         }
         Settled {
             payment_response: b64_header(&body),
+            payment_receipt,
         }
     }
 

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use crate::credential::RECEIPT_SCHEME;
 
 /// RFC 3339 UTC time of a unix time (seconds).
-fn rfc3339(secs: i64) -> String {
+pub(super) fn rfc3339(secs: i64) -> String {
     let day = crate::store::utc_day(secs.saturating_mul(1000));
     let t = secs.rem_euclid(86_400);
     format!(
@@ -50,14 +50,25 @@ fn quoted(s: &str) -> String {
     out
 }
 
-/// The `WWW-Authenticate: Payment ...` value for a 402's requirements (`None` when they
-/// offer no native payment, e.g. a free route).
-pub(super) fn challenge(requirements: &Value, realm: &str) -> Option<HeaderValue> {
-    let offer = requirements
+/// The native payment offer among a 402's requirements.
+fn native_offer(requirements: &Value) -> Option<&Value> {
+    requirements
         .get("accepts")?
         .as_array()?
         .iter()
-        .find(|a| a["scheme"] == RECEIPT_SCHEME && a["extra"]["kind"] == "payment")?;
+        .find(|a| a["scheme"] == RECEIPT_SCHEME && a["extra"]["kind"] == "payment")
+}
+
+/// The challenge `id` of a 402's `WWW-Authenticate: Payment` (the problem body repeats it as
+/// `challengeId`, as the draft's example does).
+pub(super) fn challenge_id(requirements: &Value) -> Option<&str> {
+    native_offer(requirements)?["extra"]["challenge"].as_str()
+}
+
+/// The `WWW-Authenticate: Payment ...` value for a 402's requirements (`None` when they
+/// offer no native payment, e.g. a free route).
+pub(super) fn challenge(requirements: &Value, realm: &str) -> Option<HeaderValue> {
+    let offer = native_offer(requirements)?;
     let extra = &offer["extra"];
     let s = |v: &Value| v.as_str().map(str::to_owned);
     let id = s(&extra["challenge"])?;
@@ -87,6 +98,27 @@ pub(super) fn challenge(requirements: &Value, realm: &str) -> Option<HeaderValue
     HeaderValue::from_str(&v).ok()
 }
 
+/// The draft's `Payment-Receipt` value for a captured payment: base64url (no padding) of the
+/// JSON `{status: "success", method, timestamp (RFC 3339), reference}`, `reference` being the
+/// usage event id of the capture (the ledger's id for it); `receipt`, the spent receipt's id
+/// (`jti`), is a method-specific extra the draft allows.
+pub(super) fn receipt(
+    event_id: &str,
+    time_ms: i64,
+    receipt_id: Option<&str>,
+) -> Option<HeaderValue> {
+    let mut v = json!({
+        "status": "success",
+        "method": RECEIPT_SCHEME,
+        "timestamp": rfc3339(time_ms.div_euclid(1000)),
+        "reference": event_id,
+    });
+    if let Some(r) = receipt_id {
+        v["receipt"] = r.into();
+    }
+    HeaderValue::from_str(&URL_SAFE_NO_PAD.encode(v.to_string())).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +127,20 @@ mod tests {
     fn times_are_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_370_540), "2026-11-22T18:02:20Z");
+    }
+
+    #[test]
+    fn receipts_are_base64url_json() {
+        let v = receipt("1795370540000-0@03", 1_795_370_540_123, Some("r-1")).unwrap();
+        let v = v.to_str().unwrap();
+        assert!(!v.contains(['=', '+', '/']), "{v}");
+        let decoded: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(v).unwrap()).unwrap();
+        assert_eq!(
+            decoded,
+            json!({"status": "success", "method": "tollgate-receipt",
+                   "timestamp": "2026-11-22T18:02:20Z", "reference": "1795370540000-0@03",
+                   "receipt": "r-1"})
+        );
     }
 
     #[test]

@@ -333,6 +333,7 @@ impl Admission {
                     self.paywall.release(&r).await;
                     return Ok(Settled {
                         payment_response: None,
+                        payment_receipt: None,
                     });
                 }
                 if x.route.mode == SettlementMode::Deferred {
@@ -424,6 +425,7 @@ impl Admission {
         }
         Ok(Settled {
             payment_response: b64_header(&body),
+            payment_receipt: None,
         })
     }
 
@@ -485,6 +487,7 @@ impl Admission {
         });
         Ok(Settled {
             payment_response: b64_header(&body),
+            payment_receipt: None,
         })
     }
 

@@ -516,6 +516,24 @@ pub enum Idempotency {
     Key(String),
 }
 
+/// What claiming a request `Idempotency-Key` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key was free: it is now this request's.
+    Claimed,
+    /// Another request with this key (and the same fingerprint) is in flight.
+    InFlight,
+    /// A request with this key was served and charged: the usage event and its time.
+    Done {
+        /// The original request's usage event id.
+        event_id: String,
+        /// When it was captured (unix ms).
+        time_ms: i64,
+    },
+    /// The key was used for a request with another fingerprint.
+    Mismatch,
+}
+
 /// A credit to (or, negative, a debit from) a payer's balance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credit {
@@ -913,6 +931,35 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         _void: &UsageEvent,
     ) -> Result<VoidOutcome, StoreError> {
         charge::unsupported()
+    }
+    /// Claim a payer's request `Idempotency-Key` (`key`) for the request `fingerprint`, with
+    /// the claim's unique `token`, atomically; the record lives `ttl` (see
+    /// [`IdempotencyClaim`]).
+    async fn idempotency_claim(
+        &self,
+        _payer: &str,
+        _key: &str,
+        _fingerprint: &str,
+        _token: &str,
+        _ttl: Duration,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        Err(StoreError::Protocol(
+            "this store does not keep request idempotency keys".into(),
+        ))
+    }
+    /// End the claim `token` of `key`: `Some((event id, time ms))` records the request as
+    /// served and charged (kept until the claim's expiry); `None` forgets the key (nothing was
+    /// charged: a retry runs again). A claim that is no longer `token`'s is left alone.
+    async fn idempotency_finish(
+        &self,
+        _payer: &str,
+        _key: &str,
+        _token: &str,
+        _done: Option<(&str, i64)>,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Protocol(
+            "this store does not keep request idempotency keys".into(),
+        ))
     }
     /// Every usage event in the ledger, in id order (tests and small exports).
     async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError> {

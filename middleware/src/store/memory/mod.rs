@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use super::{
     days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome, Balance,
     ChargeOutcome, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome,
-    Idempotency, JobOutcome, MandateCharge, MandateUse, PayerSpend, PlanPeriod, Reservation,
-    SettleOutcome, Settlement, SettlementJob, Store, StoreError, SubscribeOutcome, Subscription,
-    UsageEvent, VoidOutcome,
+    Idempotency, IdempotencyClaim, JobOutcome, MandateCharge, MandateUse, PayerSpend, PlanPeriod,
+    Reservation, SettleOutcome, Settlement, SettlementJob, Store, StoreError, SubscribeOutcome,
+    Subscription, UsageEvent, VoidOutcome,
 };
 use crate::clock::{Clock, SystemClock};
 
@@ -89,6 +89,18 @@ struct State {
     plan_released: HashSet<String>,
     /// Queued and failed x402 settlements by job id, with their due time (ms).
     jobs: BTreeMap<String, (SettlementJob, i64)>,
+    /// Request idempotency keys by (payer, key).
+    idempotency: HashMap<(String, String), IdempotencyEntry>,
+}
+
+/// A claimed request `Idempotency-Key`.
+#[derive(Debug)]
+struct IdempotencyEntry {
+    fingerprint: String,
+    token: String,
+    /// The usage event and its time once served and charged.
+    done: Option<(String, i64)>,
+    until_ms: i64,
 }
 
 #[derive(Debug, Default)]
@@ -341,6 +353,72 @@ impl Store for MemoryStore {
             .collect();
         out.sort_by_key(|j| event_order(&j.id));
         Ok(out)
+    }
+
+    async fn idempotency_claim(
+        &self,
+        payer: &str,
+        key: &str,
+        fingerprint: &str,
+        token: &str,
+        ttl: std::time::Duration,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        let k = (payer.to_owned(), key.to_owned());
+        if let Some(e) = s.idempotency.get(&k).filter(|e| e.until_ms > now) {
+            return Ok(if e.fingerprint != fingerprint {
+                IdempotencyClaim::Mismatch
+            } else if let Some((event_id, time_ms)) = &e.done {
+                IdempotencyClaim::Done {
+                    event_id: event_id.clone(),
+                    time_ms: *time_ms,
+                }
+            } else {
+                IdempotencyClaim::InFlight
+            });
+        }
+        s.idempotency.retain(|_, e| e.until_ms > now);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        s.idempotency.insert(
+            k,
+            IdempotencyEntry {
+                fingerprint: fingerprint.to_owned(),
+                token: token.to_owned(),
+                done: None,
+                until_ms: now.saturating_add(ttl_ms),
+            },
+        );
+        Ok(IdempotencyClaim::Claimed)
+    }
+
+    async fn idempotency_finish(
+        &self,
+        payer: &str,
+        key: &str,
+        token: &str,
+        done: Option<(&str, i64)>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let k = (payer.to_owned(), key.to_owned());
+        let ours = s
+            .idempotency
+            .get(&k)
+            .is_some_and(|e| e.token == token && e.done.is_none());
+        if !ours {
+            return Ok(());
+        }
+        match done {
+            Some((event_id, time_ms)) => {
+                if let Some(e) = s.idempotency.get_mut(&k) {
+                    e.done = Some((event_id.to_owned(), time_ms));
+                }
+            }
+            None => {
+                s.idempotency.remove(&k);
+            }
+        }
+        Ok(())
     }
 
     async fn resolve_settlement(&self, id: &str) -> Result<bool, StoreError> {

@@ -21,9 +21,9 @@ use sha2::{Digest, Sha256};
 use super::{
     bucket_of, days_between, event_order, fold_aggregates, fold_payer_totals, utc_day, Account,
     AuthorizeOutcome, Balance, ChargeOutcome, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome,
-    HoldSettleOutcome, Idempotency, JobOutcome, MandateCharge, MandateUse, PayerSpend, PlanPeriod,
-    Reservation, SettleOutcome, Settlement, SettlementJob, Store, StoreError, SubscribeOutcome,
-    Subscription, UsageEvent, VoidOutcome, BUCKETS,
+    HoldSettleOutcome, Idempotency, IdempotencyClaim, JobOutcome, MandateCharge, MandateUse,
+    PayerSpend, PlanPeriod, Reservation, SettleOutcome, Settlement, SettlementJob, Store,
+    StoreError, SubscribeOutcome, Subscription, UsageEvent, VoidOutcome, BUCKETS,
 };
 
 /// Connection settings.
@@ -72,6 +72,7 @@ struct Scripts {
     void: Script,
     hold_capture: Script,
     void_hold: Script,
+    idempotency: Script,
 }
 
 /// A single server or a cluster.
@@ -233,6 +234,7 @@ impl RedisStore {
                     include_str!("../lua/totals.lua"),
                     include_str!("../lua/void_hold.lua")
                 )),
+                idempotency: Script::new(include_str!("../lua/idempotency.lua")),
             },
         };
         if let Err(e) = store.connection().await {
@@ -311,6 +313,12 @@ impl RedisStore {
 
     fn events_key(&self, bucket: u64) -> String {
         self.key(bucket, "events")
+    }
+
+    /// A payer's request `Idempotency-Key` (the key's charset has no `:`, so key first keeps
+    /// `(key, payer)` pairs apart).
+    fn request_idempotency_key(&self, payer: &str, key: &str) -> String {
+        self.key(bucket_of(payer), &format!("ridem:{key}:{payer}"))
     }
 
     fn blocked_key(&self, payer: &str) -> String {
@@ -543,6 +551,54 @@ impl Store for RedisStore {
         }
         out.sort_by_key(|j| event_order(&j.id));
         Ok(out)
+    }
+
+    async fn idempotency_claim(
+        &self,
+        payer: &str,
+        key: &str,
+        fingerprint: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.scripts.idempotency.prepare_invoke();
+        inv.key(self.request_idempotency_key(payer, key))
+            .arg("claim")
+            .arg(fingerprint)
+            .arg(token)
+            .arg(ms(ttl));
+        let r: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        match r.first().map(String::as_str) {
+            Some("claimed") => Ok(IdempotencyClaim::Claimed),
+            Some("in_flight") => Ok(IdempotencyClaim::InFlight),
+            Some("mismatch") => Ok(IdempotencyClaim::Mismatch),
+            Some("done") => Ok(IdempotencyClaim::Done {
+                event_id: r.get(1).cloned().unwrap_or_default(),
+                time_ms: r.get(2).and_then(|t| t.parse().ok()).unwrap_or(0),
+            }),
+            _ => Err(StoreError::Protocol(format!(
+                "idempotency script answered {r:?}"
+            ))),
+        }
+    }
+
+    async fn idempotency_finish(
+        &self,
+        payer: &str,
+        key: &str,
+        token: &str,
+        done: Option<(&str, i64)>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.scripts.idempotency.prepare_invoke();
+        inv.key(self.request_idempotency_key(payer, key));
+        match done {
+            Some((event_id, time_ms)) => inv.arg("done").arg(token).arg(event_id).arg(time_ms),
+            None => inv.arg("forget").arg(token),
+        };
+        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(())
     }
 
     async fn resolve_settlement(&self, id: &str) -> Result<bool, StoreError> {
