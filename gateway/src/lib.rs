@@ -530,13 +530,28 @@ fn next_request_id() -> String {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
-    format!("{prefix}-{:012x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // `<prefix>-<12 hex digits>`, written by hand (no formatting machinery per request).
+    let mut id = String::with_capacity(prefix.len() + 13);
+    id.push_str(prefix);
+    id.push('-');
+    for shift in (0..12).rev() {
+        let digit = ((n >> (shift * 4)) & 0xf) as u8;
+        id.push(char::from(if digit < 10 {
+            b'0' + digit
+        } else {
+            b'a' + digit - 10
+        }));
+    }
+    id
 }
+
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// A request id: the client's `X-Request-Id` when it is short and printable, else a new one.
 fn request_id(req: &Request) -> HeaderValue {
     req.headers()
-        .get("x-request-id")
+        .get(&X_REQUEST_ID)
         .filter(|v| {
             !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
         })
@@ -550,15 +565,17 @@ fn request_id(req: &Request) -> HeaderValue {
 async fn handle(State(gw): State<Gateway>, mut req: Request) -> Response {
     use tracing::Instrument as _;
     let id = request_id(&req);
-    req.headers_mut().insert("x-request-id", id.clone());
-    // One field, recorded as a plain &str: formatting span fields is paid on every request.
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or("-"));
+    req.headers_mut().insert(X_REQUEST_ID, id.clone());
+    // The per-request span (every log line inside it names the request id) is at debug level:
+    // at info, creating and formatting it costs ~5% of a free request's CPU (bench/RESULTS.md).
+    // Warnings about an upstream carry the request id themselves.
+    let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or("-"));
     let (route, mut res) = route_request(gw, req).instrument(span).await;
     tollgate_middleware::metrics::global()
         .requests
         .with_label_values(&[route.as_str(), res.status().as_str()])
         .inc();
-    res.headers_mut().insert("x-request-id", id);
+    res.headers_mut().insert(X_REQUEST_ID, id);
     res
 }
 
@@ -631,8 +648,13 @@ async fn serve_route(gw: &Gateway, inner: &Inner, m: &Matched, mut req: Request)
         // Free route: nothing to pay, so no payment layer -- only what it would do for a free
         // route (no client-sent payer/charge headers and no credentials reach the upstream).
         let headers = req.headers_mut();
-        headers.remove(TOLLGATE_PAYER);
-        headers.remove(TOLLGATE_CHARGE);
+        if headers
+            .keys()
+            .any(|k| k == TOLLGATE_PAYER || k == TOLLGATE_CHARGE)
+        {
+            headers.remove(TOLLGATE_PAYER);
+            headers.remove(TOLLGATE_CHARGE);
+        }
         credential::strip(headers);
         req.extensions_mut().insert(route);
         return match gw.0.proxy.forward(req).await {

@@ -59,19 +59,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::CONNECTION);
     }
-    for h in [
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(h);
+    // One scan of the (few) names present instead of a hash lookup per hop-by-hop name: most
+    // messages carry none of them.
+    if headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        for h in &HOP_BY_HOP {
+            headers.remove(h);
+        }
     }
 }
+
+/// Hop-by-hop headers besides `Connection` (RFC 9110 7.6.1, and the common non-standard ones).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The client's address as a header value, made once per connection (server.rs) and reused
+/// for every request on it.
+#[derive(Clone, Debug)]
+pub struct ClientAddr(pub HeaderValue);
 
 impl Proxy {
     /// A client with a connection pool.
@@ -114,13 +129,19 @@ impl Proxy {
         };
         let client_ip = req
             .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+            .get::<ClientAddr>()
+            .map(|c| c.0.clone())
+            .or_else(|| {
+                let ip = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+                HeaderValue::from_str(&ip.to_string()).ok()
+            });
         let (mut parts, body) = req.into_parts();
         let Ok(uri) = Self::upstream_uri(&route, &parts.uri) else {
             return Ok(problem(ErrorCode::Internal, "internal error"));
         };
         let original_host = parts.headers.get(header::HOST).cloned();
+        // For the warnings below (the per-request span is at debug level).
+        let request_id = parts.headers.get("x-request-id").cloned();
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
         // The client's framing never crosses: the body is re-framed from what was actually
@@ -128,21 +149,18 @@ impl Proxy {
         // Transfer-Encoding pair cannot desynchronize the upstream connection.
         headers.remove(header::CONTENT_LENGTH);
         if let Some(ip) = client_ip {
-            let prior = headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let value = match prior {
-                Some(p) => format!("{p}, {ip}"),
-                None => ip.to_string(),
+            let prior = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+            let value = match (prior, ip.to_str()) {
+                (Some(p), Ok(ip)) => HeaderValue::from_str(&format!("{p}, {ip}")).ok(),
+                _ => Some(ip),
             };
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert("x-forwarded-for", v);
+            if let Some(v) = value {
+                headers.insert(X_FORWARDED_FOR, v);
             }
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         if let Some(h) = original_host {
-            headers.insert("x-forwarded-host", h);
+            headers.insert(X_FORWARDED_HOST, h);
         }
         if let Some(a) = route.upstream.authority() {
             if let Ok(v) = HeaderValue::from_str(a.as_str()) {
@@ -171,7 +189,7 @@ impl Proxy {
             .observe(started.elapsed().as_secs_f64());
         let res = match sent {
             Err(_) => {
-                tracing::warn!(route = %route.config.id, "upstream timed out");
+                tracing::warn!(route = %route.config.id, request_id = ?request_id, "upstream timed out");
                 return Ok(problem(
                     ErrorCode::UpstreamTimeout,
                     "the upstream did not answer in time; nothing was charged",
@@ -184,7 +202,7 @@ impl Proxy {
                         &format!("request body larger than {limit} bytes"),
                     ));
                 }
-                tracing::warn!(route = %route.config.id, error = %e, "upstream request failed");
+                tracing::warn!(route = %route.config.id, request_id = ?request_id, error = %e, "upstream request failed");
                 return Ok(problem(
                     ErrorCode::UpstreamUnavailable,
                     "the upstream could not be reached; nothing was charged",

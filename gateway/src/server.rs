@@ -68,8 +68,13 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // The client address as a header value once per connection, not per request.
+                let client = http::HeaderValue::from_str(&peer.ip().to_string()).ok().map(crate::proxy::ClientAddr);
                 let service = router.clone().map_request(move |mut req: hyper::Request<Incoming>| {
                     req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    if let Some(c) = &client {
+                        req.extensions_mut().insert(c.clone());
+                    }
                     req
                 });
                 let conn = builder
