@@ -398,6 +398,27 @@ pub enum BodyEnd {
     CutOff,
 }
 
+/// `PAYMENT-RESPONSE` of a captured request (x402 v2 fields and Tollgate's).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PaymentResponse<'a> {
+    success: bool,
+    transaction: &'a str,
+    network: &'a str,
+    payer: &'a str,
+    amount: String,
+    amount_atomic: String,
+    currency: &'a str,
+    decimals: u32,
+    event_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token: Option<String>,
+}
+
 fn b64_header(v: &Value) -> Option<HeaderValue> {
     HeaderValue::from_str(&STANDARD.encode(v.to_string())).ok()
 }
@@ -1858,26 +1879,12 @@ impl Admission {
         // Per-request detail stays at debug: at info, a busy gateway would log thousands of
         // lines a second (the ledger is the record).
         tracing::debug!(payer = %self.payment.payer, route = %self.route.id, amount = %charged_amount, currency = %currency.code(), event = %event_id, "payment captured");
-        let mut body = json!({
-            "success": true,
-            "transaction": event_id,
-            "network": self.paywall.0.network,
-            "payer": self.payment.payer,
-            "amount": charged_amount.to_string(),
-            "amountAtomic": charged.to_string(),
-            "currency": currency.code(),
-            "decimals": currency.scale(),
-            "eventId": event_id,
-        });
         let receipt_id = self
             .payment
             .credential
             .rsplit(':')
             .next()
             .filter(|_| self.payment.credential.starts_with("receipt:"));
-        if let Some(rid) = receipt_id {
-            body["receipt"] = rid.into();
-        }
         // The Payment scheme's receipt: only for a 2xx answer (the draft issues none on error
         // responses) to a request paid with `Authorization: Payment`.
         let payment_receipt = if self.payment_scheme && (200..300).contains(&status) {
@@ -1885,14 +1892,26 @@ impl Admission {
         } else {
             None
         };
-        if let Some(b) = balance {
-            body["balance"] = currency.from_minor(b).to_string().into();
-        }
-        if let Some(t) = token {
-            body["accessToken"] = t.into();
-        }
+        // Serialized from a struct (no intermediate JSON map): this runs on every paid request.
+        let body = PaymentResponse {
+            success: true,
+            transaction: event_id,
+            network: &self.paywall.0.network,
+            payer: &self.payment.payer,
+            amount: charged_amount.to_string(),
+            amount_atomic: charged.to_string(),
+            currency: currency.code(),
+            decimals: currency.scale(),
+            event_id,
+            receipt: receipt_id,
+            balance: balance.map(|b| currency.from_minor(b).to_string()),
+            access_token: token,
+        };
+        let payment_response = serde_json::to_vec(&body)
+            .ok()
+            .and_then(|v| HeaderValue::from_str(&STANDARD.encode(v)).ok());
         Settled {
-            payment_response: b64_header(&body),
+            payment_response,
             payment_receipt,
         }
     }
