@@ -88,7 +88,7 @@ pub(super) fn challenge(requirements: &Value, realm: &str) -> Option<HeaderValue
         quoted(&id),
         quoted(realm),
         quoted(RECEIPT_SCHEME),
-        URL_SAFE_NO_PAD.encode(request.to_string()),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&request).ok()?),
         rfc3339(expires),
     );
     if let Some(d) = requirements["resource"]["description"].as_str() {
