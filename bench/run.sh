@@ -223,7 +223,7 @@ log "signing $RECEIPTS receipts"
 RUN_ID="$(date +%s)-$$"
 gen_receipts "$TMP/receipts.txt" "$RECEIPTS" "run-$RUN_ID"
 gen_receipts "$TMP/receipts1.txt" "$RECEIPTS" "run1-$RUN_ID"
-gen_receipts "$TMP/sample.txt" 100 "sample-$RUN_ID" 2>/dev/null
+gen_receipts "$TMP/sample.txt" 200 "sample-$RUN_ID" 2>/dev/null
 gen_receipts "$TMP/topup.txt" 1 "topup-$RUN_ID" 100000 topup 2>/dev/null
 
 # ---------------------------------------------------------------- 4. helpers

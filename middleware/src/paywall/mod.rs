@@ -45,6 +45,7 @@ use crate::store::{
 use crate::token::{TokenError, TokenKey};
 
 mod agent;
+mod challenge_cache;
 mod charged;
 pub mod idempotency;
 mod payment_auth;
@@ -205,6 +206,7 @@ impl PaywallBuilder {
             agent_api: self.agent_api,
             settle_retry: self.settle_retry,
             plans: self.plans,
+            challenges: Default::default(),
         })))
     }
 }
@@ -256,6 +258,8 @@ struct Inner {
     settle_retry: Duration,
     /// Plans sold.
     plans: Vec<Plan>,
+    /// This second's 402 answers (see `challenge_cache.rs`).
+    challenges: challenge_cache::ChallengeCache,
 }
 
 /// The payment engine for one merchant. Cheap to clone.
@@ -617,6 +621,33 @@ impl Paywall {
             .payment_required
             .with_label_values(&[route.id.as_str(), code.as_str()])
             .inc();
+        let now = self.0.clock.now_secs();
+        let base = self.base_url(headers, uri);
+        let key = challenge_cache::ChallengeCache::key(&[
+            &route.id,
+            method.as_str(),
+            &base,
+            uri.path_and_query().map_or("/", |p| p.as_str()),
+            code.as_str(),
+            detail,
+        ]);
+        if let Some(res) = self.0.challenges.get(now, &key) {
+            return res;
+        }
+        let res = self.build_challenge(route, method, uri, headers, code, detail);
+        self.0.challenges.put(now, key, &res);
+        res
+    }
+
+    fn build_challenge(
+        &self,
+        route: &PricedRoute,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        code: ErrorCode,
+        detail: &str,
+    ) -> Refusal {
         let req = self.requirements(route, method, uri, headers, code.as_str());
         let header_value = b64_header(&req);
         let www_authenticate = payment_auth::challenge(&req, &self.0.merchant);
