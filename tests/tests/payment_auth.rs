@@ -93,7 +93,7 @@ fn challenge_of(res: &reqwest::Response) -> (String, String) {
 /// The draft's credential: base64url JSON echoing the challenge, the receipt as payload.
 fn credential(id: &str, request: &str, receipt: &str) -> String {
     URL_SAFE_NO_PAD.encode(
-        json!({"challenge": {"id": id, "realm": "m", "method": "tollgate-receipt",
+        json!({"challenge": {"id": id, "realm": "m", "method": "tollgate",
                              "intent": "charge", "request": request},
                "payload": {"receipt": receipt}})
         .to_string(),
@@ -172,7 +172,7 @@ async fn payment_receipt_on_paid_answers_to_the_payment_scheme() {
         .to_owned();
     let r = decode_receipt(&res);
     assert_eq!(r["status"], "success");
-    assert_eq!(r["method"], "tollgate-receipt");
+    assert_eq!(r["method"], "tollgate");
     assert_eq!(r["reference"], event_id.as_str());
     assert_eq!(r["receipt"], jti.as_str());
     let ts = r["timestamp"].as_str().unwrap();

@@ -2,7 +2,7 @@
 //! that offers the native receipt method also carries
 //!
 //! ```text
-//! WWW-Authenticate: Payment id="c1.<expiry>.<mac>", realm="<merchant>", method="tollgate-receipt",
+//! WWW-Authenticate: Payment id="c1.<expiry>.<mac>", realm="<merchant>", method="tollgate",
 //!     intent="charge", request="<base64url(JCS JSON)>", expires="<RFC 3339>", description="..."
 //! ```
 //!
@@ -20,6 +20,11 @@ use http::HeaderValue;
 use serde_json::{json, Value};
 
 use crate::credential::RECEIPT_SCHEME;
+
+/// The Payment scheme's method name for Tollgate receipts. The draft's method names are
+/// lowercase letters only (`1*LOWERALPHA`), so it is not the x402 scheme name
+/// (`tollgate-receipt`, which x402 offers keep).
+pub const PAYMENT_METHOD: &str = "tollgate";
 
 /// RFC 3339 UTC time of a unix time (seconds).
 pub(super) fn rfc3339(secs: i64) -> String {
@@ -87,7 +92,7 @@ pub(super) fn challenge(requirements: &Value, realm: &str) -> Option<HeaderValue
         "Payment id={}, realm={}, method={}, intent=\"charge\", request=\"{}\", expires=\"{}\"",
         quoted(&id),
         quoted(realm),
-        quoted(RECEIPT_SCHEME),
+        quoted(PAYMENT_METHOD),
         URL_SAFE_NO_PAD.encode(serde_json::to_vec(&request).ok()?),
         rfc3339(expires),
     );
@@ -109,7 +114,7 @@ pub(super) fn receipt(
 ) -> Option<HeaderValue> {
     let mut v = json!({
         "status": "success",
-        "method": RECEIPT_SCHEME,
+        "method": PAYMENT_METHOD,
         "timestamp": rfc3339(time_ms.div_euclid(1000)),
         "reference": event_id,
     });
@@ -137,7 +142,7 @@ mod tests {
         let decoded: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(v).unwrap()).unwrap();
         assert_eq!(
             decoded,
-            json!({"status": "success", "method": "tollgate-receipt",
+            json!({"status": "success", "method": "tollgate",
                    "timestamp": "2026-11-22T18:02:20Z", "reference": "1795370540000-0@03",
                    "receipt": "r-1"})
         );
@@ -155,7 +160,7 @@ mod tests {
         });
         let v = challenge(&req, "m").unwrap();
         let v = v.to_str().unwrap();
-        assert!(v.starts_with("Payment id=\"c1.5.abc\", realm=\"m\", method=\"tollgate-receipt\", intent=\"charge\", request=\""), "{v}");
+        assert!(v.starts_with("Payment id=\"c1.5.abc\", realm=\"m\", method=\"tollgate\", intent=\"charge\", request=\""), "{v}");
         assert!(
             v.ends_with("expires=\"1970-01-01T00:00:05Z\", description=\"Run a \\\"job\\\"\""),
             "{v}"
