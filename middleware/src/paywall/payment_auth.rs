@@ -24,7 +24,7 @@ use crate::credential::RECEIPT_SCHEME;
 /// The Payment scheme's method name for Tollgate receipts. The draft's method names are
 /// lowercase letters only (`1*LOWERALPHA`), so it is not the x402 scheme name
 /// (`tollgate-receipt`, which x402 offers keep).
-pub const PAYMENT_METHOD: &str = "tollgate";
+pub(super) const PAYMENT_METHOD: &str = "tollgate";
 
 /// RFC 3339 UTC time of a unix time (seconds).
 pub(super) fn rfc3339(secs: i64) -> String {
