@@ -345,7 +345,11 @@ async fn credit(
         return bad_request("an Idempotency-Key header (1-200 characters) is required");
     };
     let Some(currency) = admin.currency(&body.currency) else {
-        return problem(ErrorCode::CurrencyUnsupported, "unknown currency");
+        // An operator's mistake, not a payment refusal: 400, not `currency_unsupported` (402).
+        return bad_request(&format!(
+            "unknown currency {:?}: not one of the configured [currencies]",
+            body.currency
+        ));
     };
     if body.reason.trim().is_empty() || body.reason.len() > 500 {
         return bad_request("reason must be 1 to 500 characters");
@@ -480,7 +484,13 @@ pub fn event_json(e: &UsageEvent) -> Value {
     })
 }
 
-async fn events(State(admin): State<Admin>, Query(q): Query<EventsQuery>) -> Response {
+async fn events(
+    State(admin): State<Admin>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return bad_request("limit must be a positive integer and after a ledger id");
+    };
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     match admin
         .paywall()

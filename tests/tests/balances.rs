@@ -685,6 +685,28 @@ async fn admin_api() {
         .await
         .unwrap();
     assert_eq!(code_of(no_key).await, (400, "invalid_request".into()));
+    // An operator's mistakes are 400 problems, not payment refusals or plain text.
+    let unknown_currency = http
+        .post(f.gw.admin_url("/admin/v1/payers/mo/credits"))
+        .bearer_auth(ADMIN)
+        .header("idempotency-key", "k4")
+        .json(&json!({"amount": "1", "currency": "XXX", "reason": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        code_of(unknown_currency).await,
+        (400, "invalid_request".into())
+    );
+    for bad in ["/admin/v1/events?limit=abc", "/admin/v1/events?limit=-1"] {
+        let res = http
+            .get(f.gw.admin_url(bad))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(code_of(res).await, (400, "invalid_request".into()), "{bad}");
+    }
 
     // Spend with a token, then read the payer, usage and events.
     let token = f.gw.paywall.issue_token("mo");
