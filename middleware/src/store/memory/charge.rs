@@ -79,8 +79,7 @@ impl MemoryStore {
         acct.captured += amount;
         let balance_minor = minor(acct.available);
         let event_id = Self::record(&mut s, now, event.clone(), h.amount_minor, 0);
-        s.settled
-            .insert(h.id.clone(), (event_id.clone(), h.amount_minor, 0));
+        Self::remember_settled(&mut s, now, &h.id, (event_id.clone(), h.amount_minor, 0));
         Ok(ChargeOutcome::Charged {
             event_id,
             balance_minor,
@@ -125,7 +124,7 @@ impl MemoryStore {
                     .or_default();
                 acct.available += amount;
                 acct.captured -= amount;
-                s.settled.insert(h.id.clone(), (String::from("void"), 0, 0));
+                Self::remember_settled(&mut s, now, &h.id, (String::from("void"), 0, 0));
             }
             (None, None) => return Err(StoreError::Protocol("void of nothing".into())),
         }
@@ -143,5 +142,129 @@ impl MemoryStore {
         void.id = id.clone();
         s.events.push(void);
         Ok(VoidOutcome::Voided { event_id: id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::store::{Credit, Idempotency, Store};
+
+    fn charge_event(payer: &str, time_ms: i64) -> UsageEvent {
+        UsageEvent {
+            id: String::new(),
+            time_ms,
+            payer: payer.into(),
+            route: "r".into(),
+            method: "GET".into(),
+            units: BTreeMap::from([("request".to_owned(), 1)]),
+            unit_prices: BTreeMap::new(),
+            currency: "USD".into(),
+            scale: 6,
+            amount_minor: 10,
+            uncharged_minor: 0,
+            credential: format!("token:{payer}"),
+            reservation: String::new(),
+            upstream_status: 0,
+            voids: None,
+        }
+    }
+
+    fn hold(id: &str) -> Hold {
+        Hold {
+            id: id.into(),
+            payer: "p".into(),
+            currency: "USD".into(),
+            amount_minor: 10,
+            ttl: Duration::from_secs(60),
+            mandate: None,
+            plan: None,
+        }
+    }
+
+    /// Charges at admission, a void, and the settled outcomes forgotten after a day (the
+    /// memory store stays bounded like Redis's expiring markers).
+    #[tokio::test]
+    async fn charges_void_once_and_outcomes_are_forgotten_after_a_day() {
+        let clock = ManualClock::at_ms(1_800_000_000_000);
+        let store = MemoryStore::new(Arc::new(clock.clone()));
+        store
+            .credit(&Credit {
+                payer: "p".into(),
+                currency: "USD".into(),
+                amount_minor: 25,
+                idempotency: Idempotency::Key("top".into()),
+                keep_until_ms: i64::MAX,
+                reason: "test".into(),
+                source: "test".into(),
+            })
+            .await
+            .unwrap();
+        let mut first = charge_event("p", clock.now_ms());
+        let ChargeOutcome::Charged {
+            event_id,
+            balance_minor,
+        } = store.hold_capture(&hold("a"), &first).await.unwrap()
+        else {
+            panic!("not charged")
+        };
+        assert_eq!(balance_minor, 15);
+        first.id = event_id;
+        let void = crate::store::void_event(&first, clock.now_ms(), 502);
+        assert!(matches!(
+            store.void_hold(&hold("a"), &first, &void).await.unwrap(),
+            VoidOutcome::Voided { .. }
+        ));
+        assert_eq!(
+            store.void_hold(&hold("a"), &first, &void).await.unwrap(),
+            VoidOutcome::NotCharged,
+            "a second void does nothing"
+        );
+        assert_eq!(
+            store.account("p").await.unwrap().balances["USD"].available,
+            25
+        );
+        // Two more charges (the balance covers two), then a third is refused.
+        for id in ["b", "c"] {
+            let e = charge_event("p", clock.now_ms());
+            assert!(matches!(
+                store.hold_capture(&hold(id), &e).await.unwrap(),
+                ChargeOutcome::Charged { .. }
+            ));
+        }
+        let e = charge_event("p", clock.now_ms());
+        assert_eq!(
+            store.hold_capture(&hold("d"), &e).await.unwrap(),
+            ChargeOutcome::Declined(HoldOutcome::Insufficient { balance_minor: 5 })
+        );
+        assert_eq!(store.lock().unwrap().settled.len(), 3);
+        clock.advance_ms(86_400_001);
+        store
+            .credit(&Credit {
+                payer: "p".into(),
+                currency: "USD".into(),
+                amount_minor: 10,
+                idempotency: Idempotency::Key("top2".into()),
+                keep_until_ms: i64::MAX,
+                reason: "test".into(),
+                source: "test".into(),
+            })
+            .await
+            .unwrap();
+        let e = charge_event("p", clock.now_ms());
+        assert!(matches!(
+            store.hold_capture(&hold("e"), &e).await.unwrap(),
+            ChargeOutcome::Charged { .. }
+        ));
+        assert_eq!(
+            store.lock().unwrap().settled.len(),
+            1,
+            "a day-old outcome is forgotten"
+        );
     }
 }

@@ -73,6 +73,9 @@ struct State {
     /// Settled balance holds: reservation -> (event id, charged, uncharged), so a retried
     /// capture learns the first outcome.
     settled: HashMap<String, (String, u64, u64)>,
+    /// When each `settled` entry was written (oldest first): entries are forgotten after a day,
+    /// as the Redis store's markers expire, so the map stays bounded.
+    settled_at: std::collections::VecDeque<(i64, String)>,
     /// GCRA theoretical arrival times by (payer, route).
     rates: HashMap<(String, String), i64>,
     /// Sequence for ledger ids.
@@ -232,6 +235,23 @@ impl MemoryStore {
         }
         s.events.push(event);
         id
+    }
+
+    /// Record how a balance request was settled (kept a day).
+    fn remember_settled(s: &mut State, now: i64, id: &str, outcome: (String, u64, u64)) {
+        const KEEP_MS: i64 = 86_400_000;
+        while s
+            .settled_at
+            .front()
+            .is_some_and(|(t, _)| *t <= now.saturating_sub(KEEP_MS))
+        {
+            if let Some((_, old)) = s.settled_at.pop_front() {
+                s.settled.remove(&old);
+            }
+        }
+        if s.settled.insert(id.to_owned(), outcome).is_none() {
+            s.settled_at.push_back((now, id.to_owned()));
+        }
     }
 
     /// Give back the payer's expired holds.
@@ -662,7 +682,7 @@ impl Store for MemoryStore {
                 return Ok(HoldSettleOutcome::NotHeld);
             }
             let event_id = Self::record(&mut s, now, event.clone(), 0, 0);
-            s.settled.insert(h.id.clone(), (event_id.clone(), 0, 0));
+            Self::remember_settled(&mut s, now, &h.id, (event_id.clone(), 0, 0));
             if let Some(p) = &h.plan {
                 let add = p
                     .unit
@@ -730,8 +750,10 @@ impl Store for MemoryStore {
             s.mandate_settle(m, &h.id, minor(charge));
         }
         let event_id = Self::record(&mut s, now, event.clone(), minor(charge), minor(uncharged));
-        s.settled.insert(
-            h.id.clone(),
+        Self::remember_settled(
+            &mut s,
+            now,
+            &h.id,
             (event_id.clone(), minor(charge), minor(uncharged)),
         );
         Ok(HoldSettleOutcome::Captured {
