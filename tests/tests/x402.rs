@@ -624,7 +624,7 @@ async fn the_payment_auth_scheme_challenge_and_credential() {
     assert!(www.starts_with("Payment id=\"c1."), "{www}");
     for p in [
         "realm=\"m\"",
-        "method=\"tollgate-receipt\"",
+        "method=\"tollgate\"",
         "intent=\"charge\"",
         "expires=\"",
     ] {
@@ -658,7 +658,7 @@ async fn the_payment_auth_scheme_challenge_and_credential() {
     let mut claims = wallet.claims("m", "agent-p", "0.01");
     claims["challenge"] = id.into();
     let cred = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-        json!({"challenge": {"id": id, "realm": "m", "method": "tollgate-receipt", "intent": "charge", "request": request},
+        json!({"challenge": {"id": id, "realm": "m", "method": "tollgate", "intent": "charge", "request": request},
                "payload": {"receipt": wallet.sign(&claims)}})
         .to_string(),
     );
