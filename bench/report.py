@@ -13,9 +13,9 @@ LABELS = {
     "3_gateway_free": "3 gateway free route",
     "4_unpaid_402": "4 unpaid priced (402)",
     "5_paid_receipt": "5 paid, fresh receipt",
-    "5b_paid_receipt_admission": "5b paid receipt, capture at admission",
+    "5b_paid_receipt_admission": "5b paid receipt, at admission",
     "6_token_drawdown": "6 access-token drawdown",
-    "6b_token_drawdown_admission": "6b token drawdown, capture at admission",
+    "6b_token_drawdown_admission": "6b token drawdown, at admission",
     "7_metered_json": "7 metered (JSON usage)",
 }
 VERIFY_ID = "receipt_verify/ed25519/ReceiptVerifier::verify"
@@ -193,7 +193,7 @@ def write_svg(rows, ngx, free, ceiling, idle, meta, path):
     panel_w = (W - left - right - 40) // 2
     top = 70
     H = top + len(rows) * (bar_h + gap) + 120
-    max_rps = max([r["rps"] for r in rows] + ([ceiling] if ceiling else [])) * 1.08
+    max_rps = max([r["rps"] for r in rows] + ([ceiling] if ceiling else [])) * 1.4
     cpu_vals = [r["proxy_cpu"] or 0 for r in rows]
     max_cpu = max(cpu_vals + [1]) * 1.15
     colors = {"1": "#9aa5b1", "2": "#4e79a7", "3": "#59a14f", "4": "#8cd17d", "5": "#e15759",
