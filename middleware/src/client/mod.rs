@@ -6,8 +6,11 @@
 //! [`Wallet`] for that scheme for a [`Credential`], and sends the request again with it -- once.
 //! A logical request is never paid twice: if the paid attempt meets a transport error, a 5xx or
 //! a 409, further attempts (up to [`PayingClient::retries`]) reuse the *same* credential, which
-//! is correct because a gateway releases a credential whose request failed. When no offer fits
-//! the policy the client refuses with [`ClientError::Refused`] and pays nothing.
+//! is correct because a gateway releases a credential whose request failed. Every paid attempt
+//! of one logical request also carries one `Idempotency-Key` (the caller's, or a fresh one), so
+//! a gateway that already served and charged it answers 409 `idempotency_key_used` with the
+//! charge's event id instead of serving it twice. When no offer fits the policy the client
+//! refuses with [`ClientError::Refused`] and pays nothing.
 //!
 //! ```no_run
 //! use tollgate_middleware::client::{ExactWallet, PayingClient, Policy, ReceiptWallet};
@@ -241,6 +244,13 @@ impl PayingClient {
     ) -> Result<Paid, ClientError> {
         let mut attempts_left = self.retries;
         let mut next = request;
+        // One key for every attempt of this logical request (unless the caller chose one).
+        if !next.headers().contains_key(IDEMPOTENCY_KEY) {
+            if let Ok(key) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
+            {
+                next.headers_mut().insert(IDEMPOTENCY_KEY, key);
+            }
+        }
         loop {
             // A copy for the next attempt, while attempts are left (none for a streaming body).
             let spare = if attempts_left > 0 {
@@ -281,6 +291,9 @@ impl PayingClient {
         }
     }
 }
+
+/// The request header naming one logical request across retries.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The decoded `PAYMENT-REQUIRED` of a 402.
 fn requirements(res: &reqwest::Response) -> Result<Value, ClientError> {
@@ -335,12 +348,25 @@ mod tests {
     /// A server that asks for payment, then answers `statuses` in turn to paid attempts,
     /// recording the credentials it saw.
     async fn server(statuses: Vec<u16>, header: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+        let (url, seen, _) = server_with_keys(statuses, header).await;
+        (url, seen)
+    }
+
+    /// [`server`], also recording each paid attempt's `Idempotency-Key`.
+    #[allow(clippy::type_complexity)]
+    async fn server_with_keys(
+        statuses: Vec<u16>,
+        header: bool,
+    ) -> (String, Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<String>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let all_keys = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
+        let k = all_keys.clone();
         let app = axum::Router::new().route(
             "/",
             any(move |h: HeaderMap| {
                 let s = s.clone();
+                let keys = k.clone();
                 let statuses = statuses.clone();
                 async move {
                     let Some(c) = h.get("x-credential") else {
@@ -353,6 +379,10 @@ mod tests {
                     };
                     let mut seen = s.lock().unwrap();
                     seen.push(c.to_str().unwrap().to_owned());
+                    let key = h
+                        .get(IDEMPOTENCY_KEY)
+                        .map(|k| k.to_str().unwrap().to_owned());
+                    keys.lock().unwrap().push(key.unwrap_or_default());
                     let status = statuses.get(seen.len() - 1).copied().unwrap_or(200);
                     StatusCode::from_u16(status).unwrap().into_response()
                 }
@@ -361,7 +391,7 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", l.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(l, app).await });
-        (url, seen)
+        (url, seen, all_keys)
     }
 
     fn client(calls: &Arc<AtomicUsize>, retries: u32) -> PayingClient {
@@ -375,12 +405,19 @@ mod tests {
 
     #[tokio::test]
     async fn retries_reuse_the_one_credential() {
-        let (url, seen) = server(vec![409, 503, 200], true).await;
+        let (url, seen, keys) = server_with_keys(vec![409, 503, 200], true).await;
         let calls = Arc::new(AtomicUsize::new(0));
         let paid = client(&calls, 2).get(&url).await.unwrap();
         assert_eq!(paid.response.status(), 200);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(*seen.lock().unwrap(), ["c0", "c0", "c0"]);
+        // One Idempotency-Key for the three attempts of the one logical request.
+        let keys = keys.lock().unwrap().clone();
+        assert_eq!(keys.len(), 3);
+        assert!(
+            !keys[0].is_empty() && keys.iter().all(|k| *k == keys[0]),
+            "{keys:?}"
+        );
         // Retries run out: the caller gets the failure and the payment.
         let (url, seen) = server(vec![500, 500], true).await;
         let c = client(&calls, 1);
