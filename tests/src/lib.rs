@@ -743,6 +743,27 @@ pub fn b64_json(v: &str) -> Value {
     serde_json::from_slice(&STANDARD.decode(v).expect("base64")).expect("json")
 }
 
+/// Send every request at once; each outcome is `"ok"` for a 200, else the problem's `code`.
+pub async fn outcomes(requests: Vec<reqwest::RequestBuilder>) -> Vec<String> {
+    futures_util::future::join_all(requests.into_iter().map(|r| async move {
+        let res = r.send().await.unwrap();
+        if res.status() == 200 {
+            "ok".to_owned()
+        } else {
+            code_of(res).await.1
+        }
+    }))
+    .await
+}
+
+/// How many outcomes are `"ok"`; any refusal other than `allowed` fails the test.
+pub fn count_ok(outcomes: &[String], allowed: &str) -> usize {
+    for o in outcomes {
+        assert!(o == "ok" || o == allowed, "unexpected refusal {o}");
+    }
+    outcomes.iter().filter(|o| *o == "ok").count()
+}
+
 /// The problem body's `code`.
 pub async fn code_of(res: reqwest::Response) -> (u16, String) {
     let status = res.status().as_u16();

@@ -10,7 +10,8 @@ use http::{HeaderMap, HeaderValue, Method, Uri};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tollgate_e2e::{
-    code_of, gateway, paid, payment_response, report, upstream, RedisServer, TestIssuer,
+    code_of, count_ok, gateway, outcomes, paid, payment_response, report, upstream, RedisServer,
+    TestIssuer,
 };
 use tollgate_middleware::receipt::{Issuer, IssuerKey, StaticKeys};
 use tollgate_middleware::{
@@ -337,33 +338,16 @@ async fn parallel_requests_on_two_gateways_never_exceed_the_budget() {
     let now = tollgate_e2e::now_secs();
     let mandate = wallet.sign(&mandate_claims(&wallet, "agent", "1.00", "month", now));
     let n = 100;
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        let gw = if i % 2 == 0 { &a } else { &b };
-        let (url, http) = (gw.url("/v1/echo"), gw.http.clone());
-        let receipt = receipt_under(&wallet, "agent", "0.03", &mandate, now);
-        tasks.push(tokio::spawn(async move {
-            let res = http
-                .get(url)
+    let requests = (0..n)
+        .map(|i| {
+            let gw = if i % 2 == 0 { &a } else { &b };
+            let receipt = receipt_under(&wallet, "agent", "0.03", &mandate, now);
+            gw.http
+                .get(gw.url("/v1/echo"))
                 .header("authorization", format!("Payment {receipt}"))
-                .send()
-                .await
-                .unwrap();
-            if res.status() == 200 {
-                "ok".to_owned()
-            } else {
-                code_of(res).await.1
-            }
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        match t.await.unwrap().as_str() {
-            "ok" => ok += 1,
-            "mandate_exceeded" => {}
-            other => panic!("unexpected refusal {other}"),
-        }
-    }
+        })
+        .collect();
+    let ok = count_ok(&outcomes(requests).await, "mandate_exceeded");
     // floor(1.00 / 0.03) = 33.
     assert_eq!(ok, 33);
     let events = a.paywall.store().usage_events().await.unwrap();
@@ -441,26 +425,10 @@ async fn bound_tokens_and_revocation() {
         .unwrap();
     assert_eq!(renewed["mandate"]["id"], "m-bound");
     let token = renewed["access_token"].as_str().unwrap().to_owned();
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        let (url, http, token) = (gw.url("/v1/echo"), gw.http.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            let res = http.get(url).bearer_auth(token).send().await.unwrap();
-            if res.status() == 200 {
-                "ok".to_owned()
-            } else {
-                code_of(res).await.1
-            }
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        match t.await.unwrap().as_str() {
-            "ok" => ok += 1,
-            "mandate_exceeded" => {}
-            other => panic!("unexpected refusal {other}"),
-        }
-    }
+    let requests = (0..20)
+        .map(|_| gw.http.get(gw.url("/v1/echo")).bearer_auth(&token))
+        .collect();
+    let ok = count_ok(&outcomes(requests).await, "mandate_exceeded");
     assert_eq!(ok, 8, "2.00 / 0.25");
     let bal = gw.settled(&token).await;
     assert_eq!(bal["balances"]["USD"]["captured"], "2");

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use tollgate_e2e::{
     code_of, gateway, paid, payment_response, upstream, RedisServer, TestGateway, TestIssuer,
 };
+use tollgate_e2e::{count_ok, outcomes};
 
 const PLANS: &str = r#"
 [[plans]]
@@ -165,26 +166,10 @@ async fn quota_is_exact_under_concurrency() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut tasks = Vec::new();
-    for _ in 0..24 {
-        let (url, http, token) = (gw.url("/v1/echo/c"), gw.http.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            let res = http.get(url).bearer_auth(token).send().await.unwrap();
-            if res.status() == 200 {
-                "ok".to_owned()
-            } else {
-                code_of(res).await.1
-            }
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        match t.await.unwrap().as_str() {
-            "ok" => ok += 1,
-            "plan_exhausted" => {}
-            other => panic!("unexpected {other}"),
-        }
-    }
+    let requests = (0..24)
+        .map(|_| gw.http.get(gw.url("/v1/echo/c")).bearer_auth(&token))
+        .collect();
+    let ok = count_ok(&outcomes(requests).await, "plan_exhausted");
     assert_eq!(ok, 3);
 }
 
