@@ -650,6 +650,19 @@ impl TestGateway {
         )
     }
 
+    /// `GET path` on the admin listener with the admin `token`, as JSON.
+    pub async fn admin_json(&self, path: &str, token: &str) -> Value {
+        self.http
+            .get(self.admin_url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Top up `amount` USD for `payer` with a fresh top-up receipt; returns the access token.
     pub async fn topup(&self, issuer: &TestIssuer, payer: &str, amount: &str) -> String {
         let mut c = issuer.claims("m", payer, amount);

@@ -640,15 +640,7 @@ async fn admin_api() {
         .await
         .unwrap();
     assert_eq!(code_of(query).await, (401, "unauthorized".into()));
-    let openapi: Value = http
-        .get(f.gw.admin_url("/admin/v1/openapi.json"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi: Value = f.gw.admin_json("/admin/v1/openapi.json", ADMIN).await;
     assert_eq!(openapi["openapi"], "3.1.0");
 
     // Credits are idempotent; debits cannot go below zero.
@@ -718,28 +710,12 @@ async fn admin_api() {
             200
         );
     }
-    let payer: Value = http
-        .get(f.gw.admin_url("/admin/v1/payers/mo"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let payer: Value = f.gw.admin_json("/admin/v1/payers/mo", ADMIN).await;
     assert_eq!(payer["balances"]["USD"]["available"], "1.488");
     assert_eq!(payer["balances"]["USD"]["captured"], "0.012");
     assert_eq!(payer["usage_30d"][0]["requests"], 3);
     assert_eq!(payer["usage_30d"][0]["units"]["unit"], 12);
-    let usage: Value = http
-        .get(f.gw.admin_url("/admin/v1/usage?route=units"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let usage: Value = f.gw.admin_json("/admin/v1/usage?route=units", ADMIN).await;
     assert_eq!(usage["rows"][0]["amount"]["USD"], "0.012");
     // The export resumes from the last id it returned.
     let page = |after: String| {

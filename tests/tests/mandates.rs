@@ -354,16 +354,9 @@ async fn parallel_requests_on_two_gateways_never_exceed_the_budget() {
     let captured: u64 = events.iter().map(|e| e.amount_minor).sum();
     assert_eq!((events.len(), captured), (33, 990_000));
     // The admin view agrees, to the unit.
-    let admin = reqwest::Client::new();
-    let view: Value = admin
-        .get(a.admin_url("/admin/v1/payers/agent"))
-        .bearer_auth("admin-token-0123456789")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view: Value = a
+        .admin_json("/admin/v1/payers/agent", "admin-token-0123456789")
+        .await;
     let m = &view["mandates"][0];
     assert_eq!(
         (
@@ -449,15 +442,9 @@ async fn bound_tokens_and_revocation() {
     let receipt = receipt_under(&wallet, "agent", "0.25", &mandate, now);
     let res = gw.pay_get("/v1/echo", &receipt).await;
     assert_eq!(code_of(res).await, (403, "mandate_revoked".to_owned()));
-    let view: Value = admin
-        .get(gw.admin_url("/admin/v1/payers/agent"))
-        .bearer_auth("admin-token-0123456789")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view: Value = gw
+        .admin_json("/admin/v1/payers/agent", "admin-token-0123456789")
+        .await;
     assert_eq!(view["mandates"][0]["revoked"], true);
     assert_eq!(view["mandates"][0]["spent"], "2");
     // A revoked receipt cannot pay.

@@ -137,15 +137,9 @@ async fn included_calls_then_deny_with_a_renewal_offer() {
     assert!(calls
         .iter()
         .all(|e| e.amount_minor == 0 && e.credential.starts_with("plan:starter:")));
-    let view: Value = reqwest::Client::new()
-        .get(gw.admin_url("/admin/v1/payers/agent"))
-        .bearer_auth("admin-token-0123456789")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view: Value = gw
+        .admin_json("/admin/v1/payers/agent", "admin-token-0123456789")
+        .await;
     assert_eq!(view["plans"][0]["plan"], "starter");
     assert_eq!(
         (
@@ -337,15 +331,9 @@ overage_price = "route"
     // 1,200 of 1,000 used (the call that crossed is served in full): the next is refused.
     let res = gw.token_get("/v1/echo/tok?units=1", &token).await;
     assert_eq!(code_of(res).await, (402, "plan_exhausted".to_owned()));
-    let view: Value = reqwest::Client::new()
-        .get(gw.admin_url("/admin/v1/payers/llm"))
-        .bearer_auth("admin-token-0123456789")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let view: Value = gw
+        .admin_json("/admin/v1/payers/llm", "admin-token-0123456789")
+        .await;
     assert_eq!(view["plans"][0]["used"], 1200);
     assert_eq!(view["plans"][0]["unit"], "token");
 
