@@ -183,9 +183,10 @@ impl Mandate {
         if c.iss != iss {
             return Err(invalid("mandate: inconsistent iss"));
         }
-        let now = verifier.clock().now_secs();
+        let now_ms = verifier.clock().now_ms();
+        let now = now_ms.div_euclid(1000);
         let skew = i64::try_from(verifier.policy().clock_skew.as_secs()).unwrap_or(0);
-        if c.exp + skew < now {
+        if !verifier.policy().accepts_at(c.exp, now_ms) {
             return Err(invalid("the mandate expired"));
         }
         if c.iat > now + skew || c.nbf.is_some_and(|n| n > now + skew) {

@@ -355,6 +355,38 @@ pub struct ReceiptPolicy {
     pub max_bytes: usize,
 }
 
+/// How long a spent credential's single-use record outlives the last instant at which the
+/// credential can be accepted: it covers the clock difference between gateway replicas (each
+/// decides acceptance on its own clock) and between them and the store. Gateways' clocks must
+/// agree within this margin (NTP keeps them within milliseconds).
+pub const SINGLE_USE_MARGIN: Duration = Duration::from_secs(60);
+
+impl ReceiptPolicy {
+    /// The first instant (unix ms) at which a credential whose `exp` is `exp` (unix seconds) is
+    /// refused as expired. It is accepted during the whole second `exp + skew`: every earlier
+    /// instant, to the millisecond, accepts it.
+    ///
+    /// This is the one definition of acceptance in time; the single-use record's lifetime
+    /// ([`ReceiptPolicy::single_use_until_ms`]) is derived from it, in the same unit.
+    pub fn refused_from_ms(&self, exp: i64) -> i64 {
+        exp.saturating_add(secs(self.clock_skew))
+            .saturating_add(1)
+            .saturating_mul(1000)
+    }
+
+    /// Whether a credential with this `exp` is still acceptable at `now_ms`.
+    pub fn accepts_at(&self, exp: i64, now_ms: i64) -> bool {
+        now_ms < self.refused_from_ms(exp)
+    }
+
+    /// Until when (unix ms) the single-use record of a spent credential with this `exp` must
+    /// be kept: past every instant at which it can be accepted, plus [`SINGLE_USE_MARGIN`].
+    pub fn single_use_until_ms(&self, exp: i64) -> i64 {
+        self.refused_from_ms(exp)
+            .saturating_add(i64::try_from(SINGLE_USE_MARGIN.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
 impl Default for ReceiptPolicy {
     fn default() -> Self {
         ReceiptPolicy {
@@ -549,9 +581,10 @@ impl ReceiptVerifier {
                 format!("aud must be {:?}", self.merchant),
             ));
         }
-        let now = self.clock.now_secs();
+        let now_ms = self.clock.now_ms();
+        let now = now_ms.div_euclid(1000);
         let skew = secs(self.policy.clock_skew);
-        if c.exp + skew < now {
+        if !self.policy.accepts_at(c.exp, now_ms) {
             return Err(ReceiptError::new(C::ReceiptExpired, "exp is in the past"));
         }
         if c.iat > now + skew || c.nbf.is_some_and(|nbf| nbf > now + skew) {
@@ -630,5 +663,29 @@ impl EdKeys {
             m.insert(*bytes, vk);
         }
         Some(vk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acceptance_and_single_use_share_one_boundary() {
+        // Every skew, every exp: accepted through the last millisecond of second exp + skew,
+        // refused from the next one, and the single-use record outlives acceptance by the margin.
+        for skew in [0u64, 1, 30, 600] {
+            let policy = ReceiptPolicy {
+                clock_skew: Duration::from_secs(skew),
+                ..ReceiptPolicy::default()
+            };
+            for exp in [0i64, 1_700_000_000, 1_800_000_123] {
+                let end = (exp + i64::try_from(skew).unwrap_or(0) + 1) * 1000;
+                assert!(policy.accepts_at(exp, end - 1));
+                assert!(!policy.accepts_at(exp, end));
+                assert_eq!(policy.refused_from_ms(exp), end);
+                assert_eq!(policy.single_use_until_ms(exp), end + 60_000);
+            }
+        }
     }
 }

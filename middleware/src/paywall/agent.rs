@@ -214,7 +214,6 @@ impl Paywall {
             );
         }
         let now = self.0.clock.now_ms();
-        let skew = i64::try_from(self.0.verifier.policy().clock_skew.as_millis()).unwrap_or(0);
         let sub = Subscription {
             payer: receipt.payer.clone(),
             plan: plan.id.clone(),
@@ -223,7 +222,11 @@ impl Paywall {
             now_ms: now,
             issuer: receipt.issuer.clone(),
             receipt_id: receipt.id.clone(),
-            keep_until_ms: receipt.expires_at.saturating_mul(1000).saturating_add(skew),
+            keep_until_ms: self
+                .0
+                .verifier
+                .policy()
+                .single_use_until_ms(receipt.expires_at),
             event: UsageEvent {
                 id: String::new(),
                 time_ms: now,

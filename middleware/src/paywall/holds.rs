@@ -147,17 +147,17 @@ impl Paywall {
         route: &PricedRoute,
         mandate: Option<MandateCharge>,
     ) -> Reservation {
-        let skew = self.0.verifier.policy().clock_skew;
         Reservation {
             id: uuid::Uuid::new_v4().to_string(),
             payer: receipt.payer.clone(),
             issuer: receipt.issuer.clone(),
             receipt_id: receipt.id.clone(),
             hold: self.hold_time(route),
-            spent_until_ms: receipt
-                .expires_at
-                .saturating_mul(1000)
-                .saturating_add(i64::try_from(skew.as_millis()).unwrap_or(0)),
+            spent_until_ms: self
+                .0
+                .verifier
+                .policy()
+                .single_use_until_ms(receipt.expires_at),
             mandate,
         }
     }

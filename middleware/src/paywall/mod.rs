@@ -1198,7 +1198,6 @@ impl Paywall {
         minor: u64,
         reason: &str,
     ) -> Result<(String, u64, bool), (ErrorCode, String)> {
-        let skew = self.0.verifier.policy().clock_skew;
         let credit = Credit {
             payer: receipt.payer.clone(),
             currency: currency.code().to_owned(),
@@ -1208,10 +1207,11 @@ impl Paywall {
                 issuer: receipt.issuer.clone(),
                 receipt_id: receipt.id.clone(),
             },
-            keep_until_ms: receipt
-                .expires_at
-                .saturating_mul(1000)
-                .saturating_add(i64::try_from(skew.as_millis()).unwrap_or(0)),
+            keep_until_ms: self
+                .0
+                .verifier
+                .policy()
+                .single_use_until_ms(receipt.expires_at),
             reason: reason.to_owned(),
             source: format!("receipt:{}:{}", receipt.issuer, receipt.id),
         };

@@ -1,4 +1,4 @@
--- Authorize one use of a receipt, atomically (mandate.lua is prepended).
+-- Authorize one use of a receipt, atomically (owner.lua and mandate.lua are prepended).
 -- KEYS[1] receipt state key   KEYS[2] payer block key
 -- with a mandate: KEYS[3] window hash   KEYS[4] revoked marker   KEYS[5] payer's mandate index
 -- ARGV[1] reservation id      ARGV[2] hold time (ms)
@@ -6,6 +6,9 @@
 --                 ARGV[6] mandate key   ARGV[7] mandate summary (JSON)
 -- Returns {status, room}: 'reserved' | 'blocked' | 'replayed' | 'in_use' | 'revoked'
 --   | 'mandate_revoked' | 'mandate_exceeded' (room = what is left in the window)
+if OWNED_BY_OTHER then
+  return {'replayed', 0}
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'blocked', 0}
 end

@@ -1,5 +1,5 @@
 -- Capture at admission: authorize one use of a receipt AND spend it with its usage event, in
--- one step (a fixed price, no mandate; totals.lua is prepended). void.lua undoes it when the
+-- one step (a fixed price, no mandate; owner.lua and totals.lua are prepended). void.lua undoes it when the
 -- request is not served.
 -- KEYS[1] receipt state key   KEYS[2] payer block key   KEYS[3] usage event stream
 -- KEYS[4] payer's daily aggregates   KEYS[5] bucket's daily aggregates (all payers)
@@ -8,6 +8,9 @@
 -- ARGV[3] N = number of event field pairs   ARGV[4 .. 3+2N] event field/value pairs
 -- ARGV[4+2N ..] aggregate field/increment pairs
 -- Returns {'captured', event id} | {'blocked' | 'replayed' | 'in_use' | 'revoked', ''}
+if OWNED_BY_OTHER then
+  return {'replayed', ''}
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'blocked', ''}
 end

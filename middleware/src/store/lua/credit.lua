@@ -1,4 +1,5 @@
--- Credit (or, with a negative amount, debit) a payer's balance exactly once per idempotency key.
+-- Credit (or, with a negative amount, debit) a payer's balance exactly once per idempotency key
+-- (owner.lua is prepended: a top-up receipt is single use per (iss, jti)).
 -- KEYS[1] account hash   KEYS[2] idempotency key (for a top-up: the receipt's state key)
 -- KEYS[3] credit stream
 -- ARGV[1] currency   ARGV[2] signed amount (minor)   ARGV[3] remember-key time (ms)
@@ -6,6 +7,9 @@
 -- Returns {'applied', credit id, balance} | {'duplicate', credit id, balance}
 --       | {'insufficient', '', balance} | {'in_use', '', balance}
 local bal = tonumber(redis.call('HGET', KEYS[1], 'bal:' .. ARGV[1]) or '0')
+if OWNED_BY_OTHER then
+  return {'in_use', '', bal}
+end
 local prev = redis.call('GET', KEYS[2])
 if prev then
   local id = string.match(prev, '^spent:credit:(.+)$')

@@ -1,5 +1,5 @@
 -- Buy one period of a plan with a subscribe receipt, exactly once, and record the purchase
--- as one usage event (revenue).
+-- as one usage event (revenue). owner.lua and totals.lua are prepended.
 -- KEYS[1] receipt state key   KEYS[2] subscription hash   KEYS[3] usage event stream
 -- KEYS[4] payer's daily aggregates   KEYS[5] bucket's daily aggregates
 -- KEYS[6] bucket's per-payer day totals (payer listing)
@@ -9,6 +9,9 @@
 -- A period still running is extended by one period and its calls added to; otherwise a new
 -- period starts now.
 -- Returns {'subscribed', event id, period end} | {'duplicate', event id, period end} | {'used', '', 0}
+if OWNED_BY_OTHER then
+  return {'used', '', 0}
+end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local id = string.match(cur, '^spent:sub:(.+)$')

@@ -15,6 +15,9 @@ impl MemoryStore {
     ) -> Result<ChargeOutcome, StoreError> {
         let now = self.clock.now_ms();
         let mut s = self.lock()?;
+        if s.owned_by_other(&r.payer, &r.issuer, &r.receipt_id, r.spent_until_ms, now) {
+            return Ok(ChargeOutcome::Refused(AuthorizeOutcome::Replayed));
+        }
         if s.blocked.contains(&r.payer) {
             return Ok(ChargeOutcome::Refused(AuthorizeOutcome::PayerBlocked));
         }

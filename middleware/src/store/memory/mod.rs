@@ -60,6 +60,10 @@ struct HoldEntry {
 struct State {
     /// Receipt and idempotency states by key; expired entries are treated as absent.
     receipts: HashMap<String, ReceiptState>,
+    /// The first payer to present each receipt, by (iss, jti) fingerprint, with its keep-until
+    /// (unix ms): a receipt is single use per (iss, jti), whatever its `sub` (as the Redis
+    /// store's owner keys).
+    owners: HashMap<String, (String, i64)>,
     /// Blocked payers.
     blocked: HashSet<String>,
     /// Accounts by (payer, currency).
@@ -120,6 +124,37 @@ enum MandateRefusal {
 }
 
 impl State {
+    /// Claim (issuer, receipt id) for `payer`; true when another payer presented it first.
+    /// x402 nonces are not claimed (single use under the payer's address by definition).
+    fn owned_by_other(
+        &mut self,
+        payer: &str,
+        issuer: &str,
+        receipt_id: &str,
+        until_ms: i64,
+        now: i64,
+    ) -> bool {
+        if issuer == crate::x402::STORE_ISSUER {
+            return false;
+        }
+        let fp = Reservation {
+            issuer: issuer.to_owned(),
+            receipt_id: receipt_id.to_owned(),
+            ..Reservation::empty()
+        }
+        .fingerprint();
+        match self.owners.get(&fp) {
+            Some((owner, until)) if *until > now => owner != payer,
+            _ => {
+                if self.owners.len() % 1024 == 1023 {
+                    self.owners.retain(|_, (_, until)| *until > now);
+                }
+                self.owners.insert(fp, (payer.to_owned(), until_ms));
+                false
+            }
+        }
+    }
+
     /// Room left in a mandate window (expired reservations dropped), not counting `except`.
     fn mandate_room(&mut self, m: &MandateCharge, now: i64, except: Option<&str>) -> i64 {
         let w = self
@@ -495,6 +530,9 @@ impl Store for MemoryStore {
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError> {
         let now = self.clock.now_ms();
         let mut s = self.lock()?;
+        if s.owned_by_other(&r.payer, &r.issuer, &r.receipt_id, r.spent_until_ms, now) {
+            return Ok(AuthorizeOutcome::Replayed);
+        }
         if s.blocked.contains(&r.payer) {
             return Ok(AuthorizeOutcome::PayerBlocked);
         }
@@ -794,6 +832,9 @@ impl Store for MemoryStore {
         let mut s = self.lock()?;
         let key = match &c.idempotency {
             Idempotency::Receipt { issuer, receipt_id } => {
+                if s.owned_by_other(&c.payer, issuer, receipt_id, c.keep_until_ms, now) {
+                    return Ok(CreditOutcome::ReceiptUsed);
+                }
                 let r = Reservation {
                     id: String::new(),
                     payer: c.payer.clone(),
@@ -975,6 +1016,10 @@ impl Store for MemoryStore {
             receipt_id: sub.receipt_id.clone(),
             ..Reservation::empty()
         };
+        let until = sub.keep_until_ms.max(now + 1000);
+        if s.owned_by_other(&sub.payer, &sub.issuer, &sub.receipt_id, until, now) {
+            return Ok(SubscribeOutcome::ReceiptUsed);
+        }
         let key = Self::receipt_key(&r);
         let period_key = (sub.payer.clone(), sub.plan.clone());
         match Self::live(&s, &key, now) {

@@ -48,6 +48,13 @@ impl RedisStore {
         let day = utc_day(event.time_ms);
         let b = r.bucket();
         let mut inv = self.scripts.authorize_capture.prepare_invoke();
+        let (payer, until) = (&r.payer, r.spent_until_ms);
+        if self
+            .claim_owner(&mut conn, &mut inv, payer, &r.issuer, &r.receipt_id, until)
+            .await?
+        {
+            return Ok(ChargeOutcome::Refused(AuthorizeOutcome::Replayed));
+        }
         inv.key(self.receipt_key(r))
             .key(self.blocked_key(&r.payer))
             .key(self.events_key(b))

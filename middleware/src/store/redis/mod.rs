@@ -13,6 +13,7 @@ use redis::{Script, Value};
 use tokio::sync::Mutex;
 
 mod charge;
+mod owner;
 
 use std::collections::BTreeMap;
 
@@ -73,6 +74,7 @@ struct Scripts {
     hold_capture: Script,
     void_hold: Script,
     idempotency: Script,
+    claim_owner: Script,
 }
 
 /// A single server or a cluster.
@@ -173,6 +175,7 @@ impl RedisStore {
             last_attempt: Mutex::new(None),
             scripts: Scripts {
                 authorize: Script::new(concat!(
+                    include_str!("../lua/owner.lua"),
                     include_str!("../lua/mandate.lua"),
                     include_str!("../lua/authorize.lua")
                 )),
@@ -199,9 +202,13 @@ impl RedisStore {
                     include_str!("../lua/mandate.lua"),
                     include_str!("../lua/release_hold.lua")
                 )),
-                credit: Script::new(include_str!("../lua/credit.lua")),
+                credit: Script::new(concat!(
+                    include_str!("../lua/owner.lua"),
+                    include_str!("../lua/credit.lua")
+                )),
                 rate: Script::new(include_str!("../lua/rate.lua")),
                 subscribe: Script::new(concat!(
+                    include_str!("../lua/owner.lua"),
                     include_str!("../lua/totals.lua"),
                     include_str!("../lua/subscribe.lua")
                 )),
@@ -218,6 +225,7 @@ impl RedisStore {
                 finish_settlement: Script::new(include_str!("../lua/finish_settlement.lua")),
                 resolve_settlement: Script::new(include_str!("../lua/resolve_settlement.lua")),
                 authorize_capture: Script::new(concat!(
+                    include_str!("../lua/owner.lua"),
                     include_str!("../lua/totals.lua"),
                     include_str!("../lua/authorize_capture.lua")
                 )),
@@ -235,6 +243,7 @@ impl RedisStore {
                     include_str!("../lua/void_hold.lua")
                 )),
                 idempotency: Script::new(include_str!("../lua/idempotency.lua")),
+                claim_owner: Script::new(include_str!("../lua/claim_owner.lua")),
             },
         };
         if let Err(e) = store.connection().await {
@@ -663,6 +672,13 @@ impl Store for RedisStore {
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError> {
         let mut conn = self.connection().await?;
         let mut inv = self.scripts.authorize.prepare_invoke();
+        let (payer, until) = (&r.payer, r.spent_until_ms);
+        if self
+            .claim_owner(&mut conn, &mut inv, payer, &r.issuer, &r.receipt_id, until)
+            .await?
+        {
+            return Ok(AuthorizeOutcome::Replayed);
+        }
         inv.key(self.receipt_key(r)).key(self.blocked_key(&r.payer));
         if let Some(m) = &r.mandate {
             self.mandate_keys(&mut inv, &r.payer, m);
@@ -796,6 +812,20 @@ impl Store for RedisStore {
         };
         let fields = s.event.to_fields(true);
         let mut inv = self.scripts.subscribe.prepare_invoke();
+        let until = s.keep_until_ms.max(s.now_ms + 1000);
+        if self
+            .claim_owner(
+                &mut conn,
+                &mut inv,
+                &s.payer,
+                &s.issuer,
+                &s.receipt_id,
+                until,
+            )
+            .await?
+        {
+            return Ok(SubscribeOutcome::ReceiptUsed);
+        }
         inv.key(self.receipt_key(&r))
             .key(self.subscription_key(&s.payer, &s.plan))
             .key(self.events_key(b))
@@ -1150,6 +1180,20 @@ impl Store for RedisStore {
         let keep =
             (c.keep_until_ms - crate::clock::Clock::now_ms(&crate::clock::SystemClock)).max(1000);
         let mut inv = self.scripts.credit.prepare_invoke();
+        let owned_by_other = match &c.idempotency {
+            Idempotency::Receipt { issuer, receipt_id } => {
+                let until = c.keep_until_ms;
+                self.claim_owner(&mut conn, &mut inv, &c.payer, issuer, receipt_id, until)
+                    .await?
+            }
+            Idempotency::Key(_) => {
+                inv.arg("@none");
+                false
+            }
+        };
+        if owned_by_other {
+            return Ok(CreditOutcome::ReceiptUsed);
+        }
         inv.key(self.account_key(&c.payer))
             .key(idem_key)
             .key(self.key(bucket, "credits"))
