@@ -177,6 +177,9 @@ pub struct MeterState {
     limit_minor: Option<u64>,
     /// Whether the response is an event stream (a cut-off sends a last event).
     event_stream: bool,
+    /// Renews the hold while the body streams (a hold in use is never swept); stops when
+    /// this state is dropped, after the settlement.
+    keepalive: Option<crate::paywall::HoldKeepalive>,
 }
 
 impl MeterState {
@@ -199,6 +202,7 @@ impl MeterState {
             status,
             limit_minor,
             event_stream,
+            keepalive: None,
         })
     }
 
@@ -553,6 +557,7 @@ where
         // Over the buffer limit: stream the rest; the JSON usage is missing (documented rule).
     }
     let pending = meter.admission.pending_response();
+    meter.keepalive = meter.admission.keep_hold_alive();
     let mut parts = parts;
     if meter.limit_minor.is_some() {
         // It may end early: never promise a length.

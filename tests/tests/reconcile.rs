@@ -29,6 +29,13 @@ fn down() -> StoreError {
 
 #[async_trait]
 impl Store for Flaky {
+    async fn renew(
+        &self,
+        held: tollgate_middleware::store::Renewal<'_>,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew(held, ttl).await
+    }
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError> {
         self.inner.authorize(r).await
     }

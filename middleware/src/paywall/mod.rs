@@ -52,6 +52,8 @@ mod agent;
 mod challenge_cache;
 mod charged;
 mod holds;
+mod keepalive;
+pub(crate) use self::keepalive::HoldKeepalive;
 pub mod idempotency;
 mod payment_auth;
 mod reconcile;

@@ -783,9 +783,23 @@ impl RateLimit {
     }
 }
 
+/// A hold whose request is still being served (a metered response streaming), to renew.
+#[derive(Debug, Clone, Copy)]
+pub enum Renewal<'a> {
+    /// A receipt held single-use for its request.
+    Receipt(&'a Reservation),
+    /// An amount held from a prepaid balance.
+    Balance(&'a Hold),
+}
+
 /// Where payment state lives. Every method is one atomic step.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Extend a hold whose request is still being served to `ttl` from now, with its mandate
+    /// reservation: a hold in use is never swept (given back as expired) however long its
+    /// response streams. `Ok(false)` when it is no longer held (settled, or swept before).
+    async fn renew(&self, held: Renewal<'_>, ttl: Duration) -> Result<bool, StoreError>;
+
     /// Check the payer is not blocked and the receipt unused, and hold it -- atomically.
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError>;
     /// Capture (spend + append one usage event) or release a receipt hold -- atomically.

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -10,8 +11,8 @@ use super::{
     days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome, Balance,
     ChargeOutcome, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome,
     Idempotency, IdempotencyClaim, JobOutcome, MandateCharge, MandateUse, PayerSpend, PlanPeriod,
-    Reservation, SettleOutcome, Settlement, SettlementJob, Store, StoreError, SubscribeOutcome,
-    Subscription, UsageEvent, VoidOutcome,
+    Renewal, Reservation, SettleOutcome, Settlement, SettlementJob, Store, StoreError,
+    SubscribeOutcome, Subscription, UsageEvent, VoidOutcome,
 };
 use crate::clock::{Clock, SystemClock};
 
@@ -309,6 +310,40 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn renew(&self, held: Renewal<'_>, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let mut s = self.lock()?;
+        let (id, mandate) = match held {
+            Renewal::Receipt(r) => {
+                let key = Self::receipt_key(r);
+                match s.receipts.get_mut(&key) {
+                    Some(ReceiptState::Held {
+                        reservation,
+                        until_ms,
+                    }) if *reservation == r.id => *until_ms = until,
+                    _ => return Ok(false),
+                }
+                (&r.id, r.mandate.as_ref())
+            }
+            Renewal::Balance(h) => {
+                match s.holds.get_mut(&h.id) {
+                    Some(entry) => entry.until_ms = until,
+                    None => return Ok(false),
+                }
+                (&h.id, h.mandate.as_ref())
+            }
+        };
+        if let Some(m) = mandate {
+            if let Some(w) = s.windows.get_mut(&(m.key.clone(), m.window_start_ms)) {
+                if let Some(r) = w.holds.get_mut(id) {
+                    r.1 = until;
+                }
+            }
+        }
+        Ok(true)
+    }
+
     async fn capture_deferred(
         &self,
         r: &Reservation,

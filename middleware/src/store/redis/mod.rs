@@ -23,7 +23,7 @@ use super::{
     bucket_of, days_between, event_order, fold_aggregates, fold_payer_totals, utc_day, Account,
     AuthorizeOutcome, Balance, ChargeOutcome, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome,
     HoldSettleOutcome, Idempotency, IdempotencyClaim, JobOutcome, MandateCharge, MandateUse,
-    PayerSpend, PlanPeriod, Reservation, SettleOutcome, Settlement, SettlementJob, Store,
+    PayerSpend, PlanPeriod, Renewal, Reservation, SettleOutcome, Settlement, SettlementJob, Store,
     StoreError, SubscribeOutcome, Subscription, UsageEvent, VoidOutcome, BUCKETS,
 };
 
@@ -75,6 +75,7 @@ struct Scripts {
     void_hold: Script,
     idempotency: Script,
     claim_owner: Script,
+    renew: Script,
 }
 
 /// A single server or a cluster.
@@ -244,6 +245,7 @@ impl RedisStore {
                 )),
                 idempotency: Script::new(include_str!("../lua/idempotency.lua")),
                 claim_owner: Script::new(include_str!("../lua/claim_owner.lua")),
+                renew: Script::new(include_str!("../lua/renew.lua")),
             },
         };
         if let Err(e) = store.connection().await {
@@ -437,6 +439,27 @@ fn ms(d: Duration) -> i64 {
 
 #[async_trait]
 impl Store for RedisStore {
+    async fn renew(&self, held: Renewal<'_>, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.scripts.renew.prepare_invoke();
+        let (payer, id, mandate) = match held {
+            Renewal::Receipt(r) => {
+                inv.key(self.receipt_key(r)).arg("receipt");
+                (&r.payer, &r.id, r.mandate.as_ref())
+            }
+            Renewal::Balance(h) => {
+                inv.key(self.holds_key(&h.payer)).arg("hold");
+                (&h.payer, &h.id, h.mandate.as_ref())
+            }
+        };
+        if let Some(m) = mandate {
+            inv.key(self.window_key(payer, m));
+        }
+        inv.arg(id).arg(ms(ttl));
+        let live: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(live == 1)
+    }
+
     async fn capture_deferred(
         &self,
         r: &Reservation,

@@ -1,0 +1,72 @@
+//! A hold in use is never swept: while a metered response streams, its admission's hold (and
+//! the hold's mandate reservation) is renewed in the store every third of its lifetime, so an
+//! account read -- which gives expired holds back -- never takes it from a request still being
+//! served, however long the stream lasts. The renewal stops when the response is settled (the
+//! keepalive is dropped with the metered body's state).
+
+use std::time::Duration;
+
+use tokio::task::AbortHandle;
+
+use super::{Admission, Held};
+use crate::store::{Hold, Renewal, Reservation};
+
+/// Renews an admission's hold until dropped.
+#[derive(Debug)]
+pub(crate) struct HoldKeepalive(AbortHandle);
+
+impl Drop for HoldKeepalive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a keepalive renews (owned: the task outlives the borrow of the admission).
+enum Renewed {
+    Receipt(Reservation),
+    Balance(Hold),
+}
+
+impl Renewed {
+    fn renewal(&self) -> Renewal<'_> {
+        match self {
+            Renewed::Receipt(r) => Renewal::Receipt(r),
+            Renewed::Balance(h) => Renewal::Balance(h),
+        }
+    }
+}
+
+impl Admission {
+    /// Start renewing this admission's hold while its response streams. `None` when there is
+    /// nothing to renew (charged at admission, an x402 payment) or no runtime.
+    pub(crate) fn keep_hold_alive(&self) -> Option<HoldKeepalive> {
+        if self.settled || self.charged.is_some() || self.x402.is_some() {
+            return None;
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (renewed, ttl) = match &self.held {
+            Held::Receipt(r) => (Renewed::Receipt(r.clone()), r.hold),
+            Held::Balance { hold, .. } => (Renewed::Balance(hold.clone()), hold.ttl),
+        };
+        let store = self.paywall.0.store.clone();
+        let period = (ttl / 3).max(Duration::from_millis(50));
+        let task = runtime.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match crate::metrics::timed("renew", store.renew(renewed.renewal(), ttl)).await {
+                    Ok(true) => {}
+                    // Settled meanwhile, or a plan-covered call holding nothing.
+                    Ok(false) => return,
+                    // Tried again next period; the hold outlives two failed renewals.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing a streaming request's hold failed")
+                    }
+                }
+            }
+        });
+        Some(HoldKeepalive(task.abort_handle()))
+    }
+}
