@@ -415,6 +415,10 @@ where
             let payment: Payment = admission.payment().clone();
             let headers = req.headers_mut();
             credential::strip(headers);
+            if admission.metered().is_some_and(Metered::reads_body) {
+                // Only codings the meter can decode (see `content_coding`).
+                crate::content_coding::narrow_accept_encoding(headers);
+            }
             if let Ok(v) = HeaderValue::from_str(&payment.payer) {
                 headers.insert(TOLLGATE_PAYER, v);
             }
@@ -479,6 +483,21 @@ where
     B: Body<Data = Bytes> + Send + 'static,
 {
     let (parts, body) = res.into_parts();
+    if admission.metered().is_some_and(Metered::reads_body)
+        && crate::content_coding::readable(&parts.headers).is_none()
+    {
+        // A coding the meter cannot read, though Accept-Encoding excluded it: nothing is
+        // delivered, nothing charged.
+        tracing::error!(
+            content_encoding = ?parts.headers.get(header::CONTENT_ENCODING),
+            "upstream answered a metered route in a content coding Tollgate cannot meter"
+        );
+        let _ = admission.settle(None, None).await;
+        return refusal(Paywall::problem(
+            crate::ErrorCode::UpstreamUnavailable,
+            "the upstream answered in a content coding that cannot be metered; nothing was charged",
+        ));
+    }
     let mut body = Box::pin(body);
     let Some(mut meter) = MeterState::new(admission, parts.status.as_u16(), &parts.headers) else {
         let pending = None;

@@ -30,6 +30,7 @@ pub mod challenge;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod clock;
+pub mod content_coding;
 pub mod credential;
 pub mod error;
 pub mod issuer;

@@ -129,6 +129,14 @@ impl Metered {
         self.meters.iter().all(|m| m.source.known_before_answer())
     }
 
+    /// Whether a meter reads the response body (`json:` or `sse:`): its content coding then
+    /// matters (see [`crate::content_coding`]).
+    pub fn reads_body(&self) -> bool {
+        self.meters
+            .iter()
+            .any(|m| matches!(m.source, UsageSource::Json(_) | UsageSource::Sse(_)))
+    }
+
     /// Whether the body must be buffered (a `json:` meter).
     pub fn needs_json(&self) -> bool {
         self.meters
@@ -180,6 +188,11 @@ pub struct UsageReading {
     sse_line: Vec<u8>,
     /// Whether the current SSE line overflowed (skip it).
     sse_skip: bool,
+    /// Decodes a compressed body for reading (see [`crate::content_coding`]); the bytes
+    /// delivered are not changed.
+    decoder: crate::content_coding::Decoder,
+    /// Decoded bytes read so far (bounded).
+    decoded_bytes: u64,
 }
 
 impl UsageReading {
@@ -194,9 +207,15 @@ impl UsageReading {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.to_ascii_lowercase().contains("json"));
         let sse_as_json = has_sse && json_answer;
+        let reads_body = has_sse || metered.needs_json();
         let mut r = UsageReading {
             json: (metered.needs_json() || sse_as_json).then(Vec::new),
             sse_as_json,
+            decoder: if reads_body {
+                crate::content_coding::Decoder::for_response(headers)
+            } else {
+                crate::content_coding::Decoder::Identity
+            },
             ..Default::default()
         };
         for m in &metered.meters {
@@ -214,9 +233,23 @@ impl UsageReading {
         r
     }
 
-    /// Observe a body chunk.
+    /// Observe a body chunk (as delivered: possibly compressed).
     pub fn feed(&mut self, metered: &Metered, chunk: &Bytes) {
         self.response_bytes += chunk.len() as u64;
+        if self.decoder.is_identity() {
+            self.read(metered, chunk);
+        } else {
+            let decoded = self.decoder.decode(chunk, self.decoded_bytes);
+            self.decoded_bytes += decoded.len() as u64;
+            self.read(metered, &decoded);
+        }
+    }
+
+    /// Read the body's (decoded) bytes for usage.
+    fn read(&mut self, metered: &Metered, chunk: &[u8]) {
+        if chunk.is_empty() {
+            return;
+        }
         if let Some(buf) = &mut self.json {
             if buf.len() + chunk.len() <= MAX_JSON_BYTES {
                 buf.extend_from_slice(chunk);
@@ -292,6 +325,11 @@ impl UsageReading {
     /// The units per meter, after the body ended (or stopped). `None` for a meter whose
     /// usage could not be read.
     pub fn finish(&mut self, metered: &Metered) -> BTreeMap<String, Option<u64>> {
+        if !self.decoder.is_identity() {
+            let rest = self.decoder.finish();
+            self.read(metered, &rest);
+        }
+        let undecodable = self.decoder.failed();
         // A last SSE line without a trailing newline still counts.
         if !self.sse_line.is_empty() && !self.sse_skip {
             let line = std::mem::take(&mut self.sse_line);
@@ -306,6 +344,8 @@ impl UsageReading {
             .iter()
             .map(|m| {
                 let n = match &m.source {
+                    // A body that could not be decoded: its usage is missing.
+                    UsageSource::Sse(_) | UsageSource::Json(_) if undecodable => None,
                     UsageSource::Sse(p) if self.sse_as_json => {
                         json.as_ref().and_then(|j| j.pointer(p)).and_then(units_of)
                     }
