@@ -95,8 +95,10 @@ pub enum Coding {
 }
 
 /// Decodes a body chunk by chunk, for reading.
+#[derive(Default)]
 pub(crate) enum Decoder {
     /// Nothing to decode.
+    #[default]
     Identity,
     /// `deflate`, before its first two bytes tell zlib from raw deflate (those seen so far).
     DeflateUnknown(Vec<u8>),
@@ -106,12 +108,6 @@ pub(crate) enum Decoder {
     Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
     /// Failed, or past [`MAX_DECODED_BYTES`]: nothing more is read.
     Failed,
-}
-
-impl Default for Decoder {
-    fn default() -> Self {
-        Decoder::Identity
-    }
 }
 
 impl std::fmt::Debug for Decoder {
