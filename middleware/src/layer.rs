@@ -519,8 +519,25 @@ where
         let mut size = 0usize;
         let mut complete = false;
         let mut failed = false;
+        // A body that takes longer than a third of the hold to arrive gets its hold renewed
+        // (a hold in use is never swept); a quick one costs no renewal task.
+        let renew_at = tokio::time::Instant::now() + meter.admission.hold_ttl() / 3;
+        let mut renewing = false;
         while size <= crate::meter::MAX_JSON_BYTES {
-            match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let next = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx));
+            let frame = if !renewing {
+                match tokio::time::timeout_at(renew_at, next).await {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        renewing = true;
+                        meter.keepalive = meter.admission.keep_hold_alive();
+                        continue;
+                    }
+                }
+            } else {
+                next.await
+            };
+            match frame {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         size += data.len();

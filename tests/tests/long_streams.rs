@@ -50,13 +50,14 @@ fn engine(store: Arc<dyn Store>, issuer: &TestIssuer) -> Paywall {
         .unwrap()
 }
 
-/// 0.0001 USD per token read from the stream's `usage.total_tokens`, 0.01 reserved.
-fn route() -> PricedRoute {
+/// 0.0001 USD per token read from the answer's `usage.total_tokens` (`sse:` or `json:`),
+/// 0.01 reserved.
+fn route(source: UsageSource) -> PricedRoute {
     let metered = Metered {
         currency: usd(),
         meters: vec![Meter {
             unit: "token".into(),
-            source: UsageSource::Sse("/usage/total_tokens".into()),
+            source,
             price: "0.0001".parse().unwrap(),
         }],
         reserve: "0.01".parse().unwrap(),
@@ -66,20 +67,42 @@ fn route() -> PricedRoute {
     PricedRoute::new("chat", Price::Metered(metered)).timeout(Duration::from_millis(300))
 }
 
-/// An SSE upstream: `EVENTS` events, one every `EVENT_EVERY`, the last one carrying the usage.
-async fn sse_upstream(_: Request<String>) -> Result<Response<StreamBodyT>, Infallible> {
-    let events = futures_util::stream::iter(1..=EVENTS).then(|i| async move {
-        tokio::time::sleep(EVENT_EVERY).await;
-        let data = if i == EVENTS {
-            json!({"choices": [], "usage": {"total_tokens": TOKENS}})
-        } else {
-            json!({"choices": [{"delta": {"content": "word "}}]})
-        };
-        Ok::<_, Infallible>(Frame::data(Bytes::from(format!("data: {data}\n\n"))))
+/// A slow upstream: `/sse` sends `EVENTS` events, one every `EVENT_EVERY`, the last one
+/// carrying the usage; `/json` trickles one JSON answer in as many pieces at the same pace.
+async fn slow_upstream(req: Request<String>) -> Result<Response<StreamBodyT>, Infallible> {
+    let sse = req.uri().path() == "/sse";
+    let json_answer =
+        json!({"id": "r1", "text": "word ".repeat(20), "usage": {"total_tokens": TOKENS}})
+            .to_string()
+            .into_bytes();
+    let piece = json_answer.len().div_ceil(usize::try_from(EVENTS).unwrap());
+    let events = futures_util::stream::iter(1..=EVENTS).then(move |i| {
+        let json_answer = json_answer.clone();
+        async move {
+            tokio::time::sleep(EVENT_EVERY).await;
+            let chunk = if sse {
+                let data = if i == EVENTS {
+                    json!({"choices": [], "usage": {"total_tokens": TOKENS}})
+                } else {
+                    json!({"choices": [{"delta": {"content": "word "}}]})
+                };
+                Bytes::from(format!("data: {data}\n\n"))
+            } else {
+                let start = (usize::try_from(i).unwrap() - 1) * piece;
+                let end = (start + piece).min(json_answer.len());
+                Bytes::copy_from_slice(&json_answer[start.min(end)..end])
+            };
+            Ok::<_, Infallible>(Frame::data(chunk))
+        }
     });
     let body: StreamBodyT = StreamBody::new(Box::pin(events));
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
     Ok(Response::builder()
-        .header("content-type", "text/event-stream")
+        .header("content-type", content_type)
         .body(body)
         .unwrap())
 }
@@ -111,39 +134,54 @@ async fn usd_balance(store: &Arc<dyn Store>, payer: &str) -> (i64, i64) {
     (b.available, b.held)
 }
 
-async fn stream_outlives_its_hold(store: Arc<dyn Store>) {
+async fn stream_outlives_its_hold(store: Arc<dyn Store>, sse: bool) {
     let issuer = TestIssuer::ed25519("wallet");
     let paywall = engine(store.clone(), &issuer);
     let token = topup_token(&paywall, &issuer, "agent").await;
-    let svc = PaymentLayer::new(paywall, Arc::new(route())).layer(tower::service_fn(sse_upstream));
+    let (path, source) = if sse {
+        ("/sse", UsageSource::Sse("/usage/total_tokens".into()))
+    } else {
+        ("/json", UsageSource::Json("/usage/total_tokens".into()))
+    };
+    let svc =
+        PaymentLayer::new(paywall, Arc::new(route(source))).layer(tower::service_fn(slow_upstream));
 
     let req = Request::builder()
-        .uri("/v1/chat")
+        .uri(path)
         .header("authorization", format!("Bearer {token}"))
         .body(String::new())
         .unwrap();
-    let res = svc.oneshot(req).await.unwrap();
-    assert_eq!(res.status(), 200);
-
-    // Account reads all through the stream: each one gives expired holds back.
+    // Account reads all through the stream: each one gives expired holds back. (A `json:`
+    // answer is read whole before the response head is released: the reads start now.)
     let reader = {
         let store = store.clone();
         tokio::spawn(async move {
+            // From the moment the hold is placed, 22 reads over 2.2 s (the answer takes 3 s).
+            while usd_balance(&store, "agent").await.1 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let mut held_seen = Vec::new();
-            for _ in 0..(EVENTS + 2) {
+            for _ in 0..22 {
                 held_seen.push(usd_balance(&store, "agent").await.1);
                 tokio::time::sleep(EVENT_EVERY).await;
             }
             held_seen
         })
     };
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 200);
     let body = res.into_body().collect().await.unwrap().to_bytes();
-    let delivered = body.windows(6).filter(|w| w == b"data: ").count();
-    assert_eq!(delivered, usize::try_from(EVENTS).unwrap());
+    if sse {
+        let delivered = body.windows(6).filter(|w| w == b"data: ").count();
+        assert_eq!(delivered, usize::try_from(EVENTS).unwrap());
+    } else {
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["usage"]["total_tokens"], TOKENS);
+    }
     let held_seen = reader.await.unwrap();
-    // While the stream was served (its first 25 reads), the hold was never given back.
+    // While the answer was served, the hold was never given back.
     assert!(
-        held_seen[..25].iter().all(|h| *h == 10_000),
+        held_seen.iter().all(|h| *h == 10_000),
         "the hold was swept while in use: {held_seen:?}"
     );
 
@@ -170,18 +208,33 @@ async fn stream_outlives_its_hold(store: Arc<dyn Store>) {
 #[tokio::test]
 async fn memory_store_captures_a_stream_longer_than_its_hold() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
-    stream_outlives_its_hold(store).await;
+    stream_outlives_its_hold(store, true).await;
 }
 
 #[tokio::test]
-async fn redis_captures_a_stream_longer_than_its_hold() {
-    let redis = RedisServer::start();
+async fn memory_store_captures_a_json_answer_slower_than_its_hold() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+    stream_outlives_its_hold(store, false).await;
+}
+
+async fn redis_store(redis: &RedisServer) -> Arc<dyn Store> {
     let opts = RedisStoreOptions {
         url: redis.url(),
         cluster: false,
         prefix: "t".into(),
         timeout: Duration::from_millis(2000),
     };
-    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(opts).await.unwrap());
-    stream_outlives_its_hold(store).await;
+    Arc::new(RedisStore::connect(opts).await.unwrap())
+}
+
+#[tokio::test]
+async fn redis_captures_a_stream_longer_than_its_hold() {
+    let redis = RedisServer::start();
+    stream_outlives_its_hold(redis_store(&redis).await, true).await;
+}
+
+#[tokio::test]
+async fn redis_captures_a_json_answer_slower_than_its_hold() {
+    let redis = RedisServer::start();
+    stream_outlives_its_hold(redis_store(&redis).await, false).await;
 }

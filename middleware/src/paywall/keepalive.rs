@@ -37,6 +37,14 @@ impl Renewed {
 }
 
 impl Admission {
+    /// How long this admission's hold lasts unrenewed.
+    pub(crate) fn hold_ttl(&self) -> Duration {
+        match &self.held {
+            Held::Receipt(r) => r.hold,
+            Held::Balance { hold, .. } => hold.ttl,
+        }
+    }
+
     /// Start renewing this admission's hold while its response streams. `None` when there is
     /// nothing to renew (charged at admission, an x402 payment) or no runtime.
     pub(crate) fn keep_hold_alive(&self) -> Option<HoldKeepalive> {
