@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tollgate_e2e::{RedisCluster, RedisServer};
 use tollgate_middleware::store::{
-    AuthorizeOutcome, IdempotencyClaim, Reservation, SettleOutcome, Settlement,
+    bucket_of, AuthorizeOutcome, IdempotencyClaim, Reservation, SettleOutcome, Settlement,
 };
 use tollgate_middleware::{
     ManualClock, MemoryStore, RedisStore, RedisStoreOptions, Store, UsageEvent,
@@ -490,17 +490,24 @@ async fn redis_keys_share_one_hash_tag_and_expire() {
         .unwrap();
     let mut c = redis.conn();
     let keys: Vec<String> = redis::cmd("KEYS").arg("t:*").query(&mut c).unwrap();
-    // Receipt state, ledger, payer and bucket aggregates, the bucket's per-payer day totals.
-    assert_eq!(keys.len(), 5, "{keys:?}");
+    // Receipt state, ledger, payer and bucket aggregates, the bucket's per-payer day totals --
+    // and the receipt's owner key, in the receipt's own slot (single use across payers).
+    assert_eq!(keys.len(), 6, "{keys:?}");
     let tag = format!("{{b{:02}}}", r.bucket());
+    let owner_tag = format!("{{b{:02}}}", bucket_of(&r.fingerprint()));
+    let owner_key = format!("t:{owner_tag}:ro:{}", r.fingerprint());
+    assert!(keys.contains(&owner_key), "{keys:?} holds {owner_key}");
     assert!(
-        keys.iter().all(|k| k.contains(&tag)),
+        keys.iter()
+            .filter(|k| **k != owner_key)
+            .all(|k| k.contains(&tag)),
         "{keys:?} all carry {tag}"
     );
-    let receipt_key = keys.iter().find(|k| k.contains(":r:")).unwrap();
-    let ttl: i64 = redis::cmd("PTTL").arg(receipt_key).query(&mut c).unwrap();
-    // Remembered until exp + skew (600 s here), not forever.
-    assert!(ttl > 500_000 && ttl <= 600_000, "ttl {ttl}");
+    // Both remembered until the reservation's spent-until (600 s here), not forever.
+    for k in [keys.iter().find(|k| k.contains(":r:")).unwrap(), &owner_key] {
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut c).unwrap();
+        assert!(ttl > 500_000 && ttl <= 600_000, "{k}: ttl {ttl}");
+    }
     // Every aggregate expires after 400 days (only the ledger is kept forever).
     for k in keys.iter().filter(|k| k.contains(":agg")) {
         let ttl: i64 = redis::cmd("PTTL").arg(k).query(&mut c).unwrap();
