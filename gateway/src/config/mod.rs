@@ -48,9 +48,22 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// Not valid TOML, or a field has the wrong type or an unknown name.
+    /// Not valid TOML.
     #[error("invalid TOML: {0}")]
     Parse(String),
+    /// A table has a field Tollgate does not know (a typo is never ignored), lacks one it needs,
+    /// or a field has the wrong type.
+    #[error("{field}: {message} (line {line}, column {column})")]
+    Field {
+        /// Dotted path of the field, e.g. `routes[1].price.cutof`.
+        field: String,
+        /// What is wrong.
+        message: String,
+        /// 1-based line of the field in the file.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+    },
     /// A field has a value Tollgate cannot use.
     #[error("{field}: {message}")]
     Invalid {
@@ -207,7 +220,7 @@ impl Config {
     /// Parse TOML (no validation).
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(s: &str) -> Result<Self, ConfigError> {
-        toml::from_str(s).map_err(|e| ConfigError::Parse(e.to_string()))
+        serde_path_to_error::deserialize(toml::Deserializer::new(s)).map_err(|e| field_error(s, e))
     }
 
     /// Read, parse and validate a file; relative paths inside resolve against its folder.
@@ -316,6 +329,40 @@ impl Config {
             plans,
             x402_facilitator: facilitator.map(|(f, _)| f),
         })
+    }
+}
+
+/// A deserialization error, named by the dotted path of its field; syntax errors (no field)
+/// keep toml's own report.
+fn field_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let e = e.into_inner();
+    let Some(span) = e.span() else {
+        return ConfigError::Parse(e.to_string());
+    };
+    let message = e.message().trim_end().to_owned();
+    // The path of an unknown key ends with the key; should a deserializer not report the key
+    // string, the path stops at its table: name the key from the message then.
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(key, _)| key);
+    let last = path.rsplit('.').next().unwrap_or_default();
+    let field = match (path.as_str(), unknown) {
+        (".", None) => return ConfigError::Parse(e.to_string()),
+        (".", Some(key)) => key.to_owned(),
+        (p, Some(key)) if last != key => format!("{p}.{key}"),
+        (p, _) => p.to_owned(),
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before.get(line_start..).map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Field {
+        field,
+        message,
+        line,
+        column,
     }
 }
 

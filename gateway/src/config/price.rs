@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use tollgate_middleware::money::{Amount, Currency, Money};
 use tollgate_middleware::{Meter, Metered, OnMissing, Price, UsageSource};
 
@@ -10,8 +11,11 @@ use super::{invalid, ConfigError};
 
 /// A route's price as written in the file: `"free"`, `{ amount, currency }`, or a metered
 /// price `{ currency, reserve, meters = [...] }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+///
+/// Not `#[serde(untagged)]`: an untagged enum takes the first variant whose fields are present
+/// and ignores the rest, so `{ amount, currency, cutof = true }` passed. The table is read as one
+/// [`PriceTable`] that refuses unknown fields, then sorted into its kind.
+#[derive(Debug, Clone)]
 pub enum PriceConfig {
     /// `"free"`.
     Keyword(String),
@@ -31,12 +35,91 @@ pub enum PriceConfig {
         /// The priced units.
         meters: Vec<MeterConfig>,
         /// `reserve` (default) or `zero`: the charge when usage cannot be read.
-        #[serde(default)]
         on_missing: Option<String>,
         /// End a stream once the payer cannot pay for more.
-        #[serde(default)]
         cutoff: bool,
     },
+}
+
+impl<'de> Deserialize<'de> for PriceConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PriceVisitor)
+    }
+}
+
+struct PriceVisitor;
+
+impl<'de> Visitor<'de> for PriceVisitor {
+    type Value = PriceConfig;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"free\", { amount, currency } or { currency, reserve, meters }")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<PriceConfig, E> {
+        Ok(PriceConfig::Keyword(v.to_owned()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PriceConfig, A::Error> {
+        // Through the same MapAccess: the path of a bad field inside stays known.
+        let table = PriceTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        table.sort().map_err(de::Error::custom)
+    }
+}
+
+/// Every field a price table may have; which ones are set decides its kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceTable {
+    amount: Option<String>,
+    currency: String,
+    reserve: Option<String>,
+    meters: Option<Vec<MeterConfig>>,
+    on_missing: Option<String>,
+    cutoff: Option<bool>,
+}
+
+impl PriceTable {
+    /// `amount`: a fixed price, which takes no metered field; otherwise a metered price, which
+    /// needs `reserve` and `meters`.
+    fn sort(self) -> Result<PriceConfig, String> {
+        let PriceTable {
+            amount,
+            currency,
+            reserve,
+            meters,
+            on_missing,
+            cutoff,
+        } = self;
+        if let Some(amount) = amount {
+            let metered = [
+                ("reserve", reserve.is_some()),
+                ("meters", meters.is_some()),
+                ("on_missing", on_missing.is_some()),
+                ("cutoff", cutoff.is_some()),
+            ];
+            if let Some((field, _)) = metered.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "`{field}` belongs to a metered price; a fixed price is {{ amount, currency }}"
+                ));
+            }
+            return Ok(PriceConfig::Fixed { amount, currency });
+        }
+        let needs = "a fixed price needs `amount`, a metered price `reserve` and `meters`";
+        let Some(reserve) = reserve else {
+            return Err(format!("missing field `reserve` ({needs})"));
+        };
+        let Some(meters) = meters else {
+            return Err(format!("missing field `meters` ({needs})"));
+        };
+        Ok(PriceConfig::Metered {
+            currency,
+            reserve,
+            meters,
+            on_missing,
+            cutoff: cutoff.unwrap_or(false),
+        })
+    }
 }
 
 /// One meter of a metered price.

@@ -151,3 +151,38 @@ fn capture_at_admission_needs_a_fixed_price() {
     );
     assert!(err(&metered).starts_with("routes[0].capture"));
 }
+
+#[test]
+fn unknown_fields_are_named_by_their_path_and_line() {
+    let price = "price = { amount = \"0.01\", currency = \"USD\" }";
+    let with = |inner: &str| GOOD.replace(price, &price.replace(" }", &format!(", {inner} }}")));
+    assert_eq!(
+        err(&with("capture = \"admission\"")),
+        "routes[0].price.capture: unknown field `capture`, expected one of `amount`, `currency`, \
+         `reserve`, `meters`, `on_missing`, `cutoff` (line 12, column 46)"
+    );
+    assert_eq!(
+        err(&with("cutoff = true")),
+        "routes[0].price: `cutoff` belongs to a metered price; a fixed price is { amount, \
+         currency } (line 12, column 9)"
+    );
+    assert!(
+        err(&GOOD.replace("merchant = \"m\"", "merchant = \"m\"\nmerchnt = 1"))
+            .starts_with("merchnt: unknown field `merchnt`")
+    );
+    assert!(err(&GOOD.replace("scale = 6", "scale = 6\nscael = 2"))
+        .starts_with("currencies.USD.scael: unknown field"));
+    let meter = "meters = [{ unit = \"b\", usage = \"response_bytes\", price = \"1\", per = 2 }]";
+    assert!(err(&with("reserve = \"1\""))
+        .starts_with("routes[0].price: `reserve` belongs to a metered price"));
+    let metered = GOOD.replace(
+        price,
+        &format!("price = {{ currency = \"USD\", reserve = \"1\", {meter} }}"),
+    );
+    assert!(err(&metered).starts_with("routes[0].price.meters[0].per: unknown field `per`"));
+    assert!(err(&GOOD.replace(price, "price = { currency = \"USD\" }"))
+        .starts_with("routes[0].price: missing field `reserve`"));
+    // Wrong types name their field too; broken syntax keeps toml's own report.
+    assert!(err(&GOOD.replace("scale = 6", "scale = \"6\"")).starts_with("currencies.USD.scale:"));
+    assert!(err(&GOOD.replace("scale = 6", "scale = ")).starts_with("invalid TOML: "));
+}
