@@ -3,6 +3,9 @@
 //!
 //! - Request heads must arrive within `header_timeout` (slow-header / slowloris defence: the
 //!   connection is closed); heads larger than `max_header_bytes` get **431**.
+//! - A refusal that left the request body unread drains it (64 KiB within 1 s) and keeps the
+//!   connection, or says `Connection: close` ([`DrainLayer`]): a client's paid retry on the
+//!   same connection never meets a silently closed socket.
 //! - The client address is attached as `ConnectInfo<SocketAddr>` (for `X-Forwarded-For`).
 //! - Shutdown: stop accepting, let every open connection finish its in-flight requests (which
 //!   settle their payments), then return.
@@ -19,7 +22,8 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
+use tollgate_middleware::drain::DrainLayer;
+use tower::{Layer, ServiceExt};
 
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +74,7 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 // The client address as a header value once per connection, not per request.
                 let client = http::HeaderValue::from_str(&peer.ip().to_string()).ok().map(crate::proxy::ClientAddr);
-                let service = router.clone().map_request(move |mut req: hyper::Request<Incoming>| {
+                let service = DrainLayer::new().layer(router.clone()).map_request(move |mut req: hyper::Request<Incoming>| {
                     req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
                     if let Some(c) = &client {
                         req.extensions_mut().insert(c.clone());

@@ -18,6 +18,8 @@
 //! - [`token`]: gateway-issued access tokens (HMAC);
 //! - [`paywall`]: the engine phases (challenge, admit, settle);
 //! - [`layer`]: `PaymentLayer` (tower);
+//! - [`drain`]: `DrainLayer`, which keeps keep-alive connections usable after a refusal left
+//!   the request body unread;
 //! - [`error`]: `ErrorCode` and problem+json;
 //! - [`clock`]: injected time;
 //! - [`metrics`]: Prometheus counters; [`traffic`]: the last day's traffic per minute (dashboard).
@@ -32,6 +34,7 @@ pub mod client;
 pub mod clock;
 pub mod content_coding;
 pub mod credential;
+pub mod drain;
 pub mod error;
 pub mod issuer;
 pub mod layer;

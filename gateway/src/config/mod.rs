@@ -1,0 +1,385 @@
+//! Configuration: one TOML file, parsed ([`Config::from_str`]), loaded ([`Config::load`]) and
+//! validated ([`Config::validate`]) before any socket is bound. Every error names its field.
+//! Secrets never live in the file: the gateway secret comes from `TOLLGATE_SECRET`.
+//!
+//! # Layout
+//! One file per part of the file: `issuers`, `store`, `routes` (with `price`), `x402`, `plans`;
+//! this module holds the top-level tables and runs the parts' validations in order.
+
+mod issuers;
+mod plans;
+mod price;
+mod routes;
+mod store;
+mod x402;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tollgate_middleware::money::{Amount, Currency};
+use tollgate_middleware::paywall::valid_caip2;
+use tollgate_middleware::plan::Plan;
+use tollgate_middleware::x402::HttpFacilitator;
+
+pub use issuers::{IssuerConfig, IssuerSource};
+pub use plans::{MoneyConfig, PlanConfig, PlanUnitsConfig};
+pub use price::{MeterConfig, PriceConfig};
+pub use routes::{ExactOfferConfig, RateLimitConfig, Route, RouteConfig};
+pub use store::{StoreConfig, StoreKind};
+pub use x402::X402Config;
+
+use issuers::validate_issuers;
+use plans::validate_plans;
+use routes::validate_routes;
+use store::validate_store;
+use x402::validate_x402;
+
+/// A configuration problem; `tollgate` exits with status 64 on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML.
+    #[error("invalid TOML: {0}")]
+    Parse(String),
+    /// A table has a field Tollgate does not know (a typo is never ignored), lacks one it needs,
+    /// or a field has the wrong type.
+    #[error("{field}: {message} (line {line}, column {column})")]
+    Field {
+        /// Dotted path of the field, e.g. `routes[1].price.cutof`.
+        field: String,
+        /// What is wrong.
+        message: String,
+        /// 1-based line of the field in the file.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+    },
+    /// A field has a value Tollgate cannot use.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `routes[1].price.amount`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the public listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// This merchant's id: the `aud` receipts must carry, and `payTo` in offers.
+    pub merchant: String,
+    /// x402 network id of receipt offers.
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// Public base URL shown in 402 `resource.url` (default: from the Host header).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+    /// Time allowed for a request head to arrive (slow-header defence).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Largest request head in bytes (larger: 431).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Receipt limits.
+    #[serde(default)]
+    pub receipts: ReceiptsConfig,
+    /// Currencies by code.
+    pub currencies: BTreeMap<String, CurrencyConfig>,
+    /// Trusted receipt issuers.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Where payment state lives.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Routes, matched in order.
+    pub routes: Vec<RouteConfig>,
+    /// Plans sold (usage-based subscriptions and passes).
+    #[serde(default)]
+    pub plans: Vec<PlanConfig>,
+    /// Agent endpoints (top-up, token renewal, balance) and access tokens.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// The admin API listener (off unless `listen` is set).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// x402 `exact` settlement: the facilitator (needed when a route has `[[routes.x402]]`).
+    #[serde(default)]
+    pub x402: Option<X402Config>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Path prefix of the agent endpoints.
+    pub api_prefix: String,
+    /// Lifetime of access tokens (seconds).
+    pub token_ttl_secs: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            api_prefix: tollgate_middleware::paywall::DEFAULT_AGENT_API.into(),
+            token_ttl_secs: 86_400,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener; the admin API is off when unset. Its bearer token comes
+    /// from `TOLLGATE_ADMIN_TOKEN`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8402))
+}
+fn default_network() -> String {
+    tollgate_middleware::paywall::DEFAULT_NETWORK.into()
+}
+fn default_grace() -> u64 {
+    30
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+/// `[receipts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiptsConfig {
+    /// Allowed clock difference with issuers (seconds).
+    pub clock_skew_secs: u64,
+    /// Longest accepted `exp - iat` (seconds).
+    pub max_lifetime_secs: u64,
+    /// Largest accepted receipt (bytes).
+    pub max_bytes: usize,
+    /// How long a 402 challenge stays valid (seconds).
+    pub challenge_ttl_secs: u64,
+    /// Minimum seconds between JWKS refetches triggered by unknown `kid`s.
+    pub jwks_min_refetch_secs: u64,
+}
+
+impl Default for ReceiptsConfig {
+    fn default() -> Self {
+        ReceiptsConfig {
+            clock_skew_secs: 30,
+            max_lifetime_secs: 3600,
+            max_bytes: 8192,
+            challenge_ttl_secs: 300,
+            jwks_min_refetch_secs: 30,
+        }
+    }
+}
+
+/// `[currencies.<CODE>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurrencyConfig {
+    /// Decimal places of one atomic unit (0..=18).
+    pub scale: u32,
+    /// Top-up amount offered to agents in 402s (decimal string); no top-up offer when unset.
+    #[serde(default)]
+    pub topup_suggested: Option<String>,
+}
+
+impl Config {
+    /// Parse TOML (no validation).
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(s: &str) -> Result<Self, ConfigError> {
+        serde_path_to_error::deserialize(toml::Deserializer::new(s)).map_err(|e| field_error(s, e))
+    }
+
+    /// Read, parse and validate a file; relative paths inside resolve against its folder.
+    pub fn load(path: &Path) -> Result<(Self, Validated), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = Self::from_str(&text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let v = cfg.validate(base)?;
+        Ok((cfg, v))
+    }
+
+    /// Check every field; returns the parsed pieces the gateway needs.
+    pub fn validate(&self, base_dir: &Path) -> Result<Validated, ConfigError> {
+        if self.merchant.is_empty() || self.merchant.len() > 128 {
+            return Err(invalid("merchant", "must be 1 to 128 characters"));
+        }
+        if !valid_caip2(&self.network) {
+            return Err(invalid(
+                "network",
+                "must match ^[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}$",
+            ));
+        }
+        if let Some(u) = &self.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(invalid("public_url", "must start with http:// or https://"));
+            }
+        }
+        if self.header_timeout_secs == 0 || self.header_timeout_secs > 300 {
+            return Err(invalid("header_timeout_secs", "must be 1 to 300"));
+        }
+        if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(invalid("max_header_bytes", "must be 8192 to 1048576"));
+        }
+        let r = &self.receipts;
+        if r.max_lifetime_secs == 0 || r.max_lifetime_secs > 30 * 86400 {
+            return Err(invalid(
+                "receipts.max_lifetime_secs",
+                "must be 1 to 2592000",
+            ));
+        }
+        if r.clock_skew_secs > 600 {
+            return Err(invalid("receipts.clock_skew_secs", "must be at most 600"));
+        }
+        if !(256..=65536).contains(&r.max_bytes) {
+            return Err(invalid("receipts.max_bytes", "must be 256 to 65536"));
+        }
+        if r.challenge_ttl_secs == 0 || r.challenge_ttl_secs > 86400 {
+            return Err(invalid("receipts.challenge_ttl_secs", "must be 1 to 86400"));
+        }
+        let mut currencies = BTreeMap::new();
+        let mut topups = BTreeMap::new();
+        for (code, c) in &self.currencies {
+            let cur = Currency::try_new(code.clone(), c.scale)
+                .map_err(|m| invalid(format!("currencies.{code}"), m))?;
+            let suggested = match &c.topup_suggested {
+                None => None,
+                Some(t) => {
+                    let field = format!("currencies.{code}.topup_suggested");
+                    let a: Amount = t
+                        .parse()
+                        .map_err(|e| invalid(field.clone(), format!("{e}")))?;
+                    match cur.to_minor(a) {
+                        Ok(m) if m > 0 => Some(a),
+                        Ok(_) => return Err(invalid(field, "must be greater than zero")),
+                        Err(e) => return Err(invalid(field, e.to_string())),
+                    }
+                }
+            };
+            topups.insert(code.clone(), suggested);
+            currencies.insert(code.clone(), cur);
+        }
+        let issuers = validate_issuers(&self.issuers, base_dir)?;
+        validate_store(&self.store)?;
+        let facilitator = self.x402.as_ref().map(validate_x402).transpose()?;
+        let routes = validate_routes(&self.routes, &currencies, &issuers, facilitator.as_ref())?;
+        let a = &self.agent;
+        if !a.api_prefix.starts_with('/') || a.api_prefix.len() < 2 || a.api_prefix.ends_with('/') {
+            return Err(invalid(
+                "agent.api_prefix",
+                "a path like /tollgate/v1 (no trailing slash)",
+            ));
+        }
+        if a.token_ttl_secs == 0 || a.token_ttl_secs > 30 * 86_400 {
+            return Err(invalid("agent.token_ttl_secs", "must be 1 to 2592000"));
+        }
+        if let Some(admin) = self.admin.listen {
+            if admin == self.listen {
+                return Err(invalid("admin.listen", "must differ from listen"));
+            }
+        }
+        let plans = validate_plans(&self.plans, &currencies, &routes)?;
+        let currencies = currencies
+            .into_iter()
+            .map(|(code, c)| {
+                let suggested = topups.get(&code).copied().flatten();
+                (code, (c, suggested))
+            })
+            .collect();
+        Ok(Validated {
+            routes,
+            issuers,
+            currencies,
+            plans,
+            x402_facilitator: facilitator.map(|(f, _)| f),
+        })
+    }
+}
+
+/// A deserialization error, named by the dotted path of its field; syntax errors (no field)
+/// keep toml's own report.
+fn field_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let e = e.into_inner();
+    let Some(span) = e.span() else {
+        return ConfigError::Parse(e.to_string());
+    };
+    let message = e.message().trim_end().to_owned();
+    // The path of an unknown key ends with the key; should a deserializer not report the key
+    // string, the path stops at its table: name the key from the message then.
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(key, _)| key);
+    let last = path.rsplit('.').next().unwrap_or_default();
+    let field = match (path.as_str(), unknown) {
+        (".", None) => return ConfigError::Parse(e.to_string()),
+        (".", Some(key)) => key.to_owned(),
+        (p, Some(key)) if last != key => format!("{p}.{key}"),
+        (p, _) => p.to_owned(),
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before.get(line_start..).map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Field {
+        field,
+        message,
+        line,
+        column,
+    }
+}
+
+/// The parsed pieces of a valid config.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// Routes, in match order.
+    pub routes: Vec<Route>,
+    /// Issuers with their key sources.
+    pub issuers: Vec<(String, IssuerSource)>,
+    /// Currencies with their suggested top-up.
+    pub currencies: BTreeMap<String, (Currency, Option<Amount>)>,
+    /// Plans sold.
+    pub plans: Vec<Plan>,
+    /// The x402 facilitator (when `[x402]` is set).
+    pub x402_facilitator: Option<Arc<HttpFacilitator>>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,240 @@
+//! A route's `price`: `"free"`, a fixed price, or a metered price.
+
+use std::collections::BTreeMap;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use tollgate_middleware::money::{Amount, Currency, Money};
+use tollgate_middleware::{Meter, Metered, OnMissing, Price, UsageSource};
+
+use super::{invalid, ConfigError};
+
+/// A route's price as written in the file: `"free"`, `{ amount, currency }`, or a metered
+/// price `{ currency, reserve, meters = [...] }`.
+///
+/// Not `#[serde(untagged)]`: an untagged enum takes the first variant whose fields are present
+/// and ignores the rest, so `{ amount, currency, cutof = true }` passed. The table is read as one
+/// [`PriceTable`] that refuses unknown fields, then sorted into its kind.
+#[derive(Debug, Clone)]
+pub enum PriceConfig {
+    /// `"free"`.
+    Keyword(String),
+    /// A fixed price per request.
+    Fixed {
+        /// Decimal string.
+        amount: String,
+        /// Currency code from `[currencies]`.
+        currency: String,
+    },
+    /// Per unit of usage, drawn from a prepaid balance.
+    Metered {
+        /// Currency code from `[currencies]`.
+        currency: String,
+        /// Held before forwarding (decimal string, > 0).
+        reserve: String,
+        /// The priced units.
+        meters: Vec<MeterConfig>,
+        /// `reserve` (default) or `zero`: the charge when usage cannot be read.
+        on_missing: Option<String>,
+        /// End a stream once the payer cannot pay for more.
+        cutoff: bool,
+    },
+}
+
+impl<'de> Deserialize<'de> for PriceConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PriceVisitor)
+    }
+}
+
+struct PriceVisitor;
+
+impl<'de> Visitor<'de> for PriceVisitor {
+    type Value = PriceConfig;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"free\", { amount, currency } or { currency, reserve, meters }")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<PriceConfig, E> {
+        Ok(PriceConfig::Keyword(v.to_owned()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<PriceConfig, A::Error> {
+        // Through the same MapAccess: the path of a bad field inside stays known.
+        let table = PriceTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        table.sort().map_err(de::Error::custom)
+    }
+}
+
+/// Every field a price table may have; which ones are set decides its kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceTable {
+    amount: Option<String>,
+    currency: String,
+    reserve: Option<String>,
+    meters: Option<Vec<MeterConfig>>,
+    on_missing: Option<String>,
+    cutoff: Option<bool>,
+}
+
+impl PriceTable {
+    /// `amount`: a fixed price, which takes no metered field; otherwise a metered price, which
+    /// needs `reserve` and `meters`.
+    fn sort(self) -> Result<PriceConfig, String> {
+        let PriceTable {
+            amount,
+            currency,
+            reserve,
+            meters,
+            on_missing,
+            cutoff,
+        } = self;
+        if let Some(amount) = amount {
+            let metered = [
+                ("reserve", reserve.is_some()),
+                ("meters", meters.is_some()),
+                ("on_missing", on_missing.is_some()),
+                ("cutoff", cutoff.is_some()),
+            ];
+            if let Some((field, _)) = metered.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "`{field}` belongs to a metered price; a fixed price is {{ amount, currency }}"
+                ));
+            }
+            return Ok(PriceConfig::Fixed { amount, currency });
+        }
+        let needs = "a fixed price needs `amount`, a metered price `reserve` and `meters`";
+        let Some(reserve) = reserve else {
+            return Err(format!("missing field `reserve` ({needs})"));
+        };
+        let Some(meters) = meters else {
+            return Err(format!("missing field `meters` ({needs})"));
+        };
+        Ok(PriceConfig::Metered {
+            currency,
+            reserve,
+            meters,
+            on_missing,
+            cutoff: cutoff.unwrap_or(false),
+        })
+    }
+}
+
+/// One meter of a metered price.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterConfig {
+    /// Unit name, e.g. `prompt_token`.
+    pub unit: String,
+    /// `header:<name>`, `json:<pointer>`, `sse:<pointer>`, `request_bytes`, `response_bytes`,
+    /// `duration_ms`.
+    pub usage: String,
+    /// Price per unit (decimal string, any precision).
+    pub price: String,
+}
+
+/// `routes[i].price`, against the configured currencies.
+pub(super) fn validate_price(
+    i: usize,
+    price: &PriceConfig,
+    currencies: &BTreeMap<String, Currency>,
+) -> Result<Price, ConfigError> {
+    let f = |k: &str| format!("routes[{i}].{k}");
+    let price = match price {
+        PriceConfig::Keyword(k) if k == "free" => Price::Free,
+        PriceConfig::Keyword(k) => {
+            return Err(invalid(
+                f("price"),
+                format!("{k:?}: use \"free\" or {{ amount = \"0.01\", currency = \"USD\" }}"),
+            ))
+        }
+        PriceConfig::Fixed { amount, currency } => {
+            let cur = currencies.get(currency).ok_or_else(|| {
+                invalid(
+                    f("price.currency"),
+                    format!("{currency:?} is not in [currencies]"),
+                )
+            })?;
+            let amount: Amount = amount
+                .parse()
+                .map_err(|e| invalid(f("price.amount"), format!("{e}")))?;
+            Price::fixed(Money {
+                amount,
+                currency: cur.clone(),
+            })
+            .map_err(|e| invalid(f("price.amount"), e.to_string()))?
+        }
+        PriceConfig::Metered {
+            currency,
+            reserve,
+            meters,
+            on_missing,
+            cutoff,
+        } => {
+            let cur = currencies.get(currency).ok_or_else(|| {
+                invalid(
+                    f("price.currency"),
+                    format!("{currency:?} is not in [currencies]"),
+                )
+            })?;
+            let reserve: Amount = reserve
+                .parse()
+                .map_err(|e| invalid(f("price.reserve"), format!("{e}")))?;
+            match cur.to_minor(reserve) {
+                Ok(m) if m > 0 => {}
+                Ok(_) => return Err(invalid(f("price.reserve"), "must be greater than zero")),
+                Err(e) => return Err(invalid(f("price.reserve"), e.to_string())),
+            }
+            if meters.is_empty() {
+                return Err(invalid(f("price.meters"), "list at least one meter"));
+            }
+            let mut parsed: Vec<Meter> = Vec::new();
+            for (k, m) in meters.iter().enumerate() {
+                let mf = |x: &str| format!("routes[{i}].price.meters[{k}].{x}");
+                if m.unit.is_empty()
+                    || m.unit.len() > 64
+                    || m.unit.contains(['|', ' '])
+                    || parsed.iter().any(|p| p.unit == m.unit)
+                {
+                    return Err(invalid(
+                        mf("unit"),
+                        "a unique name of 1 to 64 characters without '|' or spaces",
+                    ));
+                }
+                let source: UsageSource = m
+                    .usage
+                    .parse()
+                    .map_err(|e: String| invalid(mf("usage"), e))?;
+                let price: Amount = m
+                    .price
+                    .parse()
+                    .map_err(|e| invalid(mf("price"), format!("{e}")))?;
+                parsed.push(Meter {
+                    unit: m.unit.clone(),
+                    source,
+                    price,
+                });
+            }
+            let on_missing = match on_missing.as_deref() {
+                None | Some("reserve") => OnMissing::Reserve,
+                Some("zero") => OnMissing::Zero,
+                Some(other) => {
+                    return Err(invalid(
+                        f("price.on_missing"),
+                        format!("{other:?}: use \"reserve\" or \"zero\""),
+                    ))
+                }
+            };
+            Price::Metered(Metered {
+                currency: cur.clone(),
+                meters: parsed,
+                reserve,
+                on_missing,
+                cutoff: *cutoff,
+            })
+        }
+    };
+    Ok(price)
+}

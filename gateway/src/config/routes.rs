@@ -1,0 +1,319 @@
+//! `[[routes]]`: what is sold where, and the offers of each route.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tollgate_middleware::money::Currency;
+use tollgate_middleware::x402::{
+    ExactOffer, ExactRoute, Facilitator, HttpFacilitator, SettlementMode,
+};
+use tollgate_middleware::Price;
+
+use super::price::{validate_price, PriceConfig};
+use super::{invalid, ConfigError, IssuerSource};
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Stable id (appears in challenges and usage events).
+    pub id: String,
+    /// Path prefix, matched on segment boundaries (`/v1` matches `/v1` and `/v1/x`, not `/v1x`).
+    pub path: String,
+    /// Allowed methods (empty: any).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Only for this Host (without port, case-insensitive).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Upstream base URL (`http://host:port[/base]`).
+    pub upstream: String,
+    /// Price.
+    pub price: PriceConfig,
+    /// Time for the upstream to start answering (milliseconds).
+    #[serde(default = "default_route_timeout")]
+    pub timeout_ms: u64,
+    /// Largest request body (bytes).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+    /// Shown to agents in the 402 `resource.description`.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Shown to agents in the 402 `resource.mimeType`.
+    #[serde(default = "default_mime")]
+    pub mime_type: String,
+    /// Per payer on this route: `{ per_second = 10, burst = 20 }` (429 beyond).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Route group (mandates may limit the groups they pay for). Default: the route id.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// x402 `exact` offers (`[[routes.x402]]`), beside the native receipt offer.
+    #[serde(default)]
+    pub x402: Vec<ExactOfferConfig>,
+    /// When x402 payments settle: `before` (default: settle, then serve), `after` (serve,
+    /// settle a 2xx, release the response once settled) or `deferred` (serve, queue a 2xx for
+    /// the background settler).
+    #[serde(default)]
+    pub x402_settlement: Option<String>,
+    /// When a fixed price is captured: `response` (default: held at admission, captured once
+    /// the upstream answered below 400, else released -- two store round trips) or
+    /// `admission` (captured at admission, voided if the upstream answers 400+ or not at all
+    /// -- one round trip for a served request).
+    #[serde(default)]
+    pub capture: Option<String>,
+}
+
+/// `rate_limit = { per_second, burst }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second (1 to 1000).
+    pub per_second: u32,
+    /// Requests allowed at once (1 to 10000; default = per_second).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+fn default_route_timeout() -> u64 {
+    30_000
+}
+fn default_max_body() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_mime() -> String {
+    "application/json".into()
+}
+
+/// A validated route, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// As configured.
+    pub config: RouteConfig,
+    /// Upper-case methods (empty: any).
+    pub methods: Vec<http::Method>,
+    /// Parsed upstream.
+    pub upstream: http::Uri,
+    /// Parsed price.
+    pub price: Price,
+    /// Timeout.
+    pub timeout: Duration,
+    /// x402 offers, settlement mode and facilitator.
+    pub x402: Option<ExactRoute>,
+}
+
+/// `[[routes.x402]]`: one x402 `exact` offer (EIP-3009 on an EVM chain).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExactOfferConfig {
+    /// `eip155:<chain id>`, e.g. `eip155:8453` (Base).
+    pub network: String,
+    /// The token contract address.
+    pub asset: String,
+    /// The token's EIP-712 domain name (e.g. `USD Coin` on Base mainnet, `USDC` on Base Sepolia).
+    pub name: String,
+    /// The token's EIP-712 domain version (e.g. `2`).
+    pub version: String,
+    /// The address paid.
+    pub pay_to: String,
+    /// Exact amount in the token's atomic units (e.g. `10000` = 0.01 USDC).
+    pub amount: String,
+    /// Currency code in the ledger and `PAYMENT-RESPONSE`.
+    #[serde(default = "default_x402_currency")]
+    pub currency: String,
+    /// The token's decimals (atomic scale in the ledger).
+    #[serde(default = "default_x402_decimals")]
+    pub decimals: u32,
+    /// `maxTimeoutSeconds` of the offer; also the longest authorization window accepted.
+    #[serde(default = "default_x402_timeout")]
+    pub max_timeout_secs: u64,
+}
+
+fn default_x402_currency() -> String {
+    "USDC".into()
+}
+fn default_x402_decimals() -> u32 {
+    6
+}
+fn default_x402_timeout() -> u64 {
+    60
+}
+
+/// Every `[[routes]]` entry, in match order.
+pub(super) fn validate_routes(
+    all: &[RouteConfig],
+    currencies: &BTreeMap<String, Currency>,
+    issuers: &[(String, IssuerSource)],
+    facilitator: Option<&(Arc<HttpFacilitator>, u64)>,
+) -> Result<Vec<Route>, ConfigError> {
+    if all.is_empty() {
+        return Err(invalid("routes", "at least one route is needed"));
+    }
+    let mut routes = Vec::new();
+    for (i, rc) in all.iter().enumerate() {
+        let f = |k: &str| format!("routes[{i}].{k}");
+        if rc.id.is_empty()
+            || rc.id.len() > 64
+            || !rc
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(invalid(f("id"), "must be 1 to 64 of [A-Za-z0-9._-]"));
+        }
+        if all[..i].iter().any(|o| o.id == rc.id) {
+            return Err(invalid(f("id"), format!("duplicate route id {:?}", rc.id)));
+        }
+        if !rc.path.starts_with('/')
+            || rc.path.contains(['?', '#'])
+            || rc.path.split('/').any(|s| s == "." || s == "..")
+        {
+            return Err(invalid(
+                f("path"),
+                "must be an absolute path prefix like /v1/compute",
+            ));
+        }
+        let mut methods = Vec::new();
+        for (m, name) in rc.methods.iter().enumerate() {
+            let method = http::Method::from_bytes(name.to_ascii_uppercase().as_bytes())
+                .map_err(|_| invalid(format!("routes[{i}].methods[{m}]"), "not an HTTP method"))?;
+            methods.push(method);
+        }
+        let upstream: http::Uri = rc
+            .upstream
+            .parse()
+            .map_err(|_| invalid(f("upstream"), "not a URL"))?;
+        if upstream.scheme_str() != Some("http")
+            || upstream.authority().is_none()
+            || upstream.query().is_some()
+        {
+            return Err(invalid(
+                f("upstream"),
+                "must be http://host:port[/base] (TLS to upstreams is not supported yet)",
+            ));
+        }
+        let price = validate_price(i, &rc.price, currencies)?;
+        let x402 = validate_route_x402(i, rc, &price, facilitator)?;
+        validate_capture(i, rc, &price)?;
+        if !matches!(price, Price::Free) && issuers.is_empty() && x402.is_none() {
+            return Err(invalid(
+                f("price"),
+                "a priced route needs at least one [[issuers]] entry (or [[routes.x402]] offers)",
+            ));
+        }
+        if rc.timeout_ms == 0 || rc.timeout_ms > 3_600_000 {
+            return Err(invalid(f("timeout_ms"), "must be 1 to 3600000"));
+        }
+        if let Some(h) = &rc.host {
+            if h.is_empty() || h.contains([':', '/', ' ']) {
+                return Err(invalid(f("host"), "a host name without port"));
+            }
+        }
+        if let Some(rl) = rc.rate_limit {
+            if !(1..=1000).contains(&rl.per_second) {
+                return Err(invalid(f("rate_limit.per_second"), "must be 1 to 1000"));
+            }
+            if rl.burst.is_some_and(|b| !(1..=10_000).contains(&b)) {
+                return Err(invalid(f("rate_limit.burst"), "must be 1 to 10000"));
+            }
+        }
+        routes.push(Route {
+            config: rc.clone(),
+            methods,
+            upstream,
+            price,
+            timeout: Duration::from_millis(rc.timeout_ms),
+            x402,
+        });
+    }
+    Ok(routes)
+}
+
+/// A route's `capture`: `response` or `admission`, the latter only with a fixed price.
+fn validate_capture(i: usize, rc: &RouteConfig, price: &Price) -> Result<(), ConfigError> {
+    match rc.capture.as_deref() {
+        None | Some("response") => Ok(()),
+        Some("admission") if matches!(price, Price::Fixed(_)) => Ok(()),
+        Some("admission") => Err(invalid(
+            format!("routes[{i}].capture"),
+            "\"admission\" needs a fixed price (a metered charge is known only after the response)",
+        )),
+        Some(other) => Err(invalid(
+            format!("routes[{i}].capture"),
+            format!("must be \"response\" or \"admission\", not {other:?}"),
+        )),
+    }
+}
+
+/// A route's `[[routes.x402]]` offers and `x402_settlement`.
+fn validate_route_x402(
+    i: usize,
+    rc: &RouteConfig,
+    price: &Price,
+    facilitator: Option<&(Arc<HttpFacilitator>, u64)>,
+) -> Result<Option<ExactRoute>, ConfigError> {
+    let f = |k: &str| format!("routes[{i}].{k}");
+    if rc.x402.is_empty() {
+        if rc.x402_settlement.is_some() {
+            return Err(invalid(
+                f("x402_settlement"),
+                "set only on a route with [[routes.x402]] offers",
+            ));
+        }
+        return Ok(None);
+    }
+    if !matches!(price, Price::Fixed(_)) {
+        return Err(invalid(
+            f("x402"),
+            "x402 exact offers need a fixed price (an exact amount cannot pay metered usage)",
+        ));
+    }
+    let Some((facilitator, margin)) = facilitator else {
+        return Err(invalid(
+            "x402.facilitator_url",
+            format!("required: routes[{i}] has [[routes.x402]] offers"),
+        ));
+    };
+    let mode: SettlementMode = rc
+        .x402_settlement
+        .as_deref()
+        .unwrap_or("before")
+        .parse()
+        .map_err(|m: String| invalid(f("x402_settlement"), m))?;
+    let mut offers: Vec<ExactOffer> = Vec::new();
+    for (k, o) in rc.x402.iter().enumerate() {
+        let field = |x: &str| format!("routes[{i}].x402[{k}].{x}");
+        let currency = Currency::try_new(o.currency.clone(), o.decimals)
+            .map_err(|m| invalid(field("currency"), m))?;
+        let offer = ExactOffer::try_new(
+            &o.network,
+            &o.asset,
+            &o.name,
+            &o.version,
+            &o.pay_to,
+            &o.amount,
+            o.max_timeout_secs,
+            currency,
+        )
+        .map_err(|(x, m)| invalid(field(x), m))?;
+        if offers
+            .iter()
+            .any(|p| p.network == offer.network && p.asset == offer.asset)
+        {
+            return Err(invalid(
+                field("asset"),
+                "duplicate offer: one offer per network and asset",
+            ));
+        }
+        offers.push(offer);
+    }
+    let facilitator: Arc<dyn Facilitator> = facilitator.clone();
+    Ok(Some(ExactRoute {
+        offers,
+        mode,
+        facilitator,
+        valid_before_margin_secs: *margin,
+    }))
+}
