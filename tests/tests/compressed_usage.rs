@@ -7,6 +7,9 @@
 //! sources (a JSON body, an SSE tail), an upstream that ignores `Accept-Encoding` (raw deflate,
 //! a coding the client never accepted). Each call is either charged exactly 400 tokens with the
 //! compressed bytes delivered unchanged, or refused with nothing charged -- never free.
+//!
+//! And the audit's long stream at full length: 60 s of compressed SSE through a hold of 31 s,
+//! with the balance read every second, on the memory store and on Redis.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -206,4 +209,71 @@ async fn a_coding_the_meter_cannot_read_is_refused_and_not_charged() {
     }
     let _ = gw.settled(&token).await;
     assert!(charges(&gw).await.is_empty());
+}
+
+/// The audit's case, at full length, through the gateway: a 60 s SSE stream from the stock
+/// upstream on a route whose hold lasts 31 s (`timeout_ms = 1000` + 30 s), with the payer's
+/// balance read every second throughout (each read gives expired holds back). Charged in full.
+async fn sixty_second_stream(redis: Option<&RedisServer>) {
+    let up = compressing_upstream();
+    let wallet = TestIssuer::ed25519("wallet");
+    let mut gw = gateway().issuer(&wallet);
+    if let Some(r) = redis {
+        gw = gw.redis(r);
+    }
+    let gw = gw
+        .route(
+            metered(
+                "sse",
+                "/sse",
+                &up.up,
+                "0.01",
+                &[("token", "sse:/usage/total_tokens", "0.0001")],
+            )
+            .with_price_option("on_missing = \"zero\"")
+            .with("timeout_ms = 1000"),
+        )
+        .start()
+        .await;
+    let token = gw.topup(&wallet, "agent", "10").await;
+    let res = gw
+        .with_token(reqwest::Method::GET, "/sse?events=120&every_ms=500", &token)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let reads = async {
+        let mut held = Vec::new();
+        for _ in 0..58 {
+            let b = gw.balance(&token).await;
+            held.push(b["balances"]["USD"]["held"].as_str().unwrap().to_owned());
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        held
+    };
+    let (body, held) = tokio::join!(res.bytes(), reads);
+    let plain = String::from_utf8(decode(Some("gzip"), &body.unwrap())).unwrap();
+    assert_eq!(
+        plain.matches("data: ").count(),
+        122,
+        "120 deltas, the usage, [DONE]"
+    );
+    assert!(
+        held.iter().all(|h| h == "0.01"),
+        "the hold was given back mid-stream: {held:?}"
+    );
+    let _ = gw.settled(&token).await;
+    assert_eq!(charges(&gw).await, vec![CHARGE_MINOR]);
+}
+
+#[tokio::test]
+async fn a_sixty_second_stream_with_account_reads_is_charged_in_full_memory() {
+    sixty_second_stream(None).await;
+}
+
+#[tokio::test]
+async fn a_sixty_second_stream_with_account_reads_is_charged_in_full_redis() {
+    let redis = RedisServer::start();
+    sixty_second_stream(Some(&redis)).await;
 }

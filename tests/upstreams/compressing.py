@@ -7,7 +7,8 @@ do). Every answer echoes the Accept-Encoding it received in `x-seen-accept-encod
 
   GET /json  -> application/json, usage.total_tokens = 400, one compressed body
   GET /sse   -> text/event-stream, 20 deltas then the usage event, each event compressed and
-               flushed as it is sent (Z_SYNC_FLUSH), chunked
+               flushed as it is sent (Z_SYNC_FLUSH), chunked; `?events=N&every_ms=M` sends N
+               deltas M ms apart (a long stream)
 
 Prints the port it listens on (127.0.0.1, a free port) on its first line.
 """
@@ -66,13 +67,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("x-seen-accept-encoding", accept)
             self.end_headers()
             comp = compressor(coding)
-            events = [{"choices": [{"delta": {"content": "word "}}]}] * 20 + [USAGE]
+            query = parse_qs(url.query)
+            n = int(query.get("events", ["20"])[0])
+            every = int(query.get("every_ms", ["5"])[0]) / 1000
+            events = [{"choices": [{"delta": {"content": "word "}}]}] * n + [USAGE]
             for ev in events:
                 data = ("data: " + json.dumps(ev) + "\n\n").encode()
                 if comp:
                     data = comp.compress(data) + comp.flush(zlib.Z_SYNC_FLUSH)
                 self.chunk(data)
-                time.sleep(0.005)
+                time.sleep(every)
             tail = b"data: [DONE]\n\n"
             if comp:
                 tail = comp.compress(tail) + comp.flush()
