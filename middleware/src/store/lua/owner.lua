@@ -7,12 +7,12 @@
 -- too) is the owner key, ARGV[2] the payer, ARGV[3] keep-until (unix ms), also taken off;
 -- '@none' when there is nothing to claim here (an x402 nonce, or a cluster, where the owner key
 -- is in another slot: the caller claims it first with claim_owner.lua).
+-- One command (Redis >= 7.0: SET NX GET): the previous owner, or nil when this payer is now it.
 local function owner_claim(key, payer, keep_until)
-  local cur = redis.call('GET', key)
+  local cur = redis.call('SET', key, payer, 'NX', 'GET', 'PXAT', keep_until)
   if cur then
     return cur ~= payer
   end
-  redis.call('SET', key, payer, 'PXAT', keep_until)
   return false
 end
 
