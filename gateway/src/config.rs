@@ -731,14 +731,8 @@ impl Config {
             if self.routes[..i].iter().any(|o| o.id == rc.id) {
                 return Err(invalid(f("id"), format!("duplicate route id {:?}", rc.id)));
             }
-            if !rc.path.starts_with('/')
-                || rc.path.contains(['?', '#'])
-                || rc.path.split('/').any(|s| s == "." || s == "..")
-            {
-                return Err(invalid(
-                    f("path"),
-                    "must be an absolute path prefix like /v1/compute",
-                ));
+            if let Err(e) = crate::path::check_prefix(&rc.path) {
+                return Err(invalid(f("path"), e));
             }
             let mut methods = Vec::new();
             for (m, name) in rc.methods.iter().enumerate() {
@@ -893,10 +887,14 @@ impl Config {
             });
         }
         let a = &self.agent;
-        if !a.api_prefix.starts_with('/') || a.api_prefix.len() < 2 || a.api_prefix.ends_with('/') {
+        if !a.api_prefix.starts_with('/')
+            || a.api_prefix.len() < 2
+            || a.api_prefix.ends_with('/')
+            || crate::path::check_prefix(&a.api_prefix).is_err()
+        {
             return Err(invalid(
                 "agent.api_prefix",
-                "a path like /tollgate/v1 (no trailing slash)",
+                "a path like /tollgate/v1 in canonical form (no trailing slash)",
             ));
         }
         if a.token_ttl_secs == 0 || a.token_ttl_secs > 30 * 86_400 {
