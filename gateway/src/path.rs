@@ -243,8 +243,8 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             continue;
         }
         match CLASSES[usize::from(b)] {
-            // Raw `%2F`-class bytes other than `/` itself: `\`, `;`, controls (raw `?`, `#`
-            // and `%` never reach here: they end the path or start an escape).
+            // Raw `\`, `;` or a control byte (in a request path a raw `?` or `#` ends the
+            // path, so only a configured prefix can hold one).
             Class::Refused(e) => return Err(e),
             Class::Raw => out.keep(i, i + 1),
             Class::Encoded => out.change(i).extend_from_slice(&escape(b)),
