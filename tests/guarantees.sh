@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp)
 rm -rf target/guarantees
-for suite in faults attacks receipts; do
+for suite in faults attacks receipts paths; do
   cargo test --locked -q -p tollgate-e2e --test "$suite" 2>&1 | tee -a "$out" | grep -E "^test result" | sed "s/^/$suite: /" >&2
 done
 python3 - "$out" <<'PY'
@@ -22,7 +22,7 @@ counts = re.findall(r"test result: ok\. (\d+) passed", text)
 print()
 print("| attack suite | tests (each refuses one attack family with its code) | all refused |")
 print("|---|---:|---|")
-for name, n in zip(["HTTP (tests/tests/attacks.rs)", "receipts / JWT (tests/tests/receipts.rs)"], counts[1:]):
+for name, n in zip(["HTTP (tests/tests/attacks.rs)", "receipts / JWT (tests/tests/receipts.rs)", "encoded paths (tests/tests/paths.rs)"], counts[1:]):
     print(f"| {name} | {n} | yes |")
 PY
 rm -f "$out"

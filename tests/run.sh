@@ -25,4 +25,10 @@ if X402_PYTHON="$(bash tests/x402_sdk/setup.sh)"; then
 else
   echo "warning: the x402 Python SDK could not be installed; its interop test is skipped" >&2
 fi
+# Starlette + uvicorn for the decoding-upstream path tests (a venv under ~/.cache).
+if STARLETTE_PYTHON="$(bash tests/upstreams/setup.sh)"; then
+  export TOLLGATE_STARLETTE_PYTHON="$STARLETTE_PYTHON" TOLLGATE_REQUIRE_STARLETTE=1
+else
+  echo "warning: Starlette could not be installed; the decoding-upstream path tests are skipped" >&2
+fi
 cargo test --workspace --locked

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML file, parsed and validated (field-named errors, exit 64);
+//! - [`path`]: the canonical form of request paths (what routes match and upstreams receive);
 //! - [`proxy`]: the pooled, streaming hyper reverse proxy;
 //! - [`admin`]: the admin API; [`dashboard`]: the provider dashboard on the admin listener;
 //! - this file: [`Gateway`] -- route matching, the payment layer in front of the proxy,
@@ -16,6 +17,7 @@
 pub mod admin;
 pub mod config;
 pub mod dashboard;
+pub mod path;
 pub mod proxy;
 pub mod server;
 
@@ -452,74 +454,24 @@ impl Gateway {
 }
 
 impl Inner {
+    /// The first route whose prefix (and host, if it has one) the request is under. The path
+    /// is canonical by now ([`path::canonicalize_uri`]).
     fn match_route(&self, req: &Request) -> Option<&Matched> {
         let path = req.uri().path();
         let host = req
             .headers()
             .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().host())
-            .map(|h| {
-                h.rsplit_once(':').map_or(h, |(name, port)| {
-                    if port.bytes().all(|b| b.is_ascii_digit()) {
-                        name
-                    } else {
-                        h
-                    }
-                })
-            });
+            .map(HeaderValue::as_bytes)
+            .or_else(|| req.uri().host().map(str::as_bytes))
+            .map(path::host_name);
         self.routes.iter().find(|m| {
             let c = &m.route.config;
-            let prefix = c.path.trim_end_matches('/');
-            let path_ok = prefix.is_empty()
-                || path == prefix
-                || path
-                    .strip_prefix(prefix)
-                    .is_some_and(|rest| rest.starts_with('/'));
-            let host_ok = c
-                .host
-                .as_ref()
-                .is_none_or(|want| host.is_some_and(|h| h.eq_ignore_ascii_case(want)));
-            path_ok && host_ok
+            path::under_prefix(path, &c.path)
+                && c.host.as_ref().is_none_or(|want| {
+                    host.is_some_and(|h| h.eq_ignore_ascii_case(want.as_bytes()))
+                })
         })
     }
-}
-
-/// `.` or `..` segments, raw or percent-encoded: an upstream that normalizes them could serve
-/// a different (paid) path than the one matched.
-fn has_dot_segments(path: &str) -> bool {
-    // One pass, no allocation: a segment made only of `.` / `%2e` (any case), one or two of them.
-    let b = path.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            || (b[i] == b'%'
-                && b.get(i + 1) == Some(&b'5')
-                && matches!(b.get(i + 2), Some(b'c' | b'C')))
-        {
-            return true;
-        }
-        i += 1;
-    }
-    path.split('/').any(|seg| {
-        let mut dots = 0;
-        let s = seg.as_bytes();
-        let mut j = 0;
-        while j < s.len() {
-            if s[j] == b'.' {
-                j += 1;
-            } else if s[j] == b'%'
-                && s.get(j + 1) == Some(&b'2')
-                && matches!(s.get(j + 2), Some(b'e' | b'E'))
-            {
-                j += 3;
-            } else {
-                return false;
-            }
-            dots += 1;
-        }
-        dots == 1 || dots == 2
-    })
 }
 
 /// A new request id: a random per-process prefix and a counter (unique, and no random-number
@@ -581,15 +533,19 @@ async fn handle(State(gw): State<Gateway>, mut req: Request) -> Response {
 
 /// The route label for metrics (`agent` for the agent endpoints, `-` when nothing matches),
 /// and the response.
-async fn route_request(gw: Gateway, req: Request) -> (String, Response) {
+async fn route_request(gw: Gateway, mut req: Request) -> (String, Response) {
     // One snapshot for the whole request, even if a reload happens meanwhile.
     let inner = gw.inner();
     let unmatched = |res: Response| ("-".to_owned(), res);
-    if has_dot_segments(req.uri().path()) {
-        return unmatched(problem(
-            ErrorCode::PathInvalid,
-            "dot segments and backslashes are not allowed in paths",
-        ));
+    // The path is made canonical before anything looks at it (agent endpoints, routes, the
+    // payment layer's resource URL, the upstream).
+    match path::canonicalize_uri(
+        req.uri(),
+        req.headers().get(header::HOST).map(HeaderValue::as_bytes),
+    ) {
+        Ok(None) => {}
+        Ok(Some(uri)) => *req.uri_mut() = uri,
+        Err(e) => return unmatched(problem(ErrorCode::PathInvalid, &e.to_string())),
     }
     // Agent endpoints (top-up, token, balance) are the gateway's own.
     if let Some(res) = inner
@@ -800,29 +756,6 @@ async fn readyz(State(gw): State<Gateway>) -> Response {
             );
             *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             res
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::has_dot_segments;
-
-    #[test]
-    fn dot_segments_are_detected() {
-        for bad in [
-            "/a/../b",
-            "/a/./b",
-            "/a/%2e%2e/b",
-            "/a/%2E./b",
-            "/..",
-            "/a\\b",
-            "/a/%5c/b",
-        ] {
-            assert!(has_dot_segments(bad), "{bad}");
-        }
-        for ok in ["/", "/a/b", "/a/.b", "/a/b..c", "/v1/x.json"] {
-            assert!(!has_dot_segments(ok), "{ok}");
         }
     }
 }

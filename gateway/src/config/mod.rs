@@ -300,10 +300,14 @@ impl Config {
         let facilitator = self.x402.as_ref().map(validate_x402).transpose()?;
         let routes = validate_routes(&self.routes, &currencies, &issuers, facilitator.as_ref())?;
         let a = &self.agent;
-        if !a.api_prefix.starts_with('/') || a.api_prefix.len() < 2 || a.api_prefix.ends_with('/') {
+        if !a.api_prefix.starts_with('/')
+            || a.api_prefix.len() < 2
+            || a.api_prefix.ends_with('/')
+            || crate::path::check_prefix(&a.api_prefix).is_err()
+        {
             return Err(invalid(
                 "agent.api_prefix",
-                "a path like /tollgate/v1 (no trailing slash)",
+                "a path like /tollgate/v1 in canonical form (no trailing slash)",
             ));
         }
         if a.token_ttl_secs == 0 || a.token_ttl_secs > 30 * 86_400 {

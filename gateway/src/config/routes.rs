@@ -166,14 +166,8 @@ pub(super) fn validate_routes(
         if all[..i].iter().any(|o| o.id == rc.id) {
             return Err(invalid(f("id"), format!("duplicate route id {:?}", rc.id)));
         }
-        if !rc.path.starts_with('/')
-            || rc.path.contains(['?', '#'])
-            || rc.path.split('/').any(|s| s == "." || s == "..")
-        {
-            return Err(invalid(
-                f("path"),
-                "must be an absolute path prefix like /v1/compute",
-            ));
+        if let Err(e) = crate::path::check_prefix(&rc.path) {
+            return Err(invalid(f("path"), e));
         }
         let mut methods = Vec::new();
         for (m, name) in rc.methods.iter().enumerate() {
