@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 SECONDS_EACH="${1:-60}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
-for target in credential receipt challenge config usage; do
+for target in credential receipt challenge config usage path; do
   echo "== $target (${SECONDS_EACH}s)"
   cargo fuzz run "$target" -- -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 2>&1 | grep -E "^(#[0-9]+.*DONE|Done|==[0-9]+==|SUMMARY|thread .* panicked)" || true
   if ls "artifacts/$target"/crash-* >/dev/null 2>&1; then

@@ -1,5 +1,6 @@
-//! Usage parsing: SSE events, JSON bodies and headers in any chunking never panic, and cost
-//! computation never overflows into a panic.
+//! Usage parsing: SSE events, JSON bodies and headers in any chunking, plain or under any
+//! content coding (the second byte picks gzip, deflate, br or none: random bytes through each
+//! decoder), never panic, and cost computation never overflows into a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tollgate_middleware::meter::{Meter, Metered, OnMissing, UsageReading};
@@ -22,6 +23,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(v) = http::HeaderValue::from_bytes(&data[..(*head as usize).min(data.len())]) {
             headers.insert("x-units", v);
         }
+    }
+    const CODINGS: [&str; 5] = ["identity", "gzip", "deflate", "br", "zstd"];
+    if let Some(pick) = data.get(1) {
+        let coding = CODINGS[usize::from(*pick) % CODINGS.len()];
+        headers.insert("content-encoding", http::HeaderValue::from_static(coding));
     }
     let mut reading = UsageReading::start(&metered, &headers);
     for chunk in data.chunks(7) {

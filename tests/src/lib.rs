@@ -30,6 +30,7 @@ use tollgate_middleware::jsonwebtoken::jwk::Jwk;
 use tollgate_middleware::jsonwebtoken::{Algorithm, EncodingKey};
 use tollgate_middleware::Paywall;
 
+pub mod engine;
 pub mod facilitator;
 
 /// A private `redis-server` on a unix socket in a temp dir, killed on drop.

@@ -18,12 +18,12 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::Frame;
 use http_body_util::{BodyExt as _, StreamBody};
 use serde_json::{json, Value};
+use tollgate_e2e::engine::{engine_builder, usd};
 use tollgate_e2e::{RedisServer, TestIssuer};
 use tollgate_middleware::meter::{Meter, Metered, OnMissing, UsageSource};
-use tollgate_middleware::receipt::{Issuer, IssuerKey, StaticKeys};
 use tollgate_middleware::{
-    Currency, MemoryStore, PaymentLayer, Paywall, Price, PricedRoute, RedisStore,
-    RedisStoreOptions, Store, SystemClock,
+    MemoryStore, PaymentLayer, Paywall, Price, PricedRoute, RedisStore, RedisStoreOptions, Store,
+    SystemClock,
 };
 use tower::{Layer as _, ServiceExt as _};
 
@@ -31,21 +31,9 @@ const EVENTS: u64 = 30;
 const EVENT_EVERY: Duration = Duration::from_millis(100);
 const TOKENS: u64 = 400;
 
-fn usd() -> Currency {
-    Currency::try_new("USD", 6).unwrap()
-}
-
 fn engine(store: Arc<dyn Store>, issuer: &TestIssuer) -> Paywall {
-    let key = IssuerKey::from_jwk(issuer.signer.public_jwk()).unwrap();
-    Paywall::builder("m", vec![7u8; 32])
-        .store(store)
-        .clock(Arc::new(SystemClock))
-        .currency(usd(), None)
+    engine_builder(store, Arc::new(SystemClock), issuer)
         .hold_margin(Duration::from_millis(300))
-        .issuer(Issuer {
-            id: issuer.id.clone(),
-            keys: Arc::new(StaticKeys(vec![key])),
-        })
         .build()
         .unwrap()
 }

@@ -15,31 +15,19 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use serde_json::{json, Value};
+use tollgate_e2e::engine::{engine_builder, usd};
 use tollgate_e2e::{RedisCluster, RedisServer, TestIssuer};
-use tollgate_middleware::receipt::{Issuer, IssuerKey, StaticKeys};
 use tollgate_middleware::store::bucket_of;
 use tollgate_middleware::{
-    Clock, Currency, ManualClock, MemoryStore, Money, Paywall, Price, PricedRoute, RedisStore,
+    Clock, ManualClock, MemoryStore, Money, Paywall, Price, PricedRoute, RedisStore,
     RedisStoreOptions, Store, SystemClock,
 };
 
 /// The gateway's default clock skew (seconds).
 const SKEW: i64 = 30;
 
-fn usd() -> Currency {
-    Currency::try_new("USD", 6).unwrap()
-}
-
 fn engine(store: Arc<dyn Store>, clock: &ManualClock, issuer: &TestIssuer) -> Paywall {
-    let key = IssuerKey::from_jwk(issuer.signer.public_jwk()).unwrap();
-    Paywall::builder("m", vec![7u8; 32])
-        .store(store)
-        .clock(Arc::new(clock.clone()))
-        .currency(usd(), None)
-        .issuer(Issuer {
-            id: issuer.id.clone(),
-            keys: Arc::new(StaticKeys(vec![key])),
-        })
+    engine_builder(store, Arc::new(clock.clone()), issuer)
         .build()
         .unwrap()
 }
