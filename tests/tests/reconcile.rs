@@ -28,17 +28,11 @@ fn down() -> StoreError {
 }
 
 #[async_trait]
-impl Store for Flaky {
-    async fn renew(
-        &self,
-        held: tollgate_middleware::store::Renewal<'_>,
-        ttl: std::time::Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner.renew(held, ttl).await
-    }
+impl ReceiptStore for Flaky {
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError> {
         self.inner.authorize(r).await
     }
+
     async fn settle(&self, r: &Reservation, s: &Settlement) -> Result<SettleOutcome, StoreError> {
         match (self.mode.load(Ordering::SeqCst), s) {
             (0, _) => self.inner.settle(r, s).await,
@@ -49,9 +43,41 @@ impl Store for Flaky {
             _ => Err(down()),
         }
     }
+
+    async fn revoke_receipt(&self, i: &str, r: &str) -> Result<bool, StoreError> {
+        self.inner.revoke_receipt(i, r).await
+    }
+    async fn authorize_capture(
+        &self,
+        r: &Reservation,
+        e: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        self.inner.authorize_capture(r, e).await
+    }
+    async fn void_receipt(
+        &self,
+        r: &Reservation,
+        c: &UsageEvent,
+        v: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        self.inner.void_receipt(r, c, v).await
+    }
+}
+
+#[async_trait]
+impl BalanceStore for Flaky {
+    async fn renew(
+        &self,
+        held: tollgate_middleware::store::Renewal<'_>,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew(held, ttl).await
+    }
+
     async fn hold(&self, h: &Hold) -> Result<HoldOutcome, StoreError> {
         self.inner.hold(h).await
     }
+
     async fn capture_hold(
         &self,
         h: &Hold,
@@ -67,24 +93,43 @@ impl Store for Flaky {
             _ => Err(down()),
         }
     }
+
     async fn release_hold(&self, h: &Hold) -> Result<HoldSettleOutcome, StoreError> {
         match self.mode.load(Ordering::SeqCst) {
             0 => self.inner.release_hold(h).await,
             _ => Err(down()),
         }
     }
+
     async fn credit(&self, c: &Credit) -> Result<CreditOutcome, StoreError> {
         match self.mode.load(Ordering::SeqCst) {
             0 => self.inner.credit(c).await,
             _ => Err(down()),
         }
     }
+
     async fn account(&self, payer: &str) -> Result<Account, StoreError> {
         self.inner.account(payer).await
     }
+    async fn hold_capture(&self, h: &Hold, e: &UsageEvent) -> Result<ChargeOutcome, StoreError> {
+        self.inner.hold_capture(h, e).await
+    }
+    async fn void_hold(
+        &self,
+        h: &Hold,
+        c: &UsageEvent,
+        v: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        self.inner.void_hold(h, c, v).await
+    }
+}
+
+#[async_trait]
+impl LedgerStore for Flaky {
     async fn payer_totals(&self, from: &str, to: &str) -> Result<Vec<PayerSpend>, StoreError> {
         self.inner.payer_totals(from, to).await
     }
+
     async fn usage(
         &self,
         p: Option<&str>,
@@ -93,24 +138,51 @@ impl Store for Flaky {
     ) -> Result<Vec<DailyUsage>, StoreError> {
         self.inner.usage(p, f, t).await
     }
+
     async fn events_after(&self, a: Option<&str>, l: usize) -> Result<Vec<UsageEvent>, StoreError> {
         self.inner.events_after(a, l).await
     }
+}
+
+#[async_trait]
+impl PayerControl for Flaky {
     async fn rate(&self, p: &str, r: &str, l: RateLimit) -> Result<Option<Duration>, StoreError> {
         self.inner.rate(p, r, l).await
     }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+
     async fn set_blocked(&self, p: &str, b: bool) -> Result<(), StoreError> {
         self.inner.set_blocked(p, b).await
     }
+}
+
+#[async_trait]
+impl MandateStore for Flaky {
+    async fn revoke_mandate(&self, k: &str) -> Result<(), StoreError> {
+        self.inner.revoke_mandate(k).await
+    }
+
+    async fn mandates(
+        &self,
+        p: &str,
+        now: i64,
+    ) -> Result<Vec<(serde_json::Value, tollgate_middleware::store::MandateUse)>, StoreError> {
+        self.inner.mandates(p, now).await
+    }
+}
+
+#[async_trait]
+impl PlanStore for Flaky {
     async fn subscribe(
         &self,
         s: &tollgate_middleware::store::Subscription,
     ) -> Result<tollgate_middleware::store::SubscribeOutcome, StoreError> {
         self.inner.subscribe(s).await
     }
+
     async fn subscription(
         &self,
         p: &str,
@@ -118,18 +190,62 @@ impl Store for Flaky {
     ) -> Result<Option<tollgate_middleware::store::PlanPeriod>, StoreError> {
         self.inner.subscription(p, plan).await
     }
-    async fn revoke_mandate(&self, k: &str) -> Result<(), StoreError> {
-        self.inner.revoke_mandate(k).await
-    }
-    async fn revoke_receipt(&self, i: &str, r: &str) -> Result<bool, StoreError> {
-        self.inner.revoke_receipt(i, r).await
-    }
-    async fn mandates(
+}
+
+#[async_trait]
+impl SettlementQueue for Flaky {
+    async fn capture_deferred(
         &self,
-        p: &str,
-        now: i64,
-    ) -> Result<Vec<(serde_json::Value, tollgate_middleware::store::MandateUse)>, StoreError> {
-        self.inner.mandates(p, now).await
+        r: &Reservation,
+        e: &UsageEvent,
+        body: &str,
+    ) -> Result<SettleOutcome, StoreError> {
+        self.inner.capture_deferred(r, e, body).await
+    }
+    async fn claim_settlements(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<SettlementJob>, StoreError> {
+        self.inner.claim_settlements(limit, lease).await
+    }
+    async fn finish_settlement(
+        &self,
+        job: &SettlementJob,
+        outcome: &JobOutcome,
+    ) -> Result<(), StoreError> {
+        self.inner.finish_settlement(job, outcome).await
+    }
+    async fn failed_settlements(&self) -> Result<Vec<SettlementJob>, StoreError> {
+        self.inner.failed_settlements().await
+    }
+    async fn resolve_settlement(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.resolve_settlement(id).await
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for Flaky {
+    async fn idempotency_claim(
+        &self,
+        payer: &str,
+        key: &str,
+        fingerprint: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        self.inner
+            .idempotency_claim(payer, key, fingerprint, token, ttl)
+            .await
+    }
+    async fn idempotency_finish(
+        &self,
+        payer: &str,
+        key: &str,
+        token: &str,
+        done: Option<(&str, i64)>,
+    ) -> Result<(), StoreError> {
+        self.inner.idempotency_finish(payer, key, token, done).await
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_e2e::{RedisCluster, RedisServer};
+use tollgate_middleware::store::prelude::*;
 use tollgate_middleware::store::{
     bucket_of, AuthorizeOutcome, IdempotencyClaim, Reservation, SettleOutcome, Settlement,
 };

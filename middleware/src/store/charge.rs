@@ -1,7 +1,7 @@
 //! Capture at admission: the outcomes of charging a fixed price in the same step that
 //! authorizes it, and of undoing such a charge when the request is not served.
 
-use super::{AuthorizeOutcome, HoldOutcome, StoreError, UsageEvent};
+use super::{AuthorizeOutcome, HoldOutcome, UsageEvent};
 
 /// What charging at admission did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +29,6 @@ pub enum VoidOutcome {
     },
     /// Nothing to undo: voided already, or never charged by this reservation.
     NotCharged,
-}
-
-pub(super) fn unsupported<T>() -> Result<T, StoreError> {
-    Err(StoreError::Protocol(
-        "this store cannot capture at admission".into(),
-    ))
 }
 
 /// The void event of a charge: same payer, route, units and amount (they count negatively),

@@ -1,9 +1,9 @@
 //! The background settler of x402 `deferred` payments.
 //!
 //! A served `deferred` payment is captured (its usage event recorded) and queued in the store
-//! in one atomic step ([`crate::Store::capture_deferred`]): one job per authorization. Every
+//! in one atomic step ([`crate::store::SettlementQueue::capture_deferred`]): one job per authorization. Every
 //! gateway process runs a settler; each claims due jobs with a lease
-//! ([`crate::Store::claim_settlements`]), so two settlers never work on one job at once, and
+//! ([`crate::store::SettlementQueue::claim_settlements`]), so two settlers never work on one job at once, and
 //! asks the facilitator to settle it:
 //!
 //! - settled: the job is done (`tollgate_x402_settlements_total{outcome="settled"}`);

@@ -156,7 +156,8 @@ mod tests {
 
     use super::*;
     use crate::clock::{Clock, ManualClock};
-    use crate::store::{Credit, Idempotency, Store};
+    use crate::store::prelude::*;
+    use crate::store::{Credit, Idempotency};
 
     fn charge_event(payer: &str, time_ms: i64) -> UsageEvent {
         UsageEvent {

@@ -9,10 +9,11 @@ use async_trait::async_trait;
 
 use super::{
     days_between, event_order, fold_aggregates, utc_day, Account, AuthorizeOutcome, Balance,
-    ChargeOutcome, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome, HoldSettleOutcome,
-    Idempotency, IdempotencyClaim, JobOutcome, MandateCharge, MandateUse, PayerSpend, PlanPeriod,
-    Renewal, Reservation, SettleOutcome, Settlement, SettlementJob, Store, StoreError,
-    SubscribeOutcome, Subscription, UsageEvent, VoidOutcome,
+    BalanceStore, ChargeOutcome, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome,
+    HoldSettleOutcome, Idempotency, IdempotencyClaim, IdempotencyStore, JobOutcome, LedgerStore,
+    MandateCharge, MandateStore, MandateUse, PayerControl, PayerSpend, PlanPeriod, PlanStore,
+    ReceiptStore, Renewal, Reservation, SettleOutcome, Settlement, SettlementJob, SettlementQueue,
+    StoreError, SubscribeOutcome, Subscription, UsageEvent, VoidOutcome,
 };
 use crate::clock::{Clock, SystemClock};
 
@@ -309,239 +310,13 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
-    async fn renew(&self, held: Renewal<'_>, ttl: Duration) -> Result<bool, StoreError> {
-        let now = self.clock.now_ms();
-        let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        let mut s = self.lock()?;
-        let (id, mandate) = match held {
-            Renewal::Receipt(r) => {
-                let key = Self::receipt_key(r);
-                match s.receipts.get_mut(&key) {
-                    Some(ReceiptState::Held {
-                        reservation,
-                        until_ms,
-                    }) if *reservation == r.id => *until_ms = until,
-                    _ => return Ok(false),
-                }
-                (&r.id, r.mandate.as_ref())
-            }
-            Renewal::Balance(h) => {
-                match s.holds.get_mut(&h.id) {
-                    Some(entry) => entry.until_ms = until,
-                    None => return Ok(false),
-                }
-                (&h.id, h.mandate.as_ref())
-            }
-        };
-        if let Some(m) = mandate {
-            if let Some(w) = s.windows.get_mut(&(m.key.clone(), m.window_start_ms)) {
-                if let Some(r) = w.holds.get_mut(id) {
-                    r.1 = until;
-                }
-            }
-        }
-        Ok(true)
-    }
-
-    async fn capture_deferred(
-        &self,
-        r: &Reservation,
-        event: &UsageEvent,
-        body: &str,
-    ) -> Result<SettleOutcome, StoreError> {
-        let now = self.clock.now_ms();
-        let outcome = self
-            .settle(r, &Settlement::Capture(Box::new(event.clone())))
-            .await?;
-        if let SettleOutcome::Captured { event_id } = &outcome {
-            // Same critical section in spirit: no other caller can capture this reservation
-            // again (it is spent), so exactly one job is queued for it.
-            let mut s = self.lock()?;
-            s.jobs.insert(
-                event_id.clone(),
-                (
-                    SettlementJob {
-                        id: event_id.clone(),
-                        payer: r.payer.clone(),
-                        body: body.to_owned(),
-                        attempts: 0,
-                        status: "queued".into(),
-                        error: String::new(),
-                    },
-                    now,
-                ),
-            );
-        }
-        Ok(outcome)
-    }
-
-    async fn claim_settlements(
-        &self,
-        limit: usize,
-        lease: std::time::Duration,
-    ) -> Result<Vec<SettlementJob>, StoreError> {
-        let now = self.clock.now_ms();
-        let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let mut s = self.lock()?;
-        let mut out = Vec::new();
-        for (job, due) in s.jobs.values_mut() {
-            if out.len() >= limit {
-                break;
-            }
-            if job.status == "queued" && *due <= now {
-                *due = now.saturating_add(lease);
-                out.push(job.clone());
-            }
-        }
-        Ok(out)
-    }
-
-    async fn finish_settlement(
-        &self,
-        job: &SettlementJob,
-        outcome: &JobOutcome,
-    ) -> Result<(), StoreError> {
-        let now = self.clock.now_ms();
-        let mut s = self.lock()?;
-        let block = match s.jobs.get_mut(&job.id) {
-            None => false,
-            Some(_) if *outcome == JobOutcome::Done => {
-                s.jobs.remove(&job.id);
-                false
-            }
-            Some((j, due)) => {
-                j.attempts += 1;
-                match outcome {
-                    JobOutcome::Retry { after, error } => {
-                        j.error = error.clone();
-                        *due = now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(0));
-                        false
-                    }
-                    JobOutcome::Failed { error } => {
-                        j.error = error.clone();
-                        j.status = "failed".into();
-                        true
-                    }
-                    JobOutcome::Done => false,
-                }
-            }
-        };
-        if block {
-            s.blocked.insert(job.payer.clone());
-        }
-        Ok(())
-    }
-
-    async fn failed_settlements(&self) -> Result<Vec<SettlementJob>, StoreError> {
-        let s = self.lock()?;
-        let mut out: Vec<SettlementJob> = s
-            .jobs
-            .values()
-            .filter(|(j, _)| j.status == "failed")
-            .map(|(j, _)| j.clone())
-            .collect();
-        out.sort_by_key(|j| event_order(&j.id));
-        Ok(out)
-    }
-
-    async fn idempotency_claim(
-        &self,
-        payer: &str,
-        key: &str,
-        fingerprint: &str,
-        token: &str,
-        ttl: std::time::Duration,
-    ) -> Result<IdempotencyClaim, StoreError> {
-        let now = self.clock.now_ms();
-        let mut s = self.lock()?;
-        let k = (payer.to_owned(), key.to_owned());
-        if let Some(e) = s.idempotency.get(&k).filter(|e| e.until_ms > now) {
-            return Ok(if e.fingerprint != fingerprint {
-                IdempotencyClaim::Mismatch
-            } else if let Some((event_id, time_ms)) = &e.done {
-                IdempotencyClaim::Done {
-                    event_id: event_id.clone(),
-                    time_ms: *time_ms,
-                }
-            } else {
-                IdempotencyClaim::InFlight
-            });
-        }
-        s.idempotency.retain(|_, e| e.until_ms > now);
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-        s.idempotency.insert(
-            k,
-            IdempotencyEntry {
-                fingerprint: fingerprint.to_owned(),
-                token: token.to_owned(),
-                done: None,
-                until_ms: now.saturating_add(ttl_ms),
-            },
-        );
-        Ok(IdempotencyClaim::Claimed)
-    }
-
-    async fn idempotency_finish(
-        &self,
-        payer: &str,
-        key: &str,
-        token: &str,
-        done: Option<(&str, i64)>,
-    ) -> Result<(), StoreError> {
-        let mut s = self.lock()?;
-        let k = (payer.to_owned(), key.to_owned());
-        let ours = s
-            .idempotency
-            .get(&k)
-            .is_some_and(|e| e.token == token && e.done.is_none());
-        if !ours {
-            return Ok(());
-        }
-        match done {
-            Some((event_id, time_ms)) => {
-                if let Some(e) = s.idempotency.get_mut(&k) {
-                    e.done = Some((event_id.to_owned(), time_ms));
-                }
-            }
-            None => {
-                s.idempotency.remove(&k);
-            }
-        }
-        Ok(())
-    }
-
-    async fn resolve_settlement(&self, id: &str) -> Result<bool, StoreError> {
-        let mut s = self.lock()?;
-        let payer = match s.jobs.get(id) {
-            Some((j, _)) if j.status == "failed" => j.payer.clone(),
-            _ => return Ok(false),
-        };
-        s.jobs.remove(id);
-        let other = s
-            .jobs
-            .values()
-            .any(|(j, _)| j.status == "failed" && j.payer == payer);
-        if !other {
-            s.blocked.remove(&payer);
-        }
-        Ok(true)
-    }
-
+impl ReceiptStore for MemoryStore {
     async fn authorize_capture(
         &self,
         r: &Reservation,
         event: &UsageEvent,
     ) -> Result<ChargeOutcome, StoreError> {
         self.charge_receipt(r, event)
-    }
-
-    async fn hold_capture(
-        &self,
-        h: &Hold,
-        event: &UsageEvent,
-    ) -> Result<ChargeOutcome, StoreError> {
-        self.charge_balance(h, event)
     }
 
     async fn void_receipt(
@@ -551,15 +326,6 @@ impl Store for MemoryStore {
         void: &UsageEvent,
     ) -> Result<VoidOutcome, StoreError> {
         self.void_charge(Some(r), None, charge, void)
-    }
-
-    async fn void_hold(
-        &self,
-        h: &Hold,
-        charge: &UsageEvent,
-        void: &UsageEvent,
-    ) -> Result<VoidOutcome, StoreError> {
-        self.void_charge(None, Some(h), charge, void)
     }
 
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError> {
@@ -654,6 +420,88 @@ impl Store for MemoryStore {
                 Ok(SettleOutcome::Captured { event_id })
             }
         }
+    }
+
+    async fn revoke_receipt(&self, issuer: &str, receipt_id: &str) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        let r = Reservation {
+            issuer: issuer.to_owned(),
+            receipt_id: receipt_id.to_owned(),
+            ..Reservation::empty()
+        };
+        // Like the Redis store: the revoked state goes to every bucket where the receipt has
+        // no state (its payer's bucket is unknown here); a receipt held or spent stays so.
+        let fp = r.fingerprint();
+        let mut unused = true;
+        for b in 0..super::BUCKETS {
+            let key = format!("r:{b}:{fp}");
+            if Self::live(&s, &key, now).is_some() {
+                unused = false;
+                continue;
+            }
+            s.receipts.insert(
+                key,
+                ReceiptState::Revoked {
+                    until_ms: now.saturating_add(super::REVOKED_RECEIPT_KEEP_MS),
+                },
+            );
+        }
+        Ok(unused)
+    }
+}
+
+#[async_trait]
+impl BalanceStore for MemoryStore {
+    async fn renew(&self, held: Renewal<'_>, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let mut s = self.lock()?;
+        let (id, mandate) = match held {
+            Renewal::Receipt(r) => {
+                let key = Self::receipt_key(r);
+                match s.receipts.get_mut(&key) {
+                    Some(ReceiptState::Held {
+                        reservation,
+                        until_ms,
+                    }) if *reservation == r.id => *until_ms = until,
+                    _ => return Ok(false),
+                }
+                (&r.id, r.mandate.as_ref())
+            }
+            Renewal::Balance(h) => {
+                match s.holds.get_mut(&h.id) {
+                    Some(entry) => entry.until_ms = until,
+                    None => return Ok(false),
+                }
+                (&h.id, h.mandate.as_ref())
+            }
+        };
+        if let Some(m) = mandate {
+            if let Some(w) = s.windows.get_mut(&(m.key.clone(), m.window_start_ms)) {
+                if let Some(r) = w.holds.get_mut(id) {
+                    r.1 = until;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn hold_capture(
+        &self,
+        h: &Hold,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        self.charge_balance(h, event)
+    }
+
+    async fn void_hold(
+        &self,
+        h: &Hold,
+        charge: &UsageEvent,
+        void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        self.void_charge(None, Some(h), charge, void)
     }
 
     async fn hold(&self, h: &Hold) -> Result<HoldOutcome, StoreError> {
@@ -941,7 +789,10 @@ impl Store for MemoryStore {
             blocked: s.blocked.contains(payer),
         })
     }
+}
 
+#[async_trait]
+impl LedgerStore for MemoryStore {
     async fn usage(
         &self,
         payer: Option<&str>,
@@ -999,7 +850,10 @@ impl Store for MemoryStore {
             .cloned()
             .collect())
     }
+}
 
+#[async_trait]
+impl PayerControl for MemoryStore {
     async fn rate(
         &self,
         payer: &str,
@@ -1041,7 +895,54 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl MandateStore for MemoryStore {
+    async fn revoke_mandate(&self, key: &str) -> Result<(), StoreError> {
+        self.lock()?.revoked_mandates.insert(key.to_owned());
+        Ok(())
+    }
+
+    async fn mandates(
+        &self,
+        payer: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(serde_json::Value, MandateUse)>, StoreError> {
+        let now = self.clock.now_ms();
+        let s = self.lock()?;
+        let mut out = Vec::new();
+        for (key, summary) in s.mandates.get(payer).into_iter().flatten() {
+            let summary: serde_json::Value = serde_json::from_str(summary).unwrap_or_default();
+            let start = super::mandate_window_start(&summary, now_ms);
+            let (spent, held) = s
+                .windows
+                .get(&(key.clone(), start))
+                .map(|w| {
+                    let held = w
+                        .holds
+                        .values()
+                        .filter(|(_, until)| *until > now)
+                        .map(|(a, _)| *a)
+                        .sum();
+                    (w.spent, held)
+                })
+                .unwrap_or((0, 0));
+            out.push((
+                summary,
+                MandateUse {
+                    spent_minor: spent,
+                    held_minor: held,
+                    revoked: s.revoked_mandates.contains(key),
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl PlanStore for MemoryStore {
     async fn subscribe(&self, sub: &Subscription) -> Result<SubscribeOutcome, StoreError> {
         let now = self.clock.now_ms();
         let mut s = self.lock()?;
@@ -1107,73 +1008,194 @@ impl Store for MemoryStore {
             .get(&(payer.to_owned(), plan.to_owned()))
             .copied())
     }
+}
 
-    async fn revoke_mandate(&self, key: &str) -> Result<(), StoreError> {
-        self.lock()?.revoked_mandates.insert(key.to_owned());
+#[async_trait]
+impl SettlementQueue for MemoryStore {
+    async fn capture_deferred(
+        &self,
+        r: &Reservation,
+        event: &UsageEvent,
+        body: &str,
+    ) -> Result<SettleOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let outcome = self
+            .settle(r, &Settlement::Capture(Box::new(event.clone())))
+            .await?;
+        if let SettleOutcome::Captured { event_id } = &outcome {
+            // Same critical section in spirit: no other caller can capture this reservation
+            // again (it is spent), so exactly one job is queued for it.
+            let mut s = self.lock()?;
+            s.jobs.insert(
+                event_id.clone(),
+                (
+                    SettlementJob {
+                        id: event_id.clone(),
+                        payer: r.payer.clone(),
+                        body: body.to_owned(),
+                        attempts: 0,
+                        status: "queued".into(),
+                        error: String::new(),
+                    },
+                    now,
+                ),
+            );
+        }
+        Ok(outcome)
+    }
+
+    async fn claim_settlements(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<SettlementJob>, StoreError> {
+        let now = self.clock.now_ms();
+        let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let mut s = self.lock()?;
+        let mut out = Vec::new();
+        for (job, due) in s.jobs.values_mut() {
+            if out.len() >= limit {
+                break;
+            }
+            if job.status == "queued" && *due <= now {
+                *due = now.saturating_add(lease);
+                out.push(job.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn finish_settlement(
+        &self,
+        job: &SettlementJob,
+        outcome: &JobOutcome,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut s = self.lock()?;
+        let block = match s.jobs.get_mut(&job.id) {
+            None => false,
+            Some(_) if *outcome == JobOutcome::Done => {
+                s.jobs.remove(&job.id);
+                false
+            }
+            Some((j, due)) => {
+                j.attempts += 1;
+                match outcome {
+                    JobOutcome::Retry { after, error } => {
+                        j.error = error.clone();
+                        *due = now.saturating_add(i64::try_from(after.as_millis()).unwrap_or(0));
+                        false
+                    }
+                    JobOutcome::Failed { error } => {
+                        j.error = error.clone();
+                        j.status = "failed".into();
+                        true
+                    }
+                    JobOutcome::Done => false,
+                }
+            }
+        };
+        if block {
+            s.blocked.insert(job.payer.clone());
+        }
         Ok(())
     }
 
-    async fn revoke_receipt(&self, issuer: &str, receipt_id: &str) -> Result<bool, StoreError> {
-        let now = self.clock.now_ms();
-        let mut s = self.lock()?;
-        let r = Reservation {
-            issuer: issuer.to_owned(),
-            receipt_id: receipt_id.to_owned(),
-            ..Reservation::empty()
-        };
-        // Like the Redis store: the revoked state goes to every bucket where the receipt has
-        // no state (its payer's bucket is unknown here); a receipt held or spent stays so.
-        let fp = r.fingerprint();
-        let mut unused = true;
-        for b in 0..super::BUCKETS {
-            let key = format!("r:{b}:{fp}");
-            if Self::live(&s, &key, now).is_some() {
-                unused = false;
-                continue;
-            }
-            s.receipts.insert(
-                key,
-                ReceiptState::Revoked {
-                    until_ms: now.saturating_add(super::REVOKED_RECEIPT_KEEP_MS),
-                },
-            );
-        }
-        Ok(unused)
+    async fn failed_settlements(&self) -> Result<Vec<SettlementJob>, StoreError> {
+        let s = self.lock()?;
+        let mut out: Vec<SettlementJob> = s
+            .jobs
+            .values()
+            .filter(|(j, _)| j.status == "failed")
+            .map(|(j, _)| j.clone())
+            .collect();
+        out.sort_by_key(|j| event_order(&j.id));
+        Ok(out)
     }
 
-    async fn mandates(
+    async fn resolve_settlement(&self, id: &str) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let payer = match s.jobs.get(id) {
+            Some((j, _)) if j.status == "failed" => j.payer.clone(),
+            _ => return Ok(false),
+        };
+        s.jobs.remove(id);
+        let other = s
+            .jobs
+            .values()
+            .any(|(j, _)| j.status == "failed" && j.payer == payer);
+        if !other {
+            s.blocked.remove(&payer);
+        }
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
+    async fn idempotency_claim(
         &self,
         payer: &str,
-        now_ms: i64,
-    ) -> Result<Vec<(serde_json::Value, MandateUse)>, StoreError> {
+        key: &str,
+        fingerprint: &str,
+        token: &str,
+        ttl: std::time::Duration,
+    ) -> Result<IdempotencyClaim, StoreError> {
         let now = self.clock.now_ms();
-        let s = self.lock()?;
-        let mut out = Vec::new();
-        for (key, summary) in s.mandates.get(payer).into_iter().flatten() {
-            let summary: serde_json::Value = serde_json::from_str(summary).unwrap_or_default();
-            let start = super::mandate_window_start(&summary, now_ms);
-            let (spent, held) = s
-                .windows
-                .get(&(key.clone(), start))
-                .map(|w| {
-                    let held = w
-                        .holds
-                        .values()
-                        .filter(|(_, until)| *until > now)
-                        .map(|(a, _)| *a)
-                        .sum();
-                    (w.spent, held)
-                })
-                .unwrap_or((0, 0));
-            out.push((
-                summary,
-                MandateUse {
-                    spent_minor: spent,
-                    held_minor: held,
-                    revoked: s.revoked_mandates.contains(key),
-                },
-            ));
+        let mut s = self.lock()?;
+        let k = (payer.to_owned(), key.to_owned());
+        if let Some(e) = s.idempotency.get(&k).filter(|e| e.until_ms > now) {
+            return Ok(if e.fingerprint != fingerprint {
+                IdempotencyClaim::Mismatch
+            } else if let Some((event_id, time_ms)) = &e.done {
+                IdempotencyClaim::Done {
+                    event_id: event_id.clone(),
+                    time_ms: *time_ms,
+                }
+            } else {
+                IdempotencyClaim::InFlight
+            });
         }
-        Ok(out)
+        s.idempotency.retain(|_, e| e.until_ms > now);
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        s.idempotency.insert(
+            k,
+            IdempotencyEntry {
+                fingerprint: fingerprint.to_owned(),
+                token: token.to_owned(),
+                done: None,
+                until_ms: now.saturating_add(ttl_ms),
+            },
+        );
+        Ok(IdempotencyClaim::Claimed)
+    }
+
+    async fn idempotency_finish(
+        &self,
+        payer: &str,
+        key: &str,
+        token: &str,
+        done: Option<(&str, i64)>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let k = (payer.to_owned(), key.to_owned());
+        let ours = s
+            .idempotency
+            .get(&k)
+            .is_some_and(|e| e.token == token && e.done.is_none());
+        if !ours {
+            return Ok(());
+        }
+        match done {
+            Some((event_id, time_ms)) => {
+                if let Some(e) = s.idempotency.get_mut(&k) {
+                    e.done = Some((event_id.to_owned(), time_ms));
+                }
+            }
+            None => {
+                s.idempotency.remove(&k);
+            }
+        }
+        Ok(())
     }
 }

@@ -21,10 +21,12 @@ use sha2::{Digest, Sha256};
 
 use super::{
     bucket_of, days_between, event_order, fold_aggregates, fold_payer_totals, utc_day, Account,
-    AuthorizeOutcome, Balance, ChargeOutcome, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome,
-    HoldSettleOutcome, Idempotency, IdempotencyClaim, JobOutcome, MandateCharge, MandateUse,
-    PayerSpend, PlanPeriod, Renewal, Reservation, SettleOutcome, Settlement, SettlementJob, Store,
-    StoreError, SubscribeOutcome, Subscription, UsageEvent, VoidOutcome, BUCKETS,
+    AuthorizeOutcome, Balance, BalanceStore, ChargeOutcome, Credit, CreditOutcome, DailyUsage,
+    Hold, HoldOutcome, HoldSettleOutcome, Idempotency, IdempotencyClaim, IdempotencyStore,
+    JobOutcome, LedgerStore, MandateCharge, MandateStore, MandateUse, PayerControl, PayerSpend,
+    PlanPeriod, PlanStore, ReceiptStore, Renewal, Reservation, SettleOutcome, Settlement,
+    SettlementJob, SettlementQueue, StoreError, SubscribeOutcome, Subscription, UsageEvent,
+    VoidOutcome, BUCKETS,
 };
 
 /// Connection settings.
@@ -438,240 +440,13 @@ fn ms(d: Duration) -> i64 {
 }
 
 #[async_trait]
-impl Store for RedisStore {
-    async fn renew(&self, held: Renewal<'_>, ttl: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.connection().await?;
-        let mut inv = self.scripts.renew.prepare_invoke();
-        let (payer, id, mandate) = match held {
-            Renewal::Receipt(r) => {
-                inv.key(self.receipt_key(r)).arg("receipt");
-                (&r.payer, &r.id, r.mandate.as_ref())
-            }
-            Renewal::Balance(h) => {
-                inv.key(self.holds_key(&h.payer)).arg("hold");
-                (&h.payer, &h.id, h.mandate.as_ref())
-            }
-        };
-        if let Some(m) = mandate {
-            inv.key(self.window_key(payer, m));
-        }
-        inv.arg(id).arg(ms(ttl));
-        let live: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(live == 1)
-    }
-
-    async fn capture_deferred(
-        &self,
-        r: &Reservation,
-        event: &UsageEvent,
-        body: &str,
-    ) -> Result<SettleOutcome, StoreError> {
-        let mut conn = self.connection().await?;
-        let b = r.bucket();
-        let day = utc_day(event.time_ms);
-        let fields = event.to_fields(true);
-        let mut inv = self.scripts.capture_deferred.prepare_invoke();
-        inv.key(self.receipt_key(r))
-            .key(self.events_key(b))
-            .key(self.payer_agg_key(&r.payer, &day))
-            .key(self.bucket_agg_key(b, &day))
-            .key(self.key(b, "x402:jobs"))
-            .key(self.key(b, "x402:due"))
-            .key(self.payer_totals_key(b, &day))
-            .arg(&r.id)
-            .arg(r.spent_until_ms)
-            .arg(&r.payer)
-            .arg(body)
-            .arg(fields.len());
-        for (k, v) in fields {
-            inv.arg(k).arg(v);
-        }
-        inv.arg(event.amount_field()).arg(event.amount_minor);
-        for (k, v) in event.aggregate_fields() {
-            inv.arg(k).arg(v);
-        }
-        let (status, id): (String, String) = self.bounded(inv.invoke_async(&mut conn)).await?;
-        match status.as_str() {
-            "captured" => Ok(SettleOutcome::Captured {
-                event_id: Self::ledger_id(b, &id),
-            }),
-            "duplicate" => Ok(SettleOutcome::AlreadyCaptured {
-                event_id: Self::ledger_id(b, &id),
-            }),
-            "conflict" => Ok(SettleOutcome::Conflict),
-            other => Err(StoreError::Protocol(format!(
-                "capture_deferred replied {other:?}"
-            ))),
-        }
-    }
-
-    async fn claim_settlements(
-        &self,
-        limit: usize,
-        lease: Duration,
-    ) -> Result<Vec<SettlementJob>, StoreError> {
-        let mut conn = self.connection().await?;
-        let mut out = Vec::new();
-        for b in 0..BUCKETS {
-            if out.len() >= limit {
-                break;
-            }
-            let mut inv = self.scripts.claim_settlements.prepare_invoke();
-            inv.key(self.key(b, "x402:due"))
-                .key(self.key(b, "x402:jobs"))
-                .arg(ms(lease))
-                .arg(limit - out.len());
-            let reply: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
-            for pair in reply.chunks(2) {
-                if let [id, raw] = pair {
-                    out.push(parse_job(Self::ledger_id(b, id), raw)?);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    async fn finish_settlement(
-        &self,
-        job: &SettlementJob,
-        outcome: &JobOutcome,
-    ) -> Result<(), StoreError> {
-        let (stream, b) = split_job_id(&job.id)?;
-        let (kind, delay, error) = match outcome {
-            JobOutcome::Done => ("done", 0, ""),
-            JobOutcome::Retry { after, error } => ("retry", ms(*after), error.as_str()),
-            JobOutcome::Failed { error } => ("failed", 0, error.as_str()),
-        };
-        let mut conn = self.connection().await?;
-        let mut inv = self.scripts.finish_settlement.prepare_invoke();
-        inv.key(self.key(b, "x402:due"))
-            .key(self.key(b, "x402:jobs"))
-            .key(self.key(b, "x402:failed"))
-            .key(self.blocked_key(&job.payer))
-            .arg(stream)
-            .arg(kind)
-            .arg(delay)
-            .arg(error);
-        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(())
-    }
-
-    async fn failed_settlements(&self) -> Result<Vec<SettlementJob>, StoreError> {
-        let mut conn = self.connection().await?;
-        let mut out = Vec::new();
-        for b in 0..BUCKETS {
-            let ids: Vec<String> = self
-                .bounded(
-                    redis::cmd("SMEMBERS")
-                        .arg(self.key(b, "x402:failed"))
-                        .query_async(&mut conn),
-                )
-                .await?;
-            for id in ids {
-                let raw: Option<String> = self
-                    .bounded(
-                        redis::cmd("HGET")
-                            .arg(self.key(b, "x402:jobs"))
-                            .arg(&id)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                if let Some(raw) = raw {
-                    out.push(parse_job(Self::ledger_id(b, &id), &raw)?);
-                }
-            }
-        }
-        out.sort_by_key(|j| event_order(&j.id));
-        Ok(out)
-    }
-
-    async fn idempotency_claim(
-        &self,
-        payer: &str,
-        key: &str,
-        fingerprint: &str,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<IdempotencyClaim, StoreError> {
-        let mut conn = self.connection().await?;
-        let mut inv = self.scripts.idempotency.prepare_invoke();
-        inv.key(self.request_idempotency_key(payer, key))
-            .arg("claim")
-            .arg(fingerprint)
-            .arg(token)
-            .arg(ms(ttl));
-        let r: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
-        match r.first().map(String::as_str) {
-            Some("claimed") => Ok(IdempotencyClaim::Claimed),
-            Some("in_flight") => Ok(IdempotencyClaim::InFlight),
-            Some("mismatch") => Ok(IdempotencyClaim::Mismatch),
-            Some("done") => Ok(IdempotencyClaim::Done {
-                event_id: r.get(1).cloned().unwrap_or_default(),
-                time_ms: r.get(2).and_then(|t| t.parse().ok()).unwrap_or(0),
-            }),
-            _ => Err(StoreError::Protocol(format!(
-                "idempotency script answered {r:?}"
-            ))),
-        }
-    }
-
-    async fn idempotency_finish(
-        &self,
-        payer: &str,
-        key: &str,
-        token: &str,
-        done: Option<(&str, i64)>,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let mut inv = self.scripts.idempotency.prepare_invoke();
-        inv.key(self.request_idempotency_key(payer, key));
-        match done {
-            Some((event_id, time_ms)) => inv.arg("done").arg(token).arg(event_id).arg(time_ms),
-            None => inv.arg("forget").arg(token),
-        };
-        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(())
-    }
-
-    async fn resolve_settlement(&self, id: &str) -> Result<bool, StoreError> {
-        let (stream, b) = split_job_id(id)?;
-        let mut conn = self.connection().await?;
-        let raw: Option<String> = self
-            .bounded(
-                redis::cmd("HGET")
-                    .arg(self.key(b, "x402:jobs"))
-                    .arg(stream)
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let Some(raw) = raw else {
-            return Ok(false);
-        };
-        let job = parse_job(id.to_owned(), &raw)?;
-        let mut inv = self.scripts.resolve_settlement.prepare_invoke();
-        inv.key(self.key(b, "x402:jobs"))
-            .key(self.key(b, "x402:failed"))
-            .key(self.blocked_key(&job.payer))
-            .arg(stream)
-            .arg(&job.payer);
-        let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(n == 1)
-    }
-
+impl ReceiptStore for RedisStore {
     async fn authorize_capture(
         &self,
         r: &Reservation,
         event: &UsageEvent,
     ) -> Result<ChargeOutcome, StoreError> {
         self.charge_receipt(r, event).await
-    }
-
-    async fn hold_capture(
-        &self,
-        h: &Hold,
-        event: &UsageEvent,
-    ) -> Result<ChargeOutcome, StoreError> {
-        self.charge_balance(h, event).await
     }
 
     async fn void_receipt(
@@ -681,15 +456,6 @@ impl Store for RedisStore {
         void: &UsageEvent,
     ) -> Result<VoidOutcome, StoreError> {
         self.void_charge(Some(r), None, charge, void).await
-    }
-
-    async fn void_hold(
-        &self,
-        h: &Hold,
-        charge: &UsageEvent,
-        void: &UsageEvent,
-    ) -> Result<VoidOutcome, StoreError> {
-        self.void_charge(None, Some(h), charge, void).await
     }
 
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError> {
@@ -780,150 +546,6 @@ impl Store for RedisStore {
         }
     }
 
-    async fn rate(
-        &self,
-        payer: &str,
-        route: &str,
-        limit: super::RateLimit,
-    ) -> Result<Option<Duration>, StoreError> {
-        let mut conn = self.connection().await?;
-        let mut inv = self.scripts.rate.prepare_invoke();
-        inv.key(self.key(bucket_of(payer), &format!("rl:{route}:{payer}")))
-            .arg(limit.interval_ms())
-            .arg(limit.tolerance_ms());
-        let (allowed, retry_ms): (i64, i64) = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok((allowed == 0).then(|| Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0))))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let pong: String = self
-            .bounded(redis::cmd("PING").query_async(&mut conn))
-            .await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(StoreError::Protocol(format!("PING replied {pong:?}")))
-        }
-    }
-
-    async fn set_blocked(&self, payer: &str, blocked: bool) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let key = self.blocked_key(payer);
-        let mut cmd = if blocked {
-            redis::cmd("SET")
-        } else {
-            redis::cmd("DEL")
-        };
-        cmd.arg(&key);
-        if blocked {
-            cmd.arg("1");
-        }
-        let _: Value = self.bounded(cmd.query_async(&mut conn)).await?;
-        Ok(())
-    }
-
-    async fn subscribe(&self, s: &Subscription) -> Result<SubscribeOutcome, StoreError> {
-        let mut conn = self.connection().await?;
-        let b = bucket_of(&s.payer);
-        let day = utc_day(s.event.time_ms);
-        let r = Reservation {
-            payer: s.payer.clone(),
-            issuer: s.issuer.clone(),
-            receipt_id: s.receipt_id.clone(),
-            ..Reservation::empty()
-        };
-        let fields = s.event.to_fields(true);
-        let mut inv = self.scripts.subscribe.prepare_invoke();
-        let until = s.keep_until_ms.max(s.now_ms + 1000);
-        if self
-            .claim_owner(
-                &mut conn,
-                &mut inv,
-                &s.payer,
-                &s.issuer,
-                &s.receipt_id,
-                until,
-            )
-            .await?
-        {
-            return Ok(SubscribeOutcome::ReceiptUsed);
-        }
-        inv.key(self.receipt_key(&r))
-            .key(self.subscription_key(&s.payer, &s.plan))
-            .key(self.events_key(b))
-            .key(self.payer_agg_key(&s.payer, &day))
-            .key(self.bucket_agg_key(b, &day))
-            .key(self.payer_totals_key(b, &day))
-            .arg(s.now_ms)
-            .arg(s.period_ms)
-            .arg(s.calls.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX)))
-            .arg(s.keep_until_ms.max(s.now_ms + 1000))
-            .arg(fields.len());
-        for (k, v) in fields {
-            inv.arg(k).arg(v);
-        }
-        inv.arg(s.event.amount_field()).arg(s.event.amount_minor);
-        for (k, v) in s.event.aggregate_fields() {
-            inv.arg(k).arg(v);
-        }
-        let (status, id, end): (String, String, i64) =
-            self.bounded(inv.invoke_async(&mut conn)).await?;
-        match status.as_str() {
-            "subscribed" => Ok(SubscribeOutcome::Subscribed {
-                event_id: Self::ledger_id(b, &id),
-                period_end_ms: end,
-            }),
-            "duplicate" => Ok(SubscribeOutcome::Duplicate {
-                event_id: Self::ledger_id(b, &id),
-                period_end_ms: end,
-            }),
-            "used" => Ok(SubscribeOutcome::ReceiptUsed),
-            other => Err(StoreError::Protocol(format!("subscribe replied {other:?}"))),
-        }
-    }
-
-    async fn subscription(
-        &self,
-        payer: &str,
-        plan: &str,
-    ) -> Result<Option<PlanPeriod>, StoreError> {
-        let mut conn = self.connection().await?;
-        let v: Vec<Option<i64>> = self
-            .bounded(
-                redis::cmd("HMGET")
-                    .arg(self.subscription_key(payer, plan))
-                    .arg("start")
-                    .arg("end")
-                    .arg("calls")
-                    .arg("used")
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let get = |i: usize| v.get(i).copied().flatten();
-        Ok(get(1).map(|end_ms| PlanPeriod {
-            start_ms: get(0).unwrap_or(0),
-            end_ms,
-            calls: get(2).and_then(|c| u64::try_from(c).ok()),
-            used: get(3).and_then(|u| u64::try_from(u).ok()).unwrap_or(0),
-        }))
-    }
-
-    async fn revoke_mandate(&self, key: &str) -> Result<(), StoreError> {
-        // Scripts read the marker in the payer's bucket; the payer is not known here, so the
-        // marker goes to every bucket (16 small keys, once per revocation).
-        let mut conn = self.connection().await?;
-        for b in 0..BUCKETS {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(self.mandate_revoked_key(b, key))
-                .arg("1")
-                .arg("PX")
-                .arg(super::REVOKED_MANDATE_KEEP_MS);
-            let _: Value = self.bounded(cmd.query_async(&mut conn)).await?;
-        }
-        Ok(())
-    }
-
     async fn revoke_receipt(&self, issuer: &str, receipt_id: &str) -> Result<bool, StoreError> {
         let mut conn = self.connection().await?;
         let fp = Reservation {
@@ -948,60 +570,46 @@ impl Store for RedisStore {
         }
         Ok(unused)
     }
+}
 
-    async fn mandates(
-        &self,
-        payer: &str,
-        now_ms: i64,
-    ) -> Result<Vec<(serde_json::Value, MandateUse)>, StoreError> {
+#[async_trait]
+impl BalanceStore for RedisStore {
+    async fn renew(&self, held: Renewal<'_>, ttl: Duration) -> Result<bool, StoreError> {
         let mut conn = self.connection().await?;
-        let index: Vec<(String, String)> = self
-            .bounded(
-                redis::cmd("HGETALL")
-                    .arg(self.mandate_index_key(payer))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-        let mut out = Vec::new();
-        for (key, summary) in index {
-            let summary: serde_json::Value = serde_json::from_str(&summary).unwrap_or_default();
-            let start = super::mandate_window_start(&summary, now_ms);
-            let window: Vec<(String, String)> = self
-                .bounded(
-                    redis::cmd("HGETALL")
-                        .arg(self.key(bucket_of(payer), &format!("mw:{key}:{start}")))
-                        .query_async(&mut conn),
-                )
-                .await?;
-            let mut usage = MandateUse {
-                spent_minor: 0,
-                held_minor: 0,
-                revoked: false,
-            };
-            for (f, v) in window {
-                if f == "spent" {
-                    usage.spent_minor = v.parse().unwrap_or(0);
-                } else if f.starts_with("h:") {
-                    let mut p = v.split('|');
-                    let amount: u64 = p.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-                    let until: i64 = p.next().and_then(|x| x.parse().ok()).unwrap_or(0);
-                    if until > now {
-                        usage.held_minor += amount;
-                    }
-                }
+        let mut inv = self.scripts.renew.prepare_invoke();
+        let (payer, id, mandate) = match held {
+            Renewal::Receipt(r) => {
+                inv.key(self.receipt_key(r)).arg("receipt");
+                (&r.payer, &r.id, r.mandate.as_ref())
             }
-            let revoked: i64 = self
-                .bounded(
-                    redis::cmd("EXISTS")
-                        .arg(self.mandate_revoked_key(bucket_of(payer), &key))
-                        .query_async(&mut conn),
-                )
-                .await?;
-            usage.revoked = revoked == 1;
-            out.push((summary, usage));
+            Renewal::Balance(h) => {
+                inv.key(self.holds_key(&h.payer)).arg("hold");
+                (&h.payer, &h.id, h.mandate.as_ref())
+            }
+        };
+        if let Some(m) = mandate {
+            inv.key(self.window_key(payer, m));
         }
-        Ok(out)
+        inv.arg(id).arg(ms(ttl));
+        let live: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(live == 1)
+    }
+
+    async fn hold_capture(
+        &self,
+        h: &Hold,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        self.charge_balance(h, event).await
+    }
+
+    async fn void_hold(
+        &self,
+        h: &Hold,
+        charge: &UsageEvent,
+        void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError> {
+        self.void_charge(None, Some(h), charge, void).await
     }
 
     async fn hold(&self, h: &Hold) -> Result<HoldOutcome, StoreError> {
@@ -1299,7 +907,10 @@ impl Store for RedisStore {
             blocked: false,
         })
     }
+}
 
+#[async_trait]
+impl LedgerStore for RedisStore {
     async fn usage(
         &self,
         payer: Option<&str>,
@@ -1379,6 +990,418 @@ impl Store for RedisStore {
         out.sort_by_key(|e| event_order(&e.id));
         out.truncate(limit);
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl PayerControl for RedisStore {
+    async fn rate(
+        &self,
+        payer: &str,
+        route: &str,
+        limit: super::RateLimit,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.scripts.rate.prepare_invoke();
+        inv.key(self.key(bucket_of(payer), &format!("rl:{route}:{payer}")))
+            .arg(limit.interval_ms())
+            .arg(limit.tolerance_ms());
+        let (allowed, retry_ms): (i64, i64) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok((allowed == 0).then(|| Duration::from_millis(u64::try_from(retry_ms).unwrap_or(0))))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let pong: String = self
+            .bounded(redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Protocol(format!("PING replied {pong:?}")))
+        }
+    }
+
+    async fn set_blocked(&self, payer: &str, blocked: bool) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let key = self.blocked_key(payer);
+        let mut cmd = if blocked {
+            redis::cmd("SET")
+        } else {
+            redis::cmd("DEL")
+        };
+        cmd.arg(&key);
+        if blocked {
+            cmd.arg("1");
+        }
+        let _: Value = self.bounded(cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MandateStore for RedisStore {
+    async fn revoke_mandate(&self, key: &str) -> Result<(), StoreError> {
+        // Scripts read the marker in the payer's bucket; the payer is not known here, so the
+        // marker goes to every bucket (16 small keys, once per revocation).
+        let mut conn = self.connection().await?;
+        for b in 0..BUCKETS {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.mandate_revoked_key(b, key))
+                .arg("1")
+                .arg("PX")
+                .arg(super::REVOKED_MANDATE_KEEP_MS);
+            let _: Value = self.bounded(cmd.query_async(&mut conn)).await?;
+        }
+        Ok(())
+    }
+
+    async fn mandates(
+        &self,
+        payer: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(serde_json::Value, MandateUse)>, StoreError> {
+        let mut conn = self.connection().await?;
+        let index: Vec<(String, String)> = self
+            .bounded(
+                redis::cmd("HGETALL")
+                    .arg(self.mandate_index_key(payer))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+        let mut out = Vec::new();
+        for (key, summary) in index {
+            let summary: serde_json::Value = serde_json::from_str(&summary).unwrap_or_default();
+            let start = super::mandate_window_start(&summary, now_ms);
+            let window: Vec<(String, String)> = self
+                .bounded(
+                    redis::cmd("HGETALL")
+                        .arg(self.key(bucket_of(payer), &format!("mw:{key}:{start}")))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let mut usage = MandateUse {
+                spent_minor: 0,
+                held_minor: 0,
+                revoked: false,
+            };
+            for (f, v) in window {
+                if f == "spent" {
+                    usage.spent_minor = v.parse().unwrap_or(0);
+                } else if f.starts_with("h:") {
+                    let mut p = v.split('|');
+                    let amount: u64 = p.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    let until: i64 = p.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+                    if until > now {
+                        usage.held_minor += amount;
+                    }
+                }
+            }
+            let revoked: i64 = self
+                .bounded(
+                    redis::cmd("EXISTS")
+                        .arg(self.mandate_revoked_key(bucket_of(payer), &key))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            usage.revoked = revoked == 1;
+            out.push((summary, usage));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl PlanStore for RedisStore {
+    async fn subscribe(&self, s: &Subscription) -> Result<SubscribeOutcome, StoreError> {
+        let mut conn = self.connection().await?;
+        let b = bucket_of(&s.payer);
+        let day = utc_day(s.event.time_ms);
+        let r = Reservation {
+            payer: s.payer.clone(),
+            issuer: s.issuer.clone(),
+            receipt_id: s.receipt_id.clone(),
+            ..Reservation::empty()
+        };
+        let fields = s.event.to_fields(true);
+        let mut inv = self.scripts.subscribe.prepare_invoke();
+        let until = s.keep_until_ms.max(s.now_ms + 1000);
+        if self
+            .claim_owner(
+                &mut conn,
+                &mut inv,
+                &s.payer,
+                &s.issuer,
+                &s.receipt_id,
+                until,
+            )
+            .await?
+        {
+            return Ok(SubscribeOutcome::ReceiptUsed);
+        }
+        inv.key(self.receipt_key(&r))
+            .key(self.subscription_key(&s.payer, &s.plan))
+            .key(self.events_key(b))
+            .key(self.payer_agg_key(&s.payer, &day))
+            .key(self.bucket_agg_key(b, &day))
+            .key(self.payer_totals_key(b, &day))
+            .arg(s.now_ms)
+            .arg(s.period_ms)
+            .arg(s.calls.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX)))
+            .arg(s.keep_until_ms.max(s.now_ms + 1000))
+            .arg(fields.len());
+        for (k, v) in fields {
+            inv.arg(k).arg(v);
+        }
+        inv.arg(s.event.amount_field()).arg(s.event.amount_minor);
+        for (k, v) in s.event.aggregate_fields() {
+            inv.arg(k).arg(v);
+        }
+        let (status, id, end): (String, String, i64) =
+            self.bounded(inv.invoke_async(&mut conn)).await?;
+        match status.as_str() {
+            "subscribed" => Ok(SubscribeOutcome::Subscribed {
+                event_id: Self::ledger_id(b, &id),
+                period_end_ms: end,
+            }),
+            "duplicate" => Ok(SubscribeOutcome::Duplicate {
+                event_id: Self::ledger_id(b, &id),
+                period_end_ms: end,
+            }),
+            "used" => Ok(SubscribeOutcome::ReceiptUsed),
+            other => Err(StoreError::Protocol(format!("subscribe replied {other:?}"))),
+        }
+    }
+
+    async fn subscription(
+        &self,
+        payer: &str,
+        plan: &str,
+    ) -> Result<Option<PlanPeriod>, StoreError> {
+        let mut conn = self.connection().await?;
+        let v: Vec<Option<i64>> = self
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(self.subscription_key(payer, plan))
+                    .arg("start")
+                    .arg("end")
+                    .arg("calls")
+                    .arg("used")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let get = |i: usize| v.get(i).copied().flatten();
+        Ok(get(1).map(|end_ms| PlanPeriod {
+            start_ms: get(0).unwrap_or(0),
+            end_ms,
+            calls: get(2).and_then(|c| u64::try_from(c).ok()),
+            used: get(3).and_then(|u| u64::try_from(u).ok()).unwrap_or(0),
+        }))
+    }
+}
+
+#[async_trait]
+impl SettlementQueue for RedisStore {
+    async fn capture_deferred(
+        &self,
+        r: &Reservation,
+        event: &UsageEvent,
+        body: &str,
+    ) -> Result<SettleOutcome, StoreError> {
+        let mut conn = self.connection().await?;
+        let b = r.bucket();
+        let day = utc_day(event.time_ms);
+        let fields = event.to_fields(true);
+        let mut inv = self.scripts.capture_deferred.prepare_invoke();
+        inv.key(self.receipt_key(r))
+            .key(self.events_key(b))
+            .key(self.payer_agg_key(&r.payer, &day))
+            .key(self.bucket_agg_key(b, &day))
+            .key(self.key(b, "x402:jobs"))
+            .key(self.key(b, "x402:due"))
+            .key(self.payer_totals_key(b, &day))
+            .arg(&r.id)
+            .arg(r.spent_until_ms)
+            .arg(&r.payer)
+            .arg(body)
+            .arg(fields.len());
+        for (k, v) in fields {
+            inv.arg(k).arg(v);
+        }
+        inv.arg(event.amount_field()).arg(event.amount_minor);
+        for (k, v) in event.aggregate_fields() {
+            inv.arg(k).arg(v);
+        }
+        let (status, id): (String, String) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        match status.as_str() {
+            "captured" => Ok(SettleOutcome::Captured {
+                event_id: Self::ledger_id(b, &id),
+            }),
+            "duplicate" => Ok(SettleOutcome::AlreadyCaptured {
+                event_id: Self::ledger_id(b, &id),
+            }),
+            "conflict" => Ok(SettleOutcome::Conflict),
+            other => Err(StoreError::Protocol(format!(
+                "capture_deferred replied {other:?}"
+            ))),
+        }
+    }
+
+    async fn claim_settlements(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<SettlementJob>, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut out = Vec::new();
+        for b in 0..BUCKETS {
+            if out.len() >= limit {
+                break;
+            }
+            let mut inv = self.scripts.claim_settlements.prepare_invoke();
+            inv.key(self.key(b, "x402:due"))
+                .key(self.key(b, "x402:jobs"))
+                .arg(ms(lease))
+                .arg(limit - out.len());
+            let reply: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
+            for pair in reply.chunks(2) {
+                if let [id, raw] = pair {
+                    out.push(parse_job(Self::ledger_id(b, id), raw)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn finish_settlement(
+        &self,
+        job: &SettlementJob,
+        outcome: &JobOutcome,
+    ) -> Result<(), StoreError> {
+        let (stream, b) = split_job_id(&job.id)?;
+        let (kind, delay, error) = match outcome {
+            JobOutcome::Done => ("done", 0, ""),
+            JobOutcome::Retry { after, error } => ("retry", ms(*after), error.as_str()),
+            JobOutcome::Failed { error } => ("failed", 0, error.as_str()),
+        };
+        let mut conn = self.connection().await?;
+        let mut inv = self.scripts.finish_settlement.prepare_invoke();
+        inv.key(self.key(b, "x402:due"))
+            .key(self.key(b, "x402:jobs"))
+            .key(self.key(b, "x402:failed"))
+            .key(self.blocked_key(&job.payer))
+            .arg(stream)
+            .arg(kind)
+            .arg(delay)
+            .arg(error);
+        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn failed_settlements(&self) -> Result<Vec<SettlementJob>, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut out = Vec::new();
+        for b in 0..BUCKETS {
+            let ids: Vec<String> = self
+                .bounded(
+                    redis::cmd("SMEMBERS")
+                        .arg(self.key(b, "x402:failed"))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            for id in ids {
+                let raw: Option<String> = self
+                    .bounded(
+                        redis::cmd("HGET")
+                            .arg(self.key(b, "x402:jobs"))
+                            .arg(&id)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                if let Some(raw) = raw {
+                    out.push(parse_job(Self::ledger_id(b, &id), &raw)?);
+                }
+            }
+        }
+        out.sort_by_key(|j| event_order(&j.id));
+        Ok(out)
+    }
+
+    async fn resolve_settlement(&self, id: &str) -> Result<bool, StoreError> {
+        let (stream, b) = split_job_id(id)?;
+        let mut conn = self.connection().await?;
+        let raw: Option<String> = self
+            .bounded(
+                redis::cmd("HGET")
+                    .arg(self.key(b, "x402:jobs"))
+                    .arg(stream)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let Some(raw) = raw else {
+            return Ok(false);
+        };
+        let job = parse_job(id.to_owned(), &raw)?;
+        let mut inv = self.scripts.resolve_settlement.prepare_invoke();
+        inv.key(self.key(b, "x402:jobs"))
+            .key(self.key(b, "x402:failed"))
+            .key(self.blocked_key(&job.payer))
+            .arg(stream)
+            .arg(&job.payer);
+        let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(n == 1)
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for RedisStore {
+    async fn idempotency_claim(
+        &self,
+        payer: &str,
+        key: &str,
+        fingerprint: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.scripts.idempotency.prepare_invoke();
+        inv.key(self.request_idempotency_key(payer, key))
+            .arg("claim")
+            .arg(fingerprint)
+            .arg(token)
+            .arg(ms(ttl));
+        let r: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        match r.first().map(String::as_str) {
+            Some("claimed") => Ok(IdempotencyClaim::Claimed),
+            Some("in_flight") => Ok(IdempotencyClaim::InFlight),
+            Some("mismatch") => Ok(IdempotencyClaim::Mismatch),
+            Some("done") => Ok(IdempotencyClaim::Done {
+                event_id: r.get(1).cloned().unwrap_or_default(),
+                time_ms: r.get(2).and_then(|t| t.parse().ok()).unwrap_or(0),
+            }),
+            _ => Err(StoreError::Protocol(format!(
+                "idempotency script answered {r:?}"
+            ))),
+        }
+    }
+
+    async fn idempotency_finish(
+        &self,
+        payer: &str,
+        key: &str,
+        token: &str,
+        done: Option<(&str, i64)>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let mut inv = self.scripts.idempotency.prepare_invoke();
+        inv.key(self.request_idempotency_key(payer, key));
+        match done {
+            Some((event_id, time_ms)) => inv.arg("done").arg(token).arg(event_id).arg(time_ms),
+            None => inv.arg("forget").arg(token),
+        };
+        let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(())
     }
 }
 
