@@ -1,0 +1,273 @@
+//! What a store can do, one capability trait per concern (receipts, balances, the ledger,
+//! payer controls, mandates, plans, the x402 settlement queue, request idempotency). Every one
+//! is required of a backend: [`Store`] is their composition, implemented for every type that
+//! has them all, so a backend missing one does not compile (rather than failing at run time).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::*;
+
+/// Receipts held single use for a request, spent, voided or revoked.
+#[async_trait]
+pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Check the payer is not blocked and the receipt unused, and hold it -- atomically.
+    async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError>;
+
+    /// Capture (spend + append one usage event) or release a receipt hold -- atomically.
+    async fn settle(&self, r: &Reservation, s: &Settlement) -> Result<SettleOutcome, StoreError>;
+
+    /// Revoke a receipt: it can no longer pay (a hold in flight finishes). Returns whether it
+    /// was still unused.
+    async fn revoke_receipt(&self, issuer: &str, receipt_id: &str) -> Result<bool, StoreError>;
+
+    /// Capture at admission (fixed price, no mandate): check the payer is not blocked and the
+    /// receipt unused, spend it and append `event` -- one atomic step. A refusal is answered
+    /// as [`ChargeOutcome::Refused`] with what [`ReceiptStore::authorize`] would have said.
+    async fn authorize_capture(
+        &self,
+        r: &Reservation,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError>;
+
+    /// Undo [`ReceiptStore::authorize_capture`] for a request that was not served: the receipt is
+    /// usable again, a void event (`voids` = `charge.id`) is appended and the aggregates of
+    /// the charge's day move back. Only the reservation that spent the receipt may void it;
+    /// a second void does nothing. `void` is the event to append ([`void_event`]).
+    async fn void_receipt(
+        &self,
+        r: &Reservation,
+        charge: &UsageEvent,
+        void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError>;
+}
+
+/// Prepaid balances: holds in flight, their capture or release, credits, the account.
+#[async_trait]
+pub trait BalanceStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Extend a hold whose request is still being served to `ttl` from now, with its mandate
+    /// reservation: a hold in use is never swept (given back as expired) however long its
+    /// response streams. `Ok(false)` when it is no longer held (settled, or swept before).
+    async fn renew(&self, held: Renewal<'_>, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Check the payer is not blocked and the balance covers the amount, and hold it.
+    async fn hold(&self, h: &Hold) -> Result<HoldOutcome, StoreError>;
+
+    /// Charge `actual_minor` against a hold (the rest returns to the balance; usage beyond the
+    /// hold is taken from the balance as far as it goes) and append one usage event.
+    async fn capture_hold(
+        &self,
+        h: &Hold,
+        actual_minor: u64,
+        event: &UsageEvent,
+    ) -> Result<HoldSettleOutcome, StoreError>;
+
+    /// Give a hold back.
+    async fn release_hold(&self, h: &Hold) -> Result<HoldSettleOutcome, StoreError>;
+
+    /// Credit or debit a balance, once per idempotency key.
+    async fn credit(&self, c: &Credit) -> Result<CreditOutcome, StoreError>;
+
+    /// A payer's account (expired holds given back first).
+    async fn account(&self, payer: &str) -> Result<Account, StoreError>;
+
+    /// Capture at admission from the balance (fixed price, no mandate, no plan): check the
+    /// payer is not blocked and the balance covers `h.amount_minor`, take it and append
+    /// `event` -- one atomic step.
+    async fn hold_capture(&self, h: &Hold, event: &UsageEvent)
+        -> Result<ChargeOutcome, StoreError>;
+
+    /// Undo [`BalanceStore::hold_capture`]: the amount returns to the balance, a void event is
+    /// appended and the aggregates move back (once).
+    async fn void_hold(
+        &self,
+        h: &Hold,
+        charge: &UsageEvent,
+        void: &UsageEvent,
+    ) -> Result<VoidOutcome, StoreError>;
+}
+
+/// The usage ledger and what is derived from it.
+#[async_trait]
+pub trait LedgerStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Daily usage of one payer, or of all payers when `payer` is `None`, for UTC days
+    /// `from..=to` (`yyyymmdd`).
+    async fn usage(
+        &self,
+        payer: Option<&str>,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<DailyUsage>, StoreError>;
+
+    /// Every payer with served requests on UTC days `from..=to` (`yyyymmdd`), with its totals,
+    /// in payer order.
+    async fn payer_totals(&self, from: &str, to: &str) -> Result<Vec<PayerSpend>, StoreError>;
+
+    /// Usage events with ids after `after` (all when `None`), in id order, at most `limit`.
+    async fn events_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError>;
+
+    /// Every usage event in the ledger, in id order (tests and small exports).
+    async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError> {
+        let mut out = Vec::new();
+        loop {
+            let page = self
+                .events_after(out.last().map(|e: &UsageEvent| e.id.as_str()), 1000)
+                .await?;
+            let n = page.len();
+            out.extend(page);
+            if n < 1000 {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Per-payer controls: rate limits, blocks, and the store's own health.
+#[async_trait]
+pub trait PayerControl: Send + Sync + std::fmt::Debug + 'static {
+    /// Count one request of `payer` on `route` against a rate limit: `Ok(None)` allowed,
+    /// `Ok(Some(retry_after))` refused.
+    async fn rate(
+        &self,
+        payer: &str,
+        route: &str,
+        limit: RateLimit,
+    ) -> Result<Option<Duration>, StoreError>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Block or unblock a payer.
+    async fn set_blocked(&self, payer: &str, blocked: bool) -> Result<(), StoreError>;
+}
+
+/// Mandates: revocation and the payer's mandates with their window use.
+#[async_trait]
+pub trait MandateStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Revoke a mandate (by [`crate::mandate::mandate_key`]): every later reservation under
+    /// it is refused, in every bucket.
+    async fn revoke_mandate(&self, key: &str) -> Result<(), StoreError>;
+
+    /// The mandates a payer used, with their summaries (JSON) and use in the window that
+    /// contains `now_ms`.
+    async fn mandates(
+        &self,
+        payer: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(serde_json::Value, MandateUse)>, StoreError>;
+}
+
+/// Plans: buying periods and reading them.
+#[async_trait]
+pub trait PlanStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Buy one period of a plan (single use of the receipt; the purchase is one usage event).
+    async fn subscribe(&self, s: &Subscription) -> Result<SubscribeOutcome, StoreError>;
+
+    /// A payer's current (or last) period of a plan.
+    async fn subscription(&self, payer: &str, plan: &str)
+        -> Result<Option<PlanPeriod>, StoreError>;
+}
+
+/// The x402 `deferred` settlement queue.
+#[async_trait]
+pub trait SettlementQueue: Send + Sync + std::fmt::Debug + 'static {
+    /// x402 `deferred`: capture an authorization's hold (spend + one usage event, like
+    /// [`ReceiptStore::settle`]) and queue its settlement (`body`), atomically -- exactly one job per
+    /// captured authorization. The job id is the event id.
+    async fn capture_deferred(
+        &self,
+        r: &Reservation,
+        event: &UsageEvent,
+        body: &str,
+    ) -> Result<SettleOutcome, StoreError>;
+
+    /// Claim up to `limit` due settlements; each is not handed out again for `lease`.
+    async fn claim_settlements(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<SettlementJob>, StoreError>;
+
+    /// Record how a settlement attempt ended (a failure blocks the payer).
+    async fn finish_settlement(
+        &self,
+        job: &SettlementJob,
+        outcome: &JobOutcome,
+    ) -> Result<(), StoreError>;
+
+    /// Settlements that failed for good (the admin API lists them).
+    async fn failed_settlements(&self) -> Result<Vec<SettlementJob>, StoreError>;
+
+    /// Mark a failed settlement resolved (settled by other means, or written off): it is
+    /// forgotten and its payer unblocked when no other failed settlement remains. `false`: no
+    /// such failed settlement.
+    async fn resolve_settlement(&self, id: &str) -> Result<bool, StoreError>;
+}
+
+/// Request `Idempotency-Key` claims.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Claim a payer's request `Idempotency-Key` (`key`) for the request `fingerprint`, with
+    /// the claim's unique `token`, atomically; the record lives `ttl` (see
+    /// [`IdempotencyClaim`]).
+    async fn idempotency_claim(
+        &self,
+        payer: &str,
+        key: &str,
+        fingerprint: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<IdempotencyClaim, StoreError>;
+
+    /// End the claim `token` of `key`: `Some((event id, time ms))` records the request as
+    /// served and charged (kept until the claim's expiry); `None` forgets the key (nothing was
+    /// charged: a retry runs again). A claim that is no longer `token`'s is left alone.
+    async fn idempotency_finish(
+        &self,
+        payer: &str,
+        key: &str,
+        token: &str,
+        done: Option<(&str, i64)>,
+    ) -> Result<(), StoreError>;
+}
+
+/// Where payment state lives: every capability, each required of a backend (a backend that
+/// lacks one does not compile, rather than failing in production). Every method is one atomic
+/// step. Implemented for every type that implements the capabilities.
+pub trait Store:
+    ReceiptStore
+    + BalanceStore
+    + LedgerStore
+    + PayerControl
+    + MandateStore
+    + PlanStore
+    + SettlementQueue
+    + IdempotencyStore
+{
+}
+
+impl<T> Store for T where
+    T: ReceiptStore
+        + BalanceStore
+        + LedgerStore
+        + PayerControl
+        + MandateStore
+        + PlanStore
+        + SettlementQueue
+        + IdempotencyStore
+{
+}
+
+/// Every capability trait, to call store methods on a concrete store (`use
+/// tollgate_middleware::store::prelude::*`); through `dyn Store` they need no import.
+pub mod prelude {
+    pub use super::{
+        BalanceStore, IdempotencyStore, LedgerStore, MandateStore, PayerControl, PlanStore,
+        ReceiptStore, SettlementQueue, Store,
+    };
+}

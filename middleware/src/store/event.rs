@@ -1,0 +1,155 @@
+//! The usage event: one settled request as the ledger records it, and its field encoding
+//! (the Redis stream's fields; the memory store keeps the struct).
+
+use super::*;
+
+/// One settled request, as recorded in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent {
+    /// Ledger id assigned by the store: `<ms>-<seq>-<bucket>` (empty until recorded). Ids
+    /// order events; [`LedgerStore::events_after`] resumes from one.
+    pub id: String,
+    /// When the request was settled, unix ms (gateway clock).
+    pub time_ms: i64,
+    /// Who paid.
+    pub payer: String,
+    /// Route id.
+    pub route: String,
+    /// HTTP method.
+    pub method: String,
+    /// Units served, by unit (`request`, `prompt_token`, `byte`, ...).
+    pub units: BTreeMap<String, u64>,
+    /// Price per unit, by unit (decimal strings; empty for fixed prices).
+    pub unit_prices: BTreeMap<String, String>,
+    /// Currency code.
+    pub currency: String,
+    /// The currency's atomic scale.
+    pub scale: u32,
+    /// Amount charged, in minor units.
+    pub amount_minor: u64,
+    /// Usage that could not be charged (balance exhausted), in minor units.
+    pub uncharged_minor: u64,
+    /// The credential that paid: `receipt:<iss>:<jti>` or `token:<payer>`.
+    pub credential: String,
+    /// The reservation it settles.
+    pub reservation: String,
+    /// The upstream's HTTP status (0: no answer, or charged at admission before the upstream
+    /// answered).
+    pub upstream_status: u16,
+    /// Set on a void event: the id of the charge it undoes (its amount and units count
+    /// negatively; the aggregates were moved back).
+    pub voids: Option<String>,
+}
+
+impl UsageEvent {
+    /// The amount charged as a decimal.
+    pub fn amount(&self) -> Amount {
+        match Currency::try_new(self.currency.clone(), self.scale) {
+            Ok(c) => c.from_minor(self.amount_minor),
+            Err(_) => Amount::ZERO,
+        }
+    }
+
+    /// Fields written by Rust (the scripts add `amount_minor` / `uncharged_minor` where they
+    /// decide them).
+    pub(super) fn to_fields(&self, with_amounts: bool) -> Vec<(&'static str, String)> {
+        let mut f = vec![
+            ("time_ms", self.time_ms.to_string()),
+            ("payer", self.payer.clone()),
+            ("route", self.route.clone()),
+            ("method", self.method.clone()),
+            (
+                "units",
+                serde_json::to_string(&self.units).unwrap_or_default(),
+            ),
+            (
+                "unit_prices",
+                serde_json::to_string(&self.unit_prices).unwrap_or_default(),
+            ),
+            ("currency", self.currency.clone()),
+            ("scale", self.scale.to_string()),
+            ("credential", self.credential.clone()),
+            ("reservation", self.reservation.clone()),
+            ("upstream_status", self.upstream_status.to_string()),
+        ];
+        if with_amounts {
+            f.push(("amount_minor", self.amount_minor.to_string()));
+            f.push(("uncharged_minor", self.uncharged_minor.to_string()));
+        }
+        if let Some(v) = &self.voids {
+            f.push(("voids", v.clone()));
+        }
+        f
+    }
+
+    /// Aggregate increments for this event (the amount is added by the caller).
+    pub(super) fn aggregate_fields(&self) -> Vec<(String, u64)> {
+        let mut v = vec![(format!("{}|requests", self.route), 1)];
+        for (unit, n) in &self.units {
+            v.push((format!("{}|units|{unit}", self.route), *n));
+        }
+        v
+    }
+
+    pub(super) fn amount_field(&self) -> String {
+        format!("{}|amount|{}", self.route, self.currency)
+    }
+
+    pub(super) fn from_fields(id: String, fields: &[(String, String)]) -> Result<Self, StoreError> {
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(f, _)| f == k)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| StoreError::Protocol(format!("usage event {id} lacks {k}")))
+        };
+        let num = |k: &str| -> Result<u64, StoreError> {
+            get(k)?
+                .parse()
+                .map_err(|_| StoreError::Protocol(format!("usage event {id}: bad {k}")))
+        };
+        let json = |k: &str| -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
+            serde_json::from_str(&get(k)?)
+                .map_err(|_| StoreError::Protocol(format!("usage event {id}: bad {k}")))
+        };
+        Ok(UsageEvent {
+            time_ms: i64::try_from(num("time_ms")?).unwrap_or(0),
+            payer: get("payer")?,
+            route: get("route")?,
+            method: get("method")?,
+            units: json("units")?
+                .into_iter()
+                .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
+                .collect(),
+            unit_prices: json("unit_prices")?
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
+                .collect(),
+            currency: get("currency")?,
+            scale: u32::try_from(num("scale")?).unwrap_or(0),
+            amount_minor: num("amount_minor")?,
+            uncharged_minor: num("uncharged_minor")?,
+            credential: get("credential")?,
+            reservation: get("reservation")?,
+            upstream_status: u16::try_from(num("upstream_status")?).unwrap_or(0),
+            voids: get("voids").ok(),
+            id,
+        })
+    }
+}
+
+/// Order of ledger ids `<ms>-<seq>-<bucket>`.
+pub fn event_order(id: &str) -> (u64, u64, u64) {
+    let mut p = id.split('-').map(|x| x.parse::<u64>().unwrap_or(0));
+    (
+        p.next().unwrap_or(0),
+        p.next().unwrap_or(0),
+        p.next().unwrap_or(0),
+    )
+}
+
+/// The UTC day (`yyyymmdd`) of a unix-ms time (aggregates are per UTC day).
+pub fn utc_day(time_ms: i64) -> String {
+    let (y, m, d) = crate::mandate::civil_from_days(time_ms.div_euclid(86_400_000));
+    format!("{y:04}{m:02}{d:02}")
+}
