@@ -1,0 +1,611 @@
+//! The admission phases: find the credential, verify it, authorize it in one store step
+//! (receipt hold, balance hold, plan coverage, mandate room, rate limit, idempotency claim).
+
+use super::*;
+
+impl Paywall {
+    pub(super) fn hold_time(&self, route: &PricedRoute) -> Duration {
+        route.timeout.unwrap_or(Duration::from_secs(60)) + self.0.hold_margin
+    }
+
+    /// Phases 1-3 for a priced route: find the credential, verify it, authorize it. Free routes
+    /// return `Ok(None)`.
+    pub async fn admit(
+        &self,
+        route: &Arc<PricedRoute>,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Option<Admission>, Refusal> {
+        let Some((currency, due)) = Self::hold_amount(route) else {
+            return Ok(None);
+        };
+        // Parsed once: the engine and the metrics both use it.
+        let credential = credential::extract(headers);
+        let kind = match &credential {
+            Ok(Some(Credential::AccessToken(_))) => "token",
+            Ok(Some(Credential::Receipt { .. })) => "receipt",
+            Ok(Some(Credential::X402Exact(_))) => "x402",
+            _ => "none",
+        };
+        // A claimed Idempotency-Key comes back here: on a refusal after the claim it is
+        // forgotten before answering (nothing was charged), so a retry is never told "in use".
+        let mut claim = None;
+        let mut result = self
+            .admit_inner(
+                route,
+                (method, uri, headers),
+                (currency, due),
+                credential,
+                &mut claim,
+            )
+            .await;
+        match (&mut result, claim) {
+            (Ok(Some(a)), c) => a.idempotency = c,
+            (_, Some(c)) => c.forget().await,
+            (_, None) => {}
+        }
+        let m = crate::metrics::global();
+        match &result {
+            Ok(Some(_)) => {
+                m.credentials.with_label_values(&[kind, "accepted"]).inc();
+                m.holds_in_flight.inc();
+            }
+            Ok(None) => {}
+            Err(res) => {
+                let code = res.extensions().get::<ErrorCode>().copied();
+                m.credentials
+                    .with_label_values(&[kind, code.map_or("unknown", |c| c.as_str())])
+                    .inc();
+                if let Some(code) = code {
+                    crate::traffic::global().record_refusal(
+                        self.0.clock.now_ms(),
+                        code,
+                        res.status().as_u16(),
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    pub(super) async fn admit_inner(
+        &self,
+        route: &Arc<PricedRoute>,
+        (method, uri, headers): (&Method, &Uri, &HeaderMap),
+        (currency, due): (&Currency, Amount),
+        credential: Result<Option<Credential>, credential::CredentialError>,
+        claimed: &mut Option<idempotency::Claim>,
+    ) -> Result<Option<Admission>, Refusal> {
+        let refuse = |code: ErrorCode, detail: &str| -> Refusal {
+            if code.status() == StatusCode::PAYMENT_REQUIRED {
+                self.challenge(route, method, uri, headers, code, detail)
+            } else {
+                Self::problem(code, detail)
+            }
+        };
+        let idempotency_key = idempotency::parse(headers).map_err(|(c, d)| refuse(c, &d))?;
+        let credential = match credential {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Err(refuse(ErrorCode::PaymentRequired, "this route is paid: pay with a receipt or an access token (see accepts) and retry"));
+            }
+            Err(e) => return Err(refuse(e.code, &e.detail)),
+        };
+        let payment_scheme = matches!(
+            &credential,
+            Credential::Receipt {
+                source: credential::CredentialSource::AuthorizationPayment,
+                ..
+            }
+        );
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let admission = |payment: Payment, held: Held| Admission {
+            paywall: self.clone(),
+            payment,
+            held,
+            route: route.clone(),
+            method: method.as_str().to_owned(),
+            started: Instant::now(),
+            request_bytes: RequestBodyCounter::default(),
+            declared_request_bytes: declared,
+            settled: false,
+            x402: None,
+            charged: None,
+            payment_scheme,
+            idempotency: None,
+        };
+        match credential {
+            Credential::X402Exact(payload) => {
+                self.admit_x402(route, (method, uri, headers), *payload, admission)
+                    .await
+            }
+            Credential::AccessToken(token) => {
+                let claims = self
+                    .0
+                    .token_key
+                    .verify(&token, self.0.clock.now_secs())
+                    .map_err(|e| match e {
+                        TokenError::Invalid => Self::problem(
+                            ErrorCode::TokenInvalid,
+                            "the access token is not valid here",
+                        ),
+                        TokenError::Expired => Self::problem(
+                            ErrorCode::TokenExpired,
+                            "the access token expired: renew it or top up again",
+                        ),
+                    })?;
+                self.check_rate(route, &claims.sub).await?;
+                *claimed = self
+                    .claim_idempotency(idempotency_key, &claims.sub, route, method, uri)
+                    .await?;
+                let amount = due;
+                let amount_minor = currency
+                    .to_minor(amount)
+                    .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+                let mandate = self
+                    .mandate_for(None, claims.mandate.clone(), headers)
+                    .await
+                    .map_err(|(c, d)| refuse(c, &d))?;
+                let (charge, max_minor) = self
+                    .mandate_charge(mandate.as_ref(), &claims.sub, route, currency, amount_minor)
+                    .map_err(|(c, d)| refuse(c, &d))?;
+                let plan = self.plan_for(route);
+                if route.capture_at_admission && charge.is_none() && plan.is_none() {
+                    if let Price::Fixed(price) = &route.price {
+                        let hold = Hold {
+                            id: uuid::Uuid::new_v4().to_string(),
+                            payer: claims.sub.clone(),
+                            currency: currency.code().to_owned(),
+                            amount_minor,
+                            ttl: self.hold_time(route),
+                            mandate: None,
+                            plan: None,
+                        };
+                        let payment = Payment {
+                            payer: claims.sub.clone(),
+                            charge: price.clone(),
+                            credential: format!("token:{}", claims.sub),
+                            metered: false,
+                        };
+                        let charged = self
+                            .charge_balance(&hold, route, (method, uri, headers), &payment)
+                            .await?;
+                        let held = Held::Balance {
+                            hold,
+                            cap_minor: None,
+                            balance_minor: 0,
+                            new_token: None,
+                            fixed_charge: None,
+                        };
+                        return Ok(Some(admission(payment, held).charged(charged)));
+                    }
+                }
+                let mut hold = Hold {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    payer: claims.sub.clone(),
+                    currency: currency.code().to_owned(),
+                    amount_minor,
+                    ttl: self.hold_time(route),
+                    mandate: charge,
+                    plan: plan.map(|p| PlanUse {
+                        plan: p.id.clone(),
+                        deny: matches!(p.overage, Overage::Deny),
+                        route_price: matches!(p.overage, Overage::RoutePrice),
+                        unit: p.unit.clone(),
+                        overage_minor: match &p.overage {
+                            Overage::Charge(a) => currency.to_minor(*a).unwrap_or(u64::MAX),
+                            Overage::Deny | Overage::RoutePrice => 0,
+                        },
+                        now_ms: self.0.clock.now_ms(),
+                        covered: false,
+                    }),
+                };
+                let placed = self
+                    .place_hold_plan(&mut hold, route, method, uri, headers)
+                    .await?;
+                let mut credential = format!("token:{}", claims.sub);
+                let mut charge_amount = amount;
+                let fixed_charge = match placed {
+                    Placed::Balance(_) => None,
+                    Placed::Plan => {
+                        let id = hold.plan.as_ref().map_or("", |p| p.plan.as_str());
+                        credential = format!("plan:{id}:{}", claims.sub);
+                        charge_amount = Amount::ZERO;
+                        Some(0)
+                    }
+                    Placed::Overage(_) => {
+                        let o = hold.plan.as_ref().map_or(0, |p| p.overage_minor);
+                        charge_amount = currency.from_minor(o);
+                        Some(o)
+                    }
+                };
+                let balance_minor = match placed {
+                    Placed::Balance(b) | Placed::Overage(b) => b,
+                    Placed::Plan => 0,
+                };
+                let payment = Payment {
+                    payer: claims.sub.clone(),
+                    charge: Money {
+                        amount: charge_amount,
+                        currency: currency.clone(),
+                    },
+                    credential,
+                    metered: matches!(route.price, Price::Metered(_)),
+                };
+                Ok(Some(admission(
+                    payment,
+                    Held::Balance {
+                        hold,
+                        cap_minor: max_minor,
+                        balance_minor,
+                        new_token: None,
+                        fixed_charge,
+                    },
+                )))
+            }
+            Credential::Receipt {
+                token, challenge, ..
+            } => {
+                let due_minor = currency
+                    .to_minor(due)
+                    .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+                // The Payment scheme's echoed challenge first: a forged, tampered or expired
+                // id is refused before any signature work.
+                if let Some(id) = &challenge {
+                    self.check_challenge(id, route, currency, due_minor, method)
+                        .map_err(|(c, d)| refuse(c, &d))?;
+                }
+                let receipt = self
+                    .0
+                    .verifier
+                    .verify(&token)
+                    .await
+                    .map_err(|e| refuse(e.code, &e.detail))?;
+                match receipt.kind {
+                    ReceiptKind::Payment => {}
+                    ReceiptKind::Topup => {
+                        return Err(refuse(
+                            ErrorCode::ReceiptKindUnsupported,
+                            &format!("top-up receipts go to POST {}/topup", self.0.agent_api),
+                        ))
+                    }
+                    ReceiptKind::Subscribe => {
+                        return Err(refuse(
+                            ErrorCode::ReceiptKindUnsupported,
+                            &format!(
+                                "subscribe receipts go to POST {}/subscribe",
+                                self.0.agent_api
+                            ),
+                        ))
+                    }
+                }
+                if let (Some(echoed), Some(bound)) = (&challenge, &receipt.challenge) {
+                    if echoed != bound {
+                        return Err(refuse(
+                            ErrorCode::ChallengeMismatch,
+                            "the credential's challenge id is not the one the receipt is bound to",
+                        ));
+                    }
+                }
+                let paid_minor = self
+                    .check_terms(&receipt, route, currency, due_minor, method)
+                    .map_err(|(c, d)| refuse(c, &d))?;
+                self.check_rate(route, &receipt.payer).await?;
+                *claimed = self
+                    .claim_idempotency(idempotency_key, &receipt.payer, route, method, uri)
+                    .await?;
+                let mandate = self
+                    .mandate_for(receipt.mandate.as_deref(), None, headers)
+                    .await
+                    .map_err(|(c, d)| refuse(c, &d))?;
+                let (charge, max_minor) = self
+                    .mandate_charge(mandate.as_ref(), &receipt.payer, route, currency, due_minor)
+                    .map_err(|(c, d)| refuse(c, &d))?;
+                let credential = format!("receipt:{}:{}", receipt.issuer, receipt.id);
+                match &route.price {
+                    Price::Fixed(price) if route.capture_at_admission && charge.is_none() => {
+                        let reservation = self.reservation(&receipt, route, None);
+                        let payment = Payment {
+                            payer: receipt.payer,
+                            charge: price.clone(),
+                            credential,
+                            metered: false,
+                        };
+                        let charged = self
+                            .charge_receipt(&reservation, route, method, &payment, refuse)
+                            .await?;
+                        Ok(Some(
+                            admission(payment, Held::Receipt(reservation)).charged(charged),
+                        ))
+                    }
+                    Price::Fixed(price) => {
+                        let reservation = self
+                            .reserve_receipt(&receipt, route, charge)
+                            .await
+                            .map_err(|(c, d, room)| match room {
+                                Some((m, room)) => {
+                                    self.mandate_exceeded(refuse(c, &d), &m, room, currency)
+                                }
+                                None => refuse(c, &d),
+                            })?;
+                        let payment = Payment {
+                            payer: receipt.payer,
+                            charge: price.clone(),
+                            credential,
+                            metered: false,
+                        };
+                        Ok(Some(admission(payment, Held::Receipt(reservation))))
+                    }
+                    Price::Metered(_) => {
+                        // The receipt funds the balance (once), then the request is served from it
+                        // with the receipt's amount as the cap.
+                        self.credit_receipt(&receipt, currency, paid_minor, "payment")
+                            .await
+                            .map_err(|(c, d)| refuse(c, &d))?;
+                        let hold = Hold {
+                            id: uuid::Uuid::new_v4().to_string(),
+                            payer: receipt.payer.clone(),
+                            currency: currency.code().to_owned(),
+                            amount_minor: due_minor,
+                            ttl: self.hold_time(route),
+                            mandate: charge,
+                            plan: None,
+                        };
+                        let balance_minor =
+                            self.place_hold(&hold, route, method, uri, headers).await?;
+                        let payment = Payment {
+                            payer: receipt.payer.clone(),
+                            charge: Money {
+                                amount: due,
+                                currency: currency.clone(),
+                            },
+                            credential,
+                            metered: true,
+                        };
+                        let new_token = Some(self.issue_token(&receipt.payer));
+                        Ok(Some(admission(
+                            payment,
+                            Held::Balance {
+                                hold,
+                                cap_minor: Some(
+                                    max_minor.map_or(paid_minor, |m| m.min(paid_minor)),
+                                ),
+                                balance_minor,
+                                new_token,
+                                fixed_charge: None,
+                            },
+                        )))
+                    }
+                    Price::Free => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Claim the request's `Idempotency-Key` for `payer` (see [`idempotency`]), before anything
+    /// is held: a retry of a request in flight or already charged is answered here.
+    pub(super) async fn claim_idempotency(
+        &self,
+        key: Option<String>,
+        payer: &str,
+        route: &PricedRoute,
+        method: &Method,
+        uri: &Uri,
+    ) -> Result<Option<idempotency::Claim>, Refusal> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let fingerprint = idempotency::fingerprint(method, &route.id, uri);
+        let claim = idempotency::Claim::new(self.0.store.clone(), payer, key);
+        let found = crate::metrics::timed(
+            "idempotency_claim",
+            self.0.store.idempotency_claim(
+                payer,
+                &claim.key,
+                &fingerprint,
+                &claim.token,
+                idempotency::KEY_TTL,
+            ),
+        )
+        .await;
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                claim.keep();
+                return Err(Self::store_down(e, "idempotency claim"));
+            }
+        };
+        match found {
+            IdempotencyClaim::Claimed => Ok(Some(claim)),
+            other => {
+                // Not ours: never forget someone else's key.
+                claim.keep();
+                Err(match other {
+                    IdempotencyClaim::Done { event_id, time_ms } => {
+                        let mut p = Problem::new(ErrorCode::IdempotencyKeyUsed)
+                            .detail("a request with this Idempotency-Key was already served and charged; it was not charged again")
+                            .with("eventId", event_id.into());
+                        if time_ms > 0 {
+                            p = p.with(
+                                "paidAt",
+                                payment_auth::rfc3339(time_ms.div_euclid(1000)).into(),
+                            );
+                        }
+                        p.into_response()
+                    }
+                    IdempotencyClaim::Mismatch => Self::problem(
+                        ErrorCode::IdempotencyKeyMismatch,
+                        "this Idempotency-Key was used for a different request (method, route or target)",
+                    ),
+                    _ => {
+                        let mut res = Self::problem(
+                            ErrorCode::IdempotencyKeyInUse,
+                            "a request with this Idempotency-Key is in flight; retry when it finishes",
+                        );
+                        res.headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        res
+                    }
+                })
+            }
+        }
+    }
+
+    /// Enforce the route's per-payer rate limit (before anything is held).
+    pub(super) async fn check_rate(&self, route: &PricedRoute, payer: &str) -> Result<(), Refusal> {
+        let Some(limit) = route.rate_limit else {
+            return Ok(());
+        };
+        match crate::metrics::timed("rate", self.0.store.rate(payer, &route.id, limit)).await {
+            Ok(None) => Ok(()),
+            Ok(Some(retry)) => {
+                let secs = retry.as_millis().div_ceil(1000).max(1);
+                let mut res = Self::problem(
+                    ErrorCode::RateLimited,
+                    &format!("at most {} requests per second (burst {}) on this route; retry in {secs} s", limit.per_second, limit.burst),
+                );
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    res.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                Err(res)
+            }
+            Err(e) => Err(Self::store_down(e, "rate")),
+        }
+    }
+
+    /// What a request on this route holds: the fixed price or the metered reservation.
+    pub(super) fn hold_amount(route: &PricedRoute) -> Option<(&Currency, Amount)> {
+        match &route.price {
+            Price::Fixed(m) => Some((&m.currency, m.amount)),
+            Price::Metered(m) => Some((&m.currency, m.reserve)),
+            Price::Free => None,
+        }
+    }
+
+    /// The plan that covers a route's group, if one is sold.
+    pub(super) fn plan_for(&self, route: &PricedRoute) -> Option<&Plan> {
+        let group = route.group_name();
+        self.0.plans.iter().find(|p| p.covers(group))
+    }
+
+    /// Credit a receipt's amount to its payer's balance, exactly once.
+    pub(super) async fn credit_receipt(
+        &self,
+        receipt: &Receipt,
+        currency: &Currency,
+        minor: u64,
+        reason: &str,
+    ) -> Result<(String, u64, bool), (ErrorCode, String)> {
+        let credit = Credit {
+            payer: receipt.payer.clone(),
+            currency: currency.code().to_owned(),
+            amount_minor: i64::try_from(minor)
+                .map_err(|_| (ErrorCode::AmountInvalid, "amount too large".to_owned()))?,
+            idempotency: Idempotency::Receipt {
+                issuer: receipt.issuer.clone(),
+                receipt_id: receipt.id.clone(),
+            },
+            keep_until_ms: self
+                .0
+                .verifier
+                .policy()
+                .single_use_until_ms(receipt.expires_at),
+            reason: reason.to_owned(),
+            source: format!("receipt:{}:{}", receipt.issuer, receipt.id),
+        };
+        match crate::metrics::timed("credit", self.0.store.credit(&credit)).await {
+            Ok(CreditOutcome::Applied {
+                credit_id,
+                balance_minor,
+            }) => Ok((credit_id, balance_minor, false)),
+            Ok(CreditOutcome::Duplicate {
+                credit_id,
+                balance_minor,
+            }) if reason == "topup" => Ok((credit_id, balance_minor, true)),
+            Ok(CreditOutcome::Duplicate { .. } | CreditOutcome::ReceiptUsed) => Err((
+                ErrorCode::ReceiptReplayed,
+                "this receipt was already spent (its amount is in your balance)".into(),
+            )),
+            Ok(CreditOutcome::Insufficient { .. }) => {
+                Err((ErrorCode::Internal, "internal error".into()))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store unavailable during credit; failing closed");
+                Err((
+                    ErrorCode::StoreUnavailable,
+                    "payments are temporarily unavailable; retry later (nothing was charged)"
+                        .into(),
+                ))
+            }
+        }
+    }
+
+    /// Check a payment receipt against what the route asks; returns the paid amount in minor units.
+    pub(super) fn check_terms(
+        &self,
+        r: &Receipt,
+        route: &PricedRoute,
+        currency: &Currency,
+        due: u64,
+        method: &Method,
+    ) -> Result<u64, (ErrorCode, String)> {
+        if r.currency != currency.code() {
+            return Err((
+                ErrorCode::CurrencyMismatch,
+                format!("this route is priced in {}", currency.code()),
+            ));
+        }
+        let paid = currency
+            .to_minor(r.amount)
+            .map_err(|e| (ErrorCode::AmountInvalid, e.to_string()))?;
+        if paid < due {
+            let due_amount = currency.from_minor(due);
+            return Err((
+                ErrorCode::AmountInsufficient,
+                format!(
+                    "the price is {due_amount} {}; the receipt pays {} {}",
+                    currency.code(),
+                    r.amount,
+                    r.currency
+                ),
+            ));
+        }
+        if let Some(id) = &r.challenge {
+            self.check_challenge(id, route, currency, due, method)?;
+        }
+        Ok(paid)
+    }
+
+    /// Check a challenge id (a receipt's `challenge` claim, or the one a Payment-scheme
+    /// credential echoes) against this request: forged or tampered -> `challenge_invalid`,
+    /// issued for other terms -> `challenge_mismatch`, expired -> `challenge_expired`.
+    pub(super) fn check_challenge(
+        &self,
+        id: &str,
+        route: &PricedRoute,
+        currency: &Currency,
+        due: u64,
+        method: &Method,
+    ) -> Result<(), (ErrorCode, String)> {
+        let terms = ChallengeTerms {
+            merchant: &self.0.merchant,
+            route: &route.id,
+            method: method.as_str(),
+            amount_minor: due,
+            currency: currency.code(),
+        };
+        self.0
+            .challenge_key
+            .verify(id, &terms, self.0.clock.now_secs())
+            .map_err(|e| match e {
+                ChallengeError::Malformed => (ErrorCode::ChallengeInvalid, e.to_string()),
+                ChallengeError::Mismatch => (ErrorCode::ChallengeMismatch, e.to_string()),
+                ChallengeError::Expired => (ErrorCode::ChallengeExpired, e.to_string()),
+            })
+            .map(|_| ())
+    }
+}
