@@ -206,17 +206,18 @@ async fn overage_and_passes(redis: Option<&RedisServer>) {
         .unwrap()
         .to_owned();
     let mut charged = Vec::new();
+    let mut balances = Vec::new();
     for _ in 0..5 {
         let res = gw.token_get("/v1/echo/flex", &token).await;
         assert_eq!(res.status(), 200);
-        charged.push(
-            payment_response(&res)["amount"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        let pr = payment_response(&res);
+        charged.push(pr["amount"].as_str().unwrap().to_owned());
+        balances.push(pr["balance"].as_str().unwrap().to_owned());
     }
     assert_eq!(charged, ["0", "0", "0.05", "0.05", "0.05"]);
+    // The balance in PAYMENT-RESPONSE is the payer's real balance on every store, a
+    // plan-covered call included (Redis answered 0 for those).
+    assert_eq!(balances, ["1", "1", "0.95", "0.9", "0.85"]);
     let bal = gw.settled(&token).await;
     assert_eq!(bal["balances"]["USD"]["available"], "0.85");
     assert_eq!(bal["balances"]["USD"]["captured"], "0.15");

@@ -124,6 +124,7 @@ impl BalanceStore for RedisStore {
                         h.plan.as_ref().map_or("", |p| p.plan.as_str()),
                     ),
                 )
+                .key(self.account_key(&h.payer))
                 .arg(plan_units(h, event))
                 .arg(fields.len());
             for (k, v) in fields {
@@ -132,13 +133,16 @@ impl BalanceStore for RedisStore {
             for (k, v) in event.aggregate_fields() {
                 inv.arg(k).arg(v);
             }
-            let (status, id): (String, String) = self.bounded(inv.invoke_async(&mut conn)).await?;
+            let (status, id, balance): (String, String, i64) =
+                self.bounded(inv.invoke_async(&mut conn)).await?;
             return match status.as_str() {
+                // The balance as it stands (nothing was taken from it), as the memory store
+                // answers: `PAYMENT-RESPONSE` is the same on every backend.
                 "captured" => Ok(HoldSettleOutcome::Captured {
                     event_id: Self::ledger_id(h.bucket(), &id),
                     charged_minor: 0,
                     uncharged_minor: 0,
-                    balance_minor: 0,
+                    balance_minor: u64::try_from(balance).unwrap_or(0),
                 }),
                 "not_held" => Ok(HoldSettleOutcome::NotHeld),
                 other => Err(StoreError::Protocol(format!(
