@@ -1,0 +1,105 @@
+//! `GET /.well-known/tollgate`: the price catalog, from the config.
+
+use super::*;
+
+/// The price catalog for agents: what is sold, at what price, and how to pay -- so an agent can
+/// choose before it calls. Built from the configuration in force (reloads apply).
+pub(crate) async fn catalog(State(gw): State<Gateway>) -> Response {
+    use serde_json::json;
+    use tollgate_middleware::Price;
+    let inner = gw.inner();
+    let api = inner.agent_api.clone();
+    let routes: Vec<serde_json::Value> = inner
+        .routes
+        .iter()
+        .map(|m| {
+            let c = &m.route.config;
+            let price = match &m.route.price {
+                Price::Fixed(money) => json!({
+                    "kind": "fixed",
+                    "amount": money.amount.to_string(),
+                    "currency": money.currency.code(),
+                    "decimals": money.currency.scale(),
+                }),
+                Price::Metered(metered) => json!({
+                    "kind": "metered",
+                    "currency": metered.currency.code(),
+                    "decimals": metered.currency.scale(),
+                    "reserve": metered.reserve.to_string(),
+                    "cutoff": metered.cutoff,
+                    "units": metered.meters.iter().map(|x| json!({"unit": x.unit, "price": x.price.to_string()})).collect::<Vec<_>>(),
+                }),
+                _ => json!("free"),
+            };
+            let mut route = json!({
+                "id": c.id,
+                "path": c.path,
+                "methods": m.route.methods.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+                "host": c.host,
+                "description": m.priced.description,
+                "mimeType": m.priced.mime_type,
+                "group": m.priced.group_name(),
+                "price": price,
+            });
+            if let Some(x) = &m.route.x402 {
+                route["x402"] = json!({
+                    "settlement": x.mode.as_str(),
+                    "accepts": x.offers.iter().map(|o| o.requirements()).collect::<Vec<_>>(),
+                });
+            }
+            route
+        })
+        .collect();
+    let mut x402_networks: Vec<&str> = inner
+        .routes
+        .iter()
+        .filter_map(|m| m.route.x402.as_ref())
+        .flat_map(|x| x.offers.iter().map(|o| o.network.as_str()))
+        .collect();
+    x402_networks.sort_unstable();
+    x402_networks.dedup();
+    let currencies: serde_json::Map<String, serde_json::Value> = inner
+        .currencies
+        .iter()
+        .map(|(code, c)| {
+            let suggested = inner
+                .topups
+                .get(code)
+                .copied()
+                .flatten()
+                .map(|a| a.to_string());
+            (
+                code.clone(),
+                json!({"decimals": c.scale(), "topupSuggested": suggested}),
+            )
+        })
+        .collect();
+    let body = json!({
+        "merchant": inner.paywall.merchant(),
+        "network": inner.network,
+        "currencies": currencies,
+        "issuers": inner.issuers,
+        "paymentMethods": [
+            {"scheme": tollgate_middleware::credential::RECEIPT_SCHEME, "kind": "receipt", "headers": ["PAYMENT-SIGNATURE", "X-PAYMENT", "Authorization: Payment"], "algorithms": ["EdDSA", "ES256"]},
+            {"scheme": "bearer", "kind": "access-token", "headers": ["Authorization: Bearer"], "obtain": format!("{api}/topup")},
+        ],
+        "x402Networks": x402_networks,
+        "agentEndpoints": {"topup": format!("{api}/topup"), "token": format!("{api}/token"), "balance": format!("{api}/balance")},
+        "mandates": {
+            "accepted": true,
+            "carry": ["receipt claim \"mandate\" (the mandate JWT)", "Tollgate-Mandate request header", "an access token bound at top-up or renewal"],
+            "windows": ["hour", "day", "week", "month"],
+            "windowKind": "UTC calendar",
+        },
+        "routes": routes,
+        "plans": inner.paywall.plans().iter().map(|p| p.catalog()).collect::<Vec<_>>(),
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}

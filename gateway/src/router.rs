@@ -1,0 +1,150 @@
+//! Every request: its id, its canonical path, the agent API, the route it matches, and the
+//! payment layer in front of the proxy.
+
+use super::*;
+
+impl Inner {
+    /// The first route whose prefix (and host, if it has one) the request is under. The path
+    /// is canonical by now ([`path::canonicalize_uri`]).
+    pub(crate) fn match_route(&self, req: &Request) -> Option<&Matched> {
+        let path = req.uri().path();
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| req.uri().host().map(str::as_bytes))
+            .map(path::host_name);
+        self.routes.iter().find(|m| {
+            let c = &m.route.config;
+            path::under_prefix(path, &c.path)
+                && c.host.as_ref().is_none_or(|want| {
+                    host.is_some_and(|h| h.eq_ignore_ascii_case(want.as_bytes()))
+                })
+        })
+    }
+}
+
+/// Every request: a request id (propagated to the upstream and returned), a tracing span, and
+/// the `tollgate_requests_total` count.
+pub(crate) async fn handle(State(gw): State<Gateway>, mut req: Request) -> Response {
+    use tracing::Instrument as _;
+    let id = request_id(&req);
+    req.headers_mut().insert(X_REQUEST_ID, id.clone());
+    // The per-request span (every log line inside it names the request id) is at debug level:
+    // at info, creating and formatting it costs ~5% of a free request's CPU (bench/RESULTS.md).
+    // Warnings about an upstream carry the request id themselves.
+    let span = tracing::debug_span!("request", request_id = id.to_str().unwrap_or("-"));
+    let (route, mut res) = route_request(gw, req).instrument(span).await;
+    tollgate_middleware::metrics::global()
+        .requests
+        .with_label_values(&[route.as_str(), res.status().as_str()])
+        .inc();
+    res.headers_mut().insert(X_REQUEST_ID, id);
+    res
+}
+
+/// The route label for metrics (`agent` for the agent endpoints, `-` when nothing matches),
+/// and the response.
+pub(crate) async fn route_request(gw: Gateway, mut req: Request) -> (String, Response) {
+    // One snapshot for the whole request, even if a reload happens meanwhile.
+    let inner = gw.inner();
+    let unmatched = |res: Response| ("-".to_owned(), res);
+    // The path is made canonical before anything looks at it (agent endpoints, routes, the
+    // payment layer's resource URL, the upstream).
+    match path::canonicalize_uri(
+        req.uri(),
+        req.headers().get(header::HOST).map(HeaderValue::as_bytes),
+    ) {
+        Ok(None) => {}
+        Ok(Some(uri)) => *req.uri_mut() = uri,
+        Err(e) => return unmatched(problem(ErrorCode::PathInvalid, &e.to_string())),
+    }
+    // Agent endpoints (top-up, token, balance) are the gateway's own.
+    if let Some(res) = inner
+        .paywall
+        .agent_api(req.method(), req.uri().path(), req.headers())
+        .await
+    {
+        return ("agent".to_owned(), res.map(Body::from));
+    }
+    // The route is matched once; the label and the serving use the same match.
+    let Some(m) = inner.match_route(&req) else {
+        return unmatched(problem(
+            ErrorCode::RouteNotFound,
+            "no route matches this path",
+        ));
+    };
+    (
+        m.route.config.id.clone(),
+        serve_route(&gw, &inner, m, req).await,
+    )
+}
+
+pub(crate) async fn serve_route(
+    gw: &Gateway,
+    inner: &Inner,
+    m: &Matched,
+    mut req: Request,
+) -> Response {
+    let route = m.route.clone();
+    if !route.methods.is_empty() && !route.methods.contains(req.method()) {
+        let mut res = problem(
+            ErrorCode::MethodNotAllowed,
+            "this route does not accept this method",
+        );
+        let allow = route
+            .methods
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            res.headers_mut().insert(header::ALLOW, v);
+        }
+        return res;
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > route.config.max_body_bytes) {
+        return problem(
+            ErrorCode::BodyTooLarge,
+            &format!(
+                "request body larger than {} bytes",
+                route.config.max_body_bytes
+            ),
+        );
+    }
+    if matches!(m.priced.price, Price::Free) {
+        // Free route: nothing to pay, so no payment layer -- only what it would do for a free
+        // route (no client-sent payer/charge headers and no credentials reach the upstream).
+        let headers = req.headers_mut();
+        if headers
+            .keys()
+            .any(|k| k == TOLLGATE_PAYER || k == TOLLGATE_CHARGE)
+        {
+            headers.remove(TOLLGATE_PAYER);
+            headers.remove(TOLLGATE_CHARGE);
+        }
+        credential::strip(headers);
+        req.extensions_mut().insert(route);
+        return match gw.0.proxy.forward(req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        };
+    }
+    req.extensions_mut().insert(m.priced.clone());
+    req.extensions_mut().insert(route);
+    let proxy = gw.0.proxy.clone();
+    let upstream = tower::service_fn(move |req: Request| {
+        let proxy = proxy.clone();
+        async move { proxy.forward(req).await }
+    });
+    let paid = PaymentLayer::new(inner.paywall.clone(), Arc::new(RouteFromExtension));
+    match tower::Layer::layer(&paid, upstream).oneshot(req).await {
+        Ok(res) => res.map(Body::new),
+        Err(never) => match never {},
+    }
+}

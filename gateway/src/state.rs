@@ -1,0 +1,258 @@
+//! Building the gateway from a validated config, and reloading it (SIGHUP): the store, the
+//! payment engine, the routes and the facilitator check, swapped in one step.
+
+use super::*;
+
+pub(crate) async fn build_store(config: &Config) -> Result<Arc<dyn Store>, BuildError> {
+    Ok(match config.store.kind {
+        StoreKind::Memory => Arc::new(MemoryStore::default()),
+        StoreKind::Redis => {
+            let options = RedisStoreOptions {
+                url: config.store.url.clone().unwrap_or_default(),
+                cluster: config.store.cluster,
+                prefix: config.store.prefix.clone(),
+                timeout: Duration::from_millis(config.store.timeout_ms),
+            };
+            Arc::new(
+                RedisStore::connect(options)
+                    .await
+                    .map_err(|e| BuildError::Store(e.to_string()))?,
+            )
+        }
+    })
+}
+
+impl Gateway {
+    /// Build from a validated config. `secret` is the challenge HMAC key; connects the store
+    /// (a Redis that is down is not fatal: paid routes fail closed until it is back) and
+    /// fetches JWKS once (a failure is retried on use).
+    pub async fn build(
+        config: &Config,
+        validated: Validated,
+        secret: &[u8],
+    ) -> Result<Self, BuildError> {
+        let store = build_store(config).await?;
+        if let (Some(f), Some(x)) = (validated.x402_facilitator.clone(), &config.x402) {
+            // One settler per process for x402 `deferred` payments (jobs are leased, so any
+            // number of replicas can run one). Its facilitator and store are fixed at start-up.
+            let mut settler = tollgate_middleware::x402::settler::Settler::new(store.clone(), f);
+            settler.interval = Duration::from_millis(x.settle_interval_ms);
+            settler.retry_base = Duration::from_millis(x.settle_retry_base_ms);
+            settler.max_attempts = x.settle_max_attempts;
+            tokio::spawn(settler.run());
+        }
+        let inner = build_inner(config, validated, secret, store).await?;
+        Ok(Gateway(Arc::new(Shared {
+            current: std::sync::RwLock::new(Arc::new(inner)),
+            secret: secret.to_vec(),
+            config_path: std::sync::RwLock::new(None),
+            reloading: tokio::sync::Mutex::new(()),
+            proxy: Proxy::new(),
+        })))
+    }
+
+    /// Remember the config file this gateway was started from (enables reloads).
+    #[must_use]
+    pub fn with_config_path(self, path: impl Into<std::path::PathBuf>) -> Self {
+        if let Ok(mut p) = self.0.config_path.write() {
+            *p = Some(path.into());
+        }
+        self
+    }
+
+    /// The configuration in force.
+    pub(crate) fn inner(&self) -> Arc<Inner> {
+        match self.0.current.read() {
+            Ok(g) => g.clone(),
+            // A panic while swapping cannot leave a half-written Arc: use it.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-read the config file and switch to it without dropping requests: in-flight requests
+    /// finish on the configuration they started with. An invalid file is refused and the
+    /// current configuration keeps serving. The store is kept unless `[store]` changed;
+    /// `listen`, `[admin]` and the secret need a restart. Returns the number of routes.
+    pub async fn reload(&self) -> Result<usize, ReloadError> {
+        let _one_at_a_time = self.0.reloading.lock().await;
+        let path = self
+            .0
+            .config_path
+            .read()
+            .ok()
+            .and_then(|p| p.clone())
+            .ok_or(ReloadError::NoFile)?;
+        let (config, validated) = Config::load(&path)?;
+        let old = self.inner();
+        let store = if config.store == old.store_config {
+            old.paywall.store().clone()
+        } else {
+            tracing::info!("reload: [store] changed; connecting the new store");
+            build_store(&config).await?
+        };
+        let inner = build_inner(&config, validated, &self.0.secret, store).await?;
+        let routes = inner.routes.len();
+        if let Ok(mut current) = self.0.current.write() {
+            *current = Arc::new(inner);
+        }
+        tracing::info!(routes, path = %path.display(), "configuration reloaded");
+        Ok(routes)
+    }
+}
+
+/// Build one configuration snapshot on a given store.
+/// Ask the facilitator what it supports (in the background: it may be down at start-up) and
+/// warn about offered networks it does not list.
+pub(crate) fn check_facilitator(f: Arc<tollgate_middleware::x402::HttpFacilitator>, v: &Validated) {
+    use tollgate_middleware::x402::{Facilitator as _, EXACT_SCHEME};
+    let mut networks: Vec<String> = v
+        .routes
+        .iter()
+        .filter_map(|r| r.x402.as_ref())
+        .flat_map(|x| x.offers.iter().map(|o| o.network.clone()))
+        .collect();
+    networks.sort();
+    networks.dedup();
+    tokio::spawn(async move {
+        match f.supported().await {
+            Ok(kinds) => {
+                for n in networks {
+                    if !kinds
+                        .iter()
+                        .any(|(v, s, k)| *v == 2 && s == EXACT_SCHEME && *k == n)
+                    {
+                        tracing::warn!(network = %n, "the x402 facilitator does not list exact on this network (GET /supported)");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "x402 facilitator GET /supported failed"),
+        }
+    });
+}
+
+pub(crate) async fn build_inner(
+    config: &Config,
+    validated: Validated,
+    secret: &[u8],
+    store: Arc<dyn Store>,
+) -> Result<Inner, BuildError> {
+    let r = &config.receipts;
+    let policy = ReceiptPolicy {
+        clock_skew: Duration::from_secs(r.clock_skew_secs),
+        max_lifetime: Duration::from_secs(r.max_lifetime_secs),
+        max_bytes: r.max_bytes,
+    };
+    let mut builder = Paywall::builder(config.merchant.clone(), secret.to_vec())
+        .network(config.network.clone())
+        .policy(policy)
+        .store(store)
+        .challenge_ttl(Duration::from_secs(r.challenge_ttl_secs))
+        .token_ttl(Duration::from_secs(config.agent.token_ttl_secs))
+        .settle_retry(Duration::from_millis(config.store.settle_retry_ms))
+        .agent_api(config.agent.api_prefix.clone());
+    if let Some(f) = validated.x402_facilitator.clone() {
+        check_facilitator(f, &validated);
+    }
+    let topups = validated
+        .currencies
+        .iter()
+        .map(|(k, (_, t))| (k.clone(), *t))
+        .collect();
+    for (currency, suggested) in validated.currencies.values() {
+        builder = builder.currency(currency.clone(), *suggested);
+    }
+    for plan in &validated.plans {
+        builder = builder.plan(plan.clone());
+    }
+    let currencies = validated
+        .currencies
+        .iter()
+        .map(|(k, (c, _))| (k.clone(), c.clone()))
+        .collect();
+    if let Some(u) = &config.public_url {
+        builder = builder.public_base_url(u.clone());
+    }
+    for (id, source) in validated.issuers {
+        let keys: Arc<dyn KeySource> = match source {
+            IssuerSource::Static(keys) => Arc::new(StaticKeys(keys)),
+            IssuerSource::Jwks(url) => {
+                let jwks = JwksKeys::new(url.clone(), Duration::from_secs(r.jwks_min_refetch_secs))
+                    .map_err(BuildError::Issuer)?;
+                match jwks.refresh().await {
+                    Ok(n) => tracing::info!(issuer = %id, keys = n, "fetched issuer JWKS"),
+                    Err(e) => {
+                        tracing::warn!(issuer = %id, error = %e, "issuer JWKS not fetched yet; will retry on use")
+                    }
+                }
+                Arc::new(jwks)
+            }
+        };
+        builder = builder.issuer(Issuer { id, keys });
+    }
+    let paywall = builder.build().map_err(BuildError::Secret)?;
+    let routes = validated
+        .routes
+        .into_iter()
+        .map(|route| {
+            let c = &route.config;
+            let priced = PricedRoute::new(c.id.clone(), route.price.clone())
+                .description(
+                    c.description
+                        .clone()
+                        .unwrap_or_else(|| format!("{} {}", config.merchant, c.path)),
+                )
+                .mime_type(c.mime_type.clone())
+                .timeout(route.timeout)
+                .capture_at_admission(c.capture.as_deref() == Some("admission"));
+            let priced = match &c.group {
+                Some(g) => priced.group(g.clone()),
+                None => priced,
+            };
+            let priced = match route.x402.clone() {
+                Some(x) => priced.x402(x),
+                None => priced,
+            };
+            let priced = match c.rate_limit {
+                Some(rl) => priced.rate_limit(tollgate_middleware::store::RateLimit {
+                    per_second: rl.per_second,
+                    burst: rl.burst.unwrap_or(rl.per_second),
+                }),
+                None => priced,
+            };
+            Matched {
+                route: Arc::new(route),
+                priced: Arc::new(priced),
+            }
+        })
+        .collect();
+    let mut pollers = AbortOnDrop::default();
+    for iss in &config.issuers {
+        if let Some(url) = &iss.mandate_revocations_url {
+            let poller = tollgate_middleware::revocations::RevocationPoller::new(
+                iss.id.clone(),
+                url.clone(),
+                paywall.store().clone(),
+            )
+            .map_err(BuildError::Issuer)?;
+            let every = Duration::from_secs(iss.mandate_revocations_poll_secs);
+            pollers
+                .0
+                .push(tokio::spawn(poller.run(every)).abort_handle());
+        }
+    }
+    Ok(Inner {
+        _pollers: pollers,
+        network: config.network.clone(),
+        issuers: config.issuers.iter().map(|i| i.id.clone()).collect(),
+        agent_api: config.agent.api_prefix.clone(),
+        topups,
+        limits: server::Limits {
+            header_timeout: Duration::from_secs(config.header_timeout_secs),
+            max_header_bytes: config.max_header_bytes,
+        },
+        store_config: config.store.clone(),
+        currencies,
+        routes,
+        paywall,
+    })
+}
