@@ -190,16 +190,16 @@ impl Gateway {
         admin::router(self.clone(), token)
     }
 
-    /// Serve the admin API on `listener` until `shutdown` completes.
+    /// Serve the admin API on `listener` until `shutdown` completes, with the public
+    /// listener's connection handling (head limits, refusals that keep the connection).
     pub async fn serve_admin(
         self,
         listener: TcpListener,
         token: String,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.admin_router(&token))
-            .with_graceful_shutdown(shutdown)
-            .await
+        let limits = self.inner().limits;
+        server::serve(self.admin_router(&token), listener, limits, shutdown).await
     }
 
     /// Serve on `listener` until `shutdown` completes, then stop accepting and let in-flight

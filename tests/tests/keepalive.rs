@@ -335,3 +335,34 @@ async fn http_1_0_refusals_answer_and_close_or_keep_alive_as_asked() {
         .await;
     assert_eq!(c.answer().await.status, 200);
 }
+
+#[tokio::test]
+async fn an_admin_refusal_with_a_late_body_keeps_the_connection() {
+    let up = upstream().await;
+    let gw = gateway()
+        .admin("admin-token-0123456789")
+        .route(free("free", "/free", &up))
+        .start()
+        .await;
+    let mut c = Conn::open(gw.admin_addr.unwrap()).await;
+    // A credit without the admin token: 401, decided before the body arrives.
+    let body = br#"{"amount":"1","currency":"USD"}"#;
+    c.send(
+        post(
+            "/admin/v1/payers/p1/credits",
+            "Content-Type: application/json\r\n",
+            body.len(),
+        )
+        .as_bytes(),
+    )
+    .await;
+    tokio::time::sleep(PAUSE).await;
+    c.send(body).await;
+    let refused = c.answer().await;
+    assert_eq!(refused.status, 401);
+    assert!(!refused.closes(), "{:?}", refused.headers);
+    // The same connection still answers.
+    c.send(b"GET /admin/v1/openapi.json HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer admin-token-0123456789\r\n\r\n")
+        .await;
+    assert_eq!(c.answer().await.status, 200);
+}
