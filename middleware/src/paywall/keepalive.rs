@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use tokio::task::AbortHandle;
 
-use super::{Admission, Held};
-use crate::store::{Hold, Renewal, Reservation};
+use super::Admission;
 
 /// Renews an admission's hold until dropped.
 #[derive(Debug)]
@@ -21,28 +20,10 @@ impl Drop for HoldKeepalive {
     }
 }
 
-/// What a keepalive renews (owned: the task outlives the borrow of the admission).
-enum Renewed {
-    Receipt(Reservation),
-    Balance(Hold),
-}
-
-impl Renewed {
-    fn renewal(&self) -> Renewal<'_> {
-        match self {
-            Renewed::Receipt(r) => Renewal::Receipt(r),
-            Renewed::Balance(h) => Renewal::Balance(h),
-        }
-    }
-}
-
 impl Admission {
     /// How long this admission's hold lasts unrenewed.
     pub(crate) fn hold_ttl(&self) -> Duration {
-        match &self.held {
-            Held::Receipt(r) => r.hold,
-            Held::Balance { hold, .. } => hold.ttl,
-        }
+        self.held.ttl()
     }
 
     /// Start renewing this admission's hold while its response streams. `None` when there is
@@ -52,10 +33,8 @@ impl Admission {
             return None;
         }
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let (renewed, ttl) = match &self.held {
-            Held::Receipt(r) => (Renewed::Receipt(r.clone()), r.hold),
-            Held::Balance { hold, .. } => (Renewed::Balance(hold.clone()), hold.ttl),
-        };
+        let held = self.held.clone();
+        let ttl = held.ttl();
         let store = self.paywall.0.store.clone();
         let period = (ttl / 3).max(Duration::from_millis(50));
         let task = runtime.spawn(async move {
@@ -64,7 +43,7 @@ impl Admission {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                match crate::metrics::timed("renew", store.renew(renewed.renewal(), ttl)).await {
+                match held.renew(store.as_ref(), ttl).await {
                     Ok(true) => {}
                     // Settled meanwhile, or a plan-covered call holding nothing.
                     Ok(false) => return,

@@ -316,6 +316,45 @@ enum Held {
     },
 }
 
+impl Held {
+    /// Give the hold back (the request was not served).
+    async fn release(&self, store: &dyn Store) -> Result<(), crate::store::StoreError> {
+        match self {
+            Held::Receipt(r) => {
+                crate::metrics::timed("release", store.settle(r, &Settlement::Release))
+                    .await
+                    .map(|_| ())
+            }
+            Held::Balance { hold, .. } => {
+                crate::metrics::timed("release_hold", store.release_hold(hold))
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Extend the hold to `ttl` from now (its request is still being served).
+    async fn renew(
+        &self,
+        store: &dyn Store,
+        ttl: Duration,
+    ) -> Result<bool, crate::store::StoreError> {
+        let renewal = match self {
+            Held::Receipt(r) => crate::store::Renewal::Receipt(r),
+            Held::Balance { hold, .. } => crate::store::Renewal::Balance(hold),
+        };
+        crate::metrics::timed("renew", store.renew(renewal, ttl)).await
+    }
+
+    /// How long the hold lasts unrenewed.
+    fn ttl(&self) -> Duration {
+        match self {
+            Held::Receipt(r) => r.hold,
+            Held::Balance { hold, .. } => hold.ttl,
+        }
+    }
+}
+
 /// How a call's hold was placed.
 #[derive(Debug, Clone, Copy)]
 enum Placed {
@@ -366,19 +405,7 @@ impl Drop for Admission {
         let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let result = match &held {
-                    Held::Receipt(r) => {
-                        crate::metrics::timed("release", store.settle(r, &Settlement::Release))
-                            .await
-                            .map(|_| ())
-                    }
-                    Held::Balance { hold, .. } => {
-                        crate::metrics::timed("release_hold", store.release_hold(hold))
-                            .await
-                            .map(|_| ())
-                    }
-                };
-                if let Err(e) = result {
+                if let Err(e) = held.release(store.as_ref()).await {
                     tracing::warn!(error = %e, "release after cancel failed; hold will expire");
                 }
             });

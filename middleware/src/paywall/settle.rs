@@ -77,20 +77,8 @@ impl Admission {
         let served = status.is_some_and(|s| s < 400);
         let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
         if !served {
-            let released = match &held {
-                Held::Receipt(r) => {
-                    crate::metrics::timed("release", store.settle(r, &Settlement::Release))
-                        .await
-                        .map(|_| ())
-                }
-                Held::Balance { hold, .. } => {
-                    crate::metrics::timed("release_hold", store.release_hold(hold))
-                        .await
-                        .map(|_| ())
-                }
-            };
             // On failure the hold expires by itself; the agent can retry after that.
-            if let Err(e) = released {
+            if let Err(e) = held.release(store.as_ref()).await {
                 tracing::warn!(error = %e, "release failed; hold will expire");
             }
             // Nothing was charged: a retry with the same Idempotency-Key runs again.
