@@ -336,3 +336,33 @@ async fn redis_cluster_spends_one_jti_once_across_payers() {
     let cluster = RedisCluster::start();
     one_jti_two_payers(redis_store(cluster.url(), true).await).await;
 }
+
+/// Two replicas whose clocks differ by 59 s (inside the 60 s margin) share one store that keeps
+/// time like the replica ahead: a receipt spent on the replica behind is still refused there at
+/// the last millisecond at which it accepts it, although the store's clock is then 59 s later
+/// (the record outlives acceptance by the margin, judged on the store's clock).
+#[tokio::test]
+async fn replicas_with_clocks_apart_inside_the_margin_still_refuse_a_replay() {
+    let ahead = ManualClock::at_ms(1_800_000_000_000);
+    let behind = ManualClock::at_ms(1_800_000_000_000 - 59_000);
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(ahead.clone())));
+    let issuer = TestIssuer::ed25519("wallet");
+    let fast = engine(store.clone(), &ahead, &issuer);
+    let slow = engine(store.clone(), &behind, &issuer);
+    // Accepted by the slow replica until the end of its current second.
+    let exp = behind.now_secs() + 10 - SKEW;
+    let r = receipt(&issuer, "agent", "j-replicas", "payment", "0.01", exp);
+    assert_eq!(
+        pay(&fast, &r).await,
+        Err("receipt_expired".into()),
+        "the fast one is past it"
+    );
+    // Spent on the slow replica early, then presented to it at its last accepted millisecond.
+    assert_eq!(pay(&slow, &r).await, Ok(()));
+    let last_ms = (behind.now_secs() + 10 + 1) * 1000 - 1;
+    let step = last_ms - behind.now_ms();
+    behind.advance_ms(step);
+    ahead.advance_ms(step);
+    assert_eq!(pay(&slow, &r).await, Err("receipt_replayed".into()));
+    assert_eq!(captures(&store).await, 1);
+}
