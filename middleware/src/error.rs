@@ -407,19 +407,23 @@ impl Problem {
 
     /// An HTTP response with `application/problem+json` and `Cache-Control: no-store`.
     pub fn into_response<B: From<Bytes>>(self) -> Response<B> {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut res = Response::new(B::from(self.to_bytes()));
-        *res.status_mut() = status;
-        let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        // The code travels with the response for metrics and logs.
-        res.extensions_mut().insert(self.code);
-        res
+        problem_response(self.code, self.to_bytes())
     }
+}
+
+/// A problem body as a response: the code's status, `application/problem+json`,
+/// `Cache-Control: no-store`, and the code in the extensions (for metrics and logs).
+pub(crate) fn problem_response<B: From<Bytes>>(code: ErrorCode, body: Bytes) -> Response<B> {
+    let mut res = Response::new(B::from(body));
+    *res.status_mut() = code.status();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.extensions_mut().insert(code);
+    res
 }
 
 #[cfg(test)]

@@ -36,8 +36,8 @@ use tower::{Layer, Service};
 use crate::credential;
 use crate::meter::{Metered, UsageReading};
 use crate::paywall::{
-    Admission, BodyEnd, Payment, Paywall, Settled, PAYMENT_RECEIPT, PAYMENT_RESPONSE,
-    TOLLGATE_CHARGE, TOLLGATE_PAYER,
+    Admission, BodyEnd, Head, OwnedHead, Payment, Paywall, Settled, PAYMENT_RECEIPT,
+    PAYMENT_RESPONSE, TOLLGATE_CHARGE, TOLLGATE_PAYER,
 };
 use crate::price::PricedRoute;
 
@@ -245,7 +245,7 @@ impl MeterState {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 if let Err(refusal) = self.admission.settle(status, Some((readings, end))).await {
-                    tracing::error!(status = %refusal.status(), "deferred settlement failed");
+                    tracing::error!(%refusal, "deferred settlement failed");
                 }
             });
         }
@@ -410,8 +410,14 @@ where
                         .await?
                         .map(|body| PaymentBody::Inner { body }));
                 }
-                Err(refused) => return Ok(refusal(refused)),
+                Err(refused) => {
+                    let head = Head::of(&req);
+                    return Ok(refusal(paywall.render(&refused, Some((&route, head)))));
+                }
             };
+            // What a refusal after forwarding (a capture that cannot be recorded, an x402
+            // settlement refused) needs of the request, which is gone by then.
+            let head = OwnedHead::of(&req);
             let payment: Payment = admission.payment().clone();
             let headers = req.headers_mut();
             credential::strip(headers);
@@ -443,10 +449,10 @@ where
                         with_settled(res.map(|body| PaymentBody::Inner { body }), settled)
                     }
                     // The payment could not be recorded: the response is withheld (fail closed).
-                    Err(refused) => refusal(refused),
+                    Err(refused) => refusal(paywall.render(&refused, Some((&route, head.head())))),
                 });
             }
-            Ok(metered_response(admission, res).await)
+            Ok(metered_response(admission, res, (&paywall, head)).await)
         })
     }
 }
@@ -478,7 +484,11 @@ fn with_payment_response<B>(mut res: Response<B>, value: Option<HeaderValue>) ->
 
 /// A served metered response: settle before answering when every meter can be read by then
 /// (reading a `json:` body, bounded), otherwise stream it and settle when it ends.
-async fn metered_response<B>(admission: Admission, res: Response<B>) -> Response<PaymentBody<B>>
+async fn metered_response<B>(
+    admission: Admission,
+    res: Response<B>,
+    (paywall, head): (&Paywall, OwnedHead),
+) -> Response<PaymentBody<B>>
 where
     B: Body<Data = Bytes> + Send + 'static,
 {
@@ -572,6 +582,7 @@ where
                 ));
             }
             let buffered: Vec<u8> = prefix.iter().flat_map(|b| b.iter().copied()).collect();
+            let route = meter.admission.route().clone();
             return match meter
                 .admission
                 .settle(Some(status), Some((readings, end)))
@@ -587,7 +598,7 @@ where
                     res.headers_mut().remove(header::TRANSFER_ENCODING);
                     with_settled(res, settled)
                 }
-                Err(refused) => refusal(refused),
+                Err(refused) => refusal(paywall.render(&refused, Some((&route, head.head())))),
             };
         }
         // Over the buffer limit: stream the rest; the JSON usage is missing (documented rule).

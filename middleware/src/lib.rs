@@ -57,7 +57,10 @@ pub use error::{ErrorCode, Problem};
 pub use layer::{PaymentBody, PaymentLayer, PaymentService, RouteFromExtension, RouteResolver};
 pub use meter::{Meter, Metered, OnMissing, UsageSource};
 pub use money::{Amount, Currency, Money, MoneyError};
-pub use paywall::{Admission, BodyEnd, Payment, Paywall, PaywallBuilder, RequestBodyCounter};
+pub use paywall::{
+    Admission, BodyEnd, Head, OwnedHead, Payment, Paywall, PaywallBuilder, Refusal, Reply,
+    RequestBodyCounter,
+};
 pub use price::{Price, PricedRoute};
 pub use receipt::{
     Issuer, IssuerKey, JwksKeys, KeySource, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier,

@@ -15,7 +15,7 @@ use tollgate_e2e::{
     TestIssuer,
 };
 use tollgate_middleware::{
-    Clock, ManualClock, MemoryStore, Money, Paywall, Price, PricedRoute, RedisStore,
+    Clock, Head, ManualClock, MemoryStore, Money, Paywall, Price, PricedRoute, RedisStore,
     RedisStoreOptions, Store,
 };
 
@@ -84,7 +84,13 @@ async fn pay(
             Ok(())
         }
         Ok(None) => panic!("route is free"),
-        Err(res) => {
+        Err(refused) => {
+            let head = Head {
+                method: &Method::GET,
+                uri: &Uri::from_static("/x"),
+                headers,
+            };
+            let res = paywall.render(&refused, Some((route, head)));
             let body: Value = serde_json::from_slice(res.body()).unwrap();
             Err((
                 res.status().as_u16(),

@@ -19,7 +19,7 @@ use tollgate_e2e::engine::{engine_builder, usd};
 use tollgate_e2e::{RedisCluster, RedisServer, TestIssuer};
 use tollgate_middleware::store::bucket_of;
 use tollgate_middleware::{
-    Clock, ManualClock, MemoryStore, Money, Paywall, Price, PricedRoute, RedisStore,
+    Clock, Head, ManualClock, MemoryStore, Money, Paywall, Price, PricedRoute, RedisStore,
     RedisStoreOptions, Store, SystemClock,
 };
 
@@ -81,7 +81,13 @@ async fn pay(paywall: &Paywall, receipt: &str) -> Result<(), String> {
             Ok(())
         }
         Ok(None) => panic!("the route is free"),
-        Err(res) => {
+        Err(refused) => {
+            let head = Head {
+                method: &Method::GET,
+                uri: &Uri::from_static("/v1/compute"),
+                headers: &auth(receipt),
+            };
+            let res = paywall.render(&refused, Some((&route(), head)));
             let body: Value = serde_json::from_slice(res.body()).unwrap();
             Err(body["code"].as_str().unwrap().to_owned())
         }

@@ -1,6 +1,7 @@
 //! The admission phases: find the credential, verify it, authorize it in one store step
 //! (receipt hold, balance hold, plan coverage, mandate room, rate limit, idempotency claim).
 
+use super::holds::Placed;
 use super::*;
 
 impl Paywall {
@@ -52,18 +53,15 @@ impl Paywall {
                 m.holds_in_flight.inc();
             }
             Ok(None) => {}
-            Err(res) => {
-                let code = res.extensions().get::<ErrorCode>().copied();
+            Err(r) => {
                 m.credentials
-                    .with_label_values(&[kind, code.map_or("unknown", |c| c.as_str())])
+                    .with_label_values(&[kind, r.code.as_str()])
                     .inc();
-                if let Some(code) = code {
-                    crate::traffic::global().record_refusal(
-                        self.0.clock.now_ms(),
-                        code,
-                        res.status().as_u16(),
-                    );
-                }
+                crate::traffic::global().record_refusal(
+                    self.0.clock.now_ms(),
+                    r.code,
+                    r.status().as_u16(),
+                );
             }
         }
         result
@@ -77,20 +75,13 @@ impl Paywall {
         credential: Result<Option<Credential>, credential::CredentialError>,
         claimed: &mut Option<idempotency::Claim>,
     ) -> Result<Option<Admission>, Refusal> {
-        let refuse = |code: ErrorCode, detail: &str| -> Refusal {
-            if code.status() == StatusCode::PAYMENT_REQUIRED {
-                self.challenge(route, method, uri, headers, code, detail)
-            } else {
-                Self::problem(code, detail)
-            }
-        };
-        let idempotency_key = idempotency::parse(headers).map_err(|(c, d)| refuse(c, &d))?;
+        let idempotency_key = idempotency::parse(headers).map_err(|(c, d)| Refusal::new(c, d))?;
         let credential = match credential {
             Ok(Some(c)) => c,
             Ok(None) => {
-                return Err(refuse(ErrorCode::PaymentRequired, "this route is paid: pay with a receipt or an access token (see accepts) and retry"));
+                return Err(Refusal::new(ErrorCode::PaymentRequired, "this route is paid: pay with a receipt or an access token (see accepts) and retry"));
             }
-            Err(e) => return Err(refuse(e.code, &e.detail)),
+            Err(e) => return Err(Refusal::new(e.code, e.detail)),
         };
         let payment_scheme = matches!(
             &credential,
@@ -103,37 +94,31 @@ impl Paywall {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let admission = |payment: Payment, held: Held| Admission {
+        let admission = |payment: Payment, secured: Secured| Admission {
             paywall: self.clone(),
             payment,
-            held,
+            secured,
             route: route.clone(),
             method: method.as_str().to_owned(),
             started: Instant::now(),
             request_bytes: RequestBodyCounter::default(),
             declared_request_bytes: declared,
-            settled: false,
-            x402: None,
-            charged: None,
             payment_scheme,
             idempotency: None,
         };
         match credential {
-            Credential::X402Exact(payload) => {
-                self.admit_x402(route, (method, uri, headers), *payload, admission)
-                    .await
-            }
+            Credential::X402Exact(payload) => self.admit_x402(route, *payload, admission).await,
             Credential::AccessToken(token) => {
                 let claims = self
                     .0
                     .token_key
                     .verify(&token, self.0.clock.now_secs())
                     .map_err(|e| match e {
-                        TokenError::Invalid => Self::problem(
+                        TokenError::Invalid => Refusal::new(
                             ErrorCode::TokenInvalid,
                             "the access token is not valid here",
                         ),
-                        TokenError::Expired => Self::problem(
+                        TokenError::Expired => Refusal::new(
                             ErrorCode::TokenExpired,
                             "the access token expired: renew it or top up again",
                         ),
@@ -143,16 +128,17 @@ impl Paywall {
                     .claim_idempotency(idempotency_key, &claims.sub, route, method, uri)
                     .await?;
                 let amount = due;
-                let amount_minor = currency
-                    .to_minor(amount)
-                    .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+                let amount_minor = currency.to_minor(amount).map_err(|_| Refusal::internal())?;
                 let mandate = self
                     .mandate_for(None, claims.mandate.clone(), headers)
-                    .await
-                    .map_err(|(c, d)| refuse(c, &d))?;
-                let (charge, max_minor) = self
-                    .mandate_charge(mandate.as_ref(), &claims.sub, route, currency, amount_minor)
-                    .map_err(|(c, d)| refuse(c, &d))?;
+                    .await?;
+                let (charge, max_minor) = self.mandate_charge(
+                    mandate.as_ref(),
+                    &claims.sub,
+                    route,
+                    currency,
+                    amount_minor,
+                )?;
                 let plan = self.plan_for(route);
                 if route.capture_at_admission && charge.is_none() && plan.is_none() {
                     if let Price::Fixed(price) = &route.price {
@@ -171,17 +157,11 @@ impl Paywall {
                             credential: format!("token:{}", claims.sub),
                             metered: false,
                         };
-                        let charged = self
-                            .charge_balance(&hold, route, (method, uri, headers), &payment)
-                            .await?;
-                        let held = Held::Balance {
-                            hold,
-                            cap_minor: None,
-                            balance_minor: 0,
-                            new_token: None,
-                            fixed_charge: None,
-                        };
-                        return Ok(Some(admission(payment, held).charged(charged)));
+                        let charged = self.charge_balance(&hold, route, method, &payment).await?;
+                        return Ok(Some(admission(
+                            payment,
+                            Secured::Charged(Held::Balance(hold), Box::new(charged)),
+                        )));
                     }
                 }
                 let mut hold = Hold {
@@ -204,9 +184,7 @@ impl Paywall {
                         covered: false,
                     }),
                 };
-                let placed = self
-                    .place_hold_plan(&mut hold, route, method, uri, headers)
-                    .await?;
+                let placed = self.place_hold_plan(&mut hold, route).await?;
                 let mut credential = format!("token:{}", claims.sub);
                 let mut charge_amount = amount;
                 let fixed_charge = match placed {
@@ -238,45 +216,42 @@ impl Paywall {
                 };
                 Ok(Some(admission(
                     payment,
-                    Held::Balance {
+                    Secured::Balance(BalanceHold {
                         hold,
                         cap_minor: max_minor,
                         balance_minor,
                         new_token: None,
                         fixed_charge,
-                    },
+                    }),
                 )))
             }
             Credential::Receipt {
                 token, challenge, ..
             } => {
-                let due_minor = currency
-                    .to_minor(due)
-                    .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+                let due_minor = currency.to_minor(due).map_err(|_| Refusal::internal())?;
                 // The Payment scheme's echoed challenge first: a forged, tampered or expired
                 // id is refused before any signature work.
                 if let Some(id) = &challenge {
-                    self.check_challenge(id, route, currency, due_minor, method)
-                        .map_err(|(c, d)| refuse(c, &d))?;
+                    self.check_challenge(id, route, currency, due_minor, method)?;
                 }
                 let receipt = self
                     .0
                     .verifier
                     .verify(&token)
                     .await
-                    .map_err(|e| refuse(e.code, &e.detail))?;
+                    .map_err(|e| Refusal::new(e.code, e.detail))?;
                 match receipt.kind {
                     ReceiptKind::Payment => {}
                     ReceiptKind::Topup => {
-                        return Err(refuse(
+                        return Err(Refusal::new(
                             ErrorCode::ReceiptKindUnsupported,
-                            &format!("top-up receipts go to POST {}/topup", self.0.agent_api),
+                            format!("top-up receipts go to POST {}/topup", self.0.agent_api),
                         ))
                     }
                     ReceiptKind::Subscribe => {
-                        return Err(refuse(
+                        return Err(Refusal::new(
                             ErrorCode::ReceiptKindUnsupported,
-                            &format!(
+                            format!(
                                 "subscribe receipts go to POST {}/subscribe",
                                 self.0.agent_api
                             ),
@@ -285,26 +260,27 @@ impl Paywall {
                 }
                 if let (Some(echoed), Some(bound)) = (&challenge, &receipt.challenge) {
                     if echoed != bound {
-                        return Err(refuse(
+                        return Err(Refusal::new(
                             ErrorCode::ChallengeMismatch,
                             "the credential's challenge id is not the one the receipt is bound to",
                         ));
                     }
                 }
-                let paid_minor = self
-                    .check_terms(&receipt, route, currency, due_minor, method)
-                    .map_err(|(c, d)| refuse(c, &d))?;
+                let paid_minor = self.check_terms(&receipt, route, currency, due_minor, method)?;
                 self.check_rate(route, &receipt.payer).await?;
                 *claimed = self
                     .claim_idempotency(idempotency_key, &receipt.payer, route, method, uri)
                     .await?;
                 let mandate = self
                     .mandate_for(receipt.mandate.as_deref(), None, headers)
-                    .await
-                    .map_err(|(c, d)| refuse(c, &d))?;
-                let (charge, max_minor) = self
-                    .mandate_charge(mandate.as_ref(), &receipt.payer, route, currency, due_minor)
-                    .map_err(|(c, d)| refuse(c, &d))?;
+                    .await?;
+                let (charge, max_minor) = self.mandate_charge(
+                    mandate.as_ref(),
+                    &receipt.payer,
+                    route,
+                    currency,
+                    due_minor,
+                )?;
                 let credential = format!("receipt:{}:{}", receipt.issuer, receipt.id);
                 match &route.price {
                     Price::Fixed(price) if route.capture_at_admission && charge.is_none() => {
@@ -316,36 +292,28 @@ impl Paywall {
                             metered: false,
                         };
                         let charged = self
-                            .charge_receipt(&reservation, route, method, &payment, refuse)
+                            .charge_receipt(&reservation, route, method, &payment)
                             .await?;
-                        Ok(Some(
-                            admission(payment, Held::Receipt(reservation)).charged(charged),
-                        ))
+                        Ok(Some(admission(
+                            payment,
+                            Secured::Charged(Held::Receipt(reservation), Box::new(charged)),
+                        )))
                     }
                     Price::Fixed(price) => {
-                        let reservation = self
-                            .reserve_receipt(&receipt, route, charge)
-                            .await
-                            .map_err(|(c, d, room)| match room {
-                                Some((m, room)) => {
-                                    self.mandate_exceeded(refuse(c, &d), &m, room, currency)
-                                }
-                                None => refuse(c, &d),
-                            })?;
+                        let reservation = self.reserve_receipt(&receipt, route, charge).await?;
                         let payment = Payment {
                             payer: receipt.payer,
                             charge: price.clone(),
                             credential,
                             metered: false,
                         };
-                        Ok(Some(admission(payment, Held::Receipt(reservation))))
+                        Ok(Some(admission(payment, Secured::Receipt(reservation))))
                     }
                     Price::Metered(_) => {
                         // The receipt funds the balance (once), then the request is served from it
                         // with the receipt's amount as the cap.
-                        self.credit_receipt(&receipt, currency, paid_minor, "payment")
-                            .await
-                            .map_err(|(c, d)| refuse(c, &d))?;
+                        self.credit_receipt(&receipt, currency, paid_minor, CreditReason::Payment)
+                            .await?;
                         let hold = Hold {
                             id: uuid::Uuid::new_v4().to_string(),
                             payer: receipt.payer.clone(),
@@ -355,8 +323,7 @@ impl Paywall {
                             mandate: charge,
                             plan: None,
                         };
-                        let balance_minor =
-                            self.place_hold(&hold, route, method, uri, headers).await?;
+                        let balance_minor = self.place_hold(&hold, route).await?;
                         let payment = Payment {
                             payer: receipt.payer.clone(),
                             charge: Money {
@@ -369,7 +336,7 @@ impl Paywall {
                         let new_token = Some(self.issue_token(&receipt.payer));
                         Ok(Some(admission(
                             payment,
-                            Held::Balance {
+                            Secured::Balance(BalanceHold {
                                 hold,
                                 cap_minor: Some(
                                     max_minor.map_or(paid_minor, |m| m.min(paid_minor)),
@@ -377,7 +344,7 @@ impl Paywall {
                                 balance_minor,
                                 new_token,
                                 fixed_charge: None,
-                            },
+                            }),
                         )))
                     }
                     Price::Free => Ok(None),
@@ -416,7 +383,7 @@ impl Paywall {
             Ok(f) => f,
             Err(e) => {
                 claim.keep();
-                return Err(Self::store_down(e, "idempotency claim"));
+                return Err(Refusal::store_down(e, "idempotency claim"));
             }
         };
         match found {
@@ -425,31 +392,24 @@ impl Paywall {
                 // Not ours: never forget someone else's key.
                 claim.keep();
                 Err(match other {
-                    IdempotencyClaim::Done { event_id, time_ms } => {
-                        let mut p = Problem::new(ErrorCode::IdempotencyKeyUsed)
-                            .detail("a request with this Idempotency-Key was already served and charged; it was not charged again")
-                            .with("eventId", event_id.into());
-                        if time_ms > 0 {
-                            p = p.with(
-                                "paidAt",
-                                payment_auth::rfc3339(time_ms.div_euclid(1000)).into(),
-                            );
-                        }
-                        p.into_response()
-                    }
-                    IdempotencyClaim::Mismatch => Self::problem(
+                    IdempotencyClaim::Done { event_id, time_ms } => Refusal::new(
+                        ErrorCode::IdempotencyKeyUsed,
+                        "a request with this Idempotency-Key was already served and charged; it was not charged again",
+                    )
+                    .standing(Standing::Served(Served {
+                        event_id,
+                        paid_at: (time_ms > 0)
+                            .then(|| payment_auth::rfc3339(time_ms.div_euclid(1000))),
+                    })),
+                    IdempotencyClaim::Mismatch => Refusal::new(
                         ErrorCode::IdempotencyKeyMismatch,
                         "this Idempotency-Key was used for a different request (method, route or target)",
                     ),
-                    _ => {
-                        let mut res = Self::problem(
-                            ErrorCode::IdempotencyKeyInUse,
-                            "a request with this Idempotency-Key is in flight; retry when it finishes",
-                        );
-                        res.headers_mut()
-                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                        res
-                    }
+                    _ => Refusal::new(
+                        ErrorCode::IdempotencyKeyInUse,
+                        "a request with this Idempotency-Key is in flight; retry when it finishes",
+                    )
+                    .retry_after(1),
                 })
             }
         }
@@ -463,17 +423,14 @@ impl Paywall {
         match crate::metrics::timed("rate", self.0.store.rate(payer, &route.id, limit)).await {
             Ok(None) => Ok(()),
             Ok(Some(retry)) => {
-                let secs = retry.as_millis().div_ceil(1000).max(1);
-                let mut res = Self::problem(
+                let secs = u64::try_from(retry.as_millis().div_ceil(1000).max(1)).unwrap_or(1);
+                Err(Refusal::plain(
                     ErrorCode::RateLimited,
-                    &format!("at most {} requests per second (burst {}) on this route; retry in {secs} s", limit.per_second, limit.burst),
-                );
-                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                    res.headers_mut().insert(header::RETRY_AFTER, v);
-                }
-                Err(res)
+                    format!("at most {} requests per second (burst {}) on this route; retry in {secs} s", limit.per_second, limit.burst),
+                )
+                .retry_after(secs))
             }
-            Err(e) => Err(Self::store_down(e, "rate")),
+            Err(e) => Err(Refusal::store_down(e, "rate")),
         }
     }
 
@@ -498,13 +455,13 @@ impl Paywall {
         receipt: &Receipt,
         currency: &Currency,
         minor: u64,
-        reason: &str,
-    ) -> Result<(String, u64, bool), (ErrorCode, String)> {
+        reason: CreditReason,
+    ) -> Result<(String, u64, bool), Refusal> {
         let credit = Credit {
             payer: receipt.payer.clone(),
             currency: currency.code().to_owned(),
             amount_minor: i64::try_from(minor)
-                .map_err(|_| (ErrorCode::AmountInvalid, "amount too large".to_owned()))?,
+                .map_err(|_| Refusal::new(ErrorCode::AmountInvalid, "amount too large"))?,
             idempotency: Idempotency::Receipt {
                 issuer: receipt.issuer.clone(),
                 receipt_id: receipt.id.clone(),
@@ -514,7 +471,7 @@ impl Paywall {
                 .verifier
                 .policy()
                 .single_use_until_ms(receipt.expires_at),
-            reason: reason.to_owned(),
+            reason: reason.as_str().to_owned(),
             source: format!("receipt:{}:{}", receipt.issuer, receipt.id),
         };
         match crate::metrics::timed("credit", self.0.store.credit(&credit)).await {
@@ -525,22 +482,13 @@ impl Paywall {
             Ok(CreditOutcome::Duplicate {
                 credit_id,
                 balance_minor,
-            }) if reason == "topup" => Ok((credit_id, balance_minor, true)),
-            Ok(CreditOutcome::Duplicate { .. } | CreditOutcome::ReceiptUsed) => Err((
+            }) if reason == CreditReason::Topup => Ok((credit_id, balance_minor, true)),
+            Ok(CreditOutcome::Duplicate { .. } | CreditOutcome::ReceiptUsed) => Err(Refusal::new(
                 ErrorCode::ReceiptReplayed,
-                "this receipt was already spent (its amount is in your balance)".into(),
+                "this receipt was already spent (its amount is in your balance)",
             )),
-            Ok(CreditOutcome::Insufficient { .. }) => {
-                Err((ErrorCode::Internal, "internal error".into()))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store unavailable during credit; failing closed");
-                Err((
-                    ErrorCode::StoreUnavailable,
-                    "payments are temporarily unavailable; retry later (nothing was charged)"
-                        .into(),
-                ))
-            }
+            Ok(CreditOutcome::Insufficient { .. }) => Err(Refusal::internal()),
+            Err(e) => Err(Refusal::store_down(e, "credit")),
         }
     }
 
@@ -552,19 +500,19 @@ impl Paywall {
         currency: &Currency,
         due: u64,
         method: &Method,
-    ) -> Result<u64, (ErrorCode, String)> {
+    ) -> Result<u64, Refusal> {
         if r.currency != currency.code() {
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::CurrencyMismatch,
                 format!("this route is priced in {}", currency.code()),
             ));
         }
         let paid = currency
             .to_minor(r.amount)
-            .map_err(|e| (ErrorCode::AmountInvalid, e.to_string()))?;
+            .map_err(|e| Refusal::new(ErrorCode::AmountInvalid, e.to_string()))?;
         if paid < due {
             let due_amount = currency.from_minor(due);
-            return Err((
+            return Err(Refusal::new(
                 ErrorCode::AmountInsufficient,
                 format!(
                     "the price is {due_amount} {}; the receipt pays {} {}",
@@ -590,7 +538,7 @@ impl Paywall {
         currency: &Currency,
         due: u64,
         method: &Method,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<(), Refusal> {
         let terms = ChallengeTerms {
             merchant: &self.0.merchant,
             route: &route.id,
@@ -601,11 +549,33 @@ impl Paywall {
         self.0
             .challenge_key
             .verify(id, &terms, self.0.clock.now_secs())
-            .map_err(|e| match e {
-                ChallengeError::Malformed => (ErrorCode::ChallengeInvalid, e.to_string()),
-                ChallengeError::Mismatch => (ErrorCode::ChallengeMismatch, e.to_string()),
-                ChallengeError::Expired => (ErrorCode::ChallengeExpired, e.to_string()),
+            .map_err(|e| {
+                let code = match e {
+                    ChallengeError::Malformed => ErrorCode::ChallengeInvalid,
+                    ChallengeError::Mismatch => ErrorCode::ChallengeMismatch,
+                    ChallengeError::Expired => ErrorCode::ChallengeExpired,
+                };
+                Refusal::new(code, e.to_string())
             })
             .map(|_| ())
+    }
+}
+
+/// Why a receipt's amount is credited to its payer's balance (the credit's ledger reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CreditReason {
+    /// A payment receipt on a metered route funds the balance the request is served from (a
+    /// second use is a replay).
+    Payment,
+    /// A top-up (a second use answers the first credit again: the call is idempotent).
+    Topup,
+}
+
+impl CreditReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            CreditReason::Payment => "payment",
+            CreditReason::Topup => "topup",
+        }
     }
 }

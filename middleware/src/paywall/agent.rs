@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Value};
 
-use super::{json_response, Paywall, Refusal};
+use super::admit::CreditReason;
+use super::{json_response, Paywall, Refusal, Reply};
 use crate::credential::{self, Credential};
 use crate::error::ErrorCode;
 use crate::mandate::Mandate;
@@ -30,16 +31,20 @@ impl Paywall {
         method: &Method,
         path: &str,
         headers: &HeaderMap,
-    ) -> Option<Refusal> {
+    ) -> Option<Reply> {
         let rest = path.strip_prefix(self.0.agent_api.as_str())?;
         let res = match (method.as_str(), rest) {
             ("POST", "/topup") => self.topup(headers).await,
             ("POST", "/token") => self.renew(headers).await,
             ("POST", "/subscribe") => self.subscribe(headers).await,
             ("GET", "/balance") => self.balance(headers).await,
-            (_, "/topup" | "/token" | "/balance" | "/subscribe") => Self::problem(
+            (_, "/topup" | "/token" | "/subscribe") => Self::problem(
                 ErrorCode::MethodNotAllowed,
-                "see the README for the agent endpoints",
+                &format!("use POST {}{rest}", self.0.agent_api),
+            ),
+            (_, "/balance") => Self::problem(
+                ErrorCode::MethodNotAllowed,
+                &format!("use GET {}{rest}", self.0.agent_api),
             ),
             _ => Self::problem(ErrorCode::RouteNotFound, "no such agent endpoint"),
         };
@@ -65,7 +70,6 @@ impl Paywall {
     /// The mandate a new token is bound to: the one the old token was bound to (a renewal
     /// cannot shed it), else the top-up receipt's `mandate` claim or the `Tollgate-Mandate`
     /// header -- verified and granted to `payer`.
-    #[allow(clippy::result_large_err)]
     async fn bind_mandate(
         &self,
         payer: &str,
@@ -73,13 +77,10 @@ impl Paywall {
         claim: Option<&str>,
         headers: &HeaderMap,
     ) -> Result<Option<Mandate>, Refusal> {
-        let m = self
-            .mandate_for(claim, bound, headers)
-            .await
-            .map_err(|(c, d)| Self::problem(c, &d))?;
+        let m = self.mandate_for(claim, bound, headers).await?;
         if let Some(m) = &m {
             if m.payer != payer {
-                return Err(Self::problem(
+                return Err(Refusal::plain(
                     ErrorCode::MandateInvalid,
                     "the mandate was granted to another agent (sub)",
                 ));
@@ -88,7 +89,7 @@ impl Paywall {
         Ok(m)
     }
 
-    async fn topup(&self, headers: &HeaderMap) -> Refusal {
+    async fn topup(&self, headers: &HeaderMap) -> Reply {
         let token =
             match credential::extract(headers) {
                 Ok(Some(Credential::Receipt { token, .. })) => token,
@@ -129,10 +130,10 @@ impl Paywall {
             .await
         {
             Ok(m) => m,
-            Err(r) => return r,
+            Err(r) => return self.render(&r, None),
         };
         match self
-            .credit_receipt(&receipt, currency, minor, "topup")
+            .credit_receipt(&receipt, currency, minor, CreditReason::Topup)
             .await
         {
             Ok((credit_id, balance_minor, duplicate)) => {
@@ -151,14 +152,14 @@ impl Paywall {
                 body["duplicate"] = duplicate.into();
                 json_response(StatusCode::OK, &body)
             }
-            Err((code, detail)) => Self::problem(code, &detail),
+            Err(r) => self.render(&r, None),
         }
     }
 
     /// `POST <prefix>/subscribe` with a `kind: "subscribe"` receipt naming a plan (`plan`
     /// claim), paying at least its price: one period bought (exactly once per receipt), and an
     /// access token whose calls on the plan's routes count against it.
-    async fn subscribe(&self, headers: &HeaderMap) -> Refusal {
+    async fn subscribe(&self, headers: &HeaderMap) -> Reply {
         let token = match credential::extract(headers) {
             Ok(Some(Credential::Receipt { token, .. })) => token,
             Ok(_) => {
@@ -257,7 +258,7 @@ impl Paywall {
             Ok(SubscribeOutcome::ReceiptUsed) => {
                 return Self::problem(ErrorCode::ReceiptReplayed, "this receipt was already spent")
             }
-            Err(e) => return Self::store_down(e, "subscribe"),
+            Err(e) => return self.render(&Refusal::store_down(e, "subscribe"), None),
         };
         if !duplicate {
             crate::metrics::global()
@@ -274,53 +275,51 @@ impl Paywall {
         json_response(StatusCode::OK, &body)
     }
 
-    // A refusal is a response (tower-http's idiom); it is built only on the refusal path.
-    #[allow(clippy::result_large_err)]
     fn bearer_claims(&self, headers: &HeaderMap) -> Result<TokenClaims, Refusal> {
         match credential::extract(headers) {
             Ok(Some(Credential::AccessToken(t))) => {
                 match self.0.token_key.verify(&t, self.0.clock.now_secs()) {
                     Ok(c) => Ok(c),
-                    Err(TokenError::Expired) => Err(Self::problem(
+                    Err(TokenError::Expired) => Err(Refusal::new(
                         ErrorCode::TokenExpired,
                         "the access token expired: top up again",
                     )),
-                    Err(TokenError::Invalid) => Err(Self::problem(
+                    Err(TokenError::Invalid) => Err(Refusal::new(
                         ErrorCode::TokenInvalid,
                         "the access token is not valid here",
                     )),
                 }
             }
-            Ok(_) => Err(Self::problem(
+            Ok(_) => Err(Refusal::new(
                 ErrorCode::TokenInvalid,
                 "send Authorization: Bearer <access token>",
             )),
-            Err(e) => Err(Self::problem(e.code, &e.detail)),
+            Err(e) => Err(Refusal::new(e.code, e.detail)),
         }
     }
 
-    async fn renew(&self, headers: &HeaderMap) -> Refusal {
+    async fn renew(&self, headers: &HeaderMap) -> Reply {
         let claims = match self.bearer_claims(headers) {
             Ok(c) => c,
-            Err(r) => return r,
+            Err(r) => return self.render(&r, None),
         };
         match self
             .bind_mandate(&claims.sub, claims.mandate, None, headers)
             .await
         {
             Ok(m) => json_response(StatusCode::OK, &self.token_body(&claims.sub, m.as_ref())),
-            Err(r) => r,
+            Err(r) => self.render(&r, None),
         }
     }
 
-    async fn balance(&self, headers: &HeaderMap) -> Refusal {
+    async fn balance(&self, headers: &HeaderMap) -> Reply {
         let payer = match self.bearer_claims(headers) {
             Ok(c) => c.sub,
-            Err(r) => return r,
+            Err(r) => return self.render(&r, None),
         };
         match self.0.store.account(&payer).await {
             Ok(account) => json_response(StatusCode::OK, &self.account_json(&payer, &account)),
-            Err(e) => Self::store_down(e, "balance"),
+            Err(e) => self.render(&Refusal::store_down(e, "balance"), None),
         }
     }
 

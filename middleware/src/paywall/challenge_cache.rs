@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 
-use super::Refusal;
+use super::Reply as Refusal;
 use crate::error::ErrorCode;
 
 /// At most this many distinct answers per second are kept (then the rest is built each time).

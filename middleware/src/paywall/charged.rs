@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Method, Uri};
+use http::Method;
 
 use super::{Admission, Held, Payment, Paywall, Refusal, Settled};
-use crate::error::ErrorCode;
 use crate::price::PricedRoute;
 use crate::store::{void_event, ChargeOutcome, Hold, Reservation, Store, UsageEvent, VoidOutcome};
 
@@ -27,7 +26,6 @@ pub(super) struct Charged {
 impl Paywall {
     /// The usage event of a fixed price charged at admission (the upstream has not answered:
     /// `upstream_status` 0).
-    #[allow(clippy::result_large_err)]
     fn admission_event(
         &self,
         route: &PricedRoute,
@@ -38,7 +36,7 @@ impl Paywall {
         let currency = &payment.charge.currency;
         let amount_minor = currency
             .to_minor(payment.charge.amount)
-            .map_err(|_| Self::problem(ErrorCode::Internal, "internal error"))?;
+            .map_err(|_| Refusal::internal())?;
         Ok(UsageEvent {
             id: String::new(),
             time_ms: self.0.clock.now_ms(),
@@ -65,7 +63,6 @@ impl Paywall {
         route: &PricedRoute,
         method: &Method,
         payment: &Payment,
-        refuse: impl Fn(ErrorCode, &str) -> Refusal,
     ) -> Result<Charged, Refusal> {
         let mut event = self.admission_event(route, method, payment, &r.id)?;
         let outcome = crate::metrics::timed(
@@ -73,7 +70,7 @@ impl Paywall {
             self.0.store.authorize_capture(r, &event),
         )
         .await
-        .map_err(|e| Self::store_down(e, "authorize_capture"))?;
+        .map_err(|e| Refusal::store_down(e, "authorize_capture"))?;
         match outcome {
             ChargeOutcome::Charged { event_id, .. } => {
                 event.id = event_id;
@@ -82,11 +79,8 @@ impl Paywall {
                     balance_minor: None,
                 })
             }
-            ChargeOutcome::Refused(o) => {
-                let (code, detail) = Self::authorize_refusal(o);
-                Err(refuse(code, detail))
-            }
-            ChargeOutcome::Declined(_) => Err(Self::problem(ErrorCode::Internal, "internal error")),
+            ChargeOutcome::Refused(o) => Err(Self::authorize_refusal(o)),
+            ChargeOutcome::Declined(_) => Err(Refusal::internal()),
         }
     }
 
@@ -95,14 +89,14 @@ impl Paywall {
         &self,
         hold: &Hold,
         route: &PricedRoute,
-        (method, uri, headers): (&Method, &Uri, &HeaderMap),
+        method: &Method,
         payment: &Payment,
     ) -> Result<Charged, Refusal> {
         let mut event = self.admission_event(route, method, payment, &hold.id)?;
         let outcome =
             crate::metrics::timed("hold_capture", self.0.store.hold_capture(hold, &event))
                 .await
-                .map_err(|e| Self::store_down(e, "hold_capture"))?;
+                .map_err(|e| Refusal::store_down(e, "hold_capture"))?;
         match outcome {
             ChargeOutcome::Charged {
                 event_id,
@@ -115,31 +109,24 @@ impl Paywall {
                 })
             }
             ChargeOutcome::Declined(o) => Err(self
-                .hold_outcome(o, hold, route, method, uri, headers)
+                .hold_outcome(o, hold, route)
                 .err()
-                .unwrap_or_else(|| Self::problem(ErrorCode::Internal, "internal error"))),
-            ChargeOutcome::Refused(_) => Err(Self::problem(ErrorCode::Internal, "internal error")),
+                .unwrap_or_else(Refusal::internal)),
+            ChargeOutcome::Refused(_) => Err(Refusal::internal()),
         }
     }
 }
 
 impl Admission {
-    /// Mark the admission as charged at admission.
-    pub(super) fn charged(mut self, c: Charged) -> Self {
-        self.charged = Some(Box::new(c));
-        self
-    }
-
     /// Settle a request charged at admission: served (below 400) -> nothing left to do but
     /// answer `PAYMENT-RESPONSE`; otherwise void the charge (retried; in the background if the
     /// store does not answer in time).
     pub(super) async fn settle_charged(
-        mut self,
+        &mut self,
+        held: Held,
         c: Charged,
         status: Option<u16>,
     ) -> Result<Settled, Refusal> {
-        self.settled = true;
-        crate::metrics::global().holds_in_flight.dec();
         let claim = self.idempotency.take();
         if let Some(status) = status.filter(|s| *s < 400) {
             if let Some(claim) = claim {
@@ -157,7 +144,6 @@ impl Admission {
         }
         let store = self.paywall.0.store.clone();
         let void = void_event(&c.event, self.paywall.0.clock.now_ms(), status.unwrap_or(0));
-        let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
         let outcome = super::retry_unknown(self.paywall.0.settle_retry, || {
             void_once(&*store, &held, &c.event, &void)
         })
@@ -166,22 +152,13 @@ impl Admission {
             tracing::warn!(error = %e, event = %c.event.id, "void not recorded yet; retrying in the background");
             void_later(store, held, c.event, void);
         }
-        Ok(Settled {
-            payment_response: None,
-            payment_receipt: None,
-        })
+        Ok(Settled::default())
     }
 
-    /// Dropped unsettled (client gone, future cancelled): void in the background. `false` when
-    /// this admission was not charged at admission.
-    pub(super) fn abandon_charged(&mut self) -> bool {
-        let Some(c) = self.charged.take() else {
-            return false;
-        };
-        let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
+    /// Dropped unsettled (client gone, future cancelled): void in the background.
+    pub(super) fn abandon_charged(&self, held: Held, c: Charged) {
         let void = void_event(&c.event, self.paywall.0.clock.now_ms(), 0);
         void_later(self.paywall.0.store.clone(), held, c.event, void);
-        true
     }
 }
 
@@ -195,7 +172,7 @@ async fn void_once(
         Held::Receipt(r) => {
             crate::metrics::timed("void", store.void_receipt(r, charge, void)).await
         }
-        Held::Balance { hold, .. } => {
+        Held::Balance(hold) => {
             crate::metrics::timed("void_hold", store.void_hold(hold, charge, void)).await
         }
     }

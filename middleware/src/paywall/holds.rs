@@ -1,18 +1,28 @@
 //! Admission helpers: balance holds (with plan coverage and overage), receipt reservations,
 //! and the spending mandate a payment is made under -- each one store step, refused with the
-//! right problem (and, for a 402, fresh payment requirements).
+//! right [`Refusal`] (a 402 among them carries fresh payment requirements when rendered).
 
-use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Uri};
-use serde_json::{json, Value};
+use http::HeaderMap;
 
-use super::{Paywall, Placed, Refusal};
+use super::refusal::{MandateStanding, PlanStanding, Standing};
+use super::{Paywall, Refusal};
 use crate::error::ErrorCode;
 use crate::mandate::{Mandate, TOLLGATE_MANDATE};
 use crate::money::Currency;
 use crate::price::PricedRoute;
 use crate::receipt::Receipt;
 use crate::store::{AuthorizeOutcome, Hold, HoldOutcome, MandateCharge, Reservation};
+
+/// How a call's hold was placed.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Placed {
+    /// From the balance at the route's price; the balance left.
+    Balance(u64),
+    /// Covered by a plan.
+    Plan,
+    /// The plan's calls are used up: the overage price held; the balance left.
+    Overage(u64),
+}
 
 impl Paywall {
     /// Hold for a call a plan may cover: the store says whether the plan covered it, it is an
@@ -21,13 +31,10 @@ impl Paywall {
         &self,
         hold: &mut Hold,
         route: &PricedRoute,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
     ) -> Result<Placed, Refusal> {
         let outcome = crate::metrics::timed("hold", self.0.store.hold(hold))
             .await
-            .map_err(|e| Self::store_down(e, "hold"))?;
+            .map_err(|e| Refusal::store_down(e, "hold"))?;
         match outcome {
             HoldOutcome::Plan { .. } => {
                 if let Some(p) = &mut hold.plan {
@@ -42,24 +49,17 @@ impl Paywall {
                     .as_ref()
                     .map(|p| p.plan.clone())
                     .unwrap_or_default();
-                let mut res = self.challenge(
-                    route,
-                    method,
-                    uri,
-                    headers,
-                    ErrorCode::PlanExhausted,
-                    &format!("the calls included in plan {plan:?} are used up for this period; renew (see accepts) or wait for the next period"),
-                );
-                if let Ok(mut body) = serde_json::from_slice::<Value>(res.body()) {
-                    body["plan"] =
-                        json!({"id": plan, "period_end": period_end_ms.div_euclid(1000)});
-                    *res.body_mut() = Bytes::from(body.to_string());
-                }
-                Err(res)
+                let detail = format!("the calls included in plan {plan:?} are used up for this period; renew (see accepts) or wait for the next period");
+                Err(
+                    Refusal::new(ErrorCode::PlanExhausted, detail).standing(Standing::Plan(
+                        PlanStanding {
+                            id: plan,
+                            period_end: period_end_ms.div_euclid(1000),
+                        },
+                    )),
+                )
             }
-            other => self
-                .hold_outcome(other, hold, route, method, uri, headers)
-                .map(Placed::Balance),
+            other => self.hold_outcome(other, hold, route).map(Placed::Balance),
         }
     }
 
@@ -67,79 +67,55 @@ impl Paywall {
         &self,
         hold: &Hold,
         route: &PricedRoute,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
     ) -> Result<u64, Refusal> {
         let outcome = crate::metrics::timed("hold", self.0.store.hold(hold))
             .await
-            .map_err(|e| Self::store_down(e, "hold"))?;
-        self.hold_outcome(outcome, hold, route, method, uri, headers)
+            .map_err(|e| Refusal::store_down(e, "hold"))?;
+        self.hold_outcome(outcome, hold, route)
     }
 
-    #[allow(clippy::result_large_err)]
     pub(super) fn hold_outcome(
         &self,
         outcome: HoldOutcome,
         hold: &Hold,
         route: &PricedRoute,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
     ) -> Result<u64, Refusal> {
         match outcome {
             HoldOutcome::Plan { .. }
             | HoldOutcome::PlanExhausted { .. }
-            | HoldOutcome::Overage { .. } => {
-                Err(Self::problem(ErrorCode::Internal, "internal error"))
-            }
+            | HoldOutcome::Overage { .. } => Err(Refusal::internal()),
             HoldOutcome::Held { balance_minor } => Ok(balance_minor),
-            HoldOutcome::PayerBlocked => Err(Self::problem(
+            HoldOutcome::PayerBlocked => Err(Refusal::plain(
                 ErrorCode::PayerBlocked,
                 "this payer is blocked by the provider",
             )),
-            HoldOutcome::MandateRevoked => Err(Self::problem(
+            HoldOutcome::MandateRevoked => Err(Refusal::plain(
                 ErrorCode::MandateRevoked,
                 "the spending mandate was revoked",
             )),
             HoldOutcome::MandateExceeded { room_minor } => {
                 let (Some(m), Some(currency)) = (&hold.mandate, route.price.currency()) else {
-                    return Err(Self::problem(ErrorCode::Internal, "internal error"));
+                    return Err(Refusal::internal());
                 };
-                let res = self.challenge(
-                    route,
-                    method,
-                    uri,
-                    headers,
+                let r = Refusal::new(
                     ErrorCode::MandateExceeded,
                     "the spending mandate's budget for this window does not cover this request",
                 );
-                Err(self.mandate_exceeded(res, m, room_minor, currency))
+                Err(self.mandate_exceeded(r, m, room_minor, currency))
             }
             HoldOutcome::Insufficient { balance_minor } => {
-                let currency = route.price.currency().cloned();
-                let have = currency
-                    .as_ref()
+                let have = route
+                    .price
+                    .currency()
                     .map(|c| c.from_minor(balance_minor).to_string())
                     .unwrap_or_default();
-                let mut res = self.challenge(
-                    route,
-                    method,
-                    uri,
-                    headers,
-                    ErrorCode::BalanceInsufficient,
-                    &format!("the prepaid balance ({have}) does not cover this request; top up (see accepts)"),
-                );
-                // Tell the agent exactly where it stands (the body already carries the offers).
-                if let Ok(mut body) = serde_json::from_slice::<Value>(res.body()) {
-                    body["balance"] = have.into();
-                    *res.body_mut() = Bytes::from(body.to_string());
-                }
-                Err(res)
+                // Tell the agent exactly where it stands (the body also carries the offers).
+                let detail = format!("the prepaid balance ({have}) does not cover this request; top up (see accepts)");
+                Err(Refusal::new(ErrorCode::BalanceInsufficient, detail)
+                    .standing(Standing::Balance(have)))
             }
         }
     }
-
     /// A reservation of one use of `receipt` on `route`.
     pub(super) fn reservation(
         &self,
@@ -163,8 +139,8 @@ impl Paywall {
     }
 
     /// The refusal for a receipt the store would not reserve.
-    pub(super) fn authorize_refusal(outcome: AuthorizeOutcome) -> (ErrorCode, &'static str) {
-        match outcome {
+    pub(super) fn authorize_refusal(outcome: AuthorizeOutcome) -> Refusal {
+        let (code, detail) = match outcome {
             AuthorizeOutcome::Reserved => (ErrorCode::Internal, "internal error"),
             AuthorizeOutcome::Replayed => {
                 (ErrorCode::ReceiptReplayed, "this receipt was already spent")
@@ -189,7 +165,8 @@ impl Paywall {
                 ErrorCode::MandateExceeded,
                 "the spending mandate's budget for this window does not cover this payment",
             ),
-        }
+        };
+        Refusal::new(code, detail)
     }
 
     pub(super) async fn reserve_receipt(
@@ -197,33 +174,23 @@ impl Paywall {
         receipt: &Receipt,
         route: &PricedRoute,
         mandate: Option<MandateCharge>,
-    ) -> Result<Reservation, (ErrorCode, String, Option<(MandateCharge, u64)>)> {
+    ) -> Result<Reservation, Refusal> {
         let reservation = self.reservation(receipt, route, mandate);
         let outcome = crate::metrics::timed("authorize", self.0.store.authorize(&reservation))
             .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "store unavailable during authorize; failing closed");
-                (
-                    ErrorCode::StoreUnavailable,
-                    "payments are temporarily unavailable; retry later (nothing was charged)"
-                        .to_owned(),
-                    None,
-                )
-            })?;
+            .map_err(|e| Refusal::store_down(e, "authorize"))?;
         match outcome {
             AuthorizeOutcome::Reserved => Ok(reservation),
             AuthorizeOutcome::MandateExceeded { room_minor } => {
-                let (code, detail) = Self::authorize_refusal(outcome);
-                Err((
-                    code,
-                    detail.into(),
-                    reservation.mandate.map(|m| (m, room_minor)),
-                ))
+                let r = Self::authorize_refusal(outcome);
+                match (&reservation.mandate, route.price.currency()) {
+                    (Some(m), Some(currency)) => {
+                        Err(self.mandate_exceeded(r, m, room_minor, currency))
+                    }
+                    _ => Err(r),
+                }
             }
-            other => {
-                let (code, detail) = Self::authorize_refusal(other);
-                Err((code, detail.into(), None))
-            }
+            other => Err(Self::authorize_refusal(other)),
         }
     }
 
@@ -234,23 +201,23 @@ impl Paywall {
         claim: Option<&str>,
         bound: Option<Mandate>,
         headers: &HeaderMap,
-    ) -> Result<Option<Mandate>, (ErrorCode, String)> {
+    ) -> Result<Option<Mandate>, Refusal> {
         if bound.is_some() {
             return Ok(bound);
         }
         let jwt = match claim {
             Some(c) if c.contains('.') => Some(c),
             Some(_) => {
-                return Err((
+                return Err(Refusal::new(
                     ErrorCode::MandateInvalid,
-                    "the receipt's mandate claim must carry the mandate JWT".into(),
+                    "the receipt's mandate claim must carry the mandate JWT",
                 ))
             }
             None => match headers.get(TOLLGATE_MANDATE) {
                 Some(v) => Some(v.to_str().map_err(|_| {
-                    (
+                    Refusal::new(
                         ErrorCode::MandateInvalid,
-                        "the Tollgate-Mandate header is not a JWT".to_owned(),
+                        "the Tollgate-Mandate header is not a JWT",
                     )
                 })?),
                 None => None,
@@ -261,7 +228,7 @@ impl Paywall {
             Some(t) => Mandate::verify(&self.0.verifier, t.trim())
                 .await
                 .map(Some)
-                .map_err(|e| (e.code, e.detail)),
+                .map_err(|e| Refusal::new(e.code, e.detail)),
         }
     }
 
@@ -274,17 +241,19 @@ impl Paywall {
         route: &PricedRoute,
         currency: &Currency,
         amount_minor: u64,
-    ) -> Result<(Option<MandateCharge>, Option<u64>), (ErrorCode, String)> {
+    ) -> Result<(Option<MandateCharge>, Option<u64>), Refusal> {
         let Some(m) = mandate else {
             return Ok((None, None));
         };
-        let charge = m.charge(
-            payer,
-            route.group_name(),
-            currency,
-            amount_minor,
-            self.0.clock.now_ms(),
-        )?;
+        let charge = m
+            .charge(
+                payer,
+                route.group_name(),
+                currency,
+                amount_minor,
+                self.0.clock.now_ms(),
+            )
+            .map_err(|(c, d)| Refusal::new(c, d))?;
         let max = m.max_per_payment.and_then(|a| currency.to_minor(a).ok());
         Ok((Some(charge), max))
     }
@@ -293,27 +262,21 @@ impl Paywall {
     /// the window resets (`Retry-After` too).
     pub(super) fn mandate_exceeded(
         &self,
-        mut res: Refusal,
+        r: Refusal,
         m: &MandateCharge,
         room_minor: u64,
         currency: &Currency,
     ) -> Refusal {
         let resets_at = m.window_end_ms.div_euclid(1000);
-        if let Ok(mut body) = serde_json::from_slice::<Value>(res.body()) {
-            body["mandate"] = json!({
-                "room_left": currency.from_minor(room_minor).to_string(),
-                "budget": currency.from_minor(m.budget_minor).to_string(),
-                "currency": currency.code(),
-                "requested": currency.from_minor(m.amount_minor).to_string(),
-                "window_start": m.window_start_ms.div_euclid(1000),
-                "resets_at": resets_at,
-            });
-            *res.body_mut() = Bytes::from(body.to_string());
-        }
         let wait = (resets_at - self.0.clock.now_secs()).max(1);
-        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-            res.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        res
+        r.standing(Standing::Mandate(MandateStanding {
+            room_left: currency.from_minor(room_minor).to_string(),
+            budget: currency.from_minor(m.budget_minor).to_string(),
+            currency: currency.code().to_owned(),
+            requested: currency.from_minor(m.amount_minor).to_string(),
+            window_start: m.window_start_ms.div_euclid(1000),
+            resets_at,
+        }))
+        .retry_after(u64::try_from(wait).unwrap_or(1))
     }
 }

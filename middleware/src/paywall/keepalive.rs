@@ -23,17 +23,14 @@ impl Drop for HoldKeepalive {
 impl Admission {
     /// How long this admission's hold lasts unrenewed.
     pub(crate) fn hold_ttl(&self) -> Duration {
-        self.held.ttl()
+        self.secured.ttl()
     }
 
     /// Start renewing this admission's hold while its response streams. `None` when there is
     /// nothing to renew (charged at admission, an x402 payment) or no runtime.
     pub(crate) fn keep_hold_alive(&self) -> Option<HoldKeepalive> {
-        if self.settled || self.charged.is_some() || self.x402.is_some() {
-            return None;
-        }
+        let held = self.secured.renewable()?;
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let held = self.held.clone();
         let ttl = held.ttl();
         let store = self.paywall.0.store.clone();
         let period = (ttl / 3).max(Duration::from_millis(50));

@@ -16,11 +16,17 @@
 //! [`crate::PaymentLayer`] drives these phases for any tower service; the gateway uses the
 //! same layer in front of its reverse proxy.
 //!
-//! Files: `holds.rs` (balance holds with plan coverage, receipt reservations, mandates),
-//! `charged.rs` (capture at admission and voids), `challenge_cache.rs` (this second's 402
-//! answers), `payment_auth.rs` (the Payment HTTP authentication scheme), `idempotency.rs`
-//! (request `Idempotency-Key`), `x402.rs` (x402 `exact`), `agent.rs` (agent endpoints),
-//! `reconcile.rs` (captures whose outcome is unknown).
+//! Files, by phase: `offer.rs` (the 402's offers and requirements), `admit.rs` (credential,
+//! verification, authorization), `holds.rs` (balance holds with plan coverage, receipt
+//! reservations, mandates), `admission.rs` (what an admitted request secured: one
+//! [`admission::Secured`] variant per way of paying, each with its own settle and drop),
+//! `settle.rs` (capture or release), `charged.rs` (capture at admission and voids), `x402/`
+//! (x402 `exact`), `keepalive.rs` (holds of long streams), `reconcile.rs` (captures whose
+//! outcome is unknown); decisions as data in `refusal.rs`, written to the wire only by
+//! `render.rs` (problem bodies, 402 requirements) and `wire.rs` (`PAYMENT-RESPONSE`);
+//! `challenge_cache.rs` (this second's 402 answers), `payment_auth.rs` (the Payment HTTP
+//! authentication scheme), `idempotency.rs` (request `Idempotency-Key`), `agent.rs` (agent
+//! endpoints).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +54,9 @@ use crate::store::{
 };
 use crate::token::{TokenError, TokenKey};
 
+mod admission;
+pub use self::admission::Admission;
+use self::admission::{BalanceHold, Held, Secured};
 mod admit;
 mod agent;
 mod challenge_cache;
@@ -59,10 +68,16 @@ pub mod idempotency;
 mod offer;
 mod payment_auth;
 mod reconcile;
+mod refusal;
+mod render;
 mod settle;
+mod wire;
 mod x402;
 
 use self::reconcile::{reconcile, retry_unknown};
+pub use self::refusal::{MandateStanding, PlanStanding, Refusal, Served, Standing, X402Failure};
+use self::render::{b64_header, json_response};
+pub use self::render::{Head, OwnedHead, Reply};
 
 /// x402 v2 response header with the payment requirements.
 pub const PAYMENT_REQUIRED: &str = "payment-required";
@@ -297,125 +312,6 @@ pub struct Payment {
 #[derive(Debug, Clone, Default)]
 pub struct RequestBodyCounter(pub Arc<AtomicU64>);
 
-#[derive(Debug, Clone)]
-enum Held {
-    /// A fixed-price receipt, held single-use.
-    Receipt(Reservation),
-    /// An amount held from the prepaid balance.
-    Balance {
-        hold: Hold,
-        /// Most the request may be charged (a payment receipt's amount on a metered route).
-        cap_minor: Option<u64>,
-        /// Available balance right after the hold.
-        balance_minor: u64,
-        /// A token issued with this request (a metered payment receipt funds a balance).
-        new_token: Option<String>,
-        /// The charge decided at admission (a plan-covered call: 0; overage: the overage
-        /// price), instead of the route's price or meters.
-        fixed_charge: Option<u64>,
-    },
-}
-
-impl Held {
-    /// Give the hold back (the request was not served).
-    async fn release(&self, store: &dyn Store) -> Result<(), crate::store::StoreError> {
-        match self {
-            Held::Receipt(r) => {
-                crate::metrics::timed("release", store.settle(r, &Settlement::Release))
-                    .await
-                    .map(|_| ())
-            }
-            Held::Balance { hold, .. } => {
-                crate::metrics::timed("release_hold", store.release_hold(hold))
-                    .await
-                    .map(|_| ())
-            }
-        }
-    }
-
-    /// Extend the hold to `ttl` from now (its request is still being served).
-    async fn renew(
-        &self,
-        store: &dyn Store,
-        ttl: Duration,
-    ) -> Result<bool, crate::store::StoreError> {
-        let renewal = match self {
-            Held::Receipt(r) => crate::store::Renewal::Receipt(r),
-            Held::Balance { hold, .. } => crate::store::Renewal::Balance(hold),
-        };
-        crate::metrics::timed("renew", store.renew(renewal, ttl)).await
-    }
-
-    /// How long the hold lasts unrenewed.
-    fn ttl(&self) -> Duration {
-        match self {
-            Held::Receipt(r) => r.hold,
-            Held::Balance { hold, .. } => hold.ttl,
-        }
-    }
-}
-
-/// How a call's hold was placed.
-#[derive(Debug, Clone, Copy)]
-enum Placed {
-    /// From the balance at the route's price; the balance left.
-    Balance(u64),
-    /// Covered by a plan.
-    Plan,
-    /// The plan's calls are used up: the overage price held; the balance left.
-    Overage(u64),
-}
-
-/// A request that may proceed: its receipt or balance is held until [`Admission::settle`].
-#[derive(Debug)]
-#[must_use = "an admission holds a receipt or balance until it is settled"]
-pub struct Admission {
-    paywall: Paywall,
-    payment: Payment,
-    held: Held,
-    route: Arc<PricedRoute>,
-    method: String,
-    started: Instant,
-    request_bytes: RequestBodyCounter,
-    declared_request_bytes: Option<u64>,
-    /// Set once settled; an admission dropped unsettled (client gone, future cancelled)
-    /// releases its hold in the background.
-    settled: bool,
-    /// An x402 `exact` payment: its offer, payload and on-chain state (see `x402.rs`).
-    x402: Option<Box<x402::X402Pending>>,
-    /// A fixed price charged at admission (see `charged.rs`).
-    charged: Option<Box<charged::Charged>>,
-    /// Paid through the Payment HTTP authentication scheme (`Authorization: Payment`): a
-    /// served 2xx answer carries the draft's `Payment-Receipt`.
-    payment_scheme: bool,
-    /// The request's `Idempotency-Key`, claimed for this payer until the request is settled.
-    idempotency: Option<idempotency::Claim>,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
-        crate::metrics::global().holds_in_flight.dec();
-        if self.abandon_x402() || self.abandon_charged() {
-            return;
-        }
-        let store = self.paywall.0.store.clone();
-        let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = held.release(store.as_ref()).await {
-                    tracing::warn!(error = %e, "release after cancel failed; hold will expire");
-                }
-            });
-        }
-    }
-}
-
-/// A response built by the engine (402s and other refusals, agent endpoints).
-pub type Refusal = Response<Bytes>;
-
 /// Settlement result of a served request.
 #[derive(Debug, Clone, Default)]
 pub struct Settled {
@@ -437,44 +333,6 @@ pub enum BodyEnd {
     UpstreamFailed,
     /// The gateway ended the stream: the payer could not pay for more.
     CutOff,
-}
-
-/// `PAYMENT-RESPONSE` of a captured request (x402 v2 fields and Tollgate's).
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PaymentResponse<'a> {
-    success: bool,
-    transaction: &'a str,
-    network: &'a str,
-    payer: &'a str,
-    amount: String,
-    amount_atomic: String,
-    currency: &'a str,
-    decimals: u32,
-    event_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    receipt: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    balance: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    access_token: Option<String>,
-}
-
-fn b64_header(v: &Value) -> Option<HeaderValue> {
-    // `to_vec`, not `to_string`: the `Display` path goes through `fmt` (slower on every 402).
-    HeaderValue::from_str(&STANDARD.encode(serde_json::to_vec(v).ok()?)).ok()
-}
-
-fn json_response(status: StatusCode, v: &Value) -> Refusal {
-    let mut res = Response::new(Bytes::from(v.to_string()));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
 }
 
 impl Paywall {
@@ -515,67 +373,9 @@ impl Paywall {
         self.0.token_key.issue(payer, self.0.clock.now_secs(), ttl)
     }
 
-    /// A plain problem response (no payment requirements).
-    pub fn problem(code: ErrorCode, detail: &str) -> Refusal {
-        let mut res: Refusal = Problem::new(code).detail(detail).into_response();
-        if matches!(code, ErrorCode::TokenInvalid | ErrorCode::TokenExpired) {
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
-        }
-        res
-    }
-
-    fn store_down(e: impl std::fmt::Display, during: &str) -> Refusal {
-        tracing::error!(error = %e, during, "store unavailable; failing closed");
-        Self::problem(
-            ErrorCode::StoreUnavailable,
-            "payments are temporarily unavailable; retry later (nothing was charged)",
-        )
-    }
-
     /// The plans sold.
     pub fn plans(&self) -> &[Plan] {
         &self.0.plans
-    }
-}
-
-impl Admission {
-    /// Who pays.
-    pub fn payment(&self) -> &Payment {
-        &self.payment
-    }
-
-    /// The route.
-    pub fn route(&self) -> &Arc<PricedRoute> {
-        &self.route
-    }
-
-    /// The metered price, if the route is metered.
-    pub fn metered(&self) -> Option<&Metered> {
-        match &self.route.price {
-            Price::Metered(m) => Some(m),
-            _ => None,
-        }
-    }
-
-    /// The request-body counter to put into the request's extensions.
-    pub fn request_counter(&self) -> RequestBodyCounter {
-        self.request_bytes.clone()
-    }
-
-    /// How long since admission.
-    pub fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Request body bytes forwarded (counted, or as declared).
-    pub fn request_bytes(&self) -> u64 {
-        match self.request_bytes.0.load(Ordering::Relaxed) {
-            0 => self.declared_request_bytes.unwrap_or(0),
-            n => n,
-        }
     }
 }
 

@@ -52,7 +52,7 @@ pub(super) fn reconcile(
     handle.spawn(async move {
         let (payer, reservation) = match &held {
             Held::Receipt(r) => (r.payer.clone(), r.id.clone()),
-            Held::Balance { hold, .. } => (hold.payer.clone(), hold.id.clone()),
+            Held::Balance(hold) => (hold.payer.clone(), hold.id.clone()),
         };
         let deadline = Instant::now() + Duration::from_secs(3600);
         let mut wait = Duration::from_millis(200);
@@ -69,7 +69,7 @@ pub(super) fn reconcile(
                             _ => Ok(None),
                         },
                     },
-                    Held::Balance { hold, .. } => match store.release_hold(hold).await? {
+                    Held::Balance(hold) => match store.release_hold(hold).await? {
                         HoldSettleOutcome::Released => Ok(None),
                         _ => {
                             let Settlement::Capture(event) = &capture else { return Ok(None) };

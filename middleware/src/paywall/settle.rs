@@ -1,6 +1,8 @@
 //! The settle phase: a served request captured at what it actually cost (a fixed price, or the
 //! metered usage clamped to what the payer can pay), the rest released, exactly one ledger
-//! entry; and the paid response headers (`PAYMENT-RESPONSE`, `Payment-Receipt`).
+//! entry; and the paid response headers (`PAYMENT-RESPONSE`, `Payment-Receipt`). Each way of
+//! paying ([`Secured`]) settles by its own rule: a held receipt or balance here, a charge made
+//! at admission in `charged.rs`, an x402 payment in `x402/`.
 
 use super::*;
 
@@ -8,47 +10,33 @@ impl Admission {
     /// The most this request can be charged (hold + available balance, within a receipt's
     /// cap), in minor units; `None` for a receipt-paid fixed price.
     pub fn charge_limit_minor(&self) -> Option<u64> {
-        match &self.held {
-            Held::Balance {
-                hold,
-                cap_minor,
-                balance_minor,
-                ..
-            } => {
-                let limit = hold.amount_minor.saturating_add(*balance_minor);
-                Some(cap_minor.map_or(limit, |c| limit.min(c)))
+        match &self.secured {
+            Secured::Balance(b) => {
+                let limit = b.hold.amount_minor.saturating_add(b.balance_minor);
+                Some(b.cap_minor.map_or(limit, |c| limit.min(c)))
             }
-            Held::Receipt(_) => None,
+            _ => None,
         }
     }
 
     /// `PAYMENT-RESPONSE` for a metered response settled after its body: what is held now.
     pub fn pending_response(&self) -> Option<HeaderValue> {
-        let Held::Balance {
-            hold,
-            balance_minor,
-            new_token,
-            ..
-        } = &self.held
-        else {
+        let Secured::Balance(b) = &self.secured else {
             return None;
         };
         let c = &self.payment.charge.currency;
-        let mut v = json!({
-            "success": true,
-            "settlement": "deferred",
-            "network": self.paywall.0.network,
-            "payer": self.payment.payer,
-            "held": c.from_minor(hold.amount_minor).to_string(),
-            "currency": c.code(),
-            "decimals": c.scale(),
-            "balance": c.from_minor(*balance_minor).to_string(),
-            "reservation": hold.id,
-        });
-        if let Some(t) = new_token {
-            v["accessToken"] = t.clone().into();
-        }
-        b64_header(&v)
+        b64_header(&wire::PendingResponse {
+            success: true,
+            settlement: "deferred",
+            network: &self.paywall.0.network,
+            payer: &self.payment.payer,
+            held: c.from_minor(b.hold.amount_minor).to_string(),
+            currency: c.code(),
+            decimals: c.scale(),
+            balance: c.from_minor(b.balance_minor).to_string(),
+            reservation: &b.hold.id,
+            access_token: b.new_token.as_deref(),
+        })
     }
 
     /// Settle. `status`: the upstream's status (`None`: it failed before answering).
@@ -63,20 +51,31 @@ impl Admission {
         status: Option<u16>,
         usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
     ) -> Result<Settled, Refusal> {
-        if let Some(x) = self.x402.take() {
-            return self.settle_x402(*x, status).await;
+        match self.take_secured() {
+            Secured::X402(r, x) => self.settle_x402(r, *x, status).await,
+            Secured::Charged(held, c) => self.settle_charged(held, *c, status).await,
+            Secured::Receipt(r) => {
+                self.settle_held(Held::Receipt(r), None, status, usage)
+                    .await
+            }
+            Secured::Balance(b) => {
+                let held = Held::Balance(b.hold.clone());
+                self.settle_held(held, Some(b), status, usage).await
+            }
+            Secured::Settled => Ok(Settled::default()),
         }
-        if let Some(c) = self.charged.take() {
-            return self.settle_charged(*c, status).await;
-        }
-        // From here on this call owns the outcome; if it is cancelled mid-way the hold simply
-        // expires (a capture may or may not have landed: never both, never twice).
-        self.settled = true;
-        crate::metrics::global().holds_in_flight.dec();
+    }
+
+    /// A not served request gives its hold back; a served one is captured at its cost.
+    async fn settle_held(
+        &mut self,
+        held: Held,
+        balance: Option<BalanceHold>,
+        status: Option<u16>,
+        usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
+    ) -> Result<Settled, Refusal> {
         let store = self.paywall.0.store.clone();
-        let served = status.is_some_and(|s| s < 400);
-        let held = std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()));
-        if !served {
+        let Some(status) = status.filter(|s| *s < 400) else {
             // On failure the hold expires by itself; the agent can retry after that.
             if let Err(e) = held.release(store.as_ref()).await {
                 tracing::warn!(error = %e, "release failed; hold will expire");
@@ -86,11 +85,10 @@ impl Admission {
                 claim.forget().await;
             }
             return Ok(Settled::default());
-        }
+        };
         let claim = self.idempotency.take();
-        let status = status.unwrap_or(0);
         let currency = self.payment.charge.currency.clone();
-        let (units, unit_prices, actual_minor) = self.measure(&held, usage);
+        let (units, unit_prices, actual_minor) = self.measure(balance.as_ref(), usage);
         let units_seen = units.clone();
         let time_ms = self.paywall.0.clock.now_ms();
         let event = UsageEvent {
@@ -112,7 +110,7 @@ impl Admission {
         };
         let withheld = |e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "capture failed; response withheld");
-            Paywall::problem(
+            Refusal::plain(
                 ErrorCode::StoreUnavailable,
                 "the payment could not be recorded; nothing was charged, retry later",
             )
@@ -152,16 +150,14 @@ impl Admission {
                     }
                     other => {
                         tracing::error!(?other, "capture refused: the hold was lost");
-                        return Err(Paywall::problem(
+                        return Err(Refusal::plain(
                             ErrorCode::ReceiptInUse,
                             "the receipt's hold expired and it was taken by another request",
                         ));
                     }
                 }
             }
-            Held::Balance {
-                hold, new_token, ..
-            } => {
+            Held::Balance(hold) => {
                 let event = UsageEvent {
                     reservation: hold.id.clone(),
                     ..event
@@ -207,12 +203,12 @@ impl Admission {
                             event_id,
                             charged_minor,
                             Some(balance_minor),
-                            new_token.clone(),
+                            balance.and_then(|b| b.new_token),
                         )
                     }
                     other => {
                         tracing::error!(?other, "capture refused: the hold was lost (expired)");
-                        return Err(Paywall::problem(
+                        return Err(Refusal::plain(
                             ErrorCode::BalanceInsufficient,
                             "the balance hold expired before the response; nothing was charged",
                         ));
@@ -276,7 +272,7 @@ impl Admission {
             None
         };
         // Serialized from a struct (no intermediate JSON map): this runs on every paid request.
-        let body = PaymentResponse {
+        let body = wire::PaymentResponse {
             success: true,
             transaction: event_id,
             network: &self.paywall.0.network,
@@ -285,27 +281,28 @@ impl Admission {
             amount_atomic: charged.to_string(),
             currency: currency.code(),
             decimals: currency.scale(),
-            event_id,
+            event_id: Some(event_id),
             receipt: receipt_id,
             balance: balance.map(|b| currency.from_minor(b).to_string()),
             access_token: token,
+            settlement: None,
+            settlement_id: None,
         };
-        let payment_response = serde_json::to_vec(&body)
-            .ok()
-            .and_then(|v| HeaderValue::from_str(&STANDARD.encode(v)).ok());
         Settled {
-            payment_response,
+            payment_response: b64_header(&body),
             payment_receipt,
         }
     }
 
-    /// Units, unit prices and the amount to capture, by the documented rules.
+    /// Units, unit prices and the amount to capture, by the documented rules. `held`: the
+    /// balance hold (`None`: a receipt at the route's fixed price).
     pub(super) fn measure(
         &self,
-        held: &Held,
+        held: Option<&BalanceHold>,
         usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
     ) -> (BTreeMap<String, u64>, BTreeMap<String, String>, u64) {
         let Price::Metered(m) = &self.route.price else {
+            // A fixed price (a plan's coverage or overage is already in the payment's charge).
             let minor = self.payment.charge.minor().unwrap_or(0);
             return (
                 BTreeMap::from([("request".to_owned(), 1)]),
@@ -313,14 +310,7 @@ impl Admission {
                 minor,
             );
         };
-        let hold_minor = match held {
-            Held::Balance { hold, .. } => hold.amount_minor,
-            Held::Receipt(_) => 0,
-        };
-        let cap = match held {
-            Held::Balance { cap_minor, .. } => *cap_minor,
-            Held::Receipt(_) => None,
-        };
+        let hold_minor = held.map_or(0, |b| b.hold.amount_minor);
         let prices = m
             .meters
             .iter()
@@ -347,14 +337,10 @@ impl Admission {
         } else {
             m.cost_minor(&units).unwrap_or(hold_minor)
         };
-        let actual = match held {
-            Held::Balance {
-                fixed_charge: Some(c),
-                ..
-            } => *c,
-            _ => actual,
-        };
-        let actual = cap.map_or(actual, |c| actual.min(c));
+        let actual = held.and_then(|b| b.fixed_charge).unwrap_or(actual);
+        let actual = held
+            .and_then(|b| b.cap_minor)
+            .map_or(actual, |c| actual.min(c));
         (units, prices, actual)
     }
 }

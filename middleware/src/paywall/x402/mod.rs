@@ -23,12 +23,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::Method;
 use serde_json::{json, Value};
 
 use super::reconcile::retry_unknown;
-use super::{b64_header, Admission, Held, Payment, Paywall, Refusal, Settled, PAYMENT_RESPONSE};
+use super::wire::PaymentResponse;
+use super::{
+    b64_header, Admission, Payment, Paywall, Refusal, Secured, Settled, Standing, X402Failure,
+};
 use crate::error::ErrorCode;
 use crate::money::Money;
 use crate::price::PricedRoute;
@@ -50,29 +52,6 @@ pub(super) struct X402Pending {
     payload: Value,
     /// Set once the transfer is on chain (`before`, at admission).
     on_chain: Option<OnChain>,
-    /// The request's URI and `Host`: a refusal after serving (`after`) carries fresh offers.
-    uri: Uri,
-    host: Option<http::HeaderValue>,
-}
-
-/// Add the x402 failure to a refusal: `errorReason` in the body and a `PAYMENT-RESPONSE`
-/// with `success: false`.
-fn with_reason(mut res: Refusal, reason: &str, network: &str, payer: Option<&str>) -> Refusal {
-    if let Ok(mut body) = serde_json::from_slice::<Value>(res.body()) {
-        body["errorReason"] = reason.into();
-        *res.body_mut() = Bytes::from(body.to_string());
-    }
-    let pr = json!({
-        "success": false,
-        "errorReason": reason,
-        "transaction": "",
-        "network": network,
-        "payer": payer.unwrap_or_default(),
-    });
-    if let Some(v) = b64_header(&pr) {
-        res.headers_mut().insert(PAYMENT_RESPONSE, v);
-    }
-    res
 }
 
 /// The refusal code and reason for a facilitator failure.
@@ -103,41 +82,30 @@ fn facilitator_detail(code: ErrorCode) -> &'static str {
 }
 
 impl Paywall {
-    /// A refusal for an x402 payment: 402 with fresh offers, or a plain problem.
-    #[allow(clippy::too_many_arguments)]
+    /// A refusal for an x402 payment, with its x402 reason.
     fn x402_refusal(
-        &self,
-        route: &PricedRoute,
-        (method, uri, headers): (&Method, &Uri, &HeaderMap),
         code: ErrorCode,
         reason: &str,
         detail: &str,
         network: &str,
         payer: Option<&str>,
     ) -> Refusal {
-        let res = if code.status() == StatusCode::PAYMENT_REQUIRED {
-            self.challenge(route, method, uri, headers, code, detail)
-        } else {
-            Self::problem(code, detail)
-        };
-        with_reason(res, reason, network, payer)
+        Refusal::new(code, detail.to_owned()).standing(Standing::X402(X402Failure {
+            reason: reason.to_owned(),
+            network: network.to_owned(),
+            payer: payer.map(str::to_owned),
+        }))
     }
 
     /// The x402 `exact` arm of admission.
     pub(super) async fn admit_x402(
         &self,
         route: &Arc<PricedRoute>,
-        (method, uri, headers): (&Method, &Uri, &HeaderMap),
         payload: Value,
-        admission: impl FnOnce(Payment, Held) -> Admission,
+        admission: impl FnOnce(Payment, Secured) -> Admission,
     ) -> Result<Option<Admission>, Refusal> {
-        let req = (method, uri, headers);
         let Some(x) = route.x402.clone() else {
-            return Err(self.challenge(
-                route,
-                method,
-                uri,
-                headers,
+            return Err(Refusal::new(
                 ErrorCode::SchemeUnsupported,
                 "this route takes no x402 exact payment; see accepts",
             ));
@@ -151,9 +119,7 @@ impl Paywall {
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 let payer = e.payer.map(|a| format!("{a:#x}"));
-                return Err(self.x402_refusal(
-                    route,
-                    req,
+                return Err(Self::x402_refusal(
                     ErrorCode::X402PaymentInvalid,
                     e.reason.as_str(),
                     &e.detail,
@@ -163,7 +129,7 @@ impl Paywall {
             }
         };
         let Some(offer) = x.offers.get(verified.offer) else {
-            return Err(Self::problem(ErrorCode::Internal, "internal error"));
+            return Err(Refusal::internal());
         };
         let payer = format!("{:#x}", verified.from);
         let nonce = format!("{:#x}", verified.nonce);
@@ -181,15 +147,7 @@ impl Paywall {
             mandate: None,
         };
         let refuse = |code: ErrorCode, reason: &str, detail: &str| {
-            self.x402_refusal(
-                route,
-                req,
-                code,
-                reason,
-                detail,
-                &offer.network,
-                Some(&payer),
-            )
+            Self::x402_refusal(code, reason, detail, &offer.network, Some(&payer))
         };
         match crate::metrics::timed("authorize", self.0.store.authorize(&reservation)).await {
             Ok(AuthorizeOutcome::Reserved) => {}
@@ -208,7 +166,7 @@ impl Paywall {
                 ))
             }
             Ok(AuthorizeOutcome::PayerBlocked) => {
-                return Err(Self::problem(
+                return Err(Refusal::plain(
                     ErrorCode::PayerBlocked,
                     "this payer is blocked by the provider",
                 ))
@@ -219,12 +177,12 @@ impl Paywall {
                 | AuthorizeOutcome::MandateRevoked
                 | AuthorizeOutcome::MandateExceeded { .. },
             ) => {
-                return Err(Self::problem(
+                return Err(Refusal::plain(
                     ErrorCode::ReceiptRevoked,
                     "the provider revoked this authorization",
                 ))
             }
-            Err(e) => return Err(Self::store_down(e, "authorize x402")),
+            Err(e) => return Err(Refusal::store_down(e, "authorize x402")),
         }
         let requirements = offer.requirements();
         let settled = match x.mode {
@@ -261,16 +219,16 @@ impl Paywall {
             credential: format!("x402:{}:{payer}:{nonce}", offer.network),
             metered: false,
         };
-        let mut a = admission(payment, Held::Receipt(reservation));
-        a.x402 = Some(Box::new(X402Pending {
+        let pending = X402Pending {
             offer: verified.offer,
             route: x,
             payload,
             on_chain,
-            uri: uri.clone(),
-            host: headers.get(http::header::HOST).cloned(),
-        }));
-        Ok(Some(a))
+        };
+        Ok(Some(admission(
+            payment,
+            Secured::X402(reservation, Box::new(pending)),
+        )))
     }
 
     async fn release(&self, r: &Reservation) {
@@ -310,19 +268,13 @@ impl Admission {
 
     /// Settle an x402 admission (see the module docs for the rules).
     pub(super) async fn settle_x402(
-        mut self,
+        &self,
+        r: Reservation,
         x: X402Pending,
         status: Option<u16>,
     ) -> Result<Settled, Refusal> {
-        self.settled = true;
-        crate::metrics::global().holds_in_flight.dec();
-        let Held::Receipt(r) =
-            std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()))
-        else {
-            return Err(Paywall::problem(ErrorCode::Internal, "internal error"));
-        };
         let Some(offer) = x.route.offers.get(x.offer) else {
-            return Err(Paywall::problem(ErrorCode::Internal, "internal error"));
+            return Err(Refusal::internal());
         };
         let on_chain = match &x.on_chain {
             Some(c) => c.clone(),
@@ -331,10 +283,7 @@ impl Admission {
                     && self.method != Method::HEAD.as_str();
                 if !served {
                     self.paywall.release(&r).await;
-                    return Ok(Settled {
-                        payment_response: None,
-                        payment_receipt: None,
-                    });
+                    return Ok(Settled::default());
                 }
                 if x.route.mode == SettlementMode::Deferred {
                     return self.settle_deferred(&x, &r, status.unwrap_or(0)).await;
@@ -350,27 +299,10 @@ impl Admission {
                         tracing::warn!(error = %e, payer = %self.payment.payer, "x402 settlement after serving failed; response withheld");
                         self.paywall.release(&r).await;
                         let (code, reason) = facilitator_failure(&e, false);
-                        let res = if code.status() == StatusCode::PAYMENT_REQUIRED {
-                            let mut headers = HeaderMap::new();
-                            if let Some(h) = &x.host {
-                                headers.insert(http::header::HOST, h.clone());
-                            }
-                            let method =
-                                Method::from_bytes(self.method.as_bytes()).unwrap_or(Method::GET);
-                            self.paywall.challenge(
-                                &self.route,
-                                &method,
-                                &x.uri,
-                                &headers,
-                                code,
-                                facilitator_detail(code),
-                            )
-                        } else {
-                            Paywall::problem(code, facilitator_detail(code))
-                        };
-                        return Err(with_reason(
-                            res,
+                        return Err(Paywall::x402_refusal(
+                            code,
                             &reason,
+                            facilitator_detail(code),
                             &offer.network,
                             Some(&self.payment.payer),
                         ));
@@ -409,20 +341,22 @@ impl Admission {
         } else {
             on_chain.network.clone()
         };
-        let mut body = json!({
-            "success": true,
-            "transaction": on_chain.transaction,
-            "network": network,
-            "payer": self.payment.payer,
-            "amount": offer.currency.from_minor(offer.amount).to_string(),
-            "amountAtomic": offer.amount.to_string(),
-            "currency": offer.currency.code(),
-            "decimals": offer.currency.scale(),
-            "settlement": x.route.mode.as_str(),
-        });
-        if let Some(id) = event_id {
-            body["eventId"] = id.into();
-        }
+        let body = PaymentResponse {
+            success: true,
+            transaction: &on_chain.transaction,
+            network: &network,
+            payer: &self.payment.payer,
+            amount: offer.currency.from_minor(offer.amount).to_string(),
+            amount_atomic: offer.amount.to_string(),
+            currency: offer.currency.code(),
+            decimals: offer.currency.scale(),
+            event_id: event_id.as_deref(),
+            receipt: None,
+            balance: None,
+            access_token: None,
+            settlement: Some(x.route.mode.as_str()),
+            settlement_id: None,
+        };
         Ok(Settled {
             payment_response: b64_header(&body),
             payment_receipt: None,
@@ -438,7 +372,7 @@ impl Admission {
         status: u16,
     ) -> Result<Settled, Refusal> {
         let Some(offer) = x.route.offers.get(x.offer) else {
-            return Err(Paywall::problem(ErrorCode::Internal, "internal error"));
+            return Err(Refusal::internal());
         };
         let event = self.x402_event(x, r, status);
         let job = json!({"payload": x.payload, "requirements": offer.requirements()}).to_string();
@@ -453,7 +387,7 @@ impl Admission {
             ) => event_id,
             Ok(other) => {
                 tracing::error!(?other, payer = %self.payment.payer, "x402 deferred capture refused: the hold was lost");
-                return Err(Paywall::problem(
+                return Err(Refusal::plain(
                     ErrorCode::X402AuthorizationInUse,
                     "the authorization's hold expired and it was taken by another request",
                 ));
@@ -462,7 +396,7 @@ impl Admission {
                 // Unknown outcome: if it landed, the settler will settle a withheld response
                 // (logged for the operator); if not, the hold expires. Never served unpaid.
                 tracing::error!(error = %e, payer = %self.payment.payer, reservation = %r.id, "x402 deferred capture not recorded; response withheld");
-                return Err(Paywall::problem(
+                return Err(Refusal::plain(
                     ErrorCode::StoreUnavailable,
                     "the payment could not be recorded; retry later",
                 ));
@@ -472,19 +406,22 @@ impl Admission {
             .revenue_minor
             .with_label_values(&[self.route.id.as_str(), offer.currency.code()])
             .inc_by(offer.amount);
-        let body = json!({
-            "success": true,
-            "transaction": "",
-            "network": offer.network,
-            "payer": self.payment.payer,
-            "amount": offer.currency.from_minor(offer.amount).to_string(),
-            "amountAtomic": offer.amount.to_string(),
-            "currency": offer.currency.code(),
-            "decimals": offer.currency.scale(),
-            "settlement": "deferred",
-            "eventId": event_id,
-            "settlementId": event_id,
-        });
+        let body = PaymentResponse {
+            success: true,
+            transaction: "",
+            network: &offer.network,
+            payer: &self.payment.payer,
+            amount: offer.currency.from_minor(offer.amount).to_string(),
+            amount_atomic: offer.amount.to_string(),
+            currency: offer.currency.code(),
+            decimals: offer.currency.scale(),
+            event_id: Some(&event_id),
+            receipt: None,
+            balance: None,
+            access_token: None,
+            settlement: Some("deferred"),
+            settlement_id: Some(&event_id),
+        };
         Ok(Settled {
             payment_response: b64_header(&body),
             payment_receipt: None,
@@ -492,17 +429,8 @@ impl Admission {
     }
 
     /// Dropped unsettled (client gone, future cancelled): a payment already on chain is
-    /// recorded (status 0); otherwise the hold is released. Returns false when there is no
-    /// x402 part (the caller then does the usual release).
-    pub(super) fn abandon_x402(&mut self) -> bool {
-        let Some(x) = self.x402.take() else {
-            return false;
-        };
-        let Held::Receipt(r) =
-            std::mem::replace(&mut self.held, Held::Receipt(Reservation::empty()))
-        else {
-            return true;
-        };
+    /// recorded (status 0); otherwise the hold is released.
+    pub(super) fn abandon_x402(&self, r: Reservation, x: X402Pending) {
         let settlement = if x.on_chain.is_some() {
             Settlement::Capture(Box::new(self.x402_event(&x, &r, 0)))
         } else {
@@ -517,18 +445,13 @@ impl Admission {
                 }
             });
         }
-        true
     }
 }
 
-/// Whether a refusal carries an x402 `errorReason` (tests).
+/// The x402 `errorReason` a refusal carries (tests).
 #[cfg(test)]
-fn reason_of(res: &Refusal) -> Option<String> {
-    serde_json::from_slice::<Value>(res.body())
-        .ok()?
-        .get("errorReason")?
-        .as_str()
-        .map(str::to_owned)
+fn reason_of(r: &Refusal) -> Option<String> {
+    r.x402_failure().map(|x| x.reason.clone())
 }
 
 #[cfg(test)]

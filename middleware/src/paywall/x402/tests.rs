@@ -1,12 +1,13 @@
 use super::*;
 use crate::clock::ManualClock;
 use crate::money::Currency;
+use crate::paywall::PAYMENT_RESPONSE;
 use crate::price::Price;
 use crate::store::MemoryStore;
 use crate::x402::{ExactOffer, Facilitator};
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use k256::ecdsa::SigningKey;
 use std::sync::Mutex;
 
@@ -176,12 +177,19 @@ async fn before_mode_never_serves_on_a_failed_settlement() {
         ),
     ] {
         f.settle.lock().unwrap().push(Err(answer));
-        let res = paywall
+        let refused = paywall
             .admit(&route, &Method::GET, &uri, &h)
             .await
             .unwrap_err();
+        assert_eq!(refused.status().as_u16(), status);
+        assert_eq!(reason_of(&refused).as_deref(), Some(reason));
+        let head = super::super::Head {
+            method: &Method::GET,
+            uri: &uri,
+            headers: &h,
+        };
+        let res = paywall.render(&refused, Some((&route, head)));
         assert_eq!(res.status().as_u16(), status);
-        assert_eq!(reason_of(&res).as_deref(), Some(reason));
         let pr = decode(res.headers().get(PAYMENT_RESPONSE).unwrap());
         assert_eq!(pr["success"], false);
         assert_eq!(pr["errorReason"], reason);
@@ -319,15 +327,23 @@ async fn deferred_mode_queues_once_and_settles_in_the_background() {
 async fn local_failures_refuse_before_any_io() {
     let (paywall, route, f) = setup(SettlementMode::Before);
     let uri: Uri = "/r".parse().unwrap();
-    let res = paywall
-        .admit(&route, &Method::GET, &uri, &header(4, 9999))
+    let h = header(4, 9999);
+    let refused = paywall
+        .admit(&route, &Method::GET, &uri, &h)
         .await
         .unwrap_err();
-    assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
     assert_eq!(
-        reason_of(&res).as_deref(),
+        reason_of(&refused).as_deref(),
         Some("invalid_exact_evm_payload_authorization_value")
     );
+    let head = super::super::Head {
+        method: &Method::GET,
+        uri: &uri,
+        headers: &h,
+    };
+    let res = paywall.render(&refused, Some((&route, head)));
+    assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
     let body: Value = serde_json::from_slice(res.body()).unwrap();
     assert_eq!(body["code"], "x402_payment_invalid");
     // The 402 offers the exact option beside the receipt one.

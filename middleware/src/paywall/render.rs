@@ -1,0 +1,282 @@
+//! The one renderer: a [`Refusal`] (data) becomes a response here, and only here -- the RFC 9457
+//! problem body, for a 402 the fresh payment requirements (`PAYMENT-REQUIRED`, the Payment
+//! scheme's `WWW-Authenticate`, the same requirements in the body), `Retry-After`, and for an
+//! x402 failure a `PAYMENT-RESPONSE` with `success: false`. Bodies are serialized once from
+//! typed structs; nothing rendered is parsed back.
+
+use serde::Serialize;
+
+use super::refusal::{MandateStanding, PlanStanding, Served, Standing};
+use super::*;
+
+/// A response written by the engine (refusals, the agent endpoints).
+pub type Reply = Response<Bytes>;
+
+/// The request a refusal answers: what a 402's fresh offers are written for.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The request target.
+    pub uri: &'a Uri,
+    /// The request headers (`Host` for the resource URL).
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> Head<'a> {
+    /// The head of a request.
+    pub fn of<B>(req: &'a http::Request<B>) -> Self {
+        Head {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+        }
+    }
+}
+
+/// What a refusal after the request was forwarded needs of it (the request itself is gone):
+/// its method, target and `Host`.
+#[derive(Debug, Clone)]
+pub struct OwnedHead {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl OwnedHead {
+    /// Keep what a later refusal needs of `req`.
+    pub fn of<B>(req: &http::Request<B>) -> Self {
+        let mut headers = HeaderMap::new();
+        if let Some(h) = req.headers().get(header::HOST) {
+            headers.insert(header::HOST, h.clone());
+        }
+        OwnedHead {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers,
+        }
+    }
+
+    /// Borrowed, for [`Paywall::render`].
+    pub fn head(&self) -> Head<'_> {
+        Head {
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+        }
+    }
+}
+
+/// A refusal's body: the problem (with the requirements of a 402) and what the refusal tells
+/// besides.
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(flatten)]
+    problem: &'a Problem,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balance: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<&'a PlanStanding>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mandate: Option<&'a MandateStanding>,
+    #[serde(flatten)]
+    served: Option<&'a Served>,
+    #[serde(rename = "errorReason", skip_serializing_if = "Option::is_none")]
+    error_reason: Option<&'a str>,
+}
+
+impl<'a> Body<'a> {
+    fn new(problem: &'a Problem, standing: Option<&'a Standing>) -> Self {
+        let mut body = Body {
+            problem,
+            balance: None,
+            plan: None,
+            mandate: None,
+            served: None,
+            error_reason: None,
+        };
+        match standing {
+            None => {}
+            Some(Standing::Balance(b)) => body.balance = Some(b),
+            Some(Standing::Plan(p)) => body.plan = Some(p),
+            Some(Standing::Mandate(m)) => body.mandate = Some(m),
+            Some(Standing::Served(s)) => body.served = Some(s),
+            Some(Standing::X402(x)) => body.error_reason = Some(&x.reason),
+        }
+        body
+    }
+}
+
+impl Body<'_> {
+    fn to_bytes(&self) -> Bytes {
+        // Plain strings and numbers: serializing cannot fail; fall back to a minimal body
+        // rather than panic on a request path.
+        serde_json::to_vec(self)
+            .map(Bytes::from)
+            .unwrap_or_else(|_| Bytes::from_static(b"{\"code\":\"internal\"}"))
+    }
+}
+
+/// x402 `PAYMENT-RESPONSE` of a failed payment.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PaymentFailure<'a> {
+    success: bool,
+    error_reason: &'a str,
+    transaction: &'a str,
+    network: &'a str,
+    payer: &'a str,
+}
+
+/// A value as base64 JSON, for a header.
+pub(super) fn b64_header<T: Serialize + ?Sized>(v: &T) -> Option<HeaderValue> {
+    // `to_vec`, not `to_string`: the `Display` path goes through `fmt` (slower on every 402).
+    HeaderValue::from_str(&STANDARD.encode(serde_json::to_vec(v).ok()?)).ok()
+}
+
+/// A JSON answer of the agent endpoints.
+pub(super) fn json_response(status: StatusCode, v: &Value) -> Reply {
+    let mut res = Response::new(Bytes::from(v.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+impl Paywall {
+    /// Write a refusal. `request`: the route and request it answers (a 402 then carries fresh
+    /// payment requirements for them; `None`: a plain problem).
+    pub fn render(&self, r: &Refusal, request: Option<(&PricedRoute, Head<'_>)>) -> Reply {
+        let mut res = match request.filter(|_| r.offers) {
+            // The common 402 (no credential, a bad one): this second's cached answer.
+            Some((route, head)) if r.is_bare() => self.challenge(
+                route,
+                head.method,
+                head.uri,
+                head.headers,
+                r.code,
+                &r.detail,
+            ),
+            Some((route, head)) => {
+                self.count_challenge(route, r.code);
+                self.build_challenge(route, head, r)
+            }
+            None => Self::plain(r),
+        };
+        let h = res.headers_mut();
+        if let Some(secs) = r.retry_after_secs {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(x) = r.x402_failure() {
+            let failure = PaymentFailure {
+                success: false,
+                error_reason: &x.reason,
+                transaction: "",
+                network: &x.network,
+                payer: x.payer.as_deref().unwrap_or_default(),
+            };
+            if let Some(v) = b64_header(&failure) {
+                h.insert(PAYMENT_RESPONSE, v);
+            }
+        }
+        res
+    }
+
+    /// A plain problem response (no payment requirements).
+    pub fn problem(code: ErrorCode, detail: &str) -> Reply {
+        Self::plain(&Refusal::plain(code, detail.to_owned()))
+    }
+
+    fn plain(r: &Refusal) -> Reply {
+        let problem = Problem::new(r.code).detail(r.detail.as_ref());
+        let mut res = Self::respond(&problem, r);
+        if matches!(r.code, ErrorCode::TokenInvalid | ErrorCode::TokenExpired) {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        res
+    }
+
+    fn respond(problem: &Problem, r: &Refusal) -> Reply {
+        let body = Body::new(problem, r.standing.as_deref());
+        crate::error::problem_response(r.code, body.to_bytes())
+    }
+
+    fn count_challenge(&self, route: &PricedRoute, code: ErrorCode) {
+        crate::metrics::global()
+            .payment_required
+            .with_label_values(&[route.id.as_str(), code.as_str()])
+            .inc();
+    }
+
+    /// A 402 (or other payment refusal) carrying fresh payment requirements: the
+    /// `PAYMENT-REQUIRED` header and a problem+json body with the same requirements.
+    pub fn challenge(
+        &self,
+        route: &PricedRoute,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        code: ErrorCode,
+        detail: &str,
+    ) -> Reply {
+        self.count_challenge(route, code);
+        let now = self.0.clock.now_secs();
+        let base = self.base_url(headers, uri);
+        let key = challenge_cache::ChallengeCache::key(&[
+            &route.id,
+            method.as_str(),
+            &base,
+            uri.path_and_query().map_or("/", |p| p.as_str()),
+            code.as_str(),
+            detail,
+        ]);
+        if let Some(res) = self.0.challenges.get(now, &key) {
+            return res;
+        }
+        let head = Head {
+            method,
+            uri,
+            headers,
+        };
+        let res = self.build_challenge(route, head, &Refusal::new(code, detail.to_owned()));
+        self.0.challenges.put(now, key, &res);
+        res
+    }
+
+    pub(super) fn build_challenge(
+        &self,
+        route: &PricedRoute,
+        head: Head<'_>,
+        r: &Refusal,
+    ) -> Reply {
+        let req = self.requirements(route, head.method, head.uri, head.headers, r.code.as_str());
+        let header_value = b64_header(&req);
+        let www_authenticate = payment_auth::challenge(&req, &self.0.merchant);
+        let mut problem = Problem::new(r.code).detail(r.detail.as_ref());
+        if let Some(id) = payment_auth::challenge_id(&req) {
+            problem = problem.with("challengeId", id.into());
+        }
+        if let Value::Object(map) = req {
+            for (k, v) in map {
+                if k != "error" {
+                    problem.extra.insert(k, v);
+                }
+            }
+        }
+        let mut res = Self::respond(&problem, r);
+        if let Some(v) = header_value {
+            res.headers_mut().insert(PAYMENT_REQUIRED, v);
+        }
+        if let Some(v) = www_authenticate {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        res
+    }
+}
