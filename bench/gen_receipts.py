@@ -5,7 +5,7 @@ usage: gen_receipts.py KEYGEN_JSON OUT_FILE COUNT ISS AUD JTI_PREFIX [AMOUNT] [C
 
 KIND is the receipt `kind` claim: payment (default) or topup (for POST /tollgate/v1/topup).
 
-KEYGEN_JSON is the output of `tollgate keygen --kid K` (private_jwk "d" and "kid" are used).
+KEYGEN_JSON is the output of `tollgate keygen --kid K --json` (private_jwk "d" and "kid" are used).
 The private_pem is not used: it is PKCS#8 v2 (with the public key), which OpenSSL 3.0 and
 pyca/cryptography (as installed here) refuse to load ("ASN.1 parsing error: extra data").
 Every receipt has a unique jti (JTI_PREFIX-<n>), so none is ever replayed.

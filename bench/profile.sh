@@ -32,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 log() { printf '[profile.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
-"$TOLLGATE" keygen --kid k1 >"$TMP/key.json"
+"$TOLLGATE" keygen --kid k1 --json >"$TMP/key.json"
 PUB_X=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["public_jwk"]["x"])' "$TMP/key.json")
 SOCK="$TMP/redis.sock"
 cat >"$TMP/gw.toml" <<EOF

@@ -94,7 +94,7 @@ for p in "$UP_PORT" "$GW_PORT"; do
 done
 
 # ---------------------------------------------------------------- 2. key, config
-"$TOLLGATE" keygen --kid k1 >"$TMP/key.json"
+"$TOLLGATE" keygen --kid k1 --json >"$TMP/key.json"
 PUB_X=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["public_jwk"]["x"])' "$TMP/key.json")
 
 write_config() { # write_config FILE STORE_TOML

@@ -135,7 +135,7 @@ if [ -d "$CRIT_DIR" ]; then
 fi
 
 # ---------------------------------------------------------------- 3. key, config, receipts
-"$TOLLGATE" keygen --kid k1 >"$TMP/key.json"
+"$TOLLGATE" keygen --kid k1 --json >"$TMP/key.json"
 PUB_X=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["public_jwk"]["x"])' "$TMP/key.json")
 SOCK="$TMP/redis.sock"
 GW_CONFIG="$OUT/tollgate-bench.toml"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the fault and attack suites and print the README's "Guarantees" tables from their own
+# Run the fault and attack suites and print the "Guarantees" tables (docs/guarantees.md) from their own
 # output: each fault test writes target/guarantees/<name>.json; attack suites are counted from
 # cargo's test summary.
 set -euo pipefail

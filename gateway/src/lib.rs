@@ -19,8 +19,10 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admin_access;
 pub mod config;
 pub mod dashboard;
+pub mod keygen;
 pub mod path;
 pub mod proxy;
 pub mod server;

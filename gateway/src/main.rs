@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tollgate::admin::ADMIN_TOKEN_ENV;
+use tollgate::admin_access::AdminAccess;
 use tollgate::config::Config;
+use tollgate::keygen::{self, KeyFiles};
 use tollgate::{Gateway, SECRET_ENV};
 
 /// Tollgate: an HTTP 402 payment gateway for APIs sold to AI agents.
@@ -31,11 +32,24 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Print a new Ed25519 key pair as JWKs (and PKCS#8 PEM), for issuers and tests.
+    /// Make a new Ed25519 issuer key pair: prints the public key (SPKI PEM and JWK), the
+    /// private key (PKCS#8 PEM and JWK) and an `[[issuers]]` block to paste into the config.
     Keygen {
-        /// The key id.
+        /// The key id (`kid`) receipts name in their header.
         #[arg(long, default_value = "key-1")]
         kid: String,
+        /// The issuer id for the `[[issuers]]` block: the exact `iss` the signer writes.
+        #[arg(long, default_value = "https://wallet.example")]
+        issuer: String,
+        /// Write the keys to files in this folder instead of printing them: `<kid>.key.pem` and
+        /// `<kid>.jwk.json` (private, mode 0600), `<kid>.pub.pem` and `<kid>.jwks.json`; the block
+        /// then names the public PEM as `pem_file`. Existing files are never overwritten.
+        #[arg(long, value_name = "DIR", conflicts_with = "json")]
+        out_dir: Option<PathBuf>,
+        /// Print one JSON object (`private_jwk`, `public_jwk`, `private_pem`, `public_pem`,
+        /// `issuer_toml`) for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -57,33 +71,63 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
-        Command::Keygen { kid } => match tollgate_middleware::issuer::generate_ed25519(&kid) {
-            Ok((key, _)) => {
-                println!("{}", serde_json::to_string_pretty(&key).unwrap_or_default());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("keygen failed: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Check { config } => match Config::load(&config) {
-            Ok((cfg, v)) => {
-                println!(
-                    "{}: ok ({} routes, {} issuers, store {:?})",
-                    config.display(),
-                    v.routes.len(),
-                    v.issuers.len(),
-                    cfg.store.kind
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", config.display());
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Command::Keygen {
+            kid,
+            issuer,
+            out_dir,
+            json,
+        } => keygen(&kid, &issuer, out_dir.as_deref(), json),
+        Command::Check { config } => check(&config),
         Command::Run { config } => run(config),
+    }
+}
+
+fn keygen(kid: &str, issuer: &str, out_dir: Option<&std::path::Path>, json: bool) -> ExitCode {
+    let key = match tollgate_middleware::issuer::generate_ed25519(kid) {
+        Ok((key, _)) => key,
+        Err(e) => {
+            eprintln!("keygen failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{}", keygen::render_json(issuer, &key));
+        return ExitCode::SUCCESS;
+    }
+    let files = out_dir.map(|dir| KeyFiles::in_dir(dir, kid));
+    if let Some(files) = &files {
+        if let Err(e) = files.write(&key) {
+            eprintln!("keygen: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    print!("{}", keygen::render(issuer, &key, files.as_ref()));
+    ExitCode::SUCCESS
+}
+
+/// `tollgate check`: the same validation as `run`, the admin decision included.
+fn check(config: &std::path::Path) -> ExitCode {
+    let checked = Config::load(config)
+        .and_then(|(cfg, v)| AdminAccess::from_env(cfg.admin.listen).map(|a| (cfg, v, a)));
+    match checked {
+        Ok((cfg, v, admin)) => {
+            if let Some(w) = admin.warning() {
+                eprintln!("{}: warning: {w}", config.display());
+            }
+            println!(
+                "{}: ok ({} routes, {} issuers, store {:?}, {})",
+                config.display(),
+                v.routes.len(),
+                v.issuers.len(),
+                cfg.store.kind,
+                admin.summary()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 
@@ -96,6 +140,17 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The same decision as `check` (and first, so both say the same).
+    let admin = match AdminAccess::from_env(cfg.admin.listen) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(w) = admin.warning() {
+        tracing::warn!("{w}");
+    }
     let secret = match std::env::var(SECRET_ENV) {
         Ok(s) if s.len() >= 32 => s.into_bytes(),
         Ok(_) => {
@@ -106,14 +161,6 @@ fn run(path: PathBuf) -> ExitCode {
             tracing::warn!("{SECRET_ENV} is not set: using a random per-process secret; replicas will not accept each other's challenges");
             let bytes: [u8; 32] = rand::random();
             bytes.to_vec()
-        }
-    };
-    let admin_token = match (cfg.admin.listen, std::env::var(ADMIN_TOKEN_ENV)) {
-        (None, _) => None,
-        (Some(_), Ok(t)) if t.len() >= 16 => Some(t),
-        (Some(_), _) => {
-            eprintln!("admin.listen is set: {ADMIN_TOKEN_ENV} must hold a token of at least 16 characters");
-            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -158,7 +205,7 @@ fn run(path: PathBuf) -> ExitCode {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        if let (Some(addr), Some(token)) = (cfg.admin.listen, admin_token) {
+        if let AdminAccess::On(addr, token) = admin {
             let admin_listener = match tokio::net::TcpListener::bind(addr).await {
                 Ok(l) => l,
                 Err(e) => {

@@ -336,7 +336,7 @@ pub fn check_prefix(prefix: &str) -> Result<(), String> {
     match canonicalize(prefix) {
         Ok(Cow::Borrowed(_)) => Ok(()),
         Ok(Cow::Owned(canonical)) => Err(format!(
-            "not in canonical form (see the README's Paths): write it as {canonical}"
+            "not in canonical form (see docs/payment-rules.md#paths): write it as {canonical}"
         )),
         Err(e) => Err(format!(
             "must be an absolute path prefix like /v1/compute: {e}"

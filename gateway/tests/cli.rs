@@ -92,7 +92,10 @@ fn short_secret_exits_64() {
 
 #[test]
 fn keygen_prints_an_ed25519_jwk_pair() {
-    let out = bin().args(["keygen", "--kid", "abc"]).output().unwrap();
+    let out = bin()
+        .args(["keygen", "--kid", "abc", "--json"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["public_jwk"]["kty"], "OKP");
@@ -107,6 +110,14 @@ fn keygen_prints_an_ed25519_jwk_pair() {
         .as_str()
         .unwrap()
         .starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(v["public_pem"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN PUBLIC KEY-----"));
+    assert!(v["issuer_toml"]
+        .as_str()
+        .unwrap()
+        .starts_with("[[issuers]]\n"));
 }
 
 #[test]
@@ -357,4 +368,307 @@ fn sighup_reloads_the_config_and_refuses_a_bad_one() {
     assert_eq!(offer(), "30000");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The shipped example config on free ports (it names 8402 and 8403).
+fn example_config_on(port: u16, admin_port: u16) -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/config/tollgate.toml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains("listen = \"127.0.0.1:8402\""));
+    assert!(text.contains("listen = \"127.0.0.1:8403\""));
+    text.replace("127.0.0.1:8402", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:8403", &format!("127.0.0.1:{admin_port}"))
+}
+
+fn sigterm_and_wait(child: std::process::Child) -> std::process::Output {
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    child.wait_with_output().unwrap()
+}
+
+/// Issue 19: README's own command, `tollgate run --config examples/config/tollgate.toml`, with
+/// no `TOLLGATE_ADMIN_TOKEN`: `check` and `run` agree -- the gateway serves, without the admin
+/// listener, and both say so with the same warning.
+#[test]
+fn the_example_config_runs_without_an_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let path = write(&dir, &example_config_on(port, admin_port));
+    let warning = format!(
+        "[admin] listen = \"127.0.0.1:{admin_port}\" is set but TOLLGATE_ADMIN_TOKEN is not: the \
+         admin API (dashboard, /metrics, payer management) is OFF"
+    );
+    let checked = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(&warning), "{stderr}");
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "admin API off: no TOLLGATE_ADMIN_TOKEN for 127.0.0.1:{admin_port}"
+        )),
+        "{stdout}"
+    );
+
+    let child = bin()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .env_remove("TOLLGATE_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    let health = raw(
+        port,
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let offer = raw(
+        port,
+        "GET /v1/storage/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(offer.starts_with("HTTP/1.1 402"), "{offer}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err(),
+        "no admin listener without a token"
+    );
+    let out = sigterm_and_wait(child);
+    assert!(out.status.success(), "{:?}", out.status);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("WARN"), "{logs}");
+    assert!(logs.contains(&warning), "{logs}");
+}
+
+/// With the token, the same file serves the admin API; a token set too short is refused by
+/// `check` and `run` alike, with the same message, before any port is bound.
+#[test]
+fn the_admin_token_adds_the_admin_api_and_a_short_one_is_refused_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let path = write(&dir, &example_config_on(port, admin_port));
+    let mut said = Vec::new();
+    for cmd in ["check", "run"] {
+        let out = bin()
+            .arg(cmd)
+            .arg("--config")
+            .arg(&path)
+            .env("TOLLGATE_ADMIN_TOKEN", "short")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.contains("TOLLGATE_ADMIN_TOKEN: must be at least 16 characters (it has 5)"),
+            "{cmd}: {err}"
+        );
+        said.push(err);
+    }
+    assert_eq!(said[0], said[1], "check and run say the same");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+
+    let token = "an-admin-token-of-enough-length";
+    let child = bin()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env("TOLLGATE_ADMIN_TOKEN", token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(admin_port);
+    let admin = raw(admin_port, &format!("GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"));
+    assert!(admin.starts_with("HTTP/1.1 200"), "{admin}");
+    let out = sigterm_and_wait(child);
+    assert!(out.status.success());
+}
+
+/// The text after `marker` up to the next blank line.
+fn section(text: &str, marker: &str) -> String {
+    let start = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("no {marker:?} in {text}"))
+        + marker.len();
+    text[start..]
+        .trim_start_matches('\n')
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .to_owned()
+        + "\n"
+}
+
+/// Issue 19: `keygen` prints the public key in both forms an `[[issuers]]` entry reads, and a
+/// block to paste. Round trip: the printed block, the printed public PEM (as `pem_file`) and the
+/// `--out-dir` files each make a gateway accept a receipt signed with the matching private key,
+/// and only that one.
+#[test]
+fn keygen_output_round_trips_through_a_gateway() {
+    use tollgate_middleware::issuer::ReceiptSigner;
+    let dir = tempfile::tempdir().unwrap();
+    // 1. Printed: PEMs, JWKs and an inline-keys block.
+    let out = bin()
+        .args(["keygen", "--kid", "ka", "--issuer", "https://a.test"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let public_pem = section(
+        &printed,
+        "# Public key, SPKI PEM (save as a file for [[issuers]] pem_file):\n",
+    );
+    assert!(
+        public_pem.starts_with("-----BEGIN PUBLIC KEY-----\n"),
+        "{public_pem}"
+    );
+    assert!(public_pem.trim_end().ends_with("-----END PUBLIC KEY-----"));
+    let private_pem = section(
+        &printed,
+        "(for the signer only; never in the gateway's config):\n",
+    );
+    assert!(private_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    let block_a = section(&printed, "# Paste into tollgate.toml:\n");
+    assert!(
+        block_a.starts_with("[[issuers]]\nid = \"https://a.test\""),
+        "{block_a}"
+    );
+    assert!(block_a.contains("keys = [{ "), "{block_a}");
+    assert!(
+        !block_a.contains("\"d\"") && !block_a.contains(" d = "),
+        "no private part: {block_a}"
+    );
+    let pem_path = dir.path().join("a.pub.pem");
+    std::fs::write(&pem_path, &public_pem).unwrap();
+    // 2. Written to files: the block names the public PEM.
+    let keys_dir = dir.path().join("keys");
+    let out = bin()
+        .args([
+            "keygen",
+            "--kid",
+            "kb",
+            "--issuer",
+            "https://b.test",
+            "--out-dir",
+        ])
+        .arg(&keys_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !written.contains("BEGIN PRIVATE KEY"),
+        "files, not the terminal: {written}"
+    );
+    let block_b = section(&written, "# Paste into tollgate.toml:\n");
+    assert!(
+        block_b.contains(&format!(
+            "pem_file = \"{}\"",
+            keys_dir.join("kb.pub.pem").display()
+        )),
+        "{block_b}"
+    );
+    assert!(block_b.contains("kid = \"kb\""), "{block_b}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(keys_dir.join("kb.key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Never overwritten.
+    let again = bin()
+        .args(["keygen", "--kid", "kb", "--out-dir"])
+        .arg(&keys_dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists; not overwritten"));
+
+    // A gateway trusting all three, in front of a tiny upstream.
+    let up_port = free_port();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", up_port))
+                .await
+                .unwrap();
+            let app = axum::Router::new().fallback(|| async { "ok" });
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    let port = free_port();
+    let cfg = format!(
+        "listen = \"127.0.0.1:{port}\"\nmerchant = \"m\"\n[currencies.USD]\nscale = 6\n\n{block_a}\n[[issuers]]\nid = \"https://a-pem.test\"\npem_file = \"a.pub.pem\"\nkid = \"ka\"\n\n{block_b}\n[[routes]]\nid = \"paid\"\npath = \"/\"\nupstream = \"http://127.0.0.1:{up_port}\"\nprice = {{ amount = \"0.01\", currency = \"USD\" }}\n"
+    );
+    let cfg_path = write(&dir, &cfg);
+    let checked = bin()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}\n{cfg}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("3 issuers"));
+    let child = bin()
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    wait_port(up_port);
+    let key_b = std::fs::read_to_string(keys_dir.join("kb.key.pem")).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let pay = |iss: &str, kid: &str, pem: &str, jti: &str| {
+        let signer = ReceiptSigner::from_ed25519_pem(iss, Some(kid), pem).unwrap();
+        let receipt = signer
+            .sign_json(&serde_json::json!({"iss": iss, "sub": "agent", "aud": "m", "jti": jti, "iat": now, "exp": now + 60, "amount": "0.01", "currency": "USD", "kind": "payment"}))
+            .unwrap();
+        raw(port, &format!("GET /x HTTP/1.1\r\nHost: a\r\nAuthorization: Payment {receipt}\r\nConnection: close\r\n\r\n"))
+    };
+    let a = pay("https://a.test", "ka", &private_pem, "r1");
+    assert!(a.starts_with("HTTP/1.1 200"), "inline keys: {a}");
+    let a_pem = pay("https://a-pem.test", "ka", &private_pem, "r2");
+    assert!(
+        a_pem.starts_with("HTTP/1.1 200"),
+        "printed public PEM: {a_pem}"
+    );
+    let b = pay("https://b.test", "kb", &key_b, "r3");
+    assert!(b.starts_with("HTTP/1.1 200"), "written files: {b}");
+    let forged = pay("https://a.test", "ka", &key_b, "r4");
+    assert!(forged.starts_with("HTTP/1.1 402"), "another key: {forged}");
+    assert!(forged.contains("receipt_invalid_signature"), "{forged}");
+    let out = sigterm_and_wait(child);
+    assert!(out.status.success());
 }

@@ -3,7 +3,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::SigningKey;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -37,7 +37,7 @@ pub struct ReceiptClaims {
     pub challenge: Option<String>,
 }
 
-/// An Ed25519 key pair printed as JWKs (what `tollgate keygen` shows).
+/// An Ed25519 key pair in the forms a signer and a gateway read (what `tollgate keygen` shows).
 #[derive(Debug, Clone, Serialize)]
 pub struct GeneratedKey {
     /// Private JWK (keep secret; the wallet signs with it).
@@ -46,6 +46,9 @@ pub struct GeneratedKey {
     pub public_jwk: serde_json::Value,
     /// The private key as PKCS#8 PEM.
     pub private_pem: String,
+    /// The public key as SPKI PEM (`-----BEGIN PUBLIC KEY-----`): what `[[issuers]] pem_file`
+    /// reads.
+    pub public_pem: String,
 }
 
 /// Generate an Ed25519 key pair with a `kid`.
@@ -61,6 +64,10 @@ pub fn generate_ed25519(kid: &str) -> Result<(GeneratedKey, SigningKey), String>
     .to_pkcs8_pem(Default::default())
     .map_err(|e| e.to_string())?
     .to_string();
+    let public_pem = sk
+        .verifying_key()
+        .to_public_key_pem(Default::default())
+        .map_err(|e| e.to_string())?;
     let public_jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
     let private_jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "d": d, "kid": kid, "alg": "EdDSA", "use": "sig"});
     Ok((
@@ -68,6 +75,7 @@ pub fn generate_ed25519(kid: &str) -> Result<(GeneratedKey, SigningKey), String>
             private_jwk,
             public_jwk,
             private_pem: pem,
+            public_pem,
         },
         sk,
     ))
@@ -120,6 +128,31 @@ impl ReceiptSigner {
         Ok(Self::new(
             issuer,
             Some(kid.to_owned()),
+            Algorithm::EdDSA,
+            key,
+            public_jwk,
+        ))
+    }
+
+    /// A signer from an Ed25519 private key in PKCS#8 PEM (what `tollgate keygen` prints or
+    /// writes as `<kid>.key.pem`).
+    pub fn from_ed25519_pem(
+        issuer: impl Into<String>,
+        kid: Option<&str>,
+        pem: &str,
+    ) -> Result<Self, String> {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let sk = SigningKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())?;
+        let x = URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
+        let mut jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA", "use": "sig"});
+        if let Some(kid) = kid {
+            jwk["kid"] = kid.into();
+        }
+        let public_jwk: Jwk = serde_json::from_value(jwk).map_err(|e| e.to_string())?;
+        let key = EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+        Ok(Self::new(
+            issuer,
+            kid.map(str::to_owned),
             Algorithm::EdDSA,
             key,
             public_jwk,

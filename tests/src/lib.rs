@@ -814,7 +814,7 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
 }
 
 /// Record one line of the guarantees report (`target/guarantees/<name>.json`), printed as the
-/// README's "Guarantees" table by `tests/guarantees.sh`.
+/// "Guarantees" tables of docs/guarantees.md by `tests/guarantees.sh`.
 pub fn report(name: &str, fields: Value) {
     let dir = target_dir().join("guarantees");
     let _ = std::fs::create_dir_all(&dir);

@@ -1,7 +1,7 @@
 //! Faults injected into real processes: Redis killed and restarted under load, Redis paused,
 //! upstreams that hang or answer garbage, the gateway process stopped under load. After each:
 //! nothing served unpaid, nothing charged twice, the ledger balances to the unit. Each test
-//! records its figures for the README's "Guarantees" table (`tests/guarantees.sh`).
+//! records its figures for the "Guarantees" table of docs/guarantees.md (`tests/guarantees.sh`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

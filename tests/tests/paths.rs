@@ -1,4 +1,4 @@
-//! Encoded paths against real upstreams that decode them (the README's Paths rule, issue 14
+//! Encoded paths against real upstreams that decode them (the Paths rule, docs/payment-rules.md#paths, issue 14
 //! item 4): Python's `http.server` serving files behind a free route and a priced one, and a
 //! Starlette app as lenient as the worst upstreams (decodes twice, drops `;` parameters, merges
 //! `//`, resolves dot segments). Every encoding of a priced path is refused (400) or priced

@@ -349,7 +349,7 @@ async fn amounts() {
         f.refused(&f.with("currency", "EUR".into())).await,
         code("currency_mismatch")
     );
-    // Over-payment is accepted; the charge is the route's price (see README).
+    // Over-payment is accepted; the charge is the route's price (see docs/payment-rules.md).
     let res =
         f.gw.pay_get("/v1/echo", &f.with("amount", "0.5".into()))
             .await;

@@ -1,37 +1,94 @@
-//! Run with: cargo run -p example-demo [-- --serve]
+//! Run with: cargo run -p example-demo [-- --serve]   (`-- --help` lists the flags)
 //!
 //! The whole paid setup in one process, on the embedded (memory) store -- no Redis needed:
 //! a demo upstream, a demo wallet (receipt issuer with a JWKS), the Tollgate gateway in front
 //! of the upstream, and an agent that meets a 402, gets a receipt from its wallet, pays and
-//! prints what it paid. With `--serve` everything keeps running so you can try it with curl.
+//! prints what it paid. With `--serve` everything keeps running on fixed ports (those of
+//! `examples/config/tollgate.toml`, plus the admin API and dashboard) for curl and the other
+//! examples.
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+use clap::Parser;
 use example_agent::Agent;
 use tollgate::config::Config;
 use tollgate::Gateway;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let serve = std::env::args().any(|a| a == "--serve");
+/// The Tollgate demo: an upstream API, a wallet, the gateway (memory store) and an agent
+/// paying for calls, end to end in one process. Without --serve every part takes a free port,
+/// the walk-through runs once and the demo exits (0 when the paid call succeeded).
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Keep everything running after the walk-through (until Ctrl-C), on fixed ports: gateway
+    /// 127.0.0.1:8402, upstream 127.0.0.1:9000, wallet 127.0.0.1:7402, admin API and dashboard
+    /// 127.0.0.1:8403 (/admin/ui; token from TOLLGATE_ADMIN_TOKEN, else generated and printed).
+    #[arg(long)]
+    serve: bool,
+    /// Gateway address [with --serve: 127.0.0.1:8402; else a free port].
+    #[arg(long, value_name = "ADDR")]
+    gateway: Option<String>,
+    /// Upstream address [with --serve: 127.0.0.1:9000; else a free port].
+    #[arg(long, value_name = "ADDR")]
+    upstream: Option<String>,
+    /// Wallet address [with --serve: 127.0.0.1:7402; else a free port].
+    #[arg(long, value_name = "ADDR")]
+    wallet: Option<String>,
+    /// Admin API and dashboard address [with --serve: 127.0.0.1:8403; else not served].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+}
 
-    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+impl Args {
+    /// The address for a part: given, else its fixed port with --serve, else a free port.
+    fn addr(&self, given: &Option<String>, fixed: &str) -> String {
+        match given {
+            Some(a) => a.clone(),
+            None if self.serve => fixed.to_owned(),
+            None => "127.0.0.1:0".to_owned(),
+        }
+    }
+}
+
+/// Bind, or say which address (and which part) could not be bound.
+async fn bind(addr: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} ({what}); is something already using it? pick another with --{what} ADDR")
+    })
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("example-demo: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let serve = args.serve;
+
+    let upstream = bind(&args.addr(&args.upstream, "127.0.0.1:9000"), "upstream").await?;
     let upstream_addr = upstream.local_addr()?;
     tokio::spawn(example_upstream::serve(upstream));
 
-    let wallet_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let wallet_listener = bind(&args.addr(&args.wallet, "127.0.0.1:7402"), "wallet").await?;
     let wallet_url = format!("http://{}", wallet_listener.local_addr()?);
     let wallet =
         example_wallet::Wallet::generate(wallet_url.clone(), example_wallet::default_cap())
             .map_err(anyhow::Error::msg)?;
     tokio::spawn(async move { axum::serve(wallet_listener, wallet.app()).await });
 
-    let gateway_listener = tokio::net::TcpListener::bind(if serve {
-        "127.0.0.1:8402"
-    } else {
-        "127.0.0.1:0"
-    })
-    .await?;
+    let gateway_listener = bind(&args.addr(&args.gateway, "127.0.0.1:8402"), "gateway").await?;
+    let admin_listener = match (&args.admin, serve) {
+        (Some(a), _) => Some(bind(a, "admin").await?),
+        (None, true) => Some(bind("127.0.0.1:8403", "admin").await?),
+        (None, false) => None,
+    };
     let gw_url = format!("http://{}", gateway_listener.local_addr()?);
     let toml = format!(
         r#"
@@ -80,6 +137,25 @@ price = "free"
     let gateway = Gateway::build(&cfg, validated, &secret).await?;
     let paywall = gateway.paywall().clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin = match admin_listener {
+        Some(listener) => {
+            let at = format!("http://{}", listener.local_addr()?);
+            let (token, generated) = match std::env::var(tollgate::admin::ADMIN_TOKEN_ENV) {
+                Ok(t) if t.len() >= 16 => (t, false),
+                _ => {
+                    let bytes: [u8; 24] = rand::random();
+                    (bytes.iter().map(|b| format!("{b:02x}")).collect(), true)
+                }
+            };
+            tokio::spawn(gateway.clone().serve_admin(
+                listener,
+                token.clone(),
+                std::future::pending(),
+            ));
+            Some((at, token, generated))
+        }
+        None => None,
+    };
     let server = tokio::spawn(gateway.serve(gateway_listener, async move {
         let _ = stop_rx.await;
     }));
@@ -215,8 +291,16 @@ price = "free"
         );
     }
 
+    if let Some((at, token, generated)) = &admin {
+        let shown = if *generated {
+            format!("{token} (generated; set TOLLGATE_ADMIN_TOKEN to choose one)")
+        } else {
+            "from TOLLGATE_ADMIN_TOKEN".to_owned()
+        };
+        println!("\nadmin API {at}, dashboard {at}/admin/ui, admin token {shown}");
+    }
     if serve {
-        println!("\nserving on {gw_url} until Ctrl-C; try: cargo run -p example-agent -- {gw_url}/v1/storage/report.txt {wallet_url}");
+        println!("serving on {gw_url} until Ctrl-C; try: cargo run -p example-agent -- {gw_url}/v1/storage/report.txt {wallet_url}");
         tokio::signal::ctrl_c().await?;
     }
     let _ = stop_tx.send(());

@@ -1,4 +1,4 @@
-//! Run with: cargo run -p example-embed
+//! Run with: cargo run -p example-embed [-- --listen ADDR]   (default 127.0.0.1:3000)
 //!
 //! An axum app that embeds `PaymentLayer` directly (no gateway): `GET /free` is free,
 //! `GET /answer` costs 0.01 USD, paid with a receipt from a wallet whose key is generated at
@@ -30,8 +30,30 @@ fn app(paywall: Paywall, price: Price) -> Router {
         .route("/free", get(|| async { "free\n" }))
 }
 
+/// An axum app embedding Tollgate's PaymentLayer (no gateway): GET /free is free, GET /answer
+/// costs 0.01 USD, paid with a receipt from a wallet key generated at start-up. Prints a ready
+/// `curl` command carrying a valid receipt.
+#[derive(clap::Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3000")]
+    listen: String,
+}
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    let args = <Args as clap::Parser>::parse();
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("example-embed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let signer = ReceiptSigner::generate_ed25519("demo-wallet", "k1")?;
     let key = IssuerKey::from_jwk(signer.public_jwk())?;
     let secret: [u8; 32] = rand::random();
@@ -46,7 +68,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         amount: "0.01".parse()?,
         currency: usd,
     })?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
@@ -62,9 +86,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         kind: ReceiptKind::Payment,
         challenge: None,
     })?;
-    println!("listening on http://{}", listener.local_addr()?);
-    println!("try:  curl -i http://127.0.0.1:3000/answer");
-    println!("then: curl -i -H 'Authorization: Payment {receipt}' http://127.0.0.1:3000/answer");
+    let at = listener.local_addr()?;
+    println!("listening on http://{at}");
+    println!("try:  curl -i http://{at}/answer");
+    println!("then: curl -i -H 'Authorization: Payment {receipt}' http://{at}/answer");
     axum::serve(listener, app(paywall, price)).await?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! One file per part of the file: `issuers`, `store`, `routes` (with `price`), `x402`, `plans`;
 //! this module holds the top-level tables and runs the parts' validations in order.
 
+mod amount;
 mod issuers;
 mod plans;
 mod price;
@@ -81,6 +82,62 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
     }
 }
 
+/// The configured currency `code` names, or an error for `field` that lists what is
+/// configured (and the code in its configured spelling, when only the case differs).
+fn configured<'a>(
+    field: String,
+    code: &str,
+    currencies: &'a BTreeMap<String, Currency>,
+) -> Result<&'a Currency, ConfigError> {
+    if let Some(c) = currencies.get(code) {
+        return Ok(c);
+    }
+    let message = if currencies.is_empty() {
+        format!(
+            "{code:?} is not in [currencies], and no currency is configured: add \
+             [currencies.{}] with its scale (e.g. scale = 6)",
+            code.to_ascii_uppercase()
+        )
+    } else {
+        let known: Vec<&str> = currencies.keys().map(String::as_str).collect();
+        let hint = known
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(code))
+            .map(|k| format!("; did you mean {k:?}? codes are case-sensitive"))
+            .unwrap_or_default();
+        format!(
+            "{code:?} is not in [currencies] (configured: {}){hint}",
+            known.join(", ")
+        )
+    };
+    Err(invalid(field, message))
+}
+
+/// A currency code as the file must spell it: upper-case letters, digits, `.`, `_` or `-`,
+/// starting with a letter (`USD`, `USDC`, `EUR`). Codes are compared exactly, so `Usd` would be
+/// a different currency from a receipt's `USD`: refused, with the spelling to use.
+fn check_currency_code(code: &str) -> Result<(), ConfigError> {
+    let field = format!("currencies.{code}");
+    let allowed =
+        |b: u8| b.is_ascii_uppercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-');
+    let starts = code.bytes().next().is_some_and(|b| b.is_ascii_alphabetic());
+    if starts && code.len() <= 32 && code.bytes().all(allowed) {
+        return Ok(());
+    }
+    let upper = code.to_ascii_uppercase();
+    if starts && upper.len() <= 32 && upper.bytes().all(allowed) {
+        return Err(invalid(
+            field,
+            format!("currency codes are upper case: write [currencies.{upper}] (and currency = {upper:?} in prices)"),
+        ));
+    }
+    Err(invalid(
+        field,
+        "a currency code is 1 to 32 upper-case letters, digits, '.', '_' or '-', starting with a \
+         letter (e.g. USD, EUR, USDC)",
+    ))
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,7 +165,8 @@ pub struct Config {
     /// Receipt limits.
     #[serde(default)]
     pub receipts: ReceiptsConfig,
-    /// Currencies by code.
+    /// Currencies by code (none needed when every route is free).
+    #[serde(default)]
     pub currencies: BTreeMap<String, CurrencyConfig>,
     /// Trusted receipt issuers.
     #[serde(default)]
@@ -212,7 +270,7 @@ pub struct CurrencyConfig {
     /// Decimal places of one atomic unit (0..=18).
     pub scale: u32,
     /// Top-up amount offered to agents in 402s (decimal string); no top-up offer when unset.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "amount::opt_decimal")]
     pub topup_suggested: Option<String>,
 }
 
@@ -276,6 +334,7 @@ impl Config {
         let mut currencies = BTreeMap::new();
         let mut topups = BTreeMap::new();
         for (code, c) in &self.currencies {
+            check_currency_code(code)?;
             let cur = Currency::try_new(code.clone(), c.scale)
                 .map_err(|m| invalid(format!("currencies.{code}"), m))?;
             let suggested = match &c.topup_suggested {
@@ -341,6 +400,26 @@ impl Config {
 fn field_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
     let path = e.path().to_string();
     let e = e.into_inner();
+    // A required field that is absent (serde's own message, not one of ours with a hint): name
+    // it -- toml reports it on its table, often without a position -- with what it is.
+    if let Some(key) = e
+        .message()
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .filter(|(_, after)| after.trim().is_empty())
+        .map(|(key, _)| key)
+    {
+        let field = match path.as_str() {
+            "." | "" => key.to_owned(),
+            p => format!("{p}.{key}"),
+        };
+        let message = match field.as_str() {
+            "merchant" => "required: this merchant's id, e.g. merchant = \"my-api\" (the `aud` of every receipt)",
+            "routes" => "required: at least one [[routes]] table (id, path, upstream, price)",
+            _ => "required, and missing",
+        };
+        return invalid(field, message);
+    }
     let Some(span) = e.span() else {
         return ConfigError::Parse(e.to_string());
     };

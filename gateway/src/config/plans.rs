@@ -7,7 +7,7 @@ use tollgate_middleware::money::{Amount, Currency, Money};
 use tollgate_middleware::plan::{parse_period, Overage, Plan};
 
 use super::routes::Route;
-use super::{invalid, ConfigError};
+use super::{configured, invalid, ConfigError};
 
 /// `[[plans]]`: a subscription sold for a period.
 #[derive(Debug, Clone, Deserialize)]
@@ -30,7 +30,7 @@ pub struct PlanConfig {
     pub units: Option<PlanUnitsConfig>,
     /// Past the included calls, charge each call from the prepaid balance at this price
     /// (`"route"`: at the route's own price or meters); omitted: deny (`plan_exhausted`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::amount::opt_decimal")]
     pub overage_price: Option<String>,
 }
 
@@ -49,6 +49,7 @@ pub struct PlanUnitsConfig {
 #[serde(deny_unknown_fields)]
 pub struct MoneyConfig {
     /// Decimal string.
+    #[serde(deserialize_with = "super::amount::decimal")]
     pub amount: String,
     /// Currency code (in `[currencies]`).
     pub currency: String,
@@ -66,12 +67,7 @@ pub(super) fn validate_plans(
         if p.id.is_empty() || p.id.len() > 64 || plans.iter().any(|q| q.id == p.id) {
             return Err(invalid(f("id"), "must be unique, 1 to 64 characters"));
         }
-        let cur: &Currency = currencies.get(&p.price.currency).ok_or_else(|| {
-            invalid(
-                f("price.currency"),
-                format!("{:?} is not in [currencies]", p.price.currency),
-            )
-        })?;
+        let cur: &Currency = configured(f("price.currency"), &p.price.currency, currencies)?;
         let money = |field: &str, s: &str| -> Result<Amount, ConfigError> {
             let a: Amount = s.parse().map_err(|e| invalid(f(field), format!("{e}")))?;
             match cur.to_minor(a) {

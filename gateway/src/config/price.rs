@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer};
 use tollgate_middleware::money::{Amount, Currency, Money};
 use tollgate_middleware::{Meter, Metered, OnMissing, Price, UsageSource};
 
-use super::{invalid, ConfigError};
+use super::{configured, invalid, ConfigError};
 
 /// A route's price as written in the file: `"free"`, `{ amount, currency }`, or a metered
 /// price `{ currency, reserve, meters = [...] }`.
@@ -71,8 +71,10 @@ impl<'de> Visitor<'de> for PriceVisitor {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PriceTable {
+    #[serde(default, deserialize_with = "super::amount::opt_decimal")]
     amount: Option<String>,
     currency: String,
+    #[serde(default, deserialize_with = "super::amount::opt_decimal")]
     reserve: Option<String>,
     meters: Option<Vec<MeterConfig>>,
     on_missing: Option<String>,
@@ -132,6 +134,7 @@ pub struct MeterConfig {
     /// `duration_ms`.
     pub usage: String,
     /// Price per unit (decimal string, any precision).
+    #[serde(deserialize_with = "super::amount::decimal")]
     pub price: String,
 }
 
@@ -151,12 +154,7 @@ pub(super) fn validate_price(
             ))
         }
         PriceConfig::Fixed { amount, currency } => {
-            let cur = currencies.get(currency).ok_or_else(|| {
-                invalid(
-                    f("price.currency"),
-                    format!("{currency:?} is not in [currencies]"),
-                )
-            })?;
+            let cur = configured(f("price.currency"), currency, currencies)?;
             let amount: Amount = amount
                 .parse()
                 .map_err(|e| invalid(f("price.amount"), format!("{e}")))?;
@@ -173,12 +171,7 @@ pub(super) fn validate_price(
             on_missing,
             cutoff,
         } => {
-            let cur = currencies.get(currency).ok_or_else(|| {
-                invalid(
-                    f("price.currency"),
-                    format!("{currency:?} is not in [currencies]"),
-                )
-            })?;
+            let cur = configured(f("price.currency"), currency, currencies)?;
             let reserve: Amount = reserve
                 .parse()
                 .map_err(|e| invalid(f("price.reserve"), format!("{e}")))?;

@@ -119,6 +119,7 @@ pub struct ExactOfferConfig {
     /// The address paid.
     pub pay_to: String,
     /// Exact amount in the token's atomic units (e.g. `10000` = 0.01 USDC).
+    #[serde(deserialize_with = "super::amount::atomic")]
     pub amount: String,
     /// Currency code in the ledger and `PAYMENT-RESPONSE`.
     #[serde(default = "default_x402_currency")]
