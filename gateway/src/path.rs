@@ -332,16 +332,23 @@ pub fn host_name(host: &[u8]) -> &[u8] {
 
 /// Why `prefix` cannot be a configured path prefix: requests are matched in canonical form,
 /// so a prefix in any other form would never match, or match less than it says.
-pub fn check_prefix(prefix: &str) -> Result<(), String> {
+pub fn check_prefix(prefix: &str) -> Result<(), PrefixError> {
     match canonicalize(prefix) {
         Ok(Cow::Borrowed(_)) => Ok(()),
-        Ok(Cow::Owned(canonical)) => Err(format!(
-            "not in canonical form (see docs/payment-rules.md#paths): write it as {canonical}"
-        )),
-        Err(e) => Err(format!(
-            "must be an absolute path prefix like /v1/compute: {e}"
-        )),
+        Ok(Cow::Owned(canonical)) => Err(PrefixError::NotCanonical(canonical)),
+        Err(e) => Err(PrefixError::NotAPath(e.to_string())),
     }
+}
+
+/// Why a configured path prefix is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    /// Another spelling of a canonical prefix (which is what requests are matched in).
+    #[error("not in canonical form (see docs/payment-rules.md#paths): write it as {0}")]
+    NotCanonical(String),
+    /// Not an absolute path.
+    #[error("must be an absolute path prefix like /v1/compute: {0}")]
+    NotAPath(String),
 }
 
 /// Whether `path` is `prefix` or below it, on a segment boundary (a trailing `/` on the prefix
@@ -473,9 +480,9 @@ mod tests {
     fn configured_prefixes_must_be_canonical() {
         assert_eq!(check_prefix("/v1/models:generate"), Ok(()));
         assert_eq!(check_prefix("/files/"), Ok(()));
-        let e = check_prefix("/v1/%63ompute").unwrap_err();
+        let e = check_prefix("/v1/%63ompute").unwrap_err().to_string();
         assert!(e.ends_with("write it as /v1/compute"), "{e}");
-        let e = check_prefix("/a b").unwrap_err();
+        let e = check_prefix("/a b").unwrap_err().to_string();
         assert!(e.ends_with("write it as /a%20b"), "{e}");
         for bad in ["v1", "/v1/../x", "/v1?x", "/v1;x", "//v1"] {
             assert!(check_prefix(bad).is_err(), "{bad}");

@@ -177,7 +177,7 @@ pub(crate) async fn build_inner(
             IssuerSource::Static(keys) => Arc::new(StaticKeys(keys)),
             IssuerSource::Jwks(url) => {
                 let jwks = JwksKeys::new(url.clone(), Duration::from_secs(r.jwks_min_refetch_secs))
-                    .map_err(BuildError::Issuer)?;
+                    .map_err(|e| BuildError::Issuer(e.to_string()))?;
                 match jwks.refresh().await {
                     Ok(n) => tracing::info!(issuer = %id, keys = n, "fetched issuer JWKS"),
                     Err(e) => {
@@ -189,7 +189,9 @@ pub(crate) async fn build_inner(
         };
         builder = builder.issuer(Issuer { id, keys });
     }
-    let paywall = builder.build().map_err(BuildError::Secret)?;
+    let paywall = builder
+        .build()
+        .map_err(|e| BuildError::Secret(e.to_string()))?;
     let routes = validated
         .routes
         .into_iter()
@@ -203,7 +205,7 @@ pub(crate) async fn build_inner(
                 )
                 .mime_type(c.mime_type.clone())
                 .timeout(route.timeout)
-                .capture_at_admission(c.capture.as_deref() == Some("admission"));
+                .capture_at_admission(route.capture == crate::config::Capture::Admission);
             let priced = match &c.group {
                 Some(g) => priced.group(g.clone()),
                 None => priced,
@@ -233,7 +235,7 @@ pub(crate) async fn build_inner(
                 url.clone(),
                 paywall.store().clone(),
             )
-            .map_err(BuildError::Issuer)?;
+            .map_err(|e| BuildError::Issuer(e.to_string()))?;
             let every = Duration::from_secs(iss.mandate_revocations_poll_secs);
             pollers
                 .0

@@ -58,15 +58,24 @@ impl std::fmt::Debug for ChallengeKey {
     }
 }
 
+/// Why the gateway secret cannot key challenge ids and tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    /// Under [`MIN_SECRET_LEN`] bytes.
+    #[error("the gateway secret must be at least {MIN_SECRET_LEN} bytes")]
+    TooShort,
+    /// The MAC refused the key length (does not happen with HMAC).
+    #[error("the gateway secret cannot key HMAC-SHA256")]
+    KeyLength,
+}
+
 impl ChallengeKey {
     /// A key from a secret of at least [`MIN_SECRET_LEN`] bytes.
-    pub fn try_new(secret: &[u8]) -> Result<Self, String> {
+    pub fn try_new(secret: &[u8]) -> Result<Self, SecretError> {
         if secret.len() < MIN_SECRET_LEN {
-            return Err(format!(
-                "the gateway secret must be at least {MIN_SECRET_LEN} bytes"
-            ));
+            return Err(SecretError::TooShort);
         }
-        let mac = HmacSha256::new_from_slice(secret).map_err(|e| e.to_string())?;
+        let mac = HmacSha256::new_from_slice(secret).map_err(|_| SecretError::KeyLength)?;
         Ok(ChallengeKey { mac })
     }
 

@@ -11,6 +11,27 @@ use serde::Serialize;
 
 use crate::receipt::ReceiptKind;
 
+/// Why a key could not be made or loaded, or a receipt signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    /// The key could not be generated, encoded or loaded.
+    #[error("key: {0}")]
+    Key(String),
+    /// The claims could not be signed.
+    #[error("signing: {0}")]
+    Sign(String),
+}
+
+impl SignError {
+    fn key(e: impl std::fmt::Display) -> Self {
+        SignError::Key(e.to_string())
+    }
+
+    fn sign(e: impl std::fmt::Display) -> Self {
+        SignError::Sign(e.to_string())
+    }
+}
+
 /// The claims of a receipt to sign.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReceiptClaims {
@@ -52,7 +73,7 @@ pub struct GeneratedKey {
 }
 
 /// Generate an Ed25519 key pair with a `kid`.
-pub fn generate_ed25519(kid: &str) -> Result<(GeneratedKey, SigningKey), String> {
+pub fn generate_ed25519(kid: &str) -> Result<(GeneratedKey, SigningKey), SignError> {
     let sk = SigningKey::generate(&mut rand::rngs::OsRng);
     let x = URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
     let d = URL_SAFE_NO_PAD.encode(sk.to_bytes());
@@ -62,12 +83,12 @@ pub fn generate_ed25519(kid: &str) -> Result<(GeneratedKey, SigningKey), String>
         public_key: None,
     }
     .to_pkcs8_pem(Default::default())
-    .map_err(|e| e.to_string())?
+    .map_err(SignError::key)?
     .to_string();
     let public_pem = sk
         .verifying_key()
         .to_public_key_pem(Default::default())
-        .map_err(|e| e.to_string())?;
+        .map_err(SignError::key)?;
     let public_jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
     let private_jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "d": d, "kid": kid, "alg": "EdDSA", "use": "sig"});
     Ok((
@@ -119,12 +140,12 @@ impl ReceiptSigner {
     }
 
     /// A signer with a freshly generated Ed25519 key.
-    pub fn generate_ed25519(issuer: impl Into<String>, kid: &str) -> Result<Self, String> {
+    pub fn generate_ed25519(issuer: impl Into<String>, kid: &str) -> Result<Self, SignError> {
         let (generated, _) = generate_ed25519(kid)?;
-        let key = EncodingKey::from_ed_pem(generated.private_pem.as_bytes())
-            .map_err(|e| e.to_string())?;
+        let key =
+            EncodingKey::from_ed_pem(generated.private_pem.as_bytes()).map_err(SignError::key)?;
         let public_jwk: Jwk =
-            serde_json::from_value(generated.public_jwk).map_err(|e| e.to_string())?;
+            serde_json::from_value(generated.public_jwk).map_err(SignError::key)?;
         Ok(Self::new(
             issuer,
             Some(kid.to_owned()),
@@ -140,16 +161,16 @@ impl ReceiptSigner {
         issuer: impl Into<String>,
         kid: Option<&str>,
         pem: &str,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SignError> {
         use ed25519_dalek::pkcs8::DecodePrivateKey;
-        let sk = SigningKey::from_pkcs8_pem(pem).map_err(|e| e.to_string())?;
+        let sk = SigningKey::from_pkcs8_pem(pem).map_err(SignError::key)?;
         let x = URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
         let mut jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA", "use": "sig"});
         if let Some(kid) = kid {
             jwk["kid"] = kid.into();
         }
-        let public_jwk: Jwk = serde_json::from_value(jwk).map_err(|e| e.to_string())?;
-        let key = EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+        let public_jwk: Jwk = serde_json::from_value(jwk).map_err(SignError::key)?;
+        let key = EncodingKey::from_ed_pem(pem.as_bytes()).map_err(SignError::key)?;
         Ok(Self::new(
             issuer,
             kid.map(str::to_owned),
@@ -177,22 +198,22 @@ impl ReceiptSigner {
     }
 
     /// Sign arbitrary claims (tests use this to build hostile receipts).
-    pub fn sign_json<T: Serialize>(&self, claims: &T) -> Result<String, String> {
+    pub fn sign_json<T: Serialize>(&self, claims: &T) -> Result<String, SignError> {
         let mut header = Header::new(self.algorithm);
         header.kid = self.kid.clone();
-        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| e.to_string())
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(SignError::sign)
     }
 
     /// Sign raw header and payload JSON exactly as given (tests use this to build receipts a
     /// serializer would never produce: duplicate claims, odd headers).
-    pub fn sign_raw(&self, header_json: &str, payload_json: &str) -> Result<String, String> {
+    pub fn sign_raw(&self, header_json: &str, payload_json: &str) -> Result<String, SignError> {
         let message = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header_json),
             URL_SAFE_NO_PAD.encode(payload_json)
         );
         let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &self.key, self.algorithm)
-            .map_err(|e| e.to_string())?;
+            .map_err(SignError::sign)?;
         Ok(format!("{message}.{sig}"))
     }
 
@@ -207,7 +228,7 @@ impl ReceiptSigner {
     }
 
     /// Sign a receipt.
-    pub fn sign(&self, claims: &ReceiptClaims) -> Result<String, String> {
+    pub fn sign(&self, claims: &ReceiptClaims) -> Result<String, SignError> {
         self.sign_json(claims)
     }
 }

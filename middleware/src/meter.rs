@@ -46,29 +46,41 @@ pub enum UsageSource {
     DurationMs,
 }
 
-impl FromStr for UsageSource {
-    type Err = String;
+/// A usage source that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageSourceError {
+    /// `json:` / `sse:` with something that is not a JSON pointer.
+    #[error("{0:?} is not a JSON pointer (it starts with '/')")]
+    Pointer(String),
+    /// `header:` with an invalid header name.
+    #[error("{0:?} is not a header name")]
+    HeaderName(String),
+    /// None of the known forms.
+    #[error("{0:?}: use header:<name>, json:<pointer>, sse:<pointer>, request_bytes, response_bytes or duration_ms")]
+    Unknown(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for UsageSource {
+    type Err = UsageSourceError;
+
+    fn from_str(s: &str) -> Result<Self, UsageSourceError> {
         let pointer = |p: &str| {
             if p.is_empty() || p.starts_with('/') {
                 Ok(p.to_owned())
             } else {
-                Err(format!("{p:?} is not a JSON pointer (it starts with '/')"))
+                Err(UsageSourceError::Pointer(p.to_owned()))
             }
         };
         match s.split_once(':') {
             Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
                 .map(UsageSource::Header)
-                .map_err(|_| format!("{name:?} is not a header name")),
+                .map_err(|_| UsageSourceError::HeaderName(name.to_owned())),
             Some(("json", p)) => pointer(p).map(UsageSource::Json),
             Some(("sse", p)) => pointer(p).map(UsageSource::Sse),
             None if s == "request_bytes" => Ok(UsageSource::RequestBytes),
             None if s == "response_bytes" => Ok(UsageSource::ResponseBytes),
             None if s == "duration_ms" => Ok(UsageSource::DurationMs),
-            _ => Err(format!(
-                "{s:?}: use header:<name>, json:<pointer>, sse:<pointer>, request_bytes, response_bytes or duration_ms"
-            )),
+            _ => Err(UsageSourceError::Unknown(s.to_owned())),
         }
     }
 }

@@ -31,6 +31,12 @@ pub enum MoneyError {
         /// The currency's scale.
         scale: u32,
     },
+    /// Not a currency code (`[A-Za-z0-9._-]{1,32}`).
+    #[error("invalid currency code {0:?}")]
+    CurrencyCode(String),
+    /// An atomic scale above [`MAX_SCALE`].
+    #[error("scale {0} is above the maximum {MAX_SCALE}")]
+    Scale(u32),
 }
 
 /// A non-negative exact decimal amount of money, without its currency.
@@ -115,7 +121,7 @@ pub struct Currency {
 
 impl Currency {
     /// A currency code (`[A-Za-z0-9._-]{1,32}`) with its atomic scale (at most [`MAX_SCALE`]).
-    pub fn try_new(code: impl Into<String>, scale: u32) -> Result<Self, String> {
+    pub fn try_new(code: impl Into<String>, scale: u32) -> Result<Self, MoneyError> {
         let code = code.into();
         let ok = !code.is_empty()
             && code.len() <= 32
@@ -123,10 +129,10 @@ impl Currency {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if !ok {
-            return Err(format!("invalid currency code {code:?}"));
+            return Err(MoneyError::CurrencyCode(code));
         }
         if scale > MAX_SCALE {
-            return Err(format!("scale {scale} is above the maximum {MAX_SCALE}"));
+            return Err(MoneyError::Scale(scale));
         }
         Ok(Currency { code, scale })
     }

@@ -72,25 +72,39 @@ impl Plan {
     }
 }
 
+/// A period that does not parse (what was given, and what is wrong with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?}: {problem}")]
+pub struct PeriodError {
+    /// The period as given.
+    pub input: String,
+    /// What is wrong with it.
+    pub problem: &'static str,
+}
+
 /// Parse a period like `90s`, `15m`, `1h`, `30d`.
-pub fn parse_period(s: &str) -> Result<Duration, String> {
+pub fn parse_period(s: &str) -> Result<Duration, PeriodError> {
     let s = s.trim();
+    let bad = |problem| PeriodError {
+        input: s.to_owned(),
+        problem,
+    };
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: u64 = n
         .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d)"))?;
+        .map_err(|_| bad("expected a number and a unit (s, m, h, d)"))?;
     let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => return Err(bad("the unit must be s, m, h or d")),
     };
-    if secs == 0 || secs > 400 * 86_400 {
-        return Err(format!("{s:?}: a period is 1 s to 400 days"));
+    match secs {
+        Some(secs) if secs > 0 && secs <= 400 * 86_400 => Ok(Duration::from_secs(secs)),
+        _ => Err(bad("a period is 1 s to 400 days")),
     }
-    Ok(Duration::from_secs(secs))
 }
 
 #[cfg(test)]

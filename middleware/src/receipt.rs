@@ -135,6 +135,26 @@ pub enum KeyError {
     Unavailable(String),
 }
 
+/// Why a verification key cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssuerKeyError {
+    /// RSA, symmetric or another curve.
+    #[error("only OKP/Ed25519 and EC/P-256 keys are accepted")]
+    UnsupportedKeyType,
+    /// The JWK's `alg` names another algorithm than its curve.
+    #[error("key alg {0} does not match its curve")]
+    AlgorithmMismatch(String),
+    /// The JWK does not decode.
+    #[error("invalid JWK: {0}")]
+    InvalidJwk(String),
+    /// Not a public key in PEM (SPKI) form.
+    #[error("not an Ed25519 or P-256 public key in PEM (SPKI) form")]
+    InvalidPem,
+    /// The HTTP client for a JWKS URL could not be built.
+    #[error("JWKS client: {0}")]
+    Client(String),
+}
+
 /// One verification key with its algorithm.
 #[derive(Clone)]
 pub struct IssuerKey {
@@ -158,7 +178,7 @@ impl std::fmt::Debug for IssuerKey {
 impl IssuerKey {
     /// A key from a public JWK (OKP/Ed25519 or EC/P-256). Private members are ignored;
     /// RSA, symmetric and other curves are refused.
-    pub fn from_jwk(jwk: &Jwk) -> Result<Self, String> {
+    pub fn from_jwk(jwk: &Jwk) -> Result<Self, IssuerKeyError> {
         let algorithm = match &jwk.algorithm {
             AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
                 Algorithm::EdDSA
@@ -166,15 +186,16 @@ impl IssuerKey {
             AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
                 Algorithm::ES256
             }
-            _ => return Err("only OKP/Ed25519 and EC/P-256 keys are accepted".into()),
+            _ => return Err(IssuerKeyError::UnsupportedKeyType),
         };
         match jwk.common.key_algorithm {
             None | Some(KeyAlgorithm::EdDSA) if algorithm == Algorithm::EdDSA => {}
             None | Some(KeyAlgorithm::ES256) if algorithm == Algorithm::ES256 => {}
-            Some(other) => return Err(format!("key alg {other:?} does not match its curve")),
+            Some(other) => return Err(IssuerKeyError::AlgorithmMismatch(format!("{other:?}"))),
             None => {}
         }
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("invalid JWK: {e}"))?;
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|e| IssuerKeyError::InvalidJwk(e.to_string()))?;
         Ok(IssuerKey {
             kid: jwk.common.key_id.clone(),
             algorithm,
@@ -183,7 +204,7 @@ impl IssuerKey {
     }
 
     /// A key from a PEM public key (SPKI), Ed25519 or P-256.
-    pub fn from_pem(pem: &[u8], kid: Option<String>) -> Result<Self, String> {
+    pub fn from_pem(pem: &[u8], kid: Option<String>) -> Result<Self, IssuerKeyError> {
         if let Ok(key) = DecodingKey::from_ed_pem(pem) {
             return Ok(IssuerKey {
                 kid,
@@ -198,7 +219,7 @@ impl IssuerKey {
                 key: Arc::new(key),
             });
         }
-        Err("not an Ed25519 or P-256 public key in PEM (SPKI) form".into())
+        Err(IssuerKeyError::InvalidPem)
     }
 }
 
@@ -250,12 +271,12 @@ pub struct JwksKeys {
 
 impl JwksKeys {
     /// A source for `url`; nothing is fetched until [`JwksKeys::refresh`] or the first lookup.
-    pub fn new(url: impl Into<String>, min_refetch: Duration) -> Result<Self, String> {
+    pub fn new(url: impl Into<String>, min_refetch: Duration) -> Result<Self, IssuerKeyError> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| IssuerKeyError::Client(e.to_string()))?;
         Ok(JwksKeys {
             url: url.into(),
             client,

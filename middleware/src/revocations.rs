@@ -16,6 +16,29 @@ struct RevocationList {
     revoked: Vec<String>,
 }
 
+/// Why a revocation list was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(String),
+    /// The list could not be fetched or read.
+    #[error("fetch: {0}")]
+    Fetch(String),
+    /// The issuer answered with an error status.
+    #[error("status {0}")]
+    Status(u16),
+    /// Over 4 MiB.
+    #[error("list over 4 MiB")]
+    TooLarge,
+    /// Not a revocation list.
+    #[error("not a revocation list: {0}")]
+    NotAList(String),
+    /// The store did not record a revocation.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// Polls one issuer's revocation list.
 #[derive(Debug)]
 pub struct RevocationPoller {
@@ -28,12 +51,16 @@ pub struct RevocationPoller {
 
 impl RevocationPoller {
     /// A poller for `issuer`'s list at `url`.
-    pub fn new(issuer: String, url: String, store: Arc<dyn Store>) -> Result<Self, String> {
+    pub fn new(
+        issuer: String,
+        url: String,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, RevocationError> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RevocationError::Client(e.to_string()))?;
         Ok(RevocationPoller {
             issuer,
             url,
@@ -44,22 +71,25 @@ impl RevocationPoller {
     }
 
     /// Fetch the list once and revoke the ids not revoked yet; returns how many were new.
-    pub async fn poll_once(&mut self) -> Result<usize, String> {
+    pub async fn poll_once(&mut self) -> Result<usize, RevocationError> {
         let res = self
             .client
             .get(&self.url)
             .send()
             .await
-            .map_err(|e| format!("fetch: {e}"))?;
+            .map_err(|e| RevocationError::Fetch(e.to_string()))?;
         if !res.status().is_success() {
-            return Err(format!("status {}", res.status()));
+            return Err(RevocationError::Status(res.status().as_u16()));
         }
-        let bytes = res.bytes().await.map_err(|e| format!("read: {e}"))?;
+        let bytes = res
+            .bytes()
+            .await
+            .map_err(|e| RevocationError::Fetch(e.to_string()))?;
         if bytes.len() > 4 * 1024 * 1024 {
-            return Err("list over 4 MiB".into());
+            return Err(RevocationError::TooLarge);
         }
         let list: RevocationList =
-            serde_json::from_slice(&bytes).map_err(|e| format!("not a revocation list: {e}"))?;
+            serde_json::from_slice(&bytes).map_err(|e| RevocationError::NotAList(e.to_string()))?;
         let mut new = 0;
         for id in list.revoked {
             if self.applied.contains(&id) {
@@ -67,8 +97,7 @@ impl RevocationPoller {
             }
             self.store
                 .revoke_mandate(&mandate_key(&self.issuer, &id))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             tracing::info!(issuer = %self.issuer, mandate = %id, "mandate revoked by its issuer");
             self.applied.insert(id);
             new += 1;

@@ -64,15 +64,16 @@ impl std::fmt::Debug for TokenKey {
 
 impl TokenKey {
     /// Derive the token key from the gateway secret (domain-separated from challenge ids).
-    pub fn derive(secret: &[u8]) -> Result<Self, String> {
-        let mut derive = HmacSha256::new_from_slice(secret).map_err(|e| e.to_string())?;
+    pub fn derive(secret: &[u8]) -> Result<Self, crate::challenge::SecretError> {
+        use crate::challenge::SecretError;
+        let mut derive = HmacSha256::new_from_slice(secret).map_err(|_| SecretError::KeyLength)?;
         derive.update(b"tollgate access token key v1");
         let key = derive.finalize().into_bytes();
         let kid: String = Sha256::digest(key)[..4]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let mac = HmacSha256::new_from_slice(&key).map_err(|e| e.to_string())?;
+        let mac = HmacSha256::new_from_slice(&key).map_err(|_| SecretError::KeyLength)?;
         Ok(TokenKey { mac, kid })
     }
 

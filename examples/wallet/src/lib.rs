@@ -92,7 +92,8 @@ impl Wallet {
     /// A wallet issuing as `issuer` with a fresh Ed25519 key, auto-paying up to `max_per_payment`.
     pub fn generate(issuer: impl Into<String>, max_per_payment: Amount) -> Result<Self, String> {
         Ok(Wallet {
-            signer: ReceiptSigner::generate_ed25519(issuer, "wallet-key-1")?,
+            signer: ReceiptSigner::generate_ed25519(issuer, "wallet-key-1")
+                .map_err(|e| e.to_string())?,
             authorization: Authorization::AutoPay { max_per_payment },
             receipt_ttl_secs: 300,
             ledger: Arc::new(Mutex::new(Ledger::default())),
@@ -125,7 +126,7 @@ impl Wallet {
             kind: req.kind.unwrap_or(ReceiptKind::Payment),
             challenge: req.challenge.clone(),
         };
-        self.signer.sign(&claims)
+        self.signer.sign(&claims).map_err(|e| e.to_string())
     }
 
     /// Apply the authorization model to a request, at time `now` (unix seconds).

@@ -28,7 +28,7 @@ use tollgate_middleware::x402::HttpFacilitator;
 pub use issuers::{IssuerConfig, IssuerSource};
 pub use plans::{MoneyConfig, PlanConfig, PlanUnitsConfig};
 pub use price::{MeterConfig, PriceConfig};
-pub use routes::{ExactOfferConfig, RateLimitConfig, Route, RouteConfig};
+pub use routes::{Capture, ExactOfferConfig, RateLimitConfig, Route, RouteConfig};
 pub use store::{StoreConfig, StoreKind};
 pub use x402::X402Config;
 
@@ -75,10 +75,10 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+fn invalid(field: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
-        message: message.into(),
+        message: message.to_string(),
     }
 }
 

@@ -196,10 +196,7 @@ pub(super) fn validate_price(
                         "a unique name of 1 to 64 characters without '|' or spaces",
                     ));
                 }
-                let source: UsageSource = m
-                    .usage
-                    .parse()
-                    .map_err(|e: String| invalid(mf("usage"), e))?;
+                let source: UsageSource = m.usage.parse().map_err(|e| invalid(mf("usage"), e))?;
                 let price: Amount = m
                     .price
                     .parse()

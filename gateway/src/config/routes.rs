@@ -102,6 +102,8 @@ pub struct Route {
     pub timeout: Duration,
     /// x402 offers, settlement mode and facilitator.
     pub x402: Option<ExactRoute>,
+    /// When a fixed price is captured.
+    pub capture: Capture,
 }
 
 /// `[[routes.x402]]`: one x402 `exact` offer (EIP-3009 on an EVM chain).
@@ -191,7 +193,7 @@ pub(super) fn validate_routes(
         }
         let price = validate_price(i, &rc.price, currencies)?;
         let x402 = validate_route_x402(i, rc, &price, facilitator)?;
-        validate_capture(i, rc, &price)?;
+        let capture = validate_capture(i, rc, &price)?;
         if !matches!(price, Price::Free) && issuers.is_empty() && x402.is_none() {
             return Err(invalid(
                 f("price"),
@@ -221,16 +223,27 @@ pub(super) fn validate_routes(
             price,
             timeout: Duration::from_millis(rc.timeout_ms),
             x402,
+            capture,
         });
     }
     Ok(routes)
 }
 
+/// When a route's fixed price is captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Capture {
+    /// Held at admission, captured once the upstream answered below 400 (the default).
+    #[default]
+    Response,
+    /// Captured at admission, voided if the upstream answers 400+ or not at all.
+    Admission,
+}
+
 /// A route's `capture`: `response` or `admission`, the latter only with a fixed price.
-fn validate_capture(i: usize, rc: &RouteConfig, price: &Price) -> Result<(), ConfigError> {
+fn validate_capture(i: usize, rc: &RouteConfig, price: &Price) -> Result<Capture, ConfigError> {
     match rc.capture.as_deref() {
-        None | Some("response") => Ok(()),
-        Some("admission") if matches!(price, Price::Fixed(_)) => Ok(()),
+        None | Some("response") => Ok(Capture::Response),
+        Some("admission") if matches!(price, Price::Fixed(_)) => Ok(Capture::Admission),
         Some("admission") => Err(invalid(
             format!("routes[{i}].capture"),
             "\"admission\" needs a fixed price (a metered charge is known only after the response)",
@@ -276,7 +289,7 @@ fn validate_route_x402(
         .as_deref()
         .unwrap_or("before")
         .parse()
-        .map_err(|m: String| invalid(f("x402_settlement"), m))?;
+        .map_err(|m| invalid(f("x402_settlement"), m))?;
     let mut offers: Vec<ExactOffer> = Vec::new();
     for (k, o) in rc.x402.iter().enumerate() {
         let field = |x: &str| format!("routes[{i}].x402[{k}].{x}");

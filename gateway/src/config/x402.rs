@@ -90,7 +90,7 @@ pub(super) fn validate_x402(x: &X402Config) -> Result<(Arc<HttpFacilitator>, u64
         &headers,
     )
     .map_err(|m| {
-        let field = if m.starts_with("must start") {
+        let field = if m == tollgate_middleware::x402::facilitator::FacilitatorConfigError::Scheme {
             "x402.facilitator_url".to_owned()
         } else {
             "x402.facilitator_headers".to_owned()

@@ -199,7 +199,7 @@ impl Wallet for ExactWallet {
         let mut payload = self
             .signer
             .pay(&offer.raw, now)
-            .map_err(WalletError::Invalid)?;
+            .map_err(|e| WalletError::Invalid(e.to_string()))?;
         if let Some(resource) = required.get("resource") {
             payload["resource"] = resource.clone();
         }

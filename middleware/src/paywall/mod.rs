@@ -197,14 +197,11 @@ impl PaywallBuilder {
     }
 
     /// Build; fails on a short secret or an invalid network id.
-    pub fn build(self) -> Result<Paywall, String> {
+    pub fn build(self) -> Result<Paywall, BuildError> {
         let challenge_key = ChallengeKey::try_new(&self.secret)?;
         let token_key = TokenKey::derive(&self.secret)?;
         if !valid_caip2(&self.network) {
-            return Err(format!(
-                "network {:?} is not CAIP-2 shaped (namespace:reference)",
-                self.network
-            ));
+            return Err(BuildError::Network(self.network));
         }
         let verifier = ReceiptVerifier::new(
             self.merchant.clone(),
@@ -234,6 +231,17 @@ impl PaywallBuilder {
             challenges: Default::default(),
         })))
     }
+}
+
+/// Why a [`Paywall`] cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// The gateway secret.
+    #[error(transparent)]
+    Secret(#[from] crate::challenge::SecretError),
+    /// The receipt network id.
+    #[error("network {0:?} is not CAIP-2 shaped (namespace:reference)")]
+    Network(String),
 }
 
 /// CAIP-2 shape: `^[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}$`.

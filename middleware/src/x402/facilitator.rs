@@ -70,6 +70,23 @@ pub struct HttpFacilitator {
     headers: HeaderMap,
 }
 
+/// Why a facilitator client cannot be made from its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FacilitatorConfigError {
+    /// The URL is not `http://` or `https://`.
+    #[error("must start with http:// or https://")]
+    Scheme,
+    /// A configured header name is invalid.
+    #[error("{0:?} is not a header name")]
+    HeaderName(String),
+    /// A configured header value is invalid (the value is not repeated: it may be a secret).
+    #[error("the value of {0} is not a header value")]
+    HeaderValue(String),
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(String),
+}
+
 impl HttpFacilitator {
     /// A client for `base` (e.g. `https://x402.org/facilitator`), each call bounded by
     /// `timeout`, sending `headers` (name, value) with every call.
@@ -77,16 +94,16 @@ impl HttpFacilitator {
         base: &str,
         timeout: Duration,
         headers: &[(String, String)],
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FacilitatorConfigError> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err("must start with http:// or https://".into());
+            return Err(FacilitatorConfigError::Scheme);
         }
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|_| format!("{k:?} is not a header name"))?;
+                .map_err(|_| FacilitatorConfigError::HeaderName(k.clone()))?;
             let mut value = HeaderValue::from_str(v)
-                .map_err(|_| format!("the value of {k} is not a header value"))?;
+                .map_err(|_| FacilitatorConfigError::HeaderValue(k.clone()))?;
             value.set_sensitive(true);
             map.insert(name, value);
         }
@@ -95,7 +112,7 @@ impl HttpFacilitator {
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| FacilitatorConfigError::Client(e.to_string()))?;
         Ok(HttpFacilitator {
             base: base.trim_end_matches('/').to_owned(),
             client,

@@ -90,16 +90,19 @@ impl SettlementMode {
     }
 }
 
+/// A settlement mode that is not one of `before`, `after`, `deferred`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown settlement mode {0:?} (before, after, deferred)")]
+pub struct UnknownSettlementMode(pub String);
+
 impl FromStr for SettlementMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownSettlementMode;
+    fn from_str(s: &str) -> Result<Self, UnknownSettlementMode> {
         match s {
             "before" => Ok(SettlementMode::Before),
             "after" => Ok(SettlementMode::After),
             "deferred" => Ok(SettlementMode::Deferred),
-            other => Err(format!(
-                "unknown settlement mode {other:?} (before, after, deferred)"
-            )),
+            other => Err(UnknownSettlementMode(other.to_owned())),
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use tollgate_middleware::x402::signer::LocalSigner;
-//! # fn demo(offer: &serde_json::Value) -> Result<(), String> {
+//! # fn demo(offer: &serde_json::Value) -> Result<(), tollgate_middleware::x402::signer::SignerError> {
 //! let signer = LocalSigner::random();
 //! let payload = signer.pay(offer, 1_795_370_000)?; // base64 it into PAYMENT-SIGNATURE
 //! # Ok(()) }
@@ -56,8 +56,28 @@ impl std::fmt::Debug for LocalSigner {
     }
 }
 
+/// Why an offer cannot be signed for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignerError {
+    /// The offer is not an x402 `exact` EVM offer this signer understands (which field).
+    #[error("{0}")]
+    Offer(&'static str),
+    /// Not a valid secp256k1 key.
+    #[error("not a valid secp256k1 key")]
+    Key,
+    /// The signature could not be made.
+    #[error("signing failed")]
+    Signing,
+}
+
+impl From<&'static str> for SignerError {
+    fn from(what: &'static str) -> Self {
+        SignerError::Offer(what)
+    }
+}
+
 /// The token's EIP-712 domain named by a `PaymentRequirements` entry.
-fn domain_of(requirements: &Value) -> Result<Eip712Domain, String> {
+fn domain_of(requirements: &Value) -> Result<Eip712Domain, SignerError> {
     let s = |p: &str| requirements.pointer(p).and_then(Value::as_str);
     let chain = s("/network")
         .and_then(chain_id_of)
@@ -78,8 +98,8 @@ fn domain_of(requirements: &Value) -> Result<Eip712Domain, String> {
 
 impl LocalSigner {
     /// A key from its 32 secret bytes.
-    pub fn from_bytes(secret: &[u8; 32]) -> Result<Self, String> {
-        let key = SigningKey::from_bytes(secret.into()).map_err(|_| "not a valid secp256k1 key")?;
+    pub fn from_bytes(secret: &[u8; 32]) -> Result<Self, SignerError> {
+        let key = SigningKey::from_bytes(secret.into()).map_err(|_| SignerError::Key)?;
         let address = Address::from_public_key(key.verifying_key());
         Ok(LocalSigner { key, address })
     }
@@ -104,7 +124,7 @@ impl LocalSigner {
         &self,
         requirements: &Value,
         now: u64,
-    ) -> Result<Authorization, String> {
+    ) -> Result<Authorization, SignerError> {
         if requirements.get("scheme").and_then(Value::as_str) != Some(EXACT_SCHEME) {
             return Err("not an exact offer".into());
         }
@@ -130,7 +150,11 @@ impl LocalSigner {
 
     /// Sign `auth` under the offer's token domain: the x402 v2 `PaymentPayload` (with the
     /// offer echoed as `accepted`).
-    pub fn payload(&self, requirements: &Value, auth: &Authorization) -> Result<Value, String> {
+    pub fn payload(
+        &self,
+        requirements: &Value,
+        auth: &Authorization,
+    ) -> Result<Value, SignerError> {
         let domain = domain_of(requirements)?;
         let msg = TransferWithAuthorization {
             from: auth.from,
@@ -144,7 +168,7 @@ impl LocalSigner {
         let (sig, recid) = self
             .key
             .sign_prehash_recoverable(digest.as_slice())
-            .map_err(|_| "signing failed")?;
+            .map_err(|_| SignerError::Signing)?;
         let mut bytes = sig.to_bytes().to_vec();
         bytes.push(27 + recid.to_byte());
         Ok(json!({
@@ -165,7 +189,7 @@ impl LocalSigner {
     }
 
     /// Pay an offer with the usual terms.
-    pub fn pay(&self, requirements: &Value, now: u64) -> Result<Value, String> {
+    pub fn pay(&self, requirements: &Value, now: u64) -> Result<Value, SignerError> {
         self.payload(requirements, &self.authorization_for(requirements, now)?)
     }
 }
