@@ -60,6 +60,7 @@ mod charge;
 mod event;
 mod memory;
 mod redis;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
