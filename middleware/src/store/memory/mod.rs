@@ -122,6 +122,10 @@ struct State {
     rates: HashMap<(String, String), i64>,
     /// Sequence for ledger ids.
     seq: u64,
+    /// The time part of the last ledger id: ids never go back in time, so the ledger (kept in
+    /// append order) is in id order, which `events_after` pages by -- callers read the clock
+    /// before taking the lock, so two writers can reach it in the other order.
+    last_id_ms: i64,
     /// Mandate windows by (mandate key, window start).
     windows: HashMap<(String, i64), MandateWindow>,
     /// Revoked mandate keys.
@@ -357,7 +361,8 @@ impl MemoryStore {
 
     fn next_id(s: &mut State, now: i64) -> String {
         s.seq += 1;
-        format!("{}-{}-0", now.max(0), s.seq)
+        s.last_id_ms = s.last_id_ms.max(now);
+        format!("{}-{}-0", s.last_id_ms.max(0), s.seq)
     }
 
     /// Append `event` as given (its amount and uncharged usage are the caller's, as the

@@ -160,7 +160,7 @@ impl MemoryStore {
             },
         );
         // Forget expired entries now and then, so memory stays bounded.
-        if s.seq % 1024 == 0 {
+        if s.seq.is_multiple_of(1024) {
             s.receipts.retain(|_, st| st.until() > now);
         }
         SettleOutcome::Captured { event_id }
