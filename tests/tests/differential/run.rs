@@ -80,7 +80,6 @@ pub(crate) struct Run<'a> {
     reservations: HashMap<u32, Reservation>,
     /// The charge each slot's last capture recorded (for voids).
     charges: HashMap<u32, UsageEvent>,
-    tokens: HashMap<u32, u32>,
 }
 
 impl<'a> Run<'a> {
@@ -93,7 +92,6 @@ impl<'a> Run<'a> {
             holds: HashMap::new(),
             reservations: HashMap::new(),
             charges: HashMap::new(),
-            tokens: HashMap::new(),
         }
     }
 
@@ -350,7 +348,6 @@ impl<'a> Run<'a> {
                 }
             }
             Op::Claim { key, fp, token } => {
-                self.tokens.insert(*token, *key);
                 let out = s
                     .idempotency_claim(
                         &p,
