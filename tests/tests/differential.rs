@@ -1,5 +1,6 @@
 //! The differential test: seeded random operation sequences run on the memory store and on a
-//! real `redis-server`, compared result by result and in final state.
+//! real `redis-server` and a 3-master Redis Cluster, compared result by result and in final
+//! state.
 //!
 //! Each payer gets its own sequence (holds, captures beyond the hold, releases, renewals,
 //! credits and debits with repeated keys, top-up receipts, receipts authorized, captured,
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tollgate_e2e::RedisServer;
+use tollgate_e2e::{RedisCluster, RedisServer};
 use tollgate_middleware::store::{
     void_event, ChargeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome,
     Idempotency, JobOutcome, VoidOutcome,
@@ -50,12 +51,15 @@ fn seed() -> u64 {
         .unwrap_or(DEFAULT_SEED)
 }
 
+/// One payer's run: its results, its final state, and its ids (as normalised).
+type PayerRun = (Vec<String>, Vec<String>, HashMap<String, usize>);
+
 /// Run every payer's sequence concurrently on `store`: each payer's results and final state.
 async fn run_all(
     store: Arc<dyn Store>,
     world: Arc<World>,
     plans: Arc<Vec<Vec<Op>>>,
-) -> Vec<(Vec<String>, Vec<String>, HashMap<String, usize>)> {
+) -> Vec<PayerRun> {
     let mut tasks = Vec::new();
     for (i, _) in plans.iter().enumerate() {
         let (store, world, plans) = (store.clone(), world.clone(), plans.clone());
@@ -252,8 +256,14 @@ async fn hot_payer(store: Arc<dyn Store>, seed: u64) -> (i64, i64, i64, i64) {
     (b.available, b.held, b.credited, b.captured)
 }
 
-/// The first difference between two result lists, with its step.
-fn first_difference(what: &str, ops: Option<&[Op]>, a: &[String], b: &[String]) -> Option<String> {
+/// The first difference between two result lists (memory's and `other`'s), with its step.
+fn first_difference(
+    what: &str,
+    other: &str,
+    ops: Option<&[Op]>,
+    a: &[String],
+    b: &[String],
+) -> Option<String> {
     let n = a.len().max(b.len());
     (0..n).find(|i| a.get(*i) != b.get(*i)).map(|i| {
         let op = ops
@@ -271,7 +281,7 @@ fn first_difference(what: &str, ops: Option<&[Op]>, a: &[String], b: &[String]) 
             })
             .collect();
         format!(
-            "{what}: step {i} {op}\n  memory: {:?}\n  redis:  {:?}\n  before:\n{}",
+            "{what}: step {i} {op}\n  memory: {:?}\n  {other}: {:?}\n  before:\n{}",
             a.get(i),
             b.get(i),
             ctx.join("\n")
@@ -280,7 +290,7 @@ fn first_difference(what: &str, ops: Option<&[Op]>, a: &[String], b: &[String]) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn memory_and_redis_agree_on_random_operations() {
+async fn every_backend_agrees_on_random_operations() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let plans: Arc<Vec<Vec<Op>>> = Arc::new(
@@ -292,59 +302,68 @@ async fn memory_and_redis_agree_on_random_operations() {
     assert!(total >= 10_000, "{total} operations");
     let world = Arc::new(World::new());
     let server = RedisServer::start();
-    let redis: Arc<dyn Store> = Arc::new(
-        RedisStore::connect(RedisStoreOptions {
-            url: server.url(),
-            cluster: false,
-            prefix: "d".into(),
-            timeout: Duration::from_millis(5_000),
-        })
-        .await
-        .unwrap(),
-    );
+    let cluster = RedisCluster::start();
+    let connect = |url: String, cluster: bool| async move {
+        let store: Arc<dyn Store> = Arc::new(
+            RedisStore::connect(RedisStoreOptions {
+                url,
+                cluster,
+                prefix: "d".into(),
+                timeout: Duration::from_millis(5_000),
+            })
+            .await
+            .unwrap(),
+        );
+        store
+    };
     let memory: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let others = [
+        ("redis", connect(server.url(), false).await),
+        ("cluster", connect(cluster.url(), true).await),
+    ];
     let started = std::time::Instant::now();
-    let (on_memory, on_redis) = tokio::join!(
+    let (on_memory, on_redis, on_cluster) = tokio::join!(
         run_all(memory.clone(), world.clone(), plans.clone()),
-        run_all(redis.clone(), world.clone(), plans.clone())
+        run_all(others[0].1.clone(), world.clone(), plans.clone()),
+        run_all(others[1].1.clone(), world.clone(), plans.clone())
     );
-    let mut diffs = Vec::new();
-    for (i, ((mr, ms, _), (rr, rs, _))) in on_memory.iter().zip(&on_redis).enumerate() {
-        diffs.extend(first_difference(
-            &format!("payer-{i} results"),
-            Some(&plans[i]),
-            mr,
-            rr,
-        ));
-        diffs.extend(first_difference(
-            &format!("payer-{i} final state"),
-            None,
-            ms,
-            rs,
-        ));
-    }
     let totals = |s: Arc<dyn Store>| async move {
         vec![
             format!("{:?}", s.payer_totals(DAY, DAY).await.unwrap()),
             format!("{:?}", s.usage(None, DAY, DAY).await.unwrap()),
         ]
     };
-    diffs.extend(first_difference(
-        "totals",
-        None,
-        &totals(memory.clone()).await,
-        &totals(redis.clone()).await,
-    ));
-    let mem_ids: Vec<_> = on_memory.iter().map(|r| r.2.clone()).collect();
-    let redis_ids: Vec<_> = on_redis.iter().map(|r| r.2.clone()).collect();
-    let (mq, rq) = tokio::join!(
-        drain_queue(&memory, &mem_ids),
-        drain_queue(&redis, &redis_ids)
+    let memory_totals = totals(memory.clone()).await;
+    let mut diffs = Vec::new();
+    for ((name, store), runs) in others.iter().zip([&on_redis, &on_cluster]) {
+        for (i, ((mr, ms, _), (rr, rs, _))) in on_memory.iter().zip(runs.iter()).enumerate() {
+            let what = format!("payer-{i} results");
+            diffs.extend(first_difference(&what, name, Some(&plans[i]), mr, rr));
+            let what = format!("payer-{i} final state");
+            diffs.extend(first_difference(&what, name, None, ms, rs));
+        }
+        let theirs = totals(store.clone()).await;
+        diffs.extend(first_difference(
+            "totals",
+            name,
+            None,
+            &memory_totals,
+            &theirs,
+        ));
+    }
+    let ids = |runs: &[PayerRun]| -> Vec<_> { runs.iter().map(|r| r.2.clone()).collect() };
+    let (mi, ri, ci) = (ids(&on_memory), ids(&on_redis), ids(&on_cluster));
+    let (mq, rq, cq) = tokio::join!(
+        drain_queue(&memory, &mi),
+        drain_queue(&others[0].1, &ri),
+        drain_queue(&others[1].1, &ci)
     );
-    diffs.extend(first_difference("x402 queue", None, &mq, &rq));
-    let (mh, rh) = tokio::join!(
+    diffs.extend(first_difference("x402 queue", "redis", None, &mq, &rq));
+    diffs.extend(first_difference("x402 queue", "cluster", None, &mq, &cq));
+    let (mh, rh, ch) = tokio::join!(
         hot_payer(memory.clone(), seed),
-        hot_payer(redis.clone(), seed)
+        hot_payer(others[0].1.clone(), seed),
+        hot_payer(others[1].1.clone(), seed)
     );
     // What the sequences exercised (outcome kinds, on memory), so a change that makes most
     // steps refusals shows.
@@ -354,13 +373,13 @@ async fn memory_and_redis_agree_on_random_operations() {
         *kinds.entry(kind).or_default() += 1;
     }
     println!(
-        "differential: seed {seed}, {total} operations per backend, hot payer {mh:?} / {rh:?}, \
-         {:?}\noutcomes: {kinds:?}",
+        "differential: seed {seed}, {total} operations per backend (memory, redis, cluster), \
+         hot payer {mh:?} / {rh:?} / {ch:?}, {:?}\noutcomes: {kinds:?}",
         started.elapsed()
     );
     assert!(
         diffs.is_empty(),
-        "memory and Redis disagree (replay with TOLLGATE_DIFF_SEED={seed}):\n{}",
+        "the backends disagree (replay with TOLLGATE_DIFF_SEED={seed}):\n{}",
         diffs.join("\n\n")
     );
 }
