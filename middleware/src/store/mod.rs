@@ -16,6 +16,12 @@
 //! them with [`ReceiptStore::void_receipt`] when the request is not served (`spent -> (absent)` and a
 //! void event); [`BalanceStore::hold_capture`] / [`BalanceStore::void_hold`] do the same for a balance.
 //!
+//! The money arithmetic and decisions both follow (a charge clamped to hold + balance and to
+//! the mandate's room, plan coverage and overage, credits and debits, ...) are written once,
+//! in [`rules`]: the memory store (and any other non-Lua backend) calls it, the Lua scripts
+//! mirror it, and the conformance suite (`tests/tests/conformance/`) and the differential test
+//! (`tests/tests/differential.rs`) keep the backends equal.
+//!
 //! # Key layout (Redis)
 //! Every key a script touches carries the payer's bucket as its hash tag (but the receipt owner
 //! key, claimed in the same script on one server and by a call of its own on a cluster), so each script runs
@@ -60,6 +66,7 @@ mod charge;
 mod event;
 mod memory;
 mod redis;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

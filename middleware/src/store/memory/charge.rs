@@ -1,11 +1,15 @@
 //! Capture at admission in the embedded store: the same state machine as
 //! `lua/authorize_capture.lua`, `hold_capture.lua`, `void.lua` and `void_hold.lua`.
 
-use super::{minor, MemoryStore, ReceiptState};
+use super::{minor, ms, rule, rules, MemoryStore, ReceiptState, Settled};
 use crate::store::{
     utc_day, AuthorizeOutcome, ChargeOutcome, Hold, HoldOutcome, Reservation, StoreError,
     UsageEvent, VoidOutcome,
 };
+
+/// How long a balance charge's settled marker is kept beyond the hold time (as the Redis
+/// store's): a void comes at the latest when the request's time is up.
+const MARKER_MARGIN_MS: i64 = 60_000;
 
 impl MemoryStore {
     pub(super) fn charge_receipt(
@@ -23,9 +27,11 @@ impl MemoryStore {
         }
         let key = Self::receipt_key(r);
         let refused = match Self::live(&s, &key, now) {
-            Some(ReceiptState::Spent { .. } | ReceiptState::Credited { .. }) => {
-                Some(AuthorizeOutcome::Replayed)
-            }
+            Some(
+                ReceiptState::Spent { .. }
+                | ReceiptState::Credited { .. }
+                | ReceiptState::Subscribed { .. },
+            ) => Some(AuthorizeOutcome::Replayed),
             Some(ReceiptState::Held { .. }) => Some(AuthorizeOutcome::InUse),
             Some(ReceiptState::Revoked { .. }) => Some(AuthorizeOutcome::Revoked),
             None => None,
@@ -33,13 +39,13 @@ impl MemoryStore {
         if let Some(o) = refused {
             return Ok(ChargeOutcome::Refused(o));
         }
-        let event_id = Self::record(&mut s, now, event.clone(), event.amount_minor, 0);
+        let event_id = Self::record(&mut s, now, event.clone());
         s.receipts.insert(
             key,
             ReceiptState::Spent {
                 reservation: r.id.clone(),
                 event_id: event_id.clone(),
-                until_ms: r.spent_until_ms,
+                until_ms: r.spent_until_ms.max(now.saturating_add(1000)),
             },
         );
         Ok(ChargeOutcome::Charged {
@@ -58,34 +64,34 @@ impl MemoryStore {
         if s.blocked.contains(&h.payer) {
             return Ok(ChargeOutcome::Declined(HoldOutcome::PayerBlocked));
         }
-        let amount = i64::try_from(h.amount_minor)
-            .map_err(|_| StoreError::Protocol("amount too large".into()))?;
-        let available = |s: &super::State| {
-            s.accounts
-                .get(&(h.payer.clone(), h.currency.clone()))
-                .map_or(0, |a| a.available)
-        };
-        if available(&s) < amount {
-            Self::sweep(&mut s, &h.payer, now);
-            let balance = available(&s);
-            if balance < amount {
+        let amount = h.amount_minor;
+        if rules::sweep_needed(s.balance(&h.payer, &h.currency).available, amount) {
+            Self::sweep(&mut s, &h.payer, now)?;
+            let available = s.balance(&h.payer, &h.currency).available;
+            if !rules::covers(available, amount) {
                 return Ok(ChargeOutcome::Declined(HoldOutcome::Insufficient {
-                    balance_minor: minor(balance),
+                    balance_minor: minor(available),
                 }));
             }
         }
-        let acct = s
-            .accounts
-            .entry((h.payer.clone(), h.currency.clone()))
-            .or_default();
-        acct.available -= amount;
-        acct.captured += amount;
-        let balance_minor = minor(acct.available);
-        let event_id = Self::record(&mut s, now, event.clone(), h.amount_minor, 0);
-        Self::remember_settled(&mut s, now, &h.id, (event_id.clone(), h.amount_minor, 0));
+        let b =
+            rules::charge_at_admission(&s.balance(&h.payer, &h.currency), amount).map_err(rule)?;
+        s.set_balance(&h.payer, &h.currency, b);
+        // The event as given (`hold_capture.lua`); the marker records what the balance paid.
+        let event_id = Self::record(&mut s, now, event.clone());
+        let settled = Settled::Charged {
+            event_id: event_id.clone(),
+            charged: amount,
+            uncharged: 0,
+            currency: h.currency.clone(),
+        };
+        let until = now
+            .saturating_add(ms(h.ttl))
+            .saturating_add(MARKER_MARGIN_MS);
+        s.remember_settled(now, &h.id, settled, until);
         Ok(ChargeOutcome::Charged {
             event_id,
-            balance_minor,
+            balance_minor: minor(b.available),
         })
     }
 
@@ -114,20 +120,21 @@ impl MemoryStore {
                 s.receipts.remove(&key);
             }
             (None, Some(h)) => {
-                let ours = s.settled.get(&h.id).is_some_and(|(id, charged, _)| {
-                    *id == charge.id && *charged == charge.amount_minor
-                });
+                // The marker must be this charge's, in full (`void_hold.lua`).
+                let ours = matches!(
+                    s.settled(&h.id, now),
+                    Some(Settled::Charged { event_id, charged, uncharged: 0, currency })
+                        if *event_id == charge.id
+                            && *charged == charge.amount_minor
+                            && *currency == h.currency
+                );
                 if !ours {
                     return Ok(VoidOutcome::NotCharged);
                 }
-                let amount = i64::try_from(charge.amount_minor).unwrap_or(i64::MAX);
-                let acct = s
-                    .accounts
-                    .entry((h.payer.clone(), h.currency.clone()))
-                    .or_default();
-                acct.available += amount;
-                acct.captured -= amount;
-                Self::remember_settled(&mut s, now, &h.id, (String::from("void"), 0, 0));
+                let b = rules::void_charge(&s.balance(&h.payer, &h.currency), charge.amount_minor)
+                    .map_err(rule)?;
+                s.set_balance(&h.payer, &h.currency, b);
+                s.restate_settled(&h.id, Settled::Voided);
             }
             (None, None) => return Err(StoreError::Protocol("void of nothing".into())),
         }

@@ -12,24 +12,15 @@ impl PayerControl for MemoryStore {
     ) -> Result<Option<std::time::Duration>, StoreError> {
         let now = self.clock.now_ms();
         let mut s = self.lock()?;
-        let interval = i64::try_from(limit.interval_ms()).unwrap_or(i64::MAX);
-        let tolerance = i64::try_from(limit.tolerance_ms()).unwrap_or(i64::MAX);
-        let tat = s
-            .rates
-            .get(&(payer.to_owned(), route.to_owned()))
-            .copied()
-            .unwrap_or(0)
-            .max(now);
-        let new_tat = tat + interval;
-        let allow_at = new_tat - interval - tolerance;
-        if allow_at > now {
-            return Ok(Some(std::time::Duration::from_millis(
-                u64::try_from(allow_at - now).unwrap_or(0),
-            )));
+        let key = (payer.to_owned(), route.to_owned());
+        let tat = s.rates.get(&key).copied().unwrap_or(0);
+        match rules::gcra(tat, now, limit) {
+            Ok(new_tat) => {
+                s.rates.insert(key, new_tat);
+                Ok(None)
+            }
+            Err(retry_ms) => Ok(Some(std::time::Duration::from_millis(retry_ms))),
         }
-        s.rates
-            .insert((payer.to_owned(), route.to_owned()), new_tat);
-        Ok(None)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -20,36 +20,29 @@ impl PlanStore for MemoryStore {
         let key = Self::receipt_key(&r);
         let period_key = (sub.payer.clone(), sub.plan.clone());
         match Self::live(&s, &key, now) {
-            Some(ReceiptState::Credited { credit_id, .. }) if credit_id.starts_with("sub:") => {
+            Some(ReceiptState::Subscribed { event_id, .. }) => {
                 return Ok(SubscribeOutcome::Duplicate {
-                    event_id: credit_id["sub:".len()..].to_owned(),
+                    event_id: event_id.clone(),
                     period_end_ms: s.subs.get(&period_key).map_or(0, |p| p.end_ms),
                 });
             }
             Some(_) => return Ok(SubscribeOutcome::ReceiptUsed),
             None => {}
         }
-        let period = match s.subs.get(&period_key) {
-            Some(p) if p.end_ms > sub.now_ms => PlanPeriod {
-                end_ms: p.end_ms + sub.period_ms,
-                calls: p.calls.zip(sub.calls).map(|(a, b)| a + b),
-                ..*p
-            },
-            _ => PlanPeriod {
-                start_ms: sub.now_ms,
-                end_ms: sub.now_ms + sub.period_ms,
-                calls: sub.calls,
-                used: 0,
-            },
-        };
+        let period = rules::subscribe_period(
+            s.subs.get(&period_key),
+            sub.now_ms,
+            sub.period_ms,
+            sub.calls,
+        );
         let period_end_ms = period.end_ms;
         s.subs.insert(period_key, period);
-        let event_id = Self::record(&mut s, now, sub.event.clone(), sub.event.amount_minor, 0);
+        let event_id = Self::record(&mut s, now, sub.event.clone());
         s.receipts.insert(
             key,
-            ReceiptState::Credited {
-                credit_id: format!("sub:{event_id}"),
-                until_ms: sub.keep_until_ms,
+            ReceiptState::Subscribed {
+                event_id: event_id.clone(),
+                until_ms: until,
             },
         );
         Ok(SubscribeOutcome::Subscribed {

@@ -11,13 +11,11 @@ impl SettlementQueue for MemoryStore {
         body: &str,
     ) -> Result<SettleOutcome, StoreError> {
         let now = self.clock.now_ms();
-        let outcome = self
-            .settle(r, &Settlement::Capture(Box::new(event.clone())))
-            .await?;
+        // One critical section: exactly one job per captured authorization. x402 payments
+        // carry no mandate; like `capture_deferred.lua`, none is spent here.
+        let mut s = self.lock()?;
+        let outcome = Self::capture_receipt(&mut s, now, r, event, None);
         if let SettleOutcome::Captured { event_id } = &outcome {
-            // Same critical section in spirit: no other caller can capture this reservation
-            // again (it is spent), so exactly one job is queued for it.
-            let mut s = self.lock()?;
             s.jobs.insert(
                 event_id.clone(),
                 (

@@ -32,17 +32,20 @@ impl ReceiptStore for MemoryStore {
         }
         let key = Self::receipt_key(r);
         match Self::live(&s, &key, now) {
-            Some(ReceiptState::Spent { .. } | ReceiptState::Credited { .. }) => {
-                return Ok(AuthorizeOutcome::Replayed)
-            }
+            Some(
+                ReceiptState::Spent { .. }
+                | ReceiptState::Credited { .. }
+                | ReceiptState::Subscribed { .. },
+            ) => return Ok(AuthorizeOutcome::Replayed),
             Some(ReceiptState::Held { .. }) => return Ok(AuthorizeOutcome::InUse),
             Some(ReceiptState::Revoked { .. }) => return Ok(AuthorizeOutcome::Revoked),
             None => {}
         }
         let hold_ms = i64::try_from(r.hold.as_millis()).unwrap_or(i64::MAX);
         if let Some(m) = &r.mandate {
-            match s.mandate_check(m, now) {
-                Ok(()) => s.mandate_reserve(&r.payer, m, &r.id, now.saturating_add(hold_ms)),
+            let until = now.saturating_add(hold_ms);
+            match s.mandate_check(m, m.amount_minor, now) {
+                Ok(()) => s.mandate_reserve(&r.payer, m, m.amount_minor, &r.id, until),
                 Err(MandateRefusal::Revoked) => return Ok(AuthorizeOutcome::MandateRevoked),
                 Err(MandateRefusal::Exceeded(room_minor)) => {
                     return Ok(AuthorizeOutcome::MandateExceeded { room_minor })
@@ -66,51 +69,24 @@ impl ReceiptStore for MemoryStore {
     ) -> Result<SettleOutcome, StoreError> {
         let now = self.clock.now_ms();
         let mut s = self.lock()?;
-        let key = Self::receipt_key(r);
-        let current = Self::live(&s, &key, now);
         match settlement {
-            Settlement::Release => match current {
-                Some(ReceiptState::Held { reservation, .. }) if *reservation == r.id => {
-                    s.receipts.remove(&key);
-                    if let Some(m) = &r.mandate {
-                        s.mandate_settle(m, &r.id, 0);
-                    }
-                    Ok(SettleOutcome::Released)
-                }
-                _ => Ok(SettleOutcome::NotHeld),
-            },
-            Settlement::Capture(event) => {
-                match current {
-                    Some(ReceiptState::Spent {
-                        reservation,
-                        event_id,
-                        ..
-                    }) if *reservation == r.id => {
-                        return Ok(SettleOutcome::AlreadyCaptured {
-                            event_id: event_id.clone(),
-                        });
-                    }
-                    Some(ReceiptState::Held { reservation, .. }) if *reservation == r.id => {}
-                    None => {}
-                    Some(_) => return Ok(SettleOutcome::Conflict),
-                }
-                let event_id = Self::record(&mut s, now, (**event).clone(), event.amount_minor, 0);
+            Settlement::Release => {
+                // The mandate reservation goes first, held or not (`release.lua`).
                 if let Some(m) = &r.mandate {
-                    s.mandate_settle(m, &r.id, event.amount_minor);
+                    s.mandate_settle(m, &r.id, 0);
                 }
-                s.receipts.insert(
-                    key,
-                    ReceiptState::Spent {
-                        reservation: r.id.clone(),
-                        event_id: event_id.clone(),
-                        until_ms: r.spent_until_ms,
-                    },
-                );
-                // Forget expired entries now and then, so memory stays bounded.
-                if s.seq % 1024 == 0 {
-                    s.receipts.retain(|_, st| st.until() > now);
+                let key = Self::receipt_key(r);
+                match Self::live(&s, &key, now) {
+                    Some(ReceiptState::Held { reservation, .. }) if *reservation == r.id => {
+                        s.receipts.remove(&key);
+                        Ok(SettleOutcome::Released)
+                    }
+                    _ => Ok(SettleOutcome::NotHeld),
                 }
-                Ok(SettleOutcome::Captured { event_id })
+            }
+            Settlement::Capture(event) => {
+                let mandate = r.mandate.as_ref();
+                Ok(Self::capture_receipt(&mut s, now, r, event, mandate))
             }
         }
     }
@@ -141,5 +117,52 @@ impl ReceiptStore for MemoryStore {
             );
         }
         Ok(unused)
+    }
+}
+
+impl MemoryStore {
+    /// Spend a held receipt and append its event once (`capture.lua`); `mandate`: the window
+    /// the event's amount is spent in (`capture_deferred.lua` spends none).
+    pub(super) fn capture_receipt(
+        s: &mut State,
+        now: i64,
+        r: &Reservation,
+        event: &UsageEvent,
+        mandate: Option<&MandateCharge>,
+    ) -> SettleOutcome {
+        let key = Self::receipt_key(r);
+        match Self::live(s, &key, now) {
+            Some(ReceiptState::Spent {
+                reservation,
+                event_id,
+                ..
+            }) if *reservation == r.id => {
+                return SettleOutcome::AlreadyCaptured {
+                    event_id: event_id.clone(),
+                };
+            }
+            Some(ReceiptState::Held { reservation, .. }) if *reservation == r.id => {}
+            // The hold expired and nobody took the receipt since: capture anyway.
+            None => {}
+            Some(_) => return SettleOutcome::Conflict,
+        }
+        let event_id = Self::record(s, now, event.clone());
+        if let Some(m) = mandate {
+            s.mandate_settle(m, &r.id, event.amount_minor);
+        }
+        s.receipts.insert(
+            key,
+            ReceiptState::Spent {
+                reservation: r.id.clone(),
+                event_id: event_id.clone(),
+                // Remembered at least a second, as the script's `PX`.
+                until_ms: r.spent_until_ms.max(now.saturating_add(1000)),
+            },
+        );
+        // Forget expired entries now and then, so memory stays bounded.
+        if s.seq.is_multiple_of(1024) {
+            s.receipts.retain(|_, st| st.until() > now);
+        }
+        SettleOutcome::Captured { event_id }
     }
 }

@@ -1,0 +1,99 @@
+//! Request `Idempotency-Key` claims.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_middleware::store::prelude::*;
+use tollgate_middleware::store::IdempotencyClaim;
+
+/// Request `Idempotency-Key`s: claim, in flight, done with the event, mismatch, forget, and
+/// only the claiming token may finish a claim.
+pub(crate) async fn request_idempotency(store: Arc<dyn Store>) {
+    let ttl = Duration::from_secs(60);
+    let claim = |payer: &'static str, key: &'static str, fp: &'static str, token: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .idempotency_claim(payer, key, fp, token, ttl)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        claim("p1", "k", "fp", "t1").await,
+        IdempotencyClaim::Claimed
+    );
+    assert_eq!(
+        claim("p1", "k", "fp", "t2").await,
+        IdempotencyClaim::InFlight
+    );
+    assert_eq!(
+        claim("p1", "k", "other", "t2").await,
+        IdempotencyClaim::Mismatch
+    );
+    // Another payer's same key is its own.
+    assert_eq!(
+        claim("p2", "k", "fp", "t3").await,
+        IdempotencyClaim::Claimed
+    );
+    // A foreign token changes nothing.
+    store
+        .idempotency_finish("p1", "k", "t2", Some(("e-9", 9)))
+        .await
+        .unwrap();
+    store
+        .idempotency_finish("p1", "k", "t2", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim("p1", "k", "fp", "t2").await,
+        IdempotencyClaim::InFlight
+    );
+    store
+        .idempotency_finish(
+            "p1",
+            "k",
+            "t1",
+            Some(("1795370240883-0", 1_795_370_240_883)),
+        )
+        .await
+        .unwrap();
+    let done = IdempotencyClaim::Done {
+        event_id: "1795370240883-0".into(),
+        time_ms: 1_795_370_240_883,
+    };
+    assert_eq!(claim("p1", "k", "fp", "t4").await, done);
+    // Done is final: forgetting it is refused.
+    store
+        .idempotency_finish("p1", "k", "t1", None)
+        .await
+        .unwrap();
+    assert_eq!(claim("p1", "k", "fp", "t4").await, done);
+    // Forgotten (not charged): free again.
+    store
+        .idempotency_finish("p2", "k", "t3", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim("p2", "k", "fp", "t5").await,
+        IdempotencyClaim::Claimed
+    );
+    // Concurrent claims of one key: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .idempotency_claim("p3", "race", "fp", &format!("t{i}"), ttl)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut claimed = 0;
+    for t in tasks {
+        if t.await.unwrap() == IdempotencyClaim::Claimed {
+            claimed += 1;
+        }
+    }
+    assert_eq!(claimed, 1);
+}

@@ -1,0 +1,161 @@
+//! What every body builds with: backends, reservations, events, holds, credits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_e2e::{RedisCluster, RedisServer};
+use tollgate_middleware::store::{
+    Credit, CreditOutcome, Hold, Idempotency, MandateCharge, PlanUse, Reservation,
+};
+use tollgate_middleware::{MemoryStore, RedisStore, RedisStoreOptions, Store, UsageEvent};
+
+/// A fresh memory store on the system clock.
+pub(crate) fn memory() -> Arc<dyn Store> {
+    Arc::new(MemoryStore::default())
+}
+
+/// A store on `server` under `prefix`.
+pub(crate) async fn redis(server: &RedisServer, prefix: &str) -> Arc<dyn Store> {
+    let opts = RedisStoreOptions {
+        url: server.url(),
+        cluster: false,
+        prefix: prefix.into(),
+        timeout: Duration::from_millis(2000),
+    };
+    Arc::new(RedisStore::connect(opts).await.unwrap())
+}
+
+/// A store on `cluster` under `prefix`.
+pub(crate) async fn cluster(cluster: &RedisCluster, prefix: &str) -> Arc<dyn Store> {
+    let opts = RedisStoreOptions {
+        url: cluster.url(),
+        cluster: true,
+        prefix: prefix.into(),
+        timeout: Duration::from_millis(2000),
+    };
+    Arc::new(RedisStore::connect(opts).await.unwrap())
+}
+
+/// Now (unix ms, the system clock: Redis and the memory store both run on it here).
+pub(crate) fn now_ms() -> i64 {
+    tollgate_e2e::now_secs() * 1000
+}
+
+pub(crate) fn reservation(payer: &str, jti: &str) -> Reservation {
+    Reservation {
+        id: uuid::Uuid::new_v4().to_string(),
+        payer: payer.into(),
+        issuer: "iss".into(),
+        receipt_id: jti.into(),
+        hold: Duration::from_secs(60),
+        spent_until_ms: (tollgate_e2e::now_secs() + 600) * 1000,
+        mandate: None,
+    }
+}
+
+/// A 0.01 USD request event of `r` (time 1 ms: day 19700101).
+pub(crate) fn event(r: &Reservation) -> UsageEvent {
+    UsageEvent {
+        id: String::new(),
+        time_ms: 1,
+        payer: r.payer.clone(),
+        route: "compute".into(),
+        method: "POST".into(),
+        units: [("request".to_owned(), 1)].into(),
+        unit_prices: Default::default(),
+        amount_minor: 10_000,
+        uncharged_minor: 0,
+        currency: "USD".into(),
+        scale: 6,
+        credential: format!("receipt:iss:{}", r.receipt_id),
+        reservation: r.id.clone(),
+        upstream_status: 200,
+        voids: None,
+    }
+}
+
+/// An event of `payer` on `route` for `amount_minor` (as a balance capture sends it: the
+/// store decides the amount).
+pub(crate) fn balance_event(payer: &str, route: &str, amount_minor: u64) -> UsageEvent {
+    UsageEvent {
+        route: route.into(),
+        amount_minor,
+        credential: format!("token:{payer}"),
+        ..event(&reservation(payer, "-"))
+    }
+}
+
+pub(crate) fn hold(payer: &str, amount: u64) -> Hold {
+    Hold {
+        id: uuid::Uuid::new_v4().to_string(),
+        payer: payer.into(),
+        currency: "USD".into(),
+        amount_minor: amount,
+        ttl: Duration::from_secs(60),
+        mandate: None,
+        plan: None,
+    }
+}
+
+pub(crate) fn topup(payer: &str, amount: i64, key: &str) -> Credit {
+    Credit {
+        payer: payer.into(),
+        currency: "USD".into(),
+        amount_minor: amount,
+        idempotency: Idempotency::Key(key.into()),
+        keep_until_ms: (tollgate_e2e::now_secs() + 600) * 1000,
+        reason: "test".into(),
+        source: "admin".into(),
+    }
+}
+
+/// Credit `amount` to `payer` and check it applied.
+pub(crate) async fn fund(store: &Arc<dyn Store>, payer: &str, amount: i64) {
+    let key = uuid::Uuid::new_v4().to_string();
+    let out = store.credit(&topup(payer, amount, &key)).await.unwrap();
+    assert!(matches!(out, CreditOutcome::Applied { .. }), "{out:?}");
+}
+
+/// A plan use of `plan` judged now.
+pub(crate) fn plan_use(plan: &str, deny: bool, route_price: bool, unit: Option<&str>) -> PlanUse {
+    PlanUse {
+        plan: plan.into(),
+        deny,
+        route_price,
+        unit: unit.map(str::to_owned),
+        overage_minor: 30,
+        now_ms: now_ms(),
+        covered: false,
+    }
+}
+
+/// A day-window mandate `key` of `budget`, reserving `amount` for this payment.
+pub(crate) fn mandate(key: &str, budget: u64, amount: u64) -> MandateCharge {
+    let (start, end) = tollgate_middleware::mandate::Window::Day.bounds(now_ms());
+    MandateCharge {
+        key: key.into(),
+        budget_minor: budget,
+        amount_minor: amount,
+        window_start_ms: start,
+        window_end_ms: end,
+        summary: serde_json::json!({"id": key, "window": "day"}).to_string(),
+    }
+}
+
+/// Available, held, credited, captured of `payer`'s USD account, and its holds.
+pub(crate) async fn usd(store: &Arc<dyn Store>, payer: &str) -> (i64, i64, i64, i64, u64) {
+    let a = store.account(payer).await.unwrap();
+    let b = a.balances.get("USD").copied().unwrap_or_default();
+    (b.available, b.held, b.credited, b.captured, a.holds)
+}
+
+/// The usage events of `payer`, in id order.
+pub(crate) async fn events_of(store: &Arc<dyn Store>, payer: &str) -> Vec<UsageEvent> {
+    store
+        .usage_events()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.payer == payer)
+        .collect()
+}
