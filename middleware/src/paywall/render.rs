@@ -280,3 +280,156 @@ impl Paywall {
         res
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::refusal::{MandateStanding, X402Failure};
+    use super::*;
+    use crate::money::{Currency, Money};
+
+    fn paywall() -> Paywall {
+        Paywall::builder("m", vec![7u8; 32]).build().unwrap()
+    }
+
+    fn route() -> PricedRoute {
+        let usd = Currency::try_new("USD", 6).unwrap();
+        let price = Money {
+            amount: "0.01".parse().unwrap(),
+            currency: usd,
+        };
+        PricedRoute::new("r", Price::fixed(price).unwrap())
+    }
+
+    fn body(res: &Reply) -> Value {
+        serde_json::from_slice(res.body()).unwrap()
+    }
+
+    fn rendered(r: &Refusal) -> Reply {
+        let (method, uri, headers) = (Method::GET, Uri::from_static("/r"), HeaderMap::new());
+        let head = Head {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+        };
+        paywall().render(r, Some((&route(), head)))
+    }
+
+    #[test]
+    fn a_402_carries_offers_and_the_standing_in_one_body() {
+        let r = Refusal::new(ErrorCode::BalanceInsufficient, "top up")
+            .standing(Standing::Balance("0.004".into()));
+        let res = rendered(&r);
+        assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+        assert!(res.headers().contains_key(PAYMENT_REQUIRED));
+        assert!(res.headers().contains_key(header::WWW_AUTHENTICATE));
+        let b = body(&res);
+        assert_eq!(b["code"], "balance_insufficient");
+        assert_eq!(b["detail"], "top up");
+        assert_eq!(b["balance"], "0.004");
+        assert_eq!(b["accepts"][0]["amount"], "10000");
+        assert!(b["challengeId"].is_string());
+        assert_eq!(res.extensions().get::<ErrorCode>(), Some(&r.code));
+    }
+
+    #[test]
+    fn a_plain_refusal_carries_no_offers_whatever_its_status() {
+        let res = rendered(&Refusal::plain(ErrorCode::BalanceInsufficient, "expired"));
+        assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
+        assert!(!res.headers().contains_key(PAYMENT_REQUIRED));
+        assert!(body(&res).get("accepts").is_none());
+        // Without a route there is nothing to offer either.
+        let res = paywall().render(&Refusal::new(ErrorCode::PaymentRequired, "pay"), None);
+        assert!(!res.headers().contains_key(PAYMENT_REQUIRED));
+    }
+
+    #[test]
+    fn retry_after_mandate_and_x402_reason_are_written() {
+        let m = MandateStanding {
+            room_left: "0.05".into(),
+            budget: "0.35".into(),
+            currency: "USD".into(),
+            requested: "0.10".into(),
+            window_start: 1,
+            resets_at: 2,
+        };
+        let r = Refusal::new(ErrorCode::MandateExceeded, "over")
+            .standing(Standing::Mandate(m))
+            .retry_after(42);
+        let res = rendered(&r);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "42");
+        let b = body(&res);
+        assert_eq!(b["mandate"]["room_left"], "0.05");
+        assert_eq!(b["mandate"]["resets_at"], 2);
+        assert!(b["accepts"].is_array());
+
+        let x = Refusal::new(ErrorCode::X402PaymentInvalid, "bad").standing(Standing::X402(
+            X402Failure {
+                reason: "invalid_exact_evm_payload_signature".into(),
+                network: "eip155:8453".into(),
+                payer: None,
+            },
+        ));
+        let res = rendered(&x);
+        assert_eq!(
+            body(&res)["errorReason"],
+            "invalid_exact_evm_payload_signature"
+        );
+        let pr = res.headers()[PAYMENT_RESPONSE].to_str().unwrap();
+        let pr: Value = serde_json::from_slice(&STANDARD.decode(pr).unwrap()).unwrap();
+        assert_eq!(pr["success"], false);
+        assert_eq!(pr["errorReason"], "invalid_exact_evm_payload_signature");
+        assert_eq!(pr["network"], "eip155:8453");
+    }
+
+    #[test]
+    fn the_bare_402_is_the_cached_one_and_standing_is_never_cached() {
+        let p = paywall();
+        let (method, uri, headers) = (Method::GET, Uri::from_static("/r"), HeaderMap::new());
+        let head = Head {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+        };
+        let route = route();
+        let bare = Refusal::new(ErrorCode::PaymentRequired, "pay");
+        let a = p.render(&bare, Some((&route, head)));
+        let b = p.render(&bare, Some((&route, head)));
+        assert_eq!(a.body(), b.body());
+        let rich = bare.clone().standing(Standing::Balance("1".into()));
+        let c = p.render(&rich, Some((&route, head)));
+        assert_eq!(body(&c)["balance"], "1");
+        assert!(body(&a).get("balance").is_none());
+    }
+
+    #[tokio::test]
+    async fn agent_endpoints_name_the_method_to_use() {
+        let p = paywall();
+        let h = HeaderMap::new();
+        for (method, path, want) in [
+            (
+                Method::GET,
+                "/tollgate/v1/topup",
+                "use POST /tollgate/v1/topup",
+            ),
+            (
+                Method::GET,
+                "/tollgate/v1/token",
+                "use POST /tollgate/v1/token",
+            ),
+            (
+                Method::PUT,
+                "/tollgate/v1/subscribe",
+                "use POST /tollgate/v1/subscribe",
+            ),
+            (
+                Method::POST,
+                "/tollgate/v1/balance",
+                "use GET /tollgate/v1/balance",
+            ),
+        ] {
+            let res = p.agent_api(&method, path, &h).await.unwrap();
+            assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert_eq!(body(&res)["detail"], want);
+        }
+    }
+}
