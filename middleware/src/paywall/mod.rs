@@ -37,7 +37,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::challenge::{ChallengeError, ChallengeKey, ChallengeTerms};
 use crate::clock::{Clock, SystemClock};
@@ -217,6 +217,7 @@ impl PaywallBuilder {
             network: self.network,
             challenge_key,
             token_key,
+            issuer_ids: verifier.issuer_ids(),
             verifier,
             store,
             clock: self.clock,
@@ -271,6 +272,8 @@ struct Inner {
     token_key: TokenKey,
     /// Signature and claims checks.
     verifier: ReceiptVerifier,
+    /// The trusted issuers' ids, sorted (offered in every 402).
+    issuer_ids: Vec<String>,
     /// Single use, balances and the ledger.
     store: Arc<dyn Store>,
     /// Injected time.

@@ -17,9 +17,9 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use http::HeaderValue;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::credential::RECEIPT_SCHEME;
+use super::wire::Requirements;
 
 /// The Payment scheme's method name for Tollgate receipts. The draft's method names are
 /// lowercase letters only (`1*LOWERALPHA`), so it is not the x402 scheme name
@@ -55,51 +55,30 @@ fn quoted(s: &str) -> String {
     out
 }
 
-/// The native payment offer among a 402's requirements.
-fn native_offer(requirements: &Value) -> Option<&Value> {
-    requirements
-        .get("accepts")?
-        .as_array()?
-        .iter()
-        .find(|a| a["scheme"] == RECEIPT_SCHEME && a["extra"]["kind"] == "payment")
-}
-
-/// The challenge `id` of a 402's `WWW-Authenticate: Payment` (the problem body repeats it as
-/// `challengeId`, as the draft's example does).
-pub(super) fn challenge_id(requirements: &Value) -> Option<&str> {
-    native_offer(requirements)?["extra"]["challenge"].as_str()
-}
-
 /// The `WWW-Authenticate: Payment ...` value for a 402's requirements (`None` when they
 /// offer no native payment, e.g. a free route).
-pub(super) fn challenge(requirements: &Value, realm: &str) -> Option<HeaderValue> {
-    let offer = native_offer(requirements)?;
-    let extra = &offer["extra"];
-    let s = |v: &Value| v.as_str().map(str::to_owned);
-    let id = s(&extra["challenge"])?;
-    let expires = extra["challengeExpires"].as_i64()?;
-    // serde_json's map is sorted by key and `to_string` is compact: with string values only,
+pub(super) fn challenge(requirements: &Requirements<'_>, realm: &str) -> Option<HeaderValue> {
+    let (offer, extra) = requirements.payment_offer()?;
+    // serde_json's map is sorted by key and `to_vec` is compact: with string values only,
     // that is the JCS form.
     let request = json!({
-        "amount": s(&offer["amount"])?,
-        "currency": s(&offer["asset"])?,
-        "decimals": extra["decimals"].as_u64()?.to_string(),
-        "method": s(&extra["method"])?,
-        "recipient": s(&offer["payTo"])?,
-        "route": s(&extra["route"])?,
+        "amount": offer.amount,
+        "currency": offer.asset,
+        "decimals": extra.decimals.to_string(),
+        "method": extra.method,
+        "recipient": offer.pay_to,
+        "route": extra.route,
     });
     let mut v = format!(
         "Payment id={}, realm={}, method={}, intent=\"charge\", request=\"{}\", expires=\"{}\"",
-        quoted(&id),
+        quoted(&extra.challenge),
         quoted(realm),
         quoted(PAYMENT_METHOD),
         URL_SAFE_NO_PAD.encode(serde_json::to_vec(&request).ok()?),
-        rfc3339(expires),
+        rfc3339(extra.challenge_expires),
     );
-    if let Some(d) = requirements["resource"]["description"].as_str() {
-        v.push_str(", description=");
-        v.push_str(&quoted(d));
-    }
+    v.push_str(", description=");
+    v.push_str(&quoted(requirements.resource.description));
     HeaderValue::from_str(&v).ok()
 }
 
@@ -126,7 +105,10 @@ pub(super) fn receipt(
 
 #[cfg(test)]
 mod tests {
+    use super::super::wire::{Accept, OfferExtra, PaymentExtra, ReceiptOffer, Resource};
     use super::*;
+    use crate::credential::RECEIPT_SCHEME;
+    use serde_json::Value;
 
     #[test]
     fn times_are_rfc3339() {
@@ -150,14 +132,36 @@ mod tests {
 
     #[test]
     fn builds_the_challenge_from_the_receipt_offer() {
-        let req = json!({
-            "resource": {"description": "Run a \"job\""},
-            "accepts": [{
-                "scheme": RECEIPT_SCHEME, "amount": "10000", "asset": "USD", "payTo": "m",
-                "extra": {"challenge": "c1.5.abc", "challengeExpires": 5, "decimals": 6,
-                          "kind": "payment", "method": "POST", "route": "compute"}
-            }]
-        });
+        let resource = || Resource {
+            url: "http://x/compute".into(),
+            description: "Run a \"job\"",
+            mime_type: "application/json",
+        };
+        let req = Requirements {
+            x402_version: 2,
+            resource: resource(),
+            accepts: vec![Accept::Receipt(Box::new(ReceiptOffer {
+                scheme: RECEIPT_SCHEME,
+                network: "tollgate:receipts",
+                amount: "10000".into(),
+                asset: "USD",
+                pay_to: "m",
+                max_timeout_seconds: 300,
+                extra: OfferExtra::Payment(PaymentExtra {
+                    price: "0.01".into(),
+                    metered: None,
+                    unit_prices: None,
+                    challenge: "c1.5.abc".into(),
+                    challenge_expires: 5,
+                    currency: "USD",
+                    decimals: 6,
+                    route: "compute",
+                    method: "POST",
+                    issuers: &[],
+                    token_accepted: true,
+                }),
+            }))],
+        };
         let v = challenge(&req, "m").unwrap();
         let v = v.to_str().unwrap();
         assert!(v.starts_with("Payment id=\"c1.5.abc\", realm=\"m\", method=\"tollgate\", intent=\"charge\", request=\""), "{v}");
@@ -177,6 +181,11 @@ mod tests {
             decoded,
             r#"{"amount":"10000","currency":"USD","decimals":"6","method":"POST","recipient":"m","route":"compute"}"#
         );
-        assert!(challenge(&json!({"accepts": []}), "m").is_none());
+        let none = Requirements {
+            x402_version: 2,
+            resource: resource(),
+            accepts: vec![],
+        };
+        assert!(challenge(&none, "m").is_none());
     }
 }

@@ -7,6 +7,7 @@
 use serde::Serialize;
 
 use super::refusal::{MandateStanding, PlanStanding, Served, Standing};
+use super::wire::{PaymentRequired, Requirements};
 use super::*;
 
 /// A response written by the engine (refusals, the agent endpoints).
@@ -73,6 +74,10 @@ impl OwnedHead {
 struct Body<'a> {
     #[serde(flatten)]
     problem: &'a Problem,
+    #[serde(rename = "challengeId", skip_serializing_if = "Option::is_none")]
+    challenge_id: Option<&'a str>,
+    #[serde(flatten)]
+    requirements: Option<&'a Requirements<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     balance: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,6 +94,8 @@ impl<'a> Body<'a> {
     fn new(problem: &'a Problem, standing: Option<&'a Standing>) -> Self {
         let mut body = Body {
             problem,
+            challenge_id: None,
+            requirements: None,
             balance: None,
             plan: None,
             mandate: None,
@@ -256,21 +263,17 @@ impl Paywall {
         head: Head<'_>,
         r: &Refusal,
     ) -> Reply {
-        let req = self.requirements(route, head.method, head.uri, head.headers, r.code.as_str());
-        let header_value = b64_header(&req);
+        let req = self.requirements(route, (head.method, head.uri, head.headers));
+        let header_value = b64_header(&PaymentRequired {
+            requirements: &req,
+            error: r.code.as_str(),
+        });
         let www_authenticate = payment_auth::challenge(&req, &self.0.merchant);
-        let mut problem = Problem::new(r.code).detail(r.detail.as_ref());
-        if let Some(id) = payment_auth::challenge_id(&req) {
-            problem = problem.with("challengeId", id.into());
-        }
-        if let Value::Object(map) = req {
-            for (k, v) in map {
-                if k != "error" {
-                    problem.extra.insert(k, v);
-                }
-            }
-        }
-        let mut res = Self::respond(&problem, r);
+        let problem = Problem::new(r.code).detail(r.detail.as_ref());
+        let mut body = Body::new(&problem, r.standing.as_deref());
+        body.challenge_id = req.payment_offer().map(|(_, p)| p.challenge.as_str());
+        body.requirements = Some(&req);
+        let mut res = crate::error::problem_response(r.code, body.to_bytes());
         if let Some(v) = header_value {
             res.headers_mut().insert(PAYMENT_REQUIRED, v);
         }
