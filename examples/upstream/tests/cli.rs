@@ -1,40 +1,24 @@
 //! The `example-upstream` binary: `--help` documents the flags and starts nothing; a port that is taken
-//! is named in the error, with the flag that moves it.
+//! is named in the error, with the flag that moves it (checks shared by every example).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+#[path = "../../cli_checks.rs"]
+mod cli_checks;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_example-upstream"))
-}
+const BIN: &str = env!("CARGO_BIN_EXE_example-upstream");
 
 #[test]
 fn help_documents_the_flags_and_starts_nothing() {
-    let out = bin().arg("--help").output().unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("Usage: example-upstream"), "{help}");
-    assert!(help.contains("--listen <ADDR>"), "{help}");
-    assert!(
-        help.contains("9000"),
-        "the fixed port is documented: {help}"
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_checks::help_documents_the_flags_and_starts_nothing(
+        BIN,
+        "example-upstream",
+        "--listen",
+        9000,
     );
 }
 
 #[test]
 fn a_taken_port_is_named() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = taken.local_addr().unwrap().to_string();
-    let out = bin().args(["--listen", &addr]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
-    assert!(err.contains("--listen ADDR"), "{err}");
-    assert!(!err.contains("Os {"), "{err}");
+    cli_checks::a_taken_port_is_named(BIN, "--listen");
 }
