@@ -32,6 +32,7 @@ use tollgate_middleware::Paywall;
 
 pub mod engine;
 pub mod facilitator;
+pub mod fixtures;
 
 /// A private `redis-server` on a unix socket in a temp dir, killed on drop.
 pub struct RedisServer {

@@ -8,44 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tollgate_e2e::fixtures::{event, reservation};
 use tollgate_e2e::{RedisCluster, RedisServer};
 use tollgate_middleware::store::prelude::*;
 use tollgate_middleware::store::{bucket_of, AuthorizeOutcome, Reservation, Settlement};
-use tollgate_middleware::{
-    Clock, ManualClock, MemoryStore, RedisStore, RedisStoreOptions, Store, UsageEvent,
-};
-
-fn reservation(payer: &str, jti: &str) -> Reservation {
-    Reservation {
-        id: uuid::Uuid::new_v4().to_string(),
-        payer: payer.into(),
-        issuer: "iss".into(),
-        receipt_id: jti.into(),
-        hold: Duration::from_secs(60),
-        spent_until_ms: (tollgate_e2e::now_secs() + 600) * 1000,
-        mandate: None,
-    }
-}
-
-fn event(r: &Reservation) -> UsageEvent {
-    UsageEvent {
-        id: String::new(),
-        time_ms: 1,
-        payer: r.payer.clone(),
-        route: "compute".into(),
-        method: "POST".into(),
-        units: [("request".to_owned(), 1)].into(),
-        unit_prices: Default::default(),
-        amount_minor: 10_000,
-        uncharged_minor: 0,
-        currency: "USD".into(),
-        scale: 6,
-        credential: format!("receipt:iss:{}", r.receipt_id),
-        reservation: r.id.clone(),
-        upstream_status: 200,
-        voids: None,
-    }
-}
+use tollgate_middleware::{Clock, ManualClock, MemoryStore, RedisStore, RedisStoreOptions, Store};
 
 async fn cluster_store(cluster: &RedisCluster) -> Arc<dyn Store> {
     let opts = RedisStoreOptions {

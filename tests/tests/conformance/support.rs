@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tollgate_e2e::{RedisCluster, RedisServer};
 use tollgate_middleware::store::{
-    Credit, CreditOutcome, Hold, Idempotency, MandateCharge, PlanUse, Reservation,
+    Credit, CreditOutcome, Hold, Idempotency, MandateCharge, PlanUse,
 };
 use tollgate_middleware::{MemoryStore, RedisStore, RedisStoreOptions, Store, UsageEvent};
 
@@ -41,38 +41,7 @@ pub(crate) fn now_ms() -> i64 {
     tollgate_e2e::now_secs() * 1000
 }
 
-pub(crate) fn reservation(payer: &str, jti: &str) -> Reservation {
-    Reservation {
-        id: uuid::Uuid::new_v4().to_string(),
-        payer: payer.into(),
-        issuer: "iss".into(),
-        receipt_id: jti.into(),
-        hold: Duration::from_secs(60),
-        spent_until_ms: (tollgate_e2e::now_secs() + 600) * 1000,
-        mandate: None,
-    }
-}
-
-/// A 0.01 USD request event of `r` (time 1 ms: day 19700101).
-pub(crate) fn event(r: &Reservation) -> UsageEvent {
-    UsageEvent {
-        id: String::new(),
-        time_ms: 1,
-        payer: r.payer.clone(),
-        route: "compute".into(),
-        method: "POST".into(),
-        units: [("request".to_owned(), 1)].into(),
-        unit_prices: Default::default(),
-        amount_minor: 10_000,
-        uncharged_minor: 0,
-        currency: "USD".into(),
-        scale: 6,
-        credential: format!("receipt:iss:{}", r.receipt_id),
-        reservation: r.id.clone(),
-        upstream_status: 200,
-        voids: None,
-    }
-}
+pub(crate) use tollgate_e2e::fixtures::{event, reservation};
 
 /// An event of `payer` on `route` for `amount_minor` (as a balance capture sends it: the
 /// store decides the amount).
