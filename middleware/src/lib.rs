@@ -66,7 +66,9 @@ pub use receipt::{
     Issuer, IssuerKey, JwksKeys, KeySource, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier,
     StaticKeys,
 };
-pub use store::{MemoryStore, RedisStore, RedisStoreOptions, Store, StoreError, UsageEvent};
+pub use store::{
+    MemoryStore, RedisStore, RedisStoreOptions, SqliteStore, Store, StoreError, UsageEvent,
+};
 
 /// The JWT crate this engine verifies with (for wallets and tests that sign receipts).
 pub use jsonwebtoken;

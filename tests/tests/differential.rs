@@ -30,11 +30,14 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tollgate_e2e::{RedisCluster, RedisServer};
+use tollgate_middleware::store::SqliteOptions;
 use tollgate_middleware::store::{
     void_event, ChargeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome,
     Idempotency, JobOutcome, VoidOutcome,
 };
-use tollgate_middleware::{MemoryStore, RedisStore, RedisStoreOptions, Store, UsageEvent};
+use tollgate_middleware::{
+    MemoryStore, RedisStore, RedisStoreOptions, SqliteStore, Store, UsageEvent,
+};
 
 use self::ops::{generate, Op};
 use self::run::{event, Run, World};
@@ -317,15 +320,24 @@ async fn every_backend_agrees_on_random_operations() {
         store
     };
     let memory: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(SqliteOptions::new(
+            dir.path().join("d.db").to_string_lossy(),
+        ))
+        .unwrap(),
+    );
     let others = [
         ("redis", connect(server.url(), false).await),
         ("cluster", connect(cluster.url(), true).await),
+        ("sqlite", sqlite),
     ];
     let started = std::time::Instant::now();
-    let (on_memory, on_redis, on_cluster) = tokio::join!(
+    let (on_memory, on_redis, on_cluster, on_sqlite) = tokio::join!(
         run_all(memory.clone(), world.clone(), plans.clone()),
         run_all(others[0].1.clone(), world.clone(), plans.clone()),
-        run_all(others[1].1.clone(), world.clone(), plans.clone())
+        run_all(others[1].1.clone(), world.clone(), plans.clone()),
+        run_all(others[2].1.clone(), world.clone(), plans.clone())
     );
     let totals = |s: Arc<dyn Store>| async move {
         vec![
@@ -335,7 +347,7 @@ async fn every_backend_agrees_on_random_operations() {
     };
     let memory_totals = totals(memory.clone()).await;
     let mut diffs = Vec::new();
-    for ((name, store), runs) in others.iter().zip([&on_redis, &on_cluster]) {
+    for ((name, store), runs) in others.iter().zip([&on_redis, &on_cluster, &on_sqlite]) {
         for (i, ((mr, ms, _), (rr, rs, _))) in on_memory.iter().zip(runs.iter()).enumerate() {
             let what = format!("payer-{i} results");
             diffs.extend(first_difference(&what, name, Some(&plans[i]), mr, rr));
@@ -352,18 +364,26 @@ async fn every_backend_agrees_on_random_operations() {
         ));
     }
     let ids = |runs: &[PayerRun]| -> Vec<_> { runs.iter().map(|r| r.2.clone()).collect() };
-    let (mi, ri, ci) = (ids(&on_memory), ids(&on_redis), ids(&on_cluster));
-    let (mq, rq, cq) = tokio::join!(
+    let (mi, ri, ci, si) = (
+        ids(&on_memory),
+        ids(&on_redis),
+        ids(&on_cluster),
+        ids(&on_sqlite),
+    );
+    let (mq, rq, cq, sq) = tokio::join!(
         drain_queue(&memory, &mi),
         drain_queue(&others[0].1, &ri),
-        drain_queue(&others[1].1, &ci)
+        drain_queue(&others[1].1, &ci),
+        drain_queue(&others[2].1, &si)
     );
     diffs.extend(first_difference("x402 queue", "redis", None, &mq, &rq));
     diffs.extend(first_difference("x402 queue", "cluster", None, &mq, &cq));
-    let (mh, rh, ch) = tokio::join!(
+    diffs.extend(first_difference("x402 queue", "sqlite", None, &mq, &sq));
+    let (mh, rh, ch, sh) = tokio::join!(
         hot_payer(memory.clone(), seed),
         hot_payer(others[0].1.clone(), seed),
-        hot_payer(others[1].1.clone(), seed)
+        hot_payer(others[1].1.clone(), seed),
+        hot_payer(others[2].1.clone(), seed)
     );
     // What the sequences exercised (outcome kinds, on memory), so a change that makes most
     // steps refusals shows.
@@ -373,8 +393,8 @@ async fn every_backend_agrees_on_random_operations() {
         *kinds.entry(kind).or_default() += 1;
     }
     println!(
-        "differential: seed {seed}, {total} operations per backend (memory, redis, cluster), \
-         hot payer {mh:?} / {rh:?} / {ch:?}, {:?}\noutcomes: {kinds:?}",
+        "differential: seed {seed}, {total} operations per backend (memory, redis, cluster, \
+         sqlite), hot payer {mh:?} / {rh:?} / {ch:?} / {sh:?}, {:?}\noutcomes: {kinds:?}",
         started.elapsed()
     );
     assert!(

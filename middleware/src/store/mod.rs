@@ -67,6 +67,7 @@ mod event;
 mod memory;
 mod redis;
 pub mod rules;
+mod sqlite;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -76,6 +77,7 @@ use sha2::{Digest, Sha256};
 pub use self::charge::{void_event, ChargeOutcome, VoidOutcome};
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, RedisStoreOptions};
+pub use self::sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous, SCHEMA_VERSION};
 use crate::money::{Amount, Currency};
 
 pub use self::capability::{
@@ -525,7 +527,7 @@ pub struct DailyUsage {
 }
 
 /// Fold `<route>|requests`, `<route>|amount|<C>`, `<route>|units|<u>` fields into rows.
-fn fold_aggregates(
+pub(crate) fn fold_aggregates(
     day: &str,
     fields: &[(String, i64)],
     out: &mut BTreeMap<(String, String), DailyUsage>,

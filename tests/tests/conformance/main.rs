@@ -1,5 +1,6 @@
 //! The store conformance suite: one set of test bodies (one module per capability), run on
-//! every backend -- the embedded memory store, a real `redis-server`, and a 3-master Redis
+//! every backend -- the embedded memory store, the sqlite store (in memory and in a file), a
+//! real `redis-server`, and a 3-master Redis
 //! Cluster -- by [`conformance!`]. A body takes a fresh `Arc<dyn Store>` and asserts exact
 //! outcomes and amounts; where the backends once disagreed the Lua scripts (production) set
 //! the expected value. Backend-specific tests (key layout, expiry under a manual clock, a
@@ -26,6 +27,25 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $body() {
                     crate::$module::$body(crate::support::memory()).await;
+                }
+            )*
+        }
+
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $body() {
+                    crate::$module::$body(crate::support::sqlite()).await;
+                }
+            )*
+        }
+
+        mod sqlite_file {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $body() {
+                    let dir = tempfile::tempdir().unwrap();
+                    crate::$module::$body(crate::support::sqlite_file(&dir)).await;
                 }
             )*
         }

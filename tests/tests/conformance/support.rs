@@ -7,11 +7,26 @@ use tollgate_e2e::{RedisCluster, RedisServer};
 use tollgate_middleware::store::{
     Credit, CreditOutcome, Hold, Idempotency, MandateCharge, PlanUse,
 };
-use tollgate_middleware::{MemoryStore, RedisStore, RedisStoreOptions, Store, UsageEvent};
+use tollgate_middleware::{
+    MemoryStore, RedisStore, RedisStoreOptions, SqliteStore, Store, UsageEvent,
+};
 
 /// A fresh memory store on the system clock.
 pub(crate) fn memory() -> Arc<dyn Store> {
     Arc::new(MemoryStore::default())
+}
+
+/// A fresh in-memory sqlite store on the system clock.
+pub(crate) fn sqlite() -> Arc<dyn Store> {
+    let clock = Arc::new(tollgate_middleware::clock::SystemClock);
+    Arc::new(SqliteStore::memory(clock).unwrap())
+}
+
+/// A sqlite store in a file of `dir` (durable: the same code path as production).
+pub(crate) fn sqlite_file(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    let path = dir.path().join("tollgate.db");
+    let opts = tollgate_middleware::store::SqliteOptions::new(path.to_string_lossy());
+    Arc::new(SqliteStore::open(opts).unwrap())
 }
 
 /// A store on `server` under `prefix`.
