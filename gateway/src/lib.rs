@@ -53,8 +53,8 @@ use tollgate_middleware::credential;
 use tollgate_middleware::paywall::{TOLLGATE_CHARGE, TOLLGATE_PAYER};
 use tollgate_middleware::receipt::ReceiptPolicy;
 use tollgate_middleware::{
-    ErrorCode, Issuer, JwksKeys, KeySource, MemoryStore, PaymentLayer, Paywall, Price, PricedRoute,
-    RedisStore, RedisStoreOptions, RouteFromExtension, StaticKeys, Store,
+    ErrorCode, Issuer, JwksKeys, KeySource, PaymentLayer, Paywall, Price, PricedRoute, RedisStore,
+    RedisStoreOptions, RouteFromExtension, StaticKeys, Store,
 };
 use tower::ServiceExt;
 

@@ -115,11 +115,11 @@ fn check(config: &std::path::Path) -> ExitCode {
                 eprintln!("{}: warning: {w}", config.display());
             }
             println!(
-                "{}: ok ({} routes, {} issuers, store {:?}, {})",
+                "{}: ok ({} routes, {} issuers, store {}, {})",
                 config.display(),
                 v.routes.len(),
                 v.issuers.len(),
-                cfg.store.kind,
+                cfg.store.describe(),
                 admin.summary()
             );
             ExitCode::SUCCESS
@@ -178,6 +178,10 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
+        tracing::info!(store = %cfg.store.describe(), "store ready");
+        if cfg.store.kind == tollgate::config::StoreKind::Memory {
+            tracing::warn!("store.kind = \"memory\": prepaid balances, holds and spent receipts are lost when this process stops; use kind = \"sqlite\" (the default) to keep them");
+        }
         // SIGHUP: reload the config file; an invalid file is refused and the old one serves on.
         #[cfg(unix)]
         {

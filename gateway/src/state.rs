@@ -2,10 +2,26 @@
 //! payment engine, the routes and the facilitator check, swapped in one step.
 
 use super::*;
+use crate::config::SyncMode;
+use tollgate_middleware::store::{SqliteOptions, SqliteStore, Synchronous};
 
 pub(crate) async fn build_store(config: &Config) -> Result<Arc<dyn Store>, BuildError> {
     Ok(match config.store.kind {
-        StoreKind::Memory => Arc::new(MemoryStore::default()),
+        StoreKind::Memory | StoreKind::Sqlite => {
+            let path = match config.store.kind {
+                StoreKind::Memory => ":memory:".to_owned(),
+                _ => config.store.path.clone(),
+            };
+            let synchronous = match config.store.synchronous {
+                SyncMode::Full => Synchronous::Full,
+                SyncMode::Normal => Synchronous::Normal,
+            };
+            let opts = SqliteOptions {
+                synchronous,
+                ..SqliteOptions::new(path)
+            };
+            Arc::new(SqliteStore::open(opts).map_err(|e| BuildError::Store(e.to_string()))?)
+        }
         StoreKind::Redis => {
             let options = RedisStoreOptions {
                 url: config.store.url.clone().unwrap_or_default(),

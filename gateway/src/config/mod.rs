@@ -29,7 +29,7 @@ pub use issuers::{IssuerConfig, IssuerSource};
 pub use plans::{MoneyConfig, PlanConfig, PlanUnitsConfig};
 pub use price::{MeterConfig, PriceConfig};
 pub use routes::{Capture, ExactOfferConfig, RateLimitConfig, Route, RouteConfig};
-pub use store::{StoreConfig, StoreKind};
+pub use store::{StoreConfig, StoreKind, SyncMode};
 pub use x402::X402Config;
 
 use issuers::validate_issuers;
@@ -287,8 +287,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let cfg = Self::from_str(&text)?;
+        let mut cfg = Self::from_str(&text)?;
         let base = path.parent().unwrap_or(Path::new("."));
+        // The sqlite file is the config's neighbour unless its path is absolute.
+        if cfg.store.path != ":memory:" && Path::new(&cfg.store.path).is_relative() {
+            cfg.store.path = base.join(&cfg.store.path).to_string_lossy().into_owned();
+        }
         let v = cfg.validate(base)?;
         Ok((cfg, v))
     }

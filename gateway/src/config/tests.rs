@@ -186,3 +186,37 @@ fn unknown_fields_are_named_by_their_path_and_line() {
     assert!(err(&GOOD.replace("scale = 6", "scale = \"6\"")).starts_with("currencies.USD.scale:"));
     assert!(err(&GOOD.replace("scale = 6", "scale = ")).starts_with("invalid TOML: "));
 }
+
+#[test]
+fn the_sqlite_store_is_the_default_and_its_path_is_checked() {
+    let c = Config::from_str(GOOD).unwrap();
+    assert_eq!(c.store.kind, StoreKind::Sqlite);
+    assert_eq!(c.store.path, "tollgate.db");
+    assert_eq!(c.store.synchronous, SyncMode::Full);
+    let store = |lines: &str| err(&format!("{GOOD}\n[store]\n{lines}\n"));
+    let missing = store("path = \"/no/such/dir/tollgate.db\"");
+    assert!(missing.starts_with("store.path"), "{missing}");
+    assert!(missing.contains("/no/such/dir does not exist"), "{missing}");
+    let dir = store("path = \"/tmp\"");
+    assert!(dir.starts_with("store.path"), "{dir}");
+    assert!(dir.contains("is a directory"), "{dir}");
+    assert!(store("path = \"\"").starts_with("store.path"));
+    assert_eq!(store("path = \":memory:\""), "ok");
+    assert_eq!(store("synchronous = \"normal\""), "ok");
+    assert!(store("synchronous = \"off\"").contains("synchronous"));
+}
+
+#[test]
+fn a_relative_sqlite_path_is_the_config_files_neighbour() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.toml");
+    std::fs::write(&path, format!("{GOOD}\n[store]\npath = \"money.db\"\n")).unwrap();
+    let (cfg, _) = Config::load(&path).unwrap();
+    assert_eq!(
+        Path::new(&cfg.store.path),
+        dir.path().join("money.db").as_path()
+    );
+    assert!(cfg.store.describe().starts_with("sqlite "));
+    std::fs::write(&path, format!("{GOOD}\n[store]\npath = \":memory:\"\n")).unwrap();
+    assert_eq!(Config::load(&path).unwrap().0.store.path, ":memory:");
+}

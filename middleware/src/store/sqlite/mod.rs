@@ -191,10 +191,7 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
 
 /// Open, lock, configure and migrate the database.
 fn connect(path: &str, sync: Synchronous) -> Result<Connection, OpenError> {
-    let err = |source| OpenError::Sqlite {
-        path: path.to_owned(),
-        source,
-    };
+    let err = |e| open_error(path, e);
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -204,6 +201,8 @@ fn connect(path: &str, sync: Synchronous) -> Result<Connection, OpenError> {
         Connection::open_with_flags(Path::new(path), flags)
     }
     .map_err(err)?;
+    // rusqlite waits 5 s for a lock by default: the one writer is refused at once instead.
+    conn.busy_timeout(Duration::ZERO).map_err(err)?;
     let sync = match sync {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
@@ -214,29 +213,31 @@ fn connect(path: &str, sync: Synchronous) -> Result<Connection, OpenError> {
         "PRAGMA locking_mode = EXCLUSIVE; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF;"
     ))
     .map_err(err)?;
-    let locked = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
-        .and_then(|_| conn.execute_batch("BEGIN IMMEDIATE; COMMIT;"));
-    if let Err(e) = locked {
-        return Err(match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                OpenError::InUse {
-                    path: path.to_owned(),
-                }
-            }
-            _ => err(e),
-        });
-    }
+    conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+        .and_then(|_| conn.execute_batch("BEGIN IMMEDIATE; COMMIT;"))
+        .map_err(err)?;
     migrate(&conn, path)?;
     Ok(conn)
 }
 
+/// Busy means another connection holds the lock: the one-writer refusal.
+fn open_error(path: &str, source: rusqlite::Error) -> OpenError {
+    match source.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            OpenError::InUse {
+                path: path.to_owned(),
+            }
+        }
+        _ => OpenError::Sqlite {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
 /// Bring the schema to [`SCHEMA_VERSION`] (a no-op when it is there).
 fn migrate(conn: &Connection, path: &str) -> Result<(), OpenError> {
-    let err = |source| OpenError::Sqlite {
-        path: path.to_owned(),
-        source,
-    };
+    let err = |e| open_error(path, e);
     let found: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(err)?;
@@ -319,3 +320,6 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>) -> (Vec<Reply>, bool) {
     }
     (replies, intact)
 }
+
+#[cfg(test)]
+mod tests;

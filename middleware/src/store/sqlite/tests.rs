@@ -1,0 +1,253 @@
+//! The sqlite store's own properties: one writer, state across a reopen, schema versions,
+//! clear errors for unusable paths. (Its behaviour is the conformance suite's, in tests/.)
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::store::prelude::*;
+use crate::store::{
+    AuthorizeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, Idempotency, Reservation,
+    SettleOutcome, Settlement, UsageEvent,
+};
+
+fn at(dir: &tempfile::TempDir, clock: &ManualClock) -> SqliteOptions {
+    SqliteOptions {
+        clock: Arc::new(clock.clone()),
+        ..SqliteOptions::new(dir.path().join("t.db").to_string_lossy())
+    }
+}
+
+fn credit(payer: &str, amount_minor: i64, key: &str) -> Credit {
+    Credit {
+        payer: payer.into(),
+        currency: "USD".into(),
+        amount_minor,
+        idempotency: Idempotency::Key(key.into()),
+        keep_until_ms: i64::MAX / 2,
+        reason: "test".into(),
+        source: "admin".into(),
+    }
+}
+
+fn reservation(id: &str, jti: &str, now: i64) -> Reservation {
+    Reservation {
+        id: id.into(),
+        payer: "p".into(),
+        issuer: "https://issuer".into(),
+        receipt_id: jti.into(),
+        hold: Duration::from_secs(30),
+        spent_until_ms: now + 3_600_000,
+        mandate: None,
+    }
+}
+
+fn event(payer: &str, now: i64, amount_minor: u64) -> UsageEvent {
+    UsageEvent {
+        id: String::new(),
+        time_ms: now,
+        payer: payer.into(),
+        route: "r".into(),
+        method: "GET".into(),
+        units: BTreeMap::from([("request".to_owned(), 1)]),
+        unit_prices: BTreeMap::new(),
+        currency: "USD".into(),
+        scale: 6,
+        amount_minor,
+        uncharged_minor: 0,
+        credential: "receipt:https://issuer:j".into(),
+        reservation: String::new(),
+        upstream_status: 200,
+        voids: None,
+    }
+}
+
+fn hold(id: &str, amount_minor: u64) -> Hold {
+    Hold {
+        id: id.into(),
+        payer: "p".into(),
+        currency: "USD".into(),
+        amount_minor,
+        ttl: Duration::from_secs(60),
+        mandate: None,
+        plan: None,
+    }
+}
+
+#[tokio::test]
+async fn a_second_writer_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(1_800_000_000_000);
+    let first = SqliteStore::open(at(&dir, &clock)).unwrap();
+    first.ping().await.unwrap();
+    let err = SqliteStore::open(at(&dir, &clock)).unwrap_err();
+    assert!(matches!(err, OpenError::InUse { .. }), "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    drop(first);
+    // The writer thread closes the connection once every handle is gone.
+    let mut reopened = None;
+    for _ in 0..100 {
+        match SqliteStore::open(at(&dir, &clock)) {
+            Ok(s) => {
+                reopened = Some(s);
+                break;
+            }
+            Err(OpenError::InUse { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    reopened.expect("the file is free once the first store is dropped");
+}
+
+/// What a restart must keep: balances, holds (still expiring), spent receipts (no replay),
+/// idempotency of credits, the ledger and its aggregates.
+#[tokio::test]
+async fn state_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(1_800_000_000_000);
+    let now = clock.now_ms();
+    {
+        let s = SqliteStore::open(at(&dir, &clock)).unwrap();
+        assert!(matches!(
+            s.credit(&credit("p", 1_000, "k1")).await.unwrap(),
+            CreditOutcome::Applied {
+                balance_minor: 1_000,
+                ..
+            }
+        ));
+        assert_eq!(
+            s.hold(&hold("h1", 300)).await.unwrap(),
+            HoldOutcome::Held { balance_minor: 700 }
+        );
+        let r = reservation("res-1", "j1", now);
+        assert_eq!(s.authorize(&r).await.unwrap(), AuthorizeOutcome::Reserved);
+        let captured = s
+            .settle(&r, &Settlement::Capture(Box::new(event("p", now, 5))))
+            .await
+            .unwrap();
+        assert!(matches!(captured, SettleOutcome::Captured { .. }));
+    }
+    // A fresh process: wait for the old writer to let go, then reopen.
+    let s = loop {
+        match SqliteStore::open(at(&dir, &clock)) {
+            Ok(s) => break s,
+            Err(OpenError::InUse { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let account = s.account("p").await.unwrap();
+    assert_eq!(account.balances["USD"].available, 700);
+    assert_eq!(account.balances["USD"].held, 300);
+    assert_eq!(account.holds, 1);
+    assert!(matches!(
+        s.credit(&credit("p", 1_000, "k1")).await.unwrap(),
+        CreditOutcome::Duplicate {
+            balance_minor: 700,
+            ..
+        }
+    ));
+    let replay = reservation("res-2", "j1", now);
+    assert_eq!(
+        s.authorize(&replay).await.unwrap(),
+        AuthorizeOutcome::Replayed,
+        "a receipt spent before the restart stays spent"
+    );
+    let events = s.usage_events().await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].amount_minor, 5);
+    let day = crate::store::utc_day(now);
+    let usage = s.usage(Some("p"), &day, &day).await.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].requests, 1);
+    // The hold still expires on time after the restart, and is given back.
+    clock.advance_ms(60_001);
+    let account = s.account("p").await.unwrap();
+    assert_eq!(account.balances["USD"].available, 1_000);
+    assert_eq!(account.holds, 0);
+    // Ids keep increasing across the reopen.
+    let r = reservation("res-3", "j3", clock.now_ms());
+    assert_eq!(s.authorize(&r).await.unwrap(), AuthorizeOutcome::Reserved);
+    let e = event("p", clock.now_ms(), 7);
+    s.settle(&r, &Settlement::Capture(Box::new(e)))
+        .await
+        .unwrap();
+    let ids: Vec<_> = s
+        .usage_events()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(crate::store::event_order(&ids[0]) < crate::store::event_order(&ids[1]));
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_a_current_one_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(1_800_000_000_000);
+    let path = dir.path().join("t.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    }
+    let err = SqliteStore::open(at(&dir, &clock)).unwrap_err();
+    assert!(
+        matches!(err, OpenError::NewerSchema { found: 99, .. }),
+        "{err}"
+    );
+    std::fs::remove_file(&path).unwrap();
+    drop(SqliteStore::open(at(&dir, &clock)).unwrap());
+    let conn = loop {
+        let c = Connection::open(&path).unwrap();
+        if c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .is_ok()
+        {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[test]
+fn an_unusable_path_names_the_file() {
+    let err = SqliteStore::open(SqliteOptions::new("/nonexistent-dir/sub/t.db")).unwrap_err();
+    assert!(matches!(err, OpenError::Sqlite { .. }), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent-dir/sub/t.db"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let not_db = dir.path().join("junk.db");
+    std::fs::write(&not_db, vec![b'x'; 8192]).unwrap();
+    let err = SqliteStore::open(SqliteOptions::new(not_db.to_string_lossy())).unwrap_err();
+    assert!(err.to_string().contains("junk.db"), "{err}");
+}
+
+/// Operations that arrive together share one commit, and every one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_operations_are_each_answered_once_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(1_800_000_000_000);
+    let s = SqliteStore::open(at(&dir, &clock)).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.credit(&credit("p", 1, &format!("k{i}"))).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        assert!(matches!(t.await.unwrap(), CreditOutcome::Applied { .. }));
+    }
+    assert_eq!(s.account("p").await.unwrap().balances["USD"].available, 200);
+}
