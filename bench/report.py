@@ -17,6 +17,10 @@ LABELS = {
     "6_token_drawdown": "6 access-token drawdown",
     "6b_token_drawdown_admission": "6b token drawdown, at admission",
     "7_metered_json": "7 metered (JSON usage)",
+    "8_sqlite_receipt_full": "8 sqlite (full sync): fresh receipt",
+    "8_sqlite_token_full": "8 sqlite (full sync): token drawdown",
+    "8_sqlite_receipt_normal": "8 sqlite (normal sync): fresh receipt",
+    "8_sqlite_token_normal": "8 sqlite (normal sync): token drawdown",
 }
 VERIFY_ID = "receipt_verify/ed25519/ReceiptVerifier::verify"
 

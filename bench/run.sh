@@ -423,6 +423,39 @@ log "idle connections: gateway $IDLE_GW; nginx $IDLE_NGX"
 stop_pid "$GW_PID"
 GW_PID=""
 stop_pid "$REDIS_PID"
+REDIS_PID=""
+
+# ---------------------------------------------------------------- 8. the sqlite store (one node)
+# The same routes on `[store] kind = "sqlite"` (a file in $TMP), once per durability setting:
+# `full` syncs every commit (the default), `normal` only at checkpoints. A fresh database each
+# time, so the receipts and the top-up are unspent there.
+REDIS_CONFIG=$GW_CONFIG
+for SYNC in full normal; do
+    DB="$TMP/bench-$SYNC.db"
+    rm -f "$DB" "$DB-wal" "$DB-shm"
+    GW_CONFIG="$OUT/tollgate-bench-sqlite-$SYNC.toml"
+    "$PY" - "$REDIS_CONFIG" "$GW_CONFIG" "$DB" "$SYNC" <<'PYEOF'
+import re, sys
+src, dst, db, sync = sys.argv[1:]
+text = open(src).read()
+store = f'[store]\nkind = "sqlite"\npath = "{db}"\nsynchronous = "{sync}"\n'
+text, n = re.subn(r"\[store\]\n(?:[a-z_]+ = .*\n)+", store, text, count=1)
+assert n == 1, "no [store] section in the bench config"
+open(dst, "w").write(text)
+PYEOF
+    start_gateway
+    curl -s -o "$TMP/topup-s.json" -w '%{http_code}' -X POST -H "Authorization: Payment $(head -1 "$TMP/topup.txt")" \
+        "$GW/tollgate/v1/topup" >"$TMP/topup.code"
+    [ "$(cat "$TMP/topup.code")" = 200 ] || { log "sqlite top-up failed: $(cat "$TMP/topup-s.json")"; exit 1; }
+    STOKEN=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["access_token"])' "$TMP/topup-s.json")
+    warmup "$GW/free/hello"
+    run_wrk "8_sqlite_receipt_$SYNC" "$GW/free/hello" "$GW_PID" BENCH_HOST="$PAID_HOST" BENCH_RECEIPTS="$TMP/receipts.txt"
+    run_wrk "8_sqlite_token_$SYNC" "$GW/free/hello" "$GW_PID" BENCH_HOST="$TOKEN_HOST" BENCH_AUTH="Bearer $STOKEN" BENCH_EXPECT_PR=1
+    log "sqlite ($SYNC): $(du -k "$DB" "$DB-wal" 2>/dev/null | awk '{s += $1} END {print s}') KiB on disk after the load"
+done
+stop_pid "$GW_PID"
+GW_PID=""
+GW_CONFIG=$REDIS_CONFIG
 
 # ---------------------------------------------------------------- 7. report
 echo "{\"meta\": {\"date\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\", \"commit\": \"$(git rev-parse HEAD 2>/dev/null || echo unknown)\", \"nproc\": $(nproc), \"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//;s/"//g')\", \"wrk\": \"-t$THREADS -c$CONNS -d$DURATION\", \"receipts\": $RECEIPTS, \"rust_log\": \"$RUST_LOG\", \"seconds\": $(($(date +%s) - T0))}}" >>"$RESULTS"

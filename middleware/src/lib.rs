@@ -13,7 +13,7 @@
 //! - [`receipt`]: receipt verification and issuer keys (inline, PEM, JWKS URL);
 //! - [`issuer`]: signing receipts (wallets, tests);
 //! - [`credential`]: finding the credential in request headers;
-//! - [`store`]: the `Store` trait, `RedisStore` (Lua scripts) and `MemoryStore`;
+//! - [`store`]: the `Store` trait, `RedisStore` (Lua scripts) and `SqliteStore` (embedded, persistent);
 //! - [`meter`]: usage sources, reading usage from responses, unit pricing;
 //! - [`token`]: gateway-issued access tokens (HMAC);
 //! - [`paywall`]: the engine phases (challenge, admit, settle);
@@ -66,9 +66,7 @@ pub use receipt::{
     Issuer, IssuerKey, JwksKeys, KeySource, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier,
     StaticKeys,
 };
-pub use store::{
-    MemoryStore, RedisStore, RedisStoreOptions, SqliteStore, Store, StoreError, UsageEvent,
-};
+pub use store::{RedisStore, RedisStoreOptions, SqliteStore, Store, StoreError, UsageEvent};
 
 /// The JWT crate this engine verifies with (for wallets and tests that sign receipts).
 pub use jsonwebtoken;

@@ -1,17 +1,17 @@
-//! The differential test: seeded random operation sequences run on the memory store and on a
-//! real `redis-server` and a 3-master Redis Cluster, compared result by result and in final
-//! state.
+//! The differential test: seeded random operation sequences run on the sqlite store in memory
+//! (the reference), a sqlite file, a real `redis-server` and a 3-master Redis Cluster, compared
+//! result by result and in final state.
 //!
 //! Each payer gets its own sequence (holds, captures beyond the hold, releases, renewals,
 //! credits and debits with repeated keys, top-up receipts, receipts authorized, captured,
 //! released and replayed, captures at admission and their voids, x402 deferred captures,
 //! plans, mandates, request idempotency keys, blocks, revocations -- and invalid steps:
 //! unknown holds, double captures, replays, over-balance debits, voids of the wrong charge).
-//! The sequences run concurrently, one task per payer, on both backends; since no payer's
+//! The sequences run concurrently, one task per payer, on every backend; since no payer's
 //! steps touch another's state, each payer's results are deterministic and compared one by
 //! one (ledger and credit ids normalised to the order they were first seen). Then a final
 //! state comparison (accounts, plan periods, mandate windows, daily usage, payer totals, the
-//! ledger), the x402 queue drained on both, and a phase where many tasks hit one payer at
+//! ledger), the x402 queue drained on each, and a phase where many tasks hit one payer at
 //! once, where only conservation is checked (to the unit).
 //!
 //! `TOLLGATE_DIFF_SEED=<n>` replays a run; the seed is printed on failure.
@@ -30,14 +30,13 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tollgate_e2e::{RedisCluster, RedisServer};
+use tollgate_middleware::clock::SystemClock;
 use tollgate_middleware::store::SqliteOptions;
 use tollgate_middleware::store::{
     void_event, ChargeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome,
     Idempotency, JobOutcome, VoidOutcome,
 };
-use tollgate_middleware::{
-    MemoryStore, RedisStore, RedisStoreOptions, SqliteStore, Store, UsageEvent,
-};
+use tollgate_middleware::{RedisStore, RedisStoreOptions, SqliteStore, Store, UsageEvent};
 
 use self::ops::{generate, Op};
 use self::run::{event, Run, World};
@@ -259,7 +258,7 @@ async fn hot_payer(store: Arc<dyn Store>, seed: u64) -> (i64, i64, i64, i64) {
     (b.available, b.held, b.credited, b.captured)
 }
 
-/// The first difference between two result lists (memory's and `other`'s), with its step.
+/// The first difference between two result lists (the reference's and `other`'s), with its step.
 fn first_difference(
     what: &str,
     other: &str,
@@ -284,7 +283,7 @@ fn first_difference(
             })
             .collect();
         format!(
-            "{what}: step {i} {op}\n  memory: {:?}\n  {other}: {:?}\n  before:\n{}",
+            "{what}: step {i} {op}\n  reference: {:?}\n  {other}: {:?}\n  before:\n{}",
             a.get(i),
             b.get(i),
             ctx.join("\n")
@@ -319,7 +318,7 @@ async fn every_backend_agrees_on_random_operations() {
         );
         store
     };
-    let memory: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let base: Arc<dyn Store> = Arc::new(SqliteStore::memory(Arc::new(SystemClock)).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let sqlite: Arc<dyn Store> = Arc::new(
         SqliteStore::open(SqliteOptions::new(
@@ -333,8 +332,8 @@ async fn every_backend_agrees_on_random_operations() {
         ("sqlite", sqlite),
     ];
     let started = std::time::Instant::now();
-    let (on_memory, on_redis, on_cluster, on_sqlite) = tokio::join!(
-        run_all(memory.clone(), world.clone(), plans.clone()),
+    let (on_base, on_redis, on_cluster, on_sqlite) = tokio::join!(
+        run_all(base.clone(), world.clone(), plans.clone()),
         run_all(others[0].1.clone(), world.clone(), plans.clone()),
         run_all(others[1].1.clone(), world.clone(), plans.clone()),
         run_all(others[2].1.clone(), world.clone(), plans.clone())
@@ -345,10 +344,10 @@ async fn every_backend_agrees_on_random_operations() {
             format!("{:?}", s.usage(None, DAY, DAY).await.unwrap()),
         ]
     };
-    let memory_totals = totals(memory.clone()).await;
+    let base_totals = totals(base.clone()).await;
     let mut diffs = Vec::new();
     for ((name, store), runs) in others.iter().zip([&on_redis, &on_cluster, &on_sqlite]) {
-        for (i, ((mr, ms, _), (rr, rs, _))) in on_memory.iter().zip(runs.iter()).enumerate() {
+        for (i, ((mr, ms, _), (rr, rs, _))) in on_base.iter().zip(runs.iter()).enumerate() {
             let what = format!("payer-{i} results");
             diffs.extend(first_difference(&what, name, Some(&plans[i]), mr, rr));
             let what = format!("payer-{i} final state");
@@ -359,19 +358,19 @@ async fn every_backend_agrees_on_random_operations() {
             "totals",
             name,
             None,
-            &memory_totals,
+            &base_totals,
             &theirs,
         ));
     }
     let ids = |runs: &[PayerRun]| -> Vec<_> { runs.iter().map(|r| r.2.clone()).collect() };
     let (mi, ri, ci, si) = (
-        ids(&on_memory),
+        ids(&on_base),
         ids(&on_redis),
         ids(&on_cluster),
         ids(&on_sqlite),
     );
     let (mq, rq, cq, sq) = tokio::join!(
-        drain_queue(&memory, &mi),
+        drain_queue(&base, &mi),
         drain_queue(&others[0].1, &ri),
         drain_queue(&others[1].1, &ci),
         drain_queue(&others[2].1, &si)
@@ -380,21 +379,21 @@ async fn every_backend_agrees_on_random_operations() {
     diffs.extend(first_difference("x402 queue", "cluster", None, &mq, &cq));
     diffs.extend(first_difference("x402 queue", "sqlite", None, &mq, &sq));
     let (mh, rh, ch, sh) = tokio::join!(
-        hot_payer(memory.clone(), seed),
+        hot_payer(base.clone(), seed),
         hot_payer(others[0].1.clone(), seed),
         hot_payer(others[1].1.clone(), seed),
         hot_payer(others[2].1.clone(), seed)
     );
-    // What the sequences exercised (outcome kinds, on memory), so a change that makes most
+    // What the sequences exercised (outcome kinds, on the reference), so a change that makes most
     // steps refusals shows.
     let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
-    for r in on_memory.iter().flat_map(|(results, _, _)| results) {
+    for r in on_base.iter().flat_map(|(results, _, _)| results) {
         let kind = r.split(['(', ' ', '{']).next().unwrap_or_default();
         *kinds.entry(kind).or_default() += 1;
     }
     println!(
-        "differential: seed {seed}, {total} operations per backend (memory, redis, cluster, \
-         sqlite), hot payer {mh:?} / {rh:?} / {ch:?} / {sh:?}, {:?}\noutcomes: {kinds:?}",
+        "differential: seed {seed}, {total} operations per backend (sqlite in memory: the \
+         reference; redis, cluster, sqlite file), hot payer {mh:?} / {rh:?} / {ch:?} / {sh:?}, {:?}\noutcomes: {kinds:?}",
         started.elapsed()
     );
     assert!(

@@ -22,7 +22,7 @@ use tollgate_e2e::engine::{engine_builder, usd};
 use tollgate_e2e::{RedisServer, TestIssuer};
 use tollgate_middleware::meter::{Meter, Metered, OnMissing, UsageSource};
 use tollgate_middleware::{
-    MemoryStore, PaymentLayer, Paywall, Price, PricedRoute, RedisStore, RedisStoreOptions, Store,
+    PaymentLayer, Paywall, Price, PricedRoute, RedisStore, RedisStoreOptions, SqliteStore, Store,
     SystemClock,
 };
 use tower::{Layer as _, ServiceExt as _};
@@ -195,13 +195,13 @@ async fn stream_outlives_its_hold(store: Arc<dyn Store>, sse: bool) {
 
 #[tokio::test]
 async fn memory_store_captures_a_stream_longer_than_its_hold() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::memory(Arc::new(SystemClock)).unwrap());
     stream_outlives_its_hold(store, true).await;
 }
 
 #[tokio::test]
 async fn memory_store_captures_a_json_answer_slower_than_its_hold() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::memory(Arc::new(SystemClock)).unwrap());
     stream_outlives_its_hold(store, false).await;
 }
 

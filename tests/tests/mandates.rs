@@ -15,8 +15,8 @@ use tollgate_e2e::{
     TestIssuer,
 };
 use tollgate_middleware::{
-    Clock, Head, ManualClock, MemoryStore, Money, Paywall, Price, PricedRoute, RedisStore,
-    RedisStoreOptions, Store,
+    Clock, Head, ManualClock, Money, Paywall, Price, PricedRoute, RedisStore, RedisStoreOptions,
+    SqliteStore, Store,
 };
 
 /// Mandate claims for `agent`, granted by `owner`: `budget` USD per `window`.
@@ -170,7 +170,7 @@ async fn budget_rolls_over_with_the_window(store: Arc<dyn Store>, clock: ManualC
 #[tokio::test]
 async fn memory_budget_rolls_over_with_the_window() {
     let clock = ManualClock::at_ms(NOON);
-    let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+    let store = Arc::new(SqliteStore::memory(Arc::new(clock.clone())).unwrap());
     budget_rolls_over_with_the_window(store, clock).await;
 }
 
@@ -191,7 +191,7 @@ async fn redis_budget_rolls_over_with_the_window() {
 #[tokio::test]
 async fn mandate_refusals_name_their_reason() {
     let clock = ManualClock::at_ms(NOON);
-    let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+    let store = Arc::new(SqliteStore::memory(Arc::new(clock.clone())).unwrap());
     let wallet = TestIssuer::ed25519("wallet");
     let stranger = TestIssuer::ed25519("stranger");
     let paywall = engine(store, &clock, &wallet);

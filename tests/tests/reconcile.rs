@@ -13,13 +13,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 use tollgate_middleware::store::*;
-use tollgate_middleware::{Currency, MemoryStore, Money, Paywall, Price, PricedRoute};
+use tollgate_middleware::{Currency, Money, Paywall, Price, PricedRoute, SqliteStore};
 
 /// 0: healthy; 1: captures execute but their replies are lost, everything else fails;
 /// 2: down (nothing executes).
 #[derive(Debug)]
 struct Flaky {
-    inner: MemoryStore,
+    inner: SqliteStore,
     mode: AtomicU8,
 }
 
@@ -251,7 +251,7 @@ impl IdempotencyStore for Flaky {
 
 async fn setup() -> (Arc<Flaky>, Paywall, Arc<PricedRoute>, HeaderMap) {
     let store = Arc::new(Flaky {
-        inner: MemoryStore::default(),
+        inner: SqliteStore::memory(Arc::new(tollgate_middleware::clock::SystemClock)).unwrap(),
         mode: AtomicU8::new(0),
     });
     let usd = Currency::try_new("USD", 6).unwrap();

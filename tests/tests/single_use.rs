@@ -19,8 +19,8 @@ use tollgate_e2e::engine::{engine_builder, usd};
 use tollgate_e2e::{RedisCluster, RedisServer, TestIssuer};
 use tollgate_middleware::store::bucket_of;
 use tollgate_middleware::{
-    Clock, Head, ManualClock, MemoryStore, Money, Paywall, Price, PricedRoute, RedisStore,
-    RedisStoreOptions, Store, SystemClock,
+    Clock, Head, ManualClock, Money, Paywall, Price, PricedRoute, RedisStore, RedisStoreOptions,
+    SqliteStore, Store, SystemClock,
 };
 
 /// The gateway's default clock skew (seconds).
@@ -225,7 +225,7 @@ async fn replay_at_the_last_accepted_millisecond(
 async fn memory_store_remembers_a_receipt_for_as_long_as_it_is_accepted() {
     // Early in a second, so the test clock's whole second is exercised.
     let clock = ManualClock::at_ms(1_800_000_000_000);
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::memory(Arc::new(clock.clone())).unwrap());
     replay_at_the_last_accepted_millisecond(store, clock, false).await;
 }
 
@@ -327,7 +327,7 @@ async fn one_jti_two_payers(store: Arc<dyn Store>) {
 
 #[tokio::test]
 async fn memory_store_spends_one_jti_once_across_payers() {
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(SystemClock)));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::memory(Arc::new(SystemClock)).unwrap());
     one_jti_two_payers(store).await;
 }
 
@@ -351,7 +351,7 @@ async fn redis_cluster_spends_one_jti_once_across_payers() {
 async fn replicas_with_clocks_apart_inside_the_margin_still_refuse_a_replay() {
     let ahead = ManualClock::at_ms(1_800_000_000_000);
     let behind = ManualClock::at_ms(1_800_000_000_000 - 59_000);
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(Arc::new(ahead.clone())));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::memory(Arc::new(ahead.clone())).unwrap());
     let issuer = TestIssuer::ed25519("wallet");
     let fast = engine(store.clone(), &ahead, &issuer);
     let slow = engine(store.clone(), &behind, &issuer);

@@ -1,7 +1,7 @@
 //! Backend-specific store tests: Redis key layout and expiry, a server going down, event
-//! export across buckets, the cluster's spread, and the memory store under a manual clock.
+//! export across buckets, the cluster's spread, and the sqlite store under a manual clock.
 //! The state machines every backend shares are the conformance suite's
-//! (`tests/conformance/`), run there on memory, Redis and a Redis Cluster.
+//! (`tests/conformance/`), run there on sqlite, Redis and a Redis Cluster.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,7 +12,7 @@ use tollgate_e2e::fixtures::{event, reservation};
 use tollgate_e2e::{RedisCluster, RedisServer};
 use tollgate_middleware::store::prelude::*;
 use tollgate_middleware::store::{bucket_of, AuthorizeOutcome, Reservation, Settlement};
-use tollgate_middleware::{Clock, ManualClock, MemoryStore, RedisStore, RedisStoreOptions, Store};
+use tollgate_middleware::{Clock, ManualClock, RedisStore, RedisStoreOptions, SqliteStore, Store};
 
 async fn cluster_store(cluster: &RedisCluster) -> Arc<dyn Store> {
     let opts = RedisStoreOptions {
@@ -35,9 +35,9 @@ async fn redis_store(redis: &RedisServer) -> Arc<dyn Store> {
 }
 
 #[tokio::test]
-async fn memory_hold_expires_with_the_clock() {
+async fn sqlite_hold_expires_with_the_clock() {
     let clock = ManualClock::at_ms(1_000_000);
-    let store = MemoryStore::new(Arc::new(clock.clone()));
+    let store = SqliteStore::memory(Arc::new(clock.clone())).unwrap();
     let r = Reservation {
         hold: Duration::from_secs(90),
         spent_until_ms: 2_000_000,
@@ -148,10 +148,10 @@ fn topup(payer: &str, amount: i64, key: &str) -> tollgate_middleware::store::Cre
 }
 
 #[tokio::test]
-async fn memory_expired_holds_are_given_back() {
+async fn sqlite_expired_holds_are_given_back() {
     use tollgate_middleware::store::HoldOutcome;
     let clock = ManualClock::at_ms(5_000_000);
-    let store = MemoryStore::new(Arc::new(clock.clone()));
+    let store = SqliteStore::memory(Arc::new(clock.clone())).unwrap();
     store.credit(&topup("quinn", 100, "t")).await.unwrap();
     let h = tollgate_middleware::store::Hold {
         ttl: Duration::from_secs(90),
@@ -236,10 +236,10 @@ async fn cluster_runs_every_script_unchanged() {
 }
 
 #[tokio::test]
-async fn memory_rate_limit_is_gcra() {
+async fn sqlite_rate_limit_is_gcra() {
     use tollgate_middleware::store::RateLimit;
     let clock = ManualClock::at_ms(10_000_000);
-    let store = MemoryStore::new(Arc::new(clock.clone()));
+    let store = SqliteStore::memory(Arc::new(clock.clone())).unwrap();
     let limit = RateLimit {
         per_second: 2,
         burst: 2,
@@ -279,10 +279,10 @@ async fn redis_rate_limit_allows_the_burst_then_refuses() {
 /// Expired holds are swept only when a balance looks short (as `hold.lua`): a hold that
 /// expired but was not swept can still be captured; once swept it is gone.
 #[tokio::test]
-async fn memory_expired_holds_wait_for_a_short_balance() {
+async fn sqlite_expired_holds_wait_for_a_short_balance() {
     use tollgate_middleware::store::{HoldOutcome, HoldSettleOutcome};
     let clock = ManualClock::at_ms(5_000_000);
-    let store = MemoryStore::new(Arc::new(clock.clone()));
+    let store = SqliteStore::memory(Arc::new(clock.clone())).unwrap();
     store.credit(&topup("sam", 100, "t")).await.unwrap();
     let h = hold("sam", 40);
     store.hold(&h).await.unwrap();
@@ -312,10 +312,10 @@ async fn memory_expired_holds_wait_for_a_short_balance() {
 
 /// A receipt hold that expired is not renewed back to life (Redis: its key expired).
 #[tokio::test]
-async fn memory_expired_receipt_holds_are_not_renewed() {
+async fn sqlite_expired_receipt_holds_are_not_renewed() {
     use tollgate_middleware::store::Renewal;
     let clock = ManualClock::at_ms(1_000_000);
-    let store = MemoryStore::new(Arc::new(clock.clone()));
+    let store = SqliteStore::memory(Arc::new(clock.clone())).unwrap();
     let r = Reservation {
         spent_until_ms: 9_000_000,
         ..reservation("rita", "r1")
@@ -335,10 +335,10 @@ async fn memory_expired_receipt_holds_are_not_renewed() {
 /// A balance charge at admission can be voided while its marker lives -- the hold time plus
 /// 60 s, as the Redis marker -- and not after.
 #[tokio::test]
-async fn memory_admission_charge_void_window() {
+async fn sqlite_admission_charge_void_window() {
     use tollgate_middleware::store::{void_event, ChargeOutcome, VoidOutcome};
     let clock = ManualClock::at_ms(1_000_000);
-    let store = MemoryStore::new(Arc::new(clock.clone()));
+    let store = SqliteStore::memory(Arc::new(clock.clone())).unwrap();
     store.credit(&topup("val", 100, "t")).await.unwrap();
     let h = hold("val", 10);
     let mut e = event(&reservation("val", "x"));
@@ -360,9 +360,9 @@ async fn memory_admission_charge_void_window() {
 /// Ledger ids never go back in time, so the ledger pages in id order even when writers reach
 /// the store in another order than they read the clock (they read it before the lock).
 #[tokio::test]
-async fn memory_ledger_ids_never_go_back() {
+async fn sqlite_ledger_ids_never_go_back() {
     let clock = ManualClock::at_ms(1_000_000);
-    let store = MemoryStore::new(Arc::new(clock.clone()));
+    let store = SqliteStore::memory(Arc::new(clock.clone())).unwrap();
     let first = reservation("lia", "l1");
     store
         .settle(&first, &Settlement::Capture(Box::new(event(&first))))

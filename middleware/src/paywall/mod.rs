@@ -49,8 +49,8 @@ use crate::plan::{Overage, Plan};
 use crate::price::{Price, PricedRoute};
 use crate::receipt::{Issuer, Receipt, ReceiptKind, ReceiptPolicy, ReceiptVerifier};
 use crate::store::{
-    Credit, CreditOutcome, Hold, HoldSettleOutcome, Idempotency, IdempotencyClaim, MemoryStore,
-    PlanUse, Reservation, SettleOutcome, Settlement, Store, UsageEvent,
+    Credit, CreditOutcome, Hold, HoldSettleOutcome, Idempotency, IdempotencyClaim, PlanUse,
+    Reservation, SettleOutcome, Settlement, SqliteStore, Store, UsageEvent,
 };
 use crate::token::{TokenError, TokenKey};
 
@@ -134,7 +134,7 @@ impl PaywallBuilder {
         self
     }
 
-    /// The store (default: a fresh [`MemoryStore`]).
+    /// The store (default: a fresh in-memory [`SqliteStore`]: nothing survives the process).
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
         self
@@ -209,9 +209,13 @@ impl PaywallBuilder {
             self.policy,
             self.clock.clone(),
         );
-        let store = self
-            .store
-            .unwrap_or_else(|| Arc::new(MemoryStore::new(self.clock.clone())));
+        let store = match self.store {
+            Some(s) => s,
+            None => Arc::new(
+                SqliteStore::memory(self.clock.clone())
+                    .map_err(|e| BuildError::Store(e.to_string()))?,
+            ),
+        };
         Ok(Paywall(Arc::new(Inner {
             merchant: self.merchant,
             network: self.network,
@@ -243,6 +247,9 @@ pub enum BuildError {
     /// The receipt network id.
     #[error("network {0:?} is not CAIP-2 shaped (namespace:reference)")]
     Network(String),
+    /// The default (in-memory) store could not be started.
+    #[error("the default in-memory store: {0}")]
+    Store(String),
 }
 
 /// CAIP-2 shape: `^[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}$`.

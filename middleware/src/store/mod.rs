@@ -64,7 +64,6 @@
 mod capability;
 mod charge;
 mod event;
-mod memory;
 mod redis;
 pub mod rules;
 mod sqlite;
@@ -75,7 +74,6 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 pub use self::charge::{void_event, ChargeOutcome, VoidOutcome};
-pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, RedisStoreOptions};
 pub use self::sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous, SCHEMA_VERSION};
 use crate::money::{Amount, Currency};

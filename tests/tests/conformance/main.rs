@@ -1,6 +1,6 @@
 //! The store conformance suite: one set of test bodies (one module per capability), run on
-//! every backend -- the embedded memory store, the sqlite store (in memory and in a file), a
-//! real `redis-server`, and a 3-master Redis
+//! every backend -- the sqlite store (in memory and in a file), a real `redis-server`, and a
+//! 3-master Redis
 //! Cluster -- by [`conformance!`]. A body takes a fresh `Arc<dyn Store>` and asserts exact
 //! outcomes and amounts; where the backends once disagreed the Lua scripts (production) set
 //! the expected value. Backend-specific tests (key layout, expiry under a manual clock, a
@@ -17,20 +17,11 @@ mod requests;
 mod support;
 mod voids;
 
-/// Instantiate every body for every backend: `memory::<body>`, `redis::<body>` (a server of
+/// Instantiate every body for every backend: `sqlite::<body>`, `sqlite_file::<body>`, `redis::<body>` (a server of
 /// its own per test) and one `cluster::every_body` that runs them all on one cluster, each
 /// under a key prefix of its own (so they share nothing but the servers).
 macro_rules! conformance {
     ($($module:ident :: $body:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $body() {
-                    crate::$module::$body(crate::support::memory()).await;
-                }
-            )*
-        }
-
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,14 +7,7 @@ use tollgate_e2e::{RedisCluster, RedisServer};
 use tollgate_middleware::store::{
     Credit, CreditOutcome, Hold, Idempotency, MandateCharge, PlanUse,
 };
-use tollgate_middleware::{
-    MemoryStore, RedisStore, RedisStoreOptions, SqliteStore, Store, UsageEvent,
-};
-
-/// A fresh memory store on the system clock.
-pub(crate) fn memory() -> Arc<dyn Store> {
-    Arc::new(MemoryStore::default())
-}
+use tollgate_middleware::{RedisStore, RedisStoreOptions, SqliteStore, Store, UsageEvent};
 
 /// A fresh in-memory sqlite store on the system clock.
 pub(crate) fn sqlite() -> Arc<dyn Store> {
@@ -51,7 +44,7 @@ pub(crate) async fn cluster(cluster: &RedisCluster, prefix: &str) -> Arc<dyn Sto
     Arc::new(RedisStore::connect(opts).await.unwrap())
 }
 
-/// Now (unix ms, the system clock: Redis and the memory store both run on it here).
+/// Now (unix ms, the system clock: Redis and the sqlite store both run on it here).
 pub(crate) fn now_ms() -> i64 {
     tollgate_e2e::now_secs() * 1000
 }

@@ -3,7 +3,7 @@ use crate::clock::ManualClock;
 use crate::money::Currency;
 use crate::paywall::PAYMENT_RESPONSE;
 use crate::price::Price;
-use crate::store::MemoryStore;
+use crate::store::SqliteStore;
 use crate::x402::{ExactOffer, Facilitator};
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
@@ -56,7 +56,7 @@ fn setup(mode: SettlementMode) -> (Paywall, Arc<PricedRoute>, Arc<Scripted>) {
     let clock = Arc::new(ManualClock::at_ms(NOW * 1000));
     let paywall = Paywall::builder("m", vec![7u8; 32])
         .clock(clock.clone())
-        .store(Arc::new(MemoryStore::new(clock)))
+        .store(Arc::new(SqliteStore::memory(clock).unwrap()))
         .build()
         .unwrap();
     let f = Arc::new(Scripted::default());
