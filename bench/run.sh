@@ -9,7 +9,8 @@
 #   4 unpaid priced route (402)  5 paid, fresh receipt/request    6 access-token drawdown
 #   7 metered route (JSON usage)
 #   5b/6b = 5/6 on routes with capture = "admission" (one store round trip per served request)
-# All gateway scenarios use a private redis-server (unix socket, --save ""). Per scenario: req/s,
+#   8 = 5 and 6 on the sqlite store (one node), synchronous = "full" and "normal"
+# Gateway scenarios 3-7 use a private redis-server (unix socket, --save ""). Per scenario: req/s,
 # p50/p99, CPU per request of the proxy (gateway or nginx), upstream and redis, peak RSS, Redis
 # commands per request (INFO commandstats) and Redis round trips per request (MONITOR sample).
 # Then RSS with 1,000 idle keep-alive connections. Prints a table, writes bench/out/ (raw data,

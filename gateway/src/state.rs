@@ -20,7 +20,10 @@ pub(crate) async fn build_store(config: &Config) -> Result<Arc<dyn Store>, Build
                 synchronous,
                 ..SqliteOptions::new(path)
             };
-            Arc::new(SqliteStore::open(opts).map_err(|e| BuildError::Store(e.to_string()))?)
+            let opened = SqliteStore::open(opts).map_err(|e| {
+                BuildError::Store(format!("store.path = {:?}: {e}", config.store.path))
+            })?;
+            Arc::new(opened)
         }
         StoreKind::Redis => {
             let options = RedisStoreOptions {

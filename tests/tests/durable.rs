@@ -204,6 +204,10 @@ async fn kill_9_mid_traffic_keeps_every_unit() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert!(
+        stderr.contains("store.path"),
+        "the setting is named: {stderr}"
+    );
 
     // No receipt spent before the crash pays again; no top-up applies twice.
     for r in seen.receipts.iter().take(10) {
@@ -281,4 +285,38 @@ async fn kill_9_mid_traffic_keeps_every_unit() {
                "answered_paid": answered, "answered_with_event_id": at_admission,
                "ledger_events": events.len(), "ledger_minus_answered": unanswered, "lost_events": 0, "receipts_replayed": 0}),
     );
+}
+
+/// A file that is not a Tollgate database, or a directory that does not exist: the gateway
+/// does not start, exits 64 and names the setting.
+#[test]
+fn an_unusable_store_path_stops_the_start_naming_the_setting() {
+    let wallet = TestIssuer::ed25519("wallet");
+    let dir = tempfile::tempdir().unwrap();
+    let up = dead_upstream();
+    let cfg = config(1, &wallet, &up);
+    std::fs::write(dir.path().join("money.db"), vec![b'x'; 4096]).unwrap();
+    let path = dir.path().join("tollgate.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let out = Command::new(tollgate_binary())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("store.path"), "{stderr}");
+    assert!(stderr.contains("money.db"), "{stderr}");
+
+    let missing = cfg.replace("path = \"money.db\"", "path = \"no/such/dir/money.db\"");
+    std::fs::write(&path, missing).unwrap();
+    let out = Command::new(tollgate_binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("store.path"), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
 }

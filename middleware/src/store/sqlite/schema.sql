@@ -171,3 +171,48 @@ CREATE TABLE ids (
     last_ms INTEGER NOT NULL
 );
 INSERT INTO ids (one, seq, last_ms) VALUES (1, 0, 0);
+
+-- Views for the provider (documented in docs/operations.md). A void event repeats the charge
+-- it undoes with `voids` set: it counts negatively.
+CREATE VIEW revenue_daily AS
+SELECT strftime('%Y-%m-%d', time_ms / 1000, 'unixepoch') AS day,
+       route,
+       payer,
+       currency,
+       scale,
+       sum(CASE WHEN voids IS NULL THEN 1 ELSE -1 END) AS requests,
+       sum(CASE WHEN voids IS NULL THEN amount_minor ELSE -amount_minor END) AS amount_minor,
+       sum(CASE WHEN voids IS NULL THEN uncharged_minor ELSE 0 END) AS uncharged_minor
+FROM events
+GROUP BY day, route, payer, currency, scale;
+
+CREATE VIEW credits_daily AS
+SELECT strftime('%Y-%m-%d', time_ms / 1000, 'unixepoch') AS day,
+       payer,
+       currency,
+       count(*) AS credits,
+       sum(amount_minor) AS amount_minor
+FROM credits
+GROUP BY day, payer, currency;
+
+-- The balance equation per payer and currency, from the accounts and from the ledger:
+-- credited - captured = available + held, credited = the credits' sum, captured = the sum of
+-- the payer's balance (token) charges less their voids. Every `*_gap` column is 0.
+CREATE VIEW balance_check AS
+SELECT a.payer,
+       a.currency,
+       a.available,
+       a.held,
+       a.credited,
+       a.captured,
+       a.credited - a.captured - a.available - a.held AS equation_gap,
+       a.credited - coalesce((SELECT sum(c.amount_minor) FROM credits c
+                              WHERE c.payer = a.payer AND c.currency = a.currency), 0)
+           AS credits_gap,
+       a.captured - coalesce((SELECT sum(CASE WHEN e.voids IS NULL THEN e.amount_minor
+                                              ELSE -e.amount_minor END)
+                              FROM events e
+                              WHERE e.payer = a.payer AND e.currency = a.currency
+                                AND e.credential LIKE 'token:%'), 0)
+           AS ledger_gap
+FROM accounts a;

@@ -251,3 +251,77 @@ async fn concurrent_operations_are_each_answered_once_committed() {
     }
     assert_eq!(s.account("p").await.unwrap().balances["USD"].available, 200);
 }
+
+/// The documented views agree with the store: revenue per day, credits, and a balance equation
+/// with no gap, after charges, a void, a debit and a receipt payment.
+#[tokio::test]
+async fn the_views_reconcile() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(1_800_000_000_000);
+    let now = clock.now_ms();
+    {
+        let s = SqliteStore::open(at(&dir, &clock)).unwrap();
+        s.credit(&credit("p", 1_000, "k1")).await.unwrap();
+        s.credit(&credit("p", -100, "k2")).await.unwrap();
+        let mut token_event = event("p", now, 30);
+        token_event.credential = "token:p".into();
+        for id in ["a", "b"] {
+            let h = hold(id, 30);
+            s.hold(&h).await.unwrap();
+            s.capture_hold(&h, 30, &token_event).await.unwrap();
+        }
+        let charged = s.hold_capture(&hold("c", 30), &token_event).await.unwrap();
+        let crate::store::ChargeOutcome::Charged { event_id, .. } = charged else {
+            panic!("{charged:?}")
+        };
+        let charge = UsageEvent {
+            id: event_id,
+            ..token_event.clone()
+        };
+        let void = crate::store::void_event(&charge, now, 502);
+        s.void_hold(&hold("c", 30), &charge, &void).await.unwrap();
+        let r = reservation("res", "j", now);
+        s.authorize(&r).await.unwrap();
+        s.settle(&r, &Settlement::Capture(Box::new(event("p", now, 5))))
+            .await
+            .unwrap();
+    }
+    let conn = loop {
+        let c = Connection::open(dir.path().join("t.db")).unwrap();
+        if c.query_row("SELECT count(*) FROM accounts", [], |r| r.get::<_, i64>(0))
+            .is_ok()
+        {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let gaps: (i64, i64, i64, i64, i64) = conn
+        .query_row(
+            "SELECT equation_gap, credits_gap, ledger_gap, available, captured FROM balance_check \
+             WHERE payer = 'p' AND currency = 'USD'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    assert_eq!(gaps, (0, 0, 0, 840, 60));
+    let revenue: (i64, i64) = conn
+        .query_row(
+            "SELECT sum(requests), sum(amount_minor) FROM revenue_daily WHERE payer = 'p'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        revenue,
+        (3, 65),
+        "two balance charges and a receipt; the void cancels one"
+    );
+    let credits: (i64, i64) = conn
+        .query_row(
+            "SELECT credits, amount_minor FROM credits_daily WHERE payer = 'p'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(credits, (2, 900));
+}
