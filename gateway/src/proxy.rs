@@ -42,6 +42,19 @@ impl Default for Proxy {
     }
 }
 
+/// An error with its causes (`client error (Connect): tcp connect error: Connection refused`):
+/// hyper's own message names only the stage.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 /// Remove hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in `Connection` are hop-by-hop too (only scanned when present: the common
@@ -141,7 +154,12 @@ impl Proxy {
         };
         let original_host = parts.headers.get(header::HOST).cloned();
         // For the warnings below (the per-request span is at debug level).
-        let request_id = parts.headers.get("x-request-id").cloned();
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
         // The client's framing never crosses: the body is re-framed from what was actually
@@ -189,7 +207,7 @@ impl Proxy {
             .observe(started.elapsed().as_secs_f64());
         let res = match sent {
             Err(_) => {
-                tracing::warn!(route = %route.config.id, request_id = ?request_id, "upstream timed out");
+                tracing::warn!(route = %route.config.id, upstream = %route.config.upstream, request_id = %request_id, timeout_ms = route.timeout.as_millis() as u64, "upstream timed out");
                 return Ok(problem(
                     ErrorCode::UpstreamTimeout,
                     "the upstream did not answer in time; nothing was charged",
@@ -202,7 +220,7 @@ impl Proxy {
                         &format!("request body larger than {limit} bytes"),
                     ));
                 }
-                tracing::warn!(route = %route.config.id, request_id = ?request_id, error = %e, "upstream request failed");
+                tracing::warn!(route = %route.config.id, upstream = %route.config.upstream, request_id = %request_id, error = %error_chain(&e), "upstream request failed");
                 return Ok(problem(
                     ErrorCode::UpstreamUnavailable,
                     "the upstream could not be reached; nothing was charged",

@@ -444,6 +444,16 @@ fn the_example_config_runs_without_an_admin_token() {
         "GET /v1/storage/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     );
     assert!(offer.starts_with("HTTP/1.1 402"), "{offer}");
+    // The 402 says the price and where the catalog is.
+    assert!(offer.contains("(per request)"), "{offer}");
+    assert!(offer.contains("GET /.well-known/tollgate"), "{offer}");
+    // Nothing listens on the example upstream's port here (unless a demo runs): 502, and the
+    // log names the upstream and the cause.
+    let unreachable = raw(
+        port,
+        "GET /free HTTP/1.1\r\nHost: a\r\nX-Request-Id: req-cli-1\r\nConnection: close\r\n\r\n",
+    );
+    let upstream_down = unreachable.starts_with("HTTP/1.1 502");
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err(),
         "no admin listener without a token"
@@ -453,6 +463,22 @@ fn the_example_config_runs_without_an_admin_token() {
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(logs.contains("WARN"), "{logs}");
     assert!(logs.contains(&warning), "{logs}");
+    assert!(
+        logs.contains("store ready") && logs.contains("sqlite"),
+        "{logs}"
+    );
+    if upstream_down {
+        let line = logs
+            .lines()
+            .find(|l| l.contains("upstream request failed"))
+            .unwrap_or_else(|| panic!("no upstream failure logged: {logs}"));
+        assert!(line.contains("upstream=http://127.0.0.1:9000"), "{line}");
+        assert!(line.contains("request_id=req-cli-1"), "{line}");
+        assert!(
+            line.contains("Connection refused"),
+            "the cause, not just the stage: {line}"
+        );
+    }
 }
 
 /// With the token, the same file serves the admin API; a token set too short is refused by

@@ -193,6 +193,13 @@ async fn redis_paused_fails_closed_with_bounded_latency() {
                 .await
         };
         worst = worst.max(started.elapsed());
+        assert_eq!(
+            res.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap()),
+            Some("2"),
+            "a 503 says when to retry"
+        );
         assert_eq!(code_of(res).await, (503, "store_unavailable".into()));
         refused += 1;
         assert_eq!(

@@ -246,6 +246,10 @@ async fn refusals_carry_the_drafts_problem_types() {
         (402, "payment_required", format!("{DRAFT}payment-required"))
     );
     assert_eq!(body["challengeId"], www_id.as_str());
+    // The detail says what it costs and where every price is listed.
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("0.01 USD (per request)"), "{detail}");
+    assert!(detail.contains("GET /.well-known/tollgate"), "{detail}");
 
     // Echoed challenge id tampered with (one MAC character changed), forged, empty.
     let parts: Vec<&str> = id.split('.').collect();

@@ -79,7 +79,18 @@ impl Paywall {
         let credential = match credential {
             Ok(Some(c)) => c,
             Ok(None) => {
-                return Err(Refusal::new(ErrorCode::PaymentRequired, "this route is paid: pay with a receipt or an access token (see accepts) and retry"));
+                let what = match &route.price {
+                    crate::price::Price::Metered(_) => "metered; held up front",
+                    _ => "per request",
+                };
+                return Err(Refusal::new(
+                    ErrorCode::PaymentRequired,
+                    format!(
+                        "this route costs {due} {} ({what}): pay with a receipt or an access \
+                         token (see accepts) and retry; every price: GET /.well-known/tollgate",
+                        currency.code()
+                    ),
+                ));
             }
             Err(e) => return Err(Refusal::new(e.code, e.detail)),
         };

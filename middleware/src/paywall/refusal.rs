@@ -9,6 +9,10 @@ use serde::Serialize;
 
 use crate::error::ErrorCode;
 
+/// `Retry-After` of a 503 `store_unavailable`: a store that times out is usually back within
+/// seconds (a Redis failover, a restart); agents back off from here.
+pub(super) const STORE_RETRY_AFTER_SECS: u64 = 2;
+
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
@@ -121,6 +125,7 @@ impl Refusal {
             ErrorCode::StoreUnavailable,
             "payments are temporarily unavailable; retry later (nothing was charged)",
         )
+        .retry_after(STORE_RETRY_AFTER_SECS)
     }
 
     /// Retry after `secs` seconds.

@@ -259,7 +259,18 @@ impl RedisStore {
             },
         };
         if let Err(e) = store.connection().await {
-            tracing::warn!(error = %e, "Redis not reachable at start-up; paid routes fail closed until it is");
+            // The URL without its credentials (`redis://user:secret@host` -> `redis://host`).
+            let url = store
+                .options
+                .url
+                .split(',')
+                .map(|u| match (u.split_once("://"), u.rsplit_once('@')) {
+                    (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
+                    _ => u.trim().to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            tracing::warn!(url = %url, error = %e, "Redis not reachable at start-up; paid routes fail closed until it is");
         }
         Ok(store)
     }
