@@ -46,6 +46,7 @@ pub mod paywall;
 pub mod plan;
 pub mod price;
 pub mod receipt;
+pub mod receipt_amount;
 pub mod revocations;
 pub mod store;
 pub mod token;

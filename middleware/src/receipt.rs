@@ -25,7 +25,7 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::clock::Clock;
 use crate::error::ErrorCode;
-use crate::money::Amount;
+use crate::receipt_amount::ReceiptAmount;
 
 /// The only signature algorithms a receipt may use.
 pub const ALLOWED_ALGORITHMS: [Algorithm; 2] = [Algorithm::EdDSA, Algorithm::ES256];
@@ -55,8 +55,9 @@ pub struct Receipt {
     pub issued_at: i64,
     /// `exp`, unix seconds.
     pub expires_at: i64,
-    /// `amount`, exact.
-    pub amount: Amount,
+    /// `amount` (decimal) and/or `amount_atomic` (atomic units): resolved against the
+    /// currency by [`ReceiptAmount::minor`].
+    pub amount: ReceiptAmount,
     /// `currency` code.
     pub currency: String,
     /// `kind`.
@@ -81,7 +82,10 @@ struct Claims {
     exp: i64,
     #[serde(default)]
     nbf: Option<i64>,
-    amount: String,
+    #[serde(default)]
+    amount: Option<String>,
+    #[serde(default)]
+    amount_atomic: Option<String>,
     currency: String,
     kind: ReceiptKind,
     #[serde(default)]
@@ -629,10 +633,8 @@ impl ReceiptVerifier {
                 "sub and jti must be 1 to 256 characters",
             ));
         }
-        let amount: Amount = c
-            .amount
-            .parse()
-            .map_err(|e| ReceiptError::new(C::AmountInvalid, format!("amount: {e}")))?;
+        let amount = ReceiptAmount::parse(c.amount.as_deref(), c.amount_atomic.as_deref())
+            .map_err(|e| ReceiptError::new(C::AmountInvalid, e.to_string()))?;
         Ok(Receipt {
             issuer: c.iss,
             payer: c.sub,

@@ -455,3 +455,86 @@ async fn malformed_credential_headers_are_400_never_5xx() {
     assert_eq!(code_of(res).await, (400, "credential_ambiguous".into()));
     f.nothing_was_charged().await;
 }
+
+/// Issue 19 item 3: one unit per claim. `amount_atomic` pays in atomic units (offers' unit);
+/// `amount` in decimal; both must agree; an offer's atomic amount copied into the decimal claim
+/// of a top-up (`"2000000"` for 2 USD) is refused loudly instead of crediting two million.
+#[tokio::test]
+async fn amounts_have_one_unit_per_claim() {
+    let f = fixture().await;
+    // The route's offer states atomic units.
+    let res = f.gw.http.get(f.gw.url("/v1/echo")).send().await.unwrap();
+    let offer = b64_json(res.headers()["payment-required"].to_str().unwrap());
+    assert_eq!(offer["accepts"][0]["amount"], "10000");
+
+    // Paying in atomic units, with or without the decimal beside it.
+    let mut c = f.claims();
+    c.as_object_mut().unwrap().remove("amount");
+    c["amount_atomic"] = "10000".into();
+    assert_eq!(
+        f.gw.pay_get("/v1/echo", &f.wallet.sign(&c)).await.status(),
+        200
+    );
+    let mut c = f.claims();
+    c["amount_atomic"] = "10000".into();
+    assert_eq!(
+        f.gw.pay_get("/v1/echo", &f.wallet.sign(&c)).await.status(),
+        200
+    );
+    // Disagreeing, malformed or missing.
+    let mut c = f.claims();
+    c["amount_atomic"] = "20000".into();
+    assert_eq!(f.refused(&f.wallet.sign(&c)).await, code("amount_invalid"));
+    assert_eq!(
+        f.refused(&f.with("amount_atomic", "1.5".into())).await,
+        code("amount_invalid")
+    );
+    let mut c = f.claims();
+    c.as_object_mut().unwrap().remove("amount");
+    assert_eq!(f.refused(&f.wallet.sign(&c)).await, code("amount_invalid"));
+
+    // The top-up mistake: the atomic "2000000" (2 USD) as a decimal amount.
+    let topup = |claims: Value| {
+        let mut claims = claims;
+        claims["kind"] = "topup".into();
+        f.gw.http
+            .post(f.gw.url("/tollgate/v1/topup"))
+            .header(
+                "authorization",
+                format!("Payment {}", f.wallet.sign(&claims)),
+            )
+            .send()
+    };
+    let res = topup(f.wallet.claims("m", "copier", "2000000"))
+        .await
+        .unwrap();
+    let (status, body) = (res.status().as_u16(), res.json::<Value>().await.unwrap());
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (402, Some("amount_invalid")),
+        "{body}"
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("amount_atomic = \"2000000\" for 2 USD"),
+        "{detail}"
+    );
+    let account = f.gw.paywall.store().account("copier").await.unwrap();
+    assert!(account.balances.is_empty(), "nothing credited: {account:?}");
+    // Stated in atomic units, the same top-up credits 2 USD.
+    let mut c = f.wallet.claims("m", "copier", "0");
+    c.as_object_mut().unwrap().remove("amount");
+    c["amount_atomic"] = "2000000".into();
+    let res = topup(c).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["credited"], "2", "{body}");
+    let b =
+        f.gw.paywall
+            .store()
+            .account("copier")
+            .await
+            .unwrap()
+            .balances["USD"];
+    assert_eq!(b.available, 2_000_000);
+}

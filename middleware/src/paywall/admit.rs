@@ -518,8 +518,9 @@ impl Paywall {
                 format!("this route is priced in {}", currency.code()),
             ));
         }
-        let paid = currency
-            .to_minor(r.amount)
+        let paid = r
+            .amount
+            .minor(currency)
             .map_err(|e| Refusal::new(ErrorCode::AmountInvalid, e.to_string()))?;
         if paid < due {
             let due_amount = currency.from_minor(due);
@@ -528,7 +529,7 @@ impl Paywall {
                 format!(
                     "the price is {due_amount} {}; the receipt pays {} {}",
                     currency.code(),
-                    r.amount,
+                    currency.from_minor(paid),
                     r.currency
                 ),
             ));

@@ -115,7 +115,7 @@ impl Paywall {
                 &format!("{:?} is not accepted here", receipt.currency),
             );
         };
-        let minor = match currency.to_minor(receipt.amount) {
+        let minor = match receipt.amount.minor(currency) {
             Ok(m) if m > 0 => m,
             Ok(_) => {
                 return Self::problem(
@@ -137,7 +137,7 @@ impl Paywall {
             .await
         {
             Ok((credit_id, balance_minor, duplicate)) => {
-                tracing::info!(payer = %receipt.payer, amount = %receipt.amount, currency = %receipt.currency, duplicate, "top-up");
+                tracing::info!(payer = %receipt.payer, amount = %currency.from_minor(minor), currency = %receipt.currency, duplicate, "top-up");
                 if !duplicate {
                     crate::metrics::global()
                         .topups_minor
@@ -145,7 +145,7 @@ impl Paywall {
                         .inc_by(minor);
                 }
                 let mut body = self.token_body(&receipt.payer, mandate.as_ref());
-                body["credited"] = receipt.amount.to_string().into();
+                body["credited"] = currency.from_minor(minor).to_string().into();
                 body["currency"] = currency.code().into();
                 body["balance"] = currency.from_minor(balance_minor).to_string().into();
                 body["credit_id"] = credit_id.into();
@@ -197,11 +197,13 @@ impl Paywall {
                 &format!("plan {} is priced in {}", plan.id, currency.code()),
             );
         }
-        let (paid, price) = match (currency.to_minor(receipt.amount), plan.price.minor()) {
-            (Ok(p), Ok(q)) => (p, q),
-            (Err(e), _) | (_, Err(e)) => {
-                return Self::problem(ErrorCode::AmountInvalid, &e.to_string())
-            }
+        let paid = match receipt.amount.minor(currency) {
+            Ok(p) => p,
+            Err(e) => return Self::problem(ErrorCode::AmountInvalid, &e.to_string()),
+        };
+        let price = match plan.price.minor() {
+            Ok(q) => q,
+            Err(e) => return Self::problem(ErrorCode::AmountInvalid, &e.to_string()),
         };
         if paid < price {
             return Self::problem(
