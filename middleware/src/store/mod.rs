@@ -75,7 +75,10 @@ use sha2::{Digest, Sha256};
 
 pub use self::charge::{void_event, ChargeOutcome, VoidOutcome};
 pub use self::memory::MemoryStore;
-pub use self::redis::{RedisStore, RedisStoreOptions};
+pub use self::redis::{
+    Backlog, CreditRecord, LedgerEntry, LedgerStream, RedisStore, RedisStoreOptions, StreamBatch,
+    DEFAULT_SETTLED_KEEP,
+};
 use crate::money::{Amount, Currency};
 
 pub use self::capability::{
