@@ -2,6 +2,10 @@
 //! `pg_ctl start` on a free loopback port, stopped on drop. [`PostgresServer::stop`] and
 //! [`PostgresServer::start_again`] make the "PostgreSQL down" fault (same data, same port).
 //!
+//! `fsync` is off (a test's data need not survive the machine), but `synchronous_commit` is
+//! left on: [`PostgresServer::stop`] is a crash of the server process, and a commit
+//! acknowledged before it must survive it, as the drainer's guarantee requires.
+//!
 //! `initdb` refuses to run as root, so as root every PostgreSQL binary runs through
 //! `runuser -u postgres --`, in a temp dir owned by `postgres`. The binaries are looked up in
 //! `$TOLLGATE_PG_BIN`, then `/usr/lib/postgresql/{17,16,15}/bin`, then `PATH` (`tests/run.sh`
@@ -21,6 +25,8 @@ pub struct PostgresServer {
     port: u16,
     /// Whether the server should be running (drop stops it).
     running: bool,
+    /// Extra server settings (`-c name=value ...`).
+    settings: String,
 }
 
 fn is_root() -> bool {
@@ -64,12 +70,18 @@ fn free_port() -> u16 {
 impl PostgresServer {
     /// `initdb` a fresh cluster and start it; waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// [`PostgresServer::start`] with extra server settings, e.g. `-c synchronous_commit=off`.
+    pub fn start_with(settings: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let s = PostgresServer {
             dir,
             bin: find_bin(),
             port: free_port(),
             running: false,
+            settings: settings.to_owned(),
         };
         if is_root() {
             let st = Command::new("chown")
@@ -119,10 +131,11 @@ impl PostgresServer {
     /// connections.
     pub fn start_again(&mut self) {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=50",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off \
+             -c max_connections=50 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.settings
         );
         let out = self
             .command("pg_ctl")

@@ -152,6 +152,11 @@ impl PgLedger {
                 tracing::warn!(error = %e, "ledger database connection ended");
             }
         });
+        // The drainer trims Redis once a commit is acknowledged: the commit must be durable
+        // by then, whatever the server's default (synchronous_commit = off would lose the
+        // last acknowledged batches in a database crash, after Redis dropped them).
+        self.bounded(async { Ok(client.batch_execute("SET synchronous_commit TO on").await?) })
+            .await?;
         let migrated = self.bounded(schema::migrate(&mut client)).await?;
         if !migrated.applied.is_empty() {
             tracing::info!(from = migrated.from, applied = ?migrated.applied, "ledger database migrated");
