@@ -257,3 +257,31 @@ async fn paid_requests_reach_the_ledger_exactly_once_and_redis_keeps_no_aggregat
         .unwrap();
     assert_eq!(aggregates, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_drain_one_redis_into_one_ledger_exactly_once() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let replica = || {
+        gateway()
+            .redis(&redis)
+            .top(&format!("[ledger]\nurl = \"{}\"\nbatch = 2\n", pg.url()))
+            .issuer(&wallet)
+            .route(paid("echo", "/v1/echo", &up, "0.01"))
+            .start()
+    };
+    let (a, b) = (replica().await, replica().await);
+    let token = a.topup(&wallet, "shared", "1").await;
+    for i in 0..30 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(gw.token_get("/v1/echo", &token).await.status(), 200);
+    }
+    let db = pg.client().await;
+    wait_for(&db, 30, 1).await;
+    assert_eq!(ledger_by_payer(&db).await["shared"], (30, 300_000));
+    let account = a.paywall.store().account("shared").await.unwrap();
+    assert_eq!(account.balances["USD"].captured, 300_000);
+    assert_eq!(account.balances["USD"].available, 700_000);
+}
