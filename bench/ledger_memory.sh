@@ -12,7 +12,9 @@
 # single-use marker (state key + owner key, kept until the receipt's exp) is reported apart.
 # Installs redis-server and postgresql with apt-get if missing. Writes bench/out/ledger_memory.json.
 #
-# Knobs (environment): REQUESTS (100000), RECEIPTS (20000), WAIT_SECS (120), OUT (bench/out).
+# Knobs (environment): REQUESTS (100000), RECEIPTS (20000), WAIT_SECS (120), OUT (bench/out),
+# NO_LEDGER=1 (the comparison: no ledger of record, aggregates written, streams never trimmed;
+# results in ledger_memory_no_ledger.json).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,9 +37,10 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
 fi
 
 log "requests=${REQUESTS:-100000} receipts=${RECEIPTS:-20000} wait=${WAIT_SECS:-120}s (about $(( ${WAIT_SECS:-120} + 95 )) s of waiting, plus the load)"
+if [ -n "${NO_LEDGER:-}" ]; then export LEDGER_BENCH_NO_LEDGER=1; fi
 LEDGER_BENCH_REQUESTS=${REQUESTS:-100000} \
 LEDGER_BENCH_RECEIPTS=${RECEIPTS:-20000} \
 LEDGER_BENCH_WAIT_SECS=${WAIT_SECS:-120} \
-LEDGER_BENCH_OUT="$(pwd)/$OUT/ledger_memory.json" \
+LEDGER_BENCH_OUT="$(pwd)/$OUT/ledger_memory${NO_LEDGER:+_no_ledger}.json" \
     cargo test --locked -q -p tollgate-e2e --test ledger_memory -- --ignored --nocapture
-log "results in $OUT/ledger_memory.json"
+log "results in $OUT/ledger_memory${NO_LEDGER:+_no_ledger}.json"

@@ -1,7 +1,8 @@
 -- Tollgate ledger of record, schema version 2: the views a provider queries directly.
 -- Every amount is exact: *_minor columns are integer atomic units, `amount` columns the same
 -- divided by 10^scale (NUMERIC, never floating point). A void counts -1 request and minus its
--- amount and units, on the day of the charge it undoes.
+-- amount and units, on its own day (it follows its charge within the request's time, so the two
+-- days differ only across midnight UTC; the Redis aggregates moved it back on the charge's day).
 
 -- Events with their sign (+1 charge, -1 void).
 CREATE VIEW ledger_events_signed AS
