@@ -244,6 +244,26 @@ async fn paid_requests_reach_the_ledger_exactly_once_and_redis_keeps_no_aggregat
         180_000,
         "{export}"
     );
+    // The drain's metrics are on the admin listener's /metrics.
+    let metrics = gw
+        .http
+        .get(gw.admin_url("/metrics"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "tollgate_ledger_backlog_events ",
+        "tollgate_ledger_backlog_age_seconds ",
+        "tollgate_ledger_backlog_over_bound 0",
+        "tollgate_ledger_drained_events_total{stream=\"events\"}",
+        "tollgate_ledger_drained_events_total{stream=\"credits\"}",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
     // Redis: the streams were trimmed once drained, and no aggregate was written.
     let deadline = Instant::now() + Duration::from_secs(10);
     while stream_entries(&redis) > 0 {
