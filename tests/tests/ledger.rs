@@ -34,14 +34,19 @@ async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
         .get(0)
 }
 
-/// Wait until the ledger holds `events` usage events and `credits` credits (at most 30 s).
+/// Wait until the ledger holds `events` usage events and `credits` credits (at most 30 s;
+/// the tables appear when the drainer first connects and migrates).
 async fn wait_for(db: &tokio_postgres::Client, events: i64, credits: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (e, c) = (
-            count(db, "ledger_events").await,
-            count(db, "ledger_credits").await,
-        );
+        let n = |t: &str| format!("SELECT count(*) FROM {t}");
+        let (e, c) = match (
+            db.query_one(&n("ledger_events"), &[]).await,
+            db.query_one(&n("ledger_credits"), &[]).await,
+        ) {
+            (Ok(e), Ok(c)) => (e.get::<_, i64>(0), c.get::<_, i64>(0)),
+            _ => (-1, -1),
+        };
         if e == events && c == credits {
             return;
         }
@@ -304,4 +309,91 @@ async fn two_replicas_drain_one_redis_into_one_ledger_exactly_once() {
     let account = a.paywall.store().account("shared").await.unwrap();
     assert_eq!(account.balances["USD"].captured, 300_000);
     assert_eq!(account.balances["USD"].available, 700_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_reaches_the_ledger_as_a_void_and_the_sums_net_it_out() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let gw = gateway()
+        .redis(&redis)
+        .top(&format!("[ledger]\nurl = \"{}\"\n", pg.url()))
+        .issuer(&wallet)
+        .route(paid("echo", "/v1/echo", &up, "0.01").with("capture = \"admission\""))
+        .start()
+        .await;
+    let token = gw.topup(&wallet, "dana", "1").await;
+    assert_eq!(gw.token_get("/v1/echo", &token).await.status(), 200);
+    // Not served (upstream 500): charged at admission, then voided.
+    assert_eq!(
+        gw.token_get("/v1/echo?status=500", &token).await.status(),
+        500
+    );
+    let db = pg.client().await;
+    wait_for(&db, 3, 1).await;
+    let kinds: Vec<(String, i64)> = db
+        .query(
+            "SELECT kind, amount_minor::INT8 FROM ledger_events ORDER BY id_ms, id_seq, id_bucket",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let charges = kinds.iter().filter(|(k, _)| k == "charge").count();
+    assert_eq!((charges, kinds.len()), (2, 3), "{kinds:?}");
+    let voided: i64 = db
+        .query_one(
+            "SELECT count(*) FROM ledger_events v JOIN ledger_events c ON v.voids = c.id
+             WHERE v.kind = 'void' AND c.kind = 'charge' AND v.amount_minor = c.amount_minor",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(voided, 1);
+    assert_eq!(ledger_by_payer(&db).await["dana"], (1, 10_000));
+    let usd = gw.paywall.store().account("dana").await.unwrap().balances["USD"].clone();
+    assert_eq!(usd.captured, 10_000);
+    let balance: i64 = db
+        .query_one(
+            "SELECT balance_minor::INT8 FROM payer_balance_equation WHERE payer = 'dana'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, usd.available + usd.held);
+    assert_eq!(balance, 990_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_database_down_at_start_up_is_not_fatal_and_is_filled_once_it_is_up() {
+    let redis = RedisServer::start();
+    let mut pg = PostgresServer::start();
+    pg.stop();
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let gw = gateway()
+        .redis(&redis)
+        .top(&format!(
+            "[ledger]\nurl = \"{}\"\ntimeout_ms = 500\n",
+            pg.url()
+        ))
+        .issuer(&wallet)
+        .route(paid("echo", "/v1/echo", &up, "0.01"))
+        .start()
+        .await;
+    let token = gw.topup(&wallet, "erin", "1").await;
+    for _ in 0..4 {
+        assert_eq!(gw.token_get("/v1/echo", &token).await.status(), 200);
+    }
+    assert_eq!(stream_entries(&redis), 5);
+    pg.start_again();
+    let db = pg.client().await;
+    wait_for(&db, 4, 1).await;
+    assert_eq!(ledger_by_payer(&db).await["erin"], (4, 40_000));
 }
