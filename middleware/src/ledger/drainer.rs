@@ -12,7 +12,9 @@
 //! `ON CONFLICT (id) DO NOTHING` turns into exactly once.
 //!
 //! # Order of a batch
-//! read the head (`XRANGE - + COUNT n`) -> insert (one statement) -> trim (`XTRIM MINID`).
+//! renew the bucket's lease and read the head of both its streams (one script: `XRANGE - +
+//! COUNT n` each) -> insert (one statement per stream) -> trim (`XTRIM MINID`). An idle pass
+//! is one call per bucket.
 //! A crash before the trim leaves the entries in Redis to be inserted again; nothing is
 //! trimmed that the ledger does not hold.
 //!
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use super::{LedgerError, PgLedger};
 use crate::clock::{Clock, SystemClock};
-use crate::store::{LedgerStream, RedisStore, StoreError, BUCKETS};
+use crate::store::{RedisStore, StoreError, BUCKETS};
 
 /// Drainer settings.
 #[derive(Debug, Clone)]
@@ -174,40 +176,37 @@ impl Drainer {
     pub async fn drain_once(&mut self) -> Result<Pass, DrainError> {
         let mut pass = Pass::default();
         for bucket in 0..BUCKETS {
-            let held = self
+            let Some(batches) = self
                 .store
-                .take_drain_lease(bucket, &self.options.id, self.options.lease)
-                .await?;
-            if !held {
+                .lease_and_read(
+                    bucket,
+                    &self.options.id,
+                    self.options.lease,
+                    self.options.batch,
+                )
+                .await?
+            else {
                 continue;
-            }
-            for stream in LedgerStream::ALL {
-                let batch = self
-                    .store
-                    .read_ledger(stream, bucket, self.options.batch)
-                    .await?;
-                if batch.is_empty() {
-                    continue;
-                }
-                let inserted = self.ledger.insert_batch(&batch).await?;
+            };
+            for batch in batches.iter().filter(|b| !b.is_empty()) {
+                let inserted = self.ledger.insert_batch(batch).await?;
                 if let Some(signal) = self.stall_after_insert.take() {
                     let _ = signal.send(());
                     std::future::pending::<()>().await;
                 }
-                self.store.trim_ledger(&batch).await?;
-                let n = u64::try_from(batch.entries.len()).unwrap_or(u64::MAX);
-                pass.moved += n;
-                pass.inserted += inserted;
-                pass.more |= batch.entries.len() >= self.options.batch;
+                // Counted once inserted (a failed trim leaves them to be inserted again,
+                // which adds nothing new).
+                self.status.drained.fetch_add(inserted, Ordering::Relaxed);
                 crate::metrics::global()
                     .ledger_drained
-                    .with_label_values(&[stream.name()])
+                    .with_label_values(&[batch.stream.name()])
                     .inc_by(inserted);
+                self.store.trim_ledger(batch).await?;
+                pass.moved += u64::try_from(batch.entries.len()).unwrap_or(u64::MAX);
+                pass.inserted += inserted;
+                pass.more |= batch.entries.len() >= self.options.batch;
             }
         }
-        self.status
-            .drained
-            .fetch_add(pass.inserted, Ordering::Relaxed);
         Ok(pass)
     }
 

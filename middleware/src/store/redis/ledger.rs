@@ -137,42 +137,40 @@ impl RedisStore {
         }
     }
 
-    /// Take or renew the drain lease of `bucket` for drainer `owner`, for `lease`: `false`
-    /// while another drainer holds it.
-    pub async fn take_drain_lease(
+    /// Take or renew the drain lease of `bucket` for drainer `owner` (for `lease`) and read
+    /// up to `count` entries from the head (oldest end) of each of its ledger streams, in one
+    /// call: `None` while another drainer holds the lease.
+    pub async fn lease_and_read(
         &self,
         bucket: u64,
         owner: &str,
         lease: Duration,
-    ) -> Result<bool, StoreError> {
+        count: usize,
+    ) -> Result<Option<[StreamBatch; 2]>, StoreError> {
+        type Page = Vec<(String, Vec<(String, String)>)>;
         let mut conn = self.connection().await?;
         let mut inv = self.scripts.drain_lease.prepare_invoke();
         inv.key(self.key(bucket, "drain-lease"))
+            .key(self.ledger_stream_key(LedgerStream::Events, bucket))
+            .key(self.ledger_stream_key(LedgerStream::Credits, bucket))
             .arg(owner)
-            .arg(ms(lease));
-        let held: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(held == 1)
+            .arg(ms(lease))
+            .arg(count.max(1));
+        let pages: Option<(Page, Page)> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(pages.map(|(events, credits)| {
+            [
+                Self::batch(LedgerStream::Events, bucket, events),
+                Self::batch(LedgerStream::Credits, bucket, credits),
+            ]
+        }))
     }
 
-    /// Up to `count` entries from the head (oldest end) of a bucket's ledger stream.
-    pub async fn read_ledger(
-        &self,
+    /// Parse a page of stream entries.
+    fn batch(
         stream: LedgerStream,
         bucket: u64,
-        count: usize,
-    ) -> Result<StreamBatch, StoreError> {
-        let mut conn = self.connection().await?;
-        let page: Vec<(String, Vec<(String, String)>)> = self
-            .bounded(
-                redis::cmd("XRANGE")
-                    .arg(self.ledger_stream_key(stream, bucket))
-                    .arg("-")
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(count.max(1))
-                    .query_async(&mut conn),
-            )
-            .await?;
+        page: Vec<(String, Vec<(String, String)>)>,
+    ) -> StreamBatch {
         let last = page.last().and_then(|(id, _)| stream_id_parts(id));
         let entries = page
             .into_iter()
@@ -193,12 +191,12 @@ impl RedisStore {
                 parsed.unwrap_or_else(|error| LedgerEntry::Unreadable { id, fields, error })
             })
             .collect();
-        Ok(StreamBatch {
+        StreamBatch {
             stream,
             bucket,
             entries,
             last,
-        })
+        }
     }
 
     /// Remove a batch from its stream once the ledger holds it: `XTRIM MINID` just past its
