@@ -356,7 +356,7 @@ async fn a_void_reaches_the_ledger_as_a_void_and_the_sums_net_it_out() {
         .get(0);
     assert_eq!(voided, 1);
     assert_eq!(ledger_by_payer(&db).await["dana"], (1, 10_000));
-    let usd = gw.paywall.store().account("dana").await.unwrap().balances["USD"].clone();
+    let usd = gw.paywall.store().account("dana").await.unwrap().balances["USD"];
     assert_eq!(usd.captured, 10_000);
     let balance: i64 = db
         .query_one(
