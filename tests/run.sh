@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every test of the workspace. The Redis-backed suites start their own redis-server
 # (unix socket in a temp dir, nothing saved), so the binary must be installed; this script
-# installs it with apt-get when it is missing (and chromium + chromium-driver for the dashboard test).
+# installs it with apt-get when it is missing (and chromium + chromium-driver for the dashboard test,
+# postgresql for the ledger tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -10,6 +11,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server
+fi
+# The ledger suites start their own PostgreSQL (initdb + pg_ctl in a temp dir; Debian's packages).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  echo "PostgreSQL not found; installing postgresql with apt-get" >&2
+  SUDO=""
+  if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql
 fi
 # The dashboard test drives a real headless Chromium over WebDriver (Debian's packages).
 if ! command -v chromedriver >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then

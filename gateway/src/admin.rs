@@ -45,6 +45,11 @@ impl Admin {
         self.gw.paywall()
     }
 
+    /// Where usage is read: the ledger database when configured, else the store.
+    pub(crate) fn ledger(&self) -> Arc<dyn tollgate_middleware::store::LedgerStore> {
+        self.gw.ledger_reader()
+    }
+
     pub(crate) fn currency(&self, code: &str) -> Option<Currency> {
         self.gw.currencies().get(code).cloned()
     }
@@ -173,8 +178,7 @@ async fn payer(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
         Err(e) => return store_error(e),
     };
     let usage = match admin
-        .paywall()
-        .store()
+        .ledger()
         .usage(Some(&id), &days_ago(29), &today())
         .await
     {
@@ -435,12 +439,7 @@ struct UsageQuery {
 async fn usage(State(admin): State<Admin>, Query(q): Query<UsageQuery>) -> Response {
     let to = q.to.unwrap_or_else(today);
     let from = q.from.unwrap_or_else(|| to.clone());
-    match admin
-        .paywall()
-        .store()
-        .usage(q.payer.as_deref(), &from, &to)
-        .await
-    {
+    match admin.ledger().usage(q.payer.as_deref(), &from, &to).await {
         Ok(rows) => {
             let rows = rows
                 .into_iter()
@@ -493,8 +492,7 @@ async fn events(
     };
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     match admin
-        .paywall()
-        .store()
+        .ledger()
         .events_after(q.after.as_deref().filter(|a| !a.is_empty()), limit)
         .await
     {

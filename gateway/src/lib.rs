@@ -29,6 +29,7 @@ pub mod server;
 
 mod catalog;
 mod health;
+mod ledger;
 mod request_id;
 mod router;
 mod state;
@@ -76,6 +77,9 @@ pub enum BuildError {
     /// An issuer could not be set up.
     #[error("issuers: {0}")]
     Issuer(String),
+    /// The ledger database cannot be used (its message names the setting).
+    #[error("{0}")]
+    Ledger(String),
 }
 
 struct Matched {
@@ -132,6 +136,8 @@ struct Shared {
     reloading: tokio::sync::Mutex<()>,
     /// The pooled upstream client (kept across reloads).
     proxy: Proxy,
+    /// The ledger of record and this replica's drainer (`[ledger]`; not reloadable).
+    ledger: Option<ledger::LedgerRuntime>,
 }
 
 /// A configured gateway, ready to serve. Cheap to clone.
@@ -169,6 +175,20 @@ impl Gateway {
     /// The payment engine in force (its store holds the ledger).
     pub fn paywall(&self) -> Paywall {
         self.inner().paywall.clone()
+    }
+
+    /// Where usage, summaries and payer totals are read: the ledger database when `[ledger]`
+    /// is set (the Redis scripts then keep no aggregates), else the store.
+    pub fn ledger_reader(&self) -> Arc<dyn tollgate_middleware::store::LedgerStore> {
+        match &self.0.ledger {
+            Some(l) => l.db.clone(),
+            None => self.inner().paywall.store().clone(),
+        }
+    }
+
+    /// What this replica's drainer last saw (`[ledger]` only).
+    pub fn ledger_status(&self) -> Option<Arc<tollgate_middleware::ledger::DrainStatus>> {
+        self.0.ledger.as_ref().map(|l| l.status.clone())
     }
 
     /// Currencies in force.

@@ -32,11 +32,14 @@ pub(crate) async fn build_store(config: &Config) -> Result<Arc<dyn Store>, Build
                 prefix: config.store.prefix.clone(),
                 timeout: Duration::from_millis(config.store.timeout_ms),
             };
-            Arc::new(
-                RedisStore::connect(options)
-                    .await
-                    .map_err(|e| BuildError::Store(e.to_string()))?,
-            )
+            let store = RedisStore::connect(options)
+                .await
+                .map_err(|e| BuildError::Store(e.to_string()))?;
+            // With a ledger of record the aggregates are derived there, not in the scripts.
+            match config.ledger {
+                Some(_) => Arc::new(store.with_ledger_of_record()),
+                None => Arc::new(store),
+            }
         }
     })
 }
@@ -60,8 +63,10 @@ impl Gateway {
             settler.max_attempts = x.settle_max_attempts;
             tokio::spawn(settler.run());
         }
+        let ledger = crate::ledger::start(config).await?;
         let inner = build_inner(config, validated, secret, store).await?;
         Ok(Gateway(Arc::new(Shared {
+            ledger,
             current: std::sync::RwLock::new(Arc::new(inner)),
             secret: secret.to_vec(),
             config_path: std::sync::RwLock::new(None),

@@ -77,6 +77,30 @@ fn bad_config_exits_64_naming_the_field() {
 }
 
 #[test]
+fn a_bad_ledger_url_exits_64_at_check_naming_ledger_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:9\"\n";
+    for (url, says) in [
+        ("mysql://tg@db/x", "ledger.url: must be a postgres:// URL"),
+        (
+            "postgres://tg:secret@db/x",
+            "ledger.url: must not contain a password",
+        ),
+    ] {
+        let text = format!("{GOOD}{store}[ledger]\nurl = \"{url}\"\n");
+        let out = bin()
+            .arg("check")
+            .arg("--config")
+            .arg(write(&dir, &text))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{url}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{url}: {err}");
+    }
+}
+
+#[test]
 fn short_secret_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let out = bin()

@@ -25,6 +25,8 @@
 //! - [`metrics`]: Prometheus counters; [`traffic`]: the last day's traffic per minute (dashboard).
 //! - [`x402`]: x402 `exact` EVM offers, local verification, the facilitator client.
 //! - `client` (feature `client`): `PayingClient`, which pays the 402s it meets by policy.
+//! - `ledger` (feature `postgres`): the PostgreSQL ledger of record and the drainer that moves
+//!   the Redis store's streams into it.
 
 #![warn(missing_docs)]
 
@@ -38,6 +40,8 @@ pub mod drain;
 pub mod error;
 pub mod issuer;
 pub mod layer;
+#[cfg(feature = "postgres")]
+pub mod ledger;
 pub mod mandate;
 pub mod meter;
 pub mod metrics;

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 /// Every Tollgate metric.
@@ -39,6 +39,18 @@ pub struct Metrics {
     pub upstream_seconds: HistogramVec,
     /// x402 `deferred` settlement attempts, by outcome (`settled`, `retry`, `failed`).
     pub x402_settlements: IntCounterVec,
+    /// Ledger entries (usage events and credits) waiting in the Redis streams for the drainer.
+    pub ledger_backlog_events: IntGauge,
+    /// Age of the oldest entry waiting in the Redis streams (0 when none waits).
+    pub ledger_backlog_age_seconds: Gauge,
+    /// 1 while the backlog is past `ledger.max_backlog`, else 0 (alert on it).
+    pub ledger_backlog_over_bound: IntGauge,
+    /// Ledger entries moved from Redis to PostgreSQL, by stream (`events`, `credits`);
+    /// entries another drainer had inserted already are counted once, by whoever inserted
+    /// them.
+    pub ledger_drained: IntCounterVec,
+    /// Failed drain steps, by stage (`redis`, `postgres`).
+    pub ledger_drain_errors: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -103,6 +115,31 @@ impl Metrics {
                 "Receipt and balance holds in flight in this process.",
             )
             .unwrap_or_else(|e| panic!("metric holds: {e}")),
+            ledger_backlog_events: IntGauge::new(
+                "tollgate_ledger_backlog_events",
+                "Ledger entries waiting in Redis for the drainer.",
+            )
+            .unwrap_or_else(|e| panic!("metric ledger backlog: {e}")),
+            ledger_backlog_age_seconds: Gauge::new(
+                "tollgate_ledger_backlog_age_seconds",
+                "Age of the oldest ledger entry waiting in Redis.",
+            )
+            .unwrap_or_else(|e| panic!("metric ledger backlog age: {e}")),
+            ledger_backlog_over_bound: IntGauge::new(
+                "tollgate_ledger_backlog_over_bound",
+                "1 while the ledger backlog is past ledger.max_backlog.",
+            )
+            .unwrap_or_else(|e| panic!("metric ledger bound: {e}")),
+            ledger_drained: counter(
+                "tollgate_ledger_drained_events_total",
+                "Ledger entries moved from Redis to PostgreSQL.",
+                &["stream"],
+            ),
+            ledger_drain_errors: counter(
+                "tollgate_ledger_drain_errors_total",
+                "Failed ledger drain steps.",
+                &["stage"],
+            ),
             store_seconds: histogram("tollgate_store_seconds", "Store call latency.", &["op"]),
             upstream_seconds: histogram(
                 "tollgate_upstream_seconds",
@@ -129,6 +166,11 @@ impl Metrics {
         let _ = r.register(Box::new(m.store_seconds.clone()));
         let _ = r.register(Box::new(m.upstream_seconds.clone()));
         let _ = r.register(Box::new(m.x402_settlements.clone()));
+        let _ = r.register(Box::new(m.ledger_backlog_events.clone()));
+        let _ = r.register(Box::new(m.ledger_backlog_age_seconds.clone()));
+        let _ = r.register(Box::new(m.ledger_backlog_over_bound.clone()));
+        let _ = r.register(Box::new(m.ledger_drained.clone()));
+        let _ = r.register(Box::new(m.ledger_drain_errors.clone()));
         m
     }
 }

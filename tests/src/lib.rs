@@ -33,6 +33,7 @@ use tollgate_middleware::Paywall;
 pub mod engine;
 pub mod facilitator;
 pub mod fixtures;
+pub mod postgres;
 
 /// A private `redis-server` on a unix socket in a temp dir, killed on drop.
 pub struct RedisServer {

@@ -8,6 +8,7 @@
 
 mod amount;
 mod issuers;
+mod ledger;
 mod plans;
 mod price;
 mod routes;
@@ -26,6 +27,7 @@ use tollgate_middleware::plan::Plan;
 use tollgate_middleware::x402::HttpFacilitator;
 
 pub use issuers::{IssuerConfig, IssuerSource};
+pub use ledger::{LedgerConfig, LEDGER_PASSWORD_ENV};
 pub use plans::{MoneyConfig, PlanConfig, PlanUnitsConfig};
 pub use price::{MeterConfig, PriceConfig};
 pub use routes::{Capture, ExactOfferConfig, RateLimitConfig, Route, RouteConfig};
@@ -174,6 +176,9 @@ pub struct Config {
     /// Where payment state lives.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The PostgreSQL ledger of record (with a Redis store).
+    #[serde(default)]
+    pub ledger: Option<LedgerConfig>,
     /// Routes, matched in order.
     pub routes: Vec<RouteConfig>,
     /// Plans sold (usage-based subscriptions and passes).
@@ -360,6 +365,7 @@ impl Config {
         }
         let issuers = validate_issuers(&self.issuers, base_dir)?;
         validate_store(&self.store)?;
+        ledger::validate_ledger(self.ledger.as_ref(), &self.store)?;
         let facilitator = self.x402.as_ref().map(validate_x402).transpose()?;
         let routes = validate_routes(&self.routes, &currencies, &issuers, facilitator.as_ref())?;
         let a = &self.agent;

@@ -82,7 +82,7 @@ struct Summary {
 
 async fn load_summary(admin: &Admin, range: &DayRange) -> Result<Summary, StoreError> {
     let (from, to, days) = range.days()?;
-    let rows = admin.paywall().store().usage(None, &from, &to).await?;
+    let rows = admin.ledger().usage(None, &from, &to).await?;
     Ok(Summary {
         from,
         to,
@@ -231,7 +231,7 @@ pub(crate) async fn top_payers(
             .unwrap_or_default(),
     };
     let store = admin.paywall().store().clone();
-    let mut totals = match store.payer_totals(&from, &to).await {
+    let mut totals = match admin.ledger().payer_totals(&from, &to).await {
         Ok(t) => t,
         Err(e) => return range_error(e),
     };

@@ -34,6 +34,12 @@ where
     }
 }
 
+/// How long after the reconciler starts a balance hold's settled marker is surely still there:
+/// the Redis store keeps it [`crate::store::DEFAULT_SETTLED_KEEP`] (90 s) from the capture,
+/// and the reconciler starts at most one retry window (60 s) after it. Past this, "hold gone
+/// and no marker" may be a capture whose marker expired: the ledger of record answers.
+const MARKER_CERTAIN: Duration = Duration::from_secs(30);
+
 /// The store did not answer a capture within the retry window, so the response was withheld --
 /// but the capture may have landed. In the background, until the store answers (up to an hour):
 /// release the hold; if it is gone because the capture did land, refund the charge to the
@@ -54,7 +60,8 @@ pub(super) fn reconcile(
             Held::Receipt(r) => (r.payer.clone(), r.id.clone()),
             Held::Balance(hold) => (hold.payer.clone(), hold.id.clone()),
         };
-        let deadline = Instant::now() + Duration::from_secs(3600);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(3600);
         let mut wait = Duration::from_millis(200);
         loop {
             let outcome: Result<Option<u64>, crate::store::StoreError> = async {
@@ -75,6 +82,10 @@ pub(super) fn reconcile(
                             let Settlement::Capture(event) = &capture else { return Ok(None) };
                             match store.capture_hold(hold, amount_minor, event).await? {
                                 HoldSettleOutcome::Captured { charged_minor, .. } => Ok(Some(charged_minor)),
+                                _ if started.elapsed() > MARKER_CERTAIN => {
+                                    tracing::warn!(%reservation, %payer, "reconciled late: the hold is gone and its settled marker may have expired; if the ledger has an event for this reservation, refund it");
+                                    Ok(None)
+                                }
                                 _ => Ok(None),
                             }
                         }

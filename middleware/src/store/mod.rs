@@ -74,7 +74,10 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 pub use self::charge::{void_event, ChargeOutcome, VoidOutcome};
-pub use self::redis::{RedisStore, RedisStoreOptions};
+pub use self::redis::{
+    Backlog, CreditRecord, LedgerEntry, LedgerStream, RedisStore, RedisStoreOptions, StreamBatch,
+    DEFAULT_SETTLED_KEEP,
+};
 pub use self::sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous, SCHEMA_VERSION};
 use crate::money::{Amount, Currency};
 

@@ -21,12 +21,12 @@ for i = 6, 5 + 2 * n do
   fields[#fields + 1] = ARGV[i]
 end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
-for i = 6 + 2 * n, #ARGV, 2 do
+for i = 6 + 2 * n, AGGREGATES and #ARGV or 0, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1])
   redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
 end
 payer_totals(KEYS[7], field_of(fields, 'payer'), field_of(fields, 'currency'), field_of(fields, 'amount_minor'))
-for _, k in ipairs({KEYS[3], KEYS[4]}) do
+for _, k in ipairs(AGGREGATES and {KEYS[3], KEYS[4]} or {}) do
   if redis.call('PTTL', k) < 0 then
     redis.call('PEXPIRE', k, 400 * 86400 * 1000)
   end

@@ -3,7 +3,7 @@
 -- aggregates are updated -- atomically.
 -- KEYS[1] account hash   KEYS[2] holds hash   KEYS[3] usage event stream
 -- KEYS[4] payer's daily aggregates   KEYS[5] bucket's daily aggregates (all payers)
--- KEYS[6] settled marker of this reservation (kept a day: a retried capture whose first reply
+-- KEYS[6] settled marker of this reservation (kept SETTLED_KEEP_MS: a retried capture whose first reply
 --         was lost learns the outcome instead of guessing)
 -- KEYS[7] bucket's per-payer day totals (payer listing)
 -- with a mandate: KEYS[8] window hash (the charge never exceeds the window's room; it is
@@ -58,7 +58,7 @@ fields[#fields + 1] = tostring(charge)
 fields[#fields + 1] = 'uncharged_minor'
 fields[#fields + 1] = tostring(uncharged)
 local id = redis.call('XADD', KEYS[3], '*', unpack(fields))
-for _, k in ipairs({KEYS[4], KEYS[5]}) do
+for _, k in ipairs(AGGREGATES and {KEYS[4], KEYS[5]} or {}) do
   redis.call('HINCRBY', k, ARGV[3], string.format('%d', charge))
   for i = 5 + 2 * n, #ARGV, 2 do
     redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1])
@@ -68,5 +68,5 @@ for _, k in ipairs({KEYS[4], KEYS[5]}) do
   end
 end
 payer_totals(KEYS[7], field_of(fields, 'payer') or '', cur, string.format('%d', charge))
-redis.call('SET', KEYS[6], id .. '|' .. string.format('%d', charge) .. '|' .. string.format('%d', uncharged) .. '|' .. cur, 'PX', 86400000)
+redis.call('SET', KEYS[6], id .. '|' .. string.format('%d', charge) .. '|' .. string.format('%d', uncharged) .. '|' .. cur, 'PX', SETTLED_KEEP_MS)
 return {'captured', id, charge, uncharged, bal + held - charge}

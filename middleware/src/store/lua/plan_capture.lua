@@ -23,7 +23,7 @@ if tonumber(ARGV[1]) > 0 then
   redis.call('HINCRBY', KEYS[6], 'used', ARGV[1])
 end
 local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
-for _, k in ipairs({KEYS[3], KEYS[4]}) do
+for _, k in ipairs(AGGREGATES and {KEYS[3], KEYS[4]} or {}) do
   for i = 3 + 2 * n, #ARGV, 2 do
     redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1])
   end
@@ -32,5 +32,5 @@ for _, k in ipairs({KEYS[3], KEYS[4]}) do
   end
 end
 payer_totals(KEYS[5], field_of(fields, 'payer'), nil, nil)
-redis.call('SET', KEYS[1], id, 'PX', 86400000)
+redis.call('SET', KEYS[1], id, 'PX', SETTLED_KEEP_MS)
 return {'captured', id, balance}

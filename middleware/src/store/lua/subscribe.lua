@@ -42,7 +42,7 @@ for i = 6, 5 + 2 * n do
   fields[#fields + 1] = ARGV[i]
 end
 local id = redis.call('XADD', KEYS[3], '*', unpack(fields))
-for _, k in ipairs({KEYS[4], KEYS[5]}) do
+for _, k in ipairs(AGGREGATES and {KEYS[4], KEYS[5]} or {}) do
   for i = 6 + 2 * n, #ARGV, 2 do
     redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1])
   end

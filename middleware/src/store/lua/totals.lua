@@ -1,7 +1,21 @@
+-- The store's options, the first two ARGV of every script that records usage (after
+-- owner.lua's own, which it takes off first); taken off here, before the script proper reads
+-- its ARGV:
+-- AGGREGATES: '1' moves the daily aggregates and payer totals in the same step as each event
+--   (no ledger database: the admin API reads them from here); '0' when a ledger of record
+--   (PostgreSQL, fed by the drainer) derives them, so the hot scripts do not.
+-- SETTLED_KEEP_MS: how long a settled marker (`done:<reservation>`) is kept: as long as a
+--   capture retry or the reconciler can ask for the outcome (RedisStoreOptions::settled_keep).
+local AGGREGATES = table.remove(ARGV, 1) == '1'
+local SETTLED_KEEP_MS = table.remove(ARGV, 1)
+
 -- The bucket's per-payer day totals (the admin payer listing), moved in the same step as each
 -- capture's other aggregates (prepended to the scripts that record usage events).
 -- `amount` nil: count the request only. `sign` -1 moves them back (a void); default 1.
 local function payer_totals(key, payer, currency, amount, sign)
+  if not AGGREGATES then
+    return
+  end
   sign = sign or 1
   redis.call('HINCRBY', key, payer .. '|requests', sign)
   if amount then
@@ -38,6 +52,9 @@ end
 -- stream id.
 local function record_usage(stream, payer_agg, bucket_agg, totals, fields, argv, from, sign)
   local id = redis.call('XADD', stream, '*', unpack(fields))
+  if not AGGREGATES then
+    return id
+  end
   for _, k in ipairs({payer_agg, bucket_agg}) do
     for i = from, #argv, 2 do
       redis.call('HINCRBY', k, argv[i], string.format('%d', sign * tonumber(argv[i + 1])))

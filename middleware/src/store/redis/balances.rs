@@ -113,6 +113,7 @@ impl BalanceStore for RedisStore {
         if h.plan.as_ref().is_some_and(|p| p.covered) {
             let fields = event.to_fields(true);
             let mut inv = self.scripts.plan_capture.prepare_invoke();
+            self.usage_options(&mut inv);
             inv.key(self.done_key(h))
                 .key(self.events_key(h.bucket()))
                 .key(self.payer_agg_key(&h.payer, &day))
@@ -152,6 +153,7 @@ impl BalanceStore for RedisStore {
         }
         let fields = event.to_fields(false);
         let mut inv = self.scripts.capture_hold.prepare_invoke();
+        self.usage_options(&mut inv);
         inv.key(self.account_key(&h.payer))
             .key(self.holds_key(&h.payer))
             .key(self.events_key(h.bucket()))
@@ -194,7 +196,8 @@ impl BalanceStore for RedisStore {
             let mut inv = self.scripts.plan_release.prepare_invoke();
             inv.key(self.done_key(h))
                 .key(self.subscription_key(&h.payer, &p.plan))
-                .arg(if p.unit.is_some() { "units" } else { "calls" });
+                .arg(if p.unit.is_some() { "units" } else { "calls" })
+                .arg(ms(self.settled_keep));
             let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
             return Ok(if n == 1 {
                 HoldSettleOutcome::Released

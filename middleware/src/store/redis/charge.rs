@@ -55,6 +55,7 @@ impl RedisStore {
         {
             return Ok(ChargeOutcome::Refused(AuthorizeOutcome::Replayed));
         }
+        self.usage_options(&mut inv);
         inv.key(self.receipt_key(r))
             .key(self.blocked_key(&r.payer))
             .key(self.events_key(b))
@@ -91,6 +92,7 @@ impl RedisStore {
         let day = utc_day(event.time_ms);
         let b = h.bucket();
         let mut inv = self.scripts.hold_capture.prepare_invoke();
+        self.usage_options(&mut inv);
         inv.key(self.account_key(&h.payer))
             .key(self.holds_key(&h.payer))
             .key(self.blocked_key(&h.payer))
@@ -147,6 +149,7 @@ impl RedisStore {
             }
             (None, None) => return Err(StoreError::Protocol("void of nothing".into())),
         };
+        self.usage_options(&mut inv);
         inv.key(self.events_key(b))
             .key(self.payer_agg_key(&charge.payer, &day))
             .key(self.bucket_agg_key(b, &day))

@@ -1,6 +1,259 @@
-//! The Redis store's the usage ledger and what is derived from it ([`crate::store::LedgerStore`]).
+//! The Redis store's usage ledger and what is derived from it ([`crate::store::LedgerStore`]),
+//! and the drain side of its streams: each bucket's `events` (usage events and voids) and
+//! `credits` streams are the short buffer a drainer (`ledger::Drainer`, feature `postgres`)
+//! reads from the head, inserts into the ledger of record and only then trims.
+//!
+//! Trimming is `XTRIM MINID` just past the last entry a drainer inserted. Entries are read
+//! from the head, and everything before the head was inserted by whoever trimmed it, so a
+//! trim never removes an entry nobody inserted -- also when two drainers overlap (a lease
+//! that lapsed): the later trim is then a no-op or covers entries the later drainer inserted
+//! itself.
 
 use super::*;
+
+/// The two ledger streams of each bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LedgerStream {
+    /// Usage events (charges) and their voids.
+    Events,
+    /// Balance credits and debits (top-ups, admin credits, refunds).
+    Credits,
+}
+
+impl LedgerStream {
+    /// Both, in drain order.
+    pub const ALL: [LedgerStream; 2] = [LedgerStream::Events, LedgerStream::Credits];
+
+    /// The stream's key suffix, and its metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            LedgerStream::Events => "events",
+            LedgerStream::Credits => "credits",
+        }
+    }
+}
+
+/// One balance credit or debit as its stream records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditRecord {
+    /// Credit ledger id `<ms>-<seq>-<bucket>` (as [`crate::store::CreditOutcome`] answers).
+    pub id: String,
+    /// When it was applied, unix ms (the Redis clock: the stream id's time).
+    pub time_ms: i64,
+    /// Whose balance.
+    pub payer: String,
+    /// Currency code.
+    pub currency: String,
+    /// Signed amount in minor units (a debit is negative).
+    pub amount_minor: i64,
+    /// Why (`topup`, the admin's reason, a refund).
+    pub reason: String,
+    /// Who: `receipt:<iss>:<jti>`, `admin`, `reconcile:<reservation>`.
+    pub source: String,
+}
+
+/// One entry of a ledger stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerEntry {
+    /// A usage event or void (from `events`).
+    Event(UsageEvent),
+    /// A credit or debit (from `credits`).
+    Credit(CreditRecord),
+    /// An entry that does not parse: kept whole (the ledger stores it apart, so the drain
+    /// never stalls on it and nothing is lost).
+    Unreadable {
+        /// Its ledger id.
+        id: String,
+        /// Its raw fields.
+        fields: Vec<(String, String)>,
+        /// Why it does not parse.
+        error: String,
+    },
+}
+
+/// Entries read from the head of one bucket's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamBatch {
+    /// Which stream.
+    pub stream: LedgerStream,
+    /// Which bucket.
+    pub bucket: u64,
+    /// The entries, oldest first.
+    pub entries: Vec<LedgerEntry>,
+    /// The stream id of the last entry (what [`RedisStore::trim_ledger`] trims up to).
+    last: Option<(u64, u64)>,
+}
+
+impl StreamBatch {
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// What waits in the ledger streams of every bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Entries not drained yet.
+    pub entries: u64,
+    /// Time of the oldest of them, unix ms (Redis clock); `None` when nothing waits.
+    pub oldest_ms: Option<i64>,
+}
+
+fn stream_id_parts(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+impl CreditRecord {
+    fn from_fields(id: String, time_ms: i64, fields: &[(String, String)]) -> Result<Self, String> {
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(f, _)| f == k)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| format!("credit {id} lacks {k}"))
+        };
+        let amount_minor = get("amount_minor")?
+            .parse()
+            .map_err(|_| format!("credit {id}: bad amount_minor"))?;
+        Ok(CreditRecord {
+            time_ms,
+            payer: get("payer")?,
+            currency: get("currency")?,
+            amount_minor,
+            reason: get("reason").unwrap_or_default(),
+            source: get("source").unwrap_or_default(),
+            id,
+        })
+    }
+}
+
+impl RedisStore {
+    fn ledger_stream_key(&self, stream: LedgerStream, bucket: u64) -> String {
+        match stream {
+            LedgerStream::Events => self.events_key(bucket),
+            LedgerStream::Credits => self.key(bucket, "credits"),
+        }
+    }
+
+    /// Take or renew the drain lease of `bucket` for drainer `owner` (for `lease`) and read
+    /// up to `count` entries from the head (oldest end) of each of its ledger streams, in one
+    /// call: `None` while another drainer holds the lease.
+    pub async fn lease_and_read(
+        &self,
+        bucket: u64,
+        owner: &str,
+        lease: Duration,
+        count: usize,
+    ) -> Result<Option<[StreamBatch; 2]>, StoreError> {
+        type Page = Vec<(String, Vec<(String, String)>)>;
+        let mut conn = self.connection().await?;
+        let mut inv = self.scripts.drain_lease.prepare_invoke();
+        inv.key(self.key(bucket, "drain-lease"))
+            .key(self.ledger_stream_key(LedgerStream::Events, bucket))
+            .key(self.ledger_stream_key(LedgerStream::Credits, bucket))
+            .arg(owner)
+            .arg(ms(lease))
+            .arg(count.max(1));
+        let pages: Option<(Page, Page)> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(pages.map(|(events, credits)| {
+            [
+                Self::batch(LedgerStream::Events, bucket, events),
+                Self::batch(LedgerStream::Credits, bucket, credits),
+            ]
+        }))
+    }
+
+    /// Parse a page of stream entries.
+    fn batch(
+        stream: LedgerStream,
+        bucket: u64,
+        page: Vec<(String, Vec<(String, String)>)>,
+    ) -> StreamBatch {
+        let last = page.last().and_then(|(id, _)| stream_id_parts(id));
+        let entries = page
+            .into_iter()
+            .map(|(sid, fields)| {
+                let id = Self::ledger_id(bucket, &sid);
+                let parsed = match stream {
+                    LedgerStream::Events => UsageEvent::from_fields(id.clone(), &fields)
+                        .map(LedgerEntry::Event)
+                        .map_err(|e| e.to_string()),
+                    LedgerStream::Credits => {
+                        let time_ms = stream_id_parts(&sid)
+                            .and_then(|(ms, _)| i64::try_from(ms).ok())
+                            .unwrap_or(0);
+                        CreditRecord::from_fields(id.clone(), time_ms, &fields)
+                            .map(LedgerEntry::Credit)
+                    }
+                };
+                parsed.unwrap_or_else(|error| LedgerEntry::Unreadable { id, fields, error })
+            })
+            .collect();
+        StreamBatch {
+            stream,
+            bucket,
+            entries,
+            last,
+        }
+    }
+
+    /// Remove a batch from its stream once the ledger holds it: `XTRIM MINID` just past its
+    /// last entry (see the module docs for why that never removes an entry nobody inserted).
+    /// Returns the number of entries removed (0 when another drainer trimmed them first).
+    pub async fn trim_ledger(&self, batch: &StreamBatch) -> Result<u64, StoreError> {
+        let Some((ms, seq)) = batch.last else {
+            return Ok(0);
+        };
+        let min_id = match seq.checked_add(1) {
+            Some(next) => format!("{ms}-{next}"),
+            None => format!("{}-0", ms.saturating_add(1)),
+        };
+        let mut conn = self.connection().await?;
+        self.bounded(
+            redis::cmd("XTRIM")
+                .arg(self.ledger_stream_key(batch.stream, batch.bucket))
+                .arg("MINID")
+                .arg("=")
+                .arg(min_id)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    /// What waits in every bucket's ledger streams (one call per bucket).
+    pub async fn ledger_backlog(&self) -> Result<Backlog, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut total = Backlog::default();
+        for bucket in 0..BUCKETS {
+            let mut inv = self.scripts.backlog.prepare_invoke();
+            for stream in LedgerStream::ALL {
+                inv.key(self.ledger_stream_key(stream, bucket));
+            }
+            let reply: Vec<Value> = self.bounded(inv.invoke_async(&mut conn)).await?;
+            for pair in reply.chunks(2) {
+                let len = match pair.first() {
+                    Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+                    _ => 0,
+                };
+                let oldest = match pair.get(1) {
+                    Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                        .ok()
+                        .and_then(stream_id_parts)
+                        .and_then(|(ms, _)| i64::try_from(ms).ok()),
+                    _ => None,
+                };
+                total.entries += len;
+                total.oldest_ms = match (total.oldest_ms, oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        Ok(total)
+    }
+}
 
 #[async_trait]
 impl LedgerStore for RedisStore {

@@ -17,6 +17,8 @@ mod charge;
 mod control;
 mod idempotency;
 mod ledger;
+
+pub use ledger::{Backlog, CreditRecord, LedgerEntry, LedgerStream, StreamBatch};
 mod mandates;
 mod owner;
 mod plans;
@@ -50,6 +52,10 @@ pub struct RedisStoreOptions {
     /// Bound on every command (and on connecting).
     pub timeout: Duration,
 }
+
+/// The default of [`RedisStoreOptions::settled_keep`]: the longest settle retry window
+/// (60 s) plus 30 s for the reconciler's first attempts.
+pub const DEFAULT_SETTLED_KEEP: Duration = Duration::from_secs(90);
 
 impl Default for RedisStoreOptions {
     fn default() -> Self {
@@ -86,6 +92,8 @@ struct Scripts {
     idempotency: Script,
     claim_owner: Script,
     renew: Script,
+    drain_lease: Script,
+    backlog: Script,
 }
 
 /// A single server or a cluster.
@@ -138,6 +146,16 @@ pub struct RedisStore {
     /// Last failed connection attempt, to avoid a connect storm while Redis is down.
     last_attempt: Mutex<Option<Instant>>,
     scripts: Scripts,
+    /// Move the daily aggregates and payer totals inside the capture scripts (the admin API
+    /// reads them from here). Off ([`RedisStore::with_ledger_of_record`]) when a ledger of
+    /// record (PostgreSQL, fed by the drainer) derives them: each capture is a few commands
+    /// cheaper and leaves nothing per day and payer behind.
+    aggregates: bool,
+    /// How long a settled marker (`done:<reservation>`) is kept: a capture retried because
+    /// its first reply was lost, or the reconciler, learns the outcome from it. It must
+    /// outlast the settle retry window (at most 60 s) and give the reconciler time to ask;
+    /// with the ledger drained it is the only per-request key a token-paid request leaves.
+    settled_keep: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -184,6 +202,8 @@ impl RedisStore {
             options,
             conn: Mutex::new(None),
             last_attempt: Mutex::new(None),
+            aggregates: true,
+            settled_keep: DEFAULT_SETTLED_KEEP,
             scripts: Scripts {
                 authorize: Script::new(concat!(
                     include_str!("../lua/owner.lua"),
@@ -256,6 +276,8 @@ impl RedisStore {
                 idempotency: Script::new(include_str!("../lua/idempotency.lua")),
                 claim_owner: Script::new(include_str!("../lua/claim_owner.lua")),
                 renew: Script::new(include_str!("../lua/renew.lua")),
+                drain_lease: Script::new(include_str!("../lua/drain_lease.lua")),
+                backlog: Script::new(include_str!("../lua/backlog.lua")),
             },
         };
         if let Err(e) = store.connection().await {
@@ -273,6 +295,23 @@ impl RedisStore {
             tracing::warn!(url = %url, error = %e, "Redis not reachable at start-up; paid routes fail closed until it is");
         }
         Ok(store)
+    }
+
+    /// A ledger of record derives the daily aggregates and payer totals (the gateway's
+    /// `[ledger]`): the capture scripts stop moving them, and [`LedgerStore::usage`] and
+    /// [`LedgerStore::payer_totals`] of this store answer only what was recorded before.
+    /// Read them from the ledger database instead (`ledger::PgLedger`, feature `postgres`).
+    #[must_use]
+    pub fn with_ledger_of_record(mut self) -> Self {
+        self.aggregates = false;
+        self
+    }
+
+    /// Keep settled markers this long ([`DEFAULT_SETTLED_KEEP`] by default; at least 1 s).
+    #[must_use]
+    pub fn settled_keep(mut self, keep: Duration) -> Self {
+        self.settled_keep = keep.max(Duration::from_secs(1));
+        self
     }
 
     async fn connection(&self) -> Result<Conn, StoreError> {
@@ -395,6 +434,14 @@ impl RedisStore {
             )
             .arg(&m.key)
             .arg(&m.summary);
+    }
+
+    /// The store's options, first among the arguments of a script that records usage
+    /// (`totals.lua` takes them off; after `owner.lua`'s, which [`RedisStore::claim_owner`]
+    /// puts first).
+    fn usage_options(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        inv.arg(if self.aggregates { "1" } else { "0" })
+            .arg(ms(self.settled_keep));
     }
 
     /// Run a command with the store's timeout (the manager's own timeout covers the

@@ -30,6 +30,7 @@ impl PlanStore for RedisStore {
         {
             return Ok(SubscribeOutcome::ReceiptUsed);
         }
+        self.usage_options(&mut inv);
         inv.key(self.receipt_key(&r))
             .key(self.subscription_key(&s.payer, &s.plan))
             .key(self.events_key(b))

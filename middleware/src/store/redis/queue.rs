@@ -15,6 +15,7 @@ impl SettlementQueue for RedisStore {
         let day = utc_day(event.time_ms);
         let fields = event.to_fields(true);
         let mut inv = self.scripts.capture_deferred.prepare_invoke();
+        self.usage_options(&mut inv);
         inv.key(self.receipt_key(r))
             .key(self.events_key(b))
             .key(self.payer_agg_key(&r.payer, &day))

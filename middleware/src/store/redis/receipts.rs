@@ -84,6 +84,7 @@ impl ReceiptStore for RedisStore {
                 if let Some(m) = &r.mandate {
                     inv.key(self.window_key(&r.payer, m));
                 }
+                self.usage_options(&mut inv);
                 inv.arg(&r.id).arg(r.spent_until_ms).arg(fields.len());
                 for (k, v) in fields {
                     inv.arg(k).arg(v);
