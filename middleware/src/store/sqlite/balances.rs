@@ -16,8 +16,11 @@ use crate::store::{
     VoidOutcome,
 };
 
-/// How long a capture's settled marker is kept (as Redis's `done:` keys).
-const SETTLED_KEEP_MS: i64 = 86_400_000;
+/// How long a capture's settled marker is kept: as long as a retried capture or the
+/// reconciler can ask for it, as the Redis store's `done:` keys
+/// ([`crate::store::DEFAULT_SETTLED_KEEP`]), so the file does not keep a row per request
+/// beyond the ledger's own.
+const SETTLED_KEEP_MS: i64 = crate::store::DEFAULT_SETTLED_KEEP.as_millis() as i64;
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

@@ -64,6 +64,20 @@ fn event(payer: &str, now: i64, amount_minor: u64) -> UsageEvent {
     }
 }
 
+/// A reservation asking 70 of mandate-1's window (budget 100).
+fn m_reservation(now: i64) -> Reservation {
+    let mut m = reservation("res-m", "jm2", now);
+    m.mandate = Some(crate::store::MandateCharge {
+        key: "mandate-1".into(),
+        budget_minor: 100,
+        amount_minor: 70,
+        window_start_ms: now - 1_000,
+        window_end_ms: now + 86_400_000,
+        summary: "{}".into(),
+    });
+    m
+}
+
 fn hold(id: &str, amount_minor: u64) -> Hold {
     Hold {
         id: id.into(),
@@ -105,7 +119,8 @@ async fn a_second_writer_is_refused_until_the_first_closes() {
 }
 
 /// What a restart must keep: balances, holds (still expiring), spent receipts (no replay),
-/// idempotency of credits, the ledger and its aggregates.
+/// idempotency of credits, plan periods, mandate windows, request idempotency keys, the x402
+/// queue, the ledger and its aggregates.
 #[tokio::test]
 async fn state_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -131,6 +146,49 @@ async fn state_survives_a_reopen() {
             .await
             .unwrap();
         assert!(matches!(captured, SettleOutcome::Captured { .. }));
+        // A plan period, a mandate's spend, a request idempotency key, an x402 job.
+        let sub = crate::store::Subscription {
+            payer: "p".into(),
+            plan: "pro".into(),
+            period_ms: 86_400_000,
+            calls: Some(10),
+            now_ms: now,
+            issuer: "https://issuer".into(),
+            receipt_id: "sub-1".into(),
+            keep_until_ms: now + 3_600_000,
+            event: event("p", now, 0),
+        };
+        assert!(matches!(
+            s.subscribe(&sub).await.unwrap(),
+            crate::store::SubscribeOutcome::Subscribed { .. }
+        ));
+        let mut m = reservation("res-m", "jm", now);
+        m.mandate = Some(crate::store::MandateCharge {
+            key: "mandate-1".into(),
+            budget_minor: 100,
+            amount_minor: 40,
+            window_start_ms: now - 1_000,
+            window_end_ms: now + 86_400_000,
+            summary: "{}".into(),
+        });
+        assert_eq!(s.authorize(&m).await.unwrap(), AuthorizeOutcome::Reserved);
+        s.settle(&m, &Settlement::Capture(Box::new(event("p", now, 40))))
+            .await
+            .unwrap();
+        let ttl = Duration::from_secs(3_600);
+        let claim = s
+            .idempotency_claim("p", "idem-1", "fp", "t1", ttl)
+            .await
+            .unwrap();
+        assert_eq!(claim, crate::store::IdempotencyClaim::Claimed);
+        s.idempotency_finish("p", "idem-1", "t1", Some(("ev-x", now)))
+            .await
+            .unwrap();
+        let x = reservation("res-x", "jx", now);
+        s.authorize(&x).await.unwrap();
+        s.capture_deferred(&x, &event("p", now, 3), "{}")
+            .await
+            .unwrap();
     }
     // A fresh process: wait for the old writer to let go, then reopen.
     let s = loop {
@@ -158,12 +216,36 @@ async fn state_survives_a_reopen() {
         "a receipt spent before the restart stays spent"
     );
     let events = s.usage_events().await.unwrap();
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].amount_minor, 5);
-    let day = crate::store::utc_day(now);
-    let usage = s.usage(Some("p"), &day, &day).await.unwrap();
-    assert_eq!(usage.len(), 1);
-    assert_eq!(usage[0].requests, 1);
+    let amounts: Vec<u64> = events.iter().map(|e| e.amount_minor).collect();
+    assert_eq!(
+        amounts,
+        [5, 0, 40, 3],
+        "capture, subscription, mandate payment, x402"
+    );
+    let period = s.subscription("p", "pro").await.unwrap().unwrap();
+    assert_eq!((period.calls, period.used), (Some(10), 0));
+    let mut again = m_reservation(now);
+    again.id = "res-m2".into();
+    assert_eq!(
+        s.authorize(&again).await.unwrap(),
+        AuthorizeOutcome::MandateExceeded { room_minor: 60 },
+        "the mandate's spend (40 of 100) survived: 40 more fit, but 70 do not"
+    );
+    assert_eq!(
+        s.idempotency_claim("p", "idem-1", "fp", "t2", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        crate::store::IdempotencyClaim::Done {
+            event_id: "ev-x".into(),
+            time_ms: now
+        }
+    );
+    let jobs = s
+        .claim_settlements(10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1, "the x402 job survived");
+    assert_eq!(jobs[0].id, events[3].id);
     // The hold still expires on time after the restart, and is given back.
     clock.advance_ms(60_001);
     let account = s.account("p").await.unwrap();
@@ -183,8 +265,10 @@ async fn state_survives_a_reopen() {
         .into_iter()
         .map(|e| e.id)
         .collect();
-    assert_eq!(ids.len(), 2);
-    assert!(crate::store::event_order(&ids[0]) < crate::store::event_order(&ids[1]));
+    assert_eq!(ids.len(), 5);
+    assert!(ids
+        .windows(2)
+        .all(|w| crate::store::event_order(&w[0]) < crate::store::event_order(&w[1])));
 }
 
 #[tokio::test]
