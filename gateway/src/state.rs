@@ -182,8 +182,14 @@ pub(crate) async fn build_inner(
         .iter()
         .map(|(k, (_, t))| (k.clone(), *t))
         .collect();
+    let metrics = tollgate_middleware::metrics::global();
     for (currency, suggested) in validated.currencies.values() {
+        metrics.init_currency(currency.code(), currency.scale());
         builder = builder.currency(currency.clone(), *suggested);
+    }
+    for route in &validated.routes {
+        let currency = route.price.currency().map(|c| c.code());
+        metrics.init_route(&route.config.id, currency);
     }
     for plan in &validated.plans {
         builder = builder.plan(plan.clone());

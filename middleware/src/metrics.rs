@@ -1,12 +1,16 @@
 //! Prometheus metrics, process-wide (one registry per process, as scrapers expect).
 //!
-//! Amounts are counted in **minor units** (integers, exact) with the currency as a label; divide
-//! by 10^scale for display. [`render`] gives the text exposition format.
+//! Amounts are counted in **atomic units** (integers, exact; the `_atomic_` in their names) with
+//! the currency as a label; `tollgate_currency_info{currency, scale}` gives the scale to divide by
+//! (10^scale). Series of configured routes and currencies exist from the start at 0
+//! ([`Metrics::init_route`], [`Metrics::init_currency`]), so `rate()` and alerts work before the
+//! first payment. [`render`] gives the text exposition format.
 
 use std::sync::OnceLock;
 
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every Tollgate metric.
@@ -21,15 +25,15 @@ pub struct Metrics {
     /// Credentials accepted or refused, by kind (`receipt`, `token`, `none`) and outcome
     /// (`accepted` or the refusal code).
     pub credentials: IntCounterVec,
-    /// Revenue captured, minor units, by route and currency.
+    /// Revenue captured, atomic units, by route and currency (`tollgate_revenue_atomic_total`).
     pub revenue_minor: IntCounterVec,
-    /// Usage that could not be charged (balance exhausted), minor units.
+    /// Usage that could not be charged (balance exhausted), atomic units.
     pub uncharged_minor: IntCounterVec,
     /// Units of metered usage, by route and unit.
     pub usage_units: IntCounterVec,
-    /// Prepaid credit added by top-ups, minor units, by currency.
+    /// Prepaid credit added by top-ups, atomic units, by currency.
     pub topups_minor: IntCounterVec,
-    /// Refunds of captures whose response was withheld (store unreachable), minor units.
+    /// Refunds of captures whose response was withheld (store unreachable), atomic units.
     pub refunds_minor: IntCounterVec,
     /// Receipt and balance holds in flight in this process.
     pub holds_in_flight: IntGauge,
@@ -51,11 +55,19 @@ pub struct Metrics {
     pub ledger_drained: IntCounterVec,
     /// Failed drain steps, by stage (`redis`, `postgres`).
     pub ledger_drain_errors: IntCounterVec,
+    /// 1, labelled with the version.
+    pub build_info: IntGaugeVec,
+    /// 1 per configured currency, labelled with its scale.
+    pub currency_info: IntGaugeVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"))
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -86,13 +98,13 @@ impl Metrics {
                 &["kind", "outcome"],
             ),
             revenue_minor: counter(
-                "tollgate_revenue_minor_total",
-                "Revenue captured, in minor units.",
+                "tollgate_revenue_atomic_total",
+                "Revenue captured, in atomic units of the currency (see tollgate_currency_info).",
                 &["route", "currency"],
             ),
             uncharged_minor: counter(
-                "tollgate_uncharged_minor_total",
-                "Usage not charged (balance exhausted), in minor units.",
+                "tollgate_uncharged_atomic_total",
+                "Usage not charged (balance exhausted), in atomic units.",
                 &["route", "currency"],
             ),
             usage_units: counter(
@@ -101,13 +113,13 @@ impl Metrics {
                 &["route", "unit"],
             ),
             topups_minor: counter(
-                "tollgate_topups_minor_total",
-                "Prepaid credit added by top-ups, in minor units.",
+                "tollgate_topups_atomic_total",
+                "Prepaid credit added by top-ups, in atomic units.",
                 &["currency"],
             ),
             refunds_minor: counter(
-                "tollgate_refunds_minor_total",
-                "Refunds of captures whose response was withheld, in minor units.",
+                "tollgate_refunds_atomic_total",
+                "Refunds of captures whose response was withheld, in atomic units.",
                 &["currency"],
             ),
             holds_in_flight: IntGauge::new(
@@ -140,9 +152,13 @@ impl Metrics {
                 "Failed ledger drain steps.",
                 &["stage"],
             ),
-            store_seconds: histogram("tollgate_store_seconds", "Store call latency.", &["op"]),
+            store_seconds: histogram(
+                "tollgate_store_duration_seconds",
+                "Store call latency.",
+                &["op"],
+            ),
             upstream_seconds: histogram(
-                "tollgate_upstream_seconds",
+                "tollgate_upstream_duration_seconds",
                 "Time to the upstream's response head.",
                 &["route"],
             ),
@@ -151,7 +167,20 @@ impl Metrics {
                 "x402 deferred settlement attempts by outcome.",
                 &["outcome"],
             ),
+            build_info: gauge(
+                "tollgate_build_info",
+                "Always 1; the labels say which build runs.",
+                &["version"],
+            ),
+            currency_info: gauge(
+                "tollgate_currency_info",
+                "Always 1 per configured currency; scale: the atomic units per unit are 10^scale.",
+                &["currency", "scale"],
+            ),
         };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let r = &m.registry;
         // Registering distinct, valid metrics in a fresh registry cannot fail.
         let _ = r.register(Box::new(m.requests.clone()));
@@ -171,7 +200,37 @@ impl Metrics {
         let _ = r.register(Box::new(m.ledger_backlog_over_bound.clone()));
         let _ = r.register(Box::new(m.ledger_drained.clone()));
         let _ = r.register(Box::new(m.ledger_drain_errors.clone()));
+        let _ = r.register(Box::new(m.build_info.clone()));
+        let _ = r.register(Box::new(m.currency_info.clone()));
         m
+    }
+
+    /// Create a route's series at 0 (requests answered 200 and 402, its revenue and uncharged
+    /// usage in its currency, its upstream latency), so they are scraped before its first
+    /// request.
+    pub fn init_route(&self, route: &str, currency: Option<&str>) {
+        for status in ["200", "402"] {
+            self.requests.with_label_values(&[route, status]).inc_by(0);
+        }
+        if let Some(c) = currency {
+            self.revenue_minor.with_label_values(&[route, c]).inc_by(0);
+            self.uncharged_minor
+                .with_label_values(&[route, c])
+                .inc_by(0);
+            self.payment_required
+                .with_label_values(&[route, "payment_required"])
+                .inc_by(0);
+        }
+        let _ = self.upstream_seconds.with_label_values(&[route]);
+    }
+
+    /// Create a currency's series at 0 and state its scale.
+    pub fn init_currency(&self, code: &str, scale: u32) {
+        self.currency_info
+            .with_label_values(&[code, &scale.to_string()])
+            .set(1);
+        self.topups_minor.with_label_values(&[code]).inc_by(0);
+        self.refunds_minor.with_label_values(&[code]).inc_by(0);
     }
 }
 
@@ -210,5 +269,25 @@ mod tests {
         let text = super::render();
         assert!(text.contains("# TYPE tollgate_requests_total counter"));
         assert!(text.contains("tollgate_requests_total{route=\"r\",status=\"200\"}"));
+        assert!(text.contains("tollgate_build_info{version=\""));
+    }
+
+    /// Configured series are there at 0 before any traffic, with the currency's scale.
+    #[test]
+    fn configured_series_start_at_zero() {
+        let m = super::global();
+        m.init_currency("XTS", 6);
+        m.init_route("zero-route", Some("XTS"));
+        let text = super::render();
+        for line in [
+            "tollgate_revenue_atomic_total{currency=\"XTS\",route=\"zero-route\"} 0",
+            "tollgate_uncharged_atomic_total{currency=\"XTS\",route=\"zero-route\"} 0",
+            "tollgate_requests_total{route=\"zero-route\",status=\"402\"} 0",
+            "tollgate_topups_atomic_total{currency=\"XTS\"} 0",
+            "tollgate_currency_info{currency=\"XTS\",scale=\"6\"} 1",
+            "tollgate_upstream_duration_seconds_count{route=\"zero-route\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -922,11 +922,11 @@ async fn metrics_count_requests_refusals_revenue_and_usage() {
         "tollgate_payment_required_total{code=\"payment_required\",route=\"units\"}",
         "tollgate_credentials_total{kind=\"token\",outcome=\"accepted\"}",
         "tollgate_credentials_total{kind=\"none\",outcome=\"payment_required\"}",
-        "tollgate_revenue_minor_total{currency=\"USD\",route=\"units\"}",
+        "tollgate_revenue_atomic_total{currency=\"USD\",route=\"units\"}",
         "tollgate_usage_units_total{route=\"units\",unit=\"unit\"}",
-        "tollgate_topups_minor_total{currency=\"USD\"}",
-        "tollgate_store_seconds_bucket{op=\"capture_hold\"",
-        "tollgate_upstream_seconds_bucket{route=\"units\"",
+        "tollgate_topups_atomic_total{currency=\"USD\"}",
+        "tollgate_store_duration_seconds_bucket{op=\"capture_hold\"",
+        "tollgate_upstream_duration_seconds_bucket{route=\"units\"",
         "tollgate_holds_in_flight",
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
