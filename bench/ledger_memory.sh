@@ -15,8 +15,8 @@
 # Knobs (environment): REQUESTS (100000), RECEIPTS (20000), WAIT_SECS (120), OUT (bench/out),
 # NO_LEDGER=1 (the comparison: no ledger of record, aggregates written, streams never trimmed;
 # results in ledger_memory_no_ledger.json). SOAK=1 instead runs the flatness check: SOAK_RATE
-# (500) token-paid requests/s for SOAK_SECS (1200), used_memory sampled every 30 s, samples after
-# the first 120 s compared with their mean (results in ledger_soak.json).
+# (500) token-paid requests/s for SOAK_SECS (1200), used_memory sampled every 30 s, samples from
+# 180 s on compared with their mean (results in ledger_soak.json).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
