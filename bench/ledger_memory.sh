@@ -14,7 +14,9 @@
 #
 # Knobs (environment): REQUESTS (100000), RECEIPTS (20000), WAIT_SECS (120), OUT (bench/out),
 # NO_LEDGER=1 (the comparison: no ledger of record, aggregates written, streams never trimmed;
-# results in ledger_memory_no_ledger.json).
+# results in ledger_memory_no_ledger.json). SOAK=1 instead runs the flatness check: SOAK_RATE
+# (500) token-paid requests/s for SOAK_SECS (1200), used_memory sampled every 30 s, samples from
+# 180 s on compared with their mean (results in ledger_soak.json).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -36,11 +38,21 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql
 fi
 
+if [ -n "${SOAK:-}" ]; then
+    log "soak: ${SOAK_RATE:-500} requests/s for ${SOAK_SECS:-1200} s"
+    LEDGER_SOAK_SECS=${SOAK_SECS:-1200} LEDGER_SOAK_RATE=${SOAK_RATE:-500} \
+    LEDGER_BENCH_OUT="$(pwd)/$OUT/ledger_soak.json" \
+        cargo test --locked -q -p tollgate-e2e --test ledger_memory -- --ignored --nocapture \
+        redis_memory_is_flat_under_a_fixed_rate
+    log "results in $OUT/ledger_soak.json"
+    exit 0
+fi
 log "requests=${REQUESTS:-100000} receipts=${RECEIPTS:-20000} wait=${WAIT_SECS:-120}s (about $(( ${WAIT_SECS:-120} + 95 )) s of waiting, plus the load)"
 if [ -n "${NO_LEDGER:-}" ]; then export LEDGER_BENCH_NO_LEDGER=1; fi
 LEDGER_BENCH_REQUESTS=${REQUESTS:-100000} \
 LEDGER_BENCH_RECEIPTS=${RECEIPTS:-20000} \
 LEDGER_BENCH_WAIT_SECS=${WAIT_SECS:-120} \
 LEDGER_BENCH_OUT="$(pwd)/$OUT/ledger_memory${NO_LEDGER:+_no_ledger}.json" \
-    cargo test --locked -q -p tollgate-e2e --test ledger_memory -- --ignored --nocapture
+    cargo test --locked -q -p tollgate-e2e --test ledger_memory -- --ignored --nocapture \
+    redis_bytes_retained_per_paid_request
 log "results in $OUT/ledger_memory${NO_LEDGER:+_no_ledger}.json"

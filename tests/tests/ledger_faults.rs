@@ -295,3 +295,45 @@ async fn postgres_stopped_for_10_s_under_load_stops_no_paid_request_and_drains_a
     assert_eq!(captured, usd.captured);
     assert_eq!(balance, usd.available + usd.held);
 }
+
+#[tokio::test]
+async fn an_unreadable_stream_entry_is_kept_apart_and_does_not_stall_the_drain() {
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let store = redis_store(&redis).await;
+    let ledger = pg_ledger(&pg);
+    // A well-formed capture on each side of an entry that lacks most fields.
+    captures(&store, &["p1"], 1, "before").await;
+    let key = redis::cmd("KEYS")
+        .arg("tollgate:*:events")
+        .query::<Vec<String>>(&mut redis.conn())
+        .unwrap()
+        .remove(0);
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("payer")
+        .arg("p1")
+        .query(&mut redis.conn())
+        .unwrap();
+    captures(&store, &["p1"], 1, "after").await;
+    let mut d = Drainer::new(store.clone(), ledger);
+    drain_all(&store, &mut d).await;
+    let db = pg.client().await;
+    assert_eq!(
+        one_number(&db, "SELECT count(*) FROM ledger_events").await,
+        2
+    );
+    assert_eq!(
+        one_number(&db, "SELECT count(*) FROM ledger_rejects").await,
+        1
+    );
+    let row = db
+        .query_one("SELECT fields->>'payer', error FROM ledger_rejects", &[])
+        .await
+        .unwrap();
+    let (payer, error): (String, String) = (row.get(0), row.get(1));
+    assert_eq!(payer, "p1");
+    assert!(error.contains("lacks"), "{error}");
+    assert_eq!(d.status().drained(), 2);
+}

@@ -263,3 +263,111 @@ async fn redis_bytes_retained_per_paid_request() {
         assert_eq!(drained, requests);
     }
 }
+
+/// `used_memory` over a long load at a fixed rate, with the drainer keeping up: run by
+/// `SOAK=1 bash bench/ledger_memory.sh`. Knobs: `LEDGER_SOAK_SECS` (1200),
+/// `LEDGER_SOAK_RATE` (500 requests/s), `LEDGER_SOAK_SAMPLE_SECS` (30). Samples taken once the
+/// settled markers reached their steady state (from 180 s: their 90 s lifetime, plus the first
+/// seconds' catch-up burst of the paced tasks) are compared with their mean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark (20 minutes): SOAK=1 bash bench/ledger_memory.sh"]
+async fn redis_memory_is_flat_under_a_fixed_rate() {
+    let secs = knob("LEDGER_SOAK_SECS", 1200);
+    let rate = knob("LEDGER_SOAK_RATE", 500).max(8);
+    let sample = Duration::from_secs(knob("LEDGER_SOAK_SAMPLE_SECS", 30));
+    let redis = RedisServer::start();
+    let pg = PostgresServer::start();
+    let opts = RedisStoreOptions {
+        url: redis.url(),
+        timeout: Duration::from_secs(5),
+        ..RedisStoreOptions::default()
+    };
+    let store = Arc::new(
+        RedisStore::connect(opts.clone())
+            .await
+            .unwrap()
+            .with_ledger_of_record(),
+    );
+    let mut options = LedgerOptions::new(pg.url().parse().unwrap());
+    options.scales = [("USD".to_owned(), 6)].into();
+    let drainer = Drainer::new(
+        Arc::new(RedisStore::connect(opts).await.unwrap()),
+        Arc::new(PgLedger::new(options)),
+    );
+    let status = drainer.status();
+    let drain_task = tokio::spawn(drainer.run());
+    for p in 0..PAYERS {
+        let c = Credit {
+            payer: format!("payer-{p}"),
+            currency: "USD".into(),
+            amount_minor: 1_000_000_000_000,
+            idempotency: Idempotency::Key(format!("seed-{p}")),
+            keep_until_ms: (now_secs() + 30) * 1000,
+            reason: "bench".into(),
+            source: "admin".into(),
+        };
+        store.credit(&c).await.unwrap();
+    }
+    let started = Instant::now();
+    let end = started + Duration::from_secs(secs);
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    const SOAK_TASKS: u64 = 8;
+    for t in 0..SOAK_TASKS {
+        let (store, sent) = (store.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(Duration::from_micros(1_000_000 * SOAK_TASKS / rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut i = 0u64;
+            while Instant::now() < end {
+                tick.tick().await;
+                let payer = format!("payer-{}", (t + i * SOAK_TASKS) % PAYERS as u64);
+                token_request(&store, &payer).await;
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    let mut samples = Vec::new();
+    while Instant::now() + sample <= end {
+        tokio::time::sleep(sample).await;
+        let t = started.elapsed().as_secs();
+        let backlog = store.ledger_backlog().await.unwrap().entries;
+        samples.push(json!({"t_secs": t, "used_memory": used_memory(&redis), "keys": keys(&redis), "backlog": backlog}));
+        println!("{}", samples.last().unwrap());
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wait_drained(&store, true).await;
+    drain_task.abort();
+    let steady: Vec<f64> = samples
+        .iter()
+        .filter(|s| s["t_secs"].as_u64().unwrap_or(0) >= 180)
+        .map(|s| s["used_memory"].as_f64().unwrap_or(0.0))
+        .collect();
+    let mean = steady.iter().sum::<f64>() / steady.len().max(1) as f64;
+    let worst = steady
+        .iter()
+        .map(|m| (m - mean).abs() / mean)
+        .fold(0.0, f64::max);
+    let total = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let results = json!({
+        "soak_secs": secs,
+        "target_rate": rate,
+        "requests": total,
+        "achieved_rate": total as f64 / secs as f64,
+        "drained_events": status.drained(),
+        "steady_samples": steady.len(),
+        "steady_mean_used_memory": mean,
+        "steady_max_deviation": worst,
+        "samples": samples,
+    });
+    println!("{}", serde_json::to_string_pretty(&results).unwrap());
+    if let Ok(path) = std::env::var("LEDGER_BENCH_OUT") {
+        std::fs::write(path, results.to_string()).unwrap();
+    }
+    // Every request's event, and the seed credits.
+    assert_eq!(status.drained(), total + PAYERS as u64);
+}

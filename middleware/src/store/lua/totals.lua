@@ -5,7 +5,7 @@
 --   (no ledger database: the admin API reads them from here); '0' when a ledger of record
 --   (PostgreSQL, fed by the drainer) derives them, so the hot scripts do not.
 -- SETTLED_KEEP_MS: how long a settled marker (`done:<reservation>`) is kept: as long as a
---   capture retry or the reconciler can ask for the outcome (RedisStoreOptions::settled_keep).
+--   capture retry or the reconciler can ask for the outcome (RedisStore::settled_keep).
 local AGGREGATES = table.remove(ARGV, 1) == '1'
 local SETTLED_KEEP_MS = table.remove(ARGV, 1)
 

@@ -17,13 +17,13 @@ mod charge;
 mod control;
 mod idempotency;
 mod ledger;
-
-pub use ledger::{Backlog, CreditRecord, LedgerEntry, LedgerStream, StreamBatch};
 mod mandates;
 mod owner;
 mod plans;
 mod queue;
 mod receipts;
+
+pub use ledger::{Backlog, CreditRecord, LedgerEntry, LedgerStream, StreamBatch};
 
 use std::collections::BTreeMap;
 
@@ -53,7 +53,7 @@ pub struct RedisStoreOptions {
     pub timeout: Duration,
 }
 
-/// The default of [`RedisStoreOptions::settled_keep`]: the longest settle retry window
+/// The default of [`RedisStore::settled_keep`]: the longest settle retry window
 /// (60 s) plus 30 s for the reconciler's first attempts.
 pub const DEFAULT_SETTLED_KEEP: Duration = Duration::from_secs(90);
 
