@@ -14,7 +14,7 @@ use super::{configured, invalid, ConfigError};
 ///
 /// Not `#[serde(untagged)]`: an untagged enum takes the first variant whose fields are present
 /// and ignores the rest, so `{ amount, currency, cutof = true }` passed. The table is read as one
-/// [`PriceTable`] that refuses unknown fields, then sorted into its kind.
+/// `PriceTable` that refuses unknown fields, then sorted into its kind.
 #[derive(Debug, Clone)]
 pub enum PriceConfig {
     /// `"free"`.

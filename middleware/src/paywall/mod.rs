@@ -19,7 +19,7 @@
 //! Files, by phase: `offer.rs` (the 402's offers and requirements), `admit.rs` (credential,
 //! verification, authorization), `holds.rs` (balance holds with plan coverage, receipt
 //! reservations, mandates), `admission.rs` (what an admitted request secured: one
-//! [`admission::Secured`] variant per way of paying, each with its own settle and drop),
+//! `admission::Secured` variant per way of paying, each with its own settle and drop),
 //! `settle.rs` (capture or release), `charged.rs` (capture at admission and voids), `x402/`
 //! (x402 `exact`), `keepalive.rs` (holds of long streams), `reconcile.rs` (captures whose
 //! outcome is unknown); decisions as data in `refusal.rs`, written to the wire only by

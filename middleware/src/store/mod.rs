@@ -1,9 +1,9 @@
 //! The payment store: where single use, holds and the usage ledger live.
 //!
-//! Two implementations of one [`Store`] trait: [`RedisStore`] (production; every operation is
-//! one Lua script, atomic across any number of gateway processes) and [`MemoryStore`] (the
-//! embedded default for a single process, and for engine tests). Both follow the same state
-//! machine for a receipt:
+//! Two implementations of one [`Store`] trait: [`RedisStore`] (replicas; every operation is
+//! one Lua script, atomic across any number of gateway processes) and [`SqliteStore`] (the
+//! embedded, persistent default for one process; in memory for engine tests). Both follow the
+//! same state machine for a receipt:
 //!
 //! ```text
 //!   (absent) --authorize--> held:<reservation>  (expires after the hold time)
