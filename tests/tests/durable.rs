@@ -21,22 +21,15 @@ use tollgate_middleware::Store;
 const PAYERS: usize = 4;
 
 fn config(port: u16, wallet: &TestIssuer, up: &TestUpstream) -> String {
-    let jwk = serde_json::to_value(wallet.signer.public_jwk()).unwrap();
-    let jwk_toml: Vec<String> = jwk
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| format!("{k} = {v}"))
-        .collect();
     format!(
         "listen = \"127.0.0.1:{port}\"\nmerchant = \"m\"\n[currencies.USD]\nscale = 6\n\
-         [[issuers]]\nid = \"wallet\"\nkeys = [{{ {} }}]\n\
+         [[issuers]]\nid = \"wallet\"\nkeys = [{}]\n\
          [store]\nkind = \"sqlite\"\npath = \"money.db\"\n\
          [[routes]]\nid = \"echo\"\npath = \"/v1/echo\"\nupstream = \"{}\"\n\
          price = {{ amount = \"0.01\", currency = \"USD\" }}\n\
          [[routes]]\nid = \"now\"\npath = \"/v1/echo/now\"\nupstream = \"{}\"\n\
          price = {{ amount = \"0.01\", currency = \"USD\" }}\ncapture = \"admission\"\n",
-        jwk_toml.join(", "),
+        wallet.jwk_toml(),
         up.url(),
         up.url()
     )
