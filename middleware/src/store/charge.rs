@@ -3,6 +3,10 @@
 
 use super::{AuthorizeOutcome, HoldOutcome, UsageEvent};
 
+/// How long a balance charge's settled marker is kept beyond the hold time, on every backend:
+/// a void comes at the latest when the request's time is up.
+pub(crate) const MARKER_MARGIN_MS: i64 = 60_000;
+
 /// What charging at admission did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChargeOutcome {

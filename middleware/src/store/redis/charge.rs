@@ -8,9 +8,7 @@ use crate::store::{
     UsageEvent, VoidOutcome,
 };
 
-/// How long a balance charge's settled marker is kept beyond the hold time: a void comes at
-/// the latest when the request's time is up.
-const MARKER_MARGIN_MS: i64 = 60_000;
+use crate::store::charge::MARKER_MARGIN_MS;
 
 impl RedisStore {
     /// Event fields, then the aggregate pairs (the amount's included) of `event`.

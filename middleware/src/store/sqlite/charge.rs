@@ -9,9 +9,7 @@ use crate::store::{
     ChargeOutcome, Hold, HoldOutcome, Reservation, StoreError, UsageEvent, VoidOutcome,
 };
 
-/// How long a balance charge's settled marker is kept beyond the hold time (as the Redis
-/// store's): a void comes at the latest when the request's time is up.
-const MARKER_MARGIN_MS: i64 = 60_000;
+use crate::store::charge::MARKER_MARGIN_MS;
 
 impl SqliteStore {
     pub(super) async fn charge_receipt(
