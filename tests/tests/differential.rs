@@ -33,8 +33,8 @@ use tollgate_e2e::{RedisCluster, RedisServer};
 use tollgate_middleware::clock::SystemClock;
 use tollgate_middleware::store::SqliteOptions;
 use tollgate_middleware::store::{
-    void_event, ChargeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome,
-    Idempotency, JobOutcome, VoidOutcome,
+    void_event, ChargeFrom, ChargeOutcome, Credit, CreditOutcome, Hold, HoldOutcome,
+    HoldSettleOutcome, Idempotency, JobOutcome, VoidOutcome,
 };
 use tollgate_middleware::{RedisStore, RedisStoreOptions, SqliteStore, Store, UsageEvent};
 
@@ -188,15 +188,19 @@ async fn hot_payer(store: Arc<dyn Store>, seed: u64) -> (i64, i64, i64, i64) {
                     }
                     2 => {
                         let e = event(payer, "hot-fixed", &h.id, h.amount_minor, 0);
-                        if let ChargeOutcome::Charged { event_id, .. } =
-                            store.hold_capture(&h, &e).await.unwrap()
+                        if let ChargeOutcome::Charged { event_id, .. } = store
+                            .charge_at_admission(ChargeFrom::Balance(&h), &e)
+                            .await
+                            .unwrap()
                         {
                             charged += i64::try_from(h.amount_minor).unwrap();
                             if rng.gen_bool(0.3) {
                                 let charge = UsageEvent { id: event_id, ..e };
                                 let void = void_event(&charge, 1, 0);
-                                if let VoidOutcome::Voided { .. } =
-                                    store.void_hold(&h, &charge, &void).await.unwrap()
+                                if let VoidOutcome::Voided { .. } = store
+                                    .void_admission(ChargeFrom::Balance(&h), &charge, &void)
+                                    .await
+                                    .unwrap()
                                 {
                                     charged -= i64::try_from(h.amount_minor).unwrap();
                                 }

@@ -47,20 +47,24 @@ impl ReceiptStore for Flaky {
     async fn revoke_receipt(&self, i: &str, r: &str) -> Result<bool, StoreError> {
         self.inner.revoke_receipt(i, r).await
     }
-    async fn authorize_capture(
+}
+
+#[async_trait]
+impl AdmissionStore for Flaky {
+    async fn charge_at_admission(
         &self,
-        r: &Reservation,
+        from: ChargeFrom<'_>,
         e: &UsageEvent,
     ) -> Result<ChargeOutcome, StoreError> {
-        self.inner.authorize_capture(r, e).await
+        self.inner.charge_at_admission(from, e).await
     }
-    async fn void_receipt(
+    async fn void_admission(
         &self,
-        r: &Reservation,
+        from: ChargeFrom<'_>,
         c: &UsageEvent,
         v: &UsageEvent,
     ) -> Result<VoidOutcome, StoreError> {
-        self.inner.void_receipt(r, c, v).await
+        self.inner.void_admission(from, c, v).await
     }
 }
 
@@ -110,17 +114,6 @@ impl BalanceStore for Flaky {
 
     async fn account(&self, payer: &str) -> Result<Account, StoreError> {
         self.inner.account(payer).await
-    }
-    async fn hold_capture(&self, h: &Hold, e: &UsageEvent) -> Result<ChargeOutcome, StoreError> {
-        self.inner.hold_capture(h, e).await
-    }
-    async fn void_hold(
-        &self,
-        h: &Hold,
-        c: &UsageEvent,
-        v: &UsageEvent,
-    ) -> Result<VoidOutcome, StoreError> {
-        self.inner.void_hold(h, c, v).await
     }
 }
 
@@ -228,24 +221,18 @@ impl SettlementQueue for Flaky {
 impl IdempotencyStore for Flaky {
     async fn idempotency_claim(
         &self,
-        payer: &str,
-        key: &str,
+        c: &KeyClaim,
         fingerprint: &str,
-        token: &str,
         ttl: Duration,
     ) -> Result<IdempotencyClaim, StoreError> {
-        self.inner
-            .idempotency_claim(payer, key, fingerprint, token, ttl)
-            .await
+        self.inner.idempotency_claim(c, fingerprint, ttl).await
     }
     async fn idempotency_finish(
         &self,
-        payer: &str,
-        key: &str,
-        token: &str,
+        c: &KeyClaim,
         done: Option<(&str, i64)>,
     ) -> Result<(), StoreError> {
-        self.inner.idempotency_finish(payer, key, token, done).await
+        self.inner.idempotency_finish(c, done).await
     }
 }
 

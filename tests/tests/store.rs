@@ -343,14 +343,22 @@ async fn sqlite_admission_charge_void_window() {
     let h = hold("val", 10);
     let mut e = event(&reservation("val", "x"));
     e.amount_minor = 10;
-    let ChargeOutcome::Charged { event_id, .. } = store.hold_capture(&h, &e).await.unwrap() else {
+    let ChargeOutcome::Charged { event_id, .. } = store
+        .charge_at_admission(ChargeFrom::Balance(&h), &e)
+        .await
+        .unwrap()
+    else {
         panic!("not charged")
     };
     e.id = event_id;
     clock.advance_ms(120_001);
     assert_eq!(
         store
-            .void_hold(&h, &e, &void_event(&e, clock.now_ms(), 0))
+            .void_admission(
+                ChargeFrom::Balance(&h),
+                &e,
+                &void_event(&e, clock.now_ms(), 0)
+            )
             .await
             .unwrap(),
         VoidOutcome::NotCharged

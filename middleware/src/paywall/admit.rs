@@ -381,13 +381,9 @@ impl Paywall {
         let claim = idempotency::Claim::new(self.0.store.clone(), payer, key);
         let found = crate::metrics::timed(
             "idempotency_claim",
-            self.0.store.idempotency_claim(
-                payer,
-                &claim.key,
-                &fingerprint,
-                &claim.token,
-                idempotency::KEY_TTL,
-            ),
+            self.0
+                .store
+                .idempotency_claim(&claim.claim, &fingerprint, idempotency::KEY_TTL),
         )
         .await;
         let found = match found {

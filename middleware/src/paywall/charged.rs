@@ -13,7 +13,9 @@ use http::Method;
 
 use super::{Admission, Held, Payment, Paywall, Refusal, Settled};
 use crate::price::PricedRoute;
-use crate::store::{void_event, ChargeOutcome, Hold, Reservation, Store, UsageEvent, VoidOutcome};
+use crate::store::{
+    void_event, ChargeFrom, ChargeOutcome, Hold, Reservation, Store, UsageEvent, VoidOutcome,
+};
 
 /// A fixed price charged at admission: the charge as recorded (its `id` is the ledger id).
 #[derive(Debug)]
@@ -67,7 +69,9 @@ impl Paywall {
         let mut event = self.admission_event(route, method, payment, &r.id)?;
         let outcome = crate::metrics::timed(
             "authorize_capture",
-            self.0.store.authorize_capture(r, &event),
+            self.0
+                .store
+                .charge_at_admission(ChargeFrom::Receipt(r), &event),
         )
         .await
         .map_err(|e| Refusal::store_down(e, "authorize_capture"))?;
@@ -93,10 +97,14 @@ impl Paywall {
         payment: &Payment,
     ) -> Result<Charged, Refusal> {
         let mut event = self.admission_event(route, method, payment, &hold.id)?;
-        let outcome =
-            crate::metrics::timed("hold_capture", self.0.store.hold_capture(hold, &event))
-                .await
-                .map_err(|e| Refusal::store_down(e, "hold_capture"))?;
+        let outcome = crate::metrics::timed(
+            "hold_capture",
+            self.0
+                .store
+                .charge_at_admission(ChargeFrom::Balance(hold), &event),
+        )
+        .await
+        .map_err(|e| Refusal::store_down(e, "hold_capture"))?;
         match outcome {
             ChargeOutcome::Charged {
                 event_id,
@@ -168,14 +176,11 @@ async fn void_once(
     charge: &UsageEvent,
     void: &UsageEvent,
 ) -> Result<VoidOutcome, crate::store::StoreError> {
-    match held {
-        Held::Receipt(r) => {
-            crate::metrics::timed("void", store.void_receipt(r, charge, void)).await
-        }
-        Held::Balance(hold) => {
-            crate::metrics::timed("void_hold", store.void_hold(hold, charge, void)).await
-        }
-    }
+    let (op, from) = match held {
+        Held::Receipt(r) => ("void", ChargeFrom::Receipt(r)),
+        Held::Balance(hold) => ("void_hold", ChargeFrom::Balance(hold)),
+    };
+    crate::metrics::timed(op, store.void_admission(from, charge, void)).await
 }
 
 /// Void until the store answers (up to an hour, backing off to 10 s), in the background.

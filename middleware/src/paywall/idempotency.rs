@@ -17,7 +17,7 @@ use http::{HeaderMap, Method, Uri};
 use sha2::{Digest, Sha256};
 
 use crate::error::ErrorCode;
-use crate::store::Store;
+use crate::store::{KeyClaim, Store};
 
 /// The request header.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -77,10 +77,7 @@ pub(super) fn fingerprint(method: &Method, route: &str, uri: &Uri) -> String {
 #[derive(Debug)]
 pub(super) struct Claim {
     pub(super) store: Arc<dyn Store>,
-    pub(super) payer: String,
-    pub(super) key: String,
-    /// This claim's own token: finishing never touches a later claim of the same key.
-    pub(super) token: String,
+    pub(super) claim: KeyClaim,
     armed: bool,
 }
 
@@ -88,9 +85,11 @@ impl Claim {
     pub(super) fn new(store: Arc<dyn Store>, payer: &str, key: String) -> Self {
         Claim {
             store,
-            payer: payer.to_owned(),
-            key,
-            token: uuid::Uuid::new_v4().to_string(),
+            claim: KeyClaim {
+                payer: payer.to_owned(),
+                key,
+                token: uuid::Uuid::new_v4().to_string(),
+            },
             armed: true,
         }
     }
@@ -100,12 +99,7 @@ impl Claim {
         self.armed = false;
         let r = self
             .store
-            .idempotency_finish(
-                &self.payer,
-                &self.key,
-                &self.token,
-                Some((event_id, time_ms)),
-            )
+            .idempotency_finish(&self.claim, Some((event_id, time_ms)))
             .await;
         if let Err(e) = r {
             // The claim stays "in flight" until it expires: retries get 409, never a charge.
@@ -116,10 +110,7 @@ impl Claim {
     /// Not charged: forget the key, so a retry runs again.
     pub(super) async fn forget(mut self) {
         self.armed = false;
-        let r = self
-            .store
-            .idempotency_finish(&self.payer, &self.key, &self.token, None)
-            .await;
+        let r = self.store.idempotency_finish(&self.claim, None).await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "could not forget an unused idempotency key; it expires by itself");
         }
@@ -137,15 +128,10 @@ impl Drop for Claim {
         if !self.armed {
             return;
         }
-        let (store, payer, key, token) = (
-            self.store.clone(),
-            std::mem::take(&mut self.payer),
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.token),
-        );
+        let (store, claim) = (self.store.clone(), self.claim.clone());
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(e) = store.idempotency_finish(&payer, &key, &token, None).await {
+                if let Err(e) = store.idempotency_finish(&claim, None).await {
                     tracing::warn!(error = %e, "could not forget an unused idempotency key; it expires by itself");
                 }
             });

@@ -21,26 +21,6 @@ pub trait ReceiptStore: Send + Sync + std::fmt::Debug + 'static {
     /// Revoke a receipt: it can no longer pay (a hold in flight finishes). Returns whether it
     /// was still unused.
     async fn revoke_receipt(&self, issuer: &str, receipt_id: &str) -> Result<bool, StoreError>;
-
-    /// Capture at admission (fixed price, no mandate): check the payer is not blocked and the
-    /// receipt unused, spend it and append `event` -- one atomic step. A refusal is answered
-    /// as [`ChargeOutcome::Refused`] with what [`ReceiptStore::authorize`] would have said.
-    async fn authorize_capture(
-        &self,
-        r: &Reservation,
-        event: &UsageEvent,
-    ) -> Result<ChargeOutcome, StoreError>;
-
-    /// Undo [`ReceiptStore::authorize_capture`] for a request that was not served: the receipt is
-    /// usable again, a void event (`voids` = `charge.id`) is appended and the aggregates of
-    /// the charge's day move back. Only the reservation that spent the receipt may void it;
-    /// a second void does nothing. `void` is the event to append ([`void_event`]).
-    async fn void_receipt(
-        &self,
-        r: &Reservation,
-        charge: &UsageEvent,
-        void: &UsageEvent,
-    ) -> Result<VoidOutcome, StoreError>;
 }
 
 /// Prepaid balances: holds in flight, their capture or release, credits, the account.
@@ -71,21 +51,43 @@ pub trait BalanceStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// A payer's account (expired holds given back first).
     async fn account(&self, payer: &str) -> Result<Account, StoreError>;
+}
 
-    /// Capture at admission from the balance (fixed price, no mandate, no plan): check the
-    /// payer is not blocked and the balance covers `h.amount_minor`, take it and append
-    /// `event` -- one atomic step.
-    async fn hold_capture(&self, h: &Hold, event: &UsageEvent)
-        -> Result<ChargeOutcome, StoreError>;
-
-    /// Undo [`BalanceStore::hold_capture`]: the amount returns to the balance, a void event is
-    /// appended and the aggregates move back (once).
-    async fn void_hold(
+/// Capture at admission (fixed price, no mandate, no plan), from a receipt or a balance: the
+/// charge in the step that authorizes it, and its void for a request that was not served.
+#[async_trait]
+pub trait AdmissionStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Check the payer is not blocked and the receipt unused (spend it) or the balance covers
+    /// `h.amount_minor` (take it), and append `event` -- one atomic step. A receipt's refusal
+    /// is [`ChargeOutcome::Refused`] with what [`ReceiptStore::authorize`] would have said; a
+    /// balance's is [`ChargeOutcome::Declined`] with what [`BalanceStore::hold`] would have
+    /// said.
+    async fn charge_at_admission(
         &self,
-        h: &Hold,
+        from: ChargeFrom<'_>,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError>;
+
+    /// Undo [`AdmissionStore::charge_at_admission`] for a request that was not served: the
+    /// receipt is usable again or the amount returns to the balance, a void event (`voids` =
+    /// `charge.id`; built by [`void_event`]) is appended and the aggregates of the charge's day
+    /// move back. Only the reservation or hold that made the charge may void it, in full; a
+    /// second void does nothing ([`VoidOutcome::NotCharged`]).
+    async fn void_admission(
+        &self,
+        from: ChargeFrom<'_>,
         charge: &UsageEvent,
         void: &UsageEvent,
     ) -> Result<VoidOutcome, StoreError>;
+}
+
+/// What a charge at admission is taken from.
+#[derive(Debug, Clone, Copy)]
+pub enum ChargeFrom<'a> {
+    /// A receipt, held single use by this reservation.
+    Receipt(&'a Reservation),
+    /// The payer's balance, under this hold's id and amount.
+    Balance(&'a Hold),
 }
 
 /// The usage ledger and what is derived from it.
@@ -212,26 +214,21 @@ pub trait SettlementQueue: Send + Sync + std::fmt::Debug + 'static {
 /// Request `Idempotency-Key` claims.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Claim a payer's request `Idempotency-Key` (`key`) for the request `fingerprint`, with
-    /// the claim's unique `token`, atomically; the record lives `ttl` (see
-    /// [`IdempotencyClaim`]).
+    /// Claim a payer's request `Idempotency-Key` for the request `fingerprint`, atomically;
+    /// the record lives `ttl` (see [`IdempotencyClaim`]).
     async fn idempotency_claim(
         &self,
-        payer: &str,
-        key: &str,
+        c: &KeyClaim,
         fingerprint: &str,
-        token: &str,
         ttl: Duration,
     ) -> Result<IdempotencyClaim, StoreError>;
 
-    /// End the claim `token` of `key`: `Some((event id, time ms))` records the request as
-    /// served and charged (kept until the claim's expiry); `None` forgets the key (nothing was
-    /// charged: a retry runs again). A claim that is no longer `token`'s is left alone.
+    /// End the claim `c`: `Some((event id, time ms))` records the request as served and
+    /// charged (kept until the claim's expiry); `None` forgets the key (nothing was charged: a
+    /// retry runs again). A claim that is no longer `c.token`'s is left alone.
     async fn idempotency_finish(
         &self,
-        payer: &str,
-        key: &str,
-        token: &str,
+        c: &KeyClaim,
         done: Option<(&str, i64)>,
     ) -> Result<(), StoreError>;
 }
@@ -241,6 +238,7 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
 /// step. Implemented for every type that implements the capabilities.
 pub trait Store:
     ReceiptStore
+    + AdmissionStore
     + BalanceStore
     + LedgerStore
     + PayerControl
@@ -253,6 +251,7 @@ pub trait Store:
 
 impl<T> Store for T where
     T: ReceiptStore
+        + AdmissionStore
         + BalanceStore
         + LedgerStore
         + PayerControl
@@ -267,7 +266,7 @@ impl<T> Store for T where
 /// tollgate_middleware::store::prelude::*`); through `dyn Store` they need no import.
 pub mod prelude {
     pub use super::{
-        BalanceStore, IdempotencyStore, LedgerStore, MandateStore, PayerControl, PlanStore,
-        ReceiptStore, SettlementQueue, Store,
+        AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
+        PayerControl, PlanStore, ReceiptStore, SettlementQueue, Store,
     };
 }

@@ -82,8 +82,8 @@ pub use self::sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous, SCHEM
 use crate::money::{Amount, Currency};
 
 pub use self::capability::{
-    prelude, BalanceStore, IdempotencyStore, LedgerStore, MandateStore, PayerControl, PlanStore,
-    ReceiptStore, SettlementQueue, Store,
+    prelude, AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
+    PayerControl, PlanStore, ReceiptStore, SettlementQueue, Store,
 };
 pub use self::event::{event_order, utc_day, UsageEvent};
 
@@ -385,6 +385,28 @@ pub enum Idempotency {
     },
     /// An admin idempotency key.
     Key(String),
+}
+
+/// One request's claim of a payer's `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyClaim {
+    /// Whose key (keys of different payers never meet).
+    pub payer: String,
+    /// The `Idempotency-Key`.
+    pub key: String,
+    /// This claim's unique token: finishing it never touches a later claim of the same key.
+    pub token: String,
+}
+
+impl KeyClaim {
+    /// The claim `token` of `payer`'s `key`.
+    pub fn new(payer: impl Into<String>, key: impl Into<String>, token: impl Into<String>) -> Self {
+        KeyClaim {
+            payer: payer.into(),
+            key: key.into(),
+            token: token.into(),
+        }
+    }
 }
 
 /// What claiming a request `Idempotency-Key` found.

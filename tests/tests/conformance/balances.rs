@@ -275,7 +275,10 @@ pub(crate) async fn blocked_payer_balance(store: Arc<dyn Store>) {
     );
     let e = balance_event("bl", "compute", 0);
     assert_eq!(
-        store.hold_capture(&hold("bl", 1), &e).await.unwrap(),
+        store
+            .charge_at_admission(ChargeFrom::Balance(&hold("bl", 1)), &e)
+            .await
+            .unwrap(),
         tollgate_middleware::store::ChargeOutcome::Declined(HoldOutcome::PayerBlocked)
     );
     let a = store.account("bl").await.unwrap();

@@ -162,7 +162,7 @@ pub(crate) async fn single_use_across_payers(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .authorize_capture(&other, &event(&other))
+            .charge_at_admission(ChargeFrom::Receipt(&other), &event(&other))
             .await
             .unwrap(),
         ChargeOutcome::Refused(AuthorizeOutcome::Replayed)
@@ -175,7 +175,7 @@ pub(crate) async fn single_use_across_payers(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .authorize_capture(&again, &event(&again))
+            .charge_at_admission(ChargeFrom::Receipt(&again), &event(&again))
             .await
             .unwrap(),
         ChargeOutcome::Refused(AuthorizeOutcome::InUse)
@@ -192,7 +192,10 @@ pub(crate) async fn revoked_receipts(store: Arc<dyn Store>) {
         AuthorizeOutcome::Revoked
     );
     assert_eq!(
-        store.authorize_capture(&r, &event(&r)).await.unwrap(),
+        store
+            .charge_at_admission(ChargeFrom::Receipt(&r), &event(&r))
+            .await
+            .unwrap(),
         ChargeOutcome::Refused(AuthorizeOutcome::Revoked)
     );
     // Held: the hold in flight finishes; revoking reports the receipt used.

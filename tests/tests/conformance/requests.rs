@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_middleware::store::prelude::*;
-use tollgate_middleware::store::IdempotencyClaim;
+use tollgate_middleware::store::{IdempotencyClaim, KeyClaim};
 
 /// Request `Idempotency-Key`s: claim, in flight, done with the event, mismatch, forget, and
 /// only the claiming token may finish a claim.
@@ -14,7 +14,7 @@ pub(crate) async fn request_idempotency(store: Arc<dyn Store>) {
         let store = store.clone();
         async move {
             store
-                .idempotency_claim(payer, key, fp, token, ttl)
+                .idempotency_claim(&KeyClaim::new(payer, key, token), fp, ttl)
                 .await
                 .unwrap()
         }
@@ -38,11 +38,11 @@ pub(crate) async fn request_idempotency(store: Arc<dyn Store>) {
     );
     // A foreign token changes nothing.
     store
-        .idempotency_finish("p1", "k", "t2", Some(("e-9", 9)))
+        .idempotency_finish(&KeyClaim::new("p1", "k", "t2"), Some(("e-9", 9)))
         .await
         .unwrap();
     store
-        .idempotency_finish("p1", "k", "t2", None)
+        .idempotency_finish(&KeyClaim::new("p1", "k", "t2"), None)
         .await
         .unwrap();
     assert_eq!(
@@ -51,9 +51,7 @@ pub(crate) async fn request_idempotency(store: Arc<dyn Store>) {
     );
     store
         .idempotency_finish(
-            "p1",
-            "k",
-            "t1",
+            &KeyClaim::new("p1", "k", "t1"),
             Some(("1795370240883-0", 1_795_370_240_883)),
         )
         .await
@@ -65,13 +63,13 @@ pub(crate) async fn request_idempotency(store: Arc<dyn Store>) {
     assert_eq!(claim("p1", "k", "fp", "t4").await, done);
     // Done is final: forgetting it is refused.
     store
-        .idempotency_finish("p1", "k", "t1", None)
+        .idempotency_finish(&KeyClaim::new("p1", "k", "t1"), None)
         .await
         .unwrap();
     assert_eq!(claim("p1", "k", "fp", "t4").await, done);
     // Forgotten (not charged): free again.
     store
-        .idempotency_finish("p2", "k", "t3", None)
+        .idempotency_finish(&KeyClaim::new("p2", "k", "t3"), None)
         .await
         .unwrap();
     assert_eq!(
@@ -84,7 +82,7 @@ pub(crate) async fn request_idempotency(store: Arc<dyn Store>) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .idempotency_claim("p3", "race", "fp", &format!("t{i}"), ttl)
+                .idempotency_claim(&KeyClaim::new("p3", "race", &format!("t{i}")), "fp", ttl)
                 .await
                 .unwrap()
         }));

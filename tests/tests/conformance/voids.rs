@@ -17,7 +17,10 @@ pub(crate) async fn void_receipt_charge(store: Arc<dyn Store>) {
     let ChargeOutcome::Charged {
         event_id,
         balance_minor: 0,
-    } = store.authorize_capture(&r, &event(&r)).await.unwrap()
+    } = store
+        .charge_at_admission(ChargeFrom::Receipt(&r), &event(&r))
+        .await
+        .unwrap()
     else {
         panic!("not charged")
     };
@@ -31,16 +34,24 @@ pub(crate) async fn void_receipt_charge(store: Arc<dyn Store>) {
         ..r.clone()
     };
     assert_eq!(
-        store.void_receipt(&other, &charge, &void).await.unwrap(),
+        store
+            .void_admission(ChargeFrom::Receipt(&other), &charge, &void)
+            .await
+            .unwrap(),
         VoidOutcome::NotCharged
     );
-    let VoidOutcome::Voided { event_id: void_id } =
-        store.void_receipt(&r, &charge, &void).await.unwrap()
+    let VoidOutcome::Voided { event_id: void_id } = store
+        .void_admission(ChargeFrom::Receipt(&r), &charge, &void)
+        .await
+        .unwrap()
     else {
         panic!("not voided")
     };
     assert_eq!(
-        store.void_receipt(&r, &charge, &void).await.unwrap(),
+        store
+            .void_admission(ChargeFrom::Receipt(&r), &charge, &void)
+            .await
+            .unwrap(),
         VoidOutcome::NotCharged
     );
     // Usable again.
@@ -49,7 +60,10 @@ pub(crate) async fn void_receipt_charge(store: Arc<dyn Store>) {
         ..r.clone()
     };
     assert!(matches!(
-        store.authorize_capture(&r2, &event(&r2)).await.unwrap(),
+        store
+            .charge_at_admission(ChargeFrom::Receipt(&r2), &event(&r2))
+            .await
+            .unwrap(),
         ChargeOutcome::Charged { .. }
     ));
     let events = events_of(&store, "vr").await;
@@ -82,7 +96,10 @@ pub(crate) async fn void_balance_charge(store: Arc<dyn Store>) {
     let ChargeOutcome::Charged {
         event_id,
         balance_minor: 70,
-    } = store.hold_capture(&h, &e).await.unwrap()
+    } = store
+        .charge_at_admission(ChargeFrom::Balance(&h), &e)
+        .await
+        .unwrap()
     else {
         panic!("not charged")
     };
@@ -97,20 +114,32 @@ pub(crate) async fn void_balance_charge(store: Arc<dyn Store>) {
     };
     let void = void_event(&charge, now_ms(), 0);
     assert_eq!(
-        store.void_hold(&h, &wrong, &void).await.unwrap(),
+        store
+            .void_admission(ChargeFrom::Balance(&h), &wrong, &void)
+            .await
+            .unwrap(),
         VoidOutcome::NotCharged
     );
     let other = hold("vb", 30);
     assert_eq!(
-        store.void_hold(&other, &charge, &void).await.unwrap(),
+        store
+            .void_admission(ChargeFrom::Balance(&other), &charge, &void)
+            .await
+            .unwrap(),
         VoidOutcome::NotCharged
     );
     assert!(matches!(
-        store.void_hold(&h, &charge, &void).await.unwrap(),
+        store
+            .void_admission(ChargeFrom::Balance(&h), &charge, &void)
+            .await
+            .unwrap(),
         VoidOutcome::Voided { .. }
     ));
     assert_eq!(
-        store.void_hold(&h, &charge, &void).await.unwrap(),
+        store
+            .void_admission(ChargeFrom::Balance(&h), &charge, &void)
+            .await
+            .unwrap(),
         VoidOutcome::NotCharged
     );
     assert_eq!(usd(&store, "vb").await, (100, 0, 100, 0, 0));
@@ -131,23 +160,32 @@ pub(crate) async fn void_balance_charge(store: Arc<dyn Store>) {
 pub(crate) async fn admission_charges_refused(store: Arc<dyn Store>) {
     let e = balance_event("ar", "compute", 11);
     assert_eq!(
-        store.hold_capture(&hold("ar", 11), &e).await.unwrap(),
+        store
+            .charge_at_admission(ChargeFrom::Balance(&hold("ar", 11)), &e)
+            .await
+            .unwrap(),
         ChargeOutcome::Declined(HoldOutcome::Insufficient { balance_minor: 0 })
     );
     fund(&store, "ar", 10).await;
     assert_eq!(
-        store.hold_capture(&hold("ar", 11), &e).await.unwrap(),
+        store
+            .charge_at_admission(ChargeFrom::Balance(&hold("ar", 11)), &e)
+            .await
+            .unwrap(),
         ChargeOutcome::Declined(HoldOutcome::Insufficient { balance_minor: 10 })
     );
     let r = reservation("ar", "ar-1");
     assert!(matches!(
-        store.authorize_capture(&r, &event(&r)).await.unwrap(),
+        store
+            .charge_at_admission(ChargeFrom::Receipt(&r), &event(&r))
+            .await
+            .unwrap(),
         ChargeOutcome::Charged { .. }
     ));
     let again = reservation("ar", "ar-1");
     assert_eq!(
         store
-            .authorize_capture(&again, &event(&again))
+            .charge_at_admission(ChargeFrom::Receipt(&again), &event(&again))
             .await
             .unwrap(),
         ChargeOutcome::Refused(AuthorizeOutcome::Replayed)
@@ -159,13 +197,19 @@ pub(crate) async fn admission_charges_refused(store: Arc<dyn Store>) {
     );
     let r = reservation("ar", "ar-2");
     assert_eq!(
-        store.authorize_capture(&r, &event(&r)).await.unwrap(),
+        store
+            .charge_at_admission(ChargeFrom::Receipt(&r), &event(&r))
+            .await
+            .unwrap(),
         ChargeOutcome::Refused(AuthorizeOutcome::InUse)
     );
     store.set_blocked("ar", true).await.unwrap();
     let r = reservation("ar", "ar-3");
     assert_eq!(
-        store.authorize_capture(&r, &event(&r)).await.unwrap(),
+        store
+            .charge_at_admission(ChargeFrom::Receipt(&r), &event(&r))
+            .await
+            .unwrap(),
         ChargeOutcome::Refused(AuthorizeOutcome::PayerBlocked)
     );
     assert_eq!(usd(&store, "ar").await, (10, 0, 10, 0, 0));

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_middleware::store::{
-    void_event, ChargeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome,
-    Idempotency, MandateCharge, PlanUse, Renewal, Reservation, SettleOutcome, Settlement,
-    SubscribeOutcome, Subscription, VoidOutcome,
+    void_event, ChargeFrom, ChargeOutcome, Credit, CreditOutcome, Hold, HoldOutcome,
+    HoldSettleOutcome, Idempotency, KeyClaim, MandateCharge, PlanUse, Renewal, Reservation,
+    SettleOutcome, Settlement, SubscribeOutcome, Subscription, VoidOutcome,
 };
 use tollgate_middleware::{Store, UsageEvent};
 
@@ -220,7 +220,10 @@ impl<'a> Run<'a> {
             Op::HoldCapture { slot, amount } => {
                 let h = self.plain_hold(*slot, *amount);
                 let e = event(&p, "fixed", &h.id, *amount, 0);
-                let out = s.hold_capture(&h, &e).await.unwrap();
+                let out = s
+                    .charge_at_admission(ChargeFrom::Balance(&h), &e)
+                    .await
+                    .unwrap();
                 self.holds.insert(*slot, h);
                 self.charged(*slot, e, out)
             }
@@ -232,7 +235,10 @@ impl<'a> Run<'a> {
                     .unwrap_or_else(|| self.plain_hold(*slot, 0));
                 let charge = self.charge_of(*slot, *wrong, &h.id);
                 let void = void_event(&charge, 1, 0);
-                let out = s.void_hold(&h, &charge, &void).await.unwrap();
+                let out = s
+                    .void_admission(ChargeFrom::Balance(&h), &charge, &void)
+                    .await
+                    .unwrap();
                 self.voided(out)
             }
             Op::Authorize { slot, jti, mandate } => {
@@ -268,7 +274,10 @@ impl<'a> Run<'a> {
             Op::AuthorizeCapture { slot, jti, amount } => {
                 let r = self.reservation(*slot, *jti, None);
                 let e = event(&p, "fixed-receipt", &r.id, *amount, 0);
-                let out = s.authorize_capture(&r, &e).await.unwrap();
+                let out = s
+                    .charge_at_admission(ChargeFrom::Receipt(&r), &e)
+                    .await
+                    .unwrap();
                 self.reservations.insert(*slot, r);
                 self.charged(*slot, e, out)
             }
@@ -280,7 +289,10 @@ impl<'a> Run<'a> {
                     .unwrap_or_else(|| self.reservation(*slot, 0, None));
                 let charge = self.charge_of(*slot, *wrong, &r.id);
                 let void = void_event(&charge, 1, 502);
-                let out = s.void_receipt(&r, &charge, &void).await.unwrap();
+                let out = s
+                    .void_admission(ChargeFrom::Receipt(&r), &charge, &void)
+                    .await
+                    .unwrap();
                 self.voided(out)
             }
             Op::RenewReceipt { slot } => {
@@ -350,10 +362,8 @@ impl<'a> Run<'a> {
             Op::Claim { key, fp, token } => {
                 let out = s
                     .idempotency_claim(
-                        &p,
-                        &format!("k{key}"),
+                        &KeyClaim::new(&p, &format!("k{key}"), &format!("t{token}")),
                         &format!("fp{fp}"),
-                        &format!("t{token}"),
                         Duration::from_secs(600),
                     )
                     .await
@@ -363,9 +373,7 @@ impl<'a> Run<'a> {
             Op::Finish { key, token, done } => {
                 let done = done.then(|| (format!("e{token}"), i64::from(*token)));
                 s.idempotency_finish(
-                    &p,
-                    &format!("k{key}"),
-                    &format!("t{token}"),
+                    &KeyClaim::new(&p, &format!("k{key}"), &format!("t{token}")),
                     done.as_ref().map(|(e, t)| (e.as_str(), *t)),
                 )
                 .await

@@ -25,23 +25,6 @@ impl BalanceStore for RedisStore {
         Ok(live == 1)
     }
 
-    async fn hold_capture(
-        &self,
-        h: &Hold,
-        event: &UsageEvent,
-    ) -> Result<ChargeOutcome, StoreError> {
-        self.charge_balance(h, event).await
-    }
-
-    async fn void_hold(
-        &self,
-        h: &Hold,
-        charge: &UsageEvent,
-        void: &UsageEvent,
-    ) -> Result<VoidOutcome, StoreError> {
-        self.void_charge(None, Some(h), charge, void).await
-    }
-
     async fn hold(&self, h: &Hold) -> Result<HoldOutcome, StoreError> {
         let mut conn = self.connection().await?;
         let mut inv = self.scripts.hold.prepare_invoke();

@@ -2,10 +2,12 @@
 //! undoes it for a request that was not served (see `lua/authorize_capture.lua`,
 //! `hold_capture.lua`, `void.lua`, `void_hold.lua`).
 
+use async_trait::async_trait;
+
 use super::{ms, RedisStore};
 use crate::store::{
-    utc_day, AuthorizeOutcome, ChargeOutcome, Hold, HoldOutcome, Reservation, StoreError,
-    UsageEvent, VoidOutcome,
+    utc_day, AdmissionStore, AuthorizeOutcome, ChargeFrom, ChargeOutcome, Hold, HoldOutcome,
+    Reservation, StoreError, UsageEvent, VoidOutcome,
 };
 
 use crate::store::charge::MARKER_MARGIN_MS;
@@ -37,7 +39,7 @@ impl RedisStore {
             .ok_or_else(|| StoreError::Protocol(format!("bad ledger id {ledger_id:?}")))
     }
 
-    pub(super) async fn charge_receipt(
+    async fn charge_receipt(
         &self,
         r: &Reservation,
         event: &UsageEvent,
@@ -81,7 +83,7 @@ impl RedisStore {
         })
     }
 
-    pub(super) async fn charge_balance(
+    async fn charge_balance(
         &self,
         h: &Hold,
         event: &UsageEvent,
@@ -121,12 +123,25 @@ impl RedisStore {
             }
         })
     }
+}
+
+#[async_trait]
+impl AdmissionStore for RedisStore {
+    async fn charge_at_admission(
+        &self,
+        from: ChargeFrom<'_>,
+        event: &UsageEvent,
+    ) -> Result<ChargeOutcome, StoreError> {
+        match from {
+            ChargeFrom::Receipt(r) => self.charge_receipt(r, event).await,
+            ChargeFrom::Balance(h) => self.charge_balance(h, event).await,
+        }
+    }
 
     /// The void event and the keys of the charge's day.
-    pub(super) async fn void_charge(
+    async fn void_admission(
         &self,
-        receipt: Option<&Reservation>,
-        hold: Option<&Hold>,
+        from: ChargeFrom<'_>,
         charge: &UsageEvent,
         void: &UsageEvent,
     ) -> Result<VoidOutcome, StoreError> {
@@ -134,35 +149,33 @@ impl RedisStore {
         let day = utc_day(charge.time_ms);
         let b = super::bucket_of(&charge.payer);
         let stream_id = Self::stream_id(&charge.id)?;
-        let mut inv = match (receipt, hold) {
-            (Some(r), _) => {
+        let mut inv = match from {
+            ChargeFrom::Receipt(r) => {
                 let mut inv = self.scripts.void.prepare_invoke();
                 inv.key(self.receipt_key(r));
                 inv
             }
-            (None, Some(h)) => {
+            ChargeFrom::Balance(h) => {
                 let mut inv = self.scripts.void_hold.prepare_invoke();
                 inv.key(self.account_key(&h.payer));
                 inv
             }
-            (None, None) => return Err(StoreError::Protocol("void of nothing".into())),
         };
         self.usage_options(&mut inv);
         inv.key(self.events_key(b))
             .key(self.payer_agg_key(&charge.payer, &day))
             .key(self.bucket_agg_key(b, &day))
             .key(self.payer_totals_key(b, &day));
-        match (receipt, hold) {
-            (Some(r), _) => {
+        match from {
+            ChargeFrom::Receipt(r) => {
                 inv.arg(&r.id).arg(stream_id);
             }
-            (None, Some(h)) => {
+            ChargeFrom::Balance(h) => {
                 inv.key(self.done_key(h))
                     .arg(stream_id)
                     .arg(&h.currency)
                     .arg(charge.amount_minor);
             }
-            (None, None) => {}
         }
         Self::usage_args(&mut inv, void, charge);
         let (status, id): (String, String) = self.bounded(inv.invoke_async(&mut conn)).await?;

@@ -6,18 +6,16 @@ use super::*;
 impl IdempotencyStore for RedisStore {
     async fn idempotency_claim(
         &self,
-        payer: &str,
-        key: &str,
+        c: &KeyClaim,
         fingerprint: &str,
-        token: &str,
         ttl: Duration,
     ) -> Result<IdempotencyClaim, StoreError> {
         let mut conn = self.connection().await?;
         let mut inv = self.scripts.idempotency.prepare_invoke();
-        inv.key(self.request_idempotency_key(payer, key))
+        inv.key(self.request_idempotency_key(&c.payer, &c.key))
             .arg("claim")
             .arg(fingerprint)
-            .arg(token)
+            .arg(&c.token)
             .arg(ms(ttl));
         let r: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
         match r.first().map(String::as_str) {
@@ -36,17 +34,15 @@ impl IdempotencyStore for RedisStore {
 
     async fn idempotency_finish(
         &self,
-        payer: &str,
-        key: &str,
-        token: &str,
+        c: &KeyClaim,
         done: Option<(&str, i64)>,
     ) -> Result<(), StoreError> {
         let mut conn = self.connection().await?;
         let mut inv = self.scripts.idempotency.prepare_invoke();
-        inv.key(self.request_idempotency_key(payer, key));
+        inv.key(self.request_idempotency_key(&c.payer, &c.key));
         match done {
-            Some((event_id, time_ms)) => inv.arg("done").arg(token).arg(event_id).arg(time_ms),
-            None => inv.arg("forget").arg(token),
+            Some((event_id, ms)) => inv.arg("done").arg(&c.token).arg(event_id).arg(ms),
+            None => inv.arg("forget").arg(&c.token),
         };
         let _: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(())

@@ -4,23 +4,6 @@ use super::*;
 
 #[async_trait]
 impl ReceiptStore for RedisStore {
-    async fn authorize_capture(
-        &self,
-        r: &Reservation,
-        event: &UsageEvent,
-    ) -> Result<ChargeOutcome, StoreError> {
-        self.charge_receipt(r, event).await
-    }
-
-    async fn void_receipt(
-        &self,
-        r: &Reservation,
-        charge: &UsageEvent,
-        void: &UsageEvent,
-    ) -> Result<VoidOutcome, StoreError> {
-        self.void_charge(Some(r), None, charge, void).await
-    }
-
     async fn authorize(&self, r: &Reservation) -> Result<AuthorizeOutcome, StoreError> {
         let mut conn = self.connection().await?;
         let mut inv = self.scripts.authorize.prepare_invoke();

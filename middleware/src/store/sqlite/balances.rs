@@ -11,9 +11,8 @@ use super::tx::{rule, HoldRow, MandateRefusal, ReceiptState, Settled, Tx};
 use super::SqliteStore;
 use crate::store::rules::{self, minor, CreditDecision, PlanHold};
 use crate::store::{
-    Account, BalanceStore, ChargeOutcome, Credit, CreditOutcome, Hold, HoldOutcome,
-    HoldSettleOutcome, Idempotency, PlanUse, Renewal, Reservation, StoreError, UsageEvent,
-    VoidOutcome,
+    Account, BalanceStore, Credit, CreditOutcome, Hold, HoldOutcome, HoldSettleOutcome,
+    Idempotency, PlanUse, Renewal, Reservation, StoreError, UsageEvent,
 };
 
 /// How long a capture's settled marker is kept: as long as a retried capture or the
@@ -72,23 +71,6 @@ impl BalanceStore for SqliteStore {
             Ok(true)
         })
         .await
-    }
-
-    async fn hold_capture(
-        &self,
-        h: &Hold,
-        event: &UsageEvent,
-    ) -> Result<ChargeOutcome, StoreError> {
-        self.charge_balance(h, event).await
-    }
-
-    async fn void_hold(
-        &self,
-        h: &Hold,
-        charge: &UsageEvent,
-        void: &UsageEvent,
-    ) -> Result<VoidOutcome, StoreError> {
-        self.void_charge(None, Some(h.clone()), charge, void).await
     }
 
     async fn hold(&self, h: &Hold) -> Result<HoldOutcome, StoreError> {

@@ -1,100 +1,111 @@
 //! Capture at admission in the sqlite store: the state machine of
 //! `lua/authorize_capture.lua`, `hold_capture.lua`, `void.lua` and `void_hold.lua`.
 
+use async_trait::async_trait;
+
 use super::receipts::refusal;
 use super::tx::{rule, ReceiptState, Settled, Tx};
 use super::SqliteStore;
 use crate::store::rules::{self, minor};
 use crate::store::{
-    ChargeOutcome, Hold, HoldOutcome, Reservation, StoreError, UsageEvent, VoidOutcome,
+    AdmissionStore, ChargeFrom, ChargeOutcome, Hold, HoldOutcome, Reservation, StoreError,
+    UsageEvent, VoidOutcome,
 };
 
 use crate::store::charge::MARKER_MARGIN_MS;
 
-impl SqliteStore {
-    pub(super) async fn charge_receipt(
+/// Spend a receipt at admission (`authorize_capture.lua`).
+fn charge_receipt(
+    t: &Tx<'_>,
+    r: &Reservation,
+    event: &UsageEvent,
+    now: i64,
+) -> Result<ChargeOutcome, StoreError> {
+    if let Some(refused) = refusal(t, r, now)? {
+        return Ok(ChargeOutcome::Refused(refused));
+    }
+    let event_id = t.record(now, event)?;
+    let spent = ReceiptState::Spent {
+        reservation: r.id.clone(),
+        event_id: event_id.clone(),
+    };
+    let until = r.spent_until_ms.max(now.saturating_add(1000));
+    t.put_receipt(&Tx::receipt_key(r), &spent, until)?;
+    Ok(ChargeOutcome::Charged {
+        event_id,
+        balance_minor: 0,
+    })
+}
+
+/// Take a fixed price from the balance at admission (`hold_capture.lua`).
+fn charge_balance(
+    t: &Tx<'_>,
+    h: &Hold,
+    event: &UsageEvent,
+    now: i64,
+) -> Result<ChargeOutcome, StoreError> {
+    if t.blocked(&h.payer)? {
+        return Ok(ChargeOutcome::Declined(HoldOutcome::PayerBlocked));
+    }
+    let amount = h.amount_minor;
+    if rules::sweep_needed(t.balance(&h.payer, &h.currency)?.available, amount) {
+        t.sweep(&h.payer, now)?;
+        let available = t.balance(&h.payer, &h.currency)?.available;
+        if !rules::covers(available, amount) {
+            return Ok(ChargeOutcome::Declined(HoldOutcome::Insufficient {
+                balance_minor: minor(available),
+            }));
+        }
+    }
+    let b = rules::charge_at_admission(&t.balance(&h.payer, &h.currency)?, amount).map_err(rule)?;
+    t.set_balance(&h.payer, &h.currency, b)?;
+    // The event as given (`hold_capture.lua`); the marker records what the balance paid.
+    let event_id = t.record(now, event)?;
+    let settled = Settled::Charged {
+        event_id: event_id.clone(),
+        charged: amount,
+        uncharged: 0,
+        currency: h.currency.clone(),
+    };
+    let ttl = i64::try_from(h.ttl.as_millis()).unwrap_or(i64::MAX);
+    let until = now.saturating_add(ttl).saturating_add(MARKER_MARGIN_MS);
+    t.remember_settled(&h.id, &settled, until)?;
+    Ok(ChargeOutcome::Charged {
+        event_id,
+        balance_minor: minor(b.available),
+    })
+}
+
+#[async_trait]
+impl AdmissionStore for SqliteStore {
+    async fn charge_at_admission(
         &self,
-        r: &Reservation,
+        from: ChargeFrom<'_>,
         event: &UsageEvent,
     ) -> Result<ChargeOutcome, StoreError> {
         let now = self.now();
-        let (r, event) = (r.clone(), event.clone());
-        self.run(move |t| {
-            if let Some(refused) = refusal(t, &r, now)? {
-                return Ok(ChargeOutcome::Refused(refused));
-            }
-            let event_id = t.record(now, &event)?;
-            let spent = ReceiptState::Spent {
-                reservation: r.id.clone(),
-                event_id: event_id.clone(),
-            };
-            let until = r.spent_until_ms.max(now.saturating_add(1000));
-            t.put_receipt(&Tx::receipt_key(&r), &spent, until)?;
-            Ok(ChargeOutcome::Charged {
-                event_id,
-                balance_minor: 0,
-            })
+        let (from, event) = (Owned::from(from), event.clone());
+        self.run(move |t| match &from {
+            Owned::Receipt(r) => charge_receipt(t, r, &event, now),
+            Owned::Balance(h) => charge_balance(t, h, &event, now),
         })
         .await
     }
 
-    pub(super) async fn charge_balance(
+    /// Undo a charge: the receipt is usable again, or the amount returns to the balance; the
+    /// void event is appended and the charge's day aggregates move back.
+    async fn void_admission(
         &self,
-        h: &Hold,
-        event: &UsageEvent,
-    ) -> Result<ChargeOutcome, StoreError> {
-        let now = self.now();
-        let (h, event) = (h.clone(), event.clone());
-        self.run(move |t| {
-            if t.blocked(&h.payer)? {
-                return Ok(ChargeOutcome::Declined(HoldOutcome::PayerBlocked));
-            }
-            let amount = h.amount_minor;
-            if rules::sweep_needed(t.balance(&h.payer, &h.currency)?.available, amount) {
-                t.sweep(&h.payer, now)?;
-                let available = t.balance(&h.payer, &h.currency)?.available;
-                if !rules::covers(available, amount) {
-                    return Ok(ChargeOutcome::Declined(HoldOutcome::Insufficient {
-                        balance_minor: minor(available),
-                    }));
-                }
-            }
-            let b = rules::charge_at_admission(&t.balance(&h.payer, &h.currency)?, amount)
-                .map_err(rule)?;
-            t.set_balance(&h.payer, &h.currency, b)?;
-            // The event as given (`hold_capture.lua`); the marker records what the balance paid.
-            let event_id = t.record(now, &event)?;
-            let settled = Settled::Charged {
-                event_id: event_id.clone(),
-                charged: amount,
-                uncharged: 0,
-                currency: h.currency.clone(),
-            };
-            let ttl = i64::try_from(h.ttl.as_millis()).unwrap_or(i64::MAX);
-            let until = now.saturating_add(ttl).saturating_add(MARKER_MARGIN_MS);
-            t.remember_settled(&h.id, &settled, until)?;
-            Ok(ChargeOutcome::Charged {
-                event_id,
-                balance_minor: minor(b.available),
-            })
-        })
-        .await
-    }
-
-    /// Undo a charge: the receipt (`Some`) is usable again, or the amount returns to the
-    /// balance; the void event is appended and the charge's day aggregates move back.
-    pub(super) async fn void_charge(
-        &self,
-        receipt: Option<Reservation>,
-        hold: Option<Hold>,
+        from: ChargeFrom<'_>,
         charge: &UsageEvent,
         void: &UsageEvent,
     ) -> Result<VoidOutcome, StoreError> {
         let now = self.now();
         let (charge, void) = (charge.clone(), void.clone());
+        let from = Owned::from(from);
         self.run(move |t| {
-            match (&receipt, &hold) {
-                (Some(r), _) => {
+            match &from {
+                Owned::Receipt(r) => {
                     let key = Tx::receipt_key(r);
                     let ours = matches!(
                         t.receipt(&key, now)?,
@@ -106,7 +117,7 @@ impl SqliteStore {
                     }
                     t.delete_receipt(&key)?;
                 }
-                (None, Some(h)) => {
+                Owned::Balance(h) => {
                     // The marker must be this charge's, in full (`void_hold.lua`).
                     let ours = matches!(
                         t.settled(&h.id, now)?,
@@ -124,7 +135,6 @@ impl SqliteStore {
                     t.set_balance(&h.payer, &h.currency, b)?;
                     t.mark_voided(&h.id)?;
                 }
-                (None, None) => return Err(StoreError::Protocol("void of nothing".into())),
             }
             t.unaggregate(&charge)?;
             let id = t.next_id(now)?;
@@ -132,5 +142,20 @@ impl SqliteStore {
             Ok(VoidOutcome::Voided { event_id: id })
         })
         .await
+    }
+}
+
+/// [`ChargeFrom`] owned, to move into the writer thread.
+enum Owned {
+    Receipt(Reservation),
+    Balance(Hold),
+}
+
+impl From<ChargeFrom<'_>> for Owned {
+    fn from(f: ChargeFrom<'_>) -> Self {
+        match f {
+            ChargeFrom::Receipt(r) => Owned::Receipt(r.clone()),
+            ChargeFrom::Balance(h) => Owned::Balance(h.clone()),
+        }
     }
 }

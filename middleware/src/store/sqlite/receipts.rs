@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use super::tx::{MandateRefusal, ReceiptState, Tx};
 use super::SqliteStore;
 use crate::store::{
-    AuthorizeOutcome, ChargeOutcome, MandateCharge, ReceiptStore, Reservation, SettleOutcome,
-    Settlement, StoreError, UsageEvent, VoidOutcome, BUCKETS, REVOKED_RECEIPT_KEEP_MS,
+    AuthorizeOutcome, MandateCharge, ReceiptStore, Reservation, SettleOutcome, Settlement,
+    StoreError, UsageEvent, BUCKETS, REVOKED_RECEIPT_KEEP_MS,
 };
 
 /// What blocks a receipt from paying now, if anything: its owner, its payer, its state.
@@ -143,22 +143,5 @@ impl ReceiptStore for SqliteStore {
             Ok(unused)
         })
         .await
-    }
-
-    async fn authorize_capture(
-        &self,
-        r: &Reservation,
-        event: &UsageEvent,
-    ) -> Result<ChargeOutcome, StoreError> {
-        self.charge_receipt(r, event).await
-    }
-
-    async fn void_receipt(
-        &self,
-        r: &Reservation,
-        charge: &UsageEvent,
-        void: &UsageEvent,
-    ) -> Result<VoidOutcome, StoreError> {
-        self.void_charge(Some(r.clone()), None, charge, void).await
     }
 }

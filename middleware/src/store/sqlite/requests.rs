@@ -12,8 +12,8 @@ use super::tx::{ReceiptState, Tx};
 use super::SqliteStore;
 use crate::store::rules;
 use crate::store::{
-    IdempotencyClaim, IdempotencyStore, MandateStore, MandateUse, PayerControl, PlanPeriod,
-    PlanStore, RateLimit, Reservation, StoreError, SubscribeOutcome, Subscription,
+    IdempotencyClaim, IdempotencyStore, KeyClaim, MandateStore, MandateUse, PayerControl,
+    PlanPeriod, PlanStore, RateLimit, Reservation, StoreError, SubscribeOutcome, Subscription,
 };
 
 #[async_trait]
@@ -63,15 +63,13 @@ impl PayerControl for SqliteStore {
 impl IdempotencyStore for SqliteStore {
     async fn idempotency_claim(
         &self,
-        payer: &str,
-        key: &str,
+        c: &KeyClaim,
         fingerprint: &str,
-        token: &str,
         ttl: Duration,
     ) -> Result<IdempotencyClaim, StoreError> {
         let now = self.now();
-        let (payer, key) = (payer.to_owned(), key.to_owned());
-        let (fingerprint, token) = (fingerprint.to_owned(), token.to_owned());
+        let KeyClaim { payer, key, token } = c.clone();
+        let fingerprint = fingerprint.to_owned();
         self.run(move |t| {
             let found = t.row(
                 "SELECT fingerprint, done_event, done_ms FROM idempotency \
@@ -108,12 +106,10 @@ impl IdempotencyStore for SqliteStore {
 
     async fn idempotency_finish(
         &self,
-        payer: &str,
-        key: &str,
-        token: &str,
+        c: &KeyClaim,
         done: Option<(&str, i64)>,
     ) -> Result<(), StoreError> {
-        let (payer, key, token) = (payer.to_owned(), key.to_owned(), token.to_owned());
+        let KeyClaim { payer, key, token } = c.clone();
         let done = done.map(|(id, ms)| (id.to_owned(), ms));
         self.run(move |t| {
             // A claim that is no longer `token`'s (or already done) is left alone.

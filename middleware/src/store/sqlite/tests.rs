@@ -9,7 +9,7 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::store::prelude::*;
 use crate::store::{
-    AuthorizeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, Idempotency, Reservation,
+    AuthorizeOutcome, Credit, CreditOutcome, Hold, HoldOutcome, Idempotency, KeyClaim, Reservation,
     SettleOutcome, Settlement, UsageEvent,
 };
 
@@ -177,11 +177,11 @@ async fn state_survives_a_reopen() {
             .unwrap();
         let ttl = Duration::from_secs(3_600);
         let claim = s
-            .idempotency_claim("p", "idem-1", "fp", "t1", ttl)
+            .idempotency_claim(&KeyClaim::new("p", "idem-1", "t1"), "fp", ttl)
             .await
             .unwrap();
         assert_eq!(claim, crate::store::IdempotencyClaim::Claimed);
-        s.idempotency_finish("p", "idem-1", "t1", Some(("ev-x", now)))
+        s.idempotency_finish(&KeyClaim::new("p", "idem-1", "t1"), Some(("ev-x", now)))
             .await
             .unwrap();
         let x = reservation("res-x", "jx", now);
@@ -232,9 +232,13 @@ async fn state_survives_a_reopen() {
         "the mandate's spend (40 of 100) survived: 40 more fit, but 70 do not"
     );
     assert_eq!(
-        s.idempotency_claim("p", "idem-1", "fp", "t2", Duration::from_secs(60))
-            .await
-            .unwrap(),
+        s.idempotency_claim(
+            &KeyClaim::new("p", "idem-1", "t2"),
+            "fp",
+            Duration::from_secs(60)
+        )
+        .await
+        .unwrap(),
         crate::store::IdempotencyClaim::Done {
             event_id: "ev-x".into(),
             time_ms: now
@@ -354,7 +358,10 @@ async fn the_views_reconcile() {
             s.hold(&h).await.unwrap();
             s.capture_hold(&h, 30, &token_event).await.unwrap();
         }
-        let charged = s.hold_capture(&hold("c", 30), &token_event).await.unwrap();
+        let charged = s
+            .charge_at_admission(ChargeFrom::Balance(&hold("c", 30)), &token_event)
+            .await
+            .unwrap();
         let crate::store::ChargeOutcome::Charged { event_id, .. } = charged else {
             panic!("{charged:?}")
         };
@@ -363,7 +370,9 @@ async fn the_views_reconcile() {
             ..token_event.clone()
         };
         let void = crate::store::void_event(&charge, now, 502);
-        s.void_hold(&hold("c", 30), &charge, &void).await.unwrap();
+        s.void_admission(ChargeFrom::Balance(&hold("c", 30)), &charge, &void)
+            .await
+            .unwrap();
         let r = reservation("res", "j", now);
         s.authorize(&r).await.unwrap();
         s.settle(&r, &Settlement::Capture(Box::new(event("p", now, 5))))
