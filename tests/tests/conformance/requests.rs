@@ -82,7 +82,7 @@ pub(crate) async fn request_idempotency(store: Arc<dyn Store>) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .idempotency_claim(&KeyClaim::new("p3", "race", &format!("t{i}")), "fp", ttl)
+                .idempotency_claim(&KeyClaim::new("p3", "race", format!("t{i}")), "fp", ttl)
                 .await
                 .unwrap()
         }));

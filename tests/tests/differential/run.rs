@@ -362,7 +362,7 @@ impl<'a> Run<'a> {
             Op::Claim { key, fp, token } => {
                 let out = s
                     .idempotency_claim(
-                        &KeyClaim::new(&p, &format!("k{key}"), &format!("t{token}")),
+                        &KeyClaim::new(&p, format!("k{key}"), format!("t{token}")),
                         &format!("fp{fp}"),
                         Duration::from_secs(600),
                     )
@@ -373,7 +373,7 @@ impl<'a> Run<'a> {
             Op::Finish { key, token, done } => {
                 let done = done.then(|| (format!("e{token}"), i64::from(*token)));
                 s.idempotency_finish(
-                    &KeyClaim::new(&p, &format!("k{key}"), &format!("t{token}")),
+                    &KeyClaim::new(&p, format!("k{key}"), format!("t{token}")),
                     done.as_ref().map(|(e, t)| (e.as_str(), *t)),
                 )
                 .await
