@@ -26,9 +26,5 @@ if cur then
 end
 local fields = event_fields(ARGV, 3)
 local id = record_usage(KEYS[3], KEYS[4], KEYS[5], KEYS[6], fields, ARGV, 4 + 2 * tonumber(ARGV[3]), 1)
--- Remember the spent receipt until its exp + skew (Redis clock), at least one second.
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local keep = math.max(tonumber(ARGV[2]) - now_ms, 1000)
-redis.call('SET', KEYS[1], 'spent:' .. ARGV[1] .. ':' .. id, 'PX', keep)
+remember_spent(KEYS[1], 'spent:' .. ARGV[1] .. ':' .. id, ARGV[2])
 return {'captured', id}

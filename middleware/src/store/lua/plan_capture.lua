@@ -6,11 +6,7 @@
 -- ARGV[1] units to count against the period (unit plans; 0 for call plans, counted at the hold)
 -- ARGV[2] N = number of event field pairs   ARGV[3 .. 2+2N] event fields   ARGV[3+2N ..] aggregate pairs
 -- Returns {'captured', event id, balance} | {'not_held', '', 0} (released earlier)
-local n = tonumber(ARGV[2])
-local fields = {}
-for i = 3, 2 + 2 * n do
-  fields[#fields + 1] = ARGV[i]
-end
+local fields = event_fields(ARGV, 2)
 local balance = tonumber(redis.call('HGET', KEYS[7], 'bal:' .. (field_of(fields, 'currency') or '')) or '0')
 local done = redis.call('GET', KEYS[1])
 if done then
@@ -22,15 +18,6 @@ end
 if tonumber(ARGV[1]) > 0 then
   redis.call('HINCRBY', KEYS[6], 'used', ARGV[1])
 end
-local id = redis.call('XADD', KEYS[2], '*', unpack(fields))
-for _, k in ipairs(AGGREGATES and {KEYS[3], KEYS[4]} or {}) do
-  for i = 3 + 2 * n, #ARGV, 2 do
-    redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1])
-  end
-  if redis.call('PTTL', k) < 0 then
-    redis.call('PEXPIRE', k, 400 * 86400 * 1000)
-  end
-end
-payer_totals(KEYS[5], field_of(fields, 'payer'), nil, nil)
+local id = record_usage(KEYS[2], KEYS[3], KEYS[4], KEYS[5], fields, ARGV, 3 + 2 * tonumber(ARGV[2]), 1, true)
 redis.call('SET', KEYS[1], id, 'PX', SETTLED_KEEP_MS)
 return {'captured', id, balance}

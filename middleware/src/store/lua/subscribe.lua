@@ -36,20 +36,7 @@ else
     'calls', string.format('%d', calls), 'used', '0')
 end
 redis.call('PEXPIREAT', KEYS[2], string.format('%d', period_end + 35 * 86400 * 1000))
-local n = tonumber(ARGV[5])
-local fields = {}
-for i = 6, 5 + 2 * n do
-  fields[#fields + 1] = ARGV[i]
-end
-local id = redis.call('XADD', KEYS[3], '*', unpack(fields))
-for _, k in ipairs(AGGREGATES and {KEYS[4], KEYS[5]} or {}) do
-  for i = 6 + 2 * n, #ARGV, 2 do
-    redis.call('HINCRBY', k, ARGV[i], ARGV[i + 1])
-  end
-  if redis.call('PTTL', k) < 0 then
-    redis.call('PEXPIRE', k, 400 * 86400 * 1000)
-  end
-end
-payer_totals(KEYS[6], field_of(fields, 'payer'), field_of(fields, 'currency'), field_of(fields, 'amount_minor'))
+local fields = event_fields(ARGV, 5)
+local id = record_usage(KEYS[3], KEYS[4], KEYS[5], KEYS[6], fields, ARGV, 6 + 2 * tonumber(ARGV[5]), 1)
 redis.call('SET', KEYS[1], 'spent:sub:' .. id, 'PXAT', ARGV[4])
 return {'subscribed', id, period_end}

@@ -46,11 +46,36 @@ local function event_fields(argv, at)
   return fields
 end
 
+-- Remember a spent receipt under `key` (`state`: `spent:<reservation>:<event id>`) until
+-- `until_ms` (unix ms: its exp + skew, by the Redis clock), at least one second. Returns the
+-- Redis clock (unix ms).
+local function remember_spent(key, state, until_ms)
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('SET', key, state, 'PX', math.max(tonumber(until_ms) - now_ms, 1000))
+  return now_ms
+end
+
+-- What a receipt's state `cur` says to a capture by `reservation`: {'duplicate', event id}
+-- (this reservation captured it already: settling twice must not append twice), {'conflict',
+-- ''} (another request holds or spent it: only possible if our hold expired), or nil (ours
+-- to capture).
+local function capture_conflict(cur, reservation)
+  local spent_prefix = 'spent:' .. reservation .. ':'
+  if cur and string.sub(cur, 1, #spent_prefix) == spent_prefix then
+    return {'duplicate', string.sub(cur, #spent_prefix + 1)}
+  end
+  if cur and cur ~= 'held:' .. reservation then
+    return {'conflict', ''}
+  end
+  return nil
+end
+
 -- Append one usage event (`fields`) to `stream` and move the day's aggregates by it: the
 -- field/increment pairs argv[from ..] on the payer's and the bucket's hash (kept 400 days from
--- their first write), and the payer's totals. `sign` -1 (a void) moves them back. Returns the
--- stream id.
-local function record_usage(stream, payer_agg, bucket_agg, totals, fields, argv, from, sign)
+-- their first write), and the payer's totals (`count_only`: its request count, not its amount:
+-- a call a plan covered). `sign` -1 (a void) moves them back. Returns the stream id.
+local function record_usage(stream, payer_agg, bucket_agg, totals, fields, argv, from, sign, count_only)
   local id = redis.call('XADD', stream, '*', unpack(fields))
   if not AGGREGATES then
     return id
@@ -63,8 +88,12 @@ local function record_usage(stream, payer_agg, bucket_agg, totals, fields, argv,
       redis.call('PEXPIRE', k, 400 * 86400 * 1000)
     end
   end
-  payer_totals(totals, field_of(fields, 'payer'), field_of(fields, 'currency'),
-    field_of(fields, 'amount_minor'), sign)
+  if count_only then
+    payer_totals(totals, field_of(fields, 'payer'), nil, nil, sign)
+  else
+    payer_totals(totals, field_of(fields, 'payer'), field_of(fields, 'currency'),
+      field_of(fields, 'amount_minor'), sign)
+  end
   return id
 end
 
