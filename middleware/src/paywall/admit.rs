@@ -473,11 +473,7 @@ impl Paywall {
                 issuer: receipt.issuer.clone(),
                 receipt_id: receipt.id.clone(),
             },
-            keep_until_ms: self
-                .0
-                .verifier
-                .policy()
-                .single_use_until_ms(receipt.expires_at),
+            keep_until_ms: self.single_use_until_ms(receipt),
             reason: reason.as_str().to_owned(),
             source: format!("receipt:{}:{}", receipt.issuer, receipt.id),
         };

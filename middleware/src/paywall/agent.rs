@@ -225,11 +225,7 @@ impl Paywall {
             now_ms: now,
             issuer: receipt.issuer.clone(),
             receipt_id: receipt.id.clone(),
-            keep_until_ms: self
-                .0
-                .verifier
-                .policy()
-                .single_use_until_ms(receipt.expires_at),
+            keep_until_ms: self.single_use_until_ms(&receipt),
             event: UsageEvent {
                 id: String::new(),
                 time_ms: now,

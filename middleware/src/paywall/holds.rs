@@ -25,6 +25,14 @@ pub(super) enum Placed {
 }
 
 impl Paywall {
+    /// Until when a spent receipt is remembered (unix ms; [`crate::receipt::ReceiptPolicy::single_use_until_ms`]).
+    pub(super) fn single_use_until_ms(&self, receipt: &Receipt) -> i64 {
+        self.0
+            .verifier
+            .policy()
+            .single_use_until_ms(receipt.expires_at)
+    }
+
     /// Hold for a call a plan may cover: the store says whether the plan covered it, it is an
     /// overage, or a plain balance hold (no active period).
     pub(super) async fn place_hold_plan(
@@ -129,11 +137,7 @@ impl Paywall {
             issuer: receipt.issuer.clone(),
             receipt_id: receipt.id.clone(),
             hold: self.hold_time(route),
-            spent_until_ms: self
-                .0
-                .verifier
-                .policy()
-                .single_use_until_ms(receipt.expires_at),
+            spent_until_ms: self.single_use_until_ms(receipt),
             mandate,
         }
     }

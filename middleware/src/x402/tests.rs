@@ -3,7 +3,8 @@ use k256::ecdsa::SigningKey;
 
 const NOW: u64 = 1_795_370_000;
 
-fn offer() -> ExactOffer {
+/// The offer of the x402 `exact` EVM spec's example (Base Sepolia USDC, 0.01 USDC).
+pub(crate) fn offer() -> ExactOffer {
     ExactOffer::try_new(
         "eip155:84532",
         "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
@@ -156,17 +157,7 @@ fn the_digest_matches_eip712_by_hand() {
 #[test]
 fn the_spec_example_signature_recovers() {
     // The example PaymentPayload of the x402 `exact` EVM spec (Base Sepolia USDC).
-    let o = ExactOffer::try_new(
-        "eip155:84532",
-        "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
-        "USDC",
-        "2",
-        "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
-        "10000",
-        60,
-        Currency::try_new("USDC", 6).unwrap(),
-    )
-    .unwrap();
+    let o = offer();
     let p = json!({
         "x402Version": 2,
         "accepted": o.requirements(),

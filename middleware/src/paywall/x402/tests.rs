@@ -4,7 +4,8 @@ use crate::money::Currency;
 use crate::paywall::PAYMENT_RESPONSE;
 use crate::price::Price;
 use crate::store::SqliteStore;
-use crate::x402::{ExactOffer, Facilitator};
+use crate::x402::tests::offer;
+use crate::x402::Facilitator;
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -36,20 +37,6 @@ impl Facilitator for Scripted {
     async fn supported(&self) -> Result<Vec<(u64, String, String)>, FacilitatorError> {
         Ok(vec![])
     }
-}
-
-fn offer() -> ExactOffer {
-    ExactOffer::try_new(
-        "eip155:84532",
-        "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
-        "USDC",
-        "2",
-        "0x209693Bc6afc0C5328bA36FaF03C514EF312287C",
-        "10000",
-        60,
-        Currency::try_new("USDC", 6).unwrap(),
-    )
-    .unwrap()
 }
 
 fn setup(mode: SettlementMode) -> (Paywall, Arc<PricedRoute>, Arc<Scripted>) {
