@@ -12,9 +12,9 @@
 //! ```
 //!
 //! A fixed-price route with `capture = "admission"` takes both steps in one script
-//! ([`ReceiptStore::authorize_capture`]: `(absent) -> spent:<reservation>:<event id>`), and undoes
-//! them with [`ReceiptStore::void_receipt`] when the request is not served (`spent -> (absent)` and a
-//! void event); [`BalanceStore::hold_capture`] / [`BalanceStore::void_hold`] do the same for a balance.
+//! ([`AdmissionStore::charge_at_admission`]: `(absent) -> spent:<reservation>:<event id>`), and
+//! undoes them with [`AdmissionStore::void_admission`] when the request is not served
+//! (`spent -> (absent)` and a void event); a balance ([`ChargeFrom::Balance`]) works the same.
 //!
 //! The money arithmetic and decisions both follow (a charge clamped to hold + balance and to
 //! the mandate's room, plan coverage and overage, credits and debits, ...) are written once,

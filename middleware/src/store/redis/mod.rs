@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, Value};
+use redis::Value;
 use tokio::sync::Mutex;
 
 mod balances;
@@ -22,6 +22,9 @@ mod owner;
 mod plans;
 mod queue;
 mod receipts;
+mod scripts;
+
+use self::scripts::Scripts;
 
 pub use ledger::{Backlog, CreditRecord, LedgerEntry, LedgerStream, StreamBatch};
 
@@ -65,34 +68,6 @@ impl Default for RedisStoreOptions {
             timeout: Duration::from_millis(500),
         }
     }
-}
-
-#[derive(Debug)]
-struct Scripts {
-    authorize: Script,
-    capture: Script,
-    release: Script,
-    hold: Script,
-    capture_hold: Script,
-    release_hold: Script,
-    credit: Script,
-    rate: Script,
-    subscribe: Script,
-    plan_capture: Script,
-    plan_release: Script,
-    capture_deferred: Script,
-    claim_settlements: Script,
-    finish_settlement: Script,
-    resolve_settlement: Script,
-    authorize_capture: Script,
-    void: Script,
-    hold_capture: Script,
-    void_hold: Script,
-    idempotency: Script,
-    claim_owner: Script,
-    renew: Script,
-    drain_lease: Script,
-    backlog: Script,
 }
 
 /// A single server or a cluster.
@@ -203,81 +178,7 @@ impl RedisStore {
             last_attempt: Mutex::new(None),
             aggregates: true,
             settled_keep: DEFAULT_SETTLED_KEEP,
-            scripts: Scripts {
-                authorize: Script::new(concat!(
-                    include_str!("../lua/owner.lua"),
-                    include_str!("../lua/mandate.lua"),
-                    include_str!("../lua/authorize.lua")
-                )),
-                capture: Script::new(concat!(
-                    include_str!("../lua/mandate.lua"),
-                    include_str!("../lua/totals.lua"),
-                    include_str!("../lua/capture.lua")
-                )),
-                release: Script::new(concat!(
-                    include_str!("../lua/mandate.lua"),
-                    include_str!("../lua/release.lua")
-                )),
-                hold: Script::new(concat!(
-                    include_str!("../lua/mandate.lua"),
-                    include_str!("../lua/holds.lua"),
-                    include_str!("../lua/hold.lua")
-                )),
-                capture_hold: Script::new(concat!(
-                    include_str!("../lua/mandate.lua"),
-                    include_str!("../lua/totals.lua"),
-                    include_str!("../lua/capture_hold.lua")
-                )),
-                release_hold: Script::new(concat!(
-                    include_str!("../lua/mandate.lua"),
-                    include_str!("../lua/release_hold.lua")
-                )),
-                credit: Script::new(concat!(
-                    include_str!("../lua/owner.lua"),
-                    include_str!("../lua/credit.lua")
-                )),
-                rate: Script::new(include_str!("../lua/rate.lua")),
-                subscribe: Script::new(concat!(
-                    include_str!("../lua/owner.lua"),
-                    include_str!("../lua/totals.lua"),
-                    include_str!("../lua/subscribe.lua")
-                )),
-                plan_capture: Script::new(concat!(
-                    include_str!("../lua/totals.lua"),
-                    include_str!("../lua/plan_capture.lua")
-                )),
-                plan_release: Script::new(include_str!("../lua/plan_release.lua")),
-                capture_deferred: Script::new(concat!(
-                    include_str!("../lua/totals.lua"),
-                    include_str!("../lua/capture_deferred.lua")
-                )),
-                claim_settlements: Script::new(include_str!("../lua/claim_settlements.lua")),
-                finish_settlement: Script::new(include_str!("../lua/finish_settlement.lua")),
-                resolve_settlement: Script::new(include_str!("../lua/resolve_settlement.lua")),
-                authorize_capture: Script::new(concat!(
-                    include_str!("../lua/owner.lua"),
-                    include_str!("../lua/totals.lua"),
-                    include_str!("../lua/authorize_capture.lua")
-                )),
-                void: Script::new(concat!(
-                    include_str!("../lua/totals.lua"),
-                    include_str!("../lua/void.lua")
-                )),
-                hold_capture: Script::new(concat!(
-                    include_str!("../lua/totals.lua"),
-                    include_str!("../lua/holds.lua"),
-                    include_str!("../lua/hold_capture.lua")
-                )),
-                void_hold: Script::new(concat!(
-                    include_str!("../lua/totals.lua"),
-                    include_str!("../lua/void_hold.lua")
-                )),
-                idempotency: Script::new(include_str!("../lua/idempotency.lua")),
-                claim_owner: Script::new(include_str!("../lua/claim_owner.lua")),
-                renew: Script::new(include_str!("../lua/renew.lua")),
-                drain_lease: Script::new(include_str!("../lua/drain_lease.lua")),
-                backlog: Script::new(include_str!("../lua/backlog.lua")),
-            },
+            scripts: Scripts::load(),
         };
         if let Err(e) = store.connection().await {
             // The URL without its credentials (`redis://user:secret@host` -> `redis://host`).
