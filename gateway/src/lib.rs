@@ -12,7 +12,8 @@
 //! - `state`: building the gateway from a validated config, and reloading it (SIGHUP);
 //! - `router`: every request -- its id (`request_id`), its canonical path, the agent API, the
 //!   matched route, the payment layer in front of the proxy;
-//! - `catalog` (`/.well-known/tollgate`), `health` (`/healthz`, `/readyz`);
+//! - `catalog` (`/.well-known/tollgate`), `discovery` (`/openapi.json`, `/llms.txt`),
+//!   `health` (`/healthz`, `/readyz`);
 //! - [`server`]: connections (HTTP/1 + HTTP/2, the drain layer, graceful shutdown);
 //! - this file: [`Gateway`], its routers and [`Gateway::serve`].
 
@@ -28,6 +29,7 @@ pub mod proxy;
 pub mod server;
 
 mod catalog;
+mod discovery;
 mod health;
 mod ledger;
 mod request_id;
@@ -101,6 +103,10 @@ struct Inner {
     issuers: Vec<String>,
     /// Agent endpoints prefix (catalog).
     agent_api: String,
+    /// What `/openapi.json` and `/llms.txt` say.
+    discovery: crate::config::DiscoveryConfig,
+    /// The public base URL, if configured (discovery's `servers`).
+    public_url: Option<String>,
     /// Suggested top-ups per currency (catalog).
     topups: std::collections::BTreeMap<String, Option<tollgate_middleware::Amount>>,
     /// Currencies (for the admin API's decimal amounts).
@@ -203,6 +209,8 @@ impl Gateway {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/.well-known/tollgate", get(catalog))
+            .route("/openapi.json", get(discovery::openapi))
+            .route("/llms.txt", get(discovery::llms))
             .fallback(handle)
             .with_state(self.clone())
     }

@@ -202,6 +202,9 @@ pub(crate) async fn build_inner(
     if let Some(u) = &config.public_url {
         builder = builder.public_base_url(u.clone());
     }
+    if let Some(r) = &config.realm {
+        builder = builder.realm(r.clone());
+    }
     for (id, source) in validated.issuers {
         let keys: Arc<dyn KeySource> = match source {
             IssuerSource::Static(keys) => Arc::new(StaticKeys(keys)),
@@ -277,6 +280,8 @@ pub(crate) async fn build_inner(
         network: config.network.clone(),
         issuers: config.issuers.iter().map(|i| i.id.clone()).collect(),
         agent_api: config.agent.api_prefix.clone(),
+        discovery: config.discovery.clone(),
+        public_url: config.public_url.clone(),
         topups,
         limits: server::Limits {
             header_timeout: Duration::from_secs(config.header_timeout_secs),

@@ -623,7 +623,7 @@ async fn the_payment_auth_scheme_challenge_and_credential() {
         .to_owned();
     assert!(www.starts_with("Payment id=\"c1."), "{www}");
     for p in [
-        "realm=\"m\"",
+        "realm=\"127.0.0.1\"",
         "method=\"tollgate\"",
         "intent=\"charge\"",
         "expires=\"",

@@ -7,6 +7,7 @@
 //! this module holds the top-level tables and runs the parts' validations in order.
 
 mod amount;
+mod discovery;
 mod issuers;
 mod ledger;
 mod plans;
@@ -26,6 +27,7 @@ use tollgate_middleware::paywall::valid_caip2;
 use tollgate_middleware::plan::Plan;
 use tollgate_middleware::x402::HttpFacilitator;
 
+pub use discovery::DiscoveryConfig;
 pub use issuers::{IssuerConfig, IssuerSource};
 pub use ledger::{LedgerConfig, LEDGER_PASSWORD_ENV};
 pub use plans::{MoneyConfig, PlanConfig, PlanUnitsConfig};
@@ -155,6 +157,13 @@ pub struct Config {
     /// Public base URL shown in 402 `resource.url` (default: from the Host header).
     #[serde(default)]
     pub public_url: Option<String>,
+    /// The `realm` of `WWW-Authenticate: Payment` challenges (default: the host of
+    /// `public_url`, else the host each request was sent to).
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// What `/openapi.json` and `/llms.txt` say (`[discovery]`).
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
     /// Seconds to let in-flight requests finish on shutdown.
     #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
@@ -318,6 +327,10 @@ impl Config {
                 return Err(invalid("public_url", "must start with http:// or https://"));
             }
         }
+        if let Some(r) = &self.realm {
+            discovery::validate_realm(r)?;
+        }
+        self.discovery.validate()?;
         if self.header_timeout_secs == 0 || self.header_timeout_secs > 300 {
             return Err(invalid("header_timeout_secs", "must be 1 to 300"));
         }

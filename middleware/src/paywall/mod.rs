@@ -74,6 +74,7 @@ mod settle;
 mod wire;
 mod x402;
 
+pub use self::payment_auth::PAYMENT_METHOD;
 use self::reconcile::{reconcile, retry_unknown};
 pub use self::refusal::{MandateStanding, PlanStanding, Refusal, Served, Standing, X402Failure};
 use self::render::{b64_header, json_response};
@@ -108,6 +109,7 @@ pub struct PaywallBuilder {
     challenge_ttl: Duration,
     hold_margin: Duration,
     public_base_url: Option<String>,
+    realm: Option<String>,
     currencies: HashMap<String, (Currency, Option<Amount>)>,
     token_ttl: Duration,
     agent_api: String,
@@ -170,6 +172,13 @@ impl PaywallBuilder {
         self
     }
 
+    /// The `realm` of `WWW-Authenticate: Payment` challenges (default: the public host --
+    /// `public_base_url`'s, else the request's `Host` without its port).
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.realm = Some(realm.into());
+        self
+    }
+
     /// Accept top-ups in a currency; `suggested` is the top-up amount offered in 402s.
     pub fn currency(mut self, currency: Currency, suggested: Option<Amount>) -> Self {
         self.currencies
@@ -228,6 +237,7 @@ impl PaywallBuilder {
             challenge_ttl: self.challenge_ttl,
             hold_margin: self.hold_margin,
             public_base_url: self.public_base_url,
+            realm: self.realm,
             currencies: self.currencies,
             token_ttl: self.token_ttl,
             agent_api: self.agent_api,
@@ -291,6 +301,8 @@ struct Inner {
     hold_margin: Duration,
     /// Base for `resource.url`.
     public_base_url: Option<String>,
+    /// The challenges' realm (`None`: the public host).
+    realm: Option<String>,
     /// Currencies accepted for top-ups, with the suggested top-up amount.
     currencies: HashMap<String, (Currency, Option<Amount>)>,
     /// Access token lifetime.
@@ -367,6 +379,7 @@ impl Paywall {
             challenge_ttl: Duration::from_secs(300),
             hold_margin: Duration::from_secs(30),
             public_base_url: None,
+            realm: None,
             currencies: HashMap::new(),
             token_ttl: Duration::from_secs(86_400),
             agent_api: DEFAULT_AGENT_API.into(),

@@ -22,6 +22,30 @@ impl Paywall {
         }
     }
 
+    /// The realm of a challenge served under `base` (a URL): the configured one, else the
+    /// base's host without its port (`https://api.example.com:8443` -> `api.example.com`),
+    /// else the merchant id.
+    pub(super) fn realm<'a>(&'a self, base: &'a str) -> &'a str {
+        if let Some(r) = &self.0.realm {
+            return r;
+        }
+        let authority = base.split_once("://").map_or(base, |(_, rest)| rest);
+        let authority = authority.split(['/', '?']).next().unwrap_or("");
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = match authority.strip_prefix('[') {
+            // An IPv6 literal keeps its brackets: `[::1]:8402` -> `[::1]`.
+            Some(rest) => rest
+                .split_once(']')
+                .map_or(authority, |(ip, _)| &authority[..ip.len() + 2]),
+            None => authority.split(':').next().unwrap_or(""),
+        };
+        if host.is_empty() {
+            &self.0.merchant
+        } else {
+            host
+        }
+    }
+
     fn receipt_offer<'a>(
         &'a self,
         amount_minor: u64,

@@ -2,7 +2,7 @@
 //! that offers the native receipt method also carries
 //!
 //! ```text
-//! WWW-Authenticate: Payment id="c1.<expiry>.<mac>", realm="<merchant>", method="tollgate",
+//! WWW-Authenticate: Payment id="c1.<expiry>.<mac>", realm="<host>", method="tollgate",
 //!     intent="charge", request="<base64url(JCS JSON)>", expires="<RFC 3339>", description="..."
 //! ```
 //!
@@ -24,7 +24,7 @@ use super::wire::Requirements;
 /// The Payment scheme's method name for Tollgate receipts. The draft's method names are
 /// lowercase letters only (`1*LOWERALPHA`), so it is not the x402 scheme name
 /// (`tollgate-receipt`, which x402 offers keep).
-pub(super) const PAYMENT_METHOD: &str = "tollgate";
+pub const PAYMENT_METHOD: &str = "tollgate";
 
 /// RFC 3339 UTC time of a unix time (seconds).
 pub(super) fn rfc3339(secs: i64) -> String {

@@ -268,7 +268,8 @@ impl Paywall {
             requirements: &req,
             error: r.code.as_str(),
         });
-        let www_authenticate = payment_auth::challenge(&req, &self.0.merchant);
+        let base = self.base_url(head.headers, head.uri);
+        let www_authenticate = payment_auth::challenge(&req, self.realm(&base));
         let problem = Problem::new(r.code).detail(r.detail.as_ref());
         let mut body = Body::new(&problem, r.standing.as_deref());
         body.challenge_id = req.payment_offer().map(|(_, p)| p.challenge.as_str());
@@ -315,6 +316,46 @@ mod tests {
             headers: &headers,
         };
         paywall().render(r, Some((&route(), head)))
+    }
+
+    #[test]
+    fn the_realm_is_the_public_host_unless_configured() {
+        let p = paywall();
+        for (base, realm) in [
+            ("http://api.example.com", "api.example.com"),
+            ("https://api.example.com:8443", "api.example.com"),
+            ("http://127.0.0.1:8402", "127.0.0.1"),
+            ("http://[::1]:8402", "[::1]"),
+            ("http://[::1]", "[::1]"),
+            ("https://user@api.example.com/base", "api.example.com"),
+            ("http://", "m"),
+            ("", "m"),
+        ] {
+            assert_eq!(p.realm(base), realm, "{base}");
+        }
+        let configured = Paywall::builder("m", vec![7u8; 32])
+            .realm("example.com")
+            .build()
+            .unwrap();
+        assert_eq!(configured.realm("http://api.example.com"), "example.com");
+        // The challenge names it: the request's Host without its port.
+        let (method, uri) = (Method::GET, Uri::from_static("/r"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::HOST,
+            HeaderValue::from_static("api.example.com:8402"),
+        );
+        let head = Head {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+        };
+        let res = p.render(
+            &Refusal::new(ErrorCode::PaymentRequired, "pay"),
+            Some((&route(), head)),
+        );
+        let www = res.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(www.contains("realm=\"api.example.com\""), "{www}");
     }
 
     #[test]
