@@ -118,3 +118,188 @@ pub(super) fn validate_route_ca(
         .map(Arc::new)
         .map_err(|m| invalid(field, format!("{}: {m}", path.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::super::Config;
+    use std::path::Path;
+
+    const BASE: &str = r#"
+merchant = "m"
+[[routes]]
+id = "free"
+path = "/"
+upstream = "UPSTREAM"
+price = "free"
+"#;
+
+    /// The validation error of `BASE` with `upstream` and extra TOML, or "ok".
+    fn err(upstream: &str, route_extra: &str, top: &str, dir: &Path) -> String {
+        let text = format!(
+            "{}{route_extra}\n{top}\n",
+            BASE.replace("UPSTREAM", upstream)
+        );
+        match Config::from_str(&text).and_then(|c| c.validate(dir)) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A CA and a leaf for `localhost` signed by it, written as PEM files into `dir`:
+    /// `ca.pem`, `leaf.pem`, `leaf.key`, and a second, unrelated key `other.key`.
+    fn write_certs(dir: &Path) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("leaf.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.join("leaf.key"), key.serialize_pem()).unwrap();
+        let other = KeyPair::generate().unwrap();
+        std::fs::write(dir.join("other.key"), other.serialize_pem()).unwrap();
+        std::fs::write(dir.join("junk.pem"), "not a certificate\n").unwrap();
+    }
+
+    #[test]
+    fn https_upstreams_are_accepted_and_bad_hosts_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(err("https://api.example.com", "", "", d), "ok");
+        assert_eq!(err("https://10.0.0.1:8443/v1", "", "", d), "ok");
+        assert_eq!(err("https://[::1]:8443", "", "", d), "ok");
+        let e = err("https://bad-.example", "", "", d);
+        assert!(
+            e.starts_with("routes[0].upstream: \"bad-.example\" is not a name"),
+            "{e}"
+        );
+        let e = err("ftp://x", "", "", d);
+        assert!(
+            e.contains("must be http://host:port[/base] or https://"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ca_files_are_read_and_named_when_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write_certs(d);
+        let up = "https://localhost:8443";
+        let top = "[upstream_tls]\nca_file = \"ca.pem\"";
+        assert_eq!(err(up, "", top, d), "ok");
+        assert_eq!(err(up, "upstream_ca_file = \"ca.pem\"", "", d), "ok");
+        let e = err(up, "", "[upstream_tls]\nca_file = \"missing.pem\"", d);
+        let missing = d.join("missing.pem");
+        assert!(
+            e.starts_with(&format!(
+                "upstream_tls.ca_file: cannot read {}",
+                missing.display()
+            )),
+            "{e}"
+        );
+        let e = err(up, "", "[upstream_tls]\nca_file = \"junk.pem\"", d);
+        assert!(
+            e.starts_with("upstream_tls.ca_file: ") && e.contains("junk.pem: no certificate"),
+            "{e}"
+        );
+        let e = err(up, "upstream_ca_file = \"junk.pem\"", "", d);
+        assert!(
+            e.starts_with("routes[0].upstream_ca_file: ") && e.contains("junk.pem"),
+            "{e}"
+        );
+        let e = err(
+            "http://localhost:8080",
+            "upstream_ca_file = \"ca.pem\"",
+            "",
+            d,
+        );
+        assert!(
+            e.starts_with("routes[0].upstream_ca_file: set only on a route with an https://"),
+            "{e}"
+        );
+        let e = err(up, "", "[upstream_tls]\nroots = \"none\"", d);
+        assert!(
+            e.starts_with("upstream_tls.roots: \"none\" trusts nothing"),
+            "{e}"
+        );
+        assert_eq!(
+            err(
+                up,
+                "",
+                "[upstream_tls]\nroots = \"none\"\nca_file = \"ca.pem\"",
+                d
+            ),
+            "ok"
+        );
+        let e = err(up, "", "[upstream_tls]\nroots = \"mozilla\"", d);
+        assert!(
+            e.starts_with("upstream_tls.roots: unknown variant `mozilla`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_listener_certificate_and_key_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        write_certs(d);
+        let up = "http://127.0.0.1:9";
+        let tls =
+            |cert: &str, key: &str| format!("[tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"");
+        assert_eq!(err(up, "", &tls("leaf.pem", "leaf.key"), d), "ok");
+        let e = err(up, "", &tls("nope.pem", "leaf.key"), d);
+        assert!(
+            e.starts_with("tls.cert_file: cannot read ") && e.contains("nope.pem"),
+            "{e}"
+        );
+        let e = err(up, "", &tls("junk.pem", "leaf.key"), d);
+        assert!(
+            e.starts_with("tls.cert_file: ") && e.contains("no certificate"),
+            "{e}"
+        );
+        let e = err(up, "", &tls("leaf.pem", "junk.pem"), d);
+        assert!(
+            e.starts_with("tls.key_file: ") && e.contains("no private key"),
+            "{e}"
+        );
+        let e = err(up, "", &tls("leaf.pem", "other.key"), d);
+        assert!(
+            e.starts_with("tls.key_file: ") && e.contains("cannot be used with the certificate"),
+            "{e}"
+        );
+        let e = err(
+            up,
+            "",
+            &format!(
+                "{}\nhandshake_timeout_secs = 0",
+                tls("leaf.pem", "leaf.key")
+            ),
+            d,
+        );
+        assert!(
+            e.starts_with("tls.handshake_timeout_secs: must be 1 to 300"),
+            "{e}"
+        );
+        let e = err(
+            up,
+            "",
+            &format!("{}\ncert_fil = \"x\"", tls("leaf.pem", "leaf.key")),
+            d,
+        );
+        assert!(e.starts_with("tls.cert_fil: unknown field"), "{e}");
+        let e = err(
+            up,
+            "",
+            "[admin]\nlisten = \"127.0.0.1:8403\"\ntls = true",
+            d,
+        );
+        assert!(e.starts_with("admin.tls: needs a [tls] table"), "{e}");
+    }
+}
