@@ -265,19 +265,15 @@ pub(crate) async fn ws_echo(tls: Option<&TestPki>) -> SocketAddr {
 }
 
 async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S) {
-    use tokio_tungstenite::tungstenite::Message;
     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
     while let Some(Ok(msg)) = ws.next().await {
-        match msg {
-            Message::Text(_) | Message::Binary(_) => {
-                if ws.send(msg).await.is_err() {
-                    return;
-                }
-            }
-            Message::Close(_) => return,
-            _ => {}
+        if msg.is_close() {
+            return;
+        }
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            return;
         }
     }
 }
