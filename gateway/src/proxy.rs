@@ -4,8 +4,9 @@
 //! Upstreams are `http://` or `https://` through one connector type: TLS (rustls) is set up
 //! only when a new `https://` connection is made, with SNI and the certificate checked against
 //! the upstream's host and the route's [`UpstreamTrust`]; ALPN offers `h2` and `http/1.1`, so
-//! HTTP/2 is used where the upstream offers it. A pooled request on either scheme costs the
-//! same. WebSocket upgrades on free routes go through [`crate::upgrade`].
+//! HTTP/2 is used where the upstream offers it. A request on a pooled connection does no TLS
+//! set-up, and an `http://` one no TLS work at all. WebSocket upgrades on free routes go
+//! through `upgrade.rs` ([`Proxy::forward_upgrade`]).
 //!
 //! Request: hop-by-hop headers removed (and any header `Connection` names), payment headers
 //! were already stripped by the payment layer, `Host` set to the upstream, `X-Forwarded-For`

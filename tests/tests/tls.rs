@@ -200,6 +200,30 @@ async fn the_tls_listener_serves_http1_and_h2_and_says_https_upstream() {
 }
 
 #[tokio::test]
+async fn the_admin_listener_serves_tls_when_asked() {
+    logs();
+    let pki = TestPki::new();
+    let up = upstream().await;
+    let gw = gateway()
+        .top(&format!("{}\n[admin]\ntls = true", pki.tls_table()))
+        .admin("admin-token-admin-token")
+        .route(free("free", "/", &up))
+        .start()
+        .await;
+    let admin = gw.admin_addr.unwrap();
+    let url = format!("https://localhost:{}/admin/v1/summary", admin.port());
+    let res = pki
+        .client(admin, false)
+        .get(&url)
+        .bearer_auth("admin-token-admin-token");
+    let res = res.send().await.unwrap();
+    assert_eq!(
+        (res.status().as_u16(), res.version()),
+        (200, http::Version::HTTP_2)
+    );
+}
+
+#[tokio::test]
 async fn a_stalled_tls_handshake_is_dropped() {
     logs();
     let pki = TestPki::new();
