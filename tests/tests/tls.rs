@@ -43,7 +43,7 @@ async fn json(res: reqwest::Response) -> Value {
 async fn an_https_upstream_is_reached_over_http1_with_sni_and_its_own_ca() {
     logs();
     let pki = TestPki::new();
-    let py = PythonUpstream::start(&pki);
+    let py = python_upstream(&pki);
     let upstream = format!("https://localhost:{}", py.port);
     let gw = gateway()
         .route(route("py", "/py", &upstream, FREE, &own_ca(&pki)))
@@ -88,59 +88,43 @@ async fn an_https_upstream_that_offers_h2_is_reached_over_http2() {
     assert_eq!(*up.versions.lock().unwrap(), vec![http::Version::HTTP_2; 3]);
 }
 
+/// A free route `id` to `upstream` (with `extra` lines) answers 502 `upstream_unavailable`,
+/// and the warning that names the route says `reason`.
+async fn refused(id: &str, upstream: &str, extra: &str, reason: &str) {
+    let gw = gateway()
+        .route(route(id, "/r", upstream, FREE, extra))
+        .start()
+        .await;
+    let res = gw.http.get(gw.url("/r")).send().await.unwrap();
+    assert_eq!(code_of(res).await, (502, "upstream_unavailable".into()));
+    let line = logs()
+        .lines()
+        .find(|l| l.contains(&format!("route={id} ")))
+        .map(str::to_owned)
+        .expect("a warning names the route");
+    assert!(line.contains(reason), "{line}");
+}
+
 #[tokio::test]
 async fn an_untrusted_certificate_is_refused_and_the_log_says_why() {
     logs();
     let pki = TestPki::new();
-    let py = PythonUpstream::start(&pki);
+    let py = python_upstream(&pki);
     // The default roots (webpki) do not know the test CA.
-    let gw = gateway()
-        .route(route(
-            "untrusted-ca",
-            "/u",
-            &format!("https://localhost:{}", py.port),
-            FREE,
-            "",
-        ))
-        .start()
-        .await;
-    let res = gw.http.get(gw.url("/u")).send().await.unwrap();
-    assert_eq!(code_of(res).await, (502, "upstream_unavailable".into()));
-    let line = logs()
-        .lines()
-        .find(|l| l.contains("route=untrusted-ca"))
-        .map(str::to_owned)
-        .expect("a warning names the route");
-    assert!(
-        line.contains("invalid peer certificate: UnknownIssuer"),
-        "{line}"
-    );
+    let upstream = format!("https://localhost:{}", py.port);
+    let reason = "invalid peer certificate: UnknownIssuer";
+    refused("untrusted-ca", &upstream, "", reason).await;
 }
 
 #[tokio::test]
 async fn a_certificate_for_another_name_is_refused() {
     logs();
     let pki = TestPki::new();
-    let py = PythonUpstream::start(&pki);
+    let py = python_upstream(&pki);
     // Trusted CA, but the certificate names `localhost`, not `127.0.0.1`.
-    let gw = gateway()
-        .route(route(
-            "wrong-name",
-            "/w",
-            &format!("https://127.0.0.1:{}", py.port),
-            FREE,
-            &own_ca(&pki),
-        ))
-        .start()
-        .await;
-    let res = gw.http.get(gw.url("/w")).send().await.unwrap();
-    assert_eq!(code_of(res).await, (502, "upstream_unavailable".into()));
-    let line = logs()
-        .lines()
-        .find(|l| l.contains("route=wrong-name"))
-        .map(str::to_owned)
-        .expect("a warning names the route");
-    assert!(line.contains("not valid for name"), "{line}");
+    let upstream = format!("https://127.0.0.1:{}", py.port);
+    let reason = "certificate not valid for name \"127.0.0.1\"";
+    refused("wrong-name", &upstream, &own_ca(&pki), reason).await;
 }
 
 #[tokio::test]

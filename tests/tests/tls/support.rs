@@ -3,10 +3,9 @@
 //! a tungstenite WebSocket echo, plain or TLS), clients that trust the test CA, and the
 //! gateway's warnings captured so a test can read why an upstream was refused.
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use futures_util::{SinkExt, StreamExt};
@@ -16,6 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tollgate_e2e::python::PythonServer;
 
 /// A test certificate authority and a `localhost` server certificate it signed, as PEM files
 /// in a temporary folder.
@@ -149,37 +149,14 @@ print(server.server_address[1], flush=True)
 server.serve_forever()
 "#;
 
-/// A running Python TLS upstream (killed on drop).
-pub(crate) struct PythonUpstream {
-    child: Child,
-    pub(crate) port: u16,
-}
-
-impl PythonUpstream {
-    /// Serve the `localhost` certificate of `pki` on 127.0.0.1.
-    pub(crate) fn start(pki: &TestPki) -> Self {
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(PYTHON_UPSTREAM)
-            .arg(pki.path("localhost.pem"))
-            .arg(pki.path("localhost.key"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().parse().expect("the upstream's port");
-        PythonUpstream { child, port }
-    }
-}
-
-impl Drop for PythonUpstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Start the Python TLS upstream with the `localhost` certificate of `pki` (killed on drop).
+pub(crate) fn python_upstream(pki: &TestPki) -> PythonServer {
+    PythonServer::start([
+        OsStr::new("-c"),
+        OsStr::new(PYTHON_UPSTREAM),
+        pki.path("localhost.pem").as_os_str(),
+        pki.path("localhost.key").as_os_str(),
+    ])
 }
 
 /// An in-process TLS upstream on hyper (ALPN `h2` and `http/1.1`): answers with the HTTP
