@@ -366,3 +366,39 @@ fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 pub fn problem(code: ErrorCode, detail: &str) -> Response<Body> {
     Paywall::problem(code, detail).map(Body::from)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::tls::Roots;
+
+    fn ca_pem() -> String {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.self_signed(&KeyPair::generate().unwrap()).unwrap().pem()
+    }
+
+    #[test]
+    fn one_client_per_trust_store_and_a_reload_keeps_the_unchanged_ones() {
+        let webpki = || Arc::new(UpstreamTrust::new(Roots::Webpki, None).unwrap());
+        let pem = ca_pem();
+        let private = || Arc::new(UpstreamTrust::new(Roots::None, Some(pem.as_bytes())).unwrap());
+        let mut first = Proxies::default();
+        let a = first.for_trust(&webpki(), None);
+        let b = first.for_trust(&private(), None);
+        // Equal anchors built twice (two routes, or the same file read again): one client.
+        assert!(Arc::ptr_eq(&a, &first.for_trust(&webpki(), None)));
+        assert!(Arc::ptr_eq(&b, &first.for_trust(&private(), None)));
+        assert!(!Arc::ptr_eq(&a, &b));
+        // A reload: the unchanged stores keep their clients (and pools); a new CA gets its own.
+        let mut second = Proxies::default();
+        assert!(Arc::ptr_eq(&a, &second.for_trust(&webpki(), Some(&first))));
+        let other = ca_pem();
+        let changed = Arc::new(UpstreamTrust::new(Roots::None, Some(other.as_bytes())).unwrap());
+        let c = second.for_trust(&changed, Some(&first));
+        assert!(!Arc::ptr_eq(&c, &a) && !Arc::ptr_eq(&c, &b));
+    }
+}
