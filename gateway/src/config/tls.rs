@@ -238,6 +238,16 @@ price = "free"
             ),
             "ok"
         );
+        // The system store: found where the OS has a CA bundle, else an error naming the roots.
+        let system = err(up, "", "[upstream_tls]\nroots = \"system\"", d);
+        if Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
+            assert_eq!(system, "ok");
+        } else {
+            assert!(
+                system.starts_with("upstream_tls.roots: \"system\""),
+                "{system}"
+            );
+        }
         let e = err(up, "", "[upstream_tls]\nroots = \"mozilla\"", d);
         assert!(
             e.starts_with("upstream_tls.roots: unknown variant `mozilla`"),
