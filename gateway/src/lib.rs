@@ -14,7 +14,9 @@
 //!   matched route, the payment layer in front of the proxy;
 //! - `catalog` (`/.well-known/tollgate`), `discovery` (`/openapi.json`, `/llms.txt`),
 //!   `health` (`/healthz`, `/readyz`);
-//! - [`server`]: connections (HTTP/1 + HTTP/2, the drain layer, graceful shutdown);
+//! - [`server`]: connections (HTTP/1 + HTTP/2, the drain layer, graceful shutdown, the
+//!   optional TLS listener); [`tls`]: certificates and trust stores, both ways;
+//! - `upgrade`: WebSocket pass-through on free routes;
 //! - this file: [`Gateway`], its routers and [`Gateway::serve`].
 
 #![warn(missing_docs)]
@@ -27,6 +29,7 @@ pub mod keygen;
 pub mod path;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 
 mod catalog;
 mod discovery;
@@ -35,6 +38,7 @@ mod ledger;
 mod request_id;
 mod router;
 mod state;
+mod upgrade;
 
 use self::catalog::catalog;
 use self::health::{healthz, readyz};
@@ -62,7 +66,7 @@ use tollgate_middleware::{
 use tower::ServiceExt;
 
 use crate::config::{Config, IssuerSource, Route, StoreKind, Validated};
-use crate::proxy::{problem, Proxy};
+use crate::proxy::{problem, Proxies, Proxy};
 
 /// The environment variable holding the gateway secret (challenge HMAC key, >= 32 bytes).
 pub const SECRET_ENV: &str = "TOLLGATE_SECRET";
@@ -87,6 +91,8 @@ pub enum BuildError {
 struct Matched {
     route: Arc<Route>,
     priced: Arc<PricedRoute>,
+    /// The upstream clients of the route's trust store (shared by routes with the same one).
+    proxy: Arc<Proxy>,
 }
 
 /// One configuration in force: replaced as a whole on reload; requests in flight keep the
@@ -113,6 +119,8 @@ struct Inner {
     currencies: std::collections::BTreeMap<String, tollgate_middleware::Currency>,
     /// Routes in match order, each with the price the payment layer sees.
     routes: Vec<Matched>,
+    /// The upstream clients, one per trust store (a reload keeps those whose store is kept).
+    proxies: Proxies,
     /// The payment engine.
     paywall: Paywall,
     /// Background pollers of issuers' mandate revocation lists (stopped with this snapshot).
@@ -140,8 +148,10 @@ struct Shared {
     config_path: std::sync::RwLock<Option<std::path::PathBuf>>,
     /// Serializes reloads.
     reloading: tokio::sync::Mutex<()>,
-    /// The pooled upstream client (kept across reloads).
-    proxy: Proxy,
+    /// The TLS listener's certificate (`[tls]`; not reloadable).
+    listener_tls: Option<tls::ListenerTls>,
+    /// The admin listener serves TLS too (`[admin] tls`).
+    admin_tls: bool,
     /// The ledger of record and this replica's drainer (`[ledger]`; not reloadable).
     ledger: Option<ledger::LedgerRuntime>,
 }
@@ -229,17 +239,19 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let limits = self.inner().limits;
-        server::serve(self.admin_router(&token), listener, limits, shutdown).await
+        let tls = self.0.listener_tls.clone().filter(|_| self.0.admin_tls);
+        server::serve(self.admin_router(&token), listener, limits, tls, shutdown).await
     }
 
-    /// Serve on `listener` until `shutdown` completes, then stop accepting and let in-flight
-    /// requests finish (and settle).
+    /// Serve on `listener` (over TLS when `[tls]` is set) until `shutdown` completes, then stop
+    /// accepting and let in-flight requests finish (and settle).
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let limits = self.inner().limits;
-        server::serve(self.router(), listener, limits, shutdown).await
+        let tls = self.0.listener_tls.clone();
+        server::serve(self.router(), listener, limits, tls, shutdown).await
     }
 }

@@ -224,7 +224,7 @@ fn run(path: PathBuf) -> ExitCode {
                     .serve_admin(admin_listener, token, stopped(rx.clone())),
             );
         }
-        tracing::info!(listen = %cfg.listen, merchant = %cfg.merchant, "tollgate serving");
+        tracing::info!(listen = %cfg.listen, tls = cfg.tls.is_some(), merchant = %cfg.merchant, "tollgate serving");
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
         let server = tokio::spawn(gateway.serve(listener, stopped(rx.clone())));
         shutdown_signal().await;

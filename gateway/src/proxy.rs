@@ -1,10 +1,18 @@
 //! The reverse proxy: forwards a request to its route's upstream over a pooled hyper client,
 //! streaming bodies both ways.
 //!
+//! Upstreams are `http://` or `https://` through one connector type: TLS (rustls) is set up
+//! only when a new `https://` connection is made, with SNI and the certificate checked against
+//! the upstream's host and the route's [`UpstreamTrust`]; ALPN offers `h2` and `http/1.1`, so
+//! HTTP/2 is used where the upstream offers it. A request on a pooled connection does no TLS
+//! set-up, and an `http://` one no TLS work at all. WebSocket upgrades on free routes go
+//! through `upgrade.rs` ([`Proxy::forward_upgrade`]).
+//!
 //! Request: hop-by-hop headers removed (and any header `Connection` names), payment headers
 //! were already stripped by the payment layer, `Host` set to the upstream, `X-Forwarded-For`
-//! appended with the client address, `X-Forwarded-Proto` and `X-Forwarded-Host` set. The body
-//! is limited to the route's `max_body_bytes`.
+//! appended with the client address, `X-Forwarded-Proto` (`https` when the client came over
+//! the TLS listener) and `X-Forwarded-Host` set. The body is limited to the route's
+//! `max_body_bytes`.
 //! Response: hop-by-hop headers removed; body streamed as it arrives.
 //! Failures become problem responses: unreachable 502 `upstream_unavailable`, no answer within
 //! the route timeout 504 `upstream_timeout`, body over the limit 413 `body_too_large`.
@@ -18,28 +26,30 @@ use axum::extract::ConnectInfo;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tollgate_middleware::{ErrorCode, Paywall, RequestBodyCounter};
 
 use crate::config::Route;
+use crate::tls::UpstreamTrust;
 
-type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<
+pub(crate) type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<
     bytes::Bytes,
     Box<dyn std::error::Error + Send + Sync>,
 >;
 
-/// The pooled upstream client.
+/// One connector for both schemes: plain TCP for `http://`, TCP + TLS for `https://`.
+type Connector = HttpsConnector<HttpConnector>;
+
+/// The pooled upstream clients of one trust store.
 #[derive(Clone, Debug)]
 pub struct Proxy {
-    client: Client<HttpConnector, UpstreamBody>,
-}
-
-impl Default for Proxy {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Every request: HTTP/2 where an `https://` upstream offers it (ALPN), else HTTP/1.1.
+    client: Client<Connector, UpstreamBody>,
+    /// WebSocket upgrades: ALPN `http/1.1` only, as an HTTP/2 connection cannot be upgraded.
+    pub(crate) upgrades: Client<Connector, UpstreamBody>,
 }
 
 /// An error with its causes (`client error (Connect): tcp connect error: Connection refused`):
@@ -96,22 +106,50 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The client's address as a header value, made once per connection (server.rs) and reused
-/// for every request on it.
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// The client's connection, made once per connection (server.rs) and reused for every request
+/// on it: its address as a header value, and whether it came over TLS.
 #[derive(Clone, Debug)]
-pub struct ClientAddr(pub HeaderValue);
+pub struct ClientAddr {
+    /// The client's IP address (`X-Forwarded-For`).
+    pub ip: HeaderValue,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+}
+
+/// A connector trusting `trust`, offering `h2` too when `h2` is set.
+fn connector(trust: &UpstreamTrust, h2: bool) -> Connector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    // The TLS layer above takes `https://` URIs; this one only opens the TCP connection.
+    http.enforce_http(false);
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config((*trust.client_config()).clone())
+        .https_or_http()
+        .enable_http1();
+    if h2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.wrap_connector(http)
+    }
+}
 
 impl Proxy {
-    /// A client with a connection pool.
-    pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(http);
-        Proxy { client }
+    /// Clients with connection pools, trusting `trust` for `https://` upstreams.
+    pub fn new(trust: &UpstreamTrust) -> Self {
+        let client = |h2| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(60))
+                .pool_max_idle_per_host(256)
+                .build(connector(trust, h2))
+        };
+        Proxy {
+            client: client(true),
+            upgrades: client(false),
+        }
     }
 
     fn upstream_uri(route: &Route, uri: &Uri) -> Result<Uri, ()> {
@@ -128,7 +166,7 @@ impl Proxy {
             format!("{base_path}{pq}").parse().map_err(|_| ())?
         };
         Uri::builder()
-            .scheme(http::uri::Scheme::HTTP)
+            .scheme(base.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP))
             .authority(authority)
             .path_and_query(path_and_query)
             .build()
@@ -137,20 +175,38 @@ impl Proxy {
 
     /// Forward one request (its `Arc<Route>` is in the extensions).
     pub async fn forward(&self, req: Request<Body>) -> Result<Response<Body>, Infallible> {
-        let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
-            return Ok(problem(ErrorCode::Internal, "internal error"));
+        let prepared = match Self::prepare(req) {
+            Ok(p) => p,
+            Err(refused) => return Ok(refused),
         };
-        let client_ip = req
-            .extensions()
-            .get::<ClientAddr>()
-            .map(|c| c.0.clone())
-            .or_else(|| {
-                let ip = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
-                HeaderValue::from_str(&ip.to_string()).ok()
-            });
+        let res = match prepared.send(&self.client).await {
+            Ok(res) => res,
+            Err(refused) => return Ok(refused),
+        };
+        let (mut parts, body) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+
+    /// The upstream request for a client's request: target, headers and body limit.
+    // Both variants are a message head, moved once; boxing the refusal would buy nothing.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn prepare(req: Request<Body>) -> Result<Prepared, Response<Body>> {
+        let Some(route) = req.extensions().get::<Arc<Route>>().cloned() else {
+            return Err(problem(ErrorCode::Internal, "internal error"));
+        };
+        let conn = req.extensions().get::<ClientAddr>();
+        let proto = match conn {
+            Some(c) if c.tls => HTTPS,
+            _ => HTTP,
+        };
+        let client_ip = conn.map(|c| c.ip.clone()).or_else(|| {
+            let ip = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+            HeaderValue::from_str(&ip.to_string()).ok()
+        });
         let (mut parts, body) = req.into_parts();
         let Ok(uri) = Self::upstream_uri(&route, &parts.uri) else {
-            return Ok(problem(ErrorCode::Internal, "internal error"));
+            return Err(problem(ErrorCode::Internal, "internal error"));
         };
         let original_host = parts.headers.get(header::HOST).cloned();
         // For the warnings below (the per-request span is at debug level).
@@ -176,7 +232,7 @@ impl Proxy {
                 headers.insert(X_FORWARDED_FOR, v);
             }
         }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, proto);
         if let Some(h) = original_host {
             headers.insert(X_FORWARDED_HOST, h);
         }
@@ -186,6 +242,7 @@ impl Proxy {
             }
         }
         parts.uri = uri;
+        // HTTP/1.1 on an HTTP/1 connection; an HTTP/2 one (ALPN) sends HTTP/2 whatever this says.
         parts.version = http::Version::HTTP_11;
         let limit = usize::try_from(route.config.max_body_bytes).unwrap_or(usize::MAX);
         // Count forwarded request bytes for `request_bytes` meters.
@@ -197,40 +254,100 @@ impl Proxy {
             frame
         });
         let body: UpstreamBody = body.boxed_unsync();
-        let upstream_req = Request::from_parts(parts, body);
+        Ok(Prepared {
+            request: Request::from_parts(parts, body),
+            route,
+            request_id,
+            limit,
+        })
+    }
+}
 
+/// A request ready for its upstream, with what its failures are reported with.
+pub(crate) struct Prepared {
+    /// The upstream request.
+    pub(crate) request: Request<UpstreamBody>,
+    /// Its route.
+    pub(crate) route: Arc<Route>,
+    /// The client request's id, for the warnings.
+    request_id: String,
+    /// The body limit, for the 413.
+    limit: usize,
+}
+
+impl Prepared {
+    /// Send on `client` within the route's timeout; a failure is the problem response.
+    #[allow(clippy::result_large_err)]
+    pub(crate) async fn send(
+        self,
+        client: &Client<Connector, UpstreamBody>,
+    ) -> Result<Response<hyper::body::Incoming>, Response<Body>> {
+        let Prepared {
+            request,
+            route,
+            request_id,
+            limit,
+        } = self;
         let started = std::time::Instant::now();
-        let sent = tokio::time::timeout(route.timeout, self.client.request(upstream_req)).await;
+        let sent = tokio::time::timeout(route.timeout, client.request(request)).await;
         tollgate_middleware::metrics::global()
             .upstream_seconds
             .with_label_values(&[route.config.id.as_str()])
             .observe(started.elapsed().as_secs_f64());
-        let res = match sent {
+        match sent {
             Err(_) => {
                 tracing::warn!(route = %route.config.id, upstream = %route.config.upstream, request_id = %request_id, timeout_ms = route.timeout.as_millis() as u64, "upstream timed out");
-                return Ok(problem(
+                Err(problem(
                     ErrorCode::UpstreamTimeout,
                     "the upstream did not answer in time; nothing was charged",
-                ));
+                ))
             }
             Ok(Err(e)) => {
                 if is_length_limit(&e) {
-                    return Ok(problem(
+                    return Err(problem(
                         ErrorCode::BodyTooLarge,
                         &format!("request body larger than {limit} bytes"),
                     ));
                 }
+                // The chain says why, e.g. `client error (Connect): invalid peer certificate:
+                // UnknownIssuer` for an https upstream whose certificate is not trusted.
                 tracing::warn!(route = %route.config.id, upstream = %route.config.upstream, request_id = %request_id, error = %error_chain(&e), "upstream request failed");
-                return Ok(problem(
+                Err(problem(
                     ErrorCode::UpstreamUnavailable,
                     "the upstream could not be reached; nothing was charged",
-                ));
+                ))
             }
-            Ok(Ok(res)) => res,
+            Ok(Ok(res)) => Ok(res),
+        }
+    }
+}
+
+/// The upstream clients of one configuration, one [`Proxy`] per distinct trust store (most
+/// configurations have one).
+#[derive(Debug, Default)]
+pub(crate) struct Proxies(Vec<(Arc<UpstreamTrust>, Arc<Proxy>)>);
+
+impl Proxies {
+    /// The clients for `trust`: built already here or in `previous` (a reload that keeps a
+    /// trust store keeps its connection pools), else new.
+    pub(crate) fn for_trust(
+        &mut self,
+        trust: &Arc<UpstreamTrust>,
+        previous: Option<&Proxies>,
+    ) -> Arc<Proxy> {
+        let known = |p: &Proxies| {
+            p.0.iter()
+                .find(|(t, _)| t == trust)
+                .map(|(_, proxy)| proxy.clone())
         };
-        let (mut parts, body) = res.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, Body::new(body)))
+        if let Some(p) = known(self) {
+            return p;
+        }
+        let proxy = previous
+            .and_then(known)
+            .unwrap_or_else(|| Arc::new(Proxy::new(trust)));
+        self.0.push((trust.clone(), proxy.clone()));
+        proxy
     }
 }
 
@@ -248,4 +365,40 @@ fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 /// A problem response with an axum body.
 pub fn problem(code: ErrorCode, detail: &str) -> Response<Body> {
     Paywall::problem(code, detail).map(Body::from)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::tls::Roots;
+
+    fn ca_pem() -> String {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.self_signed(&KeyPair::generate().unwrap()).unwrap().pem()
+    }
+
+    #[test]
+    fn one_client_per_trust_store_and_a_reload_keeps_the_unchanged_ones() {
+        let webpki = || Arc::new(UpstreamTrust::new(Roots::Webpki, None).unwrap());
+        let pem = ca_pem();
+        let private = || Arc::new(UpstreamTrust::new(Roots::None, Some(pem.as_bytes())).unwrap());
+        let mut first = Proxies::default();
+        let a = first.for_trust(&webpki(), None);
+        let b = first.for_trust(&private(), None);
+        // Equal anchors built twice (two routes, or the same file read again): one client.
+        assert!(Arc::ptr_eq(&a, &first.for_trust(&webpki(), None)));
+        assert!(Arc::ptr_eq(&b, &first.for_trust(&private(), None)));
+        assert!(!Arc::ptr_eq(&a, &b));
+        // A reload: the unchanged stores keep their clients (and pools); a new CA gets its own.
+        let mut second = Proxies::default();
+        assert!(Arc::ptr_eq(&a, &second.for_trust(&webpki(), Some(&first))));
+        let other = ca_pem();
+        let changed = Arc::new(UpstreamTrust::new(Roots::None, Some(other.as_bytes())).unwrap());
+        let c = second.for_trust(&changed, Some(&first));
+        assert!(!Arc::ptr_eq(&c, &a) && !Arc::ptr_eq(&c, &b));
+    }
 }

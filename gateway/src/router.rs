@@ -74,18 +74,10 @@ pub(crate) async fn route_request(gw: Gateway, mut req: Request) -> (String, Res
             "no route matches this path",
         ));
     };
-    (
-        m.route.config.id.clone(),
-        serve_route(&gw, &inner, m, req).await,
-    )
+    (m.route.config.id.clone(), serve_route(&inner, m, req).await)
 }
 
-pub(crate) async fn serve_route(
-    gw: &Gateway,
-    inner: &Inner,
-    m: &Matched,
-    mut req: Request,
-) -> Response {
+pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) -> Response {
     let route = m.route.clone();
     if !route.methods.is_empty() && !route.methods.contains(req.method()) {
         let mut res = problem(
@@ -130,14 +122,24 @@ pub(crate) async fn serve_route(
         }
         credential::strip(headers);
         req.extensions_mut().insert(route);
-        return match gw.0.proxy.forward(req).await {
+        if upgrade::is_websocket(&req) {
+            return m.proxy.forward_upgrade(req).await;
+        }
+        return match m.proxy.forward(req).await {
             Ok(res) => res,
             Err(never) => match never {},
         };
     }
+    if upgrade::is_websocket(&req) {
+        // Before the payment layer: no challenge, no charge, and never a free pass.
+        return problem(
+            ErrorCode::UpgradeNotSupported,
+            "WebSocket is served on free routes only: this route is priced per request",
+        );
+    }
     req.extensions_mut().insert(m.priced.clone());
     req.extensions_mut().insert(route);
-    let proxy = gw.0.proxy.clone();
+    let proxy = m.proxy.clone();
     let upstream = tower::service_fn(move |req: Request| {
         let proxy = proxy.clone();
         async move { proxy.forward(req).await }

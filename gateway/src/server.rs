@@ -7,6 +7,9 @@
 //!   connection, or says `Connection: close` ([`DrainLayer`]): a client's paid retry on the
 //!   same connection never meets a silently closed socket.
 //! - The client address is attached as `ConnectInfo<SocketAddr>` (for `X-Forwarded-For`).
+//! - With a [`ListenerTls`], each connection first completes a TLS handshake (ALPN `h2`,
+//!   `http/1.1`) within its `handshake_timeout`, in its own task so that a slow client never
+//!   holds up accepting; one that stalls or fails is dropped (logged at debug).
 //! - Shutdown: stop accepting, let every open connection finish its in-flight requests (which
 //!   settle their payments), then return.
 
@@ -24,6 +27,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tollgate_middleware::drain::DrainLayer;
 use tower::{Layer, ServiceExt};
+
+use crate::proxy::ClientAddr;
+use crate::tls::ListenerTls;
 
 /// Connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -43,11 +49,12 @@ impl Default for Limits {
     }
 }
 
-/// Serve `router` on `listener` until `shutdown` completes; then drain.
+/// Serve `router` on `listener` (over TLS with `tls`) until `shutdown` completes; then drain.
 pub async fn serve(
     router: Router,
     listener: TcpListener,
     limits: Limits,
+    tls: Option<ListenerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -57,6 +64,8 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder.http2().timer(TokioTimer::new());
+    let builder = std::sync::Arc::new(builder);
+    let acceptor = tls.as_ref().map(|t| (t.acceptor(), t.handshake_timeout));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -73,7 +82,7 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 // The client address as a header value once per connection, not per request.
-                let client = http::HeaderValue::from_str(&peer.ip().to_string()).ok().map(crate::proxy::ClientAddr);
+                let client = http::HeaderValue::from_str(&peer.ip().to_string()).ok().map(|ip| ClientAddr { ip, tls: acceptor.is_some() });
                 let service = DrainLayer::new().layer(router.clone()).map_request(move |mut req: hyper::Request<Incoming>| {
                     req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
                     if let Some(c) = &client {
@@ -81,12 +90,37 @@ pub async fn serve(
                     }
                     req
                 });
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                let service = TowerToHyperService::new(service);
+                let Some((acceptor, handshake_timeout)) = &acceptor else {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                    continue;
+                };
+                let handshake = tokio::time::timeout(*handshake_timeout, acceptor.accept(stream));
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let stream = match handshake.await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });

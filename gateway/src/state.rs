@@ -64,14 +64,16 @@ impl Gateway {
             tokio::spawn(settler.run());
         }
         let ledger = crate::ledger::start(config).await?;
-        let inner = build_inner(config, validated, secret, store).await?;
+        let listener_tls = validated.listener_tls.clone();
+        let inner = build_inner(config, validated, secret, store, None).await?;
         Ok(Gateway(Arc::new(Shared {
             ledger,
             current: std::sync::RwLock::new(Arc::new(inner)),
             secret: secret.to_vec(),
             config_path: std::sync::RwLock::new(None),
             reloading: tokio::sync::Mutex::new(()),
-            proxy: Proxy::new(),
+            listener_tls,
+            admin_tls: config.admin.tls,
         })))
     }
 
@@ -95,8 +97,9 @@ impl Gateway {
 
     /// Re-read the config file and switch to it without dropping requests: in-flight requests
     /// finish on the configuration they started with. An invalid file is refused and the
-    /// current configuration keeps serving. The store is kept unless `[store]` changed;
-    /// `listen`, `[admin]` and the secret need a restart. Returns the number of routes.
+    /// current configuration keeps serving. The store is kept unless `[store]` changed, and the
+    /// upstream connection pools of every trust store that did not change are kept;
+    /// `listen`, `[tls]`, `[admin]` and the secret need a restart. Returns the number of routes.
     pub async fn reload(&self) -> Result<usize, ReloadError> {
         let _one_at_a_time = self.0.reloading.lock().await;
         let path = self
@@ -114,7 +117,7 @@ impl Gateway {
             tracing::info!("reload: [store] changed; connecting the new store");
             build_store(&config).await?
         };
-        let inner = build_inner(&config, validated, &self.0.secret, store).await?;
+        let inner = build_inner(&config, validated, &self.0.secret, store, Some(&old)).await?;
         let routes = inner.routes.len();
         if let Ok(mut current) = self.0.current.write() {
             *current = Arc::new(inner);
@@ -159,6 +162,7 @@ pub(crate) async fn build_inner(
     validated: Validated,
     secret: &[u8],
     store: Arc<dyn Store>,
+    previous: Option<&Inner>,
 ) -> Result<Inner, BuildError> {
     let r = &config.receipts;
     let policy = ReceiptPolicy {
@@ -225,10 +229,12 @@ pub(crate) async fn build_inner(
     let paywall = builder
         .build()
         .map_err(|e| BuildError::Secret(e.to_string()))?;
+    let mut proxies = Proxies::default();
     let routes = validated
         .routes
         .into_iter()
         .map(|route| {
+            let proxy = proxies.for_trust(&route.trust, previous.map(|p| &p.proxies));
             let c = &route.config;
             let priced = PricedRoute::new(c.id.clone(), route.price.clone())
                 .description(
@@ -257,6 +263,7 @@ pub(crate) async fn build_inner(
             Matched {
                 route: Arc::new(route),
                 priced: Arc::new(priced),
+                proxy,
             }
         })
         .collect();
@@ -290,6 +297,7 @@ pub(crate) async fn build_inner(
         store_config: config.store.clone(),
         currencies,
         routes,
+        proxies,
         paywall,
     })
 }

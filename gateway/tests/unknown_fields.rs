@@ -204,6 +204,7 @@ fn a_bogus_key_in_any_table_of_any_shipped_config_is_refused_by_name() {
         "store",
         "agent",
         "admin",
+        "upstream_tls",
         "x402",
         "routes[]",
         "routes[].price",

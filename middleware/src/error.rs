@@ -98,6 +98,9 @@ pub enum ErrorCode {
     RouteNotFound,
     /// The method is not allowed on this route.
     MethodNotAllowed,
+    /// A protocol upgrade (WebSocket) on a route that does not allow it: priced routes serve
+    /// plain requests only (a spliced connection cannot be metered).
+    UpgradeNotSupported,
     /// The request body is larger than the route allows.
     BodyTooLarge,
     /// The upstream could not be reached or failed before answering.
@@ -180,6 +183,7 @@ impl ErrorCode {
             PathInvalid => "path_invalid",
             RouteNotFound => "route_not_found",
             MethodNotAllowed => "method_not_allowed",
+            UpgradeNotSupported => "upgrade_not_supported",
             BodyTooLarge => "body_too_large",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
@@ -205,6 +209,7 @@ impl ErrorCode {
             | CredentialAmbiguous
             | PathInvalid
             | InvalidRequest
+            | UpgradeNotSupported
             | IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
             IdempotencyKeyInUse | IdempotencyKeyUsed => StatusCode::CONFLICT,
             IdempotencyKeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
@@ -277,6 +282,7 @@ impl ErrorCode {
             PathInvalid => "Invalid request path",
             RouteNotFound => "No such route",
             MethodNotAllowed => "Method not allowed",
+            UpgradeNotSupported => "Protocol upgrade not allowed on this route",
             BodyTooLarge => "Request body too large",
             UpstreamUnavailable => "Upstream unavailable",
             UpstreamTimeout => "Upstream timed out",

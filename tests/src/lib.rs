@@ -34,6 +34,7 @@ pub mod engine;
 pub mod facilitator;
 pub mod fixtures;
 pub mod postgres;
+pub mod python;
 
 /// A private `redis-server` on a unix socket in a temp dir, killed on drop.
 pub struct RedisServer {

@@ -13,42 +13,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::process::{Child, Command, Stdio};
+use std::io::Read as _;
 
 use serde_json::Value;
 use tollgate_e2e::*;
 
-/// The upstream script, killed on drop.
+/// The upstream script (killed on drop) and its address.
 struct PythonUpstream {
-    child: Child,
+    _server: python::PythonServer,
     up: TestUpstream,
-}
-
-impl Drop for PythonUpstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn compressing_upstream() -> PythonUpstream {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/upstreams/compressing.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line.trim().parse().expect("the upstream prints its port");
+    let server = python::PythonServer::start([script]);
     PythonUpstream {
-        child,
         up: TestUpstream {
-            addr: ([127, 0, 0, 1], port).into(),
+            addr: server.addr(),
         },
+        _server: server,
     }
 }
 

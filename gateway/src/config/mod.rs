@@ -14,6 +14,7 @@ mod plans;
 mod price;
 mod routes;
 mod store;
+mod tls;
 mod x402;
 
 use std::collections::BTreeMap;
@@ -34,12 +35,14 @@ pub use plans::{MoneyConfig, PlanConfig, PlanUnitsConfig};
 pub use price::{MeterConfig, PriceConfig};
 pub use routes::{Capture, ExactOfferConfig, RateLimitConfig, Route, RouteConfig};
 pub use store::{StoreConfig, StoreKind, SyncMode};
+pub use tls::{TlsConfig, UpstreamTlsConfig};
 pub use x402::X402Config;
 
 use issuers::validate_issuers;
 use plans::validate_plans;
 use routes::validate_routes;
 use store::validate_store;
+use tls::{validate_listener_tls, validate_upstream_tls};
 use x402::validate_x402;
 
 /// A configuration problem; `tollgate` exits with status 64 on any of them.
@@ -149,6 +152,12 @@ pub struct Config {
     /// Address of the public listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Serve the public listener over TLS (off: plain HTTP, for a TLS terminator in front).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The trust store of `https://` upstreams.
+    #[serde(default)]
+    pub upstream_tls: UpstreamTlsConfig,
     /// This merchant's id: the `aud` receipts must carry, and `payTo` in offers.
     pub merchant: String,
     /// x402 network id of receipt offers.
@@ -231,6 +240,9 @@ pub struct AdminConfig {
     /// from `TOLLGATE_ADMIN_TOKEN`.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Serve the admin listener over TLS too, with the `[tls]` certificate.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -380,7 +392,15 @@ impl Config {
         validate_store(&self.store)?;
         ledger::validate_ledger(self.ledger.as_ref(), &self.store)?;
         let facilitator = self.x402.as_ref().map(validate_x402).transpose()?;
-        let routes = validate_routes(&self.routes, &currencies, &issuers, facilitator.as_ref())?;
+        let listener_tls = validate_listener_tls(self.tls.as_ref(), base_dir)?;
+        let upstream_trust = validate_upstream_tls(&self.upstream_tls, base_dir)?;
+        let routes = validate_routes(
+            &self.routes,
+            &currencies,
+            &issuers,
+            facilitator.as_ref(),
+            (&upstream_trust, base_dir),
+        )?;
         let a = &self.agent;
         if !a.api_prefix.starts_with('/')
             || a.api_prefix.len() < 2
@@ -400,6 +420,12 @@ impl Config {
                 return Err(invalid("admin.listen", "must differ from listen"));
             }
         }
+        if self.admin.tls && self.tls.is_none() {
+            return Err(invalid(
+                "admin.tls",
+                "needs a [tls] table (cert_file, key_file): the admin listener uses its certificate",
+            ));
+        }
         let plans = validate_plans(&self.plans, &currencies, &routes)?;
         let currencies = currencies
             .into_iter()
@@ -414,6 +440,7 @@ impl Config {
             currencies,
             plans,
             x402_facilitator: facilitator.map(|(f, _)| f),
+            listener_tls,
         })
     }
 }
@@ -485,6 +512,8 @@ pub struct Validated {
     pub plans: Vec<Plan>,
     /// The x402 facilitator (when `[x402]` is set).
     pub x402_facilitator: Option<Arc<HttpFacilitator>>,
+    /// The TLS listener's certificate (when `[tls]` is set).
+    pub listener_tls: Option<crate::tls::ListenerTls>,
 }
 
 #[cfg(test)]

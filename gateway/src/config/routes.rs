@@ -13,6 +13,7 @@ use tollgate_middleware::Price;
 
 use super::price::{validate_price, PriceConfig};
 use super::{invalid, ConfigError, IssuerSource};
+use crate::tls::UpstreamTrust;
 
 /// `[[routes]]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,8 +29,12 @@ pub struct RouteConfig {
     /// Only for this Host (without port, case-insensitive).
     #[serde(default)]
     pub host: Option<String>,
-    /// Upstream base URL (`http://host:port[/base]`).
+    /// Upstream base URL (`http://host:port[/base]` or `https://host[:port][/base]`).
     pub upstream: String,
+    /// CA certificates (PEM) this route's `https://` upstream must chain to, instead of
+    /// `[upstream_tls]` (an internal service with a private CA).
+    #[serde(default)]
+    pub upstream_ca_file: Option<std::path::PathBuf>,
     /// Price.
     pub price: PriceConfig,
     /// Time for the upstream to start answering (milliseconds).
@@ -96,6 +101,8 @@ pub struct Route {
     pub methods: Vec<http::Method>,
     /// Parsed upstream.
     pub upstream: http::Uri,
+    /// Whom an `https://` upstream must prove to be (`[upstream_tls]` or the route's own CA).
+    pub trust: Arc<UpstreamTrust>,
     /// Parsed price.
     pub price: Price,
     /// Timeout.
@@ -150,6 +157,7 @@ pub(super) fn validate_routes(
     currencies: &BTreeMap<String, Currency>,
     issuers: &[(String, IssuerSource)],
     facilitator: Option<&(Arc<HttpFacilitator>, u64)>,
+    (default_trust, base_dir): (&Arc<UpstreamTrust>, &std::path::Path),
 ) -> Result<Vec<Route>, ConfigError> {
     if all.is_empty() {
         return Err(invalid("routes", "at least one route is needed"));
@@ -178,19 +186,17 @@ pub(super) fn validate_routes(
                 .map_err(|_| invalid(format!("routes[{i}].methods[{m}]"), "not an HTTP method"))?;
             methods.push(method);
         }
-        let upstream: http::Uri = rc
-            .upstream
-            .parse()
-            .map_err(|_| invalid(f("upstream"), "not a URL"))?;
-        if upstream.scheme_str() != Some("http")
-            || upstream.authority().is_none()
-            || upstream.query().is_some()
-        {
-            return Err(invalid(
-                f("upstream"),
-                "must be http://host:port[/base] (TLS to upstreams is not supported yet)",
-            ));
-        }
+        let upstream = validate_upstream(i, &rc.upstream)?;
+        let trust = match &rc.upstream_ca_file {
+            None => default_trust.clone(),
+            Some(_) if upstream.scheme() != Some(&http::uri::Scheme::HTTPS) => {
+                return Err(invalid(
+                    f("upstream_ca_file"),
+                    "set only on a route with an https:// upstream",
+                ))
+            }
+            Some(p) => super::tls::validate_route_ca(f("upstream_ca_file"), p, base_dir)?,
+        };
         let price = validate_price(i, &rc.price, currencies)?;
         let x402 = validate_route_x402(i, rc, &price, facilitator)?;
         let capture = validate_capture(i, rc, &price)?;
@@ -220,6 +226,7 @@ pub(super) fn validate_routes(
             config: rc.clone(),
             methods,
             upstream,
+            trust,
             price,
             timeout: Duration::from_millis(rc.timeout_ms),
             x402,
@@ -227,6 +234,34 @@ pub(super) fn validate_routes(
         });
     }
     Ok(routes)
+}
+
+/// A route's `upstream`: `http://` or `https://`, a host (for `https://`, one a certificate
+/// can name: a DNS name or an IP address), no query.
+fn validate_upstream(i: usize, url: &str) -> Result<http::Uri, ConfigError> {
+    let field = format!("routes[{i}].upstream");
+    let shape = "must be http://host:port[/base] or https://host[:port][/base]";
+    let upstream: http::Uri = url
+        .parse()
+        .map_err(|_| invalid(field.clone(), format!("not a URL: {shape}")))?;
+    let https = match upstream.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(invalid(field, shape)),
+    };
+    let Some(host) = upstream.host().filter(|_| upstream.query().is_none()) else {
+        return Err(invalid(field, shape));
+    };
+    if https {
+        let name = host.trim_start_matches('[').trim_end_matches(']');
+        if rustls::pki_types::ServerName::try_from(name).is_err() {
+            return Err(invalid(
+                field,
+                format!("{host:?} is not a name a TLS certificate can carry (a DNS name or an IP address)"),
+            ));
+        }
+    }
+    Ok(upstream)
 }
 
 /// When a route's fixed price is captured.
