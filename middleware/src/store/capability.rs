@@ -111,6 +111,37 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<UsageEvent>, StoreError>;
 
+    /// Usage events with ids before `before` (from the newest when `None`), newest first, at
+    /// most `limit`: the admin API's recent payments. The default pages through
+    /// [`LedgerStore::events_after`] from the start (every backend of this crate answers from
+    /// its index instead).
+    async fn events_before(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let bound = before.map(super::event_order);
+        let mut kept: std::collections::VecDeque<UsageEvent> = std::collections::VecDeque::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.events_after(after.as_deref(), 1000).await?;
+            let n = page.len();
+            after = page.last().map(|e| e.id.clone());
+            for e in page {
+                if bound.is_some_and(|b| super::event_order(&e.id) >= b) {
+                    return Ok(kept.into_iter().rev().collect());
+                }
+                kept.push_back(e);
+                if kept.len() > limit {
+                    kept.pop_front();
+                }
+            }
+            if n < 1000 {
+                return Ok(kept.into_iter().rev().collect());
+            }
+        }
+    }
+
     /// Every usage event in the ledger, in id order (tests and small exports).
     async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError> {
         let mut out = Vec::new();
@@ -202,6 +233,12 @@ pub trait SettlementQueue: Send + Sync + std::fmt::Debug + 'static {
 
     /// Settlements that failed for good (the admin API lists them).
     async fn failed_settlements(&self) -> Result<Vec<SettlementJob>, StoreError>;
+
+    /// How many settlements wait (queued or being attempted; failed ones not counted): the
+    /// dashboard's queue depth. `None` when the backend cannot say (the default).
+    async fn queued_settlements(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 
     /// Mark a failed settlement resolved (settled by other means, or written off): it is
     /// forgotten and its payer unblocked when no other failed settlement remains. `false`: no

@@ -305,7 +305,6 @@ impl LedgerStore for RedisStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<UsageEvent>, StoreError> {
-        let mut conn = self.connection().await?;
         let cursor = after.map(event_order);
         let mut out = Vec::new();
         for bucket in 0..BUCKETS {
@@ -315,26 +314,63 @@ impl LedgerStore for RedisStore {
                 Some((ms, seq, b)) if bucket > b => format!("{ms}-{seq}"),
                 Some((ms, seq, _)) => format!("({ms}-{seq}"),
             };
-            let page: Vec<(String, Vec<(String, String)>)> = self
-                .bounded(
-                    redis::cmd("XRANGE")
-                        .arg(self.events_key(bucket))
-                        .arg(&start)
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(limit)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            for (id, fields) in page {
-                out.push(UsageEvent::from_fields(
-                    Self::ledger_id(bucket, &id),
-                    &fields,
-                )?);
-            }
+            out.extend(
+                self.stream_page("XRANGE", bucket, (&start, "+"), limit)
+                    .await?,
+            );
         }
         out.sort_by_key(|e| event_order(&e.id));
         out.truncate(limit);
         Ok(out)
+    }
+
+    async fn events_before(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let cursor = before.map(event_order);
+        let mut out = Vec::new();
+        for bucket in 0..BUCKETS {
+            let end = match cursor {
+                None => "+".to_owned(),
+                Some((ms, seq, b)) if bucket < b => format!("{ms}-{seq}"),
+                Some((ms, seq, _)) => format!("({ms}-{seq}"),
+            };
+            out.extend(
+                self.stream_page("XREVRANGE", bucket, (&end, "-"), limit)
+                    .await?,
+            );
+        }
+        out.sort_by_key(|e| std::cmp::Reverse(event_order(&e.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+}
+
+impl RedisStore {
+    /// Up to `limit` events of one bucket's stream: `XRANGE` or `XREVRANGE` with its two bounds.
+    async fn stream_page(
+        &self,
+        command: &str,
+        bucket: u64,
+        (from, to): (&str, &str),
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let mut conn = self.connection().await?;
+        let page: Vec<(String, Vec<(String, String)>)> = self
+            .bounded(
+                redis::cmd(command)
+                    .arg(self.events_key(bucket))
+                    .arg(from)
+                    .arg(to)
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        page.into_iter()
+            .map(|(id, fields)| UsageEvent::from_fields(Self::ledger_id(bucket, &id), &fields))
+            .collect()
     }
 }
