@@ -57,11 +57,14 @@ pub const LATENCY_BOUNDS_US: [u64; 28] = [
 ];
 
 /// A latency histogram over [`LATENCY_BOUNDS_US`]: small and mergeable, so a window of minutes
-/// sums exactly; a quantile is the upper bound of the bucket it falls in.
+/// sums exactly; a quantile is the upper bound of the bucket it falls in (or the slowest
+/// observation, when that is lower).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Latency {
     /// Count per bucket (same index as [`LATENCY_BOUNDS_US`]).
     pub counts: [u64; 28],
+    /// The slowest observation, microseconds.
+    pub max_us: u64,
 }
 
 impl Latency {
@@ -75,6 +78,7 @@ impl Latency {
         if let Some(c) = self.counts.get_mut(i) {
             *c += 1;
         }
+        self.max_us = self.max_us.max(us);
     }
 
     /// Add another histogram's counts.
@@ -82,6 +86,7 @@ impl Latency {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
             *a += b;
         }
+        self.max_us = self.max_us.max(other.max_us);
     }
 
     /// How many observations.
@@ -89,9 +94,9 @@ impl Latency {
         self.counts.iter().sum()
     }
 
-    /// The `q`-quantile (`0 < q <= 1`) as the upper bound of its bucket, microseconds: at least
-    /// a fraction `q` of the observations took at most this long. `None` without observations;
-    /// `u64::MAX` when it falls past the last finite bound (over 60 s).
+    /// The `q`-quantile (`0 < q <= 1`), microseconds, as an upper bound: at least a fraction
+    /// `q` of the observations took at most this long (the bound of the bucket it falls in, or
+    /// the slowest observation when lower). `None` without observations.
     pub fn quantile_us(&self, q: f64) -> Option<u64> {
         let n = self.count();
         if n == 0 {
@@ -103,10 +108,10 @@ impl Latency {
         for (bound, c) in LATENCY_BOUNDS_US.iter().zip(self.counts.iter()) {
             seen += c;
             if seen >= rank {
-                return Some(*bound);
+                return Some((*bound).min(self.max_us));
             }
         }
-        LATENCY_BOUNDS_US.last().copied()
+        Some(self.max_us)
     }
 }
 
@@ -426,11 +431,12 @@ mod tests {
         // Answered only: 1 2 2 3 4 9 40 40 40 40 900 (ms) -> the 6th is 9 ms, the 11th 900 ms.
         assert_eq!(u.latency.count(), 11);
         assert_eq!(u.latency.quantile_us(0.5), Some(10_000));
-        assert_eq!(u.latency.quantile_us(0.95), Some(1_000_000));
+        // The 11th is in the 750 ms - 1 s bucket, and the slowest: 900 ms exactly.
+        assert_eq!(u.latency.quantile_us(0.95), Some(900_000));
         assert_eq!(u.latency.quantile_us(0.01), Some(1_000));
         assert_eq!(Latency::default().quantile_us(0.5), None);
         let mut slow = Latency::default();
         slow.record(Duration::from_secs(3600));
-        assert_eq!(slow.quantile_us(0.5), Some(u64::MAX));
+        assert_eq!(slow.quantile_us(0.5), Some(3_600_000_000));
     }
 }
