@@ -67,6 +67,43 @@ async fn read_endpoints_and_the_page_need_the_right_things() {
             .unwrap();
         assert_eq!(res.status(), 200, "{path}");
     }
+    // The OpenAPI document describes each of them, and every parameter of the export.
+    let openapi = admin_get(gw, "/admin/v1/openapi.json").await;
+    for path in [
+        "/admin/v1/payers",
+        "/admin/v1/summary",
+        "/admin/v1/traffic",
+        "/admin/v1/charts/{name}",
+        "/admin/v1/events",
+        "/admin/v1/events.csv",
+        "/admin/v1/x402/queue",
+        "/admin/v1/ledger",
+    ] {
+        assert!(openapi["paths"][path]["get"].is_object(), "{path}");
+    }
+    for path in ["/admin/v1/events", "/admin/v1/events.csv"] {
+        let names: Vec<String> = openapi["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let name = &p["name"];
+                let r = p["$ref"].as_str().map(|r| r.rsplit('/').next().unwrap());
+                match r {
+                    Some(r) => openapi["components"]["parameters"][r]["name"].clone(),
+                    None => name.clone(),
+                }
+                .as_str()
+                .unwrap()
+                .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            ["order", "after", "before", "limit", "route", "payer", "since", "until"],
+            "{path}"
+        );
+    }
     // The page is static and served without the token; it holds no data.
     let res = gw.http.get(gw.admin_url("/admin/ui")).send().await.unwrap();
     assert_eq!(res.status(), 200);

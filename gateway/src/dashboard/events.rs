@@ -488,7 +488,7 @@ mod tests {
         assert_eq!(csv_field("=SUM(A1)", true), "'=SUM(A1)");
         assert_eq!(csv_field("-1,2", true), "\"'-1,2\"");
         assert_eq!(csv_field("{\"unit\":7}", false), "\"{\"\"unit\"\":7}\"");
-        assert_eq!(iso_time(1_795_370_405_123), "2026-11-22T10:26:45.123Z");
+        assert_eq!(iso_time(1_795_370_405_123), "2026-11-22T18:00:05.123Z");
         assert_eq!(iso_time(0), "1970-01-01T00:00:00.000Z");
         assert!(
             is_ledger_id("1795370405123-0-15") && !is_ledger_id("1-2") && !is_ledger_id("a-b-c")

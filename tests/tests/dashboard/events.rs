@@ -141,7 +141,7 @@ async fn bad(gw: &TestGateway, path: &str) -> (u16, String, String) {
 }
 
 /// Every page of `path` (with `&limit=` and the cursor appended), concatenated.
-async fn paged(gw: &TestGateway, path: &str, cursor: &str, header: &str) -> Vec<Value> {
+pub(crate) async fn paged(gw: &TestGateway, path: &str, cursor: &str, header: &str) -> Vec<Value> {
     let mut all = Vec::new();
     let mut at = String::new();
     for _ in 0..50 {

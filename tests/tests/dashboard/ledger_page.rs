@@ -90,6 +90,25 @@ async fn the_ledger_database_card_in_headless_chromium() {
         tollgate_middleware::ledger::schema::CURRENT
     );
     assert_eq!(l["drainer"]["max_backlog"].as_u64().unwrap(), 1_000_000);
+    // The export reads the database, newest first page by page as oldest first.
+    let all = ledger(gw).await;
+    assert_eq!(all.len(), 7);
+    let pages = super::events::paged(
+        gw,
+        "/admin/v1/events?order=desc",
+        "before",
+        "tollgate-next-before",
+    )
+    .await;
+    assert_eq!(pages, all.iter().rev().cloned().collect::<Vec<Value>>());
+    let alice = super::events::paged(
+        gw,
+        "/admin/v1/events?payer=alice",
+        "after",
+        "tollgate-next-after",
+    )
+    .await;
+    assert_eq!(alice.len(), 4);
 
     let downloads = tempfile::tempdir().unwrap();
     let driver = start_chromedriver().await;

@@ -122,6 +122,18 @@ async fn conversion_and_upstream_errors_per_route() {
     assert_eq!(d["p50_ms"], Value::Null);
     // No challenge: no conversion to speak of.
     assert_eq!(route(&traffic, "flaky")["conversion_pct"], Value::Null);
+    // The sqlite store answers newest first from its index, page by page.
+    let all = ledger(&gw).await;
+    assert_eq!(all.len(), 2);
+    let newest_first: Vec<Value> = all.iter().rev().cloned().collect();
+    let pages = super::events::paged(
+        &gw,
+        "/admin/v1/events?order=desc",
+        "before",
+        "tollgate-next-before",
+    )
+    .await;
+    assert_eq!(pages, newest_first);
     // The live chart separates challenges from the other refusals.
     let res = gw
         .http
