@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::Response;
@@ -265,12 +266,16 @@ pub fn event_json(e: &UsageEvent) -> Value {
     })
 }
 
+/// The query string's pairs (one that does not decode is a 400 problem, not axum's plain text).
+type Pairs = Result<Query<BTreeMap<String, String>>, QueryRejection>;
+
 async fn run(
     admin: &Admin,
-    q: &BTreeMap<String, String>,
+    q: Pairs,
     (max, default): (usize, usize),
 ) -> Result<(EventQuery, Scan), Response> {
-    let query = EventQuery::parse(q, max, default).map_err(|e| bad_request(&e))?;
+    let Query(q) = q.map_err(|e| bad_request(&e.body_text()))?;
+    let query = EventQuery::parse(&q, max, default).map_err(|e| bad_request(&e))?;
     let found = scan(admin.ledger().as_ref(), &query)
         .await
         .map_err(store_error)?;
@@ -305,11 +310,8 @@ fn respond(content_type: &'static str, body: String, q: &EventQuery, s: &Scan) -
 
 /// `GET /admin/v1/events?order=&after=|before=&limit=&route=&payer=&since=&until=`: usage
 /// events as NDJSON (limit 1 to 10000, default 1000).
-pub(crate) async fn events(
-    State(admin): State<Admin>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> Response {
-    let (query, found) = match run(&admin, &q, (10_000, 1000)).await {
+pub(crate) async fn events(State(admin): State<Admin>, q: Pairs) -> Response {
+    let (query, found) = match run(&admin, q, (10_000, 1000)).await {
         Ok(r) => r,
         Err(res) => return res,
     };
@@ -405,11 +407,8 @@ pub(crate) fn csv_record(e: &UsageEvent) -> String {
 
 /// `GET /admin/v1/events.csv` with the same parameters as [`events`] (limit 1 to 100000,
 /// default 10000): a header row, then one record per event, CRLF line ends.
-pub(crate) async fn events_csv(
-    State(admin): State<Admin>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> Response {
-    let (query, found) = match run(&admin, &q, (100_000, 10_000)).await {
+pub(crate) async fn events_csv(State(admin): State<Admin>, q: Pairs) -> Response {
+    let (query, found) = match run(&admin, q, (100_000, 10_000)).await {
         Ok(r) => r,
         Err(res) => return res,
     };
