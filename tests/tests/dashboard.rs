@@ -58,14 +58,7 @@ async fn read_endpoints_and_the_page_need_the_right_things() {
         )
         .await;
         assert_eq!((status, code.as_str()), (401, "unauthorized"), "{path}");
-        let res = gw
-            .http
-            .get(gw.admin_url(path))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200, "{path}");
+        admin_text(gw, path).await;
     }
     // The OpenAPI document describes each of them, and every parameter of the export.
     let openapi = admin_get(gw, "/admin/v1/openapi.json").await;
@@ -176,15 +169,7 @@ async fn read_endpoints_and_the_page_need_the_right_things() {
         "/admin/v1/charts/traffic.svg?minutes=0",
         "/admin/v1/charts/revenue.svg?currency=XXX",
     ] {
-        let (status, code) = code_of(
-            gw.http
-                .get(gw.admin_url(path))
-                .bearer_auth(ADMIN)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, code) = code_of(admin_res(gw, path).await).await;
         assert_eq!((status, code.as_str()), (400, "invalid_request"), "{path}");
     }
 }
@@ -287,12 +272,7 @@ async fn summary_payers_and_traffic_equal_the_ledger() {
     );
     assert_eq!(traffic["series"].as_array().unwrap().len(), 1440);
     // Per route: the echo route's 5 paid, 3 challenges and the replayed receipt.
-    let echo = traffic["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["route"] == "echo")
-        .unwrap();
+    let echo = traffic_route(&traffic, "echo");
     let was = routes_before.get("echo").cloned().unwrap_or_default();
     assert_eq!(echo["paid"].as_u64().unwrap() - was.paid, 5);
     assert_eq!(echo["challenges"].as_u64().unwrap() - was.challenges, 3);
@@ -315,15 +295,8 @@ async fn summary_payers_and_traffic_equal_the_ledger() {
     );
 
     // The charts are SVG drawn from the same figures, labelled exactly.
-    let res = gw
-        .http
-        .get(gw.admin_url("/admin/v1/charts/revenue.svg"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.headers()["content-type"], "image/svg+xml");
-    let svg = res.text().await.unwrap();
+    let (headers, svg) = admin_text(gw, "/admin/v1/charts/revenue.svg").await;
+    assert_eq!(headers["content-type"], "image/svg+xml");
     assert!(svg.starts_with("<svg") && svg.contains("<title>echo: 0.050000 USD</title>"));
     assert!(svg.contains("<title>units: 0.007000 USD</title>"));
     live::assert_visible_segment(&svg, "tiny: 0.000068 USD");
@@ -331,14 +304,6 @@ async fn summary_payers_and_traffic_equal_the_ledger() {
         svg.contains(">tiny (0.000068 USD)</text>"),
         "the legend gives the total"
     );
-    let (status, code) = code_of(
-        gw.http
-            .get(gw.admin_url("/admin/v1/charts/nope.svg"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, code) = code_of(admin_res(gw, "/admin/v1/charts/nope.svg").await).await;
     assert_eq!((status, code.as_str()), (404, "route_not_found"));
 }

@@ -286,18 +286,11 @@ mod tests {
             ],
         }
         .render();
-        let tiny = svg
-            .split("<rect ")
-            .find(|r| r.contains("<title>tiny: 0.000068 USD</title>"))
-            .unwrap();
-        let height: f64 = tiny
-            .split("height=\"")
-            .nth(1)
-            .and_then(|h| h.split('"').next())
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(height >= MIN_SEGMENT, "{tiny}");
+        // MIN_SEGMENT (3 px) tall, in the second colour, with its exact value.
+        assert!(
+            svg.contains("height=\"3.0\" fill=\"#E69F00\"><title>tiny: 0.000068 USD</title>"),
+            "{svg}"
+        );
         assert!(svg.contains(">tiny (0.000068 USD)</text>"));
     }
 

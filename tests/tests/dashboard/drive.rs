@@ -267,12 +267,7 @@ fn routes_table(shown: &std::collections::BTreeMap<String, String>, traffic: &Va
         assert_eq!(f(&format!("{n}p95")), ms(&u["p95_ms"]));
     }
     // The 503 the upstream answered is on its route.
-    let echo = traffic["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["route"] == "echo")
-        .unwrap();
+    let echo = traffic_route(traffic, "echo");
     assert!(echo["upstream"]["status_5xx"].as_u64().unwrap() >= 1);
 }
 

@@ -122,13 +122,7 @@ fn assert_csv_equals(csv: &str, events: &[Value]) {
 }
 
 async fn bad(gw: &TestGateway, path: &str) -> (u16, String, String) {
-    let res = gw
-        .http
-        .get(gw.admin_url(path))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let res = admin_res(gw, path).await;
     let status = res.status().as_u16();
     let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
     assert_eq!(ct, "application/problem+json", "{path}");

@@ -2,8 +2,6 @@
 //! equal the admin API's JSON and the database's own counts and sums to the unit, and the
 //! recent payments are read from the ledger database.
 
-use std::time::Duration;
-
 use serde_json::Value;
 use tollgate_e2e::postgres::PostgresServer;
 
@@ -18,20 +16,14 @@ async fn one_i64(db: &tokio_postgres::Client, sql: &str) -> i64 {
 /// The ledger card's JSON once the drainer has moved everything (backlog 0, healthy, every
 /// charge and credit in the database).
 async fn drained(gw: &tollgate_e2e::TestGateway, charges: u64, credits: u64) -> Value {
-    let mut l = Value::Null;
-    for _ in 0..300 {
-        l = admin_get(gw, "/admin/v1/ledger").await;
+    admin_until(gw, "/admin/v1/ledger", |l| {
         let (d, db) = (&l["drainer"], &l["database"]);
-        if d["healthy"] == true
+        d["healthy"] == true
             && d["backlog"] == 0
             && db["charges"].as_u64() == Some(charges)
             && db["credits"].as_u64() == Some(credits)
-        {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the ledger never drained: {l}");
+    })
+    .await
 }
 
 #[tokio::test]
@@ -47,26 +39,20 @@ async fn the_ledger_database_card_in_headless_chromium() {
     let d = &l["database"];
     assert_eq!(l["configured"], true);
     assert_eq!(d["reachable"], true);
-    assert_eq!(
-        d["charges"].as_i64().unwrap(),
-        one_i64(
-            &db,
-            "SELECT count(*) FROM ledger_events WHERE kind = 'charge'"
-        )
-        .await
-    );
-    assert_eq!(
-        d["voids"].as_i64().unwrap(),
-        one_i64(
-            &db,
-            "SELECT count(*) FROM ledger_events WHERE kind = 'void'"
-        )
-        .await
-    );
-    assert_eq!(
-        d["credits"].as_i64().unwrap(),
-        one_i64(&db, "SELECT count(*) FROM ledger_credits").await
-    );
+    for (k, sql) in [
+        (
+            "charges",
+            "SELECT count(*) FROM ledger_events WHERE kind = 'charge'",
+        ),
+        (
+            "voids",
+            "SELECT count(*) FROM ledger_events WHERE kind = 'void'",
+        ),
+        ("credits", "SELECT count(*) FROM ledger_credits"),
+        ("rejects", "SELECT count(*) FROM ledger_rejects"),
+    ] {
+        assert_eq!(d[k].as_i64().unwrap(), one_i64(&db, sql).await, "{k}");
+    }
     assert_eq!(d["rejects"], 0);
     let revenue = one_i64(
         &db,

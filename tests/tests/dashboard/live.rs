@@ -49,15 +49,6 @@ async fn flaky_upstream() -> TestUpstream {
     serve_router(router).await
 }
 
-fn route<'a>(traffic: &'a Value, id: &str) -> &'a Value {
-    traffic["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["route"] == id)
-        .unwrap_or_else(|| panic!("no route {id} in {traffic}"))
-}
-
 #[tokio::test]
 async fn conversion_and_upstream_errors_per_route() {
     let _serial = SERIAL.lock().await;
@@ -90,7 +81,7 @@ async fn conversion_and_upstream_errors_per_route() {
     assert_eq!((status, code.as_str()), (502, "upstream_unavailable"));
 
     let traffic = admin_get(&gw, "/admin/v1/traffic?minutes=15").await;
-    let conv = route(&traffic, "conv");
+    let conv = traffic_route(&traffic, "conv");
     assert_eq!(
         (conv["paid"].as_u64(), conv["challenges"].as_u64()),
         (Some(2), Some(3))
@@ -100,7 +91,7 @@ async fn conversion_and_upstream_errors_per_route() {
     assert_eq!(conv["revenue"]["USD"], "0.02");
     assert_eq!(conv["upstream"]["answered"], 2);
     assert_eq!(conv["upstream"]["errors"], 0);
-    let f = &route(&traffic, "flaky")["upstream"];
+    let f = &traffic_route(&traffic, "flaky")["upstream"];
     assert_eq!(
         (
             &f["answered"],
@@ -114,14 +105,17 @@ async fn conversion_and_upstream_errors_per_route() {
     // The local upstream answers within milliseconds: p50 <= p95, both small upper bounds.
     let (p50, p95) = (f["p50_ms"].as_f64().unwrap(), f["p95_ms"].as_f64().unwrap());
     assert!(0.0 < p50 && p50 <= p95 && p95 <= 300.0, "{f}");
-    let d = &route(&traffic, "down")["upstream"];
+    let d = &traffic_route(&traffic, "down")["upstream"];
     assert_eq!(
         (&d["answered"], &d["unreachable"], &d["errors"]),
         (&json!(0), &json!(1), &json!(1))
     );
     assert_eq!(d["p50_ms"], Value::Null);
     // No challenge: no conversion to speak of.
-    assert_eq!(route(&traffic, "flaky")["conversion_pct"], Value::Null);
+    assert_eq!(
+        traffic_route(&traffic, "flaky")["conversion_pct"],
+        Value::Null
+    );
     // The sqlite store answers newest first from its index, page by page.
     let all = ledger(&gw).await;
     assert_eq!(all.len(), 2);
@@ -135,14 +129,7 @@ async fn conversion_and_upstream_errors_per_route() {
     .await;
     assert_eq!(pages, newest_first);
     // The live chart separates challenges from the other refusals.
-    let res = gw
-        .http
-        .get(gw.admin_url("/admin/v1/charts/traffic.svg?minutes=15"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    let svg = res.text().await.unwrap();
+    let (_, svg) = admin_text(&gw, "/admin/v1/charts/traffic.svg?minutes=15").await;
     assert!(svg.contains(">402 challenges</text>") && svg.contains(">other refusals</text>"));
 }
 
@@ -180,16 +167,11 @@ async fn pay_x402(gw: &TestGateway) {
     assert_eq!(res.status(), 200);
 }
 
-async fn queue_until(gw: &TestGateway, want: (u64, u64)) -> Value {
-    let mut q = Value::Null;
-    for _ in 0..250 {
-        q = admin_get(gw, "/admin/v1/x402/queue").await;
-        if (q["queued"].as_u64(), q["failed"].as_u64()) == (Some(want.0), Some(want.1)) {
-            return q;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("queue never reached {want:?}: {q}");
+async fn queue_until(gw: &TestGateway, (queued, failed): (u64, u64)) -> Value {
+    admin_until(gw, "/admin/v1/x402/queue", |q| {
+        (q["queued"].as_u64(), q["failed"].as_u64()) == (Some(queued), Some(failed))
+    })
+    .await
 }
 
 #[tokio::test]

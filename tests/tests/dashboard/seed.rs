@@ -100,33 +100,57 @@ pub(crate) async fn seeded_with(more: impl FnOnce(GatewayBuilder) -> GatewayBuil
     }
 }
 
-pub(crate) async fn admin_get(gw: &TestGateway, path: &str) -> Value {
-    let res = gw
-        .http
+/// GET on the admin API with the token.
+pub(crate) async fn admin_res(gw: &TestGateway, path: &str) -> reqwest::Response {
+    gw.http
         .get(gw.admin_url(path))
         .bearer_auth(ADMIN)
         .send()
         .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "{path}");
-    res.json().await.unwrap()
+        .unwrap()
 }
 
-/// GET on the admin API as text (NDJSON, CSV).
+pub(crate) async fn admin_get(gw: &TestGateway, path: &str) -> Value {
+    let text = admin_text(gw, path).await.1;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+}
+
+/// GET on the admin API, answered 200: its headers and text (NDJSON, CSV, SVG).
 pub(crate) async fn admin_text(
     gw: &TestGateway,
     path: &str,
 ) -> (reqwest::header::HeaderMap, String) {
-    let res = gw
-        .http
-        .get(gw.admin_url(path))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let res = admin_res(gw, path).await;
     assert_eq!(res.status(), 200, "{path}");
     let headers = res.headers().clone();
     (headers, res.text().await.unwrap())
+}
+
+/// GET `path` until `done` holds for its JSON (at most 30 s); the last answer.
+pub(crate) async fn admin_until(
+    gw: &TestGateway,
+    path: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut v = Value::Null;
+    for _ in 0..300 {
+        v = admin_get(gw, path).await;
+        if done(&v) {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{path} never got there: {v}");
+}
+
+/// One route of `GET /admin/v1/traffic`'s `routes`.
+pub(crate) fn traffic_route<'a>(traffic: &'a Value, id: &str) -> &'a Value {
+    traffic["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == id)
+        .unwrap_or_else(|| panic!("no route {id} in {traffic}"))
 }
 
 /// POST JSON to the admin API: (status, problem code or "").
