@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -21,10 +20,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tollgate_middleware::money::{Amount, Currency};
-use tollgate_middleware::store::{utc_day, Credit, CreditOutcome, Idempotency, UsageEvent};
+use tollgate_middleware::store::{utc_day, Credit, CreditOutcome, Idempotency};
 use tollgate_middleware::{Clock, ErrorCode, Paywall, SystemClock};
 
 use crate::proxy::problem;
+
+pub use crate::dashboard::events::event_json;
 
 /// The environment variable holding the admin bearer token.
 pub const ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
@@ -41,6 +42,11 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
+    /// The gateway (routes, the ledger runtime).
+    pub(crate) fn gateway(&self) -> &crate::Gateway {
+        &self.gw
+    }
+
     pub(crate) fn paywall(&self) -> Paywall {
         self.gw.paywall()
     }
@@ -57,6 +63,19 @@ impl Admin {
     /// The configured currency codes, in order.
     pub(crate) fn currency_codes(&self) -> Vec<String> {
         self.gw.currencies().keys().cloned().collect()
+    }
+
+    /// Minor units as `<amount> <CODE>` with exactly the currency's decimals (`0.050000 USD`,
+    /// integer string operations only): the dashboard's one money format.
+    pub(crate) fn money(&self, code: &str, minor: u64) -> String {
+        let scale = self.currency(code).map_or(0, |c| c.scale() as usize);
+        let digits = format!("{minor:0>width$}", width = scale + 1);
+        let (int, frac) = digits.split_at(digits.len() - scale);
+        if frac.is_empty() {
+            format!("{int} {code}")
+        } else {
+            format!("{int}.{frac} {code}")
+        }
     }
 
     /// Minor units as a decimal string (the plain integer for an unconfigured currency).
@@ -95,7 +114,7 @@ pub fn router(gw: crate::Gateway, token: &str) -> Router {
         .route("/admin/v1/traffic", get(crate::dashboard::reports::traffic))
         .route(
             "/admin/v1/charts/{name}",
-            get(crate::dashboard::reports::chart),
+            get(crate::dashboard::charts::chart),
         )
         .route("/admin/v1/payers/{id}", get(payer))
         .route("/admin/v1/payers/{id}/credits", post(credit))
@@ -104,7 +123,16 @@ pub fn router(gw: crate::Gateway, token: &str) -> Router {
         .route("/admin/v1/mandates/{id}/revoke", post(revoke_mandate))
         .route("/admin/v1/receipts/revoke", post(revoke_receipt))
         .route("/admin/v1/usage", get(usage))
-        .route("/admin/v1/events", get(events))
+        .route("/admin/v1/events", get(crate::dashboard::events::events))
+        .route(
+            "/admin/v1/events.csv",
+            get(crate::dashboard::events::events_csv),
+        )
+        .route(
+            "/admin/v1/x402/queue",
+            get(crate::dashboard::status::settlement_queue),
+        )
+        .route("/admin/v1/ledger", get(crate::dashboard::status::ledger))
         .merge(crate::dashboard::ui_routes())
         .route("/admin/v1/x402/settlements/failed", get(failed_settlements))
         .route(
@@ -451,69 +479,6 @@ async fn usage(State(admin): State<Admin>, Query(q): Query<UsageQuery>) -> Respo
             .into_response()
         }
         Err(tollgate_middleware::StoreError::Protocol(e)) => bad_request(&e),
-        Err(e) => store_error(e),
-    }
-}
-
-#[derive(Deserialize)]
-struct EventsQuery {
-    after: Option<String>,
-    limit: Option<usize>,
-}
-
-/// One usage event as exported (decimal amount alongside the atomic units).
-pub fn event_json(e: &UsageEvent) -> Value {
-    json!({
-        "id": e.id,
-        "time_ms": e.time_ms,
-        "payer": e.payer,
-        "route": e.route,
-        "method": e.method,
-        "units": e.units,
-        "unit_prices": e.unit_prices,
-        "amount": e.amount().to_string(),
-        "amount_minor": e.amount_minor,
-        "uncharged_minor": e.uncharged_minor,
-        "currency": e.currency,
-        "scale": e.scale,
-        "credential": e.credential,
-        "reservation": e.reservation,
-        "upstream_status": e.upstream_status,
-        "voids": e.voids,
-    })
-}
-
-async fn events(
-    State(admin): State<Admin>,
-    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(q)) = q else {
-        return bad_request("limit must be a positive integer and after a ledger id");
-    };
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    match admin
-        .ledger()
-        .events_after(q.after.as_deref().filter(|a| !a.is_empty()), limit)
-        .await
-    {
-        Ok(events) => {
-            let mut out = String::new();
-            for e in &events {
-                out.push_str(&event_json(e).to_string());
-                out.push('\n');
-            }
-            let mut res = Response::new(Body::from(out));
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-ndjson"),
-            );
-            if let Some(last) = events.last() {
-                if let Ok(v) = HeaderValue::from_str(&last.id) {
-                    res.headers_mut().insert("tollgate-next-after", v);
-                }
-            }
-            res
-        }
         Err(e) => store_error(e),
     }
 }

@@ -4,10 +4,10 @@
 //! needs a restart.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tollgate_middleware::ledger::{
-    DrainStatus, Drainer, DrainerOptions, LedgerError, LedgerOptions, PgLedger,
+    DrainStatus, Drainer, DrainerOptions, LedgerError, LedgerFigures, LedgerOptions, PgLedger,
 };
 use tollgate_middleware::{RedisStore, RedisStoreOptions};
 
@@ -20,7 +20,31 @@ pub(crate) struct LedgerRuntime {
     pub(crate) db: Arc<PgLedger>,
     /// What the drainer last saw.
     pub(crate) status: Arc<DrainStatus>,
+    /// `ledger.max_backlog` (the dashboard shows the backlog against it).
+    pub(crate) max_backlog: u64,
+    /// The database's all-time figures, read at most every [`FIGURES_TTL`] (they scan the
+    /// tables); the lock also makes concurrent readers wait for one query.
+    figures: tokio::sync::Mutex<Option<(Instant, i64, LedgerFigures)>>,
     _drainer: AbortOnDrop,
+}
+
+/// How long the ledger database's figures are reused.
+pub(crate) const FIGURES_TTL: Duration = Duration::from_secs(10);
+
+impl LedgerRuntime {
+    /// The ledger database's figures and when they were read (unix ms), at most
+    /// [`FIGURES_TTL`] old.
+    pub(crate) async fn figures(&self, now_ms: i64) -> Result<(LedgerFigures, i64), LedgerError> {
+        let mut slot = self.figures.lock().await;
+        if let Some((at, read_ms, f)) = slot.as_ref() {
+            if at.elapsed() < FIGURES_TTL {
+                return Ok((f.clone(), *read_ms));
+            }
+        }
+        let f = self.db.figures().await?;
+        *slot = Some((Instant::now(), now_ms, f.clone()));
+        Ok((f, now_ms))
+    }
 }
 
 /// Connect the ledger (migrating it) and start the drainer, when `[ledger]` is set. A
@@ -71,6 +95,8 @@ pub(crate) async fn start(config: &Config) -> Result<Option<LedgerRuntime>, Buil
     Ok(Some(LedgerRuntime {
         db,
         status,
+        max_backlog: l.max_backlog,
+        figures: tokio::sync::Mutex::new(None),
         _drainer: AbortOnDrop(vec![task.abort_handle()]),
     }))
 }

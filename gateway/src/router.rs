@@ -121,14 +121,11 @@ pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) ->
             headers.remove(TOLLGATE_CHARGE);
         }
         credential::strip(headers);
-        req.extensions_mut().insert(route);
+        req.extensions_mut().insert(route.clone());
         if upgrade::is_websocket(&req) {
             return m.proxy.forward_upgrade(req).await;
         }
-        return match m.proxy.forward(req).await {
-            Ok(res) => res,
-            Err(never) => match never {},
-        };
+        return forward_counted(&m.proxy, &route.config.id, req).await;
     }
     if upgrade::is_websocket(&req) {
         // Before the payment layer: no challenge, no charge, and never a free pass.
@@ -138,15 +135,46 @@ pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) ->
         );
     }
     req.extensions_mut().insert(m.priced.clone());
-    req.extensions_mut().insert(route);
+    req.extensions_mut().insert(route.clone());
     let proxy = m.proxy.clone();
     let upstream = tower::service_fn(move |req: Request| {
-        let proxy = proxy.clone();
-        async move { proxy.forward(req).await }
+        let (proxy, route) = (proxy.clone(), route.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(forward_counted(&proxy, &route.config.id, req).await)
+        }
     });
     let paid = PaymentLayer::new(inner.paywall.clone(), Arc::new(RouteFromExtension));
     match tower::Layer::layer(&paid, upstream).oneshot(req).await {
         Ok(res) => res.map(Body::new),
         Err(never) => match never {},
     }
+}
+
+/// Forward to the upstream and count what it did in this process's traffic view (per route:
+/// answered with which status and how fast, unreachable, timed out). A request the proxy
+/// refused before it reached the upstream (a body over the limit) is not counted.
+async fn forward_counted(proxy: &Proxy, route_id: &str, req: Request) -> Response {
+    use tollgate_middleware::traffic::UpstreamOutcome;
+    use tollgate_middleware::Clock as _;
+    let started = std::time::Instant::now();
+    let res = match proxy.forward(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
+    // The proxy's own answers carry their code; an upstream's response never does.
+    let outcome = match res.extensions().get::<ErrorCode>() {
+        None => Some(UpstreamOutcome::Answered(res.status().as_u16())),
+        Some(ErrorCode::UpstreamTimeout) => Some(UpstreamOutcome::TimedOut),
+        Some(ErrorCode::UpstreamUnavailable) => Some(UpstreamOutcome::Unreachable),
+        Some(_) => None,
+    };
+    if let Some(outcome) = outcome {
+        tollgate_middleware::traffic::global().record_upstream(
+            tollgate_middleware::SystemClock.now_ms(),
+            route_id,
+            outcome,
+            started.elapsed(),
+        );
+    }
+    res
 }

@@ -135,6 +135,13 @@ impl LedgerStore for Flaky {
     async fn events_after(&self, a: Option<&str>, l: usize) -> Result<Vec<UsageEvent>, StoreError> {
         self.inner.events_after(a, l).await
     }
+    async fn events_before(
+        &self,
+        b: Option<&str>,
+        l: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        self.inner.events_before(b, l).await
+    }
 }
 
 #[async_trait]
@@ -211,6 +218,9 @@ impl SettlementQueue for Flaky {
     }
     async fn failed_settlements(&self) -> Result<Vec<SettlementJob>, StoreError> {
         self.inner.failed_settlements().await
+    }
+    async fn queued_settlements(&self) -> Result<u64, StoreError> {
+        self.inner.queued_settlements().await
     }
     async fn resolve_settlement(&self, id: &str) -> Result<bool, StoreError> {
         self.inner.resolve_settlement(id).await

@@ -1,6 +1,7 @@
 //! The provider dashboard: a web page at `/admin/ui` on the admin listener, and the read
 //! endpoints it draws from (`/admin/v1/summary`, `/admin/v1/traffic`, `/admin/v1/payers`, the
-//! SVG charts under `/admin/v1/charts/`).
+//! SVG charts under `/admin/v1/charts/`, the event export `/admin/v1/events` and
+//! `/admin/v1/events.csv`, `/admin/v1/x402/queue`, `/admin/v1/ledger`).
 //!
 //! # Login
 //! A browser cannot send a bearer header on a plain navigation, so the page itself (HTML, script
@@ -17,7 +18,10 @@
 //! Drawn on the server as SVG ([`svg`]) and shown as images: no chart library to vendor and
 //! keep up to date, nothing executable in the picture, and the same figures as the JSON.
 
+pub(crate) mod charts;
+pub(crate) mod events;
 pub(crate) mod reports;
+pub(crate) mod status;
 pub mod svg;
 
 use axum::http::{header, HeaderName, HeaderValue};
@@ -25,16 +29,43 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-const INDEX_HTML: &str = include_str!("ui/index.html");
-const APP_JS: &str = include_str!("ui/app.js");
-const APP_CSS: &str = include_str!("ui/app.css");
+/// The page and its assets: path, content type, text (embedded in the binary).
+const ASSETS: [(&str, &str, &str); 6] = [
+    (
+        "/admin/ui",
+        "text/html; charset=utf-8",
+        include_str!("ui/index.html"),
+    ),
+    (
+        "/admin/ui/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("ui/app.js"),
+    ),
+    (
+        "/admin/ui/lib.js",
+        "text/javascript; charset=utf-8",
+        include_str!("ui/lib.js"),
+    ),
+    (
+        "/admin/ui/payments.js",
+        "text/javascript; charset=utf-8",
+        include_str!("ui/payments.js"),
+    ),
+    (
+        "/admin/ui/status.js",
+        "text/javascript; charset=utf-8",
+        include_str!("ui/status.js"),
+    ),
+    (
+        "/admin/ui/app.css",
+        "text/css; charset=utf-8",
+        include_str!("ui/app.css"),
+    ),
+];
 
-/// The paths served without the admin token: the static page and its two assets (no data).
+/// The paths served without the admin token: the static page and its assets (no data).
 pub(crate) fn is_public(path: &str) -> bool {
-    matches!(
-        path,
-        "/admin/ui" | "/admin/ui/" | "/admin/ui/app.js" | "/admin/ui/app.css"
-    )
+    path == "/admin/ui/" || ASSETS.iter().any(|(p, _, _)| *p == path)
 }
 
 /// The Content-Security-Policy of the page: everything from this origin's files only, images
@@ -64,16 +95,13 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// The page's routes (mounted on the admin router, outside the token check by [`is_public`]).
 pub(crate) fn ui_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    let index = || async { asset("text/html; charset=utf-8", INDEX_HTML) };
-    Router::new()
-        .route("/admin/ui", get(index))
-        .route("/admin/ui/", get(index))
-        .route(
-            "/admin/ui/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/admin/ui/app.css",
-            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
-        )
+    let mut router = Router::new();
+    for (path, content_type, body) in ASSETS {
+        let serve = move || async move { asset(content_type, body) };
+        router = router.route(path, get(serve));
+        if path == "/admin/ui" {
+            router = router.route("/admin/ui/", get(serve));
+        }
+    }
+    router
 }

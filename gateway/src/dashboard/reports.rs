@@ -1,35 +1,33 @@
 //! The dashboard's read endpoints: totals over a range of days (from the store's daily
-//! aggregates), this process's traffic per minute, the top payers, and the charts drawn from
-//! the same figures.
+//! aggregates), this process's traffic per minute and per route (conversion, upstream), and
+//! the top payers. The charts drawn from the same figures are in [`super::charts`].
 //!
 //! Amounts are summed in atomic units (integers) and shown as decimal strings, as everywhere in
-//! the admin API; the charts use floating point for geometry only.
+//! the admin API.
 
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderValue};
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tollgate_middleware::store::{add_days, days_between, utc_day, DailyUsage};
-use tollgate_middleware::{Clock, ErrorCode, StoreError, SystemClock};
+use tollgate_middleware::traffic::RouteTraffic;
+use tollgate_middleware::{Clock, StoreError, SystemClock};
 
-use super::svg::{BarChart, Series};
 use crate::admin::{bad_request, store_error, Admin};
-use crate::proxy::problem;
 
 /// A range of UTC days; both ends default (to today, from six days before `to`).
 #[derive(Debug, Deserialize)]
 pub(crate) struct DayRange {
-    from: Option<String>,
-    to: Option<String>,
+    pub(super) from: Option<String>,
+    pub(super) to: Option<String>,
     /// Payer listing: how many (default 20, at most 200).
-    limit: Option<usize>,
+    pub(super) limit: Option<usize>,
     /// Payer listing and revenue chart: the currency to rank / draw by.
-    currency: Option<String>,
+    pub(super) currency: Option<String>,
 }
 
 impl DayRange {
@@ -47,7 +45,7 @@ impl DayRange {
     }
 }
 
-fn range_error(e: StoreError) -> Response {
+pub(super) fn range_error(e: StoreError) -> Response {
     match e {
         StoreError::Protocol(detail) => bad_request(&detail),
         other => store_error(other),
@@ -65,22 +63,31 @@ fn add_amounts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
     }
 }
 
-fn decimals(admin: &Admin, minor: &BTreeMap<String, u64>) -> BTreeMap<String, String> {
+pub(super) fn decimals(admin: &Admin, minor: &BTreeMap<String, u64>) -> BTreeMap<String, String> {
     minor
         .iter()
         .map(|(c, m)| (c.clone(), admin.decimal(c, *m)))
         .collect()
 }
 
-/// Totals of a range: per route, per day, overall.
-struct Summary {
-    from: String,
-    to: String,
-    days: Vec<String>,
-    rows: Vec<DailyUsage>,
+/// Each configured currency's scale (atomic units per unit: 10^scale), for exact formatting.
+fn scales(admin: &Admin) -> BTreeMap<String, u32> {
+    admin
+        .currency_codes()
+        .into_iter()
+        .filter_map(|c| admin.currency(&c).map(|cur| (c, cur.scale())))
+        .collect()
 }
 
-async fn load_summary(admin: &Admin, range: &DayRange) -> Result<Summary, StoreError> {
+/// Totals of a range: per route, per day, overall.
+pub(super) struct Summary {
+    pub(super) from: String,
+    pub(super) to: String,
+    pub(super) days: Vec<String>,
+    pub(super) rows: Vec<DailyUsage>,
+}
+
+pub(super) async fn load_summary(admin: &Admin, range: &DayRange) -> Result<Summary, StoreError> {
     let (from, to, days) = range.days()?;
     let rows = admin.ledger().usage(None, &from, &to).await?;
     Ok(Summary {
@@ -147,6 +154,7 @@ pub(crate) async fn summary(
         "from": s.from,
         "to": s.to,
         "currencies": admin.currency_codes(),
+        "scales": scales(&admin),
         "totals": {"requests": total.requests, "amount": decimals(&admin, &total.amount_minor), "amount_minor": total.amount_minor},
         "routes": routes,
         "days": days,
@@ -160,8 +168,49 @@ pub(crate) struct TrafficQuery {
     minutes: Option<usize>,
 }
 
-/// `GET /admin/v1/traffic?minutes=60`: this process's paid requests, 402s and refusals by
-/// code, per minute (see [`tollgate_middleware::traffic`]).
+/// Paid requests per 402 challenge, in percent with one decimal (`"66.7"`), rounded half up
+/// in integers; `None` without challenges. Above 100 when payers with tokens or balances pay
+/// without being challenged first.
+pub(crate) fn conversion_pct(paid: u64, challenges: u64) -> Option<String> {
+    if challenges == 0 {
+        return None;
+    }
+    let tenths = (u128::from(paid) * 1000 + u128::from(challenges) / 2) / u128::from(challenges);
+    Some(format!("{}.{}", tenths / 10, tenths % 10))
+}
+
+/// A latency bound in microseconds as milliseconds (exact for the histogram's bounds).
+fn ms(us: Option<u64>) -> Value {
+    us.map_or(Value::Null, |us| json!(us as f64 / 1000.0))
+}
+
+/// One route's traffic over the window, as the API shows it.
+fn route_json(admin: &Admin, route: &str, t: &RouteTraffic) -> Value {
+    let u = &t.upstream;
+    json!({
+        "route": route,
+        "paid": t.paid,
+        "challenges": t.challenges,
+        "refused_other": t.refused_other,
+        "conversion_pct": conversion_pct(t.paid, t.challenges),
+        "revenue": decimals(admin, &t.revenue_minor),
+        "revenue_minor": t.revenue_minor,
+        "upstream": {
+            "answered": u.answered,
+            "status_5xx": u.status_5xx,
+            "unreachable": u.unreachable,
+            "timeouts": u.timeouts,
+            "errors": u.errors(),
+            "p50_ms": ms(u.latency.quantile_us(0.5)),
+            "p95_ms": ms(u.latency.quantile_us(0.95)),
+        },
+    })
+}
+
+/// `GET /admin/v1/traffic?minutes=60`: this process's paid requests, 402 challenges, other
+/// refusals by code and revenue per minute, and per route over the window: the 402-to-paid
+/// conversion and what the upstream did (answers, 5xx, unreachable, timeouts, p50/p95 time to
+/// the response head). See [`tollgate_middleware::traffic`].
 pub(crate) async fn traffic(
     State(admin): State<Admin>,
     q: Result<Query<TrafficQuery>, QueryRejection>,
@@ -176,6 +225,7 @@ pub(crate) async fn traffic(
     }
     let series = tollgate_middleware::traffic::global().last(SystemClock.now_ms(), minutes);
     let mut paid = 0;
+    let mut challenges = 0;
     let mut status_402 = 0;
     let mut refused: BTreeMap<String, u64> = BTreeMap::new();
     let mut revenue: BTreeMap<String, u64> = BTreeMap::new();
@@ -183,18 +233,30 @@ pub(crate) async fn traffic(
         .iter()
         .map(|m| {
             paid += m.paid;
+            challenges += m.challenges;
             status_402 += m.status_402;
             add_amounts(&mut refused, &m.refused);
             add_amounts(&mut revenue, &m.revenue_minor);
-            json!({"minute_ms": m.minute_ms, "paid": m.paid, "status_402": m.status_402, "refused": m.refused, "revenue": decimals(&admin, &m.revenue_minor)})
+            let refused_total: u64 = m.refused.values().sum();
+            json!({"minute_ms": m.minute_ms, "paid": m.paid, "challenges": m.challenges, "refused_other": refused_total.saturating_sub(m.challenges), "status_402": m.status_402, "refused": m.refused, "revenue": decimals(&admin, &m.revenue_minor)})
         })
         .collect();
     let refused_total: u64 = refused.values().sum();
+    // Every configured route (in match order, zeros included), then any other seen.
+    let mut by_route = tollgate_middleware::traffic::by_route(&series);
+    let mut routes: Vec<Value> = Vec::new();
+    for m in &admin.gateway().inner().routes {
+        let id = &m.route.config.id;
+        let t = by_route.remove(id).unwrap_or_default();
+        routes.push(route_json(&admin, id, &t));
+    }
+    routes.extend(by_route.iter().map(|(id, t)| route_json(&admin, id, t)));
     Json(json!({
         "minutes": minutes,
         "bucket_secs": 60,
         "scope": "process",
-        "totals": {"paid": paid, "status_402": status_402, "refused": refused, "refused_total": refused_total, "revenue": decimals(&admin, &revenue), "revenue_minor": revenue},
+        "totals": {"paid": paid, "challenges": challenges, "refused_other": refused_total.saturating_sub(challenges), "conversion_pct": conversion_pct(paid, challenges), "status_402": status_402, "refused": refused, "refused_total": refused_total, "revenue": decimals(&admin, &revenue), "revenue_minor": revenue},
+        "routes": routes,
         "series": rows,
     }))
     .into_response()
@@ -268,145 +330,4 @@ pub(crate) async fn top_payers(
         "payers": payers,
     }))
     .into_response()
-}
-
-fn svg(body: String) -> Response {
-    let mut res = body.into_response();
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("image/svg+xml"),
-    );
-    // Opened directly, the picture can run nothing and load nothing.
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
-}
-
-fn to_f64(admin: &Admin, currency: &str, minor: u64) -> f64 {
-    admin.decimal(currency, minor).parse().unwrap_or(0.0)
-}
-
-/// `GET /admin/v1/charts/{name}`: `revenue.svg?from=&to=&currency=` (revenue per day, stacked
-/// by route), `requests.svg?from=&to=` (paid requests per day by route) or
-/// `traffic.svg?minutes=` (this process's paid requests, 402s and other refusals per minute).
-pub(crate) async fn chart(
-    State(admin): State<Admin>,
-    Path(name): Path<String>,
-    Query(q): Query<BTreeMap<String, String>>,
-) -> Response {
-    let range = DayRange {
-        from: q.get("from").cloned(),
-        to: q.get("to").cloned(),
-        limit: None,
-        currency: q.get("currency").cloned(),
-    };
-    match name.as_str() {
-        "revenue.svg" | "requests.svg" => {
-            let s = match load_summary(&admin, &range).await {
-                Ok(s) => s,
-                Err(e) => return range_error(e),
-            };
-            let revenue = name == "revenue.svg";
-            let currency = range
-                .currency
-                .clone()
-                .or_else(|| admin.currency_codes().into_iter().next())
-                .unwrap_or_default();
-            let index: BTreeMap<&str, usize> = s
-                .days
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (d.as_str(), i))
-                .collect();
-            let mut by_route: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-            for r in &s.rows {
-                let Some(i) = index.get(r.day.as_str()) else {
-                    continue;
-                };
-                let values = by_route
-                    .entry(r.route.clone())
-                    .or_insert_with(|| vec![0.0; s.days.len()]);
-                values[*i] += if revenue {
-                    to_f64(
-                        &admin,
-                        &currency,
-                        r.amount_minor.get(&currency).copied().unwrap_or(0),
-                    )
-                } else {
-                    r.requests as f64
-                };
-            }
-            let chart = BarChart {
-                title: if revenue {
-                    format!(
-                        "Revenue per day by route ({currency}), {} to {}",
-                        s.from, s.to
-                    )
-                } else {
-                    format!("Paid requests per day by route, {} to {}", s.from, s.to)
-                },
-                unit: if revenue { currency } else { "requests".into() },
-                labels: s
-                    .days
-                    .iter()
-                    .map(|d| format!("{}-{}", d.get(4..6).unwrap_or(""), d.get(6..).unwrap_or("")))
-                    .collect(),
-                series: by_route
-                    .into_iter()
-                    .map(|(name, values)| Series { name, values })
-                    .collect(),
-            };
-            svg(chart.render())
-        }
-        "traffic.svg" => {
-            let minutes = q
-                .get("minutes")
-                .and_then(|m| m.parse::<usize>().ok())
-                .unwrap_or(60);
-            if !(1..=tollgate_middleware::traffic::MINUTES).contains(&minutes) {
-                return bad_request("minutes must be 1 to 1440");
-            }
-            let series = tollgate_middleware::traffic::global().last(SystemClock.now_ms(), minutes);
-            let labels = series
-                .iter()
-                .map(|m| {
-                    let mins = m.minute_ms.div_euclid(60_000).rem_euclid(1440);
-                    format!("{:02}:{:02}", mins / 60, mins % 60)
-                })
-                .collect();
-            let paid = series.iter().map(|m| m.paid as f64).collect();
-            let s402 = series.iter().map(|m| m.status_402 as f64).collect();
-            let other = series
-                .iter()
-                .map(|m| m.refused.values().sum::<u64>().saturating_sub(m.status_402) as f64)
-                .collect();
-            let chart = BarChart {
-                title: format!(
-                    "This gateway, last {minutes} min (UTC): paid vs 402 vs other refusals"
-                ),
-                unit: "requests".into(),
-                labels,
-                series: vec![
-                    Series {
-                        name: "paid".into(),
-                        values: paid,
-                    },
-                    Series {
-                        name: "402".into(),
-                        values: s402,
-                    },
-                    Series {
-                        name: "other refusals".into(),
-                        values: other,
-                    },
-                ],
-            };
-            svg(chart.render())
-        }
-        _ => problem(ErrorCode::RouteNotFound, "no such chart"),
-    }
 }

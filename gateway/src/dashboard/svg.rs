@@ -1,6 +1,11 @@
 //! Server-side SVG charts for the dashboard: one small renderer (stacked bars with a legend and
 //! a value axis), no JavaScript chart library. The output is plain SVG 1.1 text with every label
 //! XML-escaped, so it is safe to show as an image and deterministic to test.
+//!
+//! Small values stay visible: a non-zero segment is at least [`MIN_SEGMENT`] px tall (a route
+//! earning 0.000068 USD beside one earning 50 USD is a thin band, not nothing), and its exact
+//! value is in its tooltip and, summed over the chart, in the legend. A log axis was the other
+//! way; it would misstate stacked sums, which are the point of the chart.
 
 use std::fmt::Write as _;
 
@@ -15,14 +20,39 @@ const LEFT: f64 = 64.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 28.0;
 const BOTTOM: f64 = 44.0;
+/// The least height of a non-zero segment, px.
+pub const MIN_SEGMENT: f64 = 3.0;
 
 /// One stacked series: a name (legend) and one value per x label.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Series {
     /// Legend text.
     pub name: String,
-    /// One value per x position (missing positions count as zero).
+    /// One value per x position (missing positions count as zero), for the geometry.
     pub values: Vec<f64>,
+    /// The exact text of each value (tooltips; e.g. `0.000068 USD`); where missing, the value
+    /// itself.
+    pub labels: Vec<String>,
+    /// The series' total, exact, shown in the legend after its name.
+    pub total: Option<String>,
+}
+
+impl Series {
+    /// A series labelled by its values alone.
+    pub fn plain(name: impl Into<String>, values: Vec<f64>) -> Self {
+        Series {
+            name: name.into(),
+            values,
+            ..Series::default()
+        }
+    }
+
+    fn legend(&self) -> String {
+        match &self.total {
+            Some(t) => format!("{} ({t})", self.name),
+            None => self.name.clone(),
+        }
+    }
 }
 
 /// A stacked bar chart.
@@ -132,25 +162,27 @@ impl BarChart {
             TOP - 6.0,
             escape(&self.unit)
         );
-        // Bars, stacked bottom to top.
+        // Bars, stacked bottom to top; every non-zero segment at least MIN_SEGMENT tall.
         for i in 0..n {
             let x = LEFT + slot * i as f64 + (slot - bar) / 2.0;
-            let mut base = 0.0;
+            let mut top = y(0.0);
             for (k, s) in self.series.iter().enumerate() {
                 let val = s.values.get(i).copied().unwrap_or(0.0).max(0.0);
                 if val <= 0.0 {
                     continue;
                 }
-                let (y0, y1) = (y(base), y(base + val));
+                let h = (val / axis_max * plot_h).max(MIN_SEGMENT);
+                let y1 = (top - h).max(TOP - MIN_SEGMENT * 4.0);
+                let label = s.labels.get(i).cloned().unwrap_or_else(|| axis_label(val));
                 let _ = write!(
                     out,
                     "<rect x=\"{x:.1}\" y=\"{y1:.1}\" width=\"{bar:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}: {}</title></rect>",
-                    (y0 - y1).max(0.5),
+                    top - y1,
                     PALETTE[k % PALETTE.len()],
                     escape(&s.name),
-                    escape(&axis_label(val))
+                    escape(&label)
                 );
-                base += val;
+                top = y1;
             }
         }
         // Category labels, thinned to at most ~12.
@@ -170,6 +202,7 @@ impl BarChart {
         // Legend.
         let mut lx = LEFT;
         for (k, s) in self.series.iter().enumerate() {
+            let text = s.legend();
             let _ = write!(
                 out,
                 "<rect x=\"{lx:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
@@ -177,9 +210,9 @@ impl BarChart {
                 PALETTE[k % PALETTE.len()],
                 lx + 14.0,
                 HEIGHT - 7.0,
-                escape(&s.name)
+                escape(&text)
             );
-            lx += 24.0 + 7.0 * s.name.chars().count() as f64;
+            lx += 24.0 + 6.2 * text.chars().count() as f64;
         }
         if self.series.is_empty() || max <= 0.0 {
             let _ = write!(
@@ -215,14 +248,8 @@ mod tests {
             unit: "USD".into(),
             labels: vec!["a".into(), "b".into()],
             series: vec![
-                Series {
-                    name: "r&1".into(),
-                    values: vec![1.0, 2.0],
-                },
-                Series {
-                    name: "r2".into(),
-                    values: vec![3.0],
-                },
+                Series::plain("r&1", vec![1.0, 2.0]),
+                Series::plain("r2", vec![3.0]),
             ],
         }
         .render();
@@ -235,6 +262,36 @@ mod tests {
         // Three non-zero segments, plus the legend's two swatches and the background.
         assert_eq!(svg.matches("<rect").count(), 3 + 2 + 1);
         assert!(!svg.contains("no data"));
+    }
+
+    #[test]
+    fn a_tiny_value_stays_visible_with_its_exact_label() {
+        let svg = BarChart {
+            title: "Revenue".into(),
+            unit: "USD".into(),
+            labels: vec!["d1".into()],
+            series: vec![
+                Series {
+                    name: "big".into(),
+                    values: vec![50.0],
+                    labels: vec!["50.000000 USD".into()],
+                    total: Some("50.000000 USD".into()),
+                },
+                Series {
+                    name: "tiny".into(),
+                    values: vec![0.000068],
+                    labels: vec!["0.000068 USD".into()],
+                    total: Some("0.000068 USD".into()),
+                },
+            ],
+        }
+        .render();
+        // MIN_SEGMENT (3 px) tall, in the second colour, with its exact value.
+        assert!(
+            svg.contains("height=\"3.0\" fill=\"#E69F00\"><title>tiny: 0.000068 USD</title>"),
+            "{svg}"
+        );
+        assert!(svg.contains(">tiny (0.000068 USD)</text>"));
     }
 
     #[test]

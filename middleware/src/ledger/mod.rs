@@ -25,7 +25,7 @@ mod postgres;
 pub mod schema;
 
 pub use drainer::{DrainStatus, Drainer, DrainerOptions};
-pub use postgres::{LedgerOptions, PgLedger};
+pub use postgres::{LedgerFigures, LedgerOptions, PgLedger};
 
 /// Why the ledger database could not do something.
 #[derive(Debug, thiserror::Error)]

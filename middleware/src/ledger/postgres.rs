@@ -98,6 +98,25 @@ fn to_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
+/// What the ledger database holds, all time ([`PgLedger::figures`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerFigures {
+    /// The schema version it is at.
+    pub schema_version: i32,
+    /// Usage events that charge.
+    pub charges: u64,
+    /// Usage events that void a charge.
+    pub voids: u64,
+    /// Balance credits and debits.
+    pub credits: u64,
+    /// Stream entries kept aside unread (there should be none).
+    pub rejects: u64,
+    /// Charges net of voids, atomic units per currency.
+    pub revenue_minor: BTreeMap<String, u64>,
+    /// The newest event: its id and time (unix ms).
+    pub newest_event: Option<(String, i64)>,
+}
+
 /// A NUMERIC read as text: a non-negative sum in minor units.
 fn minor(text: &str) -> Result<u64, LedgerError> {
     let v: i128 = text
@@ -328,6 +347,58 @@ impl PgLedger {
         .await
     }
 
+    /// What the ledger holds, all time: for the provider dashboard. Counts and sums scan the
+    /// tables (an operator's read, not a request path: the caller caches it).
+    pub async fn figures(&self) -> Result<LedgerFigures, LedgerError> {
+        let row = self
+            .query(
+                "SELECT (SELECT coalesce(max(version), 0) FROM schema_migrations),
+                        (SELECT count(*) FROM ledger_events WHERE kind = 'charge'),
+                        (SELECT count(*) FROM ledger_events WHERE kind = 'void'),
+                        (SELECT count(*) FROM ledger_credits),
+                        (SELECT count(*) FROM ledger_rejects)",
+                &[],
+            )
+            .await?;
+        let row = row
+            .first()
+            .ok_or_else(|| LedgerError::Data("no figures row".into()))?;
+        let count = |i: usize| -> Result<u64, LedgerError> {
+            Ok(u64::try_from(row.try_get::<_, i64>(i)?).unwrap_or(0))
+        };
+        let mut figures = LedgerFigures {
+            schema_version: row.try_get(0)?,
+            charges: count(1)?,
+            voids: count(2)?,
+            credits: count(3)?,
+            rejects: count(4)?,
+            ..LedgerFigures::default()
+        };
+        for r in self
+            .query(
+                "SELECT currency, sum(signed_amount_minor)::TEXT FROM ledger_events_signed
+                 GROUP BY currency ORDER BY currency",
+                &[],
+            )
+            .await?
+        {
+            let amount: String = r.try_get(1)?;
+            figures.revenue_minor.insert(r.try_get(0)?, minor(&amount)?);
+        }
+        if let Some(r) = self
+            .query(
+                "SELECT id, time_ms FROM ledger_events
+                 ORDER BY id_ms DESC, id_seq DESC, id_bucket DESC LIMIT 1",
+                &[],
+            )
+            .await?
+            .first()
+        {
+            figures.newest_event = Some((r.try_get(0)?, r.try_get(1)?));
+        }
+        Ok(figures)
+    }
+
     async fn query(
         &self,
         sql: &str,
@@ -465,26 +536,59 @@ impl LedgerStore for PgLedger {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<UsageEvent>, StoreError> {
-        let (ms, seq, bucket) = after.map_or((-1, -1, -1), |a| {
+        let cursor = after.map_or((-1, -1, -1), |a| {
             let (ms, seq, b) = event_order(a);
             (to_i64(ms), to_i64(seq), to_i64(b))
         });
+        Ok(self
+            .events_where(
+                "(id_ms, id_seq, id_bucket) > ($1, $2, $3::INT8) ORDER BY id_ms, id_seq, id_bucket",
+                cursor,
+                limit,
+            )
+            .await?)
+    }
+
+    async fn events_before(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let cursor = before.map_or((i64::MAX, i64::MAX, i64::MAX), |a| {
+            let (ms, seq, b) = event_order(a);
+            (to_i64(ms), to_i64(seq), to_i64(b))
+        });
+        Ok(self
+            .events_where(
+                "(id_ms, id_seq, id_bucket) < ($1, $2, $3::INT8) \
+                 ORDER BY id_ms DESC, id_seq DESC, id_bucket DESC",
+                cursor,
+                limit,
+            )
+            .await?)
+    }
+}
+
+impl PgLedger {
+    /// Events `WHERE <clause>` on the `(ms, seq, bucket)` cursor, then `LIMIT`.
+    async fn events_where(
+        &self,
+        clause: &str,
+        (ms, seq, bucket): (i64, i64, i64),
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, LedgerError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .query(
-                "SELECT id, time_ms, payer, route, method, units::TEXT, unit_prices::TEXT,
-                        currency, scale, amount_minor::TEXT, uncharged_minor::TEXT, credential,
-                        reservation, upstream_status, voids
-                 FROM ledger_events
-                 WHERE (id_ms, id_seq, id_bucket) > ($1, $2, $3::INT8)
-                 ORDER BY id_ms, id_seq, id_bucket
-                 LIMIT $4",
+                &format!(
+                    "SELECT id, time_ms, payer, route, method, units::TEXT, unit_prices::TEXT,
+                            currency, scale, amount_minor::TEXT, uncharged_minor::TEXT, credential,
+                            reservation, upstream_status, voids
+                     FROM ledger_events WHERE {clause} LIMIT $4"
+                ),
                 &[&ms, &seq, &bucket, &limit],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(event_from_row)
-            .collect::<Result<Vec<_>, _>>()?)
+        rows.iter().map(event_from_row).collect()
     }
 }

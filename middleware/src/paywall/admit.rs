@@ -59,6 +59,7 @@ impl Paywall {
                     .inc();
                 crate::traffic::global().record_refusal(
                     self.0.clock.now_ms(),
+                    &route.id,
                     r.code,
                     r.status().as_u16(),
                 );

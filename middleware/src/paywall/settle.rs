@@ -245,6 +245,7 @@ impl Admission {
             .inc_by(charged);
         crate::traffic::global().record_paid(
             self.paywall.0.clock.now_ms(),
+            &self.route.id,
             currency.code(),
             charged,
         );

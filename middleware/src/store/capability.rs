@@ -113,6 +113,14 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<UsageEvent>, StoreError>;
 
+    /// Usage events with ids before `before` (the newest when `None`), newest first, at
+    /// most `limit`: the admin API's recent payments, answered from the backend's index.
+    async fn events_before(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError>;
+
     /// Every usage event in the ledger, in id order (tests and small exports).
     async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError> {
         let mut out = Vec::new();
@@ -204,6 +212,10 @@ pub trait SettlementQueue: Send + Sync + std::fmt::Debug + 'static {
 
     /// Settlements that failed for good (the admin API lists them).
     async fn failed_settlements(&self) -> Result<Vec<SettlementJob>, StoreError>;
+
+    /// How many settlements wait (queued or being attempted; failed ones not counted): the
+    /// dashboard's queue depth.
+    async fn queued_settlements(&self) -> Result<u64, StoreError>;
 
     /// Mark a failed settlement resolved (settled by other means, or written off): it is
     /// forgotten and its payer unblocked when no other failed settlement remains. `false`: no

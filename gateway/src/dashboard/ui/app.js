@@ -1,24 +1,19 @@
-// Tollgate provider dashboard. Plain script, no dependencies; served by the admin listener.
-//
-// Security rules of this file:
-// - the admin token lives in sessionStorage (this tab only) and is only ever sent as an
-//   `Authorization: Bearer` header on fetch() to this origin; never in a URL;
-// - data from the API is written with textContent (never innerHTML), so a payer id or route
-//   name cannot inject markup; charts are SVG images (an <img> runs no script).
-'use strict';
+// Tollgate provider dashboard: the page's main module (views of the summary, traffic and
+// payers, the payer actions, login and the refresh loop). Plain ES modules, no dependencies;
+// served by the admin listener. The security rules are in lib.js.
+
+import {
+  $, api, chart, el, fig, card, fillBody, showError, token, keepToken, dropToken,
+  whenUnauthorized, setCurrencies, money, amounts,
+} from './lib.js';
+import { initPayments, offerRoutes, refreshPayments } from './payments.js';
+import { renderLedger, renderRoutes, renderSettlement } from './status.js';
 
 (function () {
-  const TOKEN_KEY = 'tollgate-admin-token';
-  const $ = (id) => document.getElementById(id);
   let timer = null;
-  let chartUrls = {};
   let currentPayer = null;
 
   // ---- helpers ----------------------------------------------------------------------------
-
-  function token() {
-    return sessionStorage.getItem(TOKEN_KEY) || '';
-  }
 
   function utcDay(d) {
     const p = (n) => String(n).padStart(2, '0');
@@ -40,81 +35,12 @@
       summary: '/admin/v1/summary?' + q,
       payers: '/admin/v1/payers?' + q + '&limit=20',
       traffic: '/admin/v1/traffic?minutes=' + encodeURIComponent(minutes),
+      settlement: '/admin/v1/x402/queue',
+      ledger: '/admin/v1/ledger',
       revenueChart: (c) => '/admin/v1/charts/revenue.svg?' + q + '&currency=' + encodeURIComponent(c),
       requestsChart: '/admin/v1/charts/requests.svg?' + q,
       trafficChart: '/admin/v1/charts/traffic.svg?minutes=' + encodeURIComponent(minutes),
     };
-  }
-
-  class ApiError extends Error {
-    constructor(status, body) {
-      const code = body && body.code ? body.code : 'http_' + status;
-      const detail = body && (body.detail || body.title) ? ': ' + (body.detail || body.title) : '';
-      super(status + ' ' + code + detail);
-      this.status = status;
-      this.code = code;
-    }
-  }
-
-  async function api(method, path, body, extraHeaders) {
-    const headers = Object.assign({ Authorization: 'Bearer ' + token() }, extraHeaders || {});
-    const init = { method, headers, cache: 'no-store', credentials: 'omit' };
-    if (body !== undefined) {
-      headers['Content-Type'] = 'application/json';
-      init.body = JSON.stringify(body);
-    }
-    const res = await fetch(path, init);
-    if (res.status === 401) {
-      logout('The admin token was refused (401). Log in again.');
-      throw new ApiError(401, { code: 'unauthorized' });
-    }
-    const type = res.headers.get('content-type') || '';
-    const data = type.includes('json') ? await res.json().catch(() => null) : await res.text();
-    if (!res.ok) {
-      throw new ApiError(res.status, typeof data === 'object' ? data : null);
-    }
-    return data;
-  }
-
-  function el(tag, text, cls) {
-    const e = document.createElement(tag);
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    if (cls) e.className = cls;
-    return e;
-  }
-
-  // A figure: its text, a stable name for tests, and a link to the query that produced it.
-  function fig(tag, text, name, query) {
-    const e = el(tag);
-    const a = el('a', text, 'fig');
-    a.href = '#api';
-    a.dataset.api = query;
-    a.title = 'GET ' + query;
-    if (name) a.dataset.figure = name;
-    e.appendChild(a);
-    return e;
-  }
-
-  function amounts(map) {
-    const keys = Object.keys(map || {});
-    if (keys.length === 0) return '0';
-    return keys.map((c) => map[c] + ' ' + c).join(', ');
-  }
-
-  function fillBody(table, rows) {
-    const body = $(table).tBodies[0];
-    body.replaceChildren(...rows);
-    if (rows.length === 0) {
-      const tr = el('tr');
-      const td = el('td', 'none', 'muted');
-      td.colSpan = $(table).tHead.rows[0].cells.length;
-      tr.appendChild(td);
-      body.appendChild(tr);
-    }
-  }
-
-  function showError(id, err) {
-    $(id).textContent = err ? String(err.message || err) : '';
   }
 
   function idempotencyKey() {
@@ -124,49 +50,29 @@
   }
 
   // One revenue chart per configured currency (amounts in different currencies never add up).
-  function revenueCharts(currencies, q) {
+  function revenueCharts(codes, q) {
     const box = $('revenue-charts');
-    const want = currencies.map((c) => 'chart-revenue-' + c);
+    const want = codes.map((c) => 'chart-revenue-' + c);
     const have = Array.from(box.querySelectorAll('img'), (i) => i.id);
     if (want.join() !== have.join()) {
-      box.replaceChildren(...currencies.map((c) => {
+      box.replaceChildren(...codes.map((c) => {
         const img = el('img');
         img.id = 'chart-revenue-' + c;
         img.alt = 'revenue per day by route, ' + c;
         return img;
       }));
     }
-    return Promise.all(currencies.map((c) => chart('chart-revenue-' + c, q.revenueChart(c))));
-  }
-
-  async function chart(imgId, path) {
-    const res = await fetch(path, {
-      headers: { Authorization: 'Bearer ' + token() },
-      cache: 'no-store',
-      credentials: 'omit',
-    });
-    if (!res.ok) throw new ApiError(res.status, null);
-    const blob = await res.blob();
-    const url = URL.createObjectURL(blob);
-    if (chartUrls[imgId]) URL.revokeObjectURL(chartUrls[imgId]);
-    chartUrls[imgId] = url;
-    $(imgId).src = url;
+    return Promise.all(codes.map((c) => chart('chart-revenue-' + c, q.revenueChart(c))));
   }
 
   // ---- views --------------------------------------------------------------------------------
 
   function renderSummary(s, q) {
-    const cards = [];
-    const card = (label, text, name) => {
-      const d = el('div', null, 'card');
-      d.appendChild(el('div', label, 'label'));
-      d.appendChild(fig('div', text, name, q));
-      cards.push(d);
-    };
-    card('paid requests', s.totals.requests, 'summary.requests');
+    setCurrencies(s.currencies, s.scales);
+    const cards = [card('paid requests', s.totals.requests, 'summary.requests', q)];
     const cs = Object.keys(s.totals.amount);
-    if (cs.length === 0) card('revenue', '0', 'summary.revenue');
-    for (const c of cs) card('revenue ' + c, s.totals.amount[c] + ' ' + c, 'summary.revenue.' + c);
+    if (cs.length === 0) cards.push(card('revenue', amounts({}), 'summary.revenue', q));
+    for (const c of cs) cards.push(card('revenue ' + c, money(s.totals.amount[c], c), 'summary.revenue.' + c, q));
     $('revenue-totals').replaceChildren(...cards);
 
     fillBody('routes-table', s.routes.map((r) => {
@@ -192,18 +98,15 @@
   }
 
   function renderTraffic(t, q) {
-    const cards = [];
-    const card = (label, text, name) => {
-      const d = el('div', null, 'card');
-      d.appendChild(el('div', label, 'label'));
-      d.appendChild(fig('div', text, name, q));
-      cards.push(d);
-    };
-    card('paid', t.totals.paid, 'traffic.paid');
-    card('402 answers', t.totals.status_402, 'traffic.402');
-    card('all refusals', t.totals.refused_total, 'traffic.refused');
+    const pct = t.totals.conversion_pct;
+    const cards = [
+      card('paid', t.totals.paid, 'traffic.paid', q),
+      card('402 challenges', t.totals.challenges, 'traffic.challenges', q),
+      card('other refusals', t.totals.refused_other, 'traffic.refused_other', q),
+      card('paid per 402 challenge', pct === null ? '' : pct + ' %', 'traffic.conversion', q),
+    ];
     for (const [c, v] of Object.entries(t.totals.revenue || {})) {
-      card('revenue ' + c, v + ' ' + c, 'traffic.revenue.' + c);
+      cards.push(card('revenue ' + c, money(v, c), 'traffic.revenue.' + c, q));
     }
     $('traffic-totals').replaceChildren(...cards);
     fillBody('refusals-table', Object.entries(t.totals.refused).map(([code, n]) => {
@@ -213,18 +116,21 @@
       tr.appendChild(fig('td', n, 'refused.' + code, q));
       return tr;
     }));
+    renderRoutes(t, q);
+    offerRoutes((t.routes || []).map((r) => r.route));
   }
 
+  // Mandates and plans, only where the payer has some (an empty cell otherwise).
   function mandateSummary(d) {
     const parts = [];
-    const m = Array.isArray(d.mandates) ? d.mandates : null;
-    const p = Array.isArray(d.plans) ? d.plans : null;
-    if (m) {
+    const m = Array.isArray(d.mandates) ? d.mandates : [];
+    if (m.length) {
       const active = m.filter((x) => !x.revoked).length;
-      parts.push(m.length + ' mandate(s), ' + active + ' active');
+      parts.push(m.length + (m.length === 1 ? ' mandate' : ' mandates') + ', ' + active + ' active');
     }
-    if (p) parts.push(p.map((x) => x.plan + ' ' + x.used + '/' + x.included).join(', ') || 'no plan');
-    return parts.length ? parts.join('; ') : '-';
+    const p = Array.isArray(d.plans) ? d.plans : [];
+    if (p.length) parts.push(p.map((x) => x.plan + ' ' + x.used + '/' + x.included).join(', '));
+    return parts.join('; ');
   }
 
   function renderPayers(p, q) {
@@ -232,12 +138,13 @@
       const tr = el('tr');
       tr.dataset.payer = r.payer;
       const name = 'payer.' + r.payer;
+      const bal = r.balances || {};
+      const each = (k) => Object.fromEntries(Object.entries(bal).map(([c, b]) => [c, b[k]]));
       tr.appendChild(el('td', r.payer));
       tr.appendChild(fig('td', r.requests, name + '.requests', q));
       tr.appendChild(fig('td', amounts(r.spent), name + '.spent', q));
-      const bal = r.balances || {};
-      tr.appendChild(fig('td', amounts(Object.fromEntries(Object.entries(bal).map(([c, b]) => [c, b.available]))), name + '.available', q));
-      tr.appendChild(fig('td', amounts(Object.fromEntries(Object.entries(bal).map(([c, b]) => [c, b.held]))), name + '.held', q));
+      tr.appendChild(fig('td', amounts(each('available')), name + '.available', q));
+      tr.appendChild(fig('td', amounts(each('held')), name + '.held', q));
       tr.appendChild(fig('td', r.holds, name + '.holds', q));
       tr.appendChild(fig('td', r.blocked ? 'blocked' : 'active', name + '.status', q));
       const mp = el('td', '…', 'muted');
@@ -303,14 +210,16 @@
       tr.dataset.currency = c;
       tr.appendChild(el('td', c));
       for (const k of ['available', 'held', 'credited', 'captured']) {
-        tr.appendChild(fig('td', b[k], 'detail.' + c + '.' + k, q));
+        tr.appendChild(fig('td', money(b[k], c), 'detail.' + c + '.' + k, q));
       }
       return tr;
     }));
     const mandates = Array.isArray(d.mandates) ? d.mandates : [];
     fillBody('mandates-table', mandates.map((m) => {
       const tr = el('tr');
-      for (const k of ['id', 'owner', 'budget', 'spent', 'held', 'window']) tr.appendChild(el('td', m[k]));
+      for (const k of ['id', 'owner']) tr.appendChild(el('td', m[k]));
+      for (const k of ['budget', 'spent', 'held']) tr.appendChild(el('td', m[k] === undefined ? '' : money(m[k], m.currency)));
+      tr.appendChild(el('td', m.window));
       tr.appendChild(el('td', m.revoked ? 'revoked' : 'active'));
       const td = el('td');
       if (!m.revoked) {
@@ -342,6 +251,7 @@
 
   async function refresh() {
     const q = queries();
+    const now = Date.now();
     // Section links point at the queries of the range in force.
     for (const a of document.querySelectorAll('a.src[data-key]')) {
       if (q[a.dataset.key]) a.dataset.api = q[a.dataset.key];
@@ -353,6 +263,9 @@
       }),
       api('GET', q.traffic).then((t) => renderTraffic(t, q.traffic)),
       api('GET', q.payers).then((p) => renderPayers(p, q.payers)),
+      api('GET', q.settlement).then((s) => renderSettlement(s, q.settlement)),
+      api('GET', q.ledger).then((l) => renderLedger(l, q.ledger)),
+      refreshPayments(now),
       chart('chart-requests', q.requestsChart),
       chart('chart-traffic', q.trafficChart),
     ]);
@@ -389,8 +302,8 @@
     try {
       const r = await api('POST', payerPath(currentPayer) + '/credits',
         { amount: sign + amount, currency, reason }, { 'Idempotency-Key': idempotencyKey() });
-      result('action-result', true, (sign === '-' ? 'debited ' : 'credited ') + amount + ' ' + currency +
-        (sign === '-' ? ' from ' : ' to ') + currentPayer + ': balance ' + r.balance + ' ' + currency + ' (' + r.credit_id + ')');
+      result('action-result', true, (sign === '-' ? 'debited ' : 'credited ') + money(amount, currency) +
+        (sign === '-' ? ' from ' : ' to ') + currentPayer + ': balance ' + money(r.balance, currency) + ' (' + r.credit_id + ')');
     } catch (e) {
       result('action-result', false, String(e.message));
     }
@@ -467,7 +380,7 @@
   }
 
   function logout(message) {
-    sessionStorage.removeItem(TOKEN_KEY);
+    dropToken();
     if (timer) clearInterval(timer);
     timer = null;
     $('app').hidden = true;
@@ -477,21 +390,25 @@
   }
 
   async function loadCurrencies() {
-    let currencies = [];
+    let codes = [];
     try {
       const s = await api('GET', queries().summary);
-      currencies = Array.isArray(s.currencies) ? s.currencies : [];
+      codes = Array.isArray(s.currencies) ? s.currencies : [];
+      setCurrencies(codes, s.scales);
     } catch (e) {
       // Shown by the summary's error.
     }
-    $('credit-currency').replaceChildren(...currencies.map((c) => {
+    $('credit-currency').replaceChildren(...codes.map((c) => {
       const o = el('option', c);
       o.value = c;
       return o;
     }));
   }
 
+  whenUnauthorized(logout);
+
   document.addEventListener('DOMContentLoaded', () => {
+    initPayments(() => refresh().catch(() => {}));
     $('login-form').addEventListener('submit', async (ev) => {
       ev.preventDefault();
       const t = $('token').value.trim();
@@ -504,7 +421,7 @@
         $('login-error').textContent = res ? 'The token was refused (' + res.status + ').' : 'The gateway did not answer.';
         return;
       }
-      sessionStorage.setItem(TOKEN_KEY, t);
+      keepToken(t);
       $('login-error').textContent = '';
       await loadCurrencies();
       await start();

@@ -305,36 +305,84 @@ impl LedgerStore for RedisStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<UsageEvent>, StoreError> {
-        let mut conn = self.connection().await?;
-        let cursor = after.map(event_order);
+        self.events_from(after, limit, false).await
+    }
+
+    async fn events_before(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        self.events_from(before, limit, true).await
+    }
+}
+
+impl RedisStore {
+    /// Up to `limit` events past `cursor` (oldest first, or newest first), in ledger order.
+    async fn events_from(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let cursor = cursor.map(event_order);
+        let (command, open, far) = if newest_first {
+            ("XREVRANGE", "+", "-")
+        } else {
+            ("XRANGE", "-", "+")
+        };
         let mut out = Vec::new();
         for bucket in 0..BUCKETS {
-            // Within a bucket, stream ids order events; across buckets the bucket breaks ties.
-            let start = match cursor {
-                None => "-".to_owned(),
-                Some((ms, seq, b)) if bucket > b => format!("{ms}-{seq}"),
-                Some((ms, seq, _)) => format!("({ms}-{seq}"),
+            let from = match cursor {
+                None => open.to_owned(),
+                Some((ms, seq, b)) => {
+                    // Within a bucket, stream ids order events; across buckets the bucket
+                    // breaks ties, so the cursor's own stream id still counts in the buckets
+                    // past the cursor's (in the scan's direction).
+                    let past = if newest_first { bucket < b } else { bucket > b };
+                    if past {
+                        format!("{ms}-{seq}")
+                    } else {
+                        format!("({ms}-{seq}")
+                    }
+                }
             };
-            let page: Vec<(String, Vec<(String, String)>)> = self
-                .bounded(
-                    redis::cmd("XRANGE")
-                        .arg(self.events_key(bucket))
-                        .arg(&start)
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(limit)
-                        .query_async(&mut conn),
-                )
-                .await?;
-            for (id, fields) in page {
-                out.push(UsageEvent::from_fields(
-                    Self::ledger_id(bucket, &id),
-                    &fields,
-                )?);
-            }
+            out.extend(
+                self.stream_page(command, bucket, (&from, far), limit)
+                    .await?,
+            );
         }
-        out.sort_by_key(|e| event_order(&e.id));
+        if newest_first {
+            out.sort_by_key(|e| std::cmp::Reverse(event_order(&e.id)));
+        } else {
+            out.sort_by_key(|e| event_order(&e.id));
+        }
         out.truncate(limit);
         Ok(out)
+    }
+
+    /// Up to `limit` events of one bucket's stream: `XRANGE` or `XREVRANGE` with its two bounds.
+    async fn stream_page(
+        &self,
+        command: &str,
+        bucket: u64,
+        (from, to): (&str, &str),
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let mut conn = self.connection().await?;
+        let page: Vec<(String, Vec<(String, String)>)> = self
+            .bounded(
+                redis::cmd(command)
+                    .arg(self.events_key(bucket))
+                    .arg(from)
+                    .arg(to)
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        page.into_iter()
+            .map(|(id, fields)| UsageEvent::from_fields(Self::ledger_id(bucket, &id), &fields))
+            .collect()
     }
 }

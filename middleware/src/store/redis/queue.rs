@@ -130,6 +130,23 @@ impl SettlementQueue for RedisStore {
         Ok(out)
     }
 
+    async fn queued_settlements(&self) -> Result<u64, StoreError> {
+        // Every waiting job is in its bucket's due set (a failed one leaves it).
+        let mut conn = self.connection().await?;
+        let mut n = 0;
+        for b in 0..BUCKETS {
+            let c: u64 = self
+                .bounded(
+                    redis::cmd("ZCARD")
+                        .arg(self.key(b, "x402:due"))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            n += c;
+        }
+        Ok(n)
+    }
+
     async fn resolve_settlement(&self, id: &str) -> Result<bool, StoreError> {
         let (stream, b) = split_job_id(id)?;
         let mut conn = self.connection().await?;

@@ -94,13 +94,39 @@ impl LedgerStore for SqliteStore {
         // Ids are `<ms>-<seq>-0` with both parts non-decreasing: `seq` orders the ledger.
         let after_seq = after.map_or(0, |id| event_order(id).1);
         let after_seq = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        self.events_where("seq > ?1 ORDER BY seq", after_seq, limit)
+            .await
+    }
+
+    async fn events_before(
+        &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let before_seq = before.map_or(u64::MAX, |id| event_order(id).1);
+        let before_seq = i64::try_from(before_seq).unwrap_or(i64::MAX);
+        self.events_where("seq < ?1 ORDER BY seq DESC", before_seq, limit)
+            .await
+    }
+}
+
+impl SqliteStore {
+    /// Events `WHERE <clause>` (`?1`: `seq`, then the `LIMIT`).
+    async fn events_where(
+        &self,
+        clause: &'static str,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |t| {
             t.rows(
-                "SELECT id, time_ms, payer, route, method, units, unit_prices, currency, scale, \
-                 amount_minor, uncharged_minor, credential, reservation, upstream_status, voids \
-                 FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                params![after_seq, limit],
+                &format!(
+                    "SELECT id, time_ms, payer, route, method, units, unit_prices, currency, scale, \
+                     amount_minor, uncharged_minor, credential, reservation, upstream_status, voids \
+                     FROM events WHERE {clause} LIMIT ?2"
+                ),
+                params![seq, limit],
                 |r| {
                     let units: String = r.get(5)?;
                     let prices: String = r.get(6)?;

@@ -127,6 +127,18 @@ impl SettlementQueue for SqliteStore {
         .await
     }
 
+    async fn queued_settlements(&self) -> Result<u64, StoreError> {
+        self.run(|t| {
+            let n = t.row(
+                "SELECT count(*) FROM settlements WHERE status = 'queued'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?;
+            Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+        })
+        .await
+    }
+
     async fn resolve_settlement(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.run(move |t| {
