@@ -2,7 +2,7 @@
 # Run every test of the workspace. The Redis-backed suites start their own redis-server
 # (unix socket in a temp dir, nothing saved), so the binary must be installed; this script
 # installs it with apt-get when it is missing (and chromium + chromium-driver for the dashboard test,
-# postgresql for the ledger tests).
+# postgresql for the ledger tests, nodejs + npm for mppx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -33,6 +33,19 @@ if X402_PYTHON="$(bash tests/x402_sdk/setup.sh)"; then
   export TOLLGATE_X402_PYTHON="$X402_PYTHON" TOLLGATE_REQUIRE_X402_SDK=1
 else
   echo "warning: the x402 Python SDK could not be installed; its interop test is skipped" >&2
+fi
+# The Payment scheme's reference CLI (npm package mppx) for the discovery test (under ~/.cache).
+if ! command -v npm >/dev/null 2>&1; then
+  echo "npm not found; installing nodejs and npm with apt-get" >&2
+  SUDO=""
+  if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm || true
+fi
+if MPPX="$(bash tests/mppx/setup.sh)"; then
+  export TOLLGATE_MPPX="$MPPX" TOLLGATE_REQUIRE_MPPX=1
+else
+  echo "warning: mppx could not be installed; mppx_validate_passes is skipped" >&2
 fi
 # Starlette + uvicorn for the decoding-upstream path tests (a venv under ~/.cache).
 if STARLETTE_PYTHON="$(bash tests/upstreams/setup.sh)"; then

@@ -197,6 +197,7 @@ fn a_bogus_key_in_any_table_of_any_shipped_config_is_refused_by_name() {
     // Every kind of table the config has was among them (reference.toml holds each one).
     let expected = [
         "",
+        "discovery",
         "receipts",
         "currencies",
         "currencies.USD",
