@@ -121,6 +121,15 @@ async fn receipt_round_trip_and_void(on_redis: bool) {
     assert_eq!(voids.len(), 2);
     assert_eq!(voids[1].upstream_status, 500);
     assert_eq!(voids[1].amount_minor, 10_000);
+    // Exported: a charge at admission has no upstream status (it was written before the
+    // upstream answered) and says when it was captured; its void has the failure's status.
+    let charge = ev.iter().find(|e| e.voids.is_none()).unwrap();
+    let exported = tollgate::dashboard::events::event_json(charge);
+    assert_eq!(exported["upstream_status"], serde_json::Value::Null);
+    assert_eq!(exported["captured"], "admission");
+    let exported = tollgate::dashboard::events::event_json(voids[1]);
+    assert_eq!(exported["upstream_status"], 500);
+    assert_eq!(exported["captured"], serde_json::Value::Null);
     let voided = voids[1].voids.clone().unwrap();
     assert!(ev.iter().any(|e| e.id == voided && e.voids.is_none()));
     assert!(ev.iter().any(|e| e.id == charged_id));

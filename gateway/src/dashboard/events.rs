@@ -261,7 +261,8 @@ pub fn event_json(e: &UsageEvent) -> Value {
         "scale": e.scale,
         "credential": e.credential,
         "reservation": e.reservation,
-        "upstream_status": e.upstream_status,
+        "upstream_status": e.known_upstream_status(),
+        "captured": e.captured_at(),
         "voids": e.voids,
     })
 }
@@ -324,7 +325,7 @@ pub(crate) async fn events(State(admin): State<Admin>, q: Pairs) -> Response {
 }
 
 /// The CSV columns, in order.
-pub(crate) const CSV_COLUMNS: [&str; 18] = [
+pub(crate) const CSV_COLUMNS: [&str; 19] = [
     "id",
     "time",
     "time_ms",
@@ -343,6 +344,7 @@ pub(crate) const CSV_COLUMNS: [&str; 18] = [
     "upstream_status",
     "voids",
     "reservation",
+    "captured",
 ];
 
 /// `2026-11-22T10:04:05.123Z` (UTC, milliseconds).
@@ -398,9 +400,12 @@ pub(crate) fn csv_record(e: &UsageEvent) -> String {
         e.scale.to_string(),
         e.uncharged_minor.to_string(),
         csv_field(&serde_json::to_string(&e.units).unwrap_or_default(), false),
-        e.upstream_status.to_string(),
+        e.known_upstream_status()
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
         text(e.voids.as_deref().unwrap_or("")),
         text(&e.reservation),
+        e.captured_at().unwrap_or_default().to_owned(),
     ]
     .join(",")
 }

@@ -19,7 +19,7 @@
 //! keep up to date, nothing executable in the picture, and the same figures as the JSON.
 
 pub(crate) mod charts;
-pub(crate) mod events;
+pub mod events;
 pub(crate) mod reports;
 pub(crate) mod status;
 pub mod svg;

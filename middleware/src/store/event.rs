@@ -42,6 +42,26 @@ pub struct UsageEvent {
 }
 
 impl UsageEvent {
+    /// The upstream's status, if it was known when the event was written. `None` for a charge
+    /// at admission (`capture = "admission"`: written in the admission step, before the upstream
+    /// answered -- the charge stands only because the answer was below 400, else a void event
+    /// follows) and for a void whose upstream never answered (timeout, unreachable, client
+    /// gone). Stores keep `0` for "not known".
+    pub fn known_upstream_status(&self) -> Option<u16> {
+        (self.upstream_status != 0).then_some(self.upstream_status)
+    }
+
+    /// When a charge was captured: `"admission"` (in the step that authorized it) or
+    /// `"response"` (after the upstream answered); `None` for a void. Every capture after the
+    /// response records the upstream's status, so a charge without one was taken at admission.
+    pub fn captured_at(&self) -> Option<&'static str> {
+        match (&self.voids, self.upstream_status) {
+            (Some(_), _) => None,
+            (None, 0) => Some("admission"),
+            (None, _) => Some("response"),
+        }
+    }
+
     /// The amount charged as a decimal.
     pub fn amount(&self) -> Amount {
         match Currency::try_new(self.currency.clone(), self.scale) {
@@ -152,4 +172,54 @@ pub fn event_order(id: &str) -> (u64, u64, u64) {
 pub fn utc_day(time_ms: i64) -> String {
     let (y, m, d) = crate::mandate::civil_from_days(time_ms.div_euclid(86_400_000));
     format!("{y:04}{m:02}{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_charge_without_an_upstream_status_was_taken_at_admission() {
+        let e = UsageEvent {
+            id: "1-0-0".into(),
+            time_ms: 1,
+            payer: "p".into(),
+            route: "r".into(),
+            method: "GET".into(),
+            units: BTreeMap::new(),
+            unit_prices: BTreeMap::new(),
+            currency: "USD".into(),
+            scale: 6,
+            amount_minor: 10,
+            uncharged_minor: 0,
+            credential: "token:p".into(),
+            reservation: "h".into(),
+            upstream_status: 0,
+            voids: None,
+        };
+        assert_eq!(
+            (e.known_upstream_status(), e.captured_at()),
+            (None, Some("admission"))
+        );
+        let served = UsageEvent {
+            upstream_status: 201,
+            ..e.clone()
+        };
+        assert_eq!(
+            (served.known_upstream_status(), served.captured_at()),
+            (Some(201), Some("response"))
+        );
+        for status in [0, 500] {
+            let void = UsageEvent {
+                upstream_status: status,
+                voids: Some("1-0-0".into()),
+                ..e.clone()
+            };
+            assert_eq!(void.captured_at(), None);
+            assert_eq!(
+                void.known_upstream_status(),
+                (status != 0).then_some(status)
+            );
+        }
+    }
 }
