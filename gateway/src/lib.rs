@@ -31,6 +31,7 @@ pub mod proxy;
 pub mod server;
 pub mod tls;
 
+mod bill;
 mod catalog;
 mod discovery;
 mod health;

@@ -59,7 +59,19 @@ pub(crate) async fn route_request(gw: Gateway, mut req: Request) -> (String, Res
         Ok(Some(uri)) => *req.uri_mut() = uri,
         Err(e) => return unmatched(problem(ErrorCode::PathInvalid, &e.to_string())),
     }
-    // Agent endpoints (top-up, token, balance) are the gateway's own.
+    // Agent endpoints (top-up, token, balance, the bill) are the gateway's own.
+    if req.method() == http::Method::GET
+        && req
+            .uri()
+            .path()
+            .strip_prefix(inner.agent_api.as_str())
+            .is_some_and(|rest| rest == "/usage")
+    {
+        return (
+            "agent".to_owned(),
+            crate::bill::bill(&gw, &inner, req.headers(), req.uri()).await,
+        );
+    }
     if let Some(res) = inner
         .paywall
         .agent_api(req.method(), req.uri().path(), req.headers())

@@ -84,7 +84,7 @@ async fn an_empty_database_migrates_to_current_and_a_rerun_is_a_no_op() {
     let mut db = pg.client().await;
     let first = schema::migrate(&mut db).await.unwrap();
     assert_eq!(first.from, 0);
-    assert_eq!(first.applied, vec![1, 2]);
+    assert_eq!(first.applied, vec![1, 2, 3]);
     let again = schema::migrate(&mut db).await.unwrap();
     assert_eq!(again.from, schema::CURRENT);
     assert_eq!(again.applied, Vec::<i32>::new());
@@ -101,14 +101,14 @@ async fn an_empty_database_migrates_to_current_and_a_rerun_is_a_no_op() {
     }
     // A newer Tollgate migrated it: refused, naming both versions.
     db.execute(
-        "INSERT INTO schema_migrations (version, name) VALUES (3, 'from the future')",
+        "INSERT INTO schema_migrations (version, name) VALUES (4, 'from the future')",
         &[],
     )
     .await
     .unwrap();
     let err = schema::migrate(&mut db).await.unwrap_err().to_string();
     assert!(
-        err.contains("version 3, newer than this Tollgate knows (2)"),
+        err.contains("version 4, newer than this Tollgate knows (3)"),
         "{err}"
     );
 }
@@ -158,8 +158,10 @@ async fn paid_requests_reach_the_ledger_exactly_once_and_redis_keeps_no_aggregat
         .await;
     let payers = ["alice", "bob", "carol"];
     let mut served = 0;
+    let mut tokens = Vec::new();
     for (i, payer) in payers.iter().enumerate() {
         let token = gw.topup(&wallet, payer, "1").await;
+        tokens.push(token.clone());
         for _ in 0..(5 + i) {
             let res = gw.token_get("/v1/echo", &token).await;
             assert_eq!(res.status(), 200);
@@ -173,6 +175,25 @@ async fn paid_requests_reach_the_ledger_exactly_once_and_redis_keeps_no_aggregat
     assert_eq!(by_payer["alice"], (5, 50_000));
     assert_eq!(by_payer["bob"], (6, 60_000));
     assert_eq!(by_payer["carol"], (7, 70_000));
+    // Each agent's bill comes from the ledger database: its own events only, newest first.
+    for (payer, token, n) in [("alice", &tokens[0], 5), ("bob", &tokens[1], 6)] {
+        let res = gw.token_get("/tollgate/v1/usage?limit=100", token).await;
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        let bill: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(bill.len(), n, "{payer}: {text}");
+        assert!(bill
+            .iter()
+            .all(|e| e["payer"] == payer && e["amount"] == "0.01"));
+        let ids: Vec<&str> = bill.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_by_key(|id| tollgate_middleware::store::event_order(id));
+        sorted.reverse();
+        assert_eq!(ids, sorted, "newest first");
+    }
     // No event twice: one per reservation, and ids are the primary key.
     let distinct: i64 = db
         .query_one("SELECT count(DISTINCT reservation) FROM ledger_events", &[])

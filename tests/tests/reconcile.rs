@@ -142,6 +142,14 @@ impl LedgerStore for Flaky {
     ) -> Result<Vec<UsageEvent>, StoreError> {
         self.inner.events_before(b, l).await
     }
+    async fn payer_events(
+        &self,
+        p: &str,
+        b: Option<&str>,
+        l: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        self.inner.payer_events(p, b, l).await
+    }
 }
 
 #[async_trait]

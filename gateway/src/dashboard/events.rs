@@ -3,7 +3,7 @@
 //! recent payments), filtered by route, payer and time on the server.
 //!
 //! A filter is applied while the ledger is read page by page from its id index, so a query
-//! never loads more than it answers; a scan stops after [`SCAN_MAX`] events, at the time
+//! never loads more than it answers; a scan stops after `SCAN_MAX` (100,000) events, at the time
 //! bound, or at the end of the ledger. The `Tollgate-Next-After` (or `-Before`) header names
 //! the last event *examined*, so asking again from it continues where the scan stopped, and
 //! `Tollgate-More: true` says that it may find more.
@@ -325,7 +325,7 @@ pub(crate) async fn events(State(admin): State<Admin>, q: Pairs) -> Response {
 }
 
 /// The CSV columns, in order.
-pub(crate) const CSV_COLUMNS: [&str; 19] = [
+pub const CSV_COLUMNS: [&str; 19] = [
     "id",
     "time",
     "time_ms",
@@ -380,7 +380,7 @@ pub(crate) fn csv_field(value: &str, text: bool) -> String {
 }
 
 /// One event as a CSV record (without the line end), in [`CSV_COLUMNS`] order.
-pub(crate) fn csv_record(e: &UsageEvent) -> String {
+pub fn csv_record(e: &UsageEvent) -> String {
     let text = |v: &str| csv_field(v, true);
     let kind = if e.voids.is_some() { "void" } else { "charge" };
     let credential_kind = e.credential.split(':').next().unwrap_or_default();

@@ -567,7 +567,37 @@ impl LedgerStore for PgLedger {
             )
             .await?)
     }
+
+    async fn payer_events(
+        &self,
+        payer: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let (ms, seq, bucket) = before.map_or((i64::MAX, i64::MAX, i64::MAX), |a| {
+            let (ms, seq, b) = event_order(a);
+            (to_i64(ms), to_i64(seq), to_i64(b))
+        });
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {PG_EVENT_COLUMNS} FROM ledger_events
+                     WHERE payer = $5 AND (id_ms, id_seq, id_bucket) < ($1, $2, $3::INT8)
+                     ORDER BY id_ms DESC, id_seq DESC, id_bucket DESC LIMIT $4"
+                ),
+                &[&ms, &seq, &bucket, &limit, &payer],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+    }
 }
+
+/// The columns `event_from_row` reads, in its order.
+const PG_EVENT_COLUMNS: &str = "id, time_ms, payer, route, method, units::TEXT, unit_prices::TEXT,
+    currency, scale, amount_minor::TEXT, uncharged_minor::TEXT, credential, reservation,
+    upstream_status, voids";
 
 impl PgLedger {
     /// Events `WHERE <clause>` on the `(ms, seq, bucket)` cursor, then `LIMIT`.
@@ -580,12 +610,7 @@ impl PgLedger {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .query(
-                &format!(
-                    "SELECT id, time_ms, payer, route, method, units::TEXT, unit_prices::TEXT,
-                            currency, scale, amount_minor::TEXT, uncharged_minor::TEXT, credential,
-                            reservation, upstream_status, voids
-                     FROM ledger_events WHERE {clause} LIMIT $4"
-                ),
+                &format!("SELECT {PG_EVENT_COLUMNS} FROM ledger_events WHERE {clause} LIMIT $4"),
                 &[&ms, &seq, &bucket, &limit],
             )
             .await?;

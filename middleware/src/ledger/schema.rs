@@ -30,10 +30,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "views",
         sql: include_str!("migrations/0002_views.sql"),
     },
+    Migration {
+        version: 3,
+        name: "payer index",
+        sql: include_str!("migrations/0003_payer_index.sql"),
+    },
 ];
 
 /// The schema version this build writes and reads.
-pub const CURRENT: i32 = 2;
+pub const CURRENT: i32 = 3;
 
 /// Arbitrary, fixed: the advisory lock the replicas migrate under.
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;

@@ -26,6 +26,9 @@ impl Paywall {
     ///   access token;
     /// - `POST <prefix>/token` with `Authorization: Bearer <token>`: a fresh token;
     /// - `GET <prefix>/balance` with `Authorization: Bearer <token>`: the prepaid balances.
+    ///
+    /// (`GET <prefix>/usage`, the caller's own events, is the gateway's: it reads the ledger
+    /// database when there is one.)
     pub async fn agent_api(
         &self,
         method: &Method,
@@ -42,7 +45,7 @@ impl Paywall {
                 ErrorCode::MethodNotAllowed,
                 &format!("use POST {}{rest}", self.0.agent_api),
             ),
-            (_, "/balance") => Self::problem(
+            (_, "/balance" | "/usage") => Self::problem(
                 ErrorCode::MethodNotAllowed,
                 &format!("use GET {}{rest}", self.0.agent_api),
             ),
@@ -271,6 +274,14 @@ impl Paywall {
         body["event_id"] = event_id.into();
         body["duplicate"] = duplicate.into();
         json_response(StatusCode::OK, &body)
+    }
+
+    /// The payer an `Authorization: Bearer <access token>` request speaks for, or the refusal
+    /// to answer (401 `token_invalid` / `token_expired`, problem+json).
+    pub fn bearer_payer(&self, headers: &HeaderMap) -> Result<String, Box<Reply>> {
+        self.bearer_claims(headers)
+            .map(|c| c.sub)
+            .map_err(|r| Box::new(self.render(&r, None)))
     }
 
     fn bearer_claims(&self, headers: &HeaderMap) -> Result<TokenClaims, Refusal> {

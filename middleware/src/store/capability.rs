@@ -53,6 +53,10 @@ pub trait BalanceStore: Send + Sync + std::fmt::Debug + 'static {
     async fn account(&self, payer: &str) -> Result<Account, StoreError>;
 }
 
+/// The most stream entries a Redis store looks at to answer one
+/// [`LedgerStore::payer_events`] call (the events of the payer's bucket, newest first).
+pub const PAYER_SCAN_MAX: usize = 20_000;
+
 /// Capture at admission (fixed price, no mandate, no plan), from a receipt or a balance: the
 /// charge in the step that authorizes it, and its void for a request that was not served.
 #[async_trait]
@@ -117,6 +121,17 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug + 'static {
     /// most `limit`: the admin API's recent payments, answered from the backend's index.
     async fn events_before(
         &self,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError>;
+
+    /// One payer's usage events with ids before `before` (the newest when `None`), newest
+    /// first, at most `limit`: the agent's own bill (`GET <agent api>/usage`). Answered from a
+    /// per-payer index (sqlite, the ledger database); on Redis from the payer's bucket stream,
+    /// looking at no more than [`PAYER_SCAN_MAX`] entries per call.
+    async fn payer_events(
+        &self,
+        payer: &str,
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<UsageEvent>, StoreError>;

@@ -83,7 +83,7 @@ use crate::money::{Amount, Currency};
 
 pub use self::capability::{
     prelude, AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
-    PayerControl, PlanStore, ReceiptStore, SettlementQueue, Store,
+    PayerControl, PlanStore, ReceiptStore, SettlementQueue, Store, PAYER_SCAN_MAX,
 };
 pub use self::event::{event_order, utc_day, UsageEvent};
 

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod balances;
+mod ledger;
 mod mandates;
 mod plans;
 mod queue;
@@ -92,6 +93,7 @@ conformance! {
     mandates::revoked_mandate,
     queue::deferred_queue,
     requests::request_idempotency,
+    ledger::payer_events_newest_first,
 }
 
 /// The request idempotency body on Redis, then its keys: one hash per (payer, key), in the

@@ -315,6 +315,40 @@ impl LedgerStore for RedisStore {
     ) -> Result<Vec<UsageEvent>, StoreError> {
         self.events_from(before, limit, true).await
     }
+
+    async fn payer_events(
+        &self,
+        payer: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        // Only the payer's bucket holds its events: walk that stream newest first.
+        let bucket = bucket_of(payer);
+        let mut from = match before.map(event_order) {
+            Some((ms, seq, _)) => format!("({ms}-{seq}"),
+            None => "+".to_owned(),
+        };
+        let page = limit.clamp(64, 1000);
+        let (mut out, mut scanned) = (Vec::new(), 0);
+        while out.len() < limit && scanned < crate::store::PAYER_SCAN_MAX {
+            let events = self
+                .stream_page("XREVRANGE", bucket, (&from, "-"), page)
+                .await?;
+            let Some(last) = events.last() else {
+                break;
+            };
+            let (ms, seq, _) = event_order(&last.id);
+            from = format!("({ms}-{seq}");
+            scanned += events.len();
+            let exhausted = events.len() < page;
+            out.extend(events.into_iter().filter(|e| e.payer == payer));
+            if exhausted {
+                break;
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
 }
 
 impl RedisStore {

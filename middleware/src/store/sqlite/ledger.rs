@@ -108,6 +108,29 @@ impl LedgerStore for SqliteStore {
         self.events_where("seq < ?1 ORDER BY seq DESC", before_seq, limit)
             .await
     }
+
+    async fn payer_events(
+        &self,
+        payer: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let before_seq = before.map_or(u64::MAX, |id| event_order(id).1);
+        let before_seq = i64::try_from(before_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let payer = payer.to_owned();
+        self.run(move |t| {
+            t.rows(
+                &format!(
+                    "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_by_payer_seq \
+                     WHERE payer = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+                ),
+                params![payer, before_seq, limit],
+                event_row,
+            )
+        })
+        .await
+    }
 }
 
 impl SqliteStore {
@@ -121,35 +144,38 @@ impl SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |t| {
             t.rows(
-                &format!(
-                    "SELECT id, time_ms, payer, route, method, units, unit_prices, currency, scale, \
-                     amount_minor, uncharged_minor, credential, reservation, upstream_status, voids \
-                     FROM events WHERE {clause} LIMIT ?2"
-                ),
+                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE {clause} LIMIT ?2"),
                 params![seq, limit],
-                |r| {
-                    let units: String = r.get(5)?;
-                    let prices: String = r.get(6)?;
-                    Ok(UsageEvent {
-                        id: r.get(0)?,
-                        time_ms: r.get(1)?,
-                        payer: r.get(2)?,
-                        route: r.get(3)?,
-                        method: r.get(4)?,
-                        units: serde_json::from_str(&units).unwrap_or_default(),
-                        unit_prices: serde_json::from_str(&prices).unwrap_or_default(),
-                        currency: r.get(7)?,
-                        scale: r.get(8)?,
-                        amount_minor: r.get(9)?,
-                        uncharged_minor: r.get(10)?,
-                        credential: r.get(11)?,
-                        reservation: r.get(12)?,
-                        upstream_status: r.get(13)?,
-                        voids: r.get(14)?,
-                    })
-                },
+                event_row,
             )
         })
         .await
     }
+}
+
+/// The columns [`event_row`] reads, in its order.
+const EVENT_COLUMNS: &str = "id, time_ms, payer, route, method, units, unit_prices, currency, \
+    scale, amount_minor, uncharged_minor, credential, reservation, upstream_status, voids";
+
+/// A usage event from a row of [`EVENT_COLUMNS`].
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
+    let units: String = r.get(5)?;
+    let prices: String = r.get(6)?;
+    Ok(UsageEvent {
+        id: r.get(0)?,
+        time_ms: r.get(1)?,
+        payer: r.get(2)?,
+        route: r.get(3)?,
+        method: r.get(4)?,
+        units: serde_json::from_str(&units).unwrap_or_default(),
+        unit_prices: serde_json::from_str(&prices).unwrap_or_default(),
+        currency: r.get(7)?,
+        scale: r.get(8)?,
+        amount_minor: r.get(9)?,
+        uncharged_minor: r.get(10)?,
+        credential: r.get(11)?,
+        reservation: r.get(12)?,
+        upstream_status: r.get(13)?,
+        voids: r.get(14)?,
+    })
 }

@@ -254,6 +254,9 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), OpenError> {
         ))
         .map_err(err)?;
     }
+    // Added within version 1 (an index only: older files get it here, in one statement).
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS events_by_payer_seq ON events (payer, seq);")
+        .map_err(err)?;
     Ok(())
 }
 

@@ -63,6 +63,9 @@ CREATE TABLE events (
     voids           TEXT
 );
 CREATE INDEX events_by_payer ON events (payer, time_ms);
+-- One payer's events newest first (the agent's bill); also created on opening a database made
+-- before it existed (see migrate in mod.rs).
+CREATE INDEX IF NOT EXISTS events_by_payer_seq ON events (payer, seq);
 
 -- Credits and debits (top-ups, admin adjustments), one row each.
 CREATE TABLE credits (
