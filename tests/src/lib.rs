@@ -35,6 +35,7 @@ pub mod facilitator;
 pub mod fixtures;
 pub mod postgres;
 pub mod python;
+pub mod tools;
 
 /// A private `redis-server` on a unix socket in a temp dir, killed on drop.
 pub struct RedisServer {

@@ -260,26 +260,14 @@ fn bad_discovery_settings_name_the_field() {
     }
 }
 
-/// The `mppx` CLI (installed by `tests/mppx/setup.sh`, which `tests/run.sh` runs), or `None`.
-fn mppx() -> Option<std::path::PathBuf> {
-    let p = std::env::var_os("TOLLGATE_MPPX")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| {
-                std::path::PathBuf::from(h).join(".cache/tollgate-mppx/node_modules/.bin/mppx")
-            })
-        })?;
-    p.exists().then_some(p)
-}
-
 #[tokio::test]
 async fn mppx_validate_passes() {
-    let Some(mppx) = mppx() else {
-        assert!(
-            std::env::var_os("TOLLGATE_REQUIRE_MPPX").is_none(),
-            "mppx is required but not installed (bash tests/mppx/setup.sh)"
-        );
-        eprintln!("SKIPPED: mppx is not installed (bash tests/mppx/setup.sh)");
+    let Some(mppx) = tollgate_e2e::tools::installed(
+        "TOLLGATE_MPPX",
+        ".cache/tollgate-mppx/node_modules/.bin/mppx",
+        "TOLLGATE_REQUIRE_MPPX",
+        "tests/mppx/setup.sh",
+    ) else {
         return;
     };
     let (gw, _up) = priced_gateway("").await;

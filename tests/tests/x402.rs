@@ -906,28 +906,14 @@ async fn deferred_failures_block_the_payer_until_resolved() {
     assert_eq!(res.status(), 404);
 }
 
-/// The venv python with the official x402 SDK (`tests/x402_sdk/setup.sh`, run by
-/// `tests/run.sh`), or `None` when it is not installed.
-fn sdk_python() -> Option<std::path::PathBuf> {
-    let p = std::env::var_os("TOLLGATE_X402_PYTHON")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| std::path::PathBuf::from(h).join(".cache/tollgate-x402-venv/bin/python"))
-        })?;
-    p.exists().then_some(p)
-}
-
 #[tokio::test]
 async fn official_python_sdk_pays_end_to_end() {
-    let Some(python) = sdk_python() else {
-        assert!(
-            std::env::var_os("TOLLGATE_REQUIRE_X402_SDK").is_none(),
-            "the x402 SDK is required but not installed (bash tests/x402_sdk/setup.sh)"
-        );
-        eprintln!(
-            "SKIPPED: the official x402 Python SDK is not installed (bash tests/x402_sdk/setup.sh)"
-        );
+    let Some(python) = tollgate_e2e::tools::installed(
+        "TOLLGATE_X402_PYTHON",
+        ".cache/tollgate-x402-venv/bin/python",
+        "TOLLGATE_REQUIRE_X402_SDK",
+        "tests/x402_sdk/setup.sh",
+    ) else {
         return;
     };
     let redis = RedisServer::start();
