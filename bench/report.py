@@ -21,6 +21,8 @@ LABELS = {
     "8_sqlite_token_full": "8 sqlite (full sync): token drawdown",
     "8_sqlite_receipt_normal": "8 sqlite (normal sync): fresh receipt",
     "8_sqlite_token_normal": "8 sqlite (normal sync): token drawdown",
+    "9_lease_token_drawdown": "9 token drawdown, balance lease",
+    "9_lease_metered_json": "9 metered (JSON usage), balance lease",
 }
 VERIFY_ID = "receipt_verify/ed25519/ReceiptVerifier::verify"
 
@@ -163,14 +165,21 @@ def main():
                    f"{p['rps'] / free['rps']:.2f}x (the bar is the {which}: need >= {0.8 * base:,.0f})")
         else:
             target("paid receipt >= 0.8x min(ceiling, free)", None, "no criterion result")
-    for s in ("6_token_drawdown", "6b_token_drawdown_admission"):
+    for s in ("6_token_drawdown", "6b_token_drawdown_admission", "7_metered_json",
+              "9_lease_token_drawdown", "9_lease_metered_json"):
         if not (free and s in by):
             continue
         t = by[s]
-        target(f"access-token drawdown >= 0.7x free route ({LABELS[s]})", t["rps"] >= 0.7 * free["rps"],
+        target(f"token drawdown >= 0.8x free route ({LABELS[s]})", t["rps"] >= 0.8 * free["rps"],
                f"{t['rps']:,.0f} / {free['rps']:,.0f} = {t['rps'] / free['rps']:.2f}x")
+    for s in ("5_paid_receipt", "6_token_drawdown", "7_metered_json", "9_lease_token_drawdown",
+              "9_lease_metered_json"):
+        if s in by and by[s].get("redis_calls") is not None:
+            c = by[s]["redis_calls"]
+            target(f"Redis commands per paid request <= 8 ({LABELS[s]})", c <= 8, f"{c:.2f} (INFO commandstats)")
     for s, limit in (("5_paid_receipt", 1), ("5b_paid_receipt_admission", 1), ("6_token_drawdown", 1),
-                     ("6b_token_drawdown_admission", 1), ("7_metered_json", 2)):
+                     ("6b_token_drawdown_admission", 1), ("7_metered_json", 2),
+                     ("9_lease_token_drawdown", 1), ("9_lease_metered_json", 1)):
         if s in by and "rtt" in by[s]:
             r = by[s]
             target(f"Redis round trips per request <= {limit} ({LABELS[s]}, "
@@ -183,7 +192,7 @@ def main():
         if "nginx" in idle:
             n = idle["nginx"]
             extra = f"; nginx (master + workers) {n['rss_kb'] / 1024:.1f} MB with the same connections"
-        target(f"RSS <= 64 MB with {g['connections']} open connections", g["rss_kb"] <= 64 * 1024,
+        target(f"RSS <= 32 MB with {g['connections']} open connections", g["rss_kb"] <= 32 * 1024,
                f"gateway VmRSS {g['rss_kb'] / 1024:.1f} MB (before {g['rss_before_kb'] / 1024:.1f} MB, "
                f"peak {g['hwm_kb'] / 1024:.1f} MB, {g['answered']} answered, {g['still_open']} still open){extra}")
     print(f"\n{sum(1 for _, ok in res if ok)} of {len(res)} targets met")

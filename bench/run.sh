@@ -10,6 +10,7 @@
 #   7 metered route (JSON usage)
 #   5b/6b = 5/6 on routes with capture = "admission" (one store round trip per served request)
 #   8 = 5 and 6 on the sqlite store (one node), synchronous = "full" and "normal"
+#   9 = 6 and 7 with balance leases ([store.lease]: no Redis call per request)
 # Gateway scenarios 3-7 use a private redis-server (unix socket, --save ""). Per scenario: req/s,
 # p50/p99, CPU per request of the proxy (gateway or nginx), upstream and redis, peak RSS, Redis
 # commands per request (INFO commandstats) and Redis round trips per request (MONITOR sample).
@@ -415,6 +416,29 @@ run_wrk 7_metered_json "$GW/v1/chat/completions" "$GW_PID" BENCH_METHOD=POST BEN
 rt_sample 7_metered_json 50 -X POST -H "Content-Type: application/json" -H "Authorization: Bearer $TOKEN" \
     --data "$CHAT_BODY" "$GW/v1/chat/completions"
 curl -s -H "Authorization: Bearer $TOKEN" "$GW/tollgate/v1/balance" >"$OUT/balance-after.json" || true
+
+# 9. balance leases ([store.lease]): scenarios 6 and 7 with no Redis call per request (each
+# replica holds a slice of the payer's balance and records the charges in batches).
+REDIS_CONFIG=$GW_CONFIG
+GW_CONFIG="$OUT/tollgate-bench-lease.toml"
+"$PY" - "$REDIS_CONFIG" "$GW_CONFIG" <<'PYEOF'
+import sys
+src, dst = sys.argv[1:]
+text = open(src).read()
+assert "\n[store]\n" in text, "no [store] section in the bench config"
+text = text.replace("\n[store]\n", "\n[store.lease]\nrequests = 256\n\n[store]\n", 1)
+open(dst, "w").write(text)
+PYEOF
+"$TOLLGATE" check --config "$GW_CONFIG" >/dev/null
+start_gateway
+warmup "$GW/free/hello" BENCH_HOST="$TOKEN_HOST" BENCH_AUTH="Bearer $TOKEN"
+run_wrk 9_lease_token_drawdown "$GW/free/hello" "$GW_PID" BENCH_HOST="$TOKEN_HOST" BENCH_AUTH="Bearer $TOKEN" BENCH_EXPECT_PR=1
+rt_sample 9_lease_token_drawdown 50 -H "Host: $TOKEN_HOST" -H "Authorization: Bearer $TOKEN" "$GW/free/hello"
+run_wrk 9_lease_metered_json "$GW/v1/chat/completions" "$GW_PID" BENCH_METHOD=POST BENCH_BODY="$CHAT_BODY" \
+    BENCH_AUTH="Bearer $TOKEN" BENCH_EXPECT_PR=1
+stop_pid "$GW_PID" # records the leases' last charges and returns them
+GW_PID=""
+GW_CONFIG=$REDIS_CONFIG
 
 # RSS with 1,000 open idle keep-alive connections (fresh gateway, free route)
 start_gateway

@@ -226,11 +226,14 @@ fn run(path: PathBuf) -> ExitCode {
         }
         tracing::info!(listen = %cfg.listen, tls = cfg.tls.is_some(), merchant = %cfg.merchant, "tollgate serving");
         let grace = Duration::from_secs(cfg.shutdown_grace_secs);
-        let server = tokio::spawn(gateway.serve(listener, stopped(rx.clone())));
+        let server = tokio::spawn(gateway.clone().serve(listener, stopped(rx.clone())));
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
         let _ = tx.send(true);
-        match tokio::time::timeout(grace, server).await {
+        let served = tokio::time::timeout(grace, server).await;
+        // Balance leases: record their pending charges and give the rest back to the payers.
+        gateway.paywall().close().await;
+        match served {
             Ok(Ok(Ok(()))) => ExitCode::SUCCESS,
             Ok(Ok(Err(e))) => {
                 eprintln!("server error: {e}");

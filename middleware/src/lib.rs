@@ -63,8 +63,8 @@ pub use layer::{PaymentBody, PaymentLayer, PaymentService, RouteFromExtension, R
 pub use meter::{Meter, Metered, OnMissing, UsageSource};
 pub use money::{Amount, Currency, Money, MoneyError};
 pub use paywall::{
-    Admission, BodyEnd, Head, OwnedHead, Payment, Paywall, PaywallBuilder, Refusal, Reply,
-    RequestBodyCounter,
+    Admission, BodyEnd, Head, LeaseConfig, OwnedHead, Payment, Paywall, PaywallBuilder, Refusal,
+    Reply, RequestBodyCounter,
 };
 pub use price::{Price, PricedRoute};
 pub use receipt::{

@@ -9,8 +9,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every Tollgate metric.
@@ -55,6 +55,12 @@ pub struct Metrics {
     pub ledger_drained: IntCounterVec,
     /// Failed drain steps, by stage (`redis`, `postgres`).
     pub ledger_drain_errors: IntCounterVec,
+    /// Balance lease syncs, by outcome (`ok`, `blocked`, `duplicate`, `error`).
+    pub lease_syncs: IntCounterVec,
+    /// Charges recorded by balance lease syncs.
+    pub lease_charges: IntCounter,
+    /// This replica's balance leases found lapsed at a sync (a pause longer than the ttl).
+    pub lease_lapsed: IntCounter,
     /// 1, labelled with the version.
     pub build_info: IntGaugeVec,
     /// 1 per configured currency, labelled with its scale.
@@ -152,6 +158,21 @@ impl Metrics {
                 "Failed ledger drain steps.",
                 &["stage"],
             ),
+            lease_syncs: counter(
+                "tollgate_lease_syncs_total",
+                "Balance lease syncs (a batch of charges recorded, the lease resized), by outcome.",
+                &["outcome"],
+            ),
+            lease_charges: IntCounter::new(
+                "tollgate_lease_charges_total",
+                "Charges recorded in batches by balance lease syncs.",
+            )
+            .unwrap_or_else(|e| panic!("metric tollgate_lease_charges_total: {e}")),
+            lease_lapsed: IntCounter::new(
+                "tollgate_lease_lapsed_total",
+                "Balance leases this replica found lapsed at a sync (charges then taken from the balance).",
+            )
+            .unwrap_or_else(|e| panic!("metric tollgate_lease_lapsed_total: {e}")),
             store_seconds: histogram(
                 "tollgate_store_duration_seconds",
                 "Store call latency.",
@@ -200,6 +221,9 @@ impl Metrics {
         let _ = r.register(Box::new(m.ledger_backlog_over_bound.clone()));
         let _ = r.register(Box::new(m.ledger_drained.clone()));
         let _ = r.register(Box::new(m.ledger_drain_errors.clone()));
+        let _ = r.register(Box::new(m.lease_syncs.clone()));
+        let _ = r.register(Box::new(m.lease_charges.clone()));
+        let _ = r.register(Box::new(m.lease_lapsed.clone()));
         let _ = r.register(Box::new(m.build_info.clone()));
         let _ = r.register(Box::new(m.currency_info.clone()));
         m

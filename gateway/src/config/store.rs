@@ -38,6 +38,118 @@ pub struct StoreConfig {
     /// response is withheld (milliseconds).
     #[serde(default = "default_settle_retry")]
     pub settle_retry_ms: u64,
+    /// `[store.lease]`: serve token-paid requests from balance leases (Redis only).
+    #[serde(default)]
+    pub lease: Option<LeaseSettings>,
+}
+
+/// `[store.lease]`: each replica holds a slice of a busy payer's balance and records the
+/// charges drawn from it in batches (no Redis call per request).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSettings {
+    /// Room a lease keeps for new requests, counted in requests at the latest one's price.
+    #[serde(default = "default_lease_requests")]
+    pub requests: u32,
+    /// How often charges are recorded and busy leases renewed (milliseconds).
+    #[serde(default = "default_lease_sync")]
+    pub sync_ms: u64,
+    /// The bound within which a block or a top-up takes effect (milliseconds): no request is
+    /// admitted on an older view of the payer.
+    #[serde(default = "default_lease_staleness")]
+    pub staleness_ms: u64,
+    /// How long a dead replica's lease stays held before it returns to the payer (seconds).
+    #[serde(default = "default_lease_ttl")]
+    pub ttl_secs: u64,
+    /// An unused lease is returned after this (milliseconds).
+    #[serde(default = "default_lease_idle")]
+    pub idle_ms: u64,
+    /// Most charges recorded per sync.
+    #[serde(default = "default_lease_batch")]
+    pub batch_max: usize,
+}
+
+impl LeaseSettings {
+    /// The engine's settings.
+    pub fn to_config(&self) -> tollgate_middleware::LeaseConfig {
+        tollgate_middleware::LeaseConfig {
+            requests: self.requests,
+            sync_every: std::time::Duration::from_millis(self.sync_ms),
+            staleness: std::time::Duration::from_millis(self.staleness_ms),
+            ttl: std::time::Duration::from_secs(self.ttl_secs),
+            idle: std::time::Duration::from_millis(self.idle_ms),
+            batch_max: self.batch_max,
+        }
+    }
+}
+
+fn default_lease_requests() -> u32 {
+    64
+}
+fn default_lease_sync() -> u64 {
+    100
+}
+fn default_lease_staleness() -> u64 {
+    250
+}
+fn default_lease_ttl() -> u64 {
+    10
+}
+fn default_lease_idle() -> u64 {
+    2000
+}
+fn default_lease_batch() -> usize {
+    512
+}
+
+/// `[store.lease]` in range, on a Redis store.
+fn validate_lease(store: &StoreConfig) -> Result<(), ConfigError> {
+    let Some(l) = &store.lease else {
+        return Ok(());
+    };
+    if store.kind != StoreKind::Redis {
+        return Err(invalid(
+            "store.lease",
+            "balance leases save Redis round trips: they need store.kind = \"redis\" (an embedded store answers in process already)",
+        ));
+    }
+    if !(1..=100_000).contains(&l.requests) {
+        return Err(invalid("store.lease.requests", "must be 1 to 100000"));
+    }
+    if !(10..=10_000).contains(&l.sync_ms) {
+        return Err(invalid("store.lease.sync_ms", "must be 10 to 10000"));
+    }
+    if l.staleness_ms < l.sync_ms || l.staleness_ms > 60_000 {
+        return Err(invalid(
+            "store.lease.staleness_ms",
+            format!(
+                "must be at least store.lease.sync_ms ({}) and at most 60000",
+                l.sync_ms
+            ),
+        ));
+    }
+    if l.ttl_secs.saturating_mul(1000) < l.staleness_ms.saturating_mul(4) || l.ttl_secs > 3600 {
+        return Err(invalid(
+            "store.lease.ttl_secs",
+            format!(
+                "must cover at least 4 x store.lease.staleness_ms ({} ms) and be at most 3600",
+                l.staleness_ms
+            ),
+        ));
+    }
+    if l.idle_ms < l.sync_ms || l.idle_ms > 3_600_000 {
+        return Err(invalid(
+            "store.lease.idle_ms",
+            format!(
+                "must be at least store.lease.sync_ms ({}) and at most 3600000",
+                l.sync_ms
+            ),
+        ));
+    }
+    if !(1..=10_000).contains(&l.batch_max) {
+        return Err(invalid("store.lease.batch_max", "must be 1 to 10000"));
+    }
+    Ok(())
 }
 
 impl Default for StoreConfig {
@@ -51,6 +163,7 @@ impl Default for StoreConfig {
             prefix: default_prefix(),
             timeout_ms: default_store_timeout(),
             settle_retry_ms: default_settle_retry(),
+            lease: None,
         }
     }
 }
@@ -174,7 +287,7 @@ pub(super) fn validate_store(store: &StoreConfig) -> Result<(), ConfigError> {
     if store.settle_retry_ms > 60_000 {
         return Err(invalid("store.settle_retry_ms", "must be at most 60000"));
     }
-    Ok(())
+    validate_lease(store)
 }
 
 fn redis_url_ok(url: &str) -> Result<(), ()> {

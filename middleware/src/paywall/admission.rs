@@ -87,6 +87,9 @@ pub(super) enum Secured {
     /// An amount held from the prepaid balance: the actual cost captured after the response
     /// (for a streamed metered body, after its end), the rest released.
     Balance(BalanceHold),
+    /// Drawn from this replica's balance lease (no store call): the charge is recorded by the
+    /// lease's next sync; a request not served gives the draw back in process.
+    Lease(BalanceHold, super::lease::Draw),
     /// A fixed price charged at admission (`capture = "admission"`): voided if not served.
     Charged(Held, Box<super::charged::Charged>),
     /// An x402 `exact` payment: its authorization held single use, settled by the route's mode.
@@ -102,7 +105,10 @@ impl Secured {
         match self {
             Secured::Receipt(r) => Some(Held::Receipt(r.clone())),
             Secured::Balance(b) => Some(Held::Balance(b.hold.clone())),
-            Secured::Charged(..) | Secured::X402(..) | Secured::Settled => None,
+            // A lease is kept alive by its own syncs while a draw is in flight.
+            Secured::Lease(..) | Secured::Charged(..) | Secured::X402(..) | Secured::Settled => {
+                None
+            }
         }
     }
 
@@ -110,7 +116,7 @@ impl Secured {
     pub(super) fn ttl(&self) -> Duration {
         match self {
             Secured::Receipt(r) | Secured::X402(r, _) => r.hold,
-            Secured::Balance(b) => b.hold.ttl,
+            Secured::Balance(b) | Secured::Lease(b, _) => b.hold.ttl,
             Secured::Charged(h, _) => h.ttl(),
             Secured::Settled => Duration::ZERO,
         }
@@ -156,6 +162,7 @@ impl Drop for Admission {
             Secured::Settled => {}
             Secured::Receipt(r) => Held::Receipt(r).release_later(store),
             Secured::Balance(b) => Held::Balance(b.hold).release_later(store),
+            Secured::Lease(_, draw) => draw.give_back(),
             Secured::Charged(held, charge) => self.abandon_charged(held, *charge),
             Secured::X402(r, x) => self.abandon_x402(r, *x),
         }

@@ -136,6 +136,7 @@ impl Paywall {
                         ),
                     })?;
                 self.check_rate(route, &claims.sub).await?;
+                let keyed = idempotency_key.is_some();
                 *claimed = self
                     .claim_idempotency(idempotency_key, &claims.sub, route, method, uri)
                     .await?;
@@ -152,6 +153,18 @@ impl Paywall {
                     amount_minor,
                 )?;
                 let plan = self.plan_for(route);
+                if let (Some(book), None, None, false, false) = (
+                    &self.0.leases,
+                    &charge,
+                    plan,
+                    keyed,
+                    route.capture_at_admission,
+                ) {
+                    return self
+                        .admit_lease(book, route, &claims.sub, currency, amount_minor, max_minor)
+                        .await
+                        .map(|(payment, secured)| Some(admission(payment, secured)));
+                }
                 if route.capture_at_admission && charge.is_none() && plan.is_none() {
                     if let Price::Fixed(price) = &route.price {
                         let hold = Hold {

@@ -63,7 +63,9 @@ mod challenge_cache;
 mod charged;
 mod holds;
 mod keepalive;
+mod lease;
 pub(crate) use self::keepalive::HoldKeepalive;
+pub use self::lease::LeaseConfig;
 pub mod idempotency;
 mod offer;
 mod payment_auth;
@@ -115,9 +117,19 @@ pub struct PaywallBuilder {
     agent_api: String,
     settle_retry: Duration,
     plans: Vec<Plan>,
+    leases: Option<(Arc<dyn crate::store::LeaseStore>, LeaseConfig)>,
 }
 
 impl PaywallBuilder {
+    /// Serve token-paid requests from balance leases kept in `store` (the same store as
+    /// [`Self::store`]; see `paywall/lease.rs` and docs/architecture.md): no store call per
+    /// request, charges recorded in batches. Requests with a mandate, a plan, an
+    /// `Idempotency-Key` or `capture = "admission"` keep the per-request path.
+    pub fn leases(mut self, store: Arc<dyn crate::store::LeaseStore>, config: LeaseConfig) -> Self {
+        self.leases = Some((store, config));
+        self
+    }
+
     /// Sell a plan (see [`crate::plan`]).
     pub fn plan(mut self, plan: Plan) -> Self {
         self.plans.push(plan);
@@ -241,6 +253,9 @@ impl PaywallBuilder {
             currencies: self.currencies,
             token_ttl: self.token_ttl,
             agent_api: self.agent_api,
+            leases: self
+                .leases
+                .map(|(s, c)| Arc::new(lease::LeaseBook::new(s, c, self.settle_retry))),
             settle_retry: self.settle_retry,
             plans: self.plans,
             challenges: Default::default(),
@@ -315,6 +330,17 @@ struct Inner {
     plans: Vec<Plan>,
     /// This second's 402 answers (see `challenge_cache.rs`).
     challenges: challenge_cache::ChallengeCache,
+    /// Balance leases, when the store keeps them.
+    leases: Option<Arc<lease::LeaseBook>>,
+}
+
+impl Drop for Inner {
+    /// A paywall replaced (a reload) records its leases' charges and returns them.
+    fn drop(&mut self) {
+        if let (Some(book), Ok(rt)) = (self.leases.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move { book.close().await });
+        }
+    }
 }
 
 /// The payment engine for one merchant. Cheap to clone.
@@ -385,6 +411,7 @@ impl Paywall {
             agent_api: DEFAULT_AGENT_API.into(),
             settle_retry: Duration::from_secs(5),
             plans: Vec::new(),
+            leases: None,
         }
     }
 
@@ -407,6 +434,14 @@ impl Paywall {
     /// The plans sold.
     pub fn plans(&self) -> &[Plan] {
         &self.0.plans
+    }
+
+    /// Record every balance lease's pending charges and return the leases to the payers'
+    /// balances (call at shutdown, after the server drained; without leases, nothing to do).
+    pub async fn close(&self) {
+        if let Some(book) = &self.0.leases {
+            book.close().await;
+        }
     }
 }
 

@@ -11,7 +11,7 @@ impl Admission {
     /// cap), in minor units; `None` for a receipt-paid fixed price.
     pub fn charge_limit_minor(&self) -> Option<u64> {
         match &self.secured {
-            Secured::Balance(b) => {
+            Secured::Balance(b) | Secured::Lease(b, _) => {
                 let limit = b.hold.amount_minor.saturating_add(b.balance_minor);
                 Some(b.cap_minor.map_or(limit, |c| limit.min(c)))
             }
@@ -21,7 +21,7 @@ impl Admission {
 
     /// `PAYMENT-RESPONSE` for a metered response settled after its body: what is held now.
     pub fn pending_response(&self) -> Option<HeaderValue> {
-        let Secured::Balance(b) = &self.secured else {
+        let (Secured::Balance(b) | Secured::Lease(b, _)) = &self.secured else {
             return None;
         };
         let c = &self.payment.charge.currency;
@@ -62,8 +62,53 @@ impl Admission {
                 let held = Held::Balance(b.hold.clone());
                 self.settle_held(held, Some(b), status, usage).await
             }
+            Secured::Lease(b, draw) => Ok(self.settle_lease(b, draw, status, usage)),
             Secured::Settled => Ok(Settled::default()),
         }
+    }
+
+    /// A request drawn from a balance lease: not served, the draw goes back to the lease; served,
+    /// its charge joins the lease's next batch (no store call). `PAYMENT-RESPONSE` names the
+    /// request's reservation (the recorded event carries it) with `settlement: "batched"`: the
+    /// ledger event id exists only once the batch is recorded.
+    fn settle_lease(
+        &mut self,
+        b: BalanceHold,
+        draw: super::lease::Draw,
+        status: Option<u16>,
+        usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
+    ) -> Settled {
+        let Some(status) = status.filter(|s| *s < 400) else {
+            draw.give_back();
+            return Settled::default();
+        };
+        let currency = self.payment.charge.currency.clone();
+        let (units, unit_prices, actual_minor) = self.measure(Some(&b), usage);
+        let time_ms = self.paywall.0.clock.now_ms();
+        let event = UsageEvent {
+            id: String::new(),
+            time_ms,
+            payer: self.payment.payer.clone(),
+            route: self.route.id.clone(),
+            method: self.method.clone(),
+            units: units.clone(),
+            unit_prices,
+            currency: currency.code().to_owned(),
+            scale: currency.scale(),
+            amount_minor: actual_minor,
+            uncharged_minor: 0,
+            credential: self.payment.credential.clone(),
+            reservation: b.hold.id.clone(),
+            upstream_status: status,
+            voids: None,
+        };
+        let balance = draw.settle(event);
+        self.paid_as(
+            (&b.hold.id, true),
+            (actual_minor, Some(balance), None),
+            Some(&units),
+            (status, time_ms),
+        )
     }
 
     /// A not served request gives its hold back; a served one is captured at its cost.
@@ -233,6 +278,18 @@ impl Admission {
     pub(super) fn paid(
         &self,
         event_id: &str,
+        charge: (u64, Option<u64>, Option<String>),
+        units_seen: Option<&BTreeMap<String, u64>>,
+        served: (u16, i64),
+    ) -> Settled {
+        self.paid_as((event_id, false), charge, units_seen, served)
+    }
+
+    /// [`Self::paid`]; `batched`: `event_id` is the request's reservation, its ledger event
+    /// is recorded by a lease's next sync.
+    fn paid_as(
+        &self,
+        (event_id, batched): (&str, bool),
         (charged, balance, token): (u64, Option<u64>, Option<String>),
         units_seen: Option<&BTreeMap<String, u64>>,
         (status, time_ms): (u16, i64),
@@ -282,11 +339,11 @@ impl Admission {
             amount_atomic: charged.to_string(),
             currency: currency.code(),
             decimals: currency.scale(),
-            event_id: Some(event_id),
+            event_id: (!batched).then_some(event_id),
             receipt: receipt_id,
             balance: balance.map(|b| currency.from_minor(b).to_string()),
             access_token: token,
-            settlement: None,
+            settlement: batched.then_some("batched"),
             settlement_id: None,
         };
         Settled {

@@ -64,6 +64,7 @@
 mod capability;
 mod charge;
 mod event;
+mod lease;
 mod redis;
 pub mod rules;
 mod sqlite;
@@ -86,6 +87,7 @@ pub use self::capability::{
     PayerControl, PlanStore, ReceiptStore, SettlementQueue, Store, PAYER_SCAN_MAX,
 };
 pub use self::event::{event_order, utc_day, UsageEvent};
+pub use self::lease::{LeaseResize, LeaseStatus, LeaseStore, LeaseSync, LeaseSynced};
 
 /// Number of payer buckets (hash tags). Changing it re-homes every key: never change it on a
 /// live deployment.

@@ -16,6 +16,7 @@ mod balances;
 mod charge;
 mod control;
 mod idempotency;
+mod lease;
 mod ledger;
 mod mandates;
 mod owner;

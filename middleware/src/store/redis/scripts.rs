@@ -51,5 +51,6 @@ scripts! {
     claim_owner: ["claim_owner"],
     renew: ["renew"],
     drain_lease: ["drain_lease"],
+    lease: ["totals", "lease"],
     backlog: ["backlog"],
 }

@@ -1,0 +1,99 @@
+//! Balance leases on Redis ([`crate::store::LeaseStore`]): `lua/lease.lua`, one script per
+//! batch.
+
+use async_trait::async_trait;
+
+use super::{bucket_of, ms, RedisStore};
+use crate::store::{
+    utc_day, LeaseResize, LeaseStatus, LeaseStore, LeaseSync, LeaseSynced, StoreError,
+};
+
+#[async_trait]
+impl LeaseStore for RedisStore {
+    async fn lease_sync(&self, s: &LeaseSync<'_>) -> Result<LeaseSynced, StoreError> {
+        let day = match s.charges.first() {
+            Some(e) => utc_day(e.time_ms),
+            None => utc_day(0),
+        };
+        if let Some(other) = s.charges.iter().find(|e| utc_day(e.time_ms) != day) {
+            return Err(StoreError::Protocol(format!(
+                "a lease batch spans two days ({day} and {})",
+                utc_day(other.time_ms)
+            )));
+        }
+        let b = bucket_of(s.payer);
+        let mut conn = self.connection().await?;
+        let mut inv = self.scripts.lease.prepare_invoke();
+        self.usage_options(&mut inv);
+        inv.key(self.account_key(s.payer))
+            .key(self.holds_key(s.payer))
+            .key(self.blocked_key(s.payer))
+            .key(self.events_key(b))
+            .key(self.payer_agg_key(s.payer, &day))
+            .key(self.bucket_agg_key(b, &day))
+            .key(self.payer_totals_key(b, &day))
+            .arg(s.lease_id)
+            .arg(s.currency)
+            .arg(s.seq)
+            .arg(s.reserved_minor)
+            .arg(s.target_minor)
+            .arg(match s.resize {
+                LeaseResize::Grow => "grow",
+                LeaseResize::Fit => "fit",
+            })
+            .arg(ms(s.ttl))
+            .arg(s.charges.len());
+        for e in s.charges {
+            let fields = e.to_fields(false);
+            inv.arg(e.amount_minor).arg(fields.len());
+            for (k, v) in fields {
+                inv.arg(k).arg(v);
+            }
+            let aggregates = e.aggregate_fields();
+            inv.arg(e.amount_field()).arg(aggregates.len());
+            for (k, v) in aggregates {
+                inv.arg(k).arg(v);
+            }
+        }
+        let reply: Vec<redis::Value> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        parse(b, reply)
+    }
+}
+
+fn parse(bucket: u64, reply: Vec<redis::Value>) -> Result<LeaseSynced, StoreError> {
+    use redis::FromRedisValue;
+    let bad = |what: &str| StoreError::Protocol(format!("lease replied without {what}"));
+    let mut it = reply.into_iter();
+    let conv = |e: redis::RedisError| StoreError::Protocol(format!("lease reply: {e}"));
+    let mut next = |what: &str| it.next().ok_or_else(|| bad(what));
+    let status = String::from_redis_value(&next("a status")?).map_err(conv)?;
+    let mut num = |what: &str| -> Result<i64, StoreError> {
+        i64::from_redis_value(&next(what)?).map_err(conv)
+    };
+    let lease = num("the lease")?;
+    let balance = num("the balance")?;
+    let had = num("the lease flag")?;
+    let charged = num("the charged amount")?;
+    let uncharged = num("the uncharged amount")?;
+    let mut event_ids = Vec::new();
+    for v in it {
+        let id = String::from_redis_value(&v).map_err(conv)?;
+        event_ids.push(RedisStore::ledger_id(bucket, &id));
+    }
+    let status = match status.as_str() {
+        "ok" => LeaseStatus::Ok,
+        "blocked" => LeaseStatus::Blocked,
+        "duplicate" => LeaseStatus::Duplicate,
+        other => return Err(StoreError::Protocol(format!("lease replied {other:?}"))),
+    };
+    let minor = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(LeaseSynced {
+        status,
+        lease_minor: minor(lease),
+        balance_minor: minor(balance),
+        had_lease: had == 1,
+        charged_minor: minor(charged),
+        uncharged_minor: minor(uncharged),
+        event_ids,
+    })
+}
