@@ -104,8 +104,6 @@ struct Inner {
     /// The store settings this snapshot's store was built from (a reload keeps the store --
     /// connections, memory state -- unless they change).
     store_config: crate::config::StoreConfig,
-    /// The store as a keeper of balance leases (`[store.lease]`), kept across reloads with it.
-    lease_store: Option<Arc<dyn tollgate_middleware::store::LeaseStore>>,
     /// x402 network id (catalog).
     network: String,
     /// Trusted issuer ids (catalog).

@@ -5,13 +5,7 @@ use super::*;
 use crate::config::SyncMode;
 use tollgate_middleware::store::{SqliteOptions, SqliteStore, Synchronous};
 
-/// The store, and the same store as a keeper of balance leases when `[store.lease]` is set.
-pub(crate) type Stores = (
-    Arc<dyn Store>,
-    Option<Arc<dyn tollgate_middleware::store::LeaseStore>>,
-);
-
-pub(crate) async fn build_store(config: &Config) -> Result<Stores, BuildError> {
+pub(crate) async fn build_store(config: &Config) -> Result<Arc<dyn Store>, BuildError> {
     Ok(match config.store.kind {
         StoreKind::Memory | StoreKind::Sqlite => {
             let path = match config.store.kind {
@@ -29,7 +23,7 @@ pub(crate) async fn build_store(config: &Config) -> Result<Stores, BuildError> {
             let opened = SqliteStore::open(opts).map_err(|e| {
                 BuildError::Store(format!("store.path = {:?}: {e}", config.store.path))
             })?;
-            (Arc::new(opened) as Arc<dyn Store>, None)
+            Arc::new(opened)
         }
         StoreKind::Redis => {
             let options = RedisStoreOptions {
@@ -42,15 +36,10 @@ pub(crate) async fn build_store(config: &Config) -> Result<Stores, BuildError> {
                 .await
                 .map_err(|e| BuildError::Store(e.to_string()))?;
             // With a ledger of record the aggregates are derived there, not in the scripts.
-            let store = Arc::new(match config.ledger {
-                Some(_) => store.with_ledger_of_record(),
-                None => store,
-            });
-            let leases = config.store.lease.as_ref().map(|_| {
-                let l: Arc<dyn tollgate_middleware::store::LeaseStore> = store.clone();
-                l
-            });
-            (store as Arc<dyn Store>, leases)
+            match config.ledger {
+                Some(_) => Arc::new(store.with_ledger_of_record()),
+                None => Arc::new(store),
+            }
         }
     })
 }
@@ -64,8 +53,7 @@ impl Gateway {
         validated: Validated,
         secret: &[u8],
     ) -> Result<Self, BuildError> {
-        let stores = build_store(config).await?;
-        let store = stores.0.clone();
+        let store = build_store(config).await?;
         if let (Some(f), Some(x)) = (validated.x402_facilitator.clone(), &config.x402) {
             // One settler per process for x402 `deferred` payments (jobs are leased, so any
             // number of replicas can run one). Its facilitator and store are fixed at start-up.
@@ -77,7 +65,7 @@ impl Gateway {
         }
         let ledger = crate::ledger::start(config).await?;
         let listener_tls = validated.listener_tls.clone();
-        let inner = build_inner(config, validated, secret, stores, None).await?;
+        let inner = build_inner(config, validated, secret, store, None).await?;
         Ok(Gateway(Arc::new(Shared {
             ledger,
             current: std::sync::RwLock::new(Arc::new(inner)),
@@ -124,7 +112,7 @@ impl Gateway {
         let (config, validated) = Config::load(&path)?;
         let old = self.inner();
         let store = if config.store == old.store_config {
-            (old.paywall.store().clone(), old.lease_store.clone())
+            old.paywall.store().clone()
         } else {
             tracing::info!("reload: [store] changed; connecting the new store");
             build_store(&config).await?
@@ -173,7 +161,7 @@ pub(crate) async fn build_inner(
     config: &Config,
     validated: Validated,
     secret: &[u8],
-    (store, lease_store): Stores,
+    store: Arc<dyn Store>,
     previous: Option<&Inner>,
 ) -> Result<Inner, BuildError> {
     let r = &config.receipts;
@@ -190,8 +178,8 @@ pub(crate) async fn build_inner(
         .token_ttl(Duration::from_secs(config.agent.token_ttl_secs))
         .settle_retry(Duration::from_millis(config.store.settle_retry_ms))
         .agent_api(config.agent.api_prefix.clone());
-    if let (Some(leases), Some(l)) = (lease_store.clone(), &config.store.lease) {
-        builder = builder.leases(leases, l.to_config());
+    if let Some(l) = &config.store.lease {
+        builder = builder.leases(l.to_config());
     }
     if let Some(f) = validated.x402_facilitator.clone() {
         check_facilitator(f, &validated);
@@ -310,7 +298,6 @@ pub(crate) async fn build_inner(
             max_header_bytes: config.max_header_bytes,
         },
         store_config: config.store.clone(),
-        lease_store,
         currencies,
         routes,
         proxies,

@@ -5,8 +5,7 @@
 //!   the ledger exactly once, and credited = balance + charges, to the unit;
 //! - a block takes effect within the staleness bound: no request sent later than the bound
 //!   after the block is served;
-//! - the store step itself: a batch sent twice is recorded once; a lapsed lease's charges come
-//!   from the balance;
+//! - (the store step itself, on every backend: `conformance/leases.rs`);
 //! - the real binary `kill -9`ed mid-batch never charges the payer for an unserved request,
 //!   and the lease returns to the balance after its ttl.
 
@@ -19,10 +18,7 @@ use std::time::{Duration, Instant};
 
 use tollgate_e2e::*;
 use tollgate_middleware::store::prelude::*;
-use tollgate_middleware::store::{
-    Idempotency, LeaseResize, LeaseStatus, LeaseStore, LeaseSync, RedisStore, RedisStoreOptions,
-    UsageEvent,
-};
+use tollgate_middleware::store::{RedisStore, RedisStoreOptions, UsageEvent};
 
 const PRICE_MINOR: i64 = 10_000; // 0.01 USD at scale 6
 
@@ -202,144 +198,6 @@ async fn a_block_takes_effect_within_the_staleness_bound() {
     assert_eq!(bal.held, 0);
     let served = log.iter().filter(|(_, s)| *s == 200).count() + 2;
     assert_eq!(events.len(), served, "every served request recorded once");
-}
-
-fn event(payer: &str, reservation: &str, amount_minor: u64) -> UsageEvent {
-    UsageEvent {
-        id: String::new(),
-        time_ms: chrono_now_ms(),
-        payer: payer.into(),
-        route: "echo".into(),
-        method: "GET".into(),
-        units: [("request".to_owned(), 1)].into(),
-        unit_prices: Default::default(),
-        currency: "USD".into(),
-        scale: 6,
-        amount_minor,
-        uncharged_minor: 0,
-        credential: format!("token:{payer}"),
-        reservation: reservation.into(),
-        upstream_status: 200,
-        voids: None,
-    }
-}
-
-fn chrono_now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
-
-#[tokio::test]
-async fn the_store_records_a_batch_once_and_a_lapsed_lease_from_the_balance() {
-    let redis = RedisServer::start();
-    let store = RedisStore::connect(RedisStoreOptions {
-        url: redis.url(),
-        cluster: false,
-        prefix: "t".into(),
-        timeout: Duration::from_secs(2),
-    })
-    .await
-    .unwrap();
-    let credit = tollgate_middleware::store::Credit {
-        payer: "p".into(),
-        currency: "USD".into(),
-        amount_minor: 100,
-        idempotency: Idempotency::Key("c1".into()),
-        keep_until_ms: chrono_now_ms() + 60_000,
-        reason: "test".into(),
-        source: "test".into(),
-    };
-    store.credit(&credit).await.unwrap();
-    let sync = |seq, charges: &'static [UsageEvent], target, resize, ttl| LeaseSync {
-        lease_id: "lease:r:1:USD",
-        payer: "p",
-        currency: "USD",
-        seq,
-        reserved_minor: 0,
-        target_minor: target,
-        resize,
-        ttl,
-        charges,
-    };
-    let ten = Duration::from_secs(10);
-    // Start the lease: 60 of the 100 held.
-    let r = store
-        .lease_sync(&sync(0, &[], 60, LeaseResize::Grow, ten))
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.status, r.lease_minor, r.balance_minor, r.had_lease),
-        (LeaseStatus::Ok, 60, 40, false)
-    );
-    // A batch of two charges (25 + 50): 60 from the lease, 15 from the balance; then the lease
-    // grows back to 60 from what is left (25).
-    let batch: &'static [UsageEvent] =
-        Box::leak(vec![event("p", "a", 25), event("p", "b", 50)].into_boxed_slice());
-    let r = store
-        .lease_sync(&sync(1, batch, 60, LeaseResize::Grow, ten))
-        .await
-        .unwrap();
-    assert_eq!(r.status, LeaseStatus::Ok);
-    assert_eq!(
-        (r.charged_minor, r.uncharged_minor, r.event_ids.len()),
-        (75, 0, 2)
-    );
-    assert_eq!((r.lease_minor, r.balance_minor), (25, 0));
-    // The same batch again (its reply was lost): skipped.
-    let again = store
-        .lease_sync(&sync(1, batch, 60, LeaseResize::Grow, ten))
-        .await
-        .unwrap();
-    assert_eq!(again.status, LeaseStatus::Duplicate);
-    assert_eq!(again.charged_minor, 0);
-    assert_eq!(store.usage_events().await.unwrap().len(), 2);
-    // A charge beyond lease and balance: the rest is uncharged, never a negative balance.
-    let big: &'static [UsageEvent] = Box::leak(vec![event("p", "c", 40)].into_boxed_slice());
-    let r = store
-        .lease_sync(&sync(2, big, 0, LeaseResize::Fit, ten))
-        .await
-        .unwrap();
-    assert_eq!((r.charged_minor, r.uncharged_minor), (25, 15));
-    assert_eq!((r.lease_minor, r.balance_minor), (0, 0));
-    let acct = store.account("p").await.unwrap();
-    let usd = &acct.balances["USD"];
-    assert_eq!((usd.available, usd.held, usd.captured), (0, 0, 100));
-
-    // A lapsed lease: held with a short ttl, given back to the balance by the next account
-    // read once expired; the replica's next sync records its charges from the balance.
-    let credit = tollgate_middleware::store::Credit {
-        idempotency: Idempotency::Key("c2".into()),
-        ..credit
-    };
-    store.credit(&credit).await.unwrap();
-    let short = Duration::from_millis(50);
-    let r = store
-        .lease_sync(&sync(0, &[], 80, LeaseResize::Grow, short))
-        .await
-        .unwrap();
-    assert_eq!((r.lease_minor, r.balance_minor), (80, 20));
-    tokio::time::sleep(Duration::from_millis(120)).await;
-    let usd = store.account("p").await.unwrap().balances["USD"];
-    assert_eq!(
-        (usd.available, usd.held),
-        (100, 0),
-        "the lapsed lease went back"
-    );
-    let late: &'static [UsageEvent] = Box::leak(vec![event("p", "d", 30)].into_boxed_slice());
-    let r = store
-        .lease_sync(&sync(3, late, 0, LeaseResize::Fit, ten))
-        .await
-        .unwrap();
-    assert!(!r.had_lease);
-    assert_eq!(
-        (r.charged_minor, r.balance_minor, r.lease_minor),
-        (30, 70, 0)
-    );
 }
 
 fn binary_config(port: u16, redis: &RedisServer, w: &TestIssuer, up: &TestUpstream) -> String {

@@ -254,6 +254,13 @@ impl IdempotencyStore for Flaky {
     }
 }
 
+#[async_trait]
+impl LeaseStore for Flaky {
+    async fn lease_sync(&self, s: &LeaseSync<'_>) -> Result<LeaseSynced, StoreError> {
+        self.inner.lease_sync(s).await
+    }
+}
+
 async fn setup() -> (Arc<Flaky>, Paywall, Arc<PricedRoute>, HeaderMap) {
     let store = Arc::new(Flaky {
         inner: SqliteStore::memory(Arc::new(tollgate_middleware::clock::SystemClock)).unwrap(),

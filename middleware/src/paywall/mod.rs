@@ -117,16 +117,16 @@ pub struct PaywallBuilder {
     agent_api: String,
     settle_retry: Duration,
     plans: Vec<Plan>,
-    leases: Option<(Arc<dyn crate::store::LeaseStore>, LeaseConfig)>,
+    leases: Option<LeaseConfig>,
 }
 
 impl PaywallBuilder {
-    /// Serve token-paid requests from balance leases kept in `store` (the same store as
-    /// [`Self::store`]; see `paywall/lease.rs` and docs/architecture.md): no store call per
-    /// request, charges recorded in batches. Requests with a mandate, a plan, an
-    /// `Idempotency-Key` or `capture = "admission"` keep the per-request path.
-    pub fn leases(mut self, store: Arc<dyn crate::store::LeaseStore>, config: LeaseConfig) -> Self {
-        self.leases = Some((store, config));
+    /// Serve token-paid requests from balance leases kept in the store (see `paywall/lease.rs`
+    /// and docs/leases.md): no store call per request, charges recorded in batches. Requests
+    /// with a mandate, a plan, an `Idempotency-Key` or `capture = "admission"` keep the
+    /// per-request path.
+    pub fn leases(mut self, config: LeaseConfig) -> Self {
+        self.leases = Some(config);
         self
     }
 
@@ -237,6 +237,10 @@ impl PaywallBuilder {
                     .map_err(|e| BuildError::Store(e.to_string()))?,
             ),
         };
+        let leases = self.leases.map(|c| {
+            let keeper: Arc<dyn crate::store::LeaseStore> = store.clone();
+            Arc::new(lease::LeaseBook::new(keeper, c, self.settle_retry))
+        });
         Ok(Paywall(Arc::new(Inner {
             merchant: self.merchant,
             network: self.network,
@@ -253,9 +257,7 @@ impl PaywallBuilder {
             currencies: self.currencies,
             token_ttl: self.token_ttl,
             agent_api: self.agent_api,
-            leases: self
-                .leases
-                .map(|(s, c)| Arc::new(lease::LeaseBook::new(s, c, self.settle_retry))),
+            leases,
             settle_retry: self.settle_retry,
             plans: self.plans,
             challenges: Default::default(),

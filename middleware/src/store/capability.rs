@@ -273,6 +273,7 @@ pub trait Store:
     + PlanStore
     + SettlementQueue
     + IdempotencyStore
+    + super::LeaseStore
 {
 }
 
@@ -286,12 +287,14 @@ impl<T> Store for T where
         + PlanStore
         + SettlementQueue
         + IdempotencyStore
+        + super::LeaseStore
 {
 }
 
 /// Every capability trait, to call store methods on a concrete store (`use
 /// tollgate_middleware::store::prelude::*`); through `dyn Store` they need no import.
 pub mod prelude {
+    pub use super::super::LeaseStore;
     pub use super::{
         AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
         PayerControl, PlanStore, ReceiptStore, SettlementQueue, Store,

@@ -2,8 +2,10 @@
 //! draws requests from it in process, and records their charges in batches. This is the store's
 //! side: one atomic step that records a batch and resizes the lease.
 //!
-//! Only a networked store offers it ([`crate::store::RedisStore`]): for an embedded store every
-//! request is already an in-process call, and a lease would only delay the ledger.
+//! Every backend keeps leases (a capability of [`crate::store::Store`]); they pay off on a
+//! networked store ([`crate::store::RedisStore`]), where they save a round trip per request. On an
+//! embedded store every request is an in-process call already, so the gateway offers
+//! `[store.lease]` only with Redis.
 
 use std::time::Duration;
 

@@ -316,5 +316,53 @@ pub fn gcra(tat: i64, now_ms: i64, limit: RateLimit) -> Result<i64, u64> {
     Ok(new_tat)
 }
 
+/// One charge of a balance lease's batch (`lease.lua`): taken from the lease first, then from the
+/// balance as far as it goes; the rest is uncharged (never a negative balance).
+pub fn lease_charge(
+    b: &Balance,
+    lease: u64,
+    charge: u64,
+) -> Result<(Balance, u64, u64), RuleError> {
+    let from_lease = charge.min(lease);
+    let from_balance = (charge - from_lease).min(minor(b.available));
+    let charged = from_lease + from_balance;
+    let after = Balance {
+        available: sub(b.available, signed(from_balance)?)?,
+        held: sub(b.held, signed(from_lease)?)?,
+        captured: add(b.captured, signed(charged)?)?,
+        ..*b
+    };
+    // (balance after, lease left, the uncharged rest)
+    Ok((after, lease - from_lease, charge - charged))
+}
+
+/// Resize a balance lease to `want` (`lease.lua`): a grow (`fit` false) takes what the balance
+/// allows and never shrinks; a fit sets it to `want`, the rest back to the balance; a blocked
+/// payer's lease does not grow. Returns the balance after and the lease.
+pub fn lease_resize(
+    b: &Balance,
+    lease: u64,
+    want: u64,
+    fit: bool,
+    blocked: bool,
+) -> Result<(Balance, u64), RuleError> {
+    let new = if want > lease && !blocked {
+        lease + (want - lease).min(minor(b.available))
+    } else if want < lease && fit {
+        want
+    } else {
+        lease
+    };
+    let delta = sub(signed(new)?, signed(lease)?)?;
+    Ok((
+        Balance {
+            available: sub(b.available, delta)?,
+            held: add(b.held, delta)?,
+            ..*b
+        },
+        new,
+    ))
+}
+
 #[cfg(test)]
 mod tests;

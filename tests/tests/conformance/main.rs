@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod balances;
+mod leases;
 mod ledger;
 mod mandates;
 mod plans;
@@ -76,6 +77,7 @@ conformance! {
     receipts::revoked_receipts,
     receipts::renew_keeps_holds_alive,
     balances::balance_lifecycle,
+    leases::lease_batches,
     balances::credits_apply_once_per_key,
     balances::top_up_receipts_are_single_use,
     balances::blocked_payer_balance,

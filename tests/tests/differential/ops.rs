@@ -85,6 +85,14 @@ pub(crate) enum Op {
     },
     Block(bool),
     RevokeMandate,
+    /// A balance lease's sync: a batch of charges (or a retry of the last batch), then a grow
+    /// or fit to `target`.
+    Lease {
+        retry: bool,
+        charges: Vec<u64>,
+        target: u64,
+        fit: bool,
+    },
     Account,
 }
 
@@ -246,6 +254,14 @@ pub(crate) fn generate(rng: &mut StdRng, n: usize) -> Vec<Op> {
                 Op::Block(true)
             }
             96 if rng.gen_bool(0.05) => Op::RevokeMandate,
+            97..=98 => Op::Lease {
+                retry: rng.gen_bool(0.15),
+                charges: (0..rng.gen_range(0..4))
+                    .map(|_| rng.gen_range(0..900))
+                    .collect(),
+                target: rng.gen_range(0..1_500),
+                fit: rng.gen_bool(0.3),
+            },
             _ => Op::Account,
         };
         ops.push(op);

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tollgate_middleware::store::{
     void_event, ChargeFrom, ChargeOutcome, Credit, CreditOutcome, Hold, HoldOutcome,
-    HoldSettleOutcome, Idempotency, KeyClaim, MandateCharge, PlanUse, Renewal, Reservation,
-    SettleOutcome, Settlement, SubscribeOutcome, Subscription, VoidOutcome,
+    HoldSettleOutcome, Idempotency, KeyClaim, LeaseResize, LeaseSync, MandateCharge, PlanUse,
+    Renewal, Reservation, SettleOutcome, Settlement, SubscribeOutcome, Subscription, VoidOutcome,
 };
 use tollgate_middleware::{Store, UsageEvent};
 
@@ -80,6 +80,8 @@ pub(crate) struct Run<'a> {
     reservations: HashMap<u32, Reservation>,
     /// The charge each slot's last capture recorded (for voids).
     charges: HashMap<u32, UsageEvent>,
+    /// The balance lease's last batch number.
+    lease_seq: u64,
 }
 
 impl<'a> Run<'a> {
@@ -92,6 +94,7 @@ impl<'a> Run<'a> {
             holds: HashMap::new(),
             reservations: HashMap::new(),
             charges: HashMap::new(),
+            lease_seq: 0,
         }
     }
 
@@ -387,6 +390,55 @@ impl<'a> Run<'a> {
             Op::RevokeMandate => {
                 s.revoke_mandate(&format!("{p}-m")).await.unwrap();
                 "mandate revoked".into()
+            }
+            Op::Lease {
+                retry,
+                charges,
+                target,
+                fit,
+            } => {
+                if !charges.is_empty() && (!retry || self.lease_seq == 0) {
+                    self.lease_seq += 1;
+                }
+                let seq = if charges.is_empty() {
+                    0
+                } else {
+                    self.lease_seq
+                };
+                let events: Vec<UsageEvent> = charges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| event(&p, "lease", &format!("l{seq}-{i}"), *a, 0))
+                    .collect();
+                let lease_id = format!("lease:{p}:USD");
+                let out = s
+                    .lease_sync(&LeaseSync {
+                        lease_id: &lease_id,
+                        payer: &p,
+                        currency: "USD",
+                        seq,
+                        reserved_minor: 0,
+                        target_minor: *target,
+                        resize: if *fit {
+                            LeaseResize::Fit
+                        } else {
+                            LeaseResize::Grow
+                        },
+                        ttl: Duration::from_secs(600),
+                        charges: &events,
+                    })
+                    .await
+                    .unwrap();
+                format!(
+                    "lease {:?} held {} balance {} had {} charged {} uncharged {} events {}",
+                    out.status,
+                    out.lease_minor,
+                    out.balance_minor,
+                    out.had_lease,
+                    out.charged_minor,
+                    out.uncharged_minor,
+                    out.event_ids.len()
+                )
             }
             Op::Account => {
                 let a = s.account(&p).await.unwrap();

@@ -48,6 +48,14 @@ if n > 0 and tonumber(redis.call('HGET', acct, seq_field) or '0') >= seq then
   n = 0
 end
 local at = 9
+local agg, agg_order, payer = {}, {}, nil
+local function add_agg(field, v)
+  if agg[field] == nil then
+    agg[field] = 0
+    agg_order[#agg_order + 1] = field
+  end
+  agg[field] = agg[field] + v
+end
 for _ = 1, n do
   local charge = tonumber(ARGV[at])
   local k = tonumber(ARGV[at + 1])
@@ -68,17 +76,35 @@ for _ = 1, n do
   fields[#fields + 1] = tostring(charged)
   fields[#fields + 1] = 'uncharged_minor'
   fields[#fields + 1] = tostring(uncharged)
-  local agg = {amount_field, tostring(charged)}
-  for i = at + 2, at + 1 + 2 * m do
-    agg[#agg + 1] = ARGV[i]
+  add_agg(amount_field, charged)
+  for i = at + 2, at + 1 + 2 * m, 2 do
+    add_agg(ARGV[i], tonumber(ARGV[i + 1]))
   end
   at = at + 2 + 2 * m
-  ids[#ids + 1] = record_usage(KEYS[4], KEYS[5], KEYS[6], KEYS[7], fields, agg, 1, 1)
+  payer = payer or field_of(fields, 'payer')
+  ids[#ids + 1] = redis.call('XADD', KEYS[4], '*', unpack(fields))
   charged_total = charged_total + charged
   uncharged_total = uncharged_total + uncharged
 end
 if n > 0 then
   redis.call('HINCRBY', acct, 'captured:' .. cur, string.format('%d', charged_total))
+  -- The batch's aggregates, summed per field: one HINCRBY per field and key for the whole
+  -- batch, not per event (the same totals as record_usage would reach event by event).
+  if AGGREGATES then
+    for _, k in ipairs({KEYS[5], KEYS[6]}) do
+      for _, f in ipairs(agg_order) do
+        redis.call('HINCRBY', k, f, string.format('%d', agg[f]))
+      end
+      if redis.call('PTTL', k) < 0 then
+        redis.call('PEXPIRE', k, 400 * 86400 * 1000)
+      end
+    end
+    redis.call('HINCRBY', KEYS[7], payer .. '|requests', n)
+    redis.call('HINCRBY', KEYS[7], payer .. '|amount|' .. cur, string.format('%d', charged_total))
+    if redis.call('PTTL', KEYS[7]) < 0 then
+      redis.call('PEXPIRE', KEYS[7], 400 * 86400 * 1000)
+    end
+  end
 end
 -- Resize: the draws in flight stay held; room for new ones unless the payer is blocked.
 if blocked then

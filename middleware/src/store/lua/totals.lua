@@ -74,15 +74,14 @@ end
 -- Append one usage event (`fields`) to `stream` and move the day's aggregates by it: the
 -- field/increment pairs argv[from ..] on the payer's and the bucket's hash (kept 400 days from
 -- their first write), and the payer's totals (`count_only`: its request count, not its amount:
--- a call a plan covered). `sign` -1 (a void) moves them back. `to`: the last index of the
--- pairs (default: the end of argv). Returns the stream id.
-local function record_usage(stream, payer_agg, bucket_agg, totals, fields, argv, from, sign, count_only, to)
+-- a call a plan covered). `sign` -1 (a void) moves them back. Returns the stream id.
+local function record_usage(stream, payer_agg, bucket_agg, totals, fields, argv, from, sign, count_only)
   local id = redis.call('XADD', stream, '*', unpack(fields))
   if not AGGREGATES then
     return id
   end
   for _, k in ipairs({payer_agg, bucket_agg}) do
-    for i = from, to or #argv, 2 do
+    for i = from, #argv, 2 do
       redis.call('HINCRBY', k, argv[i], string.format('%d', sign * tonumber(argv[i + 1])))
     end
     if redis.call('PTTL', k) < 0 then

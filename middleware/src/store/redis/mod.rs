@@ -412,14 +412,16 @@ fn parse_balances(fields: Vec<(String, i64)>) -> BTreeMap<String, Balance> {
         let Some((kind, cur)) = f.split_once(':') else {
             continue;
         };
-        let b = balances.entry(cur.to_owned()).or_default();
-        match kind {
-            "bal" => b.available = v,
-            "held" => b.held = v,
-            "credited" => b.credited = v,
-            "captured" => b.captured = v,
-            _ => {}
-        }
+        // Other fields of the account hash (a balance lease's `lseq:<lease id>`) are not
+        // balances.
+        let set: fn(&mut Balance, i64) = match kind {
+            "bal" => |b, v| b.available = v,
+            "held" => |b, v| b.held = v,
+            "credited" => |b, v| b.credited = v,
+            "captured" => |b, v| b.captured = v,
+            _ => continue,
+        };
+        set(balances.entry(cur.to_owned()).or_default(), v);
     }
     balances
 }

@@ -371,4 +371,43 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn a_lease_batch_conserves_money_and_never_goes_negative(
+        credited in 0i64..100_000,
+        leased in 0u64..100_000,
+        charges in proptest::collection::vec(0u64..20_000, 0..20),
+        want in 0u64..100_000,
+        fit: bool,
+        blocked: bool,
+    ) {
+        // Take the lease from a funded balance (as far as it goes), charge a batch, resize.
+        let (mut b, mut lease) = lease_resize(&funded(credited), 0, leased, false, false).unwrap();
+        prop_assert!(conserved(&b) && lease == leased.min(minor(credited)));
+        let (mut charged, mut uncharged) = (0u64, 0u64);
+        for c in &charges {
+            let before = minor(b.available) + lease;
+            let (after, left, rest) = lease_charge(&b, lease, *c).unwrap();
+            prop_assert!(conserved(&after));
+            prop_assert_eq!(rest, c.saturating_sub(before));
+            prop_assert!(left <= lease);
+            charged += c - rest;
+            uncharged += rest;
+            (b, lease) = (after, left);
+        }
+        prop_assert_eq!(charged + uncharged, charges.iter().sum::<u64>());
+        prop_assert_eq!(minor(b.captured), charged);
+        let (after, new) = lease_resize(&b, lease, want, fit, blocked).unwrap();
+        prop_assert!(conserved(&after));
+        prop_assert_eq!(minor(after.held), new);
+        if fit && want <= lease {
+            prop_assert_eq!(new, want);
+        }
+        if !fit {
+            prop_assert!(new >= lease, "a grow never shrinks");
+        }
+        if blocked {
+            prop_assert!(new <= lease, "a blocked lease never grows");
+        }
+    }
 }

@@ -27,6 +27,7 @@ use crate::clock::{Clock, SystemClock};
 
 mod balances;
 mod charge;
+mod lease;
 mod ledger;
 mod queue;
 mod receipts;
@@ -257,6 +258,12 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), OpenError> {
     // Added within version 1 (an index only: older files get it here, in one statement).
     conn.execute_batch("CREATE INDEX IF NOT EXISTS events_by_payer_seq ON events (payer, seq);")
         .map_err(err)?;
+    // Added within version 1 (a table an older tollgate never reads): each balance lease's last
+    // recorded batch, so a batch sent again is recorded once.
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS lease_batches (lease TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;",
+    )
+    .map_err(err)?;
     Ok(())
 }
 
