@@ -18,8 +18,9 @@
 --   sequence is not above the last applied one was applied already and is skipped -- a retry
 --   after a lost reply)   ARGV[4] reserved (minor)   ARGV[5] target (minor)
 -- ARGV[6] 'grow' | 'fit'   ARGV[7] ttl (ms)
--- ARGV[8] N charges, then per charge: charge (minor), K, K event field/value pairs, the
---   aggregate amount field, M, M aggregate field/increment pairs
+-- ARGV[8] N charges, then C, C event field/value pairs every charge shares, then per charge:
+--   charge (minor), K, its K other event field/value pairs, the aggregate amount field, M,
+--   M aggregate field/increment pairs
 -- Returns {status, lease amount, balance, had lease (0|1), charged, uncharged, event ids...}
 --   status: 'ok' | 'blocked' | 'duplicate' (the batch was applied before: no event ids)
 local acct, holds = KEYS[1], KEYS[2]
@@ -47,7 +48,11 @@ if n > 0 and tonumber(redis.call('HGET', acct, seq_field) or '0') >= seq then
   status = 'duplicate'
   n = 0
 end
-local at = 9
+local common = {}
+for i = 10, 9 + 2 * tonumber(ARGV[9]) do
+  common[#common + 1] = ARGV[i]
+end
+local at = 10 + 2 * tonumber(ARGV[9])
 local agg, agg_order, payer = {}, {}, nil
 local function add_agg(field, v)
   if agg[field] == nil then
@@ -59,7 +64,7 @@ end
 for _ = 1, n do
   local charge = tonumber(ARGV[at])
   local k = tonumber(ARGV[at + 1])
-  local fields = {}
+  local fields = {unpack(common)}
   for i = at + 2, at + 1 + 2 * k do
     fields[#fields + 1] = ARGV[i]
   end

@@ -43,11 +43,27 @@ impl LeaseStore for RedisStore {
             })
             .arg(ms(s.ttl))
             .arg(s.charges.len());
-        for e in s.charges {
-            let fields = e.to_fields(false);
-            inv.arg(e.amount_minor).arg(fields.len());
-            for (k, v) in fields {
-                inv.arg(k).arg(v);
+        // The fields every charge of the batch shares (payer, route, units, ...) go once; each
+        // charge sends only the rest (its time, reservation, status): far fewer arguments.
+        let fields: Vec<Vec<(&str, String)>> =
+            s.charges.iter().map(|e| e.to_fields(false)).collect();
+        let common: Vec<(&str, String)> = match fields.split_first() {
+            Some((first, rest)) => first
+                .iter()
+                .filter(|f| rest.iter().all(|o| o.contains(f)))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        inv.arg(common.len());
+        for (k, v) in &common {
+            inv.arg(*k).arg(v);
+        }
+        for (e, fields) in s.charges.iter().zip(&fields) {
+            let own: Vec<&(&str, String)> = fields.iter().filter(|f| !common.contains(f)).collect();
+            inv.arg(e.amount_minor).arg(own.len());
+            for (k, v) in own {
+                inv.arg(*k).arg(v);
             }
             let aggregates = e.aggregate_fields();
             inv.arg(e.amount_field()).arg(aggregates.len());
