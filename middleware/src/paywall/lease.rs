@@ -358,13 +358,7 @@ impl LeaseBook {
     /// One round of the background sync: record pending charges, keep busy leases fresh,
     /// return idle ones, forget long-unused payers.
     async fn tick(&self) {
-        let cells: Vec<Arc<Cell>> = self
-            .cells
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let cells = self.all_cells();
         let c = &self.config;
         for cell in cells {
             enum Do {
@@ -404,6 +398,15 @@ impl LeaseBook {
         }
     }
 
+    fn all_cells(&self) -> Vec<Arc<Cell>> {
+        self.cells
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn evict(&self, cell: &Arc<Cell>) {
         let mut cells = self
             .cells
@@ -420,13 +423,7 @@ impl LeaseBook {
     /// by a reload). Draws still in flight keep their lease until the next round.
     pub(super) async fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        let cells: Vec<Arc<Cell>> = self
-            .cells
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let cells = self.all_cells();
         for cell in cells {
             for _ in 0..64 {
                 let more = {

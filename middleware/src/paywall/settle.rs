@@ -82,25 +82,11 @@ impl Admission {
             draw.give_back();
             return Settled::default();
         };
-        let currency = self.payment.charge.currency.clone();
         let (units, unit_prices, actual_minor) = self.measure(Some(&b), usage);
         let time_ms = self.paywall.0.clock.now_ms();
         let event = UsageEvent {
-            id: String::new(),
-            time_ms,
-            payer: self.payment.payer.clone(),
-            route: self.route.id.clone(),
-            method: self.method.clone(),
-            units: units.clone(),
-            unit_prices,
-            currency: currency.code().to_owned(),
-            scale: currency.scale(),
-            amount_minor: actual_minor,
-            uncharged_minor: 0,
-            credential: self.payment.credential.clone(),
             reservation: b.hold.id.clone(),
-            upstream_status: status,
-            voids: None,
+            ..self.usage_event(time_ms, units.clone(), unit_prices, actual_minor, status)
         };
         let balance = draw.settle(event);
         self.paid_as(
@@ -109,6 +95,36 @@ impl Admission {
             Some(&units),
             (status, time_ms),
         )
+    }
+
+    /// The usage event of this request, served with `status` at `time_ms` (no reservation yet:
+    /// the caller names it).
+    fn usage_event(
+        &self,
+        time_ms: i64,
+        units: BTreeMap<String, u64>,
+        unit_prices: BTreeMap<String, String>,
+        amount_minor: u64,
+        status: u16,
+    ) -> UsageEvent {
+        let currency = &self.payment.charge.currency;
+        UsageEvent {
+            id: String::new(),
+            time_ms,
+            payer: self.payment.payer.clone(),
+            route: self.route.id.clone(),
+            method: self.method.clone(),
+            units,
+            unit_prices,
+            currency: currency.code().to_owned(),
+            scale: currency.scale(),
+            amount_minor,
+            uncharged_minor: 0,
+            credential: self.payment.credential.clone(),
+            reservation: String::new(),
+            upstream_status: status,
+            voids: None,
+        }
     }
 
     /// A not served request gives its hold back; a served one is captured at its cost.
@@ -136,23 +152,7 @@ impl Admission {
         let (units, unit_prices, actual_minor) = self.measure(balance.as_ref(), usage);
         let units_seen = units.clone();
         let time_ms = self.paywall.0.clock.now_ms();
-        let event = UsageEvent {
-            id: String::new(),
-            time_ms,
-            payer: self.payment.payer.clone(),
-            route: self.route.id.clone(),
-            method: self.method.clone(),
-            units,
-            unit_prices,
-            currency: currency.code().to_owned(),
-            scale: currency.scale(),
-            amount_minor: actual_minor,
-            uncharged_minor: 0,
-            credential: self.payment.credential.clone(),
-            reservation: String::new(),
-            upstream_status: status,
-            voids: None,
-        };
+        let event = self.usage_event(time_ms, units, unit_prices, actual_minor, status);
         let withheld = |e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "capture failed; response withheld");
             Refusal::plain(
