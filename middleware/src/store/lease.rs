@@ -82,6 +82,6 @@ pub struct LeaseSynced {
     pub charged_minor: u64,
     /// Not charged (lease and balance exhausted).
     pub uncharged_minor: u64,
-    /// The recorded events' ledger ids, in the batch's order.
-    pub event_ids: Vec<String>,
+    /// Events recorded by this batch (0 for a duplicate).
+    pub recorded: u64,
 }

@@ -66,7 +66,7 @@ pub(crate) async fn lease_batches(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(r.status, LeaseStatus::Ok);
     assert_eq!((r.charged_minor, r.uncharged_minor), (75, 0));
-    assert_eq!(r.event_ids.len(), 2);
+    assert_eq!(r.recorded, 2);
     assert_eq!((r.lease_minor, r.balance_minor, r.had_lease), (25, 0, true));
     // The same batch again (its reply was lost): skipped.
     let again = store

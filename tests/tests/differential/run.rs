@@ -437,7 +437,7 @@ impl<'a> Run<'a> {
                     out.had_lease,
                     out.charged_minor,
                     out.uncharged_minor,
-                    out.event_ids.len()
+                    out.recorded
                 )
             }
             Op::Account => {

@@ -19,9 +19,10 @@
 --   after a lost reply)   ARGV[4] reserved (minor)   ARGV[5] target (minor)
 -- ARGV[6] 'grow' | 'fit'   ARGV[7] ttl (ms)
 -- ARGV[8] N charges, then C, C event field/value pairs every charge shares, then per charge:
---   charge (minor), K, its K other event field/value pairs, the aggregate amount field, M,
---   M aggregate field/increment pairs
--- Returns {status, lease amount, balance, had lease (0|1), charged, uncharged, event ids...}
+--   charge (minor), K, its K other event field/value pairs, its aggregate amount field; then
+--   M, M aggregate field/increment pairs of the whole batch (requests and units: they do not
+--   depend on what is charged)
+-- Returns {status, lease amount, balance, had lease (0|1), charged, uncharged, events recorded}
 --   status: 'ok' | 'blocked' | 'duplicate' (the batch was applied before: no event ids)
 local acct, holds = KEYS[1], KEYS[2]
 local id, cur = ARGV[1], ARGV[2]
@@ -40,7 +41,7 @@ end
 local old_held = held
 local bal = tonumber(redis.call('HGET', acct, 'bal:' .. cur) or '0')
 local charged_total, uncharged_total = 0, 0
-local ids = {}
+local recorded = 0
 local status = 'ok'
 local seq_field = 'lseq:' .. id
 local n = tonumber(ARGV[8])
@@ -70,7 +71,6 @@ for _ = 1, n do
   end
   at = at + 2 + 2 * k
   local amount_field = ARGV[at]
-  local m = tonumber(ARGV[at + 1])
   local from_held = math.min(charge, held)
   held = held - from_held
   local from_bal = math.min(charge - from_held, bal)
@@ -82,16 +82,17 @@ for _ = 1, n do
   fields[#fields + 1] = 'uncharged_minor'
   fields[#fields + 1] = tostring(uncharged)
   add_agg(amount_field, charged)
-  for i = at + 2, at + 1 + 2 * m, 2 do
-    add_agg(ARGV[i], tonumber(ARGV[i + 1]))
-  end
-  at = at + 2 + 2 * m
+  at = at + 1
   payer = payer or field_of(fields, 'payer')
-  ids[#ids + 1] = redis.call('XADD', KEYS[4], '*', unpack(fields))
+  redis.call('XADD', KEYS[4], '*', unpack(fields))
+  recorded = recorded + 1
   charged_total = charged_total + charged
   uncharged_total = uncharged_total + uncharged
 end
 if n > 0 then
+  for i = at + 1, at + 2 * tonumber(ARGV[at]), 2 do
+    add_agg(ARGV[i], tonumber(ARGV[i + 1]))
+  end
   redis.call('HINCRBY', acct, 'captured:' .. cur, string.format('%d', charged_total))
   -- The batch's aggregates, summed per field: one HINCRBY per field and key for the whole
   -- batch, not per event (the same totals as record_usage would reach event by event).
@@ -146,8 +147,4 @@ else
     redis.call('HDEL', acct, seq_field)
   end
 end
-local out = {status, held, bal, h and 1 or 0, charged_total, uncharged_total}
-for _, e in ipairs(ids) do
-  out[#out + 1] = e
-end
-return out
+return {status, held, bal, h and 1 or 0, charged_total, uncharged_total, recorded}

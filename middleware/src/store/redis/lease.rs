@@ -1,6 +1,8 @@
 //! Balance leases on Redis ([`crate::store::LeaseStore`]): `lua/lease.lua`, one script per
 //! batch.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 
 use super::{bucket_of, ms, RedisStore};
@@ -59,24 +61,30 @@ impl LeaseStore for RedisStore {
         for (k, v) in &common {
             inv.arg(*k).arg(v);
         }
+        // The batch's request and unit counts, summed here (what is charged is decided by the
+        // script, per charge).
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         for (e, fields) in s.charges.iter().zip(&fields) {
             let own: Vec<&(&str, String)> = fields.iter().filter(|f| !common.contains(f)).collect();
             inv.arg(e.amount_minor).arg(own.len());
             for (k, v) in own {
                 inv.arg(*k).arg(v);
             }
-            let aggregates = e.aggregate_fields();
-            inv.arg(e.amount_field()).arg(aggregates.len());
-            for (k, v) in aggregates {
-                inv.arg(k).arg(v);
+            inv.arg(e.amount_field());
+            for (k, v) in e.aggregate_fields() {
+                *counts.entry(k).or_default() += v;
             }
         }
+        inv.arg(counts.len());
+        for (k, v) in &counts {
+            inv.arg(k).arg(*v);
+        }
         let reply: Vec<redis::Value> = self.bounded(inv.invoke_async(&mut conn)).await?;
-        parse(b, reply)
+        parse(reply)
     }
 }
 
-fn parse(bucket: u64, reply: Vec<redis::Value>) -> Result<LeaseSynced, StoreError> {
+fn parse(reply: Vec<redis::Value>) -> Result<LeaseSynced, StoreError> {
     use redis::FromRedisValue;
     let bad = |what: &str| StoreError::Protocol(format!("lease replied without {what}"));
     let mut it = reply.into_iter();
@@ -91,11 +99,7 @@ fn parse(bucket: u64, reply: Vec<redis::Value>) -> Result<LeaseSynced, StoreErro
     let had = num("the lease flag")?;
     let charged = num("the charged amount")?;
     let uncharged = num("the uncharged amount")?;
-    let mut event_ids = Vec::new();
-    for v in it {
-        let id = String::from_redis_value(&v).map_err(conv)?;
-        event_ids.push(RedisStore::ledger_id(bucket, &id));
-    }
+    let recorded = num("the number of events")?;
     let status = match status.as_str() {
         "ok" => LeaseStatus::Ok,
         "blocked" => LeaseStatus::Blocked,
@@ -110,6 +114,6 @@ fn parse(bucket: u64, reply: Vec<redis::Value>) -> Result<LeaseSynced, StoreErro
         had_lease: had == 1,
         charged_minor: minor(charged),
         uncharged_minor: minor(uncharged),
-        event_ids,
+        recorded: minor(recorded),
     })
 }

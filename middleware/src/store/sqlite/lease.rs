@@ -41,18 +41,19 @@ impl LeaseStore for SqliteStore {
                 |r| r.get(0),
             )?;
             let duplicate = !charges.is_empty() && last.is_some_and(|l| l >= seq);
-            let (mut charged, mut uncharged, mut event_ids) = (0, 0, Vec::new());
+            let (mut charged, mut uncharged, mut recorded) = (0, 0, 0);
             if !duplicate {
                 for e in &charges {
                     let (after, left, rest) =
                         rules::lease_charge(&b, lease, e.amount_minor).map_err(rule)?;
-                    let recorded = UsageEvent {
+                    let event = UsageEvent {
                         amount_minor: e.amount_minor - rest,
                         uncharged_minor: rest,
                         ..e.clone()
                     };
-                    event_ids.push(t.record(now, &recorded)?);
-                    charged += recorded.amount_minor;
+                    t.record(now, &event)?;
+                    recorded += 1;
+                    charged += event.amount_minor;
                     uncharged += rest;
                     (b, lease) = (after, left);
                 }
@@ -91,7 +92,7 @@ impl LeaseStore for SqliteStore {
                 had_lease: had.is_some(),
                 charged_minor: charged,
                 uncharged_minor: uncharged,
-                event_ids,
+                recorded,
             })
         })
         .await
