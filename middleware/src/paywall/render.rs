@@ -137,8 +137,14 @@ struct PaymentFailure<'a> {
 
 /// A value as base64 JSON, for a header.
 pub(super) fn b64_header<T: Serialize + ?Sized>(v: &T) -> Option<HeaderValue> {
-    // `to_vec`, not `to_string`: the `Display` path goes through `fmt` (slower on every 402).
-    HeaderValue::from_str(&STANDARD.encode(serde_json::to_vec(v).ok()?)).ok()
+    // Runs on every paid response and every 402: the JSON written into one buffer sized for a
+    // typical answer (no regrowth), the base64 into one string the header value then owns
+    // (`from_maybe_shared` checks it without copying).
+    let mut json = Vec::with_capacity(512);
+    serde_json::to_writer(&mut json, v).ok()?;
+    let mut out = String::with_capacity(json.len().div_ceil(3) * 4);
+    STANDARD.encode_string(&json, &mut out);
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 
 /// A JSON answer of the agent endpoints.
