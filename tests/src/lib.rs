@@ -34,6 +34,7 @@ pub mod engine;
 pub mod facilitator;
 pub mod fixtures;
 pub mod postgres;
+pub mod process;
 pub mod python;
 pub mod tools;
 

@@ -11,9 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
+use tollgate_e2e::process;
 use tollgate_e2e::*;
 use tollgate_middleware::store::{SqliteOptions, SqliteStore};
 use tollgate_middleware::Store;
@@ -36,23 +37,7 @@ fn config(port: u16, wallet: &TestIssuer, up: &TestUpstream) -> String {
 }
 
 fn start(config: &Path) -> Child {
-    Command::new(tollgate_binary())
-        .args(["run", "--config"])
-        .arg(config)
-        .env("TOLLGATE_SECRET", "0123456789abcdef0123456789abcdef")
-        .env_remove("TOLLGATE_ADMIN_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_healthy(http: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    process::start(config, Stdio::piped())
 }
 
 async fn topup(http: &reqwest::Client, base: &str, receipt: &str) -> reqwest::Response {
@@ -79,11 +64,7 @@ struct Seen {
 async fn kill_9_mid_traffic_keeps_every_unit() {
     let wallet = Arc::new(TestIssuer::ed25519("wallet"));
     let up = upstream().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = process::free_port();
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("tollgate.toml");
     std::fs::write(&config_path, config(port, &wallet, &up)).unwrap();
@@ -91,7 +72,7 @@ async fn kill_9_mid_traffic_keeps_every_unit() {
     let http = reqwest::Client::new();
 
     let mut child = start(&config_path);
-    wait_healthy(&http, &base).await;
+    process::wait_healthy(&http, &base).await;
 
     // Each payer tops up 1.00 USD once (the receipts are kept to replay after the crash).
     let mut tokens = Vec::new();
@@ -187,7 +168,7 @@ async fn kill_9_mid_traffic_keeps_every_unit() {
 
     // Restarted on the same file: a second process is refused while it runs.
     let mut child = start(&config_path);
-    wait_healthy(&http, &base).await;
+    process::wait_healthy(&http, &base).await;
     let second = Command::new(tollgate_binary())
         .args(["run", "--config"])
         .arg(&config_path)

@@ -12,10 +12,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tollgate_e2e::process;
 use tollgate_e2e::*;
 use tollgate_middleware::store::prelude::*;
 use tollgate_middleware::store::{RedisStore, RedisStoreOptions, UsageEvent};
@@ -219,30 +220,14 @@ async fn kill_9_mid_batch_never_charges_an_unserved_request() {
     let redis = RedisServer::start();
     let up = upstream().await;
     let w = TestIssuer::ed25519("wallet");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = process::free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("tollgate.toml");
     std::fs::write(&config, binary_config(port, &redis, &w, &up)).unwrap();
-    let mut child = Command::new(tollgate_binary())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("TOLLGATE_SECRET", "0123456789abcdef0123456789abcdef")
-        .env_remove("TOLLGATE_ADMIN_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = process::start(&config, Stdio::null());
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    process::wait_healthy(&http, &base).await;
     let mut c = w.claims("m", "p", "1000.00"); // not drawn down before the kill
     c["kind"] = "topup".into();
     let res = http
