@@ -310,11 +310,7 @@ async fn gateway_sigterm_under_load_finishes_and_settles_in_flight_requests() {
     let redis = RedisServer::start();
     let wallet = TestIssuer::ed25519("wallet");
     let up = upstream().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = tollgate_e2e::process::free_port();
     let dir = tempfile::tempdir().unwrap();
     let jwk = serde_json::to_value(wallet.signer.public_jwk()).unwrap();
     let jwk_toml: Vec<String> = jwk
@@ -331,21 +327,10 @@ async fn gateway_sigterm_under_load_finishes_and_settles_in_flight_requests() {
     );
     let path = dir.path().join("tollgate.toml");
     std::fs::write(&path, cfg).unwrap();
-    let mut child = std::process::Command::new(tollgate_binary())
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("TOLLGATE_SECRET", "0123456789abcdef0123456789abcdef")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = tollgate_e2e::process::start(&path, std::process::Stdio::null());
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "gateway did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tollgate_e2e::process::wait_healthy(&http, &base).await;
     let mut in_flight = Vec::new();
     for i in 0..20 {
         let r = wallet.receipt("m", &format!("term-{i}"), "0.01");
