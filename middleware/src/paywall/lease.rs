@@ -340,6 +340,13 @@ impl LeaseBook {
         if r.uncharged_minor > 0 {
             tracing::warn!(payer = %cell.payer, uncharged_minor = r.uncharged_minor, "usage beyond the lease and the balance was not charged");
         }
+        for (i, u) in &r.short {
+            if let Some(e) = batch.get(*i) {
+                m.uncharged_minor
+                    .with_label_values(&[e.route.as_str(), e.currency.as_str()])
+                    .inc_by(*u);
+            }
+        }
         s.granted = r.lease_minor;
         s.balance = r.balance_minor;
         s.blocked = r.status == LeaseStatus::Blocked;

@@ -84,4 +84,6 @@ pub struct LeaseSynced {
     pub uncharged_minor: u64,
     /// Events recorded by this batch (0 for a duplicate).
     pub recorded: u64,
+    /// The charges not charged in full: (index in the batch, uncharged minor units).
+    pub short: Vec<(usize, u64)>,
 }

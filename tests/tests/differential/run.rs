@@ -430,14 +430,15 @@ impl<'a> Run<'a> {
                     .await
                     .unwrap();
                 format!(
-                    "lease {:?} held {} balance {} had {} charged {} uncharged {} events {}",
+                    "lease {:?} held {} balance {} had {} charged {} uncharged {} events {} short {:?}",
                     out.status,
                     out.lease_minor,
                     out.balance_minor,
                     out.had_lease,
                     out.charged_minor,
                     out.uncharged_minor,
-                    out.recorded
+                    out.recorded,
+                    out.short
                 )
             }
             Op::Account => {

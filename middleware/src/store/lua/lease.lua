@@ -22,7 +22,8 @@
 --   charge (minor), K, its K other event field/value pairs, its aggregate amount field; then
 --   M, M aggregate field/increment pairs of the whole batch (requests and units: they do not
 --   depend on what is charged)
--- Returns {status, lease amount, balance, had lease (0|1), charged, uncharged, events recorded}
+-- Returns {status, lease amount, balance, had lease (0|1), charged, uncharged, events recorded,
+--   then (index in the batch, uncharged) of each charge not charged in full (rare)}
 --   status: 'ok' | 'blocked' | 'duplicate' (the batch was applied before: no event ids)
 local acct, holds = KEYS[1], KEYS[2]
 local id, cur = ARGV[1], ARGV[2]
@@ -42,6 +43,7 @@ local old_held = held
 local bal = tonumber(redis.call('HGET', acct, 'bal:' .. cur) or '0')
 local charged_total, uncharged_total = 0, 0
 local recorded = 0
+local short = {}
 local status = 'ok'
 local seq_field = 'lseq:' .. id
 local n = tonumber(ARGV[8])
@@ -86,6 +88,10 @@ for _ = 1, n do
   payer = payer or field_of(fields, 'payer')
   redis.call('XADD', KEYS[4], '*', unpack(fields))
   recorded = recorded + 1
+  if uncharged > 0 then
+    short[#short + 1] = recorded - 1
+    short[#short + 1] = uncharged
+  end
   charged_total = charged_total + charged
   uncharged_total = uncharged_total + uncharged
 end
@@ -147,4 +153,8 @@ else
     redis.call('HDEL', acct, seq_field)
   end
 end
-return {status, held, bal, h and 1 or 0, charged_total, uncharged_total, recorded}
+local out = {status, held, bal, h and 1 or 0, charged_total, uncharged_total, recorded}
+for _, v in ipairs(short) do
+  out[#out + 1] = v
+end
+return out

@@ -100,6 +100,16 @@ fn parse(reply: Vec<redis::Value>) -> Result<LeaseSynced, StoreError> {
     let charged = num("the charged amount")?;
     let uncharged = num("the uncharged amount")?;
     let recorded = num("the number of events")?;
+    let mut short = Vec::new();
+    while let Some(i) = it.next() {
+        let i = i64::from_redis_value(&i).map_err(conv)?;
+        let u = i64::from_redis_value(&it.next().ok_or_else(|| bad("an uncharged amount"))?)
+            .map_err(conv)?;
+        short.push((
+            usize::try_from(i).unwrap_or(usize::MAX),
+            u64::try_from(u).unwrap_or(0),
+        ));
+    }
     let status = match status.as_str() {
         "ok" => LeaseStatus::Ok,
         "blocked" => LeaseStatus::Blocked,
@@ -115,5 +125,6 @@ fn parse(reply: Vec<redis::Value>) -> Result<LeaseSynced, StoreError> {
         charged_minor: minor(charged),
         uncharged_minor: minor(uncharged),
         recorded: minor(recorded),
+        short,
     })
 }

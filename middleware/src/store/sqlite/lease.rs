@@ -41,7 +41,8 @@ impl LeaseStore for SqliteStore {
                 |r| r.get(0),
             )?;
             let duplicate = !charges.is_empty() && last.is_some_and(|l| l >= seq);
-            let (mut charged, mut uncharged, mut recorded) = (0, 0, 0);
+            let (mut charged, mut uncharged, mut recorded) = (0, 0, 0usize);
+            let mut short = Vec::new();
             if !duplicate {
                 for e in &charges {
                     let (after, left, rest) =
@@ -55,6 +56,9 @@ impl LeaseStore for SqliteStore {
                     recorded += 1;
                     charged += event.amount_minor;
                     uncharged += rest;
+                    if rest > 0 {
+                        short.push((recorded - 1, rest));
+                    }
                     (b, lease) = (after, left);
                 }
             }
@@ -92,7 +96,8 @@ impl LeaseStore for SqliteStore {
                 had_lease: had.is_some(),
                 charged_minor: charged,
                 uncharged_minor: uncharged,
-                recorded,
+                recorded: u64::try_from(recorded).unwrap_or(u64::MAX),
+                short,
             })
         })
         .await
