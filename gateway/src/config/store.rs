@@ -119,15 +119,20 @@ fn validate_lease(store: &StoreConfig) -> Result<(), ConfigError> {
     if !(10..=10_000).contains(&l.sync_ms) {
         return Err(invalid("store.lease.sync_ms", "must be 10 to 10000"));
     }
-    if l.staleness_ms < l.sync_ms || l.staleness_ms > 60_000 {
-        return Err(invalid(
-            "store.lease.staleness_ms",
-            format!(
-                "must be at least store.lease.sync_ms ({}) and at most 60000",
-                l.sync_ms
-            ),
-        ));
-    }
+    // Fields bounded below by the sync interval.
+    let after_sync = |field: &str, v: u64, max: u64| {
+        if v < l.sync_ms || v > max {
+            return Err(invalid(
+                field,
+                format!(
+                    "must be at least store.lease.sync_ms ({}) and at most {max}",
+                    l.sync_ms
+                ),
+            ));
+        }
+        Ok(())
+    };
+    after_sync("store.lease.staleness_ms", l.staleness_ms, 60_000)?;
     if l.ttl_secs.saturating_mul(1000) < l.staleness_ms.saturating_mul(4) || l.ttl_secs > 3600 {
         return Err(invalid(
             "store.lease.ttl_secs",
@@ -137,15 +142,7 @@ fn validate_lease(store: &StoreConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
-    if l.idle_ms < l.sync_ms || l.idle_ms > 3_600_000 {
-        return Err(invalid(
-            "store.lease.idle_ms",
-            format!(
-                "must be at least store.lease.sync_ms ({}) and at most 3600000",
-                l.sync_ms
-            ),
-        ));
-    }
+    after_sync("store.lease.idle_ms", l.idle_ms, 3_600_000)?;
     if !(1..=10_000).contains(&l.batch_max) {
         return Err(invalid("store.lease.batch_max", "must be 1 to 10000"));
     }

@@ -286,13 +286,7 @@ impl LeaseBook {
                 Some(b) => b,
                 None if s.pending.is_empty() => (0, Vec::new()),
                 None => {
-                    let day = s.pending.first().map(|e| utc_day(e.time_ms));
-                    let n = s
-                        .pending
-                        .iter()
-                        .take(self.config.batch_max)
-                        .take_while(|e| Some(utc_day(e.time_ms)) == day)
-                        .count();
+                    let n = batch_len(&s.pending, self.config.batch_max);
                     s.seq += 1;
                     (s.seq, s.pending.drain(..n).collect())
                 }
@@ -337,8 +331,8 @@ impl LeaseBook {
             tracing::warn!(payer = %cell.payer, lease = %cell.id, held = s.granted, "the balance lease lapsed before it was synced (a pause longer than its ttl): its charges are taken from the balance");
             m.lease_lapsed.inc();
         }
-        if r.uncharged_minor > 0 {
-            tracing::warn!(payer = %cell.payer, uncharged_minor = r.uncharged_minor, "usage beyond the lease and the balance was not charged");
+        if !r.short.is_empty() {
+            tracing::warn!(payer = %cell.payer, uncharged_minor = r.uncharged_minor(), "usage beyond the lease and the balance was not charged");
         }
         for (i, u) in &r.short {
             if let Some(e) = batch.get(*i) {
@@ -452,6 +446,17 @@ impl LeaseBook {
     }
 }
 
+/// How many of the pending charges the next batch takes: at most `max`, all of the first one's
+/// UTC day (a batch's aggregates are one day's).
+fn batch_len(pending: &[UsageEvent], max: usize) -> usize {
+    let day = pending.first().map(|e| utc_day(e.time_ms));
+    pending
+        .iter()
+        .take(max)
+        .take_while(|e| Some(utc_day(e.time_ms)) == day)
+        .count()
+}
+
 /// The background sync: every `every`, or at once when a batch is full; ends with the book.
 async fn run(book: Weak<LeaseBook>, wake: Arc<tokio::sync::Notify>, every: Duration) {
     let mut interval = tokio::time::interval(every);
@@ -526,5 +531,49 @@ impl super::Paywall {
             fixed_charge: None,
         };
         Ok((payment, super::admission::Secured::Lease(held, draw)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(time_ms: i64) -> UsageEvent {
+        UsageEvent {
+            id: String::new(),
+            time_ms,
+            payer: "p".into(),
+            route: "r".into(),
+            method: "GET".into(),
+            units: Default::default(),
+            unit_prices: Default::default(),
+            currency: "USD".into(),
+            scale: 6,
+            amount_minor: 1,
+            uncharged_minor: 0,
+            credential: "token:p".into(),
+            reservation: String::new(),
+            upstream_status: 200,
+            voids: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_never_spans_midnight_nor_its_bound() {
+        let midnight = 1_764_633_600_000; // 2025-12-02T00:00:00Z
+        assert_eq!(batch_len(&[], 8), 0);
+        // Up to the last millisecond of the day, then the next day starts a batch of its own.
+        let pending = [
+            at(midnight - 2),
+            at(midnight - 1),
+            at(midnight),
+            at(midnight + 1),
+        ];
+        assert_eq!(batch_len(&pending, 8), 2);
+        assert_eq!(batch_len(&pending[2..], 8), 2);
+        assert_eq!(batch_len(&pending, 1), 1);
+        let same_day: Vec<_> = (0..10).map(|i| at(midnight + i)).collect();
+        assert_eq!(batch_len(&same_day, 4), 4);
+        assert_eq!(batch_len(&same_day, 64), 10);
     }
 }

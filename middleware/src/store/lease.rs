@@ -80,10 +80,16 @@ pub struct LeaseSynced {
     pub had_lease: bool,
     /// Charged in total by this batch.
     pub charged_minor: u64,
-    /// Not charged (lease and balance exhausted).
-    pub uncharged_minor: u64,
     /// Events recorded by this batch (0 for a duplicate).
     pub recorded: u64,
-    /// The charges not charged in full: (index in the batch, uncharged minor units).
+    /// The charges not charged in full (lease and balance exhausted): (index in the batch,
+    /// uncharged minor units).
     pub short: Vec<(usize, u64)>,
+}
+
+impl LeaseSynced {
+    /// Not charged in total by this batch.
+    pub fn uncharged_minor(&self) -> u64 {
+        self.short.iter().map(|(_, u)| u).sum()
+    }
 }

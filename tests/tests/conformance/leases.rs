@@ -65,7 +65,7 @@ pub(crate) async fn lease_batches(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(r.status, LeaseStatus::Ok);
-    assert_eq!((r.charged_minor, r.uncharged_minor), (75, 0));
+    assert_eq!((r.charged_minor, r.uncharged_minor()), (75, 0));
     assert!(r.short.is_empty());
     assert_eq!(r.recorded, 2);
     assert_eq!((r.lease_minor, r.balance_minor, r.had_lease), (25, 0, true));
@@ -90,7 +90,7 @@ pub(crate) async fn lease_batches(store: Arc<dyn Store>) {
     // ends the lease.
     let big = [charge("lea", "c", 40)];
     let r = store.lease_sync(&sync(2, &big, 0, fit, ten)).await.unwrap();
-    assert_eq!((r.charged_minor, r.uncharged_minor), (25, 15));
+    assert_eq!((r.charged_minor, r.uncharged_minor()), (25, 15));
     assert_eq!(
         r.short,
         vec![(0, 15)],

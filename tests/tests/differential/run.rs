@@ -436,7 +436,7 @@ impl<'a> Run<'a> {
                     out.balance_minor,
                     out.had_lease,
                     out.charged_minor,
-                    out.uncharged_minor,
+                    out.uncharged_minor(),
                     out.recorded,
                     out.short
                 )

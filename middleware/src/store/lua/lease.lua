@@ -22,7 +22,7 @@
 --   charge (minor), K, its K other event field/value pairs, its aggregate amount field; then
 --   M, M aggregate field/increment pairs of the whole batch (requests and units: they do not
 --   depend on what is charged)
--- Returns {status, lease amount, balance, had lease (0|1), charged, uncharged, events recorded,
+-- Returns {status, lease amount, balance, had lease (0|1), charged, events recorded,
 --   then (index in the batch, uncharged) of each charge not charged in full (rare)}
 --   status: 'ok' | 'blocked' | 'duplicate' (the batch was applied before: no event ids)
 local acct, holds = KEYS[1], KEYS[2]
@@ -41,7 +41,7 @@ if h then
 end
 local old_held = held
 local bal = tonumber(redis.call('HGET', acct, 'bal:' .. cur) or '0')
-local charged_total, uncharged_total = 0, 0
+local charged_total = 0
 local recorded = 0
 local short = {}
 local status = 'ok'
@@ -93,7 +93,6 @@ for _ = 1, n do
     short[#short + 1] = uncharged
   end
   charged_total = charged_total + charged
-  uncharged_total = uncharged_total + uncharged
 end
 if n > 0 then
   for i = at + 1, at + 2 * tonumber(ARGV[at]), 2 do
@@ -153,7 +152,7 @@ else
     redis.call('HDEL', acct, seq_field)
   end
 end
-local out = {status, held, bal, h and 1 or 0, charged_total, uncharged_total, recorded}
+local out = {status, held, bal, h and 1 or 0, charged_total, recorded}
 for _, v in ipairs(short) do
   out[#out + 1] = v
 end

@@ -98,7 +98,6 @@ fn parse(reply: Vec<redis::Value>) -> Result<LeaseSynced, StoreError> {
     let balance = num("the balance")?;
     let had = num("the lease flag")?;
     let charged = num("the charged amount")?;
-    let uncharged = num("the uncharged amount")?;
     let recorded = num("the number of events")?;
     let mut short = Vec::new();
     while let Some(i) = it.next() {
@@ -123,7 +122,6 @@ fn parse(reply: Vec<redis::Value>) -> Result<LeaseSynced, StoreError> {
         balance_minor: minor(balance),
         had_lease: had == 1,
         charged_minor: minor(charged),
-        uncharged_minor: minor(uncharged),
         recorded: minor(recorded),
         short,
     })

@@ -41,7 +41,7 @@ impl LeaseStore for SqliteStore {
                 |r| r.get(0),
             )?;
             let duplicate = !charges.is_empty() && last.is_some_and(|l| l >= seq);
-            let (mut charged, mut uncharged, mut recorded) = (0, 0, 0usize);
+            let (mut charged, mut recorded) = (0, 0usize);
             let mut short = Vec::new();
             if !duplicate {
                 for e in &charges {
@@ -55,7 +55,6 @@ impl LeaseStore for SqliteStore {
                     t.record(now, &event)?;
                     recorded += 1;
                     charged += event.amount_minor;
-                    uncharged += rest;
                     if rest > 0 {
                         short.push((recorded - 1, rest));
                     }
@@ -95,7 +94,6 @@ impl LeaseStore for SqliteStore {
                 balance_minor: minor(after.available),
                 had_lease: had.is_some(),
                 charged_minor: charged,
-                uncharged_minor: uncharged,
                 recorded: u64::try_from(recorded).unwrap_or(u64::MAX),
                 short,
             })
