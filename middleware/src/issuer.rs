@@ -112,14 +112,7 @@ pub struct ReceiptSigner {
     public_jwk: Jwk,
 }
 
-impl std::fmt::Debug for ReceiptSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReceiptSigner")
-            .field("issuer", &self.issuer)
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(ReceiptSigner { issuer, kid });
 
 impl ReceiptSigner {
     /// A signer from an encoding key and the matching public JWK.

@@ -89,13 +89,7 @@ pub struct PaymentLayer {
     routes: Arc<dyn RouteResolver>,
 }
 
-impl std::fmt::Debug for PaymentLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PaymentLayer")
-            .field("paywall", &self.paywall)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(PaymentLayer { paywall });
 
 impl PaymentLayer {
     /// A layer charging what `routes` says.

@@ -30,6 +30,20 @@
 
 #![warn(missing_docs)]
 
+/// `Debug` for `$ty` that prints only the named fields: keys, caches and handles stay out of
+/// logs (`Type { a: .., b: .., .. }`).
+macro_rules! debug_fields {
+    ($ty:ident { $($field:ident),* }) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($field), &self.$field))*
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 pub mod challenge;
 #[cfg(feature = "client")]
 pub mod client;
@@ -38,6 +52,7 @@ pub mod content_coding;
 pub mod credential;
 pub mod drain;
 pub mod error;
+mod fetch;
 pub mod issuer;
 pub mod layer;
 #[cfg(feature = "postgres")]

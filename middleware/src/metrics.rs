@@ -76,6 +76,15 @@ fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"))
 }
 
+/// A metric without labels.
+fn scalar<M>(
+    new: impl FnOnce(&'static str, &'static str) -> prometheus::Result<M>,
+    name: &'static str,
+    help: &'static str,
+) -> M {
+    new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"))
+}
+
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = vec![
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -128,26 +137,10 @@ impl Metrics {
                 "Refunds of captures whose response was withheld, in atomic units.",
                 &["currency"],
             ),
-            holds_in_flight: IntGauge::new(
-                "tollgate_holds_in_flight",
-                "Receipt and balance holds in flight in this process.",
-            )
-            .unwrap_or_else(|e| panic!("metric holds: {e}")),
-            ledger_backlog_events: IntGauge::new(
-                "tollgate_ledger_backlog_events",
-                "Ledger entries waiting in Redis for the drainer.",
-            )
-            .unwrap_or_else(|e| panic!("metric ledger backlog: {e}")),
-            ledger_backlog_age_seconds: Gauge::new(
-                "tollgate_ledger_backlog_age_seconds",
-                "Age of the oldest ledger entry waiting in Redis.",
-            )
-            .unwrap_or_else(|e| panic!("metric ledger backlog age: {e}")),
-            ledger_backlog_over_bound: IntGauge::new(
-                "tollgate_ledger_backlog_over_bound",
-                "1 while the ledger backlog is past ledger.max_backlog.",
-            )
-            .unwrap_or_else(|e| panic!("metric ledger bound: {e}")),
+            holds_in_flight: scalar(IntGauge::new, "tollgate_holds_in_flight", "Receipt and balance holds in flight in this process."),
+            ledger_backlog_events: scalar(IntGauge::new, "tollgate_ledger_backlog_events", "Ledger entries waiting in Redis for the drainer."),
+            ledger_backlog_age_seconds: scalar(Gauge::new, "tollgate_ledger_backlog_age_seconds", "Age of the oldest ledger entry waiting in Redis."),
+            ledger_backlog_over_bound: scalar(IntGauge::new, "tollgate_ledger_backlog_over_bound", "1 while the ledger backlog is past ledger.max_backlog."),
             ledger_drained: counter(
                 "tollgate_ledger_drained_events_total",
                 "Ledger entries moved from Redis to PostgreSQL.",
@@ -163,16 +156,8 @@ impl Metrics {
                 "Balance lease syncs (a batch of charges recorded, the lease resized), by outcome.",
                 &["outcome"],
             ),
-            lease_charges: IntCounter::new(
-                "tollgate_lease_charges_total",
-                "Charges recorded in batches by balance lease syncs.",
-            )
-            .unwrap_or_else(|e| panic!("metric tollgate_lease_charges_total: {e}")),
-            lease_lapsed: IntCounter::new(
-                "tollgate_lease_lapsed_total",
-                "Balance leases this replica found lapsed at a sync (charges then taken from the balance).",
-            )
-            .unwrap_or_else(|e| panic!("metric tollgate_lease_lapsed_total: {e}")),
+            lease_charges: scalar(IntCounter::new, "tollgate_lease_charges_total", "Charges recorded in batches by balance lease syncs."),
+            lease_lapsed: scalar(IntCounter::new, "tollgate_lease_lapsed_total", "Balance leases this replica found lapsed at a sync (charges then taken from the balance)."),
             store_seconds: histogram(
                 "tollgate_store_duration_seconds",
                 "Store call latency.",

@@ -170,14 +170,7 @@ pub struct IssuerKey {
     pub key: Arc<DecodingKey>,
 }
 
-impl std::fmt::Debug for IssuerKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuerKey")
-            .field("kid", &self.kid)
-            .field("algorithm", &self.algorithm)
-            .finish()
-    }
-}
+debug_fields!(IssuerKey { kid, algorithm });
 
 impl IssuerKey {
     /// A key from a public JWK (OKP/Ed25519 or EC/P-256). Private members are ignored;
@@ -276,11 +269,7 @@ pub struct JwksKeys {
 impl JwksKeys {
     /// A source for `url`; nothing is fetched until [`JwksKeys::refresh`] or the first lookup.
     pub fn new(url: impl Into<String>, min_refetch: Duration) -> Result<Self, IssuerKeyError> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| IssuerKeyError::Client(e.to_string()))?;
+        let client = crate::fetch::client().map_err(IssuerKeyError::Client)?;
         Ok(JwksKeys {
             url: url.into(),
             client,
@@ -298,22 +287,15 @@ impl JwksKeys {
     }
 
     async fn fetch_locked(&self) -> Result<usize, KeyError> {
-        let res = self
-            .client
-            .get(&self.url)
-            .send()
+        let body = crate::fetch::get_bounded(&self.client, &self.url, 256 * 1024)
             .await
-            .map_err(|e| KeyError::Unavailable(e.to_string()))?;
-        if !res.status().is_success() {
-            return Err(KeyError::Unavailable(format!("HTTP {}", res.status())));
-        }
-        let body = res
-            .bytes()
-            .await
-            .map_err(|e| KeyError::Unavailable(e.to_string()))?;
-        if body.len() > 256 * 1024 {
-            return Err(KeyError::Unavailable("JWKS larger than 256 KiB".into()));
-        }
+            .map_err(|e| {
+                KeyError::Unavailable(match e {
+                    crate::fetch::FetchError::Transport(e) => e,
+                    crate::fetch::FetchError::Status(s) => format!("HTTP {s}"),
+                    crate::fetch::FetchError::TooLarge => "JWKS larger than 256 KiB".into(),
+                })
+            })?;
         let set: JwkSet = serde_json::from_slice(&body)
             .map_err(|e| KeyError::Unavailable(format!("invalid JWKS: {e}")))?;
         let keys: Vec<IssuerKey> = set

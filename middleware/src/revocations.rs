@@ -56,11 +56,7 @@ impl RevocationPoller {
         url: String,
         store: Arc<dyn Store>,
     ) -> Result<Self, RevocationError> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| RevocationError::Client(e.to_string()))?;
+        let client = crate::fetch::client().map_err(RevocationError::Client)?;
         Ok(RevocationPoller {
             issuer,
             url,
@@ -72,22 +68,13 @@ impl RevocationPoller {
 
     /// Fetch the list once and revoke the ids not revoked yet; returns how many were new.
     pub async fn poll_once(&mut self) -> Result<usize, RevocationError> {
-        let res = self
-            .client
-            .get(&self.url)
-            .send()
+        let bytes = crate::fetch::get_bounded(&self.client, &self.url, 4 * 1024 * 1024)
             .await
-            .map_err(|e| RevocationError::Fetch(e.to_string()))?;
-        if !res.status().is_success() {
-            return Err(RevocationError::Status(res.status().as_u16()));
-        }
-        let bytes = res
-            .bytes()
-            .await
-            .map_err(|e| RevocationError::Fetch(e.to_string()))?;
-        if bytes.len() > 4 * 1024 * 1024 {
-            return Err(RevocationError::TooLarge);
-        }
+            .map_err(|e| match e {
+                crate::fetch::FetchError::Transport(e) => RevocationError::Fetch(e),
+                crate::fetch::FetchError::Status(s) => RevocationError::Status(s.as_u16()),
+                crate::fetch::FetchError::TooLarge => RevocationError::TooLarge,
+            })?;
         let list: RevocationList =
             serde_json::from_slice(&bytes).map_err(|e| RevocationError::NotAList(e.to_string()))?;
         let mut new = 0;

@@ -62,13 +62,7 @@ pub struct TokenKey {
 /// Most tokens remembered as verified (then the memory starts over).
 const VERIFIED_MAX: usize = 8192;
 
-impl std::fmt::Debug for TokenKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenKey")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(TokenKey { kid });
 
 impl TokenKey {
     /// Derive the token key from the gateway secret (domain-separated from challenge ids).

@@ -16,20 +16,16 @@ pub struct DiscoveryConfig {
     pub enabled: bool,
     /// The service's name: OpenAPI `info.title` and the heading of `llms.txt` (default: the
     /// merchant id).
-    #[serde(default)]
     pub title: Option<String>,
     /// A paragraph on what the service sells (OpenAPI `info.description`, the summary line of
     /// `llms.txt`).
-    #[serde(default)]
     pub description: Option<String>,
     /// OpenAPI `info.version`: the version of the service's API (default `"1"`).
-    #[serde(default)]
     pub version: Option<String>,
     /// `x-service-info.categories`, e.g. `["ai", "compute"]`.
     #[serde(default)]
     pub categories: Vec<String>,
     /// The service's homepage or documentation (`x-service-info.docs.homepage`).
-    #[serde(default)]
     pub homepage: Option<String>,
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use tollgate_middleware::jwk::Jwk;
 use tollgate_middleware::IssuerKey;
 
-use super::{invalid, ConfigError};
+use super::{invalid, within, ConfigError};
 
 /// `[[issuers]]`: exactly one of `jwks_url`, `keys`, `pem_file`.
 #[derive(Debug, Clone, Deserialize)]
@@ -15,28 +15,19 @@ pub struct IssuerConfig {
     /// The exact `iss` value.
     pub id: String,
     /// URL of the issuer's JWKS (fetched, cached, refetched on unknown `kid`).
-    #[serde(default)]
     pub jwks_url: Option<String>,
     /// Inline public JWKs.
-    #[serde(default)]
     pub keys: Option<Vec<toml::Value>>,
     /// A PEM (SPKI) public key file, relative to the config file.
-    #[serde(default)]
     pub pem_file: Option<PathBuf>,
     /// The `kid` of the PEM key, if receipts name one.
-    #[serde(default)]
     pub kid: Option<String>,
     /// URL of the issuer's mandate revocation list (`{"revoked": ["<mandate id>", ...]}`),
     /// polled every `mandate_revocations_poll_secs`.
-    #[serde(default)]
     pub mandate_revocations_url: Option<String>,
     /// Poll interval of the revocation list (seconds, 1 to 3600).
-    #[serde(default = "default_revocations_poll")]
+    #[serde(default = "super::n64::<30>")]
     pub mandate_revocations_poll_secs: u64,
-}
-
-fn default_revocations_poll() -> u64 {
-    30
 }
 
 /// Where an issuer's keys come from, after validation.
@@ -115,12 +106,12 @@ pub(super) fn validate_issuers(
                 ));
             }
         }
-        if !(1..=3600).contains(&iss.mandate_revocations_poll_secs) {
-            return Err(invalid(
-                f("mandate_revocations_poll_secs"),
-                "must be 1 to 3600",
-            ));
-        }
+        within(
+            f("mandate_revocations_poll_secs"),
+            iss.mandate_revocations_poll_secs,
+            1,
+            3600,
+        )?;
         issuers.push((iss.id.clone(), source));
     }
     Ok(issuers)

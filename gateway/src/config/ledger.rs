@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use super::{invalid, ConfigError, StoreConfig, StoreKind};
+use super::{invalid, within, ConfigError, StoreConfig, StoreKind};
 
 /// The environment variable holding the ledger database's password.
 pub const LEDGER_PASSWORD_ENV: &str = "TOLLGATE_LEDGER_PASSWORD";
@@ -19,24 +19,14 @@ pub struct LedgerConfig {
     pub url: String,
     /// Entries waiting in Redis past which the drainer alarms (error log each minute,
     /// `tollgate_ledger_backlog_over_bound` = 1); paid traffic is still served.
-    #[serde(default = "default_max_backlog")]
+    #[serde(default = "super::n64::<1_000_000>")]
     pub max_backlog: u64,
     /// Entries per insert.
-    #[serde(default = "default_batch")]
+    #[serde(default = "super::nsize::<1000>")]
     pub batch: usize,
     /// Bound on connecting and on each statement (milliseconds).
-    #[serde(default = "default_timeout")]
+    #[serde(default = "super::n64::<10_000>")]
     pub timeout_ms: u64,
-}
-
-fn default_max_backlog() -> u64 {
-    1_000_000
-}
-fn default_batch() -> usize {
-    1000
-}
-fn default_timeout() -> u64 {
-    10_000
 }
 
 impl LedgerConfig {
@@ -88,12 +78,8 @@ pub(super) fn validate_ledger(
     if l.max_backlog == 0 {
         return Err(invalid("ledger.max_backlog", "must be at least 1"));
     }
-    if !(1..=10_000).contains(&l.batch) {
-        return Err(invalid("ledger.batch", "must be 1 to 10000"));
-    }
-    if l.timeout_ms == 0 || l.timeout_ms > 60_000 {
-        return Err(invalid("ledger.timeout_ms", "must be 1 to 60000"));
-    }
+    within("ledger.batch", l.batch, 1, 10_000)?;
+    within("ledger.timeout_ms", l.timeout_ms, 1, 60_000)?;
     Ok(())
 }
 

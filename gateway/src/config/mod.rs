@@ -82,6 +82,19 @@ pub enum ConfigError {
     },
 }
 
+/// `field` must be `lo` to `hi` (both included).
+fn within<T: PartialOrd + std::fmt::Display>(
+    field: impl Into<String>,
+    v: T,
+    lo: T,
+    hi: T,
+) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(field, format!("must be {lo} to {hi}")));
+    }
+    Ok(())
+}
+
 fn invalid(field: impl Into<String>, message: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -153,7 +166,6 @@ pub struct Config {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Serve the public listener over TLS (off: plain HTTP, for a TLS terminator in front).
-    #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// The trust store of `https://` upstreams.
     #[serde(default)]
@@ -164,23 +176,21 @@ pub struct Config {
     #[serde(default = "default_network")]
     pub network: String,
     /// Public base URL shown in 402 `resource.url` (default: from the Host header).
-    #[serde(default)]
     pub public_url: Option<String>,
     /// The `realm` of `WWW-Authenticate: Payment` challenges (default: the host of
     /// `public_url`, else the host each request was sent to).
-    #[serde(default)]
     pub realm: Option<String>,
     /// What `/openapi.json` and `/llms.txt` say (`[discovery]`).
     #[serde(default)]
     pub discovery: DiscoveryConfig,
     /// Seconds to let in-flight requests finish on shutdown.
-    #[serde(default = "default_grace")]
+    #[serde(default = "n64::<30>")]
     pub shutdown_grace_secs: u64,
     /// Time allowed for a request head to arrive (slow-header defence).
-    #[serde(default = "default_header_timeout")]
+    #[serde(default = "n64::<10>")]
     pub header_timeout_secs: u64,
     /// Largest request head in bytes (larger: 431).
-    #[serde(default = "default_max_header_bytes")]
+    #[serde(default = "nsize::<{ 64 * 1024 }>")]
     pub max_header_bytes: usize,
     /// Receipt limits.
     #[serde(default)]
@@ -195,7 +205,6 @@ pub struct Config {
     #[serde(default)]
     pub store: StoreConfig,
     /// The PostgreSQL ledger of record (with a Redis store).
-    #[serde(default)]
     pub ledger: Option<LedgerConfig>,
     /// Routes, matched in order.
     pub routes: Vec<RouteConfig>,
@@ -209,7 +218,6 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     /// x402 `exact` settlement: the facilitator (needed when a route has `[[routes.x402]]`).
-    #[serde(default)]
     pub x402: Option<X402Config>,
 }
 
@@ -238,11 +246,23 @@ impl Default for AgentConfig {
 pub struct AdminConfig {
     /// Address of the admin listener; the admin API is off when unset. Its bearer token comes
     /// from `TOLLGATE_ADMIN_TOKEN`.
-    #[serde(default)]
     pub listen: Option<SocketAddr>,
     /// Serve the admin listener over TLS too, with the `[tls]` certificate.
     #[serde(default)]
     pub tls: bool,
+}
+
+/// Numeric defaults for `#[serde(default = "...")]`: `"n64::<250>"` is 250.
+pub(super) const fn n64<const N: u64>() -> u64 {
+    N
+}
+/// As [`n64`], for `usize` fields.
+pub(super) const fn nsize<const N: usize>() -> usize {
+    N
+}
+/// As [`n64`], for `u32` fields.
+pub(super) const fn n32<const N: u32>() -> u32 {
+    N
 }
 
 fn default_listen() -> SocketAddr {
@@ -250,15 +270,6 @@ fn default_listen() -> SocketAddr {
 }
 fn default_network() -> String {
     tollgate_middleware::paywall::DEFAULT_NETWORK.into()
-}
-fn default_grace() -> u64 {
-    30
-}
-fn default_header_timeout() -> u64 {
-    10
-}
-fn default_max_header_bytes() -> usize {
-    64 * 1024
 }
 
 /// `[receipts]`.
@@ -343,28 +354,25 @@ impl Config {
             discovery::validate_realm(r)?;
         }
         self.discovery.validate()?;
-        if self.header_timeout_secs == 0 || self.header_timeout_secs > 300 {
-            return Err(invalid("header_timeout_secs", "must be 1 to 300"));
-        }
-        if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
-            return Err(invalid("max_header_bytes", "must be 8192 to 1048576"));
-        }
+        within("header_timeout_secs", self.header_timeout_secs, 1, 300)?;
+        within("max_header_bytes", self.max_header_bytes, 8192, 1024 * 1024)?;
         let r = &self.receipts;
-        if r.max_lifetime_secs == 0 || r.max_lifetime_secs > 30 * 86400 {
-            return Err(invalid(
-                "receipts.max_lifetime_secs",
-                "must be 1 to 2592000",
-            ));
-        }
+        within(
+            "receipts.max_lifetime_secs",
+            r.max_lifetime_secs,
+            1,
+            30 * 86400,
+        )?;
         if r.clock_skew_secs > 600 {
             return Err(invalid("receipts.clock_skew_secs", "must be at most 600"));
         }
-        if !(256..=65536).contains(&r.max_bytes) {
-            return Err(invalid("receipts.max_bytes", "must be 256 to 65536"));
-        }
-        if r.challenge_ttl_secs == 0 || r.challenge_ttl_secs > 86400 {
-            return Err(invalid("receipts.challenge_ttl_secs", "must be 1 to 86400"));
-        }
+        within("receipts.max_bytes", r.max_bytes, 256, 65536)?;
+        within(
+            "receipts.challenge_ttl_secs",
+            r.challenge_ttl_secs,
+            1,
+            86400,
+        )?;
         let mut currencies = BTreeMap::new();
         let mut topups = BTreeMap::new();
         for (code, c) in &self.currencies {
@@ -412,9 +420,7 @@ impl Config {
                 "a path like /tollgate/v1 in canonical form (no trailing slash)",
             ));
         }
-        if a.token_ttl_secs == 0 || a.token_ttl_secs > 30 * 86_400 {
-            return Err(invalid("agent.token_ttl_secs", "must be 1 to 2592000"));
-        }
+        within("agent.token_ttl_secs", a.token_ttl_secs, 1, 30 * 86_400)?;
         if let Some(admin) = self.admin.listen {
             if admin == self.listen {
                 return Err(invalid("admin.listen", "must differ from listen"));

@@ -22,11 +22,9 @@ pub struct PlanConfig {
     /// Route groups covered (a route's `group`, or its id).
     pub groups: Vec<String>,
     /// Calls included per period; omitted (and no `units`): unlimited (a pass).
-    #[serde(default)]
     pub calls: Option<u64>,
     /// Units included per period instead of calls: `{ unit = "token", included = 1000000 }`
     /// (a meter unit of the covered metered routes).
-    #[serde(default)]
     pub units: Option<PlanUnitsConfig>,
     /// Past the included calls, charge each call from the prepaid balance at this price
     /// (`"route"`: at the route's own price or meters); omitted: deny (`plan_exhausted`).

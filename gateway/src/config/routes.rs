@@ -12,7 +12,7 @@ use tollgate_middleware::x402::{
 use tollgate_middleware::Price;
 
 use super::price::{validate_price, PriceConfig};
-use super::{invalid, ConfigError, IssuerSource};
+use super::{invalid, within, ConfigError, IssuerSource};
 use crate::tls::UpstreamTrust;
 
 /// `[[routes]]`.
@@ -27,33 +27,28 @@ pub struct RouteConfig {
     #[serde(default)]
     pub methods: Vec<String>,
     /// Only for this Host (without port, case-insensitive).
-    #[serde(default)]
     pub host: Option<String>,
     /// Upstream base URL (`http://host:port[/base]` or `https://host[:port][/base]`).
     pub upstream: String,
     /// CA certificates (PEM) this route's `https://` upstream must chain to, instead of
     /// `[upstream_tls]` (an internal service with a private CA).
-    #[serde(default)]
     pub upstream_ca_file: Option<std::path::PathBuf>,
     /// Price.
     pub price: PriceConfig,
     /// Time for the upstream to start answering (milliseconds).
-    #[serde(default = "default_route_timeout")]
+    #[serde(default = "super::n64::<30_000>")]
     pub timeout_ms: u64,
     /// Largest request body (bytes).
-    #[serde(default = "default_max_body")]
+    #[serde(default = "super::n64::<{ 10 * 1024 * 1024 }>")]
     pub max_body_bytes: u64,
     /// Shown to agents in the 402 `resource.description`.
-    #[serde(default)]
     pub description: Option<String>,
     /// Shown to agents in the 402 `resource.mimeType`.
     #[serde(default = "default_mime")]
     pub mime_type: String,
     /// Per payer on this route: `{ per_second = 10, burst = 20 }` (429 beyond).
-    #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     /// Route group (mandates may limit the groups they pay for). Default: the route id.
-    #[serde(default)]
     pub group: Option<String>,
     /// x402 `exact` offers (`[[routes.x402]]`), beside the native receipt offer.
     #[serde(default)]
@@ -61,13 +56,11 @@ pub struct RouteConfig {
     /// When x402 payments settle: `before` (default: settle, then serve), `after` (serve,
     /// settle a 2xx, release the response once settled) or `deferred` (serve, queue a 2xx for
     /// the background settler).
-    #[serde(default)]
     pub x402_settlement: Option<String>,
     /// When a fixed price is captured: `response` (default: held at admission, captured once
     /// the upstream answered below 400, else released -- two store round trips) or
     /// `admission` (captured at admission, voided if the upstream answers 400+ or not at all
     /// -- one round trip for a served request).
-    #[serde(default)]
     pub capture: Option<String>,
 }
 
@@ -78,16 +71,9 @@ pub struct RateLimitConfig {
     /// Sustained requests per second (1 to 1000).
     pub per_second: u32,
     /// Requests allowed at once (1 to 10000; default = per_second).
-    #[serde(default)]
     pub burst: Option<u32>,
 }
 
-fn default_route_timeout() -> u64 {
-    30_000
-}
-fn default_max_body() -> u64 {
-    10 * 1024 * 1024
-}
 fn default_mime() -> String {
     "application/json".into()
 }
@@ -137,7 +123,7 @@ pub struct ExactOfferConfig {
     #[serde(default = "default_x402_decimals")]
     pub decimals: u32,
     /// `maxTimeoutSeconds` of the offer; also the longest authorization window accepted.
-    #[serde(default = "default_x402_timeout")]
+    #[serde(default = "super::n64::<60>")]
     pub max_timeout_secs: u64,
 }
 
@@ -146,9 +132,6 @@ fn default_x402_currency() -> String {
 }
 fn default_x402_decimals() -> u32 {
     6
-}
-fn default_x402_timeout() -> u64 {
-    60
 }
 
 /// Every `[[routes]]` entry, in match order.
@@ -206,18 +189,14 @@ pub(super) fn validate_routes(
                 "a priced route needs at least one [[issuers]] entry (or [[routes.x402]] offers)",
             ));
         }
-        if rc.timeout_ms == 0 || rc.timeout_ms > 3_600_000 {
-            return Err(invalid(f("timeout_ms"), "must be 1 to 3600000"));
-        }
+        within(f("timeout_ms"), rc.timeout_ms, 1, 3_600_000)?;
         if let Some(h) = &rc.host {
             if h.is_empty() || h.contains([':', '/', ' ']) {
                 return Err(invalid(f("host"), "a host name without port"));
             }
         }
         if let Some(rl) = rc.rate_limit {
-            if !(1..=1000).contains(&rl.per_second) {
-                return Err(invalid(f("rate_limit.per_second"), "must be 1 to 1000"));
-            }
+            within(f("rate_limit.per_second"), rl.per_second, 1, 1000)?;
             if rl.burst.is_some_and(|b| !(1..=10_000).contains(&b)) {
                 return Err(invalid(f("rate_limit.burst"), "must be 1 to 10000"));
             }

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{invalid, ConfigError};
+use super::{invalid, within, ConfigError};
 
 /// `[store]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -23,7 +23,6 @@ pub struct StoreConfig {
     pub synchronous: SyncMode,
     /// Redis URL (`redis://`, `rediss://`, `unix://`); required for `redis`. With
     /// `cluster = true`: comma-separated seed nodes of a Redis Cluster.
-    #[serde(default)]
     pub url: Option<String>,
     /// The URL names a Redis Cluster.
     #[serde(default)]
@@ -39,7 +38,6 @@ pub struct StoreConfig {
     #[serde(default = "default_settle_retry")]
     pub settle_retry_ms: u64,
     /// `[store.lease]`: serve token-paid requests from balance leases (Redis only).
-    #[serde(default)]
     pub lease: Option<LeaseSettings>,
 }
 
@@ -49,23 +47,23 @@ pub struct StoreConfig {
 #[serde(deny_unknown_fields)]
 pub struct LeaseSettings {
     /// Room a lease keeps for new requests, counted in requests at the latest one's price.
-    #[serde(default = "default_lease_requests")]
+    #[serde(default = "super::n32::<64>")]
     pub requests: u32,
     /// How often charges are recorded and busy leases renewed (milliseconds).
-    #[serde(default = "default_lease_sync")]
+    #[serde(default = "super::n64::<100>")]
     pub sync_ms: u64,
     /// The bound within which a block or a top-up takes effect (milliseconds): no request is
     /// admitted on an older view of the payer.
-    #[serde(default = "default_lease_staleness")]
+    #[serde(default = "super::n64::<250>")]
     pub staleness_ms: u64,
     /// How long a dead replica's lease stays held before it returns to the payer (seconds).
-    #[serde(default = "default_lease_ttl")]
+    #[serde(default = "super::n64::<10>")]
     pub ttl_secs: u64,
     /// An unused lease is returned after this (milliseconds).
-    #[serde(default = "default_lease_idle")]
+    #[serde(default = "super::n64::<2000>")]
     pub idle_ms: u64,
     /// Most charges recorded per sync.
-    #[serde(default = "default_lease_batch")]
+    #[serde(default = "super::nsize::<512>")]
     pub batch_max: usize,
 }
 
@@ -83,25 +81,6 @@ impl LeaseSettings {
     }
 }
 
-fn default_lease_requests() -> u32 {
-    64
-}
-fn default_lease_sync() -> u64 {
-    100
-}
-fn default_lease_staleness() -> u64 {
-    250
-}
-fn default_lease_ttl() -> u64 {
-    10
-}
-fn default_lease_idle() -> u64 {
-    2000
-}
-fn default_lease_batch() -> usize {
-    512
-}
-
 /// `[store.lease]` in range, on a Redis store.
 fn validate_lease(store: &StoreConfig) -> Result<(), ConfigError> {
     let Some(l) = &store.lease else {
@@ -113,12 +92,8 @@ fn validate_lease(store: &StoreConfig) -> Result<(), ConfigError> {
             "balance leases save Redis round trips: they need store.kind = \"redis\" (an embedded store answers in process already)",
         ));
     }
-    if !(1..=100_000).contains(&l.requests) {
-        return Err(invalid("store.lease.requests", "must be 1 to 100000"));
-    }
-    if !(10..=10_000).contains(&l.sync_ms) {
-        return Err(invalid("store.lease.sync_ms", "must be 10 to 10000"));
-    }
+    within("store.lease.requests", l.requests, 1, 100_000)?;
+    within("store.lease.sync_ms", l.sync_ms, 10, 10_000)?;
     // Fields bounded below by the sync interval.
     let after_sync = |field: &str, v: u64, max: u64| {
         if v < l.sync_ms || v > max {
@@ -143,9 +118,7 @@ fn validate_lease(store: &StoreConfig) -> Result<(), ConfigError> {
         ));
     }
     after_sync("store.lease.idle_ms", l.idle_ms, 3_600_000)?;
-    if !(1..=10_000).contains(&l.batch_max) {
-        return Err(invalid("store.lease.batch_max", "must be 1 to 10000"));
-    }
+    within("store.lease.batch_max", l.batch_max, 1, 10_000)?;
     Ok(())
 }
 
@@ -278,9 +251,7 @@ pub(super) fn validate_store(store: &StoreConfig) -> Result<(), ConfigError> {
             "must be non-empty, without braces or spaces",
         ));
     }
-    if store.timeout_ms == 0 || store.timeout_ms > 60_000 {
-        return Err(invalid("store.timeout_ms", "must be 1 to 60000"));
-    }
+    within("store.timeout_ms", store.timeout_ms, 1, 60_000)?;
     if store.settle_retry_ms > 60_000 {
         return Err(invalid("store.settle_retry_ms", "must be at most 60000"));
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{invalid, ConfigError};
+use super::{invalid, within, ConfigError};
 use crate::tls::{read_file, ListenerTls, ListenerTlsError, Roots, TrustError, UpstreamTrust};
 
 /// `[tls]`: serve the public listener over TLS (deployments without a load balancer or TLS
@@ -22,12 +22,8 @@ pub struct TlsConfig {
     /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
     /// Time allowed for a client's TLS handshake (seconds); a stalled one is disconnected.
-    #[serde(default = "default_handshake_timeout")]
+    #[serde(default = "super::n64::<10>")]
     pub handshake_timeout_secs: u64,
-}
-
-fn default_handshake_timeout() -> u64 {
-    10
 }
 
 /// `[upstream_tls]`: the trust store of every `https://` upstream without its own
@@ -40,7 +36,6 @@ pub struct UpstreamTlsConfig {
     #[serde(default)]
     pub roots: Roots,
     /// Extra CA certificates (PEM) trusted beside the roots, e.g. a company CA.
-    #[serde(default)]
     pub ca_file: Option<PathBuf>,
 }
 
@@ -61,9 +56,12 @@ pub(super) fn validate_listener_tls(
     let Some(t) = tls else {
         return Ok(None);
     };
-    if t.handshake_timeout_secs == 0 || t.handshake_timeout_secs > 300 {
-        return Err(invalid("tls.handshake_timeout_secs", "must be 1 to 300"));
-    }
+    within(
+        "tls.handshake_timeout_secs",
+        t.handshake_timeout_secs,
+        1,
+        300,
+    )?;
     let cert_path = resolve(base_dir, &t.cert_file);
     let key_path = resolve(base_dir, &t.key_file);
     let chain = read_file(&cert_path).map_err(|m| invalid("tls.cert_file", m))?;

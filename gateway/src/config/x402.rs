@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tollgate_middleware::x402::HttpFacilitator;
 
-use super::{invalid, ConfigError};
+use super::{invalid, within, ConfigError};
 
 /// `[x402]`: the facilitator that settles x402 `exact` payments on chain.
 #[derive(Debug, Clone, Deserialize)]
@@ -16,7 +16,7 @@ pub struct X402Config {
     /// Base URL of the facilitator (`POST /verify`, `POST /settle`, `GET /supported`).
     pub facilitator_url: String,
     /// Bound on every facilitator call (milliseconds).
-    #[serde(default = "default_facilitator_timeout")]
+    #[serde(default = "super::n64::<10_000>")]
     pub facilitator_timeout_ms: u64,
     /// Headers sent with every facilitator call, as header name -> the name of the environment
     /// variable holding its value (secrets never live in the file), e.g.
@@ -27,53 +27,42 @@ pub struct X402Config {
     #[serde(default = "default_valid_before_margin")]
     pub valid_before_margin_secs: u64,
     /// `deferred` settler: pause between polls when nothing is due (milliseconds).
-    #[serde(default = "default_settle_interval")]
+    #[serde(default = "super::n64::<1000>")]
     pub settle_interval_ms: u64,
     /// `deferred` settler: first retry delay, doubled per attempt (milliseconds).
-    #[serde(default = "default_settle_interval")]
+    #[serde(default = "super::n64::<1000>")]
     pub settle_retry_base_ms: u64,
     /// `deferred` settler: attempts before a settlement fails for good (payer blocked).
-    #[serde(default = "default_settle_attempts")]
+    #[serde(default = "super::n32::<10>")]
     pub settle_max_attempts: u32,
 }
 
-fn default_settle_interval() -> u64 {
-    1000
-}
-fn default_settle_attempts() -> u32 {
-    10
-}
-
-fn default_facilitator_timeout() -> u64 {
-    10_000
-}
 fn default_valid_before_margin() -> u64 {
     tollgate_middleware::x402::DEFAULT_VALID_BEFORE_MARGIN_SECS
 }
 
 /// `[x402]`: the facilitator client (headers read from the environment) and the margin.
 pub(super) fn validate_x402(x: &X402Config) -> Result<(Arc<HttpFacilitator>, u64), ConfigError> {
-    if x.facilitator_timeout_ms == 0 || x.facilitator_timeout_ms > 120_000 {
-        return Err(invalid(
-            "x402.facilitator_timeout_ms",
-            "must be 1 to 120000",
-        ));
-    }
+    within(
+        "x402.facilitator_timeout_ms",
+        x.facilitator_timeout_ms,
+        1,
+        120_000,
+    )?;
     if x.valid_before_margin_secs > 600 {
         return Err(invalid(
             "x402.valid_before_margin_secs",
             "must be at most 600",
         ));
     }
-    if !(10..=60_000).contains(&x.settle_interval_ms) {
-        return Err(invalid("x402.settle_interval_ms", "must be 10 to 60000"));
-    }
-    if !(10..=600_000).contains(&x.settle_retry_base_ms) {
-        return Err(invalid("x402.settle_retry_base_ms", "must be 10 to 600000"));
-    }
-    if !(1..=100).contains(&x.settle_max_attempts) {
-        return Err(invalid("x402.settle_max_attempts", "must be 1 to 100"));
-    }
+    within("x402.settle_interval_ms", x.settle_interval_ms, 10, 60_000)?;
+    within(
+        "x402.settle_retry_base_ms",
+        x.settle_retry_base_ms,
+        10,
+        600_000,
+    )?;
+    within("x402.settle_max_attempts", x.settle_max_attempts, 1, 100)?;
     let mut headers = Vec::new();
     for (name, var) in &x.facilitator_headers {
         let value = std::env::var(var).map_err(|_| {

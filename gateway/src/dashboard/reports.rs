@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -52,9 +51,24 @@ pub(super) fn range_error(e: StoreError) -> Response {
     }
 }
 
-/// A query string that does not parse (e.g. `limit=abc`): 400 `invalid_request`, as problem+json.
-fn query_error(e: QueryRejection) -> Response {
-    bad_request(&e.body_text())
+/// A parsed query string; one that does not parse (e.g. `limit=abc`) is answered 400
+/// `invalid_request`, as problem+json.
+pub(crate) struct ProblemQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for ProblemQuery<T>
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(q)) => Ok(ProblemQuery(q)),
+            Err(e) => Err(bad_request(&e.body_text())),
+        }
+    }
 }
 
 fn add_amounts(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
@@ -102,12 +116,8 @@ pub(super) async fn load_summary(admin: &Admin, range: &DayRange) -> Result<Summ
 /// per route and per day (every day of the range, zeros included), from the daily aggregates.
 pub(crate) async fn summary(
     State(admin): State<Admin>,
-    q: Result<Query<DayRange>, QueryRejection>,
+    ProblemQuery(q): ProblemQuery<DayRange>,
 ) -> Response {
-    let Query(q) = match q {
-        Ok(q) => q,
-        Err(e) => return query_error(e),
-    };
     let s = match load_summary(&admin, &q).await {
         Ok(s) => s,
         Err(e) => return range_error(e),
@@ -213,12 +223,8 @@ fn route_json(admin: &Admin, route: &str, t: &RouteTraffic) -> Value {
 /// the response head). See [`tollgate_middleware::traffic`].
 pub(crate) async fn traffic(
     State(admin): State<Admin>,
-    q: Result<Query<TrafficQuery>, QueryRejection>,
+    ProblemQuery(q): ProblemQuery<TrafficQuery>,
 ) -> Response {
-    let Query(q) = match q {
-        Ok(q) => q,
-        Err(e) => return query_error(e),
-    };
     let minutes = q.minutes.unwrap_or(60);
     if !(1..=tollgate_middleware::traffic::MINUTES).contains(&minutes) {
         return bad_request("minutes must be 1 to 1440");
@@ -267,12 +273,8 @@ pub(crate) async fn traffic(
 /// with its balances, holds in flight and blocked state.
 pub(crate) async fn top_payers(
     State(admin): State<Admin>,
-    q: Result<Query<DayRange>, QueryRejection>,
+    ProblemQuery(q): ProblemQuery<DayRange>,
 ) -> Response {
-    let Query(q) = match q {
-        Ok(q) => q,
-        Err(e) => return query_error(e),
-    };
     let (from, to, _) = match q.days() {
         Ok(r) => r,
         Err(e) => return range_error(e),

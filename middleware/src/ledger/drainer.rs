@@ -130,13 +130,7 @@ pub struct Drainer {
     stall_after_insert: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-impl std::fmt::Debug for Drainer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Drainer")
-            .field("options", &self.options)
-            .finish_non_exhaustive()
-    }
-}
+debug_fields!(Drainer { options });
 
 impl Drainer {
     /// A drainer with default options.

@@ -3,6 +3,7 @@
 
 use super::holds::Placed;
 use super::*;
+use crate::store::ChargeFrom;
 
 impl Paywall {
     pub(super) fn hold_time(&self, route: &PricedRoute) -> Duration {
@@ -182,7 +183,14 @@ impl Paywall {
                             credential: format!("token:{}", claims.sub),
                             metered: false,
                         };
-                        let charged = self.charge_balance(&hold, route, method, &payment).await?;
+                        let charged = self
+                            .charge_at_admission(
+                                ChargeFrom::Balance(&hold),
+                                route,
+                                method,
+                                &payment,
+                            )
+                            .await?;
                         return Ok(Some(admission(
                             payment,
                             Secured::Charged(Held::Balance(hold), Box::new(charged)),
@@ -317,7 +325,12 @@ impl Paywall {
                             metered: false,
                         };
                         let charged = self
-                            .charge_receipt(&reservation, route, method, &payment)
+                            .charge_at_admission(
+                                ChargeFrom::Receipt(&reservation),
+                                route,
+                                method,
+                                &payment,
+                            )
                             .await?;
                         Ok(Some(admission(
                             payment,
@@ -546,6 +559,23 @@ impl Paywall {
         Ok(paid)
     }
 
+    /// What a challenge id for this route, method and price binds.
+    pub(super) fn challenge_terms<'a>(
+        &'a self,
+        route: &'a PricedRoute,
+        method: &'a Method,
+        amount_minor: u64,
+        currency: &'a Currency,
+    ) -> ChallengeTerms<'a> {
+        ChallengeTerms {
+            merchant: &self.0.merchant,
+            route: &route.id,
+            method: method.as_str(),
+            amount_minor,
+            currency: currency.code(),
+        }
+    }
+
     /// Check a challenge id (a receipt's `challenge` claim, or the one a Payment-scheme
     /// credential echoes) against this request: forged or tampered -> `challenge_invalid`,
     /// issued for other terms -> `challenge_mismatch`, expired -> `challenge_expired`.
@@ -557,13 +587,7 @@ impl Paywall {
         due: u64,
         method: &Method,
     ) -> Result<(), Refusal> {
-        let terms = ChallengeTerms {
-            merchant: &self.0.merchant,
-            route: &route.id,
-            method: method.as_str(),
-            amount_minor: due,
-            currency: currency.code(),
-        };
+        let terms = self.challenge_terms(route, method, due, currency);
         self.0
             .challenge_key
             .verify(id, &terms, self.0.clock.now_secs())

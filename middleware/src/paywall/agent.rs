@@ -92,26 +92,45 @@ impl Paywall {
         Ok(m)
     }
 
-    async fn topup(&self, headers: &HeaderMap) -> Reply {
-        let token =
-            match credential::extract(headers) {
-                Ok(Some(Credential::Receipt { token, .. })) => token,
-                Ok(_) => return Self::problem(
-                    ErrorCode::PaymentRequired,
-                    "send a kind \"topup\" receipt (Authorization: Payment or PAYMENT-SIGNATURE)",
-                ),
-                Err(e) => return Self::problem(e.code, &e.detail),
-            };
-        let receipt = match self.0.verifier.verify(&token).await {
-            Ok(r) => r,
-            Err(e) => return Self::problem(e.code, &e.detail),
-        };
-        if receipt.kind != ReceiptKind::Topup {
-            return Self::problem(
-                ErrorCode::ReceiptKindUnsupported,
+    /// The verified receipt of `kind` (top-up or subscribe) the request carries, or the
+    /// problem to answer.
+    async fn receipt_of_kind(
+        &self,
+        headers: &HeaderMap,
+        kind: ReceiptKind,
+    ) -> Result<crate::receipt::Receipt, Reply> {
+        let (missing, wrong) = match kind {
+            ReceiptKind::Subscribe => (
+                "send a kind \"subscribe\" receipt naming the plan",
+                "only kind \"subscribe\" receipts buy a plan",
+            ),
+            _ => (
+                "send a kind \"topup\" receipt (Authorization: Payment or PAYMENT-SIGNATURE)",
                 "only kind \"topup\" receipts credit a balance",
-            );
+            ),
+        };
+        let token = match credential::extract(headers) {
+            Ok(Some(Credential::Receipt { token, .. })) => token,
+            Ok(_) => return Err(Self::problem(ErrorCode::PaymentRequired, missing)),
+            Err(e) => return Err(Self::problem(e.code, &e.detail)),
+        };
+        let receipt = self
+            .0
+            .verifier
+            .verify(&token)
+            .await
+            .map_err(|e| Self::problem(e.code, &e.detail))?;
+        if receipt.kind != kind {
+            return Err(Self::problem(ErrorCode::ReceiptKindUnsupported, wrong));
         }
+        Ok(receipt)
+    }
+
+    async fn topup(&self, headers: &HeaderMap) -> Reply {
+        let receipt = match self.receipt_of_kind(headers, ReceiptKind::Topup).await {
+            Ok(r) => r,
+            Err(reply) => return reply,
+        };
         let Some((currency, _)) = self.0.currencies.get(&receipt.currency) else {
             return Self::problem(
                 ErrorCode::CurrencyUnsupported,
@@ -163,26 +182,10 @@ impl Paywall {
     /// claim), paying at least its price: one period bought (exactly once per receipt), and an
     /// access token whose calls on the plan's routes count against it.
     async fn subscribe(&self, headers: &HeaderMap) -> Reply {
-        let token = match credential::extract(headers) {
-            Ok(Some(Credential::Receipt { token, .. })) => token,
-            Ok(_) => {
-                return Self::problem(
-                    ErrorCode::PaymentRequired,
-                    "send a kind \"subscribe\" receipt naming the plan",
-                )
-            }
-            Err(e) => return Self::problem(e.code, &e.detail),
-        };
-        let receipt = match self.0.verifier.verify(&token).await {
+        let receipt = match self.receipt_of_kind(headers, ReceiptKind::Subscribe).await {
             Ok(r) => r,
-            Err(e) => return Self::problem(e.code, &e.detail),
+            Err(reply) => return reply,
         };
-        if receipt.kind != ReceiptKind::Subscribe {
-            return Self::problem(
-                ErrorCode::ReceiptKindUnsupported,
-                "only kind \"subscribe\" receipts buy a plan",
-            );
-        }
         let Some(plan) = receipt
             .plan
             .as_deref()

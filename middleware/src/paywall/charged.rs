@@ -13,9 +13,7 @@ use http::Method;
 
 use super::{Admission, Held, Payment, Paywall, Refusal, Settled};
 use crate::price::PricedRoute;
-use crate::store::{
-    void_event, ChargeFrom, ChargeOutcome, Hold, Reservation, Store, UsageEvent, VoidOutcome,
-};
+use crate::store::{void_event, ChargeFrom, ChargeOutcome, Store, UsageEvent, VoidOutcome};
 
 /// A fixed price charged at admission: the charge as recorded (its `id` is the ledger id).
 #[derive(Debug)]
@@ -58,69 +56,44 @@ impl Paywall {
         })
     }
 
-    /// Authorize and spend a receipt at the route's fixed price in one step.
-    pub(super) async fn charge_receipt(
+    /// Charge the route's fixed price at admission in one step: spend a receipt (authorized
+    /// in the same step), or take it from the balance.
+    pub(super) async fn charge_at_admission(
         &self,
-        r: &Reservation,
+        from: ChargeFrom<'_>,
         route: &PricedRoute,
         method: &Method,
         payment: &Payment,
     ) -> Result<Charged, Refusal> {
-        let mut event = self.admission_event(route, method, payment, &r.id)?;
-        let outcome = crate::metrics::timed(
-            "authorize_capture",
-            self.0
-                .store
-                .charge_at_admission(ChargeFrom::Receipt(r), &event),
-        )
-        .await
-        .map_err(|e| Refusal::store_down(e, "authorize_capture"))?;
-        match outcome {
-            ChargeOutcome::Charged { event_id, .. } => {
+        let (id, op) = match from {
+            ChargeFrom::Receipt(r) => (&r.id, "authorize_capture"),
+            ChargeFrom::Balance(h) => (&h.id, "hold_capture"),
+        };
+        let mut event = self.admission_event(route, method, payment, id)?;
+        let outcome = crate::metrics::timed(op, self.0.store.charge_at_admission(from, &event))
+            .await
+            .map_err(|e| Refusal::store_down(e, op))?;
+        match (outcome, from) {
+            (
+                ChargeOutcome::Charged {
+                    event_id,
+                    balance_minor,
+                },
+                _,
+            ) => {
                 event.id = event_id;
+                let balance_minor = matches!(from, ChargeFrom::Balance(_)).then_some(balance_minor);
                 Ok(Charged {
                     event,
-                    balance_minor: None,
+                    balance_minor,
                 })
             }
-            ChargeOutcome::Refused(o) => Err(Self::authorize_refusal(o)),
-            ChargeOutcome::Declined(_) => Err(Refusal::internal()),
-        }
-    }
-
-    /// Take the route's fixed price from the balance in one step.
-    pub(super) async fn charge_balance(
-        &self,
-        hold: &Hold,
-        route: &PricedRoute,
-        method: &Method,
-        payment: &Payment,
-    ) -> Result<Charged, Refusal> {
-        let mut event = self.admission_event(route, method, payment, &hold.id)?;
-        let outcome = crate::metrics::timed(
-            "hold_capture",
-            self.0
-                .store
-                .charge_at_admission(ChargeFrom::Balance(hold), &event),
-        )
-        .await
-        .map_err(|e| Refusal::store_down(e, "hold_capture"))?;
-        match outcome {
-            ChargeOutcome::Charged {
-                event_id,
-                balance_minor,
-            } => {
-                event.id = event_id;
-                Ok(Charged {
-                    event,
-                    balance_minor: Some(balance_minor),
-                })
-            }
-            ChargeOutcome::Declined(o) => Err(self
+            (ChargeOutcome::Refused(o), ChargeFrom::Receipt(_)) => Err(Self::authorize_refusal(o)),
+            (ChargeOutcome::Declined(o), ChargeFrom::Balance(hold)) => Err(self
                 .hold_outcome(o, hold, route)
                 .err()
                 .unwrap_or_else(Refusal::internal)),
-            ChargeOutcome::Refused(_) => Err(Refusal::internal()),
+            _ => Err(Refusal::internal()),
         }
     }
 }

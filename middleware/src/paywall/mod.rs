@@ -97,6 +97,19 @@ pub const DEFAULT_NETWORK: &str = "tollgate:receipts";
 /// The default path prefix of the agent endpoints (top-up, token, balance).
 pub const DEFAULT_AGENT_API: &str = "/tollgate/v1";
 
+/// Setters that store their argument as is: `name: Type` gives `fn name(self, name: Type)`.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty,)+) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $name: $ty) -> Self {
+                self.$name = $name;
+                self
+            }
+        )+
+    };
+}
+
 /// Builds a [`Paywall`].
 #[derive(Debug)]
 #[must_use]
@@ -121,6 +134,22 @@ pub struct PaywallBuilder {
 }
 
 impl PaywallBuilder {
+    setters! {
+        /// Receipt limits (clock skew, lifetime, size).
+        policy: ReceiptPolicy,
+        /// The clock (default: system).
+        clock: Arc<dyn Clock>,
+        /// How long a challenge id stays valid (default 300 s).
+        challenge_ttl: Duration,
+        /// Added to a route's timeout to bound a hold if the process dies (default 30 s).
+        hold_margin: Duration,
+        /// Lifetime of access tokens (default 24 h).
+        token_ttl: Duration,
+        /// How long a capture whose outcome is unknown (store not answering) is retried before the
+        /// response is withheld (default 5 s).
+        settle_retry: Duration,
+    }
+
     /// Serve token-paid requests from balance leases kept in the store (see `paywall/lease.rs`
     /// and docs/leases.md): no store call per request, charges recorded in batches. Requests
     /// with a mandate, a plan, an `Idempotency-Key` or `capture = "admission"` keep the
@@ -142,33 +171,9 @@ impl PaywallBuilder {
         self
     }
 
-    /// Receipt limits (clock skew, lifetime, size).
-    pub fn policy(mut self, policy: ReceiptPolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
     /// The store (default: a fresh in-memory [`SqliteStore`]: nothing survives the process).
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
-        self
-    }
-
-    /// The clock (default: system).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// How long a challenge id stays valid (default 300 s).
-    pub fn challenge_ttl(mut self, ttl: Duration) -> Self {
-        self.challenge_ttl = ttl;
-        self
-    }
-
-    /// Added to a route's timeout to bound a hold if the process dies (default 30 s).
-    pub fn hold_margin(mut self, margin: Duration) -> Self {
-        self.hold_margin = margin;
         self
     }
 
@@ -195,19 +200,6 @@ impl PaywallBuilder {
     pub fn currency(mut self, currency: Currency, suggested: Option<Amount>) -> Self {
         self.currencies
             .insert(currency.code().to_owned(), (currency, suggested));
-        self
-    }
-
-    /// Lifetime of access tokens (default 24 h).
-    pub fn token_ttl(mut self, ttl: Duration) -> Self {
-        self.token_ttl = ttl;
-        self
-    }
-
-    /// How long a capture whose outcome is unknown (store not answering) is retried before the
-    /// response is withheld (default 5 s).
-    pub fn settle_retry(mut self, window: Duration) -> Self {
-        self.settle_retry = window;
         self
     }
 

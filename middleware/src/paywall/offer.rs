@@ -120,13 +120,7 @@ impl Paywall {
         };
         let mut accepts = Vec::new();
         if let (Some(minor), Some(currency)) = (due, currency) {
-            let terms = ChallengeTerms {
-                merchant: &self.0.merchant,
-                route: &route.id,
-                method: method.as_str(),
-                amount_minor: minor,
-                currency: currency.code(),
-            };
+            let terms = self.challenge_terms(route, method, minor, currency);
             let extra = OfferExtra::Payment(PaymentExtra {
                 price,
                 metered,

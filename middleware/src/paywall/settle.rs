@@ -160,6 +160,22 @@ impl Admission {
                 "the payment could not be recorded; nothing was charged, retry later",
             )
         };
+        // The capture's outcome is unknown: the reconciler finishes it in the background, the
+        // Idempotency-Key stays claimed, the response is withheld.
+        let unknown =
+            |capture: Settlement, claim: Option<idempotency::Claim>, e: &dyn std::fmt::Display| {
+                reconcile(
+                    store.clone(),
+                    held.clone(),
+                    actual_minor,
+                    currency.code().to_owned(),
+                    capture,
+                );
+                if let Some(c) = claim {
+                    c.keep();
+                }
+                withheld(e)
+            };
         let retry = self.paywall.0.settle_retry;
         let (event_id, charged, balance, token) = match &held {
             Held::Receipt(r) => {
@@ -174,19 +190,7 @@ impl Admission {
                 .await
                 {
                     Ok(o) => o,
-                    Err(e) => {
-                        reconcile(
-                            store.clone(),
-                            held.clone(),
-                            actual_minor,
-                            currency.code().to_owned(),
-                            capture.clone(),
-                        );
-                        if let Some(c) = claim {
-                            c.keep();
-                        }
-                        return Err(withheld(&e));
-                    }
+                    Err(e) => return Err(unknown(capture.clone(), claim, &e)),
                 };
                 match outcome {
                     SettleOutcome::Captured { event_id }
@@ -217,17 +221,8 @@ impl Admission {
                 let captured = match captured {
                     Ok(c) => c,
                     Err(e) => {
-                        reconcile(
-                            store.clone(),
-                            held.clone(),
-                            actual_minor,
-                            currency.code().to_owned(),
-                            Settlement::Capture(Box::new(event.clone())),
-                        );
-                        if let Some(c) = claim {
-                            c.keep();
-                        }
-                        return Err(withheld(&e));
+                        let capture = Settlement::Capture(Box::new(event.clone()));
+                        return Err(unknown(capture, claim, &e));
                     }
                 };
                 match captured {

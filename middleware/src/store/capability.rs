@@ -260,36 +260,31 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StoreError>;
 }
 
-/// Where payment state lives: every capability, each required of a backend (a backend that
-/// lacks one does not compile, rather than failing in production). Every method is one atomic
-/// step. Implemented for every type that implements the capabilities.
-pub trait Store:
-    ReceiptStore
-    + AdmissionStore
-    + BalanceStore
-    + LedgerStore
-    + PayerControl
-    + MandateStore
-    + PlanStore
-    + SettlementQueue
-    + IdempotencyStore
-    + super::LeaseStore
-{
+/// Declares `Store` as the composition of the capability traits, and implements it for
+/// every type that implements them all.
+macro_rules! store_of {
+    ($(#[$doc:meta])* $first:path $(, $cap:path)* $(,)?) => {
+        $(#[$doc])*
+        pub trait Store: $first $(+ $cap)* {}
+        impl<T: $first $(+ $cap)*> Store for T {}
+    };
 }
 
-impl<T> Store for T where
-    T: ReceiptStore
-        + AdmissionStore
-        + BalanceStore
-        + LedgerStore
-        + PayerControl
-        + MandateStore
-        + PlanStore
-        + SettlementQueue
-        + IdempotencyStore
-        + super::LeaseStore
-{
-}
+store_of!(
+    /// Where payment state lives: every capability, each required of a backend (a backend
+    /// that lacks one does not compile, rather than failing in production). Every method is
+    /// one atomic step. Implemented for every type that implements the capabilities.
+    ReceiptStore,
+    AdmissionStore,
+    BalanceStore,
+    LedgerStore,
+    PayerControl,
+    MandateStore,
+    PlanStore,
+    SettlementQueue,
+    IdempotencyStore,
+    super::LeaseStore,
+);
 
 /// Every capability trait, to call store methods on a concrete store (`use
 /// tollgate_middleware::store::prelude::*`); through `dyn Store` they need no import.

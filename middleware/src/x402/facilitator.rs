@@ -236,18 +236,28 @@ pub fn read_settle(status: u16, v: &Value) -> Result<OnChain, FacilitatorError> 
                     .collect(),
             })
         }
-        Some(Value::Bool(false)) => Err(FacilitatorError::Refused {
-            reason: reason.unwrap_or_else(|| "unexpected_settle_error".into()),
-        }),
-        _ if (400..500).contains(&status) => match reason {
-            Some(reason) => Err(FacilitatorError::Refused { reason }),
-            None => Err(FacilitatorError::Unavailable(format!(
-                "HTTP {status} without a reason"
-            ))),
+        flag => Err(not_done(status, flag, reason, "settle", "settlement")),
+    }
+}
+
+/// Why an answer whose success flag (`success`, `isValid`) is `flag` is not a success: refused
+/// (flag false, or a 4xx with a reason) or unavailable (anything else).
+fn not_done(
+    status: u16,
+    flag: Option<&Value>,
+    reason: Option<String>,
+    op: &str,
+    what: &str,
+) -> FacilitatorError {
+    match (flag, reason) {
+        (Some(Value::Bool(false)), reason) => FacilitatorError::Refused {
+            reason: reason.unwrap_or_else(|| format!("unexpected_{op}_error")),
         },
-        _ => Err(FacilitatorError::Unavailable(format!(
-            "HTTP {status}: not a settlement answer"
-        ))),
+        (_, Some(reason)) if (400..500).contains(&status) => FacilitatorError::Refused { reason },
+        (_, None) if (400..500).contains(&status) => {
+            FacilitatorError::Unavailable(format!("HTTP {status} without a reason"))
+        }
+        _ => FacilitatorError::Unavailable(format!("HTTP {status}: not a {what} answer")),
     }
 }
 
@@ -256,18 +266,7 @@ pub fn read_verify(status: u16, v: &Value) -> Result<(), FacilitatorError> {
     let reason = reason_of(v);
     match v.get("isValid") {
         Some(Value::Bool(true)) if (200..300).contains(&status) => Ok(()),
-        Some(Value::Bool(false)) => Err(FacilitatorError::Refused {
-            reason: reason.unwrap_or_else(|| "unexpected_verify_error".into()),
-        }),
-        _ if (400..500).contains(&status) => match reason {
-            Some(reason) => Err(FacilitatorError::Refused { reason }),
-            None => Err(FacilitatorError::Unavailable(format!(
-                "HTTP {status} without a reason"
-            ))),
-        },
-        _ => Err(FacilitatorError::Unavailable(format!(
-            "HTTP {status}: not a verification answer"
-        ))),
+        flag => Err(not_done(status, flag, reason, "verify", "verification")),
     }
 }
 

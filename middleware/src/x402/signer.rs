@@ -47,14 +47,8 @@ pub struct LocalSigner {
     address: Address,
 }
 
-impl std::fmt::Debug for LocalSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the key.
-        f.debug_struct("LocalSigner")
-            .field("address", &self.address)
-            .finish_non_exhaustive()
-    }
-}
+// Never print the key.
+debug_fields!(LocalSigner { address });
 
 /// Why an offer cannot be signed for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -89,6 +89,25 @@ fn header(nonce: u8, value: u64) -> HeaderMap {
     h
 }
 
+/// A GET of `/r` with `h`, admitted.
+async fn admitted(paywall: &Paywall, route: &Arc<PricedRoute>, h: &HeaderMap) -> Admission {
+    let uri: Uri = "/r".parse().unwrap();
+    paywall
+        .admit(route, &Method::GET, &uri, h)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A GET of `/r` with `h`, refused: the answer.
+async fn refused(paywall: &Paywall, route: &Arc<PricedRoute>, h: &HeaderMap) -> Refusal {
+    let uri: Uri = "/r".parse().unwrap();
+    paywall
+        .admit(route, &Method::GET, &uri, h)
+        .await
+        .unwrap_err()
+}
+
 fn decode(v: &HeaderValue) -> Value {
     let b = base64::Engine::decode(
         &base64::engine::general_purpose::STANDARD,
@@ -101,13 +120,8 @@ fn decode(v: &HeaderValue) -> Value {
 #[tokio::test]
 async fn before_mode_settles_then_records_one_event() {
     let (paywall, route, f) = setup(SettlementMode::Before);
-    let uri: Uri = "/r".parse().unwrap();
     let h = header(1, 10000);
-    let a = paywall
-        .admit(&route, &Method::GET, &uri, &h)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = admitted(&paywall, &route, &h).await;
     assert_eq!(*f.calls.lock().unwrap(), ["settle"]);
     let payer = format!(
         "{:#x}",
@@ -131,10 +145,7 @@ async fn before_mode_settles_then_records_one_event() {
     assert_eq!(events[0].currency, "USDC");
     assert_eq!(events[0].upstream_status, 500);
     // The same authorization again: refused, and the facilitator is not asked.
-    let res = paywall
-        .admit(&route, &Method::GET, &uri, &h)
-        .await
-        .unwrap_err();
+    let res = refused(&paywall, &route, &h).await;
     assert_eq!(res.status(), StatusCode::PAYMENT_REQUIRED);
     assert_eq!(
         reason_of(&res).as_deref(),
@@ -164,10 +175,7 @@ async fn before_mode_never_serves_on_a_failed_settlement() {
         ),
     ] {
         f.settle.lock().unwrap().push(Err(answer));
-        let refused = paywall
-            .admit(&route, &Method::GET, &uri, &h)
-            .await
-            .unwrap_err();
+        let refused = refused(&paywall, &route, &h).await;
         assert_eq!(refused.status().as_u16(), status);
         assert_eq!(reason_of(&refused).as_deref(), Some(reason));
         let head = super::super::Head {
@@ -182,11 +190,7 @@ async fn before_mode_never_serves_on_a_failed_settlement() {
         assert_eq!(pr["errorReason"], reason);
     }
     // Released each time: the same authorization settles once the facilitator does.
-    let a = paywall
-        .admit(&route, &Method::GET, &uri, &h)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = admitted(&paywall, &route, &h).await;
     a.settle(Some(200), None).await.unwrap();
     assert_eq!(paywall.store().usage_events().await.unwrap().len(), 1);
 }
@@ -210,11 +214,7 @@ async fn after_mode_settles_only_2xx_non_head() {
         let s = a.settle(Some(status), None).await.unwrap();
         assert!(s.payment_response.is_none());
     }
-    let a = paywall
-        .admit(&route, &Method::GET, &uri, &h)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = admitted(&paywall, &route, &h).await;
     a.settle(None, None).await.unwrap();
     assert_eq!(paywall.store().usage_events().await.unwrap().len(), 0);
     assert!(!f.calls.lock().unwrap().contains(&"settle"));
@@ -223,19 +223,11 @@ async fn after_mode_settles_only_2xx_non_head() {
         .lock()
         .unwrap()
         .push(Err(FacilitatorError::Unavailable("html".into())));
-    let a = paywall
-        .admit(&route, &Method::GET, &uri, &h)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = admitted(&paywall, &route, &h).await;
     let res = a.settle(Some(200), None).await.unwrap_err();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     // Then a good one.
-    let a = paywall
-        .admit(&route, &Method::GET, &uri, &h)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = admitted(&paywall, &route, &h).await;
     let s = a.settle(Some(200), None).await.unwrap();
     assert_eq!(decode(&s.payment_response.unwrap())["settlement"], "after");
     assert_eq!(paywall.store().usage_events().await.unwrap().len(), 1);
@@ -248,11 +240,7 @@ async fn deferred_mode_queues_once_and_settles_in_the_background() {
     let (paywall, route, f) = setup(SettlementMode::Deferred);
     let uri: Uri = "/r".parse().unwrap();
     let h = header(7, 10000);
-    let a = paywall
-        .admit(&route, &Method::GET, &uri, &h)
-        .await
-        .unwrap()
-        .unwrap();
+    let a = admitted(&paywall, &route, &h).await;
     assert!(
         f.calls.lock().unwrap().is_empty(),
         "nothing asked before serving"
@@ -315,10 +303,7 @@ async fn local_failures_refuse_before_any_io() {
     let (paywall, route, f) = setup(SettlementMode::Before);
     let uri: Uri = "/r".parse().unwrap();
     let h = header(4, 9999);
-    let refused = paywall
-        .admit(&route, &Method::GET, &uri, &h)
-        .await
-        .unwrap_err();
+    let refused = refused(&paywall, &route, &h).await;
     assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
     assert_eq!(
         reason_of(&refused).as_deref(),

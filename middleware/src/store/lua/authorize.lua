@@ -26,11 +26,8 @@ if #KEYS >= 5 then
   local m = {wkey = KEYS[3], revkey = KEYS[4], idxkey = KEYS[5], amount = tonumber(ARGV[3]),
     budget = tonumber(ARGV[4]), expire_at = ARGV[5], mkey = ARGV[6], summary = ARGV[7]}
   local now = mandate_now()
-  local refused = mandate_check(m, now)
-  if refused then
-    return refused
-  end
-  mandate_reserve(m, ARGV[1], now + tonumber(ARGV[2]))
+  local refused = mandate_admit(m, ARGV[1], now, now + tonumber(ARGV[2]))
+  if refused then return refused end
 end
 redis.call('SET', KEYS[1], 'held:' .. ARGV[1], 'PX', ARGV[2])
 return {'reserved', 0}

@@ -8,12 +8,8 @@
 -- ARGV[3] N = number of event field pairs   ARGV[4 .. 3+2N] event field/value pairs
 -- ARGV[4+2N ..] aggregate field/increment pairs
 -- Returns: {'captured', event id} | {'duplicate', event id} | {'conflict', ''}
-local refused = capture_conflict(redis.call('GET', KEYS[1]), ARGV[1])
-if refused then
-  return refused
-end
-local fields = event_fields(ARGV, 3)
-local id = record_usage(KEYS[2], KEYS[3], KEYS[4], KEYS[5], fields, ARGV, 4 + 2 * tonumber(ARGV[3]), 1)
+local refused, fields, id = capture_once(KEYS[1], ARGV[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], 3)
+if refused then return refused end
 if #KEYS >= 6 then
   mandate_settle(KEYS[6], ARGV[1], tonumber(field_of(fields, 'amount_minor') or '0'))
 end

@@ -7,12 +7,8 @@
 -- ARGV[4] job body (JSON)   ARGV[5] N = number of event field pairs
 -- ARGV[6 .. 5+2N] event field/value pairs   ARGV[6+2N ..] aggregate field/increment pairs
 -- Returns: {'captured', event id} | {'duplicate', event id} | {'conflict', ''}
-local refused = capture_conflict(redis.call('GET', KEYS[1]), ARGV[1])
-if refused then
-  return refused
-end
-local fields = event_fields(ARGV, 5)
-local id = record_usage(KEYS[2], KEYS[3], KEYS[4], KEYS[7], fields, ARGV, 6 + 2 * tonumber(ARGV[5]), 1)
+local refused, _, id = capture_once(KEYS[1], ARGV[1], KEYS[2], KEYS[3], KEYS[4], KEYS[7], 5)
+if refused then return refused end
 local now_ms = remember_spent(KEYS[1], 'spent:' .. ARGV[1] .. ':' .. id, ARGV[2])
 -- The job is keyed by the event's stream id: the two are joined one to one.
 redis.call('HSET', KEYS[5], id, cjson.encode({payer = ARGV[3], body = ARGV[4], attempts = 0, status = 'queued', error = ''}))

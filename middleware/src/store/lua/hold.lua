@@ -65,11 +65,8 @@ end
 if ARGV[7] and ARGV[7] ~= '' then
   local m = {wkey = KEYS[4], revkey = KEYS[5], idxkey = KEYS[6], amount = amount,
     budget = tonumber(ARGV[5]), expire_at = ARGV[6], mkey = ARGV[7], summary = ARGV[8]}
-  local refused = mandate_check(m, now)
-  if refused then
-    return refused
-  end
-  mandate_reserve(m, ARGV[1], now + tonumber(ARGV[4]))
+  local refused = mandate_admit(m, ARGV[1], now, now + tonumber(ARGV[4]))
+  if refused then return refused end
 end
 redis.call('HINCRBY', KEYS[1], 'bal:' .. ARGV[2], string.format('%d', -amount))
 redis.call('HINCRBY', KEYS[1], 'held:' .. ARGV[2], string.format('%d', amount))

@@ -42,13 +42,19 @@ local function mandate_check(m, now)
   return nil
 end
 
--- Reserve (after mandate_check said yes, in the same script).
-local function mandate_reserve(m, res, until_ms)
+-- Check the mandate (mandate_check), then reserve `m.amount` for reservation `res` until
+-- `until_ms`. Returns nil (reserved), or the refusal reply (nothing written).
+local function mandate_admit(m, res, now, until_ms)
+  local refused = mandate_check(m, now)
+  if refused then
+    return refused
+  end
   redis.call('HSET', m.wkey, 'budget', string.format('%d', m.budget),
     'h:' .. res, string.format('%d', m.amount) .. '|' .. string.format('%d', until_ms))
   redis.call('PEXPIREAT', m.wkey, m.expire_at)
   redis.call('HSET', m.idxkey, m.mkey, m.summary)
   redis.call('PEXPIRE', m.idxkey, 400 * 86400 * 1000)
+  return nil
 end
 
 -- Capture `charge` (0 to release) for a reservation.

@@ -97,3 +97,15 @@ local function record_usage(stream, payer_agg, bucket_agg, totals, fields, argv,
   return id
 end
 
+-- The head of capture.lua and capture_deferred.lua: unless `capture_conflict` refuses (its
+-- reply is returned first), append the event whose field count is ARGV[n_at] (its pairs
+-- follow; the aggregate pairs after them) and return nil, its fields and its stream id.
+local function capture_once(state_key, reservation, stream, payer_agg, bucket_agg, totals, n_at)
+  local refused = capture_conflict(redis.call('GET', state_key), reservation)
+  if refused then
+    return refused
+  end
+  local fields = event_fields(ARGV, n_at)
+  local from = n_at + 1 + 2 * tonumber(ARGV[n_at])
+  return nil, fields, record_usage(stream, payer_agg, bucket_agg, totals, fields, ARGV, from, 1)
+end

@@ -191,12 +191,10 @@ impl BalanceStore for RedisStore {
         let mut inv = self.scripts.release_hold.prepare_invoke();
         inv.key(self.account_key(&h.payer))
             .key(self.holds_key(&h.payer));
-        if let Some(m) = &h.mandate {
-            inv.key(self.window_key(&h.payer, m));
-        }
-        inv.arg(&h.id);
-        let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(if n == 1 {
+        let held = self
+            .release_with(inv, &h.payer, h.mandate.as_ref(), &h.id)
+            .await?;
+        Ok(if held {
             HoldSettleOutcome::Released
         } else {
             HoldSettleOutcome::NotHeld
@@ -298,13 +296,8 @@ impl BalanceStore for RedisStore {
         };
         if blocked {
             // Blocked payers are not swept; read plainly.
-            let fields: Vec<(String, i64)> = self
-                .bounded(
-                    redis::cmd("HGETALL")
-                        .arg(self.account_key(payer))
-                        .query_async(&mut conn),
-                )
-                .await?;
+            let fields: Vec<(String, i64)> =
+                self.hgetall(&mut conn, &self.account_key(payer)).await?;
             let holds: u64 = self
                 .bounded(
                     redis::cmd("HLEN")

@@ -13,24 +13,6 @@ use crate::store::{
 use crate::store::charge::MARKER_MARGIN_MS;
 
 impl RedisStore {
-    /// Event fields, then the aggregate pairs (the amount's included) of `event`.
-    fn usage_args(
-        inv: &mut redis::ScriptInvocation<'_>,
-        event: &UsageEvent,
-        aggregates: &UsageEvent,
-    ) {
-        let fields = event.to_fields(true);
-        inv.arg(fields.len());
-        for (k, v) in fields {
-            inv.arg(k).arg(v);
-        }
-        inv.arg(aggregates.amount_field())
-            .arg(aggregates.amount_minor);
-        for (k, v) in aggregates.aggregate_fields() {
-            inv.arg(k).arg(v);
-        }
-    }
-
     /// The stream id inside a ledger id (`<ms>-<seq>-<bucket>`).
     fn stream_id(ledger_id: &str) -> Result<&str, StoreError> {
         ledger_id

@@ -272,9 +272,7 @@ impl LedgerStore for RedisStore {
                 None => (0..BUCKETS).map(|b| self.bucket_agg_key(b, day)).collect(),
             };
             for key in keys {
-                let fields: Vec<(String, i64)> = self
-                    .bounded(redis::cmd("HGETALL").arg(key).query_async(&mut conn))
-                    .await?;
+                let fields: Vec<(String, i64)> = self.hgetall(&mut conn, &key).await?;
                 fold_aggregates(day, &fields, &mut rows);
             }
         }
@@ -288,11 +286,7 @@ impl LedgerStore for RedisStore {
         for day in &days {
             for bucket in 0..BUCKETS {
                 let fields: Vec<(String, i64)> = self
-                    .bounded(
-                        redis::cmd("HGETALL")
-                            .arg(self.payer_totals_key(bucket, day))
-                            .query_async(&mut conn),
-                    )
+                    .hgetall(&mut conn, &self.payer_totals_key(bucket, day))
                     .await?;
                 fold_payer_totals(&fields, &mut out);
             }

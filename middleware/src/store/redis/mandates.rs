@@ -26,24 +26,15 @@ impl MandateStore for RedisStore {
     ) -> Result<Vec<(serde_json::Value, MandateUse)>, StoreError> {
         let mut conn = self.connection().await?;
         let index: Vec<(String, String)> = self
-            .bounded(
-                redis::cmd("HGETALL")
-                    .arg(self.mandate_index_key(payer))
-                    .query_async(&mut conn),
-            )
+            .hgetall(&mut conn, &self.mandate_index_key(payer))
             .await?;
         let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
         let mut out = Vec::new();
         for (key, summary) in index {
             let summary: serde_json::Value = serde_json::from_str(&summary).unwrap_or_default();
             let start = crate::store::mandate_window_start(&summary, now_ms);
-            let window: Vec<(String, String)> = self
-                .bounded(
-                    redis::cmd("HGETALL")
-                        .arg(self.key(bucket_of(payer), &format!("mw:{key}:{start}")))
-                        .query_async(&mut conn),
-                )
-                .await?;
+            let window_key = self.key(bucket_of(payer), &format!("mw:{key}:{start}"));
+            let window: Vec<(String, String)> = self.hgetall(&mut conn, &window_key).await?;
             let mut usage = MandateUse {
                 spent_minor: 0,
                 held_minor: 0,

@@ -345,6 +345,72 @@ impl RedisStore {
             .arg(ms(self.settled_keep));
     }
 
+    /// Event fields, then the aggregate pairs (the amount's included) of `event`.
+    fn usage_args(
+        inv: &mut redis::ScriptInvocation<'_>,
+        event: &UsageEvent,
+        aggregates: &UsageEvent,
+    ) {
+        let fields = event.to_fields(true);
+        inv.arg(fields.len());
+        for (k, v) in fields {
+            inv.arg(k).arg(v);
+        }
+        inv.arg(aggregates.amount_field())
+            .arg(aggregates.amount_minor);
+        for (k, v) in aggregates.aggregate_fields() {
+            inv.arg(k).arg(v);
+        }
+    }
+
+    /// A capture script's `(status, stream id)` answer (`capture.lua`, `capture_deferred.lua`).
+    fn captured(
+        script: &str,
+        bucket: u64,
+        status: &str,
+        id: &str,
+    ) -> Result<SettleOutcome, StoreError> {
+        let event_id = || Self::ledger_id(bucket, id);
+        match status {
+            "captured" => Ok(SettleOutcome::Captured {
+                event_id: event_id(),
+            }),
+            "duplicate" => Ok(SettleOutcome::AlreadyCaptured {
+                event_id: event_id(),
+            }),
+            "conflict" => Ok(SettleOutcome::Conflict),
+            other => Err(StoreError::Protocol(format!("{script} replied {other:?}"))),
+        }
+    }
+
+    /// Run a release script (its keys so far, then the mandate window if any; the hold or
+    /// reservation id as its one argument): whether something was held.
+    async fn release_with(
+        &self,
+        mut inv: redis::ScriptInvocation<'_>,
+        payer: &str,
+        mandate: Option<&MandateCharge>,
+        id: &str,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        if let Some(m) = mandate {
+            inv.key(self.window_key(payer, m));
+        }
+        inv.arg(id);
+        let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(n == 1)
+    }
+
+    /// `HGETALL key`, bounded.
+    async fn hgetall<V: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+    ) -> Result<Vec<(String, V)>, StoreError> {
+        self.bounded(redis::cmd("HGETALL").arg(key).query_async(conn))
+            .await
+    }
+
     /// Run a command with the store's timeout (the manager's own timeout covers the
     /// response; this also bounds a reconnect in progress).
     async fn bounded<T, F>(&self, f: F) -> Result<T, StoreError>

@@ -14,7 +14,6 @@ impl PlanStore for RedisStore {
             receipt_id: s.receipt_id.clone(),
             ..Reservation::empty()
         };
-        let fields = s.event.to_fields(true);
         let mut inv = self.scripts.subscribe.prepare_invoke();
         let until = s.keep_until_ms.max(s.now_ms + 1000);
         if self
@@ -40,15 +39,8 @@ impl PlanStore for RedisStore {
             .arg(s.now_ms)
             .arg(s.period_ms)
             .arg(s.calls.map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX)))
-            .arg(s.keep_until_ms.max(s.now_ms + 1000))
-            .arg(fields.len());
-        for (k, v) in fields {
-            inv.arg(k).arg(v);
-        }
-        inv.arg(s.event.amount_field()).arg(s.event.amount_minor);
-        for (k, v) in s.event.aggregate_fields() {
-            inv.arg(k).arg(v);
-        }
+            .arg(s.keep_until_ms.max(s.now_ms + 1000));
+        Self::usage_args(&mut inv, &s.event, &s.event);
         let (status, id, end): (String, String, i64) =
             self.bounded(inv.invoke_async(&mut conn)).await?;
         match status.as_str() {

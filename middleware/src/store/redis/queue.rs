@@ -13,7 +13,6 @@ impl SettlementQueue for RedisStore {
         let mut conn = self.connection().await?;
         let b = r.bucket();
         let day = utc_day(event.time_ms);
-        let fields = event.to_fields(true);
         let mut inv = self.scripts.capture_deferred.prepare_invoke();
         self.usage_options(&mut inv);
         inv.key(self.receipt_key(r))
@@ -26,28 +25,10 @@ impl SettlementQueue for RedisStore {
             .arg(&r.id)
             .arg(r.spent_until_ms)
             .arg(&r.payer)
-            .arg(body)
-            .arg(fields.len());
-        for (k, v) in fields {
-            inv.arg(k).arg(v);
-        }
-        inv.arg(event.amount_field()).arg(event.amount_minor);
-        for (k, v) in event.aggregate_fields() {
-            inv.arg(k).arg(v);
-        }
+            .arg(body);
+        Self::usage_args(&mut inv, event, event);
         let (status, id): (String, String) = self.bounded(inv.invoke_async(&mut conn)).await?;
-        match status.as_str() {
-            "captured" => Ok(SettleOutcome::Captured {
-                event_id: Self::ledger_id(b, &id),
-            }),
-            "duplicate" => Ok(SettleOutcome::AlreadyCaptured {
-                event_id: Self::ledger_id(b, &id),
-            }),
-            "conflict" => Ok(SettleOutcome::Conflict),
-            other => Err(StoreError::Protocol(format!(
-                "capture_deferred replied {other:?}"
-            ))),
-        }
+        Self::captured("capture_deferred", b, &status, &id)
     }
 
     async fn claim_settlements(

@@ -39,25 +39,22 @@ impl ReceiptStore for RedisStore {
     }
 
     async fn settle(&self, r: &Reservation, s: &Settlement) -> Result<SettleOutcome, StoreError> {
-        let mut conn = self.connection().await?;
         match s {
             Settlement::Release => {
                 let mut inv = self.scripts.release.prepare_invoke();
                 inv.key(self.receipt_key(r));
-                if let Some(m) = &r.mandate {
-                    inv.key(self.window_key(&r.payer, m));
-                }
-                inv.arg(&r.id);
-                let n: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
-                Ok(if n == 1 {
+                let held = self
+                    .release_with(inv, &r.payer, r.mandate.as_ref(), &r.id)
+                    .await?;
+                Ok(if held {
                     SettleOutcome::Released
                 } else {
                     SettleOutcome::NotHeld
                 })
             }
             Settlement::Capture(event) => {
+                let mut conn = self.connection().await?;
                 let day = utc_day(event.time_ms);
-                let fields = event.to_fields(true);
                 let mut inv = self.scripts.capture.prepare_invoke();
                 inv.key(self.receipt_key(r))
                     .key(self.events_key(r.bucket()))
@@ -68,27 +65,11 @@ impl ReceiptStore for RedisStore {
                     inv.key(self.window_key(&r.payer, m));
                 }
                 self.usage_options(&mut inv);
-                inv.arg(&r.id).arg(r.spent_until_ms).arg(fields.len());
-                for (k, v) in fields {
-                    inv.arg(k).arg(v);
-                }
-                inv.arg(event.amount_field()).arg(event.amount_minor);
-                for (k, v) in event.aggregate_fields() {
-                    inv.arg(k).arg(v);
-                }
+                inv.arg(&r.id).arg(r.spent_until_ms);
+                Self::usage_args(&mut inv, event, event);
                 let (status, id): (String, String) =
                     self.bounded(inv.invoke_async(&mut conn)).await?;
-                let b = r.bucket();
-                match status.as_str() {
-                    "captured" => Ok(SettleOutcome::Captured {
-                        event_id: Self::ledger_id(b, &id),
-                    }),
-                    "duplicate" => Ok(SettleOutcome::AlreadyCaptured {
-                        event_id: Self::ledger_id(b, &id),
-                    }),
-                    "conflict" => Ok(SettleOutcome::Conflict),
-                    other => Err(StoreError::Protocol(format!("capture replied {other:?}"))),
-                }
+                Self::captured("capture", r.bucket(), &status, &id)
             }
         }
     }

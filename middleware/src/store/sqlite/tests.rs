@@ -20,6 +20,27 @@ fn at(dir: &tempfile::TempDir, clock: &ManualClock) -> SqliteOptions {
     }
 }
 
+/// Open the file again once the previous store's writer has let go of it (its thread closes
+/// the connection once every handle is gone).
+async fn reopen(dir: &tempfile::TempDir, clock: &ManualClock) -> SqliteStore {
+    for _ in 0..100 {
+        match SqliteStore::open(at(dir, clock)) {
+            Ok(s) => return s,
+            Err(OpenError::InUse { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("the file is still in use after 2 s")
+}
+
+/// A temp dir, a clock, and the store on a file in that dir.
+fn fresh() -> (tempfile::TempDir, ManualClock, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::at_ms(1_800_000_000_000);
+    let s = SqliteStore::open(at(&dir, &clock)).unwrap();
+    (dir, clock, s)
+}
+
 fn credit(payer: &str, amount_minor: i64, key: &str) -> Credit {
     Credit {
         payer: payer.into(),
@@ -104,18 +125,7 @@ async fn a_second_writer_is_refused_until_the_first_closes() {
     );
     drop(first);
     // The writer thread closes the connection once every handle is gone.
-    let mut reopened = None;
-    for _ in 0..100 {
-        match SqliteStore::open(at(&dir, &clock)) {
-            Ok(s) => {
-                reopened = Some(s);
-                break;
-            }
-            Err(OpenError::InUse { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    reopened.expect("the file is free once the first store is dropped");
+    reopen(&dir, &clock).await;
 }
 
 /// What a restart must keep: balances, holds (still expiring), spent receipts (no replay),
@@ -123,11 +133,10 @@ async fn a_second_writer_is_refused_until_the_first_closes() {
 /// queue, the ledger and its aggregates.
 #[tokio::test]
 async fn state_survives_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::at_ms(1_800_000_000_000);
+    let (dir, clock, s) = fresh();
     let now = clock.now_ms();
     {
-        let s = SqliteStore::open(at(&dir, &clock)).unwrap();
+        let s = s; // dropped at the end of the block, as by an exiting process
         assert!(matches!(
             s.credit(&credit("p", 1_000, "k1")).await.unwrap(),
             CreditOutcome::Applied {
@@ -191,13 +200,7 @@ async fn state_survives_a_reopen() {
             .unwrap();
     }
     // A fresh process: wait for the old writer to let go, then reopen.
-    let s = loop {
-        match SqliteStore::open(at(&dir, &clock)) {
-            Ok(s) => break s,
-            Err(OpenError::InUse { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let s = reopen(&dir, &clock).await;
     let account = s.account("p").await.unwrap();
     assert_eq!(account.balances["USD"].available, 700);
     assert_eq!(account.balances["USD"].held, 300);
@@ -324,9 +327,7 @@ fn an_unusable_path_names_the_file() {
 /// Operations that arrive together share one commit, and every one is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_operations_are_each_answered_once_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::at_ms(1_800_000_000_000);
-    let s = SqliteStore::open(at(&dir, &clock)).unwrap();
+    let (_dir, _clock, s) = fresh();
     let mut tasks = Vec::new();
     for i in 0..200 {
         let s = s.clone();
@@ -344,11 +345,10 @@ async fn concurrent_operations_are_each_answered_once_committed() {
 /// with no gap, after charges, a void, a debit and a receipt payment.
 #[tokio::test]
 async fn the_views_reconcile() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::at_ms(1_800_000_000_000);
+    let (dir, clock, s) = fresh();
     let now = clock.now_ms();
     {
-        let s = SqliteStore::open(at(&dir, &clock)).unwrap();
+        let s = s; // dropped at the end of the block, as by an exiting process
         s.credit(&credit("p", 1_000, "k1")).await.unwrap();
         s.credit(&credit("p", -100, "k2")).await.unwrap();
         let mut token_event = event("p", now, 30);
