@@ -154,27 +154,26 @@ mod tests {
         let id = k.issue(&terms(), 1_000);
         assert_eq!(k.verify(&id, &terms(), 999), Ok(1_000));
         assert_eq!(k.verify(&id, &terms(), 1_001), Err(ChallengeError::Expired));
-        let other_route = ChallengeTerms {
-            route: "storage",
-            ..terms()
-        };
-        assert_eq!(
-            k.verify(&id, &other_route, 0),
-            Err(ChallengeError::Mismatch)
-        );
-        let other_method = ChallengeTerms {
-            method: "GET",
-            ..terms()
-        };
-        assert_eq!(
-            k.verify(&id, &other_method, 0),
-            Err(ChallengeError::Mismatch)
-        );
-        let cheaper = ChallengeTerms {
-            amount_minor: 1,
-            ..terms()
-        };
-        assert_eq!(k.verify(&id, &cheaper, 0), Err(ChallengeError::Mismatch));
+        // Every term is bound: changing any one of them is a mismatch.
+        let t = terms();
+        for other in [
+            ChallengeTerms { merchant: "n", ..t },
+            ChallengeTerms {
+                route: "storage",
+                ..t
+            },
+            ChallengeTerms { method: "GET", ..t },
+            ChallengeTerms {
+                amount_minor: 1,
+                ..t
+            },
+            ChallengeTerms {
+                currency: "EUR",
+                ..t
+            },
+        ] {
+            assert_eq!(k.verify(&id, &other, 0), Err(ChallengeError::Mismatch));
+        }
         // Extending the expiry invalidates the MAC.
         let forged = id.replacen("c1.1000.", "c1.9000.", 1);
         assert_eq!(

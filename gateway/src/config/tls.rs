@@ -145,6 +145,16 @@ price = "free"
         }
     }
 
+    #[track_caller]
+    fn starts(e: &str, prefix: &str) {
+        assert!(e.starts_with(prefix), "{e}");
+    }
+
+    #[track_caller]
+    fn has(e: &str, part: &str) {
+        assert!(e.contains(part), "{e}");
+    }
+
     /// A CA and a leaf for `localhost` signed by it, written as PEM files into `dir`:
     /// `ca.pem`, `leaf.pem`, `leaf.key`, and a second, unrelated key `other.key`.
     fn write_certs(dir: &Path) {
@@ -173,15 +183,9 @@ price = "free"
         assert_eq!(err("https://10.0.0.1:8443/v1", "", "", d), "ok");
         assert_eq!(err("https://[::1]:8443", "", "", d), "ok");
         let e = err("https://bad-.example", "", "", d);
-        assert!(
-            e.starts_with("routes[0].upstream: \"bad-.example\" is not a name"),
-            "{e}"
-        );
+        starts(&e, "routes[0].upstream: \"bad-.example\" is not a name");
         let e = err("ftp://x", "", "", d);
-        assert!(
-            e.contains("must be http://host:port[/base] or https://"),
-            "{e}"
-        );
+        has(&e, "must be http://host:port[/base] or https://");
     }
 
     #[test]
@@ -195,12 +199,9 @@ price = "free"
         assert_eq!(err(up, "upstream_ca_file = \"ca.pem\"", "", d), "ok");
         let e = err(up, "", "[upstream_tls]\nca_file = \"missing.pem\"", d);
         let missing = d.join("missing.pem");
-        assert!(
-            e.starts_with(&format!(
-                "upstream_tls.ca_file: cannot read {}",
-                missing.display()
-            )),
-            "{e}"
+        starts(
+            &e,
+            &format!("upstream_tls.ca_file: cannot read {}", missing.display()),
         );
         let e = err(up, "", "[upstream_tls]\nca_file = \"junk.pem\"", d);
         assert!(
@@ -218,15 +219,12 @@ price = "free"
             "",
             d,
         );
-        assert!(
-            e.starts_with("routes[0].upstream_ca_file: set only on a route with an https://"),
-            "{e}"
+        starts(
+            &e,
+            "routes[0].upstream_ca_file: set only on a route with an https://",
         );
         let e = err(up, "", "[upstream_tls]\nroots = \"none\"", d);
-        assert!(
-            e.starts_with("upstream_tls.roots: \"none\" trusts nothing"),
-            "{e}"
-        );
+        starts(&e, "upstream_tls.roots: \"none\" trusts nothing");
         assert_eq!(
             err(
                 up,
@@ -241,16 +239,10 @@ price = "free"
         if Path::new("/etc/ssl/certs/ca-certificates.crt").exists() {
             assert_eq!(system, "ok");
         } else {
-            assert!(
-                system.starts_with("upstream_tls.roots: \"system\""),
-                "{system}"
-            );
+            starts(&system, "upstream_tls.roots: \"system\"");
         }
         let e = err(up, "", "[upstream_tls]\nroots = \"mozilla\"", d);
-        assert!(
-            e.starts_with("upstream_tls.roots: unknown variant `mozilla`"),
-            "{e}"
-        );
+        starts(&e, "upstream_tls.roots: unknown variant `mozilla`");
     }
 
     #[test]
@@ -291,23 +283,20 @@ price = "free"
             ),
             d,
         );
-        assert!(
-            e.starts_with("tls.handshake_timeout_secs: must be 1 to 300"),
-            "{e}"
-        );
+        starts(&e, "tls.handshake_timeout_secs: must be 1 to 300");
         let e = err(
             up,
             "",
             &format!("{}\ncert_fil = \"x\"", tls("leaf.pem", "leaf.key")),
             d,
         );
-        assert!(e.starts_with("tls.cert_fil: unknown field"), "{e}");
+        starts(&e, "tls.cert_fil: unknown field");
         let e = err(
             up,
             "",
             "[admin]\nlisten = \"127.0.0.1:8403\"\ntls = true",
             d,
         );
-        assert!(e.starts_with("admin.tls: needs a [tls] table"), "{e}");
+        starts(&e, "admin.tls: needs a [tls] table");
     }
 }
