@@ -10,6 +10,7 @@ an `isError` result), `echo` (free), `stats` (free: how often each tool ran).
 import collections
 import socket
 import sys
+from typing import Any
 
 import uvicorn
 from mcp.server.fastmcp import Context, FastMCP
@@ -19,7 +20,7 @@ mcp = FastMCP("tollgate-test-upstream")
 PAYMENT_KEYS = ("x402/payment", "org.paymentauth/credential")
 
 
-def seen(ctx: Context) -> dict:
+def seen(ctx: Context) -> dict[str, Any]:
     req = ctx.request_context.request
     meta = ctx.request_context.meta
     keys = set(meta.model_dump(by_alias=True).keys()) if meta is not None else set()
@@ -34,14 +35,14 @@ def seen(ctx: Context) -> dict:
 
 
 @mcp.tool()
-def search(query: str, ctx: Context) -> dict:
+def search(query: str, ctx: Context) -> dict[str, Any]:
     """Search (a paid tool)."""
     calls["search"] += 1
     return {"query": query, "results": [f"{query} {i}" for i in range(3)], **seen(ctx)}
 
 
 @mcp.tool()
-def summarize(text: str, ctx: Context) -> dict:
+def summarize(text: str, ctx: Context) -> dict[str, Any]:
     """Summarize (metered by the tokens it reports)."""
     calls["summarize"] += 1
     return {"summary": text[:16], "tokens": len(text.split()), **seen(ctx)}
@@ -62,7 +63,7 @@ def echo(text: str) -> str:
 
 
 @mcp.tool()
-def stats() -> dict:
+def stats() -> dict[str, Any]:
     """How often each tool ran (free)."""
     return dict(calls)
 
