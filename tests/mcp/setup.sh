@@ -4,10 +4,6 @@
 # (tests/mcp/upstream.py) and the SDK's client (tests/mcp/client.py). Prints the venv's python.
 set -euo pipefail
 VENV="${TOLLGATE_MCP_VENV:-$HOME/.cache/tollgate-mcp-venv}"
-MCP="1.30.0"
 . "$(dirname "$0")/../venv.sh"
-ensure_venv "$VENV"
-if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$MCP')" 2>/dev/null; then
-  "$VENV/bin/pip" install -q "mcp==$MCP" >&2
-fi
+ensure_pinned "$VENV" "mcp==1.30.0"
 echo "$VENV/bin/python"

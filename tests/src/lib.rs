@@ -414,6 +414,19 @@ impl TestGateway {
             .unwrap()
     }
 
+    /// `GET path` on the admin listener with the admin `token`, as text (NDJSON, CSV, metrics).
+    pub async fn admin_text(&self, path: &str, token: &str) -> String {
+        self.http
+            .get(self.admin_url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Top up `amount` USD for `payer` with a fresh top-up receipt; returns the access token.
     pub async fn topup(&self, issuer: &TestIssuer, payer: &str, amount: &str) -> String {
         let mut c = issuer.claims("m", payer, amount);

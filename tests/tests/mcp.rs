@@ -51,37 +51,44 @@ fn tools_route(up: &PythonServer) -> RouteSpec {
     }
 }
 
-/// A gateway selling the MCP route and an HTTP route (`/v1/echo`, whose upstream is returned
-/// with it: it lives as long as the test keeps it).
-async fn start(
-    wallet: &TestIssuer,
-    up: &PythonServer,
-    redis: Option<&RedisServer>,
-) -> (TestGateway, TestUpstream) {
+/// A FastMCP upstream, a wallet, and a gateway selling the MCP route and an HTTP route
+/// (`/v1/echo`); `None` (the test skipped) when the MCP SDK is not installed.
+struct Fixture {
+    python: PathBuf,
+    /// The MCP upstream (`None` once a test killed it).
+    up: Option<PythonServer>,
+    wallet: TestIssuer,
+    gw: TestGateway,
+    _http: TestUpstream,
+}
+
+async fn fixture(redis: Option<&RedisServer>) -> Option<Fixture> {
+    let python = mcp_python()?;
+    let up = mcp_upstream(&python);
+    let wallet = TestIssuer::ed25519("wallet");
     let http = upstream().await;
     let mut g = gateway()
-        .issuer(wallet)
+        .issuer(&wallet)
         .admin(ADMIN)
         .route(paid("echo", "/v1/echo", &http, "0.01"))
-        .route(tools_route(up));
+        .route(tools_route(&up));
     if let Some(r) = redis {
         g = g.redis(r);
     }
-    (g.start().await, http)
+    Some(Fixture {
+        python,
+        up: Some(up),
+        wallet,
+        gw: g.start().await,
+        _http: http,
+    })
 }
 
 /// Every usage event in the ledger (admin export), newest first.
 async fn events(gw: &TestGateway) -> Vec<Value> {
     let text = gw
-        .http
-        .get(gw.admin_url("/admin/v1/events?limit=1000&order=desc"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .admin_text("/admin/v1/events?limit=1000&order=desc", ADMIN)
+        .await;
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -203,12 +210,10 @@ fn credential(receipt: &str) -> Value {
 
 #[tokio::test]
 async fn the_official_sdk_pays_tools_with_receipts_and_tokens_and_reads_its_bill() {
-    let Some(python) = mcp_python() else {
+    let Some(f) = fixture(None).await else {
         return;
     };
-    let up = mcp_upstream(&python);
-    let wallet = TestIssuer::ed25519("wallet");
-    let (gw, _http) = start(&wallet, &up, None).await;
+    let (gw, wallet) = (&f.gw, &f.wallet);
     let receipts: Vec<String> = (0..3)
         .map(|_| wallet.receipt("m", "agent-a", "0.01"))
         .collect();
@@ -218,7 +223,7 @@ async fn the_official_sdk_pays_tools_with_receipts_and_tokens_and_reads_its_bill
         "gateway": gw.url(""), "tools": "/mcp", "agent": "/tollgate/v1/mcp",
         "receipts": receipts, "topup": wallet.sign(&topup),
     });
-    let out = tokio::process::Command::new(&python)
+    let out = tokio::process::Command::new(&f.python)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/mcp/client.py"))
         .arg(cfg.to_string())
         .output()
@@ -334,7 +339,7 @@ async fn the_official_sdk_pays_tools_with_receipts_and_tokens_and_reads_its_bill
         .as_array()
         .unwrap()
         .clone();
-    let ledger = events(&gw).await;
+    let ledger = events(gw).await;
     let of =
         |p: &str| -> Vec<Value> { ledger.iter().filter(|e| e["payer"] == p).cloned().collect() };
     assert_eq!(
@@ -354,13 +359,11 @@ async fn the_official_sdk_pays_tools_with_receipts_and_tokens_and_reads_its_bill
 }
 
 async fn one_receipt_twenty_parallel_calls(redis: Option<&RedisServer>) {
-    let Some(python) = mcp_python() else {
+    let Some(f) = fixture(redis).await else {
         return;
     };
-    let up = mcp_upstream(&python);
-    let wallet = TestIssuer::ed25519("wallet");
-    let (gw, _http) = start(&wallet, &up, redis).await;
-    let client = Mcp::open(&gw, "/mcp", None).await;
+    let (gw, wallet) = (&f.gw, &f.wallet);
+    let client = Mcp::open(gw, "/mcp", None).await;
     let receipt = wallet.receipt("m", "agent-c", "0.01");
     let calls = (0..20).map(|i| {
         client.call(
@@ -388,7 +391,7 @@ async fn one_receipt_twenty_parallel_calls(redis: Option<&RedisServer>) {
         );
     }
     assert_eq!(client.stats().await["search"], 1, "the upstream ran once");
-    let ledger = events(&gw).await;
+    let ledger = events(gw).await;
     assert_eq!(ledger.len(), 1);
     assert_eq!(
         (ledger[0]["amount"].clone(), ledger[0]["route"].clone()),
@@ -409,13 +412,11 @@ async fn one_receipt_twenty_parallel_calls_one_charge_redis() {
 
 #[tokio::test]
 async fn bad_input_is_a_jsonrpc_error_never_a_free_call_nor_a_5xx() {
-    let Some(python) = mcp_python() else {
+    let Some(f) = fixture(None).await else {
         return;
     };
-    let up = mcp_upstream(&python);
-    let wallet = TestIssuer::ed25519("wallet");
-    let (gw, _http) = start(&wallet, &up, None).await;
-    let c = Mcp::open(&gw, "/mcp", None).await;
+    let (gw, wallet) = (&f.gw, &f.wallet);
+    let c = Mcp::open(gw, "/mcp", None).await;
     let paid_call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search", "arguments": {"query": "x"}, "_meta": credential(&wallet.receipt("m", "agent-d", "0.01"))}});
     // Messages that are not one JSON-RPC request.
     for (body, code) in [
@@ -528,7 +529,7 @@ async fn bad_input_is_a_jsonrpc_error_never_a_free_call_nor_a_5xx() {
     // A forged access token on the request.
     let forged = Mcp {
         auth: Some("Bearer tg1.forged.token".into()),
-        ..Mcp::open(&gw, "/mcp", None).await
+        ..Mcp::open(gw, "/mcp", None).await
     };
     let msg = forged.call(4, "search", json!({"query": "x"}), None).await;
     assert_eq!(
@@ -538,10 +539,10 @@ async fn bad_input_is_a_jsonrpc_error_never_a_free_call_nor_a_5xx() {
     // Nothing ran, nothing was charged.
     let stats = c.stats().await;
     assert!(stats.get("search").is_none(), "{stats}");
-    assert!(events(&gw).await.is_empty());
+    assert!(events(gw).await.is_empty());
 
     // The agent MCP server, likewise.
-    let agent = Mcp::open(&gw, "/tollgate/v1/mcp", None).await;
+    let agent = Mcp::open(gw, "/tollgate/v1/mcp", None).await;
     for (body, code) in [
         ("[]".to_owned(), jsonrpc::INVALID_REQUEST),
         ("{\"jsonrpc\":\"2.0\"".to_owned(), jsonrpc::PARSE_ERROR),
@@ -588,7 +589,7 @@ async fn bad_input_is_a_jsonrpc_error_never_a_free_call_nor_a_5xx() {
     );
     let with_token = Mcp {
         auth: Some(format!("Bearer {token}")),
-        ..Mcp::open(&gw, "/tollgate/v1/mcp", None).await
+        ..Mcp::open(gw, "/tollgate/v1/mcp", None).await
     };
     let bad_limit = with_token.call(8, "usage", json!({"limit": 0}), None).await;
     assert_eq!(
@@ -606,15 +607,13 @@ async fn bad_input_is_a_jsonrpc_error_never_a_free_call_nor_a_5xx() {
 
 #[tokio::test]
 async fn failed_calls_a_dead_store_and_a_dead_upstream_charge_nothing() {
-    let Some(python) = mcp_python() else {
+    let mut redis = RedisServer::start_persistent();
+    let Some(mut f) = fixture(Some(&redis)).await else {
         return;
     };
-    let mut redis = RedisServer::start_persistent();
-    let up = mcp_upstream(&python);
-    let wallet = TestIssuer::ed25519("wallet");
-    let (gw, _http) = start(&wallet, &up, Some(&redis)).await;
-    let token = gw.topup(&wallet, "agent-e", "1").await;
-    let c = Mcp::open(&gw, "/mcp", Some(&format!("Bearer {token}"))).await;
+    let (gw, wallet) = (&f.gw, &f.wallet);
+    let token = gw.topup(wallet, "agent-e", "1").await;
+    let c = Mcp::open(gw, "/mcp", Some(&format!("Bearer {token}"))).await;
     let failed = c.call(1, "fail", json!({"reason": "boom"}), None).await;
     assert_eq!(failed["result"]["isError"], true);
     assert_eq!(
@@ -642,7 +641,7 @@ async fn failed_calls_a_dead_store_and_a_dead_upstream_charge_nothing() {
         "the call during the outage never ran"
     );
     // The upstream gone: nothing charged.
-    drop(up);
+    drop(f.up.take());
     let mut gone = Value::Null;
     for id in 4..40 {
         gone = c.call(id, "search", json!({"query": "x"}), None).await;
@@ -661,7 +660,7 @@ async fn failed_calls_a_dead_store_and_a_dead_upstream_charge_nothing() {
         gw.balance(&token).await["balances"]["USD"]["available"],
         "0.99"
     );
-    let ledger = events(&gw).await;
+    let ledger = events(gw).await;
     let charged: Vec<&Value> = ledger
         .iter()
         .filter(|e| e["route"] == "tools/search")

@@ -117,14 +117,7 @@ fn challenge_object(requirements: &Requirements<'_>, realm: &str) -> Option<Valu
         "realm": realm,
         "method": PAYMENT_METHOD,
         "intent": "charge",
-        "request": {
-            "amount": offer.amount,
-            "currency": offer.asset,
-            "decimals": extra.decimals.to_string(),
-            "method": extra.method,
-            "recipient": offer.pay_to,
-            "route": extra.route,
-        },
+        "request": payment_auth::challenge_request(offer, extra),
         "expires": payment_auth::rfc3339(extra.challenge_expires),
         "description": requirements.resource.description,
     }))
