@@ -403,15 +403,8 @@ impl TestGateway {
 
     /// `GET path` on the admin listener with the admin `token`, as JSON.
     pub async fn admin_json(&self, path: &str, token: &str) -> Value {
-        self.http
-            .get(self.admin_url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        let text = self.admin_text(path, token).await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
     }
 
     /// `GET path` on the admin listener with the admin `token`, as text (NDJSON, CSV, metrics).
