@@ -426,6 +426,7 @@ async fn bad_input_is_a_jsonrpc_error_never_a_free_call_nor_a_5xx() {
         (json!({"id": 1, "method": "tools/call", "params": {"name": "search"}}).to_string(), jsonrpc::INVALID_REQUEST),
         (json!({"jsonrpc": "2.0", "id": null, "method": "tools/call", "params": {"name": "search"}}).to_string(), jsonrpc::INVALID_REQUEST),
         (json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["search"]}).to_string(), jsonrpc::INVALID_REQUEST),
+        (json!({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "search", "arguments": {"query": "x"}}}).to_string(), jsonrpc::INVALID_REQUEST),
         (json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call"}).to_string(), jsonrpc::INVALID_PARAMS),
         (json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": 7}}).to_string(), jsonrpc::INVALID_PARAMS),
         (json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "no such/tool"}}).to_string(), jsonrpc::INVALID_PARAMS),

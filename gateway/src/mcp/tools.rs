@@ -14,7 +14,8 @@
 //! - `tools/list`: forwarded, each tool's price added as `_meta["tollgate/price"]`.
 //! - Everything else (`initialize`, notifications, other methods, `GET` streams, `DELETE`):
 //!   forwarded free, payment headers removed; a `GET` loses `Last-Event-ID`, so a paid result
-//!   is never replayed on a resumed stream.
+//!   is never replayed on a resumed stream; a request sent without an id (a "notification"
+//!   whose method is not `notifications/...`) is refused, as it would run unanswered and unpaid.
 //!
 //! [`Admission::settle`]: tollgate_middleware::Admission::settle
 
@@ -148,6 +149,18 @@ pub(crate) async fn serve(inner: &Inner, m: &Matched, tools: &Tools, mut req: Re
         }
         jsonrpc::Message::Request { id, method, .. } if method == "tools/list" => {
             list(m, tools, parts, body, &id).await
+        }
+        // A request sent as a notification (no id) would run unanswered -- and unpaid.
+        jsonrpc::Message::Notification { method } if !method.starts_with("notifications/") => {
+            error_answer(
+                &Value::Null,
+                &jsonrpc::Error::new(
+                    jsonrpc::INVALID_REQUEST,
+                    format!(
+                        "Invalid Request: {method:?} is not a notification: send it with an id"
+                    ),
+                ),
+            )
         }
         _ => forward(m, Request::from_parts(parts, Body::from(body))).await,
     }
@@ -314,7 +327,14 @@ impl Call<'_> {
                 "the upstream MCP server failed; nothing was charged",
             ));
         }
-        read_answer(res, self.tools.max_response_bytes, &self.id).await
+        // Bounded in time as the hold is: a stream that never ends is not waited for.
+        let limit = self.tools.max_response_bytes;
+        match tokio::time::timeout(self.m.route.timeout, read_answer(res, limit, &self.id)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(unavailable(
+                "the upstream's answer did not end within the route's timeout; nothing was charged",
+            )),
+        }
     }
 }
 
