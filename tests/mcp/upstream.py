@@ -16,7 +16,7 @@ import uvicorn
 from mcp.server.fastmcp import Context, FastMCP
 
 calls = collections.Counter()
-mcp = FastMCP("tollgate-test-upstream")
+mcp = FastMCP("tollgate-test-upstream", log_level="WARNING")
 PAYMENT_KEYS = ("x402/payment", "org.paymentauth/credential")
 
 

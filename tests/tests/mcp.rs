@@ -63,6 +63,11 @@ struct Fixture {
 }
 
 async fn fixture(redis: Option<&RedisServer>) -> Option<Fixture> {
+    fixture_with(redis, "").await
+}
+
+/// The fixture with `top` (plans) at the top of the config.
+async fn fixture_with(redis: Option<&RedisServer>, top: &str) -> Option<Fixture> {
     let python = mcp_python()?;
     let up = mcp_upstream(&python);
     let wallet = TestIssuer::ed25519("wallet");
@@ -71,7 +76,8 @@ async fn fixture(redis: Option<&RedisServer>) -> Option<Fixture> {
         .issuer(&wallet)
         .admin(ADMIN)
         .route(paid("echo", "/v1/echo", &http, "0.01"))
-        .route(tools_route(&up));
+        .route(tools_route(&up))
+        .top(top);
     if let Some(r) = redis {
         g = g.redis(r);
     }
@@ -667,6 +673,57 @@ async fn failed_calls_a_dead_store_and_a_dead_upstream_charge_nothing() {
         .filter(|e| e["route"] == "tools/search")
         .collect();
     assert_eq!(charged.len(), 1, "{ledger:?}");
+}
+
+#[tokio::test]
+async fn a_plan_bought_over_mcp_covers_the_tools_of_its_route() {
+    let pass = "[[plans]]\nid = \"tools-pass\"\nprice = { amount = \"0.50\", currency = \"USD\" }\nperiod = \"1h\"\ngroups = [\"tools\"]\n";
+    let Some(f) = fixture_with(None, pass).await else {
+        return;
+    };
+    let (gw, wallet) = (&f.gw, &f.wallet);
+    let agent = Mcp::open(gw, "/tollgate/v1/mcp", None).await;
+    let plans = agent.call(1, "plans", json!({}), None).await;
+    assert_eq!(
+        plans["result"]["structuredContent"]["plans"][0]["id"], "tools-pass",
+        "{plans}"
+    );
+    let mut c = wallet.claims("m", "agent-p", "0.50");
+    c["kind"] = "subscribe".into();
+    c["plan"] = "tools-pass".into();
+    let sub = agent
+        .call(2, "subscribe", json!({"receipt": wallet.sign(&c)}), None)
+        .await;
+    let sub = &sub["result"]["structuredContent"];
+    assert_eq!(sub["plan"]["id"], "tools-pass", "{sub}");
+    let token = sub["access_token"].as_str().unwrap();
+    let tools = Mcp::open(gw, "/mcp", Some(&format!("Bearer {token}"))).await;
+    for id in 0..3 {
+        let r = tools.call(id, "search", json!({"query": "x"}), None).await;
+        assert_eq!(
+            r["result"]["_meta"]["x402/payment-response"]["amount"], "0",
+            "{r}"
+        );
+    }
+    assert_eq!(tools.stats().await["search"], 3);
+    let ledger = events(gw).await;
+    let calls: Vec<&Value> = ledger
+        .iter()
+        .filter(|e| e["route"] == "tools/search")
+        .collect();
+    assert_eq!(calls.len(), 3);
+    assert!(
+        calls
+            .iter()
+            .all(|e| e["credential"] == "plan:tools-pass:agent-p" && e["amount"] == "0"),
+        "{calls:?}"
+    );
+    assert!(
+        ledger
+            .iter()
+            .any(|e| e["route"] == "plan:tools-pass" && e["amount"] == "0.5"),
+        "{ledger:?}"
+    );
 }
 
 #[test]

@@ -76,6 +76,8 @@ impl Tools {
 
     fn tool_route(base: &PricedRoute, name: &str) -> PricedRoute {
         let mut p = base.clone();
+        // In the route's group: mandates and plans name route groups.
+        p.group = Some(base.group_name().to_owned());
         p.id = format!("{}/{name}", base.id);
         p.description = format!("{} (MCP tool {name})", base.description);
         p.x402 = None;
