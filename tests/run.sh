@@ -53,4 +53,10 @@ if STARLETTE_PYTHON="$(bash tests/upstreams/setup.sh)"; then
 else
   echo "warning: Starlette could not be installed; the decoding-upstream path tests are skipped" >&2
 fi
+# The official MCP Python SDK for the MCP tests: a FastMCP upstream and the SDK's client (a venv under ~/.cache).
+if MCP_PYTHON="$(bash tests/mcp/setup.sh)"; then
+  export TOLLGATE_MCP_PYTHON="$MCP_PYTHON" TOLLGATE_REQUIRE_MCP_SDK=1
+else
+  echo "warning: the MCP Python SDK could not be installed; the MCP tests are skipped" >&2
+fi
 cargo test --workspace --locked

@@ -22,8 +22,9 @@ fn bad(detail: &str) -> Response {
     problem(tollgate_middleware::ErrorCode::InvalidRequest, detail)
 }
 
-/// The request's query pairs, checked: `(before, limit, csv)`, or what is wrong with them.
-fn parse(q: &BTreeMap<String, String>) -> Result<(Option<String>, usize, bool), String> {
+/// The request's query pairs, checked: `(before, limit, csv)`, or what is wrong with them
+/// (also the agent MCP server's `usage` tool arguments).
+pub(crate) fn parse(q: &BTreeMap<String, String>) -> Result<(Option<String>, usize, bool), String> {
     if let Some(k) = q
         .keys()
         .find(|k| !matches!(k.as_str(), "limit" | "before" | "format"))
@@ -62,6 +63,25 @@ fn parse(q: &BTreeMap<String, String>) -> Result<(Option<String>, usize, bool), 
     Ok((before, limit, csv))
 }
 
+/// One page of `payer`'s events, newest first, and the cursor of the next page (a full page
+/// has one); `Err` when the ledger is unreachable (logged here).
+pub(crate) async fn page(
+    gw: &Gateway,
+    payer: &str,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<tollgate_middleware::UsageEvent>, Option<String>), ()> {
+    let events = gw
+        .ledger_reader()
+        .payer_events(payer, before, limit)
+        .await
+        .map_err(|e| tracing::error!(error = %e, "usage: the ledger is unreachable"))?;
+    let next = (events.len() == limit)
+        .then(|| events.last().map(|e| e.id.clone()))
+        .flatten();
+    Ok((events, next))
+}
+
 /// Serve the bill.
 pub(crate) async fn bill(
     gw: &Gateway,
@@ -80,23 +100,12 @@ pub(crate) async fn bill(
         Ok(p) => p,
         Err(detail) => return bad(&detail),
     };
-    let events = match gw
-        .ledger_reader()
-        .payer_events(&payer, before.as_deref(), limit)
-        .await
-    {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, "usage: the ledger is unreachable");
-            return problem(
-                tollgate_middleware::ErrorCode::StoreUnavailable,
-                "the ledger is unreachable; retry later",
-            );
-        }
+    let Ok((events, next)) = page(gw, &payer, before.as_deref(), limit).await else {
+        return problem(
+            tollgate_middleware::ErrorCode::StoreUnavailable,
+            "the ledger is unreachable; retry later",
+        );
     };
-    let next = (events.len() == limit)
-        .then(|| events.last().map(|e| e.id.clone()))
-        .flatten();
     let (content_type, body) = if csv {
         let mut out = CSV_COLUMNS.join(",");
         out.push_str("\r\n");

@@ -5,32 +5,52 @@ use super::*;
 /// The price catalog for agents: what is sold, at what price, and how to pay -- so an agent can
 /// choose before it calls. Built from the configuration in force (reloads apply).
 pub(crate) async fn catalog(State(gw): State<Gateway>) -> Response {
+    let body = catalog_json(&gw.inner());
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// A price as the catalog states it: `"free"`, `{"kind": "fixed", ...}` or
+/// `{"kind": "metered", ...}`.
+pub(crate) fn price_json(price: &tollgate_middleware::Price) -> serde_json::Value {
     use serde_json::json;
     use tollgate_middleware::Price;
-    let inner = gw.inner();
+    match price {
+        Price::Fixed(money) => json!({
+            "kind": "fixed",
+            "amount": money.amount.to_string(),
+            "currency": money.currency.code(),
+            "decimals": money.currency.scale(),
+        }),
+        Price::Metered(metered) => json!({
+            "kind": "metered",
+            "currency": metered.currency.code(),
+            "decimals": metered.currency.scale(),
+            "reserve": metered.reserve.to_string(),
+            "cutoff": metered.cutoff,
+            "units": metered.meters.iter().map(|x| json!({"unit": x.unit, "price": x.price.to_string()})).collect::<Vec<_>>(),
+        }),
+        _ => json!("free"),
+    }
+}
+
+/// The catalog document of a configuration (also the agent MCP server's `catalog` tool and
+/// resource).
+pub(crate) fn catalog_json(inner: &Inner) -> serde_json::Value {
+    use serde_json::json;
     let api = inner.agent_api.clone();
     let routes: Vec<serde_json::Value> = inner
         .routes
         .iter()
         .map(|m| {
             let c = &m.route.config;
-            let price = match &m.route.price {
-                Price::Fixed(money) => json!({
-                    "kind": "fixed",
-                    "amount": money.amount.to_string(),
-                    "currency": money.currency.code(),
-                    "decimals": money.currency.scale(),
-                }),
-                Price::Metered(metered) => json!({
-                    "kind": "metered",
-                    "currency": metered.currency.code(),
-                    "decimals": metered.currency.scale(),
-                    "reserve": metered.reserve.to_string(),
-                    "cutoff": metered.cutoff,
-                    "units": metered.meters.iter().map(|x| json!({"unit": x.unit, "price": x.price.to_string()})).collect::<Vec<_>>(),
-                }),
-                _ => json!("free"),
-            };
+            let price = price_json(&m.route.price);
             let mut route = json!({
                 "id": c.id,
                 "path": c.path,
@@ -41,6 +61,9 @@ pub(crate) async fn catalog(State(gw): State<Gateway>) -> Response {
                 "group": m.priced.group_name(),
                 "price": price,
             });
+            if let Some(tools) = &m.tools {
+                route["mcp"] = tools.catalog();
+            }
             if let Some(x) = &m.route.x402 {
                 route["x402"] = json!({
                     "settlement": x.mode.as_str(),
@@ -74,7 +97,7 @@ pub(crate) async fn catalog(State(gw): State<Gateway>) -> Response {
             )
         })
         .collect();
-    let body = json!({
+    json!({
         "merchant": inner.paywall.merchant(),
         "network": inner.network,
         "currencies": currencies,
@@ -84,7 +107,7 @@ pub(crate) async fn catalog(State(gw): State<Gateway>) -> Response {
             {"scheme": "bearer", "kind": "access-token", "headers": ["Authorization: Bearer"], "obtain": format!("{api}/topup")},
         ],
         "x402Networks": x402_networks,
-        "agentEndpoints": {"topup": format!("{api}/topup"), "token": format!("{api}/token"), "balance": format!("{api}/balance")},
+        "agentEndpoints": {"topup": format!("{api}/topup"), "token": format!("{api}/token"), "balance": format!("{api}/balance"), "usage": format!("{api}/usage"), "mcp": format!("{api}/mcp")},
         "mandates": {
             "accepted": true,
             "carry": ["receipt claim \"mandate\" (the mandate JWT)", "Tollgate-Mandate request header", "an access token bound at top-up or renewal"],
@@ -93,13 +116,5 @@ pub(crate) async fn catalog(State(gw): State<Gateway>) -> Response {
         },
         "routes": routes,
         "plans": inner.paywall.plans().iter().map(|p| p.catalog()).collect::<Vec<_>>(),
-    });
-    (
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "public, max-age=60"),
-        ],
-        body.to_string(),
-    )
-        .into_response()
+    })
 }

@@ -290,7 +290,12 @@ fn llms_text(inner: &Inner, base: &str) -> String {
          - `POST {api}/topup` -- credit the balance with a top-up receipt; returns an access token.\n\
          - `POST {api}/token` -- a fresh access token for the same balance.\n\
          - `GET {api}/balance` -- the balance (`Authorization: Bearer <token>`).\n\
-         - `POST {api}/subscribe` -- buy a plan with a receipt of kind \"subscribe\".\n"
+         - `POST {api}/subscribe` -- buy a plan with a receipt of kind \"subscribe\".\n\
+         - `GET {api}/usage` -- your own charges, newest first (`Authorization: Bearer <token>`).\n\
+         - `POST {api}/mcp` -- all of these as MCP tools (Streamable HTTP): catalog, plans, quote, \
+         balance, usage, topup, subscribe, token. MCP routes sell tools per `tools/call`: an unpaid \
+         call answers JSON-RPC error -32042 with the challenge; retry with \
+         `_meta[\"org.paymentauth/credential\"]`, `_meta[\"x402/payment\"]` or a Bearer token.\n"
     );
     let currencies: Vec<String> = inner
         .currencies

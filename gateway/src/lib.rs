@@ -17,6 +17,7 @@
 //! - [`server`]: connections (HTTP/1 + HTTP/2, the drain layer, graceful shutdown, the
 //!   optional TLS listener); [`tls`]: certificates and trust stores, both ways;
 //! - `upgrade`: WebSocket pass-through on free routes;
+//! - `mcp`: the agent MCP server (`<agent api>/mcp`) and paid tools of proxied MCP servers;
 //! - this file: [`Gateway`], its routers and [`Gateway::serve`].
 
 #![warn(missing_docs)]
@@ -36,6 +37,7 @@ mod catalog;
 mod discovery;
 mod health;
 mod ledger;
+mod mcp;
 mod request_id;
 mod router;
 mod state;
@@ -94,6 +96,8 @@ struct Matched {
     priced: Arc<PricedRoute>,
     /// The upstream clients of the route's trust store (shared by routes with the same one).
     proxy: Arc<Proxy>,
+    /// The tools sold, when the route proxies an MCP server (`[routes.mcp]`).
+    tools: Option<Arc<mcp::tools::Tools>>,
 }
 
 /// One configuration in force: replaced as a whole on reload; requests in flight keep the

@@ -59,17 +59,18 @@ pub(crate) async fn route_request(gw: Gateway, mut req: Request) -> (String, Res
         Ok(Some(uri)) => *req.uri_mut() = uri,
         Err(e) => return unmatched(problem(ErrorCode::PathInvalid, &e.to_string())),
     }
-    // Agent endpoints (top-up, token, balance, the bill) are the gateway's own.
-    if req.method() == http::Method::GET
-        && req
-            .uri()
-            .path()
-            .strip_prefix(inner.agent_api.as_str())
-            .is_some_and(|rest| rest == "/usage")
-    {
+    // Agent endpoints (top-up, token, balance, the bill, MCP) are the gateway's own.
+    let agent_rest = req.uri().path().strip_prefix(inner.agent_api.as_str());
+    if req.method() == http::Method::GET && agent_rest == Some("/usage") {
         return (
             "agent".to_owned(),
             crate::bill::bill(&gw, &inner, req.headers(), req.uri()).await,
+        );
+    }
+    if agent_rest == Some("/mcp") {
+        return (
+            "agent".to_owned(),
+            crate::mcp::agent::serve(&gw, &inner, req).await,
         );
     }
     if let Some(res) = inner
@@ -121,6 +122,9 @@ pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) ->
             ),
         );
     }
+    if let Some(tools) = &m.tools {
+        return crate::mcp::tools::serve(inner, m, tools, req).await;
+    }
     if matches!(m.priced.price, Price::Free) {
         // Free route: nothing to pay, so no payment layer -- only what it would do for a free
         // route (no client-sent payer/charge headers and no credentials reach the upstream).
@@ -165,7 +169,7 @@ pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) ->
 /// Forward to the upstream and count what it did in this process's traffic view (per route:
 /// answered with which status and how fast, unreachable, timed out). A request the proxy
 /// refused before it reached the upstream (a body over the limit) is not counted.
-async fn forward_counted(proxy: &Proxy, route_id: &str, req: Request) -> Response {
+pub(crate) async fn forward_counted(proxy: &Proxy, route_id: &str, req: Request) -> Response {
     use tollgate_middleware::traffic::UpstreamOutcome;
     use tollgate_middleware::Clock as _;
     let started = std::time::Instant::now();

@@ -263,10 +263,15 @@ pub(crate) async fn build_inner(
                 }),
                 None => priced,
             };
+            let tools = route
+                .mcp
+                .as_ref()
+                .map(|mcp| Arc::new(crate::mcp::tools::Tools::new(mcp, &priced)));
             Matched {
                 route: Arc::new(route),
                 priced: Arc::new(priced),
                 proxy,
+                tools,
             }
         })
         .collect();

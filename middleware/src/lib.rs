@@ -20,7 +20,7 @@
 //! - [`layer`]: `PaymentLayer` (tower);
 //! - [`drain`]: `DrainLayer`, which keeps keep-alive connections usable after a refusal left
 //!   the request body unread;
-//! - [`error`]: `ErrorCode` and problem+json;
+//! - [`error`]: `ErrorCode` and problem+json; [`jsonrpc`]: JSON-RPC 2.0 messages (MCP);
 //! - [`clock`]: injected time;
 //! - [`metrics`]: Prometheus counters; [`traffic`]: the last day's traffic per minute (dashboard).
 //! - [`x402`]: x402 `exact` EVM offers, local verification, the facilitator client.
@@ -54,6 +54,7 @@ pub mod drain;
 pub mod error;
 mod fetch;
 pub mod issuer;
+pub mod jsonrpc;
 pub mod layer;
 #[cfg(feature = "postgres")]
 pub mod ledger;

@@ -403,13 +403,19 @@ impl TestGateway {
 
     /// `GET path` on the admin listener with the admin `token`, as JSON.
     pub async fn admin_json(&self, path: &str, token: &str) -> Value {
+        let text = self.admin_text(path, token).await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+    }
+
+    /// `GET path` on the admin listener with the admin `token`, as text (NDJSON, CSV, metrics).
+    pub async fn admin_text(&self, path: &str, token: &str) -> String {
         self.http
             .get(self.admin_url(path))
             .bearer_auth(token)
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
             .unwrap()
     }

@@ -19,7 +19,17 @@ impl PythonServer {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut child = Command::new("python3")
+        Self::start_with("python3", args)
+    }
+
+    /// `<python> <args>` (a virtualenv's interpreter), once it has printed its port.
+    pub fn start_with<P, I, S>(python: P, args: I) -> Self
+    where
+        P: AsRef<OsStr>,
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut child = Command::new(python)
             .args(args)
             .stdout(Stdio::piped())
             .spawn()

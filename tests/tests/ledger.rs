@@ -247,16 +247,7 @@ async fn paid_requests_reach_the_ledger_exactly_once_and_redis_keeps_no_aggregat
     assert_eq!(usage["rows"][0]["amount"]["USD"], "0.18", "{usage}");
     let bob = gw.admin_json("/admin/v1/payers/bob", ADMIN).await;
     assert_eq!(bob["usage_30d"][0]["requests"], 6, "{bob}");
-    let export = gw
-        .http
-        .get(gw.admin_url("/admin/v1/events?limit=100"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let export = gw.admin_text("/admin/v1/events?limit=100", ADMIN).await;
     let events: Vec<serde_json::Value> = export
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

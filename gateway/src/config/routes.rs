@@ -62,6 +62,9 @@ pub struct RouteConfig {
     /// `admission` (captured at admission, voided if the upstream answers 400+ or not at all
     /// -- one round trip for a served request).
     pub capture: Option<String>,
+    /// The route proxies an MCP server and prices its tools (`[routes.mcp]`, see `mcp.rs`).
+    #[serde(default)]
+    pub mcp: Option<super::McpConfig>,
 }
 
 /// `rate_limit = { per_second, burst }`.
@@ -97,6 +100,8 @@ pub struct Route {
     pub x402: Option<ExactRoute>,
     /// When a fixed price is captured.
     pub capture: Capture,
+    /// The tools sold, when the route proxies an MCP server.
+    pub mcp: Option<super::McpRoute>,
 }
 
 /// `[[routes.x402]]`: one x402 `exact` offer (EIP-3009 on an EVM chain).
@@ -183,6 +188,7 @@ pub(super) fn validate_routes(
         let price = validate_price(i, &rc.price, currencies)?;
         let x402 = validate_route_x402(i, rc, &price, facilitator)?;
         let capture = validate_capture(i, rc, &price)?;
+        let mcp = super::mcp::validate_mcp(i, rc, currencies, !issuers.is_empty())?;
         if !matches!(price, Price::Free) && issuers.is_empty() && x402.is_none() {
             return Err(invalid(
                 f("price"),
@@ -210,6 +216,7 @@ pub(super) fn validate_routes(
             timeout: Duration::from_millis(rc.timeout_ms),
             x402,
             capture,
+            mcp,
         });
     }
     Ok(routes)

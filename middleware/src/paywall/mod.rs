@@ -64,6 +64,7 @@ mod charged;
 mod holds;
 mod keepalive;
 mod lease;
+pub mod mcp;
 pub(crate) use self::keepalive::HoldKeepalive;
 pub use self::lease::LeaseConfig;
 pub mod idempotency;

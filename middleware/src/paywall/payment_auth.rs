@@ -55,20 +55,29 @@ fn quoted(s: &str) -> String {
     out
 }
 
-/// The `WWW-Authenticate: Payment ...` value for a 402's requirements (`None` when they
-/// offer no native payment, e.g. a free route).
-pub(super) fn challenge(requirements: &Requirements<'_>, realm: &str) -> Option<HeaderValue> {
-    let (offer, extra) = requirements.payment_offer()?;
-    // serde_json's map is sorted by key and `to_vec` is compact: with string values only,
-    // that is the JCS form.
-    let request = json!({
+/// A challenge's `request`: what the payment offer states (strings only), the same object in
+/// `WWW-Authenticate` (JCS, base64url) and in the MCP transport's challenge (native JSON).
+pub(super) fn challenge_request(
+    offer: &super::wire::ReceiptOffer<'_>,
+    extra: &super::wire::PaymentExtra<'_>,
+) -> serde_json::Value {
+    json!({
         "amount": offer.amount,
         "currency": offer.asset,
         "decimals": extra.decimals.to_string(),
         "method": extra.method,
         "recipient": offer.pay_to,
         "route": extra.route,
-    });
+    })
+}
+
+/// The `WWW-Authenticate: Payment ...` value for a 402's requirements (`None` when they
+/// offer no native payment, e.g. a free route).
+pub(super) fn challenge(requirements: &Requirements<'_>, realm: &str) -> Option<HeaderValue> {
+    let (offer, extra) = requirements.payment_offer()?;
+    // serde_json's map is sorted by key and `to_vec` is compact: with string values only,
+    // that is the JCS form.
+    let request = challenge_request(offer, extra);
     let mut v = format!(
         "Payment id={}, realm={}, method={}, intent=\"charge\", request=\"{}\", expires=\"{}\"",
         quoted(&extra.challenge),
