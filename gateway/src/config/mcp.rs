@@ -10,7 +10,7 @@ use tollgate_middleware::money::Currency;
 use tollgate_middleware::Price;
 
 use super::price::{validate_price, PriceConfig};
-use super::{invalid, ConfigError, RouteConfig};
+use super::{invalid, within, ConfigError, RouteConfig};
 
 /// `[routes.mcp]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,7 +21,7 @@ pub struct McpConfig {
     pub tools: BTreeMap<String, McpToolConfig>,
     /// The largest upstream answer to a paid `tools/call` (bytes): it is read whole to find the
     /// result, meter it and add the settlement; a larger one is not delivered (nothing charged).
-    #[serde(default = "default_max_response")]
+    #[serde(default = "super::n64::<{ 4 * 1024 * 1024 }>")]
     pub max_response_bytes: u64,
 }
 
@@ -33,12 +33,7 @@ pub struct McpToolConfig {
     /// read the JSON-RPC response (`json:<pointer>` into it, `response_bytes` its size).
     pub price: PriceConfig,
     /// Shown to agents in offers (default: the route's description and the tool's name).
-    #[serde(default)]
     pub description: Option<String>,
-}
-
-fn default_max_response() -> u64 {
-    4 * 1024 * 1024
 }
 
 /// A validated `[routes.mcp]`.
@@ -82,9 +77,12 @@ pub(super) fn validate_mcp(
             "an MCP route must accept POST (Streamable HTTP sends every message with POST)",
         ));
     }
-    if !(1024..=64 * 1024 * 1024).contains(&mcp.max_response_bytes) {
-        return Err(invalid(f("max_response_bytes"), "must be 1024 to 67108864"));
-    }
+    within(
+        f("max_response_bytes"),
+        mcp.max_response_bytes,
+        1024,
+        64 * 1024 * 1024,
+    )?;
     let mut tools = BTreeMap::new();
     for (name, tool) in &mcp.tools {
         let field = f(&format!("tools.{name}"));
