@@ -50,10 +50,12 @@ fn is_foreign(path: &str) -> bool {
     shape == "issuers[].keys[]"
 }
 
-/// Tables whose keys are names the operator picks (currency codes, header names): a new key is
+/// Tables whose keys are names the operator picks (currency codes, header names, MCP tool names): a new key is
 /// a new entry, refused here because `true` is not an entry's type.
 fn is_name_keyed(path: &str) -> bool {
-    path == "currencies" || path == "x402.facilitator_headers"
+    path == "currencies"
+        || path == "x402.facilitator_headers"
+        || shape(path) == "routes[].mcp.tools"
 }
 
 /// `routes[2].price.meters[0]` -> `routes[].price.meters[]`.
@@ -212,6 +214,10 @@ fn a_bogus_key_in_any_table_of_any_shipped_config_is_refused_by_name() {
         "routes[].price.meters[]",
         "routes[].rate_limit",
         "routes[].x402[]",
+        "routes[].mcp",
+        "routes[].mcp.tools",
+        "routes[].mcp.tools.search",
+        "routes[].mcp.tools.search.price",
         "plans[]",
         "plans[].price",
         "plans[].units",
