@@ -174,8 +174,8 @@ impl BalanceStore for RedisStore {
     }
 
     async fn release_hold(&self, h: &Hold) -> Result<HoldSettleOutcome, StoreError> {
-        let mut conn = self.connection().await?;
         if let Some(p) = h.plan.as_ref().filter(|p| p.covered) {
+            let mut conn = self.connection().await?;
             let mut inv = self.scripts.plan_release.prepare_invoke();
             inv.key(self.done_key(h))
                 .key(self.subscription_key(&h.payer, &p.plan))
