@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod admin_access;
+mod admin_webhooks;
 pub mod config;
 pub mod dashboard;
 pub mod keygen;
@@ -159,6 +160,8 @@ struct Shared {
     admin_tls: bool,
     /// The ledger of record and this replica's drainer (`[ledger]`; not reloadable).
     ledger: Option<ledger::LedgerRuntime>,
+    /// `[[webhooks]]` and their tasks (not reloadable).
+    webhooks: Option<(tollgate_middleware::webhooks::Webhooks, AbortOnDrop)>,
 }
 
 /// A configured gateway, ready to serve. Cheap to clone.
@@ -205,6 +208,11 @@ impl Gateway {
             Some(l) => l.db.clone(),
             None => self.inner().paywall.store().clone(),
         }
+    }
+
+    /// The webhooks (`[[webhooks]]` only).
+    pub fn webhooks(&self) -> Option<&tollgate_middleware::webhooks::Webhooks> {
+        self.0.webhooks.as_ref().map(|(w, _)| w)
     }
 
     /// What this replica's drainer last saw (`[ledger]` only).

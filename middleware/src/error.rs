@@ -503,3 +503,16 @@ mod tests {
         }
     }
 }
+
+/// An error with its causes (`client error (Connect): tcp connect error: Connection refused`):
+/// hyper's and reqwest's own messages name only the stage.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

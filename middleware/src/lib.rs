@@ -71,6 +71,7 @@ pub mod revocations;
 pub mod store;
 pub mod token;
 pub mod traffic;
+pub mod webhooks;
 pub mod x402;
 
 pub use clock::{Clock, ManualClock, SystemClock};

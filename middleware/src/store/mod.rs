@@ -68,6 +68,7 @@ mod lease;
 mod redis;
 pub mod rules;
 mod sqlite;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -86,8 +87,9 @@ pub use self::capability::{
     prelude, AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
     PayerControl, PlanStore, ReceiptStore, SettlementQueue, Store, PAYER_SCAN_MAX,
 };
-pub use self::event::{event_order, utc_day, UsageEvent};
+pub use self::event::{event_order, iso_time, utc_day, UsageEvent};
 pub use self::lease::{LeaseResize, LeaseStatus, LeaseStore, LeaseSync, LeaseSynced};
+pub use self::webhook::WebhookOutbox;
 
 /// Number of payer buckets (hash tags). Changing it re-homes every key: never change it on a
 /// live deployment.

@@ -24,6 +24,7 @@ mod plans;
 mod queue;
 mod receipts;
 mod scripts;
+mod webhook;
 
 use self::scripts::Scripts;
 

@@ -53,4 +53,8 @@ scripts! {
     drain_lease: ["drain_lease"],
     lease: ["totals", "lease"],
     backlog: ["backlog"],
+    webhook_advance: ["webhook_advance"],
+    webhook_claim: ["webhook_claim"],
+    webhook_finish: ["webhook_finish"],
+    webhook_replay: ["webhook_replay"],
 }

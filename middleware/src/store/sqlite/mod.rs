@@ -33,6 +33,7 @@ mod queue;
 mod receipts;
 mod requests;
 mod tx;
+mod webhook;
 
 use tx::Tx;
 
@@ -264,6 +265,8 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), OpenError> {
         "CREATE TABLE IF NOT EXISTS lease_batches (lease TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;",
     )
     .map_err(err)?;
+    // Added within version 1 (tables an older tollgate never reads): the webhook outbox.
+    conn.execute_batch(webhook::SCHEMA).map_err(err)?;
     Ok(())
 }
 
