@@ -18,6 +18,7 @@ mod receipts;
 mod requests;
 mod support;
 mod voids;
+mod webhooks;
 
 /// Instantiate every body for every backend: `sqlite::<body>`, `sqlite_file::<body>`, `redis::<body>` (a server of
 /// its own per test) and one `cluster::every_body` that runs them all on one cluster, each
@@ -96,6 +97,7 @@ conformance! {
     queue::deferred_queue,
     requests::request_idempotency,
     ledger::payer_events_newest_first,
+    webhooks::outbox_lifecycle,
 }
 
 /// The request idempotency body on Redis, then its keys: one hash per (payer, key), in the
