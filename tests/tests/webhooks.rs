@@ -325,6 +325,16 @@ async fn a_failed_delivery_is_kept_and_replayed() {
     );
     let v = gw.admin_json("/admin/v1/webhooks/failures", ADMIN).await;
     assert_eq!(v["failures"], json!([]));
+    // The admin OpenAPI document describes the webhook endpoints.
+    let openapi = gw.admin_json("/admin/v1/openapi.json", ADMIN).await;
+    for (path, method) in [
+        ("/admin/v1/webhooks", "get"),
+        ("/admin/v1/webhooks/failures", "get"),
+        ("/admin/v1/webhooks/{endpoint}/failures/{id}/replay", "post"),
+        ("/admin/v1/payers/{id}/balance-low", "put"),
+    ] {
+        assert!(openapi["paths"][path][method].is_object(), "{path}");
+    }
     // A threshold in a currency that is not configured, or not a decimal: 400 problems.
     for body in [
         json!({"currency": "EUR", "threshold": "1"}),

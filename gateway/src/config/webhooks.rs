@@ -155,3 +155,92 @@ fn check_url(url: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const SECRET_ENV: &str = "TOLLGATE_CONFIG_TEST_WEBHOOK_SECRET";
+
+    fn check(hook: &str) -> Result<(), String> {
+        std::env::set_var(SECRET_ENV, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        std::env::set_var("TOLLGATE_CONFIG_TEST_SHORT_SECRET", "whsec_c2hvcnQ=");
+        let text = format!(
+            "merchant = \"m\"\n[currencies.USD]\nscale = 6\nbalance_low = \"0.5\"\n\
+             [[routes]]\nid = \"f\"\npath = \"/f\"\nupstream = \"http://127.0.0.1:9\"\n\
+             price = \"free\"\n[[webhooks]]\n{hook}"
+        );
+        let cfg = Config::from_str(&text).map_err(|e| e.to_string())?;
+        cfg.validate(std::path::Path::new("."))
+            .map(|v| {
+                assert_eq!(v.thresholds["USD"].1, 500_000);
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    /// Every bad field is named, with what would be valid.
+    #[test]
+    fn bad_webhooks_are_named() {
+        let ok = format!(
+            "id = \"ops\"\nurl = \"https://hooks.example.com/t\"\nevents = [\"balance.low\"]\nsecret_env = \"{SECRET_ENV}\"\n"
+        );
+        check(&ok).unwrap();
+        let with = |from: &str, to: &str| ok.replace(from, to);
+        for (hook, field, says) in [
+            (
+                with("balance.low", "balance.lo"),
+                "webhooks[0].events[0]",
+                "unknown event type \"balance.lo\"; known: balance.low",
+            ),
+            (
+                with("balance.low", "refund.created"),
+                "webhooks[0].events[0]",
+                "not emitted by this version",
+            ),
+            (
+                with("[\"balance.low\"]", "[]"),
+                "webhooks[0].events",
+                "at least one",
+            ),
+            (
+                with("https://hooks.example.com/t", "ftp://x"),
+                "webhooks[0].url",
+                "must start with https://",
+            ),
+            (
+                with("https://hooks.example.com/t", "https:///t"),
+                "webhooks[0].url",
+                "names no host",
+            ),
+            (
+                with(SECRET_ENV, "TOLLGATE_CONFIG_TEST_UNSET"),
+                "webhooks[0].secret_env",
+                "is not set",
+            ),
+            (
+                with(SECRET_ENV, "TOLLGATE_CONFIG_TEST_SHORT_SECRET"),
+                "webhooks[0].secret_env",
+                "at least 16 bytes",
+            ),
+            (
+                with("id = \"ops\"", "id = \"a b\""),
+                "webhooks[0].id",
+                "letters, digits",
+            ),
+            (
+                format!("{ok}max_attempts = 0\n"),
+                "webhooks[0].max_attempts",
+                "must be 1 to 100",
+            ),
+        ] {
+            let err = check(&hook).unwrap_err();
+            assert!(err.contains(field) && err.contains(says), "{hook}: {err}");
+        }
+        let twice = format!("{ok}[[webhooks]]\n{ok}");
+        let err = check(&twice).unwrap_err();
+        assert!(
+            err.contains("webhooks[1].id") && err.contains("used twice"),
+            "{err}"
+        );
+    }
+}
