@@ -125,6 +125,10 @@ pub fn router(gw: crate::Gateway, token: &str) -> Router {
         )
         .route("/admin/v1/webhooks", get(crate::admin_webhooks::endpoints))
         .route(
+            "/admin/v1/risk/decisions",
+            get(crate::admin_risk::decisions),
+        )
+        .route(
             "/admin/v1/webhooks/failures",
             get(crate::admin_webhooks::failures),
         )

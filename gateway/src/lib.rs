@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod admin_access;
+mod admin_risk;
 mod admin_webhooks;
 pub mod config;
 pub mod dashboard;

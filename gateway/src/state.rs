@@ -68,7 +68,8 @@ impl Gateway {
             tokio::spawn(settler.run());
         }
         let listener_tls = validated.listener_tls.clone();
-        let inner = build_inner(config, validated, secret, store, None).await?;
+        let hooks = webhooks.as_ref().map(|(w, _)| w.clone());
+        let inner = build_inner(config, validated, secret, store, None, hooks).await?;
         Ok(Gateway(Arc::new(Shared {
             ledger,
             current: std::sync::RwLock::new(Arc::new(inner)),
@@ -121,7 +122,9 @@ impl Gateway {
             tracing::info!("reload: [store] changed; connecting the new store");
             build_store(&config).await?
         };
-        let inner = build_inner(&config, validated, &self.0.secret, store, Some(&old)).await?;
+        let hooks = self.webhooks().cloned();
+        let inner =
+            build_inner(&config, validated, &self.0.secret, store, Some(&old), hooks).await?;
         let routes = inner.routes.len();
         if let Ok(mut current) = self.0.current.write() {
             *current = Arc::new(inner);
@@ -196,6 +199,7 @@ pub(crate) async fn build_inner(
     secret: &[u8],
     store: Arc<dyn Store>,
     previous: Option<&Inner>,
+    webhooks: Option<Webhooks>,
 ) -> Result<Inner, BuildError> {
     let r = &config.receipts;
     let policy = ReceiptPolicy {
@@ -213,6 +217,10 @@ pub(crate) async fn build_inner(
         .agent_api(config.agent.api_prefix.clone());
     if let Some(l) = &config.store.lease {
         builder = builder.leases(l.to_config());
+    }
+    builder = builder.risk(validated.risk.clone());
+    if let Some(w) = webhooks {
+        builder = builder.webhooks(w);
     }
     if let Some(f) = validated.x402_facilitator.clone() {
         check_facilitator(f, &validated);

@@ -68,6 +68,7 @@ pub mod price;
 pub mod receipt;
 pub mod receipt_amount;
 pub mod revocations;
+pub mod risk;
 pub mod store;
 pub mod token;
 pub mod traffic;

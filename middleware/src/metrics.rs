@@ -61,6 +61,8 @@ pub struct Metrics {
     pub lease_charges: IntCounter,
     /// This replica's balance leases found lapsed at a sync (a pause longer than the ttl).
     pub lease_lapsed: IntCounter,
+    /// Risk rule hits, by rule and action.
+    pub risk_decisions: IntCounterVec,
     /// Webhook messages written to the outbox, by type.
     pub webhook_messages: IntCounterVec,
     /// Webhook delivery attempts, by endpoint and outcome (`delivered`, `retried`, `failed`).
@@ -181,6 +183,11 @@ impl Metrics {
                 "x402 deferred settlement attempts by outcome.",
                 &["outcome"],
             ),
+            risk_decisions: counter(
+                "tollgate_risk_decisions_total",
+                "Risk rule hits, by rule and action (flag, refuse, block).",
+                &["rule", "action"],
+            ),
             webhook_messages: counter(
                 "tollgate_webhook_messages_total",
                 "Webhook messages written to the outbox, by type.",
@@ -240,6 +247,7 @@ impl Metrics {
         let _ = r.register(Box::new(m.lease_syncs.clone()));
         let _ = r.register(Box::new(m.lease_charges.clone()));
         let _ = r.register(Box::new(m.lease_lapsed.clone()));
+        let _ = r.register(Box::new(m.risk_decisions.clone()));
         let _ = r.register(Box::new(m.webhook_messages.clone()));
         let _ = r.register(Box::new(m.webhook_deliveries.clone()));
         let _ = r.register(Box::new(m.webhook_pending.clone()));

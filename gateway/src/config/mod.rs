@@ -13,6 +13,7 @@ mod ledger;
 mod mcp;
 mod plans;
 mod price;
+mod risk;
 mod routes;
 mod store;
 mod tls;
@@ -36,6 +37,7 @@ pub use ledger::{LedgerConfig, LEDGER_PASSWORD_ENV};
 pub use mcp::{McpConfig, McpRoute, McpToolConfig};
 pub use plans::{MoneyConfig, PlanConfig, PlanUnitsConfig};
 pub use price::{MeterConfig, PriceConfig};
+pub use risk::RiskConfig;
 pub use routes::{Capture, ExactOfferConfig, RateLimitConfig, Route, RouteConfig};
 pub use store::{StoreConfig, StoreKind, SyncMode};
 pub use tls::{TlsConfig, UpstreamTlsConfig};
@@ -226,6 +228,9 @@ pub struct Config {
     /// `[[webhooks]]`: signed event deliveries.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// `[[risk]]`: risk rules.
+    #[serde(default)]
+    pub risk: Vec<RiskConfig>,
 }
 
 /// `[agent]`.
@@ -446,6 +451,7 @@ impl Config {
         let plans = validate_plans(&self.plans, &currencies, &routes)?;
         let (webhooks, thresholds) =
             webhooks::validate_webhooks(&self.webhooks, &self.currencies, &currencies)?;
+        let risk = risk::validate_risk(&self.risk, &currencies, &routes)?;
         let currencies = currencies
             .into_iter()
             .map(|(code, c)| {
@@ -462,6 +468,7 @@ impl Config {
             listener_tls,
             webhooks,
             thresholds,
+            risk,
         })
     }
 }
@@ -539,6 +546,8 @@ pub struct Validated {
     pub webhooks: Vec<tollgate_middleware::webhooks::Endpoint>,
     /// `balance.low` thresholds per currency (atomic units).
     pub thresholds: BTreeMap<String, (Currency, u64)>,
+    /// Risk rules.
+    pub risk: Vec<tollgate_middleware::risk::RiskRule>,
 }
 
 #[cfg(test)]

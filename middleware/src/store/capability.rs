@@ -180,6 +180,21 @@ pub trait PayerControl: Send + Sync + std::fmt::Debug + 'static {
 
     /// Block or unblock a payer.
     async fn set_blocked(&self, payer: &str, blocked: bool) -> Result<(), StoreError>;
+
+    /// Check a request against risk rules and count it, in one atomic step per slot (see
+    /// [`crate::risk`]): when the most severe hit refuses or blocks, no payer counter moves
+    /// (and `block` blocks the payer); otherwise every counter moves. A new payer within its
+    /// issuer's cap is counted whatever the other rules say. Each hit is logged.
+    async fn risk(
+        &self,
+        c: &crate::risk::RiskCheck<'_>,
+    ) -> Result<crate::risk::RiskOutcome, StoreError>;
+
+    /// The latest risk decisions, newest first, at most `limit`.
+    async fn risk_decisions(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::risk::RiskDecision>, StoreError>;
 }
 
 /// Mandates: revocation and the payer's mandates with their window use.

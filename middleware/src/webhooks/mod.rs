@@ -50,16 +50,19 @@ pub enum EventKind {
     SettlementFailed,
     /// Charges recorded in the ledger, in batches.
     ChargeCaptured,
+    /// A risk rule with `action = "flag"` triggered (the request was served).
+    RiskFlagged,
 }
 
 impl EventKind {
     /// Every event type, by name.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::BalanceLow,
         EventKind::BalanceDepleted,
         EventKind::PayerBlocked,
         EventKind::SettlementFailed,
         EventKind::ChargeCaptured,
+        EventKind::RiskFlagged,
     ];
 
     /// Event types of the issue that this version does not emit yet (refused in a config, not
@@ -79,6 +82,7 @@ impl EventKind {
             EventKind::PayerBlocked => "payer.blocked",
             EventKind::SettlementFailed => "settlement.failed",
             EventKind::ChargeCaptured => "charge.captured",
+            EventKind::RiskFlagged => "risk.flagged",
         }
     }
 

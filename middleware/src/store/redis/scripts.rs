@@ -57,4 +57,6 @@ scripts! {
     webhook_claim: ["webhook_claim"],
     webhook_finish: ["webhook_finish"],
     webhook_replay: ["webhook_replay"],
+    risk: ["risk"],
+    risk_new: ["risk_new"],
 }

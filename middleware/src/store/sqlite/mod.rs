@@ -32,6 +32,7 @@ mod ledger;
 mod queue;
 mod receipts;
 mod requests;
+mod risk;
 mod tx;
 mod webhook;
 
@@ -267,6 +268,7 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), OpenError> {
     .map_err(err)?;
     // Added within version 1 (tables an older tollgate never reads): the webhook outbox.
     conn.execute_batch(webhook::SCHEMA).map_err(err)?;
+    conn.execute_batch(risk::SCHEMA).map_err(err)?;
     Ok(())
 }
 

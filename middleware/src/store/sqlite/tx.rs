@@ -629,6 +629,7 @@ impl<'c> Tx<'c> {
             "settled",
             "idempotency",
             "mandate_holds",
+            "risk_counters",
         ] {
             self.exec(&format!("DELETE FROM {table} WHERE until_ms <= ?1"), [now])?;
         }
