@@ -16,6 +16,7 @@ mod plans;
 mod queue;
 mod receipts;
 mod requests;
+mod risk;
 mod support;
 mod voids;
 mod webhooks;
@@ -98,6 +99,7 @@ conformance! {
     requests::request_idempotency,
     ledger::payer_events_newest_first,
     webhooks::outbox_lifecycle,
+    risk::risk_rules,
 }
 
 /// The request idempotency body on Redis, then its keys: one hash per (payer, key), in the

@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS risk_log (
     n INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL, payer TEXT NOT NULL,
     route TEXT NOT NULL, rule TEXT NOT NULL, action TEXT NOT NULL, value INTEGER NOT NULL,
     lim INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS risk_log_by_time ON risk_log (time_ms, n);
 ";
 
 type R<T> = Result<T, StoreError>;
@@ -152,7 +153,7 @@ impl SqliteStore {
         self.run(move |t| {
             t.rows(
                 "SELECT time_ms, payer, route, rule, action, value, lim FROM risk_log \
-                 ORDER BY n DESC LIMIT ?1",
+                 ORDER BY time_ms DESC, n DESC LIMIT ?1",
                 params![limit],
                 |r| {
                     let action: String = r.get(4)?;
