@@ -150,6 +150,14 @@ impl LedgerStore for Flaky {
     ) -> Result<Vec<UsageEvent>, StoreError> {
         self.inner.payer_events(p, b, l).await
     }
+    async fn bucket_events_after(
+        &self,
+        bucket: u64,
+        a: Option<&str>,
+        l: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        self.inner.bucket_events_after(bucket, a, l).await
+    }
 }
 
 #[async_trait]
@@ -164,6 +172,20 @@ impl PayerControl for Flaky {
 
     async fn set_blocked(&self, p: &str, b: bool) -> Result<(), StoreError> {
         self.inner.set_blocked(p, b).await
+    }
+
+    async fn risk(
+        &self,
+        c: &tollgate_middleware::risk::RiskCheck<'_>,
+    ) -> Result<tollgate_middleware::risk::RiskOutcome, StoreError> {
+        self.inner.risk(c).await
+    }
+
+    async fn risk_decisions(
+        &self,
+        l: usize,
+    ) -> Result<Vec<tollgate_middleware::risk::RiskDecision>, StoreError> {
+        self.inner.risk_decisions(l).await
     }
 }
 
@@ -258,6 +280,59 @@ impl IdempotencyStore for Flaky {
 impl LeaseStore for Flaky {
     async fn lease_sync(&self, s: &LeaseSync<'_>) -> Result<LeaseSynced, StoreError> {
         self.inner.lease_sync(s).await
+    }
+}
+
+/// The webhook outbox is not under test here: the inner store's.
+#[async_trait]
+impl WebhookOutbox for Flaky {
+    async fn webhook_state(
+        &self,
+        b: u64,
+        k: &[String],
+    ) -> Result<(Option<String>, std::collections::BTreeMap<String, String>), StoreError> {
+        self.inner.webhook_state(b, k).await
+    }
+    async fn webhook_advance(&self, a: &webhook::OutboxAdvance) -> Result<bool, StoreError> {
+        self.inner.webhook_advance(a).await
+    }
+    async fn webhook_enqueue(
+        &self,
+        b: u64,
+        m: &[webhook::WebhookMessage],
+    ) -> Result<Vec<webhook::WebhookMessage>, StoreError> {
+        self.inner.webhook_enqueue(b, m).await
+    }
+    async fn webhook_claim(
+        &self,
+        c: &webhook::DeliveryClaim<'_>,
+    ) -> Result<Option<webhook::DeliveryHead>, StoreError> {
+        self.inner.webhook_claim(c).await
+    }
+    async fn webhook_finish(&self, f: &webhook::DeliveryFinish<'_>) -> Result<bool, StoreError> {
+        self.inner.webhook_finish(f).await
+    }
+    async fn webhook_failures(&self, l: usize) -> Result<Vec<webhook::FailedDelivery>, StoreError> {
+        self.inner.webhook_failures(l).await
+    }
+    async fn webhook_replay(
+        &self,
+        e: &str,
+        id: &str,
+    ) -> Result<Option<webhook::WebhookMessage>, StoreError> {
+        self.inner.webhook_replay(e, id).await
+    }
+    async fn webhook_backlog(
+        &self,
+        e: &[String],
+    ) -> Result<Vec<webhook::OutboxBacklog>, StoreError> {
+        self.inner.webhook_backlog(e).await
+    }
+    async fn webhook_trim(&self, b: u64, e: &[String]) -> Result<u64, StoreError> {
+        self.inner.webhook_trim(b, e).await
+    }
+    async fn webhook_set(&self, b: u64, k: &str, v: Option<&str>) -> Result<(), StoreError> {
+        self.inner.webhook_set(b, k, v).await
     }
 }
 
