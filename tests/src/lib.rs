@@ -38,6 +38,7 @@ pub mod process;
 pub mod python;
 mod redis_servers;
 pub mod tools;
+pub mod webhook_receiver;
 
 pub use redis_servers::{RedisCluster, RedisServer};
 

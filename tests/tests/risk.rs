@@ -6,12 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tollgate_e2e::process::free_port;
-use tollgate_e2e::python::PythonServer;
 use tollgate_e2e::*;
 
 const ADMIN: &str = "admin-token-0123456789";
@@ -113,25 +111,17 @@ async fn two_replicas_share_a_payers_limit_and_a_flood_spares_others() {
     }
 }
 
-fn python() -> Option<PathBuf> {
-    tools::installed(
-        "TOLLGATE_WEBHOOKS_PYTHON",
-        ".cache/tollgate-webhooks-venv/bin/python",
-        "TOLLGATE_REQUIRE_WEBHOOKS",
-        "tests/webhooks/setup.sh",
-    )
-}
-
 /// A flag serves and reports; a block refuses, blocks and reports; neither charges what it
 /// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn flag_and_block_are_reported() {
-    let Some(py) = python() else { return };
+    let Some(py) = webhook_receiver::python() else {
+        return;
+    };
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     std::env::set_var("TOLLGATE_TEST_RISK_WEBHOOK_SECRET", SECRET);
     let port = free_port();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/webhooks/receiver.py");
-    let _receiver = PythonServer::start_with(&py, [script, SECRET, &port.to_string(), ""]);
+    let _receiver = webhook_receiver::start(&py, SECRET, port, "");
     let wallet = TestIssuer::ed25519("wallet");
     let up = upstream().await;
     let rules = format!(
@@ -170,17 +160,11 @@ async fn flag_and_block_are_reported() {
     // The receiver gets one risk.flagged and one payer.blocked (by risk), signed.
     let start = Instant::now();
     let attempts = loop {
-        let v: Value = reqwest::get(format!("http://127.0.0.1:{port}/received"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let a = v["attempts"].as_array().unwrap().clone();
+        let a = webhook_receiver::attempts(port).await;
         if a.len() >= 2 {
             break a;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "{v}");
+        assert!(start.elapsed() < Duration::from_secs(15), "{a:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tokio::time::sleep(Duration::from_millis(500)).await;

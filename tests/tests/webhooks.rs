@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -21,28 +21,12 @@ const ADMIN: &str = "admin-token-0123456789";
 const SECRET_ENV: &str = "TOLLGATE_TEST_WEBHOOK_SECRET";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-fn python() -> Option<PathBuf> {
-    tools::installed(
-        "TOLLGATE_WEBHOOKS_PYTHON",
-        ".cache/tollgate-webhooks-venv/bin/python",
-        "TOLLGATE_REQUIRE_WEBHOOKS",
-        "tests/webhooks/setup.sh",
-    )
-}
-
-fn receiver(python: &PathBuf, port: u16, plan: &str) -> PythonServer {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/webhooks/receiver.py");
-    PythonServer::start_with(python, [script, SECRET, &port.to_string(), plan])
+fn receiver(python: &Path, port: u16, plan: &str) -> PythonServer {
+    webhook_receiver::start(python, SECRET, port, plan)
 }
 
 async fn attempts(port: u16) -> Vec<Value> {
-    let v: Value = reqwest::get(format!("http://127.0.0.1:{port}/received"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["attempts"].as_array().unwrap().clone()
+    webhook_receiver::attempts(port).await
 }
 
 fn hook(port: u16, events: &str, max_attempts: u32) -> String {
@@ -91,7 +75,9 @@ fn processed(attempts: &[Value]) -> BTreeMap<String, Value> {
 }
 
 async fn every_event_once(builder: GatewayBuilder) {
-    let Some(py) = python() else { return };
+    let Some(py) = webhook_receiver::python() else {
+        return;
+    };
     std::env::set_var(SECRET_ENV, SECRET);
     let port = free_port();
     let wallet = TestIssuer::ed25519("wallet");
@@ -250,7 +236,9 @@ async fn every_event_once_on_redis() {
 /// same id (to this endpoint only); a second replay finds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_delivery_is_kept_and_replayed() {
-    let Some(py) = python() else { return };
+    let Some(py) = webhook_receiver::python() else {
+        return;
+    };
     std::env::set_var(SECRET_ENV, SECRET);
     let port = free_port();
     let up = upstream().await;
@@ -360,7 +348,9 @@ async fn a_failed_delivery_is_kept_and_replayed() {
 /// `plan.exhausted` once when a period's included calls are used up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mandate_budgets_and_plans_are_reported_once() {
-    let Some(py) = python() else { return };
+    let Some(py) = webhook_receiver::python() else {
+        return;
+    };
     std::env::set_var(SECRET_ENV, SECRET);
     let port = free_port();
     let _receiver = receiver(&py, port, "");

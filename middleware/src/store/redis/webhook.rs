@@ -86,6 +86,22 @@ impl RedisStore {
     fn failed_key(&self, b: u64) -> String {
         self.key(b, "wh:failed")
     }
+
+    /// An endpoint's position in a bucket (`None`: it has not started there).
+    async fn position_done(
+        &self,
+        conn: &mut Conn,
+        endpoint: &str,
+        b: u64,
+    ) -> Result<Option<String>, StoreError> {
+        self.bounded(
+            redis::cmd("HGET")
+                .arg(self.position_key(endpoint, b))
+                .arg("done")
+                .query_async(conn),
+        )
+        .await
+    }
 }
 
 #[async_trait]
@@ -292,14 +308,7 @@ impl WebhookOutbox for RedisStore {
         for e in endpoints {
             let mut total = OutboxBacklog::default();
             for b in 0..BUCKETS {
-                let done: Option<String> = self
-                    .bounded(
-                        redis::cmd("HGET")
-                            .arg(self.position_key(e, b))
-                            .arg("done")
-                            .query_async(&mut conn),
-                    )
-                    .await?;
+                let done = self.position_done(&mut conn, e, b).await?;
                 let from = done.map_or("-".to_owned(), |d| format!("({d}"));
                 let ids: Vec<(String, Vec<(String, String)>)> = self
                     .bounded(
@@ -330,15 +339,7 @@ impl WebhookOutbox for RedisStore {
         let mut conn = self.connection().await?;
         let mut floor: Option<(u64, u64)> = None;
         for e in endpoints {
-            let done: Option<String> = self
-                .bounded(
-                    redis::cmd("HGET")
-                        .arg(self.position_key(e, b))
-                        .arg("done")
-                        .query_async(&mut conn),
-                )
-                .await?;
-            let Some(done) = done else {
+            let Some(done) = self.position_done(&mut conn, e, b).await? else {
                 // This endpoint has not started: everything is still to deliver.
                 return Ok(0);
             };
