@@ -49,7 +49,7 @@ pub(crate) fn catalog_json(inner: &Inner) -> serde_json::Value {
         .routes
         .iter()
         .map(|m| {
-            let c = &m.route.config;
+            let c = &*m.route;
             let price = price_json(&m.route.price);
             let mut route = json!({
                 "id": c.id,

@@ -121,7 +121,7 @@ fn payment_required() -> Value {
 }
 
 fn operation(m: &Matched, method: &str, info: &Value) -> Value {
-    let c = &m.route.config;
+    let c = &*m.route;
     let mut op = json!({
         "operationId": if methods(m).len() > 1 { format!("{}_{method}", c.id) } else { c.id.clone() },
         "summary": m.priced.description,
@@ -155,7 +155,7 @@ fn openapi_doc(inner: &Inner, base: &str) -> Value {
             continue;
         };
         let item = paths
-            .entry(m.route.config.path.clone())
+            .entry(m.route.path.clone())
             .or_insert_with(|| json!({}));
         for method in methods(m) {
             // The first route for a path and method is the one that matches.
@@ -218,7 +218,7 @@ fn llms_text(inner: &Inner, base: &str) -> String {
     );
     let _ = writeln!(s, "## What is sold\n");
     for m in &inner.routes {
-        let c = &m.route.config;
+        let c = &*m.route;
         let methods = if m.route.methods.is_empty() {
             "any method".to_owned()
         } else {

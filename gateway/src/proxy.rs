@@ -233,7 +233,7 @@ impl Proxy {
         parts.uri = uri;
         // HTTP/1.1 on an HTTP/1 connection; an HTTP/2 one (ALPN) sends HTTP/2 whatever this says.
         parts.version = http::Version::HTTP_11;
-        let limit = usize::try_from(route.config.max_body_bytes).unwrap_or(usize::MAX);
+        let limit = usize::try_from(route.max_body_bytes).unwrap_or(usize::MAX);
         // Count forwarded request bytes for `request_bytes` meters.
         let counter = parts.extensions.get::<RequestBodyCounter>().cloned();
         let body = Limited::new(body, limit).map_frame(move |frame| {
@@ -281,11 +281,11 @@ impl Prepared {
         let sent = tokio::time::timeout(route.timeout, client.request(request)).await;
         tollgate_middleware::metrics::global()
             .upstream_seconds
-            .with_label_values(&[route.config.id.as_str()])
+            .with_label_values(&[route.id.as_str()])
             .observe(started.elapsed().as_secs_f64());
         match sent {
             Err(_) => {
-                tracing::warn!(route = %route.config.id, upstream = %route.config.upstream, request_id = %request_id, timeout_ms = route.timeout.as_millis() as u64, "upstream timed out");
+                tracing::warn!(route = %route.id, upstream = %route.upstream, request_id = %request_id, timeout_ms = route.timeout.as_millis() as u64, "upstream timed out");
                 Err(problem(
                     ErrorCode::UpstreamTimeout,
                     "the upstream did not answer in time; nothing was charged",
@@ -300,7 +300,7 @@ impl Prepared {
                 }
                 // The chain says why, e.g. `client error (Connect): invalid peer certificate:
                 // UnknownIssuer` for an https upstream whose certificate is not trusted.
-                tracing::warn!(route = %route.config.id, upstream = %route.config.upstream, request_id = %request_id, error = %error_chain(&e), "upstream request failed");
+                tracing::warn!(route = %route.id, upstream = %route.upstream, request_id = %request_id, error = %error_chain(&e), "upstream request failed");
                 Err(problem(
                     ErrorCode::UpstreamUnavailable,
                     "the upstream could not be reached; nothing was charged",

@@ -15,7 +15,7 @@ impl Inner {
             .or_else(|| req.uri().host().map(str::as_bytes))
             .map(path::host_name);
         self.routes.iter().find(|m| {
-            let c = &m.route.config;
+            let c = &*m.route;
             path::under_prefix(path, &c.path)
                 && c.host.as_ref().is_none_or(|want| {
                     host.is_some_and(|h| h.eq_ignore_ascii_case(want.as_bytes()))
@@ -87,7 +87,7 @@ pub(crate) async fn route_request(gw: Gateway, mut req: Request) -> (String, Res
             "no route matches this path",
         ));
     };
-    (m.route.config.id.clone(), serve_route(&inner, m, req).await)
+    (m.route.id.clone(), serve_route(&inner, m, req).await)
 }
 
 pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) -> Response {
@@ -113,13 +113,10 @@ pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) ->
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > route.config.max_body_bytes) {
+    if declared.is_some_and(|n| n > route.max_body_bytes) {
         return problem(
             ErrorCode::BodyTooLarge,
-            &format!(
-                "request body larger than {} bytes",
-                route.config.max_body_bytes
-            ),
+            &format!("request body larger than {} bytes", route.max_body_bytes),
         );
     }
     if let Some(tools) = &m.tools {
@@ -141,7 +138,7 @@ pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) ->
         if upgrade::is_websocket(&req) {
             return m.proxy.forward_upgrade(req).await;
         }
-        return forward_counted(&m.proxy, &route.config.id, req).await;
+        return forward_counted(&m.proxy, &route.id, req).await;
     }
     if upgrade::is_websocket(&req) {
         // Before the payment layer: no challenge, no charge, and never a free pass.
@@ -155,9 +152,7 @@ pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) ->
     let proxy = m.proxy.clone();
     let upstream = tower::service_fn(move |req: Request| {
         let (proxy, route) = (proxy.clone(), route.clone());
-        async move {
-            Ok::<_, std::convert::Infallible>(forward_counted(&proxy, &route.config.id, req).await)
-        }
+        async move { Ok::<_, std::convert::Infallible>(forward_counted(&proxy, &route.id, req).await) }
     });
     let paid = PaymentLayer::new(inner.paywall.clone(), Arc::new(RouteFromExtension));
     match tower::Layer::layer(&paid, upstream).oneshot(req).await {

@@ -157,9 +157,8 @@ fn start_webhooks(
         .routes
         .iter()
         .filter_map(|r| {
-            let group = r.config.group.as_deref().unwrap_or(&r.config.id);
-            let plan = v.plans.iter().find(|p| p.covers(group))?;
-            Some((r.config.id.clone(), plan.id.clone()))
+            let plan = v.plans.iter().find(|p| p.covers(r.group_name()))?;
+            Some((r.id.clone(), plan.id.clone()))
         })
         .collect();
     let config = WebhookConfig {
@@ -254,7 +253,7 @@ pub(crate) async fn build_inner(
     }
     for route in &validated.routes {
         let currency = route.price.currency().map(|c| c.code());
-        metrics.init_route(&route.config.id, currency);
+        metrics.init_route(&route.id, currency);
     }
     for plan in &validated.plans {
         builder = builder.plan(plan.clone());
@@ -296,7 +295,7 @@ pub(crate) async fn build_inner(
         .into_iter()
         .map(|route| {
             let proxy = proxies.for_trust(&route.trust, previous.map(|p| &p.proxies));
-            let c = &route.config;
+            let c = &route;
             let priced = PricedRoute::new(c.id.clone(), route.price.clone())
                 .description(
                     c.description
@@ -315,10 +314,7 @@ pub(crate) async fn build_inner(
                 None => priced,
             };
             let priced = match c.rate_limit {
-                Some(rl) => priced.rate_limit(tollgate_middleware::store::RateLimit {
-                    per_second: rl.per_second,
-                    burst: rl.burst.unwrap_or(rl.per_second),
-                }),
+                Some(rl) => priced.rate_limit(rl),
                 None => priced,
             };
             let tools = route

@@ -65,7 +65,7 @@ impl Proxy {
             Err(refused) => return refused,
         };
         keep_upgrade(prepared.request.headers_mut(), upgrade);
-        let route = prepared.route.config.id.clone();
+        let route = prepared.route.id.clone();
         let mut res = match prepared.send(&self.upgrades).await {
             Ok(res) => res,
             Err(refused) => return refused,

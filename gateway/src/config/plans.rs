@@ -86,9 +86,7 @@ pub(super) fn validate_plans(
                     format!("group {g:?} is already sold in another plan"),
                 ));
             }
-            let known = routes
-                .iter()
-                .any(|r| r.config.group.as_deref().unwrap_or(&r.config.id) == g);
+            let known = routes.iter().any(|r| r.group_name() == g);
             if !known {
                 return Err(invalid(f("groups"), format!("no route is in group {g:?}")));
             }

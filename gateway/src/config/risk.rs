@@ -197,9 +197,7 @@ pub(super) fn validate_risk(
                 ));
             }
             for g in groups {
-                let known = routes
-                    .iter()
-                    .any(|x| x.config.group.as_deref().unwrap_or(&x.config.id) == g);
+                let known = routes.iter().any(|x| x.group_name() == g);
                 if !known {
                     return Err(invalid(f("groups"), format!("no route is in group {g:?}")));
                 }

@@ -81,11 +81,32 @@ fn default_mime() -> String {
     "application/json".into()
 }
 
+impl Route {
+    /// Its group: the configured one, else its id.
+    pub fn group_name(&self) -> &str {
+        self.group.as_deref().unwrap_or(&self.id)
+    }
+}
+
 /// A validated route, ready to serve.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// As configured.
-    pub config: RouteConfig,
+    /// Its id (metrics label, ledger `route`).
+    pub id: String,
+    /// The path prefix it serves (canonical form).
+    pub path: String,
+    /// The `Host` it answers for (`None`: any).
+    pub host: Option<String>,
+    /// Its group (plans, mandates, risk rules); `None`: the route's id is its group.
+    pub group: Option<String>,
+    /// Largest request body accepted (bytes).
+    pub max_body_bytes: u64,
+    /// Catalog and 402 description.
+    pub description: Option<String>,
+    /// MIME type of the paid response.
+    pub mime_type: String,
+    /// Per-payer rate limit (burst resolved).
+    pub rate_limit: Option<tollgate_middleware::store::RateLimit>,
     /// Upper-case methods (empty: any).
     pub methods: Vec<http::Method>,
     /// Parsed upstream.
@@ -208,7 +229,19 @@ pub(super) fn validate_routes(
             }
         }
         routes.push(Route {
-            config: rc.clone(),
+            id: rc.id.clone(),
+            path: rc.path.clone(),
+            host: rc.host.clone(),
+            group: rc.group.clone(),
+            max_body_bytes: rc.max_body_bytes,
+            description: rc.description.clone(),
+            mime_type: rc.mime_type.clone(),
+            rate_limit: rc
+                .rate_limit
+                .map(|rl| tollgate_middleware::store::RateLimit {
+                    per_second: rl.per_second,
+                    burst: rl.burst.unwrap_or(rl.per_second),
+                }),
             methods,
             upstream,
             trust,

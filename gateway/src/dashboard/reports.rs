@@ -252,7 +252,7 @@ pub(crate) async fn traffic(
     let mut by_route = tollgate_middleware::traffic::by_route(&series);
     let mut routes: Vec<Value> = Vec::new();
     for m in &admin.gateway().inner().routes {
-        let id = &m.route.config.id;
+        let id = &m.route.id;
         let t = by_route.remove(id).unwrap_or_default();
         routes.push(route_json(&admin, id, &t));
     }

@@ -22,12 +22,7 @@ pub(crate) async fn settlement_queue(State(admin): State<Admin>) -> Response {
     let routes: Vec<(String, SettlementMode)> = inner
         .routes
         .iter()
-        .filter_map(|m| {
-            m.route
-                .x402
-                .as_ref()
-                .map(|x| (m.route.config.id.clone(), x.mode))
-        })
+        .filter_map(|m| m.route.x402.as_ref().map(|x| (m.route.id.clone(), x.mode)))
         .collect();
     let mode = if routes.is_empty() {
         "off"

@@ -241,11 +241,10 @@ fn quote(
             let m = inner
                 .routes
                 .iter()
-                .find(|m| m.route.config.id == id)
+                .find(|m| m.route.id == id)
                 .ok_or_else(|| invalid_params(format!("no route {id:?} (see the catalog)")))?;
             let uri: http::Uri = m
                 .route
-                .config
                 .path
                 .parse()
                 .map_err(|_| invalid_params("the route's path is not a URI"))?;

@@ -127,7 +127,7 @@ pub(crate) async fn serve(inner: &Inner, m: &Matched, tools: &Tools, mut req: Re
         return forward(m, req).await;
     }
     let (mut parts, body) = req.into_parts();
-    let limit = usize::try_from(m.route.config.max_body_bytes).unwrap_or(usize::MAX);
+    let limit = usize::try_from(m.route.max_body_bytes).unwrap_or(usize::MAX);
     let body = match read_body(body, limit).await {
         Ok(b) => b,
         Err(e) => return error_answer(&Value::Null, &e),
@@ -169,7 +169,7 @@ pub(crate) async fn serve(inner: &Inner, m: &Matched, tools: &Tools, mut req: Re
 }
 
 async fn forward(m: &Matched, req: Request) -> Response {
-    crate::router::forward_counted(&m.proxy, &m.route.config.id, req).await
+    crate::router::forward_counted(&m.proxy, &m.route.id, req).await
 }
 
 /// One `tools/call`.
@@ -324,7 +324,7 @@ impl Call<'_> {
     /// The upstream's answer to this call, or why there is none to settle (nothing is charged).
     async fn read_answer(&self, res: Response) -> Result<Answer, jsonrpc::Error> {
         if res.extensions().get::<ErrorCode>().is_some() || !res.status().is_success() {
-            tracing::warn!(status = %res.status(), route = %self.m.route.config.id, "MCP upstream failed a paid tools/call");
+            tracing::warn!(status = %res.status(), route = %self.m.route.id, "MCP upstream failed a paid tools/call");
             return Err(unavailable(
                 "the upstream MCP server failed; nothing was charged",
             ));
