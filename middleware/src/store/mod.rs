@@ -66,6 +66,7 @@ mod charge;
 mod event;
 mod lease;
 mod redis;
+pub mod refund;
 pub mod rules;
 mod sqlite;
 
@@ -84,8 +85,9 @@ use crate::money::{Amount, Currency};
 
 pub use self::capability::{
     prelude, AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
-    PayerControl, PlanStore, ReceiptStore, SettlementQueue, Store, PAYER_SCAN_MAX,
+    PayerControl, PlanStore, ReceiptStore, RefundStore, SettlementQueue, Store, PAYER_SCAN_MAX,
 };
+pub use self::refund::{RefundOutcome, RefundQuery, RefundRecord, RefundRequest, RefundTarget};
 pub use self::event::{event_order, utc_day, UsageEvent};
 pub use self::lease::{LeaseResize, LeaseStatus, LeaseStore, LeaseSync, LeaseSynced};
 

@@ -15,6 +15,7 @@ mod mandates;
 mod plans;
 mod queue;
 mod receipts;
+mod refunds;
 mod requests;
 mod support;
 mod voids;
@@ -96,6 +97,10 @@ conformance! {
     queue::deferred_queue,
     requests::request_idempotency,
     ledger::payer_events_newest_first,
+    refunds::refund_balance_charge,
+    refunds::refund_x402_is_owed,
+    refunds::refunds_and_voids_exclude_each_other,
+    refunds::concurrent_refunds_never_exceed_the_charge,
 }
 
 /// The request idempotency body on Redis, then its keys: one hash per (payer, key), in the

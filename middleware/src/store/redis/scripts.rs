@@ -53,4 +53,6 @@ scripts! {
     drain_lease: ["drain_lease"],
     lease: ["totals", "lease"],
     backlog: ["backlog"],
+    refund: ["totals", "refund"],
+    refund_claim: ["refund_claim"],
 }
