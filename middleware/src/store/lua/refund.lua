@@ -5,7 +5,8 @@
 -- balance refund credits the balance (a credit entry, source refund:<event id>); an x402
 -- refund is recorded as owed to the payer's address. The charge's day aggregates move back
 -- by the amount (not its request count or units).
--- KEYS[1] the charge's refund state (hash: refunded, voided, k:<key hash>)
+-- KEYS[1] the charge's refund state (hash: refunded, voided, and per refund k:<key hash> =
+--   its fingerprint, r:<key hash> = stream id|amount|credit stream id|remaining|time ms)
 -- KEYS[2] account hash   KEYS[3] credit stream   KEYS[4] refund stream
 -- KEYS[5] payer's and KEYS[6] bucket's aggregates of the charge's day
 -- KEYS[7] bucket's per-payer totals of the charge's day
@@ -21,11 +22,11 @@
 -- be refunded) | 'zero' | 'window_closed'
 local prev = redis.call('HGET', KEYS[1], 'k:' .. ARGV[1])
 if prev then
-  local fp, sid, amount, credit, remaining, at =
-    string.match(prev, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-  if fp ~= ARGV[2] then
+  if prev ~= ARGV[2] then
     return {'key_reused', '', 0, '', 0, 0}
   end
+  local sid, amount, credit, remaining, at = string.match(
+    redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '', '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
   return {'duplicate', sid, tonumber(amount), credit, tonumber(remaining), tonumber(at)}
 end
 if ARGV[5] == '1' or redis.call('HEXISTS', KEYS[1], 'voided') == 1 then
@@ -76,7 +77,8 @@ end
 local id = redis.call('XADD', KEYS[4], '*', unpack(record))
 local at = field_of(record, 'time_ms') or '0'
 redis.call('HSET', KEYS[1], 'refunded', string.format('%d', refunded + amount),
-  'k:' .. ARGV[1], table.concat({ARGV[2], id, string.format('%d', amount), credit_id,
+  'k:' .. ARGV[1], ARGV[2],
+  'r:' .. ARGV[1], table.concat({id, string.format('%d', amount), credit_id,
     string.format('%d', remaining), at}, '|'))
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 if AGGREGATES then

@@ -4,7 +4,7 @@
 //! entry in the bucket's `refunds` stream, the balance credit, the aggregates).
 //!
 //! Keys: `<prefix>:{bNN}:rf:<charge stream id>` the charge's refund state (hash: `refunded`,
-//! `voided`, `k:<key hash>` per refund; 400 days from the last refund; 2 days when it only
+//! `voided`, `k:<key hash>` and `r:<key hash>` per refund; 400 days from the last refund; 2 days when it only
 //! marks a void), `<prefix>:{bKK}:rkey:<key hash>` a refund key's claim (`KK =
 //! fnv1a64(key) % 16`; 400 days), `<prefix>:{bNN}:refunds` the refund stream (drained to
 //! the ledger of record and trimmed like `events` and `credits`).
@@ -51,6 +51,8 @@ impl RefundRecord {
                 .map_err(|_| format!("refund {id}: bad {k}"))
         };
         let some = |v: String| (!v.is_empty()).then_some(v);
+        // The stream holds the credit's stream id; its ledger id adds the bucket (the same).
+        let bucket = id.rsplit_once('-').map_or("0", |(_, b)| b).to_owned();
         Ok(RefundRecord {
             time_ms: signed("time_ms")?,
             event_id: get("event_id")?,
@@ -63,7 +65,7 @@ impl RefundRecord {
             amount_minor: num("amount_minor")?,
             reason: get("reason")?,
             owed_to: some(get("owed_to")?),
-            credit_id: some(get("credit_id")?),
+            credit_id: some(get("credit_id")?).map(|c| format!("{c}-{bucket}")),
             remaining_minor: num("remaining_minor")?,
             id,
         })
