@@ -101,8 +101,8 @@ async fn refunds_on_sqlite_full_partial_idempotent_and_bad_input() {
     let gw = gateway()
         .issuer(&wallet)
         .admin(ADMIN)
+        .route(paid("adm", "/v1/echo/adm", &up, "0.01").with("capture = \"admission\""))
         .route(paid("echo", "/v1/echo", &up, "0.01"))
-        .route(paid("adm", "/v1/adm", &up, "0.01").with("capture = \"admission\""))
         .start()
         .await;
     let token = gw.topup(&wallet, "alice", "1").await;
@@ -110,7 +110,7 @@ async fn refunds_on_sqlite_full_partial_idempotent_and_bad_input() {
         assert_eq!(gw.token_get("/v1/echo", &token).await.status(), 200);
     }
     // Not served: charged at admission, then voided.
-    let res = gw.pay_get("/v1/adm?status=500", &wallet.receipt("m", "alice", "0.01")).await;
+    let res = gw.pay_get("/v1/echo/adm?status=500", &wallet.receipt("m", "alice", "0.01")).await;
     assert_eq!(res.status(), 500);
     let ev = events(&gw).await;
     assert_eq!(ev.len(), 6, "{ev:?}");
