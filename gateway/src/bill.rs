@@ -142,7 +142,10 @@ pub(crate) async fn page(
         .collect();
     lines.sort_by_key(|l| std::cmp::Reverse(l.order()));
     let mut keep = lines.len().min(limit);
-    if let (Some(last), Some(next)) = (keep.checked_sub(1).and_then(|i| lines.get(i)), lines.get(keep)) {
+    if let (Some(last), Some(next)) = (
+        keep.checked_sub(1).and_then(|i| lines.get(i)),
+        lines.get(keep),
+    ) {
         if last.id() == next.id() {
             keep += 1;
         }

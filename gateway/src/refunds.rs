@@ -67,14 +67,21 @@ fn parse_body(body: &[u8], currency: &Currency) -> Result<(Option<u64>, String),
     let Some(obj) = v.as_object() else {
         return Err(bad_request("the body must be a JSON object"));
     };
-    if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "amount" | "reason")) {
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "amount" | "reason"))
+    {
         return Err(bad_request(&format!(
             "unknown field {k:?}: use amount, reason"
         )));
     }
     let reason = match obj.get("reason").and_then(Value::as_str).map(str::trim) {
         Some(r) if !r.is_empty() && r.len() <= MAX_REASON => r.to_owned(),
-        _ => return Err(bad_request("reason must be a string of 1 to 500 characters")),
+        _ => {
+            return Err(bad_request(
+                "reason must be a string of 1 to 500 characters",
+            ))
+        }
     };
     let amount = match obj.get("amount") {
         None | Some(Value::Null) => None,
@@ -155,12 +162,7 @@ pub(crate) async fn refund(
     };
     let target = match find(&admin, &id).await {
         Ok(Some(t)) => t,
-        Ok(None) => {
-            return problem(
-                ErrorCode::EventNotFound,
-                &format!("no ledger entry {id:?}"),
-            )
-        }
+        Ok(None) => return problem(ErrorCode::EventNotFound, &format!("no ledger entry {id:?}")),
         Err(res) => return res,
     };
     if target.event.voids.is_some() {
@@ -282,7 +284,9 @@ fn parse_query(q: &BTreeMap<String, String>) -> Result<RefundQuery, String> {
         .keys()
         .find(|k| !matches!(k.as_str(), "owed" | "payer" | "before" | "limit"))
     {
-        return Err(format!("unknown parameter {k:?}: use owed, payer, before, limit"));
+        return Err(format!(
+            "unknown parameter {k:?}: use owed, payer, before, limit"
+        ));
     }
     let owed = match q.get("owed").map(String::as_str) {
         None => None,
@@ -299,7 +303,11 @@ fn parse_query(q: &BTreeMap<String, String>) -> Result<RefundQuery, String> {
     };
     let before = match q.get("before") {
         None => None,
-        Some(v) if !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_digit() || b == b'-') => {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_digit() || b == b'-') =>
+        {
             Some(v.clone())
         }
         Some(v) => return Err(format!("before must be a refund id, not {v:?}")),

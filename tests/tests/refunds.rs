@@ -14,12 +14,7 @@ use tollgate_e2e::*;
 
 const ADMIN: &str = "admin-token-0123456789";
 
-fn refund(
-    gw: &TestGateway,
-    id: &str,
-    key: Option<&str>,
-    body: &Value,
-) -> reqwest::RequestBuilder {
+fn refund(gw: &TestGateway, id: &str, key: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
     let mut req = gw
         .http
         .post(gw.admin_url(&format!("/admin/v1/events/{id}/refund")))
@@ -49,7 +44,9 @@ async fn available(gw: &TestGateway, payer: &str) -> i64 {
 
 /// The agent's bill, NDJSON lines.
 async fn bill(gw: &TestGateway, token: &str, query: &str) -> (Vec<Value>, Option<String>) {
-    let res = gw.token_get(&format!("/tollgate/v1/usage{query}"), token).await;
+    let res = gw
+        .token_get(&format!("/tollgate/v1/usage{query}"), token)
+        .await;
     assert_eq!(res.status(), 200);
     let next = res
         .headers()
@@ -57,7 +54,9 @@ async fn bill(gw: &TestGateway, token: &str, query: &str) -> (Vec<Value>, Option
         .map(|v| v.to_str().unwrap().to_owned());
     let text = res.text().await.unwrap();
     (
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
         next,
     )
 }
@@ -110,11 +109,19 @@ async fn refunds_on_sqlite_full_partial_idempotent_and_bad_input() {
         assert_eq!(gw.token_get("/v1/echo", &token).await.status(), 200);
     }
     // Not served: charged at admission, then voided.
-    let res = gw.pay_get("/v1/echo/adm?status=500", &wallet.receipt("m", "alice", "0.01")).await;
+    let res = gw
+        .pay_get(
+            "/v1/echo/adm?status=500",
+            &wallet.receipt("m", "alice", "0.01"),
+        )
+        .await;
     assert_eq!(res.status(), 500);
     let ev = events(&gw).await;
     assert_eq!(ev.len(), 6, "{ev:?}");
-    let ids: Vec<String> = ev.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = ev
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
     let (charge, void) = (&ids[0], &ids[5]);
     assert_eq!(ev[5]["voids"], ev[4]["id"]);
     assert_eq!(available(&gw, "alice").await, 960_000);
@@ -130,14 +137,31 @@ async fn refunds_on_sqlite_full_partial_idempotent_and_bad_input() {
         code(refund(&gw, "1-1-0", Some("x"), &ok_body)).await,
         (404, "event_not_found".into())
     );
-    for amount in [json!("0"), json!("-0.001"), json!("0.0000001"), json!("1e-3"), json!("abc"), json!(0.004)] {
+    for amount in [
+        json!("0"),
+        json!("-0.001"),
+        json!("0.0000001"),
+        json!("1e-3"),
+        json!("abc"),
+        json!(0.004),
+    ] {
         assert_eq!(
-            code(refund(&gw, charge, Some("bad"), &json!({"amount": amount, "reason": "r"}))).await,
+            code(refund(
+                &gw,
+                charge,
+                Some("bad"),
+                &json!({"amount": amount, "reason": "r"})
+            ))
+            .await,
             (400, "refund_amount_invalid".into()),
             "{amount}"
         );
     }
-    for body in [json!({"amount": "0.001"}), json!({"amount": "0.001", "reason": " "}), json!({"amount": "0.001", "reason": "r", "to": "x"})] {
+    for body in [
+        json!({"amount": "0.001"}),
+        json!({"amount": "0.001", "reason": " "}),
+        json!({"amount": "0.001", "reason": "r", "to": "x"}),
+    ] {
         assert_eq!(
             code(refund(&gw, charge, Some("bad"), &body)).await,
             (400, "invalid_request".into()),
@@ -155,31 +179,66 @@ async fn refunds_on_sqlite_full_partial_idempotent_and_bad_input() {
     assert_eq!(available(&gw, "alice").await, 960_000);
 
     // A partial refund, the same request again, the key reused, more than remains.
-    let first = refund(&gw, charge, Some("k1"), &ok_body).send().await.unwrap();
+    let first = refund(&gw, charge, Some("k1"), &ok_body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
     assert_eq!(
-        (&first["amount"], &first["remaining"], &first["event_id"], &first["refunded_to"]),
-        (&json!("0.004"), &json!("0.006"), &json!(charge), &json!("balance"))
+        (
+            &first["amount"],
+            &first["remaining"],
+            &first["event_id"],
+            &first["refunded_to"]
+        ),
+        (
+            &json!("0.004"),
+            &json!("0.006"),
+            &json!(charge),
+            &json!("balance")
+        )
     );
     assert_eq!(available(&gw, "alice").await, 964_000);
-    let again = refund(&gw, charge, Some("k1"), &ok_body).send().await.unwrap();
+    let again = refund(&gw, charge, Some("k1"), &ok_body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<Value>().await.unwrap(), first);
     assert_eq!(
-        code(refund(&gw, charge, Some("k1"), &json!({"amount": "0.005", "reason": "late answer"}))).await,
+        code(refund(
+            &gw,
+            charge,
+            Some("k1"),
+            &json!({"amount": "0.005", "reason": "late answer"})
+        ))
+        .await,
         (422, "idempotency_key_mismatch".into())
     );
-    let over = refund(&gw, charge, Some("k2"), &json!({"amount": "0.007", "reason": "r"}))
-        .send()
-        .await
-        .unwrap();
+    let over = refund(
+        &gw,
+        charge,
+        Some("k2"),
+        &json!({"amount": "0.007", "reason": "r"}),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(over.status(), 409);
     let over: Value = over.json().await.unwrap();
     assert_eq!(
-        (&over["code"], &over["refundable"], &over["refundable_minor"]),
-        (&json!("refund_exceeds_charge"), &json!("0.006"), &json!(6_000))
+        (
+            &over["code"],
+            &over["refundable"],
+            &over["refundable_minor"]
+        ),
+        (
+            &json!("refund_exceeds_charge"),
+            &json!("0.006"),
+            &json!(6_000)
+        )
     );
     // The rest (no amount: all that remains), then nothing remains.
     let rest: Value = refund(&gw, charge, Some("k3"), &json!({"reason": "rest"}))
@@ -189,7 +248,10 @@ async fn refunds_on_sqlite_full_partial_idempotent_and_bad_input() {
         .json()
         .await
         .unwrap();
-    assert_eq!((&rest["amount"], &rest["remaining"]), (&json!("0.006"), &json!("0")));
+    assert_eq!(
+        (&rest["amount"], &rest["remaining"]),
+        (&json!("0.006"), &json!("0"))
+    );
     assert_eq!(
         code(refund(&gw, charge, Some("k4"), &json!({"reason": "more"}))).await,
         (409, "refund_exceeds_charge".into())
@@ -198,9 +260,24 @@ async fn refunds_on_sqlite_full_partial_idempotent_and_bad_input() {
 
     // Concurrent refunds of one charge never exceed it: 0.003 x 3 of 0.01, then 0.001 left.
     let (statuses, sum) = at_once(&[&gw], &ids[1], 12, "0.003").await;
-    assert_eq!((statuses.iter().filter(|s| **s == 201).count(), sum), (3, 9_000));
-    assert!(statuses.iter().all(|s| *s == 201 || *s == 409), "{statuses:?}");
+    assert_eq!(
+        (statuses.iter().filter(|s| **s == 201).count(), sum),
+        (3, 9_000)
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
     assert_eq!(available(&gw, "alice").await, 979_000);
+
+    // The OpenAPI document describes both endpoints.
+    let openapi = gw.admin_json("/admin/v1/openapi.json", ADMIN).await;
+    let op = &openapi["paths"]["/admin/v1/events/{id}/refund"]["post"];
+    for status in ["201", "400", "404", "409", "422"] {
+        assert!(op["responses"][status].is_object(), "{status}");
+    }
+    assert!(openapi["paths"]["/admin/v1/refunds"]["get"].is_object());
+    assert!(openapi["components"]["schemas"]["Refund"]["properties"]["remaining"].is_object());
 
     // The admin listing, the day's usage net of refunds, the agent's bill.
     let listed = gw.admin_json("/admin/v1/refunds?payer=alice", ADMIN).await;
@@ -212,8 +289,17 @@ async fn refunds_on_sqlite_full_partial_idempotent_and_bad_input() {
     let usage = gw
         .admin_json(&format!("/admin/v1/usage?from={today}&to={today}"), ADMIN)
         .await;
-    let echo = usage["rows"].as_array().unwrap().iter().find(|r| r["route"] == "echo").unwrap();
-    assert_eq!((&echo["requests"], &echo["amount"]["USD"]), (&json!(4), &json!("0.021")), "{usage}");
+    let echo = usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == "echo")
+        .unwrap();
+    assert_eq!(
+        (&echo["requests"], &echo["amount"]["USD"]),
+        (&json!(4), &json!("0.021")),
+        "{usage}"
+    );
     let (lines, _) = bill(&gw, &token, "").await;
     let refunds: Vec<&Value> = lines.iter().filter(|l| l["type"] == "refund").collect();
     assert_eq!(refunds.len(), 5);
@@ -232,18 +318,28 @@ async fn refunds_on_sqlite_full_partial_idempotent_and_bad_input() {
             None => break,
         }
     }
-    let all: Vec<String> = lines.iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    let all: Vec<String> = lines
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(seen, all);
     // The balance equation on the store's account: credited - captured = available + held.
     let b = gw.paywall.store().account("alice").await.unwrap().balances["USD"];
-    assert_eq!((b.credited, b.captured, b.available, b.held), (1_019_000, 40_000, 979_000, 0));
+    assert_eq!(
+        (b.credited, b.captured, b.available, b.held),
+        (1_019_000, 40_000, 979_000, 0)
+    );
 }
 
 /// Wait until `sql` (one count) answers `want` (at most 30 s).
 async fn wait_count(db: &tokio_postgres::Client, sql: &str, want: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let n = db.query_one(sql, &[]).await.map(|r| r.get::<_, i64>(0)).unwrap_or(-1);
+        let n = db
+            .query_one(sql, &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1);
         if n == want {
             return;
         }
@@ -300,8 +396,15 @@ async fn refunds_of_drained_charges_on_redis_from_two_replicas() {
 
     // 16 refunds of 0.003 of one 0.01 charge at once, over both replicas: exactly 3 apply.
     let (statuses, sum) = at_once(&[&a, &b], &ids[0], 16, "0.003").await;
-    assert_eq!((statuses.iter().filter(|s| **s == 201).count(), sum), (3, 9_000), "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 201 || *s == 409), "{statuses:?}");
+    assert_eq!(
+        (statuses.iter().filter(|s| **s == 201).count(), sum),
+        (3, 9_000),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
     let rest: Value = refund(&b, &ids[0], Some("rest"), &json!({"reason": "rest"}))
         .send()
         .await
@@ -309,22 +412,39 @@ async fn refunds_of_drained_charges_on_redis_from_two_replicas() {
         .json()
         .await
         .unwrap();
-    assert_eq!((&rest["amount"], &rest["remaining"]), (&json!("0.001"), &json!("0")));
+    assert_eq!(
+        (&rest["amount"], &rest["remaining"]),
+        (&json!("0.001"), &json!("0"))
+    );
     // The same key from the other replica: the same answer.
-    let again = refund(&a, &ids[0], Some("rest"), &json!({"reason": "rest"})).send().await.unwrap();
+    let again = refund(&a, &ids[0], Some("rest"), &json!({"reason": "rest"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<Value>().await.unwrap(), rest);
     assert_eq!(
-        code_of(refund(&a, &ids[1], Some("rest"), &json!({"reason": "rest"})).send().await.unwrap()).await,
+        code_of(
+            refund(&a, &ids[1], Some("rest"), &json!({"reason": "rest"}))
+                .send()
+                .await
+                .unwrap()
+        )
+        .await,
         (422, "idempotency_key_mismatch".into())
     );
-    let part: Value = refund(&a, &ids[1], Some("p"), &json!({"amount": "0.0025", "reason": "p"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let part: Value = refund(
+        &a,
+        &ids[1],
+        Some("p"),
+        &json!({"amount": "0.0025", "reason": "p"}),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     assert_eq!(part["remaining"], "0.0075");
     let account = store.account("bob").await.unwrap().balances["USD"];
     assert_eq!(account.available, 1_000_000 - 30_000 + 12_500);
@@ -332,8 +452,17 @@ async fn refunds_of_drained_charges_on_redis_from_two_replicas() {
     // The ledger of record: each refund once, with its balance credit; the balance equation
     // still matches the account; revenue net of refunds on the charge's day.
     wait_count(&db, "SELECT count(*) FROM ledger_refunds", 5).await;
-    wait_count(&db, "SELECT count(*) FROM ledger_credits WHERE source LIKE 'refund:%'", 5).await;
-    assert_eq!(stream_len(&redis, "tollgate:*:refunds"), 0, "drained and trimmed");
+    wait_count(
+        &db,
+        "SELECT count(*) FROM ledger_credits WHERE source LIKE 'refund:%'",
+        5,
+    )
+    .await;
+    assert_eq!(
+        stream_len(&redis, "tollgate:*:refunds"),
+        0,
+        "drained and trimmed"
+    );
     let row = db
         .query_one(
             "SELECT credited_minor::INT8, captured_minor::INT8, balance_minor::INT8
@@ -359,7 +488,9 @@ async fn refunds_of_drained_charges_on_redis_from_two_replicas() {
         .admin_json(&format!("/admin/v1/usage?from={today}&to={today}"), ADMIN)
         .await;
     assert_eq!(usage["rows"][0]["amount"]["USD"], "0.0175", "{usage}");
-    let listed = b.admin_json("/admin/v1/refunds?payer=bob&limit=10", ADMIN).await;
+    let listed = b
+        .admin_json("/admin/v1/refunds?payer=bob&limit=10", ADMIN)
+        .await;
     assert_eq!(listed["refunds"].as_array().unwrap().len(), 5, "{listed}");
     assert_eq!(listed["refunds"][0], part);
     // The agent's bill, from the ledger database: 3 charges and 5 refunds.

@@ -602,7 +602,8 @@ impl LedgerStore for PgLedger {
 }
 
 /// The columns `event_from_row` reads, in its order.
-pub(super) const PG_EVENT_COLUMNS: &str = "id, time_ms, payer, route, method, units::TEXT, unit_prices::TEXT,
+pub(super) const PG_EVENT_COLUMNS: &str =
+    "id, time_ms, payer, route, method, units::TEXT, unit_prices::TEXT,
     currency, scale, amount_minor::TEXT, uncharged_minor::TEXT, credential, reservation,
     upstream_status, voids";
 

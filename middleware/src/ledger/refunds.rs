@@ -134,10 +134,13 @@ impl PgLedger {
 
     /// Refunds newest first, filtered as `q` says.
     pub async fn refunds(&self, q: &RefundQuery) -> Result<Vec<RefundRecord>, StoreError> {
-        let (ms, seq, bucket) = q.before.as_deref().map_or((i64::MAX, i64::MAX, i64::MAX), |a| {
-            let (ms, seq, b) = event_order(a);
-            (to_i64(ms), to_i64(seq), to_i64(b))
-        });
+        let (ms, seq, bucket) = q
+            .before
+            .as_deref()
+            .map_or((i64::MAX, i64::MAX, i64::MAX), |a| {
+                let (ms, seq, b) = event_order(a);
+                (to_i64(ms), to_i64(seq), to_i64(b))
+            });
         let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
         let rows = self
             .query(
@@ -151,10 +154,7 @@ impl PgLedger {
                 &[&ms, &seq, &bucket, &limit, &q.payer, &q.owed],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(refund_from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(refund_from_row).collect::<Result<_, _>>()?)
     }
 
     /// Refunds of charges made on `from..=to` (`yyyymmdd`), by (day, route or payer, currency).

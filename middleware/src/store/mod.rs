@@ -87,9 +87,9 @@ pub use self::capability::{
     prelude, AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
     PayerControl, PlanStore, ReceiptStore, RefundStore, SettlementQueue, Store, PAYER_SCAN_MAX,
 };
-pub use self::refund::{RefundOutcome, RefundQuery, RefundRecord, RefundRequest, RefundTarget};
 pub use self::event::{event_order, utc_day, UsageEvent};
 pub use self::lease::{LeaseResize, LeaseStatus, LeaseStore, LeaseSync, LeaseSynced};
+pub use self::refund::{RefundOutcome, RefundQuery, RefundRecord, RefundRequest, RefundTarget};
 
 /// Number of payer buckets (hash tags). Changing it re-homes every key: never change it on a
 /// live deployment.

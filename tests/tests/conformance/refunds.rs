@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tollgate_middleware::store::prelude::*;
 use tollgate_middleware::store::{
     void_event, ChargeOutcome, HoldSettleOutcome, RefundOutcome, RefundQuery, RefundRecord,
-    RefundRequest, Settlement, SettleOutcome, VoidOutcome,
+    RefundRequest, SettleOutcome, Settlement, VoidOutcome,
 };
 use tollgate_middleware::UsageEvent;
 
@@ -71,7 +71,12 @@ pub(crate) async fn refund_balance_charge(store: Arc<dyn Store>) {
     assert_eq!(usd(&store, "rb").await, (70, 0, 100, 30, 0));
     assert_eq!(store.refund_target("999-0-3").await.unwrap(), None);
 
-    let first = refunded(store.refund(&ask(&charge, "k1", Some(10), "a")).await.unwrap());
+    let first = refunded(
+        store
+            .refund(&ask(&charge, "k1", Some(10), "a"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(
         (
             first.amount_minor,
@@ -80,24 +85,44 @@ pub(crate) async fn refund_balance_charge(store: Arc<dyn Store>) {
         ),
         (10, 20, charge.id.as_str())
     );
-    assert_eq!((first.owed_to.as_deref(), first.reason.as_str()), (None, "reason a"));
+    assert_eq!(
+        (first.owed_to.as_deref(), first.reason.as_str()),
+        (None, "reason a")
+    );
     assert!(first.credit_id.is_some());
     assert_eq!(usd(&store, "rb").await, (80, 0, 110, 30, 0));
     // The same request again: the same answer, nothing moved.
     assert_eq!(
-        store.refund(&ask(&charge, "k1", Some(10), "a")).await.unwrap(),
+        store
+            .refund(&ask(&charge, "k1", Some(10), "a"))
+            .await
+            .unwrap(),
         RefundOutcome::Duplicate(first.clone())
     );
     // The same key for another refund.
     assert_eq!(
-        store.refund(&ask(&charge, "k1", Some(5), "b")).await.unwrap(),
+        store
+            .refund(&ask(&charge, "k1", Some(5), "b"))
+            .await
+            .unwrap(),
         RefundOutcome::KeyReused
     );
     assert_eq!(
-        store.refund(&ask(&charge, "k2", Some(21), "c")).await.unwrap(),
+        store
+            .refund(&ask(&charge, "k2", Some(21), "c"))
+            .await
+            .unwrap(),
         RefundOutcome::Exceeds {
             refundable_minor: 20
         }
+    );
+    // A key names the request it was first used for, refused or not.
+    assert_eq!(
+        store
+            .refund(&ask(&charge, "k2", Some(5), "c"))
+            .await
+            .unwrap(),
+        RefundOutcome::KeyReused
     );
     assert_eq!(usd(&store, "rb").await, (80, 0, 110, 30, 0));
     let rest = refunded(store.refund(&ask(&charge, "k3", None, "d")).await.unwrap());
@@ -109,7 +134,10 @@ pub(crate) async fn refund_balance_charge(store: Arc<dyn Store>) {
         }
     );
     assert_eq!(
-        store.refund(&ask(&charge, "k5", Some(1), "f")).await.unwrap(),
+        store
+            .refund(&ask(&charge, "k5", Some(1), "f"))
+            .await
+            .unwrap(),
         RefundOutcome::Exceeds {
             refundable_minor: 0
         }
@@ -162,7 +190,12 @@ pub(crate) async fn refund_x402_is_owed(store: Arc<dyn Store>) {
         panic!("not captured")
     };
     let charge = store.refund_target(&event_id).await.unwrap().unwrap().event;
-    let owed = refunded(store.refund(&ask(&charge, "x1", Some(2_500), "x")).await.unwrap());
+    let owed = refunded(
+        store
+            .refund(&ask(&charge, "x1", Some(2_500), "x"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(
         (owed.owed_to.as_deref(), owed.credit_id.as_deref()),
         (Some(payer), None)
@@ -201,7 +234,11 @@ pub(crate) async fn refunds_and_voids_exclude_each_other(store: Arc<dyn Store>) 
     };
     assert!(matches!(
         store
-            .void_admission(ChargeFrom::Receipt(&r), &charge, &void_event(&charge, now_ms(), 0))
+            .void_admission(
+                ChargeFrom::Receipt(&r),
+                &charge,
+                &void_event(&charge, now_ms(), 0)
+            )
             .await
             .unwrap(),
         VoidOutcome::Voided { .. }
@@ -228,16 +265,22 @@ pub(crate) async fn refunds_and_voids_exclude_each_other(store: Arc<dyn Store>) 
     else {
         panic!("not charged")
     };
-    let charge = UsageEvent {
-        id: event_id,
-        ..e
-    };
+    let charge = UsageEvent { id: event_id, ..e };
     assert!(!store.void_recorded(&charge).await.unwrap());
-    let part = refunded(store.refund(&ask(&charge, "v2", Some(15), "w")).await.unwrap());
+    let part = refunded(
+        store
+            .refund(&ask(&charge, "v2", Some(15), "w"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(part.remaining_minor, 25);
     assert_eq!(
         store
-            .void_admission(ChargeFrom::Balance(&h), &charge, &void_event(&charge, now_ms(), 0))
+            .void_admission(
+                ChargeFrom::Balance(&h),
+                &charge,
+                &void_event(&charge, now_ms(), 0)
+            )
             .await
             .unwrap(),
         VoidOutcome::NotCharged
@@ -275,7 +318,12 @@ pub(crate) async fn concurrent_refunds_never_exceed_the_charge(store: Arc<dyn St
         }
     }
     assert_eq!((sum, refused), (98, 10));
-    let last = refunded(store.refund(&ask(&charge, "c-rest", None, "r")).await.unwrap());
+    let last = refunded(
+        store
+            .refund(&ask(&charge, "c-rest", None, "r"))
+            .await
+            .unwrap(),
+    );
     assert_eq!((last.amount_minor, last.remaining_minor), (2, 0));
     assert_eq!(usd(&store, "rc").await, (1_000, 0, 1_100, 100, 0));
 }

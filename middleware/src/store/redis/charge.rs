@@ -160,7 +160,7 @@ impl AdmissionStore for RedisStore {
             }
         }
         // The charge's refund state: a refunded charge is not voided, a void is marked.
-        inv.key(self.refund_state_key(&charge.id)?)
+        inv.key(self.refund_state_key(charge)?)
             .arg(crate::store::refund::VOID_MARK_KEEP_MS);
         Self::usage_args(&mut inv, void, charge);
         let (status, id): (String, String) = self.bounded(inv.invoke_async(&mut conn)).await?;

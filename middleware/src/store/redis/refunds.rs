@@ -41,14 +41,10 @@ impl RefundRecord {
                 .ok_or_else(|| format!("refund {id} lacks {k}"))
         };
         let num = |k: &str| -> Result<u64, String> {
-            get(k)?
-                .parse()
-                .map_err(|_| format!("refund {id}: bad {k}"))
+            get(k)?.parse().map_err(|_| format!("refund {id}: bad {k}"))
         };
         let signed = |k: &str| -> Result<i64, String> {
-            get(k)?
-                .parse()
-                .map_err(|_| format!("refund {id}: bad {k}"))
+            get(k)?.parse().map_err(|_| format!("refund {id}: bad {k}"))
         };
         let some = |v: String| (!v.is_empty()).then_some(v);
         // The stream holds the credit's stream id; its ledger id adds the bucket (the same).
@@ -73,11 +69,13 @@ impl RefundRecord {
 }
 
 impl RedisStore {
-    /// A charge's refund state, in its bucket (the last part of its id).
-    pub(super) fn refund_state_key(&self, charge_id: &str) -> Result<String, StoreError> {
-        let bucket = bucket_of_id(charge_id)
-            .ok_or_else(|| StoreError::Protocol(format!("bad ledger id {charge_id:?}")))?;
-        Ok(self.key(bucket, &format!("rf:{}", Self::stream_id(charge_id)?)))
+    /// A charge's refund state, in its payer's bucket (the bucket its id names, for a charge
+    /// the store recorded).
+    pub(super) fn refund_state_key(&self, charge: &UsageEvent) -> Result<String, StoreError> {
+        Ok(self.key(
+            bucket_of(&charge.payer),
+            &format!("rf:{}", Self::stream_id(&charge.id)?),
+        ))
     }
 
     pub(super) fn refunds_key(&self, bucket: u64) -> String {
@@ -159,7 +157,7 @@ impl RefundStore for RedisStore {
         let marked: bool = self
             .bounded(
                 redis::cmd("HEXISTS")
-                    .arg(self.refund_state_key(&charge.id)?)
+                    .arg(self.refund_state_key(charge)?)
                     .arg("voided")
                     .query_async(&mut conn),
             )
@@ -167,8 +165,7 @@ impl RefundStore for RedisStore {
         if marked {
             return Ok(true);
         }
-        let bucket = bucket_of_id(&charge.id).unwrap_or(0);
-        let stream = self.events_key(bucket);
+        let stream = self.events_key(bucket_of(&charge.payer));
         let end = format!("{}", charge.time_ms.saturating_add(VOID_SEARCH_MS).max(0));
         let mut start = format!("({}", Self::stream_id(&charge.id)?);
         let mut seen = 0;
@@ -194,8 +191,7 @@ impl RefundStore for RedisStore {
 
     async fn refund(&self, r: &RefundRequest) -> Result<RefundOutcome, StoreError> {
         let c = &r.charge;
-        let bucket = bucket_of_id(&c.id)
-            .ok_or_else(|| StoreError::Protocol(format!("bad ledger id {:?}", c.id)))?;
+        let bucket = bucket_of(&c.payer);
         let hash = key_hash(&r.key);
         let mut conn = self.connection().await?;
         let mut claim = self.scripts.refund_claim.prepare_invoke();
@@ -211,7 +207,7 @@ impl RefundStore for RedisStore {
         let owed = r.owed_to();
         let mut inv = self.scripts.refund.prepare_invoke();
         self.usage_options(&mut inv);
-        inv.key(self.refund_state_key(&c.id)?)
+        inv.key(self.refund_state_key(c)?)
             .key(self.account_key(&c.payer))
             .key(self.key(bucket, "credits"))
             .key(self.refunds_key(bucket))
@@ -222,13 +218,21 @@ impl RefundStore for RedisStore {
             .arg(&r.fingerprint)
             .arg(c.amount_minor)
             .arg(r.amount_minor.map(|a| a.to_string()).unwrap_or_default())
-            .arg(if r.voided || c.voids.is_some() { "1" } else { "0" })
+            .arg(if r.voided || c.voids.is_some() {
+                "1"
+            } else {
+                "0"
+            })
             .arg(&c.currency)
             .arg(if owed.is_some() { "1" } else { "0" })
             .arg(REFUND_STATE_KEEP_MS)
             .arg(c.amount_field())
             .arg(&c.payer)
-            .arg(if rules::refund_open(c.time_ms, r.time_ms) { "1" } else { "0" });
+            .arg(if rules::refund_open(c.time_ms, r.time_ms) {
+                "1"
+            } else {
+                "0"
+            });
         let record = [
             ("time_ms", r.time_ms.to_string()),
             ("event_id", c.id.clone()),

@@ -154,7 +154,8 @@ impl SqliteStore {
 }
 
 /// The columns [`event_row`] reads, in its order.
-pub(super) const EVENT_COLUMNS: &str = "id, time_ms, payer, route, method, units, unit_prices, currency, \
+pub(super) const EVENT_COLUMNS: &str =
+    "id, time_ms, payer, route, method, units, unit_prices, currency, \
     scale, amount_minor, uncharged_minor, credential, reservation, upstream_status, voids";
 
 /// A usage event from a row of [`EVENT_COLUMNS`].

@@ -16,7 +16,9 @@ use crate::store::{
 };
 
 /// The refund tables, created when missing (added within schema version 1: an older tollgate
-/// never reads them). `key` is the `Idempotency-Key`, kept with its refund.
+/// never reads them). `key` is the `Idempotency-Key`, kept with its refund; `refund_keys`
+/// binds each key to the request it was first used for, applied or refused
+/// (`refund_claim.lua`).
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS refunds (
     seq             INTEGER PRIMARY KEY,
@@ -40,6 +42,10 @@ CREATE TABLE IF NOT EXISTS refunds (
 CREATE INDEX IF NOT EXISTS refunds_by_event ON refunds (event_id);
 CREATE INDEX IF NOT EXISTS refunds_by_payer ON refunds (payer, seq);
 CREATE INDEX IF NOT EXISTS events_by_voids ON events (voids) WHERE voids IS NOT NULL;
+CREATE TABLE IF NOT EXISTS refund_keys (
+    key         TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// The columns [`refund_row`] reads, in its order.
@@ -128,8 +134,26 @@ impl Tx<'_> {
                 RefundOutcome::KeyReused
             });
         }
+        // The key names the request it was first used for, whatever that answered.
+        let claimed = self.row(
+            "SELECT fingerprint FROM refund_keys WHERE key = ?1",
+            [&r.key],
+            |row| row.get::<_, String>(0),
+        )?;
+        match claimed {
+            Some(fp) if fp != r.fingerprint => return Ok(RefundOutcome::KeyReused),
+            Some(_) => {}
+            None => {
+                self.exec(
+                    "INSERT INTO refund_keys (key, fingerprint) VALUES (?1, ?2)",
+                    params![r.key, r.fingerprint],
+                )?;
+            }
+        }
         // The ledger's own copy of the charge decides (the caller's is what it read).
-        let charge = self.event(&r.charge.id)?.unwrap_or_else(|| r.charge.clone());
+        let charge = self
+            .event(&r.charge.id)?
+            .unwrap_or_else(|| r.charge.clone());
         if charge.voids.is_some() || r.voided || self.voided(&charge.id)? {
             return Ok(RefundOutcome::Voided);
         }
@@ -200,8 +224,9 @@ impl Tx<'_> {
         reason: &str,
         now: i64,
     ) -> Result<String, StoreError> {
-        let after = rules::refund_to_balance(&self.balance(&charge.payer, &charge.currency)?, amount)
-            .map_err(rule)?;
+        let after =
+            rules::refund_to_balance(&self.balance(&charge.payer, &charge.currency)?, amount)
+                .map_err(rule)?;
         self.set_balance(&charge.payer, &charge.currency, after)?;
         let id = self.next_id(now)?;
         self.exec(
