@@ -59,26 +59,35 @@ pub(crate) fn refund_json(r: &RefundRecord) -> Value {
     })
 }
 
+/// Why a request is refused before anything is looked at: its code and detail.
+type Bad = (ErrorCode, String);
+
+fn invalid_request(detail: impl Into<String>) -> Bad {
+    (ErrorCode::InvalidRequest, detail.into())
+}
+
 /// The request body, checked: the amount asked (`None`: all that remains) and the reason.
-fn parse_body(body: &[u8], currency: &Currency) -> Result<(Option<u64>, String), Response> {
+fn parse_body(body: &[u8], currency: &Currency) -> Result<(Option<u64>, String), Bad> {
     let v: Value = serde_json::from_slice(body).map_err(|_| {
-        bad_request("send JSON {\"amount\": \"0.25\", \"reason\": \"...\"} (amount optional: all)")
+        invalid_request(
+            "send JSON {\"amount\": \"0.25\", \"reason\": \"...\"} (amount optional: all)",
+        )
     })?;
     let Some(obj) = v.as_object() else {
-        return Err(bad_request("the body must be a JSON object"));
+        return Err(invalid_request("the body must be a JSON object"));
     };
     if let Some(k) = obj
         .keys()
         .find(|k| !matches!(k.as_str(), "amount" | "reason"))
     {
-        return Err(bad_request(&format!(
+        return Err(invalid_request(format!(
             "unknown field {k:?}: use amount, reason"
         )));
     }
     let reason = match obj.get("reason").and_then(Value::as_str).map(str::trim) {
         Some(r) if !r.is_empty() && r.len() <= MAX_REASON => r.to_owned(),
         _ => {
-            return Err(bad_request(
+            return Err(invalid_request(
                 "reason must be a string of 1 to 500 characters",
             ))
         }
@@ -87,9 +96,9 @@ fn parse_body(body: &[u8], currency: &Currency) -> Result<(Option<u64>, String),
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(parse_amount(s, currency)?),
         Some(_) => {
-            return Err(problem(
+            return Err((
                 ErrorCode::RefundAmountInvalid,
-                "amount must be a decimal string, e.g. \"0.25\"",
+                "amount must be a decimal string, e.g. \"0.25\"".into(),
             ))
         }
     };
@@ -97,8 +106,8 @@ fn parse_body(body: &[u8], currency: &Currency) -> Result<(Option<u64>, String),
 }
 
 /// A refund amount: a positive decimal string within the currency's scale, in minor units.
-fn parse_amount(s: &str, currency: &Currency) -> Result<u64, Response> {
-    let invalid = |detail: String| problem(ErrorCode::RefundAmountInvalid, &detail);
+fn parse_amount(s: &str, currency: &Currency) -> Result<u64, Bad> {
+    let invalid = |detail: String| (ErrorCode::RefundAmountInvalid, detail);
     let amount: Amount = s
         .parse()
         .map_err(|e| invalid(format!("amount {s:?}: {e} (a positive decimal string)")))?;
@@ -180,7 +189,7 @@ pub(crate) async fn refund(
     };
     let (amount, reason) = match parse_body(&body, &currency) {
         Ok(b) => b,
-        Err(res) => return res,
+        Err((code, detail)) => return problem(code, &detail),
     };
     let request = RefundRequest {
         fingerprint: fingerprint(&id, amount, &reason),

@@ -1,5 +1,5 @@
 //! Refunds: money given back for a charge, in full or in part, by the provider
-//! ([`RefundStore`]). A refund is its own ledger entry ([`RefundRecord`]: a stable id, the
+//! ([`super::RefundStore`]). A refund is its own ledger entry ([`RefundRecord`]: a stable id, the
 //! charge's id, amount, currency, payer, reason), linked to the charge it refunds; the sum of a
 //! charge's refunds never exceeds what it charged, to the unit, decided in the same atomic step
 //! that writes the refund ([`crate::store::rules::refund`]; one Lua script on Redis, one
@@ -27,7 +27,7 @@ pub const REFUND_WINDOW_MS: i64 = 365 * 86_400_000;
 pub const REFUND_STATE_KEEP_MS: i64 = 400 * 86_400_000;
 
 /// How long the marker a void leaves for refunds lives (2 days). A void follows its charge
-/// within the request's time; older voids are found in the ledger ([`RefundStore::void_recorded`]),
+/// within the request's time; older voids are found in the ledger ([`super::RefundStore::void_recorded`]),
 /// the marker closes the race between that look-up and the refund's own step.
 pub const VOID_MARK_KEEP_MS: i64 = 2 * 86_400_000;
 
@@ -44,7 +44,7 @@ pub struct RefundTarget {
     pub voided: bool,
 }
 
-/// One refund to make (the caller looked the charge up, [`RefundStore::refund_target`]).
+/// One refund to make (the caller looked the charge up, [`super::RefundStore::refund_target`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefundRequest {
     /// The charge, as the ledger records it (`id` set, `voids` unset).
@@ -165,7 +165,7 @@ pub enum RefundOutcome {
     WindowClosed,
 }
 
-/// Which refunds to list ([`RefundStore::refunds`]), newest first.
+/// Which refunds to list ([`super::RefundStore::refunds`]), newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RefundQuery {
     /// Only this payer's.
