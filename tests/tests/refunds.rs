@@ -500,3 +500,94 @@ async fn refunds_of_drained_charges_on_redis_from_two_replicas() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// An x402 payment settled on chain (`before` mode, the stand-in facilitator playing the
+/// chain) is refunded as owed to the payer's address: no balance credit, listed as owed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_x402_payment_is_refunded_as_owed_to_the_payer_address() {
+    use tollgate_middleware::x402::signer::LocalSigner;
+    let redis = RedisServer::start();
+    let f = tollgate_e2e::facilitator::facilitator(&["eip155:84532"]).await;
+    let up = upstream().await;
+    let gw = gateway()
+        .top(&format!(
+            "[x402]\nfacilitator_url = \"{}\"\nfacilitator_timeout_ms = 700",
+            f.url()
+        ))
+        .redis(&redis)
+        .admin(ADMIN)
+        .route(paid("data", "/v1/echo", &up, "0.01").with(
+            "x402_settlement = \"before\"\n[[routes.x402]]\nnetwork = \"eip155:84532\"\n\
+             asset = \"0x036CbD53842c5426634e7929541eC2318f3dCF7e\"\nname = \"USDC\"\nversion = \"2\"\n\
+             pay_to = \"0x209693Bc6afc0C5328bA36FaF03C514EF312287C\"\namount = \"10000\"\nmax_timeout_secs = 120",
+        ))
+        .start()
+        .await;
+    let res = gw.http.get(gw.url("/v1/echo")).send().await.unwrap();
+    assert_eq!(res.status(), 402);
+    let required = b64_json(res.headers()["payment-required"].to_str().unwrap());
+    let offer = required["accepts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["scheme"] == "exact")
+        .unwrap()
+        .clone();
+    let payer = LocalSigner::random();
+    let payload = payer
+        .pay(&offer, u64::try_from(now_secs()).unwrap())
+        .unwrap();
+    let res = gw
+        .http
+        .get(gw.url("/v1/echo"))
+        .header(
+            "payment-signature",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                payload.to_string(),
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let pr = payment_response(&res);
+    let event_id = pr["eventId"].as_str().unwrap().to_owned();
+    let addr = format!("{:#x}", payer.address());
+    assert_eq!(f.settled(), 1);
+
+    let owed = refund(
+        &gw,
+        &event_id,
+        Some("x1"),
+        &json!({"amount": "0.004", "reason": "bad data"}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(owed.status(), 201);
+    let owed: Value = owed.json().await.unwrap();
+    assert_eq!(
+        (&owed["refunded_to"], &owed["owed_to"], &owed["credit_id"]),
+        (&json!("owed"), &json!(addr), &Value::Null)
+    );
+    assert_eq!(
+        (
+            &owed["amount_minor"],
+            &owed["remaining_minor"],
+            &owed["currency"]
+        ),
+        (&json!(4_000), &json!(6_000), &json!("USDC"))
+    );
+    // No balance moved, no second chain call.
+    let account = gw.paywall.store().account(&addr).await.unwrap();
+    assert!(account
+        .balances
+        .values()
+        .all(|b| b.available == 0 && b.credited == 0));
+    assert_eq!(f.settled(), 1);
+    let listed = gw.admin_json("/admin/v1/refunds?owed=true", ADMIN).await;
+    assert_eq!(listed["refunds"], json!([owed]));
+    let credits = gw.admin_json("/admin/v1/refunds?owed=false", ADMIN).await;
+    assert_eq!(credits["refunds"], json!([]));
+}
