@@ -46,6 +46,17 @@ CREATE TABLE IF NOT EXISTS refund_keys (
     key         TEXT PRIMARY KEY,
     fingerprint TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS refunds_daily AS
+SELECT strftime('%Y-%m-%d', charge_time_ms / 1000, 'unixepoch') AS day,
+       route,
+       payer,
+       currency,
+       scale,
+       count(*) AS refunds,
+       sum(amount_minor) AS refunded_minor,
+       sum(CASE WHEN owed_to IS NULL THEN 0 ELSE amount_minor END) AS owed_minor
+FROM refunds
+GROUP BY day, route, payer, currency, scale;
 ";
 
 /// The columns [`refund_row`] reads, in its order.
