@@ -1,4 +1,4 @@
--- A drainer's lease on one bucket's ledger streams, and the head of both streams, in one call.
+-- A drainer's lease on one bucket's ledger streams, and the head of its three streams, in one call.
 -- Only the lease holder reads and trims them, so replicas share the buckets instead of racing on
 -- each (another drainer takes over once the lease lapses; the ledger's idempotent insert makes
 -- any overlap harmless).

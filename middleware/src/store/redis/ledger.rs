@@ -1,6 +1,6 @@
 //! The Redis store's usage ledger and what is derived from it ([`crate::store::LedgerStore`]),
-//! and the drain side of its streams: each bucket's `events` (usage events and voids) and
-//! `credits` streams are the short buffer a drainer (`ledger::Drainer`, feature `postgres`)
+//! and the drain side of its streams: each bucket's `events` (usage events and voids),
+//! `credits` and `refunds` streams are the short buffer a drainer (`ledger::Drainer`, feature `postgres`)
 //! reads from the head, inserts into the ledger of record and only then trims.
 //!
 //! Trimming is `XTRIM MINID` just past the last entry a drainer inserted. Entries are read
@@ -11,7 +11,7 @@
 
 use super::*;
 
-/// The two ledger streams of each bucket.
+/// The three ledger streams of each bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LedgerStream {
     /// Usage events (charges) and their voids.
