@@ -108,6 +108,62 @@ impl RedisStore {
         .await
     }
 
+    /// `refund.lua`'s keys and arguments for `r` (the key's hash `hash`).
+    fn refund_args(
+        &self,
+        inv: &mut redis::ScriptInvocation<'_>,
+        r: &RefundRequest,
+        hash: &str,
+    ) -> Result<(), StoreError> {
+        let c = &r.charge;
+        let (bucket, day, owed) = (bucket_of(&c.payer), utc_day(c.time_ms), r.owed_to());
+        let flag = |b: bool| if b { "1" } else { "0" };
+        self.usage_options(inv);
+        inv.key(self.refund_state_key(c)?)
+            .key(self.account_key(&c.payer))
+            .key(self.key(bucket, "credits"))
+            .key(self.refunds_key(bucket))
+            .key(self.payer_agg_key(&c.payer, &day))
+            .key(self.bucket_agg_key(bucket, &day))
+            .key(self.payer_totals_key(bucket, &day))
+            .arg(hash)
+            .arg(&r.fingerprint)
+            .arg(c.amount_minor)
+            .arg(r.amount_minor.map(|a| a.to_string()).unwrap_or_default())
+            .arg(flag(r.voided || c.voids.is_some()))
+            .arg(&c.currency)
+            .arg(flag(owed.is_some()))
+            .arg(REFUND_STATE_KEEP_MS)
+            .arg(c.amount_field())
+            .arg(&c.payer)
+            .arg(flag(rules::refund_open(c.time_ms, r.time_ms)));
+        let record = [
+            ("time_ms", r.time_ms.to_string()),
+            ("event_id", c.id.clone()),
+            ("charge_time_ms", c.time_ms.to_string()),
+            ("payer", c.payer.clone()),
+            ("route", c.route.clone()),
+            ("credential", c.credential.clone()),
+            ("currency", c.currency.clone()),
+            ("scale", c.scale.to_string()),
+            ("reason", r.reason.clone()),
+            ("owed_to", owed.unwrap_or_default()),
+        ];
+        let credit = [
+            ("payer", c.payer.clone()),
+            ("currency", c.currency.clone()),
+            ("reason", r.reason.clone()),
+            ("source", format!("refund:{}", c.id)),
+        ];
+        for pairs in [&record[..], &credit[..]] {
+            inv.arg(pairs.len());
+            for (k, v) in pairs {
+                inv.arg(*k).arg(v);
+            }
+        }
+        Ok(())
+    }
+
     /// The refund record of `r` as answered by `refund.lua` (`sid`: its stream id).
     fn answered(
         r: &RefundRequest,
@@ -203,62 +259,8 @@ impl RefundStore for RedisStore {
         if ours != 1 {
             return Ok(RefundOutcome::KeyReused);
         }
-        let day = utc_day(c.time_ms);
-        let owed = r.owed_to();
         let mut inv = self.scripts.refund.prepare_invoke();
-        self.usage_options(&mut inv);
-        inv.key(self.refund_state_key(c)?)
-            .key(self.account_key(&c.payer))
-            .key(self.key(bucket, "credits"))
-            .key(self.refunds_key(bucket))
-            .key(self.payer_agg_key(&c.payer, &day))
-            .key(self.bucket_agg_key(bucket, &day))
-            .key(self.payer_totals_key(bucket, &day))
-            .arg(&hash)
-            .arg(&r.fingerprint)
-            .arg(c.amount_minor)
-            .arg(r.amount_minor.map(|a| a.to_string()).unwrap_or_default())
-            .arg(if r.voided || c.voids.is_some() {
-                "1"
-            } else {
-                "0"
-            })
-            .arg(&c.currency)
-            .arg(if owed.is_some() { "1" } else { "0" })
-            .arg(REFUND_STATE_KEEP_MS)
-            .arg(c.amount_field())
-            .arg(&c.payer)
-            .arg(if rules::refund_open(c.time_ms, r.time_ms) {
-                "1"
-            } else {
-                "0"
-            });
-        let record = [
-            ("time_ms", r.time_ms.to_string()),
-            ("event_id", c.id.clone()),
-            ("charge_time_ms", c.time_ms.to_string()),
-            ("payer", c.payer.clone()),
-            ("route", c.route.clone()),
-            ("credential", c.credential.clone()),
-            ("currency", c.currency.clone()),
-            ("scale", c.scale.to_string()),
-            ("reason", r.reason.clone()),
-            ("owed_to", owed.unwrap_or_default()),
-        ];
-        inv.arg(record.len());
-        for (k, v) in record {
-            inv.arg(k).arg(v);
-        }
-        let credit = [
-            ("payer", c.payer.clone()),
-            ("currency", c.currency.clone()),
-            ("reason", r.reason.clone()),
-            ("source", format!("refund:{}", c.id)),
-        ];
-        inv.arg(credit.len());
-        for (k, v) in credit {
-            inv.arg(k).arg(v);
-        }
+        self.refund_args(&mut inv, r, &hash)?;
         let (status, sid, amount, credit, remaining, at): (String, String, i64, String, i64, i64) =
             self.bounded(inv.invoke_async(&mut conn)).await?;
         let answered = || Self::answered(r, bucket, (&sid, amount, &credit, remaining));

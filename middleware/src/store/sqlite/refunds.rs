@@ -112,54 +112,44 @@ impl Tx<'_> {
         )
     }
 
-    /// Refund in this transaction (see [`RefundStore::refund`]).
-    fn refund(&self, r: &RefundRequest, now: i64) -> Result<RefundOutcome, StoreError> {
+    /// How the request's `Idempotency-Key` was used before: `Some` answers the request (the
+    /// same refund again, or the key reused), `None` lets it go on (the key is now bound to
+    /// it, whatever it answers: `refund_claim.lua`).
+    fn key_used(&self, r: &RefundRequest) -> Result<Option<RefundOutcome>, StoreError> {
         let earlier = self.row(
-            &format!("SELECT fingerprint, {REFUND_COLUMNS} FROM refunds WHERE key = ?1"),
+            &format!("SELECT {REFUND_COLUMNS}, fingerprint FROM refunds WHERE key = ?1"),
             [&r.key],
-            |row| {
-                let fp: String = row.get(0)?;
-                let rec = RefundRecord {
-                    id: row.get(1)?,
-                    time_ms: row.get(2)?,
-                    event_id: row.get(3)?,
-                    charge_time_ms: row.get(4)?,
-                    payer: row.get(5)?,
-                    route: row.get(6)?,
-                    credential: row.get(7)?,
-                    currency: row.get(8)?,
-                    scale: row.get(9)?,
-                    amount_minor: row.get(10)?,
-                    reason: row.get(11)?,
-                    owed_to: row.get(12)?,
-                    credit_id: row.get(13)?,
-                    remaining_minor: row.get(14)?,
-                };
-                Ok((fp, rec))
-            },
+            |row| Ok((refund_row(row)?, row.get::<_, String>(14)?)),
         )?;
-        if let Some((fp, rec)) = earlier {
-            return Ok(if fp == r.fingerprint {
+        if let Some((rec, fp)) = earlier {
+            return Ok(Some(if fp == r.fingerprint {
                 RefundOutcome::Duplicate(rec)
             } else {
                 RefundOutcome::KeyReused
-            });
+            }));
         }
-        // The key names the request it was first used for, whatever that answered.
         let claimed = self.row(
             "SELECT fingerprint FROM refund_keys WHERE key = ?1",
             [&r.key],
             |row| row.get::<_, String>(0),
         )?;
         match claimed {
-            Some(fp) if fp != r.fingerprint => return Ok(RefundOutcome::KeyReused),
-            Some(_) => {}
+            Some(fp) if fp != r.fingerprint => Ok(Some(RefundOutcome::KeyReused)),
+            Some(_) => Ok(None),
             None => {
                 self.exec(
                     "INSERT INTO refund_keys (key, fingerprint) VALUES (?1, ?2)",
                     params![r.key, r.fingerprint],
                 )?;
+                Ok(None)
             }
+        }
+    }
+
+    /// Refund in this transaction (see [`RefundStore::refund`]).
+    fn refund(&self, r: &RefundRequest, now: i64) -> Result<RefundOutcome, StoreError> {
+        if let Some(answer) = self.key_used(r)? {
+            return Ok(answer);
         }
         // The ledger's own copy of the charge decides (the caller's is what it read).
         let charge = self
@@ -192,6 +182,19 @@ impl Tx<'_> {
         };
         let id = self.next_id(now)?;
         let rec = RefundRecord::of(&request, id, amount, remaining, credit_id);
+        self.insert_refund(&rec, r)?;
+        // The charge's day moves back by the refund (its request and units stay).
+        self.aggregate(
+            &utc_day(charge.time_ms),
+            &charge.payer,
+            &charge.amount_field(),
+            -signed(amount),
+        )?;
+        Ok(RefundOutcome::Refunded(rec))
+    }
+
+    /// Write `rec`, with the key and fingerprint of its request.
+    fn insert_refund(&self, rec: &RefundRecord, r: &RefundRequest) -> Result<(), StoreError> {
         self.exec(
             "INSERT INTO refunds (seq, id, time_ms, event_id, charge_time_ms, payer, route, \
              credential, currency, scale, amount_minor, reason, owed_to, credit_id, \
@@ -216,15 +219,8 @@ impl Tx<'_> {
                 r.key,
                 r.fingerprint,
             ],
-        )?;
-        // The charge's day moves back by the refund (its request and units stay).
-        self.aggregate(
-            &utc_day(charge.time_ms),
-            &charge.payer,
-            &charge.amount_field(),
-            -signed(amount),
-        )?;
-        Ok(RefundOutcome::Refunded(rec))
+        )
+        .map(drop)
     }
 
     /// Credit `amount` to the charge's payer (a credit row, `source` `refund:<event id>`).
