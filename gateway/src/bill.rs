@@ -135,6 +135,17 @@ pub(crate) async fn page(
         None => gw.inner().paywall.store().refunds(&q).await,
     }
     .map_err(|e| tracing::error!(error = %e, "usage: the ledger is unreachable"))?;
+    Ok(merge(events, refunds, limit))
+}
+
+/// Events and refunds (each newest first, at most `limit`, before the same cursor) as one
+/// page of at most `limit` lines -- one more when the last would split a refund from an event
+/// with the same id -- and the next page's cursor when the page is full.
+fn merge(
+    events: Vec<tollgate_middleware::UsageEvent>,
+    refunds: Vec<tollgate_middleware::store::RefundRecord>,
+    limit: usize,
+) -> (Vec<BillLine>, Option<String>) {
     let mut lines: Vec<BillLine> = events
         .into_iter()
         .map(BillLine::Event)
@@ -154,7 +165,7 @@ pub(crate) async fn page(
     let next = (lines.len() >= limit)
         .then(|| lines.last().map(|l| l.id().to_owned()))
         .flatten();
-    Ok((lines, next))
+    (lines, next)
 }
 
 /// Serve the bill.
@@ -210,4 +221,91 @@ pub(crate) async fn bill(
             .insert(http::HeaderName::from_static("tollgate-next-before"), v);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tollgate_middleware::store::RefundRecord;
+    use tollgate_middleware::UsageEvent;
+
+    fn event(id: &str) -> UsageEvent {
+        UsageEvent {
+            id: id.into(),
+            time_ms: 1,
+            payer: "p".into(),
+            route: "r".into(),
+            method: "GET".into(),
+            units: Default::default(),
+            unit_prices: Default::default(),
+            currency: "USD".into(),
+            scale: 6,
+            amount_minor: 10,
+            uncharged_minor: 0,
+            credential: "token:p".into(),
+            reservation: "h".into(),
+            upstream_status: 200,
+            voids: None,
+        }
+    }
+
+    fn refund(id: &str) -> RefundRecord {
+        RefundRecord {
+            id: id.into(),
+            time_ms: 1,
+            event_id: "1-0-3".into(),
+            charge_time_ms: 1,
+            payer: "p".into(),
+            route: "r".into(),
+            credential: "token:p".into(),
+            currency: "USD".into(),
+            scale: 6,
+            amount_minor: 1,
+            reason: "x".into(),
+            owed_to: None,
+            credit_id: None,
+            remaining_minor: 9,
+        }
+    }
+
+    fn ids(lines: &[BillLine]) -> Vec<(String, &'static str)> {
+        lines
+            .iter()
+            .map(|l| {
+                let kind = match l {
+                    BillLine::Event(_) => "event",
+                    BillLine::Refund(_) => "refund",
+                };
+                (l.id().to_owned(), kind)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_refund_and_an_event_with_one_id_share_a_page() {
+        // Redis: the refund stream and the event stream can give the same id.
+        let events = vec![event("5-0-3"), event("1-0-3")];
+        let refunds = vec![refund("5-0-3"), refund("3-0-3")];
+        let (page, next) = merge(events.clone(), refunds.clone(), 1);
+        assert_eq!(
+            ids(&page),
+            [("5-0-3".into(), "refund"), ("5-0-3".into(), "event")]
+        );
+        assert_eq!(next.as_deref(), Some("5-0-3"));
+        let (page, next) = merge(events, refunds, 3);
+        assert_eq!(
+            ids(&page),
+            [
+                ("5-0-3".into(), "refund"),
+                ("5-0-3".into(), "event"),
+                ("3-0-3".into(), "refund")
+            ]
+        );
+        assert_eq!(next.as_deref(), Some("3-0-3"));
+        let (page, next) = merge(vec![event("1-0-3")], vec![], 3);
+        assert_eq!(ids(&page), [("1-0-3".into(), "event")]);
+        assert_eq!(next, None);
+    }
 }
