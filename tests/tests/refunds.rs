@@ -300,6 +300,12 @@ async fn refunds_on_sqlite_full_partial_idempotent_and_bad_input() {
         (&json!(4), &json!("0.021")),
         "{usage}"
     );
+    let payers = gw.admin_json("/admin/v1/payers", ADMIN).await;
+    // 4 balance charges (the receipt's charge was voided), less the 0.019 refunded.
+    assert_eq!(
+        payers["payers"][0]["spent_minor"]["USD"], 21_000,
+        "{payers}"
+    );
     let (lines, _) = bill(&gw, &token, "").await;
     let refunds: Vec<&Value> = lines.iter().filter(|l| l["type"] == "refund").collect();
     assert_eq!(refunds.len(), 5);
@@ -488,6 +494,14 @@ async fn refunds_of_drained_charges_on_redis_from_two_replicas() {
         .admin_json(&format!("/admin/v1/usage?from={today}&to={today}"), ADMIN)
         .await;
     assert_eq!(usage["rows"][0]["amount"]["USD"], "0.0175", "{usage}");
+    // The payer listing and the summary too (read from the ledger database).
+    let payers = b.admin_json("/admin/v1/payers", ADMIN).await;
+    assert_eq!(
+        payers["payers"][0]["spent_minor"]["USD"], 17_500,
+        "{payers}"
+    );
+    let summary = b.admin_json("/admin/v1/summary", ADMIN).await;
+    assert!(summary.to_string().contains("\"0.0175\""), "{summary}");
     let listed = b
         .admin_json("/admin/v1/refunds?payer=bob&limit=10", ADMIN)
         .await;
