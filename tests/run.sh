@@ -59,4 +59,10 @@ if MCP_PYTHON="$(bash tests/mcp/setup.sh)"; then
 else
   echo "warning: the MCP Python SDK could not be installed; the MCP tests are skipped" >&2
 fi
+# The Standard Webhooks reference library for the webhook tests' receiver (a venv under ~/.cache).
+if WEBHOOKS_PYTHON="$(bash tests/webhooks/setup.sh)"; then
+  export TOLLGATE_WEBHOOKS_PYTHON="$WEBHOOKS_PYTHON" TOLLGATE_REQUIRE_WEBHOOKS=1
+else
+  echo "warning: standardwebhooks could not be installed; the webhook tests are skipped" >&2
+fi
 cargo test --workspace --locked

@@ -119,6 +119,23 @@ pub fn router(gw: crate::Gateway, token: &str) -> Router {
         .route("/admin/v1/payers/{id}", get(payer))
         .route("/admin/v1/payers/{id}/credits", post(credit))
         .route("/admin/v1/payers/{id}/block", post(block).delete(unblock))
+        .route(
+            "/admin/v1/payers/{id}/balance-low",
+            axum::routing::put(crate::admin_webhooks::set_threshold),
+        )
+        .route("/admin/v1/webhooks", get(crate::admin_webhooks::endpoints))
+        .route(
+            "/admin/v1/risk/decisions",
+            get(crate::admin_risk::decisions),
+        )
+        .route(
+            "/admin/v1/webhooks/failures",
+            get(crate::admin_webhooks::failures),
+        )
+        .route(
+            "/admin/v1/webhooks/{endpoint}/failures/{id}/replay",
+            post(crate::admin_webhooks::replay),
+        )
         .route("/admin/v1/reload", post(reload))
         .route("/admin/v1/mandates/{id}/revoke", post(revoke_mandate))
         .route("/admin/v1/receipts/revoke", post(revoke_receipt))
@@ -429,7 +446,10 @@ async fn credit(
 
 async fn block(State(admin): State<Admin>, Path(id): Path<String>) -> Response {
     match admin.paywall().store().set_blocked(&id, true).await {
-        Ok(()) => Json(json!({"payer": id, "blocked": true})).into_response(),
+        Ok(()) => {
+            crate::admin_webhooks::blocked(&admin, &id).await;
+            Json(json!({"payer": id, "blocked": true})).into_response()
+        }
         Err(e) => store_error(e),
     }
 }

@@ -24,6 +24,8 @@
 
 pub mod admin;
 pub mod admin_access;
+mod admin_risk;
+mod admin_webhooks;
 pub mod config;
 pub mod dashboard;
 pub mod keygen;
@@ -160,6 +162,8 @@ struct Shared {
     admin_tls: bool,
     /// The ledger of record and this replica's drainer (`[ledger]`; not reloadable).
     ledger: Option<ledger::LedgerRuntime>,
+    /// `[[webhooks]]` and their tasks (not reloadable).
+    webhooks: Option<(tollgate_middleware::webhooks::Webhooks, AbortOnDrop)>,
 }
 
 /// A configured gateway, ready to serve. Cheap to clone.
@@ -211,6 +215,11 @@ impl Gateway {
     /// The ledger database (`[ledger]` only): refunds of charges drained from Redis.
     pub(crate) fn ledger_db(&self) -> Option<Arc<tollgate_middleware::ledger::PgLedger>> {
         self.0.ledger.as_ref().map(|l| l.db.clone())
+    }
+
+    /// The webhooks (`[[webhooks]]` only).
+    pub fn webhooks(&self) -> Option<&tollgate_middleware::webhooks::Webhooks> {
+        self.0.webhooks.as_ref().map(|(w, _)| w)
     }
 
     /// What this replica's drainer last saw (`[ledger]` only).

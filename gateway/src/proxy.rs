@@ -52,18 +52,7 @@ pub struct Proxy {
     pub(crate) upgrades: Client<Connector, UpstreamBody>,
 }
 
-/// An error with its causes (`client error (Connect): tcp connect error: Connection refused`):
-/// hyper's own message names only the stage.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
+use tollgate_middleware::error::error_chain;
 
 /// Remove hop-by-hop headers, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

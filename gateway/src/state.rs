@@ -4,6 +4,7 @@
 use super::*;
 use crate::config::SyncMode;
 use tollgate_middleware::store::{SqliteOptions, SqliteStore, Synchronous};
+use tollgate_middleware::webhooks::{WebhookConfig, Webhooks};
 
 pub(crate) async fn build_store(config: &Config) -> Result<Arc<dyn Store>, BuildError> {
     Ok(match config.store.kind {
@@ -54,6 +55,8 @@ impl Gateway {
         secret: &[u8],
     ) -> Result<Self, BuildError> {
         let store = build_store(config).await?;
+        let ledger = crate::ledger::start(config).await?;
+        let webhooks = start_webhooks(&validated, &store, ledger.as_ref());
         if let (Some(f), Some(x)) = (validated.x402_facilitator.clone(), &config.x402) {
             // One settler per process for x402 `deferred` payments (jobs are leased, so any
             // number of replicas can run one). Its facilitator and store are fixed at start-up.
@@ -61,11 +64,12 @@ impl Gateway {
             settler.interval = Duration::from_millis(x.settle_interval_ms);
             settler.retry_base = Duration::from_millis(x.settle_retry_base_ms);
             settler.max_attempts = x.settle_max_attempts;
+            settler.webhooks = webhooks.as_ref().map(|(w, _)| w.clone());
             tokio::spawn(settler.run());
         }
-        let ledger = crate::ledger::start(config).await?;
         let listener_tls = validated.listener_tls.clone();
-        let inner = build_inner(config, validated, secret, store, None).await?;
+        let hooks = webhooks.as_ref().map(|(w, _)| w.clone());
+        let inner = build_inner(config, validated, secret, store, None, hooks).await?;
         Ok(Gateway(Arc::new(Shared {
             ledger,
             current: std::sync::RwLock::new(Arc::new(inner)),
@@ -74,6 +78,7 @@ impl Gateway {
             reloading: tokio::sync::Mutex::new(()),
             listener_tls,
             admin_tls: config.admin.tls,
+            webhooks,
         })))
     }
 
@@ -117,7 +122,9 @@ impl Gateway {
             tracing::info!("reload: [store] changed; connecting the new store");
             build_store(&config).await?
         };
-        let inner = build_inner(&config, validated, &self.0.secret, store, Some(&old)).await?;
+        let hooks = self.webhooks().cloned();
+        let inner =
+            build_inner(&config, validated, &self.0.secret, store, Some(&old), hooks).await?;
         let routes = inner.routes.len();
         if let Ok(mut current) = self.0.current.write() {
             *current = Arc::new(inner);
@@ -125,6 +132,35 @@ impl Gateway {
         tracing::info!(routes, path = %path.display(), "configuration reloaded");
         Ok(routes)
     }
+}
+
+/// Start the webhook dispatcher and deliverers (`[[webhooks]]`), on the ledger of record.
+fn start_webhooks(
+    v: &Validated,
+    store: &Arc<dyn Store>,
+    ledger: Option<&crate::ledger::LedgerRuntime>,
+) -> Option<(Webhooks, AbortOnDrop)> {
+    if v.webhooks.is_empty() {
+        return None;
+    }
+    let reader: Arc<dyn tollgate_middleware::store::LedgerStore> = match ledger {
+        Some(l) => l.db.clone(),
+        None => store.clone(),
+    };
+    let metrics = tollgate_middleware::metrics::global();
+    for e in &v.webhooks {
+        metrics.init_webhook(&e.id);
+        tracing::info!(endpoint = %e.id, url = %e.url, events = ?e.events.iter().map(|k| k.name()).collect::<Vec<_>>(), "webhook endpoint");
+    }
+    let config = WebhookConfig {
+        endpoints: v.webhooks.clone(),
+        thresholds: v.thresholds.clone(),
+        poll: Duration::from_millis(200),
+        holder: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+    };
+    let w = Webhooks::new(config, store.clone(), reader);
+    let tasks = AbortOnDrop(w.spawn());
+    Some((w, tasks))
 }
 
 /// Build one configuration snapshot on a given store.
@@ -163,6 +199,7 @@ pub(crate) async fn build_inner(
     secret: &[u8],
     store: Arc<dyn Store>,
     previous: Option<&Inner>,
+    webhooks: Option<Webhooks>,
 ) -> Result<Inner, BuildError> {
     let r = &config.receipts;
     let policy = ReceiptPolicy {
@@ -180,6 +217,10 @@ pub(crate) async fn build_inner(
         .agent_api(config.agent.api_prefix.clone());
     if let Some(l) = &config.store.lease {
         builder = builder.leases(l.to_config());
+    }
+    builder = builder.risk(validated.risk.clone());
+    if let Some(w) = webhooks {
+        builder = builder.webhooks(w);
     }
     if let Some(f) = validated.x402_facilitator.clone() {
         check_facilitator(f, &validated);

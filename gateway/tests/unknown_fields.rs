@@ -147,6 +147,10 @@ fn check(dir: &tempfile::TempDir, text: &str) -> (Option<i32>, String) {
         .arg("check")
         .arg("--config")
         .arg(&p)
+        .env(
+            "TOLLGATE_WEBHOOK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        )
         .output()
         .unwrap();
     (
@@ -221,6 +225,7 @@ fn a_bogus_key_in_any_table_of_any_shipped_config_is_refused_by_name() {
         "plans[]",
         "plans[].price",
         "plans[].units",
+        "webhooks[]",
     ];
     let missing: Vec<_> = expected.iter().filter(|s| !shapes.contains(**s)).collect();
     assert!(missing.is_empty(), "never walked: {missing:?}");

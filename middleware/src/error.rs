@@ -63,6 +63,9 @@ pub enum ErrorCode {
     PayerBlocked,
     /// The payer exceeded the route's rate limit (see `Retry-After`).
     RateLimited,
+    /// A risk rule refused the request (spend or request velocity, a spike, the issuer's cap
+    /// on new payers; see `Retry-After`).
+    RiskLimited,
     /// The access token is malformed, forged or from a rotated key.
     TokenInvalid,
     /// The access token has expired (top up again or renew it).
@@ -182,6 +185,7 @@ impl ErrorCode {
             ChallengeMismatch => "challenge_mismatch",
             PayerBlocked => "payer_blocked",
             RateLimited => "rate_limited",
+            RiskLimited => "risk_limited",
             TokenInvalid => "token_invalid",
             TokenExpired => "token_expired",
             BalanceInsufficient => "balance_insufficient",
@@ -244,7 +248,7 @@ impl ErrorCode {
                 StatusCode::FORBIDDEN
             }
             MandateInvalid => StatusCode::UNAUTHORIZED,
-            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited | RiskLimited => StatusCode::TOO_MANY_REQUESTS,
             TokenInvalid | TokenExpired => StatusCode::UNAUTHORIZED,
             ReceiptInUse | X402AuthorizationInUse => StatusCode::CONFLICT,
             RouteNotFound => StatusCode::NOT_FOUND,
@@ -292,6 +296,7 @@ impl ErrorCode {
             ChallengeMismatch => "Challenge issued for another request",
             PayerBlocked => "Payer blocked",
             RateLimited => "Rate limit exceeded",
+            RiskLimited => "Refused by a risk rule",
             TokenInvalid => "Invalid access token",
             TokenExpired => "Access token expired",
             BalanceInsufficient => "Prepaid balance too low",
@@ -463,6 +468,19 @@ pub(crate) fn problem_response<B: From<Bytes>>(code: ErrorCode, body: Bytes) -> 
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.extensions_mut().insert(code);
     res
+}
+
+/// An error with its causes (`client error (Connect): tcp connect error: Connection refused`):
+/// hyper's and reqwest's own messages name only the stage.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 #[cfg(test)]

@@ -68,9 +68,11 @@ pub mod price;
 pub mod receipt;
 pub mod receipt_amount;
 pub mod revocations;
+pub mod risk;
 pub mod store;
 pub mod token;
 pub mod traffic;
+pub mod webhooks;
 pub mod x402;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -9,8 +9,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every Tollgate metric.
@@ -61,6 +61,16 @@ pub struct Metrics {
     pub lease_charges: IntCounter,
     /// This replica's balance leases found lapsed at a sync (a pause longer than the ttl).
     pub lease_lapsed: IntCounter,
+    /// Risk rule hits, by rule and action.
+    pub risk_decisions: IntCounterVec,
+    /// Webhook messages written to the outbox, by type.
+    pub webhook_messages: IntCounterVec,
+    /// Webhook delivery attempts, by endpoint and outcome (`delivered`, `retried`, `failed`).
+    pub webhook_deliveries: IntCounterVec,
+    /// Messages after each endpoint's position in the outbox.
+    pub webhook_pending: IntGaugeVec,
+    /// Age of the oldest message waiting for each endpoint (0 when none waits).
+    pub webhook_outbox_age_seconds: GaugeVec,
     /// 1, labelled with the version.
     pub build_info: IntGaugeVec,
     /// 1 per configured currency, labelled with its scale.
@@ -173,6 +183,34 @@ impl Metrics {
                 "x402 deferred settlement attempts by outcome.",
                 &["outcome"],
             ),
+            risk_decisions: counter(
+                "tollgate_risk_decisions_total",
+                "Risk rule hits, by rule and action (flag, refuse, block).",
+                &["rule", "action"],
+            ),
+            webhook_messages: counter(
+                "tollgate_webhook_messages_total",
+                "Webhook messages written to the outbox, by type.",
+                &["type"],
+            ),
+            webhook_deliveries: counter(
+                "tollgate_webhook_deliveries_total",
+                "Webhook delivery attempts, by endpoint and outcome.",
+                &["endpoint", "outcome"],
+            ),
+            webhook_pending: gauge(
+                "tollgate_webhook_pending_messages",
+                "Outbox messages after each endpoint's position.",
+                &["endpoint"],
+            ),
+            webhook_outbox_age_seconds: GaugeVec::new(
+                Opts::new(
+                    "tollgate_webhook_outbox_age_seconds",
+                    "Age of the oldest outbox message waiting for each endpoint.",
+                ),
+                &["endpoint"],
+            )
+            .unwrap_or_else(|e| panic!("metric tollgate_webhook_outbox_age_seconds: {e}")),
             build_info: gauge(
                 "tollgate_build_info",
                 "Always 1; the labels say which build runs.",
@@ -209,6 +247,11 @@ impl Metrics {
         let _ = r.register(Box::new(m.lease_syncs.clone()));
         let _ = r.register(Box::new(m.lease_charges.clone()));
         let _ = r.register(Box::new(m.lease_lapsed.clone()));
+        let _ = r.register(Box::new(m.risk_decisions.clone()));
+        let _ = r.register(Box::new(m.webhook_messages.clone()));
+        let _ = r.register(Box::new(m.webhook_deliveries.clone()));
+        let _ = r.register(Box::new(m.webhook_pending.clone()));
+        let _ = r.register(Box::new(m.webhook_outbox_age_seconds.clone()));
         let _ = r.register(Box::new(m.build_info.clone()));
         let _ = r.register(Box::new(m.currency_info.clone()));
         m
@@ -231,6 +274,19 @@ impl Metrics {
                 .inc_by(0);
         }
         let _ = self.upstream_seconds.with_label_values(&[route]);
+    }
+
+    /// Create a webhook endpoint's series at 0.
+    pub fn init_webhook(&self, endpoint: &str) {
+        for outcome in ["delivered", "retried", "failed"] {
+            self.webhook_deliveries
+                .with_label_values(&[endpoint, outcome])
+                .inc_by(0);
+        }
+        self.webhook_pending.with_label_values(&[endpoint]).set(0);
+        self.webhook_outbox_age_seconds
+            .with_label_values(&[endpoint])
+            .set(0.0);
     }
 
     /// Create a currency's series at 0 and state its scale.

@@ -13,9 +13,11 @@ mod ledger;
 mod mcp;
 mod plans;
 mod price;
+mod risk;
 mod routes;
 mod store;
 mod tls;
+mod webhooks;
 mod x402;
 
 use std::collections::BTreeMap;
@@ -35,9 +37,11 @@ pub use ledger::{LedgerConfig, LEDGER_PASSWORD_ENV};
 pub use mcp::{McpConfig, McpRoute, McpToolConfig};
 pub use plans::{MoneyConfig, PlanConfig, PlanUnitsConfig};
 pub use price::{MeterConfig, PriceConfig};
+pub use risk::RiskConfig;
 pub use routes::{Capture, ExactOfferConfig, RateLimitConfig, Route, RouteConfig};
 pub use store::{StoreConfig, StoreKind, SyncMode};
 pub use tls::{TlsConfig, UpstreamTlsConfig};
+pub use webhooks::WebhookConfig;
 pub use x402::X402Config;
 
 use issuers::validate_issuers;
@@ -221,6 +225,12 @@ pub struct Config {
     pub admin: AdminConfig,
     /// x402 `exact` settlement: the facilitator (needed when a route has `[[routes.x402]]`).
     pub x402: Option<X402Config>,
+    /// `[[webhooks]]`: signed event deliveries.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// `[[risk]]`: risk rules.
+    #[serde(default)]
+    pub risk: Vec<RiskConfig>,
 }
 
 /// `[agent]`.
@@ -311,6 +321,10 @@ pub struct CurrencyConfig {
     /// Top-up amount offered to agents in 402s (decimal string); no top-up offer when unset.
     #[serde(default, deserialize_with = "amount::opt_decimal")]
     pub topup_suggested: Option<String>,
+    /// Default `balance.low` webhook threshold (decimal string); a payer's own threshold
+    /// (admin API) wins.
+    #[serde(default, deserialize_with = "amount::opt_decimal")]
+    pub balance_low: Option<String>,
 }
 
 impl Config {
@@ -435,6 +449,9 @@ impl Config {
             ));
         }
         let plans = validate_plans(&self.plans, &currencies, &routes)?;
+        let (webhooks, thresholds) =
+            webhooks::validate_webhooks(&self.webhooks, &self.currencies, &currencies)?;
+        let risk = risk::validate_risk(&self.risk, &currencies, &routes)?;
         let currencies = currencies
             .into_iter()
             .map(|(code, c)| {
@@ -449,6 +466,9 @@ impl Config {
             plans,
             x402_facilitator: facilitator.map(|(f, _)| f),
             listener_tls,
+            webhooks,
+            thresholds,
+            risk,
         })
     }
 }
@@ -522,6 +542,12 @@ pub struct Validated {
     pub x402_facilitator: Option<Arc<HttpFacilitator>>,
     /// The TLS listener's certificate (when `[tls]` is set).
     pub listener_tls: Option<crate::tls::ListenerTls>,
+    /// The webhook endpoints, secrets read.
+    pub webhooks: Vec<tollgate_middleware::webhooks::Endpoint>,
+    /// `balance.low` thresholds per currency (atomic units).
+    pub thresholds: BTreeMap<String, (Currency, u64)>,
+    /// Risk rules.
+    pub risk: Vec<tollgate_middleware::risk::RiskRule>,
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::Response;
-use serde_json::{json, Value};
-use tollgate_middleware::store::{utc_day, LedgerStore, UsageEvent};
+use serde_json::Value;
+use tollgate_middleware::store::{LedgerStore, UsageEvent};
 use tollgate_middleware::StoreError;
 
 use crate::admin::{bad_request, store_error, Admin};
@@ -246,25 +246,7 @@ async fn scan(ledger: &dyn LedgerStore, q: &EventQuery) -> Result<Scan, StoreErr
 
 /// One usage event as exported (decimal amount alongside the atomic units).
 pub fn event_json(e: &UsageEvent) -> Value {
-    json!({
-        "id": e.id,
-        "time_ms": e.time_ms,
-        "payer": e.payer,
-        "route": e.route,
-        "method": e.method,
-        "units": e.units,
-        "unit_prices": e.unit_prices,
-        "amount": e.amount().to_string(),
-        "amount_minor": e.amount_minor,
-        "uncharged_minor": e.uncharged_minor,
-        "currency": e.currency,
-        "scale": e.scale,
-        "credential": e.credential,
-        "reservation": e.reservation,
-        "upstream_status": e.known_upstream_status(),
-        "captured": e.captured_at(),
-        "voids": e.voids,
-    })
+    e.to_json()
 }
 
 /// The query string's pairs (one that does not decode is a 400 problem, not axum's plain text).
@@ -347,21 +329,7 @@ pub const CSV_COLUMNS: [&str; 19] = [
     "captured",
 ];
 
-/// `2026-11-22T10:04:05.123Z` (UTC, milliseconds).
-pub(crate) fn iso_time(ms: i64) -> String {
-    let day = utc_day(ms);
-    let t = ms.rem_euclid(86_400_000);
-    format!(
-        "{}-{}-{}T{:02}:{:02}:{:02}.{:03}Z",
-        day.get(0..4).unwrap_or("0000"),
-        day.get(4..6).unwrap_or("00"),
-        day.get(6..8).unwrap_or("00"),
-        t / 3_600_000,
-        t / 60_000 % 60,
-        t / 1000 % 60,
-        t % 1000
-    )
-}
+pub(crate) use tollgate_middleware::store::iso_time;
 
 /// One CSV field (RFC 4180): quoted when it holds a comma, a quote, CR or LF, quotes doubled.
 /// A text cell starting with `=`, `+`, `-`, `@`, tab or CR gets a leading `'`, so a spreadsheet

@@ -556,6 +556,25 @@ impl LedgerStore for PgLedger {
             .await?)
     }
 
+    async fn bucket_events_after(
+        &self,
+        bucket: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let (ms, seq) = after.map_or((-1, -1), |a| {
+            let (ms, seq, _) = event_order(a);
+            (to_i64(ms), to_i64(seq))
+        });
+        Ok(self
+            .events_where(
+                "id_bucket = $3::INT8 AND (id_ms, id_seq) > ($1, $2) ORDER BY id_ms, id_seq",
+                (ms, seq, to_i64(bucket)),
+                limit,
+            )
+            .await?)
+    }
+
     async fn events_before(
         &self,
         before: Option<&str>,

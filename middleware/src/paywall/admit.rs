@@ -136,7 +136,7 @@ impl Paywall {
                             "the access token expired: renew it or top up again",
                         ),
                     })?;
-                self.check_rate(route, &claims.sub).await?;
+                self.check_limits(route, &claims.sub, "token").await?;
                 let keyed = idempotency_key.is_some();
                 *claimed = self
                     .claim_idempotency(idempotency_key, &claims.sub, route, method, uri)
@@ -300,7 +300,8 @@ impl Paywall {
                     }
                 }
                 let paid_minor = self.check_terms(&receipt, route, currency, due_minor, method)?;
-                self.check_rate(route, &receipt.payer).await?;
+                self.check_limits(route, &receipt.payer, &receipt.issuer)
+                    .await?;
                 *claimed = self
                     .claim_idempotency(idempotency_key, &receipt.payer, route, method, uri)
                     .await?;

@@ -73,6 +73,7 @@ mod payment_auth;
 mod reconcile;
 mod refusal;
 mod render;
+mod risk;
 mod settle;
 mod wire;
 mod x402;
@@ -132,6 +133,8 @@ pub struct PaywallBuilder {
     settle_retry: Duration,
     plans: Vec<Plan>,
     leases: Option<LeaseConfig>,
+    risk: Vec<crate::risk::RiskRule>,
+    webhooks: Option<crate::webhooks::Webhooks>,
 }
 
 impl PaywallBuilder {
@@ -157,6 +160,18 @@ impl PaywallBuilder {
     /// per-request path.
     pub fn leases(mut self, config: LeaseConfig) -> Self {
         self.leases = Some(config);
+        self
+    }
+
+    /// Enforce risk rules (see [`crate::risk`]).
+    pub fn risk(mut self, rules: Vec<crate::risk::RiskRule>) -> Self {
+        self.risk = rules;
+        self
+    }
+
+    /// Report risk flags and blocks as webhooks.
+    pub fn webhooks(mut self, webhooks: crate::webhooks::Webhooks) -> Self {
+        self.webhooks = Some(webhooks);
         self
     }
 
@@ -253,6 +268,8 @@ impl PaywallBuilder {
             leases,
             settle_retry: self.settle_retry,
             plans: self.plans,
+            risk: self.risk,
+            webhooks: self.webhooks,
             challenges: Default::default(),
         })))
     }
@@ -323,6 +340,10 @@ struct Inner {
     settle_retry: Duration,
     /// Plans sold.
     plans: Vec<Plan>,
+    /// Risk rules.
+    risk: Vec<crate::risk::RiskRule>,
+    /// Where risk flags and blocks are reported.
+    webhooks: Option<crate::webhooks::Webhooks>,
     /// This second's 402 answers (see `challenge_cache.rs`).
     challenges: challenge_cache::ChallengeCache,
     /// Balance leases, when the store keeps them.
@@ -407,6 +428,8 @@ impl Paywall {
             settle_retry: Duration::from_secs(5),
             plans: Vec::new(),
             leases: None,
+            risk: Vec::new(),
+            webhooks: None,
         }
     }
 

@@ -117,6 +117,17 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> Result<Vec<UsageEvent>, StoreError>;
 
+    /// One payer bucket's usage events with ids after `after` (all when `None`), in id
+    /// order, at most `limit`: a complete, append-only sequence per bucket (an event is never
+    /// inserted before one already read), which the webhook dispatcher follows with one
+    /// cursor per bucket. A backend with a single sequence (sqlite) answers it as bucket 0.
+    async fn bucket_events_after(
+        &self,
+        bucket: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError>;
+
     /// Usage events with ids before `before` (the newest when `None`), newest first, at
     /// most `limit`: the admin API's recent payments, answered from the backend's index.
     async fn events_before(
@@ -169,6 +180,21 @@ pub trait PayerControl: Send + Sync + std::fmt::Debug + 'static {
 
     /// Block or unblock a payer.
     async fn set_blocked(&self, payer: &str, blocked: bool) -> Result<(), StoreError>;
+
+    /// Check a request against risk rules and count it, in one atomic step per slot (see
+    /// [`crate::risk`]): when the most severe hit refuses or blocks, no payer counter moves
+    /// (and `block` blocks the payer); otherwise every counter moves. A new payer within its
+    /// issuer's cap is counted whatever the other rules say. Each hit is logged.
+    async fn risk(
+        &self,
+        c: &crate::risk::RiskCheck<'_>,
+    ) -> Result<crate::risk::RiskOutcome, StoreError>;
+
+    /// The latest risk decisions, newest first, at most `limit`.
+    async fn risk_decisions(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::risk::RiskDecision>, StoreError>;
 }
 
 /// Mandates: revocation and the payer's mandates with their window use.
@@ -306,12 +332,13 @@ store_of!(
     IdempotencyStore,
     RefundStore,
     super::LeaseStore,
+    super::WebhookOutbox,
 );
 
 /// Every capability trait, to call store methods on a concrete store (`use
 /// tollgate_middleware::store::prelude::*`); through `dyn Store` they need no import.
 pub mod prelude {
-    pub use super::super::LeaseStore;
+    pub use super::super::{LeaseStore, WebhookOutbox};
     pub use super::{
         AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
         PayerControl, PlanStore, ReceiptStore, RefundStore, SettlementQueue, Store,

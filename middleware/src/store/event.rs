@@ -70,6 +70,30 @@ impl UsageEvent {
         }
     }
 
+    /// The event as exported (admin API, the agent's bill, webhooks): the decimal amount
+    /// alongside the atomic units.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "time_ms": self.time_ms,
+            "payer": self.payer,
+            "route": self.route,
+            "method": self.method,
+            "units": self.units,
+            "unit_prices": self.unit_prices,
+            "amount": self.amount().to_string(),
+            "amount_minor": self.amount_minor,
+            "uncharged_minor": self.uncharged_minor,
+            "currency": self.currency,
+            "scale": self.scale,
+            "credential": self.credential,
+            "reservation": self.reservation,
+            "upstream_status": self.known_upstream_status(),
+            "captured": self.captured_at(),
+            "voids": self.voids,
+        })
+    }
+
     /// Fields written by Rust (the scripts add `amount_minor` / `uncharged_minor` where they
     /// decide them).
     pub(super) fn to_fields(&self, with_amounts: bool) -> Vec<(&'static str, String)> {
@@ -172,6 +196,19 @@ pub fn event_order(id: &str) -> (u64, u64, u64) {
 pub fn utc_day(time_ms: i64) -> String {
     let (y, m, d) = crate::mandate::civil_from_days(time_ms.div_euclid(86_400_000));
     format!("{y:04}{m:02}{d:02}")
+}
+
+/// `2026-11-22T10:04:05.123Z`: a unix-ms time in RFC 3339, UTC, with milliseconds.
+pub fn iso_time(ms: i64) -> String {
+    let (y, m, d) = crate::mandate::civil_from_days(ms.div_euclid(86_400_000));
+    let t = ms.rem_euclid(86_400_000);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t / 3_600_000,
+        t / 60_000 % 60,
+        t / 1000 % 60,
+        t % 1000
+    )
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ pub struct Settler {
     pub max_attempts: u32,
     /// How long a claimed job is not handed to another settler.
     pub lease: Duration,
+    /// Where a failure is reported (`settlement.failed`, `payer.blocked`), when configured.
+    pub webhooks: Option<crate::webhooks::Webhooks>,
 }
 
 impl Settler {
@@ -51,6 +53,7 @@ impl Settler {
             retry_base: Duration::from_secs(1),
             max_attempts: 10,
             lease: Duration::from_secs(60),
+            webhooks: None,
         }
     }
 
@@ -85,6 +88,9 @@ impl Settler {
                 tracing::error!(job = %job.id, payer = %job.payer, %error, "x402 settlement failed; payer blocked until resolved");
             }
             self.store.finish_settlement(&job, &outcome).await?;
+            if let (JobOutcome::Failed { error }, Some(w)) = (&outcome, &self.webhooks) {
+                report_failure(w, &job, error).await;
+            }
         }
         Ok(n)
     }
@@ -124,6 +130,33 @@ impl Settler {
                     JobOutcome::Retry { after, error }
                 }
             }
+        }
+    }
+}
+
+/// Webhooks for a settlement that failed for good: `settlement.failed` and `payer.blocked`
+/// (the store blocked the payer in the same step), one id each per job.
+async fn report_failure(w: &crate::webhooks::Webhooks, job: &SettlementJob, error: &str) {
+    use crate::webhooks::EventKind;
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    let failed = serde_json::json!({"payer": job.payer, "settlement": job.id, "error": error});
+    let blocked = serde_json::json!({"payer": job.payer, "blocked": true, "by": "settlement", "settlement": job.id});
+    let key = format!("settlement_{}", job.id);
+    for (kind, data) in [
+        (EventKind::SettlementFailed, failed),
+        (EventKind::PayerBlocked, blocked),
+    ] {
+        if let Err(e) = w
+            .notify(
+                kind,
+                &format!("{key}_{}", kind.name()),
+                &job.payer,
+                now,
+                data,
+            )
+            .await
+        {
+            tracing::error!(job = %job.id, error = %e, kind = kind.name(), "webhook not written");
         }
     }
 }

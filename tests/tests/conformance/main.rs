@@ -17,8 +17,10 @@ mod queue;
 mod receipts;
 mod refunds;
 mod requests;
+mod risk;
 mod support;
 mod voids;
+mod webhooks;
 
 /// Instantiate every body for every backend: `sqlite::<body>`, `sqlite_file::<body>`, `redis::<body>` (a server of
 /// its own per test) and one `cluster::every_body` that runs them all on one cluster, each
@@ -101,6 +103,8 @@ conformance! {
     refunds::refund_x402_is_owed,
     refunds::refunds_and_voids_exclude_each_other,
     refunds::concurrent_refunds_never_exceed_the_charge,
+    webhooks::outbox_lifecycle,
+    risk::risk_rules,
 }
 
 /// The request idempotency body on Redis, then its keys: one hash per (payer, key), in the

@@ -133,7 +133,7 @@ impl Paywall {
         };
         let payer = format!("{:#x}", verified.from);
         let nonce = format!("{:#x}", verified.nonce);
-        self.check_rate(route, &payer).await?;
+        self.check_limits(route, &payer, x402::STORE_ISSUER).await?;
         let reservation = Reservation {
             id: uuid::Uuid::new_v4().to_string(),
             payer: payer.clone(),

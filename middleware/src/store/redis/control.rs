@@ -46,4 +46,18 @@ impl PayerControl for RedisStore {
         let _: Value = self.bounded(cmd.query_async(&mut conn)).await?;
         Ok(())
     }
+
+    async fn risk(
+        &self,
+        c: &crate::risk::RiskCheck<'_>,
+    ) -> Result<crate::risk::RiskOutcome, StoreError> {
+        self.risk_check(c).await
+    }
+
+    async fn risk_decisions(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::risk::RiskDecision>, StoreError> {
+        self.risk_log(limit).await
+    }
 }

@@ -318,6 +318,20 @@ impl LedgerStore for RedisStore {
         self.events_from(after, limit, false).await
     }
 
+    async fn bucket_events_after(
+        &self,
+        bucket: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let from = match after.map(event_order) {
+            Some((ms, seq, _)) => format!("({ms}-{seq}"),
+            None => "-".to_owned(),
+        };
+        self.stream_page("XRANGE", bucket, (&from, "+"), limit)
+            .await
+    }
+
     async fn events_before(
         &self,
         before: Option<&str>,

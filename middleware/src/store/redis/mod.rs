@@ -24,7 +24,9 @@ mod plans;
 mod queue;
 mod receipts;
 mod refunds;
+mod risk;
 mod scripts;
+mod webhook;
 
 use self::scripts::Scripts;
 

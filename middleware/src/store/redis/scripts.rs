@@ -55,4 +55,10 @@ scripts! {
     backlog: ["backlog"],
     refund: ["totals", "refund"],
     refund_claim: ["refund_claim"],
+    webhook_advance: ["webhook_advance"],
+    webhook_claim: ["webhook_claim"],
+    webhook_finish: ["webhook_finish"],
+    webhook_replay: ["webhook_replay"],
+    risk: ["risk"],
+    risk_new: ["risk_new"],
 }

@@ -98,6 +98,19 @@ impl LedgerStore for SqliteStore {
             .await
     }
 
+    async fn bucket_events_after(
+        &self,
+        bucket: u64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        // One sequence, recorded as bucket 0.
+        if bucket != 0 {
+            return Ok(Vec::new());
+        }
+        self.events_after(after, limit).await
+    }
+
     async fn events_before(
         &self,
         before: Option<&str>,

@@ -33,7 +33,9 @@ mod queue;
 mod receipts;
 mod refunds;
 mod requests;
+mod risk;
 mod tx;
+mod webhook;
 
 use tx::Tx;
 
@@ -267,6 +269,9 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), OpenError> {
     .map_err(err)?;
     // Added within version 1 (tables and indexes an older tollgate never reads): refunds.
     conn.execute_batch(refunds::SCHEMA).map_err(err)?;
+    // Added within version 1 (tables an older tollgate never reads): the webhook outbox.
+    conn.execute_batch(webhook::SCHEMA).map_err(err)?;
+    conn.execute_batch(risk::SCHEMA).map_err(err)?;
     Ok(())
 }
 

@@ -57,6 +57,20 @@ impl PayerControl for SqliteStore {
         let payer = payer.to_owned();
         self.run(move |t| t.set_blocked(&payer, blocked)).await
     }
+
+    async fn risk(
+        &self,
+        c: &crate::risk::RiskCheck<'_>,
+    ) -> Result<crate::risk::RiskOutcome, StoreError> {
+        self.risk_check(c).await
+    }
+
+    async fn risk_decisions(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::risk::RiskDecision>, StoreError> {
+        self.risk_log(limit).await
+    }
 }
 
 #[async_trait]

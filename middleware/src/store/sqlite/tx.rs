@@ -629,9 +629,15 @@ impl<'c> Tx<'c> {
             "settled",
             "idempotency",
             "mandate_holds",
+            "risk_counters",
         ] {
             self.exec(&format!("DELETE FROM {table} WHERE until_ms <= ?1"), [now])?;
         }
+        // The risk log keeps about what Redis does (10,000 per bucket).
+        self.exec(
+            "DELETE FROM risk_log WHERE n <= (SELECT MAX(n) - 160000 FROM risk_log)",
+            [],
+        )?;
         // A theoretical arrival time in the past is the same as none.
         self.exec("DELETE FROM rates WHERE tat_ms <= ?1", [now])
             .map(drop)

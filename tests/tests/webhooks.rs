@@ -1,0 +1,357 @@
+//! Signed webhooks end to end (docs/webhooks.md): a real receiver in Python that verifies every
+//! delivery with the Standard Webhooks reference library (`standardwebhooks`, installed by
+//! `tests/webhooks/setup.sh`), down at first, then answering 500, then too slowly, then well.
+//! From the receiver's point of view, deduplicating by `webhook-id`, every event arrives exactly
+//! once, every signature verifies, a payer's events arrive in order, and the charges reported in
+//! `charge.captured` batches are the ledger's, each once. A message out of attempts is kept,
+//! listed and replayed with its id. Run on the sqlite store and on a private redis-server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tollgate_e2e::process::free_port;
+use tollgate_e2e::python::PythonServer;
+use tollgate_e2e::*;
+
+const ADMIN: &str = "admin-token-0123456789";
+const SECRET_ENV: &str = "TOLLGATE_TEST_WEBHOOK_SECRET";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn python() -> Option<PathBuf> {
+    tools::installed(
+        "TOLLGATE_WEBHOOKS_PYTHON",
+        ".cache/tollgate-webhooks-venv/bin/python",
+        "TOLLGATE_REQUIRE_WEBHOOKS",
+        "tests/webhooks/setup.sh",
+    )
+}
+
+fn receiver(python: &PathBuf, port: u16, plan: &str) -> PythonServer {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/webhooks/receiver.py");
+    PythonServer::start_with(python, [script, SECRET, &port.to_string(), plan])
+}
+
+async fn attempts(port: u16) -> Vec<Value> {
+    let v: Value = reqwest::get(format!("http://127.0.0.1:{port}/received"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["attempts"].as_array().unwrap().clone()
+}
+
+fn hook(port: u16, events: &str, max_attempts: u32) -> String {
+    format!(
+        "[[webhooks]]\nid = \"ops\"\nurl = \"http://127.0.0.1:{port}/hook\"\nevents = [{events}]\n\
+         secret_env = \"{SECRET_ENV}\"\ntimeout_ms = 500\nmax_attempts = {max_attempts}\n\
+         backoff_ms = 100\nbackoff_max_ms = 400\n"
+    )
+}
+
+async fn admin(gw: &TestGateway, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    let res = gw
+        .http
+        .request(method, gw.admin_url(path))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Poll until `done` holds for the receiver's attempts (at most 30 s).
+async fn until(port: u16, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let a = attempts(port).await;
+        if done(&a) {
+            return a;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{what}: {a:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each distinct message (by `webhook-id`) the receiver processed: answered 2xx, or answered
+/// too late after processing ("hang").
+fn processed(attempts: &[Value]) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for a in attempts.iter().filter(|a| a["action"] != "500") {
+        out.entry(a["id"].as_str().unwrap().to_owned())
+            .or_insert_with(|| a.clone());
+    }
+    out
+}
+
+async fn every_event_once(builder: GatewayBuilder) {
+    let Some(py) = python() else { return };
+    std::env::set_var(SECRET_ENV, SECRET);
+    let port = free_port();
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let events = "\"balance.low\", \"balance.depleted\", \"payer.blocked\", \"charge.captured\"";
+    let gw = builder
+        .issuer(&wallet)
+        .admin(ADMIN)
+        .top(&hook(port, events, 50))
+        .route(paid("work", "/v1/echo", &up, "0.1"))
+        .start()
+        .await;
+    // The payer's own threshold: 0.45 USD.
+    let (status, body) = admin(
+        &gw,
+        reqwest::Method::PUT,
+        "/admin/v1/payers/hook-payer/balance-low",
+        json!({"currency": "USD", "threshold": "0.45"}),
+    )
+    .await;
+    assert_eq!((status, body["threshold"].clone()), (200, json!("0.45")));
+    let token = gw.topup(&wallet, "hook-payer", "1").await;
+    // Ten calls at 0.1 spend the balance; the eleventh is refused and charges nothing.
+    for i in 0..11 {
+        let res = gw.token_get("/v1/echo", &token).await;
+        let want = if i < 10 { 200 } else { 402 };
+        assert_eq!(res.status(), want, "call {i}");
+        // Spread over a few dispatcher steps.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let (status, _) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/admin/v1/payers/other-payer/block",
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The receiver is down for a second, then answers 500 twice and hangs once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _receiver = receiver(&py, port, "500,500,hang");
+    let ledger: BTreeSet<String> = gw
+        .paywall
+        .store()
+        .usage_events()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ledger.len(), 10);
+    let reported = |a: &[Value]| -> Vec<String> {
+        processed(a)
+            .values()
+            .filter(|m| m["type"] == "charge.captured")
+            .flat_map(|m| m["payload"]["data"]["events"].as_array().unwrap().clone())
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = until(port, "every event delivered", |a| {
+        let kinds: Vec<_> = processed(a).values().map(|m| m["type"].clone()).collect();
+        reported(a).len() >= 10
+            && kinds.contains(&json!("balance.low"))
+            && kinds.contains(&json!("balance.depleted"))
+            && kinds.contains(&json!("payer.blocked"))
+    })
+    .await;
+    // Every signature verified with the reference library.
+    assert!(all.iter().all(|a| a["valid"] == true), "{all:#?}");
+    // The plan was played: two 500s and a hang, then deliveries; a retry keeps its id.
+    let actions: Vec<&str> = all.iter().map(|a| a["action"].as_str().unwrap()).collect();
+    assert_eq!(&actions[..3], ["500", "500", "hang"]);
+    // A message that failed was tried again with the same id.
+    for (i, a) in all.iter().enumerate().filter(|(_, a)| a["action"] == "500") {
+        assert!(
+            all[i + 1..].iter().any(|b| b["id"] == a["id"]),
+            "{} was not tried again",
+            a["id"]
+        );
+    }
+    // Exactly once by id: each charge in one batch, each balance event once.
+    let charges = reported(&all);
+    let unique: BTreeSet<String> = charges.iter().cloned().collect();
+    assert_eq!(charges.len(), unique.len(), "a charge reported twice");
+    assert_eq!(unique, ledger);
+    let messages = processed(&all);
+    let count = |t: &str| messages.values().filter(|m| m["type"] == t).count();
+    assert_eq!(
+        (
+            count("balance.low"),
+            count("balance.depleted"),
+            count("payer.blocked")
+        ),
+        (1, 1, 1)
+    );
+    let low = messages
+        .values()
+        .find(|m| m["type"] == "balance.low")
+        .unwrap();
+    let data = &low["payload"]["data"];
+    assert_eq!(
+        (&data["payer"], &data["currency"], &data["threshold"]),
+        (&json!("hook-payer"), &json!("USD"), &json!("0.45"))
+    );
+    assert!(data["available"].as_str().unwrap().parse::<f64>().unwrap() < 0.45);
+    let blocked = messages
+        .values()
+        .find(|m| m["type"] == "payer.blocked")
+        .unwrap();
+    assert_eq!(blocked["payload"]["data"]["payer"], "other-payer");
+    // A payer's events in order: low before depleted.
+    let order: Vec<&str> = all
+        .iter()
+        .filter(|a| a["action"] != "500")
+        .filter_map(|a| a["type"].as_str())
+        .filter(|t| t.starts_with("balance."))
+        .collect();
+    let first_depleted = order.iter().position(|t| *t == "balance.depleted").unwrap();
+    let first_low = order.iter().position(|t| *t == "balance.low").unwrap();
+    assert!(first_low < first_depleted, "{order:?}");
+    // Metrics and the admin view.
+    let metrics = gw.admin_text("/metrics", ADMIN).await;
+    let retried = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("tollgate_webhook_deliveries_total{endpoint=\"ops\",outcome=\"retried\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap();
+    assert!(retried >= 3, "{retried}");
+    let start = Instant::now();
+    loop {
+        let v = gw.admin_json("/admin/v1/webhooks", ADMIN).await;
+        if v["endpoints"][0]["pending"] == 0 {
+            assert_eq!(v["endpoints"][0]["id"], "ops");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_event_once_on_sqlite() {
+    every_event_once(gateway()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_event_once_on_redis() {
+    let redis = RedisServer::start();
+    every_event_once(gateway().redis(&redis)).await;
+}
+
+/// Out of attempts: kept among the failures, listed, and delivered again by a replay with the
+/// same id (to this endpoint only); a second replay finds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_delivery_is_kept_and_replayed() {
+    let Some(py) = python() else { return };
+    std::env::set_var(SECRET_ENV, SECRET);
+    let port = free_port();
+    let up = upstream().await;
+    let gw = gateway()
+        .issuer(&TestIssuer::ed25519("wallet"))
+        .admin(ADMIN)
+        .top(&hook(port, "\"payer.blocked\"", 2))
+        .route(paid("work", "/v1/echo", &up, "0.1"))
+        .start()
+        .await;
+    let failing = receiver(&py, port, "500,500");
+    let (status, _) = admin(
+        &gw,
+        reqwest::Method::POST,
+        "/admin/v1/payers/p9/block",
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let start = Instant::now();
+    let failure = loop {
+        let v = gw.admin_json("/admin/v1/webhooks/failures", ADMIN).await;
+        if let Some(f) = v["failures"].as_array().and_then(|f| f.first()).cloned() {
+            break f;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (&failure["endpoint"], &failure["type"], &failure["attempts"]),
+        (&json!("ops"), &json!("payer.blocked"), &json!(2))
+    );
+    assert_eq!(failure["error"], "HTTP 500");
+    assert_eq!(failure["payload"]["data"]["payer"], "p9");
+    let id = failure["id"].as_str().unwrap().to_owned();
+    let tried = attempts(port).await;
+    assert_eq!(tried.len(), 2, "{tried:#?}");
+    drop(failing);
+    let _ok = receiver(&py, port, "");
+    // Bad replays: another endpoint, an unknown id.
+    let (status, body) = admin(
+        &gw,
+        reqwest::Method::POST,
+        &format!("/admin/v1/webhooks/nope/failures/{id}/replay"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (404, json!("route_not_found"))
+    );
+    let (status, body) = admin(
+        &gw,
+        reqwest::Method::POST,
+        &format!("/admin/v1/webhooks/ops/failures/{id}/replay"),
+        json!({}),
+    )
+    .await;
+    assert_eq!((status, body["id"].clone()), (202, json!(id)));
+    let (status, _) = admin(
+        &gw,
+        reqwest::Method::POST,
+        &format!("/admin/v1/webhooks/ops/failures/{id}/replay"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let got = until(port, "the replay", |a| !a.is_empty()).await;
+    assert_eq!(
+        (&got[0]["id"], &got[0]["type"], &got[0]["valid"]),
+        (&json!(id), &json!("payer.blocked"), &json!(true))
+    );
+    let v = gw.admin_json("/admin/v1/webhooks/failures", ADMIN).await;
+    assert_eq!(v["failures"], json!([]));
+    // The admin OpenAPI document describes the webhook endpoints.
+    let openapi = gw.admin_json("/admin/v1/openapi.json", ADMIN).await;
+    for (path, method) in [
+        ("/admin/v1/webhooks", "get"),
+        ("/admin/v1/webhooks/failures", "get"),
+        ("/admin/v1/webhooks/{endpoint}/failures/{id}/replay", "post"),
+        ("/admin/v1/payers/{id}/balance-low", "put"),
+    ] {
+        assert!(openapi["paths"][path][method].is_object(), "{path}");
+    }
+    // A threshold in a currency that is not configured, or not a decimal: 400 problems.
+    for body in [
+        json!({"currency": "EUR", "threshold": "1"}),
+        json!({"currency": "USD", "threshold": "x"}),
+        json!({"currency": "USD", "threshold": "0"}),
+    ] {
+        let (status, b) = admin(
+            &gw,
+            reqwest::Method::PUT,
+            "/admin/v1/payers/p9/balance-low",
+            body.clone(),
+        )
+        .await;
+        assert_eq!(
+            (status, b["code"].clone()),
+            (400, json!("invalid_request")),
+            "{body}: {b}"
+        );
+    }
+}
