@@ -150,6 +150,14 @@ impl LedgerStore for Flaky {
     ) -> Result<Vec<UsageEvent>, StoreError> {
         self.inner.payer_events(p, b, l).await
     }
+    async fn bucket_events_after(
+        &self,
+        bucket: u64,
+        a: Option<&str>,
+        l: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        self.inner.bucket_events_after(bucket, a, l).await
+    }
 }
 
 #[async_trait]
@@ -164,6 +172,20 @@ impl PayerControl for Flaky {
 
     async fn set_blocked(&self, p: &str, b: bool) -> Result<(), StoreError> {
         self.inner.set_blocked(p, b).await
+    }
+
+    async fn risk(
+        &self,
+        c: &tollgate_middleware::risk::RiskCheck<'_>,
+    ) -> Result<tollgate_middleware::risk::RiskOutcome, StoreError> {
+        self.inner.risk(c).await
+    }
+
+    async fn risk_decisions(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<tollgate_middleware::risk::RiskDecision>, StoreError> {
+        self.inner.risk_decisions(limit).await
     }
 }
 
@@ -270,6 +292,76 @@ impl RefundStore for Flaky {
 
     async fn refunds(&self, q: &RefundQuery) -> Result<Vec<RefundRecord>, StoreError> {
         self.inner.refunds(q).await
+    }
+}
+
+/// The webhook outbox, passed through (this test does not configure webhooks).
+#[async_trait]
+impl WebhookOutbox for Flaky {
+    async fn webhook_state(
+        &self,
+        bucket: u64,
+        keys: &[String],
+    ) -> Result<(Option<String>, std::collections::BTreeMap<String, String>), StoreError> {
+        self.inner.webhook_state(bucket, keys).await
+    }
+
+    async fn webhook_advance(&self, a: &webhook::OutboxAdvance) -> Result<bool, StoreError> {
+        self.inner.webhook_advance(a).await
+    }
+
+    async fn webhook_enqueue(
+        &self,
+        bucket: u64,
+        messages: &[webhook::WebhookMessage],
+    ) -> Result<Vec<webhook::WebhookMessage>, StoreError> {
+        self.inner.webhook_enqueue(bucket, messages).await
+    }
+
+    async fn webhook_claim(
+        &self,
+        c: &webhook::DeliveryClaim<'_>,
+    ) -> Result<Option<webhook::DeliveryHead>, StoreError> {
+        self.inner.webhook_claim(c).await
+    }
+
+    async fn webhook_finish(&self, f: &webhook::DeliveryFinish<'_>) -> Result<bool, StoreError> {
+        self.inner.webhook_finish(f).await
+    }
+
+    async fn webhook_failures(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<webhook::FailedDelivery>, StoreError> {
+        self.inner.webhook_failures(limit).await
+    }
+
+    async fn webhook_replay(
+        &self,
+        endpoint: &str,
+        message_id: &str,
+    ) -> Result<Option<webhook::WebhookMessage>, StoreError> {
+        self.inner.webhook_replay(endpoint, message_id).await
+    }
+
+    async fn webhook_backlog(
+        &self,
+        endpoints: &[String],
+    ) -> Result<Vec<webhook::OutboxBacklog>, StoreError> {
+        self.inner.webhook_backlog(endpoints).await
+    }
+
+    async fn webhook_trim(&self, bucket: u64, endpoints: &[String]) -> Result<u64, StoreError> {
+        self.inner.webhook_trim(bucket, endpoints).await
+    }
+
+    async fn webhook_set(
+        &self,
+        bucket: u64,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.inner.webhook_set(bucket, key, value).await
     }
 }
 
