@@ -56,7 +56,7 @@ impl Gateway {
     ) -> Result<Self, BuildError> {
         let store = build_store(config).await?;
         let ledger = crate::ledger::start(config).await?;
-        let webhooks = start_webhooks(&validated, &store, ledger.as_ref());
+        let webhooks = start_webhooks(config, &validated, &store, ledger.as_ref());
         if let (Some(f), Some(x)) = (validated.x402_facilitator.clone(), &config.x402) {
             // One settler per process for x402 `deferred` payments (jobs are leased, so any
             // number of replicas can run one). Its facilitator and store are fixed at start-up.
@@ -136,6 +136,7 @@ impl Gateway {
 
 /// Start the webhook dispatcher and deliverers (`[[webhooks]]`), on the ledger of record.
 fn start_webhooks(
+    config: &Config,
     v: &Validated,
     store: &Arc<dyn Store>,
     ledger: Option<&crate::ledger::LedgerRuntime>,
@@ -152,9 +153,25 @@ fn start_webhooks(
         metrics.init_webhook(&e.id);
         tracing::info!(endpoint = %e.id, url = %e.url, events = ?e.events.iter().map(|k| k.name()).collect::<Vec<_>>(), "webhook endpoint");
     }
+    let plan_routes = v
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let group = r.config.group.as_deref().unwrap_or(&r.config.id);
+            let plan = v.plans.iter().find(|p| p.covers(group))?;
+            Some((r.config.id.clone(), plan.id.clone()))
+        })
+        .collect();
     let config = WebhookConfig {
         endpoints: v.webhooks.clone(),
         thresholds: v.thresholds.clone(),
+        mandate_percents: config.mandate_budget_percents.clone(),
+        currencies: v
+            .currencies
+            .iter()
+            .map(|(k, (c, _))| (k.clone(), c.clone()))
+            .collect(),
+        plan_routes,
         poll: Duration::from_millis(200),
         holder: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
     };

@@ -226,6 +226,7 @@ fn a_bogus_key_in_any_table_of_any_shipped_config_is_refused_by_name() {
         "plans[].price",
         "plans[].units",
         "webhooks[]",
+        "risk[]",
     ];
     let missing: Vec<_> = expected.iter().filter(|s| !shapes.contains(**s)).collect();
     assert!(missing.is_empty(), "never walked: {missing:?}");

@@ -20,6 +20,8 @@ mod events;
 mod ledger_page;
 #[path = "dashboard/live.rs"]
 mod live;
+#[path = "dashboard/risk_page.rs"]
+mod risk_page;
 #[path = "dashboard/seed.rs"]
 mod seed;
 

@@ -183,9 +183,9 @@ impl PayerControl for Flaky {
 
     async fn risk_decisions(
         &self,
-        limit: usize,
+        l: usize,
     ) -> Result<Vec<tollgate_middleware::risk::RiskDecision>, StoreError> {
-        self.inner.risk_decisions(limit).await
+        self.inner.risk_decisions(l).await
     }
 }
 
@@ -295,80 +295,63 @@ impl RefundStore for Flaky {
     }
 }
 
-/// The webhook outbox, passed through (this test does not configure webhooks).
+#[async_trait]
+impl LeaseStore for Flaky {
+    async fn lease_sync(&self, s: &LeaseSync<'_>) -> Result<LeaseSynced, StoreError> {
+        self.inner.lease_sync(s).await
+    }
+}
+
+/// The webhook outbox is not under test here: the inner store's.
 #[async_trait]
 impl WebhookOutbox for Flaky {
     async fn webhook_state(
         &self,
-        bucket: u64,
-        keys: &[String],
+        b: u64,
+        k: &[String],
     ) -> Result<(Option<String>, std::collections::BTreeMap<String, String>), StoreError> {
-        self.inner.webhook_state(bucket, keys).await
+        self.inner.webhook_state(b, k).await
     }
-
     async fn webhook_advance(&self, a: &webhook::OutboxAdvance) -> Result<bool, StoreError> {
         self.inner.webhook_advance(a).await
     }
-
     async fn webhook_enqueue(
         &self,
-        bucket: u64,
-        messages: &[webhook::WebhookMessage],
+        b: u64,
+        m: &[webhook::WebhookMessage],
     ) -> Result<Vec<webhook::WebhookMessage>, StoreError> {
-        self.inner.webhook_enqueue(bucket, messages).await
+        self.inner.webhook_enqueue(b, m).await
     }
-
     async fn webhook_claim(
         &self,
         c: &webhook::DeliveryClaim<'_>,
     ) -> Result<Option<webhook::DeliveryHead>, StoreError> {
         self.inner.webhook_claim(c).await
     }
-
     async fn webhook_finish(&self, f: &webhook::DeliveryFinish<'_>) -> Result<bool, StoreError> {
         self.inner.webhook_finish(f).await
     }
-
-    async fn webhook_failures(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<webhook::FailedDelivery>, StoreError> {
-        self.inner.webhook_failures(limit).await
+    async fn webhook_failures(&self, l: usize) -> Result<Vec<webhook::FailedDelivery>, StoreError> {
+        self.inner.webhook_failures(l).await
     }
-
     async fn webhook_replay(
         &self,
-        endpoint: &str,
-        message_id: &str,
+        e: &str,
+        id: &str,
     ) -> Result<Option<webhook::WebhookMessage>, StoreError> {
-        self.inner.webhook_replay(endpoint, message_id).await
+        self.inner.webhook_replay(e, id).await
     }
-
     async fn webhook_backlog(
         &self,
-        endpoints: &[String],
+        e: &[String],
     ) -> Result<Vec<webhook::OutboxBacklog>, StoreError> {
-        self.inner.webhook_backlog(endpoints).await
+        self.inner.webhook_backlog(e).await
     }
-
-    async fn webhook_trim(&self, bucket: u64, endpoints: &[String]) -> Result<u64, StoreError> {
-        self.inner.webhook_trim(bucket, endpoints).await
+    async fn webhook_trim(&self, b: u64, e: &[String]) -> Result<u64, StoreError> {
+        self.inner.webhook_trim(b, e).await
     }
-
-    async fn webhook_set(
-        &self,
-        bucket: u64,
-        key: &str,
-        value: Option<&str>,
-    ) -> Result<(), StoreError> {
-        self.inner.webhook_set(bucket, key, value).await
-    }
-}
-
-#[async_trait]
-impl LeaseStore for Flaky {
-    async fn lease_sync(&self, s: &LeaseSync<'_>) -> Result<LeaseSynced, StoreError> {
-        self.inner.lease_sync(s).await
+    async fn webhook_set(&self, b: u64, k: &str, v: Option<&str>) -> Result<(), StoreError> {
+        self.inner.webhook_set(b, k, v).await
     }
 }
 

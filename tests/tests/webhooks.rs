@@ -355,3 +355,115 @@ async fn a_failed_delivery_is_kept_and_replayed() {
         );
     }
 }
+
+/// `mandate.budget_crossed` at 80 and 100 % of a mandate's day budget, once each, and
+/// `plan.exhausted` once when a period's included calls are used up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mandate_budgets_and_plans_are_reported_once() {
+    let Some(py) = python() else { return };
+    std::env::set_var(SECRET_ENV, SECRET);
+    let port = free_port();
+    let _receiver = receiver(&py, port, "");
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let plans = "[[plans]]\nid = \"starter\"\nprice = { amount = \"1.00\", currency = \"USD\" }\nperiod = \"1h\"\ngroups = [\"compute\"]\ncalls = 2\n";
+    let gw = gateway()
+        .issuer(&wallet)
+        .admin(ADMIN)
+        .top(&hook(
+            port,
+            "\"mandate.budget_crossed\", \"plan.exhausted\"",
+            5,
+        ))
+        .top(plans)
+        .route(paid("work", "/v1/echo/w", &up, "0.1"))
+        .route(paid("compute", "/v1/echo/c", &up, "0.1"))
+        .start()
+        .await;
+    let now = now_secs();
+    let mandate = wallet.sign(&json!({
+        "iss": wallet.id, "sub": "delegate", "jti": uuid::Uuid::new_v4().to_string(),
+        "iat": now, "exp": now + 86_400, "kind": "mandate", "owner": "alice",
+        "currency": "USD", "budget": "0.5", "window": "day", "merchants": ["m"],
+    }));
+    for i in 0..6 {
+        let receipt = wallet.sign(&json!({
+            "iss": wallet.id, "sub": "delegate", "aud": "m", "jti": uuid::Uuid::new_v4().to_string(),
+            "iat": now, "exp": now + 300, "amount": "0.1", "currency": "USD", "kind": "payment",
+            "mandate": mandate,
+        }));
+        let res = gw
+            .http
+            .get(gw.url("/v1/echo/w"))
+            .header("authorization", format!("Payment {receipt}"))
+            .send()
+            .await
+            .unwrap();
+        // Five fit the 0.5 budget; the sixth is refused.
+        assert_eq!(res.status(), if i < 5 { 200 } else { 402 }, "payment {i}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = wallet.claims("m", "planner", "1.00");
+    c["kind"] = "subscribe".into();
+    c["plan"] = "starter".into();
+    let bought: Value = gw
+        .http
+        .post(gw.url("/tollgate/v1/subscribe"))
+        .header("authorization", format!("Payment {}", wallet.sign(&c)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = bought["access_token"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        assert_eq!(gw.token_get("/v1/echo/c", &token).await.status(), 200);
+    }
+    until(port, "budget and plan events", |a| a.len() >= 3).await;
+    // Anything sent twice would arrive within this.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let all = attempts(port).await;
+    let kinds: Vec<(String, Value)> = processed(&all)
+        .values()
+        .map(|m| {
+            (
+                m["type"].as_str().unwrap().to_owned(),
+                m["payload"]["data"].clone(),
+            )
+        })
+        .collect();
+    let budget: Vec<&Value> = kinds
+        .iter()
+        .filter(|(t, _)| t == "mandate.budget_crossed")
+        .map(|(_, d)| d)
+        .collect();
+    let mut percents: Vec<u64> = budget
+        .iter()
+        .map(|d| d["percent"].as_u64().unwrap())
+        .collect();
+    percents.sort();
+    assert_eq!(percents, [80, 100], "{kinds:?}");
+    for d in &budget {
+        assert_eq!(
+            (&d["payer"], &d["owner"], &d["budget"]),
+            (&json!("delegate"), &json!("alice"), &json!("0.5"))
+        );
+    }
+    let plan: Vec<&Value> = kinds
+        .iter()
+        .filter(|(t, _)| t == "plan.exhausted")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(plan.len(), 1, "{kinds:?}");
+    assert_eq!(
+        (
+            &plan[0]["payer"],
+            &plan[0]["plan"],
+            &plan[0]["calls"],
+            &plan[0]["used"]
+        ),
+        (&json!("planner"), &json!("starter"), &json!(2), &json!(2))
+    );
+    assert_eq!(kinds.len(), 3, "nothing else, nothing twice: {kinds:?}");
+}

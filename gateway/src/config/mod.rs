@@ -228,6 +228,9 @@ pub struct Config {
     /// `[[webhooks]]`: signed event deliveries.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// The percentages of a mandate's window budget that send `mandate.budget_crossed`.
+    #[serde(default = "default_mandate_percents")]
+    pub mandate_budget_percents: Vec<u32>,
     /// `[[risk]]`: risk rules.
     #[serde(default)]
     pub risk: Vec<RiskConfig>,
@@ -275,6 +278,10 @@ pub(super) const fn nsize<const N: usize>() -> usize {
 /// As [`n64`], for `u32` fields.
 pub(super) const fn n32<const N: u32>() -> u32 {
     N
+}
+
+fn default_mandate_percents() -> Vec<u32> {
+    vec![80, 100]
 }
 
 fn default_listen() -> SocketAddr {
@@ -451,6 +458,9 @@ impl Config {
         let plans = validate_plans(&self.plans, &currencies, &routes)?;
         let (webhooks, thresholds) =
             webhooks::validate_webhooks(&self.webhooks, &self.currencies, &currencies)?;
+        for (i, p) in self.mandate_budget_percents.iter().enumerate() {
+            within(format!("mandate_budget_percents[{i}]"), *p, 1, 100)?;
+        }
         let risk = risk::validate_risk(&self.risk, &currencies, &routes)?;
         let currencies = currencies
             .into_iter()

@@ -184,7 +184,8 @@ pub trait PayerControl: Send + Sync + std::fmt::Debug + 'static {
     /// Check a request against risk rules and count it, in one atomic step per slot (see
     /// [`crate::risk`]): when the most severe hit refuses or blocks, no payer counter moves
     /// (and `block` blocks the payer); otherwise every counter moves. A new payer within its
-    /// issuer's cap is counted whatever the other rules say. Each hit is logged.
+    /// issuer's cap is counted whatever the other rules say. Each hit is logged. A blocked
+    /// payer gets no hits and counts nothing (its block refuses it).
     async fn risk(
         &self,
         c: &crate::risk::RiskCheck<'_>,

@@ -138,6 +138,8 @@ pub async fn step(w: &Webhooks, bucket: u64) -> Result<usize, StoreError> {
     if w.wanted(EventKind::BalanceLow) || w.wanted(EventKind::BalanceDepleted) {
         balances(w, bucket, &events, &mut advance).await?;
     }
+    super::derived::mandates(w, bucket, &events, &mut advance).await?;
+    super::derived::plans(w, bucket, &events, &mut advance).await?;
     if !store.webhook_advance(&advance).await? {
         // Another dispatcher moved the cursor first: read again.
         return Ok(1);

@@ -24,6 +24,7 @@
 //! and replay: a receiver that deduplicates by `webhook-id` sees each event exactly once.
 
 pub mod deliver;
+mod derived;
 pub mod dispatch;
 pub mod sign;
 
@@ -52,27 +53,28 @@ pub enum EventKind {
     ChargeCaptured,
     /// A risk rule with `action = "flag"` triggered (the request was served).
     RiskFlagged,
+    /// A mandate's spend in its window reached a configured percentage of its budget.
+    MandateBudgetCrossed,
+    /// A plan period's included calls are used up.
+    PlanExhausted,
 }
 
 impl EventKind {
     /// Every event type, by name.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::BalanceLow,
         EventKind::BalanceDepleted,
         EventKind::PayerBlocked,
         EventKind::SettlementFailed,
         EventKind::ChargeCaptured,
         EventKind::RiskFlagged,
+        EventKind::MandateBudgetCrossed,
+        EventKind::PlanExhausted,
     ];
 
     /// Event types of the issue that this version does not emit yet (refused in a config, not
     /// accepted silently).
-    pub const NOT_YET: [&'static str; 4] = [
-        "mandate.budget_crossed",
-        "plan.exhausted",
-        "plan.period_ended",
-        "refund.created",
-    ];
+    pub const NOT_YET: [&'static str; 2] = ["plan.period_ended", "refund.created"];
 
     /// Its name on the wire (`type`) and in the config.
     pub fn name(self) -> &'static str {
@@ -83,6 +85,8 @@ impl EventKind {
             EventKind::SettlementFailed => "settlement.failed",
             EventKind::ChargeCaptured => "charge.captured",
             EventKind::RiskFlagged => "risk.flagged",
+            EventKind::MandateBudgetCrossed => "mandate.budget_crossed",
+            EventKind::PlanExhausted => "plan.exhausted",
         }
     }
 
@@ -147,6 +151,12 @@ pub struct WebhookConfig {
     /// Default `balance.low` thresholds per currency (atomic units); a payer's own threshold
     /// (admin API) wins.
     pub thresholds: BTreeMap<String, (Currency, u64)>,
+    /// The `mandate.budget_crossed` percentages of a window's budget (e.g. 80 and 100).
+    pub mandate_percents: Vec<u32>,
+    /// Configured currencies, by code.
+    pub currencies: BTreeMap<String, Currency>,
+    /// The plan covering each route (by route id), for `plan.exhausted`.
+    pub plan_routes: BTreeMap<String, String>,
     /// How often an idle dispatcher or deliverer looks again.
     pub poll: Duration,
     /// This replica's id (claims are held under it).
@@ -187,8 +197,21 @@ pub fn message<T: Serialize>(
         data,
     })
     .unwrap_or_default();
+    // A header-safe id: the key itself when it is plain, else its digest (payer ids are the
+    // issuers' to choose).
+    let plain = key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    let id = if plain && key.len() <= 200 {
+        format!("msg_{key}")
+    } else {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(key.as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("msg_{hex}")
+    };
     WebhookMessage {
-        id: format!("msg_{key}"),
+        id,
         kind: kind.name().to_owned(),
         payer: payer.to_owned(),
         time_ms,

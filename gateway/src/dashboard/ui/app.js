@@ -7,7 +7,7 @@ import {
   whenUnauthorized, setCurrencies, money, amounts,
 } from './lib.js';
 import { initPayments, offerRoutes, refreshPayments } from './payments.js';
-import { renderLedger, renderRoutes, renderSettlement } from './status.js';
+import { renderLedger, renderRisk, renderRoutes, renderSettlement } from './status.js';
 
 (function () {
   let timer = null;
@@ -37,6 +37,7 @@ import { renderLedger, renderRoutes, renderSettlement } from './status.js';
       traffic: '/admin/v1/traffic?minutes=' + encodeURIComponent(minutes),
       settlement: '/admin/v1/x402/queue',
       ledger: '/admin/v1/ledger',
+      risk: '/admin/v1/risk/decisions?limit=20',
       revenueChart: (c) => '/admin/v1/charts/revenue.svg?' + q + '&currency=' + encodeURIComponent(c),
       requestsChart: '/admin/v1/charts/requests.svg?' + q,
       trafficChart: '/admin/v1/charts/traffic.svg?minutes=' + encodeURIComponent(minutes),
@@ -265,6 +266,7 @@ import { renderLedger, renderRoutes, renderSettlement } from './status.js';
       api('GET', q.payers).then((p) => renderPayers(p, q.payers)),
       api('GET', q.settlement).then((s) => renderSettlement(s, q.settlement)),
       api('GET', q.ledger).then((l) => renderLedger(l, q.ledger)),
+      api('GET', q.risk).then((r) => renderRisk(r, q.risk)),
       refreshPayments(now),
       chart('chart-requests', q.requestsChart),
       chart('chart-traffic', q.trafficChart),

@@ -107,3 +107,20 @@ export function renderLedger(l, q) {
   }
   $('ledger-body').replaceChildren(...out);
 }
+
+// The latest risk rule hits ([[risk]]): flags (served), refusals and blocks.
+export function renderRisk(r, q) {
+  fillBody('risk-table', (r.decisions || []).map((d, i) => {
+    const tr = el('tr');
+    const n = 'risk.' + i + '.';
+    tr.appendChild(el('td', (d.time || '').replace('T', ' ').replace('Z', '')));
+    tr.appendChild(fig('td', d.payer, n + 'payer', q));
+    tr.appendChild(el('td', d.route));
+    tr.appendChild(fig('td', d.rule, n + 'rule', q));
+    tr.appendChild(fig('td', d.action, n + 'action', q));
+    tr.appendChild(el('td', String(d.value)));
+    tr.appendChild(el('td', String(d.limit)));
+    if (d.action !== 'flag') tr.className = 'warn';
+    return tr;
+  }));
+}

@@ -6,6 +6,11 @@
 -- ARGV: now ms, payer, route, amount, currency, severity so far (0 none, 1 flag, 2 refuse,
 --       3 block), nhits, (rule, action, value, limit)* (hits decided elsewhere: new payers),
 --       nrules, (id, kind, action, limit, window ms, currency, factor, min baseline)*
+-- A blocked payer is refused by its block (in the step that holds), not by the rules: nothing
+-- is counted or logged for it.
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {}
+end
 local sev = { flag = 1, refuse = 2, block = 3 }
 local now = tonumber(ARGV[1])
 local payer, route, currency = ARGV[2], ARGV[3], ARGV[5]

@@ -67,6 +67,10 @@ impl SqliteStore {
                     now_ms: now,
                     rules: &rules,
                 };
+                // A blocked payer is refused by its block, not by the rules (as in risk.lua).
+                if t.blocked(&payer)? {
+                    return Ok(Vec::new());
+                }
                 let hour = crate::risk::hour_of(now);
                 // The issuer's side first (as on Redis): a new payer within the cap is counted.
                 let mut counters = Vec::new();
