@@ -140,6 +140,8 @@ pub fn router(gw: crate::Gateway, token: &str) -> Router {
         .route("/admin/v1/mandates/{id}/revoke", post(revoke_mandate))
         .route("/admin/v1/receipts/revoke", post(revoke_receipt))
         .route("/admin/v1/usage", get(usage))
+        .route("/admin/v1/events/{id}/refund", post(crate::refunds::refund))
+        .route("/admin/v1/refunds", get(crate::refunds::list))
         .route("/admin/v1/events", get(crate::dashboard::events::events))
         .route(
             "/admin/v1/events.csv",

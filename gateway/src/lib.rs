@@ -40,6 +40,7 @@ mod discovery;
 mod health;
 mod ledger;
 mod mcp;
+mod refunds;
 mod request_id;
 mod router;
 mod state;
@@ -209,6 +210,11 @@ impl Gateway {
             Some(l) => l.db.clone(),
             None => self.inner().paywall.store().clone(),
         }
+    }
+
+    /// The ledger database (`[ledger]` only): refunds of charges drained from Redis.
+    pub(crate) fn ledger_db(&self) -> Option<Arc<tollgate_middleware::ledger::PgLedger>> {
+        self.0.ledger.as_ref().map(|l| l.db.clone())
     }
 
     /// The webhooks (`[[webhooks]]` only).

@@ -135,6 +135,21 @@ pub enum ErrorCode {
     IdempotencyKeyUsed,
     /// This `Idempotency-Key` was used for a different request (method, route or target).
     IdempotencyKeyMismatch,
+    /// An admin operation that moves money was sent without its `Idempotency-Key` header.
+    IdempotencyKeyRequired,
+    /// No ledger entry has this id.
+    EventNotFound,
+    /// The ledger entry cannot be refunded (a void, not a charge).
+    EventNotRefundable,
+    /// The charge was voided (its money given back already): nothing to refund.
+    ChargeVoided,
+    /// The refund is larger than what remains refundable of the charge (the body's
+    /// `refundable` says how much does).
+    RefundExceedsCharge,
+    /// The refund amount is not a positive decimal within the currency's scale.
+    RefundAmountInvalid,
+    /// The charge is too old to be refunded here.
+    RefundWindowClosed,
     /// An unexpected internal failure (details in the gateway log only).
     Internal,
 }
@@ -201,6 +216,13 @@ impl ErrorCode {
             IdempotencyKeyInUse => "idempotency_key_in_use",
             IdempotencyKeyUsed => "idempotency_key_used",
             IdempotencyKeyMismatch => "idempotency_key_mismatch",
+            IdempotencyKeyRequired => "idempotency_key_required",
+            EventNotFound => "event_not_found",
+            EventNotRefundable => "event_not_refundable",
+            ChargeVoided => "charge_voided",
+            RefundExceedsCharge => "refund_exceeds_charge",
+            RefundAmountInvalid => "refund_amount_invalid",
+            RefundWindowClosed => "refund_window_closed",
             Internal => "internal",
         }
     }
@@ -214,9 +236,13 @@ impl ErrorCode {
             | PathInvalid
             | InvalidRequest
             | UpgradeNotSupported
-            | IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
+            | IdempotencyKeyInvalid
+            | IdempotencyKeyRequired
+            | RefundAmountInvalid => StatusCode::BAD_REQUEST,
             IdempotencyKeyInUse | IdempotencyKeyUsed => StatusCode::CONFLICT,
-            IdempotencyKeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            IdempotencyKeyMismatch | EventNotRefundable => StatusCode::UNPROCESSABLE_ENTITY,
+            ChargeVoided | RefundExceedsCharge | RefundWindowClosed => StatusCode::CONFLICT,
+            EventNotFound => StatusCode::NOT_FOUND,
             Unauthorized => StatusCode::UNAUTHORIZED,
             PayerBlocked | MandateRevoked | MandateForbidden | ReceiptRevoked => {
                 StatusCode::FORBIDDEN
@@ -301,6 +327,13 @@ impl ErrorCode {
             IdempotencyKeyInUse => "Idempotency-Key in use by a request in flight",
             IdempotencyKeyUsed => "Idempotency-Key already used: request already served",
             IdempotencyKeyMismatch => "Idempotency-Key used for a different request",
+            IdempotencyKeyRequired => "Idempotency-Key required",
+            EventNotFound => "No such ledger entry",
+            EventNotRefundable => "Ledger entry not refundable",
+            ChargeVoided => "Charge voided",
+            RefundExceedsCharge => "Refund larger than what remains refundable",
+            RefundAmountInvalid => "Invalid refund amount",
+            RefundWindowClosed => "Charge too old to refund",
             Internal => "Internal error",
         }
     }

@@ -49,7 +49,7 @@ pub struct Metrics {
     pub ledger_backlog_age_seconds: Gauge,
     /// 1 while the backlog is past `ledger.max_backlog`, else 0 (alert on it).
     pub ledger_backlog_over_bound: IntGauge,
-    /// Ledger entries moved from Redis to PostgreSQL, by stream (`events`, `credits`);
+    /// Ledger entries moved from Redis to PostgreSQL, by stream (`events`, `credits`, `refunds`);
     /// entries another drainer had inserted already are counted once, by whoever inserted
     /// them.
     pub ledger_drained: IntCounterVec,

@@ -84,11 +84,11 @@ async fn an_empty_database_migrates_to_current_and_a_rerun_is_a_no_op() {
     let mut db = pg.client().await;
     let first = schema::migrate(&mut db).await.unwrap();
     assert_eq!(first.from, 0);
-    assert_eq!(first.applied, vec![1, 2, 3]);
+    assert_eq!(first.applied, vec![1, 2, 3, 4]);
     let again = schema::migrate(&mut db).await.unwrap();
     assert_eq!(again.from, schema::CURRENT);
     assert_eq!(again.applied, Vec::<i32>::new());
-    assert_eq!(count(&db, "schema_migrations").await, 3);
+    assert_eq!(count(&db, "schema_migrations").await, 4);
     // Every documented view exists and answers (empty).
     for view in [
         "revenue_daily_route",
@@ -96,19 +96,20 @@ async fn an_empty_database_migrates_to_current_and_a_rerun_is_a_no_op() {
         "usage_units_daily",
         "credits_daily",
         "payer_balance_equation",
+        "refunds_daily",
     ] {
         assert_eq!(count(&db, view).await, 0, "{view}");
     }
     // A newer Tollgate migrated it: refused, naming both versions.
     db.execute(
-        "INSERT INTO schema_migrations (version, name) VALUES (4, 'from the future')",
+        "INSERT INTO schema_migrations (version, name) VALUES (5, 'from the future')",
         &[],
     )
     .await
     .unwrap();
     let err = schema::migrate(&mut db).await.unwrap_err().to_string();
     assert!(
-        err.contains("version 4, newer than this Tollgate knows (3)"),
+        err.contains("version 5, newer than this Tollgate knows (4)"),
         "{err}"
     );
 }

@@ -277,6 +277,25 @@ impl IdempotencyStore for Flaky {
 }
 
 #[async_trait]
+impl RefundStore for Flaky {
+    async fn refund_target(&self, id: &str) -> Result<Option<RefundTarget>, StoreError> {
+        self.inner.refund_target(id).await
+    }
+
+    async fn void_recorded(&self, c: &tollgate_middleware::UsageEvent) -> Result<bool, StoreError> {
+        self.inner.void_recorded(c).await
+    }
+
+    async fn refund(&self, r: &RefundRequest) -> Result<RefundOutcome, StoreError> {
+        self.inner.refund(r).await
+    }
+
+    async fn refunds(&self, q: &RefundQuery) -> Result<Vec<RefundRecord>, StoreError> {
+        self.inner.refunds(q).await
+    }
+}
+
+#[async_trait]
 impl LeaseStore for Flaky {
     async fn lease_sync(&self, s: &LeaseSync<'_>) -> Result<LeaseSynced, StoreError> {
         self.inner.lease_sync(s).await

@@ -331,10 +331,7 @@ async fn usage(
         );
         return Err(inner.paywall.render_jsonrpc(&r, None));
     };
-    let events: Vec<Value> = events
-        .iter()
-        .map(crate::dashboard::events::event_json)
-        .collect();
+    let events: Vec<Value> = events.iter().map(crate::bill::BillLine::json).collect();
     Ok(tool_result(
         json!({"payer": payer, "events": events, "nextBefore": next}),
     ))

@@ -12,7 +12,7 @@
 //! `ON CONFLICT (id) DO NOTHING` turns into exactly once.
 //!
 //! # Order of a batch
-//! renew the bucket's lease and read the head of both its streams (one script: `XRANGE - +
+//! renew the bucket's lease and read the head of its three streams (one script: `XRANGE - +
 //! COUNT n` each) -> insert (one statement per stream) -> trim (`XTRIM MINID`). An idle pass
 //! is one call per bucket.
 //! A crash before the trim leaves the entries in Redis to be inserted again; nothing is

@@ -22,6 +22,7 @@
 
 mod drainer;
 mod postgres;
+mod refunds;
 pub mod schema;
 
 pub use drainer::{DrainStatus, Drainer, DrainerOptions};

@@ -90,11 +90,11 @@ SELECT id, $2, fields::JSONB, error FROM unnest($1::TEXT[], $3::TEXT[], $4::TEXT
      AS t(id, fields, error)
 ON CONFLICT (stream, id) DO NOTHING";
 
-fn to_i64(v: u64) -> i64 {
+pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_i32(v: u32) -> i32 {
+pub(super) fn to_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
@@ -118,7 +118,7 @@ pub struct LedgerFigures {
 }
 
 /// A NUMERIC read as text: a non-negative sum in minor units.
-fn minor(text: &str) -> Result<u64, LedgerError> {
+pub(super) fn minor(text: &str) -> Result<u64, LedgerError> {
     let v: i128 = text
         .parse()
         .map_err(|_| LedgerError::Data(format!("not an integer amount: {text:?}")))?;
@@ -189,7 +189,7 @@ impl PgLedger {
         self.client().await.map(|_| ())
     }
 
-    async fn bounded<T, F>(&self, f: F) -> Result<T, LedgerError>
+    pub(super) async fn bounded<T, F>(&self, f: F) -> Result<T, LedgerError>
     where
         F: std::future::Future<Output = Result<T, LedgerError>>,
     {
@@ -204,11 +204,13 @@ impl PgLedger {
     pub async fn insert_batch(&self, batch: &StreamBatch) -> Result<u64, LedgerError> {
         let mut events = Vec::new();
         let mut credits = Vec::new();
+        let mut refunds = Vec::new();
         let mut rejects = Vec::new();
         for e in &batch.entries {
             match e {
                 LedgerEntry::Event(ev) => events.push(ev),
                 LedgerEntry::Credit(c) => credits.push(c),
+                LedgerEntry::Refund(r) => refunds.push(r),
                 LedgerEntry::Unreadable { id, fields, error } => {
                     let map: BTreeMap<&str, &str> = fields
                         .iter()
@@ -249,6 +251,9 @@ impl PgLedger {
         }
         if !credits.is_empty() {
             inserted += self.insert_credits(&client, &credits).await?;
+        }
+        if !refunds.is_empty() {
+            inserted += self.insert_refunds(&client, &refunds).await?;
         }
         Ok(inserted)
     }
@@ -399,7 +404,7 @@ impl PgLedger {
         Ok(figures)
     }
 
-    async fn query(
+    pub(super) async fn query(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -410,7 +415,7 @@ impl PgLedger {
     }
 }
 
-fn event_from_row(r: &tokio_postgres::Row) -> Result<UsageEvent, LedgerError> {
+pub(super) fn event_from_row(r: &tokio_postgres::Row) -> Result<UsageEvent, LedgerError> {
     let json_err = |e: serde_json::Error| LedgerError::Data(format!("event JSON: {e}"));
     let units: String = r.try_get(5)?;
     let prices: String = r.try_get(6)?;
@@ -500,6 +505,7 @@ impl LedgerStore for PgLedger {
             let d = usage_row(&mut rows, text(r, 0)?, text(r, 1)?);
             *d.units.entry(text(r, 2)?).or_default() += minor(&text(r, 3)?)?;
         }
+        self.net_of_refunds(&mut rows, payer, from, to).await?;
         Ok(rows.into_values().collect())
     }
 
@@ -528,6 +534,7 @@ impl LedgerStore for PgLedger {
             p.requests += u64::try_from(requests).unwrap_or(0);
             *p.amount_minor.entry(currency).or_default() += amount;
         }
+        self.payers_net_of_refunds(&mut out, from, to).await?;
         Ok(out.into_values().filter(|p| p.requests > 0).collect())
     }
 
@@ -614,7 +621,8 @@ impl LedgerStore for PgLedger {
 }
 
 /// The columns `event_from_row` reads, in its order.
-const PG_EVENT_COLUMNS: &str = "id, time_ms, payer, route, method, units::TEXT, unit_prices::TEXT,
+pub(super) const PG_EVENT_COLUMNS: &str =
+    "id, time_ms, payer, route, method, units::TEXT, unit_prices::TEXT,
     currency, scale, amount_minor::TEXT, uncharged_minor::TEXT, credential, reservation,
     upstream_status, voids";
 

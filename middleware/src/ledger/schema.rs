@@ -35,10 +35,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "payer index",
         sql: include_str!("migrations/0003_payer_index.sql"),
     },
+    Migration {
+        version: 4,
+        name: "refunds",
+        sql: include_str!("migrations/0004_refunds.sql"),
+    },
 ];
 
 /// The schema version this build writes and reads.
-pub const CURRENT: i32 = 3;
+pub const CURRENT: i32 = 4;
 
 /// Arbitrary, fixed: the advisory lock the replicas migrate under.
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;

@@ -287,6 +287,27 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// Refunds of charges, full or partial ([`super::refund`]).
+#[async_trait]
+pub trait RefundStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The ledger entry `id` as this store holds it, and whether a void of it is recorded;
+    /// `None` when it holds no such entry (on Redis with a ledger of record, an entry drained
+    /// and trimmed: the ledger database has it).
+    async fn refund_target(&self, id: &str) -> Result<Option<RefundTarget>, StoreError>;
+
+    /// Whether this store records a void of `charge` (searched up to
+    /// [`super::refund::VOID_SEARCH_MS`] after it).
+    async fn void_recorded(&self, charge: &UsageEvent) -> Result<bool, StoreError>;
+
+    /// Refund (part of) a charge, atomically: the idempotency key, the void, what remains
+    /// refundable ([`super::rules::refund`]), the refund entry, the balance credit (or the
+    /// amount owed) and the aggregates, in one step.
+    async fn refund(&self, r: &RefundRequest) -> Result<RefundOutcome, StoreError>;
+
+    /// Refunds newest first (on Redis with a ledger of record, those not drained yet).
+    async fn refunds(&self, q: &RefundQuery) -> Result<Vec<RefundRecord>, StoreError>;
+}
+
 /// Declares `Store` as the composition of the capability traits, and implements it for
 /// every type that implements them all.
 macro_rules! store_of {
@@ -310,6 +331,7 @@ store_of!(
     PlanStore,
     SettlementQueue,
     IdempotencyStore,
+    RefundStore,
     super::LeaseStore,
     super::WebhookOutbox,
 );
@@ -320,6 +342,6 @@ pub mod prelude {
     pub use super::super::{LeaseStore, WebhookOutbox};
     pub use super::{
         AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
-        PayerControl, PlanStore, ReceiptStore, SettlementQueue, Store,
+        PayerControl, PlanStore, ReceiptStore, RefundStore, SettlementQueue, Store,
     };
 }

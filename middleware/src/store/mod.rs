@@ -52,7 +52,6 @@
 //!   `<route>|amount|<C>`, `<route>|units|<unit>`; kept 400 days.
 //! - `<prefix>:{bNN}:aggp:<yyyymmdd>` the day's totals of each payer of the bucket, fields
 //!   `<payer>|requests`, `<payer>|amount|<C>` (the admin API's payer listing); kept 400 days.
-//!
 //! - `<prefix>:{bNN}:x402:jobs` queued x402 settlements (`deferred` mode; hash: job id ->
 //!   JSON `{payer, body, attempts, status, error}`), `<prefix>:{bNN}:x402:due` their schedule
 //!   (sorted set: job id -> due time, ms; a claimed job is pushed one lease ahead, so two
@@ -66,6 +65,7 @@ mod charge;
 mod event;
 mod lease;
 mod redis;
+pub mod refund;
 pub mod rules;
 mod sqlite;
 pub mod webhook;
@@ -85,10 +85,11 @@ use crate::money::{Amount, Currency};
 
 pub use self::capability::{
     prelude, AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
-    PayerControl, PlanStore, ReceiptStore, SettlementQueue, Store, PAYER_SCAN_MAX,
+    PayerControl, PlanStore, ReceiptStore, RefundStore, SettlementQueue, Store, PAYER_SCAN_MAX,
 };
 pub use self::event::{event_order, iso_time, utc_day, UsageEvent};
 pub use self::lease::{LeaseResize, LeaseStatus, LeaseStore, LeaseSync, LeaseSynced};
+pub use self::refund::{RefundOutcome, RefundQuery, RefundRecord, RefundRequest, RefundTarget};
 pub use self::webhook::WebhookOutbox;
 
 /// Number of payer buckets (hash tags). Changing it re-homes every key: never change it on a

@@ -364,5 +364,60 @@ pub fn lease_resize(
     ))
 }
 
+/// Why a refund moves no money ([`refund`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundRefusal {
+    /// The amount asked for is more than what remains refundable (`refundable` minor units;
+    /// 0 when the charge is refunded in full).
+    Exceeds {
+        /// What may still be refunded (minor units).
+        refundable: u64,
+    },
+    /// Nothing to refund: the charge was for 0, or an amount of 0 was asked for.
+    Zero,
+}
+
+/// What may still be refunded of a charge of `charged` of which `refunded` was refunded
+/// already (never negative, whatever the inputs).
+pub fn refundable(charged: u64, refunded: u64) -> u64 {
+    charged.saturating_sub(refunded)
+}
+
+/// How much a refund of `requested` (`None`: all that remains) moves, for a charge of
+/// `charged` with `refunded` refunded already: the sum of a charge's refunds never exceeds the
+/// charge, to the unit (`lua/refund.lua` mirrors it in the same script as the write).
+pub fn refund(charged: u64, refunded: u64, requested: Option<u64>) -> Result<u64, RefundRefusal> {
+    let left = refundable(charged, refunded);
+    let amount = requested.unwrap_or(left);
+    if amount == 0 {
+        return Err(if requested.is_none() && charged > 0 {
+            RefundRefusal::Exceeds { refundable: 0 }
+        } else {
+            RefundRefusal::Zero
+        });
+    }
+    if amount > left {
+        return Err(RefundRefusal::Exceeds { refundable: left });
+    }
+    Ok(amount)
+}
+
+/// Whether a charge made at `charge_ms` may still be refunded at `now_ms` (within
+/// [`super::refund::REFUND_WINDOW_MS`]; a charge from the future, by a skewed clock, may).
+pub fn refund_open(charge_ms: i64, now_ms: i64) -> bool {
+    now_ms.saturating_sub(charge_ms) <= super::refund::REFUND_WINDOW_MS
+}
+
+/// A refund paid back to the payer's balance: available and credited grow by it (a refund is a
+/// credit; what was captured stays captured, so `credited - captured == available + held`).
+pub fn refund_to_balance(b: &Balance, amount: u64) -> Result<Balance, RuleError> {
+    let a = signed(amount)?;
+    Ok(Balance {
+        available: add(b.available, a)?,
+        credited: add(b.credited, a)?,
+        ..*b
+    })
+}
+
 #[cfg(test)]
 mod tests;

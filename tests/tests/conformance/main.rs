@@ -15,6 +15,7 @@ mod mandates;
 mod plans;
 mod queue;
 mod receipts;
+mod refunds;
 mod requests;
 mod risk;
 mod support;
@@ -98,6 +99,10 @@ conformance! {
     queue::deferred_queue,
     requests::request_idempotency,
     ledger::payer_events_newest_first,
+    refunds::refund_balance_charge,
+    refunds::refund_x402_is_owed,
+    refunds::refunds_and_voids_exclude_each_other,
+    refunds::concurrent_refunds_never_exceed_the_charge,
     webhooks::outbox_lifecycle,
     risk::risk_rules,
 }

@@ -94,6 +94,13 @@ pub(crate) enum Op {
         fit: bool,
     },
     Account,
+    /// A refund of the charge a slot recorded (a hold's slot + 100,000 or a reservation's),
+    /// under key `key` (`None`: all that remains).
+    Refund {
+        slot: u32,
+        key: u32,
+        amount: Option<u64>,
+    },
 }
 
 pub(crate) fn generate(rng: &mut StdRng, n: usize) -> Vec<Op> {
@@ -118,7 +125,7 @@ pub(crate) fn generate(rng: &mut StdRng, n: usize) -> Vec<Op> {
             ops.push(Op::Block(false));
             continue;
         }
-        let op = match rng.gen_range(0..100) {
+        let op = match rng.gen_range(0..104) {
             0..=7 => Op::Credit {
                 key: rng.gen_range(0..40),
                 amount: rng.gen_range(-1_500..3_000),
@@ -261,6 +268,15 @@ pub(crate) fn generate(rng: &mut StdRng, n: usize) -> Vec<Op> {
                     .collect(),
                 target: rng.gen_range(0..1_500),
                 fit: rng.gen_bool(0.3),
+            },
+            100..=103 => Op::Refund {
+                slot: if rng.gen_bool(0.5) {
+                    pick(rng, holds) + 100_000
+                } else {
+                    pick(rng, res)
+                },
+                key: rng.gen_range(0..16),
+                amount: rng.gen_bool(0.7).then(|| rng.gen_range(0..400)),
             },
             _ => Op::Account,
         };

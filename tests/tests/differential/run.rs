@@ -8,7 +8,8 @@ use std::time::Duration;
 use tollgate_middleware::store::{
     void_event, ChargeFrom, ChargeOutcome, Credit, CreditOutcome, Hold, HoldOutcome,
     HoldSettleOutcome, Idempotency, KeyClaim, LeaseResize, LeaseSync, MandateCharge, PlanUse,
-    Renewal, Reservation, SettleOutcome, Settlement, SubscribeOutcome, Subscription, VoidOutcome,
+    RefundOutcome, RefundQuery, RefundRecord, RefundRequest, Renewal, Reservation, SettleOutcome,
+    Settlement, SubscribeOutcome, Subscription, VoidOutcome,
 };
 use tollgate_middleware::{Store, UsageEvent};
 
@@ -445,6 +446,42 @@ impl<'a> Run<'a> {
                 let a = s.account(&p).await.unwrap();
                 format!("{:?} {} {}", a.balances, a.holds, a.blocked)
             }
+            Op::Refund { slot, key, amount } => {
+                let Some(charge) = self.charges.get(slot).cloned() else {
+                    return "no charge".into();
+                };
+                let r = RefundRequest {
+                    fingerprint: format!("{}|{amount:?}", charge.id),
+                    voided: false,
+                    amount_minor: *amount,
+                    reason: "diff".into(),
+                    key: format!("{p}-k{key}"),
+                    time_ms: charge.time_ms + 1_000,
+                    charge,
+                };
+                let out = s.refund(&r).await.unwrap();
+                self.refunded(out)
+            }
+        }
+    }
+
+    /// Refund ids live in a ledger of their own (on Redis a stream of their own): normalised
+    /// apart, as credit ids.
+    fn refund_record(&mut self, r: &RefundRecord) -> String {
+        let id = self.id(&format!("refund {}", r.id));
+        let credit = r.credit_id.as_deref().map(|c| self.credit_id(c));
+        let event = self.id(&r.event_id);
+        format!(
+            "{id} of {event} {} left {} credit {credit:?} owed {:?}",
+            r.amount_minor, r.remaining_minor, r.owed_to
+        )
+    }
+
+    fn refunded(&mut self, out: RefundOutcome) -> String {
+        match out {
+            RefundOutcome::Refunded(r) => format!("Refunded({})", self.refund_record(&r)),
+            RefundOutcome::Duplicate(r) => format!("Duplicate({})", self.refund_record(&r)),
+            other => format!("{other:?}"),
         }
     }
 
@@ -563,6 +600,15 @@ impl<'a> Run<'a> {
             "usage {:?}",
             s.usage(Some(&p), DAY, DAY).await.unwrap()
         ));
+        let q = RefundQuery {
+            payer: Some(p.clone()),
+            limit: 1000,
+            ..RefundQuery::default()
+        };
+        for r in s.refunds(&q).await.unwrap() {
+            let line = self.refund_record(&r);
+            out.push(format!("refund {line} reason {}", r.reason));
+        }
         for e in s
             .usage_events()
             .await

@@ -14,7 +14,7 @@ use crate::store::charge::MARKER_MARGIN_MS;
 
 impl RedisStore {
     /// The stream id inside a ledger id (`<ms>-<seq>-<bucket>`).
-    fn stream_id(ledger_id: &str) -> Result<&str, StoreError> {
+    pub(super) fn stream_id(ledger_id: &str) -> Result<&str, StoreError> {
         ledger_id
             .rsplit_once('-')
             .map(|(s, _)| s)
@@ -159,6 +159,9 @@ impl AdmissionStore for RedisStore {
                     .arg(charge.amount_minor);
             }
         }
+        // The charge's refund state: a refunded charge is not voided, a void is marked.
+        inv.key(self.refund_state_key(charge)?)
+            .arg(crate::store::refund::VOID_MARK_KEEP_MS);
         Self::usage_args(&mut inv, void, charge);
         let (status, id): (String, String) = self.bounded(inv.invoke_async(&mut conn)).await?;
         match status.as_str() {

@@ -1,6 +1,6 @@
 //! The Redis store's usage ledger and what is derived from it ([`crate::store::LedgerStore`]),
-//! and the drain side of its streams: each bucket's `events` (usage events and voids) and
-//! `credits` streams are the short buffer a drainer (`ledger::Drainer`, feature `postgres`)
+//! and the drain side of its streams: each bucket's `events` (usage events and voids),
+//! `credits` and `refunds` streams are the short buffer a drainer (`ledger::Drainer`, feature `postgres`)
 //! reads from the head, inserts into the ledger of record and only then trims.
 //!
 //! Trimming is `XTRIM MINID` just past the last entry a drainer inserted. Entries are read
@@ -11,24 +11,31 @@
 
 use super::*;
 
-/// The two ledger streams of each bucket.
+/// The three ledger streams of each bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LedgerStream {
     /// Usage events (charges) and their voids.
     Events,
     /// Balance credits and debits (top-ups, admin credits, refunds).
     Credits,
+    /// Refunds of charges (`refund.lua`).
+    Refunds,
 }
 
 impl LedgerStream {
-    /// Both, in drain order.
-    pub const ALL: [LedgerStream; 2] = [LedgerStream::Events, LedgerStream::Credits];
+    /// Every one, in drain order.
+    pub const ALL: [LedgerStream; 3] = [
+        LedgerStream::Events,
+        LedgerStream::Credits,
+        LedgerStream::Refunds,
+    ];
 
     /// The stream's key suffix, and its metric label.
     pub fn name(self) -> &'static str {
         match self {
             LedgerStream::Events => "events",
             LedgerStream::Credits => "credits",
+            LedgerStream::Refunds => "refunds",
         }
     }
 }
@@ -59,6 +66,8 @@ pub enum LedgerEntry {
     Event(UsageEvent),
     /// A credit or debit (from `credits`).
     Credit(CreditRecord),
+    /// A refund (from `refunds`).
+    Refund(crate::store::RefundRecord),
     /// An entry that does not parse: kept whole (the ledger stores it apart, so the drain
     /// never stalls on it and nothing is lost).
     Unreadable {
@@ -134,6 +143,7 @@ impl RedisStore {
         match stream {
             LedgerStream::Events => self.events_key(bucket),
             LedgerStream::Credits => self.key(bucket, "credits"),
+            LedgerStream::Refunds => self.refunds_key(bucket),
         }
     }
 
@@ -146,21 +156,23 @@ impl RedisStore {
         owner: &str,
         lease: Duration,
         count: usize,
-    ) -> Result<Option<[StreamBatch; 2]>, StoreError> {
+    ) -> Result<Option<[StreamBatch; 3]>, StoreError> {
         type Page = Vec<(String, Vec<(String, String)>)>;
         let mut conn = self.connection().await?;
         let mut inv = self.scripts.drain_lease.prepare_invoke();
         inv.key(self.key(bucket, "drain-lease"))
             .key(self.ledger_stream_key(LedgerStream::Events, bucket))
             .key(self.ledger_stream_key(LedgerStream::Credits, bucket))
+            .key(self.ledger_stream_key(LedgerStream::Refunds, bucket))
             .arg(owner)
             .arg(ms(lease))
             .arg(count.max(1));
-        let pages: Option<(Page, Page)> = self.bounded(inv.invoke_async(&mut conn)).await?;
-        Ok(pages.map(|(events, credits)| {
+        let pages: Option<(Page, Page, Page)> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(pages.map(|(events, credits, refunds)| {
             [
                 Self::batch(LedgerStream::Events, bucket, events),
                 Self::batch(LedgerStream::Credits, bucket, credits),
+                Self::batch(LedgerStream::Refunds, bucket, refunds),
             ]
         }))
     }
@@ -186,6 +198,10 @@ impl RedisStore {
                             .unwrap_or(0);
                         CreditRecord::from_fields(id.clone(), time_ms, &fields)
                             .map(LedgerEntry::Credit)
+                    }
+                    LedgerStream::Refunds => {
+                        crate::store::RefundRecord::from_fields(id.clone(), &fields)
+                            .map(LedgerEntry::Refund)
                     }
                 };
                 parsed.unwrap_or_else(|error| LedgerEntry::Unreadable { id, fields, error })

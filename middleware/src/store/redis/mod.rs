@@ -23,6 +23,7 @@ mod owner;
 mod plans;
 mod queue;
 mod receipts;
+mod refunds;
 mod risk;
 mod scripts;
 mod webhook;

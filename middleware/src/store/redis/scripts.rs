@@ -53,6 +53,8 @@ scripts! {
     drain_lease: ["drain_lease"],
     lease: ["totals", "lease"],
     backlog: ["backlog"],
+    refund: ["totals", "refund"],
+    refund_claim: ["refund_claim"],
     webhook_advance: ["webhook_advance"],
     webhook_claim: ["webhook_claim"],
     webhook_finish: ["webhook_finish"],

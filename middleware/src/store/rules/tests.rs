@@ -410,4 +410,57 @@ proptest! {
             prop_assert!(new <= lease, "a blocked lease never grows");
         }
     }
+
+    /// Any sequence of refunds (full or partial, in any order) of one charge: the sum applied
+    /// never exceeds the charge, to the unit; each refusal says exactly what remained; the
+    /// account stays conserved and grows by what was refunded.
+    #[test]
+    fn refunds_never_exceed_the_charge(
+        charged in 0u64..10_000,
+        asks in proptest::collection::vec(proptest::option::of(0u64..12_000), 1..40),
+        start in 0i64..5_000,
+    ) {
+        let mut refunded = 0u64;
+        let mut b = funded(start);
+        for ask in asks {
+            let left = refundable(charged, refunded);
+            prop_assert_eq!(left, charged - refunded);
+            match refund(charged, refunded, ask) {
+                Ok(n) => {
+                    prop_assert!(n > 0 && n <= left);
+                    prop_assert_eq!(n, ask.unwrap_or(left));
+                    refunded += n;
+                    b = refund_to_balance(&b, n).unwrap();
+                }
+                Err(RefundRefusal::Exceeds { refundable }) => {
+                    prop_assert_eq!(refundable, left);
+                    prop_assert!(ask.map_or(left == 0, |a| a > left));
+                }
+                Err(RefundRefusal::Zero) => {
+                    prop_assert!(ask == Some(0) || charged == 0);
+                }
+            }
+            prop_assert!(refunded <= charged);
+            prop_assert!(conserved(&b));
+        }
+        prop_assert_eq!(b.available, start + i64::try_from(refunded).unwrap());
+    }
+}
+
+#[test]
+fn a_refund_takes_what_remains_and_no_more() {
+    assert_eq!(refund(100, 0, None), Ok(100));
+    assert_eq!(refund(100, 40, None), Ok(60));
+    assert_eq!(refund(100, 40, Some(60)), Ok(60));
+    assert_eq!(
+        refund(100, 40, Some(61)),
+        Err(RefundRefusal::Exceeds { refundable: 60 })
+    );
+    assert_eq!(
+        refund(100, 100, None),
+        Err(RefundRefusal::Exceeds { refundable: 0 })
+    );
+    assert_eq!(refund(100, 0, Some(0)), Err(RefundRefusal::Zero));
+    assert_eq!(refund(0, 0, None), Err(RefundRefusal::Zero));
+    assert_eq!(refundable(5, 9), 0);
 }

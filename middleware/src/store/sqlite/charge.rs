@@ -104,6 +104,10 @@ impl AdmissionStore for SqliteStore {
         let (charge, void) = (charge.clone(), void.clone());
         let from = Owned::from(from);
         self.run(move |t| {
+            // A charge refunded (even in part) is no longer voided (`void.lua`).
+            if t.refunded(&charge.id)? > 0 {
+                return Ok(VoidOutcome::NotCharged);
+            }
             match &from {
                 Owned::Receipt(r) => {
                     let key = Tx::receipt_key(r);

@@ -167,11 +167,12 @@ impl SqliteStore {
 }
 
 /// The columns [`event_row`] reads, in its order.
-const EVENT_COLUMNS: &str = "id, time_ms, payer, route, method, units, unit_prices, currency, \
+pub(super) const EVENT_COLUMNS: &str =
+    "id, time_ms, payer, route, method, units, unit_prices, currency, \
     scale, amount_minor, uncharged_minor, credential, reservation, upstream_status, voids";
 
 /// A usage event from a row of [`EVENT_COLUMNS`].
-fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
+pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
     let units: String = r.get(5)?;
     let prices: String = r.get(6)?;
     Ok(UsageEvent {

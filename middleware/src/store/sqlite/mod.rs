@@ -31,6 +31,7 @@ mod lease;
 mod ledger;
 mod queue;
 mod receipts;
+mod refunds;
 mod requests;
 mod risk;
 mod tx;
@@ -266,6 +267,8 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), OpenError> {
         "CREATE TABLE IF NOT EXISTS lease_batches (lease TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;",
     )
     .map_err(err)?;
+    // Added within version 1 (tables and indexes an older tollgate never reads): refunds.
+    conn.execute_batch(refunds::SCHEMA).map_err(err)?;
     // Added within version 1 (tables an older tollgate never reads): the webhook outbox.
     conn.execute_batch(webhook::SCHEMA).map_err(err)?;
     conn.execute_batch(risk::SCHEMA).map_err(err)?;

@@ -418,3 +418,73 @@ async fn the_views_reconcile() {
         .unwrap();
     assert_eq!(credits, (2, 900));
 }
+
+/// A refund keeps every gap of `balance_check` at 0 (its credit row is a credit), and
+/// `refunds_daily` has it on the charge's day, route and payer.
+#[tokio::test]
+async fn refunds_reconcile_in_the_views() {
+    let (dir, clock, s) = fresh();
+    let now = clock.now_ms();
+    {
+        let s = s;
+        s.credit(&credit("p", 1_000, "k1")).await.unwrap();
+        let mut e = event("p", now, 300);
+        e.credential = "token:p".into();
+        let h = hold("a", 300);
+        s.hold(&h).await.unwrap();
+        let crate::store::HoldSettleOutcome::Captured { event_id, .. } =
+            s.capture_hold(&h, 300, &e).await.unwrap()
+        else {
+            panic!("not captured")
+        };
+        let r = crate::store::RefundRequest {
+            charge: UsageEvent { id: event_id, ..e },
+            voided: false,
+            amount_minor: Some(120),
+            reason: "r".into(),
+            key: "rk".into(),
+            fingerprint: "f".into(),
+            time_ms: now,
+        };
+        let out = s.refund(&r).await.unwrap();
+        assert!(
+            matches!(out, crate::store::RefundOutcome::Refunded(_)),
+            "{out:?}"
+        );
+    }
+    let conn = loop {
+        let c = Connection::open(dir.path().join("t.db")).unwrap();
+        if c.query_row("SELECT count(*) FROM refunds", [], |r| r.get::<_, i64>(0))
+            .is_ok()
+        {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let gaps: (i64, i64, i64, i64, i64, i64) = conn
+        .query_row(
+            "SELECT equation_gap, credits_gap, ledger_gap, available, credited, captured \
+             FROM balance_check WHERE payer = 'p' AND currency = 'USD'",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
+        .unwrap();
+    assert_eq!(gaps, (0, 0, 0, 820, 1_120, 300));
+    let refunded: (String, i64, i64, i64) = conn
+        .query_row(
+            "SELECT route, refunds, refunded_minor, owed_minor FROM refunds_daily WHERE payer = 'p'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(refunded, ("r".to_owned(), 1, 120, 0));
+}

@@ -581,7 +581,7 @@ impl<'c> Tx<'c> {
         Ok(())
     }
 
-    fn aggregate(&self, day: &str, payer: &str, field: &str, by: i64) -> R<()> {
+    pub(super) fn aggregate(&self, day: &str, payer: &str, field: &str, by: i64) -> R<()> {
         self.exec(
             "INSERT INTO aggregates (day, payer, field, value) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (day, payer, field) DO UPDATE SET value = value + excluded.value",
