@@ -201,7 +201,27 @@ pub(crate) async fn refund(
         time_ms: SystemClock.now_ms(),
     };
     let outcome = admin.paywall().store().refund(&request).await;
+    if let Ok(RefundOutcome::Refunded(r) | RefundOutcome::Duplicate(r)) = &outcome {
+        created(&admin, r).await;
+    }
     render(outcome, &currency)
+}
+
+/// `refund.created`, id `msg_refund_<refund id>`. Written just after the refund; a replay with
+/// the same Idempotency-Key writes it again with the same id, so a message lost to a crash in
+/// between comes back with the client's retry (receivers deduplicate by `webhook-id`).
+async fn created(admin: &Admin, r: &RefundRecord) {
+    let Some(w) = admin.gateway().webhooks() else {
+        return;
+    };
+    let key = format!("refund_{}", r.id);
+    let kind = tollgate_middleware::webhooks::EventKind::RefundCreated;
+    if let Err(e) = w
+        .notify(kind, &key, &r.payer, r.time_ms, refund_json(r))
+        .await
+    {
+        tracing::error!(refund = %r.id, error = %e, "refund.created webhook not written");
+    }
 }
 
 fn render(

@@ -457,3 +457,65 @@ async fn mandate_budgets_and_plans_are_reported_once() {
     );
     assert_eq!(kinds.len(), 3, "nothing else, nothing twice: {kinds:?}");
 }
+
+/// `refund.created` for a refund through the admin API; a retry with the same Idempotency-Key
+/// sends the same message id again (so a message lost to a crash comes back with the retry),
+/// which the receiver counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_is_reported_once_by_id() {
+    let Some(py) = webhook_receiver::python() else {
+        return;
+    };
+    std::env::set_var(SECRET_ENV, SECRET);
+    let port = free_port();
+    let _receiver = receiver(&py, port, "");
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let gw = gateway()
+        .issuer(&wallet)
+        .admin(ADMIN)
+        .top(&hook(port, "\"refund.created\"", 5))
+        .route(paid("work", "/v1/echo", &up, "0.1"))
+        .start()
+        .await;
+    let token = gw.topup(&wallet, "refunded", "1").await;
+    assert_eq!(gw.token_get("/v1/echo", &token).await.status(), 200);
+    let event = gw.paywall.store().usage_events().await.unwrap()[0]
+        .id
+        .clone();
+    for _ in 0..2 {
+        let res = gw
+            .http
+            .post(gw.admin_url(&format!("/admin/v1/events/{event}/refund")))
+            .bearer_auth(ADMIN)
+            .header("idempotency-key", "refund-1")
+            .json(&json!({"amount": "0.04", "reason": "slow answer"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+    let got = until(port, "the refund", |a| a.len() >= 2).await;
+    let messages = processed(&got);
+    assert_eq!(messages.len(), 1, "{got:#?}");
+    let m = messages.values().next().unwrap();
+    let data = &m["payload"]["data"];
+    assert_eq!(m["type"], "refund.created");
+    assert_eq!(
+        (
+            &data["event_id"],
+            &data["amount"],
+            &data["payer"],
+            &data["reason"]
+        ),
+        (
+            &json!(event),
+            &json!("0.04"),
+            &json!("refunded"),
+            &json!("slow answer")
+        )
+    );
+    assert!(got
+        .iter()
+        .all(|a| a["valid"] == true && a["id"] == got[0]["id"]));
+}

@@ -193,7 +193,7 @@ mod tests {
                 "unknown event type \"balance.lo\"; known: balance.low",
             ),
             (
-                with("balance.low", "refund.created"),
+                with("balance.low", "plan.period_ended"),
                 "webhooks[0].events[0]",
                 "not emitted by this version",
             ),

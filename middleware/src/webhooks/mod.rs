@@ -57,11 +57,13 @@ pub enum EventKind {
     MandateBudgetCrossed,
     /// A plan period's included calls are used up.
     PlanExhausted,
+    /// A charge was refunded (in full or in part) through the admin API.
+    RefundCreated,
 }
 
 impl EventKind {
     /// Every event type, by name.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::BalanceLow,
         EventKind::BalanceDepleted,
         EventKind::PayerBlocked,
@@ -70,11 +72,12 @@ impl EventKind {
         EventKind::RiskFlagged,
         EventKind::MandateBudgetCrossed,
         EventKind::PlanExhausted,
+        EventKind::RefundCreated,
     ];
 
     /// Event types of the issue that this version does not emit yet (refused in a config, not
     /// accepted silently).
-    pub const NOT_YET: [&'static str; 2] = ["plan.period_ended", "refund.created"];
+    pub const NOT_YET: [&'static str; 1] = ["plan.period_ended"];
 
     /// Its name on the wire (`type`) and in the config.
     pub fn name(self) -> &'static str {
@@ -87,6 +90,7 @@ impl EventKind {
             EventKind::RiskFlagged => "risk.flagged",
             EventKind::MandateBudgetCrossed => "mandate.budget_crossed",
             EventKind::PlanExhausted => "plan.exhausted",
+            EventKind::RefundCreated => "refund.created",
         }
     }
 
