@@ -151,6 +151,7 @@ fn start_webhooks(
     let metrics = tollgate_middleware::metrics::global();
     for e in &v.webhooks {
         metrics.init_webhook(&e.id);
+        tokio::spawn(probe_webhook(e.id.clone(), e.url.clone()));
         tracing::info!(endpoint = %e.id, url = %e.url, events = ?e.events.iter().map(|k| k.name()).collect::<Vec<_>>(), "webhook endpoint");
     }
     let plan_routes = v
@@ -177,6 +178,37 @@ fn start_webhooks(
     let w = Webhooks::new(config, store.clone(), reader);
     let tasks = AbortOnDrop(w.spawn());
     Some((w, tasks))
+}
+
+/// Say at start-up when a webhook endpoint cannot be reached (its messages wait in the outbox
+/// and are retried; a receiver may well start after the gateway, so this is a warning).
+async fn probe_webhook(id: String, url: String) {
+    let Ok(parsed) = url.parse::<http::Uri>() else {
+        return;
+    };
+    let default = if parsed.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    let port = parsed.port_u16().unwrap_or(default);
+    let Some(host) = parsed.host() else {
+        return;
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+    match tokio::time::timeout(Duration::from_secs(3), connect).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(endpoint = %id, %url, error = %e, "webhook endpoint unreachable at start; its messages wait in the outbox and are retried")
+        }
+        Err(_) => {
+            tracing::warn!(endpoint = %id, %url, "webhook endpoint did not accept a connection within 3 s at start; its messages wait in the outbox and are retried")
+        }
+    }
 }
 
 /// Build one configuration snapshot on a given store.

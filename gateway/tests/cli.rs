@@ -258,9 +258,10 @@ fn logs_never_contain_receipts_tokens_or_secrets() {
         .iter()
         .map(|(k, v)| format!("{k} = {v}"))
         .collect();
-    let (port, admin_port) = (free_port(), free_port());
+    let (port, admin_port, dead_port) = (free_port(), free_port(), free_port());
+    let webhook_secret = "whsec_d2ViaG9vay1zZWNyZXQtbmV2ZXItbG9nZ2Vk";
     let cfg = format!(
-        "listen = \"127.0.0.1:{port}\"\nmerchant = \"m\"\n[currencies.USD]\nscale = 6\n[[issuers]]\nid = \"wallet\"\nkeys = [{{ {} }}]\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[routes]]\nid = \"paid\"\npath = \"/\"\nupstream = \"http://127.0.0.1:{up_port}\"\nprice = {{ amount = \"0.01\", currency = \"USD\" }}\n",
+        "listen = \"127.0.0.1:{port}\"\nmerchant = \"m\"\n[[webhooks]]\nid = \"ops\"\nurl = \"http://127.0.0.1:{dead_port}/hook\"\nevents = [\"payer.blocked\"]\nsecret_env = \"TOLLGATE_TEST_HOOK_SECRET\"\n[currencies.USD]\nscale = 6\n[[issuers]]\nid = \"wallet\"\nkeys = [{{ {} }}]\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[routes]]\nid = \"paid\"\npath = \"/\"\nupstream = \"http://127.0.0.1:{up_port}\"\nprice = {{ amount = \"0.01\", currency = \"USD\" }}\n",
         jwk_toml.join(", ")
     );
     let dir = tempfile::tempdir().unwrap();
@@ -272,6 +273,7 @@ fn logs_never_contain_receipts_tokens_or_secrets() {
         .arg(write(&dir, &cfg))
         .env("TOLLGATE_SECRET", secret)
         .env("TOLLGATE_ADMIN_TOKEN", admin_token)
+        .env("TOLLGATE_TEST_HOOK_SECRET", webhook_secret)
         .env("RUST_LOG", "trace")
         .env("TOLLGATE_LOG_FORMAT", "json")
         .stdout(Stdio::null())
@@ -318,6 +320,13 @@ fn logs_never_contain_receipts_tokens_or_secrets() {
             "not JSON: {line}"
         );
     }
+    // A webhook endpoint that is down at start is named, with its URL.
+    let hook_url = format!("http://127.0.0.1:{dead_port}/hook");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("webhook endpoint unreachable at start") && l.contains(&hook_url)),
+        "no start-up warning for {hook_url}: {logs}"
+    );
     // The signature part of each JWT, the token's MAC, and the secrets.
     let sig = |jwt: &str| jwt.rsplit('.').next().unwrap().to_owned();
     for (what, secret_text) in [
@@ -326,6 +335,10 @@ fn logs_never_contain_receipts_tokens_or_secrets() {
         ("access token", sig(&token)),
         ("gateway secret", secret.to_owned()),
         ("admin token", admin_token.to_owned()),
+        (
+            "webhook secret",
+            webhook_secret.trim_start_matches("whsec_").to_owned(),
+        ),
     ] {
         assert!(
             !logs.contains(&secret_text),
