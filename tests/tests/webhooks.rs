@@ -519,3 +519,63 @@ async fn a_refund_is_reported_once_by_id() {
         .iter()
         .all(|a| a["valid"] == true && a["id"] == got[0]["id"]));
 }
+
+/// With the PostgreSQL ledger of record, the dispatcher follows the ledger database (per
+/// bucket, after the drainer): every charge is reported once, after it was drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn charges_are_reported_from_the_ledger_database() {
+    let Some(py) = webhook_receiver::python() else {
+        return;
+    };
+    std::env::set_var(SECRET_ENV, SECRET);
+    let port = free_port();
+    let _receiver = receiver(&py, port, "");
+    let pg = tollgate_e2e::postgres::PostgresServer::start();
+    let redis = RedisServer::start();
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let gw = gateway()
+        .redis(&redis)
+        .issuer(&wallet)
+        .admin(ADMIN)
+        .top(&format!("[ledger]\nurl = \"{}\"\n", pg.url()))
+        .top(&hook(port, "\"charge.captured\"", 5))
+        .route(paid("work", "/v1/echo", &up, "0.01"))
+        .start()
+        .await;
+    // Payers in several buckets.
+    let mut tokens = Vec::new();
+    for i in 0..6 {
+        tokens.push(gw.topup(&wallet, &format!("pg-payer-{i}"), "1").await);
+    }
+    for round in 0..3 {
+        for t in &tokens {
+            assert_eq!(
+                gw.token_get("/v1/echo", t).await.status(),
+                200,
+                "round {round}"
+            );
+        }
+    }
+    let reported = |a: &[Value]| -> Vec<String> {
+        processed(a)
+            .values()
+            .flat_map(|m| m["payload"]["data"]["events"].as_array().unwrap().clone())
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = until(port, "18 charges", |a| reported(a).len() >= 18).await;
+    let ids = reported(&all);
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), unique.len()), (18, 18));
+    // Each reported charge is in the ledger database.
+    let db = pg.client().await;
+    for id in &ids {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM ledger_events WHERE id = $1", &[id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{id} reported before it was in the ledger database");
+    }
+}
