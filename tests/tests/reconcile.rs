@@ -322,6 +322,30 @@ impl WebhookOutbox for Flaky {
     ) -> Result<Vec<webhook::WebhookMessage>, StoreError> {
         self.inner.webhook_enqueue(b, m).await
     }
+    async fn webhook_backlog(
+        &self,
+        e: &[String],
+    ) -> Result<Vec<webhook::OutboxBacklog>, StoreError> {
+        self.inner.webhook_backlog(e).await
+    }
+    async fn webhook_trim(&self, b: u64, e: &[String]) -> Result<u64, StoreError> {
+        self.inner.webhook_trim(b, e).await
+    }
+    async fn webhook_due(
+        &self,
+        b: u64,
+        now: i64,
+        l: usize,
+    ) -> Result<Vec<(i64, webhook::WebhookMessage)>, StoreError> {
+        self.inner.webhook_due(b, now, l).await
+    }
+    async fn webhook_set(&self, b: u64, k: &str, v: Option<&str>) -> Result<(), StoreError> {
+        self.inner.webhook_set(b, k, v).await
+    }
+}
+
+#[async_trait]
+impl WebhookDelivery for Flaky {
     async fn webhook_claim(
         &self,
         c: &webhook::DeliveryClaim<'_>,
@@ -340,18 +364,6 @@ impl WebhookOutbox for Flaky {
         id: &str,
     ) -> Result<Option<webhook::WebhookMessage>, StoreError> {
         self.inner.webhook_replay(e, id).await
-    }
-    async fn webhook_backlog(
-        &self,
-        e: &[String],
-    ) -> Result<Vec<webhook::OutboxBacklog>, StoreError> {
-        self.inner.webhook_backlog(e).await
-    }
-    async fn webhook_trim(&self, b: u64, e: &[String]) -> Result<u64, StoreError> {
-        self.inner.webhook_trim(b, e).await
-    }
-    async fn webhook_set(&self, b: u64, k: &str, v: Option<&str>) -> Result<(), StoreError> {
-        self.inner.webhook_set(b, k, v).await
     }
 }
 

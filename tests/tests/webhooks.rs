@@ -579,3 +579,89 @@ async fn charges_are_reported_from_the_ledger_database() {
         assert_eq!(n, 1, "{id} reported before it was in the ledger database");
     }
 }
+
+/// `plan.period_ended` at a period's end, with the calls used; a period renewed before its end
+/// is reported once, at the new end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plan_period_end_is_reported_once() {
+    let Some(py) = webhook_receiver::python() else {
+        return;
+    };
+    std::env::set_var(SECRET_ENV, SECRET);
+    let port = free_port();
+    let _receiver = receiver(&py, port, "");
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let plans = "[[plans]]\nid = \"short\"\nprice = { amount = \"1.00\", currency = \"USD\" }\nperiod = \"2s\"\ngroups = [\"compute\"]\ncalls = 5\n";
+    let gw = gateway()
+        .issuer(&wallet)
+        .admin(ADMIN)
+        .top(&hook(port, "\"plan.period_ended\"", 5))
+        .top(plans)
+        .route(paid("compute", "/v1/echo/c", &up, "0.1"))
+        .start()
+        .await;
+    let buy = |payer: &str| {
+        let mut c = wallet.claims("m", payer, "1.00");
+        c["kind"] = "subscribe".into();
+        c["plan"] = "short".into();
+        gw.http
+            .post(gw.url("/tollgate/v1/subscribe"))
+            .header("authorization", format!("Payment {}", wallet.sign(&c)))
+            .send()
+    };
+    let bought: Value = buy("ender").await.unwrap().json().await.unwrap();
+    let token = bought["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(gw.token_get("/v1/echo/c", &token).await.status(), 200);
+    // The renewer buys twice: one period of 4 s in all.
+    assert_eq!(buy("renewer").await.unwrap().status(), 200);
+    assert_eq!(buy("renewer").await.unwrap().status(), 200);
+    until(port, "two period ends", |a| a.len() >= 2).await;
+    // Anything sent twice (the renewer's first end) would arrive within this.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let got = attempts(port).await;
+    assert!(got
+        .iter()
+        .all(|a| a["valid"] == true && a["type"] == "plan.period_ended"));
+    let by_payer: Vec<(String, Value)> = processed(&got)
+        .values()
+        .map(|m| {
+            (
+                m["payload"]["data"]["payer"].as_str().unwrap().to_owned(),
+                m["payload"]["data"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(by_payer.len(), 2, "{by_payer:#?}");
+    let ender = &by_payer.iter().find(|(p, _)| p == "ender").unwrap().1;
+    assert_eq!(
+        (&ender["plan"], &ender["calls"], &ender["used"]),
+        (&json!("short"), &json!(5), &json!(1))
+    );
+    let renewer = &by_payer.iter().find(|(p, _)| p == "renewer").unwrap().1;
+    let span = |d: &Value| {
+        let ms = |k: &str| unix_ms(d[k].as_str().unwrap());
+        ms("period_end") - ms("period_start")
+    };
+    assert_eq!((span(ender), span(renewer)), (2_000, 4_000));
+}
+
+/// Unix ms of `2026-12-03T16:58:21.004Z`.
+fn unix_ms(t: &str) -> i64 {
+    let (date, time) = t.trim_end_matches('Z').split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let (hms, ms) = time.split_once('.').unwrap();
+    let h: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+    // Days from civil (Howard Hinnant).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + h[0]) * 60 + h[1]) * 60_000 + h[2] * 1000 + ms.parse::<i64>().unwrap()
+}

@@ -78,12 +78,6 @@ pub(super) fn validate_webhooks(
                 Some(k) => {
                     events.insert(k);
                 }
-                None if EventKind::NOT_YET.contains(&name.as_str()) => {
-                    return Err(invalid(
-                        field,
-                        format!("{name:?} is not emitted by this version of tollgate yet (see docs/webhooks.md)"),
-                    ))
-                }
                 None => {
                     let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
                     return Err(invalid(
@@ -191,11 +185,6 @@ mod tests {
                 with("balance.low", "balance.lo"),
                 "webhooks[0].events[0]",
                 "unknown event type \"balance.lo\"; known: balance.low",
-            ),
-            (
-                with("balance.low", "plan.period_ended"),
-                "webhooks[0].events[0]",
-                "not emitted by this version",
             ),
             (
                 with("[\"balance.low\"]", "[]"),

@@ -334,12 +334,13 @@ store_of!(
     RefundStore,
     super::LeaseStore,
     super::WebhookOutbox,
+    super::WebhookDelivery,
 );
 
 /// Every capability trait, to call store methods on a concrete store (`use
 /// tollgate_middleware::store::prelude::*`); through `dyn Store` they need no import.
 pub mod prelude {
-    pub use super::super::{LeaseStore, WebhookOutbox};
+    pub use super::super::{LeaseStore, WebhookDelivery, WebhookOutbox};
     pub use super::{
         AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
         PayerControl, PlanStore, ReceiptStore, RefundStore, SettlementQueue, Store,

@@ -90,7 +90,7 @@ pub use self::capability::{
 pub use self::event::{event_order, iso_time, utc_day, UsageEvent};
 pub use self::lease::{LeaseResize, LeaseStatus, LeaseStore, LeaseSync, LeaseSynced};
 pub use self::refund::{RefundOutcome, RefundQuery, RefundRecord, RefundRequest, RefundTarget};
-pub use self::webhook::WebhookOutbox;
+pub use self::webhook::{WebhookDelivery, WebhookOutbox};
 
 /// Number of payer buckets (hash tags). Changing it re-homes every key: never change it on a
 /// live deployment.

@@ -52,6 +52,11 @@ pub struct OutboxAdvance {
     pub clear: Vec<String>,
     /// The messages, in order.
     pub messages: Vec<WebhookMessage>,
+    /// Messages to hold until a time (unix ms): listed by [`WebhookOutbox::webhook_due`] from
+    /// then on, until unscheduled. A message scheduled again (same id) replaces the first.
+    pub schedule: Vec<(i64, WebhookMessage)>,
+    /// Scheduled messages to forget (by id).
+    pub unschedule: Vec<String>,
 }
 
 /// What [`WebhookOutbox::webhook_claim`] hands an endpoint's deliverer for a bucket.
@@ -171,6 +176,36 @@ pub trait WebhookOutbox: Send + Sync + std::fmt::Debug + 'static {
         messages: &[WebhookMessage],
     ) -> Result<Vec<WebhookMessage>, StoreError>;
 
+    /// Each endpoint's backlog (by id, in the order given).
+    async fn webhook_backlog(&self, endpoints: &[String])
+        -> Result<Vec<OutboxBacklog>, StoreError>;
+
+    /// Remove the messages of `bucket` that every one of `endpoints` is past; the number
+    /// removed.
+    async fn webhook_trim(&self, bucket: u64, endpoints: &[String]) -> Result<u64, StoreError>;
+
+    /// The messages of `bucket` scheduled for `now_ms` or earlier, earliest first, at most
+    /// `limit`, with their times (they stay scheduled until a step unschedules them).
+    async fn webhook_due(
+        &self,
+        bucket: u64,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, WebhookMessage)>, StoreError>;
+
+    /// Set (`Some`) or remove a state key of `bucket` (a payer's balance threshold).
+    async fn webhook_set(
+        &self,
+        bucket: u64,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), StoreError>;
+}
+
+/// A store that delivers the webhook outbox: each endpoint's claim and position, and the
+/// failures.
+#[async_trait]
+pub trait WebhookDelivery: Send + Sync + std::fmt::Debug + 'static {
     /// Claim an endpoint's delivery in a bucket and read what follows its position. `None`:
     /// another holder's claim is live, or the next message is waiting for its retry time.
     /// An empty `messages`: nothing to deliver.
@@ -194,20 +229,4 @@ pub trait WebhookOutbox: Send + Sync + std::fmt::Debug + 'static {
         endpoint: &str,
         message_id: &str,
     ) -> Result<Option<WebhookMessage>, StoreError>;
-
-    /// Each endpoint's backlog (by id, in the order given).
-    async fn webhook_backlog(&self, endpoints: &[String])
-        -> Result<Vec<OutboxBacklog>, StoreError>;
-
-    /// Remove the messages of `bucket` that every one of `endpoints` is past; the number
-    /// removed.
-    async fn webhook_trim(&self, bucket: u64, endpoints: &[String]) -> Result<u64, StoreError>;
-
-    /// Set (`Some`) or remove a state key of `bucket` (a payer's balance threshold).
-    async fn webhook_set(
-        &self,
-        bucket: u64,
-        key: &str,
-        value: Option<&str>,
-    ) -> Result<(), StoreError>;
 }

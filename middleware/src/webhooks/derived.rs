@@ -1,7 +1,8 @@
 //! Messages the dispatcher derives from a step's charges by reading state the ledger event does
 //! not carry: a mandate's use of its window's budget (`mandate.budget_crossed`) and a plan's
 //! included calls (`plan.exhausted`). Each is sent once per crossing: once per mandate, window
-//! and percentage; once per payer, plan and period.
+//! and percentage; once per payer, plan and period. And `plan.period_ended`: scheduled at a
+//! purchase for its period's end, released when it is due.
 
 use std::collections::BTreeSet;
 
@@ -9,7 +10,7 @@ use serde::Serialize;
 
 use super::{message, EventKind, Webhooks};
 use crate::money::Amount;
-use crate::store::webhook::OutboxAdvance;
+use crate::store::webhook::{OutboxAdvance, WebhookMessage};
 use crate::store::{StoreError, UsageEvent};
 
 #[derive(Serialize)]
@@ -173,6 +174,115 @@ pub(super) async fn plans(
         let m = message(EventKind::PlanExhausted, &id, payer, time, data);
         advance.messages.push(m);
         advance.set.push((flag, start));
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PeriodData<'a> {
+    payer: &'a str,
+    plan: &'a str,
+    /// Calls included (`None`: a pass).
+    calls: Option<u64>,
+    /// Calls used in the period (when it ended).
+    used: u64,
+    period_start: String,
+    period_end: String,
+}
+
+fn period_message(
+    payer: &str,
+    plan: &str,
+    p: &crate::store::PlanPeriod,
+    key: &str,
+) -> WebhookMessage {
+    let data = PeriodData {
+        payer,
+        plan,
+        calls: p.calls,
+        used: p.used,
+        period_start: crate::store::iso_time(p.start_ms),
+        period_end: crate::store::iso_time(p.end_ms),
+    };
+    message(EventKind::PlanPeriodEnded, key, payer, p.end_ms, data)
+}
+
+/// `plan.period_ended`, part one: a plan purchase in this step (a ledger event on route
+/// `plan:<id>`) schedules the message for its period's end.
+pub(super) async fn schedule_period_ends(
+    w: &Webhooks,
+    events: &[UsageEvent],
+    advance: &mut OutboxAdvance,
+) -> Result<(), StoreError> {
+    if !w.wanted(EventKind::PlanPeriodEnded) {
+        return Ok(());
+    }
+    for e in events.iter().filter(|e| e.voids.is_none()) {
+        let Some(plan) = e.route.strip_prefix("plan:") else {
+            continue;
+        };
+        let Some(period) = w.0.store.subscription(&e.payer, plan).await? else {
+            continue;
+        };
+        let key = format!("plan_ended_{}_{plan}_{}", e.payer, period.end_ms);
+        let m = period_message(&e.payer, plan, &period, &key);
+        advance.schedule.push((period.end_ms, m));
+    }
+    Ok(())
+}
+
+/// `plan.period_ended`, part two: the scheduled messages now due in `bucket`, each checked
+/// against its period (one renewed or extended in the meantime is dropped: its own purchase
+/// scheduled the new end), released into the outbox in one step.
+pub(super) async fn release_period_ends(
+    w: &Webhooks,
+    bucket: u64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    if !w.wanted(EventKind::PlanPeriodEnded) {
+        return Ok(());
+    }
+    let store = &w.0.store;
+    let due = store.webhook_due(bucket, now_ms, 100).await?;
+    if due.is_empty() {
+        return Ok(());
+    }
+    let (cursor, _) = store.webhook_state(bucket, &[]).await?;
+    let Some(cursor) = cursor else {
+        return Ok(());
+    };
+    let mut advance = OutboxAdvance {
+        bucket,
+        expected: Some(cursor.clone()),
+        cursor,
+        ..OutboxAdvance::default()
+    };
+    for (at, m) in due {
+        advance.unschedule.push(m.id.clone());
+        let body: serde_json::Value = serde_json::from_str(&m.body).unwrap_or_default();
+        let Some(plan) = body["data"]["plan"].as_str() else {
+            continue;
+        };
+        match store.subscription(&m.payer, plan).await? {
+            Some(p) if p.end_ms == at => {
+                let key = m.id.strip_prefix("msg_").unwrap_or(&m.id);
+                let mut fresh = period_message(&m.payer, plan, &p, key);
+                // The id it was scheduled under (a digest when the key was not plain).
+                fresh.id = m.id.clone();
+                advance.messages.push(fresh);
+            }
+            _ => {}
+        }
+    }
+    // `false`: a dispatcher step moved the cursor first; the next round releases them.
+    if store.webhook_advance(&advance).await? {
+        let metrics = crate::metrics::global();
+        for msg in &advance.messages {
+            metrics
+                .webhook_messages
+                .with_label_values(&[&msg.kind])
+                .inc();
+        }
     }
     Ok(())
 }

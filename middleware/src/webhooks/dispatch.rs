@@ -19,6 +19,9 @@ use crate::store::{StoreError, UsageEvent, BUCKETS};
 /// Events read per bucket and step.
 const BATCH: usize = 500;
 
+/// How often scheduled messages (`plan.period_ended`) are looked at.
+const DUE_EVERY: Duration = Duration::from_secs(1);
+
 /// How often delivered messages are trimmed and the backlog gauges refreshed.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 
@@ -56,6 +59,7 @@ struct ChargesData {
 /// Follow the ledger until aborted.
 pub async fn run(w: Webhooks) {
     let mut housekeeping = Instant::now();
+    let mut due_check = Instant::now();
     let mut failing = false;
     loop {
         let mut busy = false;
@@ -70,6 +74,15 @@ pub async fn run(w: Webhooks) {
                         tracing::warn!(error = %e, bucket, "webhook dispatcher: store or ledger unavailable; retrying");
                     }
                     failing = true;
+                }
+            }
+        }
+        if due_check.elapsed() >= DUE_EVERY {
+            due_check = Instant::now();
+            let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+            for bucket in 0..BUCKETS {
+                if let Err(e) = super::derived::release_period_ends(&w, bucket, now).await {
+                    tracing::debug!(error = %e, "scheduled webhooks not released (retried)");
                 }
             }
         }
@@ -140,6 +153,7 @@ pub async fn step(w: &Webhooks, bucket: u64) -> Result<usize, StoreError> {
     }
     super::derived::mandates(w, bucket, &events, &mut advance).await?;
     super::derived::plans(w, bucket, &events, &mut advance).await?;
+    super::derived::schedule_period_ends(w, &events, &mut advance).await?;
     if !store.webhook_advance(&advance).await? {
         // Another dispatcher moved the cursor first: read again.
         return Ok(1);

@@ -59,11 +59,13 @@ pub enum EventKind {
     PlanExhausted,
     /// A charge was refunded (in full or in part) through the admin API.
     RefundCreated,
+    /// A plan period ended (scheduled at its purchase).
+    PlanPeriodEnded,
 }
 
 impl EventKind {
     /// Every event type, by name.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 10] = [
         EventKind::BalanceLow,
         EventKind::BalanceDepleted,
         EventKind::PayerBlocked,
@@ -73,11 +75,8 @@ impl EventKind {
         EventKind::MandateBudgetCrossed,
         EventKind::PlanExhausted,
         EventKind::RefundCreated,
+        EventKind::PlanPeriodEnded,
     ];
-
-    /// Event types of the issue that this version does not emit yet (refused in a config, not
-    /// accepted silently).
-    pub const NOT_YET: [&'static str; 1] = ["plan.period_ended"];
 
     /// Its name on the wire (`type`) and in the config.
     pub fn name(self) -> &'static str {
@@ -91,6 +90,7 @@ impl EventKind {
             EventKind::MandateBudgetCrossed => "mandate.budget_crossed",
             EventKind::PlanExhausted => "plan.exhausted",
             EventKind::RefundCreated => "refund.created",
+            EventKind::PlanPeriodEnded => "plan.period_ended",
         }
     }
 

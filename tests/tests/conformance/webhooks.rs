@@ -72,6 +72,7 @@ pub(crate) async fn outbox_lifecycle(store: Arc<dyn Store>) {
         set: vec![("k1".into(), "v1".into()), ("k2".into(), "v2".into())],
         clear: vec![],
         messages: vec![msg("msg_a", "balance.low"), msg("msg_b", "charge.captured")],
+        ..OutboxAdvance::default()
     };
     assert!(store.webhook_advance(&step).await.unwrap());
     // A second dispatcher with the same view is refused, and writes nothing.
@@ -238,6 +239,61 @@ pub(crate) async fn outbox_lifecycle(store: Arc<dyn Store>) {
     assert_eq!(store.webhook_trim(b, &endpoints).await.unwrap(), 4);
     let backlog = store.webhook_backlog(&endpoints).await.unwrap();
     assert_eq!((backlog[0].pending, backlog[1].pending), (0, 0));
+    // Scheduled messages: listed once due, earliest first; scheduled again, replaced;
+    // unscheduled, gone -- each with the cursor's compare-and-set.
+    let later = |id: &str, at: i64| (at, msg(id, "plan.period_ended"));
+    let (cursor, _) = store.webhook_state(b, &[]).await.unwrap();
+    let sched = OutboxAdvance {
+        bucket: b,
+        expected: cursor.clone(),
+        cursor: cursor.clone().unwrap(),
+        schedule: vec![later("msg_s2", now + 2_000), later("msg_s1", now + 1_000)],
+        ..OutboxAdvance::default()
+    };
+    assert!(store.webhook_advance(&sched).await.unwrap());
+    assert!(store.webhook_due(b, now, 10).await.unwrap().is_empty());
+    let due = store.webhook_due(b, now + 1_500, 10).await.unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|(at, m)| (*at - now, m.id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(1_000, "msg_s1")]
+    );
+    assert_eq!(due[0].1.body, msg("msg_s1", "plan.period_ended").body);
+    let due = store.webhook_due(b, now + 5_000, 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|(_, m)| m.id.as_str()).collect::<Vec<_>>(),
+        vec!["msg_s1", "msg_s2"]
+    );
+    let again = OutboxAdvance {
+        bucket: b,
+        expected: cursor.clone(),
+        cursor: cursor.clone().unwrap(),
+        schedule: vec![later("msg_s1", now + 3_000)],
+        unschedule: vec!["msg_s2".into()],
+        ..OutboxAdvance::default()
+    };
+    assert!(store.webhook_advance(&again).await.unwrap());
+    let due = store.webhook_due(b, now + 5_000, 10).await.unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|(at, m)| (*at - now, m.id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(3_000, "msg_s1")]
+    );
+    let gone = OutboxAdvance {
+        bucket: b,
+        expected: cursor.clone(),
+        cursor: cursor.unwrap(),
+        unschedule: vec!["msg_s1".into()],
+        ..OutboxAdvance::default()
+    };
+    assert!(store.webhook_advance(&gone).await.unwrap());
+    assert!(store
+        .webhook_due(b, now + 5_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
     // A payer threshold: set, read, removed.
     store
         .webhook_set(b, "thr|hook-payer|USD", Some("5000"))

@@ -13,7 +13,7 @@ use crate::store::webhook::{
     DeliveryClaim, DeliveryFinish, DeliveryHead, DeliveryResult, FailedDelivery, OutboxAdvance,
     OutboxBacklog, WebhookMessage,
 };
-use crate::store::WebhookOutbox;
+use crate::store::{WebhookDelivery, WebhookOutbox};
 
 /// Counting an endpoint's backlog looks at no more than this many messages per bucket.
 const BACKLOG_SCAN: usize = 10_000;
@@ -51,6 +51,15 @@ impl FailedJson {
             failed_ms: self.failed_ms.parse().unwrap_or(0),
         }
     }
+}
+
+/// A scheduled message as `wh:sched` keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+struct ScheduledJson {
+    kind: String,
+    payer: String,
+    time_ms: String,
+    body: String,
 }
 
 type Entry = (String, Vec<(String, String)>);
@@ -133,6 +142,8 @@ impl WebhookOutbox for RedisStore {
         let mut inv = self.scripts.webhook_advance.prepare_invoke();
         inv.key(self.key(a.bucket, "wh:state"))
             .key(self.outbox_key(a.bucket))
+            .key(self.key(a.bucket, "wh:sched"))
+            .key(self.key(a.bucket, "wh:due"))
             .arg(a.expected.as_deref().unwrap_or(""))
             .arg(&a.cursor)
             .arg(a.set.len());
@@ -151,8 +162,79 @@ impl WebhookOutbox for RedisStore {
                 .arg(m.time_ms)
                 .arg(&m.body);
         }
+        inv.arg(a.schedule.len());
+        for (at, m) in &a.schedule {
+            let json = serde_json::to_string(&ScheduledJson {
+                kind: m.kind.clone(),
+                payer: m.payer.clone(),
+                time_ms: m.time_ms.to_string(),
+                body: m.body.clone(),
+            })
+            .map_err(|e| StoreError::Protocol(format!("webhook schedule: {e}")))?;
+            inv.arg(*at).arg(&m.id).arg(json);
+        }
+        inv.arg(a.unschedule.len());
+        for id in &a.unschedule {
+            inv.arg(id);
+        }
         let done: i64 = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(done == 1)
+    }
+
+    async fn webhook_due(
+        &self,
+        b: u64,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, WebhookMessage)>, StoreError> {
+        let mut conn = self.connection().await?;
+        let due: Vec<(String, f64)> = self
+            .bounded(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.key(b, "wh:due"))
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&String> = due.iter().map(|(id, _)| id).collect();
+        let raw: Vec<Option<String>> = self
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(self.key(b, "wh:sched"))
+                    .arg(&ids)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for ((id, at), json) in due.iter().zip(raw) {
+            let Some(json) = json else { continue };
+            let s: ScheduledJson = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Protocol(format!("webhook schedule: {e}")))?;
+            // Scores are ms below 2^53: exact as doubles.
+            #[allow(clippy::cast_possible_truncation)]
+            let at = *at as i64;
+            out.push((
+                at,
+                WebhookMessage {
+                    id: id.clone(),
+                    kind: s.kind,
+                    payer: s.payer,
+                    time_ms: s.time_ms.parse().unwrap_or(0),
+                    body: s.body,
+                    only: None,
+                    seq: String::new(),
+                },
+            ));
+        }
+        Ok(out)
     }
 
     async fn webhook_enqueue(
@@ -190,6 +272,91 @@ impl WebhookOutbox for RedisStore {
             .collect())
     }
 
+    async fn webhook_backlog(
+        &self,
+        endpoints: &[String],
+    ) -> Result<Vec<OutboxBacklog>, StoreError> {
+        let mut conn = self.connection().await?;
+        let mut out = Vec::new();
+        for e in endpoints {
+            let mut total = OutboxBacklog::default();
+            for b in 0..BUCKETS {
+                let done = self.position_done(&mut conn, e, b).await?;
+                let from = done.map_or("-".to_owned(), |d| format!("({d}"));
+                let ids: Vec<(String, Vec<(String, String)>)> = self
+                    .bounded(
+                        redis::cmd("XRANGE")
+                            .arg(self.outbox_key(b))
+                            .arg(from)
+                            .arg("+")
+                            .arg("COUNT")
+                            .arg(BACKLOG_SCAN)
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                total.pending += u64::try_from(ids.len()).unwrap_or(0);
+                if let Some((first, _)) = ids.first() {
+                    let ms = i64::try_from(stream_order(first).0).unwrap_or(0);
+                    total.oldest_ms = Some(total.oldest_ms.map_or(ms, |o| o.min(ms)));
+                }
+            }
+            out.push(total);
+        }
+        Ok(out)
+    }
+
+    async fn webhook_trim(&self, b: u64, endpoints: &[String]) -> Result<u64, StoreError> {
+        if endpoints.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.connection().await?;
+        let mut floor: Option<(u64, u64)> = None;
+        for e in endpoints {
+            let Some(done) = self.position_done(&mut conn, e, b).await? else {
+                // This endpoint has not started: everything is still to deliver.
+                return Ok(0);
+            };
+            let at = stream_order(&done);
+            floor = Some(floor.map_or(at, |f| f.min(at)));
+        }
+        let Some((ms, seq)) = floor else {
+            return Ok(0);
+        };
+        // MINID keeps ids >= the bound: the first id past every endpoint's position.
+        let removed: u64 = self
+            .bounded(
+                redis::cmd("XTRIM")
+                    .arg(self.outbox_key(b))
+                    .arg("MINID")
+                    .arg(format!("{ms}-{}", seq.saturating_add(1)))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(removed)
+    }
+
+    async fn webhook_set(&self, b: u64, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        let mut conn = self.connection().await?;
+        let state = self.key(b, "wh:state");
+        let cmd = match value {
+            Some(v) => {
+                let mut c = redis::cmd("HSET");
+                c.arg(&state).arg(key).arg(v);
+                c
+            }
+            None => {
+                let mut c = redis::cmd("HDEL");
+                c.arg(&state).arg(key);
+                c
+            }
+        };
+        let _: i64 = self.bounded(cmd.query_async(&mut conn)).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WebhookDelivery for RedisStore {
     async fn webhook_claim(
         &self,
         c: &DeliveryClaim<'_>,
@@ -297,87 +464,5 @@ impl WebhookOutbox for RedisStore {
             }
         }
         Ok(None)
-    }
-
-    async fn webhook_backlog(
-        &self,
-        endpoints: &[String],
-    ) -> Result<Vec<OutboxBacklog>, StoreError> {
-        let mut conn = self.connection().await?;
-        let mut out = Vec::new();
-        for e in endpoints {
-            let mut total = OutboxBacklog::default();
-            for b in 0..BUCKETS {
-                let done = self.position_done(&mut conn, e, b).await?;
-                let from = done.map_or("-".to_owned(), |d| format!("({d}"));
-                let ids: Vec<(String, Vec<(String, String)>)> = self
-                    .bounded(
-                        redis::cmd("XRANGE")
-                            .arg(self.outbox_key(b))
-                            .arg(from)
-                            .arg("+")
-                            .arg("COUNT")
-                            .arg(BACKLOG_SCAN)
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                total.pending += u64::try_from(ids.len()).unwrap_or(0);
-                if let Some((first, _)) = ids.first() {
-                    let ms = i64::try_from(stream_order(first).0).unwrap_or(0);
-                    total.oldest_ms = Some(total.oldest_ms.map_or(ms, |o| o.min(ms)));
-                }
-            }
-            out.push(total);
-        }
-        Ok(out)
-    }
-
-    async fn webhook_trim(&self, b: u64, endpoints: &[String]) -> Result<u64, StoreError> {
-        if endpoints.is_empty() {
-            return Ok(0);
-        }
-        let mut conn = self.connection().await?;
-        let mut floor: Option<(u64, u64)> = None;
-        for e in endpoints {
-            let Some(done) = self.position_done(&mut conn, e, b).await? else {
-                // This endpoint has not started: everything is still to deliver.
-                return Ok(0);
-            };
-            let at = stream_order(&done);
-            floor = Some(floor.map_or(at, |f| f.min(at)));
-        }
-        let Some((ms, seq)) = floor else {
-            return Ok(0);
-        };
-        // MINID keeps ids >= the bound: the first id past every endpoint's position.
-        let removed: u64 = self
-            .bounded(
-                redis::cmd("XTRIM")
-                    .arg(self.outbox_key(b))
-                    .arg("MINID")
-                    .arg(format!("{ms}-{}", seq.saturating_add(1)))
-                    .query_async(&mut conn),
-            )
-            .await?;
-        Ok(removed)
-    }
-
-    async fn webhook_set(&self, b: u64, key: &str, value: Option<&str>) -> Result<(), StoreError> {
-        let mut conn = self.connection().await?;
-        let state = self.key(b, "wh:state");
-        let cmd = match value {
-            Some(v) => {
-                let mut c = redis::cmd("HSET");
-                c.arg(&state).arg(key).arg(v);
-                c
-            }
-            None => {
-                let mut c = redis::cmd("HDEL");
-                c.arg(&state).arg(key);
-                c
-            }
-        };
-        let _: i64 = self.bounded(cmd.query_async(&mut conn)).await?;
-        Ok(())
     }
 }

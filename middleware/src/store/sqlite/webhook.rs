@@ -15,7 +15,7 @@ use crate::store::webhook::{
     DeliveryClaim, DeliveryFinish, DeliveryHead, DeliveryResult, FailedDelivery, OutboxAdvance,
     OutboxBacklog, WebhookMessage,
 };
-use crate::store::{bucket_of, StoreError, WebhookOutbox};
+use crate::store::{bucket_of, StoreError, WebhookDelivery, WebhookOutbox};
 
 /// The tables (created within schema version 1: tables an older tollgate never reads).
 pub(super) const SCHEMA: &str = "
@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS webhook_positions (
     endpoint TEXT NOT NULL, bucket INTEGER NOT NULL, done INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0, next_ms INTEGER NOT NULL DEFAULT 0, lock_by TEXT,
     lock_until INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (endpoint, bucket)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS webhook_schedule (
+    id TEXT PRIMARY KEY, bucket INTEGER NOT NULL, at_ms INTEGER NOT NULL, kind TEXT NOT NULL,
+    payer TEXT NOT NULL, time_ms INTEGER NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS webhook_schedule_due ON webhook_schedule (bucket, at_ms);
 CREATE TABLE IF NOT EXISTS webhook_failures (
     n INTEGER PRIMARY KEY AUTOINCREMENT, endpoint TEXT NOT NULL, bucket INTEGER NOT NULL,
     id TEXT NOT NULL, kind TEXT NOT NULL, payer TEXT NOT NULL, time_ms INTEGER NOT NULL,
@@ -164,6 +168,19 @@ impl WebhookOutbox for SqliteStore {
                 };
                 t.append_message(to, m, now)?;
             }
+            for (at, m) in &a.schedule {
+                t.exec(
+                    "INSERT OR REPLACE INTO webhook_schedule (id, bucket, at_ms, kind, payer, \
+                     time_ms, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![m.id, b, at, m.kind, m.payer, m.time_ms, m.body],
+                )?;
+            }
+            for id in &a.unschedule {
+                t.exec(
+                    "DELETE FROM webhook_schedule WHERE id = ?1 AND bucket = ?2",
+                    params![id, b],
+                )?;
+            }
             for (k, v) in &a.set {
                 t.set_state(k, Some(v))?;
             }
@@ -188,6 +205,89 @@ impl WebhookOutbox for SqliteStore {
         .await
     }
 
+    async fn webhook_backlog(&self, endpoints: &[String]) -> R<Vec<OutboxBacklog>> {
+        let endpoints = endpoints.to_vec();
+        self.run(move |t| {
+            endpoints
+                .iter()
+                .map(|e| {
+                    t.row(
+                        "SELECT COUNT(*), MIN(m.written_ms) FROM webhook_messages m \
+                         LEFT JOIN webhook_positions p ON p.endpoint = ?1 AND p.bucket = m.bucket \
+                         WHERE m.seq > COALESCE(p.done, 0)",
+                        params![e],
+                        |r| {
+                            Ok(OutboxBacklog {
+                                pending: r.get::<_, i64>(0)?.try_into().unwrap_or(0),
+                                oldest_ms: r.get(1)?,
+                            })
+                        },
+                    )
+                    .map(Option::unwrap_or_default)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn webhook_trim(&self, b: u64, endpoints: &[String]) -> R<u64> {
+        let endpoints = endpoints.to_vec();
+        self.run(move |t| {
+            let mut floor = i64::MAX;
+            for e in &endpoints {
+                floor = floor.min(t.position(e, bucket(b))?.0);
+            }
+            if endpoints.is_empty() || floor == 0 {
+                return Ok(0);
+            }
+            let n = t.exec(
+                "DELETE FROM webhook_messages WHERE bucket = ?1 AND seq <= ?2",
+                params![bucket(b), floor],
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn webhook_due(
+        &self,
+        b: u64,
+        now_ms: i64,
+        limit: usize,
+    ) -> R<Vec<(i64, WebhookMessage)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |t| {
+            t.rows(
+                "SELECT at_ms, id, kind, payer, time_ms, body FROM webhook_schedule \
+                 WHERE bucket = ?1 AND at_ms <= ?2 ORDER BY at_ms, id LIMIT ?3",
+                params![bucket(b), now_ms, limit],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        WebhookMessage {
+                            id: r.get(1)?,
+                            kind: r.get(2)?,
+                            payer: r.get(3)?,
+                            time_ms: r.get(4)?,
+                            body: r.get(5)?,
+                            only: None,
+                            seq: String::new(),
+                        },
+                    ))
+                },
+            )
+        })
+        .await
+    }
+
+    async fn webhook_set(&self, _bucket: u64, key: &str, value: Option<&str>) -> R<()> {
+        let (key, value) = (key.to_owned(), value.map(str::to_owned));
+        self.run(move |t| t.set_state(&key, value.as_deref())).await
+    }
+}
+
+#[async_trait]
+impl WebhookDelivery for SqliteStore {
     async fn webhook_claim(&self, c: &DeliveryClaim<'_>) -> R<Option<DeliveryHead>> {
         let (endpoint, holder) = (c.endpoint.to_owned(), c.holder.to_owned());
         let (b, now, lock_ms) = (bucket(c.bucket), c.now_ms, c.lock_ms);
@@ -331,54 +431,5 @@ impl WebhookOutbox for SqliteStore {
             t.append_message(b, &message, now).map(Some)
         })
         .await
-    }
-
-    async fn webhook_backlog(&self, endpoints: &[String]) -> R<Vec<OutboxBacklog>> {
-        let endpoints = endpoints.to_vec();
-        self.run(move |t| {
-            endpoints
-                .iter()
-                .map(|e| {
-                    t.row(
-                        "SELECT COUNT(*), MIN(m.written_ms) FROM webhook_messages m \
-                         LEFT JOIN webhook_positions p ON p.endpoint = ?1 AND p.bucket = m.bucket \
-                         WHERE m.seq > COALESCE(p.done, 0)",
-                        params![e],
-                        |r| {
-                            Ok(OutboxBacklog {
-                                pending: r.get::<_, i64>(0)?.try_into().unwrap_or(0),
-                                oldest_ms: r.get(1)?,
-                            })
-                        },
-                    )
-                    .map(Option::unwrap_or_default)
-                })
-                .collect()
-        })
-        .await
-    }
-
-    async fn webhook_trim(&self, b: u64, endpoints: &[String]) -> R<u64> {
-        let endpoints = endpoints.to_vec();
-        self.run(move |t| {
-            let mut floor = i64::MAX;
-            for e in &endpoints {
-                floor = floor.min(t.position(e, bucket(b))?.0);
-            }
-            if endpoints.is_empty() || floor == 0 {
-                return Ok(0);
-            }
-            let n = t.exec(
-                "DELETE FROM webhook_messages WHERE bucket = ?1 AND seq <= ?2",
-                params![bucket(b), floor],
-            )?;
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
-        .await
-    }
-
-    async fn webhook_set(&self, _bucket: u64, key: &str, value: Option<&str>) -> R<()> {
-        let (key, value) = (key.to_owned(), value.map(str::to_owned));
-        self.run(move |t| t.set_state(&key, value.as_deref())).await
     }
 }
