@@ -40,10 +40,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "refunds",
         sql: include_str!("migrations/0004_refunds.sql"),
     },
+    Migration {
+        version: 5,
+        name: "bucket index",
+        sql: include_str!("migrations/0005_bucket_index.sql"),
+    },
 ];
 
 /// The schema version this build writes and reads.
-pub const CURRENT: i32 = 4;
+pub const CURRENT: i32 = 5;
 
 /// Arbitrary, fixed: the advisory lock the replicas migrate under.
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465;
