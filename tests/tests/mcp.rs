@@ -341,10 +341,18 @@ async fn the_official_sdk_pays_tools_with_receipts_and_tokens_and_reads_its_bill
     // Its balance and its bill over MCP agree with the ledger.
     let usd = &o["balance"]["result"]["structuredContent"]["balances"]["USD"];
     assert_eq!(usd["available"], "0.985", "{usd}");
-    let bill = o["usage"]["result"]["structuredContent"]["events"]
+    // Bill lines name their type (charges here; refunds would be their own lines).
+    let bill: Vec<Value> = o["usage"]["result"]["structuredContent"]["events"]
         .as_array()
         .unwrap()
-        .clone();
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "charge", "{e}");
+            let mut e = e.clone();
+            e.as_object_mut().unwrap().remove("type");
+            e
+        })
+        .collect();
     let ledger = events(gw).await;
     let of =
         |p: &str| -> Vec<Value> { ledger.iter().filter(|e| e["payer"] == p).cloned().collect() };
