@@ -665,3 +665,55 @@ fn unix_ms(t: &str) -> i64 {
     let days = era * 146_097 + doe - 719_468;
     ((days * 24 + h[0]) * 60 + h[1]) * 60_000 + h[2] * 1000 + ms.parse::<i64>().unwrap()
 }
+
+/// Webhooks first configured on a ledger with history begin at its end: only what happens
+/// from then on is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_is_not_replayed_when_webhooks_are_added() {
+    let Some(py) = webhook_receiver::python() else {
+        return;
+    };
+    std::env::set_var(SECRET_ENV, SECRET);
+    let port = free_port();
+    let _receiver = receiver(&py, port, "");
+    let redis = RedisServer::start();
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let before = gateway()
+        .redis(&redis)
+        .issuer(&wallet)
+        .route(paid("work", "/v1/echo", &up, "0.01"))
+        .start()
+        .await;
+    let token = before.topup(&wallet, "veteran", "1").await;
+    for _ in 0..5 {
+        assert_eq!(before.token_get("/v1/echo", &token).await.status(), 200);
+    }
+    drop(before);
+    let after = gateway()
+        .redis(&redis)
+        .issuer(&wallet)
+        .admin(ADMIN)
+        .top(&hook(port, "\"charge.captured\"", 5))
+        .route(paid("work", "/v1/echo", &up, "0.01"))
+        .start()
+        .await;
+    // Let the dispatcher place its cursors, then charge twice more.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..2 {
+        assert_eq!(after.token_get("/v1/echo", &token).await.status(), 200);
+    }
+    let got = until(port, "the new charges", |a| !a.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let got = if got.len() > 1 {
+        got
+    } else {
+        attempts(port).await
+    };
+    let charges: Vec<Value> = processed(&got)
+        .values()
+        .flat_map(|m| m["payload"]["data"]["events"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(charges.len(), 2, "only the two new charges: {charges:#?}");
+    assert_eq!(after.paywall.store().usage_events().await.unwrap().len(), 7);
+}

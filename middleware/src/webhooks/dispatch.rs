@@ -123,6 +123,20 @@ async fn keep_house(w: &Webhooks) {
 pub async fn step(w: &Webhooks, bucket: u64) -> Result<usize, StoreError> {
     let (store, ledger) = (&w.0.store, &w.0.ledger);
     let (cursor, _) = store.webhook_state(bucket, &[]).await?;
+    if cursor.is_none() {
+        // First start on a ledger with history: begin at its end (webhooks report what
+        // happens from now on; the history is in the admin API's export).
+        if let Some(newest) = ledger.events_before(None, 1).await?.pop() {
+            let start = OutboxAdvance {
+                bucket,
+                expected: None,
+                cursor: newest.id,
+                ..OutboxAdvance::default()
+            };
+            store.webhook_advance(&start).await?;
+            return Ok(1);
+        }
+    }
     let events = ledger
         .bucket_events_after(bucket, cursor.as_deref(), BATCH)
         .await?;
