@@ -25,6 +25,9 @@ const DUE_EVERY: Duration = Duration::from_secs(1);
 /// How often delivered messages are trimmed and the backlog gauges refreshed.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
 
+/// The state key of the time webhooks first started (events before it are not reported).
+const SINCE: &str = "@since";
+
 /// The state key of a payer's own `balance.low` threshold (atomic units).
 pub(crate) fn threshold_key(payer: &str, currency: &str) -> String {
     format!("thr|{payer}|{currency}")
@@ -122,43 +125,50 @@ async fn keep_house(w: &Webhooks) {
 /// One step on one bucket: the number of ledger events it accounted for.
 pub async fn step(w: &Webhooks, bucket: u64) -> Result<usize, StoreError> {
     let (store, ledger) = (&w.0.store, &w.0.ledger);
-    let (cursor, _) = store.webhook_state(bucket, &[]).await?;
-    if cursor.is_none() {
-        // First start on a ledger with history: begin at its end (webhooks report what
-        // happens from now on; the history is in the admin API's export).
-        if let Some(newest) = ledger.events_before(None, 1).await?.pop() {
-            let start = OutboxAdvance {
-                bucket,
-                expected: None,
-                cursor: newest.id,
-                ..OutboxAdvance::default()
-            };
-            store.webhook_advance(&start).await?;
-            return Ok(1);
-        }
-    }
+    let (cursor, state) = store.webhook_state(bucket, &[SINCE.to_owned()]).await?;
+    // Webhooks report what happens from their first start on (the history is in the admin
+    // API's export): events settled before it are read past without messages. The time is
+    // kept, so a restart still reports every later event it had not reached.
+    let fresh = cursor.is_none() && !state.contains_key(SINCE);
+    let since = state
+        .get(SINCE)
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(w.0.started_ms);
     let events = ledger
         .bucket_events_after(bucket, cursor.as_deref(), BATCH)
         .await?;
-    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+    let Some(last) = events.last().map(|e| e.id.clone()) else {
         return Ok(0);
     };
     let mut advance = OutboxAdvance {
         bucket,
         expected: cursor.clone(),
-        cursor: last.id.clone(),
+        cursor: last.clone(),
         ..OutboxAdvance::default()
+    };
+    if fresh {
+        advance.set.push((SINCE.to_owned(), since.to_string()));
+    }
+    let read = events.len();
+    let events: Vec<UsageEvent> = events.into_iter().filter(|e| e.time_ms >= since).collect();
+    let (Some(first), Some(newest)) = (events.first(), events.last()) else {
+        // Only history: move past it.
+        return if store.webhook_advance(&advance).await? {
+            Ok(read)
+        } else {
+            Ok(1)
+        };
     };
     if w.wanted(EventKind::ChargeCaptured) {
         let data = ChargesData {
             events: events.iter().map(UsageEvent::to_json).collect(),
         };
-        let key = format!("charges_{}_{}", first.id, last.id);
+        let key = format!("charges_{}_{}", first.id, newest.id);
         advance.messages.push(message(
             EventKind::ChargeCaptured,
             &key,
             "",
-            last.time_ms,
+            newest.time_ms,
             data,
         ));
     }
@@ -176,7 +186,7 @@ pub async fn step(w: &Webhooks, bucket: u64) -> Result<usize, StoreError> {
     for msg in &advance.messages {
         m.webhook_messages.with_label_values(&[&msg.kind]).inc();
     }
-    Ok(events.len())
+    Ok(read)
 }
 
 /// The balance messages of a step, and the state they change.

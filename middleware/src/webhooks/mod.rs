@@ -176,6 +176,8 @@ struct Inner {
     config: WebhookConfig,
     store: Arc<dyn Store>,
     ledger: Arc<dyn LedgerStore>,
+    /// When this process's webhooks started, unix ms (the first start's time is kept).
+    started_ms: i64,
 }
 
 /// A message's JSON body (Standard Webhooks: `type`, `timestamp`, `data`).
@@ -233,6 +235,7 @@ impl Webhooks {
             config,
             store,
             ledger,
+            started_ms: crate::clock::Clock::now_ms(&crate::clock::SystemClock),
         }))
     }
 
