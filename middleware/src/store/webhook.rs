@@ -59,7 +59,7 @@ pub struct OutboxAdvance {
     pub unschedule: Vec<String>,
 }
 
-/// What [`WebhookOutbox::webhook_claim`] hands an endpoint's deliverer for a bucket.
+/// What [`WebhookDelivery::webhook_claim`] hands an endpoint's deliverer for a bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryHead {
     /// The endpoint's position (the last message it was given or skipped; empty: none).
