@@ -19,21 +19,12 @@ use crate::proxy::problem;
 /// The largest page.
 const MAX_LIMIT: usize = 1000;
 
-fn bad(detail: &str) -> Response {
-    problem(tollgate_middleware::ErrorCode::InvalidRequest, detail)
-}
-
-/// The request's query pairs, checked: `(before, limit, csv)`, or what is wrong with them
-/// (also the agent MCP server's `usage` tool arguments).
-pub(crate) fn parse(q: &BTreeMap<String, String>) -> Result<(Option<String>, usize, bool), String> {
-    if let Some(k) = q
-        .keys()
-        .find(|k| !matches!(k.as_str(), "limit" | "before" | "format"))
-    {
-        return Err(format!(
-            "unknown parameter {k:?}: use limit, before, format"
-        ));
-    }
+/// A newest-first listing's `limit` (1 to [`MAX_LIMIT`], default 100) and `before` cursor (a
+/// ledger id: digits and dashes; `what` names it in the error).
+pub(crate) fn page_params(
+    q: &BTreeMap<String, String>,
+    what: &str,
+) -> Result<(usize, Option<String>), String> {
     let limit = match q.get("limit") {
         None => 100,
         Some(v) => match v.parse::<usize>() {
@@ -50,12 +41,27 @@ pub(crate) fn parse(q: &BTreeMap<String, String>) -> Result<(Option<String>, usi
         {
             Some(v.clone())
         }
-        Some(v) => {
-            return Err(format!(
-                "before must be an event id (as Tollgate-Next-Before gives), not {v:?}"
-            ))
-        }
+        Some(v) => return Err(format!("before must be {what}, not {v:?}")),
     };
+    Ok((limit, before))
+}
+
+fn bad(detail: &str) -> Response {
+    problem(tollgate_middleware::ErrorCode::InvalidRequest, detail)
+}
+
+/// The request's query pairs, checked: `(before, limit, csv)`, or what is wrong with them
+/// (also the agent MCP server's `usage` tool arguments).
+pub(crate) fn parse(q: &BTreeMap<String, String>) -> Result<(Option<String>, usize, bool), String> {
+    if let Some(k) = q
+        .keys()
+        .find(|k| !matches!(k.as_str(), "limit" | "before" | "format"))
+    {
+        return Err(format!(
+            "unknown parameter {k:?}: use limit, before, format"
+        ));
+    }
+    let (limit, before) = page_params(q, "an event id (as Tollgate-Next-Before gives)")?;
     let csv = match q.get("format").map(String::as_str) {
         None | Some("ndjson") => false,
         Some("csv") => true,

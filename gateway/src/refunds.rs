@@ -28,9 +28,6 @@ use crate::proxy::problem;
 const MAX_KEY: usize = 200;
 const MAX_REASON: usize = 500;
 
-/// The largest page of `GET /admin/v1/refunds`.
-const MAX_LIMIT: usize = 1000;
-
 /// A refund as the admin API answers it (amounts as decimal strings, minor units beside).
 pub(crate) fn refund_json(r: &RefundRecord) -> Value {
     let money = |minor: u64| {
@@ -323,24 +320,7 @@ fn parse_query(q: &BTreeMap<String, String>) -> Result<RefundQuery, String> {
         Some("false") => Some(false),
         Some(v) => return Err(format!("owed must be true or false, not {v:?}")),
     };
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => return Err(format!("limit must be 1 to {MAX_LIMIT}, not {v:?}")),
-        },
-    };
-    let before = match q.get("before") {
-        None => None,
-        Some(v)
-            if !v.is_empty()
-                && v.len() <= 64
-                && v.bytes().all(|b| b.is_ascii_digit() || b == b'-') =>
-        {
-            Some(v.clone())
-        }
-        Some(v) => return Err(format!("before must be a refund id, not {v:?}")),
-    };
+    let (limit, before) = crate::bill::page_params(q, "a refund id")?;
     Ok(RefundQuery {
         payer: q.get("payer").cloned(),
         owed,
