@@ -425,3 +425,48 @@ async fn off_ignores_proofs_at_the_token_endpoints() {
     assert_eq!(body["token_type"], "Bearer");
     assert!(body.get("cnf").is_none());
 }
+
+#[tokio::test]
+async fn over_mcp_the_proof_is_for_the_mcp_request() {
+    let wallet = TestIssuer::ed25519("wallet");
+    let gw = start(dpop_gateway("optional"), &wallet).await;
+    let key = DpopKey::ed25519();
+    let body: Value = topup(&gw, &wallet, "erin", Some(&key))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = body["access_token"].as_str().unwrap();
+    let call = |proof: String| {
+        with_proof(&gw, Method::POST, "/tollgate/v1/mcp", token, &proof)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(
+                json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "balance", "arguments": {}}})
+                    .to_string(),
+            )
+            .send()
+    };
+    let mcp_url = format!("{PUBLIC}/tollgate/v1/mcp");
+    let ok: Value = call(key.proof("POST", &mcp_url, Some(token), now_secs()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ok["result"]["structuredContent"]["balances"]["USD"]["available"], "1",
+        "{ok}"
+    );
+    // A proof for the endpoint the tool reaches is not one for the request that was sent.
+    let inner_url = format!("{PUBLIC}/tollgate/v1/balance");
+    let refused: Value = call(key.proof("GET", &inner_url, Some(token), now_secs()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let problem = &refused["error"]["data"]["problem"];
+    assert_eq!(problem["code"], "dpop_proof_invalid", "{refused}");
+    assert_eq!(problem["reason"], "proof_method", "{refused}");
+}

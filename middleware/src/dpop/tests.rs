@@ -219,3 +219,13 @@ fn malformed_and_hostile_proofs_are_refused() {
     // Reasons are stable names.
     assert_eq!(ProofError::Stale.reason(), "proof_stale");
 }
+
+#[test]
+fn a_proof_made_by_another_implementation_verifies() {
+    // Made by bench/gen_dpop.py (Python, pyca/cryptography's Ed25519, its own JWS encoding)
+    // for GET URL at NOW with the token "tg1.x.y"; its thumbprint computed there too.
+    let proof = "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6IkVkRFNBIiwiandrIjp7Imt0eSI6Ik9LUCIsImNydiI6IkVkMjU1MTkiLCJ4IjoiejdLdlJ0MndHLUk3aHQyaHFHckpoMFk4YUxfaWZGZE5Yd2lDZnhCbHJGVSJ9fQ.eyJqdGkiOiJweS1tYWRlLTEiLCJodG0iOiJHRVQiLCJodHUiOiJodHRwczovL2FwaS5leGFtcGxlLmNvbS92MS9kYXRhIiwiaWF0IjoxODAwMDAwMDAwLCJhdGgiOiJXVFdWQXZPQmI3a0cyOTNXTTJkRDJQN1NzeldaRjUxbERQTnRHdGllYXFRIn0.mmxJfeF8UHBTmAVztG65Op_uSyVWkdc3GK7sah0VkSkBdJ2vxJ4MyBWqDxh2WuzW5jdVZt2xheJAzgcn6_XyCQ";
+    let p = verify(proof, &expect(Some("tg1.x.y")), &policy()).unwrap();
+    assert_eq!(p.jkt, "dTTGQ8tm_K_W2k8LWPF4g21a56OA2fsv3wDovgX2X0M");
+    assert_eq!(p.jti, "py-made-1");
+}
