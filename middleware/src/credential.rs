@@ -484,5 +484,34 @@ mod tests {
         let mut m = h(&[("authorization", "Bearer tg1.x.y")]);
         strip(&mut m);
         assert_eq!(m.len(), 0);
+        // Our DPoP-bound token and its proof go; the upstream's own DPoP token and proof stay.
+        let mut m = h(&[("authorization", "DPoP tg1.x.y"), ("dpop", "a.b.c")]);
+        strip(&mut m);
+        assert_eq!(m.len(), 0);
+        let mut m = h(&[("authorization", "DPoP upstream-token"), ("dpop", "a.b.c")]);
+        strip(&mut m);
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn reads_the_dpop_scheme_as_a_bound_token() {
+        let c = extract(&h(&[("authorization", "DPoP tg1.x.y")])).unwrap();
+        assert_eq!(
+            c,
+            Some(Credential::AccessToken {
+                token: "tg1.x.y".into(),
+                dpop: true
+            })
+        );
+        let c = extract(&h(&[("authorization", "bearer tg1.x.y")])).unwrap();
+        assert_eq!(
+            c,
+            Some(Credential::AccessToken {
+                token: "tg1.x.y".into(),
+                dpop: false
+            })
+        );
+        // Another DPoP token is the upstream's.
+        assert_eq!(extract(&h(&[("authorization", "DPoP abc")])).unwrap(), None);
     }
 }

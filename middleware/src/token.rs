@@ -219,6 +219,33 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_token_carries_its_key_and_mandate_binding() {
+        let k = TokenKey::derive(&[3u8; 32]).unwrap();
+        let t = k.issue_bound(
+            "agent",
+            1000,
+            60,
+            Binding {
+                mandate: None,
+                jkt: Some("thumb"),
+            },
+        );
+        let c = k.verify(&t, 1000).unwrap();
+        assert_eq!(
+            c.cnf,
+            Some(Confirmation {
+                jkt: "thumb".into()
+            })
+        );
+        // An unbound token has no cnf (and its payload no "cnf" member).
+        let plain = k.issue("agent", 1000, 60);
+        assert_eq!(k.verify(&plain, 1000).unwrap().cnf, None);
+        let payload = plain.split('.').nth(1).unwrap();
+        let json = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert!(!json.contains("cnf"), "{json}");
+    }
+
+    #[test]
     fn a_remembered_token_is_only_that_token() {
         let k = TokenKey::derive(&[3u8; 32]).unwrap();
         let t = k.issue("agent", 1000, 60);
