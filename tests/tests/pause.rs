@@ -181,7 +181,10 @@ fn check_need(need: &Value, delivered: i64, timeout_secs: u64) {
     // beyond it.
     assert!(needed > 0 && needed <= 20 * PER_BYTE, "{need}");
     assert!((delivered + 20) * PER_BYTE > FIRST_MINOR);
-    assert_eq!(needed, needed.min((delivered + 20) * PER_BYTE - FIRST_MINOR));
+    assert_eq!(
+        needed,
+        needed.min((delivered + 20) * PER_BYTE - FIRST_MINOR)
+    );
     let offer = &need["accepts"][0];
     assert_eq!(offer["scheme"], "tollgate-receipt");
     assert_eq!(offer["extra"]["kind"], "topup");
