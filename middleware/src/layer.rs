@@ -314,7 +314,7 @@ where
                 if let Some(step) = poll_paused(cx, paused, meter, ended) {
                     return step;
                 }
-                // Paused: the upstream is not read (backpressure).
+                // While paused (above) the upstream is not read: backpressure.
                 let polled = body.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
@@ -394,13 +394,16 @@ where
     }
 }
 
+/// What a body's `poll_frame` answers.
+type Polled<E> = Poll<Option<Result<Frame<Bytes>, E>>>;
+
 /// A paused stream's next frame (`None`: not paused, read the upstream).
 fn poll_paused<E>(
     cx: &mut Context<'_>,
     paused: &mut Option<Box<Paused>>,
     meter: &mut Option<MeterState>,
     ended: &mut bool,
-) -> Option<Poll<Option<Result<Frame<Bytes>, E>>>> {
+) -> Option<Polled<E>> {
     let (p, m) = (paused.as_mut()?, meter.as_mut()?);
     let pausing = m.pausing.as_mut()?;
     let data = |b: Bytes| Poll::Ready(Some(Ok(Frame::data(b))));

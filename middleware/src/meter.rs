@@ -357,7 +357,7 @@ impl UsageReading {
         self.response_bytes = self.response_bytes.saturating_sub(n as u64);
     }
 
-    /// The values read from headers and SSE events so far, to [`Self::restore_found`] if the
+    /// The values read from headers and SSE events so far, for [`Self::forget_chunk`] if the
     /// chunk about to be fed is never delivered (a paused stream that ends unpaid).
     pub fn found_snapshot(&self) -> BTreeMap<String, u64> {
         self.found.clone()

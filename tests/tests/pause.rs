@@ -141,7 +141,7 @@ impl Reader {
             .unwrap()
     }
 
-    async fn to_end(&mut self) {
+    async fn read_to_end(&mut self) {
         assert!(!self.until("\u{0}never", 1).await);
     }
 }
@@ -230,7 +230,7 @@ async fn topup_arrives(backend: Backend) {
         .unwrap_or(&gw)
         .topup(&wallet, "ann", "1")
         .await;
-    r.to_end().await;
+    r.read_to_end().await;
     let waited = paused_at.elapsed();
     assert!(
         waited < Duration::from_secs(3),
@@ -258,7 +258,7 @@ async fn topup_never_arrives(backend: Backend) {
     let mut r = Reader::open(&gw, &token).await;
     assert!(r.until(NEED, 1).await);
     let paused_at = Instant::now();
-    r.to_end().await;
+    r.read_to_end().await;
     let waited = paused_at.elapsed();
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
@@ -289,7 +289,7 @@ async fn topup_arrives_twice(backend: Backend) {
         gw.topup(&wallet, "cy", "0.003")
     );
     assert!(!a.is_empty() && !b.is_empty());
-    r.to_end().await;
+    r.read_to_end().await;
     let events = gateway_events(&r.text);
     assert_eq!(events.len(), 1, "one need, one pause: {events:?}");
     let (chunks, bytes) = upstream_events(&r.text);
