@@ -115,6 +115,23 @@ impl Reader {
         let res = gw
             .token_get(&format!("/v1/stream?chunks={CHUNKS}&delay_ms=5"), token)
             .await;
+        Self::of(res)
+    }
+
+    /// A streamed chat completion of `tokens` tokens (usage in its last event).
+    async fn chat(gw: &TestGateway, token: &str, tokens: u64) -> Self {
+        let body = serde_json::json!({"messages": [{"role": "user", "content": "hi"}],
+            "stream": true, "max_tokens": tokens, "delay_ms": 2});
+        let res = gw
+            .with_token(reqwest::Method::POST, "/v1/chat/completions", token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        Self::of(res)
+    }
+
+    fn of(res: reqwest::Response) -> Self {
         assert_eq!(res.status(), 200);
         assert_eq!(res.headers()["content-type"], "text/event-stream");
         Reader {
@@ -331,6 +348,90 @@ async fn client_leaves_while_paused(backend: Backend) {
     assert_eq!(b["holds"], 0);
 }
 
+/// An OpenAI-style stream priced by the usage in its last event (`sse:`): 50 completion
+/// tokens at 0.0001 cost 0.005, more than the 0.002 topped up -- the stream pauses on the
+/// event that reports the usage.
+async fn start_chat(backend: &Backend) -> (TestGateway, TestIssuer) {
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let route = metered(
+        "chat",
+        "/v1/chat/completions",
+        &up,
+        "0.001",
+        &[("completion_token", "sse:/usage/completion_tokens", "0.0001")],
+    )
+    .with_price_option("cutoff = true, on_exhausted = \"pause\", pause_timeout_secs = 1");
+    let mut gw = gateway().issuer(&wallet).route(route);
+    if let Backend::Redis(r) = backend {
+        gw = gw.redis(r);
+    }
+    (gw.start().await, wallet)
+}
+
+/// `sse:` usage: topped up while paused on the usage event, the whole answer is charged.
+async fn sse_usage_paused_then_paid(backend: Backend) {
+    let (gw, wallet) = start_chat(&backend).await;
+    let token = gw.topup(&wallet, "fay", "0.002").await;
+    let mut r = Reader::chat(&gw, &token, 50).await;
+    assert!(r.until(NEED, 1).await);
+    let need = gateway_events(&r.text).pop().unwrap().1;
+    // Everything held (0.002); the usage event reports 0.005.
+    assert_eq!(
+        (need["needed"].as_str(), need["neededAtomic"].as_str()),
+        (Some("0.003"), Some("3000"))
+    );
+    assert!(
+        !r.text.contains("\"usage\""),
+        "the usage event is kept back"
+    );
+    gw.topup(&wallet, "fay", "0.01").await;
+    r.read_to_end().await;
+    assert!(r.text.contains("\"completion_tokens\":50") && r.text.ends_with("data: [DONE]\n\n"));
+    let b = gw.settled(&token).await;
+    let usd = &b["balances"]["USD"];
+    let events = gw.paywall.store().usage_events().await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].units["completion_token"], events[0].amount_minor),
+        (50, 5_000)
+    );
+    assert_eq!(minor(&usd["captured"]), 5_000);
+    assert_eq!(minor(&usd["available"]), 12_000 - 5_000);
+    assert_eq!(minor(&usd["held"]), 0);
+}
+
+/// `sse:` usage: never topped up, the usage event was never delivered -- its usage is not
+/// charged (the kept chunk is forgotten with the values read from it).
+async fn sse_usage_never_delivered_is_not_charged(backend: Backend) {
+    let (gw, wallet) = start_chat(&backend).await;
+    let token = gw.topup(&wallet, "gus", "0.002").await;
+    let mut r = Reader::chat(&gw, &token, 50).await;
+    r.read_to_end().await;
+    let names: Vec<String> = gateway_events(&r.text)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["payment-need-topup", "session-timeout"]);
+    assert!(!r.text.contains("\"usage\""));
+    let b = gw.settled(&token).await;
+    let usd = &b["balances"]["USD"];
+    let events = gw.paywall.store().usage_events().await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].units["completion_token"], events[0].amount_minor),
+        (0, 0)
+    );
+    assert_eq!(
+        (
+            minor(&usd["available"]),
+            minor(&usd["held"]),
+            minor(&usd["captured"])
+        ),
+        (2_000, 0, 0)
+    );
+}
+
 macro_rules! both_stores {
     ($($body:ident),* $(,)?) => {
         mod sqlite {
@@ -358,4 +459,6 @@ both_stores!(
     topup_arrives_twice,
     paused_again_and_again,
     client_leaves_while_paused,
+    sse_usage_paused_then_paid,
+    sse_usage_never_delivered_is_not_charged,
 );
