@@ -314,6 +314,32 @@ async fn topup_arrives_twice(backend: Backend) {
     assert_ledger(&gw, &token, FIRST_MINOR + 6_000, STREAM_BYTES).await;
 }
 
+/// A top-up short of the need is held for the stream too; it waits on for the rest.
+async fn topup_short_of_the_need(backend: Backend) {
+    let (gw, wallet) = start(&backend, 10).await;
+    let token = gw.topup(&wallet, "flo", "0.002").await;
+    let mut r = Reader::open(&gw, &token).await;
+    assert!(r.until(NEED, 1).await);
+    let needed = minor(&gateway_events(&r.text)[0].1["needed"]);
+    assert!(needed > 10, "{needed}");
+    gw.topup(&wallet, "flo", "0.00001").await;
+    // Still paused: nothing arrives, not even a second need event.
+    let quiet = tokio::time::timeout(Duration::from_millis(1_200), r.stream.next()).await;
+    assert!(quiet.is_err(), "{quiet:?}");
+    let b = gw.balance(&token).await;
+    assert_eq!(
+        minor(&b["balances"]["USD"]["available"]),
+        0,
+        "the 0.00001 is held"
+    );
+    gw.topup(&wallet, "flo", "1").await;
+    r.read_to_end().await;
+    assert_eq!(gateway_events(&r.text).len(), 1);
+    let (chunks, bytes) = upstream_events(&r.text);
+    assert_eq!((chunks.len(), bytes), (CHUNKS, STREAM_BYTES));
+    assert_ledger(&gw, &token, FIRST_MINOR + 10 + 1_000_000, STREAM_BYTES).await;
+}
+
 /// A stream that needs a top-up several times pauses once per need.
 async fn paused_again_and_again(backend: Backend) {
     let (gw, wallet) = start(&backend, 10).await;
@@ -457,6 +483,7 @@ both_stores!(
     topup_arrives,
     topup_never_arrives,
     topup_arrives_twice,
+    topup_short_of_the_need,
     paused_again_and_again,
     client_leaves_while_paused,
     sse_usage_paused_then_paid,
