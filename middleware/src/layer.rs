@@ -156,8 +156,8 @@ pin_project_lite::pin_project! {
             if let PaymentBodyProj::Metered { meter, paused, .. } = this.project() {
                 if let Some(mut m) = meter.take() {
                     // Gone while paused: the kept chunk was never delivered.
-                    if let Some(p) = paused.take() {
-                        let (len, found) = p.forget();
+                    if let (Some(p), Some(pausing)) = (paused.take(), m.pausing.as_ref()) {
+                        let (len, found) = p.abandon(pausing);
                         m.reading.forget_chunk(len, found);
                     }
                     m.finish(BodyEnd::ClientGone);

@@ -120,6 +120,14 @@ impl Paused {
         (self.chunk.len(), self.found)
     }
 
+    /// The client left while paused: [`Self::forget`], counted.
+    pub(crate) fn abandon(self, p: &Pausing) -> (usize, BTreeMap<String, u64>) {
+        if matches!(self.stage, Stage::Waiting(_)) {
+            p.point.count("client_gone");
+        }
+        self.forget()
+    }
+
     pub(crate) fn poll_step(&mut self, cx: &mut Context<'_>, p: &mut Pausing) -> Poll<Step> {
         let end = match &mut self.stage {
             Stage::First(first, topups) => match first.as_mut().poll(cx) {
@@ -144,7 +152,10 @@ impl Paused {
                 Poll::Ready(PauseEnd::Covered {
                     held_minor,
                     balance_minor,
-                }) => return Poll::Ready(self.resume(p, held_minor, balance_minor)),
+                }) => {
+                    p.point.count("resumed");
+                    return Poll::Ready(self.resume(p, held_minor, balance_minor));
+                }
                 Poll::Ready(end) => end,
                 Poll::Pending => {
                     if self.keepalive.as_mut().poll(cx).is_pending() {
@@ -158,6 +169,10 @@ impl Paused {
                 }
             },
         };
+        p.point.count(match end {
+            PauseEnd::Blocked => "blocked",
+            _ => "timed_out",
+        });
         Poll::Ready(Step::End(PausePoint::end_event(end, p.timeout)))
     }
 
@@ -189,6 +204,7 @@ impl Paused {
             .reset(tokio::time::Instant::now() + KEEPALIVE_EVERY);
         // Polled once the event is sent (the wait's timers must be registered).
         cx.waker().wake_by_ref();
+        p.point.count("paused");
         Step::Send(p.point.need_event(needed, p.timeout))
     }
 }

@@ -166,6 +166,15 @@ impl Reader {
 const NEED: &str = "event: payment-need-topup\n";
 const TIMEOUT: &str = "event: session-timeout\n";
 
+/// `tollgate_stream_pauses_total{route="stream", outcome}` in this process (every test here
+/// runs its gateway in it: a test can only see it grow).
+fn pauses(outcome: &str) -> u64 {
+    tollgate_middleware::metrics::global()
+        .stream_pauses
+        .with_label_values(&["stream", outcome])
+        .get()
+}
+
 /// The payer's account and the ledger agree to the unit: nothing held, one usage event
 /// charging `bytes` bytes, `credited - captured = available`.
 async fn assert_ledger(gw: &TestGateway, token: &str, credited: i64, bytes: i64) {
@@ -271,6 +280,7 @@ async fn topup_arrives(backend: Backend) {
 /// No top-up: `session-timeout` after the pause timeout, charged what was delivered.
 async fn topup_never_arrives(backend: Backend) {
     let (gw, wallet) = start(&backend, 1).await;
+    let timed_out = pauses("timed_out");
     let token = gw.topup(&wallet, "bo", "0.002").await;
     let mut r = Reader::open(&gw, &token).await;
     assert!(r.until(NEED, 1).await);
@@ -292,6 +302,7 @@ async fn topup_never_arrives(backend: Backend) {
     let (_, delivered) = upstream_events(&r.text);
     assert!(delivered > 150 && delivered <= FIRST_MINOR / PER_BYTE);
     assert_ledger(&gw, &token, FIRST_MINOR, delivered).await;
+    assert!(pauses("timed_out") > timed_out);
 }
 
 /// Two top-ups at one need: both credits count; the hold grows once, the stream goes on
@@ -367,11 +378,13 @@ async fn client_leaves_while_paused(backend: Backend) {
     let mut r = Reader::open(&gw, &token).await;
     assert!(r.until(NEED, 1).await);
     let (_, delivered) = upstream_events(&r.text);
+    let gone = pauses("client_gone");
     drop(r);
     assert_ledger(&gw, &token, FIRST_MINOR, delivered).await;
     // Settled well before the pause timeout.
     let b = gw.balance(&token).await;
     assert_eq!(b["holds"], 0);
+    assert!(pauses("client_gone") > gone);
 }
 
 /// An OpenAI-style stream priced by the usage in its last event (`sse:`): 50 completion

@@ -47,6 +47,8 @@ pub(crate) struct PausePoint {
     step_minor: u64,
     /// Where the top-up offer points (the request's own base URL).
     base: String,
+    /// The route's id (metrics).
+    route: String,
 }
 
 /// How a wait for a top-up ended.
@@ -93,11 +95,20 @@ impl Admission {
             hold: b.hold.clone(),
             step_minor,
             base: self.paywall.base_url(h.headers, h.uri),
+            route: self.route.id.clone(),
         })
     }
 }
 
 impl PausePoint {
+    /// Count a pause's step (`tollgate_stream_pauses_total`).
+    pub(crate) fn count(&self, outcome: &str) {
+        crate::metrics::global()
+            .stream_pauses
+            .with_label_values(&[self.route.as_str(), outcome])
+            .inc();
+    }
+
     /// What the hold holds at admission.
     pub(crate) fn held_at_admission(&self) -> u64 {
         self.hold.amount_minor
