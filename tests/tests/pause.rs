@@ -371,6 +371,29 @@ async fn paused_again_and_again(backend: Backend) {
     assert_ledger(&gw, &token, credited, STREAM_BYTES).await;
 }
 
+/// The payer is blocked while paused: the stream ends at the next look at the store (not at
+/// the timeout), charged what was delivered.
+async fn payer_blocked_while_paused(backend: Backend) {
+    let (gw, wallet) = start(&backend, 10).await;
+    let token = gw.topup(&wallet, "gil", "0.002").await;
+    let mut r = Reader::open(&gw, &token).await;
+    assert!(r.until(NEED, 1).await);
+    let (_, delivered) = upstream_events(&r.text);
+    let blocked_at = Instant::now();
+    gw.paywall.store().set_blocked("gil", true).await.unwrap();
+    r.read_to_end().await;
+    assert!(blocked_at.elapsed() < Duration::from_secs(3));
+    let events = gateway_events(&r.text);
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        (events[1].0.as_str(), &events[1].1["code"]),
+        ("session-timeout", &Value::from("payer_blocked"))
+    );
+    assert_eq!(upstream_events(&r.text).1, delivered);
+    gw.paywall.store().set_blocked("gil", false).await.unwrap();
+    assert_ledger(&gw, &token, FIRST_MINOR, delivered).await;
+}
+
 /// The client leaves while paused: charged what was delivered, the rest released.
 async fn client_leaves_while_paused(backend: Backend) {
     let (gw, wallet) = start(&backend, 10).await;
@@ -499,6 +522,7 @@ both_stores!(
     topup_short_of_the_need,
     paused_again_and_again,
     client_leaves_while_paused,
+    payer_blocked_while_paused,
     sse_usage_paused_then_paid,
     sse_usage_never_delivered_is_not_charged,
 );
