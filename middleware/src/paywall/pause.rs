@@ -49,6 +49,8 @@ pub(crate) struct PausePoint {
     base: String,
     /// The route's id (metrics).
     route: String,
+    /// The route's currency.
+    currency: Currency,
 }
 
 /// How a wait for a top-up ended.
@@ -85,10 +87,8 @@ impl Admission {
         if b.cap_minor.is_some() || b.fixed_charge.is_some() || b.hold.mandate.is_some() {
             return None;
         }
-        let step_minor = self
-            .metered()
-            .and_then(|m| m.currency.to_minor(m.reserve).ok())
-            .unwrap_or(0);
+        let metered = self.metered()?;
+        let step_minor = metered.currency.to_minor(metered.reserve).unwrap_or(0);
         let h = head.head();
         Some(PausePoint {
             paywall: self.paywall.clone(),
@@ -96,6 +96,7 @@ impl Admission {
             step_minor,
             base: self.paywall.base_url(h.headers, h.uri),
             route: self.route.id.clone(),
+            currency: metered.currency.clone(),
         })
     }
 }
@@ -187,10 +188,7 @@ impl PausePoint {
 
     /// The `payment-need-topup` event: what is needed, the top-up offer, the deadline.
     pub(crate) fn need_event(&self, needed_minor: u64, timeout: Duration) -> Bytes {
-        let p = &self.paywall;
-        let Some((currency, _)) = p.0.currencies.get(&self.hold.currency) else {
-            return Bytes::new();
-        };
+        let (p, currency) = (&self.paywall, &self.currency);
         let ttl = i64::try_from(p.0.challenge_ttl.as_secs()).unwrap_or(300);
         let issuers = p.0.issuer_ids.as_slice();
         let offer = p.topup_offer(currency, &self.base, ttl, (issuers, needed_minor));
@@ -205,6 +203,8 @@ impl PausePoint {
             deadline: p.0.clock.now_ms().saturating_add(timeout_ms).div_euclid(1000),
             timeout_secs: timeout.as_secs(),
             topup_url: format!("{}{}/topup", self.base, p.0.agent_api),
+            // Empty when top-ups in this currency are not accepted here (an admin credit
+            // still ends the pause).
             accepts: offer.into_iter().collect(),
         };
         sse_event("payment-need-topup", &body)
