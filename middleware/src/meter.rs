@@ -495,6 +495,24 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_never_delivered_is_forgotten_with_its_sse_usage() {
+        let m = metered(&[("t", "sse:/usage/total_tokens", "0.000001")]);
+        let mut r = UsageReading::start(&m, &HeaderMap::new());
+        r.feed(
+            &m,
+            &Bytes::from("data: {\"usage\":{\"total_tokens\":5}}\n\n"),
+        );
+        let before = r.found_snapshot();
+        let kept = Bytes::from("data: {\"usage\":{\"total_tokens\":9}}\n\ndata: {\"usa");
+        r.feed(&m, &kept);
+        assert_eq!(r.so_far(&m, 0)["t"], 9);
+        r.forget_chunk(kept.len(), before);
+        // Neither its usage, its bytes nor the line it left unfinished count.
+        assert_eq!(r.response_bytes, 36);
+        assert_eq!(r.finish(&m)["t"], Some(5));
+    }
+
+    #[test]
     fn sse_pointers_read_a_json_answer_too() {
         let m = metered(&[(
             "completion_token",
