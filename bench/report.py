@@ -16,6 +16,7 @@ LABELS = {
     "5b_paid_receipt_admission": "5b paid receipt, at admission",
     "6_token_drawdown": "6 access-token drawdown",
     "6b_token_drawdown_admission": "6b token drawdown, at admission",
+    "6c_token_dpop": "6c token drawdown, DPoP-bound (Ed25519 proof)",
     "7_metered_json": "7 metered (JSON usage)",
     "8_sqlite_receipt_full": "8 sqlite (full sync): fresh receipt",
     "8_sqlite_token_full": "8 sqlite (full sync): token drawdown",
@@ -186,6 +187,10 @@ def main():
                    f"{'fixed price' if limit == 1 else 'metered'})", r["rtt"] <= limit + 1e-9,
                    f"{r['rtt']:.2f} (MONITOR sample; {r['in_scripts']:.1f} commands inside scripts; "
                    f"commandstats {f2(r['redis_calls'])} calls/req of which EVALSHA {f2(r['evalsha'])})")
+    if "6_token_drawdown" in by and "6c_token_dpop" in by:
+        a, b = by["6_token_drawdown"], by["6c_token_dpop"]
+        print(f"\nDPoP: {b['rps']:,.0f} req/s vs {a['rps']:,.0f} bearer ({b['rps'] / a['rps']:.2f}x); "
+              f"gateway CPU {f2(b['proxy_cpu'], 1)} vs {f2(a['proxy_cpu'], 1)} us/req, Redis commands {f2(b['redis_calls'], 1)} vs {f2(a['redis_calls'], 1)}")
     if "gateway" in idle:
         g = idle["gateway"]
         extra = ""

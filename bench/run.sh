@@ -9,6 +9,7 @@
 #   4 unpaid priced route (402)  5 paid, fresh receipt/request    6 access-token drawdown
 #   7 metered route (JSON usage)
 #   5b/6b = 5/6 on routes with capture = "admission" (one store round trip per served request)
+#   6c = 6 with a DPoP-bound token (RFC 9449): an Ed25519 proof checked and its jti spent per request
 #   8 = 5 and 6 on the sqlite store (one node), synchronous = "full" and "normal"
 #   9 = 6 and 7 with balance leases ([store.lease]: no Redis call per request)
 # Gateway scenarios 3-7 use a private redis-server (unix socket, --save ""). Per scenario: req/s,
@@ -157,6 +158,9 @@ scale = 6
 [[issuers]]
 id = "$ISSUER"
 keys = [{ kty = "OKP", crv = "Ed25519", x = "$PUB_X", kid = "k1" }]
+
+[agent]
+dpop = "optional"
 
 [store]
 kind = "redis"
@@ -407,6 +411,22 @@ start_gateway
 warmup "$GW/free/hello" BENCH_HOST="$TOKEN1_HOST" BENCH_AUTH="Bearer $TOKEN"
 run_wrk 6b_token_drawdown_admission "$GW/free/hello" "$GW_PID" BENCH_HOST="$TOKEN1_HOST" BENCH_AUTH="Bearer $TOKEN" BENCH_EXPECT_PR=1
 rt_sample 6b_token_drawdown_admission 50 -H "Host: $TOKEN1_HOST" -H "Authorization: Bearer $TOKEN" "$GW/free/hello"
+
+# 6c. the same as 6 with a DPoP-bound token: a fresh Ed25519 proof per request (checked, its jti
+# spent in Redis). Proofs are made just before the run (they are good for dpop_max_age_secs).
+"$PY" "$BENCH/gen_dpop.py" "$TMP/dpop.key" key
+DPOP_TOPUP=$("$PY" "$BENCH/gen_dpop.py" "$TMP/dpop.key" one POST "http://127.0.0.1:$GW_PORT/tollgate/v1/topup")
+gen_receipts "$TMP/topup-dpop.txt" 1 "topup-dpop-$RUN_ID" 100000 topup 2>/dev/null
+curl -s -o "$TMP/topup-dpop.json" -w '%{http_code}' -X POST -H "DPoP: $DPOP_TOPUP" \
+    -H "Authorization: Payment $(head -1 "$TMP/topup-dpop.txt")" "$GW/tollgate/v1/topup" >"$TMP/topup.code"
+[ "$(cat "$TMP/topup.code")" = 200 ] || { log "DPoP top-up failed: $(cat "$TMP/topup-dpop.json")"; exit 1; }
+DTOKEN=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["access_token"])' "$TMP/topup-dpop.json")
+start_gateway
+"$PY" "$BENCH/gen_dpop.py" "$TMP/dpop.key" many "$TMP/dpop-warm.txt" 2000 "$DTOKEN" "http://$TOKEN_HOST/free/hello"
+warmup "$GW/free/hello" BENCH_HOST="$TOKEN_HOST" BENCH_AUTH="DPoP $DTOKEN" BENCH_DPOP=1 BENCH_RECEIPTS="$TMP/dpop-warm.txt"
+"$PY" "$BENCH/gen_dpop.py" "$TMP/dpop.key" many "$TMP/dpop.txt" "$RECEIPTS" "$DTOKEN" "http://$TOKEN_HOST/free/hello"
+run_wrk 6c_token_dpop "$GW/free/hello" "$GW_PID" BENCH_HOST="$TOKEN_HOST" BENCH_AUTH="DPoP $DTOKEN" \
+    BENCH_DPOP=1 BENCH_RECEIPTS="$TMP/dpop.txt" BENCH_EXPECT_PR=1
 
 # 7. metered route, usage from the JSON answer, drawn from the same balance
 start_gateway

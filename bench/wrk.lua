@@ -40,6 +40,7 @@ if env("BENCH_BODY") then
 end
 if env("BENCH_AUTH") then wrk.headers["Authorization"] = env("BENCH_AUTH") end
 local expect_pr = env("BENCH_EXPECT_PR") == "1"
+local dpop = env("BENCH_DPOP") == "1"
 
 -- per-thread state (each wrk thread has its own Lua state)
 statuses = {}
@@ -76,6 +77,14 @@ if receipts_file then
          wrk.thread:stop()
          -- never reuse a receipt: send something harmless that is visibly not a paid request
          return wrk.format("GET", "/__bench_receipts_exhausted__", { Host = "exhausted.invalid" })
+      end
+      if dpop then
+         -- BENCH_DPOP=1: the lines are DPoP proofs, sent with the BENCH_AUTH token
+         return wrk.format(nil, nil, {
+            Host = host or wrk.headers["Host"],
+            Authorization = wrk.headers["Authorization"],
+            DPoP = receipts[sent],
+         })
       end
       return wrk.format(nil, nil, {
          Host = host or wrk.headers["Host"],

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::Query;
+use tollgate_middleware::paywall::RequestLine;
 
 use super::*;
 use crate::dashboard::events::{csv_record, event_json, CSV_COLUMNS};
@@ -181,7 +182,11 @@ pub(crate) async fn bill(
     headers: &http::HeaderMap,
     uri: &http::Uri,
 ) -> Response {
-    let payer = match inner.paywall.bearer_payer(headers) {
+    let line = RequestLine {
+        method: &http::Method::GET,
+        uri,
+    };
+    let payer = match inner.paywall.bearer_payer(headers, line).await {
         Ok(p) => p,
         Err(refusal) => return (*refusal).map(Body::from),
     };

@@ -48,6 +48,16 @@ pub(crate) fn price_json(price: &tollgate_middleware::Price) -> serde_json::Valu
     }
 }
 
+/// How tokens are bound to the agent's key here (`off`, `optional`, `required`).
+fn dpop_mode(inner: &Inner) -> &'static str {
+    use tollgate_middleware::dpop::DpopMode;
+    match inner.paywall.dpop_policy().mode {
+        DpopMode::Off => "off",
+        DpopMode::Optional => "optional",
+        DpopMode::Required => "required",
+    }
+}
+
 /// The catalog document of a configuration (also the agent MCP server's `catalog` tool and
 /// resource).
 pub(crate) fn catalog_json(inner: &Inner) -> serde_json::Value {
@@ -113,6 +123,7 @@ pub(crate) fn catalog_json(inner: &Inner) -> serde_json::Value {
         "paymentMethods": [
             {"scheme": tollgate_middleware::credential::RECEIPT_SCHEME, "kind": "receipt", "headers": ["PAYMENT-SIGNATURE", "X-PAYMENT", "Authorization: Payment"], "algorithms": ["EdDSA", "ES256"]},
             {"scheme": "bearer", "kind": "access-token", "headers": ["Authorization: Bearer"], "obtain": format!("{api}/topup")},
+            {"scheme": "dpop", "kind": "access-token", "headers": ["Authorization: DPoP", "DPoP"], "obtain": format!("{api}/topup"), "binding": dpop_mode(inner), "algorithms": ["EdDSA", "ES256"], "maxProofAgeSeconds": inner.paywall.dpop_policy().max_age.as_secs()},
         ],
         "x402Networks": x402_networks,
         "agentEndpoints": {"topup": format!("{api}/topup"), "token": format!("{api}/token"), "balance": format!("{api}/balance"), "usage": format!("{api}/usage"), "mcp": format!("{api}/mcp")},

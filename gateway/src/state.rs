@@ -261,6 +261,7 @@ pub(crate) async fn build_inner(
         .store(store)
         .challenge_ttl(Duration::from_secs(r.challenge_ttl_secs))
         .token_ttl(Duration::from_secs(config.agent.token_ttl_secs))
+        .dpop(config.agent.dpop_policy())
         .settle_retry(Duration::from_millis(config.store.settle_retry_ms))
         .agent_api(config.agent.api_prefix.clone());
     if let Some(l) = &config.store.lease {

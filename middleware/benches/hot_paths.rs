@@ -237,8 +237,35 @@ fn x402_verification(c: &mut Criterion) {
     g.finish();
 }
 
+/// DPoP (RFC 9449): what a bound token adds to each request besides the store's `jti` claim --
+/// the proof's parse and signature check, per algorithm.
+fn dpop_verification(c: &mut Criterion) {
+    use tollgate_middleware::dpop::{self, DpopKey, DpopPolicy, Expected};
+    let t = now();
+    let token = "tg1.payload.mac";
+    let url = "https://api.example.com/free/hello";
+    let mut g = c.benchmark_group("dpop");
+    g.throughput(Throughput::Elements(1));
+    for key in [DpopKey::ed25519(), DpopKey::es256()] {
+        let proof = key.proof("GET", url, Some(token), t);
+        let expected = Expected {
+            method: "GET",
+            url,
+            any_scheme: false,
+            access_token: Some(token),
+            now_secs: t,
+        };
+        let policy = DpopPolicy::default();
+        g.bench_function(format!("{}/verify", key.alg()), |b| {
+            b.iter(|| dpop::verify(black_box(&proof), &expected, &policy).unwrap())
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    dpop_verification,
     receipt_verification,
     challenge_creation,
     credential_parsing,

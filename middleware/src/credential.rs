@@ -42,8 +42,14 @@ pub enum CredentialSource {
 /// A payment credential found in a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    /// A gateway-issued access token (`Authorization: Bearer tg1....`).
-    AccessToken(String),
+    /// A gateway-issued access token (`Authorization: Bearer tg1....`, or `Authorization: DPoP
+    /// tg1....` for a token bound to a key, RFC 9449).
+    AccessToken {
+        /// The token.
+        token: String,
+        /// Sent with the `DPoP` scheme (a bound token must be; a bearer token may not be).
+        dpop: bool,
+    },
     /// A signed receipt (compact JWS).
     Receipt {
         /// The JWT.
@@ -181,8 +187,12 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         Some(a) => {
             let (scheme, rest) = a.split_once(' ').unwrap_or((a, ""));
             let rest = rest.trim();
-            if scheme.eq_ignore_ascii_case("bearer") && rest.starts_with(TOKEN_PREFIX) {
-                bearer = Some(rest.to_owned());
+            if rest.starts_with(TOKEN_PREFIX) {
+                if scheme.eq_ignore_ascii_case("bearer") {
+                    bearer = Some((rest.to_owned(), false));
+                } else if scheme.eq_ignore_ascii_case("dpop") {
+                    bearer = Some((rest.to_owned(), true));
+                }
             }
             scheme
                 .eq_ignore_ascii_case("payment")
@@ -245,8 +255,8 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
             challenge: None,
         }));
     }
-    if let Some(token) = bearer {
-        return Ok(Some(Credential::AccessToken(token)));
+    if let Some((token, dpop)) = bearer {
+        return Ok(Some(Credential::AccessToken { token, dpop }));
     }
     if let Some(token) = auth {
         if token.is_empty() {
@@ -294,10 +304,14 @@ pub fn strip(headers: &mut HeaderMap) {
         .is_some_and(|v| {
             let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
             scheme.eq_ignore_ascii_case("payment")
-                || (scheme.eq_ignore_ascii_case("bearer") && rest.trim().starts_with(TOKEN_PREFIX))
+                || ((scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("dpop"))
+                    && rest.trim().starts_with(TOKEN_PREFIX))
         });
     if is_payment {
         headers.remove(AUTHORIZATION);
+        // The proof that went with our token is ours too (a proof for the upstream's own
+        // tokens goes with its own Authorization and stays).
+        headers.remove(crate::dpop::DPOP_HEADER);
     }
 }
 
@@ -470,5 +484,34 @@ mod tests {
         let mut m = h(&[("authorization", "Bearer tg1.x.y")]);
         strip(&mut m);
         assert_eq!(m.len(), 0);
+        // Our DPoP-bound token and its proof go; the upstream's own DPoP token and proof stay.
+        let mut m = h(&[("authorization", "DPoP tg1.x.y"), ("dpop", "a.b.c")]);
+        strip(&mut m);
+        assert_eq!(m.len(), 0);
+        let mut m = h(&[("authorization", "DPoP upstream-token"), ("dpop", "a.b.c")]);
+        strip(&mut m);
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn reads_the_dpop_scheme_as_a_bound_token() {
+        let c = extract(&h(&[("authorization", "DPoP tg1.x.y")])).unwrap();
+        assert_eq!(
+            c,
+            Some(Credential::AccessToken {
+                token: "tg1.x.y".into(),
+                dpop: true
+            })
+        );
+        let c = extract(&h(&[("authorization", "bearer tg1.x.y")])).unwrap();
+        assert_eq!(
+            c,
+            Some(Credential::AccessToken {
+                token: "tg1.x.y".into(),
+                dpop: false
+            })
+        );
+        // Another DPoP token is the upstream's.
+        assert_eq!(extract(&h(&[("authorization", "DPoP abc")])).unwrap(), None);
     }
 }

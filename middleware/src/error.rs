@@ -70,6 +70,13 @@ pub enum ErrorCode {
     TokenInvalid,
     /// The access token has expired (top up again or renew it).
     TokenExpired,
+    /// A DPoP proof is needed: the access token is bound to a key (RFC 9449), or the gateway
+    /// takes only bound tokens (`[agent] dpop = "required"`).
+    DpopProofRequired,
+    /// The DPoP proof failed a check (`reason` in the body names it).
+    DpopProofInvalid,
+    /// The DPoP proof (its `jti`) was used already.
+    DpopProofReplayed,
     /// The prepaid balance does not cover the price or reservation.
     BalanceInsufficient,
     /// The top-up's currency is not accepted here.
@@ -188,6 +195,9 @@ impl ErrorCode {
             RiskLimited => "risk_limited",
             TokenInvalid => "token_invalid",
             TokenExpired => "token_expired",
+            DpopProofRequired => "dpop_proof_required",
+            DpopProofInvalid => "dpop_proof_invalid",
+            DpopProofReplayed => "dpop_proof_replayed",
             BalanceInsufficient => "balance_insufficient",
             CurrencyUnsupported => "currency_unsupported",
             X402PaymentInvalid => "x402_payment_invalid",
@@ -249,7 +259,8 @@ impl ErrorCode {
             }
             MandateInvalid => StatusCode::UNAUTHORIZED,
             RateLimited | RiskLimited => StatusCode::TOO_MANY_REQUESTS,
-            TokenInvalid | TokenExpired => StatusCode::UNAUTHORIZED,
+            TokenInvalid | TokenExpired | DpopProofRequired | DpopProofInvalid
+            | DpopProofReplayed => StatusCode::UNAUTHORIZED,
             ReceiptInUse | X402AuthorizationInUse => StatusCode::CONFLICT,
             RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -299,6 +310,9 @@ impl ErrorCode {
             RiskLimited => "Refused by a risk rule",
             TokenInvalid => "Invalid access token",
             TokenExpired => "Access token expired",
+            DpopProofRequired => "DPoP proof required",
+            DpopProofInvalid => "Invalid DPoP proof",
+            DpopProofReplayed => "DPoP proof replayed",
             BalanceInsufficient => "Prepaid balance too low",
             CurrencyUnsupported => "Currency not accepted",
             X402PaymentInvalid => "x402 payment invalid",

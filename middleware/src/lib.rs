@@ -15,7 +15,8 @@
 //! - [`credential`]: finding the credential in request headers;
 //! - [`store`]: the `Store` trait, `RedisStore` (Lua scripts) and `SqliteStore` (embedded, persistent);
 //! - [`meter`]: usage sources, reading usage from responses, unit pricing;
-//! - [`token`]: gateway-issued access tokens (HMAC);
+//! - [`token`]: gateway-issued access tokens (HMAC); [`dpop`]: binding them to the agent's key
+//!   (RFC 9449 proofs);
 //! - [`paywall`]: the engine phases (challenge, admit, settle);
 //! - [`layer`]: `PaymentLayer` (tower); [`pause`]: metered streams paused for a top-up;
 //! - [`drain`]: `DrainLayer`, which keeps keep-alive connections usable after a refusal left
@@ -50,6 +51,7 @@ pub mod client;
 pub mod clock;
 pub mod content_coding;
 pub mod credential;
+pub mod dpop;
 pub mod drain;
 pub mod error;
 mod fetch;

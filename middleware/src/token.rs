@@ -45,6 +45,26 @@ pub struct TokenClaims {
     /// payment with the token counts against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mandate: Option<crate::mandate::Mandate>,
+    /// The key this token is bound to (RFC 9449 `cnf`): every use needs a DPoP proof signed
+    /// by it ([`crate::dpop`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// A bound token's key (RFC 7800 / RFC 9449 `cnf`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The key's RFC 7638 SHA-256 thumbprint (base64url).
+    pub jkt: String,
+}
+
+/// What a new token is bound to besides its payer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Binding<'a> {
+    /// A mandate (the token expires with it at the latest).
+    pub mandate: Option<&'a crate::mandate::Mandate>,
+    /// A DPoP key thumbprint (`cnf.jkt`).
+    pub jkt: Option<&'a str>,
 }
 
 /// The access-token MAC key.
@@ -85,17 +105,13 @@ impl TokenKey {
 
     /// Issue a token for `payer`, valid for `ttl_secs` from `now`.
     pub fn issue(&self, payer: &str, now: i64, ttl_secs: i64) -> String {
-        self.issue_bound(payer, now, ttl_secs, None)
+        self.issue_bound(payer, now, ttl_secs, Binding::default())
     }
 
-    /// Issue a token bound to a mandate (it expires with the mandate at the latest).
-    pub fn issue_bound(
-        &self,
-        payer: &str,
-        now: i64,
-        ttl_secs: i64,
-        mandate: Option<&crate::mandate::Mandate>,
-    ) -> String {
+    /// Issue a token bound to a mandate (it expires with the mandate at the latest) and to a
+    /// DPoP key.
+    pub fn issue_bound(&self, payer: &str, now: i64, ttl_secs: i64, bound: Binding<'_>) -> String {
+        let mandate = bound.mandate;
         let exp = mandate.map_or(now + ttl_secs, |m| (now + ttl_secs).min(m.expires_at));
         let claims = TokenClaims {
             sub: payer.to_owned(),
@@ -103,6 +119,9 @@ impl TokenKey {
             exp,
             kid: self.kid.clone(),
             mandate: mandate.cloned(),
+            cnf: bound.jkt.map(|jkt| Confirmation {
+                jkt: jkt.to_owned(),
+            }),
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signed = format!("{TOKEN_PREFIX}{payload}");
@@ -197,6 +216,33 @@ mod tests {
         for bad in ["", "tg1.", "tg1..", "abc.def", "tg1.!!.!!"] {
             assert_eq!(k.verify(bad, 0), Err(TokenError::Invalid), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_bound_token_carries_its_key_and_mandate_binding() {
+        let k = TokenKey::derive(&[3u8; 32]).unwrap();
+        let t = k.issue_bound(
+            "agent",
+            1000,
+            60,
+            Binding {
+                mandate: None,
+                jkt: Some("thumb"),
+            },
+        );
+        let c = k.verify(&t, 1000).unwrap();
+        assert_eq!(
+            c.cnf,
+            Some(Confirmation {
+                jkt: "thumb".into()
+            })
+        );
+        // An unbound token has no cnf (and its payload no "cnf" member).
+        let plain = k.issue("agent", 1000, 60);
+        assert_eq!(k.verify(&plain, 1000).unwrap().cnf, None);
+        let payload = plain.split('.').nth(1).unwrap();
+        let json = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert!(!json.contains("cnf"), "{json}");
     }
 
     #[test]

@@ -187,6 +187,10 @@ impl PayerControl for Flaky {
     ) -> Result<Vec<tollgate_middleware::risk::RiskDecision>, StoreError> {
         self.inner.risk_decisions(l).await
     }
+
+    async fn claim_once(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.inner.claim_once(id, ttl).await
+    }
 }
 
 #[async_trait]

@@ -244,6 +244,12 @@ pub struct AgentConfig {
     pub api_prefix: String,
     /// Lifetime of access tokens (seconds).
     pub token_ttl_secs: u64,
+    /// Access tokens bound to the agent's key (RFC 9449): `off`, `optional`, `required`.
+    pub dpop: tollgate_middleware::dpop::DpopMode,
+    /// The oldest DPoP proof accepted (seconds since its `iat`).
+    pub dpop_max_age_secs: u64,
+    /// How far a DPoP proof's `iat` may be in the future (seconds).
+    pub dpop_skew_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -251,6 +257,20 @@ impl Default for AgentConfig {
         AgentConfig {
             api_prefix: tollgate_middleware::paywall::DEFAULT_AGENT_API.into(),
             token_ttl_secs: 86_400,
+            dpop: Default::default(),
+            dpop_max_age_secs: 60,
+            dpop_skew_secs: 5,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The DPoP policy these settings make.
+    pub fn dpop_policy(&self) -> tollgate_middleware::dpop::DpopPolicy {
+        tollgate_middleware::dpop::DpopPolicy {
+            mode: self.dpop,
+            max_age: std::time::Duration::from_secs(self.dpop_max_age_secs),
+            skew: std::time::Duration::from_secs(self.dpop_skew_secs),
         }
     }
 }
@@ -444,6 +464,8 @@ impl Config {
             ));
         }
         within("agent.token_ttl_secs", a.token_ttl_secs, 1, 30 * 86_400)?;
+        within("agent.dpop_max_age_secs", a.dpop_max_age_secs, 1, 600)?;
+        within("agent.dpop_skew_secs", a.dpop_skew_secs, 0, 60)?;
         if let Some(admin) = self.admin.listen {
             if admin == self.listen {
                 return Err(invalid("admin.listen", "must differ from listen"));

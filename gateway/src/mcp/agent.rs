@@ -7,6 +7,7 @@
 //! `_meta["org.paymentauth/credential"]`).
 
 use tollgate_middleware::paywall::mcp::{admission_headers, jsonrpc_code, PAYMENT_CREDENTIAL};
+use tollgate_middleware::paywall::RequestLine;
 use tollgate_middleware::Head;
 
 use super::*;
@@ -150,7 +151,15 @@ async fn call(
     let api = inner.agent_api.as_str();
     let engine = |method: http::Method, path: &'static str, headers: http::HeaderMap| async move {
         let path = format!("{api}{path}");
-        match inner.paywall.agent_api(&method, &path, &headers).await {
+        let line = RequestLine {
+            method: &parts.method,
+            uri: &parts.uri,
+        };
+        match inner
+            .paywall
+            .agent_api_as(&method, &path, &headers, line)
+            .await
+        {
             Some(reply) => from_reply(reply),
             None => Err(jsonrpc::Error::new(
                 jsonrpc::INTERNAL_ERROR,
@@ -307,7 +316,14 @@ async fn usage(
 ) -> Result<Value, jsonrpc::Error> {
     let payer = inner
         .paywall
-        .bearer_payer(&parts.headers)
+        .bearer_payer(
+            &parts.headers,
+            RequestLine {
+                method: &parts.method,
+                uri: &parts.uri,
+            },
+        )
+        .await
         .map_err(|reply| from_reply(*reply).err().unwrap_or_else(internal))?;
     let mut q = std::collections::BTreeMap::new();
     for (k, v) in args {

@@ -25,7 +25,7 @@ impl Paywall {
         // Parsed once: the engine and the metrics both use it.
         let credential = credential::extract(headers);
         let kind = match &credential {
-            Ok(Some(Credential::AccessToken(_))) => "token",
+            Ok(Some(Credential::AccessToken { .. })) => "token",
             Ok(Some(Credential::Receipt { .. })) => "receipt",
             Ok(Some(Credential::X402Exact(_))) => "x402",
             _ => "none",
@@ -121,21 +121,10 @@ impl Paywall {
         };
         match credential {
             Credential::X402Exact(payload) => self.admit_x402(route, *payload, admission).await,
-            Credential::AccessToken(token) => {
-                let claims = self
-                    .0
-                    .token_key
-                    .verify(&token, self.0.clock.now_secs())
-                    .map_err(|e| match e {
-                        TokenError::Invalid => Refusal::new(
-                            ErrorCode::TokenInvalid,
-                            "the access token is not valid here",
-                        ),
-                        TokenError::Expired => Refusal::new(
-                            ErrorCode::TokenExpired,
-                            "the access token expired: renew it or top up again",
-                        ),
-                    })?;
+            Credential::AccessToken { token, dpop } => {
+                let (claims, _) = self
+                    .token_claims(&token, dpop, RequestLine { method, uri }, headers)
+                    .await?;
                 self.check_limits(route, &claims.sub, "token").await?;
                 let keyed = idempotency_key.is_some();
                 *claimed = self

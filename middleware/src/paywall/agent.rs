@@ -2,17 +2,17 @@
 
 use std::collections::BTreeMap;
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::{json, Value};
 
 use super::admit::CreditReason;
-use super::{json_response, Paywall, Refusal, Reply};
+use super::{json_response, Paywall, Refusal, Reply, RequestLine};
 use crate::credential::{self, Credential};
 use crate::error::ErrorCode;
 use crate::mandate::Mandate;
 use crate::receipt::ReceiptKind;
 use crate::store::{Account, SubscribeOutcome, Subscription, UsageEvent};
-use crate::token::{TokenClaims, TokenError};
+use crate::token::{Binding, TokenClaims};
 
 impl Paywall {
     /// Whether `path` is one of the agent endpoints.
@@ -29,18 +29,35 @@ impl Paywall {
     ///
     /// (`GET <prefix>/usage`, the caller's own events, is the gateway's: it reads the ledger
     /// database when there is one.)
+    ///
+    /// A DPoP proof names this request (`method` and `path`); see [`Paywall::agent_api_as`].
     pub async fn agent_api(
         &self,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
     ) -> Option<Reply> {
+        path.strip_prefix(self.0.agent_api.as_str())?;
+        let uri = Uri::try_from(path).unwrap_or_default();
+        self.agent_api_as(method, path, headers, RequestLine { method, uri: &uri })
+            .await
+    }
+
+    /// [`Paywall::agent_api`] for an endpoint reached through another request (the MCP
+    /// server's): `line` is the request as the agent sent it, which a DPoP proof names.
+    pub async fn agent_api_as(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        line: RequestLine<'_>,
+    ) -> Option<Reply> {
         let rest = path.strip_prefix(self.0.agent_api.as_str())?;
         let res = match (method.as_str(), rest) {
-            ("POST", "/topup") => self.topup(headers).await,
-            ("POST", "/token") => self.renew(headers).await,
-            ("POST", "/subscribe") => self.subscribe(headers).await,
-            ("GET", "/balance") => self.balance(headers).await,
+            ("POST", "/topup") => self.topup(headers, line).await,
+            ("POST", "/token") => self.renew(headers, line).await,
+            ("POST", "/subscribe") => self.subscribe(headers, line).await,
+            ("GET", "/balance") => self.balance(headers, line).await,
             (_, "/topup" | "/token" | "/subscribe") => Self::problem(
                 ErrorCode::MethodNotAllowed,
                 &format!("use POST {}{rest}", self.0.agent_api),
@@ -54,18 +71,23 @@ impl Paywall {
         Some(res)
     }
 
-    fn token_body(&self, payer: &str, mandate: Option<&Mandate>) -> Value {
+    fn token_body(&self, payer: &str, mandate: Option<&Mandate>, jkt: Option<&str>) -> Value {
         let now = self.0.clock.now_secs();
         let ttl = i64::try_from(self.0.token_ttl.as_secs()).unwrap_or(86_400);
         let exp = mandate.map_or(now + ttl, |m| (now + ttl).min(m.expires_at));
+        let bound = Binding { mandate, jkt };
         let mut body = json!({
-            "access_token": self.0.token_key.issue_bound(payer, now, ttl, mandate),
-            "token_type": "Bearer",
+            "access_token": self.0.token_key.issue_bound(payer, now, ttl, bound),
+            // RFC 9449 section 5: a bound token is of type DPoP.
+            "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
             "expires_at": exp,
             "payer": payer,
         });
         if let Some(m) = mandate {
             body["mandate"] = m.summary();
+        }
+        if let Some(jkt) = jkt {
+            body["cnf"] = json!({ "jkt": jkt });
         }
         body
     }
@@ -126,7 +148,7 @@ impl Paywall {
         Ok(receipt)
     }
 
-    async fn topup(&self, headers: &HeaderMap) -> Reply {
+    async fn topup(&self, headers: &HeaderMap, line: RequestLine<'_>) -> Reply {
         let receipt = match self.receipt_of_kind(headers, ReceiptKind::Topup).await {
             Ok(r) => r,
             Err(reply) => return reply,
@@ -154,6 +176,11 @@ impl Paywall {
             Ok(m) => m,
             Err(r) => return self.render(&r, None),
         };
+        // Before the credit: a refused proof spends nothing.
+        let jkt = match self.binding_key(headers, line, None).await {
+            Ok(k) => k,
+            Err(r) => return self.render(&r, None),
+        };
         match self
             .credit_receipt(&receipt, currency, minor, CreditReason::Topup)
             .await
@@ -166,7 +193,7 @@ impl Paywall {
                         .with_label_values(&[currency.code()])
                         .inc_by(minor);
                 }
-                let mut body = self.token_body(&receipt.payer, mandate.as_ref());
+                let mut body = self.token_body(&receipt.payer, mandate.as_ref(), jkt.as_deref());
                 body["credited"] = currency.from_minor(minor).to_string().into();
                 body["currency"] = currency.code().into();
                 body["balance"] = currency.from_minor(balance_minor).to_string().into();
@@ -181,7 +208,7 @@ impl Paywall {
     /// `POST <prefix>/subscribe` with a `kind: "subscribe"` receipt naming a plan (`plan`
     /// claim), paying at least its price: one period bought (exactly once per receipt), and an
     /// access token whose calls on the plan's routes count against it.
-    async fn subscribe(&self, headers: &HeaderMap) -> Reply {
+    async fn subscribe(&self, headers: &HeaderMap, line: RequestLine<'_>) -> Reply {
         let receipt = match self.receipt_of_kind(headers, ReceiptKind::Subscribe).await {
             Ok(r) => r,
             Err(reply) => return reply,
@@ -222,6 +249,10 @@ impl Paywall {
                 ),
             );
         }
+        let jkt = match self.binding_key(headers, line, None).await {
+            Ok(k) => k,
+            Err(r) => return self.render(&r, None),
+        };
         let now = self.0.clock.now_ms();
         let sub = Subscription {
             payer: receipt.payer.clone(),
@@ -271,7 +302,7 @@ impl Paywall {
                 .inc_by(price);
         }
         tracing::info!(payer = %receipt.payer, plan = %plan.id, duplicate, "plan bought");
-        let mut body = self.token_body(&receipt.payer, None);
+        let mut body = self.token_body(&receipt.payer, None, jkt.as_deref());
         body["plan"] = plan.catalog();
         body["period_end"] = end.div_euclid(1000).into();
         body["event_id"] = event_id.into();
@@ -279,28 +310,30 @@ impl Paywall {
         json_response(StatusCode::OK, &body)
     }
 
-    /// The payer an `Authorization: Bearer <access token>` request speaks for, or the refusal
-    /// to answer (401 `token_invalid` / `token_expired`, problem+json).
-    pub fn bearer_payer(&self, headers: &HeaderMap) -> Result<String, Box<Reply>> {
-        self.bearer_claims(headers)
-            .map(|c| c.sub)
+    /// The payer an `Authorization: Bearer <access token>` request speaks for (or `DPoP
+    /// <token>` with its proof, for a bound token), or the refusal to answer (401
+    /// `token_invalid` / `token_expired` / `dpop_proof_*`, problem+json).
+    pub async fn bearer_payer(
+        &self,
+        headers: &HeaderMap,
+        line: RequestLine<'_>,
+    ) -> Result<String, Box<Reply>> {
+        self.bearer_claims(headers, line)
+            .await
+            .map(|(c, _)| c.sub)
             .map_err(|r| Box::new(self.render(&r, None)))
     }
 
-    fn bearer_claims(&self, headers: &HeaderMap) -> Result<TokenClaims, Refusal> {
+    /// The access token and its claims (binding honoured).
+    async fn bearer_claims(
+        &self,
+        headers: &HeaderMap,
+        line: RequestLine<'_>,
+    ) -> Result<(TokenClaims, String), Refusal> {
         match credential::extract(headers) {
-            Ok(Some(Credential::AccessToken(t))) => {
-                match self.0.token_key.verify(&t, self.0.clock.now_secs()) {
-                    Ok(c) => Ok(c),
-                    Err(TokenError::Expired) => Err(Refusal::new(
-                        ErrorCode::TokenExpired,
-                        "the access token expired: top up again",
-                    )),
-                    Err(TokenError::Invalid) => Err(Refusal::new(
-                        ErrorCode::TokenInvalid,
-                        "the access token is not valid here",
-                    )),
-                }
+            Ok(Some(Credential::AccessToken { token, dpop })) => {
+                let (claims, _) = self.token_claims(&token, dpop, line, headers).await?;
+                Ok((claims, token))
             }
             Ok(_) => Err(Refusal::new(
                 ErrorCode::TokenInvalid,
@@ -310,23 +343,35 @@ impl Paywall {
         }
     }
 
-    async fn renew(&self, headers: &HeaderMap) -> Reply {
-        let claims = match self.bearer_claims(headers) {
+    async fn renew(&self, headers: &HeaderMap, line: RequestLine<'_>) -> Reply {
+        let (claims, token) = match self.bearer_claims(headers, line).await {
             Ok(c) => c,
             Err(r) => return self.render(&r, None),
+        };
+        // A bound token renews bound to the same key (its proof was checked above); an
+        // unbound one is bound now if the request carries a proof.
+        let jkt = match &claims.cnf {
+            Some(cnf) => Some(cnf.jkt.clone()),
+            None => match self.binding_key(headers, line, Some(&token)).await {
+                Ok(k) => k,
+                Err(r) => return self.render(&r, None),
+            },
         };
         match self
             .bind_mandate(&claims.sub, claims.mandate, None, headers)
             .await
         {
-            Ok(m) => json_response(StatusCode::OK, &self.token_body(&claims.sub, m.as_ref())),
+            Ok(m) => json_response(
+                StatusCode::OK,
+                &self.token_body(&claims.sub, m.as_ref(), jkt.as_deref()),
+            ),
             Err(r) => self.render(&r, None),
         }
     }
 
-    async fn balance(&self, headers: &HeaderMap) -> Reply {
-        let payer = match self.bearer_claims(headers) {
-            Ok(c) => c.sub,
+    async fn balance(&self, headers: &HeaderMap, line: RequestLine<'_>) -> Reply {
+        let payer = match self.bearer_claims(headers, line).await {
+            Ok((c, _)) => c.sub,
             Err(r) => return self.render(&r, None),
         };
         match self.0.store.account(&payer).await {

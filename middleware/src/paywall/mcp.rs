@@ -162,6 +162,7 @@ impl Paywall {
             Some(Standing::Mandate(m)) => serde_json::to_value(m).ok().map(|v| ("mandate", v)),
             Some(Standing::Served(s)) => serde_json::to_value(s).ok().map(|v| ("served", v)),
             Some(Standing::X402(x)) => Some(("errorReason", json!(x.reason))),
+            Some(Standing::Dpop(reason)) => Some(("reason", json!(reason))),
         };
         if let Some((k, v)) = standing {
             data.insert(k.into(), v);

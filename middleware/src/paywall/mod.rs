@@ -26,7 +26,7 @@
 //! `render.rs` (problem bodies, 402 requirements) and `wire.rs` (`PAYMENT-RESPONSE`);
 //! `challenge_cache.rs` (this second's 402 answers), `payment_auth.rs` (the Payment HTTP
 //! authentication scheme), `idempotency.rs` (request `Idempotency-Key`), `agent.rs` (agent
-//! endpoints).
+//! endpoints), `dpop.rs` (access tokens bound to the agent's key).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +61,7 @@ mod admit;
 mod agent;
 mod challenge_cache;
 mod charged;
+mod dpop;
 mod holds;
 mod keepalive;
 mod lease;
@@ -81,6 +82,7 @@ mod settle;
 mod wire;
 mod x402;
 
+pub use self::dpop::RequestLine;
 pub use self::payment_auth::PAYMENT_METHOD;
 use self::reconcile::{reconcile, retry_unknown};
 pub use self::refusal::{MandateStanding, PlanStanding, Refusal, Served, Standing, X402Failure};
@@ -138,10 +140,13 @@ pub struct PaywallBuilder {
     leases: Option<LeaseConfig>,
     risk: Vec<crate::risk::RiskRule>,
     webhooks: Option<crate::webhooks::Webhooks>,
+    dpop: crate::dpop::DpopPolicy,
 }
 
 impl PaywallBuilder {
     setters! {
+        /// Access tokens bound to the agent's key (RFC 9449; default off).
+        dpop: crate::dpop::DpopPolicy,
         /// Receipt limits (clock skew, lifetime, size).
         policy: ReceiptPolicy,
         /// The clock (default: system).
@@ -273,6 +278,7 @@ impl PaywallBuilder {
             plans: self.plans,
             risk: self.risk,
             webhooks: self.webhooks,
+            dpop: self.dpop,
             challenges: Default::default(),
             topups: Default::default(),
         })))
@@ -348,6 +354,8 @@ struct Inner {
     risk: Vec<crate::risk::RiskRule>,
     /// Where risk flags and blocks are reported.
     webhooks: Option<crate::webhooks::Webhooks>,
+    /// How DPoP proofs are judged.
+    dpop: crate::dpop::DpopPolicy,
     /// This second's 402 answers (see `challenge_cache.rs`).
     challenges: challenge_cache::ChallengeCache,
     /// Balance leases, when the store keeps them.
@@ -436,6 +444,7 @@ impl Paywall {
             leases: None,
             risk: Vec::new(),
             webhooks: None,
+            dpop: Default::default(),
         }
     }
 

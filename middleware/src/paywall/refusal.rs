@@ -43,6 +43,8 @@ pub enum Standing {
     /// An x402 payment's failure (`errorReason`, and a `PAYMENT-RESPONSE` with
     /// `success: false`).
     X402(X402Failure),
+    /// Which DPoP check failed (`reason`, e.g. `proof_stale`), for `dpop_proof_invalid`.
+    Dpop(&'static str),
 }
 
 /// A plan used up for its period.

@@ -88,6 +88,8 @@ struct Body<'a> {
     served: Option<&'a Served>,
     #[serde(rename = "errorReason", skip_serializing_if = "Option::is_none")]
     error_reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
 }
 
 impl<'a> Body<'a> {
@@ -101,6 +103,7 @@ impl<'a> Body<'a> {
             mandate: None,
             served: None,
             error_reason: None,
+            reason: None,
         };
         match standing {
             None => {}
@@ -109,6 +112,7 @@ impl<'a> Body<'a> {
             Some(Standing::Mandate(m)) => body.mandate = Some(m),
             Some(Standing::Served(s)) => body.served = Some(s),
             Some(Standing::X402(x)) => body.error_reason = Some(&x.reason),
+            Some(Standing::Dpop(reason)) => body.reason = Some(reason),
         }
         body
     }
@@ -207,11 +211,21 @@ impl Paywall {
     fn plain(r: &Refusal) -> Reply {
         let problem = Problem::new(r.code).detail(r.detail.as_ref());
         let mut res = Self::respond(&problem, r);
-        if matches!(r.code, ErrorCode::TokenInvalid | ErrorCode::TokenExpired) {
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
+        let challenge = match r.code {
+            ErrorCode::TokenInvalid | ErrorCode::TokenExpired => {
+                Some("Bearer error=\"invalid_token\"")
+            }
+            // RFC 9449 section 7.1: the DPoP scheme, the algorithms taken, and the error when
+            // a proof was sent but is not good.
+            ErrorCode::DpopProofRequired => Some("DPoP algs=\"EdDSA ES256\""),
+            ErrorCode::DpopProofInvalid | ErrorCode::DpopProofReplayed => {
+                Some("DPoP error=\"invalid_dpop_proof\", algs=\"EdDSA ES256\"")
+            }
+            _ => None,
+        };
+        if let Some(c) = challenge {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
         res
     }

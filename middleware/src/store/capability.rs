@@ -196,6 +196,11 @@ pub trait PayerControl: Send + Sync + std::fmt::Debug + 'static {
         &self,
         limit: usize,
     ) -> Result<Vec<crate::risk::RiskDecision>, StoreError>;
+
+    /// Record a one-time id (a DPoP proof's key thumbprint and `jti`) for `ttl`: `Ok(true)`
+    /// the first time, `Ok(false)` while it is recorded -- atomically, so of two replicas
+    /// shown the same proof one accepts it.
+    async fn claim_once(&self, id: &str, ttl: Duration) -> Result<bool, StoreError>;
 }
 
 /// Mandates: revocation and the payer's mandates with their window use.

@@ -101,6 +101,7 @@ conformance! {
     mandates::revoked_mandate,
     queue::deferred_queue,
     requests::request_idempotency,
+    requests::one_time_ids,
     ledger::payer_events_newest_first,
     refunds::refund_balance_charge,
     refunds::refund_x402_is_owed,

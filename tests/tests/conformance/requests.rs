@@ -95,3 +95,39 @@ pub(crate) async fn request_idempotency(store: Arc<dyn Store>) {
     }
     assert_eq!(claimed, 1);
 }
+
+/// One-time ids (DPoP proofs' `jti`): the first claim wins, also among concurrent ones; other
+/// ids are independent; a claim lapses after its time.
+pub(crate) async fn one_time_ids(store: Arc<dyn Store>) {
+    let ttl = Duration::from_secs(60);
+    assert!(store.claim_once("dpop|key-a|j1", ttl).await.unwrap());
+    assert!(!store.claim_once("dpop|key-a|j1", ttl).await.unwrap());
+    assert!(store.claim_once("dpop|key-b|j1", ttl).await.unwrap());
+    assert!(store.claim_once("dpop|key-a|j2", ttl).await.unwrap());
+    // A hostile id (long, any bytes) is an id like any other.
+    let odd = format!("dpop|k|{}\u{0}\n{}", "x".repeat(300), "\u{1F600}");
+    assert!(store.claim_once(&odd, ttl).await.unwrap());
+    assert!(!store.claim_once(&odd, ttl).await.unwrap());
+    // Sixteen at once: exactly one.
+    let claims: Vec<_> = (0..16)
+        .map(|_| {
+            let s = store.clone();
+            tokio::spawn(async move { s.claim_once("dpop|key-c|race", ttl).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for c in claims {
+        won += usize::from(c.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    // Lapsed: claimable again.
+    assert!(store
+        .claim_once("dpop|key-d|short", Duration::from_millis(200))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(store
+        .claim_once("dpop|key-d|short", Duration::from_millis(200))
+        .await
+        .unwrap());
+}

@@ -60,4 +60,27 @@ impl PayerControl for RedisStore {
     ) -> Result<Vec<crate::risk::RiskDecision>, StoreError> {
         self.risk_log(limit).await
     }
+
+    async fn claim_once(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.connection().await?;
+        // Bounded key size whatever the id (a jti is the client's choice).
+        let digest: String = Sha256::digest(id.as_bytes())[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let key = self.key(bucket_of(id), &format!("once:{digest}"));
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg("1")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
 }

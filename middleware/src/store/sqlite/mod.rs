@@ -273,6 +273,7 @@ fn migrate(conn: &Connection, path: &str) -> Result<(), OpenError> {
     // Added within version 1 (tables an older tollgate never reads): the webhook outbox.
     conn.execute_batch(webhook::SCHEMA).map_err(err)?;
     conn.execute_batch(risk::SCHEMA).map_err(err)?;
+    conn.execute_batch(requests::SCHEMA).map_err(err)?;
     Ok(())
 }
 

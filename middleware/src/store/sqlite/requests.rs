@@ -71,7 +71,35 @@ impl PayerControl for SqliteStore {
     ) -> Result<Vec<crate::risk::RiskDecision>, StoreError> {
         self.risk_log(limit).await
     }
+
+    async fn claim_once(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.now();
+        let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let id = id.to_owned();
+        self.run(move |t| {
+            let live = t
+                .row(
+                    "SELECT 1 FROM once_ids WHERE id = ?1 AND until_ms > ?2",
+                    params![id, now],
+                    |_| Ok(()),
+                )?
+                .is_some();
+            if live {
+                return Ok(false);
+            }
+            t.exec(
+                "INSERT OR REPLACE INTO once_ids (id, until_ms) VALUES (?1, ?2)",
+                params![id, until],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
 }
+
+/// One-time ids (created within schema version 1: a table an older tollgate never reads).
+pub(super) const SCHEMA: &str =
+    "CREATE TABLE IF NOT EXISTS once_ids (id TEXT PRIMARY KEY, until_ms INTEGER NOT NULL) WITHOUT ROWID;";
 
 #[async_trait]
 impl IdempotencyStore for SqliteStore {

@@ -630,6 +630,7 @@ impl<'c> Tx<'c> {
             "idempotency",
             "mandate_holds",
             "risk_counters",
+            "once_ids",
         ] {
             self.exec(&format!("DELETE FROM {table} WHERE until_ms <= ?1"), [now])?;
         }
