@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
         reserve: "1".parse().expect("reserve"),
         on_missing: OnMissing::Reserve,
         cutoff: true,
+        on_exhausted: Default::default(),
     };
     let mut headers = http::HeaderMap::new();
     if let Some((head, _)) = data.split_first() {

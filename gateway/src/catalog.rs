@@ -28,14 +28,22 @@ pub(crate) fn price_json(price: &tollgate_middleware::Price) -> serde_json::Valu
             "currency": money.currency.code(),
             "decimals": money.currency.scale(),
         }),
-        Price::Metered(metered) => json!({
-            "kind": "metered",
-            "currency": metered.currency.code(),
-            "decimals": metered.currency.scale(),
-            "reserve": metered.reserve.to_string(),
-            "cutoff": metered.cutoff,
-            "units": metered.meters.iter().map(|x| json!({"unit": x.unit, "price": x.price.to_string()})).collect::<Vec<_>>(),
-        }),
+        Price::Metered(metered) => {
+            let mut v = json!({
+                "kind": "metered",
+                "currency": metered.currency.code(),
+                "decimals": metered.currency.scale(),
+                "reserve": metered.reserve.to_string(),
+                "cutoff": metered.cutoff,
+                "units": metered.meters.iter().map(|x| json!({"unit": x.unit, "price": x.price.to_string()})).collect::<Vec<_>>(),
+            });
+            // A stream that runs dry waits for a top-up (docs/payment-rules.md).
+            if let tollgate_middleware::OnExhausted::Pause { timeout } = metered.on_exhausted {
+                v["on_exhausted"] = "pause".into();
+                v["pause_timeout_secs"] = timeout.as_secs().into();
+            }
+            v
+        }
         _ => json!("free"),
     }
 }

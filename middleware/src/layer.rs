@@ -34,7 +34,8 @@ use http_body_util::Full;
 use tower::{Layer, Service};
 
 use crate::credential;
-use crate::meter::{Metered, UsageReading};
+use crate::meter::{Metered, OnExhausted, UsageReading};
+use crate::pause::{Paused, Pausing, Step};
 use crate::paywall::{
     Admission, BodyEnd, Head, OwnedHead, Payment, Paywall, Settled, PAYMENT_RECEIPT,
     PAYMENT_RESPONSE, TOLLGATE_CHARGE, TOLLGATE_PAYER,
@@ -146,13 +147,19 @@ pin_project_lite::pin_project! {
             ended: bool,
             prefix: std::collections::VecDeque<Bytes>,
             meter: Option<MeterState>,
+            paused: Option<Box<Paused>>,
         },
     }
 
     impl<B> PinnedDrop for PaymentBody<B> {
         fn drop(this: Pin<&mut Self>) {
-            if let PaymentBodyProj::Metered { meter, .. } = this.project() {
-                if let Some(m) = meter.take() {
+            if let PaymentBodyProj::Metered { meter, paused, .. } = this.project() {
+                if let Some(mut m) = meter.take() {
+                    // Gone while paused: the kept chunk was never delivered.
+                    if let (Some(p), Some(pausing)) = (paused.take(), m.pausing.as_ref()) {
+                        let (len, found) = p.abandon(pausing);
+                        m.reading.forget_chunk(len, found);
+                    }
                     m.finish(BodyEnd::ClientGone);
                 }
             }
@@ -174,6 +181,19 @@ pub struct MeterState {
     /// Renews the hold while the body streams (a hold in use is never swept); stops when
     /// this state is dropped, after the settlement.
     keepalive: Option<crate::paywall::HoldKeepalive>,
+    /// Pauses the stream for a top-up instead of cutting it (`on_exhausted = "pause"`).
+    pausing: Option<Pausing>,
+}
+
+/// What feeding a chunk decided.
+enum Fed {
+    /// Paid for: deliver it.
+    Deliver,
+    /// Not paid for: the stream ends here (the chunk is not counted).
+    CutOff,
+    /// Not paid for: pause on it (it stays counted until it is delivered or forgotten); the
+    /// stream's cost with it, and the usage values read before it.
+    Unpaid(u64, std::collections::BTreeMap<String, u64>),
 }
 
 impl MeterState {
@@ -197,24 +217,40 @@ impl MeterState {
             limit_minor,
             event_stream,
             keepalive: None,
+            pausing: None,
         })
     }
 
-    /// Observe a chunk; `false` when delivering it would cost more than the payer can pay
-    /// (the chunk is then not counted and the stream must end).
-    fn feed(&mut self, chunk: &Bytes) -> bool {
+    /// Set up pausing, for an event stream on a route with `on_exhausted = "pause"` paid from
+    /// a balance a top-up can grow (anything else is cut off).
+    fn pause_if_configured(&mut self, head: &OwnedHead) {
+        let OnExhausted::Pause { timeout } = self.metered.on_exhausted else {
+            return;
+        };
+        if self.limit_minor.is_some() && self.event_stream {
+            self.pausing = self
+                .admission
+                .pause_point(head)
+                .map(|p| Pausing::new(p, timeout));
+        }
+    }
+
+    /// Observe a chunk, and decide whether the payer can pay for delivering it.
+    fn feed(&mut self, chunk: &Bytes) -> Fed {
+        let before = self.pausing.as_ref().map(|_| self.reading.found_snapshot());
         self.reading.feed(&self.metered, chunk);
         let Some(limit) = self.limit_minor else {
-            return true;
+            return Fed::Deliver;
         };
         let units = self
             .reading
             .so_far(&self.metered, self.admission.elapsed_ms());
-        match self.metered.cost_minor(&units) {
-            Some(cost) if cost <= limit => true,
+        match (self.metered.cost_minor(&units), before) {
+            (Some(cost), _) if cost <= limit => Fed::Deliver,
+            (Some(cost), Some(found)) => Fed::Unpaid(cost, found),
             _ => {
                 self.reading.unfeed_bytes(chunk.len());
-                false
+                Fed::CutOff
             }
         }
     }
@@ -267,6 +303,7 @@ where
                 ended,
                 prefix,
                 meter,
+                paused,
             } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -274,18 +311,33 @@ where
                 if *ended {
                     return Poll::Ready(None);
                 }
+                if let Some(step) = poll_paused(cx, paused, meter, ended) {
+                    return step;
+                }
+                // While paused (above) the upstream is not read: backpressure.
                 let polled = body.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let (Some(data), Some(m)) = (frame.data_ref(), meter.as_mut()) {
-                            if !m.feed(data) {
-                                // Cut off: this chunk is not delivered; end the stream here.
-                                *ended = true;
-                                let notice = m.cutoff_notice();
-                                if let Some(m) = meter.take() {
-                                    m.finish(BodyEnd::CutOff);
+                            match m.feed(data) {
+                                Fed::Deliver => {}
+                                Fed::CutOff => {
+                                    // Cut off: this chunk is not delivered; end the stream.
+                                    *ended = true;
+                                    let notice = m.cutoff_notice();
+                                    if let Some(m) = meter.take() {
+                                        m.finish(BodyEnd::CutOff);
+                                    }
+                                    return Poll::Ready(notice.map(|n| Ok(Frame::data(n))));
                                 }
-                                return Poll::Ready(notice.map(|n| Ok(Frame::data(n))));
+                                Fed::Unpaid(cost, found) => {
+                                    if let Some(p) = m.pausing.as_ref() {
+                                        *paused =
+                                            Some(Box::new(p.pause(data.clone(), found, cost)));
+                                        cx.waker().wake_by_ref();
+                                        return Poll::Pending;
+                                    }
+                                }
                             }
                         }
                     }
@@ -314,8 +366,9 @@ where
                 body,
                 prefix,
                 ended,
+                paused,
                 ..
-            } => prefix.is_empty() && (*ended || body.is_end_stream()),
+            } => prefix.is_empty() && paused.is_none() && (*ended || body.is_end_stream()),
         }
     }
 
@@ -339,6 +392,41 @@ where
             }
         }
     }
+}
+
+/// What a body's `poll_frame` answers.
+type Polled<E> = Poll<Option<Result<Frame<Bytes>, E>>>;
+
+/// A paused stream's next frame (`None`: not paused, read the upstream).
+fn poll_paused<E>(
+    cx: &mut Context<'_>,
+    paused: &mut Option<Box<Paused>>,
+    meter: &mut Option<MeterState>,
+    ended: &mut bool,
+) -> Option<Polled<E>> {
+    let (p, m) = (paused.as_mut()?, meter.as_mut()?);
+    let pausing = m.pausing.as_mut()?;
+    let data = |b: Bytes| Poll::Ready(Some(Ok(Frame::data(b))));
+    Some(match p.poll_step(cx, pausing) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Step::Send(b)) => data(b),
+        Poll::Ready(Step::Resume { chunk, limit_minor }) => {
+            m.limit_minor = Some(limit_minor);
+            *paused = None;
+            data(chunk)
+        }
+        Poll::Ready(Step::End(notice)) => {
+            if let Some(p) = paused.take() {
+                let (len, found) = p.forget();
+                m.reading.forget_chunk(len, found);
+            }
+            *ended = true;
+            if let Some(m) = meter.take() {
+                m.finish(BodyEnd::CutOff);
+            }
+            data(notice)
+        }
+    })
 }
 
 fn refusal<B>(res: Response<Bytes>) -> Response<PaymentBody<B>> {
@@ -513,6 +601,7 @@ where
                     ended: false,
                     prefix: Default::default(),
                     meter: None,
+                    paused: None,
                 },
             ),
             pending,
@@ -599,6 +688,7 @@ where
     }
     let pending = meter.admission.pending_response();
     meter.keepalive = meter.admission.keep_hold_alive();
+    meter.pause_if_configured(&head);
     let mut parts = parts;
     if meter.limit_minor.is_some() {
         // It may end early: never promise a length.
@@ -611,6 +701,7 @@ where
             ended: false,
             prefix,
             meter: Some(meter),
+            paused: None,
         },
     );
     with_payment_response(res, pending)

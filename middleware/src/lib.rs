@@ -18,7 +18,7 @@
 //! - [`token`]: gateway-issued access tokens (HMAC); [`dpop`]: binding them to the agent's key
 //!   (RFC 9449 proofs);
 //! - [`paywall`]: the engine phases (challenge, admit, settle);
-//! - [`layer`]: `PaymentLayer` (tower);
+//! - [`layer`]: `PaymentLayer` (tower); [`pause`]: metered streams paused for a top-up;
 //! - [`drain`]: `DrainLayer`, which keeps keep-alive connections usable after a refusal left
 //!   the request body unread;
 //! - [`error`]: `ErrorCode` and problem+json; [`jsonrpc`]: JSON-RPC 2.0 messages (MCP);
@@ -64,6 +64,7 @@ pub mod mandate;
 pub mod meter;
 pub mod metrics;
 pub mod money;
+pub mod pause;
 pub mod paywall;
 pub mod plan;
 pub mod price;
@@ -80,7 +81,7 @@ pub mod x402;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorCode, Problem};
 pub use layer::{PaymentBody, PaymentLayer, PaymentService, RouteFromExtension, RouteResolver};
-pub use meter::{Meter, Metered, OnMissing, UsageSource};
+pub use meter::{Meter, Metered, OnExhausted, OnMissing, UsageSource};
 pub use money::{Amount, Currency, Money, MoneyError};
 pub use paywall::{
     Admission, BodyEnd, Head, LeaseConfig, OwnedHead, Payment, Paywall, PaywallBuilder, Refusal,

@@ -133,7 +133,30 @@ pub struct Metered {
     /// (hold + available balance, and a receipt's cap). Acts on usage measured as the body
     /// passes: `response_bytes`, `duration_ms`, and `sse:` values seen in events so far.
     pub cutoff: bool,
+    /// What `cutoff` does to an event stream the payer can no longer pay for: end it
+    /// (default), or pause it for a top-up (see [`crate::pause`]).
+    pub on_exhausted: OnExhausted,
 }
+
+/// What a cut-off event stream does when the money runs out (`on_exhausted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnExhausted {
+    /// End the stream with a last `event: tollgate` (the default).
+    #[default]
+    Cut,
+    /// Hold the upstream and ask for a top-up (`event: payment-need-topup`) for up to
+    /// `timeout`; continue when the payer's balance covers the next chunk, otherwise end with
+    /// `event: session-timeout`.
+    Pause {
+        /// How long the stream waits, paused, for a top-up.
+        timeout: std::time::Duration,
+    },
+}
+
+/// `pause_timeout_secs` when a route does not say.
+pub const DEFAULT_PAUSE_SECS: u64 = 30;
+/// The longest `pause_timeout_secs` a route may configure.
+pub const MAX_PAUSE_SECS: u64 = 600;
 
 impl Metered {
     /// Whether every meter can be read before answering.
@@ -334,6 +357,22 @@ impl UsageReading {
         self.response_bytes = self.response_bytes.saturating_sub(n as u64);
     }
 
+    /// The values read from headers and SSE events so far, for [`Self::forget_chunk`] if the
+    /// chunk about to be fed is never delivered (a paused stream that ends unpaid).
+    pub fn found_snapshot(&self) -> BTreeMap<String, u64> {
+        self.found.clone()
+    }
+
+    /// Forget a chunk of `n` bytes that was read but will never be delivered, with the
+    /// values of [`Self::found_snapshot`] taken before it: neither its bytes nor the SSE usage
+    /// in it (nor a line it left unfinished) are charged.
+    pub fn forget_chunk(&mut self, n: usize, found: BTreeMap<String, u64>) {
+        self.unfeed_bytes(n);
+        self.found = found;
+        self.sse_line.clear();
+        self.sse_skip = false;
+    }
+
     /// The units per meter, after the body ended (or stopped). `None` for a meter whose
     /// usage could not be read.
     pub fn finish(&mut self, metered: &Metered) -> BTreeMap<String, Option<u64>> {
@@ -395,6 +434,7 @@ mod tests {
             reserve: "0.05".parse().unwrap(),
             on_missing: OnMissing::Reserve,
             cutoff: false,
+            on_exhausted: OnExhausted::Cut,
         }
     }
 
@@ -452,6 +492,24 @@ mod tests {
         let mut none = UsageReading::start(&m, &HeaderMap::new());
         none.feed(&m, &Bytes::from("data: {\"delta\":\"x\"}\n\n"));
         assert_eq!(none.finish(&m)["completion_token"], None);
+    }
+
+    #[test]
+    fn a_chunk_never_delivered_is_forgotten_with_its_sse_usage() {
+        let m = metered(&[("t", "sse:/usage/total_tokens", "0.000001")]);
+        let mut r = UsageReading::start(&m, &HeaderMap::new());
+        r.feed(
+            &m,
+            &Bytes::from("data: {\"usage\":{\"total_tokens\":5}}\n\n"),
+        );
+        let before = r.found_snapshot();
+        let kept = Bytes::from("data: {\"usage\":{\"total_tokens\":9}}\n\ndata: {\"usa");
+        r.feed(&m, &kept);
+        assert_eq!(r.so_far(&m, 0)["t"], 9);
+        r.forget_chunk(kept.len(), before);
+        // Neither its usage, its bytes nor the line it left unfinished count.
+        assert_eq!(r.response_bytes, 36);
+        assert_eq!(r.finish(&m)["t"], Some(5));
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub uncharged_minor: IntCounterVec,
     /// Units of metered usage, by route and unit.
     pub usage_units: IntCounterVec,
+    /// Streams paused for a top-up, by route and what happened (`paused`, `resumed`,
+    /// `timed_out`, `blocked`, `client_gone`).
+    pub stream_pauses: IntCounterVec,
     /// Prepaid credit added by top-ups, atomic units, by currency.
     pub topups_minor: IntCounterVec,
     /// Refunds of captures whose response was withheld (store unreachable), atomic units.
@@ -137,6 +140,11 @@ impl Metrics {
                 "Metered usage units.",
                 &["route", "unit"],
             ),
+            stream_pauses: counter(
+                "tollgate_stream_pauses_total",
+                "Metered streams paused for a top-up, by outcome.",
+                &["route", "outcome"],
+            ),
             topups_minor: counter(
                 "tollgate_topups_atomic_total",
                 "Prepaid credit added by top-ups, in atomic units.",
@@ -233,6 +241,7 @@ impl Metrics {
         let _ = r.register(Box::new(m.revenue_minor.clone()));
         let _ = r.register(Box::new(m.uncharged_minor.clone()));
         let _ = r.register(Box::new(m.usage_units.clone()));
+        let _ = r.register(Box::new(m.stream_pauses.clone()));
         let _ = r.register(Box::new(m.topups_minor.clone()));
         let _ = r.register(Box::new(m.refunds_minor.clone()));
         let _ = r.register(Box::new(m.holds_in_flight.clone()));

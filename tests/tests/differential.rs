@@ -3,7 +3,7 @@
 //! result by result and in final state.
 //!
 //! Each payer gets its own sequence (holds, captures beyond the hold, releases, renewals,
-//! credits and debits with repeated keys, top-up receipts, receipts authorized, captured,
+//! hold extensions, credits and debits with repeated keys, top-up receipts, receipts authorized, captured,
 //! released and replayed, captures at admission and their voids, x402 deferred captures,
 //! plans, mandates, request idempotency keys, blocks, revocations -- and invalid steps:
 //! unknown holds, double captures, replays, over-balance debits, voids of the wrong charge).

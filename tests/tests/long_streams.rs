@@ -51,6 +51,7 @@ fn route(source: UsageSource) -> PricedRoute {
         reserve: "0.01".parse().unwrap(),
         on_missing: OnMissing::Zero,
         cutoff: false,
+        on_exhausted: Default::default(),
     };
     PricedRoute::new("chat", Price::Metered(metered)).timeout(Duration::from_millis(300))
 }

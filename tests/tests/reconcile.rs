@@ -306,6 +306,17 @@ impl LeaseStore for Flaky {
     }
 }
 
+#[async_trait]
+impl tollgate_middleware::store::HoldExtension for Flaky {
+    async fn extend_hold(
+        &self,
+        h: &Hold,
+        want_minor: u64,
+    ) -> Result<tollgate_middleware::store::HoldExtended, StoreError> {
+        self.inner.extend_hold(h, want_minor).await
+    }
+}
+
 /// The webhook outbox is not under test here: the inner store's.
 #[async_trait]
 impl WebhookOutbox for Flaky {

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+use tollgate_middleware::meter::{DEFAULT_PAUSE_SECS, MAX_PAUSE_SECS};
 use tollgate_middleware::money::{Amount, Currency, Money};
-use tollgate_middleware::{Meter, Metered, OnMissing, Price, UsageSource};
+use tollgate_middleware::{Meter, Metered, OnExhausted, OnMissing, Price, UsageSource};
 
 use super::{configured, invalid, ConfigError};
 
@@ -38,6 +39,10 @@ pub enum PriceConfig {
         on_missing: Option<String>,
         /// End a stream once the payer cannot pay for more.
         cutoff: bool,
+        /// `cut` (default) or `pause`: what `cutoff` does to an event stream.
+        on_exhausted: Option<String>,
+        /// How long a paused stream waits for a top-up (seconds).
+        pause_timeout_secs: Option<u64>,
     },
 }
 
@@ -79,6 +84,8 @@ struct PriceTable {
     meters: Option<Vec<MeterConfig>>,
     on_missing: Option<String>,
     cutoff: Option<bool>,
+    on_exhausted: Option<String>,
+    pause_timeout_secs: Option<u64>,
 }
 
 impl PriceTable {
@@ -92,6 +99,8 @@ impl PriceTable {
             meters,
             on_missing,
             cutoff,
+            on_exhausted,
+            pause_timeout_secs,
         } = self;
         if let Some(amount) = amount {
             let metered = [
@@ -99,6 +108,8 @@ impl PriceTable {
                 ("meters", meters.is_some()),
                 ("on_missing", on_missing.is_some()),
                 ("cutoff", cutoff.is_some()),
+                ("on_exhausted", on_exhausted.is_some()),
+                ("pause_timeout_secs", pause_timeout_secs.is_some()),
             ];
             if let Some((field, _)) = metered.iter().find(|(_, set)| *set) {
                 return Err(format!(
@@ -120,6 +131,8 @@ impl PriceTable {
             meters,
             on_missing,
             cutoff: cutoff.unwrap_or(false),
+            on_exhausted,
+            pause_timeout_secs,
         })
     }
 }
@@ -170,6 +183,8 @@ pub(super) fn validate_price(
             meters,
             on_missing,
             cutoff,
+            on_exhausted,
+            pause_timeout_secs,
         } => {
             let cur = configured(f("price.currency"), currency, currencies)?;
             let reserve: Amount = reserve
@@ -217,14 +232,80 @@ pub(super) fn validate_price(
                     ))
                 }
             };
+            let on_exhausted = validate_on_exhausted(
+                i,
+                (on_exhausted.as_deref(), *pause_timeout_secs),
+                *cutoff,
+                &parsed,
+            )?;
             Price::Metered(Metered {
                 currency: cur.clone(),
                 meters: parsed,
                 reserve,
                 on_missing,
                 cutoff: *cutoff,
+                on_exhausted,
             })
         }
     };
     Ok(price)
+}
+
+/// `routes[i].price.on_exhausted` and `pause_timeout_secs`: a pause needs `cutoff`, a meter
+/// read as the body streams (`response_bytes`, `sse:`), no `duration_ms` (time would be
+/// charged while paused) and a timeout of 1 to [`MAX_PAUSE_SECS`] seconds.
+fn validate_on_exhausted(
+    i: usize,
+    (on_exhausted, timeout): (Option<&str>, Option<u64>),
+    cutoff: bool,
+    meters: &[Meter],
+) -> Result<OnExhausted, ConfigError> {
+    let f = |k: &str| format!("routes[{i}].price.{k}");
+    match on_exhausted {
+        None | Some("cut") => {
+            if timeout.is_some() {
+                return Err(invalid(
+                    f("pause_timeout_secs"),
+                    "only a paused stream waits: set on_exhausted = \"pause\"",
+                ));
+            }
+            Ok(OnExhausted::Cut)
+        }
+        Some("pause") => {
+            if !cutoff {
+                return Err(invalid(
+                    f("on_exhausted"),
+                    "\"pause\" acts where a stream would be cut off: set cutoff = true",
+                ));
+            }
+            if meters.iter().any(|m| m.source == UsageSource::DurationMs) {
+                return Err(invalid(
+                    f("on_exhausted"),
+                    "\"pause\" cannot be used with a duration_ms meter (the pause would be charged)",
+                ));
+            }
+            let streamed =
+                |m: &Meter| matches!(m.source, UsageSource::ResponseBytes | UsageSource::Sse(_));
+            if !meters.iter().any(streamed) {
+                return Err(invalid(
+                    f("on_exhausted"),
+                    "\"pause\" needs a meter read as the body streams (response_bytes or sse:...)",
+                ));
+            }
+            let secs = timeout.unwrap_or(DEFAULT_PAUSE_SECS);
+            if !(1..=MAX_PAUSE_SECS).contains(&secs) {
+                return Err(invalid(
+                    f("pause_timeout_secs"),
+                    format!("{secs}: use 1 to {MAX_PAUSE_SECS} seconds"),
+                ));
+            }
+            Ok(OnExhausted::Pause {
+                timeout: std::time::Duration::from_secs(secs),
+            })
+        }
+        Some(other) => Err(invalid(
+            f("on_exhausted"),
+            format!("{other:?}: use \"cut\" or \"pause\""),
+        )),
+    }
 }

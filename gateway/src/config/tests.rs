@@ -159,7 +159,8 @@ fn unknown_fields_are_named_by_their_path_and_line() {
     assert_eq!(
         err(&with("capture = \"admission\"")),
         "routes[0].price.capture: unknown field `capture`, expected one of `amount`, `currency`, \
-         `reserve`, `meters`, `on_missing`, `cutoff` (line 12, column 46)"
+         `reserve`, `meters`, `on_missing`, `cutoff`, `on_exhausted`, `pause_timeout_secs` (line \
+         12, column 46)"
     );
     assert_eq!(
         err(&with("cutoff = true")),
@@ -219,4 +220,135 @@ fn a_relative_sqlite_path_is_the_config_files_neighbour() {
     assert!(cfg.store.describe().starts_with("sqlite "));
     std::fs::write(&path, format!("{GOOD}\n[store]\npath = \":memory:\"\n")).unwrap();
     assert_eq!(Config::load(&path).unwrap().0.store.path, ":memory:");
+}
+
+/// A metered SSE route's price with `extra` fields (e.g. `cutoff = true`).
+fn streamed(meters: &str, extra: &str) -> String {
+    GOOD.replace(
+        "price = { amount = \"0.01\", currency = \"USD\" }",
+        &format!(
+            "price = {{ currency = \"USD\", reserve = \"0.01\", meters = [{meters}]{extra} }}"
+        ),
+    )
+}
+
+const BYTES: &str = "{ unit = \"b\", usage = \"response_bytes\", price = \"0.000001\" }";
+
+#[test]
+fn a_paused_stream_is_configured_on_a_streamed_metered_price() {
+    let price = |c: &Config| match &c.validate(Path::new(".")).unwrap().routes[0].price {
+        tollgate_middleware::Price::Metered(m) => m.on_exhausted,
+        other => panic!("{other:?}"),
+    };
+    let c = Config::from_str(&streamed(BYTES, ", cutoff = true")).unwrap();
+    assert_eq!(price(&c), tollgate_middleware::OnExhausted::Cut);
+    let c = Config::from_str(&streamed(BYTES, ", cutoff = true, on_exhausted = \"cut\"")).unwrap();
+    assert_eq!(price(&c), tollgate_middleware::OnExhausted::Cut);
+    let pause = |secs: u64| tollgate_middleware::OnExhausted::Pause {
+        timeout: std::time::Duration::from_secs(secs),
+    };
+    let c = Config::from_str(&streamed(
+        BYTES,
+        ", cutoff = true, on_exhausted = \"pause\"",
+    ))
+    .unwrap();
+    assert_eq!(price(&c), pause(30));
+    let sse = "{ unit = \"t\", usage = \"sse:/usage/total_tokens\", price = \"0.000001\" }";
+    let extra = ", cutoff = true, on_exhausted = \"pause\", pause_timeout_secs = 600";
+    let c = Config::from_str(&streamed(sse, extra)).unwrap();
+    assert_eq!(price(&c), pause(600));
+}
+
+#[test]
+fn a_paused_stream_s_config_errors_name_the_field() {
+    let pause = ", cutoff = true, on_exhausted = \"pause\"";
+    let cases = [
+        (
+            streamed(BYTES, ", cutoff = true, on_exhausted = \"wait\""),
+            "routes[0].price.on_exhausted: \"wait\": use \"cut\" or \"pause\"",
+        ),
+        (
+            streamed(BYTES, ", on_exhausted = \"pause\""),
+            "routes[0].price.on_exhausted: \"pause\" acts where a stream would be cut off: set \
+             cutoff = true",
+        ),
+        (
+            streamed(BYTES, ", cutoff = false, on_exhausted = \"pause\""),
+            "routes[0].price.on_exhausted: \"pause\" acts where a stream would be cut off: set \
+             cutoff = true",
+        ),
+        (
+            streamed(
+                "{ unit = \"ms\", usage = \"duration_ms\", price = \"0.000001\" }",
+                pause,
+            ),
+            "routes[0].price.on_exhausted: \"pause\" cannot be used with a duration_ms meter \
+             (the pause would be charged)",
+        ),
+        (
+            streamed(
+                &format!("{BYTES}, {{ unit = \"ms\", usage = \"duration_ms\", price = \"1\" }}"),
+                pause,
+            ),
+            "routes[0].price.on_exhausted: \"pause\" cannot be used with a duration_ms meter \
+             (the pause would be charged)",
+        ),
+        (
+            streamed(
+                "{ unit = \"t\", usage = \"json:/usage/total_tokens\", price = \"0.000001\" }",
+                pause,
+            ),
+            "routes[0].price.on_exhausted: \"pause\" needs a meter read as the body streams \
+             (response_bytes or sse:...)",
+        ),
+        (
+            streamed(BYTES, &format!("{pause}, pause_timeout_secs = 0")),
+            "routes[0].price.pause_timeout_secs: 0: use 1 to 600 seconds",
+        ),
+        (
+            streamed(BYTES, &format!("{pause}, pause_timeout_secs = 601")),
+            "routes[0].price.pause_timeout_secs: 601: use 1 to 600 seconds",
+        ),
+        (
+            streamed(BYTES, ", cutoff = true, pause_timeout_secs = 5"),
+            "routes[0].price.pause_timeout_secs: only a paused stream waits: set on_exhausted = \
+             \"pause\"",
+        ),
+    ];
+    for (toml, expected) in cases {
+        assert_eq!(err(&toml), expected, "{toml}");
+    }
+    // Wrong types and places: the field named by the parser.
+    let bad_type = err(&streamed(
+        BYTES,
+        &format!("{pause}, pause_timeout_secs = \"30\""),
+    ));
+    assert!(
+        bad_type.starts_with("routes[0].price.pause_timeout_secs: invalid type"),
+        "{bad_type}"
+    );
+    let negative = err(&streamed(
+        BYTES,
+        &format!("{pause}, pause_timeout_secs = -1"),
+    ));
+    assert!(
+        negative.starts_with("routes[0].price.pause_timeout_secs: invalid value"),
+        "{negative}"
+    );
+    let fixed = GOOD.replace(
+        "price = { amount = \"0.01\", currency = \"USD\" }",
+        "price = { amount = \"0.01\", currency = \"USD\", on_exhausted = \"pause\" }",
+    );
+    assert!(
+        err(&fixed).starts_with(
+            "routes[0].price: `on_exhausted` belongs to a metered price; a fixed price is"
+        ),
+        "{}",
+        err(&fixed)
+    );
+    let fixed = GOOD.replace(
+        "price = { amount = \"0.01\", currency = \"USD\" }",
+        "price = { amount = \"0.01\", currency = \"USD\", pause_timeout_secs = 5 }",
+    );
+    assert!(err(&fixed).starts_with("routes[0].price: `pause_timeout_secs` belongs to a metered"));
 }

@@ -498,7 +498,11 @@ impl Paywall {
             Ok(CreditOutcome::Applied {
                 credit_id,
                 balance_minor,
-            }) => Ok((credit_id, balance_minor, false)),
+            }) => {
+                // A stream of this payer paused for a top-up continues at once.
+                self.0.topups.announce(&receipt.payer);
+                Ok((credit_id, balance_minor, false))
+            }
             Ok(CreditOutcome::Duplicate {
                 credit_id,
                 balance_minor,

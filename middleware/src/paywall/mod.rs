@@ -21,8 +21,8 @@
 //! reservations, mandates), `admission.rs` (what an admitted request secured: one
 //! `admission::Secured` variant per way of paying, each with its own settle and drop),
 //! `settle.rs` (capture or release), `charged.rs` (capture at admission and voids), `x402/`
-//! (x402 `exact`), `keepalive.rs` (holds of long streams), `reconcile.rs` (captures whose
-//! outcome is unknown); decisions as data in `refusal.rs`, written to the wire only by
+//! (x402 `exact`), `keepalive.rs` (holds of long streams), `pause.rs` (streams paused for a
+//! top-up), `reconcile.rs` (captures whose outcome is unknown); decisions as data in `refusal.rs`, written to the wire only by
 //! `render.rs` (problem bodies, 402 requirements) and `wire.rs` (`PAYMENT-RESPONSE`);
 //! `challenge_cache.rs` (this second's 402 answers), `payment_auth.rs` (the Payment HTTP
 //! authentication scheme), `idempotency.rs` (request `Idempotency-Key`), `agent.rs` (agent
@@ -70,6 +70,9 @@ pub(crate) use self::keepalive::HoldKeepalive;
 pub use self::lease::LeaseConfig;
 pub mod idempotency;
 mod offer;
+mod pause;
+pub use self::pause::POLL_EVERY as PAUSE_POLL_EVERY;
+pub(crate) use self::pause::{PauseEnd, PausePoint};
 mod payment_auth;
 mod reconcile;
 mod refusal;
@@ -277,6 +280,7 @@ impl PaywallBuilder {
             webhooks: self.webhooks,
             dpop: self.dpop,
             challenges: Default::default(),
+            topups: Default::default(),
         })))
     }
 }
@@ -356,6 +360,8 @@ struct Inner {
     challenges: challenge_cache::ChallengeCache,
     /// Balance leases, when the store keeps them.
     leases: Option<Arc<lease::LeaseBook>>,
+    /// Credits announced to streams paused for a top-up (see `pause.rs`).
+    topups: pause::TopupSignal,
 }
 
 impl Drop for Inner {

@@ -64,16 +64,23 @@ impl Paywall {
         }))
     }
 
-    fn topup_offer<'a>(
+    /// The top-up offer: the suggested amount, or `at_least_minor` when that is more (a
+    /// paused stream's need); `None` when top-ups in `currency` are not accepted, or no amount
+    /// is suggested and none needed.
+    pub(super) fn topup_offer<'a>(
         &'a self,
         currency: &'a Currency,
         base: &str,
         ttl: i64,
-        issuers: &'a [String],
+        (issuers, at_least_minor): (&'a [String], u64),
     ) -> Option<Accept<'a>> {
         let (_, suggested) = self.0.currencies.get(currency.code())?;
-        let amount = (*suggested)?;
-        let minor = currency.to_minor(amount).ok().filter(|m| *m > 0)?;
+        let suggested = suggested.and_then(|a| Some((a, currency.to_minor(a).ok()?)));
+        let (amount, minor) = match suggested {
+            Some((a, m)) if m >= at_least_minor => (a, m),
+            _ => (currency.from_minor(at_least_minor), at_least_minor),
+        };
+        let minor = Some(minor).filter(|m| *m > 0)?;
         let extra = OfferExtra::Topup(TopupExtra {
             topup_url: format!("{base}{}/topup", self.0.agent_api),
             price: amount.to_string(),
@@ -135,7 +142,7 @@ impl Paywall {
                 token_accepted: true,
             });
             accepts.push(self.receipt_offer(minor, currency, ttl, extra));
-            accepts.extend(self.topup_offer(currency, &base, ttl, issuers));
+            accepts.extend(self.topup_offer(currency, &base, ttl, (issuers, 0)));
             if let Some(plan) = self.plan_for(route) {
                 if let Ok(price) = plan.price.minor() {
                     let extra = OfferExtra::Subscribe(SubscribeExtra {

@@ -338,6 +338,7 @@ store_of!(
     IdempotencyStore,
     RefundStore,
     super::LeaseStore,
+    super::HoldExtension,
     super::WebhookOutbox,
     super::WebhookDelivery,
 );
@@ -345,7 +346,7 @@ store_of!(
 /// Every capability trait, to call store methods on a concrete store (`use
 /// tollgate_middleware::store::prelude::*`); through `dyn Store` they need no import.
 pub mod prelude {
-    pub use super::super::{LeaseStore, WebhookDelivery, WebhookOutbox};
+    pub use super::super::{HoldExtension, LeaseStore, WebhookDelivery, WebhookOutbox};
     pub use super::{
         AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
         PayerControl, PlanStore, ReceiptStore, RefundStore, SettlementQueue, Store,

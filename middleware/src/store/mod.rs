@@ -63,6 +63,7 @@
 mod capability;
 mod charge;
 mod event;
+mod hold;
 mod lease;
 mod redis;
 pub mod refund;
@@ -88,6 +89,7 @@ pub use self::capability::{
     PayerControl, PlanStore, ReceiptStore, RefundStore, SettlementQueue, Store, PAYER_SCAN_MAX,
 };
 pub use self::event::{event_order, iso_time, utc_day, UsageEvent};
+pub use self::hold::{HoldExtended, HoldExtension, HoldSettleOutcome};
 pub use self::lease::{LeaseResize, LeaseStatus, LeaseStore, LeaseSync, LeaseSynced};
 pub use self::refund::{RefundOutcome, RefundQuery, RefundRecord, RefundRequest, RefundTarget};
 pub use self::webhook::{WebhookDelivery, WebhookOutbox};
@@ -356,26 +358,6 @@ pub enum HoldOutcome {
         /// Available balance after the hold (minor units).
         balance_minor: u64,
     },
-}
-
-/// What settling a hold did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HoldSettleOutcome {
-    /// Charged (possibly less than the usage, see `uncharged_minor`) and recorded.
-    Captured {
-        /// Ledger id of the usage event.
-        event_id: String,
-        /// Amount charged (minor units).
-        charged_minor: u64,
-        /// Usage not charged because the balance ran out (minor units).
-        uncharged_minor: u64,
-        /// Available balance afterwards (minor units).
-        balance_minor: u64,
-    },
-    /// Released: the held amount is available again.
-    Released,
-    /// No such hold (already settled, or expired and given back).
-    NotHeld,
 }
 
 /// What makes a credit apply once.

@@ -60,6 +60,14 @@ pub fn place_hold(b: &Balance, amount: u64) -> Result<Balance, RuleError> {
     })
 }
 
+/// Extend a live hold by what the available balance has, up to `want` (a stream paused for a
+/// top-up, `extend_hold.lua`): returns the balance after and the amount moved (0 when nothing
+/// is available; never more than is).
+pub fn extend_hold(b: &Balance, want: u64) -> Result<(Balance, u64), RuleError> {
+    let moved = want.min(minor(b.available));
+    Ok((place_hold(b, moved)?, moved))
+}
+
 /// Give a hold of `held` back (released, or expired and swept): held moves to available.
 pub fn release_hold(b: &Balance, held: u64) -> Result<Balance, RuleError> {
     let h = signed(held)?;

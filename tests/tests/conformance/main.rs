@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod balances;
+mod extension;
 mod leases;
 mod ledger;
 mod mandates;
@@ -85,6 +86,8 @@ conformance! {
     balances::top_up_receipts_are_single_use,
     balances::blocked_payer_balance,
     balances::concurrent_holds_never_overdraw,
+    extension::hold_extension,
+    extension::concurrent_extensions_never_overdraw,
     voids::void_receipt_charge,
     voids::void_balance_charge,
     voids::admission_charges_refused,

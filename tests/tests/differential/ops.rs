@@ -32,6 +32,11 @@ pub(crate) enum Op {
     Renew {
         slot: u32,
     },
+    /// A stream paused for a top-up grows its hold from the balance.
+    Extend {
+        slot: u32,
+        want: u64,
+    },
     HoldCapture {
         slot: u32,
         amount: u64,
@@ -125,7 +130,7 @@ pub(crate) fn generate(rng: &mut StdRng, n: usize) -> Vec<Op> {
             ops.push(Op::Block(false));
             continue;
         }
-        let op = match rng.gen_range(0..104) {
+        let op = match rng.gen_range(0..107) {
             0..=7 => Op::Credit {
                 key: rng.gen_range(0..40),
                 amount: rng.gen_range(-1_500..3_000),
@@ -277,6 +282,10 @@ pub(crate) fn generate(rng: &mut StdRng, n: usize) -> Vec<Op> {
                 },
                 key: rng.gen_range(0..16),
                 amount: rng.gen_bool(0.7).then(|| rng.gen_range(0..400)),
+            },
+            104..=106 => Op::Extend {
+                slot: pick(rng, holds),
+                want: rng.gen_range(0..1_200),
             },
             _ => Op::Account,
         };

@@ -221,6 +221,14 @@ impl<'a> Run<'a> {
                         .unwrap()
                 )
             }
+            Op::Extend { slot, want } => {
+                let h = self
+                    .holds
+                    .get(slot)
+                    .cloned()
+                    .unwrap_or_else(|| self.plain_hold(*slot, 0));
+                format!("{:?}", s.extend_hold(&h, *want).await.unwrap())
+            }
             Op::HoldCapture { slot, amount } => {
                 let h = self.plain_hold(*slot, *amount);
                 let e = event(&p, "fixed", &h.id, *amount, 0);

@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 mod balances;
 mod charge;
 mod control;
+mod extend;
 mod idempotency;
 mod lease;
 mod ledger;
@@ -38,11 +39,12 @@ use sha2::{Digest, Sha256};
 
 use super::{
     bucket_of, days_between, event_order, fold_aggregates, fold_payer_totals, utc_day, Account,
-    AuthorizeOutcome, Balance, BalanceStore, Credit, CreditOutcome, DailyUsage, Hold, HoldOutcome,
-    HoldSettleOutcome, Idempotency, IdempotencyClaim, IdempotencyStore, JobOutcome, KeyClaim,
-    LedgerStore, MandateCharge, MandateStore, MandateUse, PayerControl, PayerSpend, PlanPeriod,
-    PlanStore, ReceiptStore, Renewal, Reservation, SettleOutcome, Settlement, SettlementJob,
-    SettlementQueue, StoreError, SubscribeOutcome, Subscription, UsageEvent, BUCKETS,
+    AuthorizeOutcome, Balance, BalanceStore, Credit, CreditOutcome, DailyUsage, Hold, HoldExtended,
+    HoldExtension, HoldOutcome, HoldSettleOutcome, Idempotency, IdempotencyClaim, IdempotencyStore,
+    JobOutcome, KeyClaim, LedgerStore, MandateCharge, MandateStore, MandateUse, PayerControl,
+    PayerSpend, PlanPeriod, PlanStore, ReceiptStore, Renewal, Reservation, SettleOutcome,
+    Settlement, SettlementJob, SettlementQueue, StoreError, SubscribeOutcome, Subscription,
+    UsageEvent, BUCKETS,
 };
 
 /// Connection settings.

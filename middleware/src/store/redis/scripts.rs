@@ -50,6 +50,7 @@ scripts! {
     idempotency: ["idempotency"],
     claim_owner: ["claim_owner"],
     renew: ["renew"],
+    extend_hold: ["extend_hold"],
     drain_lease: ["drain_lease"],
     lease: ["totals", "lease"],
     backlog: ["backlog"],

@@ -280,6 +280,24 @@ proptest! {
     }
 
     #[test]
+    fn a_hold_extension_moves_what_is_there_up_to_the_want(
+        held in 0u64..1_000_000,
+        available in 0i64..1_000_000,
+        want in 0u64..3_000_000,
+    ) {
+        let b = Balance { available, held: held as i64, credited: available + held as i64, captured: 0 };
+        let (after, moved) = extend_hold(&b, want).unwrap();
+        prop_assert_eq!(moved, want.min(available as u64));
+        prop_assert_eq!(after.available, available - moved as i64);
+        prop_assert_eq!(after.held, held as i64 + moved as i64);
+        prop_assert!(conserved(&after));
+        // A second extension with what is left: never more than is there.
+        let (again, more) = extend_hold(&after, want).unwrap();
+        prop_assert!(moved + more <= available as u64);
+        prop_assert!(conserved(&again));
+    }
+
+    #[test]
     fn every_history_conserves_the_account(steps in proptest::collection::vec(step(), 1..60)) {
         let mut b = Balance::default();
         let mut holds: Vec<u64> = Vec::new();

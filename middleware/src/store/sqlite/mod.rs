@@ -27,6 +27,7 @@ use crate::clock::{Clock, SystemClock};
 
 mod balances;
 mod charge;
+mod extend;
 mod lease;
 mod ledger;
 mod queue;
