@@ -237,19 +237,24 @@ impl MeterState {
 
     /// Observe a chunk, and decide whether the payer can pay for delivering it.
     fn feed(&mut self, chunk: &Bytes) -> Fed {
-        let before = self.pausing.as_ref().map(|_| self.reading.found_snapshot());
+        // With a limit, the values read so far are kept: a chunk that is not delivered (cut
+        // off, or kept by a pause that ends unpaid) is forgotten with the usage read from it.
+        let before = self
+            .limit_minor
+            .is_some()
+            .then(|| self.reading.found_snapshot());
         self.reading.feed(&self.metered, chunk);
-        let Some(limit) = self.limit_minor else {
+        let (Some(limit), Some(found)) = (self.limit_minor, before) else {
             return Fed::Deliver;
         };
         let units = self
             .reading
             .so_far(&self.metered, self.admission.elapsed_ms());
-        match (self.metered.cost_minor(&units), before) {
-            (Some(cost), _) if cost <= limit => Fed::Deliver,
-            (Some(cost), Some(found)) => Fed::Unpaid(cost, found),
+        match self.metered.cost_minor(&units) {
+            Some(cost) if cost <= limit => Fed::Deliver,
+            Some(cost) if self.pausing.is_some() => Fed::Unpaid(cost, found),
             _ => {
-                self.reading.unfeed_bytes(chunk.len());
+                self.reading.forget_chunk(chunk.len(), found);
                 Fed::CutOff
             }
         }

@@ -494,6 +494,41 @@ async fn sse_usage_never_delivered_is_not_charged(backend: Backend) {
     );
 }
 
+/// The same stream with `on_exhausted = "cut"`: cut on the usage event, which was never
+/// delivered -- its usage is not charged either (the cut chunk is forgotten with the values
+/// read from it, as a paused one is).
+async fn sse_usage_cut_is_not_charged(backend: Backend) {
+    let wallet = TestIssuer::ed25519("wallet");
+    let up = upstream().await;
+    let route = metered(
+        "chat",
+        "/v1/chat/completions",
+        &up,
+        "0.001",
+        &[("completion_token", "sse:/usage/completion_tokens", "0.0001")],
+    )
+    .with_price_option("cutoff = true");
+    let mut gw = gateway().issuer(&wallet).route(route);
+    if let Backend::Redis(r) = &backend {
+        gw = gw.redis(r);
+    }
+    let gw = gw.start().await;
+    let token = gw.topup(&wallet, "hal", "0.002").await;
+    let mut r = Reader::chat(&gw, &token, 50).await;
+    r.read_to_end().await;
+    assert!(r.text.contains("event: tollgate"), "{}", r.text);
+    assert!(!r.text.contains("\"usage\""));
+    let b = gw.settled(&token).await;
+    let usd = &b["balances"]["USD"];
+    let events = gw.paywall.store().usage_events().await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].units["completion_token"], events[0].amount_minor),
+        (0, 0)
+    );
+    assert_eq!((minor(&usd["available"]), minor(&usd["held"])), (2_000, 0));
+}
+
 macro_rules! both_stores {
     ($($body:ident),* $(,)?) => {
         mod sqlite {
@@ -525,4 +560,5 @@ both_stores!(
     payer_blocked_while_paused,
     sse_usage_paused_then_paid,
     sse_usage_never_delivered_is_not_charged,
+    sse_usage_cut_is_not_charged,
 );
