@@ -690,9 +690,10 @@ async fn official_python_sdk_pays_a_metered_route_with_upto() {
     let f = facilitator(&[NETWORK]).await;
     let (up, hits) = llm_upstream().await;
     let mut expected = Vec::new();
-    for mode in ["before", "deferred"] {
-        let redis = RedisServer::start();
-        let gw = start_upto(&redis, &f, &up, mode).await;
+    // Each mode on its own Redis (its own ledger), both kept until the end (their settlers run).
+    let stores = [RedisServer::start(), RedisServer::start()];
+    for (mode, redis) in ["before", "deferred"].into_iter().zip(&stores) {
+        let gw = start_upto(redis, &f, &up, mode).await;
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/x402_sdk/pay.py");
         let out = tokio::process::Command::new(&python)
             .arg(script)
