@@ -312,7 +312,17 @@ async fn nothing_used_nothing_settled() {
     let res = pay_at(&gw, "/v1/json?tokens=7&status=500", &payload).await;
     assert_eq!(res.status(), 500);
     assert!(res.headers().get("payment-response").is_none());
-    assert_eq!(f.calls(), vec!["verify", "verify"]);
+    // HEAD: nothing is paid for a body never sent.
+    let res = gw
+        .http
+        .head(gw.url("/v1/json?tokens=7"))
+        .header("payment-signature", signature_header(&payload))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("payment-response").is_none());
+    assert_eq!(f.calls(), vec!["verify", "verify", "verify"]);
     assert!(events(&gw).await.is_empty());
     // The same permit still pays (once).
     let res = pay_at(&gw, "/v1/json?tokens=5", &payload).await;
@@ -323,7 +333,7 @@ async fn nothing_used_nothing_settled() {
         events(&gw).await,
         vec![(addr(&payer), 500, "USDC".to_owned())]
     );
-    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(hits.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 //! refuses the request, unforwarded, and releases the hold.
 //!
 //! Settlement, once the response is metered (for a streamed body, after its end): an answer
-//! of 400 or more, or none, releases the hold; a measured cost of 0 releases it too (nothing
+//! of 400 or more, none, or an answer to HEAD releases the hold; a measured cost of 0 releases it too (nothing
 //! to settle); otherwise the cost, capped at the maximum, is settled:
 //!
 //! - `before`: `POST /settle` asking exactly the cost. Confirmed: one usage event for it.
@@ -147,7 +147,9 @@ impl Admission {
         usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
     ) -> Result<Settled, Refusal> {
         let offer = x.offer()?.clone();
-        let Some(status) = status.filter(|s| *s < 400) else {
+        // As for `exact`: an answer of 400 or more, none, or a HEAD is not paid for.
+        let head = self.method == http::Method::HEAD.as_str();
+        let Some(status) = status.filter(|s| *s < 400 && !head) else {
             self.paywall.release(&r).await;
             return Ok(Settled::default());
         };
