@@ -736,3 +736,32 @@ async fn official_python_sdk_pays_a_metered_route_with_upto() {
     }
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_settlement_confirmed_after_the_client_left_is_recorded() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, _) = llm_upstream().await;
+    let gw = start_upto(&redis, &f, &up, "before").await;
+    let offer = upto_offer(&gw, "/v1/json").await;
+    let payer = LocalSigner::random();
+    // The facilitator confirms after 400 ms (within its 700 ms timeout); the client gives up
+    // after 150 ms.
+    f.set_settle(Mode::Hang(Duration::from_millis(400)));
+    let gone = gw
+        .http
+        .get(gw.url("/v1/json?tokens=9"))
+        .header(
+            "payment-signature",
+            signature_header(&payer.pay_upto(&offer, now()).unwrap()),
+        )
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client left before the answer");
+    events_eventually(&gw, 1).await;
+    assert_eq!(
+        events(&gw).await,
+        vec![(addr(&payer), 900, "USDC".to_owned())]
+    );
+}

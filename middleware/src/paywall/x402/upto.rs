@@ -17,6 +17,9 @@
 //!   after the body was delivered (a stream): the settlement goes to the `deferred` queue,
 //!   whose settler retries it (a refusal there blocks the payer until resolved).
 //! - `deferred`: captured and queued in one atomic step, settled in the background.
+//!
+//! A `before` settlement, once asked, runs in its own task with its capture: a client that
+//! goes away meanwhile never leaves a transfer on chain out of the ledger.
 
 use super::*;
 use crate::money::Currency;
@@ -172,8 +175,20 @@ impl Admission {
                 .queue_settlement(&r, &event, &job, (&offer.network, &offer.currency))
                 .await;
         }
-        let on_chain = match x.route.facilitator.settle(&x.payload, &requirements).await {
-            Ok(c) => c,
+        // In its own task: once asked, the settlement and its record run to the end even if
+        // the client goes away (a transfer on chain is never left out of the ledger).
+        let task = tokio::spawn(settle_and_record(
+            (x.route.facilitator.clone(), self.paywall.0.store.clone()),
+            self.paywall.0.settle_retry,
+            (r.clone(), event.clone()),
+            (x.payload.clone(), requirements.clone()),
+        ));
+        let settled = task.await.map_err(|e| {
+            tracing::error!(error = %e, "x402 upto settlement task failed");
+            Refusal::internal()
+        })?;
+        let (on_chain, event_id) = match settled {
+            Ok(done) => done,
             Err(e) if self.delivered => {
                 // The body is already with the client: the settler retries (and a refusal
                 // blocks the payer); the ledger has the charge from now on.
@@ -194,27 +209,6 @@ impl Admission {
                     &offer.network,
                     Some(&self.payment.payer),
                 ));
-            }
-        };
-        let capture = Settlement::Capture(Box::new(event));
-        let store = self.paywall.0.store.clone();
-        let outcome = retry_unknown(self.paywall.0.settle_retry, || {
-            crate::metrics::timed("capture", store.settle(&r, &capture))
-        })
-        .await;
-        // On chain: the payer has paid, so the response is served even when the ledger cannot
-        // record it (logged with the transaction for reconciliation).
-        let event_id = match outcome {
-            Ok(
-                SettleOutcome::Captured { event_id } | SettleOutcome::AlreadyCaptured { event_id },
-            ) => Some(event_id),
-            Ok(other) => {
-                tracing::error!(?other, transaction = %on_chain.transaction, payer = %self.payment.payer, "x402 upto capture refused; the transfer is on chain but not in the ledger");
-                None
-            }
-            Err(e) => {
-                tracing::error!(error = %e, transaction = %on_chain.transaction, payer = %self.payment.payer, "x402 upto capture not recorded; the transfer is on chain but not in the ledger");
-                None
             }
         };
         let m = crate::metrics::global();
@@ -263,4 +257,39 @@ impl Admission {
             payment_receipt: None,
         }
     }
+}
+
+/// Settle `requirements` (the measured cost) through the facilitator and, once on chain,
+/// capture `event` (the payer has paid: a capture that cannot be recorded is logged with the
+/// transaction for reconciliation, and the response is still served).
+async fn settle_and_record(
+    (facilitator, store): (
+        Arc<dyn crate::x402::Facilitator>,
+        Arc<dyn crate::store::Store>,
+    ),
+    settle_retry: std::time::Duration,
+    (r, event): (Reservation, UsageEvent),
+    (payload, requirements): (Value, Value),
+) -> Result<(OnChain, Option<String>), FacilitatorError> {
+    let on_chain = facilitator.settle(&payload, &requirements).await?;
+    let payer = event.payer.clone();
+    let capture = Settlement::Capture(Box::new(event));
+    let outcome = retry_unknown(settle_retry, || {
+        crate::metrics::timed("capture", store.settle(&r, &capture))
+    })
+    .await;
+    let event_id = match outcome {
+        Ok(SettleOutcome::Captured { event_id } | SettleOutcome::AlreadyCaptured { event_id }) => {
+            Some(event_id)
+        }
+        Ok(other) => {
+            tracing::error!(?other, transaction = %on_chain.transaction, payer = %payer, "x402 upto capture refused; the transfer is on chain but not in the ledger");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, transaction = %on_chain.transaction, payer = %payer, "x402 upto capture not recorded; the transfer is on chain but not in the ledger");
+            None
+        }
+    };
+    Ok((on_chain, event_id))
 }
