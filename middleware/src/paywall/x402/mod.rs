@@ -1,4 +1,4 @@
-//! x402 `exact` payments in the engine.
+//! x402 `exact` payments in the engine (`upto`, on metered routes, is in `upto.rs`).
 //!
 //! Admission: the payload is checked locally ([`crate::x402::verify`]: offer, EIP-712
 //! signature, recipient, value, window), the payer's rate limit applied, then `(from, nonce)`
