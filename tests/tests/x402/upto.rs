@@ -202,6 +202,20 @@ async fn a_metered_route_offers_upto_for_its_reserve() {
                       "facilitatorAddress": FACILITATOR_ADDRESS}
         })
     );
+    // The catalog lists it for agents that plan ahead.
+    let cat: Value = gw
+        .http
+        .get(gw.url("/.well-known/tollgate"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cat["x402Networks"], json!([NETWORK]));
+    assert_eq!(cat["routes"][0]["x402"]["settlement"], "before");
+    assert_eq!(cat["routes"][0]["x402"]["accepts"], json!([offer]));
+    // Issuing the 402 wrote nothing.
     let mut c = redis.conn();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
     assert!(keys.is_empty(), "{keys:?}");
