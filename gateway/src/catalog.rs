@@ -85,7 +85,9 @@ pub(crate) fn catalog_json(inner: &Inner) -> serde_json::Value {
             if let Some(x) = &m.route.x402 {
                 route["x402"] = json!({
                     "settlement": x.mode.as_str(),
-                    "accepts": x.offers.iter().map(|o| o.requirements()).collect::<Vec<_>>(),
+                    "accepts": x.offers.iter().map(|o| o.requirements())
+                        .chain(x.upto.iter().map(|o| o.requirements()))
+                        .collect::<Vec<_>>(),
                 });
             }
             route
@@ -95,7 +97,10 @@ pub(crate) fn catalog_json(inner: &Inner) -> serde_json::Value {
         .routes
         .iter()
         .filter_map(|m| m.route.x402.as_ref())
-        .flat_map(|x| x.offers.iter().map(|o| o.network.as_str()))
+        .flat_map(|x| {
+            let exact = x.offers.iter().map(|o| o.network.as_str());
+            exact.chain(x.upto.iter().map(|o| o.network.as_str()))
+        })
         .collect();
     x402_networks.sort_unstable();
     x402_networks.dedup();

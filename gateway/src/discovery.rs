@@ -84,14 +84,20 @@ fn payment_info(m: &Matched) -> Option<Value> {
     };
     let mut offers = vec![native];
     if let Some(x) = &m.route.x402 {
-        for o in &x.offers {
-            let req = o.requirements();
+        let exact = x.offers.iter().map(|o| (o.requirements(), "x402 exact"));
+        let upto = x.upto.iter().map(|o| {
+            (
+                o.requirements(),
+                "x402 upto (a maximum; the measured cost is settled)",
+            )
+        });
+        for (req, what) in exact.chain(upto) {
             offers.push(json!({
                 "intent": "charge",
                 "method": "x402",
                 "amount": req["amount"],
                 "currency": req["asset"],
-                "description": format!("x402 exact on {}", req["network"].as_str().unwrap_or("")),
+                "description": format!("{what} on {}", req["network"].as_str().unwrap_or("")),
                 "x402": req,
             }));
         }

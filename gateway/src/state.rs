@@ -213,26 +213,30 @@ async fn probe_webhook(id: String, url: String) {
 
 /// Build one configuration snapshot on a given store.
 /// Ask the facilitator what it supports (in the background: it may be down at start-up) and
-/// warn about offered networks it does not list.
+/// warn about offered (scheme, network) pairs it does not list.
 pub(crate) fn check_facilitator(f: Arc<tollgate_middleware::x402::HttpFacilitator>, v: &Validated) {
+    use tollgate_middleware::x402::upto::UPTO_SCHEME;
     use tollgate_middleware::x402::{Facilitator as _, EXACT_SCHEME};
-    let mut networks: Vec<String> = v
+    let mut wanted: Vec<(&'static str, String)> = v
         .routes
         .iter()
         .filter_map(|r| r.x402.as_ref())
-        .flat_map(|x| x.offers.iter().map(|o| o.network.clone()))
+        .flat_map(|x| {
+            let exact = x.offers.iter().map(|o| (EXACT_SCHEME, o.network.clone()));
+            exact.chain(x.upto.iter().map(|o| (UPTO_SCHEME, o.network.clone())))
+        })
         .collect();
-    networks.sort();
-    networks.dedup();
+    wanted.sort();
+    wanted.dedup();
     tokio::spawn(async move {
         match f.supported().await {
             Ok(kinds) => {
-                for n in networks {
+                for (scheme, n) in wanted {
                     if !kinds
                         .iter()
-                        .any(|(v, s, k)| *v == 2 && s == EXACT_SCHEME && *k == n)
+                        .any(|(v, s, k)| *v == 2 && s == scheme && *k == n)
                     {
-                        tracing::warn!(network = %n, "the x402 facilitator does not list exact on this network (GET /supported)");
+                        tracing::warn!(network = %n, scheme, "the x402 facilitator does not list this scheme on this network (GET /supported)");
                     }
                 }
             }

@@ -3,7 +3,8 @@
 //! Accepted forms (exactly one per request):
 //! - `PAYMENT-SIGNATURE: <base64 JSON>` -- an x402 v2 `PaymentPayload` whose `payload.receipt`
 //!   is the receipt JWT and whose `accepted.scheme` is ours, or whose `accepted.scheme` is
-//!   `exact` (an EIP-3009 authorization, checked by [`crate::x402`]);
+//!   `exact` (an EIP-3009 authorization) or `upto` (a Permit2 permit), checked by
+//!   [`crate::x402`];
 //! - `X-PAYMENT: <base64 JSON>` -- the x402 v1 equivalent (`scheme` at the top level);
 //! - `Authorization: Payment <jwt>` -- the receipt alone, for simple clients.
 //!
@@ -60,7 +61,8 @@ pub enum Credential {
         /// against the request like the receipt's own `challenge` claim.
         challenge: Option<String>,
     },
-    /// An x402 v2 `PaymentPayload` with `accepted.scheme == "exact"` (decoded, not yet checked).
+    /// An x402 v2 `PaymentPayload` with `accepted.scheme` `exact` or `upto` (decoded, not yet
+    /// checked).
     X402Exact(Box<serde_json::Value>),
 }
 
@@ -178,6 +180,11 @@ fn check_scheme(scheme: &str) -> Result<(), CredentialError> {
     }
 }
 
+/// The x402 EVM schemes whose payloads are checked by [`crate::x402`].
+fn is_x402_evm(scheme: &str) -> bool {
+    scheme == crate::x402::EXACT_SCHEME || scheme == crate::x402::upto::UPTO_SCHEME
+}
+
 /// Find the payment credential, if any. More than one payment header is an error.
 pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialError> {
     let v2 = header_str(headers, PAYMENT_SIGNATURE)?;
@@ -215,13 +222,13 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
         // The receipt shape first (the hot path: one typed parse); anything else may be an
         // x402 `exact` payload, kept whole for its own checks.
         let p = match serde_json::from_slice::<PayloadV2>(&bytes) {
-            Ok(p) if p.accepted.scheme != crate::x402::EXACT_SCHEME => p,
+            Ok(p) if !is_x402_evm(&p.accepted.scheme) => p,
             typed => {
                 if let Ok(raw) = serde_json::from_slice::<serde_json::Value>(&bytes) {
                     if raw
                         .pointer("/accepted/scheme")
                         .and_then(serde_json::Value::as_str)
-                        == Some(crate::x402::EXACT_SCHEME)
+                        .is_some_and(is_x402_evm)
                     {
                         return Ok(Some(Credential::X402Exact(Box::new(raw))));
                     }
@@ -416,7 +423,7 @@ mod tests {
             ErrorCode::CredentialMalformed
         );
         let other = b64(
-            serde_json::json!({"x402Version": 2, "accepted": {"scheme": "upto"}, "payload": {"receipt": "a"}}),
+            serde_json::json!({"x402Version": 2, "accepted": {"scheme": "permit"}, "payload": {"receipt": "a"}}),
         );
         assert_eq!(
             code(h(&[("payment-signature", &other)])),

@@ -275,6 +275,7 @@ impl MeterState {
 
     /// Settle in the background (the body has ended or was dropped).
     fn finish(mut self, end: BodyEnd) {
+        self.admission.mark_delivered();
         let readings = self.readings();
         let status = Some(self.status);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {

@@ -1,4 +1,4 @@
-//! x402 `exact` (EIP-3009 on EVM) end to end: real HTTP, a real redis-server, the stand-in
+//! x402 `exact` (EIP-3009 on EVM) and `upto` (Permit2, `x402/upto.rs`) end to end: real HTTP, a real redis-server, the stand-in
 //! facilitator (`tollgate_e2e::facilitator`, which plays the chain), payloads signed with
 //! keys generated in the test.
 
@@ -25,6 +25,8 @@ const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
 
 #[path = "x402/deferred.rs"]
 mod deferred;
+#[path = "x402/upto.rs"]
+mod upto;
 
 /// An upstream that counts the requests it serves; `?status=` picks the answer's status.
 async fn counting_upstream() -> (TestUpstream, Arc<AtomicUsize>) {

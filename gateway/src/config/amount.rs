@@ -67,6 +67,11 @@ pub(super) fn opt_decimal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Stri
     d.deserialize_any(AmountVisitor(Kind::Decimal)).map(Some)
 }
 
+/// An optional amount in atomic units (with `#[serde(default)]`).
+pub(super) fn opt_atomic<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    d.deserialize_any(AmountVisitor(Kind::Atomic)).map(Some)
+}
+
 /// An amount in atomic units (`"10000"`).
 pub(super) fn atomic<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     d.deserialize_any(AmountVisitor(Kind::Atomic))

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tollgate_middleware::money::Currency;
 use tollgate_middleware::x402::{
-    ExactOffer, ExactRoute, Facilitator, HttpFacilitator, SettlementMode,
+    ExactOffer, ExactRoute, Facilitator, HttpFacilitator, SettlementMode, UptoOffer,
 };
 use tollgate_middleware::Price;
 
@@ -125,7 +125,8 @@ pub struct Route {
     pub mcp: Option<super::McpRoute>,
 }
 
-/// `[[routes.x402]]`: one x402 `exact` offer (EIP-3009 on an EVM chain).
+/// `[[routes.x402]]`: one x402 offer on an EVM chain: `exact` (EIP-3009) on a fixed-price
+/// route, `upto` (Permit2, settled at the measured cost) on a metered one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExactOfferConfig {
@@ -139,9 +140,18 @@ pub struct ExactOfferConfig {
     pub version: String,
     /// The address paid.
     pub pay_to: String,
-    /// Exact amount in the token's atomic units (e.g. `10000` = 0.01 USDC).
-    #[serde(deserialize_with = "super::amount::atomic")]
+    /// `exact` (fixed-price routes): the amount in the token's atomic units (e.g. `10000` =
+    /// 0.01 USDC).
+    #[serde(default, deserialize_with = "super::amount::atomic")]
     pub amount: String,
+    /// `upto` (metered routes): the maximum a payer signs for, in atomic units (default: the
+    /// route's reserve); the measured cost, at most this, is settled.
+    #[serde(default, deserialize_with = "super::amount::opt_atomic")]
+    pub max: Option<String>,
+    /// `upto` (metered routes): the facilitator's address, the only one allowed to settle
+    /// (`extra.facilitatorAddress`, signed into the permit's witness).
+    #[serde(default)]
+    pub facilitator_address: Option<String>,
     /// Currency code in the ledger and `PAYMENT-RESPONSE`.
     #[serde(default = "default_x402_currency")]
     pub currency: String,
@@ -326,11 +336,8 @@ fn validate_route_x402(
         }
         return Ok(None);
     }
-    if !matches!(price, Price::Fixed(_)) {
-        return Err(invalid(
-            f("x402"),
-            "x402 exact offers need a fixed price (an exact amount cannot pay metered usage)",
-        ));
+    if matches!(price, Price::Free) {
+        return Err(invalid(f("x402"), "x402 offers need a price"));
     }
     let Some((facilitator, margin)) = facilitator else {
         return Err(invalid(
@@ -345,8 +352,40 @@ fn validate_route_x402(
         .parse()
         .map_err(|m| invalid(f("x402_settlement"), m))?;
     let mut offers: Vec<ExactOffer> = Vec::new();
-    for (k, o) in rc.x402.iter().enumerate() {
+    let mut upto: Vec<UptoOffer> = Vec::new();
+    if let Price::Metered(m) = price {
+        if mode == SettlementMode::After {
+            return Err(invalid(
+                f("x402_settlement"),
+                "x402 upto (a metered route) settles after metering in \"before\" (verified first) or \"deferred\" mode; \"after\" is for fixed prices",
+            ));
+        }
+        for (k, o) in rc.x402.iter().enumerate() {
+            let offer = upto_offer(i, k, o, m)?;
+            if upto
+                .iter()
+                .any(|p| p.network == offer.network && p.asset == offer.asset)
+            {
+                return Err(invalid(
+                    format!("routes[{i}].x402[{k}].asset"),
+                    "duplicate offer: one offer per network and asset",
+                ));
+            }
+            upto.push(offer);
+        }
+    }
+    for (k, o) in rc.x402.iter().enumerate().filter(|_| upto.is_empty()) {
         let field = |x: &str| format!("routes[{i}].x402[{k}].{x}");
+        if o.max.is_some() || o.facilitator_address.is_some() {
+            return Err(invalid(
+                field(if o.max.is_some() {
+                    "max"
+                } else {
+                    "facilitator_address"
+                }),
+                "set only on a metered route (x402 upto); a fixed price is paid with exact amount",
+            ));
+        }
         let currency = Currency::try_new(o.currency.clone(), o.decimals)
             .map_err(|m| invalid(field("currency"), m))?;
         let offer = ExactOffer::try_new(
@@ -377,5 +416,57 @@ fn validate_route_x402(
         mode,
         facilitator,
         valid_before_margin_secs: *margin,
+        upto,
     }))
+}
+
+/// One `upto` offer of a metered route: the maximum is `max` or the route's reserve, in the
+/// token's atomic units, which are the route currency's minor units (same decimals).
+fn upto_offer(
+    i: usize,
+    k: usize,
+    o: &ExactOfferConfig,
+    m: &tollgate_middleware::meter::Metered,
+) -> Result<UptoOffer, ConfigError> {
+    let field = |x: &str| format!("routes[{i}].x402[{k}].{x}");
+    if !o.amount.is_empty() {
+        return Err(invalid(
+            field("amount"),
+            "a metered route's x402 offer is upto: set max (default: the route's reserve), not amount",
+        ));
+    }
+    if o.decimals != m.currency.scale() {
+        return Err(invalid(
+            field("decimals"),
+            format!(
+                "must equal the scale of the route's currency {} ({}): the measured cost is settled in the token's atomic units one for one",
+                m.currency.code(),
+                m.currency.scale()
+            ),
+        ));
+    }
+    let currency = Currency::try_new(o.currency.clone(), o.decimals)
+        .map_err(|e| invalid(field("currency"), e))?;
+    let max = match &o.max {
+        Some(s) => s.parse::<u64>().ok(),
+        None => m.currency.to_minor(m.reserve).ok(),
+    }
+    .ok_or_else(|| invalid(field("max"), "must be an integer of atomic units"))?;
+    let facilitator = o.facilitator_address.as_deref().ok_or_else(|| {
+        invalid(
+            field("facilitator_address"),
+            "required on a metered route (x402 upto): the facilitator's address, signed into every permit",
+        )
+    })?;
+    UptoOffer::try_new(
+        &o.network,
+        &o.asset,
+        (&o.name, &o.version),
+        &o.pay_to,
+        facilitator,
+        max,
+        o.max_timeout_secs,
+        currency,
+    )
+    .map_err(|(x, e)| invalid(field(x), e))
 }

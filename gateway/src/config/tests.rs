@@ -124,18 +124,74 @@ fn x402_offers() {
         ""
     ))
     .starts_with("x402.facilitator_headers.Authorization"));
-    // Only fixed prices take exact payments.
+    // A metered route's offers are upto: an exact amount is refused.
     let metered = with_x402(FACILITATOR, "", "").replace(
         "price = { amount = \"0.01\", currency = \"USD\" }",
         "price = { currency = \"USD\", reserve = \"0.01\", meters = [{ unit = \"b\", usage = \"response_bytes\", price = \"0.000001\" }] }",
     );
-    assert!(err(&metered).starts_with("routes[0].x402"));
+    assert!(err(&metered).starts_with("routes[0].x402[0].amount"));
     // x402_settlement alone is a mistake.
     assert!(err(&GOOD.replace(
         "price = { amount = \"0.01\", currency = \"USD\" }\n",
         "price = { amount = \"0.01\", currency = \"USD\" }\nx402_settlement = \"after\"\n"
     ))
     .starts_with("routes[0].x402_settlement"));
+}
+
+/// GOOD with a metered paid route carrying an x402 offer (`upto`), `extra` in the offer.
+fn with_upto(mode: &str, extra: &str) -> String {
+    with_x402(FACILITATOR, "", &format!("facilitator_address = \"0x1111111111111111111111111111111111111111\"\n{extra}"))
+        .replace("amount = \"10000\"\n", "")
+        .replace("x402_settlement = \"before\"", &format!("x402_settlement = \"{mode}\""))
+        .replace(
+            "price = { amount = \"0.01\", currency = \"USD\" }",
+            "price = { currency = \"USD\", reserve = \"0.05\", meters = [{ unit = \"t\", usage = \"json:/t\", price = \"0.0001\" }] }",
+        )
+}
+
+#[test]
+fn x402_upto_offers() {
+    let v = Config::from_str(&with_upto("before", ""))
+        .unwrap()
+        .validate(Path::new("."))
+        .unwrap();
+    let x = v.routes[0].x402.as_ref().unwrap();
+    assert!(x.offers.is_empty());
+    assert_eq!(x.upto.len(), 1);
+    // The maximum defaults to the reserve (0.05 USD = 50000 atomic units).
+    assert_eq!(x.upto[0].max, 50_000);
+    assert_eq!(x.upto[0].chain_id, 84532);
+    assert_eq!(
+        format!("{:#x}", x.upto[0].facilitator),
+        "0x1111111111111111111111111111111111111111"
+    );
+    let v = Config::from_str(&with_upto("deferred", "max = \"20000\""))
+        .unwrap()
+        .validate(Path::new("."))
+        .unwrap();
+    let x = v.routes[0].x402.as_ref().unwrap();
+    assert_eq!((x.upto[0].max, x.mode), (20_000, SettlementMode::Deferred));
+    // Each mistake names its field.
+    assert!(err(&with_upto("after", "")).starts_with("routes[0].x402_settlement"));
+    assert!(err(&with_upto("before", "max = \"0\"")).starts_with("routes[0].x402[0].max"));
+    assert!(err(&with_upto("before", "max = \"1.5\"")).starts_with("routes[0].x402[0].max"));
+    assert!(err(&with_upto("before", "decimals = 18")).starts_with("routes[0].x402[0].decimals"));
+    assert!(
+        err(&with_upto("before", "").replace("facilitator_address", "# "))
+            .starts_with("routes[0].x402[0].facilitator_address")
+    );
+    assert!(err(
+        &with_upto("before", "").replace("0x1111111111111111111111111111111111111111", "0x12")
+    )
+    .starts_with("routes[0].x402[0].facilitator_address"));
+    // max and facilitator_address belong to metered routes.
+    assert!(err(&with_x402(FACILITATOR, "", "max = \"5\"")).starts_with("routes[0].x402[0].max"));
+    assert!(err(&with_x402(
+        FACILITATOR,
+        "",
+        "facilitator_address = \"0x1111111111111111111111111111111111111111\""
+    ))
+    .starts_with("routes[0].x402[0].facilitator_address"));
 }
 
 #[test]

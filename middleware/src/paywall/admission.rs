@@ -94,6 +94,9 @@ pub(super) enum Secured {
     Charged(Held, Box<super::charged::Charged>),
     /// An x402 `exact` payment: its authorization held single use, settled by the route's mode.
     X402(Reservation, Box<super::x402::X402Pending>),
+    /// An x402 `upto` payment: its permit held single use (renewed while a body streams),
+    /// settled at the measured cost.
+    Upto(Reservation, Box<super::x402::UptoPending>),
     /// Settled, or being settled: nothing left to give back.
     Settled,
 }
@@ -103,7 +106,7 @@ impl Secured {
     /// response (not a charge made at admission, not an x402 authorization).
     pub(super) fn renewable(&self) -> Option<Held> {
         match self {
-            Secured::Receipt(r) => Some(Held::Receipt(r.clone())),
+            Secured::Receipt(r) | Secured::Upto(r, _) => Some(Held::Receipt(r.clone())),
             Secured::Balance(b) => Some(Held::Balance(b.hold.clone())),
             // A lease is kept alive by its own syncs while a draw is in flight.
             Secured::Lease(..) | Secured::Charged(..) | Secured::X402(..) | Secured::Settled => {
@@ -115,7 +118,7 @@ impl Secured {
     /// How long what was secured lasts unrenewed.
     pub(super) fn ttl(&self) -> Duration {
         match self {
-            Secured::Receipt(r) | Secured::X402(r, _) => r.hold,
+            Secured::Receipt(r) | Secured::X402(r, _) | Secured::Upto(r, _) => r.hold,
             Secured::Balance(b) | Secured::Lease(b, _) => b.hold.ttl,
             Secured::Charged(h, _) => h.ttl(),
             Secured::Settled => Duration::ZERO,
@@ -140,6 +143,9 @@ pub struct Admission {
     pub(super) payment_scheme: bool,
     /// The request's `Idempotency-Key`, claimed for this payer until the request is settled.
     pub(super) idempotency: Option<idempotency::Claim>,
+    /// The response body has reached the client (a stream settled at its end): a payment that
+    /// fails now cannot withhold it.
+    pub(super) delivered: bool,
 }
 
 impl Admission {
@@ -160,7 +166,7 @@ impl Drop for Admission {
         let store = self.paywall.0.store.clone();
         match self.take_secured() {
             Secured::Settled => {}
-            Secured::Receipt(r) => Held::Receipt(r).release_later(store),
+            Secured::Receipt(r) | Secured::Upto(r, _) => Held::Receipt(r).release_later(store),
             Secured::Balance(b) => Held::Balance(b.hold).release_later(store),
             Secured::Lease(_, draw) => draw.give_back(),
             Secured::Charged(held, charge) => self.abandon_charged(held, *charge),
@@ -170,6 +176,11 @@ impl Drop for Admission {
 }
 
 impl Admission {
+    /// Mark the response as delivered (called by the layer before settling a streamed body).
+    pub(crate) fn mark_delivered(&mut self) {
+        self.delivered = true;
+    }
+
     /// Who pays.
     pub fn payment(&self) -> &Payment {
         &self.payment

@@ -118,6 +118,7 @@ impl Paywall {
             declared_request_bytes: declared,
             payment_scheme,
             idempotency: None,
+            delivered: false,
         };
         match credential {
             Credential::X402Exact(payload) => self.admit_x402(route, *payload, admission).await,

@@ -157,6 +157,7 @@ impl Paywall {
         }
         if let Some(x) = &route.x402 {
             accepts.extend(x.offers.iter().map(|o| Accept::Exact(o.requirements())));
+            accepts.extend(x.upto.iter().map(|o| Accept::Exact(o.requirements())));
         }
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         Requirements {

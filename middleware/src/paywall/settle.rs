@@ -15,6 +15,7 @@ impl Admission {
                 let limit = b.hold.amount_minor.saturating_add(b.balance_minor);
                 Some(b.cap_minor.map_or(limit, |c| limit.min(c)))
             }
+            Secured::Upto(_, x) => Some(x.max_minor()),
             _ => None,
         }
     }
@@ -53,6 +54,7 @@ impl Admission {
     ) -> Result<Settled, Refusal> {
         match self.take_secured() {
             Secured::X402(r, x) => self.settle_x402(r, *x, status).await,
+            Secured::Upto(r, x) => self.settle_upto(r, *x, status, usage).await,
             Secured::Charged(held, c) => self.settle_charged(held, *c, status).await,
             Secured::Receipt(r) => {
                 self.settle_held(Held::Receipt(r), None, status, usage)
@@ -99,7 +101,7 @@ impl Admission {
 
     /// The usage event of this request, served with `status` at `time_ms` (no reservation yet:
     /// the caller names it).
-    fn usage_event(
+    pub(super) fn usage_event(
         &self,
         time_ms: i64,
         units: BTreeMap<String, u64>,
@@ -354,6 +356,34 @@ impl Admission {
         held: Option<&BalanceHold>,
         usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
     ) -> (BTreeMap<String, u64>, BTreeMap<String, String>, u64) {
+        let hold_minor = held.map_or(0, |b| b.hold.amount_minor);
+        let (units, prices, actual) = self.measure_at(hold_minor, usage);
+        let actual = held.and_then(|b| b.fixed_charge).unwrap_or(actual);
+        let actual = held
+            .and_then(|b| b.cap_minor)
+            .map_or(actual, |c| actual.min(c));
+        (units, prices, actual)
+    }
+
+    /// [`Self::measure`] for a payment of at most `max_minor` (an x402 `upto` permit's
+    /// maximum): unreadable usage under `on_missing = "reserve"` costs the maximum, and no
+    /// cost exceeds it.
+    pub(super) fn measure_capped(
+        &self,
+        max_minor: u64,
+        usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
+    ) -> (BTreeMap<String, u64>, BTreeMap<String, String>, u64) {
+        let (units, prices, actual) = self.measure_at(max_minor, usage);
+        (units, prices, actual.min(max_minor))
+    }
+
+    /// Units, unit prices and the cost by the metering rules; `hold_minor` is what is charged
+    /// when a served response's usage cannot be read (`on_missing = "reserve"`).
+    fn measure_at(
+        &self,
+        hold_minor: u64,
+        usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
+    ) -> (BTreeMap<String, u64>, BTreeMap<String, String>, u64) {
         let Price::Metered(m) = &self.route.price else {
             // A fixed price (a plan's coverage or overage is already in the payment's charge).
             let minor = self.payment.charge.minor().unwrap_or(0);
@@ -363,7 +393,6 @@ impl Admission {
                 minor,
             );
         };
-        let hold_minor = held.map_or(0, |b| b.hold.amount_minor);
         let prices = m
             .meters
             .iter()
@@ -390,10 +419,6 @@ impl Admission {
         } else {
             m.cost_minor(&units).unwrap_or(hold_minor)
         };
-        let actual = held.and_then(|b| b.fixed_charge).unwrap_or(actual);
-        let actual = held
-            .and_then(|b| b.cap_minor)
-            .map_or(actual, |c| actual.min(c));
         (units, prices, actual)
     }
 }

@@ -13,7 +13,8 @@
 //!   ([`Reason`]).
 //! - [`facilitator`]: the facilitator client (`/verify`, `/settle`, `/supported`);
 //! - [`settler`]: the background settler of `deferred` payments;
-//! - [`signer`]: the paying side, a local EVM key that signs authorizations for an offer.
+//! - [`signer`]: the paying side, a local EVM key that signs authorizations for an offer;
+//! - [`upto`]: x402 `upto` (Permit2): the payer signs a maximum, the measured cost is settled.
 //!
 //! Single use of `(from, nonce)` is the store's job (the same atomic hold / spend state
 //! machine as receipts, see [`crate::store`]); when to settle is the engine's
@@ -22,6 +23,7 @@
 pub mod facilitator;
 pub mod settler;
 pub mod signer;
+pub mod upto;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use serde_json::{json, Value};
 use crate::money::Currency;
 
 pub use self::facilitator::{Facilitator, FacilitatorError, HttpFacilitator, OnChain};
+pub use self::upto::UptoOffer;
 
 /// The x402 scheme name handled here.
 pub const EXACT_SCHEME: &str = "exact";
@@ -137,6 +140,31 @@ pub enum Reason {
     UnexpectedSettleError,
     /// The facilitator accepted but has not confirmed the transfer.
     SettlementPending,
+    /// `upto`: `accepted.scheme` is not `upto`.
+    UptoScheme,
+    /// `upto`: no offer on this route is on `accepted.network`.
+    UptoNetworkMismatch,
+    /// `upto`: the permit is missing or has a malformed field.
+    Permit2PayloadFormat,
+    /// `upto`: the spender is not the x402 upto proxy.
+    Permit2Spender,
+    /// `upto`: `witness.to` is not the offer's `payTo`.
+    Permit2Recipient,
+    /// `upto`: `witness.facilitator` is not the offer's facilitator.
+    UptoFacilitatorMismatch,
+    /// `upto`: the deadline has passed (or leaves too little time to settle).
+    Permit2DeadlineExpired,
+    /// `upto`: the deadline is further away than the offer's `maxTimeoutSeconds` (Tollgate's
+    /// own check: a used nonce is remembered until the deadline).
+    Permit2DeadlineTooFar,
+    /// `upto`: `witness.validAfter` is in the future.
+    Permit2NotYetValid,
+    /// `upto`: `permitted.amount` is not the offer's maximum.
+    Permit2AmountMismatch,
+    /// `upto`: `permitted.token` is not the offer's asset.
+    Permit2TokenMismatch,
+    /// `upto`: the signature does not recover to `from`.
+    Permit2Signature,
     /// A reason given by the facilitator (passed through).
     Facilitator(String),
 }
@@ -158,6 +186,18 @@ impl Reason {
             Reason::TransactionState => "invalid_transaction_state",
             Reason::UnexpectedSettleError => "unexpected_settle_error",
             Reason::SettlementPending => "settlement_pending",
+            Reason::UptoScheme => "invalid_upto_evm_scheme",
+            Reason::UptoNetworkMismatch => "invalid_upto_evm_network_mismatch",
+            Reason::Permit2PayloadFormat => "invalid_permit2_payload_format",
+            Reason::Permit2Spender => "invalid_permit2_spender",
+            Reason::Permit2Recipient => "invalid_permit2_recipient_mismatch",
+            Reason::UptoFacilitatorMismatch => "upto_facilitator_mismatch",
+            Reason::Permit2DeadlineExpired => "permit2_deadline_expired",
+            Reason::Permit2DeadlineTooFar => "permit2_deadline_too_far",
+            Reason::Permit2NotYetValid => "permit2_not_yet_valid",
+            Reason::Permit2AmountMismatch => "permit2_amount_mismatch",
+            Reason::Permit2TokenMismatch => "permit2_token_mismatch",
+            Reason::Permit2Signature => "invalid_permit2_signature",
             Reason::Facilitator(s) => s,
         }
     }
@@ -381,8 +421,11 @@ pub struct ExactRoute {
     pub mode: SettlementMode,
     /// Who settles.
     pub facilitator: Arc<dyn Facilitator>,
-    /// `validBefore` must be at least this many seconds ahead.
+    /// `validBefore` (`upto`: the permit's deadline) must be at least this many seconds ahead.
     pub valid_before_margin_secs: u64,
+    /// `upto` offers (metered routes: the payer signs a maximum, the measured cost is
+    /// settled); listed after the `exact` ones.
+    pub upto: Vec<UptoOffer>,
 }
 
 /// A payload that passed every local check.

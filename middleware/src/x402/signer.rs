@@ -1,6 +1,6 @@
-//! The paying side of x402 `exact`: a local EVM key that signs EIP-3009
-//! `TransferWithAuthorization`s for an offer found in a 402's `accepts` (for agents, wallets
-//! and tests).
+//! The paying side of x402 `exact` and `upto`: a local EVM key that signs EIP-3009
+//! `TransferWithAuthorization`s (and Permit2 `upto` permits) for an offer found in a 402's
+//! `accepts` (for agents, wallets and tests).
 //!
 //! ```
 //! use tollgate_middleware::x402::signer::LocalSigner;
@@ -15,6 +15,9 @@ use alloy_sol_types::{Eip712Domain, SolStruct};
 use k256::ecdsa::SigningKey;
 use serde_json::{json, Value};
 
+use super::upto::{
+    permit2_domain, PermitWitnessTransferFrom, TokenPermissions, Witness, UPTO_PROXY, UPTO_SCHEME,
+};
 use super::{chain_id_of, parse_address, parse_uint, TransferWithAuthorization, EXACT_SCHEME};
 
 /// How far back `validAfter` is set (seconds), as the reference clients do: a little clock
@@ -158,18 +161,12 @@ impl LocalSigner {
             validBefore: U256::from(auth.valid_before),
             nonce: auth.nonce,
         };
-        let digest = msg.eip712_signing_hash(&domain);
-        let (sig, recid) = self
-            .key
-            .sign_prehash_recoverable(digest.as_slice())
-            .map_err(|_| SignerError::Signing)?;
-        let mut bytes = sig.to_bytes().to_vec();
-        bytes.push(27 + recid.to_byte());
+        let signature = self.sign(msg.eip712_signing_hash(&domain))?;
         Ok(json!({
             "x402Version": 2,
             "accepted": requirements,
             "payload": {
-                "signature": format!("0x{}", alloy_primitives::hex::encode(bytes)),
+                "signature": signature,
                 "authorization": {
                     "from": auth.from.to_checksum(None),
                     "to": auth.to.to_checksum(None),
@@ -186,6 +183,121 @@ impl LocalSigner {
     pub fn pay(&self, requirements: &Value, now: u64) -> Result<Value, SignerError> {
         self.payload(requirements, &self.authorization_for(requirements, now)?)
     }
+
+    /// The terms the official SDK signs for an `upto` offer: its maximum of its asset, the
+    /// upto proxy as spender, `validAfter` 0, `deadline = now + maxTimeoutSeconds`, a random
+    /// nonce, `witness.facilitator = extra.facilitatorAddress`.
+    pub fn permit_for(&self, requirements: &Value, now: u64) -> Result<Permit, SignerError> {
+        if requirements.get("scheme").and_then(Value::as_str) != Some(UPTO_SCHEME) {
+            return Err("not an upto offer".into());
+        }
+        let addr = |p: &str, what: &'static str| {
+            requirements
+                .pointer(p)
+                .and_then(Value::as_str)
+                .and_then(parse_address)
+                .ok_or(SignerError::Offer(what))
+        };
+        let timeout = requirements
+            .get("maxTimeoutSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(60);
+        Ok(Permit {
+            token: addr("/asset", "asset is not an address")?,
+            amount: parse_uint(requirements.get("amount")).ok_or("amount is not an integer")?,
+            spender: UPTO_PROXY,
+            nonce: U256::from_be_bytes(rand::random::<[u8; 32]>()),
+            deadline: now.saturating_add(timeout),
+            to: addr("/payTo", "payTo is not an address")?,
+            facilitator: addr(
+                "/extra/facilitatorAddress",
+                "extra.facilitatorAddress is not an address",
+            )?,
+            valid_after: 0,
+        })
+    }
+
+    /// Sign `permit` under Permit2's domain on the offer's chain: the x402 v2 `upto`
+    /// `PaymentPayload` (with the offer echoed as `accepted`), as the official SDK sends it.
+    pub fn upto_payload(&self, requirements: &Value, p: &Permit) -> Result<Value, SignerError> {
+        let chain = requirements
+            .get("network")
+            .and_then(Value::as_str)
+            .and_then(chain_id_of)
+            .ok_or("network is not eip155:<chain id>")?;
+        let msg = PermitWitnessTransferFrom {
+            permitted: TokenPermissions {
+                token: p.token,
+                amount: p.amount,
+            },
+            spender: p.spender,
+            nonce: p.nonce,
+            deadline: U256::from(p.deadline),
+            witness: Witness {
+                to: p.to,
+                facilitator: p.facilitator,
+                validAfter: U256::from(p.valid_after),
+            },
+        };
+        let digest = msg.eip712_signing_hash(&permit2_domain(chain));
+        let signature = self.sign(digest)?;
+        Ok(json!({
+            "x402Version": 2,
+            "accepted": requirements,
+            "payload": {
+                "signature": signature,
+                "permit2Authorization": {
+                    "from": self.address.to_checksum(None),
+                    "permitted": {"token": p.token.to_checksum(None), "amount": p.amount.to_string()},
+                    "spender": p.spender.to_checksum(None),
+                    "nonce": p.nonce.to_string(),
+                    "deadline": p.deadline.to_string(),
+                    "witness": {
+                        "to": p.to.to_checksum(None),
+                        "facilitator": p.facilitator.to_checksum(None),
+                        "validAfter": p.valid_after.to_string(),
+                    },
+                }
+            }
+        }))
+    }
+
+    /// Pay an `upto` offer with the usual terms.
+    pub fn pay_upto(&self, requirements: &Value, now: u64) -> Result<Value, SignerError> {
+        self.upto_payload(requirements, &self.permit_for(requirements, now)?)
+    }
+
+    /// A 65-byte `r || s || v` signature of a digest, as `0x` hex.
+    fn sign(&self, digest: B256) -> Result<String, SignerError> {
+        let (sig, recid) = self
+            .key
+            .sign_prehash_recoverable(digest.as_slice())
+            .map_err(|_| SignerError::Signing)?;
+        let mut bytes = sig.to_bytes().to_vec();
+        bytes.push(27 + recid.to_byte());
+        Ok(format!("0x{}", alloy_primitives::hex::encode(bytes)))
+    }
+}
+
+/// The terms of one Permit2 `upto` permit (see [`super::upto`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permit {
+    /// The token (`permitted.token`).
+    pub token: Address,
+    /// The maximum (`permitted.amount`, atomic units).
+    pub amount: U256,
+    /// Who may pull the funds (the x402 upto proxy).
+    pub spender: Address,
+    /// Permit2's single-use nonce.
+    pub nonce: U256,
+    /// Not valid after (unix seconds).
+    pub deadline: u64,
+    /// Recipient (`payTo`).
+    pub to: Address,
+    /// The facilitator allowed to settle.
+    pub facilitator: Address,
+    /// Not valid before (unix seconds).
+    pub valid_after: u64,
 }
 
 #[cfg(test)]

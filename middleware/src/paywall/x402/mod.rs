@@ -1,4 +1,4 @@
-//! x402 `exact` payments in the engine.
+//! x402 `exact` payments in the engine (`upto`, on metered routes, is in `upto.rs`).
 //!
 //! Admission: the payload is checked locally ([`crate::x402::verify`]: offer, EIP-712
 //! signature, recipient, value, window), the payer's rate limit applied, then `(from, nonce)`
@@ -35,7 +35,11 @@ use crate::error::ErrorCode;
 use crate::money::Money;
 use crate::price::PricedRoute;
 use crate::store::{AuthorizeOutcome, Reservation, SettleOutcome, Settlement, UsageEvent};
+use crate::x402::upto::UPTO_SCHEME;
 use crate::x402::{self, ExactRoute, FacilitatorError, OnChain, Reason, SettlementMode};
+
+mod upto;
+pub(super) use self::upto::UptoPending;
 
 /// How long past `validBefore` a used authorization is remembered (seconds); after that the
 /// window check refuses it anyway.
@@ -55,7 +59,7 @@ pub(super) struct X402Pending {
 }
 
 /// The refusal code and reason for a facilitator failure.
-fn facilitator_failure(e: &FacilitatorError, verifying: bool) -> (ErrorCode, String) {
+pub(super) fn facilitator_failure(e: &FacilitatorError, verifying: bool) -> (ErrorCode, String) {
     match e {
         FacilitatorError::Refused { reason } => (ErrorCode::X402SettlementFailed, reason.clone()),
         FacilitatorError::Pending => (
@@ -73,7 +77,7 @@ fn facilitator_failure(e: &FacilitatorError, verifying: bool) -> (ErrorCode, Str
     }
 }
 
-fn facilitator_detail(code: ErrorCode) -> &'static str {
+pub(super) fn facilitator_detail(code: ErrorCode) -> &'static str {
     if code == ErrorCode::FacilitatorUnavailable {
         "the payment could not be settled now; nothing was served (retry; the chain never settles one authorization twice)"
     } else {
@@ -83,7 +87,7 @@ fn facilitator_detail(code: ErrorCode) -> &'static str {
 
 impl Paywall {
     /// A refusal for an x402 payment, with its x402 reason.
-    fn x402_refusal(
+    pub(super) fn x402_refusal(
         code: ErrorCode,
         reason: &str,
         detail: &str,
@@ -104,7 +108,10 @@ impl Paywall {
         payload: Value,
         admission: impl FnOnce(Payment, Secured) -> Admission,
     ) -> Result<Option<Admission>, Refusal> {
-        let Some(x) = route.x402.clone() else {
+        if payload.pointer("/accepted/scheme").and_then(Value::as_str) == Some(UPTO_SCHEME) {
+            return self.admit_upto(route, payload, admission).await;
+        }
+        let Some(x) = route.x402.clone().filter(|x| !x.offers.is_empty()) else {
             return Err(Refusal::new(
                 ErrorCode::SchemeUnsupported,
                 "this route takes no x402 exact payment; see accepts",
@@ -149,41 +156,7 @@ impl Paywall {
         let refuse = |code: ErrorCode, reason: &str, detail: &str| {
             Self::x402_refusal(code, reason, detail, &offer.network, Some(&payer))
         };
-        match crate::metrics::timed("authorize", self.0.store.authorize(&reservation)).await {
-            Ok(AuthorizeOutcome::Reserved) => {}
-            Ok(AuthorizeOutcome::Replayed) => {
-                return Err(refuse(
-                    ErrorCode::X402AuthorizationReplayed,
-                    Reason::TransactionState.as_str(),
-                    "this authorization (from, nonce) was used already",
-                ))
-            }
-            Ok(AuthorizeOutcome::InUse) => {
-                return Err(refuse(
-                    ErrorCode::X402AuthorizationInUse,
-                    Reason::TransactionState.as_str(),
-                    "another request is using this authorization; retry when it finishes",
-                ))
-            }
-            Ok(AuthorizeOutcome::PayerBlocked) => {
-                return Err(Refusal::plain(
-                    ErrorCode::PayerBlocked,
-                    "this payer is blocked by the provider",
-                ))
-            }
-            // Only receipts can be revoked, and x402 payments carry no mandate.
-            Ok(
-                AuthorizeOutcome::Revoked
-                | AuthorizeOutcome::MandateRevoked
-                | AuthorizeOutcome::MandateExceeded { .. },
-            ) => {
-                return Err(Refusal::plain(
-                    ErrorCode::ReceiptRevoked,
-                    "the provider revoked this authorization",
-                ))
-            }
-            Err(e) => return Err(Refusal::store_down(e, "authorize x402")),
-        }
+        self.authorize_single_use(&reservation, &refuse).await?;
         let requirements = offer.requirements();
         let settled = match x.mode {
             SettlementMode::Before => x
@@ -231,7 +204,43 @@ impl Paywall {
         )))
     }
 
-    async fn release(&self, r: &Reservation) {
+    /// Hold an authorization single use in the store (one atomic step, shared by every gateway
+    /// on the store): replayed, in use, blocked payer or store down refuse the request.
+    pub(super) async fn authorize_single_use(
+        &self,
+        reservation: &Reservation,
+        refuse: &(dyn Fn(ErrorCode, &str, &str) -> Refusal + Sync),
+    ) -> Result<(), Refusal> {
+        match crate::metrics::timed("authorize", self.0.store.authorize(reservation)).await {
+            Ok(AuthorizeOutcome::Reserved) => Ok(()),
+            Ok(AuthorizeOutcome::Replayed) => Err(refuse(
+                ErrorCode::X402AuthorizationReplayed,
+                Reason::TransactionState.as_str(),
+                "this authorization (from, nonce) was used already",
+            )),
+            Ok(AuthorizeOutcome::InUse) => Err(refuse(
+                ErrorCode::X402AuthorizationInUse,
+                Reason::TransactionState.as_str(),
+                "another request is using this authorization; retry when it finishes",
+            )),
+            Ok(AuthorizeOutcome::PayerBlocked) => Err(Refusal::plain(
+                ErrorCode::PayerBlocked,
+                "this payer is blocked by the provider",
+            )),
+            // Only receipts can be revoked, and x402 payments carry no mandate.
+            Ok(
+                AuthorizeOutcome::Revoked
+                | AuthorizeOutcome::MandateRevoked
+                | AuthorizeOutcome::MandateExceeded { .. },
+            ) => Err(Refusal::plain(
+                ErrorCode::ReceiptRevoked,
+                "the provider revoked this authorization",
+            )),
+            Err(e) => Err(Refusal::store_down(e, "authorize x402")),
+        }
+    }
+
+    pub(super) async fn release(&self, r: &Reservation) {
         let released =
             crate::metrics::timed("release", self.0.store.settle(r, &Settlement::Release)).await;
         if let Err(e) = released {
@@ -375,10 +384,25 @@ impl Admission {
             return Err(Refusal::internal());
         };
         let event = self.x402_event(x, r, status);
-        let job = json!({"payload": x.payload, "requirements": offer.requirements()}).to_string();
+        let job = json!({"payload": x.payload, "requirements": offer.requirements()});
+        self.queue_settlement(r, &event, &job, (&offer.network, &offer.currency))
+            .await
+    }
+
+    /// Capture `event` and queue `job` (`{payload, requirements}`, sent to `/settle` as is)
+    /// for the background settler, in one atomic step; the `PAYMENT-RESPONSE` of a queued
+    /// payment (`settlement: "deferred"`).
+    pub(super) async fn queue_settlement(
+        &self,
+        r: &Reservation,
+        event: &UsageEvent,
+        job: &Value,
+        (network, currency): (&str, &crate::money::Currency),
+    ) -> Result<Settled, Refusal> {
+        let job = job.to_string();
         let store = self.paywall.0.store.clone();
         let outcome = retry_unknown(self.paywall.0.settle_retry, || {
-            crate::metrics::timed("capture_deferred", store.capture_deferred(r, &event, &job))
+            crate::metrics::timed("capture_deferred", store.capture_deferred(r, event, &job))
         })
         .await;
         let event_id = match outcome {
@@ -402,19 +426,20 @@ impl Admission {
                 ));
             }
         };
+        let amount = event.amount_minor;
         crate::metrics::global()
             .revenue_minor
-            .with_label_values(&[self.route.id.as_str(), offer.currency.code()])
-            .inc_by(offer.amount);
+            .with_label_values(&[self.route.id.as_str(), currency.code()])
+            .inc_by(amount);
         let body = PaymentResponse {
             success: true,
             transaction: "",
-            network: &offer.network,
+            network,
             payer: &self.payment.payer,
-            amount: offer.currency.from_minor(offer.amount).to_string(),
-            amount_atomic: offer.amount.to_string(),
-            currency: offer.currency.code(),
-            decimals: offer.currency.scale(),
+            amount: currency.from_minor(amount).to_string(),
+            amount_atomic: amount.to_string(),
+            currency: currency.code(),
+            decimals: currency.scale(),
             event_id: Some(&event_id),
             receipt: None,
             balance: None,

@@ -61,6 +61,7 @@ fn setup(mode: SettlementMode) -> (Paywall, Arc<PricedRoute>, Arc<Scripted>) {
         mode,
         facilitator: f.clone(),
         valid_before_margin_secs: 6,
+        upto: Vec::new(),
     });
     (paywall, Arc::new(route), f)
 }

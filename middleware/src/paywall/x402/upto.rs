@@ -1,0 +1,295 @@
+//! x402 `upto` payments in the engine: a metered route paid with a Permit2 permit for a
+//! maximum, settled at the measured cost.
+//!
+//! Admission: the payload is checked locally ([`crate::x402::upto::verify`]), the payer's
+//! rate limit applied, and `(from, nonce)` held single use in the store exactly as for
+//! `exact` (issuer [`crate::x402::upto::STORE_ISSUER`]). In `before` mode the facilitator
+//! then verifies the permit for its maximum (`POST /verify`); a refusal or no usable answer
+//! refuses the request, unforwarded, and releases the hold.
+//!
+//! Settlement, once the response is metered (for a streamed body, after its end): an answer
+//! of 400 or more, none, or an answer to HEAD releases the hold; a measured cost of 0 releases it too (nothing
+//! to settle); otherwise the cost, capped at the maximum, is settled:
+//!
+//! - `before`: `POST /settle` asking exactly the cost. Confirmed: one usage event for it.
+//!   Not confirmed while the response is still held back (a `json:` meter, settled before
+//!   answering): the response is withheld (402 / 503) and the hold released. Not confirmed
+//!   after the body was delivered (a stream): the settlement goes to the `deferred` queue,
+//!   whose settler retries it (a refusal there blocks the payer until resolved).
+//! - `deferred`: captured and queued in one atomic step, settled in the background.
+//!
+//! A `before` settlement, once asked, runs in its own task with its capture: a client that
+//! goes away meanwhile never leaves a transfer on chain out of the ledger.
+
+use super::*;
+use crate::money::Currency;
+use crate::paywall::BodyEnd;
+use crate::price::Price;
+use crate::x402::upto::{self, UptoOffer};
+
+/// The `upto` part of an admission, until it is settled.
+#[derive(Debug)]
+pub(in crate::paywall) struct UptoPending {
+    /// The route's offers, mode and facilitator.
+    route: Arc<ExactRoute>,
+    /// Which `upto` offer the payload pays.
+    offer: usize,
+    /// The payload as sent (forwarded to the facilitator unchanged).
+    payload: Value,
+}
+
+impl UptoPending {
+    fn offer(&self) -> Result<&UptoOffer, Refusal> {
+        self.route
+            .upto
+            .get(self.offer)
+            .ok_or_else(Refusal::internal)
+    }
+
+    /// The most this payment can be charged (atomic units).
+    pub(in crate::paywall) fn max_minor(&self) -> u64 {
+        self.offer().map_or(0, |o| o.max)
+    }
+}
+
+impl Paywall {
+    /// The x402 `upto` arm of admission.
+    pub(super) async fn admit_upto(
+        &self,
+        route: &Arc<PricedRoute>,
+        payload: Value,
+        admission: impl FnOnce(Payment, Secured) -> Admission,
+    ) -> Result<Option<Admission>, Refusal> {
+        let Some(x) = route
+            .x402
+            .clone()
+            .filter(|x| !x.upto.is_empty() && matches!(route.price, Price::Metered(_)))
+        else {
+            return Err(Refusal::new(
+                ErrorCode::SchemeUnsupported,
+                "this route takes no x402 upto payment; see accepts",
+            ));
+        };
+        let now = u64::try_from(self.0.clock.now_secs()).unwrap_or(0);
+        let verified = match upto::verify(&payload, &x.upto, now, x.valid_before_margin_secs) {
+            Ok(v) => v,
+            Err(e) => {
+                let network = payload
+                    .pointer("/accepted/network")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let payer = e.payer.map(|a| format!("{a:#x}"));
+                return Err(Self::x402_refusal(
+                    ErrorCode::X402PaymentInvalid,
+                    e.reason.as_str(),
+                    &e.detail,
+                    network,
+                    payer.as_deref(),
+                ));
+            }
+        };
+        let Some(offer) = x.upto.get(verified.offer) else {
+            return Err(Refusal::internal());
+        };
+        let payer = format!("{:#x}", verified.from);
+        let nonce = verified.nonce.to_string();
+        self.check_limits(route, &payer, upto::STORE_ISSUER).await?;
+        let reservation = Reservation {
+            id: uuid::Uuid::new_v4().to_string(),
+            payer: payer.clone(),
+            issuer: upto::STORE_ISSUER.to_owned(),
+            receipt_id: nonce.clone(),
+            hold: self.hold_time(route),
+            spent_until_ms: i64::try_from(verified.deadline)
+                .unwrap_or(i64::MAX / 2000)
+                .saturating_add(SPENT_SLACK_SECS)
+                .saturating_mul(1000),
+            mandate: None,
+        };
+        let refuse = |code: ErrorCode, reason: &str, detail: &str| {
+            Self::x402_refusal(code, reason, detail, &offer.network, Some(&payer))
+        };
+        self.authorize_single_use(&reservation, &refuse).await?;
+        if x.mode != SettlementMode::Deferred {
+            // The facilitator's view (balance, allowance, simulation) of the maximum.
+            if let Err(e) = x.facilitator.verify(&payload, &offer.requirements()).await {
+                tracing::warn!(error = %e, payer = %payer, "x402 upto permit not verified by the facilitator; nothing served");
+                self.release(&reservation).await;
+                let (code, reason) = facilitator_failure(&e, true);
+                return Err(refuse(code, &reason, facilitator_detail(code)));
+            }
+        }
+        let payment = Payment {
+            payer: payer.clone(),
+            charge: Money {
+                amount: offer.currency.from_minor(offer.max),
+                currency: offer.currency.clone(),
+            },
+            credential: format!("x402:{}:{payer}:{nonce}", offer.network),
+            metered: true,
+        };
+        let pending = UptoPending {
+            offer: verified.offer,
+            route: x,
+            payload,
+        };
+        Ok(Some(admission(
+            payment,
+            Secured::Upto(reservation, Box::new(pending)),
+        )))
+    }
+}
+
+impl Admission {
+    /// Settle an `upto` admission at its measured cost (see the module docs).
+    pub(in crate::paywall) async fn settle_upto(
+        &mut self,
+        r: Reservation,
+        x: UptoPending,
+        status: Option<u16>,
+        usage: Option<(BTreeMap<String, Option<u64>>, BodyEnd)>,
+    ) -> Result<Settled, Refusal> {
+        let offer = x.offer()?.clone();
+        // As for `exact`: an answer of 400 or more, none, or a HEAD is not paid for.
+        let head = self.method == http::Method::HEAD.as_str();
+        let Some(status) = status.filter(|s| *s < 400 && !head) else {
+            self.paywall.release(&r).await;
+            return Ok(Settled::default());
+        };
+        let (units, unit_prices, cost) = self.measure_capped(offer.max, usage);
+        let mode = x.route.mode;
+        if cost == 0 {
+            // Nothing to settle: the permit was never used on chain, so it may be used again.
+            self.paywall.release(&r).await;
+            return Ok(self.upto_response(&offer, mode, None, (0, None)));
+        }
+        let time_ms = self.paywall.0.clock.now_ms();
+        let event = UsageEvent {
+            reservation: r.id.clone(),
+            ..self.usage_event(time_ms, units.clone(), unit_prices, cost, status)
+        };
+        let requirements = offer.requirements_for(cost);
+        if mode == SettlementMode::Deferred {
+            let job = json!({"payload": x.payload, "requirements": requirements});
+            return self
+                .queue_settlement(&r, &event, &job, (&offer.network, &offer.currency))
+                .await;
+        }
+        // In its own task: once asked, the settlement and its record run to the end even if
+        // the client goes away (a transfer on chain is never left out of the ledger).
+        let task = tokio::spawn(settle_and_record(
+            (x.route.facilitator.clone(), self.paywall.0.store.clone()),
+            self.paywall.0.settle_retry,
+            (r.clone(), event.clone()),
+            (x.payload.clone(), requirements.clone()),
+        ));
+        let settled = task.await.map_err(|e| {
+            tracing::error!(error = %e, "x402 upto settlement task failed");
+            Refusal::internal()
+        })?;
+        let (on_chain, event_id) = match settled {
+            Ok(done) => done,
+            Err(e) if self.delivered => {
+                // The body is already with the client: the settler retries (and a refusal
+                // blocks the payer); the ledger has the charge from now on.
+                tracing::error!(error = %e, payer = %self.payment.payer, cost, "x402 upto settlement after a delivered stream failed; queued for the settler");
+                let job = json!({"payload": x.payload, "requirements": requirements});
+                return self
+                    .queue_settlement(&r, &event, &job, (&offer.network, &offer.currency))
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, payer = %self.payment.payer, cost, "x402 upto settlement failed; response withheld");
+                self.paywall.release(&r).await;
+                let (code, reason) = facilitator_failure(&e, false);
+                return Err(Paywall::x402_refusal(
+                    code,
+                    &reason,
+                    facilitator_detail(code),
+                    &offer.network,
+                    Some(&self.payment.payer),
+                ));
+            }
+        };
+        let m = crate::metrics::global();
+        m.revenue_minor
+            .with_label_values(&[self.route.id.as_str(), offer.currency.code()])
+            .inc_by(cost);
+        for (unit, n) in &units {
+            m.usage_units
+                .with_label_values(&[self.route.id.as_str(), unit.as_str()])
+                .inc_by(*n);
+        }
+        Ok(self.upto_response(&offer, mode, Some(&on_chain), (cost, event_id.as_deref())))
+    }
+
+    /// The `PAYMENT-RESPONSE` of a settled (or, cost 0, released) `upto` payment.
+    fn upto_response(
+        &self,
+        offer: &UptoOffer,
+        mode: SettlementMode,
+        on_chain: Option<&OnChain>,
+        (cost, event_id): (u64, Option<&str>),
+    ) -> Settled {
+        let c: &Currency = &offer.currency;
+        let network = on_chain
+            .map(|o| o.network.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&offer.network);
+        let body = PaymentResponse {
+            success: true,
+            transaction: on_chain.map_or("", |o| o.transaction.as_str()),
+            network,
+            payer: &self.payment.payer,
+            amount: c.from_minor(cost).to_string(),
+            amount_atomic: cost.to_string(),
+            currency: c.code(),
+            decimals: c.scale(),
+            event_id,
+            receipt: None,
+            balance: None,
+            access_token: None,
+            settlement: Some(mode.as_str()),
+            settlement_id: None,
+        };
+        Settled {
+            payment_response: b64_header(&body),
+            payment_receipt: None,
+        }
+    }
+}
+
+/// Settle `requirements` (the measured cost) through the facilitator and, once on chain,
+/// capture `event` (the payer has paid: a capture that cannot be recorded is logged with the
+/// transaction for reconciliation, and the response is still served).
+async fn settle_and_record(
+    (facilitator, store): (
+        Arc<dyn crate::x402::Facilitator>,
+        Arc<dyn crate::store::Store>,
+    ),
+    settle_retry: std::time::Duration,
+    (r, event): (Reservation, UsageEvent),
+    (payload, requirements): (Value, Value),
+) -> Result<(OnChain, Option<String>), FacilitatorError> {
+    let on_chain = facilitator.settle(&payload, &requirements).await?;
+    let payer = event.payer.clone();
+    let capture = Settlement::Capture(Box::new(event));
+    let outcome = retry_unknown(settle_retry, || {
+        crate::metrics::timed("capture", store.settle(&r, &capture))
+    })
+    .await;
+    let event_id = match outcome {
+        Ok(SettleOutcome::Captured { event_id } | SettleOutcome::AlreadyCaptured { event_id }) => {
+            Some(event_id)
+        }
+        Ok(other) => {
+            tracing::error!(?other, transaction = %on_chain.transaction, payer = %payer, "x402 upto capture refused; the transfer is on chain but not in the ledger");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, transaction = %on_chain.transaction, payer = %payer, "x402 upto capture not recorded; the transfer is on chain but not in the ledger");
+            None
+        }
+    };
+    Ok((on_chain, event_id))
+}
