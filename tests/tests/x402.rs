@@ -723,3 +723,38 @@ async fn official_python_sdk_pays_end_to_end() {
     assert_eq!(f.settled(), 2);
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn an_after_settlement_confirmed_after_the_client_left_is_recorded() {
+    let redis = RedisServer::start();
+    let f = facilitator(&[NETWORK]).await;
+    let (up, _) = counting_upstream().await;
+    let gw = start(&redis, &f, &up, "after").await;
+    let offer = exact_offer(&gw).await;
+    let payer = LocalSigner::random();
+    // The facilitator confirms after 400 ms (within its timeout); the client gives up after
+    // 150 ms -- the transfer is on chain, so the ledger must have it.
+    f.set_settle(Mode::Hang(Duration::from_millis(400)));
+    let gone = gw
+        .http
+        .get(gw.url("/v1/data"))
+        .header(
+            "payment-signature",
+            signature_header(&payer.pay(&offer, now()).unwrap()),
+        )
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client left before the answer");
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        events = gw.paywall.store().usage_events().await.unwrap();
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(events.len(), 1, "the confirmed transfer is in the ledger");
+    assert_eq!(events[0].amount_minor, 10_000);
+    assert!(f.calls().contains(&"settle"));
+}

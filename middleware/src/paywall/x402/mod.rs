@@ -285,60 +285,44 @@ impl Admission {
         let Some(offer) = x.route.offers.get(x.offer) else {
             return Err(Refusal::internal());
         };
-        let on_chain = match &x.on_chain {
-            Some(c) => c.clone(),
-            None => {
-                let served = status.is_some_and(|s| (200..300).contains(&s))
-                    && self.method != Method::HEAD.as_str();
-                if !served {
-                    self.paywall.release(&r).await;
-                    return Ok(Settled::default());
-                }
-                if x.route.mode == SettlementMode::Deferred {
-                    return self.settle_deferred(&x, &r, status.unwrap_or(0)).await;
-                }
-                match x
-                    .route
-                    .facilitator
-                    .settle(&x.payload, &offer.requirements())
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, payer = %self.payment.payer, "x402 settlement after serving failed; response withheld");
-                        self.paywall.release(&r).await;
-                        let (code, reason) = facilitator_failure(&e, false);
-                        return Err(Paywall::x402_refusal(
-                            code,
-                            &reason,
-                            facilitator_detail(code),
-                            &offer.network,
-                            Some(&self.payment.payer),
-                        ));
-                    }
-                }
+        if x.on_chain.is_none() {
+            let served = status.is_some_and(|s| (200..300).contains(&s))
+                && self.method != Method::HEAD.as_str();
+            if !served {
+                self.paywall.release(&r).await;
+                return Ok(Settled::default());
             }
-        };
+            if x.route.mode == SettlementMode::Deferred {
+                return self.settle_deferred(&x, &r, status.unwrap_or(0)).await;
+            }
+        }
+        // In its own task: once asked, the settlement (`after`) and its record run to the end
+        // even if the client goes away -- a transfer on chain is never left out of the ledger.
         let event = self.x402_event(&x, &r, status.unwrap_or(0));
-        let capture = Settlement::Capture(Box::new(event));
-        let store = self.paywall.0.store.clone();
-        let outcome = retry_unknown(self.paywall.0.settle_retry, || {
-            crate::metrics::timed("capture", store.settle(&r, &capture))
-        })
-        .await;
-        // The transfer is on chain: the payer has paid, so the response is served even when
-        // the ledger cannot record it (logged with the transaction for reconciliation).
-        let event_id = match outcome {
-            Ok(
-                SettleOutcome::Captured { event_id } | SettleOutcome::AlreadyCaptured { event_id },
-            ) => Some(event_id),
-            Ok(other) => {
-                tracing::error!(?other, transaction = %on_chain.transaction, payer = %self.payment.payer, "x402 capture refused; the transfer is on chain but not in the ledger");
-                None
-            }
+        let task = tokio::spawn(settle_and_record(
+            (x.route.facilitator.clone(), self.paywall.0.store.clone()),
+            self.paywall.0.settle_retry,
+            (r.clone(), event),
+            (x.payload.clone(), offer.requirements()),
+            x.on_chain.clone(),
+        ));
+        let settled = task.await.map_err(|e| {
+            tracing::error!(error = %e, "x402 settlement task failed");
+            Refusal::internal()
+        })?;
+        let (on_chain, event_id) = match settled {
+            Ok(done) => done,
             Err(e) => {
-                tracing::error!(error = %e, transaction = %on_chain.transaction, payer = %self.payment.payer, "x402 capture not recorded; the transfer is on chain but not in the ledger");
-                None
+                tracing::warn!(error = %e, payer = %self.payment.payer, "x402 settlement after serving failed; response withheld");
+                self.paywall.release(&r).await;
+                let (code, reason) = facilitator_failure(&e, false);
+                return Err(Paywall::x402_refusal(
+                    code,
+                    &reason,
+                    facilitator_detail(code),
+                    &offer.network,
+                    Some(&self.payment.payer),
+                ));
             }
         };
         crate::metrics::global()
@@ -481,3 +465,44 @@ fn reason_of(r: &Refusal) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+/// Settle `requirements` through the facilitator (unless already `on_chain`, as `before`
+/// settles ahead of forwarding) and, once on chain, capture `event` (the payer has paid: a
+/// capture that cannot be recorded is logged with the transaction for reconciliation, and
+/// the response is still served). Run in a task of its own, so a client leaving cannot cut
+/// it short.
+pub(super) async fn settle_and_record(
+    (facilitator, store): (
+        Arc<dyn crate::x402::Facilitator>,
+        Arc<dyn crate::store::Store>,
+    ),
+    settle_retry: std::time::Duration,
+    (r, event): (Reservation, UsageEvent),
+    (payload, requirements): (Value, Value),
+    on_chain: Option<OnChain>,
+) -> Result<(OnChain, Option<String>), FacilitatorError> {
+    let on_chain = match on_chain {
+        Some(c) => c,
+        None => facilitator.settle(&payload, &requirements).await?,
+    };
+    let payer = event.payer.clone();
+    let capture = Settlement::Capture(Box::new(event));
+    let outcome = retry_unknown(settle_retry, || {
+        crate::metrics::timed("capture", store.settle(&r, &capture))
+    })
+    .await;
+    let event_id = match outcome {
+        Ok(SettleOutcome::Captured { event_id } | SettleOutcome::AlreadyCaptured { event_id }) => {
+            Some(event_id)
+        }
+        Ok(other) => {
+            tracing::error!(?other, transaction = %on_chain.transaction, payer = %payer, "x402 capture refused; the transfer is on chain but not in the ledger");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, transaction = %on_chain.transaction, payer = %payer, "x402 capture not recorded; the transfer is on chain but not in the ledger");
+            None
+        }
+    };
+    Ok((on_chain, event_id))
+}

@@ -182,6 +182,7 @@ impl Admission {
             self.paywall.0.settle_retry,
             (r.clone(), event.clone()),
             (x.payload.clone(), requirements.clone()),
+            None,
         ));
         let settled = task.await.map_err(|e| {
             tracing::error!(error = %e, "x402 upto settlement task failed");
@@ -257,39 +258,4 @@ impl Admission {
             payment_receipt: None,
         }
     }
-}
-
-/// Settle `requirements` (the measured cost) through the facilitator and, once on chain,
-/// capture `event` (the payer has paid: a capture that cannot be recorded is logged with the
-/// transaction for reconciliation, and the response is still served).
-async fn settle_and_record(
-    (facilitator, store): (
-        Arc<dyn crate::x402::Facilitator>,
-        Arc<dyn crate::store::Store>,
-    ),
-    settle_retry: std::time::Duration,
-    (r, event): (Reservation, UsageEvent),
-    (payload, requirements): (Value, Value),
-) -> Result<(OnChain, Option<String>), FacilitatorError> {
-    let on_chain = facilitator.settle(&payload, &requirements).await?;
-    let payer = event.payer.clone();
-    let capture = Settlement::Capture(Box::new(event));
-    let outcome = retry_unknown(settle_retry, || {
-        crate::metrics::timed("capture", store.settle(&r, &capture))
-    })
-    .await;
-    let event_id = match outcome {
-        Ok(SettleOutcome::Captured { event_id } | SettleOutcome::AlreadyCaptured { event_id }) => {
-            Some(event_id)
-        }
-        Ok(other) => {
-            tracing::error!(?other, transaction = %on_chain.transaction, payer = %payer, "x402 upto capture refused; the transfer is on chain but not in the ledger");
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, transaction = %on_chain.transaction, payer = %payer, "x402 upto capture not recorded; the transfer is on chain but not in the ledger");
-            None
-        }
-    };
-    Ok((on_chain, event_id))
 }
