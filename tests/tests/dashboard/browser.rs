@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -100,6 +102,46 @@ pub(crate) async fn browser(driver: &ChromeDriver, downloads: &Path) -> Client {
         .expect("a WebDriver session in headless chromium")
 }
 
+/// Find the element and act on it; find it again and retry when the page re-rendered it in
+/// between (WebDriver's "stale element reference": the page rebuilds its tables and cards on
+/// every load, and a load started before the polling was stopped can still land).
+pub(crate) async fn on_element<T, F, Fut>(
+    c: &Client,
+    at: Locator<'_>,
+    act: F,
+) -> Result<T, CmdError>
+where
+    F: Fn(Element) -> Fut,
+    Fut: std::future::Future<Output = Result<T, CmdError>>,
+{
+    let mut tries = 0;
+    loop {
+        let found = c.find(at).await?;
+        match act(found).await {
+            Err(e) if e.is_stale_element_reference() && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Click the element at `at` (found again if the page re-rendered it).
+pub(crate) async fn click(c: &Client, at: Locator<'_>) -> Result<(), CmdError> {
+    on_element(c, at, |e| async move { e.click().await }).await
+}
+
+/// Type `keys` into the element at `at` (found again if the page re-rendered it).
+pub(crate) async fn type_into(c: &Client, at: Locator<'_>, keys: &str) -> Result<(), CmdError> {
+    on_element(c, at, |e| async move { e.send_keys(keys).await }).await
+}
+
+/// The text of the element at `at` (found again if the page re-rendered it).
+pub(crate) async fn text_of(c: &Client, at: Locator<'_>) -> Result<String, CmdError> {
+    on_element(c, at, |e| async move { e.text().await }).await
+}
+
 /// Every displayed figure: `data-figure` name -> text.
 pub(crate) async fn figures(c: &Client) -> BTreeMap<String, String> {
     let v = c
@@ -148,14 +190,14 @@ pub(crate) async fn shoot(
     id: &str,
     name: &str,
 ) -> Result<(), fantoccini::error::CmdError> {
-    let e = c.find(Locator::Id(id)).await?;
     // Below the sticky header.
     c.execute(
         "const e = document.getElementById(arguments[0]); window.scrollTo(0, e.getBoundingClientRect().top + window.scrollY - 64);",
         vec![json!(id)],
     )
     .await?;
-    std::fs::write(output_dir().join(name), e.screenshot().await?).unwrap();
+    let png = on_element(c, Locator::Id(id), |e| async move { e.screenshot().await }).await?;
+    std::fs::write(output_dir().join(name), png).unwrap();
     Ok(())
 }
 

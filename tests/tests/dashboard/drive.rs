@@ -40,18 +40,15 @@ pub(crate) async fn log_in(c: &Client, gw: &TestGateway) -> R {
         .await?
         .is_some());
     shoot_page(c, "dashboard-login.png").await?;
-    c.find(Locator::Id("token"))
-        .await?
-        .send_keys("not-the-admin-token")
-        .await?;
-    c.find(Locator::Id("login-submit")).await?.click().await?;
+    type_into(c, Locator::Id("token"), "not-the-admin-token").await?;
+    click(c, Locator::Id("login-submit")).await?;
     wait_js(
         c,
         "document.getElementById('login-error').textContent.includes('401')",
     )
     .await;
-    c.find(Locator::Id("token")).await?.send_keys(ADMIN).await?;
-    c.find(Locator::Id("login-submit")).await?.click().await?;
+    type_into(c, Locator::Id("token"), ADMIN).await?;
+    click(c, Locator::Id("login-submit")).await?;
     wait_js(c, "Number(document.body.dataset.loaded) >= 1").await;
     assert!(!c.current_url().await?.as_str().contains(ADMIN));
     let stored = c
@@ -115,14 +112,10 @@ async fn drive(c: &Client, s: &Seeded, downloads: &std::path::Path) -> R {
     routes_table(&shown, &traffic);
 
     // The settlement queue says what is configured: no x402 route here.
-    let settlement = c
-        .find(Locator::Id("settlement-status"))
-        .await?
-        .text()
-        .await?;
+    let settlement = text_of(c, Locator::Id("settlement-status")).await?;
     assert_eq!(settlement, "Off: no route takes x402 payments.");
     assert_eq!(admin_get(gw, "/admin/v1/x402/queue").await["mode"], "off");
-    let ledger_card = c.find(Locator::Id("ledger-status")).await?.text().await?;
+    let ledger_card = text_of(c, Locator::Id("ledger-status")).await?;
     assert!(ledger_card.starts_with("No ledger database ([ledger] is not set)"));
     // Charts were drawn (as images from blob: URLs).
     wait_js(
@@ -150,16 +143,13 @@ async fn drive(c: &Client, s: &Seeded, downloads: &std::path::Path) -> R {
 
     // A figure links to the query that produced it.
     c.execute("window.scrollTo(0, 0);", vec![]).await?;
-    c.find(Locator::Css("[data-figure=\"summary.requests\"]"))
-        .await?
-        .click()
-        .await?;
+    click(c, Locator::Css("[data-figure=\"summary.requests\"]")).await?;
     wait_js(
         c,
         "document.getElementById('api-body').textContent.includes('\"totals\"')",
     )
     .await;
-    let api_url = c.find(Locator::Id("api-url")).await?.text().await?;
+    let api_url = text_of(c, Locator::Id("api-url")).await?;
     assert!(
         api_url.starts_with("GET /admin/v1/summary?from="),
         "{api_url}"
@@ -342,11 +332,8 @@ async fn payments(c: &Client, gw: &TestGateway, downloads: &std::path::Path) -> 
         vec![],
     )
     .await?;
-    c.find(Locator::Id("filter-payer"))
-        .await?
-        .send_keys("alice")
-        .await?;
-    c.find(Locator::Id("filter-apply")).await?.click().await?;
+    type_into(c, Locator::Id("filter-payer"), "alice").await?;
+    click(c, Locator::Id("filter-apply")).await?;
     wait_js(c, "document.getElementById('payments-table').dataset.api.includes('payer=alice') && document.getElementById('payments-count').textContent.includes('payer alice')").await;
     let q = c
         .execute(
@@ -367,7 +354,7 @@ async fn payments(c: &Client, gw: &TestGateway, downloads: &std::path::Path) -> 
     shoot(c, "payments", "dashboard-payments-filtered.png").await?;
     // CSV of the same filter: fetched with the token, saved as a download; the file is the
     // endpoint's answer for the page's query.
-    c.find(Locator::Id("payments-csv")).await?.click().await?;
+    click(c, Locator::Id("payments-csv")).await?;
     wait_js(
         c,
         "document.getElementById('payments-export').textContent.startsWith('exported 3 rows')",
@@ -396,7 +383,7 @@ async fn payments(c: &Client, gw: &TestGateway, downloads: &std::path::Path) -> 
         vec![],
     )
     .await?;
-    c.find(Locator::Id("filter-apply")).await?.click().await?;
+    click(c, Locator::Id("filter-apply")).await?;
     wait_js(
         c,
         "!document.getElementById('payments-table').dataset.api.includes('payer=')",
@@ -417,20 +404,11 @@ async fn actions(c: &Client, s: &Seeded) -> R {
         .await?;
     assert_eq!(rows, json!(["alice", "carol", "bob"]));
     // Action: credit bob 1.25 USD with a reason.
-    c.find(Locator::Css("tr[data-payer=\"bob\"] button"))
-        .await?
-        .click()
-        .await?;
+    click(c, Locator::Css("tr[data-payer=\"bob\"] button")).await?;
     wait_js(c, "!document.getElementById('payer-detail').hidden && document.getElementById('payer-name').textContent === 'bob'").await;
-    c.find(Locator::Id("credit-amount"))
-        .await?
-        .send_keys("1.25")
-        .await?;
-    c.find(Locator::Id("credit-reason"))
-        .await?
-        .send_keys("goodwill after an outage")
-        .await?;
-    c.find(Locator::Id("credit-submit")).await?.click().await?;
+    type_into(c, Locator::Id("credit-amount"), "1.25").await?;
+    type_into(c, Locator::Id("credit-reason"), "goodwill after an outage").await?;
+    click(c, Locator::Id("credit-submit")).await?;
     wait_js(c, "document.getElementById('action-result').textContent.startsWith('credited 1.250000 USD to bob: balance 3.243000 USD')").await;
     let bob = admin_get(gw, "/admin/v1/payers/bob").await;
     assert_eq!(bob["balances"]["USD"]["available"], "3.243");
@@ -441,7 +419,7 @@ async fn actions(c: &Client, s: &Seeded) -> R {
     )
     .await;
     // A debit.
-    c.find(Locator::Id("debit-submit")).await?.click().await?;
+    click(c, Locator::Id("debit-submit")).await?;
     wait_js(
         c,
         "document.getElementById('action-result').textContent.startsWith('debited 1.250000 USD')",
@@ -451,7 +429,7 @@ async fn actions(c: &Client, s: &Seeded) -> R {
     assert_eq!(bob["balances"]["USD"]["available"], "1.993");
 
     // Action: block bob; the gateway refuses his token at once.
-    c.find(Locator::Id("block")).await?.click().await?;
+    click(c, Locator::Id("block")).await?;
     wait_js(
         c,
         "document.getElementById('payer-status').textContent === 'blocked'",
@@ -463,15 +441,9 @@ async fn actions(c: &Client, s: &Seeded) -> R {
     assert_eq!((status, code.as_str()), (403, "payer_blocked"));
 
     // Mandate revocation: the endpoint's answer is shown as it comes.
-    c.find(Locator::Id("mandate-id"))
-        .await?
-        .send_keys("m-1")
-        .await?;
-    c.find(Locator::Id("mandate-reason"))
-        .await?
-        .send_keys("owner asked")
-        .await?;
-    c.find(Locator::Id("mandate-revoke")).await?.click().await?;
+    type_into(c, Locator::Id("mandate-id"), "m-1").await?;
+    type_into(c, Locator::Id("mandate-reason"), "owner asked").await?;
+    click(c, Locator::Id("mandate-revoke")).await?;
     let (status, code) = admin_post(
         gw,
         "/admin/v1/mandates/m-1/revoke",
@@ -488,15 +460,9 @@ async fn actions(c: &Client, s: &Seeded) -> R {
         wait_js(c, &format!("document.getElementById('action-result').textContent.includes('revoking mandate m-1 failed: {status} {code}')")).await;
     }
     // Receipt revocation likewise.
-    c.find(Locator::Id("receipt-issuer"))
-        .await?
-        .send_keys("wallet")
-        .await?;
-    c.find(Locator::Id("receipt-id"))
-        .await?
-        .send_keys("j-1")
-        .await?;
-    c.find(Locator::Id("receipt-revoke")).await?.click().await?;
+    type_into(c, Locator::Id("receipt-issuer"), "wallet").await?;
+    type_into(c, Locator::Id("receipt-id"), "j-1").await?;
+    click(c, Locator::Id("receipt-revoke")).await?;
     let (status, code) = admin_post(
         gw,
         "/admin/v1/receipts/revoke",
@@ -523,7 +489,7 @@ async fn actions(c: &Client, s: &Seeded) -> R {
     shoot_page(c, "dashboard-actions.png").await?;
 
     // Unblock again from the page.
-    c.find(Locator::Id("unblock")).await?.click().await?;
+    click(c, Locator::Id("unblock")).await?;
     wait_js(
         c,
         "document.getElementById('payer-status').textContent === 'active'",
