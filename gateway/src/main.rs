@@ -108,9 +108,9 @@ fn keygen(kid: &str, issuer: &str, out_dir: Option<&std::path::Path>, json: bool
 /// `tollgate check`: the same validation as `run`, the admin decision included.
 fn check(config: &std::path::Path) -> ExitCode {
     let checked = Config::load(config)
-        .and_then(|(cfg, v)| AdminAccess::from_env(cfg.admin.listen).map(|a| (cfg, v, a)));
+        .and_then(|v| AdminAccess::from_env(v.config.admin.listen).map(|a| (v, a)));
     match checked {
-        Ok((cfg, v, admin)) => {
+        Ok((v, admin)) => {
             if let Some(w) = admin.warning() {
                 eprintln!("{}: warning: {w}", config.display());
             }
@@ -119,7 +119,7 @@ fn check(config: &std::path::Path) -> ExitCode {
                 config.display(),
                 v.routes.len(),
                 v.issuers.len(),
-                cfg.store.describe(),
+                v.config.store.describe(),
                 admin.summary()
             );
             ExitCode::SUCCESS
@@ -133,7 +133,7 @@ fn check(config: &std::path::Path) -> ExitCode {
 
 fn run(path: PathBuf) -> ExitCode {
     // Validate everything before any socket is bound.
-    let (cfg, validated) = match Config::load(&path) {
+    let validated = match Config::load(&path) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("{}: {e}", path.display());
@@ -141,6 +141,8 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     // The same decision as `check` (and first, so both say the same).
+    // The plain settings this function reads, before the gateway takes the config.
+    let cfg = validated.config.clone();
     let admin = match AdminAccess::from_env(cfg.admin.listen) {
         Ok(a) => a,
         Err(e) => {
@@ -171,7 +173,7 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let gateway = match Gateway::build(&cfg, validated, &secret).await {
+        let gateway = match Gateway::build(validated, &secret).await {
             Ok(g) => g.with_config_path(&path),
             Err(e) => {
                 eprintln!("{}: {e}", path.display());

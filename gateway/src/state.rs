@@ -49,14 +49,11 @@ impl Gateway {
     /// Build from a validated config. `secret` is the challenge HMAC key; connects the store
     /// (a Redis that is down is not fatal: paid routes fail closed until it is back) and
     /// fetches JWKS once (a failure is retried on use).
-    pub async fn build(
-        config: &Config,
-        validated: Validated,
-        secret: &[u8],
-    ) -> Result<Self, BuildError> {
+    pub async fn build(validated: Validated, secret: &[u8]) -> Result<Self, BuildError> {
+        let config = &validated.config;
         let store = build_store(config).await?;
         let ledger = crate::ledger::start(config).await?;
-        let webhooks = start_webhooks(config, &validated, &store, ledger.as_ref());
+        let webhooks = start_webhooks(&validated, &store, ledger.as_ref());
         if let (Some(f), Some(x)) = (validated.x402_facilitator.clone(), &config.x402) {
             // One settler per process for x402 `deferred` payments (jobs are leased, so any
             // number of replicas can run one). Its facilitator and store are fixed at start-up.
@@ -68,8 +65,9 @@ impl Gateway {
             tokio::spawn(settler.run());
         }
         let listener_tls = validated.listener_tls.clone();
+        let admin_tls = config.admin.tls;
         let hooks = webhooks.as_ref().map(|(w, _)| w.clone());
-        let inner = build_inner(config, validated, secret, store, None, hooks).await?;
+        let inner = build_inner(validated, secret, store, None, hooks).await?;
         Ok(Gateway(Arc::new(Shared {
             ledger,
             current: std::sync::RwLock::new(Arc::new(inner)),
@@ -77,7 +75,7 @@ impl Gateway {
             config_path: std::sync::RwLock::new(None),
             reloading: tokio::sync::Mutex::new(()),
             listener_tls,
-            admin_tls: config.admin.tls,
+            admin_tls,
             webhooks,
         })))
     }
@@ -114,17 +112,16 @@ impl Gateway {
             .ok()
             .and_then(|p| p.clone())
             .ok_or(ReloadError::NoFile)?;
-        let (config, validated) = Config::load(&path)?;
+        let validated = Config::load(&path)?;
         let old = self.inner();
-        let store = if config.store == old.store_config {
+        let store = if validated.config.store == old.store_config {
             old.paywall.store().clone()
         } else {
             tracing::info!("reload: [store] changed; connecting the new store");
-            build_store(&config).await?
+            build_store(&validated.config).await?
         };
         let hooks = self.webhooks().cloned();
-        let inner =
-            build_inner(&config, validated, &self.0.secret, store, Some(&old), hooks).await?;
+        let inner = build_inner(validated, &self.0.secret, store, Some(&old), hooks).await?;
         let routes = inner.routes.len();
         if let Ok(mut current) = self.0.current.write() {
             *current = Arc::new(inner);
@@ -136,7 +133,6 @@ impl Gateway {
 
 /// Start the webhook dispatcher and deliverers (`[[webhooks]]`), on the ledger of record.
 fn start_webhooks(
-    config: &Config,
     v: &Validated,
     store: &Arc<dyn Store>,
     ledger: Option<&crate::ledger::LedgerRuntime>,
@@ -165,7 +161,7 @@ fn start_webhooks(
     let config = WebhookConfig {
         endpoints: v.webhooks.clone(),
         thresholds: v.thresholds.clone(),
-        mandate_percents: config.mandate_budget_percents.clone(),
+        mandate_percents: v.config.mandate_budget_percents.clone(),
         currencies: v
             .currencies
             .iter()
@@ -246,13 +242,13 @@ pub(crate) fn check_facilitator(f: Arc<tollgate_middleware::x402::HttpFacilitato
 }
 
 pub(crate) async fn build_inner(
-    config: &Config,
     validated: Validated,
     secret: &[u8],
     store: Arc<dyn Store>,
     previous: Option<&Inner>,
     webhooks: Option<Webhooks>,
 ) -> Result<Inner, BuildError> {
+    let config = &validated.config;
     let r = &config.receipts;
     let policy = ReceiptPolicy {
         clock_skew: Duration::from_secs(r.clock_skew_secs),

@@ -340,7 +340,7 @@ impl GatewayBuilder {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("tollgate.toml");
         std::fs::write(&config_path, &toml).unwrap();
-        let gw = Gateway::build(&cfg, v, &self.secret)
+        let gw = Gateway::build(v, &self.secret)
             .await
             .unwrap()
             .with_config_path(&config_path);

@@ -135,7 +135,7 @@ async fn a_gateway_refuses_a_ledger_database_at_a_newer_schema_naming_ledger_url
         .toml();
     let cfg = tollgate::config::Config::from_str(&toml).unwrap();
     let v = cfg.validate(std::path::Path::new(".")).unwrap();
-    let err = tollgate::Gateway::build(&cfg, v, &[7u8; 32])
+    let err = tollgate::Gateway::build(v, &[7u8; 32])
         .await
         .unwrap_err()
         .to_string();

@@ -362,7 +362,7 @@ impl Config {
     }
 
     /// Read, parse and validate a file; relative paths inside resolve against its folder.
-    pub fn load(path: &Path) -> Result<(Self, Validated), ConfigError> {
+    pub fn load(path: &Path) -> Result<Validated, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,
@@ -373,11 +373,10 @@ impl Config {
         if cfg.store.path != ":memory:" && Path::new(&cfg.store.path).is_relative() {
             cfg.store.path = base.join(&cfg.store.path).to_string_lossy().into_owned();
         }
-        let v = cfg.validate(base)?;
-        Ok((cfg, v))
+        cfg.validate(base)
     }
 
-    /// Check every field; returns the parsed pieces the gateway needs.
+    /// Check every field; returns the parsed pieces the gateway needs, with the checked file.
     pub fn validate(&self, base_dir: &Path) -> Result<Validated, ConfigError> {
         if self.merchant.is_empty() || self.merchant.len() > 128 {
             return Err(invalid("merchant", "must be 1 to 128 characters"));
@@ -501,6 +500,7 @@ impl Config {
             webhooks,
             thresholds,
             risk,
+            config: self.clone(),
         })
     }
 }
@@ -559,9 +559,15 @@ fn field_error(text: &str, e: serde_path_to_error::Error<toml::de::Error>) -> Co
     }
 }
 
-/// The parsed pieces of a valid config.
+/// A valid config: what [`Config::validate`] parsed into typed values, and the checked file
+/// for the plain settings (listen address, timeouts, `[store]`, `[agent]`...). Only
+/// validation makes one, so whoever holds a `Validated` holds a config that passed every
+/// check; the gateway is built from it alone.
 #[derive(Debug, Clone)]
 pub struct Validated {
+    /// The file, every field of it checked. Read the typed fields below where there is one
+    /// (routes, issuers, currencies, plans...), not their raw tables here.
+    pub config: Config,
     /// Routes, in match order.
     pub routes: Vec<Route>,
     /// Issuers with their key sources.

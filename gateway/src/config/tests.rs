@@ -268,14 +268,14 @@ fn a_relative_sqlite_path_is_the_config_files_neighbour() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tollgate.toml");
     std::fs::write(&path, format!("{GOOD}\n[store]\npath = \"money.db\"\n")).unwrap();
-    let (cfg, _) = Config::load(&path).unwrap();
+    let cfg = Config::load(&path).unwrap().config;
     assert_eq!(
         Path::new(&cfg.store.path),
         dir.path().join("money.db").as_path()
     );
     assert!(cfg.store.describe().starts_with("sqlite "));
     std::fs::write(&path, format!("{GOOD}\n[store]\npath = \":memory:\"\n")).unwrap();
-    assert_eq!(Config::load(&path).unwrap().0.store.path, ":memory:");
+    assert_eq!(Config::load(&path).unwrap().config.store.path, ":memory:");
 }
 
 /// A metered SSE route's price with `extra` fields (e.g. `cutoff = true`).
