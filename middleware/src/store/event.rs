@@ -140,27 +140,13 @@ impl UsageEvent {
     }
 
     pub(super) fn from_fields(id: String, fields: &[(String, String)]) -> Result<Self, StoreError> {
-        let get = |k: &str| {
-            fields
-                .iter()
-                .find(|(f, _)| f == k)
-                .map(|(_, v)| v.clone())
-                .ok_or_else(|| StoreError::Protocol(format!("usage event {id} lacks {k}")))
-        };
-        let num = |k: &str| -> Result<u64, StoreError> {
-            get(k)?
-                .parse()
-                .map_err(|_| StoreError::Protocol(format!("usage event {id}: bad {k}")))
-        };
-        let json = |k: &str| -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
-            serde_json::from_str(&get(k)?)
-                .map_err(|_| StoreError::Protocol(format!("usage event {id}: bad {k}")))
-        };
+        let f = Fields::new("usage event", &id, fields);
+        let json = |k: &str| f.json::<BTreeMap<String, serde_json::Value>>(k);
         Ok(UsageEvent {
-            time_ms: i64::try_from(num("time_ms")?).unwrap_or(0),
-            payer: get("payer")?,
-            route: get("route")?,
-            method: get("method")?,
+            time_ms: i64::try_from(f.parse::<u64>("time_ms")?).unwrap_or(0),
+            payer: f.text("payer")?,
+            route: f.text("route")?,
+            method: f.text("method")?,
             units: json("units")?
                 .into_iter()
                 .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
@@ -169,16 +155,59 @@ impl UsageEvent {
                 .into_iter()
                 .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
                 .collect(),
-            currency: get("currency")?,
-            scale: u32::try_from(num("scale")?).unwrap_or(0),
-            amount_minor: num("amount_minor")?,
-            uncharged_minor: num("uncharged_minor")?,
-            credential: get("credential")?,
-            reservation: get("reservation")?,
-            upstream_status: u16::try_from(num("upstream_status")?).unwrap_or(0),
-            voids: get("voids").ok(),
+            currency: f.text("currency")?,
+            scale: u32::try_from(f.parse::<u64>("scale")?).unwrap_or(0),
+            amount_minor: f.parse("amount_minor")?,
+            uncharged_minor: f.parse("uncharged_minor")?,
+            credential: f.text("credential")?,
+            reservation: f.text("reservation")?,
+            upstream_status: u16::try_from(f.parse::<u64>("upstream_status")?).unwrap_or(0),
+            voids: f.opt("voids"),
             id,
         })
+    }
+}
+
+/// The fields of a stream entry (a Redis `XRANGE` answer), read by name; a missing or
+/// unreadable field is a [`StoreError::Protocol`] that names the entry.
+pub(crate) struct Fields<'a> {
+    what: &'a str,
+    id: &'a str,
+    fields: &'a [(String, String)],
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of entry `id`, a `what` ("refund", "credit"...).
+    pub(crate) fn new(what: &'a str, id: &'a str, fields: &'a [(String, String)]) -> Self {
+        Fields { what, id, fields }
+    }
+
+    /// The field, if present.
+    pub(crate) fn opt(&self, k: &str) -> Option<String> {
+        self.fields
+            .iter()
+            .find(|(f, _)| f == k)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The field; required.
+    pub(crate) fn text(&self, k: &str) -> Result<String, StoreError> {
+        self.opt(k)
+            .ok_or_else(|| StoreError::Protocol(format!("{} {} lacks {k}", self.what, self.id)))
+    }
+
+    fn bad(&self, k: &str) -> StoreError {
+        StoreError::Protocol(format!("{} {}: bad {k}", self.what, self.id))
+    }
+
+    /// The field parsed (a number); required.
+    pub(crate) fn parse<T: std::str::FromStr>(&self, k: &str) -> Result<T, StoreError> {
+        self.text(k)?.parse().map_err(|_| self.bad(k))
+    }
+
+    /// The field as JSON; required.
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<T, StoreError> {
+        serde_json::from_str(&self.text(k)?).map_err(|_| self.bad(k))
     }
 }
 

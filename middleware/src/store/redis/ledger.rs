@@ -10,6 +10,7 @@
 //! itself.
 
 use super::*;
+use crate::store::event::Fields;
 
 /// The three ledger streams of each bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,24 +116,19 @@ fn stream_id_parts(id: &str) -> Option<(u64, u64)> {
 }
 
 impl CreditRecord {
-    fn from_fields(id: String, time_ms: i64, fields: &[(String, String)]) -> Result<Self, String> {
-        let get = |k: &str| {
-            fields
-                .iter()
-                .find(|(f, _)| f == k)
-                .map(|(_, v)| v.clone())
-                .ok_or_else(|| format!("credit {id} lacks {k}"))
-        };
-        let amount_minor = get("amount_minor")?
-            .parse()
-            .map_err(|_| format!("credit {id}: bad amount_minor"))?;
+    fn from_fields(
+        id: String,
+        time_ms: i64,
+        fields: &[(String, String)],
+    ) -> Result<Self, StoreError> {
+        let f = Fields::new("credit", &id, fields);
         Ok(CreditRecord {
             time_ms,
-            payer: get("payer")?,
-            currency: get("currency")?,
-            amount_minor,
-            reason: get("reason").unwrap_or_default(),
-            source: get("source").unwrap_or_default(),
+            payer: f.text("payer")?,
+            currency: f.text("currency")?,
+            amount_minor: f.parse("amount_minor")?,
+            reason: f.opt("reason").unwrap_or_default(),
+            source: f.opt("source").unwrap_or_default(),
             id,
         })
     }
@@ -198,10 +194,12 @@ impl RedisStore {
                             .unwrap_or(0);
                         CreditRecord::from_fields(id.clone(), time_ms, &fields)
                             .map(LedgerEntry::Credit)
+                            .map_err(|e| e.to_string())
                     }
                     LedgerStream::Refunds => {
                         crate::store::RefundRecord::from_fields(id.clone(), &fields)
                             .map(LedgerEntry::Refund)
+                            .map_err(|e| e.to_string())
                     }
                 };
                 parsed.unwrap_or_else(|error| LedgerEntry::Unreadable { id, fields, error })

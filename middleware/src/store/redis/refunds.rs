@@ -12,6 +12,7 @@
 use async_trait::async_trait;
 
 use super::*;
+use crate::store::event::Fields;
 use crate::store::refund::{REFUND_STATE_KEEP_MS, VOID_SEARCH_MS};
 use crate::store::{
     bucket_of_id, rules, RefundOutcome, RefundQuery, RefundRecord, RefundRequest, RefundStore,
@@ -32,37 +33,25 @@ fn key_hash(key: &str) -> String {
 
 impl RefundRecord {
     /// A refund stream entry (`id`: its ledger id).
-    pub(crate) fn from_fields(id: String, fields: &[(String, String)]) -> Result<Self, String> {
-        let get = |k: &str| {
-            fields
-                .iter()
-                .find(|(f, _)| f == k)
-                .map(|(_, v)| v.clone())
-                .ok_or_else(|| format!("refund {id} lacks {k}"))
-        };
-        let num = |k: &str| -> Result<u64, String> {
-            get(k)?.parse().map_err(|_| format!("refund {id}: bad {k}"))
-        };
-        let signed = |k: &str| -> Result<i64, String> {
-            get(k)?.parse().map_err(|_| format!("refund {id}: bad {k}"))
-        };
+    pub(crate) fn from_fields(id: String, fields: &[(String, String)]) -> Result<Self, StoreError> {
+        let f = Fields::new("refund", &id, fields);
         let some = |v: String| (!v.is_empty()).then_some(v);
         // The stream holds the credit's stream id; its ledger id adds the bucket (the same).
         let bucket = id.rsplit_once('-').map_or("0", |(_, b)| b).to_owned();
         Ok(RefundRecord {
-            time_ms: signed("time_ms")?,
-            event_id: get("event_id")?,
-            charge_time_ms: signed("charge_time_ms")?,
-            payer: get("payer")?,
-            route: get("route")?,
-            credential: get("credential")?,
-            currency: get("currency")?,
-            scale: u32::try_from(num("scale")?).map_err(|_| format!("refund {id}: bad scale"))?,
-            amount_minor: num("amount_minor")?,
-            reason: get("reason")?,
-            owed_to: some(get("owed_to")?),
-            credit_id: some(get("credit_id")?).map(|c| format!("{c}-{bucket}")),
-            remaining_minor: num("remaining_minor")?,
+            time_ms: f.parse("time_ms")?,
+            event_id: f.text("event_id")?,
+            charge_time_ms: f.parse("charge_time_ms")?,
+            payer: f.text("payer")?,
+            route: f.text("route")?,
+            credential: f.text("credential")?,
+            currency: f.text("currency")?,
+            scale: f.parse("scale")?,
+            amount_minor: f.parse("amount_minor")?,
+            reason: f.text("reason")?,
+            owed_to: some(f.text("owed_to")?),
+            credit_id: some(f.text("credit_id")?).map(|c| format!("{c}-{bucket}")),
+            remaining_minor: f.parse("remaining_minor")?,
             id,
         })
     }
@@ -302,8 +291,7 @@ impl RefundStore for RedisStore {
                     .range(&mut conn, &stream, ("-", &end), SCAN_PAGE, true)
                     .await?;
                 for (sid, fields) in &page {
-                    let rec = RefundRecord::from_fields(Self::ledger_id(bucket, sid), fields)
-                        .map_err(StoreError::Protocol)?;
+                    let rec = RefundRecord::from_fields(Self::ledger_id(bucket, sid), fields)?;
                     if q.admits(&rec) {
                         found += 1;
                         out.push(rec);

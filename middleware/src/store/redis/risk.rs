@@ -137,13 +137,8 @@ impl RedisStore {
                 )
                 .await?;
             for (_, fields) in entries {
-                let get = |k: &str| {
-                    fields
-                        .iter()
-                        .find(|(f, _)| f == k)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default()
-                };
+                let f = crate::store::event::Fields::new("risk decision", "", &fields);
+                let get = |k: &str| f.opt(k).unwrap_or_default();
                 out.push(RiskDecision {
                     time_ms: get("time_ms").parse().unwrap_or(0),
                     payer: get("payer"),

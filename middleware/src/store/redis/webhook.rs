@@ -65,7 +65,8 @@ struct ScheduledJson {
 type Entry = (String, Vec<(String, String)>);
 
 fn message_of((seq, fields): Entry) -> WebhookMessage {
-    let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+    let f = crate::store::event::Fields::new("webhook message", &seq, &fields);
+    let get = |k: &str| f.opt(k);
     WebhookMessage {
         id: get("id").unwrap_or_default(),
         kind: get("kind").unwrap_or_default(),
