@@ -377,20 +377,16 @@ impl Admission {
                 return self.settle_deferred(&x, &r, status.unwrap_or(0)).await;
             }
         }
-        // In its own task: once asked, the settlement (`after`) and its record run to the end
-        // even if the client goes away -- a transfer on chain is never left out of the ledger.
         let event = self.x402_event(&x, &r, status.unwrap_or(0));
-        let task = tokio::spawn(settle_and_record(
-            (x.route.facilitator.clone(), self.paywall.0.store.clone()),
-            self.paywall.0.settle_retry,
-            (r.clone(), event),
-            (x.payload.clone(), offer.requirements()),
-            x.on_chain.clone(),
-        ));
-        let settled = task.await.map_err(|e| {
-            tracing::error!(error = %e, "x402 settlement task failed");
-            Refusal::internal()
-        })?;
+        let settled = self
+            .settle_in_own_task(
+                &x.route,
+                &r,
+                event,
+                (x.payload.clone(), offer.requirements()),
+                x.on_chain.clone(),
+            )
+            .await?;
         let (on_chain, event_id) = match settled {
             Ok(done) => done,
             Err(e) => {
@@ -405,31 +401,72 @@ impl Admission {
             .revenue_minor
             .with_label_values(&[self.route.id.as_str(), offer.currency.code()])
             .inc_by(offer.amount);
-        let network = if on_chain.network.is_empty() {
-            offer.network.clone()
-        } else {
-            on_chain.network.clone()
-        };
+        Ok(self.x402_response(
+            (&offer.network, &offer.currency),
+            Some(&on_chain),
+            (offer.amount, event_id.as_deref()),
+            (x.route.mode.as_str(), None),
+        ))
+    }
+
+    /// [`settle_and_record`] in a task of its own: once asked, the settlement and its record
+    /// run to the end even if the client goes away (a transfer on chain is never left out of
+    /// the ledger). `Err` only if the task itself failed.
+    pub(super) async fn settle_in_own_task(
+        &self,
+        route: &ExactRoute,
+        r: &Reservation,
+        event: UsageEvent,
+        (payload, requirements): (Value, Value),
+        on_chain: Option<OnChain>,
+    ) -> Result<Result<(OnChain, Option<String>), FacilitatorError>, Refusal> {
+        let task = tokio::spawn(settle_and_record(
+            (route.facilitator.clone(), self.paywall.0.store.clone()),
+            self.paywall.0.settle_retry,
+            (r.clone(), event),
+            (payload, requirements),
+            on_chain,
+        ));
+        task.await.map_err(|e| {
+            tracing::error!(error = %e, "x402 settlement task failed");
+            Refusal::internal()
+        })
+    }
+
+    /// The `PAYMENT-RESPONSE` of an x402 payment of `amount` atomic units of `currency`:
+    /// settled (`on_chain`: on the network the facilitator names, else `network`), queued
+    /// (no transaction yet, the `settlement_id` named) or, an `upto` cost of 0, released.
+    pub(super) fn x402_response(
+        &self,
+        (network, currency): (&str, &Currency),
+        on_chain: Option<&OnChain>,
+        (amount, event_id): (u64, Option<&str>),
+        (settlement, settlement_id): (&str, Option<&str>),
+    ) -> Settled {
+        let network = on_chain
+            .map(|o| o.network.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(network);
         let body = PaymentResponse {
             success: true,
-            transaction: &on_chain.transaction,
-            network: &network,
+            transaction: on_chain.map_or("", |o| o.transaction.as_str()),
+            network,
             payer: &self.payment.payer,
-            amount: offer.currency.from_minor(offer.amount).to_string(),
-            amount_atomic: offer.amount.to_string(),
-            currency: offer.currency.code(),
-            decimals: offer.currency.scale(),
-            event_id: event_id.as_deref(),
+            amount: currency.from_minor(amount).to_string(),
+            amount_atomic: amount.to_string(),
+            currency: currency.code(),
+            decimals: currency.scale(),
+            event_id,
             receipt: None,
             balance: None,
             access_token: None,
-            settlement: Some(x.route.mode.as_str()),
-            settlement_id: None,
+            settlement: Some(settlement),
+            settlement_id,
         };
-        Ok(Settled {
+        Settled {
             payment_response: b64_header(&body),
             payment_receipt: None,
-        })
+        }
     }
 
     /// `deferred`: capture and queue the settlement in one atomic step; the response is
@@ -457,7 +494,7 @@ impl Admission {
         r: &Reservation,
         event: &UsageEvent,
         job: &Value,
-        (network, currency): (&str, &crate::money::Currency),
+        (network, currency): (&str, &Currency),
     ) -> Result<Settled, Refusal> {
         let job = job.to_string();
         let store = self.paywall.0.store.clone();
@@ -491,26 +528,12 @@ impl Admission {
             .revenue_minor
             .with_label_values(&[self.route.id.as_str(), currency.code()])
             .inc_by(amount);
-        let body = PaymentResponse {
-            success: true,
-            transaction: "",
-            network,
-            payer: &self.payment.payer,
-            amount: currency.from_minor(amount).to_string(),
-            amount_atomic: amount.to_string(),
-            currency: currency.code(),
-            decimals: currency.scale(),
-            event_id: Some(&event_id),
-            receipt: None,
-            balance: None,
-            access_token: None,
-            settlement: Some("deferred"),
-            settlement_id: Some(&event_id),
-        };
-        Ok(Settled {
-            payment_response: b64_header(&body),
-            payment_receipt: None,
-        })
+        Ok(self.x402_response(
+            (network, currency),
+            None,
+            (amount, Some(&event_id)),
+            ("deferred", Some(&event_id)),
+        ))
     }
 
     /// Dropped unsettled (client gone, future cancelled): a payment already on chain is
@@ -547,7 +570,7 @@ mod tests;
 /// capture that cannot be recorded is logged with the transaction for reconciliation, and
 /// the response is still served). Run in a task of its own, so a client leaving cannot cut
 /// it short.
-pub(super) async fn settle_and_record(
+async fn settle_and_record(
     (facilitator, store): (
         Arc<dyn crate::x402::Facilitator>,
         Arc<dyn crate::store::Store>,

@@ -22,7 +22,6 @@
 //! goes away meanwhile never leaves a transfer on chain out of the ledger.
 
 use super::*;
-use crate::money::Currency;
 use crate::paywall::BodyEnd;
 use crate::price::Price;
 use crate::x402::upto::{self, UptoOffer};
@@ -135,7 +134,12 @@ impl Admission {
         if cost == 0 {
             // Nothing to settle: the permit was never used on chain, so it may be used again.
             self.paywall.release(&r).await;
-            return Ok(self.upto_response(&offer, mode, None, (0, None)));
+            return Ok(self.x402_response(
+                (&offer.network, &offer.currency),
+                None,
+                (0, None),
+                (mode.as_str(), None),
+            ));
         }
         let time_ms = self.paywall.0.clock.now_ms();
         let event = UsageEvent {
@@ -149,19 +153,15 @@ impl Admission {
                 .queue_settlement(&r, &event, &job, (&offer.network, &offer.currency))
                 .await;
         }
-        // In its own task: once asked, the settlement and its record run to the end even if
-        // the client goes away (a transfer on chain is never left out of the ledger).
-        let task = tokio::spawn(settle_and_record(
-            (x.route.facilitator.clone(), self.paywall.0.store.clone()),
-            self.paywall.0.settle_retry,
-            (r.clone(), event.clone()),
-            (x.payload.clone(), requirements.clone()),
-            None,
-        ));
-        let settled = task.await.map_err(|e| {
-            tracing::error!(error = %e, "x402 upto settlement task failed");
-            Refusal::internal()
-        })?;
+        let settled = self
+            .settle_in_own_task(
+                &x.route,
+                &r,
+                event.clone(),
+                (x.payload.clone(), requirements.clone()),
+                None,
+            )
+            .await?;
         let (on_chain, event_id) = match settled {
             Ok(done) => done,
             Err(e) if self.delivered => {
@@ -190,41 +190,11 @@ impl Admission {
                 .with_label_values(&[self.route.id.as_str(), unit.as_str()])
                 .inc_by(*n);
         }
-        Ok(self.upto_response(&offer, mode, Some(&on_chain), (cost, event_id.as_deref())))
-    }
-
-    /// The `PAYMENT-RESPONSE` of a settled (or, cost 0, released) `upto` payment.
-    fn upto_response(
-        &self,
-        offer: &UptoOffer,
-        mode: SettlementMode,
-        on_chain: Option<&OnChain>,
-        (cost, event_id): (u64, Option<&str>),
-    ) -> Settled {
-        let c: &Currency = &offer.currency;
-        let network = on_chain
-            .map(|o| o.network.as_str())
-            .filter(|n| !n.is_empty())
-            .unwrap_or(&offer.network);
-        let body = PaymentResponse {
-            success: true,
-            transaction: on_chain.map_or("", |o| o.transaction.as_str()),
-            network,
-            payer: &self.payment.payer,
-            amount: c.from_minor(cost).to_string(),
-            amount_atomic: cost.to_string(),
-            currency: c.code(),
-            decimals: c.scale(),
-            event_id,
-            receipt: None,
-            balance: None,
-            access_token: None,
-            settlement: Some(mode.as_str()),
-            settlement_id: None,
-        };
-        Settled {
-            payment_response: b64_header(&body),
-            payment_receipt: None,
-        }
+        Ok(self.x402_response(
+            (&offer.network, &offer.currency),
+            Some(&on_chain),
+            (cost, event_id.as_deref()),
+            (mode.as_str(), None),
+        ))
     }
 }
