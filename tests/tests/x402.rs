@@ -19,14 +19,14 @@ use tollgate_e2e::facilitator::{facilitator, Mode, TestFacilitator};
 use tollgate_e2e::*;
 use tollgate_middleware::x402::signer::LocalSigner;
 
-const NETWORK: &str = "eip155:84532";
-const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
-const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
-
+#[path = "x402/common.rs"]
+mod common;
 #[path = "x402/deferred.rs"]
 mod deferred;
 #[path = "x402/upto.rs"]
 mod upto;
+
+use self::common::*;
 
 /// An upstream that counts the requests it serves; `?status=` picks the answer's status.
 async fn counting_upstream() -> (TestUpstream, Arc<AtomicUsize>) {
@@ -69,13 +69,6 @@ fn exact_route(upstream: &TestUpstream, mode: &str) -> RouteSpec {
     ))
 }
 
-fn facilitator_toml(f: &TestFacilitator) -> String {
-    format!(
-        "[x402]\nfacilitator_url = \"{}\"\nfacilitator_timeout_ms = 700\nsettle_interval_ms = 20\nsettle_retry_base_ms = 20\nsettle_max_attempts = 3",
-        f.url()
-    )
-}
-
 async fn start(
     redis: &RedisServer,
     f: &TestFacilitator,
@@ -92,21 +85,10 @@ async fn start(
 
 /// The `exact` offer of the route's 402.
 async fn exact_offer(gw: &TestGateway) -> Value {
-    let res = gw.http.get(gw.url("/v1/data")).send().await.unwrap();
-    assert_eq!(res.status(), 402);
-    let req = b64_json(res.headers()["payment-required"].to_str().unwrap());
+    let req = payment_required(gw, "/v1/data").await;
     assert_eq!(req["x402Version"], 2);
-    let accepts = req["accepts"].as_array().unwrap();
-    assert_eq!(accepts[0]["scheme"], "tollgate-receipt");
-    accepts
-        .iter()
-        .find(|a| a["scheme"] == "exact")
-        .expect("an exact offer")
-        .clone()
-}
-
-fn signature_header(payload: &Value) -> String {
-    STANDARD.encode(payload.to_string())
+    assert_eq!(req["accepts"][0]["scheme"], "tollgate-receipt");
+    offer_of(&req, "exact")
 }
 
 async fn pay(
@@ -115,18 +97,12 @@ async fn pay(
     query: &str,
     payload: &Value,
 ) -> reqwest::Response {
-    gw.http
-        .request(method, gw.url(&format!("/v1/data{query}")))
-        .header("payment-signature", signature_header(payload))
-        .send()
-        .await
-        .unwrap()
+    send_paid(gw, method, &format!("/v1/data{query}"), payload).await
 }
 
 /// Status, problem code and errorReason of a refusal (never a 5xx other than 503).
 async fn refusal(res: reqwest::Response) -> (u16, String, String) {
-    let status = res.status().as_u16();
-    if status == 402 {
+    if res.status() == 402 {
         // Every 402 carries fresh offers, so the agent can pay again.
         let req = b64_json(res.headers()["payment-required"].to_str().unwrap());
         assert!(req["accepts"]
@@ -135,24 +111,7 @@ async fn refusal(res: reqwest::Response) -> (u16, String, String) {
             .iter()
             .any(|a| a["scheme"] == "exact"));
     }
-    let pr = res
-        .headers()
-        .get("payment-response")
-        .map(|v| b64_json(v.to_str().unwrap()));
-    let body: Value = res.json().await.unwrap();
-    if let Some(pr) = pr {
-        assert_eq!(pr["success"], false);
-        assert_eq!(pr["errorReason"], body["errorReason"]);
-    }
-    (
-        status,
-        body["code"].as_str().unwrap_or_default().to_owned(),
-        body["errorReason"].as_str().unwrap_or_default().to_owned(),
-    )
-}
-
-fn now() -> u64 {
-    u64::try_from(now_secs()).unwrap()
+    x402_refusal(res).await
 }
 
 #[tokio::test]
@@ -171,22 +130,12 @@ async fn the_402_offers_exact_beside_receipts() {
         })
     );
     // The price catalog lists the offers for agents that plan ahead.
-    let cat: Value = gw
-        .http
-        .get(gw.url("/.well-known/tollgate"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cat = catalog(&gw).await;
     assert_eq!(cat["x402Networks"], json!([NETWORK]));
     assert_eq!(cat["routes"][0]["x402"]["settlement"], "before");
     assert_eq!(cat["routes"][0]["x402"]["accepts"][0], offer);
     // Issuing the 402 wrote nothing.
-    let mut c = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
-    assert!(keys.is_empty(), "{keys:?}");
+    assert_redis_empty(&redis);
 }
 
 #[tokio::test]
@@ -681,12 +630,7 @@ async fn the_payment_auth_scheme_challenge_and_credential() {
 
 #[tokio::test]
 async fn official_python_sdk_pays_end_to_end() {
-    let Some(python) = tollgate_e2e::tools::installed(
-        "TOLLGATE_X402_PYTHON",
-        ".cache/tollgate-x402-venv/bin/python",
-        "TOLLGATE_REQUIRE_X402_SDK",
-        "tests/x402_sdk/setup.sh",
-    ) else {
+    let Some(python) = sdk_python() else {
         return;
     };
     let redis = RedisServer::start();
@@ -694,31 +638,10 @@ async fn official_python_sdk_pays_end_to_end() {
     let (up, hits) = counting_upstream().await;
     for mode in ["before", "after"] {
         let gw = start(&redis, &f, &up, mode).await;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/x402_sdk/pay.py");
-        let out = tokio::process::Command::new(&python)
-            .arg(script)
-            .arg(gw.url("/v1/data"))
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{mode}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_str(stdout.trim()).unwrap();
-        assert_eq!(v["status"], 200, "{mode}: {v}");
-        let payer = v["payer"].as_str().unwrap().to_lowercase();
-        let pr = &v["payment_response"];
-        assert_eq!(pr["success"], true);
-        assert_eq!(pr["payer"], payer.as_str());
-        assert_eq!(pr["network"], NETWORK);
-        assert_eq!(pr["settlement"], mode);
-        let body: Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
-        assert_eq!(body["data"], "paid content");
+        let paid = sdk_pays(&python, &gw.url("/v1/data"), None, mode).await;
+        assert_eq!(paid.body["data"], "paid content");
         let events = gw.paywall.store().usage_events().await.unwrap();
-        assert_eq!(events.last().unwrap().payer, payer);
+        assert_eq!(events.last().unwrap().payer, paid.payer);
     }
     assert_eq!(f.settled(), 2);
     assert_eq!(hits.load(Ordering::SeqCst), 2);
@@ -735,25 +658,8 @@ async fn an_after_settlement_confirmed_after_the_client_left_is_recorded() {
     // The facilitator confirms after 400 ms (within its timeout); the client gives up after
     // 150 ms -- the transfer is on chain, so the ledger must have it.
     f.set_settle(Mode::Hang(Duration::from_millis(400)));
-    let gone = gw
-        .http
-        .get(gw.url("/v1/data"))
-        .header(
-            "payment-signature",
-            signature_header(&payer.pay(&offer, now()).unwrap()),
-        )
-        .timeout(Duration::from_millis(150))
-        .send()
-        .await;
-    assert!(gone.is_err(), "the client left before the answer");
-    let mut events = Vec::new();
-    for _ in 0..50 {
-        events = gw.paywall.store().usage_events().await.unwrap();
-        if !events.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    leave_before_the_answer(&gw, "/v1/data", &payer.pay(&offer, now()).unwrap()).await;
+    let events = usage_events_eventually(&gw, 1).await;
     assert_eq!(events.len(), 1, "the confirmed transfer is in the ledger");
     assert_eq!(events[0].amount_minor, 10_000);
     assert!(f.calls().contains(&"settle"));

@@ -294,6 +294,46 @@ pub(crate) fn parse_uint(v: Option<&Value>) -> Option<U256> {
     }
 }
 
+/// `0x`-prefixed hex (either case of `x`), decoded.
+fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    let h = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"))?;
+    alloy_primitives::hex::decode(h).ok()
+}
+
+/// Who signed `digest`: only a 65-byte EOA signature is checked locally.
+fn recover_signer(signature: &[u8], digest: &B256) -> Option<Address> {
+    (signature.len() == 65)
+        .then(|| Signature::from_raw(signature).ok())
+        .flatten()
+        .and_then(|sig| sig.recover_address_from_prehash(digest).ok())
+}
+
+/// The latest expiry (`validBefore`, an `upto` `deadline`) accepted at `now` for an offer
+/// of `max_timeout_secs`, give or take the payer's clock.
+fn latest_expiry(now: u64, max_timeout_secs: u64) -> u64 {
+    now.saturating_add(max_timeout_secs)
+        .saturating_add(VALID_BEFORE_SLACK_SECS)
+}
+
+/// An offer's token EIP-712 `name` and `version`: 1-64 and 1-16 characters.
+fn check_token_domain(name: &str, version: &str) -> Result<(), (&'static str, String)> {
+    if name.is_empty() || name.len() > 64 || version.is_empty() || version.len() > 16 {
+        return Err((
+            "name",
+            "name (1-64 chars) and version (1-16 chars) are the token's EIP-712 domain".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// An offer's `maxTimeoutSeconds`: 1 to 3600.
+fn check_max_timeout(max_timeout_secs: u64) -> Result<(), (&'static str, String)> {
+    if max_timeout_secs == 0 || max_timeout_secs > 3600 {
+        return Err(("max_timeout_secs", "must be 1 to 3600".into()));
+    }
+    Ok(())
+}
+
 /// A 32-byte `0x` nonce.
 fn parse_nonce(v: Option<&Value>) -> Option<B256> {
     let s = v?.as_str()?;
@@ -330,12 +370,7 @@ impl ExactOffer {
         if pay_to == Address::ZERO {
             return Err(("pay_to", "must not be the zero address".into()));
         }
-        if name.is_empty() || name.len() > 64 || version.is_empty() || version.len() > 16 {
-            return Err((
-                "name",
-                "name (1-64 chars) and version (1-16 chars) are the token's EIP-712 domain".into(),
-            ));
-        }
+        check_token_domain(name, version)?;
         let amount_ok = !amount.is_empty()
             && amount.len() <= 16
             && amount.bytes().all(|b| b.is_ascii_digit())
@@ -348,9 +383,7 @@ impl ExactOffer {
                 "amount",
                 format!("must be an integer of atomic units, 1 to {MAX_AMOUNT}"),
             ))?;
-        if max_timeout_secs == 0 || max_timeout_secs > 3600 {
-            return Err(("max_timeout_secs", "must be 1 to 3600".into()));
-        }
+        check_max_timeout(max_timeout_secs)?;
         Ok(ExactOffer {
             network: network.to_owned(),
             chain_id,
@@ -381,25 +414,6 @@ impl ExactOffer {
         })
     }
 
-    /// Whether a payload's `accepted` names this offer: same scheme, network, asset, payTo,
-    /// amount and EIP-712 name/version (addresses compared as addresses, not as strings).
-    fn is(&self, accepted: &Value) -> bool {
-        let s = |k: &str| accepted.get(k).and_then(Value::as_str);
-        let extra = |k: &str| {
-            accepted
-                .pointer(&format!("/extra/{k}"))
-                .and_then(Value::as_str)
-        };
-        s("scheme") == Some(EXACT_SCHEME)
-            && s("network") == Some(self.network.as_str())
-            && s("asset").and_then(parse_address) == Some(self.asset)
-            && s("payTo").and_then(parse_address) == Some(self.pay_to)
-            && parse_uint(accepted.get("amount")) == Some(U256::from(self.amount))
-            && extra("name") == Some(self.name.as_str())
-            && extra("version") == Some(self.version.as_str())
-            && extra("assetTransferMethod").is_none_or(|m| m == EIP3009)
-    }
-
     /// The EIP-712 domain of the token.
     fn domain(&self) -> Eip712Domain {
         Eip712Domain::new(
@@ -410,6 +424,111 @@ impl ExactOffer {
             None,
         )
     }
+}
+
+impl Offer for ExactOffer {
+    const SCHEME: &'static str = EXACT_SCHEME;
+    const OTHER_SCHEME: Reason = Reason::UnsupportedScheme;
+    const OTHER_NETWORK: Reason = Reason::InvalidNetwork;
+    const ECHOED: &'static str = "scheme, network, asset, payTo, amount, extra.name, extra.version";
+
+    fn echoed(&self) -> Echoed<'_> {
+        Echoed {
+            network: &self.network,
+            asset: self.asset,
+            pay_to: self.pay_to,
+            amount: self.amount,
+        }
+    }
+
+    /// The token's EIP-712 name and version.
+    fn extra_matches(&self, extra: &Value) -> bool {
+        let s = |k: &str| extra.get(k).and_then(Value::as_str);
+        s("name") == Some(self.name.as_str())
+            && s("version") == Some(self.version.as_str())
+            && s("assetTransferMethod").is_none_or(|m| m == EIP3009)
+    }
+}
+
+/// What a payload's `accepted` must echo of an offer, in either scheme.
+struct Echoed<'a> {
+    /// `eip155:<chain id>`.
+    network: &'a str,
+    /// The token contract.
+    asset: Address,
+    /// Who is paid.
+    pay_to: Address,
+    /// `amount`, in atomic units (`exact`: the amount; `upto`: the maximum).
+    amount: u64,
+}
+
+/// An offer of either scheme (`exact`, [`upto`]), as the checks both make first see it.
+trait Offer {
+    /// The scheme's name.
+    const SCHEME: &'static str;
+    /// Why a payload of another scheme is refused.
+    const OTHER_SCHEME: Reason;
+    /// Why a payload on a network no offer of the route is on is refused.
+    const OTHER_NETWORK: Reason;
+    /// The fields of `accepted` that must be echoed unchanged (named in the refusal).
+    const ECHOED: &'static str;
+    /// The terms every scheme echoes.
+    fn echoed(&self) -> Echoed<'_>;
+    /// Whether `accepted.extra` carries the scheme's own terms of this offer.
+    fn extra_matches(&self, extra: &Value) -> bool;
+
+    /// Whether a payload's `accepted` names this offer: scheme, network, asset, payTo,
+    /// amount and the scheme's `extra` (addresses compared as addresses, not as strings).
+    fn is(&self, accepted: &Value) -> bool {
+        let s = |k: &str| accepted.get(k).and_then(Value::as_str);
+        let terms = self.echoed();
+        s("scheme") == Some(Self::SCHEME)
+            && s("network") == Some(terms.network)
+            && s("asset").and_then(parse_address) == Some(terms.asset)
+            && s("payTo").and_then(parse_address) == Some(terms.pay_to)
+            && parse_uint(accepted.get("amount")) == Some(U256::from(terms.amount))
+            && self.extra_matches(&accepted["extra"])
+    }
+}
+
+/// The checks both schemes make first, in this order: `x402Version` 2, `accepted` an object
+/// of the scheme, on a network of the route, naming one of its offers: that offer's index.
+fn accepted_offer<O: Offer>(payload: &Value, offers: &[O]) -> Result<usize, ExactError> {
+    if payload.get("x402Version").and_then(Value::as_u64) != Some(2) {
+        return Err(refuse(
+            Reason::InvalidX402Version,
+            "PAYMENT-SIGNATURE must carry x402Version 2",
+        ));
+    }
+    let accepted = payload
+        .get("accepted")
+        .filter(|a| a.is_object())
+        .ok_or_else(|| refuse(Reason::InvalidPayload, "accepted must be an object"))?;
+    if accepted.get("scheme").and_then(Value::as_str) != Some(O::SCHEME) {
+        return Err(refuse(
+            O::OTHER_SCHEME,
+            format!("accepted.scheme must be {}", O::SCHEME),
+        ));
+    }
+    let network = accepted
+        .get("network")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !offers.iter().any(|o| o.echoed().network == network) {
+        return Err(refuse(
+            O::OTHER_NETWORK,
+            format!("this route takes no {} payment on {network:?}", O::SCHEME),
+        ));
+    }
+    offers.iter().position(|o| o.is(accepted)).ok_or_else(|| {
+        refuse(
+            Reason::InvalidPaymentRequirements,
+            format!(
+                "accepted is not one of this route's offers ({} must be echoed unchanged)",
+                O::ECHOED
+            ),
+        )
+    })
 }
 
 /// The x402 settings of one route.
@@ -449,38 +568,7 @@ pub fn verify(
     now: u64,
     margin_secs: u64,
 ) -> Result<Verified, ExactError> {
-    if payload.get("x402Version").and_then(Value::as_u64) != Some(2) {
-        return Err(refuse(
-            Reason::InvalidX402Version,
-            "PAYMENT-SIGNATURE must carry x402Version 2",
-        ));
-    }
-    let accepted = payload
-        .get("accepted")
-        .filter(|a| a.is_object())
-        .ok_or_else(|| refuse(Reason::InvalidPayload, "accepted must be an object"))?;
-    if accepted.get("scheme").and_then(Value::as_str) != Some(EXACT_SCHEME) {
-        return Err(refuse(
-            Reason::UnsupportedScheme,
-            "accepted.scheme must be exact",
-        ));
-    }
-    let network = accepted
-        .get("network")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if !offers.iter().any(|o| o.network == network) {
-        return Err(refuse(
-            Reason::InvalidNetwork,
-            format!("this route takes no exact payment on {network:?}"),
-        ));
-    }
-    let index = offers.iter().position(|o| o.is(accepted)).ok_or_else(|| {
-        refuse(
-            Reason::InvalidPaymentRequirements,
-            "accepted is not one of this route's offers (scheme, network, asset, payTo, amount, extra.name, extra.version must be echoed unchanged)",
-        )
-    })?;
+    let index = accepted_offer(payload, offers)?;
     let offer = &offers[index];
     let inner = payload
         .get("payload")
@@ -517,8 +605,7 @@ pub fn verify(
     let signature = inner
         .get("signature")
         .and_then(Value::as_str)
-        .and_then(|s| s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")))
-        .and_then(|h| alloy_primitives::hex::decode(h).ok())
+        .and_then(parse_hex)
         .ok_or_else(|| {
             refuse(
                 Reason::InvalidPayload,
@@ -539,10 +626,7 @@ pub fn verify(
         nonce,
     };
     let digest = message.eip712_signing_hash(&offer.domain());
-    let recovered = (signature.len() == 65)
-        .then(|| Signature::from_raw(&signature).ok())
-        .flatten()
-        .and_then(|sig| sig.recover_address_from_prehash(&digest).ok());
+    let recovered = recover_signer(&signature, &digest);
     if recovered != Some(from) {
         return Err(with_payer(refuse(
             Reason::Signature,
@@ -573,9 +657,7 @@ pub fn verify(
         )));
     }
     let soonest = now.saturating_add(margin_secs);
-    let latest = now
-        .saturating_add(offer.max_timeout_secs)
-        .saturating_add(VALID_BEFORE_SLACK_SECS);
+    let latest = latest_expiry(now, offer.max_timeout_secs);
     if valid_before < U256::from(soonest) {
         return Err(with_payer(refuse(
             Reason::ValidBefore,

@@ -82,12 +82,13 @@ fn good() -> (Value, Address) {
     )
 }
 
+/// The reason a payload was refused for, by either scheme's `verify`.
+pub(crate) fn reason_of<T: std::fmt::Debug>(verified: Result<T, ExactError>) -> String {
+    verified.unwrap_err().reason.as_str().to_owned()
+}
+
 fn reason(p: &Value) -> String {
-    verify(p, &[offer()], NOW, 6)
-        .unwrap_err()
-        .reason
-        .as_str()
-        .to_owned()
+    reason_of(verify(p, &[offer()], NOW, 6))
 }
 
 #[test]

@@ -14,13 +14,14 @@
 //! - [`verify`]: the local checks of a payload, in the SDK facilitator's order and with its
 //!   reason strings (see docs/x402.md).
 
-use alloy_primitives::{address, Address, Signature, U256};
+use alloy_primitives::{address, Address, U256};
 use alloy_sol_types::{Eip712Domain, SolStruct};
 use serde_json::{json, Value};
 
 use super::{
-    chain_id_of, parse_address, parse_uint, refuse, ExactError, Reason, MAX_AMOUNT,
-    VALID_BEFORE_SLACK_SECS,
+    accepted_offer, chain_id_of, check_max_timeout, check_token_domain, latest_expiry,
+    parse_address, parse_hex, parse_uint, recover_signer, refuse, Echoed, ExactError, Offer,
+    Reason, MAX_AMOUNT,
 };
 use crate::money::Currency;
 
@@ -128,21 +129,14 @@ impl UptoOffer {
         let asset = addr(asset, "asset")?;
         let pay_to = addr(pay_to, "pay_to")?;
         let facilitator = addr(facilitator, "facilitator_address")?;
-        if name.is_empty() || name.len() > 64 || version.is_empty() || version.len() > 16 {
-            return Err((
-                "name",
-                "name (1-64 chars) and version (1-16 chars) are the token's EIP-712 domain".into(),
-            ));
-        }
+        check_token_domain(name, version)?;
         if max == 0 || max > MAX_AMOUNT {
             return Err((
                 "max",
                 format!("must be an integer of atomic units, 1 to {MAX_AMOUNT}"),
             ));
         }
-        if max_timeout_secs == 0 || max_timeout_secs > 3600 {
-            return Err(("max_timeout_secs", "must be 1 to 3600".into()));
-        }
+        check_max_timeout(max_timeout_secs)?;
         Ok(UptoOffer {
             network: network.to_owned(),
             chain_id,
@@ -180,23 +174,28 @@ impl UptoOffer {
     pub fn requirements(&self) -> Value {
         self.requirements_for(self.max)
     }
+}
 
-    /// Whether a payload's `accepted` names this offer: scheme, network, asset, payTo,
-    /// amount (the maximum) and `extra.facilitatorAddress` (addresses compared as addresses).
-    fn is(&self, accepted: &Value) -> bool {
-        let s = |k: &str| accepted.get(k).and_then(Value::as_str);
-        let extra = |k: &str| {
-            accepted
-                .pointer(&format!("/extra/{k}"))
-                .and_then(Value::as_str)
-        };
-        s("scheme") == Some(UPTO_SCHEME)
-            && s("network") == Some(self.network.as_str())
-            && s("asset").and_then(parse_address) == Some(self.asset)
-            && s("payTo").and_then(parse_address) == Some(self.pay_to)
-            && parse_uint(accepted.get("amount")) == Some(U256::from(self.max))
-            && extra("facilitatorAddress").and_then(parse_address) == Some(self.facilitator)
-            && extra("assetTransferMethod").is_none_or(|m| m == PERMIT2_METHOD)
+impl Offer for UptoOffer {
+    const SCHEME: &'static str = UPTO_SCHEME;
+    const OTHER_SCHEME: Reason = Reason::UptoScheme;
+    const OTHER_NETWORK: Reason = Reason::UptoNetworkMismatch;
+    const ECHOED: &'static str = "scheme, network, asset, payTo, amount, extra.facilitatorAddress";
+
+    fn echoed(&self) -> Echoed<'_> {
+        Echoed {
+            network: &self.network,
+            asset: self.asset,
+            pay_to: self.pay_to,
+            amount: self.max,
+        }
+    }
+
+    /// The facilitator allowed to settle (the token's name and version are not checked).
+    fn extra_matches(&self, extra: &Value) -> bool {
+        let s = |k: &str| extra.get(k).and_then(Value::as_str);
+        s("facilitatorAddress").and_then(parse_address) == Some(self.facilitator)
+            && s("assetTransferMethod").is_none_or(|m| m == PERMIT2_METHOD)
     }
 }
 
@@ -271,35 +270,7 @@ pub fn verify(
     now: u64,
     margin_secs: u64,
 ) -> Result<Verified, ExactError> {
-    if payload.get("x402Version").and_then(Value::as_u64) != Some(2) {
-        return Err(refuse(
-            Reason::InvalidX402Version,
-            "PAYMENT-SIGNATURE must carry x402Version 2",
-        ));
-    }
-    let accepted = payload
-        .get("accepted")
-        .filter(|a| a.is_object())
-        .ok_or_else(|| refuse(Reason::InvalidPayload, "accepted must be an object"))?;
-    if accepted.get("scheme").and_then(Value::as_str) != Some(UPTO_SCHEME) {
-        return Err(refuse(Reason::UptoScheme, "accepted.scheme must be upto"));
-    }
-    let network = accepted
-        .get("network")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if !offers.iter().any(|o| o.network == network) {
-        return Err(refuse(
-            Reason::UptoNetworkMismatch,
-            format!("this route takes no upto payment on {network:?}"),
-        ));
-    }
-    let index = offers.iter().position(|o| o.is(accepted)).ok_or_else(|| {
-        refuse(
-            Reason::InvalidPaymentRequirements,
-            "accepted is not one of this route's offers (scheme, network, asset, payTo, amount, extra.facilitatorAddress must be echoed unchanged)",
-        )
-    })?;
+    let index = accepted_offer(payload, offers)?;
     let offer = &offers[index];
     let inner = payload
         .get("payload")
@@ -341,9 +312,7 @@ pub fn verify(
             format!("deadline must be at least {margin_secs} s ahead"),
         ));
     }
-    let latest = now
-        .saturating_add(offer.max_timeout_secs)
-        .saturating_add(VALID_BEFORE_SLACK_SECS);
+    let latest = latest_expiry(now, offer.max_timeout_secs);
     if t.deadline > U256::from(latest) {
         return Err(fail(
             Reason::Permit2DeadlineTooFar,
@@ -378,9 +347,7 @@ pub fn verify(
         .get("signature")
         .and_then(Value::as_str)
         .filter(|s| s.len() <= MAX_SIGNATURE_CHARS)
-        .and_then(|s| s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")))
-        .and_then(|h| alloy_primitives::hex::decode(h).ok())
-        .filter(|b| b.len() == 65);
+        .and_then(parse_hex);
     let message = PermitWitnessTransferFrom {
         permitted: TokenPermissions {
             token: offer.asset,
@@ -396,9 +363,7 @@ pub fn verify(
         },
     };
     let digest = message.eip712_signing_hash(&permit2_domain(offer.chain_id));
-    let recovered = signature
-        .and_then(|s| Signature::from_raw(&s).ok())
-        .and_then(|sig| sig.recover_address_from_prehash(&digest).ok());
+    let recovered = signature.and_then(|s| recover_signer(&s, &digest));
     if recovered != Some(t.from) {
         return Err(fail(
             Reason::Permit2Signature,

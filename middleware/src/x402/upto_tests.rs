@@ -1,5 +1,6 @@
 use super::*;
 use crate::x402::signer::{LocalSigner, Permit};
+use crate::x402::tests::reason_of;
 
 const NOW: u64 = 1_800_000_000;
 const FACILITATOR: &str = "0x1111111111111111111111111111111111111111";
@@ -23,11 +24,7 @@ fn signer() -> LocalSigner {
 }
 
 fn reason(p: &Value) -> String {
-    verify(p, &[offer()], NOW, 6)
-        .unwrap_err()
-        .reason
-        .as_str()
-        .to_owned()
+    reason_of(verify(p, &[offer()], NOW, 6))
 }
 
 /// A payload signed for `permit` after `edit` changed its terms (so the signature is valid

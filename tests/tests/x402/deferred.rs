@@ -3,17 +3,6 @@
 
 use super::*;
 
-/// Poll until `f` holds (5 s at most).
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..250 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test]
 async fn deferred_mode_settles_in_the_background_exactly_once() {
     let redis = RedisServer::start();

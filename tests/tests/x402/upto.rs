@@ -108,44 +108,11 @@ async fn start_upto(
 
 /// The `upto` offer of a route's 402.
 async fn upto_offer(gw: &TestGateway, path: &str) -> Value {
-    let res = gw.http.get(gw.url(path)).send().await.unwrap();
-    assert_eq!(res.status(), 402);
-    let req = b64_json(res.headers()["payment-required"].to_str().unwrap());
-    req["accepts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["scheme"] == "upto")
-        .expect("an upto offer")
-        .clone()
+    offer_of(&payment_required(gw, path).await, "upto")
 }
 
 async fn pay_at(gw: &TestGateway, path_and_query: &str, payload: &Value) -> reqwest::Response {
-    gw.http
-        .get(gw.url(path_and_query))
-        .header("payment-signature", signature_header(payload))
-        .send()
-        .await
-        .unwrap()
-}
-
-/// Status, problem code and errorReason of a refusal (PAYMENT-RESPONSE agreeing).
-async fn upto_refusal(res: reqwest::Response) -> (u16, String, String) {
-    let status = res.status().as_u16();
-    let pr = res
-        .headers()
-        .get("payment-response")
-        .map(|v| b64_json(v.to_str().unwrap()));
-    let body: Value = res.json().await.unwrap();
-    if let Some(pr) = pr {
-        assert_eq!(pr["success"], false);
-        assert_eq!(pr["errorReason"], body["errorReason"]);
-    }
-    (
-        status,
-        body["code"].as_str().unwrap_or_default().to_owned(),
-        body["errorReason"].as_str().unwrap_or_default().to_owned(),
-    )
+    send_paid(gw, reqwest::Method::GET, path_and_query, payload).await
 }
 
 /// The usage events in the store: (payer, amount_minor, currency).
@@ -160,26 +127,9 @@ async fn events(gw: &TestGateway) -> Vec<(String, u64, String)> {
         .collect()
 }
 
-/// Wait (up to 5 s) until `f` holds.
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..250 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never: {what}");
-}
-
 /// Wait (up to 5 s) until the store holds `n` usage events.
 async fn events_eventually(gw: &TestGateway, n: usize) {
-    for _ in 0..250 {
-        if events(gw).await.len() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never {n} usage events");
+    usage_events_eventually(gw, n).await;
 }
 
 fn addr(s: &LocalSigner) -> String {
@@ -203,22 +153,12 @@ async fn a_metered_route_offers_upto_for_its_reserve() {
         })
     );
     // The catalog lists it for agents that plan ahead.
-    let cat: Value = gw
-        .http
-        .get(gw.url("/.well-known/tollgate"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cat = catalog(&gw).await;
     assert_eq!(cat["x402Networks"], json!([NETWORK]));
     assert_eq!(cat["routes"][0]["x402"]["settlement"], "before");
     assert_eq!(cat["routes"][0]["x402"]["accepts"], json!([offer]));
     // Issuing the 402 wrote nothing.
-    let mut c = redis.conn();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
-    assert!(keys.is_empty(), "{keys:?}");
+    assert_redis_empty(&redis);
 }
 
 #[tokio::test]
@@ -252,7 +192,7 @@ async fn before_settles_exactly_the_measured_cost_once() {
     assert!(pr["eventId"].as_str().is_some());
     // Single use: the same permit again, on any route of the gateway.
     for path in ["/v1/json?tokens=1", "/v1/stream?tokens=1"] {
-        let (status, code, reason) = upto_refusal(pay_at(&gw, path, &payload).await).await;
+        let (status, code, reason) = x402_refusal(pay_at(&gw, path, &payload).await).await;
         assert_eq!(
             (status, code.as_str(), reason.as_str()),
             (
@@ -327,13 +267,7 @@ async fn nothing_used_nothing_settled() {
     assert_eq!(res.status(), 500);
     assert!(res.headers().get("payment-response").is_none());
     // HEAD: nothing is paid for a body never sent.
-    let res = gw
-        .http
-        .head(gw.url("/v1/json?tokens=7"))
-        .header("payment-signature", signature_header(&payload))
-        .send()
-        .await
-        .unwrap();
+    let res = send_paid(&gw, reqwest::Method::HEAD, "/v1/json?tokens=7", &payload).await;
     assert_eq!(res.status(), 200);
     assert!(res.headers().get("payment-response").is_none());
     assert_eq!(f.calls(), vec!["verify", "verify", "verify"]);
@@ -376,7 +310,7 @@ async fn facilitator_failures_never_serve_unpaid() {
     ];
     for (mode, want) in verify_cases {
         f.set_verify(mode.clone());
-        let got = upto_refusal(pay_at(&gw, "/v1/json?tokens=10", &payload).await).await;
+        let got = x402_refusal(pay_at(&gw, "/v1/json?tokens=10", &payload).await).await;
         assert_eq!((got.0, got.1.as_str(), got.2.as_str()), want, "{mode:?}");
     }
     assert_eq!(hits.load(Ordering::SeqCst), 0);
@@ -409,7 +343,7 @@ async fn facilitator_failures_never_serve_unpaid() {
     for (mode, want) in settle_cases {
         f.set_settle(mode.clone());
         let res = pay_at(&gw, "/v1/json?tokens=10", &payload).await;
-        let got = upto_refusal(res).await;
+        let got = x402_refusal(res).await;
         assert_eq!((got.0, got.1.as_str(), got.2.as_str()), want, "{mode:?}");
     }
     assert_eq!(hits.load(Ordering::SeqCst), n);
@@ -682,7 +616,7 @@ async fn bad_permits_are_refused_before_any_io() {
         ),
     ];
     for (what, payload, reason) in cases {
-        let got = upto_refusal(pay_at(&gw, "/v1/json?tokens=1", &payload).await).await;
+        let got = x402_refusal(pay_at(&gw, "/v1/json?tokens=1", &payload).await).await;
         assert_eq!(
             (got.0, got.1.as_str(), got.2.as_str()),
             (402, "x402_payment_invalid", reason),
@@ -703,12 +637,7 @@ async fn bad_permits_are_refused_before_any_io() {
 
 #[tokio::test]
 async fn official_python_sdk_pays_a_metered_route_with_upto() {
-    let Some(python) = tollgate_e2e::tools::installed(
-        "TOLLGATE_X402_PYTHON",
-        ".cache/tollgate-x402-venv/bin/python",
-        "TOLLGATE_REQUIRE_X402_SDK",
-        "tests/x402_sdk/setup.sh",
-    ) else {
+    let Some(python) = sdk_python() else {
         return;
     };
     let f = facilitator(&[NETWORK]).await;
@@ -718,35 +647,16 @@ async fn official_python_sdk_pays_a_metered_route_with_upto() {
     let stores = [RedisServer::start(), RedisServer::start()];
     for (mode, redis) in ["before", "deferred"].into_iter().zip(&stores) {
         let gw = start_upto(redis, &f, &up, mode).await;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/x402_sdk/pay.py");
-        let out = tokio::process::Command::new(&python)
-            .arg(script)
-            .arg(gw.url("/v1/json?tokens=42"))
-            .arg("upto")
-            .output()
-            .await
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{mode}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_str(stdout.trim()).unwrap();
-        assert_eq!(v["status"], 200, "{mode}: {v}");
-        let payer = v["payer"].as_str().unwrap().to_lowercase();
-        let pr = &v["payment_response"];
-        assert_eq!(pr["success"], true);
-        assert_eq!(pr["payer"], payer.as_str());
-        assert_eq!(pr["network"], NETWORK);
-        assert_eq!(pr["settlement"], mode);
-        assert_eq!(pr["amountAtomic"], "4200");
-        let body: Value = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
-        assert_eq!(body["answer"], "metered content");
+        let paid = sdk_pays(&python, &gw.url("/v1/json?tokens=42"), Some("upto"), mode).await;
+        assert_eq!(paid.payment_response["amountAtomic"], "4200");
+        assert_eq!(paid.body["answer"], "metered content");
         expected.push(4200);
         eventually("settled", || f.transferred() == expected).await;
         events_eventually(&gw, 1).await;
-        assert_eq!(events(&gw).await, vec![(payer, 4200, "USDC".to_owned())]);
+        assert_eq!(
+            events(&gw).await,
+            vec![(paid.payer, 4200, "USDC".to_owned())]
+        );
     }
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
@@ -762,17 +672,12 @@ async fn a_settlement_confirmed_after_the_client_left_is_recorded() {
     // The facilitator confirms after 400 ms (within its 700 ms timeout); the client gives up
     // after 150 ms.
     f.set_settle(Mode::Hang(Duration::from_millis(400)));
-    let gone = gw
-        .http
-        .get(gw.url("/v1/json?tokens=9"))
-        .header(
-            "payment-signature",
-            signature_header(&payer.pay_upto(&offer, now()).unwrap()),
-        )
-        .timeout(Duration::from_millis(150))
-        .send()
-        .await;
-    assert!(gone.is_err(), "the client left before the answer");
+    leave_before_the_answer(
+        &gw,
+        "/v1/json?tokens=9",
+        &payer.pay_upto(&offer, now()).unwrap(),
+    )
+    .await;
     events_eventually(&gw, 1).await;
     assert_eq!(
         events(&gw).await,

@@ -32,11 +32,13 @@ use super::{
     b64_header, Admission, Payment, Paywall, Refusal, Secured, Settled, Standing, X402Failure,
 };
 use crate::error::ErrorCode;
-use crate::money::Money;
+use crate::money::{Currency, Money};
 use crate::price::PricedRoute;
 use crate::store::{AuthorizeOutcome, Reservation, SettleOutcome, Settlement, UsageEvent};
 use crate::x402::upto::UPTO_SCHEME;
-use crate::x402::{self, ExactRoute, FacilitatorError, OnChain, Reason, SettlementMode};
+use crate::x402::{
+    self, ExactError, ExactRoute, FacilitatorError, OnChain, Reason, SettlementMode,
+};
 
 mod upto;
 pub(super) use self::upto::UptoPending;
@@ -56,6 +58,42 @@ pub(super) struct X402Pending {
     payload: Value,
     /// Set once the transfer is on chain (`before`, at admission).
     on_chain: Option<OnChain>,
+}
+
+/// A locally verified x402 authorization, of either scheme: what is held single use.
+#[derive(Debug)]
+struct Authorization<'a> {
+    /// The scheme's store issuer ([`x402::STORE_ISSUER`], [`crate::x402::upto::STORE_ISSUER`]).
+    issuer: &'static str,
+    /// The payer's address (`0x`, lower case).
+    payer: String,
+    /// The nonce, as the store keys it.
+    nonce: String,
+    /// Unix seconds after which the chain voids it (`validBefore`, an `upto` `deadline`).
+    void_after: u64,
+    /// The network of the offer it pays.
+    network: &'a str,
+}
+
+impl Authorization<'_> {
+    /// A refusal of this authorization, with its x402 reason.
+    fn refusal(&self, code: ErrorCode, reason: &str, detail: &str) -> Refusal {
+        Paywall::x402_refusal(code, reason, detail, self.network, Some(&self.payer))
+    }
+
+    /// The payment it makes: `minor` atomic units of `currency` (`metered`: the most it
+    /// can be charged, settled at the measured cost).
+    fn payment(&self, currency: &Currency, minor: u64, metered: bool) -> Payment {
+        Payment {
+            payer: self.payer.clone(),
+            charge: Money {
+                amount: currency.from_minor(minor),
+                currency: currency.clone(),
+            },
+            credential: format!("x402:{}:{}:{}", self.network, self.payer, self.nonce),
+            metered,
+        }
+    }
 }
 
 /// The refusal code and reason for a facilitator failure.
@@ -117,46 +155,22 @@ impl Paywall {
                 "this route takes no x402 exact payment; see accepts",
             ));
         };
-        let now = u64::try_from(self.0.clock.now_secs()).unwrap_or(0);
-        let verified = match x402::verify(&payload, &x.offers, now, x.valid_before_margin_secs) {
-            Ok(v) => v,
-            Err(e) => {
-                let network = payload
-                    .pointer("/accepted/network")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let payer = e.payer.map(|a| format!("{a:#x}"));
-                return Err(Self::x402_refusal(
-                    ErrorCode::X402PaymentInvalid,
-                    e.reason.as_str(),
-                    &e.detail,
-                    network,
-                    payer.as_deref(),
-                ));
-            }
+        let verified = x402::verify(
+            &payload,
+            &x.offers,
+            self.now_unix(),
+            x.valid_before_margin_secs,
+        )
+        .map_err(|e| Self::x402_invalid(&payload, e))?;
+        let offer = x.offers.get(verified.offer).ok_or_else(Refusal::internal)?;
+        let authorization = Authorization {
+            issuer: x402::STORE_ISSUER,
+            payer: format!("{:#x}", verified.from),
+            nonce: format!("{:#x}", verified.nonce),
+            void_after: verified.valid_before,
+            network: &offer.network,
         };
-        let Some(offer) = x.offers.get(verified.offer) else {
-            return Err(Refusal::internal());
-        };
-        let payer = format!("{:#x}", verified.from);
-        let nonce = format!("{:#x}", verified.nonce);
-        self.check_limits(route, &payer, x402::STORE_ISSUER).await?;
-        let reservation = Reservation {
-            id: uuid::Uuid::new_v4().to_string(),
-            payer: payer.clone(),
-            issuer: x402::STORE_ISSUER.to_owned(),
-            receipt_id: nonce.clone(),
-            hold: self.hold_time(route),
-            spent_until_ms: i64::try_from(verified.valid_before)
-                .unwrap_or(i64::MAX / 2000)
-                .saturating_add(SPENT_SLACK_SECS)
-                .saturating_mul(1000),
-            mandate: None,
-        };
-        let refuse = |code: ErrorCode, reason: &str, detail: &str| {
-            Self::x402_refusal(code, reason, detail, &offer.network, Some(&payer))
-        };
-        self.authorize_single_use(&reservation, &refuse).await?;
+        let reservation = self.hold_authorization(route, &authorization).await?;
         let requirements = offer.requirements();
         let settled = match x.mode {
             SettlementMode::Before => x
@@ -177,21 +191,19 @@ impl Paywall {
         let on_chain = match settled {
             Ok(c) => c,
             Err((e, verifying)) => {
-                tracing::warn!(error = %e, payer = %payer, mode = x.mode.as_str(), "x402 facilitator did not accept the payment; nothing served");
-                self.release(&reservation).await;
-                let (code, reason) = facilitator_failure(&e, verifying);
-                return Err(refuse(code, &reason, facilitator_detail(code)));
+                tracing::warn!(error = %e, payer = %authorization.payer, mode = x.mode.as_str(), "x402 facilitator did not accept the payment; nothing served");
+                return Err(self
+                    .facilitator_refusal(
+                        &reservation,
+                        &e,
+                        verifying,
+                        &offer.network,
+                        &authorization.payer,
+                    )
+                    .await);
             }
         };
-        let payment = Payment {
-            payer: payer.clone(),
-            charge: Money {
-                amount: offer.currency.from_minor(offer.amount),
-                currency: offer.currency.clone(),
-            },
-            credential: format!("x402:{}:{payer}:{nonce}", offer.network),
-            metered: false,
-        };
+        let payment = authorization.payment(&offer.currency, offer.amount, false);
         let pending = X402Pending {
             offer: verified.offer,
             route: x,
@@ -202,6 +214,75 @@ impl Paywall {
             payment,
             Secured::X402(reservation, Box::new(pending)),
         )))
+    }
+
+    /// Now, in unix seconds (the clock of the local checks).
+    fn now_unix(&self) -> u64 {
+        u64::try_from(self.0.clock.now_secs()).unwrap_or(0)
+    }
+
+    /// The refusal of a payload that failed its scheme's local checks.
+    fn x402_invalid(payload: &Value, e: ExactError) -> Refusal {
+        let network = payload
+            .pointer("/accepted/network")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let payer = e.payer.map(|a| format!("{a:#x}"));
+        Self::x402_refusal(
+            ErrorCode::X402PaymentInvalid,
+            e.reason.as_str(),
+            &e.detail,
+            network,
+            payer.as_deref(),
+        )
+    }
+
+    /// Apply the payer's limits, then hold `authorization` single use: its reservation.
+    async fn hold_authorization(
+        &self,
+        route: &PricedRoute,
+        authorization: &Authorization<'_>,
+    ) -> Result<Reservation, Refusal> {
+        self.check_limits(route, &authorization.payer, authorization.issuer)
+            .await?;
+        let reservation = Reservation {
+            id: uuid::Uuid::new_v4().to_string(),
+            payer: authorization.payer.clone(),
+            issuer: authorization.issuer.to_owned(),
+            receipt_id: authorization.nonce.clone(),
+            hold: self.hold_time(route),
+            spent_until_ms: i64::try_from(authorization.void_after)
+                .unwrap_or(i64::MAX / 2000)
+                .saturating_add(SPENT_SLACK_SECS)
+                .saturating_mul(1000),
+            mandate: None,
+        };
+        let refuse = |code: ErrorCode, reason: &str, detail: &str| {
+            authorization.refusal(code, reason, detail)
+        };
+        self.authorize_single_use(&reservation, &refuse).await?;
+        Ok(reservation)
+    }
+
+    /// The facilitator did not accept a payment (`verifying`: at `/verify`, else at
+    /// `/settle`): the hold is released, and the refusal says why.
+    pub(super) async fn facilitator_refusal(
+        &self,
+        r: &Reservation,
+        e: &FacilitatorError,
+        verifying: bool,
+        network: &str,
+        payer: &str,
+    ) -> Refusal {
+        self.release(r).await;
+        let (code, reason) = facilitator_failure(e, verifying);
+        Self::x402_refusal(
+            code,
+            &reason,
+            facilitator_detail(code),
+            network,
+            Some(payer),
+        )
     }
 
     /// Hold an authorization single use in the store (one atomic step, shared by every gateway
@@ -296,64 +377,96 @@ impl Admission {
                 return self.settle_deferred(&x, &r, status.unwrap_or(0)).await;
             }
         }
-        // In its own task: once asked, the settlement (`after`) and its record run to the end
-        // even if the client goes away -- a transfer on chain is never left out of the ledger.
         let event = self.x402_event(&x, &r, status.unwrap_or(0));
-        let task = tokio::spawn(settle_and_record(
-            (x.route.facilitator.clone(), self.paywall.0.store.clone()),
-            self.paywall.0.settle_retry,
-            (r.clone(), event),
-            (x.payload.clone(), offer.requirements()),
-            x.on_chain.clone(),
-        ));
-        let settled = task.await.map_err(|e| {
-            tracing::error!(error = %e, "x402 settlement task failed");
-            Refusal::internal()
-        })?;
+        let settled = self
+            .settle_in_own_task(
+                &x.route,
+                &r,
+                event,
+                (x.payload.clone(), offer.requirements()),
+                x.on_chain.clone(),
+            )
+            .await?;
         let (on_chain, event_id) = match settled {
             Ok(done) => done,
             Err(e) => {
                 tracing::warn!(error = %e, payer = %self.payment.payer, "x402 settlement after serving failed; response withheld");
-                self.paywall.release(&r).await;
-                let (code, reason) = facilitator_failure(&e, false);
-                return Err(Paywall::x402_refusal(
-                    code,
-                    &reason,
-                    facilitator_detail(code),
-                    &offer.network,
-                    Some(&self.payment.payer),
-                ));
+                return Err(self
+                    .paywall
+                    .facilitator_refusal(&r, &e, false, &offer.network, &self.payment.payer)
+                    .await);
             }
         };
         crate::metrics::global()
             .revenue_minor
             .with_label_values(&[self.route.id.as_str(), offer.currency.code()])
             .inc_by(offer.amount);
-        let network = if on_chain.network.is_empty() {
-            offer.network.clone()
-        } else {
-            on_chain.network.clone()
-        };
+        Ok(self.x402_response(
+            (&offer.network, &offer.currency),
+            Some(&on_chain),
+            (offer.amount, event_id.as_deref()),
+            (x.route.mode.as_str(), None),
+        ))
+    }
+
+    /// [`settle_and_record`] in a task of its own: once asked, the settlement and its record
+    /// run to the end even if the client goes away (a transfer on chain is never left out of
+    /// the ledger). `Err` only if the task itself failed.
+    pub(super) async fn settle_in_own_task(
+        &self,
+        route: &ExactRoute,
+        r: &Reservation,
+        event: UsageEvent,
+        (payload, requirements): (Value, Value),
+        on_chain: Option<OnChain>,
+    ) -> Result<Result<(OnChain, Option<String>), FacilitatorError>, Refusal> {
+        let task = tokio::spawn(settle_and_record(
+            (route.facilitator.clone(), self.paywall.0.store.clone()),
+            self.paywall.0.settle_retry,
+            (r.clone(), event),
+            (payload, requirements),
+            on_chain,
+        ));
+        task.await.map_err(|e| {
+            tracing::error!(error = %e, "x402 settlement task failed");
+            Refusal::internal()
+        })
+    }
+
+    /// The `PAYMENT-RESPONSE` of an x402 payment of `amount` atomic units of `currency`:
+    /// settled (`on_chain`: on the network the facilitator names, else `network`), queued
+    /// (no transaction yet, the `settlement_id` named) or, an `upto` cost of 0, released.
+    pub(super) fn x402_response(
+        &self,
+        (network, currency): (&str, &Currency),
+        on_chain: Option<&OnChain>,
+        (amount, event_id): (u64, Option<&str>),
+        (settlement, settlement_id): (&str, Option<&str>),
+    ) -> Settled {
+        let network = on_chain
+            .map(|o| o.network.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(network);
         let body = PaymentResponse {
             success: true,
-            transaction: &on_chain.transaction,
-            network: &network,
+            transaction: on_chain.map_or("", |o| o.transaction.as_str()),
+            network,
             payer: &self.payment.payer,
-            amount: offer.currency.from_minor(offer.amount).to_string(),
-            amount_atomic: offer.amount.to_string(),
-            currency: offer.currency.code(),
-            decimals: offer.currency.scale(),
-            event_id: event_id.as_deref(),
+            amount: currency.from_minor(amount).to_string(),
+            amount_atomic: amount.to_string(),
+            currency: currency.code(),
+            decimals: currency.scale(),
+            event_id,
             receipt: None,
             balance: None,
             access_token: None,
-            settlement: Some(x.route.mode.as_str()),
-            settlement_id: None,
+            settlement: Some(settlement),
+            settlement_id,
         };
-        Ok(Settled {
+        Settled {
             payment_response: b64_header(&body),
             payment_receipt: None,
-        })
+        }
     }
 
     /// `deferred`: capture and queue the settlement in one atomic step; the response is
@@ -381,7 +494,7 @@ impl Admission {
         r: &Reservation,
         event: &UsageEvent,
         job: &Value,
-        (network, currency): (&str, &crate::money::Currency),
+        (network, currency): (&str, &Currency),
     ) -> Result<Settled, Refusal> {
         let job = job.to_string();
         let store = self.paywall.0.store.clone();
@@ -415,26 +528,12 @@ impl Admission {
             .revenue_minor
             .with_label_values(&[self.route.id.as_str(), currency.code()])
             .inc_by(amount);
-        let body = PaymentResponse {
-            success: true,
-            transaction: "",
-            network,
-            payer: &self.payment.payer,
-            amount: currency.from_minor(amount).to_string(),
-            amount_atomic: amount.to_string(),
-            currency: currency.code(),
-            decimals: currency.scale(),
-            event_id: Some(&event_id),
-            receipt: None,
-            balance: None,
-            access_token: None,
-            settlement: Some("deferred"),
-            settlement_id: Some(&event_id),
-        };
-        Ok(Settled {
-            payment_response: b64_header(&body),
-            payment_receipt: None,
-        })
+        Ok(self.x402_response(
+            (network, currency),
+            None,
+            (amount, Some(&event_id)),
+            ("deferred", Some(&event_id)),
+        ))
     }
 
     /// Dropped unsettled (client gone, future cancelled): a payment already on chain is
@@ -471,7 +570,7 @@ mod tests;
 /// capture that cannot be recorded is logged with the transaction for reconciliation, and
 /// the response is still served). Run in a task of its own, so a client leaving cannot cut
 /// it short.
-pub(super) async fn settle_and_record(
+async fn settle_and_record(
     (facilitator, store): (
         Arc<dyn crate::x402::Facilitator>,
         Arc<dyn crate::store::Store>,

@@ -22,7 +22,6 @@
 //! goes away meanwhile never leaves a transfer on chain out of the ledger.
 
 use super::*;
-use crate::money::Currency;
 use crate::paywall::BodyEnd;
 use crate::price::Price;
 use crate::x402::upto::{self, UptoOffer};
@@ -70,64 +69,38 @@ impl Paywall {
                 "this route takes no x402 upto payment; see accepts",
             ));
         };
-        let now = u64::try_from(self.0.clock.now_secs()).unwrap_or(0);
-        let verified = match upto::verify(&payload, &x.upto, now, x.valid_before_margin_secs) {
-            Ok(v) => v,
-            Err(e) => {
-                let network = payload
-                    .pointer("/accepted/network")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let payer = e.payer.map(|a| format!("{a:#x}"));
-                return Err(Self::x402_refusal(
-                    ErrorCode::X402PaymentInvalid,
-                    e.reason.as_str(),
-                    &e.detail,
-                    network,
-                    payer.as_deref(),
-                ));
-            }
+        let verified = upto::verify(
+            &payload,
+            &x.upto,
+            self.now_unix(),
+            x.valid_before_margin_secs,
+        )
+        .map_err(|e| Self::x402_invalid(&payload, e))?;
+        let offer = x.upto.get(verified.offer).ok_or_else(Refusal::internal)?;
+        let authorization = Authorization {
+            issuer: upto::STORE_ISSUER,
+            payer: format!("{:#x}", verified.from),
+            nonce: verified.nonce.to_string(),
+            void_after: verified.deadline,
+            network: &offer.network,
         };
-        let Some(offer) = x.upto.get(verified.offer) else {
-            return Err(Refusal::internal());
-        };
-        let payer = format!("{:#x}", verified.from);
-        let nonce = verified.nonce.to_string();
-        self.check_limits(route, &payer, upto::STORE_ISSUER).await?;
-        let reservation = Reservation {
-            id: uuid::Uuid::new_v4().to_string(),
-            payer: payer.clone(),
-            issuer: upto::STORE_ISSUER.to_owned(),
-            receipt_id: nonce.clone(),
-            hold: self.hold_time(route),
-            spent_until_ms: i64::try_from(verified.deadline)
-                .unwrap_or(i64::MAX / 2000)
-                .saturating_add(SPENT_SLACK_SECS)
-                .saturating_mul(1000),
-            mandate: None,
-        };
-        let refuse = |code: ErrorCode, reason: &str, detail: &str| {
-            Self::x402_refusal(code, reason, detail, &offer.network, Some(&payer))
-        };
-        self.authorize_single_use(&reservation, &refuse).await?;
+        let reservation = self.hold_authorization(route, &authorization).await?;
         if x.mode != SettlementMode::Deferred {
             // The facilitator's view (balance, allowance, simulation) of the maximum.
             if let Err(e) = x.facilitator.verify(&payload, &offer.requirements()).await {
-                tracing::warn!(error = %e, payer = %payer, "x402 upto permit not verified by the facilitator; nothing served");
-                self.release(&reservation).await;
-                let (code, reason) = facilitator_failure(&e, true);
-                return Err(refuse(code, &reason, facilitator_detail(code)));
+                tracing::warn!(error = %e, payer = %authorization.payer, "x402 upto permit not verified by the facilitator; nothing served");
+                return Err(self
+                    .facilitator_refusal(
+                        &reservation,
+                        &e,
+                        true,
+                        &offer.network,
+                        &authorization.payer,
+                    )
+                    .await);
             }
         }
-        let payment = Payment {
-            payer: payer.clone(),
-            charge: Money {
-                amount: offer.currency.from_minor(offer.max),
-                currency: offer.currency.clone(),
-            },
-            credential: format!("x402:{}:{payer}:{nonce}", offer.network),
-            metered: true,
-        };
+        let payment = authorization.payment(&offer.currency, offer.max, true);
         let pending = UptoPending {
             offer: verified.offer,
             route: x,
@@ -161,7 +134,12 @@ impl Admission {
         if cost == 0 {
             // Nothing to settle: the permit was never used on chain, so it may be used again.
             self.paywall.release(&r).await;
-            return Ok(self.upto_response(&offer, mode, None, (0, None)));
+            return Ok(self.x402_response(
+                (&offer.network, &offer.currency),
+                None,
+                (0, None),
+                (mode.as_str(), None),
+            ));
         }
         let time_ms = self.paywall.0.clock.now_ms();
         let event = UsageEvent {
@@ -175,19 +153,15 @@ impl Admission {
                 .queue_settlement(&r, &event, &job, (&offer.network, &offer.currency))
                 .await;
         }
-        // In its own task: once asked, the settlement and its record run to the end even if
-        // the client goes away (a transfer on chain is never left out of the ledger).
-        let task = tokio::spawn(settle_and_record(
-            (x.route.facilitator.clone(), self.paywall.0.store.clone()),
-            self.paywall.0.settle_retry,
-            (r.clone(), event.clone()),
-            (x.payload.clone(), requirements.clone()),
-            None,
-        ));
-        let settled = task.await.map_err(|e| {
-            tracing::error!(error = %e, "x402 upto settlement task failed");
-            Refusal::internal()
-        })?;
+        let settled = self
+            .settle_in_own_task(
+                &x.route,
+                &r,
+                event.clone(),
+                (x.payload.clone(), requirements.clone()),
+                None,
+            )
+            .await?;
         let (on_chain, event_id) = match settled {
             Ok(done) => done,
             Err(e) if self.delivered => {
@@ -201,15 +175,10 @@ impl Admission {
             }
             Err(e) => {
                 tracing::warn!(error = %e, payer = %self.payment.payer, cost, "x402 upto settlement failed; response withheld");
-                self.paywall.release(&r).await;
-                let (code, reason) = facilitator_failure(&e, false);
-                return Err(Paywall::x402_refusal(
-                    code,
-                    &reason,
-                    facilitator_detail(code),
-                    &offer.network,
-                    Some(&self.payment.payer),
-                ));
+                return Err(self
+                    .paywall
+                    .facilitator_refusal(&r, &e, false, &offer.network, &self.payment.payer)
+                    .await);
             }
         };
         let m = crate::metrics::global();
@@ -221,41 +190,11 @@ impl Admission {
                 .with_label_values(&[self.route.id.as_str(), unit.as_str()])
                 .inc_by(*n);
         }
-        Ok(self.upto_response(&offer, mode, Some(&on_chain), (cost, event_id.as_deref())))
-    }
-
-    /// The `PAYMENT-RESPONSE` of a settled (or, cost 0, released) `upto` payment.
-    fn upto_response(
-        &self,
-        offer: &UptoOffer,
-        mode: SettlementMode,
-        on_chain: Option<&OnChain>,
-        (cost, event_id): (u64, Option<&str>),
-    ) -> Settled {
-        let c: &Currency = &offer.currency;
-        let network = on_chain
-            .map(|o| o.network.as_str())
-            .filter(|n| !n.is_empty())
-            .unwrap_or(&offer.network);
-        let body = PaymentResponse {
-            success: true,
-            transaction: on_chain.map_or("", |o| o.transaction.as_str()),
-            network,
-            payer: &self.payment.payer,
-            amount: c.from_minor(cost).to_string(),
-            amount_atomic: cost.to_string(),
-            currency: c.code(),
-            decimals: c.scale(),
-            event_id,
-            receipt: None,
-            balance: None,
-            access_token: None,
-            settlement: Some(mode.as_str()),
-            settlement_id: None,
-        };
-        Settled {
-            payment_response: b64_header(&body),
-            payment_receipt: None,
-        }
+        Ok(self.x402_response(
+            (&offer.network, &offer.currency),
+            Some(&on_chain),
+            (cost, event_id.as_deref()),
+            (mode.as_str(), None),
+        ))
     }
 }
