@@ -6,7 +6,10 @@
 #
 # The gateway runs under `valgrind --tool=callgrind` (~50x slower), driven by wrk with 4
 # connections for PROFILE_SECS (10) per scenario, one gateway per scenario; the annotated
-# inclusive costs go to bench/out/profile-<scenario>.txt. Knobs: UP_PORT (19100), GW_PORT (18502).
+# inclusive costs go to bench/out/profile-<scenario>.txt, instructions per request to
+# bench/out/profile-<scenario>-per-request.txt. Scenarios: free, paid (receipt), token (drawdown),
+# lease (drawdown from a balance lease, [store.lease]). Knobs: UP_PORT (19100), GW_PORT (18502),
+# PROFILE_ONLY ("free paid token lease": the scenarios to run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -65,8 +68,11 @@ path = "/free"
 upstream = "http://127.0.0.1:$UP_PORT"
 price = "free"
 EOF
+# The lease scenario: the same file with balance leases.
+sed 's/^\[store\]$/[store.lease]\nrequests = 256\n\n[store]/' "$TMP/gw.toml" >"$TMP/gw-lease.toml"
+grep -q '^\[store.lease\]$' "$TMP/gw-lease.toml" || { log "no [store] in the profile config"; exit 1; }
 "$PY" "$BENCH/gen_receipts.py" "$TMP/key.json" "$TMP/receipts.txt" 40000 bench-issuer bench-merchant "prof-$$" 2>/dev/null
-"$PY" "$BENCH/gen_receipts.py" "$TMP/key.json" "$TMP/topup.txt" 1 bench-issuer bench-merchant "proftop-$$" 1000 USD topup 2>/dev/null
+"$PY" "$BENCH/gen_receipts.py" "$TMP/key.json" "$TMP/topup.txt" 2 bench-issuer bench-merchant "proftop-$$" 1000 USD topup 2>/dev/null
 
 redis-server --port 0 --unixsocket "$SOCK" --unixsocketperm 700 --save "" --appendonly no --dir "$TMP" >/dev/null 2>&1 &
 PIDS+=($!)
@@ -75,15 +81,19 @@ PIDS+=($!)
 sleep 0.5
 
 profile() { # profile NAME [wrk.lua env...]
-    local name=$1 gw i
+    local name=$1 gw i config="$TMP/gw.toml" topup
     shift
-    valgrind --tool=callgrind --callgrind-out-file="$TMP/cg-$name.out" "$TOLLGATE" run --config "$TMP/gw.toml" \
+    case " ${PROFILE_ONLY:-free paid token lease} " in *" $name "*) ;; *) return 0 ;; esac
+    [ "$name" = lease ] && config="$TMP/gw-lease.toml"
+    valgrind --tool=callgrind --callgrind-out-file="$TMP/cg-$name.out" "$TOLLGATE" run --config "$config" \
         >"$TMP/gw-$name.log" 2>&1 &
     gw=$!
     PIDS+=("$gw")
     for i in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$GW_PORT/readyz" && break; sleep 0.1; done
-    if [ "$name" = token ]; then
-        TOKEN=$(curl -s -X POST -H "Authorization: Payment $(head -1 "$TMP/topup.txt")" \
+    if [ "$name" = token ] || [ "$name" = lease ]; then
+        # One top-up receipt per scenario (single use).
+        topup=$(if [ "$name" = token ]; then sed -n 1p "$TMP/topup.txt"; else sed -n 2p "$TMP/topup.txt"; fi)
+        TOKEN=$(curl -s -X POST -H "Authorization: Payment $topup" \
             "http://127.0.0.1:$GW_PORT/tollgate/v1/topup" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
         set -- "$@" BENCH_AUTH="Bearer $TOKEN"
     fi
@@ -92,6 +102,19 @@ profile() { # profile NAME [wrk.lua env...]
         >"$OUT/profile-$name-wrk.txt" 2>&1
     kill -TERM "$gw"
     wait "$gw" 2>/dev/null || true
+    # Instructions per served request: the whole process's count over wrk's request count
+    # (start-up and shutdown included, so a lower bound on the saving of a change).
+    "$PY" - "$TMP/cg-$name.out" "$OUT/profile-$name-wrk.txt" >"$OUT/profile-$name-per-request.txt" <<'PYEOF'
+import re, sys
+cg, wrk = sys.argv[1:]
+total = 0
+for line in open(cg):
+    if line.startswith("summary:") or line.startswith("totals:"):
+        total = int(line.split()[1])
+reqs = int(re.search(r"(\d+) requests in", open(wrk).read()).group(1))
+print(f"{total} instructions, {reqs} requests, {total // max(reqs, 1)} instructions per request")
+PYEOF
+    log "$name: $(cat "$OUT/profile-$name-per-request.txt")"
     { callgrind_annotate --inclusive=yes "$TMP/cg-$name.out" 2>/dev/null || true; } | head -120 >"$OUT/profile-$name.txt" || true
     { callgrind_annotate "$TMP/cg-$name.out" 2>/dev/null || true; } | head -80 >"$OUT/profile-$name-self.txt" || true
     log "-> $OUT/profile-$name.txt (inclusive), $OUT/profile-$name-self.txt (self)"
@@ -99,3 +122,4 @@ profile() { # profile NAME [wrk.lua env...]
 profile free
 profile paid BENCH_HOST=paid.bench BENCH_RECEIPTS="$TMP/receipts.txt"
 profile token BENCH_HOST=token.bench BENCH_EXPECT_PR=1
+profile lease BENCH_HOST=token.bench BENCH_EXPECT_PR=1

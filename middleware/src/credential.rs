@@ -63,7 +63,7 @@ pub enum Credential {
     },
     /// An x402 v2 `PaymentPayload` with `accepted.scheme` `exact` or `upto` (decoded, not yet
     /// checked).
-    X402Exact(Box<serde_json::Value>),
+    X402(Box<serde_json::Value>),
 }
 
 /// Why the payment headers could not be read.
@@ -230,7 +230,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Credential>, CredentialErro
                         .and_then(serde_json::Value::as_str)
                         .is_some_and(is_x402_evm)
                     {
-                        return Ok(Some(Credential::X402Exact(Box::new(raw))));
+                        return Ok(Some(Credential::X402(Box::new(raw))));
                     }
                 }
                 let e = typed.err().map(|e| e.to_string()).unwrap_or_default();
@@ -466,12 +466,12 @@ mod tests {
         let c = extract(&h(&[("payment-signature", &b64(p.clone()))]))
             .unwrap()
             .unwrap();
-        assert_eq!(c, Credential::X402Exact(Box::new(p)));
+        assert_eq!(c, Credential::X402(Box::new(p)));
         // Its shape is checked later (with the x402 reasons), never here.
         let odd = serde_json::json!({"x402Version": 7, "accepted": {"scheme": "exact"}});
         assert!(matches!(
             extract(&h(&[("payment-signature", &b64(odd))])),
-            Ok(Some(Credential::X402Exact(_)))
+            Ok(Some(Credential::X402(_)))
         ));
     }
 

@@ -27,7 +27,7 @@ impl Paywall {
         let kind = match &credential {
             Ok(Some(Credential::AccessToken { .. })) => "token",
             Ok(Some(Credential::Receipt { .. })) => "receipt",
-            Ok(Some(Credential::X402Exact(_))) => "x402",
+            Ok(Some(Credential::X402(_))) => "x402",
             _ => "none",
         };
         // A claimed Idempotency-Key comes back here: on a refusal after the claim it is
@@ -121,7 +121,7 @@ impl Paywall {
             delivered: false,
         };
         match credential {
-            Credential::X402Exact(payload) => self.admit_x402(route, *payload, admission).await,
+            Credential::X402(payload) => self.admit_x402(route, *payload, admission).await,
             Credential::AccessToken { token, dpop } => {
                 let (claims, _) = self
                     .token_claims(&token, dpop, RequestLine { method, uri }, headers)
