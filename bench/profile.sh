@@ -80,10 +80,14 @@ PIDS+=($!)
 PIDS+=($!)
 sleep 0.5
 
+callgrind_total() { # the instruction count of a callgrind output file
+    sed -n 's/^\(summary\|totals\): \([0-9]*\).*/\2/p' "$1" | tail -1
+}
+
 profile() { # profile NAME [wrk.lua env...]
     local name=$1 gw i config="$TMP/gw.toml" topup
     shift
-    case " ${PROFILE_ONLY:-free paid token lease} " in *" $name "*) ;; *) return 0 ;; esac
+    [ "$name" = startup ] || case " ${PROFILE_ONLY:-free paid token lease} " in *" $name "*) ;; *) return 0 ;; esac
     [ "$name" = lease ] && config="$TMP/gw-lease.toml"
     valgrind --tool=callgrind --callgrind-out-file="$TMP/cg-$name.out" "$TOLLGATE" run --config "$config" \
         >"$TMP/gw-$name.log" 2>&1 &
@@ -97,28 +101,33 @@ profile() { # profile NAME [wrk.lua env...]
             "http://127.0.0.1:$GW_PORT/tollgate/v1/topup" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
         set -- "$@" BENCH_AUTH="Bearer $TOKEN"
     fi
+    if [ "$name" = startup ]; then
+        # Start-up and shutdown alone, subtracted from every scenario's count below.
+        kill -TERM "$gw"
+        wait "$gw" 2>/dev/null || true
+        callgrind_total "$TMP/cg-startup.out" >"$TMP/startup.txt"
+        log "start-up and shutdown: $(cat "$TMP/startup.txt") instructions"
+        return 0
+    fi
     log "profiling $name for ${SECS}s"
     env BENCH_THREADS=1 "$@" wrk -t1 -c4 -d"${SECS}s" -s "$BENCH/wrk.lua" "http://127.0.0.1:$GW_PORT/free/hello" \
         >"$OUT/profile-$name-wrk.txt" 2>&1
     kill -TERM "$gw"
     wait "$gw" 2>/dev/null || true
-    # Instructions per served request: the whole process's count over wrk's request count
-    # (start-up and shutdown included, so a lower bound on the saving of a change).
-    "$PY" - "$TMP/cg-$name.out" "$OUT/profile-$name-wrk.txt" >"$OUT/profile-$name-per-request.txt" <<'PYEOF'
-import re, sys
-cg, wrk = sys.argv[1:]
-total = 0
-for line in open(cg):
-    if line.startswith("summary:") or line.startswith("totals:"):
-        total = int(line.split()[1])
-reqs = int(re.search(r"(\d+) requests in", open(wrk).read()).group(1))
-print(f"{total} instructions, {reqs} requests, {total // max(reqs, 1)} instructions per request")
-PYEOF
+    # Instructions per served request: the process's count less start-up and shutdown (the
+    # `startup` run), over wrk's request count.
+    local total reqs
+    total=$(callgrind_total "$TMP/cg-$name.out")
+    reqs=$(grep -oE '[0-9]+ requests in' "$OUT/profile-$name-wrk.txt" | cut -d' ' -f1)
+    echo "$total instructions ($(cat "$TMP/startup.txt") of them start-up and shutdown), $reqs requests," \
+        "$(( (total - $(cat "$TMP/startup.txt")) / (reqs > 0 ? reqs : 1) )) instructions per request" \
+        >"$OUT/profile-$name-per-request.txt"
     log "$name: $(cat "$OUT/profile-$name-per-request.txt")"
     { callgrind_annotate --inclusive=yes "$TMP/cg-$name.out" 2>/dev/null || true; } | head -120 >"$OUT/profile-$name.txt" || true
     { callgrind_annotate "$TMP/cg-$name.out" 2>/dev/null || true; } | head -80 >"$OUT/profile-$name-self.txt" || true
     log "-> $OUT/profile-$name.txt (inclusive), $OUT/profile-$name-self.txt (self)"
 }
+profile startup
 profile free
 profile paid BENCH_HOST=paid.bench BENCH_RECEIPTS="$TMP/receipts.txt"
 profile token BENCH_HOST=token.bench BENCH_EXPECT_PR=1

@@ -45,6 +45,11 @@ pub(crate) async fn handle(State(gw): State<Gateway>, mut req: Request) -> Respo
 
 /// The route label for metrics (`agent` for the agent endpoints, `-` when nothing matches),
 /// and the response.
+///
+/// Every branch but the free route's proxying awaits a boxed future: an async fn's state is as
+/// large as its largest branch, and it is moved (copied) as it is built and boxed by the
+/// server, so the paid path's, the agent endpoints' and MCP's state inline here cost every
+/// request, free ones included, a copy of several kilobytes (bench/RESULTS.md).
 pub(crate) async fn route_request(gw: Gateway, mut req: Request) -> (String, Response) {
     // One snapshot for the whole request, even if a reload happens meanwhile.
     let inner = gw.inner();
@@ -64,19 +69,21 @@ pub(crate) async fn route_request(gw: Gateway, mut req: Request) -> (String, Res
     if req.method() == http::Method::GET && agent_rest == Some("/usage") {
         return (
             "agent".to_owned(),
-            crate::bill::bill(&gw, &inner, req.headers(), req.uri()).await,
+            Box::pin(crate::bill::bill(&gw, &inner, req.headers(), req.uri())).await,
         );
     }
     if agent_rest == Some("/mcp") {
         return (
             "agent".to_owned(),
-            crate::mcp::agent::serve(&gw, &inner, req).await,
+            Box::pin(crate::mcp::agent::serve(&gw, &inner, req)).await,
         );
     }
-    if let Some(res) = inner
-        .paywall
-        .agent_api(req.method(), req.uri().path(), req.headers())
-        .await
+    if let Some(res) = Box::pin(inner.paywall.agent_api(
+        req.method(),
+        req.uri().path(),
+        req.headers(),
+    ))
+    .await
     {
         return ("agent".to_owned(), res.map(Body::from));
     }
@@ -120,7 +127,7 @@ pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) ->
         );
     }
     if let Some(tools) = &m.tools {
-        return crate::mcp::tools::serve(inner, m, tools, req).await;
+        return Box::pin(crate::mcp::tools::serve(inner, m, tools, req)).await;
     }
     if matches!(m.priced.price, Price::Free) {
         // Free route: nothing to pay, so no payment layer -- only what it would do for a free
@@ -136,7 +143,7 @@ pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) ->
         credential::strip(headers);
         req.extensions_mut().insert(route.clone());
         if upgrade::is_websocket(&req) {
-            return m.proxy.forward_upgrade(req).await;
+            return Box::pin(m.proxy.forward_upgrade(req)).await;
         }
         return forward_counted(&m.proxy, &route.id, req).await;
     }
@@ -155,7 +162,7 @@ pub(crate) async fn serve_route(inner: &Inner, m: &Matched, mut req: Request) ->
         async move { Ok::<_, std::convert::Infallible>(forward_counted(&proxy, &route.id, req).await) }
     });
     let paid = PaymentLayer::new(inner.paywall.clone(), Arc::new(RouteFromExtension));
-    match tower::Layer::layer(&paid, upstream).oneshot(req).await {
+    match Box::pin(tower::Layer::layer(&paid, upstream).oneshot(req)).await {
         Ok(res) => res.map(Body::new),
         Err(never) => match never {},
     }
