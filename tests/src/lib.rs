@@ -402,6 +402,14 @@ impl TestGateway {
         )
     }
 
+    /// `GET path` on the public listener, as JSON (the catalog, `/openapi.json`...).
+    pub async fn get_json(&self, path: &str) -> Value {
+        let res = self.http.get(self.url(path)).send().await.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} ({status}): {e}: {text}"))
+    }
+
     /// `GET path` on the admin listener with the admin `token`, as JSON.
     pub async fn admin_json(&self, path: &str, token: &str) -> Value {
         let text = self.admin_text(path, token).await;

@@ -133,15 +133,7 @@ async fn openapi_lists_the_priced_routes_and_agrees_with_their_402s() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let doc: Value = gw
-        .http
-        .get(gw.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = gw.get_json("/openapi.json").await;
     assert_eq!(
         doc["paths"]["/v1/echo"]["post"]["x-payment-info"]["offers"][0]["amount"],
         "20000"
@@ -195,15 +187,7 @@ async fn the_realm_is_the_public_host_unless_configured() {
     let (gw, _up) = priced_gateway("public_url = \"https://pay.example.com/base\"\n").await;
     let res = gw.http.post(gw.url("/v1/echo")).send().await.unwrap();
     assert_eq!(www(&res), "pay.example.com");
-    let doc: Value = gw
-        .http
-        .get(gw.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = gw.get_json("/openapi.json").await;
     assert_eq!(doc["servers"][0]["url"], "https://pay.example.com/base");
     // Configured.
     let (gw, _up) = priced_gateway("realm = \"example.com\"\n").await;

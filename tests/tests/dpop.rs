@@ -352,15 +352,7 @@ async fn required_binds_every_token_and_refuses_bearer_ones() {
         .unwrap();
     assert_eq!(refusal(res).await.1, "dpop_proof_required");
     // The catalog says so.
-    let catalog: Value = gw
-        .http
-        .get(gw.url("/.well-known/tollgate"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog: Value = gw.get_json("/.well-known/tollgate").await;
     let dpop = catalog["paymentMethods"]
         .as_array()
         .unwrap()

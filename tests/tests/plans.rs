@@ -80,15 +80,7 @@ async fn included_calls_then_deny_with_a_renewal_offer() {
     let wallet = TestIssuer::ed25519("wallet");
     let gw = start(&redis, &wallet).await;
     // The catalog lists the plans.
-    let cat: Value = gw
-        .http
-        .get(gw.url("/.well-known/tollgate"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cat: Value = gw.get_json("/.well-known/tollgate").await;
     assert_eq!(cat["plans"][0]["id"], "starter");
     assert_eq!(cat["plans"][0]["includedCalls"], 3);
     assert_eq!(cat["plans"][2]["pass"], true);

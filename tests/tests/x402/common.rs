@@ -91,14 +91,7 @@ pub(crate) async fn x402_refusal(res: reqwest::Response) -> (u16, String, String
 
 /// The price catalog (`/.well-known/tollgate`).
 pub(crate) async fn catalog(gw: &TestGateway) -> Value {
-    gw.http
-        .get(gw.url("/.well-known/tollgate"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    gw.get_json("/.well-known/tollgate").await
 }
 
 /// Nothing is in Redis (issuing a 402 writes nothing).
