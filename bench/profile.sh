@@ -125,7 +125,8 @@ profile() { # profile NAME [wrk.lua env...]
     log "$name: $(cat "$OUT/profile-$name-per-request.txt")"
     { callgrind_annotate --inclusive=yes "$TMP/cg-$name.out" 2>/dev/null || true; } | head -120 >"$OUT/profile-$name.txt" || true
     { callgrind_annotate "$TMP/cg-$name.out" 2>/dev/null || true; } | head -80 >"$OUT/profile-$name-self.txt" || true
-    log "-> $OUT/profile-$name.txt (inclusive), $OUT/profile-$name-self.txt (self)"
+    cp "$TMP/cg-$name.out" "$OUT/callgrind-$name.out" # for callgrind_annotate --tree=caller
+    log "-> $OUT/profile-$name.txt (inclusive), $OUT/profile-$name-self.txt (self), $OUT/callgrind-$name.out"
 }
 profile startup
 profile free

@@ -467,14 +467,16 @@ where
         let route = self
             .routes
             .resolve(req.method(), req.uri(), req.headers(), req.extensions());
+        // Each phase's future is boxed where it is awaited: this future is moved (copied) as it
+        // is built and boxed, and inline phases would make it as large as the largest of them
+        // (bench/RESULTS.md, 2026-12-04).
         Box::pin(async move {
             // Only Tollgate may tell the upstream who paid.
             req.headers_mut().remove(TOLLGATE_PAYER);
             req.headers_mut().remove(TOLLGATE_CHARGE);
             if paywall.is_agent_api(req.uri().path()) {
-                if let Some(res) = paywall
-                    .agent_api(req.method(), req.uri().path(), req.headers())
-                    .await
+                if let Some(res) =
+                    Box::pin(paywall.agent_api(req.method(), req.uri().path(), req.headers())).await
                 {
                     return Ok(refusal(res));
                 }
@@ -486,23 +488,22 @@ where
                     .await?
                     .map(|body| PaymentBody::Inner { body }));
             };
-            let admission = match paywall
-                .admit(&route, req.method(), req.uri(), req.headers())
-                .await
-            {
-                Ok(Some(a)) => a,
-                Ok(None) => {
-                    credential::strip(req.headers_mut());
-                    return Ok(inner
-                        .call(req)
-                        .await?
-                        .map(|body| PaymentBody::Inner { body }));
-                }
-                Err(refused) => {
-                    let head = Head::of(&req);
-                    return Ok(refusal(paywall.render(&refused, Some((&route, head)))));
-                }
-            };
+            let admission =
+                match Box::pin(paywall.admit(&route, req.method(), req.uri(), req.headers())).await
+                {
+                    Ok(Some(a)) => a,
+                    Ok(None) => {
+                        credential::strip(req.headers_mut());
+                        return Ok(inner
+                            .call(req)
+                            .await?
+                            .map(|body| PaymentBody::Inner { body }));
+                    }
+                    Err(refused) => {
+                        let head = Head::of(&req);
+                        return Ok(refusal(paywall.render(&refused, Some((&route, head)))));
+                    }
+                };
             // What a refusal after forwarding (a capture that cannot be recorded, an x402
             // settlement refused) needs of the request, which is gone by then.
             let head = OwnedHead::of(&req);
@@ -522,17 +523,17 @@ where
             req.extensions_mut().insert(payment);
             req.extensions_mut().insert(admission.request_counter());
 
-            let res = match inner.call(req).await {
+            let res = match Box::pin(inner.call(req)).await {
                 Ok(res) => res,
                 Err(e) => {
                     // Nothing was served: give the receipt or balance back.
-                    let _ = admission.settle(None, None).await;
+                    let _ = Box::pin(admission.settle(None, None)).await;
                     return Err(e);
                 }
             };
             let status = res.status().as_u16();
             if status >= 400 || admission.metered().is_none() {
-                return Ok(match admission.settle(Some(status), None).await {
+                return Ok(match Box::pin(admission.settle(Some(status), None)).await {
                     Ok(settled) => {
                         with_settled(res.map(|body| PaymentBody::Inner { body }), settled)
                     }
@@ -540,7 +541,7 @@ where
                     Err(refused) => refusal(paywall.render(&refused, Some((&route, head.head())))),
                 });
             }
-            Ok(metered_response(admission, res, (&paywall, head)).await)
+            Ok(Box::pin(metered_response(admission, res, (&paywall, head))).await)
         })
     }
 }
