@@ -97,7 +97,7 @@ impl Authorization<'_> {
 }
 
 /// The refusal code and reason for a facilitator failure.
-pub(super) fn facilitator_failure(e: &FacilitatorError, verifying: bool) -> (ErrorCode, String) {
+fn facilitator_failure(e: &FacilitatorError, verifying: bool) -> (ErrorCode, String) {
     match e {
         FacilitatorError::Refused { reason } => (ErrorCode::X402SettlementFailed, reason.clone()),
         FacilitatorError::Pending => (
@@ -115,7 +115,7 @@ pub(super) fn facilitator_failure(e: &FacilitatorError, verifying: bool) -> (Err
     }
 }
 
-pub(super) fn facilitator_detail(code: ErrorCode) -> &'static str {
+fn facilitator_detail(code: ErrorCode) -> &'static str {
     if code == ErrorCode::FacilitatorUnavailable {
         "the payment could not be settled now; nothing was served (retry; the chain never settles one authorization twice)"
     } else {
