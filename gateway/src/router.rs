@@ -196,3 +196,34 @@ pub(crate) async fn forward_counted(proxy: &Proxy, route_id: &str, req: Request)
     }
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every request's future is built and moved (copied) before it first runs, free
+    /// requests' too: `route_request` boxes every branch but the free proxying, so its size
+    /// stays that of the free path whatever the paid, agent and MCP paths grow to. Printed, and
+    /// bounded well above today's size (a regression here is a copy per request; see
+    /// bench/RESULTS.md, 2026-12-04).
+    #[tokio::test]
+    async fn the_request_future_stays_small() {
+        let config = crate::config::Config::from_str(
+            "merchant = \"m\"\n[[routes]]\nid = \"free\"\npath = \"/\"\n\
+             upstream = \"http://127.0.0.1:9\"\nprice = \"free\"\n",
+        )
+        .unwrap();
+        let validated = config.validate(std::path::Path::new(".")).unwrap();
+        let gw = Gateway::build(validated, &[7u8; 32]).await.unwrap();
+        let req = Request::new(Body::empty());
+        let handled = handle(State(gw.clone()), Request::new(Body::empty()));
+        let routed = route_request(gw, req);
+        let (h, r) = (
+            std::mem::size_of_val(&handled),
+            std::mem::size_of_val(&routed),
+        );
+        println!("handle: {h} bytes, route_request: {r} bytes");
+        assert!(r <= 4096, "route_request's future is {r} bytes");
+        assert!(h <= 4096 + 512, "handle's future is {h} bytes");
+    }
+}
