@@ -2,7 +2,7 @@
 //! first, each line with its `type` (`charge`, `void`, `refund`), as NDJSON
 //! (default) or CSV (`format=csv`), authenticated by its access token like the other agent
 //! endpoints. Read from the ledger database when `[ledger]` is set, else from the store, through
-//! [`tollgate_middleware::store::LedgerStore::payer_events`]. The events are the admin export's
+//! [`tollgate_middleware::store::EventPage::Payer`]. The events are the admin export's
 //! (same fields, same CSV columns), limited to the caller's own: a payer never sees another's.
 //!
 //! Query: `limit` (1 to 1000, default 100), `before` (an event id: the page after it, as the
@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::Query;
 use tollgate_middleware::paywall::RequestLine;
+use tollgate_middleware::store::EventPage;
 
 use super::*;
 use crate::dashboard::events::{csv_record, event_json, CSV_COLUMNS};
@@ -128,7 +129,11 @@ pub(crate) async fn page(
 ) -> Result<(Vec<BillLine>, Option<String>), ()> {
     let events = gw
         .ledger_reader()
-        .payer_events(payer, before, limit)
+        .events(EventPage::Payer {
+            payer,
+            before,
+            limit,
+        })
         .await
         .map_err(|e| tracing::error!(error = %e, "usage: the ledger is unreachable"))?;
     let q = tollgate_middleware::store::RefundQuery {

@@ -72,6 +72,16 @@ impl RiskAction {
             RiskAction::Block => "block",
         }
     }
+
+    /// The action a store recorded by [`RiskAction::name`] (an unknown name reads as a flag,
+    /// the mildest: a stored log never refuses anything).
+    pub fn from_name(name: &str) -> RiskAction {
+        match name {
+            "block" => RiskAction::Block,
+            "refuse" => RiskAction::Refuse,
+            _ => RiskAction::Flag,
+        }
+    }
 }
 
 /// One configured rule.
@@ -162,6 +172,23 @@ pub struct RiskDecision {
     pub value: u64,
     /// The limit.
     pub limit: u64,
+}
+
+impl RiskDecision {
+    /// The decision from a stored log record, by column name.
+    pub(crate) fn from_columns(
+        c: &impl crate::store::Columns,
+    ) -> Result<Self, crate::store::StoreError> {
+        Ok(RiskDecision {
+            time_ms: c.parse("time_ms")?,
+            payer: c.text("payer")?,
+            route: c.text("route")?,
+            rule: c.text("rule")?,
+            action: RiskAction::from_name(&c.text("action")?),
+            value: c.parse("value")?,
+            limit: c.parse("limit")?,
+        })
+    }
 }
 
 /// Start of the fixed window holding `now`.

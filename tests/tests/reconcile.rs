@@ -132,31 +132,8 @@ impl LedgerStore for Flaky {
         self.inner.usage(p, f, t).await
     }
 
-    async fn events_after(&self, a: Option<&str>, l: usize) -> Result<Vec<UsageEvent>, StoreError> {
-        self.inner.events_after(a, l).await
-    }
-    async fn events_before(
-        &self,
-        b: Option<&str>,
-        l: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        self.inner.events_before(b, l).await
-    }
-    async fn payer_events(
-        &self,
-        p: &str,
-        b: Option<&str>,
-        l: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        self.inner.payer_events(p, b, l).await
-    }
-    async fn bucket_events_after(
-        &self,
-        bucket: u64,
-        a: Option<&str>,
-        l: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        self.inner.bucket_events_after(bucket, a, l).await
+    async fn events(&self, page: EventPage<'_>) -> Result<Vec<UsageEvent>, StoreError> {
+        self.inner.events(page).await
     }
 }
 
@@ -174,6 +151,13 @@ impl PayerControl for Flaky {
         self.inner.set_blocked(p, b).await
     }
 
+    async fn claim_once(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.inner.claim_once(id, ttl).await
+    }
+}
+
+#[async_trait]
+impl RiskStore for Flaky {
     async fn risk(
         &self,
         c: &tollgate_middleware::risk::RiskCheck<'_>,
@@ -186,10 +170,6 @@ impl PayerControl for Flaky {
         l: usize,
     ) -> Result<Vec<tollgate_middleware::risk::RiskDecision>, StoreError> {
         self.inner.risk_decisions(l).await
-    }
-
-    async fn claim_once(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
-        self.inner.claim_once(id, ttl).await
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tollgate_e2e::fixtures::{event, reservation};
 use tollgate_e2e::{RedisCluster, RedisServer};
 use tollgate_middleware::store::prelude::*;
-use tollgate_middleware::store::{bucket_of, AuthorizeOutcome, Reservation, Settlement};
+use tollgate_middleware::store::{bucket_of, AuthorizeOutcome, EventPage, Reservation, Settlement};
 use tollgate_middleware::{Clock, ManualClock, RedisStore, RedisStoreOptions, SqliteStore, Store};
 
 async fn cluster_store(cluster: &RedisCluster) -> Arc<dyn Store> {
@@ -183,12 +183,24 @@ async fn redis_event_export_resumes_across_buckets() {
             .await
             .unwrap();
     }
-    let all = store.events_after(None, 1000).await.unwrap();
+    let all = store
+        .events(EventPage::After {
+            after: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
     assert_eq!(all.len(), 40);
     let mut paged = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.events_after(after.as_deref(), 7).await.unwrap();
+        let page = store
+            .events(EventPage::After {
+                after: after.as_deref(),
+                limit: 7,
+            })
+            .await
+            .unwrap();
         if page.is_empty() {
             break;
         }
@@ -382,9 +394,21 @@ async fn sqlite_ledger_ids_never_go_back() {
         .settle(&second, &Settlement::Capture(Box::new(event(&second))))
         .await
         .unwrap();
-    let all = store.events_after(None, 10).await.unwrap();
+    let all = store
+        .events(EventPage::After {
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
     assert_eq!(all.len(), 2);
-    let after_first = store.events_after(Some(&all[0].id), 10).await.unwrap();
+    let after_first = store
+        .events(EventPage::After {
+            after: Some(&all[0].id),
+            limit: 10,
+        })
+        .await
+        .unwrap();
     assert_eq!(after_first.len(), 1, "{all:?}");
     assert_eq!(after_first[0].reservation, second.id);
 }

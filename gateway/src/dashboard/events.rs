@@ -16,7 +16,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::Response;
 use serde_json::Value;
-use tollgate_middleware::store::{LedgerStore, UsageEvent};
+use tollgate_middleware::store::{EventPage, LedgerStore, UsageEvent};
 use tollgate_middleware::StoreError;
 
 use crate::admin::{bad_request, store_error, Admin};
@@ -202,9 +202,16 @@ async fn scan(ledger: &dyn LedgerStore, q: &EventQuery) -> Result<Scan, StoreErr
     let mut examined = 0;
     loop {
         let page = match q.order {
-            Order::Asc => ledger.events_after(cursor.as_deref(), page_size).await?,
-            Order::Desc => ledger.events_before(cursor.as_deref(), page_size).await?,
+            Order::Asc => EventPage::After {
+                after: cursor.as_deref(),
+                limit: page_size,
+            },
+            Order::Desc => EventPage::Before {
+                before: cursor.as_deref(),
+                limit: page_size,
+            },
         };
+        let page = ledger.events(page).await?;
         let full = page.len() == page_size;
         for e in page {
             examined += 1;

@@ -12,8 +12,8 @@ use tokio_postgres::{Client, NoTls};
 
 use super::{schema, LedgerError};
 use crate::store::{
-    event_order, CreditRecord, DailyUsage, LedgerEntry, LedgerStore, PayerSpend, StoreError,
-    StreamBatch, UsageEvent,
+    event_order, Columns, CreditRecord, DailyUsage, EventPage, LedgerEntry, LedgerStore,
+    PayerSpend, StoreError, StreamBatch, UsageEvent,
 };
 
 /// How to reach the ledger database.
@@ -415,31 +415,28 @@ impl PgLedger {
     }
 }
 
-pub(super) fn event_from_row(r: &tokio_postgres::Row) -> Result<UsageEvent, LedgerError> {
-    let json_err = |e: serde_json::Error| LedgerError::Data(format!("event JSON: {e}"));
-    let units: String = r.try_get(5)?;
-    let prices: String = r.try_get(6)?;
-    let amount: String = r.try_get(9)?;
-    let uncharged: String = r.try_get(10)?;
-    let scale: i32 = r.try_get(8)?;
-    let status: i32 = r.try_get(13)?;
-    Ok(UsageEvent {
-        id: r.try_get(0)?,
-        time_ms: r.try_get(1)?,
-        payer: r.try_get(2)?,
-        route: r.try_get(3)?,
-        method: r.try_get(4)?,
-        units: serde_json::from_str(&units).map_err(json_err)?,
-        unit_prices: serde_json::from_str(&prices).map_err(json_err)?,
-        currency: r.try_get(7)?,
-        scale: u32::try_from(scale).unwrap_or(0),
-        amount_minor: minor(&amount)?,
-        uncharged_minor: minor(&uncharged)?,
-        credential: r.try_get(11)?,
-        reservation: r.try_get(12)?,
-        upstream_status: u16::try_from(status).unwrap_or(0),
-        voids: r.try_get(14)?,
-    })
+/// A row by column name, for the record decoders every backend shares (text, or an integer
+/// in decimal).
+impl Columns for tokio_postgres::Row {
+    fn opt(&self, k: &str) -> Result<Option<String>, StoreError> {
+        if !self.columns().iter().any(|c| c.name() == k) {
+            return Ok(None);
+        }
+        if let Ok(v) = self.try_get::<_, Option<String>>(k) {
+            return Ok(v);
+        }
+        if let Ok(v) = self.try_get::<_, Option<i64>>(k) {
+            return Ok(v.map(|n| n.to_string()));
+        }
+        match self.try_get::<_, Option<i32>>(k) {
+            Ok(v) => Ok(v.map(|n| n.to_string())),
+            Err(e) => Err(LedgerError::Data(format!("column {k}: {e}")).into()),
+        }
+    }
+
+    fn what(&self) -> String {
+        "ledger row".to_owned()
+    }
 }
 
 /// The row of (day, route), created empty.
@@ -455,6 +452,10 @@ fn usage_row(
             ..Default::default()
         })
 }
+
+/// The rows of UTC days `$1..=$2` (`yyyymmdd`), of payer `$3` (all when null).
+const DAYS_OF_PAYER: &str = "WHERE day BETWEEN to_date($1, 'YYYYMMDD') AND to_date($2, 'YYYYMMDD')
+      AND ($3::TEXT IS NULL OR payer = $3)";
 
 /// The day range as SQL dates, checked like the Redis store checks it.
 fn day_range(from: &str, to: &str) -> Result<(), StoreError> {
@@ -472,22 +473,20 @@ impl LedgerStore for PgLedger {
         day_range(from, to)?;
         let amounts = self
             .query(
-                "SELECT to_char(day, 'YYYYMMDD'), route, currency, sum(sign)::INT8,
-                        sum(signed_amount_minor)::TEXT
-                 FROM ledger_events_signed
-                 WHERE day BETWEEN to_date($1, 'YYYYMMDD') AND to_date($2, 'YYYYMMDD')
-                   AND ($3::TEXT IS NULL OR payer = $3)
-                 GROUP BY day, route, currency",
+                &format!(
+                    "SELECT to_char(day, 'YYYYMMDD'), route, currency, sum(sign)::INT8,
+                            sum(signed_amount_minor)::TEXT
+                     FROM ledger_events_signed {DAYS_OF_PAYER} GROUP BY day, route, currency"
+                ),
                 &[&from, &to, &payer],
             )
             .await?;
         let units = self
             .query(
-                "SELECT to_char(day, 'YYYYMMDD'), route, unit, sum(units)::TEXT
-                 FROM usage_units_daily
-                 WHERE day BETWEEN to_date($1, 'YYYYMMDD') AND to_date($2, 'YYYYMMDD')
-                   AND ($3::TEXT IS NULL OR payer = $3)
-                 GROUP BY day, route, unit",
+                &format!(
+                    "SELECT to_char(day, 'YYYYMMDD'), route, unit, sum(units)::TEXT
+                     FROM usage_units_daily {DAYS_OF_PAYER} GROUP BY day, route, unit"
+                ),
                 &[&from, &to, &payer],
             )
             .await?;
@@ -538,89 +537,77 @@ impl LedgerStore for PgLedger {
         Ok(out.into_values().filter(|p| p.requests > 0).collect())
     }
 
-    async fn events_after(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        let cursor = after.map_or((-1, -1, -1), |a| {
-            let (ms, seq, b) = event_order(a);
-            (to_i64(ms), to_i64(seq), to_i64(b))
-        });
-        Ok(self
-            .events_where(
-                "(id_ms, id_seq, id_bucket) > ($1, $2, $3::INT8) ORDER BY id_ms, id_seq, id_bucket",
-                cursor,
+    async fn events(&self, page: EventPage<'_>) -> Result<Vec<UsageEvent>, StoreError> {
+        match page {
+            EventPage::After { after, limit } => {
+                let cursor = after.map_or((-1, -1, -1), |a| {
+                    let (ms, seq, b) = event_order(a);
+                    (to_i64(ms), to_i64(seq), to_i64(b))
+                });
+                self.events_where(
+                    "(id_ms, id_seq, id_bucket) > ($1, $2, $3::INT8) ORDER BY id_ms, id_seq, id_bucket",
+                    cursor,
+                    limit,
+                )
+                .await
+            }
+            EventPage::Bucket {
+                bucket,
+                after,
                 limit,
-            )
-            .await?)
-    }
-
-    async fn bucket_events_after(
-        &self,
-        bucket: u64,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        let (ms, seq) = after.map_or((-1, -1), |a| {
-            let (ms, seq, _) = event_order(a);
-            (to_i64(ms), to_i64(seq))
-        });
-        Ok(self
-            .events_where(
-                "id_bucket = $3::INT8 AND (id_ms, id_seq) > ($1, $2) ORDER BY id_ms, id_seq",
-                (ms, seq, to_i64(bucket)),
+            } => {
+                let (ms, seq) = after.map_or((-1, -1), |a| {
+                    let (ms, seq, _) = event_order(a);
+                    (to_i64(ms), to_i64(seq))
+                });
+                self.events_where(
+                    "id_bucket = $3::INT8 AND (id_ms, id_seq) > ($1, $2) ORDER BY id_ms, id_seq",
+                    (ms, seq, to_i64(bucket)),
+                    limit,
+                )
+                .await
+            }
+            EventPage::Before { before, limit } => {
+                let cursor = before.map_or((i64::MAX, i64::MAX, i64::MAX), |a| {
+                    let (ms, seq, b) = event_order(a);
+                    (to_i64(ms), to_i64(seq), to_i64(b))
+                });
+                self.events_where(
+                    "(id_ms, id_seq, id_bucket) < ($1, $2, $3::INT8) \
+                         ORDER BY id_ms DESC, id_seq DESC, id_bucket DESC",
+                    cursor,
+                    limit,
+                )
+                .await
+            }
+            EventPage::Payer {
+                payer,
+                before,
                 limit,
-            )
-            .await?)
-    }
-
-    async fn events_before(
-        &self,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        let cursor = before.map_or((i64::MAX, i64::MAX, i64::MAX), |a| {
-            let (ms, seq, b) = event_order(a);
-            (to_i64(ms), to_i64(seq), to_i64(b))
-        });
-        Ok(self
-            .events_where(
-                "(id_ms, id_seq, id_bucket) < ($1, $2, $3::INT8) \
-                 ORDER BY id_ms DESC, id_seq DESC, id_bucket DESC",
-                cursor,
-                limit,
-            )
-            .await?)
-    }
-
-    async fn payer_events(
-        &self,
-        payer: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        let (ms, seq, bucket) = before.map_or((i64::MAX, i64::MAX, i64::MAX), |a| {
-            let (ms, seq, b) = event_order(a);
-            (to_i64(ms), to_i64(seq), to_i64(b))
-        });
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
-            .query(
-                &format!(
-                    "SELECT {PG_EVENT_COLUMNS} FROM ledger_events
-                     WHERE payer = $5 AND (id_ms, id_seq, id_bucket) < ($1, $2, $3::INT8)
-                     ORDER BY id_ms DESC, id_seq DESC, id_bucket DESC LIMIT $4"
-                ),
-                &[&ms, &seq, &bucket, &limit, &payer],
-            )
-            .await
-            .map_err(StoreError::from)?;
-        Ok(rows.iter().map(event_from_row).collect::<Result<_, _>>()?)
+            } => {
+                let (ms, seq, bucket) = before.map_or((i64::MAX, i64::MAX, i64::MAX), |a| {
+                    let (ms, seq, b) = event_order(a);
+                    (to_i64(ms), to_i64(seq), to_i64(b))
+                });
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                let rows = self
+                    .query(
+                        &format!(
+                            "SELECT {PG_EVENT_COLUMNS} FROM ledger_events
+                             WHERE payer = $5 AND (id_ms, id_seq, id_bucket) < ($1, $2, $3::INT8)
+                             ORDER BY id_ms DESC, id_seq DESC, id_bucket DESC LIMIT $4"
+                        ),
+                        &[&ms, &seq, &bucket, &limit, &payer],
+                    )
+                    .await
+                    .map_err(StoreError::from)?;
+                rows.iter().map(UsageEvent::from_columns).collect()
+            }
+        }
     }
 }
 
-/// The columns `event_from_row` reads, in its order.
+/// The columns [`UsageEvent::from_columns`] reads (by name: a cast keeps the name).
 pub(super) const PG_EVENT_COLUMNS: &str =
     "id, time_ms, payer, route, method, units::TEXT, unit_prices::TEXT,
     currency, scale, amount_minor::TEXT, uncharged_minor::TEXT, credential, reservation,
@@ -633,7 +620,7 @@ impl PgLedger {
         clause: &str,
         (ms, seq, bucket): (i64, i64, i64),
         limit: usize,
-    ) -> Result<Vec<UsageEvent>, LedgerError> {
+    ) -> Result<Vec<UsageEvent>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .query(
@@ -641,6 +628,6 @@ impl PgLedger {
                 &[&ms, &seq, &bucket, &limit],
             )
             .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(UsageEvent::from_columns).collect()
     }
 }

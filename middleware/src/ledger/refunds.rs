@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use tokio_postgres::Client;
 
-use super::postgres::{event_from_row, minor, to_i32, to_i64, PG_EVENT_COLUMNS};
+use super::postgres::{minor, to_i32, to_i64, PG_EVENT_COLUMNS};
 use super::{LedgerError, PgLedger};
 use crate::store::{
     event_order, DailyUsage, PayerSpend, RefundQuery, RefundRecord, RefundTarget, StoreError,
@@ -27,29 +27,9 @@ FROM unnest($1::TEXT[], $2::INT8[], $3::TEXT[], $4::INT8[], $5::TEXT[], $6::TEXT
           amount, reason, owed_to, credit_id, remaining)
 ON CONFLICT (id) DO NOTHING";
 
-/// The columns [`refund_from_row`] reads, in its order.
+/// The columns [`RefundRecord::from_columns`] reads (by name: a cast keeps the name).
 const REFUND_COLUMNS: &str = "id, time_ms, event_id, charge_time_ms, payer, route, credential,
     currency, scale, amount_minor::TEXT, reason, owed_to, credit_id, remaining_minor::TEXT";
-
-fn refund_from_row(r: &tokio_postgres::Row) -> Result<RefundRecord, LedgerError> {
-    let scale: i32 = r.try_get(8)?;
-    Ok(RefundRecord {
-        id: r.try_get(0)?,
-        time_ms: r.try_get(1)?,
-        event_id: r.try_get(2)?,
-        charge_time_ms: r.try_get(3)?,
-        payer: r.try_get(4)?,
-        route: r.try_get(5)?,
-        credential: r.try_get(6)?,
-        currency: r.try_get(7)?,
-        scale: u32::try_from(scale).unwrap_or(0),
-        amount_minor: minor(&r.try_get::<_, String>(9)?)?,
-        reason: r.try_get(10)?,
-        owed_to: r.try_get(11)?,
-        credit_id: r.try_get(12)?,
-        remaining_minor: minor(&r.try_get::<_, String>(13)?)?,
-    })
-}
 
 impl PgLedger {
     /// Insert refunds read from a Redis stream, each at most once (one statement).
@@ -116,7 +96,7 @@ impl PgLedger {
         let Some(r) = rows.first() else {
             return Ok(None);
         };
-        let event = event_from_row(r)?;
+        let event = UsageEvent::from_columns(r)?;
         let voided: bool = r.try_get(15).map_err(LedgerError::from)?;
         Ok(Some(RefundTarget { event, voided }))
     }
@@ -154,7 +134,7 @@ impl PgLedger {
                 &[&ms, &seq, &bucket, &limit, &q.payer, &q.owed],
             )
             .await?;
-        Ok(rows.iter().map(refund_from_row).collect::<Result<_, _>>()?)
+        rows.iter().map(RefundRecord::from_columns).collect()
     }
 
     /// Refunds of charges made on `from..=to` (`yyyymmdd`), by (day, route or payer, currency).

@@ -18,33 +18,24 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
+/// A migration of `version`, `name`d, from its SQL file.
+macro_rules! migration {
+    ($version:literal, $name:literal, $file:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("migrations/", $file)),
+        }
+    };
+}
+
 /// Every migration, in order.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "ledger",
-        sql: include_str!("migrations/0001_ledger.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "views",
-        sql: include_str!("migrations/0002_views.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "payer index",
-        sql: include_str!("migrations/0003_payer_index.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "refunds",
-        sql: include_str!("migrations/0004_refunds.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "bucket index",
-        sql: include_str!("migrations/0005_bucket_index.sql"),
-    },
+    migration!(1, "ledger", "0001_ledger.sql"),
+    migration!(2, "views", "0002_views.sql"),
+    migration!(3, "payer index", "0003_payer_index.sql"),
+    migration!(4, "refunds", "0004_refunds.sql"),
+    migration!(5, "bucket index", "0005_bucket_index.sql"),
 ];
 
 /// The schema version this build writes and reads.

@@ -7,7 +7,7 @@ use crate::store::ChargeFrom;
 
 impl Paywall {
     pub(super) fn hold_time(&self, route: &PricedRoute) -> Duration {
-        route.timeout.unwrap_or(Duration::from_secs(60)) + self.0.hold_margin
+        route.timeout.unwrap_or(Duration::from_secs(60)) + self.0.settings.hold_margin
     }
 
     /// Phases 1-3 for a priced route: find the credential, verify it, authorize it. Free routes
@@ -59,7 +59,7 @@ impl Paywall {
                     .with_label_values(&[kind, r.code.as_str()])
                     .inc();
                 crate::traffic::global().record_refusal(
-                    self.0.clock.now_ms(),
+                    self.0.settings.clock.now_ms(),
                     &route.id,
                     r.code,
                     r.status().as_u16(),
@@ -203,7 +203,7 @@ impl Paywall {
                             Overage::Charge(a) => currency.to_minor(*a).unwrap_or(u64::MAX),
                             Overage::Deny | Overage::RoutePrice => 0,
                         },
-                        now_ms: self.0.clock.now_ms(),
+                        now_ms: self.0.settings.clock.now_ms(),
                         covered: false,
                     }),
                 };
@@ -268,7 +268,10 @@ impl Paywall {
                     ReceiptKind::Topup => {
                         return Err(Refusal::new(
                             ErrorCode::ReceiptKindUnsupported,
-                            format!("top-up receipts go to POST {}/topup", self.0.agent_api),
+                            format!(
+                                "top-up receipts go to POST {}/topup",
+                                self.0.settings.agent_api
+                            ),
                         ))
                     }
                     ReceiptKind::Subscribe => {
@@ -276,7 +279,7 @@ impl Paywall {
                             ErrorCode::ReceiptKindUnsupported,
                             format!(
                                 "subscribe receipts go to POST {}/subscribe",
-                                self.0.agent_api
+                                self.0.settings.agent_api
                             ),
                         ))
                     }
@@ -471,7 +474,7 @@ impl Paywall {
     /// The plan that covers a route's group, if one is sold.
     pub(super) fn plan_for(&self, route: &PricedRoute) -> Option<&Plan> {
         let group = route.group_name();
-        self.0.plans.iter().find(|p| p.covers(group))
+        self.0.settings.plans.iter().find(|p| p.covers(group))
     }
 
     /// Credit a receipt's amount to its payer's balance, exactly once.
@@ -585,7 +588,7 @@ impl Paywall {
         let terms = self.challenge_terms(route, method, due, currency);
         self.0
             .challenge_key
-            .verify(id, &terms, self.0.clock.now_secs())
+            .verify(id, &terms, self.0.settings.clock.now_secs())
             .map_err(|e| {
                 let code = match e {
                     ChallengeError::Malformed => ErrorCode::ChallengeInvalid,

@@ -17,7 +17,7 @@ use crate::token::{Binding, TokenClaims};
 impl Paywall {
     /// Whether `path` is one of the agent endpoints.
     pub fn is_agent_api(&self, path: &str) -> bool {
-        path.strip_prefix(self.0.agent_api.as_str())
+        path.strip_prefix(self.0.settings.agent_api.as_str())
             .is_some_and(|rest| rest.starts_with('/'))
     }
 
@@ -37,7 +37,7 @@ impl Paywall {
         path: &str,
         headers: &HeaderMap,
     ) -> Option<Reply> {
-        path.strip_prefix(self.0.agent_api.as_str())?;
+        path.strip_prefix(self.0.settings.agent_api.as_str())?;
         let uri = Uri::try_from(path).unwrap_or_default();
         self.agent_api_as(method, path, headers, RequestLine { method, uri: &uri })
             .await
@@ -52,7 +52,7 @@ impl Paywall {
         headers: &HeaderMap,
         line: RequestLine<'_>,
     ) -> Option<Reply> {
-        let rest = path.strip_prefix(self.0.agent_api.as_str())?;
+        let rest = path.strip_prefix(self.0.settings.agent_api.as_str())?;
         let res = match (method.as_str(), rest) {
             ("POST", "/topup") => self.topup(headers, line).await,
             ("POST", "/token") => self.renew(headers, line).await,
@@ -60,11 +60,11 @@ impl Paywall {
             ("GET", "/balance") => self.balance(headers, line).await,
             (_, "/topup" | "/token" | "/subscribe") => Self::problem(
                 ErrorCode::MethodNotAllowed,
-                &format!("use POST {}{rest}", self.0.agent_api),
+                &format!("use POST {}{rest}", self.0.settings.agent_api),
             ),
             (_, "/balance" | "/usage") => Self::problem(
                 ErrorCode::MethodNotAllowed,
-                &format!("use GET {}{rest}", self.0.agent_api),
+                &format!("use GET {}{rest}", self.0.settings.agent_api),
             ),
             _ => Self::problem(ErrorCode::RouteNotFound, "no such agent endpoint"),
         };
@@ -72,8 +72,8 @@ impl Paywall {
     }
 
     fn token_body(&self, payer: &str, mandate: Option<&Mandate>, jkt: Option<&str>) -> Value {
-        let now = self.0.clock.now_secs();
-        let ttl = i64::try_from(self.0.token_ttl.as_secs()).unwrap_or(86_400);
+        let now = self.0.settings.clock.now_secs();
+        let ttl = i64::try_from(self.0.settings.token_ttl.as_secs()).unwrap_or(86_400);
         let exp = mandate.map_or(now + ttl, |m| (now + ttl).min(m.expires_at));
         let bound = Binding { mandate, jkt };
         let mut body = json!({
@@ -153,7 +153,7 @@ impl Paywall {
             Ok(r) => r,
             Err(reply) => return reply,
         };
-        let Some((currency, _)) = self.0.currencies.get(&receipt.currency) else {
+        let Some((currency, _)) = self.0.settings.currencies.get(&receipt.currency) else {
             return Self::problem(
                 ErrorCode::CurrencyUnsupported,
                 &format!("{:?} is not accepted here", receipt.currency),
@@ -216,7 +216,7 @@ impl Paywall {
         let Some(plan) = receipt
             .plan
             .as_deref()
-            .and_then(|id| self.0.plans.iter().find(|p| p.id == id))
+            .and_then(|id| self.0.settings.plans.iter().find(|p| p.id == id))
         else {
             return Self::problem(
                 ErrorCode::PlanUnknown,
@@ -253,7 +253,7 @@ impl Paywall {
             Ok(k) => k,
             Err(r) => return self.render(&r, None),
         };
-        let now = self.0.clock.now_ms();
+        let now = self.0.settings.clock.now_ms();
         let sub = Subscription {
             payer: receipt.payer.clone(),
             plan: plan.id.clone(),
@@ -386,7 +386,7 @@ impl Paywall {
             .balances
             .iter()
             .map(|(code, b)| {
-                let fmt = |v: i64| match self.0.currencies.get(code) {
+                let fmt = |v: i64| match self.0.settings.currencies.get(code) {
                     Some((c, _)) if v >= 0 => c.from_minor(u64::try_from(v).unwrap_or(0)).to_string(),
                     _ => v.to_string(),
                 };

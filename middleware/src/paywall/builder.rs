@@ -8,7 +8,7 @@ macro_rules! setters {
         $(
             $(#[$doc])*
             pub fn $name(mut self, $name: $ty) -> Self {
-                self.$name = $name;
+                self.settings.$name = $name;
                 self
             }
         )+
@@ -25,20 +25,59 @@ pub struct PaywallBuilder {
     issuers: Vec<Issuer>,
     policy: ReceiptPolicy,
     store: Option<Arc<dyn Store>>,
-    clock: Arc<dyn Clock>,
-    challenge_ttl: Duration,
-    hold_margin: Duration,
-    public_base_url: Option<String>,
-    realm: Option<String>,
-    currencies: HashMap<String, (Currency, Option<Amount>)>,
-    token_ttl: Duration,
-    agent_api: String,
-    settle_retry: Duration,
-    plans: Vec<Plan>,
     leases: Option<LeaseConfig>,
-    risk: Vec<crate::risk::RiskRule>,
-    webhooks: Option<crate::webhooks::Webhooks>,
-    dpop: crate::dpop::DpopPolicy,
+    settings: Settings,
+}
+
+/// The settings the engine keeps as given (a builder's, then the engine's).
+#[derive(Debug)]
+pub(super) struct Settings {
+    /// Injected time.
+    pub clock: Arc<dyn Clock>,
+    /// Challenge validity.
+    pub challenge_ttl: Duration,
+    /// Extra hold time beyond the route timeout.
+    pub hold_margin: Duration,
+    /// Base for `resource.url`.
+    pub public_base_url: Option<String>,
+    /// The challenges' realm (`None`: the public host).
+    pub realm: Option<String>,
+    /// Currencies accepted for top-ups, with the suggested top-up amount.
+    pub currencies: HashMap<String, (Currency, Option<Amount>)>,
+    /// Access token lifetime.
+    pub token_ttl: Duration,
+    /// Prefix of the agent endpoints.
+    pub agent_api: String,
+    /// Retry window for captures whose outcome is unknown.
+    pub settle_retry: Duration,
+    /// Plans sold.
+    pub plans: Vec<Plan>,
+    /// Risk rules.
+    pub risk: Vec<crate::risk::RiskRule>,
+    /// Where risk flags and blocks are reported.
+    pub webhooks: Option<crate::webhooks::Webhooks>,
+    /// How DPoP proofs are judged.
+    pub dpop: crate::dpop::DpopPolicy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            clock: Arc::new(SystemClock),
+            challenge_ttl: Duration::from_secs(300),
+            hold_margin: Duration::from_secs(30),
+            public_base_url: None,
+            realm: None,
+            currencies: HashMap::new(),
+            token_ttl: Duration::from_secs(86_400),
+            agent_api: DEFAULT_AGENT_API.into(),
+            settle_retry: Duration::from_secs(5),
+            plans: Vec::new(),
+            risk: Vec::new(),
+            webhooks: None,
+            dpop: Default::default(),
+        }
+    }
 }
 
 impl Paywall {
@@ -51,30 +90,22 @@ impl Paywall {
             issuers: Vec::new(),
             policy: ReceiptPolicy::default(),
             store: None,
-            clock: Arc::new(SystemClock),
-            challenge_ttl: Duration::from_secs(300),
-            hold_margin: Duration::from_secs(30),
-            public_base_url: None,
-            realm: None,
-            currencies: HashMap::new(),
-            token_ttl: Duration::from_secs(86_400),
-            agent_api: DEFAULT_AGENT_API.into(),
-            settle_retry: Duration::from_secs(5),
-            plans: Vec::new(),
             leases: None,
-            risk: Vec::new(),
-            webhooks: None,
-            dpop: Default::default(),
+            settings: Settings::default(),
         }
     }
 }
 
 impl PaywallBuilder {
+    /// Receipt limits (clock skew, lifetime, size).
+    pub fn policy(mut self, policy: ReceiptPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     setters! {
         /// Access tokens bound to the agent's key (RFC 9449; default off).
         dpop: crate::dpop::DpopPolicy,
-        /// Receipt limits (clock skew, lifetime, size).
-        policy: ReceiptPolicy,
         /// The clock (default: system).
         clock: Arc<dyn Clock>,
         /// How long a challenge id stays valid (default 300 s).
@@ -99,19 +130,19 @@ impl PaywallBuilder {
 
     /// Enforce risk rules (see [`crate::risk`]).
     pub fn risk(mut self, rules: Vec<crate::risk::RiskRule>) -> Self {
-        self.risk = rules;
+        self.settings.risk = rules;
         self
     }
 
     /// Report risk flags and blocks as webhooks.
     pub fn webhooks(mut self, webhooks: crate::webhooks::Webhooks) -> Self {
-        self.webhooks = Some(webhooks);
+        self.settings.webhooks = Some(webhooks);
         self
     }
 
     /// Sell a plan (see [`crate::plan`]).
     pub fn plan(mut self, plan: Plan) -> Self {
-        self.plans.push(plan);
+        self.settings.plans.push(plan);
         self
     }
 
@@ -135,27 +166,28 @@ impl PaywallBuilder {
 
     /// The public base URL used in 402 `resource.url` (default: from the Host header).
     pub fn public_base_url(mut self, url: impl Into<String>) -> Self {
-        self.public_base_url = Some(url.into().trim_end_matches('/').to_owned());
+        self.settings.public_base_url = Some(url.into().trim_end_matches('/').to_owned());
         self
     }
 
     /// The `realm` of `WWW-Authenticate: Payment` challenges (default: the public host --
     /// `public_base_url`'s, else the request's `Host` without its port).
     pub fn realm(mut self, realm: impl Into<String>) -> Self {
-        self.realm = Some(realm.into());
+        self.settings.realm = Some(realm.into());
         self
     }
 
     /// Accept top-ups in a currency; `suggested` is the top-up amount offered in 402s.
     pub fn currency(mut self, currency: Currency, suggested: Option<Amount>) -> Self {
-        self.currencies
+        self.settings
+            .currencies
             .insert(currency.code().to_owned(), (currency, suggested));
         self
     }
 
     /// Path prefix of the agent endpoints (default `/tollgate/v1`).
     pub fn agent_api(mut self, prefix: impl Into<String>) -> Self {
-        self.agent_api = prefix.into().trim_end_matches('/').to_owned();
+        self.settings.agent_api = prefix.into().trim_end_matches('/').to_owned();
         self
     }
 
@@ -170,18 +202,18 @@ impl PaywallBuilder {
             self.merchant.clone(),
             self.issuers,
             self.policy,
-            self.clock.clone(),
+            self.settings.clock.clone(),
         );
         let store = match self.store {
             Some(s) => s,
             None => Arc::new(
-                SqliteStore::memory(self.clock.clone())
+                SqliteStore::memory(self.settings.clock.clone())
                     .map_err(|e| BuildError::Store(e.to_string()))?,
             ),
         };
         let leases = self.leases.map(|c| {
             let keeper: Arc<dyn crate::store::LeaseStore> = store.clone();
-            Arc::new(lease::LeaseBook::new(keeper, c, self.settle_retry))
+            Arc::new(lease::LeaseBook::new(keeper, c, self.settings.settle_retry))
         });
         Ok(Paywall(Arc::new(Inner {
             merchant: self.merchant,
@@ -191,20 +223,8 @@ impl PaywallBuilder {
             issuer_ids: verifier.issuer_ids(),
             verifier,
             store,
-            clock: self.clock,
-            challenge_ttl: self.challenge_ttl,
-            hold_margin: self.hold_margin,
-            public_base_url: self.public_base_url,
-            realm: self.realm,
-            currencies: self.currencies,
-            token_ttl: self.token_ttl,
-            agent_api: self.agent_api,
             leases,
-            settle_retry: self.settle_retry,
-            plans: self.plans,
-            risk: self.risk,
-            webhooks: self.webhooks,
-            dpop: self.dpop,
+            settings: self.settings,
             challenges: Default::default(),
             topups: Default::default(),
         })))

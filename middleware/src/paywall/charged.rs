@@ -39,7 +39,7 @@ impl Paywall {
             .map_err(|_| Refusal::internal())?;
         Ok(UsageEvent {
             id: String::new(),
-            time_ms: self.0.clock.now_ms(),
+            time_ms: self.0.settings.clock.now_ms(),
             payer: payment.payer.clone(),
             route: route.id.clone(),
             method: method.as_str().to_owned(),
@@ -124,8 +124,12 @@ impl Admission {
             claim.forget().await;
         }
         let store = self.paywall.0.store.clone();
-        let void = void_event(&c.event, self.paywall.0.clock.now_ms(), status.unwrap_or(0));
-        let outcome = super::retry_unknown(self.paywall.0.settle_retry, || {
+        let void = void_event(
+            &c.event,
+            self.paywall.0.settings.clock.now_ms(),
+            status.unwrap_or(0),
+        );
+        let outcome = super::retry_unknown(self.paywall.0.settings.settle_retry, || {
             void_once(&*store, &held, &c.event, &void)
         })
         .await;
@@ -138,7 +142,7 @@ impl Admission {
 
     /// Dropped unsettled (client gone, future cancelled): void in the background.
     pub(super) fn abandon_charged(&self, held: Held, c: Charged) {
-        let void = void_event(&c.event, self.paywall.0.clock.now_ms(), 0);
+        let void = void_event(&c.event, self.paywall.0.settings.clock.now_ms(), 0);
         void_later(self.paywall.0.store.clone(), held, c.event, void);
     }
 }

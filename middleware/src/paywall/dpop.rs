@@ -34,7 +34,7 @@ impl Paywall {
         let claims = self
             .0
             .token_key
-            .verify(token, self.0.clock.now_secs())
+            .verify(token, self.0.settings.clock.now_secs())
             .map_err(|e| match e {
                 TokenError::Invalid => Refusal::new(
                     ErrorCode::TokenInvalid,
@@ -52,7 +52,7 @@ impl Paywall {
                     "this access token is not bound to a key: send it as Authorization: Bearer",
                 ));
             }
-            if self.0.dpop.mode == DpopMode::Required {
+            if self.0.settings.dpop.mode == DpopMode::Required {
                 return Err(Refusal::plain(
                     ErrorCode::DpopProofRequired,
                     "this gateway takes only DPoP-bound access tokens: get one with a DPoP proof \
@@ -90,7 +90,7 @@ impl Paywall {
         line: RequestLine<'_>,
         access_token: Option<&str>,
     ) -> Result<Option<String>, Refusal> {
-        if self.0.dpop.mode == DpopMode::Off {
+        if self.0.settings.dpop.mode == DpopMode::Off {
             return Ok(None);
         }
         match self.read_proof(headers, line, access_token)? {
@@ -98,7 +98,7 @@ impl Paywall {
                 self.spend_proof(&proof).await?;
                 Ok(Some(proof.jkt))
             }
-            None if self.0.dpop.mode == DpopMode::Required => Err(Refusal::plain(
+            None if self.0.settings.dpop.mode == DpopMode::Required => Err(Refusal::plain(
                 ErrorCode::DpopProofRequired,
                 "this gateway issues only DPoP-bound access tokens: send a DPoP proof header \
                  (RFC 9449) with this request",
@@ -129,20 +129,20 @@ impl Paywall {
         let expected = Expected {
             method: line.method.as_str(),
             url: &url,
-            any_scheme: self.0.public_base_url.is_none(),
+            any_scheme: self.0.settings.public_base_url.is_none(),
             access_token,
-            now_secs: self.0.clock.now_secs(),
+            now_secs: self.0.settings.clock.now_secs(),
         };
-        proofs::verify(value.trim(), &expected, &self.0.dpop)
+        proofs::verify(value.trim(), &expected, &self.0.settings.dpop)
             .map(Some)
             .map_err(invalid)
     }
 
     /// Spend a proof's `jti` (per key) in the store, until the proof is too old anyway.
     async fn spend_proof(&self, proof: &Proof) -> Result<(), Refusal> {
-        let until = self.0.dpop.remember_until_ms(proof.iat);
+        let until = self.0.settings.dpop.remember_until_ms(proof.iat);
         let ttl = Duration::from_millis(
-            u64::try_from(until.saturating_sub(self.0.clock.now_ms())).unwrap_or(0),
+            u64::try_from(until.saturating_sub(self.0.settings.clock.now_ms())).unwrap_or(0),
         )
         .max(Duration::from_secs(1));
         match self
@@ -163,6 +163,6 @@ impl Paywall {
 
     /// How DPoP is judged here.
     pub fn dpop_policy(&self) -> &crate::dpop::DpopPolicy {
-        &self.0.dpop
+        &self.0.settings.dpop
     }
 }

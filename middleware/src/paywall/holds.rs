@@ -255,7 +255,7 @@ impl Paywall {
                 route.group_name(),
                 currency,
                 amount_minor,
-                self.0.clock.now_ms(),
+                self.0.settings.clock.now_ms(),
             )
             .map_err(|(c, d)| Refusal::new(c, d))?;
         let max = m.max_per_payment.and_then(|a| currency.to_minor(a).ok());
@@ -272,7 +272,7 @@ impl Paywall {
         currency: &Currency,
     ) -> Refusal {
         let resets_at = m.window_end_ms.div_euclid(1000);
-        let wait = (resets_at - self.0.clock.now_secs()).max(1);
+        let wait = (resets_at - self.0.settings.clock.now_secs()).max(1);
         r.standing(Standing::Mandate(MandateStanding {
             room_left: currency.from_minor(room_minor).to_string(),
             budget: currency.from_minor(m.budget_minor).to_string(),

@@ -123,32 +123,8 @@ struct Inner {
     issuer_ids: Vec<String>,
     /// Single use, balances and the ledger.
     store: Arc<dyn Store>,
-    /// Injected time.
-    clock: Arc<dyn Clock>,
-    /// Challenge validity.
-    challenge_ttl: Duration,
-    /// Extra hold time beyond the route timeout.
-    hold_margin: Duration,
-    /// Base for `resource.url`.
-    public_base_url: Option<String>,
-    /// The challenges' realm (`None`: the public host).
-    realm: Option<String>,
-    /// Currencies accepted for top-ups, with the suggested top-up amount.
-    currencies: HashMap<String, (Currency, Option<Amount>)>,
-    /// Access token lifetime.
-    token_ttl: Duration,
-    /// Prefix of the agent endpoints.
-    agent_api: String,
-    /// Retry window for captures whose outcome is unknown.
-    settle_retry: Duration,
-    /// Plans sold.
-    plans: Vec<Plan>,
-    /// Risk rules.
-    risk: Vec<crate::risk::RiskRule>,
-    /// Where risk flags and blocks are reported.
-    webhooks: Option<crate::webhooks::Webhooks>,
-    /// How DPoP proofs are judged.
-    dpop: crate::dpop::DpopPolicy,
+    /// The settings kept as given.
+    settings: builder::Settings,
     /// This second's 402 answers (see `challenge_cache.rs`).
     challenges: challenge_cache::ChallengeCache,
     /// Balance leases, when the store keeps them.
@@ -227,13 +203,15 @@ impl Paywall {
 
     /// Issue an access token for `payer` (tests, admin tools).
     pub fn issue_token(&self, payer: &str) -> String {
-        let ttl = i64::try_from(self.0.token_ttl.as_secs()).unwrap_or(86_400);
-        self.0.token_key.issue(payer, self.0.clock.now_secs(), ttl)
+        let ttl = i64::try_from(self.0.settings.token_ttl.as_secs()).unwrap_or(86_400);
+        self.0
+            .token_key
+            .issue(payer, self.0.settings.clock.now_secs(), ttl)
     }
 
     /// The plans sold.
     pub fn plans(&self) -> &[Plan] {
-        &self.0.plans
+        &self.0.settings.plans
     }
 
     /// Record every balance lease's pending charges and return the leases to the payers'

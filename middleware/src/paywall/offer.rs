@@ -9,7 +9,7 @@ use super::*;
 
 impl Paywall {
     pub(super) fn base_url(&self, headers: &HeaderMap, uri: &Uri) -> String {
-        match &self.0.public_base_url {
+        match &self.0.settings.public_base_url {
             Some(base) => base.clone(),
             None => {
                 let host = headers
@@ -26,7 +26,7 @@ impl Paywall {
     /// base's host without its port (`https://api.example.com:8443` -> `api.example.com`),
     /// else the merchant id.
     pub(super) fn realm<'a>(&'a self, base: &'a str) -> &'a str {
-        if let Some(r) = &self.0.realm {
+        if let Some(r) = &self.0.settings.realm {
             return r;
         }
         let authority = base.split_once("://").map_or(base, |(_, rest)| rest);
@@ -74,7 +74,7 @@ impl Paywall {
         ttl: i64,
         (issuers, at_least_minor): (&'a [String], u64),
     ) -> Option<Accept<'a>> {
-        let (_, suggested) = self.0.currencies.get(currency.code())?;
+        let (_, suggested) = self.0.settings.currencies.get(currency.code())?;
         let suggested = suggested.and_then(|a| Some((a, currency.to_minor(a).ok()?)));
         let (amount, minor) = match suggested {
             Some((a, m)) if m >= at_least_minor => (a, m),
@@ -82,7 +82,7 @@ impl Paywall {
         };
         let minor = Some(minor).filter(|m| *m > 0)?;
         let extra = OfferExtra::Topup(TopupExtra {
-            topup_url: format!("{base}{}/topup", self.0.agent_api),
+            topup_url: format!("{base}{}/topup", self.0.settings.agent_api),
             price: amount.to_string(),
             currency: currency.code(),
             decimals: currency.scale(),
@@ -98,8 +98,8 @@ impl Paywall {
         (method, uri, headers): (&'a Method, &Uri, &HeaderMap),
     ) -> Requirements<'a> {
         let issuers = self.0.issuer_ids.as_slice();
-        let now = self.0.clock.now_secs();
-        let ttl = i64::try_from(self.0.challenge_ttl.as_secs()).unwrap_or(300);
+        let now = self.0.settings.clock.now_secs();
+        let ttl = i64::try_from(self.0.settings.challenge_ttl.as_secs()).unwrap_or(300);
         let base = self.base_url(headers, uri);
         let (due, currency, price, metered, unit_prices) = match &route.price {
             Price::Free => (None, None, String::new(), None, None),
@@ -148,7 +148,7 @@ impl Paywall {
                     let extra = OfferExtra::Subscribe(SubscribeExtra {
                         catalog: plan.catalog(),
                         plan: &plan.id,
-                        subscribe_url: format!("{base}{}/subscribe", self.0.agent_api),
+                        subscribe_url: format!("{base}{}/subscribe", self.0.settings.agent_api),
                         issuers,
                     });
                     accepts.push(self.receipt_offer(price, &plan.price.currency, ttl, extra));

@@ -189,7 +189,7 @@ impl PausePoint {
     /// The `payment-need-topup` event: what is needed, the top-up offer, the deadline.
     pub(crate) fn need_event(&self, needed_minor: u64, timeout: Duration) -> Bytes {
         let (p, currency) = (&self.paywall, &self.currency);
-        let ttl = i64::try_from(p.0.challenge_ttl.as_secs()).unwrap_or(300);
+        let ttl = i64::try_from(p.0.settings.challenge_ttl.as_secs()).unwrap_or(300);
         let issuers = p.0.issuer_ids.as_slice();
         let offer = p.topup_offer(currency, &self.base, ttl, (issuers, needed_minor));
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
@@ -200,9 +200,9 @@ impl PausePoint {
             needed_atomic: needed_minor.to_string(),
             currency: currency.code(),
             decimals: currency.scale(),
-            deadline: p.0.clock.now_ms().saturating_add(timeout_ms).div_euclid(1000),
+            deadline: p.0.settings.clock.now_ms().saturating_add(timeout_ms).div_euclid(1000),
             timeout_secs: timeout.as_secs(),
-            topup_url: format!("{}{}/topup", self.base, p.0.agent_api),
+            topup_url: format!("{}{}/topup", self.base, p.0.settings.agent_api),
             // Empty when top-ups in this currency are not accepted here (an admin credit
             // still ends the pause).
             accepts: offer.into_iter().collect(),

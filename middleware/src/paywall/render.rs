@@ -254,7 +254,7 @@ impl Paywall {
         detail: &str,
     ) -> Reply {
         self.count_challenge(route, code);
-        let now = self.0.clock.now_secs();
+        let now = self.0.settings.clock.now_secs();
         let base = self.base_url(headers, uri);
         let key = challenge_cache::ChallengeCache::key(&[
             &route.id,

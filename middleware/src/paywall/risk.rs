@@ -21,6 +21,7 @@ impl Paywall {
         let group = route.group_name();
         let rules: Vec<_> = self
             .0
+            .settings
             .risk
             .iter()
             .filter(|r| r.applies(group))
@@ -39,7 +40,7 @@ impl Paywall {
             route: &route.id,
             currency: &code,
             amount_minor: minor,
-            now_ms: self.0.clock.now_ms(),
+            now_ms: self.0.settings.clock.now_ms(),
             rules: &rules,
         };
         let outcome = crate::metrics::timed("risk", self.0.store.risk(&check))
@@ -86,7 +87,7 @@ impl Paywall {
         action: RiskAction,
         now_ms: i64,
     ) {
-        let Some(w) = &self.0.webhooks else {
+        let Some(w) = &self.0.settings.webhooks else {
             return;
         };
         let key = format!("risk_{}", uuid::Uuid::new_v4().simple());

@@ -85,7 +85,7 @@ impl Admission {
             return Settled::default();
         };
         let (units, unit_prices, actual_minor) = self.measure(Some(&b), usage);
-        let time_ms = self.paywall.0.clock.now_ms();
+        let time_ms = self.paywall.0.settings.clock.now_ms();
         let event = UsageEvent {
             reservation: b.hold.id.clone(),
             ..self.usage_event(time_ms, units.clone(), unit_prices, actual_minor, status)
@@ -153,7 +153,7 @@ impl Admission {
         let currency = self.payment.charge.currency.clone();
         let (units, unit_prices, actual_minor) = self.measure(balance.as_ref(), usage);
         let units_seen = units.clone();
-        let time_ms = self.paywall.0.clock.now_ms();
+        let time_ms = self.paywall.0.settings.clock.now_ms();
         let event = self.usage_event(time_ms, units, unit_prices, actual_minor, status);
         let withheld = |e: &dyn std::fmt::Display| {
             tracing::error!(error = %e, "capture failed; response withheld");
@@ -178,7 +178,7 @@ impl Admission {
                 }
                 withheld(e)
             };
-        let retry = self.paywall.0.settle_retry;
+        let retry = self.paywall.0.settings.settle_retry;
         let (event_id, charged, balance, token) = match &held {
             Held::Receipt(r) => {
                 let event = UsageEvent {
@@ -298,7 +298,7 @@ impl Admission {
             .with_label_values(&[self.route.id.as_str(), currency.code()])
             .inc_by(charged);
         crate::traffic::global().record_paid(
-            self.paywall.0.clock.now_ms(),
+            self.paywall.0.settings.clock.now_ms(),
             &self.route.id,
             currency.code(),
             charged,

@@ -54,7 +54,7 @@ pub trait BalanceStore: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The most stream entries a Redis store looks at to answer one
-/// [`LedgerStore::payer_events`] call (the events of the payer's bucket, newest first).
+/// [`EventPage::Payer`] read (the events of the payer's bucket, newest first).
 pub const PAYER_SCAN_MAX: usize = 20_000;
 
 /// Capture at admission (fixed price, no mandate, no plan), from a receipt or a balance: the
@@ -94,6 +94,51 @@ pub enum ChargeFrom<'a> {
     Balance(&'a Hold),
 }
 
+/// Which usage events [`LedgerStore::events`] reads: at most `limit` of them, from a cursor
+/// (an event id; `None`: from the start or the newest end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventPage<'a> {
+    /// Ids after `after`, in id order.
+    After {
+        /// The last id already read.
+        after: Option<&'a str>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// One payer bucket's events with ids after `after`, in id order: a complete,
+    /// append-only sequence per bucket (an event is never inserted before one already read),
+    /// which the webhook dispatcher follows with one cursor per bucket. A backend with a
+    /// single sequence (sqlite) answers it as bucket 0.
+    Bucket {
+        /// The payer bucket.
+        bucket: u64,
+        /// The last id already read.
+        after: Option<&'a str>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// Ids before `before`, newest first: the admin API's recent payments, answered from
+    /// the backend's index.
+    Before {
+        /// The oldest id already read.
+        before: Option<&'a str>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// One payer's events with ids before `before`, newest first: the agent's own bill
+    /// (`GET <agent api>/usage`). Answered from a per-payer index (sqlite, the ledger
+    /// database); on Redis from the payer's bucket stream, looking at no more than
+    /// [`PAYER_SCAN_MAX`] entries per call.
+    Payer {
+        /// Whose.
+        payer: &'a str,
+        /// The oldest id already read.
+        before: Option<&'a str>,
+        /// At most this many.
+        limit: usize,
+    },
+}
+
 /// The usage ledger and what is derived from it.
 #[async_trait]
 pub trait LedgerStore: Send + Sync + std::fmt::Debug + 'static {
@@ -110,50 +155,15 @@ pub trait LedgerStore: Send + Sync + std::fmt::Debug + 'static {
     /// in payer order.
     async fn payer_totals(&self, from: &str, to: &str) -> Result<Vec<PayerSpend>, StoreError>;
 
-    /// Usage events with ids after `after` (all when `None`), in id order, at most `limit`.
-    async fn events_after(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError>;
-
-    /// One payer bucket's usage events with ids after `after` (all when `None`), in id
-    /// order, at most `limit`: a complete, append-only sequence per bucket (an event is never
-    /// inserted before one already read), which the webhook dispatcher follows with one
-    /// cursor per bucket. A backend with a single sequence (sqlite) answers it as bucket 0.
-    async fn bucket_events_after(
-        &self,
-        bucket: u64,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError>;
-
-    /// Usage events with ids before `before` (the newest when `None`), newest first, at
-    /// most `limit`: the admin API's recent payments, answered from the backend's index.
-    async fn events_before(
-        &self,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError>;
-
-    /// One payer's usage events with ids before `before` (the newest when `None`), newest
-    /// first, at most `limit`: the agent's own bill (`GET <agent api>/usage`). Answered from a
-    /// per-payer index (sqlite, the ledger database); on Redis from the payer's bucket stream,
-    /// looking at no more than [`PAYER_SCAN_MAX`] entries per call.
-    async fn payer_events(
-        &self,
-        payer: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError>;
+    /// A page of usage events (see [`EventPage`]).
+    async fn events(&self, page: EventPage<'_>) -> Result<Vec<UsageEvent>, StoreError>;
 
     /// Every usage event in the ledger, in id order (tests and small exports).
     async fn usage_events(&self) -> Result<Vec<UsageEvent>, StoreError> {
         let mut out = Vec::new();
         loop {
-            let page = self
-                .events_after(out.last().map(|e: &UsageEvent| e.id.as_str()), 1000)
-                .await?;
+            let after = out.last().map(|e: &UsageEvent| e.id.as_str());
+            let page = self.events(EventPage::After { after, limit: 1000 }).await?;
             let n = page.len();
             out.extend(page);
             if n < 1000 {
@@ -181,6 +191,15 @@ pub trait PayerControl: Send + Sync + std::fmt::Debug + 'static {
     /// Block or unblock a payer.
     async fn set_blocked(&self, payer: &str, blocked: bool) -> Result<(), StoreError>;
 
+    /// Record a one-time id (a DPoP proof's key thumbprint and `jti`) for `ttl`: `Ok(true)`
+    /// the first time, `Ok(false)` while it is recorded -- atomically, so of two replicas
+    /// shown the same proof one accepts it.
+    async fn claim_once(&self, id: &str, ttl: Duration) -> Result<bool, StoreError>;
+}
+
+/// Risk rules: the check that counts a request, and the log of decisions.
+#[async_trait]
+pub trait RiskStore: Send + Sync + std::fmt::Debug + 'static {
     /// Check a request against risk rules and count it, in one atomic step per slot (see
     /// [`crate::risk`]): when the most severe hit refuses or blocks, no payer counter moves
     /// (and `block` blocks the payer); otherwise every counter moves. A new payer within its
@@ -196,11 +215,6 @@ pub trait PayerControl: Send + Sync + std::fmt::Debug + 'static {
         &self,
         limit: usize,
     ) -> Result<Vec<crate::risk::RiskDecision>, StoreError>;
-
-    /// Record a one-time id (a DPoP proof's key thumbprint and `jti`) for `ttl`: `Ok(true)`
-    /// the first time, `Ok(false)` while it is recorded -- atomically, so of two replicas
-    /// shown the same proof one accepts it.
-    async fn claim_once(&self, id: &str, ttl: Duration) -> Result<bool, StoreError>;
 }
 
 /// Mandates: revocation and the payer's mandates with their window use.
@@ -332,6 +346,7 @@ store_of!(
     BalanceStore,
     LedgerStore,
     PayerControl,
+    RiskStore,
     MandateStore,
     PlanStore,
     SettlementQueue,
@@ -349,6 +364,6 @@ pub mod prelude {
     pub use super::super::{HoldExtension, LeaseStore, WebhookDelivery, WebhookOutbox};
     pub use super::{
         AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
-        PayerControl, PlanStore, ReceiptStore, RefundStore, SettlementQueue, Store,
+        PayerControl, PlanStore, ReceiptStore, RefundStore, RiskStore, SettlementQueue, Store,
     };
 }

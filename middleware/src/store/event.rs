@@ -7,7 +7,7 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageEvent {
     /// Ledger id assigned by the store: `<ms>-<seq>-<bucket>` (empty until recorded). Ids
-    /// order events; [`LedgerStore::events_after`] resumes from one.
+    /// order events; [`EventPage::After`] resumes from one.
     pub id: String,
     /// When the request was settled, unix ms (gateway clock).
     pub time_ms: i64,
@@ -139,32 +139,80 @@ impl UsageEvent {
         format!("{}|amount|{}", self.route, self.currency)
     }
 
-    pub(super) fn from_fields(id: String, fields: &[(String, String)]) -> Result<Self, StoreError> {
-        let f = Fields::new("usage event", &id, fields);
-        let json = |k: &str| f.json::<BTreeMap<String, serde_json::Value>>(k);
+    /// The event from a stored record, read by column name (every backend stores the same
+    /// names: a Redis stream entry's fields, an SQLite or PostgreSQL row's columns).
+    pub(crate) fn from_columns(c: &impl Columns) -> Result<Self, StoreError> {
         Ok(UsageEvent {
-            time_ms: i64::try_from(f.parse::<u64>("time_ms")?).unwrap_or(0),
-            payer: f.text("payer")?,
-            route: f.text("route")?,
-            method: f.text("method")?,
-            units: json("units")?
-                .into_iter()
-                .map(|(k, v)| (k, v.as_u64().unwrap_or(0)))
-                .collect(),
-            unit_prices: json("unit_prices")?
-                .into_iter()
-                .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
-                .collect(),
-            currency: f.text("currency")?,
-            scale: u32::try_from(f.parse::<u64>("scale")?).unwrap_or(0),
-            amount_minor: f.parse("amount_minor")?,
-            uncharged_minor: f.parse("uncharged_minor")?,
-            credential: f.text("credential")?,
-            reservation: f.text("reservation")?,
-            upstream_status: u16::try_from(f.parse::<u64>("upstream_status")?).unwrap_or(0),
-            voids: f.opt("voids"),
-            id,
+            id: c.text("id")?,
+            time_ms: c.parse("time_ms")?,
+            payer: c.text("payer")?,
+            route: c.text("route")?,
+            method: c.text("method")?,
+            units: c.json("units")?,
+            unit_prices: c.json("unit_prices")?,
+            currency: c.text("currency")?,
+            scale: c.parse("scale")?,
+            amount_minor: c.parse("amount_minor")?,
+            uncharged_minor: c.parse("uncharged_minor")?,
+            credential: c.text("credential")?,
+            reservation: c.text("reservation")?,
+            upstream_status: c.parse("upstream_status")?,
+            voids: c.opt("voids")?,
         })
+    }
+
+    /// A Redis stream entry (`id`: its ledger id).
+    pub(super) fn from_fields(id: String, fields: &[(String, String)]) -> Result<Self, StoreError> {
+        Self::from_columns(&Fields::new("usage event", &id, fields))
+    }
+}
+
+impl SettlementJob {
+    /// The job from a stored record, by column name.
+    pub(crate) fn from_columns(c: &impl Columns) -> Result<Self, StoreError> {
+        Ok(SettlementJob {
+            id: c.text("id")?,
+            payer: c.text("payer")?,
+            body: c.text("body")?,
+            attempts: c.parse("attempts")?,
+            status: c.text("status")?,
+            error: c.opt("error")?.unwrap_or_default(),
+        })
+    }
+}
+
+/// A stored record read by column name: a Redis stream entry ([`Fields`]), an SQLite or a
+/// PostgreSQL row. Each record type has one decoder over it, whatever the backend; a missing
+/// or unreadable column is a [`StoreError::Protocol`] that names it.
+pub(crate) trait Columns {
+    /// The column as text (numbers in decimal); `None` when null or absent.
+    fn opt(&self, k: &str) -> Result<Option<String>, StoreError>;
+
+    /// What the record is, for errors (`usage event 17-0-3`).
+    fn what(&self) -> String;
+
+    /// The column; required.
+    fn text(&self, k: &str) -> Result<String, StoreError> {
+        self.opt(k)?
+            .ok_or_else(|| StoreError::Protocol(format!("{} lacks {k}", self.what())))
+    }
+
+    /// The column, `None` when null, absent or empty.
+    fn nonempty(&self, k: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.opt(k)?.filter(|v| !v.is_empty()))
+    }
+
+    /// The column parsed (a number); required.
+    fn parse<T: std::str::FromStr>(&self, k: &str) -> Result<T, StoreError> {
+        self.text(k)?
+            .parse()
+            .map_err(|_| StoreError::Protocol(format!("{}: bad {k}", self.what())))
+    }
+
+    /// The column as JSON; required.
+    fn json<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<T, StoreError> {
+        serde_json::from_str(&self.text(k)?)
+            .map_err(|_| StoreError::Protocol(format!("{}: bad {k}", self.what())))
     }
 }
 
@@ -181,33 +229,21 @@ impl<'a> Fields<'a> {
     pub(crate) fn new(what: &'a str, id: &'a str, fields: &'a [(String, String)]) -> Self {
         Fields { what, id, fields }
     }
+}
 
-    /// The field, if present.
-    pub(crate) fn opt(&self, k: &str) -> Option<String> {
-        self.fields
-            .iter()
-            .find(|(f, _)| f == k)
-            .map(|(_, v)| v.clone())
+/// By field name; `id` is the entry's own id unless a field is named so.
+impl Columns for Fields<'_> {
+    fn opt(&self, k: &str) -> Result<Option<String>, StoreError> {
+        let field = self.fields.iter().find(|(f, _)| f == k);
+        Ok(match field {
+            Some((_, v)) => Some(v.clone()),
+            None if k == "id" => Some(self.id.to_owned()),
+            None => None,
+        })
     }
 
-    /// The field; required.
-    pub(crate) fn text(&self, k: &str) -> Result<String, StoreError> {
-        self.opt(k)
-            .ok_or_else(|| StoreError::Protocol(format!("{} {} lacks {k}", self.what, self.id)))
-    }
-
-    fn bad(&self, k: &str) -> StoreError {
-        StoreError::Protocol(format!("{} {}: bad {k}", self.what, self.id))
-    }
-
-    /// The field parsed (a number); required.
-    pub(crate) fn parse<T: std::str::FromStr>(&self, k: &str) -> Result<T, StoreError> {
-        self.text(k)?.parse().map_err(|_| self.bad(k))
-    }
-
-    /// The field as JSON; required.
-    pub(crate) fn json<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<T, StoreError> {
-        serde_json::from_str(&self.text(k)?).map_err(|_| self.bad(k))
+    fn what(&self) -> String {
+        format!("{} {}", self.what, self.id)
     }
 }
 

@@ -85,9 +85,11 @@ pub use self::sqlite::{OpenError, SqliteOptions, SqliteStore, Synchronous, SCHEM
 use crate::money::{Amount, Currency};
 
 pub use self::capability::{
-    prelude, AdmissionStore, BalanceStore, ChargeFrom, IdempotencyStore, LedgerStore, MandateStore,
-    PayerControl, PlanStore, ReceiptStore, RefundStore, SettlementQueue, Store, PAYER_SCAN_MAX,
+    prelude, AdmissionStore, BalanceStore, ChargeFrom, EventPage, IdempotencyStore, LedgerStore,
+    MandateStore, PayerControl, PlanStore, ReceiptStore, RefundStore, RiskStore, SettlementQueue,
+    Store, PAYER_SCAN_MAX,
 };
+pub(crate) use self::event::Columns;
 pub use self::event::{event_order, iso_time, utc_day, UsageEvent};
 pub use self::hold::{HoldExtended, HoldExtension, HoldSettleOutcome};
 pub use self::lease::{LeaseResize, LeaseStatus, LeaseStore, LeaseSync, LeaseSynced};

@@ -35,6 +35,21 @@ pub struct WebhookMessage {
     pub seq: String,
 }
 
+impl WebhookMessage {
+    /// The message from a stored record, by column name (`seq` when it has one).
+    pub(crate) fn from_columns(c: &impl super::Columns) -> Result<Self, super::StoreError> {
+        Ok(WebhookMessage {
+            id: c.text("id")?,
+            kind: c.text("kind")?,
+            payer: c.text("payer")?,
+            time_ms: c.parse("time_ms")?,
+            body: c.text("body")?,
+            only: c.opt("only")?,
+            seq: c.opt("seq")?.unwrap_or_default(),
+        })
+    }
+}
+
 /// One step of the dispatcher on a bucket: the messages made from the ledger events after
 /// `expected` up to `cursor`, and the dispatcher's state changes, written together.
 #[derive(Debug, Clone, Default)]

@@ -135,7 +135,11 @@ pub async fn step(w: &Webhooks, bucket: u64) -> Result<usize, StoreError> {
         .and_then(|s| s.parse::<i64>().ok())
         .unwrap_or(w.0.started_ms);
     let events = ledger
-        .bucket_events_after(bucket, cursor.as_deref(), BATCH)
+        .events(crate::store::EventPage::Bucket {
+            bucket,
+            after: cursor.as_deref(),
+            limit: BATCH,
+        })
         .await?;
     let Some(last) = events.last().map(|e| e.id.clone()) else {
         return Ok(0);

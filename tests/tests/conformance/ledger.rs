@@ -3,11 +3,11 @@
 use std::sync::Arc;
 
 use tollgate_middleware::store::prelude::*;
-use tollgate_middleware::store::ChargeOutcome;
+use tollgate_middleware::store::{ChargeOutcome, EventPage};
 
 use crate::support::*;
 
-/// `payer_events`: exactly the payer's events (never another payer's, even one in the same
+/// `EventPage::Payer`: exactly the payer's events (never another payer's, even one in the same
 /// bucket), newest first, paged with `before` until empty, the same events as the full ledger
 /// holds for that payer; a void is among them.
 pub(crate) async fn payer_events_newest_first(store: Arc<dyn Store>) {
@@ -45,13 +45,27 @@ pub(crate) async fn payer_events_newest_first(store: Arc<dyn Store>) {
         want.reverse();
         assert_eq!(want.len(), if p == "bill-7" { 4 } else { 3 }, "{p}");
         // One page holds them all.
-        let all = store.payer_events(p, None, 100).await.unwrap();
+        let all = store
+            .events(EventPage::Payer {
+                payer: p,
+                before: None,
+                limit: 100,
+            })
+            .await
+            .unwrap();
         assert_eq!(all, want, "{p}");
         // Pages of one, each after the last one's id, then nothing.
         let mut paged = Vec::new();
         let mut before: Option<String> = None;
         loop {
-            let page = store.payer_events(p, before.as_deref(), 1).await.unwrap();
+            let page = store
+                .events(EventPage::Payer {
+                    payer: p,
+                    before: before.as_deref(),
+                    limit: 1,
+                })
+                .await
+                .unwrap();
             let Some(last) = page.last() else {
                 break;
             };
@@ -62,12 +76,20 @@ pub(crate) async fn payer_events_newest_first(store: Arc<dyn Store>) {
         assert_eq!(paged, want, "{p}");
     }
     assert!(store
-        .payer_events("nobody", None, 10)
+        .events(EventPage::Payer {
+            payer: "nobody",
+            before: None,
+            limit: 10
+        })
         .await
         .unwrap()
         .is_empty());
     assert!(store
-        .payer_events("bill-1", None, 0)
+        .events(EventPage::Payer {
+            payer: "bill-1",
+            before: None,
+            limit: 0
+        })
         .await
         .unwrap()
         .is_empty());

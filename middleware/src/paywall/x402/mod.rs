@@ -218,7 +218,7 @@ impl Paywall {
 
     /// Now, in unix seconds (the clock of the local checks).
     fn now_unix(&self) -> u64 {
-        u64::try_from(self.0.clock.now_secs()).unwrap_or(0)
+        u64::try_from(self.0.settings.clock.now_secs()).unwrap_or(0)
     }
 
     /// The refusal of a payload that failed its scheme's local checks.
@@ -339,7 +339,7 @@ impl Admission {
         );
         UsageEvent {
             id: String::new(),
-            time_ms: self.paywall.0.clock.now_ms(),
+            time_ms: self.paywall.0.settings.clock.now_ms(),
             payer: self.payment.payer.clone(),
             route: self.route.id.clone(),
             method: self.method.clone(),
@@ -422,7 +422,7 @@ impl Admission {
     ) -> Result<Result<(OnChain, Option<String>), FacilitatorError>, Refusal> {
         let task = tokio::spawn(settle_and_record(
             (route.facilitator.clone(), self.paywall.0.store.clone()),
-            self.paywall.0.settle_retry,
+            self.paywall.0.settings.settle_retry,
             (r.clone(), event),
             (payload, requirements),
             on_chain,
@@ -498,7 +498,7 @@ impl Admission {
     ) -> Result<Settled, Refusal> {
         let job = job.to_string();
         let store = self.paywall.0.store.clone();
-        let outcome = retry_unknown(self.paywall.0.settle_retry, || {
+        let outcome = retry_unknown(self.paywall.0.settings.settle_retry, || {
             crate::metrics::timed("capture_deferred", store.capture_deferred(r, event, &job))
         })
         .await;

@@ -141,7 +141,7 @@ impl Admission {
                 (mode.as_str(), None),
             ));
         }
-        let time_ms = self.paywall.0.clock.now_ms();
+        let time_ms = self.paywall.0.settings.clock.now_ms();
         let event = UsageEvent {
             reservation: r.id.clone(),
             ..self.usage_event(time_ms, units.clone(), unit_prices, cost, status)

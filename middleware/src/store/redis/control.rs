@@ -47,20 +47,6 @@ impl PayerControl for RedisStore {
         Ok(())
     }
 
-    async fn risk(
-        &self,
-        c: &crate::risk::RiskCheck<'_>,
-    ) -> Result<crate::risk::RiskOutcome, StoreError> {
-        self.risk_check(c).await
-    }
-
-    async fn risk_decisions(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<crate::risk::RiskDecision>, StoreError> {
-        self.risk_log(limit).await
-    }
-
     async fn claim_once(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut conn = self.connection().await?;
         // Bounded key size whatever the id (a jti is the client's choice).

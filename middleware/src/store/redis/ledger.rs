@@ -11,6 +11,7 @@
 
 use super::*;
 use crate::store::event::Fields;
+use crate::store::EventPage;
 
 /// The three ledger streams of each bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,8 +128,8 @@ impl CreditRecord {
             payer: f.text("payer")?,
             currency: f.text("currency")?,
             amount_minor: f.parse("amount_minor")?,
-            reason: f.opt("reason").unwrap_or_default(),
-            source: f.opt("source").unwrap_or_default(),
+            reason: f.opt("reason")?.unwrap_or_default(),
+            source: f.opt("source")?.unwrap_or_default(),
             id,
         })
     }
@@ -308,68 +309,55 @@ impl LedgerStore for RedisStore {
         Ok(out.into_values().collect())
     }
 
-    async fn events_after(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        self.events_from(after, limit, false).await
-    }
-
-    async fn bucket_events_after(
-        &self,
-        bucket: u64,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        let from = match after.map(event_order) {
-            Some((ms, seq, _)) => format!("({ms}-{seq}"),
-            None => "-".to_owned(),
-        };
-        self.stream_page("XRANGE", bucket, (&from, "+"), limit)
-            .await
-    }
-
-    async fn events_before(
-        &self,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        self.events_from(before, limit, true).await
-    }
-
-    async fn payer_events(
-        &self,
-        payer: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        // Only the payer's bucket holds its events: walk that stream newest first.
-        let bucket = bucket_of(payer);
-        let mut from = match before.map(event_order) {
-            Some((ms, seq, _)) => format!("({ms}-{seq}"),
-            None => "+".to_owned(),
-        };
-        let page = limit.clamp(64, 1000);
-        let (mut out, mut scanned) = (Vec::new(), 0);
-        while out.len() < limit && scanned < crate::store::PAYER_SCAN_MAX {
-            let events = self
-                .stream_page("XREVRANGE", bucket, (&from, "-"), page)
-                .await?;
-            let Some(last) = events.last() else {
-                break;
-            };
-            let (ms, seq, _) = event_order(&last.id);
-            from = format!("({ms}-{seq}");
-            scanned += events.len();
-            let exhausted = events.len() < page;
-            out.extend(events.into_iter().filter(|e| e.payer == payer));
-            if exhausted {
-                break;
+    async fn events(&self, page: EventPage<'_>) -> Result<Vec<UsageEvent>, StoreError> {
+        match page {
+            EventPage::After { after, limit } => self.events_from(after, limit, false).await,
+            EventPage::Bucket {
+                bucket,
+                after,
+                limit,
+            } => {
+                let from = match after.map(event_order) {
+                    Some((ms, seq, _)) => format!("({ms}-{seq}"),
+                    None => "-".to_owned(),
+                };
+                self.stream_page("XRANGE", bucket, (&from, "+"), limit)
+                    .await
+            }
+            EventPage::Before { before, limit } => self.events_from(before, limit, true).await,
+            EventPage::Payer {
+                payer,
+                before,
+                limit,
+            } => {
+                // Only the payer's bucket holds its events: walk that stream newest first.
+                let bucket = bucket_of(payer);
+                let mut from = match before.map(event_order) {
+                    Some((ms, seq, _)) => format!("({ms}-{seq}"),
+                    None => "+".to_owned(),
+                };
+                let page = limit.clamp(64, 1000);
+                let (mut out, mut scanned) = (Vec::new(), 0);
+                while out.len() < limit && scanned < crate::store::PAYER_SCAN_MAX {
+                    let events = self
+                        .stream_page("XREVRANGE", bucket, (&from, "-"), page)
+                        .await?;
+                    let Some(last) = events.last() else {
+                        break;
+                    };
+                    let (ms, seq, _) = event_order(&last.id);
+                    from = format!("({ms}-{seq}");
+                    scanned += events.len();
+                    let exhausted = events.len() < page;
+                    out.extend(events.into_iter().filter(|e| e.payer == payer));
+                    if exhausted {
+                        break;
+                    }
+                }
+                out.truncate(limit);
+                Ok(out)
             }
         }
-        out.truncate(limit);
-        Ok(out)
     }
 }
 

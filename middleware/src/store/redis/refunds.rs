@@ -34,26 +34,11 @@ fn key_hash(key: &str) -> String {
 impl RefundRecord {
     /// A refund stream entry (`id`: its ledger id).
     pub(crate) fn from_fields(id: String, fields: &[(String, String)]) -> Result<Self, StoreError> {
-        let f = Fields::new("refund", &id, fields);
-        let some = |v: String| (!v.is_empty()).then_some(v);
         // The stream holds the credit's stream id; its ledger id adds the bucket (the same).
         let bucket = id.rsplit_once('-').map_or("0", |(_, b)| b).to_owned();
-        Ok(RefundRecord {
-            time_ms: f.parse("time_ms")?,
-            event_id: f.text("event_id")?,
-            charge_time_ms: f.parse("charge_time_ms")?,
-            payer: f.text("payer")?,
-            route: f.text("route")?,
-            credential: f.text("credential")?,
-            currency: f.text("currency")?,
-            scale: f.parse("scale")?,
-            amount_minor: f.parse("amount_minor")?,
-            reason: f.text("reason")?,
-            owed_to: some(f.text("owed_to")?),
-            credit_id: some(f.text("credit_id")?).map(|c| format!("{c}-{bucket}")),
-            remaining_minor: f.parse("remaining_minor")?,
-            id,
-        })
+        let mut rec = Self::from_columns(&Fields::new("refund", &id, fields))?;
+        rec.credit_id = rec.credit_id.map(|c| format!("{c}-{bucket}"));
+        Ok(rec)
     }
 }
 

@@ -16,16 +16,9 @@ fn severity(a: RiskAction) -> u8 {
     }
 }
 
-fn action_of(s: &str) -> RiskAction {
-    match s {
-        "block" => RiskAction::Block,
-        "refuse" => RiskAction::Refuse,
-        _ => RiskAction::Flag,
-    }
-}
-
-impl RedisStore {
-    pub(super) async fn risk_check(&self, c: &RiskCheck<'_>) -> Result<RiskOutcome, StoreError> {
+#[async_trait]
+impl crate::store::RiskStore for RedisStore {
+    async fn risk(&self, c: &RiskCheck<'_>) -> Result<RiskOutcome, StoreError> {
         let mut conn = self.connection().await?;
         let mut hits = Vec::new();
         let mut worst = 0u8;
@@ -111,7 +104,7 @@ impl RedisStore {
             .filter_map(|h| match h {
                 [rule, action, value, limit] => Some(RiskHit {
                     rule: rule.clone(),
-                    action: action_of(action),
+                    action: RiskAction::from_name(action),
                     value: value.parse().unwrap_or(0),
                     limit: limit.parse().unwrap_or(0),
                 }),
@@ -121,7 +114,7 @@ impl RedisStore {
         Ok(outcome(c, hits))
     }
 
-    pub(super) async fn risk_log(&self, limit: usize) -> Result<Vec<RiskDecision>, StoreError> {
+    async fn risk_decisions(&self, limit: usize) -> Result<Vec<RiskDecision>, StoreError> {
         let mut conn = self.connection().await?;
         let mut out = Vec::new();
         for b in 0..BUCKETS {
@@ -138,16 +131,7 @@ impl RedisStore {
                 .await?;
             for (_, fields) in entries {
                 let f = crate::store::event::Fields::new("risk decision", "", &fields);
-                let get = |k: &str| f.opt(k).unwrap_or_default();
-                out.push(RiskDecision {
-                    time_ms: get("time_ms").parse().unwrap_or(0),
-                    payer: get("payer"),
-                    route: get("route"),
-                    rule: get("rule"),
-                    action: action_of(&get("action")),
-                    value: get("value").parse().unwrap_or(0),
-                    limit: get("limit").parse().unwrap_or(0),
-                });
+                out.push(RiskDecision::from_columns(&f)?);
             }
         }
         out.sort_by_key(|d| std::cmp::Reverse(d.time_ms));

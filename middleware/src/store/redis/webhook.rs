@@ -66,7 +66,7 @@ type Entry = (String, Vec<(String, String)>);
 
 fn message_of((seq, fields): Entry) -> WebhookMessage {
     let f = crate::store::event::Fields::new("webhook message", &seq, &fields);
-    let get = |k: &str| f.opt(k);
+    let get = |k: &str| f.opt(k).ok().flatten();
     WebhookMessage {
         id: get("id").unwrap_or_default(),
         kind: get("kind").unwrap_or_default(),

@@ -260,20 +260,12 @@ impl BalanceStore for SqliteStore {
                     })
                 }
             };
-            let credit_id = t.next_id(now)?;
             t.set_balance(&c.payer, &c.currency, after)?;
-            t.exec(
-                "INSERT INTO credits (id, time_ms, payer, currency, amount_minor, reason, source) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    credit_id,
-                    now,
-                    c.payer,
-                    c.currency,
-                    c.amount_minor,
-                    c.reason,
-                    c.source
-                ],
+            let credit_id = t.insert_credit(
+                now,
+                (&c.payer, &c.currency),
+                c.amount_minor,
+                (&c.reason, &c.source),
             )?;
             let credited = ReceiptState::Credited {
                 credit_id: credit_id.clone(),

@@ -7,8 +7,8 @@ use rusqlite::params;
 
 use super::SqliteStore;
 use crate::store::{
-    days_between, event_order, fold_aggregates, DailyUsage, LedgerStore, PayerSpend, StoreError,
-    UsageEvent,
+    days_between, event_order, fold_aggregates, DailyUsage, EventPage, LedgerStore, PayerSpend,
+    StoreError, UsageEvent,
 };
 
 /// The aggregates of days `from..=to`: (day, payer) -> fields.
@@ -86,63 +86,50 @@ impl LedgerStore for SqliteStore {
         Ok(out.into_values().collect())
     }
 
-    async fn events_after(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        // Ids are `<ms>-<seq>-0` with both parts non-decreasing: `seq` orders the ledger.
-        let after_seq = after.map_or(0, |id| event_order(id).1);
-        let after_seq = i64::try_from(after_seq).unwrap_or(i64::MAX);
-        self.events_where("seq > ?1 ORDER BY seq", after_seq, limit)
-            .await
-    }
-
-    async fn bucket_events_after(
-        &self,
-        bucket: u64,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        // One sequence, recorded as bucket 0.
-        if bucket != 0 {
-            return Ok(Vec::new());
+    async fn events(&self, page: EventPage<'_>) -> Result<Vec<UsageEvent>, StoreError> {
+        match page {
+            // One sequence, recorded as bucket 0.
+            EventPage::After { after, limit }
+            | EventPage::Bucket {
+                bucket: 0,
+                after,
+                limit,
+            } => {
+                // Ids are `<ms>-<seq>-0` with both parts non-decreasing: `seq` orders the ledger.
+                let after_seq = after.map_or(0, |id| event_order(id).1);
+                let after_seq = i64::try_from(after_seq).unwrap_or(i64::MAX);
+                self.events_where("seq > ?1 ORDER BY seq", after_seq, limit)
+                    .await
+            }
+            EventPage::Bucket { .. } => Ok(Vec::new()),
+            EventPage::Before { before, limit } => {
+                let before_seq = before.map_or(u64::MAX, |id| event_order(id).1);
+                let before_seq = i64::try_from(before_seq).unwrap_or(i64::MAX);
+                self.events_where("seq < ?1 ORDER BY seq DESC", before_seq, limit)
+                    .await
+            }
+            EventPage::Payer {
+                payer,
+                before,
+                limit,
+            } => {
+                let before_seq = before.map_or(u64::MAX, |id| event_order(id).1);
+                let before_seq = i64::try_from(before_seq).unwrap_or(i64::MAX);
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                let payer = payer.to_owned();
+                self.run(move |t| {
+                    t.records(
+                        &format!(
+                            "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_by_payer_seq \
+                             WHERE payer = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+                        ),
+                        params![payer, before_seq, limit],
+                        |r| UsageEvent::from_columns(r),
+                    )
+                })
+                .await
+            }
         }
-        self.events_after(after, limit).await
-    }
-
-    async fn events_before(
-        &self,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        let before_seq = before.map_or(u64::MAX, |id| event_order(id).1);
-        let before_seq = i64::try_from(before_seq).unwrap_or(i64::MAX);
-        self.events_where("seq < ?1 ORDER BY seq DESC", before_seq, limit)
-            .await
-    }
-
-    async fn payer_events(
-        &self,
-        payer: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UsageEvent>, StoreError> {
-        let before_seq = before.map_or(u64::MAX, |id| event_order(id).1);
-        let before_seq = i64::try_from(before_seq).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let payer = payer.to_owned();
-        self.run(move |t| {
-            t.rows(
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events INDEXED BY events_by_payer_seq \
-                     WHERE payer = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
-                ),
-                params![payer, before_seq, limit],
-                event_row,
-            )
-        })
-        .await
     }
 }
 
@@ -156,40 +143,17 @@ impl SqliteStore {
     ) -> Result<Vec<UsageEvent>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |t| {
-            t.rows(
+            t.records(
                 &format!("SELECT {EVENT_COLUMNS} FROM events WHERE {clause} LIMIT ?2"),
                 params![seq, limit],
-                event_row,
+                |r| UsageEvent::from_columns(r),
             )
         })
         .await
     }
 }
 
-/// The columns [`event_row`] reads, in its order.
+/// The columns [`UsageEvent::from_columns`] reads.
 pub(super) const EVENT_COLUMNS: &str =
     "id, time_ms, payer, route, method, units, unit_prices, currency, \
     scale, amount_minor, uncharged_minor, credential, reservation, upstream_status, voids";
-
-/// A usage event from a row of [`EVENT_COLUMNS`].
-pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UsageEvent> {
-    let units: String = r.get(5)?;
-    let prices: String = r.get(6)?;
-    Ok(UsageEvent {
-        id: r.get(0)?,
-        time_ms: r.get(1)?,
-        payer: r.get(2)?,
-        route: r.get(3)?,
-        method: r.get(4)?,
-        units: serde_json::from_str(&units).unwrap_or_default(),
-        unit_prices: serde_json::from_str(&prices).unwrap_or_default(),
-        currency: r.get(7)?,
-        scale: r.get(8)?,
-        amount_minor: r.get(9)?,
-        uncharged_minor: r.get(10)?,
-        credential: r.get(11)?,
-        reservation: r.get(12)?,
-        upstream_status: r.get(13)?,
-        voids: r.get(14)?,
-    })
-}

@@ -194,6 +194,30 @@ fn sql_err(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("sqlite: {e}"))
 }
 
+/// A row by column name, for the record decoders every backend shares.
+impl super::Columns for rusqlite::Row<'_> {
+    fn opt(&self, k: &str) -> Result<Option<String>, StoreError> {
+        use rusqlite::types::ValueRef;
+        let v = match self.get_ref(k) {
+            Err(rusqlite::Error::InvalidColumnName(_)) => return Ok(None),
+            v => v.map_err(sql_err)?,
+        };
+        Ok(match v {
+            ValueRef::Null => None,
+            ValueRef::Integer(n) => Some(n.to_string()),
+            ValueRef::Real(x) => Some(x.to_string()),
+            ValueRef::Text(t) | ValueRef::Blob(t) => Some(
+                String::from_utf8(t.to_vec())
+                    .map_err(|_| StoreError::Protocol(format!("sqlite row: {k} is not UTF-8")))?,
+            ),
+        })
+    }
+
+    fn what(&self) -> String {
+        "sqlite row".to_owned()
+    }
+}
+
 /// Open, lock, configure and migrate the database.
 fn connect(path: &str, sync: Synchronous) -> Result<Connection, OpenError> {
     let err = |e| open_error(path, e);

@@ -12,17 +12,6 @@ use crate::store::{
     StoreError, UsageEvent,
 };
 
-fn job(r: &rusqlite::Row<'_>) -> rusqlite::Result<SettlementJob> {
-    Ok(SettlementJob {
-        id: r.get(0)?,
-        payer: r.get(1)?,
-        body: r.get(2)?,
-        attempts: r.get(3)?,
-        status: r.get(4)?,
-        error: r.get(5)?,
-    })
-}
-
 const JOB: &str = "SELECT id, payer, body, attempts, status, error FROM settlements";
 
 #[async_trait]
@@ -59,10 +48,10 @@ impl SettlementQueue for SqliteStore {
         let now = self.now();
         let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         self.run(move |t| {
-            let mut due = t.rows(
+            let mut due = t.records(
                 &format!("{JOB} WHERE status = 'queued' AND due_ms <= ?1"),
                 [now],
-                job,
+                |r| SettlementJob::from_columns(r),
             )?;
             due.sort_by(|a, b| a.id.cmp(&b.id));
             due.truncate(limit);
@@ -120,7 +109,9 @@ impl SettlementQueue for SqliteStore {
 
     async fn failed_settlements(&self) -> Result<Vec<SettlementJob>, StoreError> {
         self.run(|t| {
-            let mut out = t.rows(&format!("{JOB} WHERE status = 'failed'"), [], job)?;
+            let mut out = t.records(&format!("{JOB} WHERE status = 'failed'"), [], |r| {
+                SettlementJob::from_columns(r)
+            })?;
             out.sort_by_key(|j| event_order(&j.id));
             Ok(out)
         })

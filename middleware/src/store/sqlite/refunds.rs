@@ -5,11 +5,12 @@
 use async_trait::async_trait;
 use rusqlite::params;
 
-use super::ledger::{event_row, EVENT_COLUMNS};
+use super::ledger::EVENT_COLUMNS;
 use super::tx::{rule, signed, Tx};
 use super::SqliteStore;
 use crate::store::refund::VOID_SEARCH_MS;
 use crate::store::rules::{self, RefundRefusal};
+use crate::store::Columns;
 use crate::store::{
     utc_day, RefundOutcome, RefundQuery, RefundRecord, RefundRequest, RefundStore, RefundTarget,
     StoreError, UsageEvent,
@@ -59,28 +60,9 @@ FROM refunds
 GROUP BY day, route, payer, currency, scale;
 ";
 
-/// The columns [`refund_row`] reads, in its order.
+/// The columns [`RefundRecord::from_columns`] reads.
 const REFUND_COLUMNS: &str = "id, time_ms, event_id, charge_time_ms, payer, route, credential, \
     currency, scale, amount_minor, reason, owed_to, credit_id, remaining_minor";
-
-fn refund_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RefundRecord> {
-    Ok(RefundRecord {
-        id: r.get(0)?,
-        time_ms: r.get(1)?,
-        event_id: r.get(2)?,
-        charge_time_ms: r.get(3)?,
-        payer: r.get(4)?,
-        route: r.get(5)?,
-        credential: r.get(6)?,
-        currency: r.get(7)?,
-        scale: r.get(8)?,
-        amount_minor: r.get(9)?,
-        reason: r.get(10)?,
-        owed_to: r.get(11)?,
-        credit_id: r.get(12)?,
-        remaining_minor: r.get(13)?,
-    })
-}
 
 impl Tx<'_> {
     /// The sum of `event_id`'s refunds (minor units).
@@ -105,10 +87,10 @@ impl Tx<'_> {
     }
 
     fn event(&self, id: &str) -> Result<Option<UsageEvent>, StoreError> {
-        self.row(
+        self.first_record(
             &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
             [id],
-            event_row,
+            |r| UsageEvent::from_columns(r),
         )
     }
 
@@ -116,10 +98,10 @@ impl Tx<'_> {
     /// same refund again, or the key reused), `None` lets it go on (the key is now bound to
     /// it, whatever it answers: `refund_claim.lua`).
     fn key_used(&self, r: &RefundRequest) -> Result<Option<RefundOutcome>, StoreError> {
-        let earlier = self.row(
+        let earlier = self.first_record(
             &format!("SELECT {REFUND_COLUMNS}, fingerprint FROM refunds WHERE key = ?1"),
             [&r.key],
-            |row| Ok((refund_row(row)?, row.get::<_, String>(14)?)),
+            |row| Ok((RefundRecord::from_columns(row)?, row.text("fingerprint")?)),
         )?;
         if let Some((rec, fp)) = earlier {
             return Ok(Some(if fp == r.fingerprint {
@@ -235,21 +217,12 @@ impl Tx<'_> {
             rules::refund_to_balance(&self.balance(&charge.payer, &charge.currency)?, amount)
                 .map_err(rule)?;
         self.set_balance(&charge.payer, &charge.currency, after)?;
-        let id = self.next_id(now)?;
-        self.exec(
-            "INSERT INTO credits (id, time_ms, payer, currency, amount_minor, reason, source) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                id,
-                now,
-                charge.payer,
-                charge.currency,
-                signed(amount),
-                reason,
-                format!("refund:{}", charge.id)
-            ],
-        )?;
-        Ok(id)
+        self.insert_credit(
+            now,
+            (&charge.payer, &charge.currency),
+            signed(amount),
+            (reason, &format!("refund:{}", charge.id)),
+        )
     }
 }
 
@@ -299,7 +272,7 @@ impl RefundStore for SqliteStore {
         let owed = q.owed.map(i64::from);
         let payer = q.payer.clone();
         self.run(move |t| {
-            t.rows(
+            t.records(
                 &format!(
                     "SELECT {REFUND_COLUMNS} FROM refunds \
                      WHERE seq < ?1 AND (?2 IS NULL OR payer = ?2) \
@@ -307,7 +280,7 @@ impl RefundStore for SqliteStore {
                      ORDER BY seq DESC LIMIT ?4"
                 ),
                 params![before, payer, owed, limit],
-                refund_row,
+                |r| RefundRecord::from_columns(r),
             )
         })
         .await

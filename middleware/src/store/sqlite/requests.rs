@@ -58,20 +58,6 @@ impl PayerControl for SqliteStore {
         self.run(move |t| t.set_blocked(&payer, blocked)).await
     }
 
-    async fn risk(
-        &self,
-        c: &crate::risk::RiskCheck<'_>,
-    ) -> Result<crate::risk::RiskOutcome, StoreError> {
-        self.risk_check(c).await
-    }
-
-    async fn risk_decisions(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<crate::risk::RiskDecision>, StoreError> {
-        self.risk_log(limit).await
-    }
-
     async fn claim_once(&self, id: &str, ttl: Duration) -> Result<bool, StoreError> {
         let now = self.now();
         let until = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));

@@ -47,8 +47,9 @@ fn hour_name(base: &str, hour: i64) -> String {
     format!("{base}|{hour}")
 }
 
-impl SqliteStore {
-    pub(super) async fn risk_check(&self, c: &RiskCheck<'_>) -> R<RiskOutcome> {
+#[async_trait::async_trait]
+impl crate::store::RiskStore for SqliteStore {
+    async fn risk(&self, c: &RiskCheck<'_>) -> R<RiskOutcome> {
         let (payer, issuer, route, currency) = (
             c.payer.to_owned(),
             c.issuer.to_owned(),
@@ -152,29 +153,14 @@ impl SqliteStore {
         Ok(outcome(c, hits))
     }
 
-    pub(super) async fn risk_log(&self, limit: usize) -> R<Vec<RiskDecision>> {
+    async fn risk_decisions(&self, limit: usize) -> R<Vec<RiskDecision>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |t| {
-            t.rows(
-                "SELECT time_ms, payer, route, rule, action, value, lim FROM risk_log \
+            t.records(
+                "SELECT time_ms, payer, route, rule, action, value, lim AS \"limit\" FROM risk_log \
                  ORDER BY time_ms DESC, n DESC LIMIT ?1",
                 params![limit],
-                |r| {
-                    let action: String = r.get(4)?;
-                    Ok(RiskDecision {
-                        time_ms: r.get(0)?,
-                        payer: r.get(1)?,
-                        route: r.get(2)?,
-                        rule: r.get(3)?,
-                        action: match action.as_str() {
-                            "block" => RiskAction::Block,
-                            "refuse" => RiskAction::Refuse,
-                            _ => RiskAction::Flag,
-                        },
-                        value: r.get(5)?,
-                        limit: r.get(6)?,
-                    })
-                },
+                |r| RiskDecision::from_columns(r),
             )
         })
         .await

@@ -294,15 +294,7 @@ async fn a_newer_schema_is_refused_and_a_current_one_reopens() {
     );
     std::fs::remove_file(&path).unwrap();
     drop(SqliteStore::open(at(&dir, &clock)).unwrap());
-    let conn = loop {
-        let c = Connection::open(&path).unwrap();
-        if c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
-            .is_ok()
-        {
-            break c;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let conn = opened_when_ready(&path, "PRAGMA user_version");
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
@@ -379,15 +371,7 @@ async fn the_views_reconcile() {
             .await
             .unwrap();
     }
-    let conn = loop {
-        let c = Connection::open(dir.path().join("t.db")).unwrap();
-        if c.query_row("SELECT count(*) FROM accounts", [], |r| r.get::<_, i64>(0))
-            .is_ok()
-        {
-            break c;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let conn = opened_when_ready(dir.path().join("t.db"), "SELECT count(*) FROM accounts");
     let gaps: (i64, i64, i64, i64, i64) = conn
         .query_row(
             "SELECT equation_gap, credits_gap, ledger_gap, available, captured FROM balance_check \
@@ -452,15 +436,7 @@ async fn refunds_reconcile_in_the_views() {
             "{out:?}"
         );
     }
-    let conn = loop {
-        let c = Connection::open(dir.path().join("t.db")).unwrap();
-        if c.query_row("SELECT count(*) FROM refunds", [], |r| r.get::<_, i64>(0))
-            .is_ok()
-        {
-            break c;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let conn = opened_when_ready(dir.path().join("t.db"), "SELECT count(*) FROM refunds");
     let gaps: (i64, i64, i64, i64, i64, i64) = conn
         .query_row(
             "SELECT equation_gap, credits_gap, ledger_gap, available, credited, captured \
@@ -487,4 +463,16 @@ async fn refunds_reconcile_in_the_views() {
         )
         .unwrap();
     assert_eq!(refunded, ("r".to_owned(), 1, 120, 0));
+}
+
+/// A second connection to the store's file, once `probe` (a query of one integer) answers:
+/// the store's writer thread may still hold it while it closes.
+fn opened_when_ready(path: impl AsRef<std::path::Path>, probe: &str) -> Connection {
+    loop {
+        let c = Connection::open(path.as_ref()).unwrap();
+        if c.query_row(probe, [], |r| r.get::<_, i64>(0)).is_ok() {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -110,6 +110,35 @@ impl<'c> Tx<'c> {
         rows.collect::<rusqlite::Result<Vec<T>>>().map_err(sql_err)
     }
 
+    /// Read every row into a record (cached statement): the decoders shared with the other
+    /// backends ([`crate::store::Columns`]).
+    pub(super) fn records<T>(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        mut f: impl FnMut(&rusqlite::Row<'_>) -> R<T>,
+    ) -> R<Vec<T>> {
+        let mut s = self.c.prepare_cached(sql).map_err(sql_err)?;
+        let mut rows = s.query(p).map_err(sql_err)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(sql_err)? {
+            out.push(f(r)?);
+        }
+        Ok(out)
+    }
+
+    /// Read the first row into a record, if any (see [`Tx::records`]).
+    pub(super) fn first_record<T>(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        f: impl FnOnce(&rusqlite::Row<'_>) -> R<T>,
+    ) -> R<Option<T>> {
+        let mut s = self.c.prepare_cached(sql).map_err(sql_err)?;
+        let mut rows = s.query(p).map_err(sql_err)?;
+        rows.next().map_err(sql_err)?.map(f).transpose()
+    }
+
     // --- receipts -------------------------------------------------------------------------
 
     pub(super) fn receipt_key(r: &Reservation) -> String {
@@ -527,6 +556,24 @@ impl<'c> Tx<'c> {
     }
 
     // --- the ledger -------------------------------------------------------------------------
+
+    /// Record a balance credit of `payer` (the balance itself is the caller's to set): its
+    /// ledger id.
+    pub(super) fn insert_credit(
+        &self,
+        now: i64,
+        (payer, currency): (&str, &str),
+        amount_minor: i64,
+        (reason, source): (&str, &str),
+    ) -> R<String> {
+        let id = self.next_id(now)?;
+        self.exec(
+            "INSERT INTO credits (id, time_ms, payer, currency, amount_minor, reason, source) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, now, payer, currency, amount_minor, reason, source],
+        )?;
+        Ok(id)
+    }
 
     /// The next ledger id, `<ms>-<seq>-0`: never back in time, so ids order the ledger.
     pub(super) fn next_id(&self, now: i64) -> R<String> {

@@ -15,7 +15,7 @@ use crate::store::webhook::{
     DeliveryClaim, DeliveryFinish, DeliveryHead, DeliveryResult, FailedDelivery, OutboxAdvance,
     OutboxBacklog, WebhookMessage,
 };
-use crate::store::{bucket_of, StoreError, WebhookDelivery, WebhookOutbox};
+use crate::store::{bucket_of, Columns, StoreError, WebhookDelivery, WebhookOutbox};
 
 /// The tables (created within schema version 1: tables an older tollgate never reads).
 pub(super) const SCHEMA: &str = "
@@ -56,19 +56,7 @@ fn seq_of(s: &str) -> i64 {
     s.parse().unwrap_or(0)
 }
 
-fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookMessage> {
-    Ok(WebhookMessage {
-        seq: r.get::<_, i64>(0)?.to_string(),
-        id: r.get(1)?,
-        kind: r.get(2)?,
-        payer: r.get(3)?,
-        time_ms: r.get(4)?,
-        body: r.get(5)?,
-        only: r.get(6)?,
-    })
-}
-
-const MESSAGE_COLUMNS: &str = "seq, id, kind, payer, time_ms, body, only_to";
+const MESSAGE_COLUMNS: &str = "seq, id, kind, payer, time_ms, body, only_to AS only";
 
 impl Tx<'_> {
     fn append_message(&self, b: i64, m: &WebhookMessage, now: i64) -> R<WebhookMessage> {
@@ -257,24 +245,11 @@ impl WebhookOutbox for SqliteStore {
     ) -> R<Vec<(i64, WebhookMessage)>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |t| {
-            t.rows(
+            t.records(
                 "SELECT at_ms, id, kind, payer, time_ms, body FROM webhook_schedule \
                  WHERE bucket = ?1 AND at_ms <= ?2 ORDER BY at_ms, id LIMIT ?3",
                 params![bucket(b), now_ms, limit],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        WebhookMessage {
-                            id: r.get(1)?,
-                            kind: r.get(2)?,
-                            payer: r.get(3)?,
-                            time_ms: r.get(4)?,
-                            body: r.get(5)?,
-                            only: None,
-                            seq: String::new(),
-                        },
-                    ))
-                },
+                |r| Ok((r.parse("at_ms")?, WebhookMessage::from_columns(r)?)),
             )
         })
         .await
@@ -298,13 +273,13 @@ impl WebhookDelivery for SqliteStore {
             if locked || (attempts > 0 && next_ms > now) {
                 return Ok(None);
             }
-            let messages = t.rows(
+            let messages = t.records(
                 &format!(
                     "SELECT {MESSAGE_COLUMNS} FROM webhook_messages WHERE bucket = ?1 AND seq > ?2 \
                      ORDER BY seq LIMIT ?3"
                 ),
                 params![b, done, max],
-                message_row,
+                |r| WebhookMessage::from_columns(r),
             )?;
             if !messages.is_empty() {
                 let until = now.saturating_add(lock_ms);
@@ -374,25 +349,17 @@ impl WebhookDelivery for SqliteStore {
     async fn webhook_failures(&self, limit: usize) -> R<Vec<FailedDelivery>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.run(move |t| {
-            t.rows(
+            t.records(
                 "SELECT endpoint, id, kind, payer, time_ms, body, attempts, error, failed_ms \
                  FROM webhook_failures ORDER BY n DESC LIMIT ?1",
                 params![limit],
                 |r| {
                     Ok(FailedDelivery {
-                        endpoint: r.get(0)?,
-                        message: WebhookMessage {
-                            id: r.get(1)?,
-                            kind: r.get(2)?,
-                            payer: r.get(3)?,
-                            time_ms: r.get(4)?,
-                            body: r.get(5)?,
-                            only: None,
-                            seq: String::new(),
-                        },
-                        attempts: r.get(6)?,
-                        error: r.get(7)?,
-                        failed_ms: r.get(8)?,
+                        endpoint: r.text("endpoint")?,
+                        message: WebhookMessage::from_columns(r)?,
+                        attempts: r.parse("attempts")?,
+                        error: r.text("error")?,
+                        failed_ms: r.parse("failed_ms")?,
                     })
                 },
             )
