@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Limited};
@@ -108,6 +107,15 @@ pub struct ClientAddr {
     pub tls: bool,
 }
 
+impl ClientAddr {
+    /// The connection from `peer`.
+    pub fn of(peer: SocketAddr, tls: bool) -> Self {
+        let ip = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ClientAddr { ip, tls }
+    }
+}
+
 /// A connector trusting `trust`, offering `h2` too when `h2` is set.
 fn connector(trust: &UpstreamTrust, h2: bool) -> Connector {
     let mut http = HttpConnector::new();
@@ -189,10 +197,7 @@ impl Proxy {
             Some(c) if c.tls => HTTPS,
             _ => HTTP,
         };
-        let client_ip = conn.map(|c| c.ip.clone()).or_else(|| {
-            let ip = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
-            HeaderValue::from_str(&ip.to_string()).ok()
-        });
+        let client_ip = conn.map(|c| c.ip.clone());
         let (mut parts, body) = req.into_parts();
         let Ok(uri) = Self::upstream_uri(&route, &parts.uri) else {
             return Err(problem(ErrorCode::Internal, "internal error"));
@@ -225,10 +230,8 @@ impl Proxy {
         if let Some(h) = original_host {
             headers.insert(X_FORWARDED_HOST, h);
         }
-        if let Some(a) = route.upstream.authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                headers.insert(header::HOST, v);
-            }
+        if let Some(host) = &route.upstream_host {
+            headers.insert(header::HOST, host.clone());
         }
         parts.uri = uri;
         // HTTP/1.1 on an HTTP/1 connection; an HTTP/2 one (ALPN) sends HTTP/2 whatever this says.

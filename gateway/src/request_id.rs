@@ -37,6 +37,7 @@ pub(crate) fn request_id(req: &Request) -> HeaderValue {
             !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
         })
         .cloned()
-        .or_else(|| HeaderValue::from_str(&next_request_id()).ok())
+        // The id's own buffer becomes the header's (its capacity is its length: no copy).
+        .or_else(|| HeaderValue::from_maybe_shared(bytes::Bytes::from(next_request_id())).ok())
         .unwrap_or_else(|| HeaderValue::from_static("-"))
 }

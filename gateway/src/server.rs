@@ -6,7 +6,7 @@
 //! - A refusal that left the request body unread drains it (64 KiB within 1 s) and keeps the
 //!   connection, or says `Connection: close` ([`DrainLayer`]): a client's paid retry on the
 //!   same connection never meets a silently closed socket.
-//! - The client address is attached as `ConnectInfo<SocketAddr>` (for `X-Forwarded-For`).
+//! - The client address is attached as `ClientAddr` (its IP already a header value, for `X-Forwarded-For`).
 //! - With a [`ListenerTls`], each connection first completes a TLS handshake (ALPN `h2`,
 //!   `http/1.1`) within its `handshake_timeout`, in its own task so that a slow client never
 //!   holds up accepting; one that stalls or fails is dropped (logged at debug).
@@ -14,10 +14,8 @@
 //!   settle their payments), then return.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -82,12 +80,11 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 // The client address as a header value once per connection, not per request.
-                let client = http::HeaderValue::from_str(&peer.ip().to_string()).ok().map(|ip| ClientAddr { ip, tls: acceptor.is_some() });
+                // One extension per request (each is an allocation): the address is already a
+                // header value.
+                let client = ClientAddr::of(peer, acceptor.is_some());
                 let service = DrainLayer::new().layer(router.clone()).map_request(move |mut req: hyper::Request<Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                    if let Some(c) = &client {
-                        req.extensions_mut().insert(c.clone());
-                    }
+                    req.extensions_mut().insert(client.clone());
                     req
                 });
                 let service = TowerToHyperService::new(service);

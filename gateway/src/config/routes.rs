@@ -111,6 +111,8 @@ pub struct Route {
     pub methods: Vec<http::Method>,
     /// Parsed upstream.
     pub upstream: http::Uri,
+    /// The upstream's authority as the `Host` header sent to it (made once, not per request).
+    pub upstream_host: Option<http::HeaderValue>,
     /// Whom an `https://` upstream must prove to be (`[upstream_tls]` or the route's own CA).
     pub trust: Arc<UpstreamTrust>,
     /// Parsed price.
@@ -253,6 +255,9 @@ pub(super) fn validate_routes(
                     burst: rl.burst.unwrap_or(rl.per_second),
                 }),
             methods,
+            upstream_host: upstream
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
             upstream,
             trust,
             price,

@@ -69,7 +69,8 @@ pub(super) struct LeaseBook {
     /// This replica's id in lease ids (random per process).
     replica: String,
     next_id: AtomicU64,
-    cells: Mutex<HashMap<(String, String), Arc<Cell>>>,
+    /// By payer, then currency (looked up by `&str`: no allocation per draw).
+    cells: Mutex<HashMap<String, HashMap<String, Arc<Cell>>>>,
     wake: Arc<tokio::sync::Notify>,
     started: AtomicBool,
     closed: AtomicBool,
@@ -187,19 +188,22 @@ impl LeaseBook {
             .cells
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cell) = cells.get(payer).and_then(|c| c.get(currency)) {
+            return cell.clone();
+        }
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cell = Arc::new(Cell {
+            id: format!("lease:{}:{n}:{currency}", self.replica),
+            payer: payer.to_owned(),
+            currency: currency.to_owned(),
+            state: Mutex::new(State::default()),
+            sync: tokio::sync::Mutex::new(()),
+        });
         cells
-            .entry((payer.to_owned(), currency.to_owned()))
-            .or_insert_with(|| {
-                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-                Arc::new(Cell {
-                    id: format!("lease:{}:{n}:{currency}", self.replica),
-                    payer: payer.to_owned(),
-                    currency: currency.to_owned(),
-                    state: Mutex::new(State::default()),
-                    sync: tokio::sync::Mutex::new(()),
-                })
-            })
-            .clone()
+            .entry(payer.to_owned())
+            .or_default()
+            .insert(currency.to_owned(), cell.clone());
+        cell
     }
 
     /// Start the background sync once (needs a Tokio runtime: the first draw is in one).
@@ -404,7 +408,7 @@ impl LeaseBook {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
-            .cloned()
+            .flat_map(|c| c.values().cloned())
             .collect()
     }
 
@@ -416,7 +420,12 @@ impl LeaseBook {
         let mut s = lock(&cell.state);
         if s.granted == 0 && s.reserved == 0 && s.pending.is_empty() && s.unsent.is_none() {
             s.evicted = true;
-            cells.remove(&(cell.payer.clone(), cell.currency.clone()));
+            if let Some(of_payer) = cells.get_mut(&cell.payer) {
+                of_payer.remove(&cell.currency);
+                if of_payer.is_empty() {
+                    cells.remove(&cell.payer);
+                }
+            }
         }
     }
 

@@ -86,15 +86,18 @@ impl Admission {
         };
         let (units, unit_prices, actual_minor) = self.measure(Some(&b), usage);
         let time_ms = self.paywall.0.settings.clock.now_ms();
+        // The units outlive the event only for a metered route's metrics (no copy per
+        // fixed-price draw).
+        let seen = matches!(self.route.price, Price::Metered(_)).then(|| units.clone());
         let event = UsageEvent {
             reservation: b.hold.id.clone(),
-            ..self.usage_event(time_ms, units.clone(), unit_prices, actual_minor, status)
+            ..self.usage_event(time_ms, units, unit_prices, actual_minor, status)
         };
         let balance = draw.settle(event);
         self.paid_as(
             (&b.hold.id, true),
             (actual_minor, Some(balance), None),
-            Some(&units),
+            seen.as_ref(),
             (status, time_ms),
         )
     }
