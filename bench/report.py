@@ -24,6 +24,8 @@ LABELS = {
     "8_sqlite_token_normal": "8 sqlite (normal sync): token drawdown",
     "9_lease_token_drawdown": "9 token drawdown, balance lease",
     "9_lease_metered_json": "9 metered (JSON usage), balance lease",
+    "10_ledger_token_drawdown": "10 token drawdown, PostgreSQL ledger",
+    "10_ledger_metered_json": "10 metered (JSON usage), PostgreSQL ledger",
 }
 VERIFY_ID = "receipt_verify/ed25519/ReceiptVerifier::verify"
 
@@ -167,20 +169,22 @@ def main():
         else:
             target("paid receipt >= 0.8x min(ceiling, free)", None, "no criterion result")
     for s in ("6_token_drawdown", "6b_token_drawdown_admission", "7_metered_json",
-              "9_lease_token_drawdown", "9_lease_metered_json"):
+              "9_lease_token_drawdown", "9_lease_metered_json", "10_ledger_token_drawdown",
+              "10_ledger_metered_json"):
         if not (free and s in by):
             continue
         t = by[s]
         target(f"token drawdown >= 0.8x free route ({LABELS[s]})", t["rps"] >= 0.8 * free["rps"],
                f"{t['rps']:,.0f} / {free['rps']:,.0f} = {t['rps'] / free['rps']:.2f}x")
     for s in ("5_paid_receipt", "6_token_drawdown", "7_metered_json", "9_lease_token_drawdown",
-              "9_lease_metered_json"):
+              "9_lease_metered_json", "10_ledger_token_drawdown", "10_ledger_metered_json"):
         if s in by and by[s].get("redis_calls") is not None:
             c = by[s]["redis_calls"]
             target(f"Redis commands per paid request <= 8 ({LABELS[s]})", c <= 8, f"{c:.2f} (INFO commandstats)")
     for s, limit in (("5_paid_receipt", 1), ("5b_paid_receipt_admission", 1), ("6_token_drawdown", 1),
                      ("6b_token_drawdown_admission", 1), ("7_metered_json", 2),
-                     ("9_lease_token_drawdown", 1), ("9_lease_metered_json", 1)):
+                     ("9_lease_token_drawdown", 1), ("9_lease_metered_json", 1),
+                     ("10_ledger_token_drawdown", 1)):
         if s in by and "rtt" in by[s]:
             r = by[s]
             target(f"Redis round trips per request <= {limit} ({LABELS[s]}, "

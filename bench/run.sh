@@ -12,6 +12,8 @@
 #   6c = 6 with a DPoP-bound token (RFC 9449): an Ed25519 proof checked and its jti spent per request
 #   8 = 5 and 6 on the sqlite store (one node), synchronous = "full" and "normal"
 #   9 = 6 and 7 with balance leases ([store.lease]: no Redis call per request)
+#   10 = 6 and 7 with the PostgreSQL ledger of record ([ledger]: the capture scripts keep no daily
+#        aggregates; a private PostgreSQL, initdb + pg_ctl, run as postgres when root)
 # Gateway scenarios 3-7 use a private redis-server (unix socket, --save ""). Per scenario: req/s,
 # p50/p99, CPU per request of the proxy (gateway or nginx), upstream and redis, peak RSS, Redis
 # commands per request (INFO commandstats) and Redis round trips per request (MONITOR sample).
@@ -19,7 +21,7 @@
 # table.md, chart.svg) and a copy of the chart to bench/results.svg.
 #
 # Knobs (environment): THREADS (2), CONNS (32), DURATION (10s), RECEIPTS (200000), UP_PORT (19000),
-# NGX_PORT (18080), GW_PORT (18402), OUT (bench/out), IDLE_CONNS (1000), SKIP_BUILD=1,
+# NGX_PORT (18080), GW_PORT (18402), PG_PORT (18432), OUT (bench/out), IDLE_CONNS (1000), SKIP_BUILD=1,
 # SKIP_CRITERION=1, CRITERION_ARGS ("--warm-up-time 1 --measurement-time 3"), QUIET_WAIT (30),
 # RUST_LOG (gateway log filter, default info).
 set -euo pipefail
@@ -36,6 +38,7 @@ UP_PORT=${UP_PORT:-19000}
 NGX_PORT=${NGX_PORT:-18080}
 GW_PORT=${GW_PORT:-18402}
 IDLE_CONNS=${IDLE_CONNS:-1000}
+PG_PORT=${PG_PORT:-18432}
 CRITERION_ARGS=${CRITERION_ARGS:---warm-up-time 1 --measurement-time 3}
 MERCHANT=bench-merchant
 ISSUER=bench-issuer
@@ -57,8 +60,12 @@ T0=$(date +%s)
 
 log() { printf '[run.sh %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
+PG_CTL=""
 cleanup() {
     local pid
+    if [ -n "$PG_CTL" ]; then
+        as_postgres "$PG_CTL" -D "$TMP/pg/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
     for pid in "${PIDS[@]:-}"; do
         [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
     done
@@ -90,6 +97,23 @@ wait_http() { # wait until URL answers 200
 port_free() { ! (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; } # initdb refuses root
+
+start_postgres() { # a private PostgreSQL on 127.0.0.1:$PG_PORT in $TMP/pg (fsync off: a bench)
+    local bin
+    bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    if [ -z "$bin" ]; then
+        apt_install postgresql
+        bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    fi
+    mkdir -p "$TMP/pg"
+    [ "$(id -u)" = 0 ] && chown postgres "$TMP/pg"
+    as_postgres "$bin/initdb" -D "$TMP/pg/data" -A trust -U postgres >/dev/null
+    PG_CTL="$bin/pg_ctl"
+    as_postgres "$PG_CTL" -D "$TMP/pg/data" -l "$TMP/pg/log" -w \
+        -o "-p $PG_PORT -k $TMP/pg -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+    log "started private PostgreSQL on 127.0.0.1:$PG_PORT ($("$bin/postgres" --version))"
+}
 APT_UPDATED=0
 apt_install() { # apt_install PACKAGE...
     if [ "$APT_UPDATED" = 0 ]; then as_root apt-get update -qq >/dev/null; APT_UPDATED=1; fi
@@ -457,6 +481,32 @@ rt_sample 9_lease_token_drawdown 50 -H "Host: $TOKEN_HOST" -H "Authorization: Be
 run_wrk 9_lease_metered_json "$GW/v1/chat/completions" "$GW_PID" BENCH_METHOD=POST BENCH_BODY="$CHAT_BODY" \
     BENCH_AUTH="Bearer $TOKEN" BENCH_EXPECT_PR=1
 stop_pid "$GW_PID" # records the leases' last charges and returns them
+GW_PID=""
+GW_CONFIG=$REDIS_CONFIG
+
+# 10. the ledger of record ([ledger], a private PostgreSQL): scenarios 6 and 7 with the capture
+# scripts keeping no daily aggregates; the drainer's own Redis commands (XRANGE, XTRIM, ...) are
+# in the counts.
+start_postgres
+GW_CONFIG="$OUT/tollgate-bench-ledger.toml"
+"$PY" - "$REDIS_CONFIG" "$GW_CONFIG" "$PG_PORT" <<'PYEOF'
+import sys
+src, dst, port = sys.argv[1:]
+text = open(src).read().rstrip("\n")
+open(dst, "w").write(text + f'\n\n[ledger]\nurl = "postgres://postgres@127.0.0.1:{port}/postgres"\n')
+PYEOF
+"$TOLLGATE" check --config "$GW_CONFIG" >/dev/null
+start_gateway
+# The drainer first moves every earlier scenario's events (hundreds of thousands) into
+# PostgreSQL: measured once it has caught up, as a deployment whose drainer keeps up.
+log "waiting for the drainer to catch up on the earlier scenarios' events"
+QUIET_WAIT=900 wait_quiet
+warmup "$GW/free/hello" BENCH_HOST="$TOKEN_HOST" BENCH_AUTH="Bearer $TOKEN"
+run_wrk 10_ledger_token_drawdown "$GW/free/hello" "$GW_PID" BENCH_HOST="$TOKEN_HOST" BENCH_AUTH="Bearer $TOKEN" BENCH_EXPECT_PR=1
+rt_sample 10_ledger_token_drawdown 50 -H "Host: $TOKEN_HOST" -H "Authorization: Bearer $TOKEN" "$GW/free/hello"
+run_wrk 10_ledger_metered_json "$GW/v1/chat/completions" "$GW_PID" BENCH_METHOD=POST BENCH_BODY="$CHAT_BODY" \
+    BENCH_AUTH="Bearer $TOKEN" BENCH_EXPECT_PR=1
+stop_pid "$GW_PID"
 GW_PID=""
 GW_CONFIG=$REDIS_CONFIG
 
