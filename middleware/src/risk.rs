@@ -156,7 +156,7 @@ impl RiskOutcome {
 }
 
 /// A decision, as the admin API lists them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RiskDecision {
     /// When, unix ms.
     pub time_ms: i64,
@@ -166,7 +166,8 @@ pub struct RiskDecision {
     pub route: String,
     /// The rule's id.
     pub rule: String,
-    /// What was done.
+    /// What was done (stored by [`RiskAction::name`]).
+    #[serde(deserialize_with = "action_named")]
     pub action: RiskAction,
     /// What was counted.
     pub value: u64,
@@ -174,21 +175,10 @@ pub struct RiskDecision {
     pub limit: u64,
 }
 
-impl RiskDecision {
-    /// The decision from a stored log record, by column name.
-    pub(crate) fn from_columns(
-        c: &impl crate::store::Columns,
-    ) -> Result<Self, crate::store::StoreError> {
-        Ok(RiskDecision {
-            time_ms: c.parse("time_ms")?,
-            payer: c.text("payer")?,
-            route: c.text("route")?,
-            rule: c.text("rule")?,
-            action: RiskAction::from_name(&c.text("action")?),
-            value: c.parse("value")?,
-            limit: c.parse("limit")?,
-        })
-    }
+/// A stored action name (an unknown one reads as a flag: [`RiskAction::from_name`]).
+fn action_named<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RiskAction, D::Error> {
+    let name = <String as serde::Deserialize>::deserialize(d)?;
+    Ok(RiskAction::from_name(&name))
 }
 
 /// Start of the fixed window holding `now`.

@@ -2,6 +2,7 @@
 //! idempotent batch inserts the drainer makes, and the reads the admin API makes
 //! ([`LedgerStore`]).
 
+use crate::store::FromColumns;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

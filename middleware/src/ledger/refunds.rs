@@ -3,6 +3,7 @@
 //! charge and whether it was voided), the refund listings, and revenue net of refunds for the
 //! admin API (on the charge's day, as the Redis aggregates move it).
 
+use crate::store::FromColumns;
 use std::collections::BTreeMap;
 
 use tokio_postgres::Client;

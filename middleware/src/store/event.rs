@@ -4,7 +4,7 @@
 use super::*;
 
 /// One settled request, as recorded in the ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct UsageEvent {
     /// Ledger id assigned by the store: `<ms>-<seq>-<bucket>` (empty until recorded). Ids
     /// order events; [`EventPage::After`] resumes from one.
@@ -139,80 +139,9 @@ impl UsageEvent {
         format!("{}|amount|{}", self.route, self.currency)
     }
 
-    /// The event from a stored record, read by column name (every backend stores the same
-    /// names: a Redis stream entry's fields, an SQLite or PostgreSQL row's columns).
-    pub(crate) fn from_columns(c: &impl Columns) -> Result<Self, StoreError> {
-        Ok(UsageEvent {
-            id: c.text("id")?,
-            time_ms: c.parse("time_ms")?,
-            payer: c.text("payer")?,
-            route: c.text("route")?,
-            method: c.text("method")?,
-            units: c.json("units")?,
-            unit_prices: c.json("unit_prices")?,
-            currency: c.text("currency")?,
-            scale: c.parse("scale")?,
-            amount_minor: c.parse("amount_minor")?,
-            uncharged_minor: c.parse("uncharged_minor")?,
-            credential: c.text("credential")?,
-            reservation: c.text("reservation")?,
-            upstream_status: c.parse("upstream_status")?,
-            voids: c.opt("voids")?,
-        })
-    }
-
     /// A Redis stream entry (`id`: its ledger id).
     pub(super) fn from_fields(id: String, fields: &[(String, String)]) -> Result<Self, StoreError> {
         Self::from_columns(&Fields::new("usage event", &id, fields))
-    }
-}
-
-impl SettlementJob {
-    /// The job from a stored record, by column name.
-    pub(crate) fn from_columns(c: &impl Columns) -> Result<Self, StoreError> {
-        Ok(SettlementJob {
-            id: c.text("id")?,
-            payer: c.text("payer")?,
-            body: c.text("body")?,
-            attempts: c.parse("attempts")?,
-            status: c.text("status")?,
-            error: c.opt("error")?.unwrap_or_default(),
-        })
-    }
-}
-
-/// A stored record read by column name: a Redis stream entry ([`Fields`]), an SQLite or a
-/// PostgreSQL row. Each record type has one decoder over it, whatever the backend; a missing
-/// or unreadable column is a [`StoreError::Protocol`] that names it.
-pub(crate) trait Columns {
-    /// The column as text (numbers in decimal); `None` when null or absent.
-    fn opt(&self, k: &str) -> Result<Option<String>, StoreError>;
-
-    /// What the record is, for errors (`usage event 17-0-3`).
-    fn what(&self) -> String;
-
-    /// The column; required.
-    fn text(&self, k: &str) -> Result<String, StoreError> {
-        self.opt(k)?
-            .ok_or_else(|| StoreError::Protocol(format!("{} lacks {k}", self.what())))
-    }
-
-    /// The column, `None` when null, absent or empty.
-    fn nonempty(&self, k: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.opt(k)?.filter(|v| !v.is_empty()))
-    }
-
-    /// The column parsed (a number); required.
-    fn parse<T: std::str::FromStr>(&self, k: &str) -> Result<T, StoreError> {
-        self.text(k)?
-            .parse()
-            .map_err(|_| StoreError::Protocol(format!("{}: bad {k}", self.what())))
-    }
-
-    /// The column as JSON; required.
-    fn json<T: serde::de::DeserializeOwned>(&self, k: &str) -> Result<T, StoreError> {
-        serde_json::from_str(&self.text(k)?)
-            .map_err(|_| StoreError::Protocol(format!("{}: bad {k}", self.what())))
     }
 }
 

@@ -62,6 +62,7 @@
 
 mod capability;
 mod charge;
+mod columns;
 mod event;
 mod hold;
 mod lease;
@@ -89,7 +90,7 @@ pub use self::capability::{
     MandateStore, PayerControl, PlanStore, ReceiptStore, RefundStore, RiskStore, SettlementQueue,
     Store, PAYER_SCAN_MAX,
 };
-pub(crate) use self::event::Columns;
+pub(crate) use self::columns::{Columns, FromColumns};
 pub use self::event::{event_order, iso_time, utc_day, UsageEvent};
 pub use self::hold::{HoldExtended, HoldExtension, HoldSettleOutcome};
 pub use self::lease::{LeaseResize, LeaseStatus, LeaseStore, LeaseSync, LeaseSynced};
@@ -598,7 +599,7 @@ pub enum SettleOutcome {
 
 /// A queued x402 settlement (`deferred` mode): captured (its usage event recorded) and waiting
 /// for the facilitator.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SettlementJob {
     /// The usage event's ledger id (one job per captured authorization).
     pub id: String,
@@ -611,6 +612,7 @@ pub struct SettlementJob {
     /// `queued` or `failed`.
     pub status: String,
     /// The last attempt's error.
+    #[serde(default)]
     pub error: String,
 }
 

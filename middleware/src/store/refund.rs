@@ -82,7 +82,7 @@ pub fn owed_to(charge: &UsageEvent) -> Option<String> {
 }
 
 /// One refund, as the ledger records it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RefundRecord {
     /// Its own ledger id, `<ms>-<seq>-<bucket>` (stable: webhooks and the bill name it).
     pub id: String,
@@ -116,27 +116,6 @@ pub struct RefundRecord {
 }
 
 impl RefundRecord {
-    /// The record from a stored record, by column name (every backend stores the same names;
-    /// an empty `owed_to` or `credit_id` is none).
-    pub(crate) fn from_columns(c: &impl super::Columns) -> Result<Self, super::StoreError> {
-        Ok(RefundRecord {
-            id: c.text("id")?,
-            time_ms: c.parse("time_ms")?,
-            event_id: c.text("event_id")?,
-            charge_time_ms: c.parse("charge_time_ms")?,
-            payer: c.text("payer")?,
-            route: c.text("route")?,
-            credential: c.text("credential")?,
-            currency: c.text("currency")?,
-            scale: c.parse("scale")?,
-            amount_minor: c.parse("amount_minor")?,
-            reason: c.text("reason")?,
-            owed_to: c.nonempty("owed_to")?,
-            credit_id: c.nonempty("credit_id")?,
-            remaining_minor: c.parse("remaining_minor")?,
-        })
-    }
-
     /// The record of `r` applied as ledger id `id` with `amount` (`remaining` left after it).
     pub fn of(
         r: &RefundRequest,

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use super::StoreError;
 
 /// One webhook message in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct WebhookMessage {
     /// Its Standard Webhooks id (`webhook-id`), the same on every retry and replay: receivers
     /// deduplicate by it.
@@ -32,22 +32,8 @@ pub struct WebhookMessage {
     pub only: Option<String>,
     /// Its place in the outbox, assigned by the store (empty until written). Opaque; ordered
     /// within a bucket.
+    #[serde(default)]
     pub seq: String,
-}
-
-impl WebhookMessage {
-    /// The message from a stored record, by column name (`seq` when it has one).
-    pub(crate) fn from_columns(c: &impl super::Columns) -> Result<Self, super::StoreError> {
-        Ok(WebhookMessage {
-            id: c.text("id")?,
-            kind: c.text("kind")?,
-            payer: c.text("payer")?,
-            time_ms: c.parse("time_ms")?,
-            body: c.text("body")?,
-            only: c.opt("only")?,
-            seq: c.opt("seq")?.unwrap_or_default(),
-        })
-    }
 }
 
 /// One step of the dispatcher on a bucket: the messages made from the ledger events after

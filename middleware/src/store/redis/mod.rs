@@ -39,12 +39,12 @@ use sha2::{Digest, Sha256};
 
 use super::{
     bucket_of, days_between, event_order, fold_aggregates, fold_payer_totals, utc_day, Account,
-    AuthorizeOutcome, Balance, BalanceStore, Columns, Credit, CreditOutcome, DailyUsage, Hold,
-    HoldExtended, HoldExtension, HoldOutcome, HoldSettleOutcome, Idempotency, IdempotencyClaim,
-    IdempotencyStore, JobOutcome, KeyClaim, LedgerStore, MandateCharge, MandateStore, MandateUse,
-    PayerControl, PayerSpend, PlanPeriod, PlanStore, ReceiptStore, Renewal, Reservation,
-    SettleOutcome, Settlement, SettlementJob, SettlementQueue, StoreError, SubscribeOutcome,
-    Subscription, UsageEvent, BUCKETS,
+    AuthorizeOutcome, Balance, BalanceStore, Columns, Credit, CreditOutcome, DailyUsage,
+    FromColumns, Hold, HoldExtended, HoldExtension, HoldOutcome, HoldSettleOutcome, Idempotency,
+    IdempotencyClaim, IdempotencyStore, JobOutcome, KeyClaim, LedgerStore, MandateCharge,
+    MandateStore, MandateUse, PayerControl, PayerSpend, PlanPeriod, PlanStore, ReceiptStore,
+    Renewal, Reservation, SettleOutcome, Settlement, SettlementJob, SettlementQueue, StoreError,
+    SubscribeOutcome, Subscription, UsageEvent, BUCKETS,
 };
 
 /// Connection settings.

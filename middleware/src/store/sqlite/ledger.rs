@@ -1,5 +1,6 @@
 //! The sqlite store's usage ledger and what is derived from it ([`crate::store::LedgerStore`]).
 
+use crate::store::FromColumns;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;

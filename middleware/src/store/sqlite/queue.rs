@@ -1,5 +1,6 @@
 //! The sqlite store's x402 `deferred` settlement queue ([`crate::store::SettlementQueue`]).
 
+use crate::store::FromColumns;
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -2,6 +2,7 @@
 //! and what remains refundable ([`rules::refund`]), and writes the refund row, the balance
 //! credit and the aggregates -- the steps of `lua/refund.lua`.
 
+use crate::store::FromColumns;
 use async_trait::async_trait;
 use rusqlite::params;
 

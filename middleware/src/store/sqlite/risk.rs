@@ -1,6 +1,7 @@
 //! Risk rules on sqlite (see [`crate::risk`]): the steps of `risk_new.lua` and `risk.lua` in
 //! one transaction, with the arithmetic of [`crate::risk::evaluate`].
 
+use crate::store::FromColumns;
 use rusqlite::params;
 
 use super::tx::Tx;

@@ -4,6 +4,7 @@
 //! The ledger is one sequence here (bucket 0), so the dispatcher's state is one too: payer
 //! keys are kept whatever the bucket named, the cursor per bucket.
 
+use crate::store::FromColumns;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
