@@ -3,7 +3,7 @@
 //! the operation's transaction. The operations (`receipts.rs`, `balances.rs`, ...) compose
 //! them in the order the Lua scripts do.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::sql_err;
 use crate::store::rules;
@@ -85,29 +85,24 @@ impl<'c> Tx<'c> {
             .map_err(sql_err)
     }
 
-    /// Read one optional row (cached statement).
+    /// Read the first row, if any (cached statement; [`Tx::first_record`] with rusqlite's errors).
     pub(super) fn row<T>(
         &self,
         sql: &str,
         p: impl rusqlite::Params,
         f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> R<Option<T>> {
-        self.c
-            .prepare_cached(sql)
-            .and_then(|mut s| s.query_row(p, f).optional())
-            .map_err(sql_err)
+        self.first_record(sql, p, |r| f(r).map_err(sql_err))
     }
 
-    /// Read every row (cached statement).
+    /// Read every row (cached statement; [`Tx::records`] with rusqlite's errors).
     pub(super) fn rows<T>(
         &self,
         sql: &str,
         p: impl rusqlite::Params,
-        f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+        mut f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> R<Vec<T>> {
-        let mut s = self.c.prepare_cached(sql).map_err(sql_err)?;
-        let rows = s.query_map(p, f).map_err(sql_err)?;
-        rows.collect::<rusqlite::Result<Vec<T>>>().map_err(sql_err)
+        self.records(sql, p, |r| f(r).map_err(sql_err))
     }
 
     /// Read every row into a record (cached statement): the decoders shared with the other
